@@ -1,0 +1,47 @@
+"""ferrolm: compact LLM inference for Python, with a Rust core.
+
+    import ferrolm
+    model = ferrolm.load("path/to/hf-model-folder")
+    print(model.generate("The capital of France is", max_new_tokens=20).text)
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .config import GenerationConfig
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    ContextLengthError,
+    FerrolmError,
+    InvalidArgumentError,
+    InvalidTokenError,
+    MissingTensorError,
+    ModelNotFoundError,
+    TensorError,
+    TokenizerError,
+)
+from .generation import GenerationResult, TextStream, Timings
+from .model import Model, load
+
+__version__ = _core.__version__
+
+__all__ = [
+    "load",
+    "Model",
+    "GenerationConfig",
+    "GenerationResult",
+    "TextStream",
+    "Timings",
+    "FerrolmError",
+    "ConfigError",
+    "CheckpointError",
+    "ModelNotFoundError",
+    "MissingTensorError",
+    "TensorError",
+    "TokenizerError",
+    "InvalidTokenError",
+    "ContextLengthError",
+    "InvalidArgumentError",
+    "__version__",
+]

@@ -1,0 +1,58 @@
+"""ferrolm's exceptions. Every error the library raises on purpose derives from FerrolmError;
+the ones about bad values also derive from ValueError, missing files from FileNotFoundError."""
+
+from __future__ import annotations
+
+
+class FerrolmError(Exception):
+    """Base class of every ferrolm error."""
+
+
+class ConfigError(FerrolmError, ValueError):
+    """config.json is malformed or describes an unsupported architecture or feature."""
+
+
+class CheckpointError(FerrolmError):
+    """A checkpoint file is missing, unreadable, corrupt or in an unsupported format."""
+
+
+class ModelNotFoundError(CheckpointError, FileNotFoundError):
+    """The model path does not exist or lacks a required file."""
+
+
+class MissingTensorError(CheckpointError):
+    """The checkpoint lacks a tensor the architecture needs."""
+
+
+class TensorError(CheckpointError):
+    """A checkpoint tensor has the wrong shape or an unsupported dtype."""
+
+
+class TokenizerError(FerrolmError):
+    """The tokenizer is missing (text given to a model without one) or cannot be loaded."""
+
+
+class InvalidTokenError(FerrolmError, ValueError):
+    """A token id lies outside the vocabulary."""
+
+
+class ContextLengthError(FerrolmError, ValueError):
+    """The sequence does not fit in the context length."""
+
+
+class InvalidArgumentError(FerrolmError, ValueError):
+    """An argument is out of range or of the wrong kind (sampling knobs, empty prompts, ...)."""
+
+
+__all__ = [
+    "FerrolmError",
+    "ConfigError",
+    "CheckpointError",
+    "ModelNotFoundError",
+    "MissingTensorError",
+    "TensorError",
+    "TokenizerError",
+    "InvalidTokenError",
+    "ContextLengthError",
+    "InvalidArgumentError",
+]

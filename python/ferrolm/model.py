@@ -1,0 +1,225 @@
+"""`ferrolm.load` and the Model users hold."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from .config import GenerationConfig
+from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
+from .generation import GenerationResult, TextStream, drain, run
+from .loading import build_core_model, check_load_args, eos_token_ids, read_checkpoint
+from .tokenizer import Tokenizer
+
+Prompt = Union[str, Sequence[int]]
+
+
+class Model:
+    """A loaded model: immutable weights shared by every call. Safe to use from several Python
+    threads; each generation runs in its own session (KV cache)."""
+
+    def __init__(
+        self,
+        core: "_core.Model",
+        *,
+        path: Path,
+        config: Dict[str, Any],
+        tokenizer: Optional[Tokenizer],
+        eos_token_ids: Tuple[int, ...],
+        generation_config: GenerationConfig,
+        precision: str,
+        context_length: int,
+    ) -> None:
+        self._core = core
+        self.path = path
+        self.config = config
+        self.tokenizer = tokenizer
+        self.eos_token_ids = eos_token_ids
+        self.generation_config = generation_config
+        self.precision = precision
+        self.context_length = context_length
+        self._idle: List["_core.Session"] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(path={str(self.path)!r}, arch={self.arch!r}, params={self.num_params:,}, "
+            f"precision={self.precision!r}, threads={self.threads}, context={self.context_length})"
+        )
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def arch(self) -> str:
+        return self._core.arch
+
+    @property
+    def vocab_size(self) -> int:
+        return self._core.vocab_size
+
+    @property
+    def num_params(self) -> int:
+        return self._core.num_params
+
+    @property
+    def threads(self) -> int:
+        return self._core.threads
+
+    @property
+    def matmul_bytes_per_token(self) -> int:
+        """Bytes of matmul weights read per decoded token (for the decode bandwidth ceiling)."""
+        return self._core.matmul_bytes_per_token
+
+    # -- sessions ------------------------------------------------------------------------------
+    @contextmanager
+    def _session(self) -> Iterator["_core.Session"]:
+        s = self._take_session()
+        try:
+            yield s
+        finally:
+            self._give_back(s)
+
+    def _take_session(self) -> "_core.Session":
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._core.new_session(self.context_length)
+
+    def _give_back(self, s: "_core.Session") -> None:
+        with self._lock:
+            if len(self._idle) < 2:
+                self._idle.append(s)
+
+    def new_session(self) -> "_core.Session":
+        """A raw session (KV cache) for step-by-step use: forward(ids), sample(params), reset()."""
+        return self._core.new_session(self.context_length)
+
+    # -- text ----------------------------------------------------------------------------------
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise TokenizerError(f"{self.path} has no tokenizer.json: pass token ids instead of text")
+        return self.tokenizer
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> List[int]:
+        return self._need_tokenizer().encode(text, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._need_tokenizer().decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
+
+    def _check_ids(self, ids: Sequence[int]) -> List[int]:
+        out = []
+        for t in ids:
+            if not isinstance(t, (int, np.integer)) or isinstance(t, bool):
+                raise InvalidArgumentError(f"token ids must be integers, got {t!r}")
+            t = int(t)
+            if not 0 <= t < self.vocab_size:
+                raise InvalidTokenError(f"token id {t} is outside the vocabulary (size {self.vocab_size})")
+            out.append(t)
+        return out
+
+    def _prompt_ids(self, prompt: Prompt) -> List[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidArgumentError("the prompt is empty")
+            ids = self._check_ids(self.tokenize(prompt))
+            if not ids:
+                raise InvalidArgumentError("the prompt encodes to no tokens")
+        elif isinstance(prompt, (list, tuple, np.ndarray)):
+            ids = self._check_ids(list(prompt))
+            if not ids:
+                raise InvalidArgumentError("the prompt is empty")
+        else:
+            raise InvalidArgumentError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
+        if len(ids) > self.context_length:
+            raise ContextLengthError(
+                f"the prompt has {len(ids)} tokens but the context length is {self.context_length}"
+            )
+        return ids
+
+    # -- inference -----------------------------------------------------------------------------
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """float32 logits [len(token_ids), vocab] of every position (for evaluation)."""
+        ids = self._check_ids(list(token_ids))
+        if not ids:
+            raise InvalidArgumentError("token_ids is empty")
+        if len(ids) > self.context_length:
+            raise ContextLengthError(f"{len(ids)} tokens exceed the context length of {self.context_length}")
+        with self._session() as s:
+            s.reset()
+            raw = s.forward(ids, all_logits=True)
+        return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.vocab_size)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        config: Optional[GenerationConfig] = None,
+        *,
+        stream: bool = False,
+        **options: Any,
+    ) -> Union[GenerationResult, TextStream]:
+        """Generates a continuation of `prompt` (text, or a list of token ids).
+
+        Options are the fields of GenerationConfig (max_new_tokens, min_new_tokens, temperature,
+        top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, logit_bias,
+        stop, seed, ignore_eos, do_sample, eos_token_id); they override `config`, which defaults
+        to the model's generation_config.json. With stream=True, returns a TextStream of text
+        deltas whose `.result` is set at the end; otherwise the GenerationResult.
+        """
+        if config is not None and not isinstance(config, GenerationConfig):
+            raise InvalidArgumentError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        cfg = (config or self.generation_config).replace(**options) if options else (config or self.generation_config)
+        for tok in cfg.logit_bias:
+            if tok >= self.vocab_size:
+                raise InvalidTokenError(f"logit_bias token id {tok} is outside the vocabulary (size {self.vocab_size})")
+        eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.eos_token_ids
+        ids = self._prompt_ids(prompt)
+        seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+        session = self._take_session()
+        gen = run(session, ids, cfg, self.tokenizer, eos, seed)
+        if stream:
+            return TextStream(gen, lambda: self._give_back(session))
+        try:
+            return drain(gen)
+        finally:
+            self._give_back(session)
+
+
+def load(
+    path: Union[str, os.PathLike],
+    precision: str = "fp32",
+    *,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    context_length: Optional[int] = None,
+) -> Model:
+    """Loads a Hugging Face model folder (config.json, model.safetensors or a sharded index,
+    tokenizer.json and generation_config.json when present).
+
+    precision: "fp32". threads: kernel threads (default: every CPU this process may use).
+    context_length: KV-cache positions per session (default and maximum: the model's
+    max_position_embeddings). Nothing in the folder is ever written.
+    """
+    n_threads = check_load_args(precision, device, threads)
+    ckpt = read_checkpoint(path)
+    core = build_core_model(ckpt, n_threads)
+    max_ctx = core.max_position_embeddings
+    if context_length is None:
+        context_length = max_ctx
+    elif not isinstance(context_length, int) or isinstance(context_length, bool) or not 1 <= context_length <= max_ctx:
+        raise InvalidArgumentError(f"context_length must be an integer in [1, {max_ctx}], got {context_length!r}")
+    return Model(
+        core,
+        path=ckpt.path,
+        config=ckpt.config,
+        tokenizer=ckpt.tokenizer,
+        eos_token_ids=eos_token_ids(ckpt),
+        generation_config=GenerationConfig.from_hf(ckpt.generation_config),
+        precision=precision,
+        context_length=context_length,
+    )

@@ -1,0 +1,70 @@
+"""Tokenizer wrapper over the `tokenizers` library, with incremental (streaming) decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence
+
+from .errors import CheckpointError
+
+
+class Tokenizer:
+    """Text <-> token ids, as Hugging Face's fast tokenizer does it for the same tokenizer.json."""
+
+    def __init__(self, tok) -> None:  # tok: tokenizers.Tokenizer
+        self._tok = tok
+
+    @classmethod
+    def from_file(cls, path: Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as e:  # the library raises a bare Exception on malformed files
+            raise CheckpointError(f"cannot load tokenizer {path}: {e}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str):
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int):
+        return self._tok.id_to_token(token_id)
+
+
+class IncrementalDecoder:
+    """Turns a growing list of token ids into text deltas. Decodes a short window with a little
+    left context, so that decoders that strip or merge at the edges (byte fallback, leading
+    spaces, multi-byte characters) give the same text as decoding the whole list at once."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tok = tokenizer
+        self.ids: List[int] = []
+        self._prefix = 0  # start of the context window
+        self._read = 0  # end of what has been emitted
+
+    def push(self, token_id: int) -> str:
+        """Adds one token; returns the newly completed text (may be empty)."""
+        self.ids.append(token_id)
+        prefix_text = self._tok.decode(self.ids[self._prefix : self._read])
+        new_text = self._tok.decode(self.ids[self._prefix :])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(prefix_text) :]
+            self._prefix, self._read = self._read, len(self.ids)
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        """Text still held back at the end (e.g. an incomplete multi-byte character)."""
+        prefix_text = self._tok.decode(self.ids[self._prefix : self._read])
+        new_text = self._tok.decode(self.ids[self._prefix :])
+        self._prefix = self._read = len(self.ids)
+        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""

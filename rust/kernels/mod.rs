@@ -1,0 +1,12 @@
+//! Compute kernels, one file per job.
+pub mod activations;
+pub mod attention;
+pub mod matmul_f32;
+pub mod norms;
+pub mod rope;
+pub mod simd;
+
+/// Name of the SIMD instruction set the kernels dispatch to on this CPU.
+pub fn simd_name() -> String {
+    "pending".to_string()
+}

@@ -1,0 +1,157 @@
+//! The forward pass shared by both architectures (pre-norm decoder blocks).
+
+use super::{Arch, Model, Norm};
+use crate::kernels::activations::{gelu_tanh, silu_mul};
+use crate::kernels::attention::{attention, AttnShape};
+use crate::kernels::norms::{layer_norm, rms_norm};
+use crate::kv_cache::KvCache;
+
+/// Tokens processed per prefill step; bounds scratch memory for long prompts.
+pub const PREFILL_CHUNK: usize = 256;
+
+/// Activation buffers, sized for `rows` tokens at once; reused across calls.
+#[derive(Default)]
+pub struct Scratch {
+    rows: usize,
+    /// x: [rows, d] — the residual stream
+    pub x: Vec<f32>,
+    /// xn: [rows, d] — normalized x
+    pub xn: Vec<f32>,
+    /// qkv: [rows, q_dim + 2·kv_dim]
+    pub qkv: Vec<f32>,
+    /// q: [rows, q_dim]
+    pub q: Vec<f32>,
+    /// att: [rows, q_dim]
+    pub att: Vec<f32>,
+    /// up: [rows, up_out] (gate and up for LLaMA)
+    pub up: Vec<f32>,
+    /// act: [rows, ffn]
+    pub act: Vec<f32>,
+    /// scores: [n_threads, context]
+    pub scores: Vec<f32>,
+}
+
+impl Scratch {
+    fn ensure(&mut self, model: &Model, rows: usize, context: usize) {
+        let c = &model.config;
+        let scores = model.pool.n_threads() * context;
+        if self.rows >= rows && self.scores.len() >= scores {
+            return;
+        }
+        let rows = rows.max(self.rows);
+        let up_out = model.layers.first().map_or(0, |l| l.up.out_features);
+        self.rows = rows;
+        self.x = vec![0.0; rows * c.hidden_size];
+        self.xn = vec![0.0; rows * c.hidden_size];
+        self.qkv = vec![0.0; rows * (c.q_dim() + 2 * c.kv_dim())];
+        self.q = vec![0.0; rows * c.q_dim()];
+        self.att = vec![0.0; rows * c.q_dim()];
+        self.up = vec![0.0; rows * up_out];
+        self.act = vec![0.0; rows * c.intermediate_size];
+        self.scores = vec![0.0; scores.max(self.scores.len())];
+    }
+}
+
+fn apply_norm(norm: &Norm, x: &[f32], out: &mut [f32], d: usize) {
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        match &norm.bias {
+            None => rms_norm(xr, &norm.weight, norm.eps, or),
+            Some(b) => layer_norm(xr, &norm.weight, b, norm.eps, or),
+        }
+    }
+}
+
+/// Runs `tokens` (already validated) at positions `pos0..`, filling the KV cache.
+/// Writes logits of the last token into `logits: [vocab]`, or of every token into
+/// `all_logits: [tokens.len(), vocab]` when given.
+pub fn forward(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, tokens: &[u32], pos0: usize, logits: &mut [f32], mut all_logits: Option<&mut [f32]>) {
+    let vocab = model.config.vocab_size;
+    let mut done = 0;
+    for chunk in tokens.chunks(PREFILL_CHUNK) {
+        let pos = pos0 + done;
+        forward_chunk(model, cache, scratch, chunk, pos);
+        let (t, d) = (chunk.len(), model.config.hidden_size);
+        let head = model.lm_head();
+        match all_logits.as_deref_mut() {
+            Some(out) => {
+                apply_norm(&model.final_norm, &scratch.x[..t * d], &mut scratch.xn[..t * d], d);
+                head.forward(&model.pool, &scratch.xn[..t * d], &mut out[done * vocab..(done + t) * vocab], t);
+            }
+            None if done + t == tokens.len() => {
+                let last = &scratch.x[(t - 1) * d..t * d];
+                apply_norm(&model.final_norm, last, &mut scratch.xn[..d], d);
+                head.forward(&model.pool, &scratch.xn[..d], logits, 1);
+            }
+            None => {}
+        }
+        done += t;
+    }
+    if let Some(out) = all_logits {
+        logits.copy_from_slice(&out[(tokens.len() - 1) * vocab..]);
+    }
+}
+
+fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, tokens: &[u32], pos0: usize) {
+    let c = &model.config;
+    let t = tokens.len();
+    let (d, q_dim, kv_dim, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+    let qkv_dim = q_dim + 2 * kv_dim;
+    s.ensure(model, t, cache.max_seq);
+    let pool = &model.pool;
+
+    // x: [t, d] = embeddings (+ learned positions)
+    for (i, &tok) in tokens.iter().enumerate() {
+        let row = &mut s.x[i * d..(i + 1) * d];
+        model.embed.row_into(tok as usize, row);
+        if let Some(wpe) = &model.pos_embed {
+            for (xv, pv) in row.iter_mut().zip(&wpe[(pos0 + i) * d..(pos0 + i + 1) * d]) {
+                *xv += pv;
+            }
+        }
+    }
+    let shape = AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+    for (li, layer) in model.layers.iter().enumerate() {
+        // attention block
+        apply_norm(&layer.attn_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
+        layer.qkv.forward(pool, &s.xn[..t * d], &mut s.qkv[..t * qkv_dim], t);
+        for i in 0..t {
+            let row = &mut s.qkv[i * qkv_dim..(i + 1) * qkv_dim];
+            let (q, kv) = row.split_at_mut(q_dim);
+            let (k, v) = kv.split_at_mut(kv_dim);
+            if let Some(rope) = &model.rope {
+                rope.apply(q, pos0 + i);
+                rope.apply(k, pos0 + i);
+            }
+            s.q[i * q_dim..(i + 1) * q_dim].copy_from_slice(q);
+            cache.write(li, pos0 + i, k, v);
+        }
+        attention(pool, &shape, &s.q[..t * q_dim], &cache.k[li], &cache.v[li], &mut s.att[..t * q_dim], &mut s.scores, t, pos0);
+        layer.o.forward(pool, &s.att[..t * q_dim], &mut s.xn[..t * d], t);
+        add_into(&mut s.x[..t * d], &s.xn[..t * d]);
+
+        // MLP block
+        apply_norm(&layer.mlp_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
+        let up_out = layer.up.out_features;
+        layer.up.forward(pool, &s.xn[..t * d], &mut s.up[..t * up_out], t);
+        match c.arch {
+            Arch::Llama => {
+                for i in 0..t {
+                    let row = &s.up[i * up_out..(i + 1) * up_out];
+                    silu_mul(&row[..ffn], &row[ffn..], &mut s.act[i * ffn..(i + 1) * ffn]);
+                }
+            }
+            Arch::Gpt2 => {
+                s.act[..t * ffn].copy_from_slice(&s.up[..t * ffn]);
+                gelu_tanh(&mut s.act[..t * ffn]);
+            }
+        }
+        layer.down.forward(pool, &s.act[..t * ffn], &mut s.xn[..t * d], t);
+        add_into(&mut s.x[..t * d], &s.xn[..t * d]);
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}

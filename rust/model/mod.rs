@@ -1,0 +1,124 @@
+//! Decoder-only transformer weights (LLaMA family and GPT-2) and the forward pass.
+
+pub mod config;
+pub mod forward;
+pub mod gpt2;
+pub mod linear;
+pub mod llama;
+pub mod tensors;
+
+use crate::error::{Error, Result};
+use crate::kernels::rope::RopeTable;
+use crate::threadpool::ThreadPool;
+pub use config::{Arch, ModelConfig};
+pub use linear::Linear;
+pub use tensors::{DType, TensorStore};
+
+/// A normalization layer: RMSNorm when `bias` is None (LLaMA), LayerNorm otherwise (GPT-2).
+#[derive(Debug, Clone)]
+pub struct Norm {
+    /// weight: [d]
+    pub weight: Vec<f32>,
+    /// bias: [d]
+    pub bias: Option<Vec<f32>>,
+    pub eps: f32,
+}
+
+/// One decoder block. Projections that read the same input are fused at load time
+/// (fewer, larger matmuls per token): q/k/v into `qkv`, and LLaMA's gate/up into `up`.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// input_layernorm | ln_1
+    pub attn_norm: Norm,
+    /// [q_proj; k_proj; v_proj] | c_attn (transposed): [q_dim + 2·kv_dim, d]
+    pub qkv: Linear,
+    /// o_proj | attn.c_proj: [d, q_dim]
+    pub o: Linear,
+    /// post_attention_layernorm | ln_2
+    pub mlp_norm: Norm,
+    /// [gate_proj; up_proj]: [2·ffn, d] | mlp.c_fc: [ffn, d]
+    pub up: Linear,
+    /// down_proj | mlp.c_proj: [d, ffn]
+    pub down: Linear,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    /// embed_tokens | wte: [vocab, d]
+    pub embed: Linear,
+    /// wpe (GPT-2 learned positions): [n_positions, d]
+    pub pos_embed: Option<Vec<f32>>,
+    pub layers: Vec<Layer>,
+    /// norm | ln_f
+    pub final_norm: Norm,
+    /// lm_head: [vocab, d]; None when tied to `embed`.
+    pub lm_head: Option<Linear>,
+    pub rope: Option<RopeTable>,
+    pub pool: ThreadPool,
+}
+
+impl Model {
+    /// Builds a model from checkpoint tensors; every expected tensor must be present with the right
+    /// shape. Tensors the model does not use (e.g. cached rotary buffers) are ignored.
+    pub fn from_tensors(config: ModelConfig, store: &mut TensorStore, threads: usize) -> Result<Self> {
+        let pool = ThreadPool::new(threads)?;
+        match config.arch {
+            Arch::Llama => llama::build(config, store, pool),
+            Arch::Gpt2 => gpt2::build(config, store, pool),
+        }
+    }
+
+    pub fn lm_head(&self) -> &Linear {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Total parameter count (tied weights counted once).
+    pub fn num_params(&self) -> usize {
+        let norm = |n: &Norm| n.weight.len() + n.bias.as_ref().map_or(0, Vec::len);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| norm(&l.attn_norm) + l.qkv.num_params() + l.o.num_params() + norm(&l.mlp_norm) + l.up.num_params() + l.down.num_params())
+            .sum();
+        self.embed.num_params()
+            + self.pos_embed.as_ref().map_or(0, Vec::len)
+            + layers
+            + norm(&self.final_norm)
+            + self.lm_head.as_ref().map_or(0, Linear::num_params)
+    }
+
+    /// Bytes of matmul weights read per decoded token (all linear layers and the lm_head).
+    pub fn matmul_bytes_per_token(&self) -> usize {
+        let layers: usize = self.layers.iter().map(|l| l.qkv.weight_bytes() + l.o.weight_bytes() + l.up.weight_bytes() + l.down.weight_bytes()).sum();
+        layers + self.lm_head().weight_bytes()
+    }
+
+    pub fn check_token(&self, token: u32) -> Result<()> {
+        if (token as usize) < self.config.vocab_size {
+            Ok(())
+        } else {
+            Err(Error::InvalidToken { token: token as i64, vocab_size: self.config.vocab_size })
+        }
+    }
+}
+
+/// Concatenates row blocks of several [rows_i, cols] matrices into one [Σ rows_i, cols].
+pub(crate) fn concat_rows(parts: Vec<Vec<f32>>) -> Vec<f32> {
+    let total = parts.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    for p in parts {
+        out.extend_from_slice(&p);
+    }
+    out
+}
+
+/// Transposes a row-major [rows, cols] matrix into [cols, rows].
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = w[r * cols + c];
+        }
+    }
+    out
+}

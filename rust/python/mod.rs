@@ -1,0 +1,260 @@
+//! The PyO3 binding layer: the only code that touches Python. Thin wrappers over the core,
+//! errors mapped to `ferrolm.errors`, the GIL released around every forward pass.
+
+mod errors;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::error::Error;
+use crate::model::{Arch, DType, Model, ModelConfig, TensorStore};
+use crate::sampling::{self, SamplingParams};
+use crate::session::Session;
+
+fn token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, Error> {
+    tokens
+        .iter()
+        .map(|&t| match u32::try_from(t) {
+            Ok(id) if (id as usize) < vocab_size => Ok(id),
+            _ => Err(Error::InvalidToken { token: t, vocab_size }),
+        })
+        .collect()
+}
+
+fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
+    // SAFETY: f32 has no padding; the byte view lives only for this copy.
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) };
+    PyBytes::new(py, bytes)
+}
+
+/// Collects checkpoint tensors, then builds a Model.
+#[pyclass(module = "ferrolm._core")]
+struct ModelBuilder {
+    config: ModelConfig,
+    store: Option<TensorStore>,
+}
+
+impl ModelBuilder {
+    fn store(&mut self) -> Result<&mut TensorStore, Error> {
+        self.store.as_mut().ok_or_else(|| Error::InvalidArgument("this ModelBuilder was already built".into()))
+    }
+}
+
+#[pymethods]
+impl ModelBuilder {
+    #[new]
+    fn new(config_json: &str) -> PyResult<Self> {
+        Ok(Self { config: ModelConfig::from_hf_json(config_json)?, store: Some(TensorStore::new()) })
+    }
+
+    /// Reads every tensor of a safetensors file.
+    fn add_safetensors(&mut self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let store = self.store()?;
+        py.detach(|| store.add_safetensors(&path))?;
+        Ok(())
+    }
+
+    /// Adds one tensor from little-endian bytes of `dtype` ("F32", "F16", "BF16", "F64").
+    fn add_tensor(&mut self, name: &str, dtype: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+        let dtype = DType::parse(dtype)?;
+        self.store()?.insert_bytes(name, dtype, &shape, data)?;
+        Ok(())
+    }
+
+    fn tensor_names(&mut self) -> PyResult<Vec<String>> {
+        Ok(self.store()?.names())
+    }
+
+    /// Checks every tensor and builds the model, running kernels on `threads` threads.
+    fn build(&mut self, py: Python<'_>, threads: usize) -> PyResult<PyModel> {
+        let mut store = self.store.take().ok_or_else(|| Error::InvalidArgument("this ModelBuilder was already built".into()))?;
+        let config = self.config.clone();
+        let model = py.detach(move || Model::from_tensors(config, &mut store, threads))?;
+        Ok(PyModel { inner: Arc::new(model) })
+    }
+}
+
+#[pyclass(name = "Model", module = "ferrolm._core", frozen)]
+struct PyModel {
+    inner: Arc<Model>,
+}
+
+#[pymethods]
+impl PyModel {
+    #[getter]
+    fn arch(&self) -> &'static str {
+        match self.inner.config.arch {
+            Arch::Llama => "llama",
+            Arch::Gpt2 => "gpt2",
+        }
+    }
+    #[getter]
+    fn model_type(&self) -> String {
+        self.inner.config.model_type.clone()
+    }
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.config.vocab_size
+    }
+    #[getter]
+    fn max_position_embeddings(&self) -> usize {
+        self.inner.config.max_position_embeddings
+    }
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.inner.config.num_layers
+    }
+    #[getter]
+    fn hidden_size(&self) -> usize {
+        self.inner.config.hidden_size
+    }
+    #[getter]
+    fn num_heads(&self) -> usize {
+        self.inner.config.num_heads
+    }
+    #[getter]
+    fn num_kv_heads(&self) -> usize {
+        self.inner.config.num_kv_heads
+    }
+    #[getter]
+    fn head_dim(&self) -> usize {
+        self.inner.config.head_dim
+    }
+    #[getter]
+    fn num_params(&self) -> usize {
+        self.inner.num_params()
+    }
+    #[getter]
+    fn threads(&self) -> usize {
+        self.inner.pool.n_threads()
+    }
+    /// Bytes of matmul weights read per decoded token (all linear layers and the lm_head).
+    #[getter]
+    fn matmul_bytes_per_token(&self) -> usize {
+        self.inner.matmul_bytes_per_token()
+    }
+
+    #[pyo3(signature = (context_length=None))]
+    fn new_session(&self, context_length: Option<usize>) -> PyResult<PySession> {
+        Ok(PySession { inner: Session::new(self.inner.clone(), context_length)? })
+    }
+}
+
+#[pyclass(name = "Session", module = "ferrolm._core")]
+struct PySession {
+    inner: Session,
+}
+
+#[pymethods]
+impl PySession {
+    #[getter]
+    fn context_length(&self) -> usize {
+        self.inner.context_length()
+    }
+    #[getter]
+    fn position(&self) -> usize {
+        self.inner.position()
+    }
+    fn tokens(&self) -> Vec<u32> {
+        self.inner.tokens().to_vec()
+    }
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+    fn seed(&mut self, seed: u64) {
+        self.inner.seed(seed)
+    }
+
+    /// Feeds `tokens` (prefill or one decode step). With `all_logits`, returns float32 bytes
+    /// of shape [len(tokens), vocab]; otherwise None (the last logits stay inside).
+    #[pyo3(signature = (tokens, all_logits=false))]
+    fn forward<'py>(&mut self, py: Python<'py>, tokens: Vec<i64>, all_logits: bool) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let ids = token_ids(&tokens, self.inner.model().config.vocab_size)?;
+        let session = &mut self.inner;
+        let out = py.detach(|| session.forward(&ids, all_logits))?;
+        Ok(out.map(|v| f32_bytes(py, &v)))
+    }
+
+    /// float32 bytes [vocab] of the last token fed.
+    fn logits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(f32_bytes(py, self.inner.logits()?))
+    }
+
+    /// Picks the next token from the last logits.
+    #[pyo3(signature = (params, gen_start=0, suppress=Vec::new()))]
+    fn sample(&mut self, py: Python<'_>, params: &PySamplingParams, gen_start: usize, suppress: Vec<u32>) -> PyResult<u32> {
+        let session = &mut self.inner;
+        let p = &params.inner;
+        Ok(py.detach(|| session.sample(p, gen_start, &suppress))?)
+    }
+}
+
+#[pyclass(name = "SamplingParams", module = "ferrolm._core", frozen)]
+struct PySamplingParams {
+    inner: SamplingParams,
+}
+
+#[pymethods]
+impl PySamplingParams {
+    #[new]
+    #[pyo3(signature = (do_sample=false, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                        frequency_penalty=0.0, presence_penalty=0.0, logit_bias=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        do_sample: bool,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repetition_penalty: f32,
+        frequency_penalty: f32,
+        presence_penalty: f32,
+        logit_bias: Vec<(u32, f32)>,
+    ) -> PyResult<Self> {
+        let inner = SamplingParams { do_sample, temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, logit_bias };
+        inner.validate(usize::MAX)?;
+        Ok(Self { inner })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
+    }
+}
+
+/// Applies the logits processors (as used by `Session.sample`) to float32 bytes [vocab];
+/// returns the processed float32 bytes. For evaluation and tests.
+#[pyfunction]
+#[pyo3(signature = (logits, params, history=Vec::new(), generated=Vec::new(), suppress=Vec::new()))]
+fn process_logits<'py>(py: Python<'py>, logits: &[u8], params: &PySamplingParams, history: Vec<u32>, generated: Vec<u32>, suppress: Vec<u32>) -> PyResult<Bound<'py, PyBytes>> {
+    let mut v = crate::model::tensors::to_f32(DType::F32, logits)?;
+    sampling::process_logits(&mut v, &params.inner, &history, &generated, &suppress);
+    Ok(f32_bytes(py, &v))
+}
+
+/// The SIMD instruction set the kernels dispatch to on this CPU.
+#[pyfunction]
+fn simd_level() -> String {
+    crate::kernels::simd_name()
+}
+
+/// The default thread count: the number of CPUs this process may use.
+#[pyfunction]
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ModelBuilder>()?;
+    m.add_class::<PyModel>()?;
+    m.add_class::<PySession>()?;
+    m.add_class::<PySamplingParams>()?;
+    m.add_function(wrap_pyfunction!(process_logits, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(default_threads, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! Logits processors and the seeded sampler.
+//!
+//! Order (matches Hugging Face transformers where it has the same knob):
+//!   repetition penalty → frequency/presence penalties → logit bias → suppressed tokens →
+//!   [sampling only] temperature → top-k → top-p → min-p → draw.
+//! Greedy decoding (`do_sample == false`) applies the processors before the bracket and takes the
+//! argmax, as transformers does.
+
+use crate::error::{Error, Result};
+use crate::kernels::activations::softmax;
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// false: greedy (argmax).
+    pub do_sample: bool,
+    /// > 0. Divides the logits when sampling.
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// Nucleus: keep the smallest set of tokens whose probability reaches top_p; in (0, 1], 1 disables.
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p × the top probability; in [0, 1], 0 disables.
+    pub min_p: f32,
+    /// HF semantics over every token of the sequence: positive logits divided, negative multiplied; > 0, 1 disables.
+    pub repetition_penalty: f32,
+    /// Subtracted once per occurrence of a token among the generated tokens.
+    pub frequency_penalty: f32,
+    /// Subtracted once from every token that occurs among the generated tokens.
+    pub presence_penalty: f32,
+    /// Added to the logit of each token id.
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
+        }
+    }
+}
+
+fn bad(msg: String) -> Result<()> {
+    Err(Error::InvalidArgument(msg))
+}
+
+impl SamplingParams {
+    pub fn validate(&self, vocab_size: usize) -> Result<()> {
+        let p = self;
+        if !(p.temperature.is_finite() && p.temperature > 0.0) {
+            return bad(format!("temperature must be a finite number > 0, got {}", p.temperature));
+        }
+        if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", p.top_p));
+        }
+        if !(0.0..=1.0).contains(&p.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", p.min_p));
+        }
+        if !(p.repetition_penalty.is_finite() && p.repetition_penalty > 0.0) {
+            return bad(format!("repetition_penalty must be a finite number > 0, got {}", p.repetition_penalty));
+        }
+        if !p.frequency_penalty.is_finite() || !p.presence_penalty.is_finite() {
+            return bad("frequency_penalty and presence_penalty must be finite".into());
+        }
+        for &(tok, b) in &p.logit_bias {
+            if tok as usize >= vocab_size {
+                return Err(Error::InvalidToken { token: tok as i64, vocab_size });
+            }
+            if b.is_nan() {
+                return bad(format!("logit_bias for token {tok} is NaN"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies every processor in place. `history`: all tokens of the sequence so far (prompt and
+/// generated); `generated`: the generated ones; `suppress`: token ids forced to −inf
+/// (e.g. EOS before min_new_tokens).
+pub fn process_logits(logits: &mut [f32], p: &SamplingParams, history: &[u32], generated: &[u32], suppress: &[u32]) {
+    let vocab = logits.len();
+    if p.repetition_penalty != 1.0 {
+        let mut seen = vec![false; vocab];
+        for &t in history {
+            let t = t as usize;
+            if t < vocab && !seen[t] {
+                seen[t] = true;
+                let l = logits[t];
+                logits[t] = if l < 0.0 { l * p.repetition_penalty } else { l / p.repetition_penalty };
+            }
+        }
+    }
+    if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &t in generated {
+            *counts.entry(t).or_insert(0) += 1;
+        }
+        for (&t, &n) in &counts {
+            if (t as usize) < vocab {
+                logits[t as usize] -= n as f32 * p.frequency_penalty + p.presence_penalty;
+            }
+        }
+    }
+    for &(t, b) in &p.logit_bias {
+        if (t as usize) < vocab {
+            logits[t as usize] += b;
+        }
+    }
+    for &t in suppress {
+        if (t as usize) < vocab {
+            logits[t as usize] = f32::NEG_INFINITY;
+        }
+    }
+    if !p.do_sample {
+        return;
+    }
+    if p.temperature != 1.0 {
+        for l in logits.iter_mut() {
+            *l /= p.temperature;
+        }
+    }
+    if p.top_k > 0 && p.top_k < vocab {
+        top_k(logits, p.top_k);
+    }
+    if p.top_p < 1.0 {
+        top_p(logits, p.top_p);
+    }
+    if p.min_p > 0.0 {
+        min_p(logits, p.min_p);
+    }
+}
+
+/// Keeps every logit ≥ the k-th largest (ties at the threshold are kept, as in transformers).
+fn top_k(logits: &mut [f32], k: usize) {
+    let mut vals: Vec<f32> = logits.to_vec();
+    let (_, kth, _) = vals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let threshold = *kth;
+    for l in logits.iter_mut() {
+        if *l < threshold {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// transformers' TopP: sort ascending, cumulative softmax, drop tokens whose cumulative
+/// probability is ≤ 1 − top_p; the most likely token always stays.
+fn top_p(logits: &mut [f32], top_p: f32) {
+    let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| logits[i] > f32::NEG_INFINITY).collect();
+    if idx.len() <= 1 {
+        return;
+    }
+    idx.sort_unstable_by(|&a, &b| logits[a].total_cmp(&logits[b]));
+    let mut probs: Vec<f32> = idx.iter().map(|&i| logits[i]).collect();
+    softmax(&mut probs);
+    let mut cum = 0.0f32;
+    let last = idx.len() - 1;
+    for (j, &i) in idx.iter().enumerate() {
+        cum += probs[j];
+        if j < last && cum <= 1.0 - top_p {
+            logits[i] = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// transformers' MinP: drop tokens whose probability is below min_p × the top probability.
+fn min_p(logits: &mut [f32], min_p: f32) {
+    let mut probs = logits.to_vec();
+    softmax(&mut probs);
+    let top = probs.iter().copied().fold(0.0f32, f32::max);
+    let threshold = min_p * top;
+    for (l, &pr) in logits.iter_mut().zip(&probs) {
+        if pr < threshold {
+            *l = f32::NEG_INFINITY;
+        }
+    }
+}
+
+/// Index of the largest logit (the first, on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Processes `logits` in place, then picks the next token: argmax when greedy, otherwise a draw
+/// from the softmax of what is left.
+pub fn sample(logits: &mut [f32], p: &SamplingParams, history: &[u32], generated: &[u32], suppress: &[u32], rng: &mut Rng) -> Result<u32> {
+    process_logits(logits, p, history, generated, suppress);
+    if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+        return Err(Error::InvalidArgument("every token was suppressed; nothing can be sampled".into()));
+    }
+    if logits.iter().any(|l| l.is_nan()) {
+        return Err(Error::InvalidArgument("the logits contain NaN".into()));
+    }
+    if !p.do_sample {
+        return Ok(argmax(logits));
+    }
+    softmax(logits);
+    let u = rng.uniform();
+    let mut cum = 0.0f64;
+    let mut last_nonzero = 0;
+    for (i, &pr) in logits.iter().enumerate() {
+        if pr > 0.0 {
+            cum += pr as f64;
+            last_nonzero = i;
+            if u < cum {
+                return Ok(i as u32);
+            }
+        }
+    }
+    Ok(last_nonzero as u32) // u landed in the rounding gap at the very top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampled() -> SamplingParams {
+        SamplingParams { do_sample: true, ..Default::default() }
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        let p = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
+        process_logits(&mut l, &p, &[0, 1, 0], &[], &[]);
+        assert_eq!(l, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn penalties_bias_and_suppression() {
+        let mut l = vec![0.0; 4];
+        let p = SamplingParams { frequency_penalty: 0.5, presence_penalty: 1.0, logit_bias: vec![(3, 2.0)], ..Default::default() };
+        process_logits(&mut l, &p, &[1, 1, 2], &[1, 1, 2], &[0]);
+        assert_eq!(l, vec![f32::NEG_INFINITY, -2.0, -1.5, 2.0]);
+    }
+
+    #[test]
+    fn top_k_top_p_min_p_filter() {
+        let base = vec![1.0f32, 3.0, 2.0, 0.0, 3.0];
+        let mut l = base.clone();
+        process_logits(&mut l, &SamplingParams { top_k: 2, ..sampled() }, &[], &[], &[]);
+        assert_eq!(l.iter().filter(|v| v.is_finite()).count(), 2); // the two 3.0s
+        let mut l = base.clone();
+        process_logits(&mut l, &SamplingParams { top_p: 0.01, ..sampled() }, &[], &[], &[]);
+        assert_eq!(l.iter().filter(|v| v.is_finite()).count(), 1);
+        let mut l = base.clone();
+        process_logits(&mut l, &SamplingParams { min_p: 0.5, ..sampled() }, &[], &[], &[]);
+        // exp(2−3) = 0.37 < 0.5: only the two top tokens stay
+        assert_eq!(l.iter().filter(|v| v.is_finite()).count(), 2);
+    }
+
+    #[test]
+    fn greedy_and_seeded_draws() {
+        let logits = vec![0.5f32, 2.0, 1.9, -1.0];
+        let mut rng = Rng::new(0);
+        assert_eq!(sample(&mut logits.clone(), &SamplingParams::default(), &[], &[], &[], &mut rng).unwrap(), 1);
+        let draw = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..50).map(|_| sample(&mut logits.clone(), &sampled(), &[], &[], &[], &mut rng).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(3), draw(3));
+        assert_ne!(draw(3), draw(4));
+        // frequencies follow the softmax
+        let mut rng = Rng::new(9);
+        let mut counts = [0usize; 4];
+        for _ in 0..20000 {
+            counts[sample(&mut logits.clone(), &sampled(), &[], &[], &[], &mut rng).unwrap() as usize] += 1;
+        }
+        let mut probs = logits.clone();
+        softmax(&mut probs);
+        for i in 0..4 {
+            assert!((counts[i] as f32 / 20000.0 - probs[i]).abs() < 0.015, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn everything_suppressed_is_an_error() {
+        let mut rng = Rng::new(0);
+        let r = sample(&mut vec![1.0, 2.0], &SamplingParams::default(), &[], &[], &[0, 1], &mut rng);
+        assert!(matches!(r, Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn validation_rejects_out_of_range_knobs() {
+        let bad = [
+            SamplingParams { temperature: 0.0, ..Default::default() },
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { top_p: 1.5, ..Default::default() },
+            SamplingParams { min_p: -0.1, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+            SamplingParams { frequency_penalty: f32::NAN, ..Default::default() },
+            SamplingParams { logit_bias: vec![(10, 1.0)], ..Default::default() },
+        ];
+        for p in bad {
+            assert!(p.validate(10).is_err(), "{p:?}");
+        }
+        assert!(SamplingParams::default().validate(10).is_ok());
+    }
+}
