@@ -1,0 +1,114 @@
+"""Shared fixtures: the tiny reference models of tests/fixtures/ and helpers to write models."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+
+import ferrolm
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MODELS = FIXTURES / "models"
+EXPECTED = FIXTURES / "expected"
+MODEL_NAMES = ["tiny-llama", "tiny-gpt2", "tiny-qwen2"]
+
+
+def pytest_configure(config):
+    if os.environ.get("FERROLM_REQUIRE_INSTALLED") and "site-packages" not in ferrolm.__file__:
+        raise pytest.UsageError(f"ferrolm was imported from {ferrolm.__file__}, not from the installed wheel")
+
+
+_cache: Dict[tuple, ferrolm.Model] = {}
+
+
+def load_fixture(name: str, threads: int = 2) -> ferrolm.Model:
+    key = (name, threads)
+    if key not in _cache:
+        _cache[key] = ferrolm.load(MODELS / name, threads=threads)
+    return _cache[key]
+
+
+def reference(name: str):
+    return np.load(EXPECTED / f"{name}.npz"), json.loads((EXPECTED / f"{name}.json").read_text())
+
+
+@pytest.fixture(params=MODEL_NAMES)
+def model_name(request) -> str:
+    return request.param
+
+
+def copy_model(name: str, dest: Path) -> Path:
+    """A writable copy of a fixture model folder."""
+    out = dest / name
+    shutil.copytree(MODELS / name, out)
+    return out
+
+
+def write_safetensors(path: Path, tensors: Dict[str, np.ndarray]) -> None:
+    """Writes a safetensors file (little-endian, F32/F16) without any extra dependency."""
+    header, chunks, offset = {}, [], 0
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr)
+        dtype = {np.float32: "F32", np.float16: "F16"}[arr.dtype.type]
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for c in chunks:
+            f.write(c)
+
+
+def random_llama(folder: Path, *, hidden=128, layers=2, heads=4, kv_heads=2, ffn=256, vocab=256, ctx=256, seed=0) -> Path:
+    """A random-weight LLaMA folder (no tokenizer)."""
+    rng = np.random.default_rng(seed)
+    hd = hidden // heads
+    cfg = dict(model_type="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn,
+               num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+               max_position_embeddings=ctx, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(vocab, hidden), "model.norm.weight": np.ones(hidden, np.float32)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        t.update({
+            f"{p}.input_layernorm.weight": np.ones(hidden, np.float32),
+            f"{p}.post_attention_layernorm.weight": np.ones(hidden, np.float32),
+            f"{p}.self_attn.q_proj.weight": w(heads * hd, hidden),
+            f"{p}.self_attn.k_proj.weight": w(kv_heads * hd, hidden),
+            f"{p}.self_attn.v_proj.weight": w(kv_heads * hd, hidden),
+            f"{p}.self_attn.o_proj.weight": w(hidden, heads * hd),
+            f"{p}.mlp.gate_proj.weight": w(ffn, hidden),
+            f"{p}.mlp.up_proj.weight": w(ffn, hidden),
+            f"{p}.mlp.down_proj.weight": w(hidden, ffn),
+        })
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    write_safetensors(folder / "model.safetensors", t)
+    return folder
+
+
+def read_safetensors(blob: bytes) -> Dict[str, np.ndarray]:
+    """Reads the F32/F16 tensors of a safetensors file's bytes."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header.pop("__metadata__", None)
+    data = blob[8 + n :]
+    out = {}
+    for name, h in header.items():
+        dt = {"F32": "<f4", "F16": "<f2"}[h["dtype"]]
+        a, b = h["data_offsets"]
+        out[name] = np.frombuffer(data[a:b], dtype=dt).reshape(h["shape"]).copy()
+    return out
