@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ferrolm
+from ferrolm.safetensors_io import save_arrays
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = FIXTURES / "models"
@@ -51,22 +52,7 @@ def copy_model(name: str, dest: Path) -> Path:
 
 
 def write_safetensors(path: Path, tensors: Dict[str, np.ndarray]) -> None:
-    """Writes a safetensors file (little-endian, F32/F16) without any extra dependency."""
-    header, chunks, offset = {}, [], 0
-    for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        dtype = {np.float32: "F32", np.float16: "F16"}[arr.dtype.type]
-        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for c in chunks:
-            f.write(c)
+    save_arrays(path, tensors)
 
 
 def random_llama(folder: Path, *, hidden=128, layers=2, heads=4, kv_heads=2, ffn=256, vocab=256, ctx=256, seed=0) -> Path:

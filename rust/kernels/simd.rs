@@ -13,3 +13,15 @@ pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
         *yi += alpha * xi;
     }
 }
+
+/// Σ x[i]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}

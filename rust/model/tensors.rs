@@ -157,6 +157,7 @@ impl TensorStore {
                 }
             };
             self.insert_bytes(&name, dtype, view.shape(), view.data())?;
+            release_pages(&mmap, view.data());
         }
         Ok(())
     }
@@ -178,6 +179,20 @@ impl TensorStore {
             Ok(None)
         }
     }
+}
+
+/// Drops the file pages behind `data` (already converted) from this process's resident set, so
+/// loading holds at most one tensor's file pages besides the converted weights. Only a hint:
+/// the mapping is read-only and pages would be re-read from the file if touched again.
+fn release_pages(mmap: &memmap2::Mmap, data: &[u8]) {
+    #[cfg(unix)]
+    {
+        let start = data.as_ptr() as usize - mmap.as_ptr() as usize;
+        // SAFETY: DONTNEED on a private read-only file mapping only discards clean pages.
+        let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, data.len()) };
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, data);
 }
 
 #[cfg(test)]

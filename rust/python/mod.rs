@@ -240,6 +240,15 @@ fn simd_level() -> String {
     crate::kernels::simd_name()
 }
 
+/// Memory read bandwidth in bytes/s: `threads` threads summing a buffer of `bytes` bytes,
+/// best of `repeats` passes (for the decode ceiling).
+#[pyfunction]
+#[pyo3(signature = (bytes=1 << 30, threads=None, repeats=5))]
+fn read_bandwidth(py: Python<'_>, bytes: usize, threads: Option<usize>, repeats: usize) -> PyResult<f64> {
+    let pool = crate::threadpool::ThreadPool::new(threads.unwrap_or_else(default_threads))?;
+    Ok(py.detach(|| crate::bandwidth::read_bandwidth(&pool, bytes, repeats)))
+}
+
 /// The default thread count: the number of CPUs this process may use.
 #[pyfunction]
 fn default_threads() -> usize {
@@ -255,6 +264,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process_logits, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
