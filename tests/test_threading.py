@@ -56,3 +56,38 @@ def test_concurrent_generations_from_two_threads_are_independent():
     for t in threads:
         t.join()
     assert len(results) == 15 and all(r == want for r in results)
+
+
+def test_generate_leaves_the_gil_to_other_threads(tmp_path):
+    """A pure-Python thread keeps most of its speed while generate() runs in another thread.
+    Each generate() here is one long prefill inside Rust: were the GIL held there, the counting
+    thread would stall for the whole call."""
+    model = ferrolm.load(random_llama(tmp_path / "g", hidden=256, layers=4, ffn=768, ctx=512), threads=1)
+    prompt = [i % 256 for i in range(1, 500)]
+
+    def rate(seconds: float) -> float:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+    alone = rate(0.2)
+    t0 = time.perf_counter()
+    model.generate(prompt, max_new_tokens=1)
+    one_call = time.perf_counter() - t0
+    done = threading.Event()
+    rates = []
+
+    def generate():
+        for _ in range(4):
+            model.generate(prompt, max_new_tokens=1)
+        done.set()
+
+    t = threading.Thread(target=generate)
+    t.start()
+    while not done.is_set():
+        rates.append(rate(one_call / 4))
+    t.join()
+    assert one_call > 0.02, "the call is too short to observe"
+    assert len(rates) >= 8
+    assert sorted(rates)[len(rates) // 2] > 0.3 * alone
