@@ -130,9 +130,10 @@ impl TensorStore {
         if shape.iter().product::<usize>() != data.len() {
             return Err(Error::Tensor(format!("tensor '{name}': shape {shape:?} does not match {} values", data.len())));
         }
-        if self.tensors.insert(name.to_string(), Tensor { shape, data }).is_some() {
+        if self.tensors.contains_key(name) {
             return Err(Error::Tensor(format!("tensor '{name}' appears twice in the checkpoint")));
         }
+        self.tensors.insert(name.to_string(), Tensor { shape, data });
         Ok(())
     }
 
