@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import _core
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError
+from .chat import ChatTemplate, special_tokens_from_config, template_from_config
 from .tokenizer import Tokenizer
 
 PRECISIONS = ("fp32",)
@@ -26,6 +27,9 @@ class Checkpoint:
     weight_files: List[Path]
     tokenizer: Optional[Tokenizer]
     generation_config: Dict[str, Any] = field(default_factory=dict)
+    chat_template: Optional[ChatTemplate] = None
+    special_tokens: Dict[str, str] = field(default_factory=dict)
+    format: str = "hf"
 
 
 def _read_json(path: Path, what: str, error=CheckpointError) -> Any:
@@ -85,11 +89,23 @@ def read_checkpoint(path: os.PathLike | str) -> Checkpoint:
     weights = _weight_files(folder)
     tok_path = folder / "tokenizer.json"
     tokenizer = Tokenizer.from_file(tok_path) if tok_path.is_file() else None
-    gen_path = folder / "generation_config.json"
-    gen = _read_json(gen_path, "generation config") if gen_path.is_file() else {}
-    if not isinstance(gen, dict):
-        raise CheckpointError(f"{gen_path} must hold a JSON object")
-    return Checkpoint(folder, config, weights, tokenizer, gen)
+    gen = _optional_json_object(folder / "generation_config.json", "generation config")
+    tok_config = _optional_json_object(folder / "tokenizer_config.json", "tokenizer config")
+    jinja_path = folder / "chat_template.jinja"
+    jinja_text = jinja_path.read_text(encoding="utf-8") if jinja_path.is_file() else None
+    special = special_tokens_from_config(tok_config)
+    source = template_from_config(tok_config, jinja_text)
+    template = ChatTemplate(source, special) if source else None
+    return Checkpoint(folder, config, weights, tokenizer, gen, template, special)
+
+
+def _optional_json_object(path: Path, what: str) -> Dict[str, Any]:
+    if not path.is_file():
+        return {}
+    data = _read_json(path, what)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
 
 
 def check_load_args(precision: str, device: str, threads: Optional[int]) -> int:

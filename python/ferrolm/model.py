@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
+from .chat import END_OF_TURN_TOKENS, ChatTemplate
 from .config import GenerationConfig
 from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
 from .generation import GenerationResult, TextStream, drain, run
@@ -36,6 +37,7 @@ class Model:
         generation_config: GenerationConfig,
         precision: str,
         context_length: int,
+        chat_template: Optional[ChatTemplate] = None,
     ) -> None:
         self._core = core
         self.path = path
@@ -45,6 +47,7 @@ class Model:
         self.generation_config = generation_config
         self.precision = precision
         self.context_length = context_length
+        self.chat_template = chat_template
         self._idle: List["_core.Session"] = []
         self._lock = threading.Lock()
 
@@ -155,6 +158,39 @@ class Model:
             raw = s.forward(ids, all_logits=True)
         return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.vocab_size)
 
+    def apply_chat_template(self, messages: Sequence[Dict[str, Any]], add_generation_prompt: bool = True,
+                            **kwargs: Any) -> str:
+        """The prompt text the model's chat template makes of `messages`."""
+        if self.chat_template is None:
+            raise TokenizerError(f"{self.path} has no chat template")
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def end_of_turn_ids(self) -> Tuple[int, ...]:
+        """EOS ids plus the end-of-turn tokens of common chat templates found in the vocabulary."""
+        ids = list(self.eos_token_ids)
+        tok = self.tokenizer
+        for name in END_OF_TURN_TOKENS:
+            tid = tok.token_to_id(name) if tok is not None else None
+            if tid is not None and tid not in ids and (self.chat_template is None or name in self.chat_template.source):
+                ids.append(tid)
+        return tuple(ids)
+
+    def chat(
+        self,
+        messages: Sequence[Dict[str, Any]],
+        config: Optional[GenerationConfig] = None,
+        *,
+        stream: bool = False,
+        **options: Any,
+    ) -> Union[GenerationResult, TextStream]:
+        """Generates the assistant's reply to `messages` ([{"role": "user", "content": ...}, ...])
+        through the model's chat template; stops at the end of the turn. Options as in generate()."""
+        prompt = self.apply_chat_template(messages)
+        ids = self.tokenize(prompt, add_special_tokens=False)
+        if "eos_token_id" not in options and (config is None or config.eos_token_id is None):
+            options["eos_token_id"] = self.end_of_turn_ids()
+        return self.generate(ids, config, stream=stream, **options)
+
     def generate(
         self,
         prompt: Prompt,
@@ -222,4 +258,5 @@ def load(
         generation_config=GenerationConfig.from_hf(ckpt.generation_config),
         precision=precision,
         context_length=context_length,
+        chat_template=ckpt.chat_template,
     )

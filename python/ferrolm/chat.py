@@ -1,0 +1,145 @@
+"""Chat templates: Jinja2 templates rendered the way transformers' apply_chat_template does it
+(sandboxed environment, trim_blocks + lstrip_blocks, loop controls, its tojson/raise_exception/
+strftime_now helpers, special tokens as variables)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from .errors import CheckpointError, InvalidArgumentError
+
+# Tokens that end an assistant turn in common templates; the ones a vocabulary has stop chat.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
+
+
+def _jinja():
+    try:
+        import jinja2
+        import jinja2.ext
+        import jinja2.sandbox
+    except ImportError:  # pragma: no cover - jinja2 is a dependency
+        raise CheckpointError("chat templates need the 'jinja2' package: pip install jinja2") from None
+    return jinja2
+
+
+def _compile(source: str):
+    jinja2 = _jinja()
+
+    class Generation(jinja2.ext.Extension):
+        """`{% generation %}...{% endgeneration %}` marks assistant text; it renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise CheckpointError(f"the chat template is not valid Jinja: {e}") from None
+
+
+def _plain(value: Any) -> Any:
+    """Rebuilds template inputs from plain JSON types (the sandbox then sees nothing else)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    raise InvalidArgumentError(f"chat messages may hold only JSON-like values, got {type(value).__name__}")
+
+
+class ChatTemplate:
+    """A compiled chat template plus the special tokens it may refer to (bos_token, eos_token, ...)."""
+
+    def __init__(self, source: str, special_tokens: Optional[Mapping[str, str]] = None) -> None:
+        if not isinstance(source, str) or not source.strip():
+            raise CheckpointError("the chat template is empty")
+        self.source = source
+        self.special_tokens = dict(special_tokens or {})
+        self._template = _compile(source)
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Optional[List[dict]] = None,
+        documents: Optional[List[dict]] = None,
+        **kwargs: Any,
+    ) -> str:
+        check_messages(messages)
+        jinja2 = _jinja()
+        try:
+            return self._template.render(
+                messages=_plain(list(messages)),
+                tools=_plain(tools),
+                documents=_plain(documents),
+                add_generation_prompt=add_generation_prompt,
+                **{**self.special_tokens, **_plain(kwargs)},
+            )
+        except jinja2.exceptions.TemplateError as e:
+            raise InvalidArgumentError(f"the chat template rejected the messages: {e}") from None
+
+
+def check_messages(messages: Any) -> None:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InvalidArgumentError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise InvalidArgumentError(f"message {i} must be a dict with a string 'role', got {m!r}")
+        if "content" in m and not isinstance(m["content"], (str, list, type(None))):
+            raise InvalidArgumentError(f"message {i} has content of type {type(m['content']).__name__}")
+
+
+def special_tokens_from_config(tok_config: Mapping[str, Any]) -> Dict[str, str]:
+    """bos_token, eos_token, unk_token, pad_token... as strings, from tokenizer_config.json."""
+    out = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
+        v = tok_config.get(key)
+        if isinstance(v, Mapping):
+            v = v.get("content")
+        if isinstance(v, str):
+            out[key] = v
+    return out
+
+
+def template_from_config(tok_config: Mapping[str, Any], jinja_file_text: Optional[str]) -> Optional[str]:
+    """The default chat template of an HF folder: chat_template.jinja, else tokenizer_config.json's
+    chat_template (a string, or a list of named templates of which 'default' is used)."""
+    if jinja_file_text:
+        return jinja_file_text
+    t = tok_config.get("chat_template")
+    if isinstance(t, str):
+        return t
+    if isinstance(t, list):
+        named = {d.get("name"): d.get("template") for d in t if isinstance(d, Mapping)}
+        return named.get("default") or next(iter(named.values()), None)
+    return None

@@ -1,0 +1,634 @@
+"""Reading GGUF files (llama.cpp's checkpoint format) of the LLaMA architecture.
+
+    g = read_gguf("model.gguf")           # metadata, config, tokenizer; no tensor data read yet
+    builder = _core.ModelBuilder(json.dumps(g.config))
+    g.add_tensors(builder)                 # dequantizes one tensor at a time into float32
+    core = builder.build(threads)
+
+`GgufModel.config` is a Hugging Face config.json dict (what rust/model/config.rs reads) and the
+tensors are added under Hugging Face names, so the core needs nothing GGUF-specific. Quantized
+tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K) and F16/BF16 are dequantized to float32 with the
+`gguf` package (`pip install gguf`); the file is memory-mapped and only read.
+
+llama.cpp's converter reorders the rows of q_proj/k_proj (HF's rotate-half RoPE layout to its
+interleaved one); `add_tensors` undoes that, so the weights are exactly those transformers gets
+from the same file (`from_pretrained(..., gguf_file=...)`). The tokenizer is rebuilt from the
+`tokenizer.ggml.*` metadata the way transformers does it; only byte-level BPE vocabularies
+(`tokenizer.ggml.model == "gpt2"`) are supported.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError, MissingTensorError, ModelNotFoundError, TensorError
+from .tokenizer import Tokenizer
+
+__all__ = ["GgufModel", "read_gguf", "SUPPORTED_TENSOR_TYPES", "is_gguf_file"]
+
+ProgressFn = Callable[[int, int, str], None]
+
+GGUF_MAGIC = b"GGUF"
+
+# GGML types add_tensors can turn into float32 (through gguf.quants.dequantize).
+SUPPORTED_TENSOR_TYPES = (
+    "F32", "F16", "BF16",
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
+    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+)  # fmt: skip
+
+# Metadata arrays longer than this stay out of `GgufModel.metadata` (the vocabulary, merges...).
+_MAX_METADATA_ARRAY = 64
+
+# GGUF block tensor name -> Hugging Face LLaMA name (inside model.layers.N).
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_REQUIRED_LAYER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+# Pre-tokenizer split regexes by `tokenizer.ggml.pre`, as transformers' GGUF loader
+# (integrations/gguf/gguf_tokenizer_mapping.py) has them. Any other value (e.g. "gpt-2",
+# "smollm", "default") keeps the GPT-2 ByteLevel regex, as transformers does.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_QWEN35_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_PRE_TOKENIZER_SPLITS = {
+    **dict.fromkeys(
+        ["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+         "jina-v5-nano", "dbrx", "smaug-bpe"],
+        _LLAMA3_SPLIT,
+    ),
+    "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"], _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT,
+    **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], _GPT4O_SPLIT),
+}  # fmt: skip
+
+_TOKEN_TYPE_CONTROL = 3
+_TOKEN_TYPE_USER_DEFINED = 4
+
+
+def _gguf():
+    try:
+        import gguf  # noqa: F401
+        import gguf.quants  # noqa: F401
+    except ImportError:
+        raise CheckpointError("reading GGUF files needs the 'gguf' package: pip install gguf") from None
+    return gguf
+
+
+def is_gguf_file(path: os.PathLike | str) -> bool:
+    """True when `path` is a file that starts with the GGUF magic (or is named *.gguf)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    if p.suffix.lower() == ".gguf":
+        return True
+    try:
+        with open(p, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+# -- metadata --------------------------------------------------------------------------------------
+
+
+def _field_value(gguf, f, path: Path) -> Any:
+    """A metadata field as a Python value (str, int, float, bool or list)."""
+    try:
+        return f.contents()
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: metadata key {f.name!r} holds invalid UTF-8: {e}") from None
+
+
+def _bytes_to_unicode() -> Dict[int, str]:
+    """GPT-2's byte -> printable character table (the byte-level BPE alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+@dataclass
+class _TensorInfo:
+    gguf_name: str
+    hf_name: str
+    type_name: str
+    shape: Tuple[int, ...]  # numpy / HF order: [out, in]
+    index: int  # in reader.tensors
+    heads: int = 0  # > 0: undo llama.cpp's RoPE row permutation with this many heads
+
+
+@dataclass
+class GgufModel:
+    """What a GGUF file holds, before its tensors are read.
+
+    config:          Hugging Face config.json dict for `_core.ModelBuilder`
+    metadata:        the file's scalar / string metadata (and short arrays), keyed as in the file
+    tensor_types:    {GGML type name: number of tensors}, e.g. {"Q4_1": 210, "F32": 61, "Q8_0": 1}
+    tokenizer:       a ferrolm Tokenizer rebuilt from tokenizer.ggml.* (None if the file has none)
+    chat_template:   the Jinja chat template (tokenizer.chat_template) or None
+    eos_token_ids:   tokenizer.ggml.eos_token_id, then eot/eom ids when the file gives other ones
+    bos_token_id:    tokenizer.ggml.bos_token_id or None
+    generation_config: a generation_config.json-like dict (bos/eos/pad ids) for GenerationConfig.from_hf
+    """
+
+    path: Path
+    architecture: str
+    config: Dict[str, Any]
+    metadata: Dict[str, Any]
+    tensor_types: Dict[str, int]
+    tokenizer: Optional[Tokenizer]
+    chat_template: Optional[str]
+    eos_token_ids: Tuple[int, ...]
+    bos_token_id: Optional[int]
+    generation_config: Dict[str, Any] = field(default_factory=dict)
+    _reader: Any = field(default=None, repr=False)
+    _tensors: List[_TensorInfo] = field(default_factory=list, repr=False)
+
+    @property
+    def tensor_names(self) -> List[str]:
+        """Hugging Face names of the tensors add_tensors will add, in file order."""
+        return [t.hf_name for t in self._tensors]
+
+    def iter_tensors(self) -> Iterator[Tuple[str, np.ndarray]]:
+        """(Hugging Face name, float32 array [out, in]) one at a time, in file order. Each array
+        is a fresh copy; drop it before asking for the next to keep memory low."""
+        if self._reader is None:
+            raise CheckpointError(f"{self.path}: this GgufModel was closed")
+        for info in self._tensors:
+            yield info.hf_name, self._load(info)
+
+    def add_tensors(self, builder: Any, progress: Optional[ProgressFn] = None) -> None:
+        """Dequantizes every tensor to float32 and adds it to `builder` (a `_core.ModelBuilder`,
+        or anything with `add_tensor(name, dtype, shape, data)`) under its Hugging Face name.
+        Calls `progress(done, total, hf_name)` after each tensor."""
+        total = len(self._tensors)
+        for done, (name, arr) in enumerate(self.iter_tensors(), 1):
+            shape = list(arr.shape)
+            data = arr.tobytes()
+            del arr
+            builder.add_tensor(name, "F32", shape, data)
+            del data
+            if progress is not None:
+                progress(done, total, name)
+
+    def close(self) -> None:
+        """Unmaps the file (the metadata, config and tokenizer stay usable)."""
+        self._reader = None
+
+    # -- internals ---------------------------------------------------------------------------
+    def _load(self, info: _TensorInfo) -> np.ndarray:
+        gguf = _gguf()
+        t = self._reader.tensors[info.index]
+        try:
+            arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        except (NotImplementedError, ValueError, IndexError, TypeError) as e:
+            raise TensorError(
+                f"{self.path}: cannot dequantize tensor {info.gguf_name} of type {info.type_name}: {e}"
+            ) from None
+        if tuple(arr.shape) != info.shape:
+            raise TensorError(
+                f"{self.path}: tensor {info.gguf_name} ({info.type_name}) dequantized to shape "
+                f"{list(arr.shape)}, expected {list(info.shape)}"
+            )
+        if info.heads:
+            arr = _unpermute_rope_rows(arr, info.heads)
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+        if out is t.data or np.shares_memory(out, t.data):
+            out = out.copy()  # F32 tensors come back as views of the mapped file
+        _release_pages(self._reader, t)
+        return out
+
+
+def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of llama.cpp convert_hf_to_gguf's `permute`:
+    w.reshape(n_head, 2, rows // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _release_pages(reader: Any, t: Any) -> None:
+    """Drops the mapped file pages of a tensor already converted (best effort; read-only map)."""
+    mm = getattr(getattr(reader, "data", None), "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    start = -(-int(t.data_offset) // page) * page
+    end = (int(t.data_offset) + int(t.n_bytes)) // page * page
+    if end > start:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _open_reader(gguf, path: Path):
+    if not path.exists():
+        raise ModelNotFoundError(f"GGUF file {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file; expected a .gguf file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read GGUF file {path}: {e}") from None
+    if head != GGUF_MAGIC:
+        raise CheckpointError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        reader = gguf.GGUFReader(str(path), "r")
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, UnicodeDecodeError, MemoryError) as e:
+        msg = str(e) or type(e).__name__
+        if "GGMLQuantizationType" in msg:
+            raise TensorError(f"{path}: a tensor has a GGML type this gguf package does not know ({msg})") from None
+        raise CheckpointError(f"{path} is not a valid GGUF file (truncated or corrupt?): {msg}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read GGUF file {path}: {e}") from None
+    if getattr(reader, "byte_order", "I") != "I":
+        raise CheckpointError(f"{path} is a GGUF file of the other byte order (big-endian); not supported")
+    # The reader maps tensor data lazily; check every tensor lies inside the file.
+    size = reader.data.shape[0]
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
+            raise CheckpointError(
+                f"{path} is truncated: tensor {t.name} needs bytes {t.data_offset}..{t.data_offset + t.n_bytes} "
+                f"but the file has {size}"
+            )
+    return reader
+
+
+def read_gguf(path: os.PathLike | str) -> GgufModel:
+    """Reads a GGUF file's metadata, config and tokenizer. Tensors are read by `add_tensors`."""
+    path = Path(path)
+    gguf = _gguf()
+    reader = _open_reader(gguf, path)
+
+    fields = reader.fields
+    values: Dict[str, Any] = {}
+    metadata: Dict[str, Any] = {}
+    for key, f in fields.items():
+        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
+            if len(f.data) > _MAX_METADATA_ARRAY:
+                continue
+        v = _field_value(gguf, f, path)
+        values[key] = v
+        metadata[key] = v
+
+    def get_array(key: str) -> Optional[list]:
+        f = fields.get(key)
+        if f is None:
+            return None
+        if not f.types or f.types[0] != gguf.GGUFValueType.ARRAY:
+            raise CheckpointError(f"{path}: metadata key {key!r} should be an array")
+        return _field_value(gguf, f, path)
+
+    arch = values.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ConfigError(f"{path}: GGUF file has no general.architecture")
+    if arch != "llama":
+        raise ConfigError(f"{path}: GGUF architecture {arch!r} is not supported (supported: llama)")
+
+    tensor_types: Dict[str, int] = {}
+    by_name = {}
+    for i, t in enumerate(reader.tensors):
+        tname = t.tensor_type.name
+        tensor_types[tname] = tensor_types.get(tname, 0) + 1
+        by_name[t.name] = i
+
+    tok_field = fields.get("tokenizer.ggml.tokens")
+    n_tokens = len(tok_field.data) if tok_field is not None and tok_field.types and tok_field.types[0] == gguf.GGUFValueType.ARRAY else None
+    config = _llama_config(path, values, by_name, n_tokens or None)
+    tensors = _plan_tensors(path, reader, by_name, config)
+
+    tok_model = values.get("tokenizer.ggml.model")
+    tokenizer = None
+    if tok_model is not None:
+        tokenizer = _build_tokenizer(path, tok_model, values, get_array)
+
+    def tok_id(key: str) -> Optional[int]:
+        v = values.get(key)
+        return int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+    bos = tok_id("tokenizer.ggml.bos_token_id")
+    eos = tok_id("tokenizer.ggml.eos_token_id")
+    pad = tok_id("tokenizer.ggml.padding_token_id")
+    eos_ids: List[int] = []
+    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        i = tok_id(key)
+        if i is not None and i < config["vocab_size"] and i not in eos_ids:
+            eos_ids.append(i)
+    for key, v in (("bos_token_id", bos), ("eos_token_id", eos), ("pad_token_id", pad)):
+        if v is not None:
+            config[key] = v
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    template = values.get("tokenizer.chat_template")
+
+    return GgufModel(
+        path=path,
+        architecture=arch,
+        config=config,
+        metadata=metadata,
+        tensor_types=tensor_types,
+        tokenizer=tokenizer,
+        chat_template=template if isinstance(template, str) else None,
+        eos_token_ids=tuple(eos_ids),
+        bos_token_id=bos,
+        generation_config=gen,
+        _reader=reader,
+        _tensors=tensors,
+    )
+
+
+def _llama_config(path: Path, v: Dict[str, Any], by_name: Dict[str, int], n_tokens: Optional[int]) -> Dict[str, Any]:
+    a = "llama"
+
+    def num(key: str, kind=int, required=True):
+        x = v.get(f"{a}.{key}")
+        if x is None:
+            if required:
+                raise ConfigError(f"{path}: GGUF metadata lacks '{a}.{key}'")
+            return None
+        if isinstance(x, list):
+            if x and all(e == x[0] for e in x):  # per-layer arrays with one value
+                x = x[0]
+            else:
+                raise ConfigError(f"{path}: per-layer '{a}.{key}' values {x} are not supported")
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise ConfigError(f"{path}: '{a}.{key}' must be a number, got {x!r}")
+        if kind is int:
+            if float(x) != int(x) or x <= 0:
+                raise ConfigError(f"{path}: '{a}.{key}' must be a positive integer, got {x!r}")
+            return int(x)
+        return float(x)
+
+    hidden = num("embedding_length")
+    heads = num("attention.head_count")
+    kv_heads = num("attention.head_count_kv", required=False) or heads
+    key_len = num("attention.key_length", required=False)
+    value_len = num("attention.value_length", required=False)
+    head_dim = key_len or hidden // heads
+    if value_len is not None and value_len != head_dim:
+        raise ConfigError(f"{path}: key_length {head_dim} != value_length {value_len} is not supported")
+    rope_dim = num("rope.dimension_count", required=False)
+    if rope_dim is not None and rope_dim != head_dim:
+        raise ConfigError(f"{path}: partial rotary embeddings (rope.dimension_count {rope_dim} != head_dim {head_dim}) are not supported")
+    if heads % kv_heads:
+        raise ConfigError(f"{path}: head_count {heads} is not a multiple of head_count_kv {kv_heads}")
+    experts = v.get(f"{a}.expert_count")
+    if isinstance(experts, int) and experts > 0:
+        raise ConfigError(f"{path}: mixture-of-experts LLaMA GGUF files ({experts} experts) are not supported")
+    scaling = v.get(f"{a}.rope.scaling.type")
+    if scaling not in (None, "none") and not (scaling == "linear" and v.get(f"{a}.rope.scaling.factor") in (None, 1.0)):
+        raise ConfigError(f"{path}: RoPE scaling {scaling!r} is not supported")
+
+    # transformers: llama.vocab_size, else the number of tokens; else the embedding's rows (below).
+    vocab = num("vocab_size", required=False) or n_tokens
+    cfg: Dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": num("feed_forward_length"),
+        "num_hidden_layers": num("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": num("context_length"),
+        "rope_theta": num("rope.freq_base", float, required=False) or 10000.0,
+        "rms_norm_eps": num("attention.layer_norm_rms_epsilon", float),
+        "hidden_act": "silu",
+        "tie_word_embeddings": "output.weight" not in by_name,
+        "attention_bias": False,
+        "mlp_bias": False,
+    }
+    if key_len is not None:
+        cfg["head_dim"] = head_dim
+    return cfg
+
+
+def _plan_tensors(path: Path, reader: Any, by_name: Dict[str, int], cfg: Dict[str, Any]) -> List[_TensorInfo]:
+    """Maps every tensor to its HF name, checks types, shapes and completeness."""
+    n_layers = cfg["num_hidden_layers"]
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    plan: List[_TensorInfo] = []
+    biases = set()
+    for i, t in enumerate(reader.tensors):
+        name = t.name
+        if name == "rope_freqs.weight":
+            _check_rope_freqs(path, t)
+            continue
+        heads_for = 0
+        if name in _GLOBAL_NAMES:
+            hf = _GLOBAL_NAMES[name]
+        else:
+            parts = name.split(".")
+            if len(parts) != 4 or parts[0] != "blk" or not parts[1].isdigit() or parts[2] not in _LAYER_NAMES or parts[3] not in ("weight", "bias"):
+                raise TensorError(f"{path}: unexpected tensor {name!r} for the llama architecture")
+            layer = int(parts[1])
+            if layer >= n_layers:
+                raise TensorError(f"{path}: tensor {name} is for layer {layer}, but block_count is {n_layers}")
+            hf = f"model.layers.{layer}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
+            if parts[3] == "bias":
+                biases.add(parts[2])
+            if parts[2] == "attn_q":
+                heads_for = heads
+            elif parts[2] == "attn_k":
+                heads_for = kv_heads
+        tname = t.tensor_type.name
+        if tname not in SUPPORTED_TENSOR_TYPES:
+            raise TensorError(
+                f"{path}: tensor {name} has GGML type {tname}, which ferrolm cannot read "
+                f"(supported: {', '.join(SUPPORTED_TENSOR_TYPES)})"
+            )
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if heads_for:
+            if shape[0] % (2 * heads_for):
+                raise TensorError(f"{path}: tensor {name} has {shape[0]} rows, not a multiple of 2 x {heads_for} heads")
+        plan.append(_TensorInfo(name, hf, tname, shape, i, heads_for))
+
+    if "token_embd.weight" in by_name:
+        rows = int(reader.tensors[by_name["token_embd.weight"]].shape[-1])
+        if cfg["vocab_size"] is None:
+            cfg["vocab_size"] = rows
+    if cfg["vocab_size"] is None:
+        raise ConfigError(f"{path}: cannot tell the vocabulary size (no llama.vocab_size, no token_embd.weight)")
+
+    if biases:
+        attn = {"attn_q", "attn_k", "attn_v", "attn_output"}
+        mlp = {"ffn_gate", "ffn_up", "ffn_down"}
+        if biases & attn:
+            if not attn <= biases:
+                raise TensorError(f"{path}: attention biases on only {sorted(biases & attn)} are not supported")
+            cfg["attention_bias"] = True
+        if biases & mlp:
+            if not mlp <= biases:
+                raise TensorError(f"{path}: MLP biases on only {sorted(biases & mlp)} are not supported")
+            cfg["mlp_bias"] = True
+        if biases - attn - mlp:
+            raise TensorError(f"{path}: norm biases ({sorted(biases - attn - mlp)}) are not supported")
+
+    needed = ["token_embd.weight", "output_norm.weight"]
+    if not cfg["tie_word_embeddings"]:
+        needed.append("output.weight")
+    for layer in range(n_layers):
+        for part in _REQUIRED_LAYER:
+            needed.append(f"blk.{layer}.{part}.weight")
+            if (cfg["attention_bias"] and part in ("attn_q", "attn_k", "attn_v", "attn_output")) or (
+                cfg["mlp_bias"] and part in ("ffn_gate", "ffn_up", "ffn_down")
+            ):
+                needed.append(f"blk.{layer}.{part}.bias")
+    missing = [n for n in needed if n not in by_name]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise MissingTensorError(f"{path}: GGUF file lacks tensor(s) {', '.join(missing[:5])}{more}")
+    return plan
+
+
+def _check_rope_freqs(path: Path, t: Any) -> None:
+    """llama.cpp stores Llama-3.1-style RoPE scaling as per-frequency factors; all ones is plain RoPE."""
+    try:
+        gguf = _gguf()
+        f = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float64)
+    except Exception:
+        f = None
+    if f is None or not np.all(f == 1.0):
+        raise ConfigError(f"{path}: the file has rope_freqs.weight (scaled RoPE, e.g. Llama 3.1), which is not supported")
+
+
+# -- tokenizer -------------------------------------------------------------------------------------
+
+
+def _build_tokenizer(path: Path, tok_model: str, values: Dict[str, Any], get_array) -> Tokenizer:
+    if tok_model == "gpt2":
+        return _byte_level_bpe(path, values, get_array)
+    if tok_model == "llama":
+        raise CheckpointError(
+            f"{path}: SentencePiece GGUF tokenizers (tokenizer.ggml.model 'llama') are not supported yet; "
+            "only byte-level BPE ('gpt2') vocabularies are"
+        )
+    raise CheckpointError(f"{path}: GGUF tokenizer model {tok_model!r} is not supported (supported: gpt2)")
+
+
+def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
+    """Byte-level BPE from tokens + merges, built like transformers' GGUF loader does it
+    (GPT2Tokenizer: ByteLevel pre-tokenizer and decoder; control tokens special; user-defined
+    tokens added; BOS/EOS added per tokenizer.ggml.add_bos_token / add_eos_token)."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokens = get_array("tokenizer.ggml.tokens")
+    if not tokens or not all(isinstance(t, str) for t in tokens):
+        raise CheckpointError(f"{path}: tokenizer.ggml.tokens is missing or not a list of strings")
+    merges_raw = get_array("tokenizer.ggml.merges") or []
+    token_types = get_array("tokenizer.ggml.token_type") or []
+
+    spelling = _bytes_to_unicode()
+    alphabet = set(spelling.values())
+    vocab: Dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        if not set(tok) <= alphabet:
+            tok = "".join(spelling[b] for b in tok.encode("utf-8"))
+        vocab[tok] = i
+    merges = []
+    for m in merges_raw:
+        pair = m.split(" ") if isinstance(m, str) else None
+        if pair is None or len(pair) != 2:
+            raise CheckpointError(f"{path}: malformed BPE merge {m!r} in tokenizer.ggml.merges")
+        merges.append((pair[0], pair[1]))
+    try:
+        bpe = models.BPE(
+            vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False
+        )
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot build the BPE tokenizer: {e}") from None
+    tok = HFTokenizer(bpe)
+    split = _PRE_TOKENIZER_SPLITS.get(values.get("tokenizer.ggml.pre"))
+    if split is None:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(split), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    tok.decoder = decoders.ByteLevel()
+
+    control = [
+        AddedToken(t, normalized=False, special=True)
+        for t, ty in zip(tokens, token_types)
+        if ty == _TOKEN_TYPE_CONTROL and set(t) <= alphabet
+    ]
+    if control:
+        tok.add_special_tokens(control)
+    user = [
+        AddedToken(t, normalized=False, special=False)
+        for t, ty in zip(tokens, token_types)
+        if ty == _TOKEN_TYPE_USER_DEFINED and t in vocab
+    ]
+    if user:
+        tok.add_tokens(user)
+    # transformers also registers the named special tokens (bos/eos/unk/pad) as special.
+    added = {a.content for a in tok.get_added_tokens_decoder().values()}
+    named: Dict[str, Optional[str]] = {}
+    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id")):
+        i = values.get(f"tokenizer.ggml.{key}")
+        named[name] = tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
+    extra = [
+        AddedToken(t, normalized=False, special=True)
+        for t in dict.fromkeys(x for x in named.values() if x is not None)
+        if t not in added and t in vocab
+    ]
+    if extra:
+        tok.add_special_tokens(extra)
+
+    add_bos = bool(values.get("tokenizer.ggml.add_bos_token", False)) and named["bos"] is not None
+    add_eos = bool(values.get("tokenizer.ggml.add_eos_token", False)) and named["eos"] is not None
+    bos, eos = named["bos"], named["eos"]
+    single = f"{(bos + ':0 ') if add_bos else ''}$A:0{(' ' + eos + ':0') if add_eos else ''}"
+    pair = f"{single}{(' ' + bos + ':1') if add_bos else ''} $B:1{(' ' + eos + ':1') if add_eos else ''}"
+    special = []
+    if add_bos:
+        special.append((bos, tok.token_to_id(bos)))
+    if add_eos and eos != bos:
+        special.append((eos, tok.token_to_id(eos)))
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    return Tokenizer(tok)
