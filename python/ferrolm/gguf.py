@@ -24,7 +24,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -127,10 +127,17 @@ def is_gguf_file(path: os.PathLike | str) -> bool:
 # -- metadata --------------------------------------------------------------------------------------
 
 
-def _field_value(gguf, f, path: Path) -> Any:
+def _field_value(f, path: Path) -> Any:
     """A metadata field as a Python value (str, int, float, bool or list)."""
     try:
         return f.contents()
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: metadata key {f.name!r} holds invalid UTF-8: {e}") from None
+
+
+def _field_value_at(f, index: int, path: Path) -> Any:
+    try:
+        return f.contents(index)
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{path}: metadata key {f.name!r} holds invalid UTF-8: {e}") from None
 
@@ -170,6 +177,8 @@ class GgufModel:
     eos_token_ids:   tokenizer.ggml.eos_token_id, then eot/eom ids when the file gives other ones
     bos_token_id:    tokenizer.ggml.bos_token_id or None
     generation_config: a generation_config.json-like dict (bos/eos/pad ids) for GenerationConfig.from_hf
+    special_tokens:  {"bos_token": "<|im_start|>", "eos_token": ..., "unk_token": ..., "pad_token": ...}
+                     as strings, for the chat template (what transformers puts in tokenizer_config)
     """
 
     path: Path
@@ -182,42 +191,69 @@ class GgufModel:
     eos_token_ids: Tuple[int, ...]
     bos_token_id: Optional[int]
     generation_config: Dict[str, Any] = field(default_factory=dict)
+    special_tokens: Dict[str, str] = field(default_factory=dict)
     _reader: Any = field(default=None, repr=False)
     _tensors: List[_TensorInfo] = field(default_factory=list, repr=False)
+
+    def __repr__(self) -> str:
+        types = ", ".join(f"{k}: {v}" for k, v in self.tensor_types.items())
+        return (
+            f"GgufModel(path={str(self.path)!r}, architecture={self.architecture!r}, "
+            f"layers={self.config.get('num_hidden_layers')}, hidden={self.config.get('hidden_size')}, "
+            f"vocab={self.config.get('vocab_size')}, tensors={len(self._tensors)} ({types}))"
+        )
 
     @property
     def tensor_names(self) -> List[str]:
         """Hugging Face names of the tensors add_tensors will add, in file order."""
         return [t.hf_name for t in self._tensors]
 
+    def num_params(self) -> int:
+        """Parameters stored in the file (from tensor shapes; no data is read)."""
+        return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._tensors)
+
     def iter_tensors(self) -> Iterator[Tuple[str, np.ndarray]]:
         """(Hugging Face name, float32 array [out, in]) one at a time, in file order. Each array
         is a fresh copy; drop it before asking for the next to keep memory low."""
-        if self._reader is None:
-            raise CheckpointError(f"{self.path}: this GgufModel was closed")
+        self._check_open()
         for info in self._tensors:
-            yield info.hf_name, self._load(info)
+            arr = self._load(info)
+            if np.may_share_memory(arr, self._reader.data):
+                arr = arr.copy()  # F32 tensors come back as views of the mapped file
+            self._release(info)
+            yield info.hf_name, arr
 
     def add_tensors(self, builder: Any, progress: Optional[ProgressFn] = None) -> None:
         """Dequantizes every tensor to float32 and adds it to `builder` (a `_core.ModelBuilder`,
         or anything with `add_tensor(name, dtype, shape, data)`) under its Hugging Face name.
-        Calls `progress(done, total, hf_name)` after each tensor."""
+        Calls `progress(done, total, hf_name)` after each tensor. Only one tensor's float32
+        copy is alive at a time."""
+        self._check_open()
         total = len(self._tensors)
-        for done, (name, arr) in enumerate(self.iter_tensors(), 1):
-            shape = list(arr.shape)
+        for done, info in enumerate(self._tensors, 1):
+            arr = self._load(info)
             data = arr.tobytes()
             del arr
-            builder.add_tensor(name, "F32", shape, data)
+            self._release(info)
+            builder.add_tensor(info.hf_name, "F32", list(info.shape), data)
             del data
             if progress is not None:
-                progress(done, total, name)
+                progress(done, total, info.hf_name)
 
     def close(self) -> None:
         """Unmaps the file (the metadata, config and tokenizer stay usable)."""
         self._reader = None
 
     # -- internals ---------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._reader is None:
+            raise CheckpointError(f"{self.path}: this GgufModel was closed")
+
+    def _release(self, info: _TensorInfo) -> None:
+        _release_pages(self._reader, self._reader.tensors[info.index])
+
     def _load(self, info: _TensorInfo) -> np.ndarray:
+        """The tensor as float32 [out, in] in HF row order (possibly a view of the mapped file)."""
         gguf = _gguf()
         t = self._reader.tensors[info.index]
         try:
@@ -233,11 +269,7 @@ class GgufModel:
             )
         if info.heads:
             arr = _unpermute_rope_rows(arr, info.heads)
-        out = np.ascontiguousarray(arr, dtype=np.float32)
-        if out is t.data or np.shares_memory(out, t.data):
-            out = out.copy()  # F32 tensors come back as views of the mapped file
-        _release_pages(self._reader, t)
-        return out
+        return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -265,7 +297,7 @@ def _release_pages(reader: Any, t: Any) -> None:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def _open_reader(gguf, path: Path):
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ModelNotFoundError(f"GGUF file {path} does not exist")
     if not path.is_file():
@@ -277,6 +309,9 @@ def _open_reader(gguf, path: Path):
         raise CheckpointError(f"cannot read GGUF file {path}: {e}") from None
     if head != GGUF_MAGIC:
         raise CheckpointError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def _open_reader(gguf, path: Path):
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, UnicodeDecodeError, MemoryError) as e:
@@ -302,19 +337,20 @@ def _open_reader(gguf, path: Path):
 def read_gguf(path: os.PathLike | str) -> GgufModel:
     """Reads a GGUF file's metadata, config and tokenizer. Tensors are read by `add_tensors`."""
     path = Path(path)
+    _check_file(path)
     gguf = _gguf()
     reader = _open_reader(gguf, path)
 
     fields = reader.fields
-    values: Dict[str, Any] = {}
-    metadata: Dict[str, Any] = {}
+    values: Dict[str, Any] = {}  # every field but the tokenizer's big arrays (read by get_array)
+    metadata: Dict[str, Any] = {}  # what GgufModel.metadata shows: no array longer than 64
     for key, f in fields.items():
-        if f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
-            if len(f.data) > _MAX_METADATA_ARRAY:
-                continue
-        v = _field_value(gguf, f, path)
-        values[key] = v
-        metadata[key] = v
+        is_array = bool(f.types) and f.types[0] == gguf.GGUFValueType.ARRAY
+        if is_array and key.startswith("tokenizer.ggml.") and len(f.data) > _MAX_METADATA_ARRAY:
+            continue
+        values[key] = _field_value(f, path)
+        if not (is_array and len(f.data) > _MAX_METADATA_ARRAY):
+            metadata[key] = values[key]
 
     def get_array(key: str) -> Optional[list]:
         f = fields.get(key)
@@ -322,7 +358,7 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
             return None
         if not f.types or f.types[0] != gguf.GGUFValueType.ARRAY:
             raise CheckpointError(f"{path}: metadata key {key!r} should be an array")
-        return _field_value(gguf, f, path)
+        return _field_value(f, path)
 
     arch = values.get("general.architecture")
     if not isinstance(arch, str):
@@ -363,6 +399,11 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
         if v is not None:
             config[key] = v
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+    special: Dict[str, str] = {}
+    unk = tok_id("tokenizer.ggml.unknown_token_id")
+    for name, i in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad)):
+        if i is not None and tok_field is not None and i < (n_tokens or 0):
+            special[name] = _field_value_at(tok_field, i, path)
     template = values.get("tokenizer.chat_template")
 
     return GgufModel(
@@ -376,6 +417,7 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
         eos_token_ids=tuple(eos_ids),
         bos_token_id=bos,
         generation_config=gen,
+        special_tokens=special,
         _reader=reader,
         _tensors=tensors,
     )

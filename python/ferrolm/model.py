@@ -7,7 +7,7 @@ import secrets
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from .config import GenerationConfig
 from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
 from .generation import GenerationResult, TextStream, drain, run
 from .loading import build_core_model, check_load_args, eos_token_ids, read_checkpoint
+from .progress import resolve as resolve_progress
 from .tokenizer import Tokenizer
 
 Prompt = Union[str, Sequence[int]]
@@ -233,17 +234,20 @@ def load(
     device: str = "cpu",
     threads: Optional[int] = None,
     context_length: Optional[int] = None,
+    progress: Union[None, bool, Callable[[int, int, str], None]] = None,
 ) -> Model:
     """Loads a Hugging Face model folder (config.json, model.safetensors or a sharded index,
-    tokenizer.json and generation_config.json when present).
+    tokenizer.json, tokenizer_config.json and generation_config.json when present) or a GGUF file
+    (LLaMA architecture; tensors dequantized to FP32 as they are read).
 
     precision: "fp32". threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
-    max_position_embeddings). Nothing in the folder is ever written.
+    max_position_embeddings). progress: None draws a bar on a terminal for loads over a second,
+    False never, True always; or a callable(done, total, name). Nothing on disk is ever written.
     """
     n_threads = check_load_args(precision, device, threads)
     ckpt = read_checkpoint(path)
-    core = build_core_model(ckpt, n_threads)
+    core = build_core_model(ckpt, n_threads, resolve_progress(progress, "loading"))
     max_ctx = core.max_position_embeddings
     if context_length is None:
         context_length = max_ctx

@@ -27,6 +27,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def kind(self) -> str:
+        """The tokenization model, e.g. "BPE" or "Unigram"."""
+        return type(self._tok.model).__name__
+
     def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 

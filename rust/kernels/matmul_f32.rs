@@ -1,24 +1,384 @@
 //! FP32 matmul: y[m, n] = x[m, k] · w[n, k]ᵀ, with w in nn.Linear layout (row-major [out, in]).
-//! m == 1 is the decode GEMV; m > 1 the prefill GEMM. Threaded over output columns (rows of w).
+//!
+//! Two paths (kernels in `matmul_f32_kernels.rs`):
+//! - few rows (m ≤ 2, e.g. the decode GEMV; memory-bound): threads split the rows of w;
+//!   each thread streams its rows once, in order, against the row(s) of x held in L1;
+//! - many rows (prefill GEMM; compute-bound): k blocks of x and w are packed into
+//!   tile-interleaved buffers and an MR × NR register tile (MR·NR vector accumulators)
+//!   runs over them; w blocks stay in L2 while every x tile passes. Threads split n,
+//!   or m when n is too narrow.
+//!
+//! The ISA is picked at runtime (`simd::detected()`); `matmul_f32_with` forces one.
 
-use crate::kernels::simd;
-use crate::threadpool::{chunk, SyncPtr, ThreadPool};
+use crate::kernels::simd::{self, SimdLevel};
+use crate::threadpool::{chunk, ThreadPool};
+
+#[path = "matmul_f32_kernels.rs"]
+mod kern;
+
+use kern::Region;
+
+/// Problems below this many multiply-adds run on the calling thread only.
+const INLINE_MACS: usize = 32 * 1024;
 
 /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ
-pub fn matmul_f32(pool: &ThreadPool, x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    assert_eq!(x.len(), m * k);
-    assert_eq!(w.len(), n * k);
-    assert_eq!(y.len(), m * n);
-    let yp = SyncPtr(y.as_mut_ptr());
-    pool.run(|t, nt| {
-        let yp = yp;
-        for j in chunk(n, t, nt) {
-            let wr = &w[j * k..(j + 1) * k];
-            for i in 0..m {
-                let v = simd::dot(&x[i * k..(i + 1) * k], wr);
-                // SAFETY: each thread writes only its own columns j of y.
-                unsafe { *yp.0.add(i * n + j) = v };
+pub fn matmul_f32(
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    matmul_f32_with(simd::detected(), pool, x, w, y, m, k, n)
+}
+
+/// [`matmul_f32`] on a forced SIMD path. Panics if `level` is not available on this CPU
+/// or a slice length doesn't match its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_with(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    // These asserts are the only guard for the unsafe kernels below.
+    assert_eq!(
+        x.len(),
+        m.checked_mul(k).expect("m*k overflows"),
+        "x must be [m, k]"
+    );
+    assert_eq!(
+        w.len(),
+        n.checked_mul(k).expect("n*k overflows"),
+        "w must be [n, k]"
+    );
+    assert_eq!(
+        y.len(),
+        m.checked_mul(n).expect("m*n overflows"),
+        "y must be [m, n]"
+    );
+    simd::check_level(level);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let sh = shape(level);
+    let whole = Region {
+        x: x.as_ptr(),
+        w: w.as_ptr(),
+        y: y.as_mut_ptr(),
+        k,
+        n,
+        rows: (0, m),
+        cols: (0, n),
+    };
+    let work = |t: usize, nt: usize| {
+        let g = share(&whole, m, n, sh, t, nt);
+        // SAFETY: slice lengths asserted above; `share` gives each thread a disjoint
+        // region inside [0, m) × [0, n); `level` is available (check_level).
+        unsafe { run_region(level, &g) };
+    };
+    let macs = m.saturating_mul(n).saturating_mul(k);
+    if pool.n_threads() == 1 || macs < INLINE_MACS {
+        work(0, 1);
+    } else {
+        pool.run(work);
+    }
+}
+
+/// Kernel parameters of a level (tile shape, packed-path threshold).
+fn shape(level: SimdLevel) -> kern::Shape {
+    match level {
+        SimdLevel::Avx512 => kern::AVX512,
+        SimdLevel::Avx2 => kern::AVX2,
+        SimdLevel::Neon => kern::NEON,
+        SimdLevel::Scalar => kern::PORTABLE,
+    }
+}
+
+/// Thread `t`'s share of `whole`. Few rows: a chunk of the columns (rows of w). Packed
+/// GEMM: a chunk of whole NR-column blocks, or of whole MR-row tiles when the matrix
+/// has more row tiles than column blocks.
+fn share(whole: &Region, m: usize, n: usize, sh: kern::Shape, t: usize, nt: usize) -> Region {
+    let mut g = *whole;
+    if m < sh.pack_rows {
+        let c = chunk(n, t, nt);
+        g.cols = (c.start, c.end);
+        return g;
+    }
+    let (mb, nb) = (m.div_ceil(sh.mr), n.div_ceil(sh.nr));
+    if nb >= mb {
+        let c = chunk(nb, t, nt);
+        g.cols = ((c.start * sh.nr).min(n), (c.end * sh.nr).min(n));
+    } else {
+        let r = chunk(mb, t, nt);
+        g.rows = ((r.start * sh.mr).min(m), (r.end * sh.mr).min(m));
+    }
+    g
+}
+
+/// # Safety
+/// `g` must describe valid operands (see `kern::region`) and `level` must be available.
+unsafe fn run_region(level: SimdLevel, g: &Region) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => kern::region_avx512(g),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => kern::region_avx2(g),
+        #[cfg(target_arch = "aarch64")]
+        SimdLevel::Neon => kern::region_neon(g),
+        _ => kern::region_portable(g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64* in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            (v as f32 / (1u64 << 23) as f32) - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ accumulated in f64.
+    fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                    .sum();
             }
         }
-    });
+        y
+    }
+
+    /// Checks every element against the reference with a tolerance ∝ sqrt(k)·scale.
+    fn check(level: SimdLevel, pool: &ThreadPool, rng: &mut Rng, m: usize, k: usize, n: usize) {
+        let x = rng.vec(m * k); // x: [m, k]
+        let w = rng.vec(n * k); // w: [n, k]
+        let want = reference(&x, &w, m, k, n);
+        let mut y = vec![f32::NAN; m * n]; // y: [m, n]
+        matmul_f32_with(level, pool, &x, &w, &mut y, m, k, n);
+        let scale = x.iter().chain(&w).fold(0f32, |a, v| a.max(v.abs())).powi(2) as f64;
+        let tol = 2e-6 * (k as f64).sqrt().max(1.0) * scale.max(1e-30) + 1e-7;
+        for (idx, (&g, &r)) in y.iter().zip(&want).enumerate() {
+            assert!(
+                (g as f64 - r).abs() <= tol,
+                "{level:?} threads={} m={m} k={k} n={n} at ({}, {}): {g} vs {r} (tol {tol})",
+                pool.n_threads(),
+                idx / n,
+                idx % n
+            );
+        }
+    }
+
+    const KS: &[usize] = &[1, 3, 7, 17, 33, 100, 257, 1000];
+    const NS: &[usize] = &[1, 5, 13, 64, 67];
+    const MS: &[usize] = &[1, 2, 3, 5, 9, 17, 64];
+
+    #[test]
+    fn matches_reference_on_every_level_and_thread_count() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for threads in 1..=4 {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for &m in MS {
+                    for &k in KS {
+                        for &n in NS {
+                            check(level, &pool, &mut rng, m, k, n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_shapes_match_reference() {
+        // k > KC (several k blocks, accumulation into y), n > NC (several n blocks),
+        // and sizes big enough to take the threaded path.
+        let mut rng = Rng(99);
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for &(m, k, n) in &[
+                    (1, 2049, 203),
+                    (7, 1100, 200),
+                    (13, 515, 97),
+                    (40, 64, 3),
+                    (2, 1537, 9),
+                ] {
+                    check(level, &pool, &mut rng, m, k, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_sized_shapes() {
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            let mut y = vec![5.0f32; 6];
+            matmul_f32_with(level, &pool, &[], &[], &mut y, 2, 0, 3);
+            assert!(y.iter().all(|&v| v == 0.0));
+            matmul_f32_with(level, &pool, &[], &[1.0; 4], &mut [], 0, 4, 1);
+            matmul_f32_with(level, &pool, &[1.0; 4], &[], &mut [], 1, 4, 0);
+        }
+    }
+
+    #[test]
+    fn dispatching_entry_point_matches_reference() {
+        let mut rng = Rng(5);
+        let pool = ThreadPool::new(2).unwrap();
+        let (m, k, n) = (3, 300, 70);
+        let x = rng.vec(m * k);
+        let w = rng.vec(n * k);
+        let mut y = vec![0.0; m * n];
+        matmul_f32(&pool, &x, &w, &mut y, m, k, n);
+        for (g, r) in y.iter().zip(reference(&x, &w, m, k, n)) {
+            assert!((*g as f64 - r).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn writes_only_inside_y() {
+        // Sub-slices of larger buffers: neighbours of x, w and y must be untouched/unread.
+        let mut rng = Rng(11);
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            let (m, k, n) = (5, 37, 11);
+            let xb = rng.vec(m * k + 2);
+            let wb = rng.vec(n * k + 2);
+            let mut yb = vec![7.0f32; m * n + 2];
+            matmul_f32_with(
+                level,
+                &pool,
+                &xb[1..=m * k],
+                &wb[1..=n * k],
+                &mut yb[1..=m * n],
+                m,
+                k,
+                n,
+            );
+            assert_eq!((yb[0], yb[m * n + 1]), (7.0, 7.0));
+            let want = reference(&xb[1..=m * k], &wb[1..=n * k], m, k, n);
+            for (g, r) in yb[1..=m * n].iter().zip(want) {
+                assert!((*g as f64 - r).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "w must be [n, k]")]
+    fn rejects_bad_lengths() {
+        let pool = ThreadPool::new(1).unwrap();
+        matmul_f32(&pool, &[0.0; 4], &[0.0; 5], &mut [0.0; 2], 2, 2, 1);
+    }
+
+    /// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls;
+    /// `f` gets the call's index.
+    fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
+        f(0); // warm-up
+        (0..reps)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for it in 0..iters {
+                    f(it);
+                }
+                t.elapsed().as_secs_f64() / iters as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Throughput check (run by hand; `FERROLM_SIMD=avx2` etc. benches a slower path):
+    /// `cargo test --release --lib matmul_f32 -- --ignored --nocapture`
+    ///
+    /// GEMV "hot" reuses one weight (cache-resident when it fits); "cold" rotates over
+    /// enough copies to exceed the caches, like decode, where every weight comes from DRAM.
+    #[test]
+    #[ignore]
+    fn bench_matmul() {
+        let level = simd::detected();
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        println!("level: {level:?}");
+        let mut rng = Rng(1);
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).unwrap();
+            let gemv: &[(usize, usize)] = &[
+                (576, 576),
+                (1536, 576),
+                (576, 1536),
+                (49152, 576),
+                (2048, 2048),
+                (5632, 2048),
+            ];
+            for &(n, k) in gemv.iter().filter(|_| only.is_empty() || only == "gemv") {
+                let bytes = n * k * 4;
+                let copies = ((384 << 20) / bytes + 1).min(64);
+                let ws: Vec<Vec<f32>> = (0..copies).map(|_| rng.vec(n * k)).collect();
+                let x = rng.vec(k);
+                let mut y = vec![0.0; n];
+                let iters = ((1usize << 30) / bytes).clamp(4, 4000);
+                let hot = best_time(5, iters, |_| matmul_f32(&pool, &x, &ws[0], &mut y, 1, k, n));
+                let iters = iters.max(copies);
+                let cold = best_time(5, iters, |it| {
+                    matmul_f32(&pool, &x, &ws[it % copies], &mut y, 1, k, n)
+                });
+                let gbs = |s: f64| bytes as f64 / s / 1e9;
+                println!(
+                    "GEMV threads={threads} n={n:>5} k={k:<5} hot {:6.1} GB/s  cold {:6.1} GB/s \
+                     ({:.1} µs cold)",
+                    gbs(hot),
+                    gbs(cold),
+                    cold * 1e6
+                );
+            }
+            let gemm: &[(usize, usize, usize)] = &[(128, 576, 1536), (128, 2048, 2048)];
+            let small: &[(usize, usize, usize)] = &[
+                (2, 2048, 2048),
+                (3, 2048, 2048),
+                (4, 2048, 2048),
+                (8, 2048, 2048),
+                (16, 2048, 2048),
+            ];
+            let shapes = match only.as_str() {
+                "" | "gemm" => gemm,
+                "small" => small,
+                _ => &[],
+            };
+            for &(m, k, n) in shapes {
+                let x = rng.vec(m * k);
+                let w = rng.vec(n * k);
+                let mut y = vec![0.0; m * n];
+                let flops = 2.0 * (m * n * k) as f64;
+                let iters = ((4e9 / flops) as usize).clamp(3, 2000);
+                let s = best_time(5, iters, |_| matmul_f32(&pool, &x, &w, &mut y, m, k, n));
+                println!(
+                    "GEMM threads={threads} m={m} {k}->{n}: {:6.1} GFLOP/s ({:.2} ms)",
+                    flops / s / 1e9,
+                    s * 1e3
+                );
+            }
+        }
+    }
 }

@@ -1,27 +1,556 @@
-//! Small vector primitives with runtime CPU dispatch (used by attention and norms).
+//! Small vector primitives with runtime CPU dispatch (used by attention, norms, matmul).
+//!
+//! The instruction set is detected once (`detected()`) and cached; every public kernel
+//! has a `*_with(level, ..)` twin that forces one path (tests use it to cover each path
+//! the CPU supports). Set `FERROLM_SIMD=scalar|avx2|avx512|neon` to cap the detected
+//! level (for debugging and benchmarking slower paths; unsupported values are ignored).
+//!
+//! Kernels are written once, generic over [`F32Vec`], and instantiated inside
+//! `#[target_feature]` entry points so the intrinsics inline with the right ISA.
 
-/// Σ a[i]·b[i]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[cfg(target_arch = "aarch64")]
+#[path = "simd_neon.rs"]
+pub(crate) mod neon;
+#[cfg(target_arch = "x86_64")]
+#[path = "simd_x86.rs"]
+pub(crate) mod x86;
+
+/// An instruction-set path. Only levels for which [`SimdLevel::is_available`] holds may
+/// be forced; the `*_with` functions panic otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SimdLevel {
+    /// Portable code (auto-vectorized for the baseline target at best).
+    Scalar = 1,
+    /// x86-64 AVX2 + FMA, 8 lanes.
+    Avx2 = 2,
+    /// x86-64 AVX-512F + VL, 16 lanes (VL lets the compiler use all 32 vector
+    /// registers for the narrow ops it emits; every AVX-512 CPU since Skylake-X has it).
+    Avx512 = 3,
+    /// aarch64 NEON, 4 lanes.
+    Neon = 4,
 }
 
-/// y[i] += alpha · x[i]
-pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    debug_assert_eq!(y.len(), x.len());
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
+impl SimdLevel {
+    /// Whether the running CPU supports this level.
+    pub fn is_available(self) -> bool {
+        match self {
+            SimdLevel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every level the running CPU supports, slowest first.
+    pub fn available() -> Vec<SimdLevel> {
+        [
+            SimdLevel::Scalar,
+            SimdLevel::Neon,
+            SimdLevel::Avx2,
+            SimdLevel::Avx512,
+        ]
+        .into_iter()
+        .filter(|l| l.is_available())
+        .collect()
+    }
+
+    /// Lower-case name ("scalar", "avx2", "avx512", "neon"), as `FERROLM_SIMD` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+            SimdLevel::Neon => "neon",
+        }
+    }
+
+    fn from_u8(v: u8) -> SimdLevel {
+        match v {
+            2 => SimdLevel::Avx2,
+            3 => SimdLevel::Avx512,
+            4 => SimdLevel::Neon,
+            _ => SimdLevel::Scalar,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<SimdLevel> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" => Some(SimdLevel::Avx512),
+            "neon" => Some(SimdLevel::Neon),
+            _ => None,
+        }
+    }
+}
+
+/// 0 = not detected yet; otherwise a `SimdLevel as u8`.
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+
+/// The best level the running CPU supports (or `FERROLM_SIMD`'s, if available). Cached.
+#[inline]
+pub fn detected() -> SimdLevel {
+    match DETECTED.load(Ordering::Relaxed) {
+        0 => detect(),
+        v => SimdLevel::from_u8(v),
+    }
+}
+
+#[cold]
+fn detect() -> SimdLevel {
+    let best = SimdLevel::available().pop().unwrap_or(SimdLevel::Scalar);
+    let level = std::env::var("FERROLM_SIMD")
+        .ok()
+        .and_then(|v| SimdLevel::from_name(&v))
+        .filter(|l| l.is_available())
+        .unwrap_or(best);
+    DETECTED.store(level as u8, Ordering::Relaxed);
+    level
+}
+
+/// Panics unless `level` runs on this CPU (the guard that makes forcing a level safe).
+#[inline]
+pub(crate) fn check_level(level: SimdLevel) {
+    if level != SimdLevel::Scalar && level != detected() {
+        assert!(
+            level.is_available(),
+            "SIMD level {level:?} is not supported by this CPU"
+        );
+    }
+}
+
+/// A vector of f32 lanes. Implementations exist per ISA; all methods are `unsafe`
+/// because they require the ISA to be enabled and raw pointers to be valid.
+pub(crate) trait F32Vec: Copy {
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(v: f32) -> Self;
+    /// Loads `LANES` values from `p` (unaligned).
+    unsafe fn load(p: *const f32) -> Self;
+    /// Loads `n < LANES` values from `p`, zero-filling the rest; reads nothing past `p + n`.
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self;
+    /// Stores `LANES` values to `p` (unaligned).
+    unsafe fn store(self, p: *mut f32);
+    /// Stores the first `n < LANES` values to `p`; writes nothing past `p + n`.
+    unsafe fn store_partial(self, p: *mut f32, n: usize);
+    /// self + a·b (fused where the ISA has FMA).
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    /// Σ lanes.
+    unsafe fn hsum(self) -> f32;
+    /// [Σ a, Σ b, Σ c, Σ d].
+    #[inline(always)]
+    unsafe fn hsum4(a: Self, b: Self, c: Self, d: Self) -> [f32; 4] {
+        [a.hsum(), b.hsum(), c.hsum(), d.hsum()]
+    }
+}
+
+/// The portable "vector": 8 independent lanes the compiler may map to baseline SIMD.
+#[derive(Clone, Copy)]
+pub(crate) struct Portable([f32; 8]);
+
+impl F32Vec for Portable {
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable([0.0; 8])
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Portable([v; 8])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Portable(std::ptr::read_unaligned(p as *const [f32; 8]))
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self {
+        let mut v = [0.0; 8];
+        std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n.min(8));
+        Portable(v)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; 8], self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize) {
+        std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, n.min(8));
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        let mut r = self.0;
+        for ((r, a), b) in r.iter_mut().zip(a.0).zip(b.0) {
+            *r += a * b;
+        }
+        Portable(r)
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        let mut r = self.0;
+        for (r, o) in r.iter_mut().zip(o.0) {
+            *r += o;
+        }
+        Portable(r)
+    }
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        let v = self.0;
+        ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+    }
+}
+
+/// Σ a[i]·b[i] with 4 vector accumulators; any length.
+///
+/// # Safety
+/// `V`'s ISA must be enabled; `a.len() == b.len()`.
+#[inline(always)]
+unsafe fn dot_impl<V: F32Vec>(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let l = V::LANES;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [V::zero(); 4];
+    let mut i = 0;
+    while i + 4 * l <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let o = i + u * l;
+            *acc = acc.mul_add(V::load(pa.add(o)), V::load(pb.add(o)));
+        }
+        i += 4 * l;
+    }
+    while i + l <= n {
+        acc[0] = acc[0].mul_add(V::load(pa.add(i)), V::load(pb.add(i)));
+        i += l;
+    }
+    if i < n {
+        let r = n - i;
+        acc[1] = acc[1].mul_add(V::load_partial(pa.add(i), r), V::load_partial(pb.add(i), r));
+    }
+    acc[0].add(acc[1]).add(acc[2].add(acc[3])).hsum()
+}
+
+/// Σ x[i] with 4 vector accumulators; any length.
+///
+/// # Safety
+/// `V`'s ISA must be enabled.
+#[inline(always)]
+unsafe fn sum_impl<V: F32Vec>(x: &[f32]) -> f32 {
+    let n = x.len();
+    let l = V::LANES;
+    let p = x.as_ptr();
+    let mut acc = [V::zero(); 4];
+    let mut i = 0;
+    while i + 4 * l <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            *acc = acc.add(V::load(p.add(i + u * l)));
+        }
+        i += 4 * l;
+    }
+    while i < n {
+        let r = (n - i).min(l);
+        let v = if r == l {
+            V::load(p.add(i))
+        } else {
+            V::load_partial(p.add(i), r)
+        };
+        acc[0] = acc[0].add(v);
+        i += r;
+    }
+    acc[0].add(acc[1]).add(acc[2].add(acc[3])).hsum()
+}
+
+/// y[i] += alpha · x[i]; any length.
+///
+/// # Safety
+/// `V`'s ISA must be enabled; `y.len() == x.len()`.
+#[inline(always)]
+unsafe fn axpy_impl<V: F32Vec>(y: &mut [f32], alpha: f32, x: &[f32]) {
+    let n = y.len();
+    let l = V::LANES;
+    let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+    let va = V::splat(alpha);
+    let mut i = 0;
+    while i + 2 * l <= n {
+        let y0 = V::load(py.add(i)).mul_add(va, V::load(px.add(i)));
+        let y1 = V::load(py.add(i + l)).mul_add(va, V::load(px.add(i + l)));
+        y0.store(py.add(i));
+        y1.store(py.add(i + l));
+        i += 2 * l;
+    }
+    while i < n {
+        let r = (n - i).min(l);
+        if r == l {
+            V::load(py.add(i))
+                .mul_add(va, V::load(px.add(i)))
+                .store(py.add(i));
+        } else {
+            let v = V::load_partial(py.add(i), r).mul_add(va, V::load_partial(px.add(i), r));
+            v.store_partial(py.add(i), r);
+        }
+        i += r;
+    }
+}
+
+/// Defines the per-ISA `#[target_feature]` entry points of a generic kernel.
+macro_rules! isa_entries {
+    ($generic:ident, $avx512:ident, $avx2:ident, $neon:ident, $portable:ident,
+     ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        unsafe fn $avx512($($arg: $ty),*) -> $ret { $generic::<x86::V512>($($arg),*) }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) -> $ret { $generic::<x86::V256>($($arg),*) }
+        #[cfg(target_arch = "aarch64")]
+        #[target_feature(enable = "neon")]
+        unsafe fn $neon($($arg: $ty),*) -> $ret { $generic::<neon::V128>($($arg),*) }
+        fn $portable($($arg: $ty),*) -> $ret {
+            // SAFETY: `Portable` needs no ISA extension.
+            unsafe { $generic::<Portable>($($arg),*) }
+        }
+    };
+}
+
+isa_entries!(dot_impl, dot_avx512, dot_avx2, dot_neon, dot_portable, (a: &[f32], b: &[f32]) -> f32);
+isa_entries!(sum_impl, sum_avx512, sum_avx2, sum_neon, sum_portable, (x: &[f32]) -> f32);
+isa_entries!(axpy_impl, axpy_avx512, axpy_avx2, axpy_neon, axpy_portable,
+    (y: &mut [f32], alpha: f32, x: &[f32]) -> ());
+
+/// Σ a[i]·b[i]
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(detected(), a, b)
+}
+
+/// [`dot`] on a forced path. Panics if `level` is not available or the lengths differ.
+pub fn dot_with(level: SimdLevel, a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    check_level(level);
+    // SAFETY: lengths checked; the level's ISA is available (check_level).
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => dot_avx512(a, b),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => dot_avx2(a, b),
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => dot_neon(a, b),
+            _ => dot_portable(a, b),
+        }
     }
 }
 
 /// Σ x[i]
+#[inline]
 pub fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let mut chunks = x.chunks_exact(16);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c) {
-            *a += v;
+    sum_with(detected(), x)
+}
+
+/// [`sum`] on a forced path. Panics if `level` is not available.
+pub fn sum_with(level: SimdLevel, x: &[f32]) -> f32 {
+    check_level(level);
+    // SAFETY: the level's ISA is available (check_level).
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => sum_avx512(x),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => sum_avx2(x),
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => sum_neon(x),
+            _ => sum_portable(x),
         }
     }
-    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// y[i] += alpha · x[i]
+#[inline]
+pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    axpy_with(detected(), y, alpha, x)
+}
+
+/// [`axpy`] on a forced path. Panics if `level` is not available or the lengths differ.
+pub fn axpy_with(level: SimdLevel, y: &mut [f32], alpha: f32, x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "axpy: length mismatch");
+    check_level(level);
+    // SAFETY: lengths checked; the level's ISA is available (check_level).
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => axpy_avx512(y, alpha, x),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => axpy_avx2(y, alpha, x),
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => axpy_neon(y, alpha, x),
+            _ => axpy_portable(y, alpha, x),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64* in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            (v as f32 / (1u64 << 23) as f32) - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    const LENS: &[usize] = &[
+        0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 257, 1000, 4099,
+    ];
+
+    #[test]
+    fn detected_is_available() {
+        let l = detected();
+        assert!(l.is_available());
+        assert!(SimdLevel::available().contains(&l));
+        assert!(SimdLevel::available().contains(&SimdLevel::Scalar));
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            assert!(SimdLevel::Avx2.is_available());
+        }
+    }
+
+    #[test]
+    fn dot_matches_reference_on_every_level() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for level in SimdLevel::available() {
+            for &n in LENS {
+                let (a, b) = (rng.vec(n), rng.vec(n));
+                let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+                let got = dot_with(level, &a, &b) as f64;
+                let tol = 1e-6 * (n as f64).sqrt().max(1.0) * 4.0;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{level:?} n={n}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sum_matches_reference_on_every_level() {
+        let mut rng = Rng(17);
+        for level in SimdLevel::available() {
+            for &n in LENS {
+                let x = rng.vec(n);
+                let want: f64 = x.iter().map(|&v| v as f64).sum();
+                let got = sum_with(level, &x) as f64;
+                let tol = 1e-6 * (n as f64).sqrt().max(1.0) * 4.0;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{level:?} n={n}: {got} vs {want}"
+                );
+            }
+        }
+        let ones = vec![1.0f32; 1001];
+        assert_eq!(sum(&ones), 1001.0);
+    }
+
+    #[test]
+    fn level_names_round_trip() {
+        for level in [
+            SimdLevel::Scalar,
+            SimdLevel::Avx2,
+            SimdLevel::Avx512,
+            SimdLevel::Neon,
+        ] {
+            assert_eq!(SimdLevel::from_name(level.name()), Some(level));
+            assert_eq!(SimdLevel::from_u8(level as u8), level);
+        }
+    }
+
+    #[test]
+    fn dot_on_offset_slices() {
+        // Unaligned starts: every level must use unaligned loads only.
+        let mut rng = Rng(7);
+        let a = rng.vec(300);
+        let b = rng.vec(300);
+        for level in SimdLevel::available() {
+            for off in 0..17 {
+                let (x, y) = (&a[off..off + 200], &b[off + 1..off + 201]);
+                let want: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+                let got = dot_with(level, x, y) as f64;
+                assert!((got - want).abs() < 1e-4, "{level:?} off={off}");
+            }
+        }
+    }
+
+    #[test]
+    fn axpy_matches_reference_on_every_level() {
+        let mut rng = Rng(42);
+        for level in SimdLevel::available() {
+            for &n in LENS {
+                let x = rng.vec(n + 1);
+                let y0 = rng.vec(n + 2);
+                let alpha = rng.next() * 3.0;
+                let mut y = y0.clone();
+                // Touch only y[1..n+1] so the guard elements reveal out-of-range writes.
+                axpy_with(level, &mut y[1..n + 1], alpha, &x[1..]);
+                assert_eq!(y[0], y0[0]);
+                assert_eq!(y[n + 1], y0[n + 1]);
+                for i in 0..n {
+                    let want = y0[i + 1] as f64 + alpha as f64 * x[i + 1] as f64;
+                    assert!(
+                        (y[i + 1] as f64 - want).abs() < 1e-5,
+                        "{level:?} n={n} i={i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dispatching_entry_points_agree() {
+        let mut rng = Rng(3);
+        let (a, b) = (rng.vec(77), rng.vec(77));
+        assert!((dot(&a, &b) - dot_with(SimdLevel::Scalar, &a, &b)).abs() < 1e-4);
+        let mut y1 = b.clone();
+        let mut y2 = b.clone();
+        axpy(&mut y1, 0.5, &a);
+        axpy_with(SimdLevel::Scalar, &mut y2, 0.5, &a);
+        for (p, q) in y1.iter().zip(&y2) {
+            assert!((p - q).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "length mismatch")]
+    fn dot_rejects_length_mismatch() {
+        dot(&[1.0, 2.0], &[1.0]);
+    }
+
+    #[test]
+    fn unavailable_level_panics() {
+        for level in [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon] {
+            if !level.is_available() {
+                let r = std::panic::catch_unwind(|| dot_with(level, &[1.0], &[1.0]));
+                assert!(r.is_err(), "{level:?} should be refused");
+            }
+        }
+    }
 }

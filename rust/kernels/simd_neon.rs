@@ -1,0 +1,61 @@
+//! aarch64 NEON vector type (`V128`, 4 lanes).
+
+use std::arch::aarch64::*;
+
+use super::F32Vec;
+
+/// 4 × f32 in a q register.
+#[derive(Clone, Copy)]
+pub(crate) struct V128(float32x4_t);
+
+impl F32Vec for V128 {
+    const LANES: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        V128(vdupq_n_f32(0.0))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        V128(vdupq_n_f32(v))
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        V128(vld1q_f32(p))
+    }
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize) -> Self {
+        let mut buf = [0.0f32; 4];
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n.min(4));
+        V128(vld1q_f32(buf.as_ptr()))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        vst1q_f32(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize) {
+        let mut buf = [0.0f32; 4];
+        vst1q_f32(buf.as_mut_ptr(), self.0);
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n.min(4));
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+        V128(vfmaq_f32(self.0, a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        V128(vaddq_f32(self.0, o.0))
+    }
+    #[inline(always)]
+    unsafe fn hsum(self) -> f32 {
+        vaddvq_f32(self.0)
+    }
+    #[inline(always)]
+    unsafe fn hsum4(a: Self, b: Self, c: Self, d: Self) -> [f32; 4] {
+        let ab = vpaddq_f32(a.0, b.0); // a01 a23 b01 b23
+        let cd = vpaddq_f32(c.0, d.0);
+        let mut out = [0.0f32; 4];
+        vst1q_f32(out.as_mut_ptr(), vpaddq_f32(ab, cd)); // Σa Σb Σc Σd
+        out
+    }
+}
