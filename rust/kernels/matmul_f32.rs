@@ -324,6 +324,19 @@ mod tests {
         let mut rng = Rng(1);
         for threads in [1, 2] {
             let pool = ThreadPool::new(threads).unwrap();
+            if only.is_empty() || only == "gemv" {
+                // Reference ceiling: every thread sums its share of a 256 MiB buffer.
+                let buf = vec![1.0f32; 64 << 20];
+                let s = best_time(5, 1, |_| {
+                    pool.run(|t, nt| {
+                        std::hint::black_box(simd::sum(&buf[chunk(buf.len(), t, nt)]));
+                    })
+                });
+                println!(
+                    "read bandwidth threads={threads}: {:.1} GB/s",
+                    (buf.len() * 4) as f64 / s / 1e9
+                );
+            }
             let gemv: &[(usize, usize)] = &[
                 (576, 576),
                 (1536, 576),

