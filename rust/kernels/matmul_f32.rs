@@ -10,6 +10,8 @@
 //!
 //! The ISA is picked at runtime (`simd::detected()`); `matmul_f32_with` forces one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::kernels::simd::{self, SimdLevel};
 use crate::threadpool::{chunk, ThreadPool};
 
@@ -20,6 +22,9 @@ use kern::Region;
 
 /// Problems below this many multiply-adds run on the calling thread only.
 const INLINE_MACS: usize = 32 * 1024;
+/// Few-rows path: parts per thread (claimed dynamically) and minimum rows of w per part.
+const PARTS_PER_THREAD: usize = 4;
+const MIN_PART_ROWS: usize = 16;
 
 /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ
 pub fn matmul_f32(
@@ -48,21 +53,9 @@ pub fn matmul_f32_with(
     n: usize,
 ) {
     // These asserts are the only guard for the unsafe kernels below.
-    assert_eq!(
-        x.len(),
-        m.checked_mul(k).expect("m*k overflows"),
-        "x must be [m, k]"
-    );
-    assert_eq!(
-        w.len(),
-        n.checked_mul(k).expect("n*k overflows"),
-        "w must be [n, k]"
-    );
-    assert_eq!(
-        y.len(),
-        m.checked_mul(n).expect("m*n overflows"),
-        "y must be [m, n]"
-    );
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
     simd::check_level(level);
     if m == 0 || n == 0 {
         return;
@@ -81,18 +74,31 @@ pub fn matmul_f32_with(
         rows: (0, m),
         cols: (0, n),
     };
-    let work = |t: usize, nt: usize| {
-        let g = share(&whole, m, n, sh, t, nt);
-        // SAFETY: slice lengths asserted above; `share` gives each thread a disjoint
-        // region inside [0, m) × [0, n); `level` is available (check_level).
-        unsafe { run_region(level, &g) };
-    };
+    // SAFETY (for `run_region` below): slice lengths asserted above; `share` gives each
+    // part a disjoint region inside [0, m) × [0, n); `level` is available (check_level).
     let macs = m.saturating_mul(n).saturating_mul(k);
-    if pool.n_threads() == 1 || macs < INLINE_MACS {
-        work(0, 1);
-    } else {
-        pool.run(work);
+    let nt = pool.n_threads();
+    if nt == 1 || macs < INLINE_MACS {
+        unsafe { run_region(level, &whole) };
+        return;
     }
+    // Parts are claimed dynamically, so a thread that is slow or descheduled takes fewer.
+    // The memory-bound few-rows path uses several small parts per thread; the packed
+    // GEMM one per thread (each part repacks its x block).
+    let parts = if m < sh.pack_rows {
+        (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
+    } else {
+        nt
+    };
+    let next = AtomicUsize::new(0);
+    pool.run(|_, _| loop {
+        let p = next.fetch_add(1, Ordering::Relaxed);
+        if p >= parts {
+            break;
+        }
+        let g = share(&whole, m, n, sh, p, parts);
+        unsafe { run_region(level, &g) };
+    });
 }
 
 /// Kernel parameters of a level (tile shape, packed-path threshold).
@@ -105,7 +111,7 @@ fn shape(level: SimdLevel) -> kern::Shape {
     }
 }
 
-/// Thread `t`'s share of `whole`. Few rows: a chunk of the columns (rows of w). Packed
+/// Part `t` of `nt` of `whole`. Few rows: a chunk of the columns (rows of w). Packed
 /// GEMM: a chunk of whole NR-column blocks, or of whole MR-row tiles when the matrix
 /// has more row tiles than column blocks.
 fn share(whole: &Region, m: usize, n: usize, sh: kern::Shape, t: usize, nt: usize) -> Region {

@@ -8,5 +8,5 @@ pub mod simd;
 
 /// Name of the SIMD instruction set the kernels dispatch to on this CPU.
 pub fn simd_name() -> String {
-    "pending".to_string()
+    simd::detected().name().to_string()
 }
