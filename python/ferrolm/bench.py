@@ -138,10 +138,20 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
     load_s = time.perf_counter() - t0
     result = measure(model, prompt_len, new_tokens, runs)
     rss = peak_rss_bytes()  # before the bandwidth buffer is allocated
-    bandwidth = _core.read_bandwidth(1 << 30, threads, 5)
+    # the machine is shared and its bandwidth drifts: take the best of two probes (a higher
+    # ceiling, so a conservative percentage), one after the decode runs and one after a re-run
+    bw_probes = [_core.read_bandwidth(1 << 30, threads, 5)]
+    rerun = measure(model, prompt_len, new_tokens, runs)
+    bw_probes.append(_core.read_bandwidth(1 << 30, threads, 5))
+    result["decode_runs"] += rerun["decode_runs"]
+    result["prefill_runs"] += rerun["prefill_runs"]
+    result["decode_tok_s"] = statistics.median(result["decode_runs"])
+    result["prefill_tok_s"] = statistics.median(result["prefill_runs"])
+    bandwidth = max(bw_probes)
     bytes_per_token = model.matmul_bytes_per_token
     ceiling = bandwidth / bytes_per_token
     result.update(
+        bandwidth_probes_gb_s=[b / 1e9 for b in bw_probes],
         shape=shape, threads=threads, precision=model.precision, params=model.num_params,
         matmul_bytes_per_token=bytes_per_token, read_bandwidth_gb_s=bandwidth / 1e9,
         decode_ceiling_tok_s=ceiling, decode_pct_of_ceiling=100 * result["decode_tok_s"] / ceiling,

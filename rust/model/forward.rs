@@ -133,19 +133,21 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, tokens: &[
         apply_norm(&layer.mlp_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
         let up_out = layer.up.out_features;
         layer.up.forward(pool, &s.xn[..t * d], &mut s.up[..t * up_out], t);
-        match c.arch {
+        // act: [t, ffn] — SwiGLU into `act` for LLaMA; GELU in place in `up` for GPT-2
+        let act: &[f32] = match c.arch {
             Arch::Llama => {
                 for i in 0..t {
                     let row = &s.up[i * up_out..(i + 1) * up_out];
                     silu_mul(&row[..ffn], &row[ffn..], &mut s.act[i * ffn..(i + 1) * ffn]);
                 }
+                &s.act[..t * ffn]
             }
             Arch::Gpt2 => {
-                s.act[..t * ffn].copy_from_slice(&s.up[..t * ffn]);
-                gelu_tanh(&mut s.act[..t * ffn]);
+                gelu_tanh(&mut s.up[..t * ffn]);
+                &s.up[..t * ffn]
             }
-        }
-        layer.down.forward(pool, &s.act[..t * ffn], &mut s.xn[..t * d], t);
+        };
+        layer.down.forward(pool, act, &mut s.xn[..t * d], t);
         add_into(&mut s.x[..t * d], &s.xn[..t * d]);
     }
 }
