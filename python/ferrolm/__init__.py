@@ -23,11 +23,14 @@ from .errors import (
 )
 from .generation import GenerationResult, TextStream, Timings
 from .model import Model, load
+from . import quality
+from .quality import perplexity
 
 __version__ = _core.__version__
 
 __all__ = [
     "load",
+    "perplexity",
     "Model",
     "GenerationConfig",
     "GenerationResult",

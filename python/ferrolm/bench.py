@@ -132,9 +132,9 @@ def measure(model: Model, prompt_len: int = 128, new_tokens: int = 128, runs: in
 
 def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_tokens: int = 128) -> dict:
     """One configuration, measured in this process."""
-    folder = random_checkpoint(shape)
+    folder = model_source(shape)
     t0 = time.perf_counter()
-    model = load(folder, threads=threads)
+    model = load(folder, threads=threads, progress=False)
     load_s = time.perf_counter() - t0
     result = measure(model, prompt_len, new_tokens, runs)
     rss = peak_rss_bytes()  # before the bandwidth buffer is allocated
@@ -160,11 +160,28 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
     return result
 
 
+REAL_MODELS = {"smollm2-135m-q4_1": "the default model (SmolLM2-135M-Instruct GGUF, dequantized to FP32)"}
+
+
+def model_source(shape: str) -> Path:
+    """A named random shape (written once), or a real model: "smollm2-135m-q4_1" (the default
+    model) or a path to a model folder / GGUF file."""
+    if shape in SHAPES:
+        return random_checkpoint(shape)
+    if shape in REAL_MODELS:
+        from .loading import default_model_path
+
+        return default_model_path()
+    if Path(shape).exists():
+        return Path(shape)
+    raise ValueError(f"unknown shape {shape!r}: choose from {', '.join([*SHAPES, *REAL_MODELS])} or give a path")
+
+
 def run_all(shapes: List[str], threads: List[int], runs: int = 3) -> List[dict]:
     """Every configuration in a fresh process (so peak RSS is per configuration)."""
     rows = []
     for shape in shapes:
-        random_checkpoint(shape)
+        model_source(shape)
         for n in threads:
             out = subprocess.run(
                 [sys.executable, "-m", "ferrolm.bench", "--one", shape, str(n), "--runs", str(runs)],
