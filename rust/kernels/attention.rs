@@ -1,7 +1,7 @@
 //! Causal multi-head attention with grouped-query heads over a preallocated KV cache.
 
 use crate::kernels::activations::softmax;
-use crate::kernels::simd::{axpy, dot};
+use crate::kernels::simd::{axpy_rows, dot_rows};
 use crate::threadpool::{chunk, SyncPtr, ThreadPool};
 
 pub struct AttnShape {
@@ -48,15 +48,15 @@ pub fn attention(
             let n_ctx = pos0 + t + 1;
             let qh = &q[(t * nh + h) * hd..][..hd];
             let s = &mut sc[..n_ctx];
-            for (p, sp) in s.iter_mut().enumerate() {
-                *sp = dot(qh, &k_cache[p * kv_dim + g * hd..][..hd]) * scale;
+            // scores[p] = q · k[p, g]; keys of kv head g sit every kv_dim values from g·hd
+            dot_rows(qh, &k_cache[g * hd..], kv_dim, s);
+            for v in s.iter_mut() {
+                *v *= scale;
             }
             softmax(s);
             let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add((t * nh + h) * hd), hd) };
             o.fill(0.0);
-            for (p, &w) in s.iter().enumerate() {
-                axpy(o, w, &v_cache[p * kv_dim + g * hd..][..hd]);
-            }
+            axpy_rows(o, s, &v_cache[g * hd..], kv_dim);
         }
     });
 }

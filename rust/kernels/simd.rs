@@ -304,6 +304,31 @@ unsafe fn axpy_impl<V: F32Vec>(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// out[p] = Σ_i q[i]·rows[p·stride + i] for p in 0..out.len() (one call for many dot products,
+/// e.g. a query against every cached key).
+///
+/// # Safety
+/// `V`'s ISA must be enabled; `rows` holds `(out.len() − 1)·stride + q.len()` values.
+#[inline(always)]
+unsafe fn dot_rows_impl<V: F32Vec>(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let d = q.len();
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = dot_impl::<V>(q, rows.get_unchecked(p * stride..p * stride + d));
+    }
+}
+
+/// y[i] += Σ_p w[p]·rows[p·stride + i] (a weighted sum of many rows, e.g. attention over values).
+///
+/// # Safety
+/// `V`'s ISA must be enabled; `rows` holds `(w.len() − 1)·stride + y.len()` values.
+#[inline(always)]
+unsafe fn axpy_rows_impl<V: F32Vec>(y: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+    let d = y.len();
+    for (p, &wp) in w.iter().enumerate() {
+        axpy_impl::<V>(y, wp, rows.get_unchecked(p * stride..p * stride + d));
+    }
+}
+
 /// Defines the per-ISA `#[target_feature]` entry points of a generic kernel.
 macro_rules! isa_entries {
     ($generic:ident, $avx512:ident, $avx2:ident, $neon:ident, $portable:ident,
@@ -328,6 +353,52 @@ isa_entries!(dot_impl, dot_avx512, dot_avx2, dot_neon, dot_portable, (a: &[f32],
 isa_entries!(sum_impl, sum_avx512, sum_avx2, sum_neon, sum_portable, (x: &[f32]) -> f32);
 isa_entries!(axpy_impl, axpy_avx512, axpy_avx2, axpy_neon, axpy_portable,
     (y: &mut [f32], alpha: f32, x: &[f32]) -> ());
+
+isa_entries!(dot_rows_impl, dot_rows_avx512, dot_rows_avx2, dot_rows_neon, dot_rows_portable,
+    (q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) -> ());
+isa_entries!(axpy_rows_impl, axpy_rows_avx512, axpy_rows_avx2, axpy_rows_neon, axpy_rows_portable,
+    (y: &mut [f32], w: &[f32], rows: &[f32], stride: usize) -> ());
+
+fn check_rows(n_rows: usize, width: usize, stride: usize, len: usize) {
+    assert!(width <= stride || n_rows <= 1, "rows overlap: width {width} > stride {stride}");
+    if n_rows > 0 {
+        assert!((n_rows - 1) * stride + width <= len, "rows: slice too short");
+    }
+}
+
+/// out[p] = dot(q, rows[p·stride..][..q.len()]) for every p.
+pub fn dot_rows(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    check_rows(out.len(), q.len(), stride, rows.len());
+    // SAFETY: bounds checked above; the detected ISA is available.
+    unsafe {
+        match detected() {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => dot_rows_avx512(q, rows, stride, out),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => dot_rows_avx2(q, rows, stride, out),
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => dot_rows_neon(q, rows, stride, out),
+            _ => dot_rows_portable(q, rows, stride, out),
+        }
+    }
+}
+
+/// y += Σ_p w[p]·rows[p·stride..][..y.len()].
+pub fn axpy_rows(y: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+    check_rows(w.len(), y.len(), stride, rows.len());
+    // SAFETY: bounds checked above; the detected ISA is available.
+    unsafe {
+        match detected() {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => axpy_rows_avx512(y, w, rows, stride),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => axpy_rows_avx2(y, w, rows, stride),
+            #[cfg(target_arch = "aarch64")]
+            SimdLevel::Neon => axpy_rows_neon(y, w, rows, stride),
+            _ => axpy_rows_portable(y, w, rows, stride),
+        }
+    }
+}
 
 /// Σ a[i]·b[i]
 #[inline]
@@ -552,5 +623,35 @@ mod tests {
                 assert!(r.is_err(), "{level:?} should be refused");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod rows_tests {
+    use super::*;
+
+    #[test]
+    fn dot_rows_and_axpy_rows_match_loops() {
+        let rows: Vec<f32> = (0..7 * 12 + 5).map(|i| ((i * 37) % 19) as f32 * 0.25 - 2.0).collect();
+        let q: Vec<f32> = (0..5).map(|i| i as f32 - 1.5).collect();
+        let mut out = vec![0.0f32; 8];
+        dot_rows(&q, &rows, 12, &mut out);
+        for p in 0..8 {
+            let want: f32 = (0..5).map(|i| q[i] * rows[p * 12 + i]).sum();
+            assert!((out[p] - want).abs() < 1e-5);
+        }
+        let w: Vec<f32> = (0..8).map(|p| 0.1 * p as f32).collect();
+        let mut y = vec![1.0f32; 5];
+        axpy_rows(&mut y, &w, &rows, 12);
+        for i in 0..5 {
+            let want: f32 = 1.0 + (0..8).map(|p| w[p] * rows[p * 12 + i]).sum::<f32>();
+            assert!((y[i] - want).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "too short")]
+    fn dot_rows_checks_bounds() {
+        dot_rows(&[1.0; 4], &[0.0; 10], 4, &mut [0.0; 3]);
     }
 }
