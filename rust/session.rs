@@ -19,6 +19,8 @@ pub struct Session {
     /// logits: [vocab] of the last token fed.
     logits: Vec<f32>,
     has_logits: bool,
+    /// work: [vocab] — the logits processors' copy, reused for every sample
+    work: Vec<f32>,
     rng: Rng,
 }
 
@@ -34,7 +36,7 @@ impl Session {
         let c = &model.config;
         let cache = KvCache::new(c.num_layers, n_ctx, c.kv_dim());
         let vocab = c.vocab_size;
-        Ok(Self { model, cache, scratch: Scratch::default(), tokens: Vec::new(), logits: vec![0.0; vocab], has_logits: false, rng: Rng::new(0) })
+        Ok(Self { model, cache, scratch: Scratch::default(), tokens: Vec::new(), logits: vec![0.0; vocab], has_logits: false, work: vec![0.0; vocab], rng: Rng::new(0) })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -98,8 +100,11 @@ impl Session {
     /// the history where generated tokens begin (for frequency/presence penalties).
     pub fn sample(&mut self, params: &SamplingParams, gen_start: usize, suppress: &[u32]) -> Result<u32> {
         params.validate(self.model.config.vocab_size)?;
-        let mut logits = self.logits()?.to_vec();
+        if !self.has_logits {
+            return Err(Error::InvalidArgument("no logits yet: feed tokens first".into()));
+        }
+        self.work.copy_from_slice(&self.logits);
         let generated = &self.tokens[gen_start.min(self.tokens.len())..];
-        sampling::sample(&mut logits, params, &self.tokens, generated, suppress, &mut self.rng)
+        sampling::sample(&mut self.work, params, &self.tokens, generated, suppress, &mut self.rng)
     }
 }
