@@ -150,20 +150,7 @@ unsafe fn run_region(level: SimdLevel, g: &Region) {
 mod tests {
     use super::*;
 
-    /// xorshift64* in [-1, 1).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-            (v as f32 / (1u64 << 23) as f32) - 1.0
-        }
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n).map(|_| self.next()).collect()
-        }
-    }
+    use crate::kernels::test_rng::Rng;
 
     /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ accumulated in f64.
     fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {

@@ -5,6 +5,8 @@ pub mod matmul_f32;
 pub mod norms;
 pub mod rope;
 pub mod simd;
+#[cfg(test)]
+pub(crate) mod test_rng;
 
 /// Name of the SIMD instruction set the kernels dispatch to on this CPU.
 pub fn simd_name() -> String {

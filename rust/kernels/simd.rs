@@ -475,20 +475,7 @@ pub fn axpy_with(level: SimdLevel, y: &mut [f32], alpha: f32, x: &[f32]) {
 mod tests {
     use super::*;
 
-    /// xorshift64* in [-1, 1).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-            (v as f32 / (1u64 << 23) as f32) - 1.0
-        }
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n).map(|_| self.next()).collect()
-        }
-    }
+    use crate::kernels::test_rng::Rng;
 
     const LENS: &[usize] = &[
         0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 257, 1000, 4099,
