@@ -1,8 +1,11 @@
 //! Compute kernels, one file per job.
 pub mod activations;
 pub mod attention;
+pub mod matmul_bf16;
 pub mod matmul_f32;
+pub mod matmul_int8;
 pub mod norms;
+pub mod quant;
 pub mod rope;
 pub mod simd;
 #[cfg(test)]

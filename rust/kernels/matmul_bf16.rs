@@ -1,0 +1,459 @@
+//! BF16-weight matmul: y[m, n] = x[m, k] · w[n, k]ᵀ with w as bf16 bits (nn.Linear
+//! layout), x and y in f32, accumulation in f32.
+//!
+//! The weights are widened to f32 exactly (bf16 → f32 is a 16-bit shift), so the result is
+//! the f32 matmul of the widened weights up to summation order; x is never rounded.
+//! Paths (kernels in `matmul_bf16_kernels.rs`, shared with the weight-only int8 scheme):
+//! - few rows (m ≤ 2, decode GEMV; memory-bound): threads split the rows of w; each streams
+//!   its rows once, in order, widening 8 weights per load (256-bit vectors on the AVX-512
+//!   path too: measured faster). Half the bytes of f32 weights, so about twice the tokens/s
+//!   at the same bandwidth;
+//! - many rows (prefill GEMM): blocks of w are widened into a per-thread packed f32 buffer
+//!   (once per block of up to 192 rows of x) and a register-blocked FMA micro-kernel (the
+//!   f32 GEMM's design, 3×4 AVX2 / 4×6 AVX-512 tiles of vector accumulators) runs over them.
+//!
+//! Measured (2-core AMD EPYC Zen 4 VM, `cargo test --release --lib matmul_bf16 -- --ignored
+//! --nocapture`, best of 3; the shared VM is noisy): GEMV with 2 threads 31-48 GB/s of bf16
+//! weights for k ≤ 2048, i.e. the read bandwidth of the same runs (31-52 GB/s); 21-26 GB/s at
+//! k = 5632, where x (22 KiB of f32) no longer stays in L1 while w streams past. GEMM m = 128:
+//! 140-200 GFLOP/s with 2 threads, as the f32 GEMM.
+//!
+//! AVX-512-BF16 (`vdpbf16ps`) is deliberately not used: it would round x to bf16 as well,
+//! changing the numerics, and the GEMV is memory-bound anyway.
+//!
+//! The ISA is picked at runtime (`simd::detected()`); `matmul_bf16_with` forces one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::kernels::simd::{self, SimdLevel};
+use crate::threadpool::{chunk, ThreadPool};
+
+#[path = "matmul_bf16_vec.rs"]
+pub(crate) mod vec;
+
+#[path = "matmul_bf16_kernels.rs"]
+pub(crate) mod kern;
+
+use kern::{Region, WSource};
+
+/// Problems below this many multiply-adds run on the calling thread only.
+const INLINE_MACS: usize = 32 * 1024;
+/// Few-rows path: parts per thread (claimed dynamically) and minimum rows of w per part.
+const PARTS_PER_THREAD: usize = 4;
+const MIN_PART_ROWS: usize = 16;
+
+/// y: [m, n] = x: [m, k] · w: [n, k]ᵀ, w as bf16 bits.
+pub fn matmul_bf16(
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[u16],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    matmul_bf16_with(simd::detected(), pool, x, w, y, m, k, n)
+}
+
+/// [`matmul_bf16`] on a forced SIMD path. Panics if `level` is not available on this CPU
+/// or a slice length doesn't match its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bf16_with(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[u16],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    // These asserts are the only guard for the unsafe kernels below.
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
+    simd::check_level(level);
+    let src = kern::Bf16W { w: w.as_ptr(), k };
+    // SAFETY: x, y and w (through `src`) have the lengths asserted above.
+    unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
+}
+
+/// Kernel parameters of a level.
+fn shape(level: SimdLevel) -> kern::Shape {
+    match level {
+        SimdLevel::Avx512 => kern::AVX512,
+        SimdLevel::Avx2 => kern::AVX2,
+        SimdLevel::Neon => kern::NEON,
+        SimdLevel::Scalar => kern::PORTABLE,
+    }
+}
+
+/// The threaded driver shared by bf16 and weight-only int8: splits y into parts
+/// (columns for the GEMV; NR-column blocks or MR-row tiles for the GEMM) claimed
+/// dynamically by the pool's threads.
+///
+/// # Safety
+/// `x` / `y` must hold `m·k` / `m·n` values and `src` must describe `[n, k]` weights;
+/// `level` must be available (`simd::check_level`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_matmul<S: WSource>(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    x: *const f32,
+    src: S,
+    y: *mut f32,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        std::slice::from_raw_parts_mut(y, m * n).fill(0.0);
+        return;
+    }
+    let sh = shape(level);
+    let whole = Region {
+        x,
+        w: src,
+        y,
+        k,
+        n,
+        rows: (0, m),
+        cols: (0, n),
+    };
+    // SAFETY (for `run_region` below): the caller vouches for the operands; `share` gives
+    // each part a disjoint region inside [0, m) × [0, n).
+    let macs = m.saturating_mul(n).saturating_mul(k);
+    let nt = pool.n_threads();
+    if nt == 1 || macs < INLINE_MACS {
+        run_region(level, &whole);
+        return;
+    }
+    let parts = if m < sh.pack_rows {
+        (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
+    } else {
+        nt
+    };
+    let next = AtomicUsize::new(0);
+    pool.run(|_, _| loop {
+        let p = next.fetch_add(1, Ordering::Relaxed);
+        if p >= parts {
+            break;
+        }
+        let g = share(&whole, m, n, sh, p, parts);
+        run_region(level, &g);
+    });
+}
+
+/// Part `t` of `nt` of `whole` (see `matmul_f32::share`).
+fn share<S: WSource>(
+    whole: &Region<S>,
+    m: usize,
+    n: usize,
+    sh: kern::Shape,
+    t: usize,
+    nt: usize,
+) -> Region<S> {
+    let mut g = *whole;
+    if m < sh.pack_rows {
+        let c = chunk(n, t, nt);
+        g.cols = (c.start, c.end);
+        return g;
+    }
+    let (mb, nb) = (m.div_ceil(sh.mr), n.div_ceil(sh.nr));
+    if nb >= mb {
+        let c = chunk(nb, t, nt);
+        g.cols = ((c.start * sh.nr).min(n), (c.end * sh.nr).min(n));
+    } else {
+        let r = chunk(mb, t, nt);
+        g.rows = ((r.start * sh.mr).min(m), (r.end * sh.mr).min(m));
+    }
+    g
+}
+
+/// # Safety
+/// `g` must describe valid operands (see `kern::region`) and `level` must be available.
+unsafe fn run_region<S: WSource>(level: SimdLevel, g: &Region<S>) {
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => kern::region_avx512(g),
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => kern::region_avx2(g),
+        #[cfg(target_arch = "aarch64")]
+        SimdLevel::Neon => kern::region_neon(g),
+        _ => kern::region_portable(g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::matmul_f32::matmul_f32;
+    use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, f32_to_bf16_vec};
+    use crate::kernels::test_rng::Rng;
+
+    /// Random bf16 weights in [-1, 1).
+    fn bf16s(rng: &mut Rng, n: usize) -> Vec<u16> {
+        f32_to_bf16_vec(&rng.vec(n))
+    }
+
+    /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ (bf16 widened), accumulated in f64.
+    fn reference(x: &[f32], w: &[u16], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|p| x[i * k + p] as f64 * bf16_to_f32(w[j * k + p]) as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    fn check(level: SimdLevel, pool: &ThreadPool, rng: &mut Rng, m: usize, k: usize, n: usize) {
+        let x = rng.vec(m * k);
+        let w = bf16s(rng, n * k);
+        let want = reference(&x, &w, m, k, n);
+        let mut y = vec![f32::NAN; m * n];
+        matmul_bf16_with(level, pool, &x, &w, &mut y, m, k, n);
+        // |x|, |w| < 1: f32 accumulation error ≲ k·2⁻²⁴ worst case, ~sqrt(k)·2⁻²⁴ typical.
+        let tol = 2e-6 * (k as f64).sqrt().max(1.0) + 1e-7;
+        for (idx, (&g, &r)) in y.iter().zip(&want).enumerate() {
+            assert!(
+                (g as f64 - r).abs() <= tol,
+                "{level:?} threads={} m={m} k={k} n={n} at ({}, {}): {g} vs {r} (tol {tol})",
+                pool.n_threads(),
+                idx / n,
+                idx % n
+            );
+        }
+    }
+
+    const KS: &[usize] = &[1, 7, 31, 33, 65, 100, 257, 1000];
+    const NS: &[usize] = &[1, 3, 17, 64];
+    const MS: &[usize] = &[1, 2, 3, 5, 17, 64];
+
+    #[test]
+    fn matches_reference_on_every_level_and_thread_count() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for threads in 1..=3 {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for &m in MS {
+                    for &k in KS {
+                        for &n in NS {
+                            check(level, &pool, &mut rng, m, k, n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_shapes_match_reference() {
+        // k > KC (several k blocks), n > NC, m > MC, and the threaded paths.
+        let mut rng = Rng(99);
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for &(m, k, n) in &[
+                    (1, 2049, 203),
+                    (2, 1537, 90),
+                    (7, 1100, 200),
+                    (13, 515, 97),
+                    (40, 64, 3),
+                    (200, 40, 70),
+                ] {
+                    check(level, &pool, &mut rng, m, k, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_f32_matmul_of_widened_weights() {
+        let mut rng = Rng(3);
+        let pool = ThreadPool::new(2).unwrap();
+        for &(m, k, n) in &[(1, 300, 70), (2, 64, 64), (9, 129, 33)] {
+            let x = rng.vec(m * k);
+            let w = bf16s(&mut rng, n * k);
+            let wf: Vec<f32> = w.iter().map(|&b| bf16_to_f32(b)).collect();
+            let (mut y, mut yf) = (vec![0.0; m * n], vec![0.0; m * n]);
+            matmul_bf16(&pool, &x, &w, &mut y, m, k, n);
+            matmul_f32(&pool, &x, &wf, &mut yf, m, k, n);
+            for (a, b) in y.iter().zip(&yf) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_inputs_propagate() {
+        let pool = ThreadPool::new(1).unwrap();
+        for level in SimdLevel::available() {
+            let k = 37;
+            let mut w = vec![f32_to_bf16(1.0); 2 * k];
+            w[5] = f32_to_bf16(f32::INFINITY);
+            w[k + 36] = f32_to_bf16(f32::NAN);
+            let x = vec![1.0f32; k];
+            let mut y = vec![0.0; 2];
+            matmul_bf16_with(level, &pool, &x, &w, &mut y, 1, k, 2);
+            assert_eq!(y[0], f32::INFINITY, "{level:?}");
+            assert!(y[1].is_nan(), "{level:?}");
+        }
+    }
+
+    #[test]
+    fn zero_sized_shapes() {
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            let mut y = vec![5.0f32; 6];
+            matmul_bf16_with(level, &pool, &[], &[], &mut y, 2, 0, 3);
+            assert!(y.iter().all(|&v| v == 0.0));
+            matmul_bf16_with(level, &pool, &[], &[0; 4], &mut [], 0, 4, 1);
+            matmul_bf16_with(level, &pool, &[1.0; 4], &[], &mut [], 1, 4, 0);
+        }
+    }
+
+    #[test]
+    fn writes_only_inside_y() {
+        let mut rng = Rng(11);
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            for &(m, k, n) in &[(1, 37, 11), (5, 37, 11)] {
+                let xb = rng.vec(m * k + 2);
+                let wb = bf16s(&mut rng, n * k + 2);
+                let mut yb = vec![7.0f32; m * n + 2];
+                matmul_bf16_with(
+                    level,
+                    &pool,
+                    &xb[1..=m * k],
+                    &wb[1..=n * k],
+                    &mut yb[1..=m * n],
+                    m,
+                    k,
+                    n,
+                );
+                assert_eq!((yb[0], yb[m * n + 1]), (7.0, 7.0));
+                let want = reference(&xb[1..=m * k], &wb[1..=n * k], m, k, n);
+                for (g, r) in yb[1..=m * n].iter().zip(want) {
+                    assert!((*g as f64 - r).abs() < 1e-4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "w must be [n, k]")]
+    fn rejects_bad_lengths() {
+        let pool = ThreadPool::new(1).unwrap();
+        matmul_bf16(&pool, &[0.0; 4], &[0; 5], &mut [0.0; 2], 2, 2, 1);
+    }
+
+    #[test]
+    fn unavailable_level_panics() {
+        for level in [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon] {
+            if !level.is_available() {
+                let r = std::panic::catch_unwind(|| {
+                    let pool = ThreadPool::new(1).unwrap();
+                    matmul_bf16_with(level, &pool, &[1.0], &[0], &mut [0.0], 1, 1, 1)
+                });
+                assert!(r.is_err(), "{level:?} should be refused");
+            }
+        }
+    }
+
+    /// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls.
+    fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
+        f(0);
+        (0..reps)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for it in 0..iters {
+                    f(it);
+                }
+                t.elapsed().as_secs_f64() / iters as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Throughput check (run by hand):
+    /// `cargo test --release --lib matmul_bf16 -- --ignored --nocapture`
+    ///
+    /// Benches the AVX2 path (forced) and the detected best path. GEMV "cold" rotates over
+    /// enough weight copies to exceed the caches, like decode; GB/s counts weight bytes.
+    #[test]
+    #[ignore]
+    fn bench_matmul_bf16() {
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let mut levels = vec![simd::detected()];
+        if SimdLevel::Avx2.is_available() && simd::detected() != SimdLevel::Avx2 {
+            levels.insert(0, SimdLevel::Avx2);
+        }
+        let mut rng = Rng(1);
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).unwrap();
+            if only.is_empty() || only == "gemv" {
+                let buf = vec![1.0f32; 64 << 20];
+                let s = best_time(5, 1, |_| {
+                    pool.run(|t, nt| {
+                        std::hint::black_box(simd::sum(&buf[chunk(buf.len(), t, nt)]));
+                    })
+                });
+                println!(
+                    "read bandwidth threads={threads}: {:.1} GB/s",
+                    (buf.len() * 4) as f64 / s / 1e9
+                );
+            }
+            let gemv: &[(usize, usize)] = &[
+                (576, 1536),
+                (1536, 576),
+                (49152, 576),
+                (2048, 2048),
+                (5632, 2048),
+                (2048, 5632),
+            ];
+            for &(n, k) in gemv.iter().filter(|_| only.is_empty() || only == "gemv") {
+                let bytes = n * k * 2;
+                let copies = ((384 << 20) / bytes + 1).min(64);
+                let ws: Vec<Vec<u16>> = (0..copies).map(|_| bf16s(&mut rng, n * k)).collect();
+                let x = rng.vec(k);
+                let mut y = vec![0.0; n];
+                for &level in &levels {
+                    let iters = ((1usize << 30) / bytes).clamp(4, 4000).max(copies);
+                    let cold = best_time(5, iters, |it| {
+                        matmul_bf16_with(level, &pool, &x, &ws[it % copies], &mut y, 1, k, n)
+                    });
+                    println!(
+                        "GEMV {:<6} threads={threads} n={n:>5} k={k:<5} cold {:6.1} GB/s ({:7.1} µs)",
+                        level.name(),
+                        bytes as f64 / cold / 1e9,
+                        cold * 1e6
+                    );
+                }
+            }
+            let gemm: &[(usize, usize, usize)] = &[(128, 576, 1536), (128, 2048, 2048)];
+            for &(m, k, n) in gemm.iter().filter(|_| only.is_empty() || only == "gemm") {
+                let x = rng.vec(m * k);
+                let w = bf16s(&mut rng, n * k);
+                let mut y = vec![0.0; m * n];
+                let flops = 2.0 * (m * n * k) as f64;
+                for &level in &levels {
+                    let iters = ((4e9 / flops) as usize).clamp(3, 2000);
+                    let s = best_time(5, iters, |_| {
+                        matmul_bf16_with(level, &pool, &x, &w, &mut y, m, k, n)
+                    });
+                    println!(
+                        "GEMM {:<6} threads={threads} m={m} {k}->{n}: {:6.1} GFLOP/s ({:.2} ms)",
+                        level.name(),
+                        flops / s / 1e9,
+                        s * 1e3
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,909 @@
+//! INT8-weight matmul: y[m, n] = x[m, k] · wᵀ with w a [`QuantizedI8`] `[n, k]`
+//! (k = `w.cols`, n = `w.rows`), x and y in f32.
+//!
+//! # Scheme: W8A8 for every m (decode and prefill alike)
+//!
+//! Each row of x is quantized on the fly, per group of the weights, to int8:
+//! `sx = max|x| / 127`, `xq = round_half_even(x · 127 / max|x|)` (a group with max|x| < 1e-30
+//! is zero; a group holding NaN/±inf makes its output row NaN). Then
+//! `y[i, j] = Σ_g (sx[i, g] · sw[j, g]) · Σ_{p ∈ g} xq[i, p] · wq[j, p]`: exact i32 group sums,
+//! scaled and accumulated in f32. Decode and prefill compute the same quantized products
+//! (only the f32 summation order differs), so a token's logits don't depend on which path
+//! produced them.
+//!
+//! Chosen by measurement over the weight-only alternative ([`Int8Scheme::WeightOnly`]: int8
+//! widened to f32 and FMA'd with the f32 x; still available through [`matmul_int8_scheme`]).
+//! 2-core AMD EPYC (Zen 4) VM, GROUP = 64, best of several runs of
+//! `cargo test --release --lib matmul_int8 -- --ignored --nocapture` (`BENCH_SCHEMES=w8a8,weight`;
+//! the shared VM is noisy, ±15 %):
+//!
+//! | 2 threads                        | weight-only   | W8A8          |
+//! |----------------------------------|---------------|---------------|
+//! | GEMV 2048×2048, AVX2 / AVX-512   | 23.5 / 22.8 GB/s | 31.5 / 31.6 GB/s |
+//! | GEMV 2048×5632 (k = 5632)        | 13.4 / 14.9 GB/s | 27.8 / 30.7 GB/s |
+//! | GEMM m=128 2048→2048, AVX2       | 140 GFLOP/s   | 190-275 GFLOP/s |
+//! | GEMM m=128 2048→2048, AVX-512    | 177 GFLOP/s   | 640 GFLOP/s (VNNI) |
+//!
+//! (read bandwidth of the same runs: 31-34 GB/s with 2 threads.) The weight-only GEMV spends
+//! 3-4 µops per 8 weights on widening and keeps x in f32 (4 bytes per weight of L1 traffic;
+//! at k = 5632 x no longer stays in L1), while the W8A8 GEMV spends 4 µops per 32 weights.
+//! Error (relative RMS of y, `int8_error_report`; x normal-ish, w normal-ish σ 0.02,
+//! k = 2048; "outliers": 4 channels of x scaled by 20):
+//!
+//! | GROUP 64                 | vs f32 matmul of deq(w) | vs original f32 w |
+//! |--------------------------|-------------------------|-------------------|
+//! | weight-only              | 0 (same products; bit-identical on the GEMM path here) | 5.5e-3 |
+//! | W8A8                     | 5.5e-3                  | 7.8e-3            |
+//! | W8A8, x with outliers    | 1.2e-2                  | 1.3e-2            |
+//!
+//! So W8A8 adds an x-quantization error about as large as the weight quantization error
+//! (√2 overall; more when a group of x holds an outlier), in exchange for 1.3-2× faster
+//! decode and 1.3-3.6× faster prefill.
+//!
+//! # Paths (kernels in `matmul_int8_kernels.rs`)
+//! - GEMV (m < 8; memory-bound): threads split the rows of w; each row of w streams once
+//!   against up to 4 quantized rows of x held in L1, 32 bytes at a time: AVX2 `maddubs(|x|,
+//!   sign(w, x))` + `madd(·, 1)`; AVX-512 VNNI `dpbusd(w ⊕ 0x80, x)` from −128·Σx.
+//! - GEMM (m ≥ 8, AVX2 / AVX-512 VNNI): panels of 16 / 48 rows of w are transposed into
+//!   k-interleaved i16 pairs / u8 quads (once per panel and k block), and a 3×16 (AVX2,
+//!   `madd_epi16`) / 4×48 (VNNI, `dpbusd` on zmm) register tile multiplies them with
+//!   broadcast x pairs / quads; integer sums are scaled into f32 accumulators at group ends.
+//!   Threads split the panels (or the row tiles when n is narrow). Below m = 8 the GEMV,
+//!   which reads w once per 4 rows, measured as fast (AVX2) or faster (VNNI, m ≤ 6).
+//! - AVX-512 without VNNI runs the AVX2 kernels; NEON has a GEMV kernel (`vmull_s8` +
+//!   `vpadalq_s16`) used for every m; the portable kernel handles every group size.
+//!
+//! The SIMD kernels need `group % 32 == 0` (and ≤ 16384); other groups (valid in a
+//! [`QuantizedI8`]) run on the portable kernel, correct but slow.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use crate::kernels::matmul_bf16::kern::I8W;
+use crate::kernels::matmul_bf16::run_matmul;
+use crate::kernels::quant::QuantizedI8;
+use crate::kernels::simd::{self, SimdLevel};
+use crate::threadpool::{chunk, ThreadPool};
+
+#[path = "matmul_int8_kernels.rs"]
+mod q8;
+
+use q8::{Need, XOut, Q8};
+
+/// How the int8 weights meet the f32 activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Scheme {
+    /// Weight-only: int8 groups are widened to f32 on the fly and multiplied with the f32 x
+    /// (the f32 matmul of the dequantized weights, up to summation order).
+    WeightOnly,
+    /// W8A8: each row of x is quantized per group to int8 on the fly (symmetric,
+    /// `sx = max|x| / 127`, round half to even); group dot products are exact integer sums
+    /// scaled by `sx · sw`, accumulated in f32.
+    W8A8,
+}
+
+/// The scheme [`matmul_int8`] uses for `m` rows of x: W8A8 for every m (see the module
+/// docs for the measurements).
+pub fn int8_scheme_for(_m: usize) -> Int8Scheme {
+    Int8Scheme::W8A8
+}
+
+/// Problems below this many multiply-adds run on the calling thread only.
+const INLINE_MACS: usize = 32 * 1024;
+/// GEMV: parts per thread (claimed dynamically) and minimum rows of w per part.
+const PARTS_PER_THREAD: usize = 4;
+const MIN_PART_ROWS: usize = 16;
+/// W8A8 on x86: problems with at least this many rows of x use the packed GEMM.
+const GEMM_ROWS: usize = 8;
+/// x quantization runs on the pool when x has at least this many values.
+const PARALLEL_QUANT: usize = 64 * 1024;
+
+/// y: [m, n] = x: [m, k] · wᵀ, k = `w.cols`, n = `w.rows`.
+pub fn matmul_int8(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize) {
+    matmul_int8_with(simd::detected(), pool, x, w, y, m)
+}
+
+/// [`matmul_int8`] on a forced SIMD path. Panics if `level` is not available on this CPU,
+/// a slice length doesn't match its shape, or `w` is inconsistent.
+pub fn matmul_int8_with(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &QuantizedI8,
+    y: &mut [f32],
+    m: usize,
+) {
+    matmul_int8_scheme(level, int8_scheme_for(m), pool, x, w, y, m)
+}
+
+/// [`matmul_int8`] with a forced SIMD path and scheme (for tests and benchmarks).
+pub fn matmul_int8_scheme(
+    level: SimdLevel,
+    scheme: Int8Scheme,
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &QuantizedI8,
+    y: &mut [f32],
+    m: usize,
+) {
+    let (k, n) = (w.cols, w.rows);
+    // These asserts are the only guard for the unsafe kernels below (w's fields are pub).
+    assert!(w.group >= 1, "int8 weight group must be >= 1");
+    assert_eq!(
+        Some(w.q.len()),
+        n.checked_mul(k),
+        "w.q must be [rows, cols]"
+    );
+    let ng = k.div_ceil(w.group);
+    assert_eq!(
+        Some(w.scales.len()),
+        n.checked_mul(ng),
+        "w.scales must be [rows, ceil(cols/group)]"
+    );
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
+    simd::check_level(level);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    match scheme {
+        Int8Scheme::WeightOnly => {
+            let src = I8W {
+                q: w.q.as_ptr(),
+                s: w.scales.as_ptr(),
+                k,
+                group: w.group,
+                ng,
+            };
+            // SAFETY: x / y / w lengths asserted above; level checked.
+            unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
+        }
+        Int8Scheme::W8A8 => w8a8(level, pool, x, w, y, m),
+    }
+}
+
+/// The W8A8 kernel family a level runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Portable,
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    Neon,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Vnni,
+}
+
+/// Whether the CPU has AVX-512 VNNI (with BW/VL). Cached.
+fn has_vnni() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+fn path_for(level: SimdLevel, group: usize) -> Path {
+    if !group.is_multiple_of(32) || group > q8::MAX_SIMD_GROUP {
+        return Path::Portable;
+    }
+    match level {
+        SimdLevel::Avx512 if has_vnni() => Path::Vnni,
+        // AVX-512 without VNNI still has AVX2.
+        SimdLevel::Avx512 | SimdLevel::Avx2 => Path::Avx2,
+        SimdLevel::Neon => Path::Neon,
+        SimdLevel::Scalar => Path::Portable,
+    }
+}
+
+fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize) {
+    let (k, n, group) = (w.cols, w.rows, w.group);
+    let ng = k.div_ceil(group);
+    let kp = k.div_ceil(32) * 32;
+    let path = path_for(level, group);
+    let gemm = m >= GEMM_ROWS && matches!(path, Path::Avx2 | Path::Vnni);
+    let need = Need {
+        abs: path == Path::Avx2 && !gemm,
+        wide: path == Path::Avx2 && gemm,
+    };
+    let mut xb = q8::take_xbuf(m, kp, ng, need);
+    let out = XOut {
+        q: xb.q.as_mut_ptr(),
+        a: xb.a.as_mut_ptr(),
+        x16: xb.x16.as_mut_ptr(),
+        s: xb.s.as_mut_ptr(),
+        c: xb.c.as_mut_ptr(),
+        need,
+    };
+    // SAFETY: x holds m·k values (asserted by the caller); the buffers hold m rows of kp / ng
+    // values (take_xbuf); threads quantize disjoint rows.
+    let quant = |rows: std::ops::Range<usize>| unsafe {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 | Path::Vnni => {
+                q8::quantize_rows_avx2(x.as_ptr(), k, kp, group, ng, rows, out)
+            }
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => q8::quantize_rows_neon(x.as_ptr(), k, kp, group, ng, rows, out),
+            _ => q8::quantize_rows_portable(x.as_ptr(), k, kp, group, ng, rows, out),
+        }
+    };
+    let nt = pool.n_threads();
+    if nt > 1 && m > 1 && m * k >= PARALLEL_QUANT {
+        pool.run(|t, nt| quant(chunk(m, t, nt)));
+    } else {
+        quant(0..m);
+    }
+    let whole = Q8 {
+        xq: xb.q.as_ptr(),
+        xa: xb.a.as_ptr(),
+        x16: xb.x16.as_ptr(),
+        xs: xb.s.as_ptr(),
+        xc: xb.c.as_ptr(),
+        kp,
+        wq: w.q.as_ptr(),
+        ws: w.scales.as_ptr(),
+        k,
+        n,
+        group,
+        ng,
+        y: y.as_mut_ptr(),
+        rows: (0, m),
+        cols: (0, n),
+    };
+    // SAFETY (for `run_q8` below): the operands have the asserted lengths, the quantized x
+    // has the forms `need` asks for, `share_q8` gives each part a disjoint region of y, and
+    // `path` only names kernels whose ISA is available (path_for, check_level).
+    let macs = m.saturating_mul(n).saturating_mul(k);
+    if nt == 1 || macs < INLINE_MACS {
+        unsafe { run_q8(path, gemm, &whole) };
+    } else {
+        let parts = if gemm {
+            nt
+        } else {
+            (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
+        };
+        let next = AtomicUsize::new(0);
+        pool.run(|_, _| loop {
+            let p = next.fetch_add(1, Ordering::Relaxed);
+            if p >= parts {
+                break;
+            }
+            let g = share_q8(&whole, path, gemm, p, parts);
+            unsafe { run_q8(path, gemm, &g) };
+        });
+    }
+    q8::put_xbuf(xb);
+}
+
+/// Part `t` of `nt`: a chunk of the columns (GEMV), or of whole NR-column tiles or MR-row
+/// tiles (GEMM, whichever has more).
+fn share_q8(whole: &Q8, path: Path, gemm: bool, t: usize, nt: usize) -> Q8 {
+    let mut g = *whole;
+    let (m, n) = (whole.rows.1, whole.cols.1);
+    if !gemm {
+        let c = chunk(n, t, nt);
+        g.cols = (c.start, c.end);
+        return g;
+    }
+    let tile = if path == Path::Vnni {
+        q8::VNNI_TILE
+    } else {
+        q8::AVX2_TILE
+    };
+    let (mb, nb) = (m.div_ceil(tile.mr), n.div_ceil(tile.nr));
+    if nb >= mb {
+        let c = chunk(nb, t, nt);
+        g.cols = ((c.start * tile.nr).min(n), (c.end * tile.nr).min(n));
+    } else {
+        let r = chunk(mb, t, nt);
+        g.rows = ((r.start * tile.mr).min(m), (r.end * tile.mr).min(m));
+    }
+    g
+}
+
+/// # Safety
+/// `g` must describe valid operands for `path` (see the kernels) and its ISA must be available.
+unsafe fn run_q8(path: Path, gemm: bool, g: &Q8) {
+    if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
+        return;
+    }
+    match (path, gemm) {
+        #[cfg(target_arch = "x86_64")]
+        (Path::Vnni, true) => q8::gemm_vnni(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Vnni, false) => q8::gemv_vnni(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, true) => q8::gemm_avx2(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false) => q8::gemv_avx2(g),
+        #[cfg(target_arch = "aarch64")]
+        (Path::Neon, _) => q8::region_neon(g),
+        _ => q8::region_portable(g),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::matmul_f32::matmul_f32;
+    use crate::kernels::quant::GROUP;
+    use crate::kernels::test_rng::Rng;
+
+    const SCHEMES: [Int8Scheme; 2] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8];
+
+    /// Σ x·deq(w) in f64 (the weight-only reference).
+    fn reference_deq(x: &[f32], w: &QuantizedI8, m: usize) -> Vec<f64> {
+        let (k, n) = (w.cols, w.rows);
+        let deq = w.dequantize();
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|p| x[i * k + p] as f64 * deq[j * k + p] as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    /// x row quantized as the W8A8 scheme specifies: (q, scales).
+    fn quantize_x_row(x: &[f32], group: usize) -> (Vec<i32>, Vec<f32>) {
+        let mut q = Vec::with_capacity(x.len());
+        let mut s = Vec::new();
+        for g in x.chunks(group) {
+            let amax = g.iter().fold(0f32, |a, v| a.max(v.abs()));
+            if amax < 1e-30 {
+                q.extend(g.iter().map(|_| 0));
+                s.push(0.0);
+                continue;
+            }
+            let inv = 127.0 / amax;
+            q.extend(
+                g.iter()
+                    .map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32),
+            );
+            s.push(amax / 127.0);
+        }
+        (q, s)
+    }
+
+    /// The W8A8 reference: exact integer group sums, scaled by (sw·sx in f32), summed in
+    /// f64. Also returns Σ|xq·wq|·|sw·sx| per output (bounds the f32 rounding of any
+    /// summation order).
+    fn reference_w8a8(x: &[f32], w: &QuantizedI8, m: usize) -> (Vec<f64>, Vec<f64>) {
+        let (k, n, group) = (w.cols, w.rows, w.group);
+        let ng = k.div_ceil(group);
+        let mut y = vec![0f64; m * n];
+        let mut mag = vec![0f64; m * n];
+        for i in 0..m {
+            let (xq, xs) = quantize_x_row(&x[i * k..(i + 1) * k], group);
+            for j in 0..n {
+                let wq = &w.q[j * k..(j + 1) * k];
+                for (g, ((xg, wg), &sx)) in
+                    xq.chunks(group).zip(wq.chunks(group)).zip(&xs).enumerate()
+                {
+                    let (mut isum, mut iabs) = (0i64, 0i64);
+                    for (&a, &b) in xg.iter().zip(wg) {
+                        let t = a as i64 * b as i64;
+                        isum += t;
+                        iabs += t.abs();
+                    }
+                    let d = (w.scales[j * ng + g] * sx) as f64;
+                    y[i * n + j] += isum as f64 * d;
+                    mag[i * n + j] += iabs as f64 * d.abs();
+                }
+            }
+        }
+        (y, mag)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        level: SimdLevel,
+        scheme: Int8Scheme,
+        pool: &ThreadPool,
+        rng: &mut Rng,
+        m: usize,
+        k: usize,
+        n: usize,
+        group: usize,
+    ) {
+        let x = rng.vec(m * k);
+        let w = QuantizedI8::quantize_with_group(&rng.vec(n * k), n, k, group);
+        let mut y = vec![f32::NAN; m * n];
+        matmul_int8_scheme(level, scheme, pool, &x, &w, &mut y, m);
+        let ctx = || {
+            format!(
+                "{level:?} {scheme:?} threads={} m={m} k={k} n={n} group={group}",
+                pool.n_threads()
+            )
+        };
+        match scheme {
+            Int8Scheme::WeightOnly => {
+                let want = reference_deq(&x, &w, m);
+                // |x|, |deq(w)| ≤ 1: f32 accumulation error ≲ sqrt(k)·2⁻²⁴ typical.
+                let tol = 2e-6 * (k as f64).sqrt().max(1.0) + 1e-7;
+                for (idx, (&g, &r)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - r).abs() <= tol,
+                        "{} at {idx}: {g} vs {r}",
+                        ctx()
+                    );
+                }
+            }
+            Int8Scheme::W8A8 => {
+                let (want, mag) = reference_w8a8(&x, &w, m);
+                for (idx, ((&g, &r), &a)) in y.iter().zip(&want).zip(&mag).enumerate() {
+                    let tol = 4e-7 * a * (k as f64).sqrt().max(1.0) + 1e-30;
+                    assert!(
+                        (g as f64 - r).abs() <= tol,
+                        "{} at {idx}: {g} vs {r} (tol {tol})",
+                        ctx()
+                    );
+                }
+            }
+        }
+    }
+
+    const KS: &[usize] = &[1, 7, 31, 33, 65, 100, 257, 1000];
+    const NS: &[usize] = &[1, 3, 17, 64];
+    const MS: &[usize] = &[1, 2, 3, 5, 17, 64];
+
+    #[test]
+    fn matches_reference_on_every_level_scheme_and_thread_count() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for threads in 1..=3 {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for scheme in SCHEMES {
+                    for &m in MS {
+                        for &k in KS {
+                            for &n in NS {
+                                check(level, scheme, &pool, &mut rng, m, k, n, GROUP);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_group_sizes_match_reference() {
+        // 32/128: the SIMD kernels; 48, 7, 1000: the portable fallback (any group).
+        let mut rng = Rng(77);
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            for scheme in SCHEMES {
+                for group in [32, 128, 48, 7, 1000] {
+                    for &(m, k, n) in &[(1, 300, 19), (2, 65, 7), (5, 257, 33), (17, 100, 64)] {
+                        check(level, scheme, &pool, &mut rng, m, k, n, group);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_shapes_match_reference() {
+        // k beyond the GEMM k blocks, n beyond several panels with a partial one, m not a
+        // multiple of the row tiles, and the threaded paths.
+        let mut rng = Rng(99);
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for scheme in SCHEMES {
+                    for &(m, k, n) in &[
+                        (1, 2049, 203),
+                        (2, 1537, 90),
+                        (7, 2100, 100),
+                        (13, 515, 97),
+                        (40, 64, 3),
+                        (130, 96, 50),
+                    ] {
+                        check(level, scheme, &pool, &mut rng, m, k, n, GROUP);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dispatching_entry_point_matches() {
+        let mut rng = Rng(5);
+        let pool = ThreadPool::new(2).unwrap();
+        for m in [1, 3, 8, 33] {
+            let (k, n) = (300, 70);
+            let x = rng.vec(m * k);
+            let w = QuantizedI8::quantize(&rng.vec(n * k), n, k);
+            let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
+            matmul_int8(&pool, &x, &w, &mut a, m);
+            matmul_int8_scheme(
+                SimdLevel::Scalar,
+                int8_scheme_for(m),
+                &pool,
+                &x,
+                &w,
+                &mut b,
+                m,
+            );
+            for (p, q) in a.iter().zip(&b) {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "m={m}: {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn w8a8_error_is_small() {
+        // Against the f32 matmul of the dequantized weights: the only extra error of W8A8 is
+        // the quantization of x (≤ half a step per element of each group).
+        let mut rng = Rng(8);
+        let pool = ThreadPool::new(2).unwrap();
+        let (m, k, n) = (8, 512, 96);
+        let x = rng.vec(m * k);
+        let w = QuantizedI8::quantize(&rng.vec(n * k), n, k);
+        let deq = w.dequantize();
+        let (mut y, mut yf) = (vec![0.0; m * n], vec![0.0; m * n]);
+        matmul_f32(&pool, &x, &deq, &mut yf, m, k, n);
+        for level in SimdLevel::available() {
+            matmul_int8_scheme(level, Int8Scheme::W8A8, &pool, &x, &w, &mut y, m);
+            let num: f64 = y
+                .iter()
+                .zip(&yf)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
+            let den: f64 = yf.iter().map(|b| (*b as f64).powi(2)).sum();
+            let rel = (num / den).sqrt();
+            assert!(rel < 0.01, "{level:?}: relative RMS error {rel}");
+        }
+    }
+
+    #[test]
+    fn special_x_values() {
+        // Row 0: NaN in a whole group (the SIMD quantizer); row 1: inf in the short last
+        // group (the scalar one); row 2: all below 1e-30 (W8A8 quantizes it to zero);
+        // other rows finite. m = 4 takes the GEMV path, m = 9 the GEMM.
+        let pool = ThreadPool::new(1).unwrap();
+        let (k, n) = (70, 5);
+        let mut rng = Rng(1);
+        let w = QuantizedI8::quantize(&rng.vec(n * k), n, k);
+        for level in SimdLevel::available() {
+            for m in [4, 9] {
+                let mut x = rng.vec(m * k);
+                x[3] = f32::NAN;
+                x[k + 68] = f32::INFINITY;
+                x[2 * k..3 * k].iter_mut().for_each(|v| *v *= 1e-31);
+                let mut y = vec![0.0; m * n];
+                matmul_int8_scheme(level, Int8Scheme::W8A8, &pool, &x, &w, &mut y, m);
+                let row = |r: usize| &y[r * n..(r + 1) * n];
+                assert!(
+                    row(0).iter().all(|v| v.is_nan()),
+                    "{level:?} m={m}: {:?}",
+                    row(0)
+                );
+                assert!(
+                    row(1).iter().all(|v| v.is_nan()),
+                    "{level:?} m={m}: {:?}",
+                    row(1)
+                );
+                assert!(
+                    row(2).iter().all(|&v| v == 0.0),
+                    "{level:?} m={m}: {:?}",
+                    row(2)
+                );
+                assert!(y[3 * n..].iter().all(|v| v.is_finite()), "{level:?} m={m}");
+                matmul_int8_scheme(level, Int8Scheme::WeightOnly, &pool, &x, &w, &mut y, m);
+                assert!(y[..2 * n].iter().all(|v| !v.is_finite()), "{level:?} m={m}");
+                assert!(y[2 * n..].iter().all(|v| v.is_finite()), "{level:?} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_sized_shapes() {
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            for scheme in SCHEMES {
+                let w = QuantizedI8::quantize(&[], 3, 0);
+                let mut y = vec![5.0f32; 6];
+                matmul_int8_scheme(level, scheme, &pool, &[], &w, &mut y, 2);
+                assert!(y.iter().all(|&v| v == 0.0));
+                let w = QuantizedI8::quantize(&[1.0; 4], 1, 4);
+                matmul_int8_scheme(level, scheme, &pool, &[], &w, &mut [], 0);
+                let w = QuantizedI8::quantize(&[], 0, 4);
+                matmul_int8_scheme(level, scheme, &pool, &[1.0; 4], &w, &mut [], 1);
+            }
+        }
+    }
+
+    #[test]
+    fn writes_only_inside_y() {
+        let mut rng = Rng(11);
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            for scheme in SCHEMES {
+                for &(m, k, n) in &[(1, 37, 11), (5, 37, 11), (9, 70, 50)] {
+                    let xb = rng.vec(m * k + 2);
+                    let w = QuantizedI8::quantize(&rng.vec(n * k), n, k);
+                    let mut yb = vec![7.0f32; m * n + 2];
+                    matmul_int8_scheme(
+                        level,
+                        scheme,
+                        &pool,
+                        &xb[1..=m * k],
+                        &w,
+                        &mut yb[1..=m * n],
+                        m,
+                    );
+                    assert_eq!((yb[0], yb[m * n + 1]), (7.0, 7.0), "{level:?} {scheme:?}");
+                    let want = reference_deq(&xb[1..=m * k], &w, m);
+                    for (g, r) in yb[1..=m * n].iter().zip(want) {
+                        assert!(
+                            (*g as f64 - r).abs() < 0.05,
+                            "{level:?} {scheme:?}: {g} vs {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "x must be [m, k]")]
+    fn rejects_bad_x_length() {
+        let pool = ThreadPool::new(1).unwrap();
+        let w = QuantizedI8::quantize(&[0.0; 6], 2, 3);
+        matmul_int8(&pool, &[0.0; 5], &w, &mut [0.0; 4], 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "w.scales must be")]
+    fn rejects_inconsistent_weights() {
+        let pool = ThreadPool::new(1).unwrap();
+        let mut w = QuantizedI8::quantize(&[0.0; 6], 2, 3);
+        w.scales.pop();
+        matmul_int8(&pool, &[0.0; 6], &w, &mut [0.0; 4], 2);
+    }
+
+    #[test]
+    fn unavailable_level_panics() {
+        for level in [SimdLevel::Avx2, SimdLevel::Avx512, SimdLevel::Neon] {
+            if !level.is_available() {
+                let r = std::panic::catch_unwind(|| {
+                    let pool = ThreadPool::new(1).unwrap();
+                    let w = QuantizedI8::quantize(&[1.0], 1, 1);
+                    matmul_int8_with(level, &pool, &[1.0], &w, &mut [0.0], 1)
+                });
+                assert!(r.is_err(), "{level:?} should be refused");
+            }
+        }
+    }
+    /// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls.
+    fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
+        f(0);
+        (0..reps)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for it in 0..iters {
+                    f(it);
+                }
+                t.elapsed().as_secs_f64() / iters as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    fn env_list(name: &str, default: &str) -> Vec<String> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.to_string())
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Throughput check (run by hand):
+    /// `cargo test --release --lib matmul_int8 -- --ignored --nocapture`
+    ///
+    /// Benches the AVX2 path (forced) and the detected best path. GEMV "cold" rotates over
+    /// enough weight copies to exceed the caches, like decode; GB/s counts the weight bytes
+    /// (int8 + f32 scales). Knobs: `BENCH_ONLY=gemv|gemm|small`, `BENCH_GROUPS=32,64,128`
+    /// (default: GROUP), `BENCH_SCHEMES=w8a8,weight` (default: the dispatched scheme),
+    /// `BENCH_GEMV=2048x5632,...` (n×k).
+    #[test]
+    #[ignore]
+    fn bench_matmul_int8() {
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let groups: Vec<usize> = env_list("BENCH_GROUPS", &GROUP.to_string())
+            .iter()
+            .map(|g| g.parse().expect("BENCH_GROUPS"))
+            .collect();
+        let schemes: Vec<Option<Int8Scheme>> = env_list("BENCH_SCHEMES", "auto")
+            .iter()
+            .map(|s| match s.as_str() {
+                "w8a8" => Some(Int8Scheme::W8A8),
+                "weight" => Some(Int8Scheme::WeightOnly),
+                _ => None,
+            })
+            .collect();
+        let mut levels = vec![simd::detected()];
+        if SimdLevel::Avx2.is_available() && simd::detected() != SimdLevel::Avx2 {
+            levels.insert(0, SimdLevel::Avx2);
+        }
+        let name = |sc: Option<Int8Scheme>, m: usize| match sc.unwrap_or(int8_scheme_for(m)) {
+            Int8Scheme::W8A8 => "w8a8",
+            Int8Scheme::WeightOnly => "weight",
+        };
+        let mut rng = Rng(1);
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).unwrap();
+            if only.is_empty() || only == "gemv" {
+                let buf = vec![1.0f32; 64 << 20];
+                let s = best_time(5, 1, |_| {
+                    pool.run(|t, nt| {
+                        std::hint::black_box(simd::sum(&buf[chunk(buf.len(), t, nt)]));
+                    })
+                });
+                println!(
+                    "read bandwidth threads={threads}: {:.1} GB/s",
+                    (buf.len() * 4) as f64 / s / 1e9
+                );
+            }
+            let default_gemv = "576x1536,1536x576,49152x576,2048x2048,5632x2048,2048x5632";
+            let gemv: Vec<(usize, usize)> = env_list("BENCH_GEMV", default_gemv)
+                .iter()
+                .map(|s| {
+                    let (n, k) = s.split_once('x').expect("BENCH_GEMV: NxK,...");
+                    (n.parse().expect("N"), k.parse().expect("K"))
+                })
+                .collect();
+            for &group in &groups {
+                for &(n, k) in gemv.iter().filter(|_| only.is_empty() || only == "gemv") {
+                    let proto = QuantizedI8::quantize_with_group(&rng.vec(n * k), n, k, group);
+                    let bytes = proto.bytes();
+                    let copies = ((384 << 20) / bytes + 1).min(64);
+                    let ws: Vec<QuantizedI8> = (0..copies)
+                        .map(|c| {
+                            let mut w = proto.clone();
+                            w.q.iter_mut()
+                                .step_by(97)
+                                .for_each(|v| *v = (c % 100) as i8);
+                            w
+                        })
+                        .collect();
+                    let x = rng.vec(k);
+                    let mut y = vec![0.0; n];
+                    for &level in &levels {
+                        for &sc in &schemes {
+                            let scheme = sc.unwrap_or(int8_scheme_for(1));
+                            let iters = ((1usize << 30) / bytes).clamp(4, 4000).max(copies);
+                            let cold = best_time(5, iters, |it| {
+                                let w = &ws[it % copies];
+                                matmul_int8_scheme(level, scheme, &pool, &x, w, &mut y, 1)
+                            });
+                            println!(
+                                "GEMV {:<6} {:<6} g={group:<3} threads={threads} n={n:>5} k={k:<5} \
+                                 cold {:6.1} GB/s ({:7.1} µs)",
+                                level.name(),
+                                name(sc, 1),
+                                bytes as f64 / cold / 1e9,
+                                cold * 1e6
+                            );
+                        }
+                    }
+                }
+                let gemm: &[(usize, usize, usize)] = &[(128, 576, 1536), (128, 2048, 2048)];
+                let small: &[(usize, usize, usize)] = &[
+                    (2, 2048, 2048),
+                    (3, 2048, 2048),
+                    (4, 2048, 2048),
+                    (5, 2048, 2048),
+                    (8, 2048, 2048),
+                    (16, 2048, 2048),
+                    (32, 2048, 2048),
+                    (64, 2048, 2048),
+                    (128, 2048, 2048),
+                    (128, 576, 1536),
+                ];
+                let shapes = match only.as_str() {
+                    "" | "gemm" => gemm,
+                    "small" => small,
+                    _ => &[],
+                };
+                for &(m, k, n) in shapes {
+                    let x = rng.vec(m * k);
+                    let w = QuantizedI8::quantize_with_group(&rng.vec(n * k), n, k, group);
+                    let mut y = vec![0.0; m * n];
+                    let flops = 2.0 * (m * n * k) as f64;
+                    for &level in &levels {
+                        for &sc in &schemes {
+                            let scheme = sc.unwrap_or(int8_scheme_for(m));
+                            let iters = ((4e9 / flops) as usize).clamp(3, 2000);
+                            let s = best_time(5, iters, |_| {
+                                matmul_int8_scheme(level, scheme, &pool, &x, &w, &mut y, m)
+                            });
+                            println!(
+                                "GEMM {:<6} {:<6} g={group:<3} threads={threads} m={m} {k}->{n}: \
+                                 {:6.1} GFLOP/s ({:.2} ms)",
+                                level.name(),
+                                name(sc, m),
+                                flops / s / 1e9,
+                                s * 1e3
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Approximately normal values (Irwin-Hall of 4 uniforms), scaled.
+    fn normalish(rng: &mut Rng, n: usize, sigma: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| (rng.next() + rng.next() + rng.next() + rng.next()) * 0.866 * sigma)
+            .collect()
+    }
+
+    /// Relative RMS error ‖a − b‖ / ‖b‖.
+    fn rel_rms(a: &[f32], b: &[f32]) -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|q| (*q as f64).powi(2)).sum();
+        (num / den).sqrt()
+    }
+
+    /// Numerical error of each scheme and group size (run by hand):
+    /// `cargo test --release --lib int8_error_report -- --ignored --nocapture`
+    ///
+    /// Relative RMS error of y against the f32 matmul of the dequantized weights ("vs deq",
+    /// the error the scheme adds on top of weight quantization) and of the original f32
+    /// weights ("vs f32", the total). x is normal-ish, plain or with a few 20× outlier
+    /// channels (as LLM activations have); w is normal-ish (σ 0.02).
+    #[test]
+    #[ignore]
+    fn int8_error_report() {
+        let pool = ThreadPool::new(2).unwrap();
+        let mut rng = Rng(2024);
+        let (m, k, n) = (16, 2048, 512);
+        let w = normalish(&mut rng, n * k, 0.02);
+        let mut yf = vec![0.0; m * n];
+        for outliers in [false, true] {
+            let mut x = normalish(&mut rng, m * k, 1.0);
+            if outliers {
+                for i in 0..m {
+                    for c in [7, 300, 1234, 2000] {
+                        x[i * k + c] *= 20.0;
+                    }
+                }
+            }
+            matmul_f32(&pool, &x, &w, &mut yf, m, k, n);
+            for group in [32, 64, 128] {
+                let qw = QuantizedI8::quantize_with_group(&w, n, k, group);
+                let deq = qw.dequantize();
+                let mut yd = vec![0.0; m * n];
+                matmul_f32(&pool, &x, &deq, &mut yd, m, k, n);
+                for scheme in SCHEMES {
+                    let mut y = vec![0.0; m * n];
+                    matmul_int8_scheme(simd::detected(), scheme, &pool, &x, &qw, &mut y, m);
+                    println!(
+                        "x outliers={outliers:<5} group={group:<3} {scheme:<10?}: vs deq {:.2e}  vs f32 {:.2e}",
+                        rel_rms(&y, &yd),
+                        rel_rms(&y, &yf)
+                    );
+                }
+            }
+        }
+    }
+}

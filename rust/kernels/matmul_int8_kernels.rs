@@ -1,0 +1,1216 @@
+//! W8A8 kernels of `matmul_int8`: x is quantized per row and group to int8 on the fly
+//! (symmetric, `sx = max|x| / 127`, round half to even), then every group's dot product is
+//! an exact integer sum, scaled by `sx · sw` and accumulated in f32:
+//! y[i, j] = Σ_g sx[i, g] · sw[j, g] · Σ_{p ∈ g} xq[i, p] · wq[j, p].
+//!
+//! - GEMV (few rows of x; memory-bound): one row of w at a time against the quantized x rows
+//!   (in L1), in 32-byte chunks. AVX2: `maddubs(|x|, sign(w, x))` + `madd(·, 1)` (the sign
+//!   trick; |x|, |w| ≤ 127 so the i16 pair sums cannot saturate). AVX-512 VNNI (on 256-bit
+//!   vectors; the GEMV is memory-bound): `dpbusd(w ⊕ 0x80, x)` = Σ (w + 128)·x, with the
+//!   accumulator started at −128·Σx of the group.
+//! - GEMM (prefill): for each tile of NR rows of w and block of k, the weights are packed
+//!   "k-interleaved" (each 32-bit lane holds consecutive k values of one row of w, one lane
+//!   per row), so that one vector op multiplies a broadcast pair/quad of x by NR/2 … NR rows
+//!   of w at once; integer accumulators are scaled into f32 accumulators at every group end.
+//!   AVX2: i16 pairs with `madd_epi16` (MR = 3 rows of x × NR = 16 rows of w). AVX-512 VNNI:
+//!   u8 quads (w ⊕ 0x80) with `dpbusd` on zmm (MR = 4 × NR = 48).
+//! - NEON and portable: the GEMV kernel for every row (`vmull_s8` + `vpadalq_s16` on NEON).
+//!
+//! The SIMD kernels need `group % 32 == 0` and `group ≤ MAX_SIMD_GROUP` (the dispatcher
+//! sends other groups to the portable kernel, which handles any group).
+
+use std::cell::Cell;
+
+/// Largest group the SIMD kernels take (keeps every i32 lane sum < 2³¹).
+pub(crate) const MAX_SIMD_GROUP: usize = 16384;
+
+/// Quantized x, quantized weights and the region of y to compute.
+#[derive(Clone, Copy)]
+pub(crate) struct Q8 {
+    /// xq: [m, kp] (zero past k)
+    pub xq: *const i8,
+    /// |xq|: [m, kp] (AVX2 GEMV only)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xa: *const u8,
+    /// xq widened: [m, kp] (AVX2 GEMM only)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub x16: *const i16,
+    /// x scales: [m, ng] (NaN where the group held a non-finite value)
+    pub xs: *const f32,
+    /// Σ xq per group: [m, ng] (VNNI only)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xc: *const i32,
+    /// Row stride of the quantized x: k rounded up to a multiple of 32.
+    pub kp: usize,
+    /// wq: [n, k]
+    pub wq: *const i8,
+    /// w scales: [n, ng]
+    pub ws: *const f32,
+    pub k: usize,
+    pub n: usize,
+    pub group: usize,
+    pub ng: usize,
+    /// y: [m, n]
+    pub y: *mut f32,
+    pub rows: (usize, usize),
+    pub cols: (usize, usize),
+}
+
+// SAFETY: a Q8 only carries pointers into buffers that `matmul_int8` borrows or owns for the
+// whole call (the pool's `run` returns before they are freed); threads write disjoint parts
+// of y and only read the rest.
+unsafe impl Send for Q8 {}
+unsafe impl Sync for Q8 {}
+
+// ---------------------------------------------------------------------------------
+// Quantizing x.
+
+/// Which derived forms of xq a kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Need {
+    pub abs: bool,
+    pub wide: bool,
+}
+
+/// Per-thread buffers of quantized x (reused across calls; pool workers are persistent).
+#[derive(Default)]
+pub(crate) struct XBuf {
+    pub q: Vec<i8>,
+    pub a: Vec<u8>,
+    pub x16: Vec<i16>,
+    pub s: Vec<f32>,
+    pub c: Vec<i32>,
+}
+
+thread_local! {
+    static XBUF: Cell<XBuf> = Cell::new(XBuf::default());
+}
+
+/// Takes this thread's x buffers, sized for `m` rows (contents stale).
+pub(crate) fn take_xbuf(m: usize, kp: usize, ng: usize, need: Need) -> XBuf {
+    let mut b = XBUF.with(|c| c.take());
+    if b.q.len() < m * kp {
+        b.q = vec![0; m * kp];
+    }
+    if need.abs && b.a.len() < m * kp {
+        b.a = vec![0; m * kp];
+    }
+    if need.wide && b.x16.len() < m * kp {
+        b.x16 = vec![0; m * kp];
+    }
+    if b.s.len() < m * ng {
+        b.s = vec![0.0; m * ng];
+        b.c = vec![0; m * ng];
+    }
+    b
+}
+
+/// Buffers above this many bytes (a long prompt's x) are freed rather than kept.
+const KEEP_XBUF_BYTES: usize = 8 << 20;
+
+/// Returns the buffers for the next call on this thread.
+pub(crate) fn put_xbuf(b: XBuf) {
+    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 8 * b.s.len();
+    if bytes <= KEEP_XBUF_BYTES {
+        XBUF.with(|c| c.set(b));
+    }
+}
+
+/// Pointers to one call's quantized x (rows `0..m`).
+#[derive(Clone, Copy)]
+pub(crate) struct XOut {
+    pub q: *mut i8,
+    pub a: *mut u8,
+    pub x16: *mut i16,
+    pub s: *mut f32,
+    pub c: *mut i32,
+    pub need: Need,
+}
+
+// SAFETY: points into an `XBuf` that outlives the pool call; threads write disjoint rows.
+unsafe impl Send for XOut {}
+unsafe impl Sync for XOut {}
+
+/// Groups whose max |x| is below this quantize to zero (keeps 127 / max|x| finite).
+const MIN_AMAX: f32 = 1e-30;
+
+/// Quantizes one group of x into `qg`; returns (scale, Σ q).
+///
+/// `sx = max|x| / 127`, `xq = round_half_even(x · (127 / max|x|))` clamped to ±127; a group
+/// with max|x| < 1e-30 is all zero (scale 0); a group holding NaN or ±inf gets scale NaN
+/// (and q = 0), so that the output row turns NaN instead of silently dropping the value.
+#[inline(always)]
+fn quantize_group(xg: &[f32], qg: &mut [i8]) -> (f32, i32) {
+    // max |x| on the bit patterns (an integer max vectorizes, a float one does not): for
+    // non-negative floats the order of the bits is the order of the values, and NaN / ±inf
+    // are exactly the patterns ≥ 0x7f80_0000.
+    let abits = xg
+        .iter()
+        .fold(0u32, |a, v| a.max(v.to_bits() & 0x7fff_ffff));
+    if abits >= 0x7f80_0000 {
+        qg.fill(0);
+        return (f32::NAN, 0);
+    }
+    let amax = f32::from_bits(abits);
+    if amax < MIN_AMAX {
+        qg.fill(0);
+        return (0.0, 0);
+    }
+    let inv = 127.0 / amax;
+    let mut sum = 0i32;
+    for (d, &v) in qg.iter_mut().zip(xg) {
+        let t = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
+        *d = t as i8;
+        sum += t;
+    }
+    (amax / 127.0, sum)
+}
+
+/// Zero-pads row `i` of xq past k and writes the derived forms `out.need` asks for.
+///
+/// # Safety
+/// `out` must hold row i (kp values).
+#[inline(always)]
+unsafe fn finish_row(k: usize, kp: usize, i: usize, out: XOut) {
+    let q = std::slice::from_raw_parts_mut(out.q.add(i * kp), kp);
+    q[k..].fill(0);
+    if out.need.abs {
+        let a = std::slice::from_raw_parts_mut(out.a.add(i * kp), kp);
+        for (a, &v) in a.iter_mut().zip(q.iter()) {
+            *a = v.unsigned_abs();
+        }
+    }
+    if out.need.wide {
+        let w = std::slice::from_raw_parts_mut(out.x16.add(i * kp), kp);
+        for (w, &v) in w.iter_mut().zip(q.iter()) {
+            *w = i16::from(v);
+        }
+    }
+}
+
+/// Quantizes rows `rows` of x: [m, k] into `out` (row strides kp and ng); see
+/// [`quantize_group`].
+///
+/// # Safety
+/// `x` must hold the rows' k values; `out` must hold the rows (kp / ng values each).
+#[inline(always)]
+unsafe fn quantize_rows_impl(
+    x: *const f32,
+    k: usize,
+    kp: usize,
+    group: usize,
+    ng: usize,
+    rows: std::ops::Range<usize>,
+    out: XOut,
+) {
+    for i in rows {
+        let xr = std::slice::from_raw_parts(x.add(i * k), k);
+        let q = std::slice::from_raw_parts_mut(out.q.add(i * kp), k);
+        for (gi, (xg, qg)) in xr.chunks(group).zip(q.chunks_mut(group)).enumerate() {
+            let (sc, sum) = quantize_group(xg, qg);
+            *out.s.add(i * ng + gi) = sc;
+            *out.c.add(i * ng + gi) = sum;
+        }
+        finish_row(k, kp, i, out);
+    }
+}
+
+/// [`quantize_rows_impl`] with AVX2 for whole groups of a multiple of 32 (same results).
+///
+/// # Safety
+/// As [`quantize_rows_impl`]; the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_rows_avx2(
+    x: *const f32,
+    k: usize,
+    kp: usize,
+    group: usize,
+    ng: usize,
+    rows: std::ops::Range<usize>,
+    out: XOut,
+) {
+    use std::arch::x86_64::*;
+    if !group.is_multiple_of(32) {
+        return quantize_rows_impl(x, k, kp, group, ng, rows, out);
+    }
+    for i in rows {
+        let xr = x.add(i * k);
+        let q = out.q.add(i * kp);
+        for gi in 0..ng {
+            let p0 = gi * group;
+            let len = group.min(k - p0);
+            let (sc, sum) = if len == group {
+                x86::quantize_group32(xr.add(p0), q.add(p0), len)
+            } else {
+                let xg = std::slice::from_raw_parts(xr.add(p0), len);
+                quantize_group(xg, std::slice::from_raw_parts_mut(q.add(p0), len))
+            };
+            *out.s.add(i * ng + gi) = sc;
+            *out.c.add(i * ng + gi) = sum;
+        }
+        std::slice::from_raw_parts_mut(q.add(k), kp - k).fill(0);
+        // kp is a multiple of 32.
+        for c in (0..kp).step_by(32) {
+            let v = _mm256_loadu_si256(q.add(c) as *const __m256i);
+            if out.need.abs {
+                _mm256_storeu_si256(out.a.add(i * kp + c) as *mut __m256i, _mm256_abs_epi8(v));
+            }
+            if out.need.wide {
+                let d = out.x16.add(i * kp + c);
+                _mm256_storeu_si256(
+                    d as *mut __m256i,
+                    _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)),
+                );
+                _mm256_storeu_si256(
+                    d.add(16) as *mut __m256i,
+                    _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v)),
+                );
+            }
+        }
+    }
+}
+
+/// # Safety
+/// As [`quantize_rows_impl`]; the CPU must support NEON.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn quantize_rows_neon(
+    x: *const f32,
+    k: usize,
+    kp: usize,
+    group: usize,
+    ng: usize,
+    rows: std::ops::Range<usize>,
+    out: XOut,
+) {
+    quantize_rows_impl(x, k, kp, group, ng, rows, out)
+}
+
+/// # Safety
+/// As [`quantize_rows_impl`].
+pub(crate) unsafe fn quantize_rows_portable(
+    x: *const f32,
+    k: usize,
+    kp: usize,
+    group: usize,
+    ng: usize,
+    rows: std::ops::Range<usize>,
+    out: XOut,
+) {
+    quantize_rows_impl(x, k, kp, group, ng, rows, out)
+}
+
+// ---------------------------------------------------------------------------------
+// Portable: any group, one (row of x, row of w) pair at a time.
+
+/// y[i, j] for one pair, exact integer group sums.
+///
+/// # Safety
+/// `i`, `j` inside the operands of `g`.
+#[inline(always)]
+unsafe fn dot_portable(g: &Q8, i: usize, j: usize) -> f32 {
+    let (k, group, ng) = (g.k, g.group, g.ng);
+    let x = std::slice::from_raw_parts(g.xq.add(i * g.kp), k);
+    let w = std::slice::from_raw_parts(g.wq.add(j * k), k);
+    let xs = std::slice::from_raw_parts(g.xs.add(i * ng), ng);
+    let ws = std::slice::from_raw_parts(g.ws.add(j * ng), ng);
+    let mut acc = 0f32;
+    for (gi, (xg, wg)) in x.chunks(group).zip(w.chunks(group)).enumerate() {
+        // i32 sums over ≤ 32768 products (< 2³¹), combined in i64.
+        let mut sum = 0i64;
+        for (xc, wc) in xg.chunks(32768).zip(wg.chunks(32768)) {
+            let s: i32 = xc
+                .iter()
+                .zip(wc)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            sum += i64::from(s);
+        }
+        acc += sum as f32 * (ws[gi] * xs[gi]);
+    }
+    acc
+}
+
+/// # Safety
+/// The region must lie inside the operands of `g`.
+#[inline(always)]
+unsafe fn region_dot_portable(g: &Q8) {
+    for j in g.cols.0..g.cols.1 {
+        for i in g.rows.0..g.rows.1 {
+            *g.y.add(i * g.n + j) = dot_portable(g, i, j);
+        }
+    }
+}
+
+/// # Safety
+/// The region must lie inside the operands of `g`.
+pub(crate) unsafe fn region_portable(g: &Q8) {
+    region_dot_portable(g)
+}
+
+// ---------------------------------------------------------------------------------
+// NEON: the GEMV kernel for every row (16-byte chunks; group % 32 == 0).
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::Q8;
+
+    /// # Safety
+    /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0`.
+    #[inline(always)]
+    unsafe fn dot(g: &Q8, i: usize, j: usize) -> f32 {
+        let (k, group, ng) = (g.k, g.group, g.ng);
+        let x = g.xq.add(i * g.kp);
+        let w = g.wq.add(j * k);
+        let (xs, ws) = (g.xs.add(i * ng), g.ws.add(j * ng));
+        let mut f = vdupq_n_f32(0.0);
+        let mut p0 = 0;
+        let mut gi = 0;
+        while p0 < k {
+            let p1 = (p0 + group).min(k);
+            let mut acc = vdupq_n_s32(0);
+            let mut p = p0;
+            while p < p1 {
+                let wv = if p + 16 <= k {
+                    vld1q_s8(w.add(p))
+                } else {
+                    let mut b = [0i8; 16];
+                    std::ptr::copy_nonoverlapping(w.add(p), b.as_mut_ptr(), k - p);
+                    vld1q_s8(b.as_ptr())
+                };
+                let xv = vld1q_s8(x.add(p)); // x is zero-padded to kp (a multiple of 32)
+                acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(wv), vget_low_s8(xv)));
+                acc = vpadalq_s16(acc, vmull_high_s8(wv, xv));
+                p += 16;
+            }
+            let d = vdupq_n_f32(*ws.add(gi) * *xs.add(gi));
+            f = vfmaq_f32(f, vcvtq_f32_s32(acc), d);
+            p0 = p1;
+            gi += 1;
+        }
+        vaddvq_f32(f)
+    }
+
+    /// # Safety
+    /// The region must lie inside the operands of `g`; NEON enabled; `g.group % 16 == 0`.
+    #[target_feature(enable = "neon")]
+    pub(crate) unsafe fn region(g: &Q8) {
+        for j in g.cols.0..g.cols.1 {
+            for i in g.rows.0..g.rows.1 {
+                *g.y.add(i * g.n + j) = dot(g, i, j);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) use neon::region as region_neon;
+
+// ---------------------------------------------------------------------------------
+// x86-64.
+
+/// Register tile of the x86 GEMM kernels (rows of x × rows of w).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tile {
+    pub mr: usize,
+    pub nr: usize,
+}
+
+/// AVX2: 3 rows of x × 16 rows of w (6 i32 + 6 f32 accumulators of 16 ymm). Measured
+/// against 4×16, 2×32, 3×24 and 6×16: all within noise (the `madd` + `add` pair per
+/// 16 products is the limit), so the one that needs no spills.
+pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
+/// AVX-512 VNNI: 4 rows of x × 48 rows of w (12 i32 + 12 f32 accumulators of 32 zmm);
+/// measured better than 6×32, 8×32 and 4×64.
+pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_avx2, gemv_vnni};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::cell::Cell;
+
+    use super::{AVX2_TILE, Q8, VNNI_TILE};
+
+    /// Per-thread packed-panel buffers of the GEMM (contents stale).
+    #[derive(Default)]
+    struct Panel {
+        w: Vec<i32>,
+        s: Vec<f32>,
+    }
+
+    thread_local! {
+        static PANEL: Cell<Panel> = Cell::new(Panel::default());
+    }
+
+    fn take_panel(wlen: usize, slen: usize) -> Panel {
+        let mut p = PANEL.with(|c| c.take());
+        if p.w.len() < wlen {
+            p.w = vec![0; wlen];
+        }
+        if p.s.len() < slen {
+            p.s = vec![0.0; slen];
+        }
+        p
+    }
+
+    fn put_panel(p: Panel) {
+        PANEL.with(|c| c.set(p));
+    }
+
+    /// GEMM k block: the largest multiple of the group ≤ `target` (at least one group).
+    #[inline(always)]
+    fn k_block(group: usize, target: usize, k: usize) -> usize {
+        ((target / group).max(1) * group).min(k.div_ceil(group) * group)
+    }
+
+    /// k block of the GEMMs (multiples of the group): a packed AVX2 panel is 16 rows ×
+    /// 512 k × 2 bytes = 16 KiB, a VNNI panel 48 × 1024 bytes (1024 measured ≥ 512, 2048).
+    const KC_AVX2: usize = 512;
+    const KC_VNNI: usize = 1024;
+
+    /// 32 bytes of row `w` from `p`, zero-filled past `k`; reads nothing past `w + k`.
+    #[inline(always)]
+    unsafe fn load_w32(w: *const i8, p: usize, k: usize) -> __m256i {
+        if p + 32 <= k {
+            _mm256_loadu_si256(w.add(p) as *const __m256i)
+        } else {
+            let mut b = [0i8; 32];
+            std::ptr::copy_nonoverlapping(w.add(p), b.as_mut_ptr(), k - p);
+            _mm256_loadu_si256(b.as_ptr() as *const __m256i)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// [`super::quantize_group`] of `len` (a multiple of 32) values at `x` into `q`.
+    ///
+    /// # Safety
+    /// `x` / `q` hold `len` values; AVX2 enabled.
+    #[inline(always)]
+    pub(super) unsafe fn quantize_group32(x: *const f32, q: *mut i8, len: usize) -> (f32, i32) {
+        let mask = _mm256_set1_epi32(0x7fff_ffff);
+        let mut m = _mm256_setzero_si256();
+        for c in (0..len).step_by(8) {
+            m = _mm256_max_epu32(
+                m,
+                _mm256_and_si256(_mm256_loadu_si256(x.add(c) as *const __m256i), mask),
+            );
+        }
+        let m = _mm256_max_epu32(m, _mm256_permute2x128_si256::<1>(m, m));
+        let m = _mm256_max_epu32(m, _mm256_shuffle_epi32::<0b01_00_11_10>(m));
+        let m = _mm256_max_epu32(m, _mm256_shuffle_epi32::<0b10_11_00_01>(m));
+        let abits = _mm256_extract_epi32::<0>(m) as u32;
+        if abits >= 0x7f80_0000 {
+            std::ptr::write_bytes(q, 0, len);
+            return (f32::NAN, 0);
+        }
+        let amax = f32::from_bits(abits);
+        if amax < super::MIN_AMAX {
+            std::ptr::write_bytes(q, 0, len);
+            return (0.0, 0);
+        }
+        let inv = _mm256_set1_ps(127.0 / amax);
+        let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut sum = _mm256_setzero_si256();
+        for c in (0..len).step_by(32) {
+            let f = |o: usize| {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(x.add(c + o)), inv);
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi))
+            };
+            let (a, b, cc, d) = (f(0), f(8), f(16), f(24));
+            sum = _mm256_add_epi32(
+                sum,
+                _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(cc, d)),
+            );
+            // packs interleave 128-bit lanes; the permute restores the order.
+            let v = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(cc, d));
+            _mm256_storeu_si256(
+                q.add(c) as *mut __m256i,
+                _mm256_permutevar8x32_epi32(v, order),
+            );
+        }
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256::<1>(sum),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        (amax / 127.0, _mm_cvtsi128_si32(s))
+    }
+
+    /// The integer dot-product step of a GEMV kernel: acc += Σ x·w over 32 bytes.
+    trait Step {
+        /// Accumulator at the start of a group whose quantized x values sum to `xsum`.
+        unsafe fn init(xsum: i32) -> __m256i;
+        /// `xq` / `xa`: 32 quantized x values and their absolute values.
+        unsafe fn step(acc: __m256i, w: __m256i, xq: *const i8, xa: *const u8) -> __m256i;
+    }
+
+    /// AVX2: maddubs(|x|, sign(w, x)), then madd with ones into i32.
+    struct SignTrick;
+    impl Step for SignTrick {
+        #[inline(always)]
+        unsafe fn init(_: i32) -> __m256i {
+            _mm256_setzero_si256()
+        }
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, w: __m256i, xq: *const i8, xa: *const u8) -> __m256i {
+            let xv = _mm256_loadu_si256(xq as *const __m256i);
+            let av = _mm256_loadu_si256(xa as *const __m256i);
+            let prod = _mm256_maddubs_epi16(av, _mm256_sign_epi8(w, xv));
+            _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
+        }
+    }
+
+    /// AVX-512 VNNI (256-bit): dpbusd(w ⊕ 0x80, x) = Σ (w + 128)·x; the accumulator starts
+    /// at −128·Σx.
+    struct Vnni;
+    impl Step for Vnni {
+        #[inline(always)]
+        unsafe fn init(xsum: i32) -> __m256i {
+            _mm256_setr_epi32(-128 * xsum, 0, 0, 0, 0, 0, 0, 0)
+        }
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, w: __m256i, xq: *const i8, _: *const u8) -> __m256i {
+            let xv = _mm256_loadu_si256(xq as *const __m256i);
+            let wu = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+            _mm256_dpbusd_epi32(acc, wu, xv)
+        }
+    }
+
+    /// Row pointers of R rows of quantized x (from row i).
+    struct XRows<const R: usize> {
+        q: [*const i8; R],
+        a: [*const u8; R],
+        s: [*const f32; R],
+        c: [*const i32; R],
+    }
+
+    impl<const R: usize> XRows<R> {
+        #[inline(always)]
+        unsafe fn new(g: &Q8, i: usize) -> Self {
+            XRows {
+                q: std::array::from_fn(|r| g.xq.add((i + r) * g.kp)),
+                // xa / xc are only read by the step that needs them (they may be empty).
+                a: std::array::from_fn(|r| g.xa.wrapping_add((i + r) * g.kp)),
+                s: std::array::from_fn(|r| g.xs.add((i + r) * g.ng)),
+                c: std::array::from_fn(|r| g.xc.add((i + r) * g.ng)),
+            }
+        }
+    }
+
+    /// Integer dot products of group `gi` (C chunks of 32 from p0) with row `w`; every chunk
+    /// lies inside the row (`p0 + 32·C ≤ k`).
+    #[inline(always)]
+    unsafe fn group_full<S: Step, const R: usize, const C: usize>(
+        x: &XRows<R>,
+        w: *const i8,
+        p0: usize,
+        c: usize,
+        gi: usize,
+    ) -> [__m256i; R] {
+        let mut acc: [__m256i; R] = std::array::from_fn(|r| S::init(*x.c[r].add(gi)));
+        let n = if C > 0 { C } else { c };
+        for t in 0..n {
+            let p = p0 + 32 * t;
+            let wv = _mm256_loadu_si256(w.add(p) as *const __m256i);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = S::step(*a, wv, x.q[r].add(p), x.a[r].wrapping_add(p));
+            }
+        }
+        acc
+    }
+
+    /// [`group_full`] for a group that may run past k (w zero-filled past k).
+    #[inline(always)]
+    unsafe fn group_tail<S: Step, const R: usize>(
+        x: &XRows<R>,
+        w: *const i8,
+        k: usize,
+        p0: usize,
+        p1: usize,
+        gi: usize,
+    ) -> [__m256i; R] {
+        let mut acc: [__m256i; R] = std::array::from_fn(|r| S::init(*x.c[r].add(gi)));
+        let mut p = p0;
+        while p < p1 {
+            // Past k, w reads as 0 and x is zero-padded up to kp.
+            let wv = load_w32(w, p, k);
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = S::step(*a, wv, x.q[r].add(p), x.a[r].wrapping_add(p));
+            }
+            p += 32;
+        }
+        acc
+    }
+
+    /// f[r] += acc[r] · (sw · sx[r]).
+    #[inline(always)]
+    unsafe fn scale_add<const R: usize>(
+        f: &mut [__m256; R],
+        acc: [__m256i; R],
+        x: &XRows<R>,
+        sw: *const f32,
+        gi: usize,
+    ) {
+        let swv = _mm256_broadcast_ss(&*sw.add(gi));
+        for (r, (f, a)) in f.iter_mut().zip(acc).enumerate() {
+            let d = _mm256_mul_ps(swv, _mm256_broadcast_ss(&*x.s[r].add(gi)));
+            *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), d, *f);
+        }
+    }
+
+    /// [y[i + r, j] for r < R]: rows i.. of x against row j of w, group by group; C chunks
+    /// of 32 per group (0: `group / 32` at run time).
+    ///
+    /// # Safety
+    /// Rows and column inside the operands; the step's ISA enabled; `group % 32 == 0`.
+    #[inline(always)]
+    unsafe fn dot_rows_c<S: Step, const R: usize, const C: usize>(
+        g: &Q8,
+        i: usize,
+        j: usize,
+    ) -> [f32; R] {
+        let (k, group, ng) = (g.k, g.group, g.ng);
+        let c = group / 32;
+        let w = g.wq.add(j * k);
+        let ws = g.ws.add(j * ng);
+        let x = XRows::<R>::new(g, i);
+        // Two f32 accumulators per row (even / odd groups) hide the FMA latency.
+        let mut f0 = [_mm256_setzero_ps(); R];
+        let mut f1 = [_mm256_setzero_ps(); R];
+        let full = k / group;
+        let mut gi = 0;
+        while gi + 2 <= full {
+            let a = group_full::<S, R, C>(&x, w, gi * group, c, gi);
+            let b = group_full::<S, R, C>(&x, w, (gi + 1) * group, c, gi + 1);
+            scale_add(&mut f0, a, &x, ws, gi);
+            scale_add(&mut f1, b, &x, ws, gi + 1);
+            gi += 2;
+        }
+        while gi < ng {
+            let p0 = gi * group;
+            let a = group_tail::<S, R>(&x, w, k, p0, (p0 + group).min(k), gi);
+            scale_add(&mut f0, a, &x, ws, gi);
+            gi += 1;
+        }
+        let mut out = [0f32; R];
+        for (o, (a, b)) in out.iter_mut().zip(f0.iter().zip(&f1)) {
+            *o = hsum256(_mm256_add_ps(*a, *b));
+        }
+        out
+    }
+
+    /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
+    #[inline(always)]
+    unsafe fn dot_rows<S: Step, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+        match g.group {
+            32 => dot_rows_c::<S, R, 1>(g, i, j),
+            64 => dot_rows_c::<S, R, 2>(g, i, j),
+            128 => dot_rows_c::<S, R, 4>(g, i, j),
+            _ => dot_rows_c::<S, R, 0>(g, i, j),
+        }
+    }
+
+    /// Up to 4 rows of x at a time against every column, one row of w at a time (w is read
+    /// once per 4 rows of x).
+    #[inline(always)]
+    unsafe fn gemv<S: Step>(g: &Q8) {
+        let mut i = g.rows.0;
+        while i < g.rows.1 {
+            let r = (g.rows.1 - i).min(4);
+            match r {
+                4 => rows_x_cols::<S, 4>(g, i),
+                3 => rows_x_cols::<S, 3>(g, i),
+                2 => rows_x_cols::<S, 2>(g, i),
+                _ => rows_x_cols::<S, 1>(g, i),
+            }
+            i += r;
+        }
+    }
+
+    /// Rows i..i+R of x against every column of the region, one row of w at a time.
+    #[inline(always)]
+    unsafe fn rows_x_cols<S: Step, const R: usize>(g: &Q8, i: usize) {
+        for j in g.cols.0..g.cols.1 {
+            let v = dot_rows::<S, R>(g, i, j);
+            for (r, v) in v.into_iter().enumerate() {
+                *g.y.add((i + r) * g.n + j) = v;
+            }
+        }
+    }
+
+    /// The GEMV over a region (AVX2).
+    ///
+    /// # Safety
+    /// The region must lie inside the operands of `g` (with `xa`); AVX2 available;
+    /// `group % 32 == 0`, `group ≤ MAX_SIMD_GROUP`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn gemv_avx2(g: &Q8) {
+        gemv::<SignTrick>(g)
+    }
+
+    /// The GEMV over a region (AVX-512 VNNI).
+    ///
+    /// # Safety
+    /// As [`gemv_avx2`] (with `xc` instead of `xa`); AVX-512 F/VL/BW/VNNI available.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
+    pub(crate) unsafe fn gemv_vnni(g: &Q8) {
+        gemv::<Vnni>(g)
+    }
+
+    // -----------------------------------------------------------------------------
+    // GEMM, AVX2: i16 pairs.
+
+    /// 8 × 8 transpose of 32-bit elements: `o[c][r] = r_in[r][c]`.
+    #[inline(always)]
+    unsafe fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
+        let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+        let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+        let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+        let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+        let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        let u0 = _mm256_unpacklo_epi64(t0, t2);
+        let u1 = _mm256_unpackhi_epi64(t0, t2);
+        let u2 = _mm256_unpacklo_epi64(t1, t3);
+        let u3 = _mm256_unpackhi_epi64(t1, t3);
+        let u4 = _mm256_unpacklo_epi64(t4, t6);
+        let u5 = _mm256_unpackhi_epi64(t4, t6);
+        let u6 = _mm256_unpacklo_epi64(t5, t7);
+        let u7 = _mm256_unpackhi_epi64(t5, t7);
+        [
+            _mm256_permute2x128_si256::<0x20>(u0, u4),
+            _mm256_permute2x128_si256::<0x20>(u1, u5),
+            _mm256_permute2x128_si256::<0x20>(u2, u6),
+            _mm256_permute2x128_si256::<0x20>(u3, u7),
+            _mm256_permute2x128_si256::<0x31>(u0, u4),
+            _mm256_permute2x128_si256::<0x31>(u1, u5),
+            _mm256_permute2x128_si256::<0x31>(u2, u6),
+            _mm256_permute2x128_si256::<0x31>(u3, u7),
+        ]
+    }
+
+    /// Packs rows j0..j0+nr (≤ NR) × columns kb..kb+kc of w as [step][NR rows][2 × i16]
+    /// (step s holds k = kb+2s, kb+2s+1; zero past k and for rows ≥ nr), and the rows'
+    /// scales of the block's groups as [group][NR] (zero for rows ≥ nr).
+    ///
+    /// # Safety
+    /// Rows and columns inside w; `pw` / `ps` hold `ceil(kc/2)·NR` / `ceil(kc/group)·NR`;
+    /// `NR % 8 == 0`.
+    #[inline(always)]
+    unsafe fn pack_avx2<const NR: usize>(
+        g: &Q8,
+        j0: usize,
+        nr: usize,
+        kb: usize,
+        kc: usize,
+        pw: *mut i32,
+        ps: *mut f32,
+    ) {
+        let k = g.k;
+        let steps = kc.div_ceil(2);
+        let base = g.wq.add(j0 * k);
+        let mut s = 0;
+        // 8 steps (16 bytes of each row) at a time: widen to i16, then transpose the
+        // 32-bit (pair) units of 8 rows.
+        while s + 8 <= steps && kb + 2 * s + 16 <= k {
+            let p = kb + 2 * s;
+            for h in 0..NR / 8 {
+                let r: [__m256i; 8] = std::array::from_fn(|t| {
+                    let jj = 8 * h + t;
+                    if jj < nr {
+                        _mm256_cvtepi8_epi16(
+                            _mm_loadu_si128(base.add(jj * k + p) as *const __m128i),
+                        )
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                for (c, o) in transpose8(r).into_iter().enumerate() {
+                    _mm256_storeu_si256(pw.add((s + c) * NR + 8 * h) as *mut __m256i, o);
+                }
+            }
+            s += 8;
+        }
+        while s < steps {
+            let p = kb + 2 * s;
+            let d = pw.add(s * NR);
+            for jj in 0..NR {
+                let (a, b) = if jj < nr {
+                    let r = base.add(jj * k);
+                    let a = if p < k { *r.add(p) } else { 0 };
+                    let b = if p + 1 < k { *r.add(p + 1) } else { 0 };
+                    (a, b)
+                } else {
+                    (0, 0)
+                };
+                *d.add(jj) = (i32::from(a) & 0xffff) | (i32::from(b) << 16);
+            }
+            s += 1;
+        }
+        for (t, gi) in (kb / g.group..(kb + kc).div_ceil(g.group)).enumerate() {
+            for jj in 0..NR {
+                *ps.add(t * NR + jj) = if jj < nr {
+                    *g.ws.add((j0 + jj) * g.ng + gi)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+
+    /// y[i0.., j0..] (+)= one MR × 8·NV tile over the k block `kb..kb+kc`.
+    ///
+    /// # Safety
+    /// Panel packed by [`pack_avx2`] (NR = 8·NV) for this block; `mr ≥ 1` rows from i0 and
+    /// `nr` columns from j0 inside y.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_avx2<const MR: usize, const NV: usize>(
+        g: &Q8,
+        i0: usize,
+        mr: usize,
+        j0: usize,
+        nr: usize,
+        kb: usize,
+        kc: usize,
+        pw: *const i32,
+        ps: *const f32,
+        accumulate: bool,
+    ) {
+        let (kp, ng, group) = (g.kp, g.ng, g.group);
+        // Rows past mr repeat the last valid row (computed, never stored).
+        let xr: [*const i16; MR] =
+            std::array::from_fn(|i| g.x16.add((i0 + i.min(mr - 1)) * kp + kb));
+        let xsr: [*const f32; MR] =
+            std::array::from_fn(|i| g.xs.add((i0 + i.min(mr - 1)) * ng + kb / group));
+        let mut f = [[_mm256_setzero_ps(); NV]; MR];
+        let mut wp = pw;
+        let mut sp = ps;
+        let mut p = 0;
+        let mut gi = 0;
+        while p < kc {
+            let glen = group.min(kc - p);
+            let mut a = [[_mm256_setzero_si256(); NV]; MR];
+            for s in 0..glen.div_ceil(2) {
+                let wv: [__m256i; NV] =
+                    std::array::from_fn(|v| _mm256_loadu_si256(wp.add(8 * v) as *const __m256i));
+                wp = wp.add(8 * NV);
+                for i in 0..MR {
+                    let xb = _mm256_set1_epi32(std::ptr::read_unaligned(
+                        xr[i].add(p + 2 * s) as *const i32
+                    ));
+                    for v in 0..NV {
+                        a[i][v] = _mm256_add_epi32(a[i][v], _mm256_madd_epi16(wv[v], xb));
+                    }
+                }
+            }
+            let sv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(sp.add(8 * v)));
+            sp = sp.add(8 * NV);
+            for i in 0..MR {
+                let d = _mm256_broadcast_ss(&*xsr[i].add(gi));
+                for v in 0..NV {
+                    f[i][v] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(a[i][v]),
+                        _mm256_mul_ps(sv[v], d),
+                        f[i][v],
+                    );
+                }
+            }
+            p += glen;
+            gi += 1;
+        }
+        let mut out = [0f32; 64];
+        for (i, f) in f.iter().enumerate().take(mr) {
+            for (v, f) in f.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), *f);
+            }
+            let y = g.y.add((i0 + i) * g.n + j0);
+            for (jj, &v) in out.iter().enumerate().take(nr) {
+                if accumulate {
+                    *y.add(jj) += v;
+                } else {
+                    *y.add(jj) = v;
+                }
+            }
+        }
+    }
+
+    /// The GEMM over a region (AVX2): NR-row panels of w × k blocks × MR-row tiles of x.
+    ///
+    /// # Safety
+    /// The region must lie inside the operands of `g` (with `x16`); AVX2 available;
+    /// `group % 32 == 0`, `group ≤ MAX_SIMD_GROUP`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn gemm_avx2(g: &Q8) {
+        const MR: usize = AVX2_TILE.mr;
+        const NR: usize = AVX2_TILE.nr;
+        const NV: usize = NR / 8;
+        let (k, group) = (g.k, g.group);
+        let kcb = k_block(group, KC_AVX2, k);
+        let mut panel = take_panel(kcb.div_ceil(2) * NR, kcb.div_ceil(group) * NR);
+        let (pw, ps) = (panel.w.as_mut_ptr(), panel.s.as_mut_ptr());
+        let mut j0 = g.cols.0;
+        while j0 < g.cols.1 {
+            let nr = NR.min(g.cols.1 - j0);
+            let mut kb = 0;
+            while kb < k {
+                let kc = kcb.min(k - kb);
+                pack_avx2::<NR>(g, j0, nr, kb, kc, pw, ps);
+                let mut i0 = g.rows.0;
+                while i0 < g.rows.1 {
+                    let mr = MR.min(g.rows.1 - i0);
+                    tile_avx2::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
+                    i0 += MR;
+                }
+                kb += kc;
+            }
+            j0 += NR;
+        }
+        put_panel(panel);
+    }
+
+    // -----------------------------------------------------------------------------
+    // GEMM, AVX-512 VNNI: u8 quads.
+
+    /// 16 × 16 transpose of 32-bit elements, with the rows given in the order
+    /// 0-3, 8-11, 4-7, 12-15 (see [`pack_vnni`]): `o[c][r] = row r, element c`.
+    #[inline(always)]
+    unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        let mut o = [_mm512_setzero_si512(); 16];
+        // Round 1: columns 0-7 (x) / 8-15 (y) of rows j and j + 8.
+        let x: [__m512i; 8] =
+            std::array::from_fn(|j| _mm512_shuffle_i32x4::<0b01_00_01_00>(r[j], r[j + 8]));
+        let y: [__m512i; 8] =
+            std::array::from_fn(|j| _mm512_shuffle_i32x4::<0b11_10_11_10>(r[j], r[j + 8]));
+        for (half, v) in [x, y].iter().enumerate() {
+            // Round 2: columns 0-3 (lo) / 4-7 (hi) of the half; one 128-bit lane per row,
+            // lanes holding rows (j, j + 8, j + 4, j + 12) of the input order.
+            let lo: [__m512i; 4] =
+                std::array::from_fn(|j| _mm512_shuffle_i32x4::<0b10_00_10_00>(v[j], v[j + 4]));
+            let hi: [__m512i; 4] =
+                std::array::from_fn(|j| _mm512_shuffle_i32x4::<0b11_01_11_01>(v[j], v[j + 4]));
+            for (quarter, q) in [lo, hi].iter().enumerate() {
+                // Rounds 3-4: 4 × 4 transposes inside every 128-bit lane.
+                let a = _mm512_unpacklo_epi32(q[0], q[1]);
+                let b = _mm512_unpackhi_epi32(q[0], q[1]);
+                let c = _mm512_unpacklo_epi32(q[2], q[3]);
+                let d = _mm512_unpackhi_epi32(q[2], q[3]);
+                let c0 = 8 * half + 4 * quarter;
+                o[c0] = _mm512_unpacklo_epi64(a, c);
+                o[c0 + 1] = _mm512_unpackhi_epi64(a, c);
+                o[c0 + 2] = _mm512_unpacklo_epi64(b, d);
+                o[c0 + 3] = _mm512_unpackhi_epi64(b, d);
+            }
+        }
+        o
+    }
+
+    /// Packs rows j0..j0+nr (≤ NR) × columns kb..kb+kc of w as [step][NR rows][4 × u8]
+    /// (step s holds k = kb+4s..kb+4s+4, as w ⊕ 0x80; past k and for rows ≥ nr the bytes
+    /// are 0x80, i.e. w = 0), and the scales as [group][NR] (zero for rows ≥ nr).
+    ///
+    /// # Safety
+    /// Rows and columns inside w; `pw` / `ps` hold `ceil(kc/4)·NR` / `ceil(kc/group)·NR`;
+    /// `NR % 16 == 0`.
+    #[inline(always)]
+    unsafe fn pack_vnni<const NR: usize>(
+        g: &Q8,
+        j0: usize,
+        nr: usize,
+        kb: usize,
+        kc: usize,
+        pw: *mut i32,
+        ps: *mut f32,
+    ) {
+        let k = g.k;
+        let steps = kc.div_ceil(4);
+        let base = g.wq.add(j0 * k);
+        let x80 = _mm512_set1_epi8(-128);
+        // Row loaded into transpose input t: the order transpose16 expects.
+        const ORDER: [usize; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15];
+        let mut s = 0;
+        // 16 steps (64 bytes of each row) at a time, 16 rows per transpose.
+        while s + 16 <= steps && kb + 4 * s + 64 <= k {
+            let p = kb + 4 * s;
+            for h in 0..NR / 16 {
+                if 16 * h >= nr {
+                    for c in 0..16 {
+                        _mm512_storeu_si512(pw.add((s + c) * NR + 16 * h) as *mut __m512i, x80);
+                    }
+                    continue;
+                }
+                let r: [__m512i; 16] = std::array::from_fn(|t| {
+                    let jj = 16 * h + ORDER[t];
+                    if jj < nr {
+                        _mm512_loadu_si512(base.add(jj * k + p) as *const __m512i)
+                    } else {
+                        _mm512_setzero_si512()
+                    }
+                });
+                for (c, o) in transpose16(r).into_iter().enumerate() {
+                    _mm512_storeu_si512(
+                        pw.add((s + c) * NR + 16 * h) as *mut __m512i,
+                        _mm512_xor_si512(o, x80),
+                    );
+                }
+            }
+            s += 16;
+        }
+        while s < steps {
+            let p = kb + 4 * s;
+            let d = pw.add(s * NR);
+            for jj in 0..NR {
+                let mut b = [0u8; 4];
+                if jj < nr {
+                    for (t, b) in b.iter_mut().enumerate() {
+                        if p + t < k {
+                            *b = *base.add(jj * k + p + t) as u8;
+                        }
+                    }
+                }
+                *d.add(jj) = i32::from_le_bytes(b.map(|v| v ^ 0x80));
+            }
+            s += 1;
+        }
+        for (t, gi) in (kb / g.group..(kb + kc).div_ceil(g.group)).enumerate() {
+            for jj in 0..NR {
+                *ps.add(t * NR + jj) = if jj < nr {
+                    *g.ws.add((j0 + jj) * g.ng + gi)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+
+    /// y[i0.., j0..] (+)= one MR × 16·NV tile over the k block `kb..kb+kc`.
+    ///
+    /// # Safety
+    /// As [`tile_avx2`], with a panel packed by [`pack_vnni`] (NR = 16·NV).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_vnni<const MR: usize, const NV: usize>(
+        g: &Q8,
+        i0: usize,
+        mr: usize,
+        j0: usize,
+        nr: usize,
+        kb: usize,
+        kc: usize,
+        pw: *const i32,
+        ps: *const f32,
+        accumulate: bool,
+    ) {
+        let (kp, ng, group) = (g.kp, g.ng, g.group);
+        let xr: [*const i8; MR] = std::array::from_fn(|i| g.xq.add((i0 + i.min(mr - 1)) * kp + kb));
+        let g0 = kb / group;
+        let xsr: [*const f32; MR] =
+            std::array::from_fn(|i| g.xs.add((i0 + i.min(mr - 1)) * ng + g0));
+        let xcr: [*const i32; MR] =
+            std::array::from_fn(|i| g.xc.add((i0 + i.min(mr - 1)) * ng + g0));
+        let mut f = [[_mm512_setzero_ps(); NV]; MR];
+        let mut wp = pw;
+        let mut sp = ps;
+        let mut p = 0;
+        let mut gi = 0;
+        while p < kc {
+            let glen = group.min(kc - p);
+            // Start at −128·Σx: the packed weights are w + 128.
+            let mut a: [[__m512i; NV]; MR] =
+                std::array::from_fn(|i| [_mm512_set1_epi32(-128 * *xcr[i].add(gi)); NV]);
+            for s in 0..glen.div_ceil(4) {
+                let wv: [__m512i; NV] =
+                    std::array::from_fn(|v| _mm512_loadu_si512(wp.add(16 * v) as *const __m512i));
+                wp = wp.add(16 * NV);
+                for i in 0..MR {
+                    let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
+                        xr[i].add(p + 4 * s) as *const i32
+                    ));
+                    for v in 0..NV {
+                        a[i][v] = _mm512_dpbusd_epi32(a[i][v], wv[v], xb);
+                    }
+                }
+            }
+            let sv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(sp.add(16 * v)));
+            sp = sp.add(16 * NV);
+            for i in 0..MR {
+                let d = _mm512_set1_ps(*xsr[i].add(gi));
+                for v in 0..NV {
+                    f[i][v] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(a[i][v]),
+                        _mm512_mul_ps(sv[v], d),
+                        f[i][v],
+                    );
+                }
+            }
+            p += glen;
+            gi += 1;
+        }
+        let mut out = [0f32; 64];
+        for (i, f) in f.iter().enumerate().take(mr) {
+            for (v, f) in f.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(16 * v), *f);
+            }
+            let y = g.y.add((i0 + i) * g.n + j0);
+            for (jj, &v) in out.iter().enumerate().take(nr) {
+                if accumulate {
+                    *y.add(jj) += v;
+                } else {
+                    *y.add(jj) = v;
+                }
+            }
+        }
+    }
+
+    /// The GEMM over a region (AVX-512 VNNI): NR-row panels of w × k blocks × MR-row tiles.
+    ///
+    /// # Safety
+    /// The region must lie inside the operands of `g` (with `xc`); AVX-512 F/VL/BW/VNNI
+    /// available; `group % 32 == 0`, `group ≤ MAX_SIMD_GROUP`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
+    pub(crate) unsafe fn gemm_vnni(g: &Q8) {
+        const MR: usize = VNNI_TILE.mr;
+        const NR: usize = VNNI_TILE.nr;
+        const NV: usize = NR / 16;
+        let (k, group) = (g.k, g.group);
+        let kcb = k_block(group, KC_VNNI, k);
+        let mut panel = take_panel(kcb.div_ceil(4) * NR, kcb.div_ceil(group) * NR);
+        let (pw, ps) = (panel.w.as_mut_ptr(), panel.s.as_mut_ptr());
+        let mut j0 = g.cols.0;
+        while j0 < g.cols.1 {
+            let nr = NR.min(g.cols.1 - j0);
+            let mut kb = 0;
+            while kb < k {
+                let kc = kcb.min(k - kb);
+                pack_vnni::<NR>(g, j0, nr, kb, kc, pw, ps);
+                let mut i0 = g.rows.0;
+                while i0 < g.rows.1 {
+                    let mr = MR.min(g.rows.1 - i0);
+                    tile_vnni::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
+                    i0 += MR;
+                }
+                kb += kc;
+            }
+            j0 += NR;
+        }
+        put_panel(panel);
+    }
+}

@@ -1,0 +1,429 @@
+//! Reduced-precision weight formats (pure functions; the matmuls live in `matmul_bf16.rs`
+//! and `matmul_int8.rs`).
+//!
+//! - **BF16**: the upper 16 bits of an IEEE f32. [`f32_to_bf16`] rounds to nearest, ties to
+//!   even; NaN stays NaN (made quiet), ±inf and signed zeros are kept, subnormals round like
+//!   any other value. [`bf16_to_f32`] is exact (a 16-bit shift).
+//! - **INT8** ([`QuantizedI8`]): symmetric, per output row, with groups of [`GROUP`]
+//!   consecutive input elements sharing one f32 scale: `scale = max|w| / 127`,
+//!   `q = round(w / scale)` in [-127, 127] (a zero group has scale 0 and all-zero q).
+//!   The dequantized weight is `q as f32 * scale`; `|w - q·scale| ≤ scale / 2`.
+
+use crate::error::{Error, Result};
+
+/// f32 → bf16 bits, rounding to nearest with ties to even. NaN maps to a quiet NaN with
+/// the same sign; values beyond the largest finite bf16 round to ±inf (as RNE does).
+#[inline]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        // Keep sign and the top payload bits; set the quiet bit so a signalling NaN whose
+        // payload lives only in the low 16 bits cannot turn into an infinity.
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    // Adding 0x7fff (+1 when the kept lsb is odd) carries into the kept half exactly when
+    // the dropped half is above one half ulp, or exactly one half and the kept lsb is odd.
+    let lsb = (bits >> 16) & 1;
+    (bits.wrapping_add(0x7fff + lsb) >> 16) as u16
+}
+
+/// bf16 bits → f32 (exact).
+#[inline]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// `dst[i] = f32_to_bf16(src[i])`. Panics if the lengths differ.
+pub fn f32_to_bf16_slice(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_bf16_slice: length mismatch");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f32_to_bf16(s);
+    }
+}
+
+/// `dst[i] = bf16_to_f32(src[i])`. Panics if the lengths differ.
+pub fn bf16_to_f32_slice(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "bf16_to_f32_slice: length mismatch");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16_to_f32(s);
+    }
+}
+
+/// A whole f32 tensor as bf16 bits.
+pub fn f32_to_bf16_vec(src: &[f32]) -> Vec<u16> {
+    src.iter().map(|&v| f32_to_bf16(v)).collect()
+}
+
+/// Input elements per INT8 scale group: 64.
+///
+/// Chosen by measurement among 32 / 64 / 128 (2-core AMD EPYC Zen 4, W8A8 matmul, 2 threads,
+/// best of runs of `BENCH_GROUPS=32,64,128 cargo test --release --lib bench_matmul_int8 --
+/// --ignored --nocapture` and `int8_error_report`):
+///
+/// | group | bytes/weight | GEMV 2048×2048 (AVX-512) | GEMM m=128 2048² VNNI | err vs f32 w | err, x outliers |
+/// |-------|--------------|--------------------------|-----------------------|--------------|-----------------|
+/// | 32    | 1.125        | 145 µs                   | 600 GFLOP/s           | 7.2e-3       | 1.0e-2          |
+/// | 64    | 1.0625       | 141 µs                   | 640 GFLOP/s           | 7.8e-3       | 1.3e-2          |
+/// | 128   | 1.031        | 144 µs                   | 720 GFLOP/s           | 8.3e-3       | 1.75e-2         |
+///
+/// Decode streams at the same GB/s for all three, so its time follows the bytes per weight
+/// (the scales cost 12.5 / 6.25 / 3.1 %). Prefill pays a per-group rescale (about 1/8 of
+/// the integer work at 32 with VNNI). The error (relative RMS of y; weight-only error alone
+/// is 5.1 / 5.5 / 5.8e-3) grows with the group, steeply when a group of x holds an outlier
+/// (common in LLM activations). 64 gives up ~3 % of decode bytes and ~12 % of VNNI prefill
+/// against 128 for 25 % less error with outliers; against 32 it saves 6 % of decode bytes.
+pub const GROUP: usize = 64;
+
+/// INT8 weights `[rows, cols]` (nn.Linear layout: rows = out, cols = in) with one f32
+/// scale per row and group of `group` consecutive columns (the last group of a row may
+/// be shorter). Weight `(i, p)` is `q[i·cols + p] as f32 · scales[i·G + p / group]`,
+/// G = `cols.div_ceil(group)`. Values lie in [-127, 127] (symmetric; -128 is rejected).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedI8 {
+    pub rows: usize,
+    pub cols: usize,
+    pub group: usize,
+    /// q: [rows, cols]
+    pub q: Vec<i8>,
+    /// scales: [rows, ceil(cols / group)]
+    pub scales: Vec<f32>,
+}
+
+impl QuantizedI8 {
+    /// Quantizes `w: [rows, cols]` with groups of [`GROUP`]. Panics if `w.len() != rows·cols`.
+    /// Weights must be finite (a non-finite value poisons its group).
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> QuantizedI8 {
+        Self::quantize_with_group(w, rows, cols, GROUP)
+    }
+
+    /// [`quantize`](Self::quantize) with an explicit group size (≥ 1). The SIMD matmul
+    /// paths need `group % 32 == 0`; other group sizes run on the portable path.
+    pub fn quantize_with_group(w: &[f32], rows: usize, cols: usize, group: usize) -> QuantizedI8 {
+        assert!(group >= 1, "quantize: group must be >= 1");
+        assert_eq!(
+            Some(w.len()),
+            rows.checked_mul(cols),
+            "quantize: w must be [rows, cols]"
+        );
+        let ng = cols.div_ceil(group);
+        let mut q = vec![0i8; w.len()];
+        let mut scales = vec![0f32; rows * ng];
+        for i in 0..rows {
+            let wr = &w[i * cols..(i + 1) * cols];
+            let qr = &mut q[i * cols..(i + 1) * cols];
+            for (g, (wg, qg)) in wr.chunks(group).zip(qr.chunks_mut(group)).enumerate() {
+                let amax = wg.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let scale = amax / 127.0;
+                scales[i * ng + g] = scale;
+                if scale == 0.0 {
+                    continue; // q stays 0
+                }
+                for (qv, &wv) in qg.iter_mut().zip(wg) {
+                    *qv = (wv / scale).round().clamp(-127.0, 127.0) as i8;
+                }
+            }
+        }
+        QuantizedI8 {
+            rows,
+            cols,
+            group,
+            q,
+            scales,
+        }
+    }
+
+    /// Builds from raw parts (e.g. a checkpoint), checking every length: `q` must hold
+    /// `rows·cols` values in [-127, 127], `scales` `rows·ceil(cols/group)` finite values,
+    /// and `group >= 1`. Errors are [`Error::Tensor`].
+    pub fn from_parts(
+        rows: usize,
+        cols: usize,
+        group: usize,
+        q: Vec<i8>,
+        scales: Vec<f32>,
+    ) -> Result<QuantizedI8> {
+        if group == 0 {
+            return Err(Error::Tensor("int8 group size must be >= 1".into()));
+        }
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::Tensor(format!("int8 shape {rows}x{cols} overflows")))?;
+        if q.len() != n {
+            return Err(Error::Tensor(format!(
+                "int8 weight has {} values, expected {rows}x{cols}",
+                q.len()
+            )));
+        }
+        let ng = cols.div_ceil(group);
+        if Some(scales.len()) != rows.checked_mul(ng) {
+            return Err(Error::Tensor(format!(
+                "int8 scales have {} values, expected {rows}x{ng} (group {group})",
+                scales.len()
+            )));
+        }
+        if q.contains(&i8::MIN) {
+            return Err(Error::Tensor(
+                "int8 weights must lie in [-127, 127] (symmetric quantization)".into(),
+            ));
+        }
+        if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
+            return Err(Error::Tensor(format!("int8 scale {s} is not finite")));
+        }
+        Ok(QuantizedI8 {
+            rows,
+            cols,
+            group,
+            q,
+            scales,
+        })
+    }
+
+    /// Scale groups per row, `ceil(cols / group)`.
+    #[inline]
+    pub fn groups_per_row(&self) -> usize {
+        self.cols.div_ceil(self.group)
+    }
+
+    /// Dequantizes row `i` into `out: [cols]`. Panics if `i >= rows` or `out.len() != cols`.
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        assert!(
+            i < self.rows,
+            "dequantize_row: row {i} out of range ({} rows)",
+            self.rows
+        );
+        assert_eq!(
+            out.len(),
+            self.cols,
+            "dequantize_row: out must hold cols values"
+        );
+        let ng = self.groups_per_row();
+        let qr = &self.q[i * self.cols..(i + 1) * self.cols];
+        let sr = &self.scales[i * ng..(i + 1) * ng];
+        for ((og, qg), &s) in out
+            .chunks_mut(self.group)
+            .zip(qr.chunks(self.group))
+            .zip(sr)
+        {
+            for (o, &qv) in og.iter_mut().zip(qg) {
+                *o = f32::from(qv) * s;
+            }
+        }
+    }
+
+    /// The whole dequantized matrix `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            for (i, row) in out.chunks_mut(self.cols).enumerate() {
+                self.dequantize_row(i, row);
+            }
+        }
+        out
+    }
+
+    /// Bytes read by one full matmul (int8 values + f32 scales).
+    pub fn bytes(&self) -> usize {
+        self.q.len() + self.scales.len() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_round_to_nearest_even() {
+        let cases: &[(u32, u16)] = &[
+            (0x3f80_0000, 0x3f80), // 1.0 exact
+            (0x3f80_7fff, 0x3f80), // below half: down
+            (0x3f80_8000, 0x3f80), // tie, even lsb: down
+            (0x3f81_8000, 0x3f82), // tie, odd lsb: up
+            (0x3f80_8001, 0x3f81), // above half: up
+            (0x3f81_7fff, 0x3f81),
+            (0xbf81_8000, 0xbf82), // negative tie, odd: away (magnitude up)
+            (0xbf80_8000, 0xbf80),
+            (0x0000_0000, 0x0000), // +0
+            (0x8000_0000, 0x8000), // -0
+            (0x7f80_0000, 0x7f80), // +inf
+            (0xff80_0000, 0xff80), // -inf
+            (0x7f7f_ffff, 0x7f80), // f32::MAX rounds to +inf
+            (0xff7f_ffff, 0xff80),
+            (0x7f7f_7fff, 0x7f7f), // largest value that stays finite
+            (0x0000_0001, 0x0000), // smallest subnormal: down to +0
+            (0x0000_8000, 0x0000), // subnormal tie, even: down
+            (0x0001_8000, 0x0002), // subnormal tie, odd: up
+            (0x0000_8001, 0x0001), // subnormal above half: up
+            (0x007f_ffff, 0x0080), // largest subnormal rounds up to the smallest normal
+            (0x8000_8001, 0x8001), // negative subnormal
+        ];
+        for &(f, b) in cases {
+            let got = f32_to_bf16(f32::from_bits(f));
+            assert_eq!(got, b, "f32 bits {f:#010x}: got {got:#06x}, want {b:#06x}");
+        }
+        // NaN stays NaN (quiet), whatever its payload, including low-bits-only payloads.
+        for f in [
+            0x7fc0_0000u32,
+            0x7f80_0001,
+            0xff80_0001,
+            0x7fff_ffff,
+            0x7f80_8000,
+        ] {
+            let b = f32_to_bf16(f32::from_bits(f));
+            assert!(bf16_to_f32(b).is_nan(), "{f:#010x} -> {b:#06x}");
+            assert_eq!(b & 0x0040, 0x0040, "quiet bit set");
+            assert_eq!(b & 0x8000, ((f >> 16) as u16) & 0x8000, "sign kept");
+        }
+    }
+
+    #[test]
+    fn bf16_matches_f64_nearest_on_random_values() {
+        // Reference: the nearest of the two bf16 neighbours, ties to the even one.
+        let mut s = 0x1234_5678_u32;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let x = f32::from_bits(s);
+            if !x.is_finite() {
+                continue;
+            }
+            let lo = (s >> 16) as u16;
+            let hi = lo.wrapping_add(1);
+            let (dl, dh) = (
+                (x as f64 - bf16_to_f32(lo) as f64).abs(),
+                // The neighbour above the largest finite bf16 is inf; treat it as 2^128.
+                if hi & 0x7fff == 0x7f80 {
+                    (2f64.powi(128) * x.signum() as f64 - x as f64).abs()
+                } else {
+                    (bf16_to_f32(hi) as f64 - x as f64).abs()
+                },
+            );
+            let want = if dl < dh || (dl == dh && lo & 1 == 0) {
+                lo
+            } else {
+                hi
+            };
+            assert_eq!(f32_to_bf16(x), want, "x = {x:e} ({s:#010x})");
+        }
+    }
+
+    #[test]
+    fn bf16_round_trip_and_slices() {
+        let v = [0.0f32, -1.5, 3.140625, 65280.0, -0.0, f32::INFINITY];
+        let mut b = [0u16; 6];
+        f32_to_bf16_slice(&v, &mut b);
+        let mut back = [0f32; 6];
+        bf16_to_f32_slice(&b, &mut back);
+        assert_eq!(back.map(f32::to_bits), v.map(f32::to_bits)); // all exactly representable
+        assert_eq!(f32_to_bf16_vec(&v), b.to_vec());
+        for b in 0..=u16::MAX {
+            let f = bf16_to_f32(b);
+            if !f.is_nan() {
+                assert_eq!(f32_to_bf16(f), b, "bf16 {b:#06x} survives the round trip");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "length mismatch")]
+    fn bf16_slice_rejects_length_mismatch() {
+        f32_to_bf16_slice(&[1.0, 2.0], &mut [0u16; 1]);
+    }
+
+    fn lcg_vec(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn int8_round_trip_error_is_at_most_half_a_step() {
+        for &(rows, cols, group) in &[
+            (3, 100, GROUP),
+            (5, 33, 32),
+            (2, 257, 64),
+            (4, 1000, 128),
+            (1, 1, 32),
+            (7, 7, 3),
+            (2, 64, 64),
+        ] {
+            let mut w = lcg_vec((rows * 1000 + cols) as u64, rows * cols);
+            // A zero group, a group with one huge outlier and a constant group.
+            for v in w.iter_mut().take(group.min(cols)) {
+                *v = 0.0;
+            }
+            if cols > group {
+                w[cols + 1] = 1e4;
+            }
+            let qw = QuantizedI8::quantize_with_group(&w, rows, cols, group);
+            assert_eq!(qw.group, group);
+            assert_eq!(qw.scales.len(), rows * cols.div_ceil(group));
+            assert!(qw.q.iter().all(|&q| q != i8::MIN));
+            let deq = qw.dequantize();
+            let ng = cols.div_ceil(group);
+            for i in 0..rows {
+                let mut row = vec![0f32; cols];
+                qw.dequantize_row(i, &mut row);
+                assert_eq!(row, deq[i * cols..(i + 1) * cols]);
+                for p in 0..cols {
+                    let s = qw.scales[i * ng + p / group];
+                    let wv = w[i * cols + p];
+                    let err = (wv - row[p]).abs();
+                    assert!(
+                        err <= s * 0.5 * (1.0 + 1e-6) + f32::MIN_POSITIVE,
+                        "({i},{p}) w={wv} deq={} scale={s}",
+                        row[p]
+                    );
+                    // The scale is max|w|/127 of the group: the largest element maps to ±127.
+                    let g0 = (p / group) * group;
+                    let gmax = w[i * cols + g0..i * cols + (g0 + group).min(cols)]
+                        .iter()
+                        .fold(0f32, |a, v| a.max(v.abs()));
+                    assert_eq!(s, gmax / 127.0);
+                }
+            }
+            // The all-zero first group has scale 0 and q 0.
+            assert_eq!(qw.scales[0], 0.0);
+            assert!(qw.q[..group.min(cols)].iter().all(|&q| q == 0));
+        }
+    }
+
+    #[test]
+    fn int8_extremes_map_to_127() {
+        let w = [1.0f32, -1.0, 0.5, -0.25];
+        let qw = QuantizedI8::quantize_with_group(&w, 1, 4, 4);
+        assert_eq!(qw.q, vec![127, -127, 64, -32]); // 63.5 rounds away from zero
+        assert_eq!(qw.scales, vec![1.0 / 127.0]);
+    }
+
+    #[test]
+    fn from_parts_validates() {
+        let ok = QuantizedI8::from_parts(2, 3, 2, vec![1, 2, 3, 4, 5, 6], vec![1.0; 4]);
+        let ok = ok.expect("valid parts");
+        assert_eq!(ok.groups_per_row(), 2);
+        let mut row = [0f32; 3];
+        ok.dequantize_row(1, &mut row);
+        assert_eq!(row, [4.0, 5.0, 6.0]);
+        assert_eq!(ok.bytes(), 6 + 16);
+        let bad = [
+            QuantizedI8::from_parts(2, 3, 2, vec![0; 5], vec![1.0; 4]),
+            QuantizedI8::from_parts(2, 3, 2, vec![0; 6], vec![1.0; 3]),
+            QuantizedI8::from_parts(2, 3, 0, vec![0; 6], vec![]),
+            QuantizedI8::from_parts(2, 3, 2, vec![0, 0, -128, 0, 0, 0], vec![1.0; 4]),
+            QuantizedI8::from_parts(2, 3, 2, vec![0; 6], vec![1.0, f32::NAN, 1.0, 1.0]),
+            QuantizedI8::from_parts(usize::MAX, 3, 2, vec![], vec![]),
+        ];
+        for r in bad {
+            assert!(matches!(r, Err(Error::Tensor(_))), "{r:?}");
+        }
+        // Empty shapes are valid.
+        assert!(QuantizedI8::from_parts(0, 5, 32, vec![], vec![]).is_ok());
+        assert!(QuantizedI8::from_parts(3, 0, 32, vec![], vec![]).is_ok());
+    }
+}
