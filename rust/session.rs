@@ -91,7 +91,7 @@ impl Session {
     /// logits: [vocab] of the last token fed.
     pub fn logits(&self) -> Result<&[f32]> {
         if !self.has_logits {
-            return Err(Error::InvalidArgument("no logits yet: feed tokens first".into()));
+            return Err(no_logits());
         }
         Ok(&self.logits)
     }
@@ -101,10 +101,14 @@ impl Session {
     pub fn sample(&mut self, params: &SamplingParams, gen_start: usize, suppress: &[u32]) -> Result<u32> {
         params.validate(self.model.config.vocab_size)?;
         if !self.has_logits {
-            return Err(Error::InvalidArgument("no logits yet: feed tokens first".into()));
+            return Err(no_logits()); // (not `self.logits()`: `self.work` is borrowed mutably)
         }
         self.work.copy_from_slice(&self.logits);
         let generated = &self.tokens[gen_start.min(self.tokens.len())..];
         sampling::sample(&mut self.work, params, &self.tokens, generated, suppress, &mut self.rng)
     }
+}
+
+fn no_logits() -> Error {
+    Error::InvalidArgument("no logits yet: feed tokens first".into())
 }

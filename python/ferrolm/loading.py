@@ -4,10 +4,12 @@ generation_config.json). Files are only read, never written."""
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import _core
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError
@@ -44,30 +46,24 @@ class Checkpoint:
             if progress:
                 progress(i + 1, len(self.weight_files), f.name)
 
+    def _stored_tensors(self) -> Iterator[Tuple[str, List[int]]]:
+        """(dtype, shape) of every tensor in the safetensors files, from their headers only."""
+        for f in self.weight_files:
+            for name, info in safetensors_header(f).items():
+                if name != "__metadata__":
+                    yield info["dtype"], info["shape"]
+
     def tensor_types(self) -> Dict[str, int]:
         """{dtype or GGML type: number of tensors}, read from file headers only."""
         if self.gguf is not None:
             return dict(self.gguf.tensor_types)
-        counts: Dict[str, int] = {}
-        for f in self.weight_files:
-            for name, info in safetensors_header(f).items():
-                if name != "__metadata__":
-                    counts[info["dtype"]] = counts.get(info["dtype"], 0) + 1
-        return counts
+        return dict(Counter(dtype for dtype, _ in self._stored_tensors()))
 
     def num_stored_params(self) -> int:
         """Parameters stored in the files (a tied lm_head counts once), from headers only."""
         if self.gguf is not None:
             return self.gguf.num_params()
-        total = 0
-        for f in self.weight_files:
-            for name, info in safetensors_header(f).items():
-                if name != "__metadata__":
-                    n = 1
-                    for d in info["shape"]:
-                        n *= d
-                    total += n
-        return total
+        return sum(math.prod(shape) for _, shape in self._stored_tensors())
 
 
 def safetensors_header(path: Path) -> Dict[str, Any]:

@@ -210,7 +210,9 @@ class Model:
         """
         if config is not None and not isinstance(config, GenerationConfig):
             raise InvalidArgumentError(f"config must be a GenerationConfig, got {type(config).__name__}")
-        cfg = (config or self.generation_config).replace(**options) if options else (config or self.generation_config)
+        cfg = config or self.generation_config
+        if options:
+            cfg = cfg.replace(**options)
         for tok in cfg.logit_bias:
             if tok >= self.vocab_size:
                 raise InvalidTokenError(f"logit_bias token id {tok} is outside the vocabulary (size {self.vocab_size})")
