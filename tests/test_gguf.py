@@ -97,6 +97,14 @@ class Recorder:
         assert name not in self.tensors
         self.tensors[name] = np.frombuffer(data, dtype=np.float32).reshape(shape)
 
+    def add_q8_0(self, name, shape, data):
+        """Raw Q8_0 blocks (f16 scale + 32 int8 per block), rows in HF order: dequantized here."""
+        assert isinstance(data, bytes) and name not in self.tensors
+        blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, 34)
+        scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+        q = blocks[:, 2:].view(np.int8).astype(np.float32)
+        self.tensors[name] = (q * scale).reshape(shape)
+
 
 def unpermute(w, n_head):
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)

@@ -224,21 +224,35 @@ class GgufModel:
             yield info.hf_name, arr
 
     def add_tensors(self, builder: Any, progress: Optional[ProgressFn] = None) -> None:
-        """Dequantizes every tensor to float32 and adds it to `builder` (a `_core.ModelBuilder`,
-        or anything with `add_tensor(name, dtype, shape, data)`) under its Hugging Face name.
+        """Adds every tensor to `builder` (a `_core.ModelBuilder`) under its Hugging Face name:
+        Q8_0 matrices as their raw blocks (`add_q8_0`, kept exactly when the builder makes
+        INT8 in groups of 32), everything else dequantized to float32 (`add_tensor`).
         Calls `progress(done, total, hf_name)` after each tensor. Only one tensor's float32
         copy is alive at a time."""
         self._check_open()
         total = len(self._tensors)
         for done, info in enumerate(self._tensors, 1):
-            arr = self._load(info)
-            data = arr.tobytes()
-            del arr
-            self._release(info)
-            builder.add_tensor(info.hf_name, "F32", list(info.shape), data)
-            del data
+            if info.type_name == "Q8_0" and len(info.shape) == 2:
+                raw = self._raw_rows(info)
+                self._release(info)
+                builder.add_q8_0(info.hf_name, list(info.shape), raw)
+                del raw
+            else:
+                arr = self._load(info)
+                data = arr.tobytes()
+                del arr
+                self._release(info)
+                builder.add_tensor(info.hf_name, "F32", list(info.shape), data)
+                del data
             if progress is not None:
                 progress(done, total, info.hf_name)
+
+    @property
+    def int8_group(self) -> Optional[int]:
+        """32 when the file's matrices are Q8_0 (their blocks of 32 then become ferrolm INT8
+        groups without requantizing), else None (ferrolm's default group)."""
+        matrices = [t.type_name for t in self._tensors if len(t.shape) == 2]
+        return 32 if matrices and matrices.count("Q8_0") * 2 >= len(matrices) else None
 
     def close(self) -> None:
         """Unmaps the file (the metadata, config and tokenizer stay usable)."""
@@ -251,6 +265,15 @@ class GgufModel:
 
     def _release(self, info: _TensorInfo) -> None:
         _release_pages(self._reader, self._reader.tensors[info.index])
+
+    def _raw_rows(self, info: _TensorInfo) -> bytes:
+        """The raw blocks of a quantized tensor, rows in HF order (a row permutation moves
+        whole rows of blocks, so it is exact)."""
+        t = self._reader.tensors[info.index]
+        raw = np.asarray(t.data, dtype=np.uint8).reshape(info.shape[0], -1)
+        if info.heads:
+            raw = _unpermute_rope_rows(raw, info.heads)
+        return np.ascontiguousarray(raw).tobytes()
 
     def _load(self, info: _TensorInfo) -> np.ndarray:
         """The tensor as float32 [out, in] in HF row order (possibly a view of the mapped file)."""

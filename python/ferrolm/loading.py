@@ -17,7 +17,10 @@ from .chat import ChatTemplate, special_tokens_from_config, template_from_config
 from .progress import ProgressFn
 from .tokenizer import Tokenizer
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16", "int8")
+#: quantization_config.quant_method of the INT8 checkpoints `ferrolm quantize` writes.
+QUANT_METHOD = "ferrolm"
+DEFAULT_INT8_GROUP = 64
 DEVICES = ("cpu",)
 
 
@@ -45,6 +48,46 @@ class Checkpoint:
             builder.add_safetensors(str(f))
             if progress:
                 progress(i + 1, len(self.weight_files), f.name)
+
+    @property
+    def saved_precision(self) -> Optional[str]:
+        """"int8" for an INT8 checkpoint written by ferrolm, else None (float weights)."""
+        qc = self.config.get("quantization_config")
+        if qc is None:
+            return None
+        if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
+            method = qc.get("quant_method") if isinstance(qc, dict) else qc
+            raise ConfigError(
+                f"{self.path}: checkpoints quantized with {method!r} are not supported; "
+                "load the original float checkpoint (ferrolm quantizes it itself)"
+            )
+        if qc.get("precision") != "int8":
+            raise ConfigError(f"{self.path}: unknown ferrolm quantization {qc.get('precision')!r}")
+        return "int8"
+
+    def int8_group(self) -> int:
+        """The INT8 group size: the saved one, 32 for a GGUF of Q8_0 matrices, else 64."""
+        if self.saved_precision == "int8":
+            group = self.config["quantization_config"].get("group_size")
+            if not isinstance(group, int) or isinstance(group, bool) or group <= 0 or group % 32:
+                raise ConfigError(f"{self.path}: quantization_config.group_size must be a positive multiple of 32, got {group!r}")
+            return group
+        if self.gguf is not None and self.gguf.int8_group:
+            return self.gguf.int8_group
+        return DEFAULT_INT8_GROUP
+
+    def resolve_precision(self, precision: Optional[str]) -> str:
+        """The precision to load in: the requested one, or the checkpoint's own when None
+        (INT8 for a ferrolm INT8 checkpoint, FP32 otherwise)."""
+        saved = self.saved_precision
+        if precision is None:
+            return saved or "fp32"
+        if saved is not None and precision != saved:
+            raise InvalidArgumentError(
+                f"{self.path} is a ferrolm {saved.upper()} checkpoint; load it with precision={saved!r} "
+                "(or load the original checkpoint to get another precision)"
+            )
+        return precision
 
     def _stored_tensors(self) -> Iterator[Tuple[str, List[int]]]:
         """(dtype, shape) of every tensor in the safetensors files, from their headers only."""
@@ -168,8 +211,8 @@ def _read_gguf(path: Path) -> Checkpoint:
                       dict(g.special_tokens), format="gguf", gguf=g)
 
 
-def check_load_args(precision: str, device: str, threads: Optional[int]) -> int:
-    if precision not in PRECISIONS:
+def check_load_args(precision: Optional[str], device: str, threads: Optional[int]) -> int:
+    if precision is not None and precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device not in DEVICES:
         raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -180,8 +223,11 @@ def check_load_args(precision: str, device: str, threads: Optional[int]) -> int:
     return threads
 
 
-def build_core_model(ckpt: Checkpoint, threads: int, progress: Optional[ProgressFn] = None) -> "_core.Model":
-    builder = _core.ModelBuilder(json.dumps(ckpt.config))
+def build_core_model(ckpt: Checkpoint, threads: int, precision: str = "fp32",
+                     progress: Optional[ProgressFn] = None) -> "_core.Model":
+    """Reads the weights into the core, converting matmul weights to `precision` tensor by
+    tensor as they arrive."""
+    builder = _core.ModelBuilder(json.dumps(ckpt.config), precision, ckpt.int8_group())
     ckpt.add_weights(builder, progress)
     return builder.build(threads)
 

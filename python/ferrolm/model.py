@@ -231,7 +231,7 @@ class Model:
 
 def load(
     path: Union[str, os.PathLike],
-    precision: str = "fp32",
+    precision: Optional[str] = None,
     *,
     device: str = "cpu",
     threads: Optional[int] = None,
@@ -240,16 +240,20 @@ def load(
 ) -> Model:
     """Loads a Hugging Face model folder (config.json, model.safetensors or a sharded index,
     tokenizer.json, tokenizer_config.json and generation_config.json when present) or a GGUF file
-    (LLaMA architecture; tensors dequantized to FP32 as they are read).
+    (LLaMA architecture).
 
-    precision: "fp32". threads: kernel threads (default: every CPU this process may use).
+    precision: "fp32", "bf16" or "int8" — the storage of every matmul weight (linear layers,
+    embeddings, lm_head); weights are converted tensor by tensor as they are read, so the FP32
+    model is never in memory. None (the default) means the checkpoint's own: "int8" for an
+    INT8 checkpoint written by `ferrolm quantize`, "fp32" otherwise. threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
     max_position_embeddings). progress: None draws a bar on a terminal for loads over a second,
     False never, True always; or a callable(done, total, name). Nothing on disk is ever written.
     """
     n_threads = check_load_args(precision, device, threads)
     ckpt = read_checkpoint(path)
-    core = build_core_model(ckpt, n_threads, resolve_progress(progress, "loading"))
+    precision = ckpt.resolve_precision(precision)
+    core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
     max_ctx = core.max_position_embeddings
     if context_length is None:
         context_length = max_ctx

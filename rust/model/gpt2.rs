@@ -1,9 +1,24 @@
 //! GPT-2 weights by Hugging Face checkpoint name (GPT2LMHeadModel, with or without the
-//! "transformer." prefix). Conv1D weights are stored [in, out] and transposed here to [out, in].
+//! "transformer." prefix). Conv1D weights are stored [in, out] and transposed on arrival
+//! to [out, in].
 
-use super::{transpose, Layer, Linear, Model, ModelConfig, Norm, TensorStore};
+use super::tensors::MatrixLayout;
+use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
 use crate::error::Result;
 use crate::threadpool::ThreadPool;
+
+/// Matmul weights (converted to the load precision): the Conv1D projections (`[in, out]`),
+/// the token embeddings and a saved lm_head (`[out, in]`). The learned positions stay FP32.
+pub fn matrix_layout(name: &str) -> Option<MatrixLayout> {
+    let name = name.strip_prefix("transformer.").unwrap_or(name);
+    if name == "wte.weight" || name == "lm_head.weight" {
+        Some(MatrixLayout::OutIn)
+    } else if name.starts_with("h.") && [".c_attn.weight", ".c_proj.weight", ".c_fc.weight"].iter().any(|s| name.ends_with(s)) {
+        Some(MatrixLayout::InOut)
+    } else {
+        None
+    }
+}
 
 fn layer_norm(store: &mut TensorStore, prefix: &str, d: usize, eps: f32) -> Result<Norm> {
     Ok(Norm { weight: store.take(&format!("{prefix}.weight"), &[d])?, bias: Some(store.take(&format!("{prefix}.bias"), &[d])?), eps })
@@ -11,16 +26,18 @@ fn layer_norm(store: &mut TensorStore, prefix: &str, d: usize, eps: f32) -> Resu
 
 /// A Conv1D `{prefix}.weight` [inp, out] + `{prefix}.bias` [out] as a Linear [out, inp].
 fn conv1d(store: &mut TensorStore, prefix: &str, inp: usize, out: usize) -> Result<Linear> {
-    let w = store.take(&format!("{prefix}.weight"), &[inp, out])?;
+    let w = store.take_matrix(&format!("{prefix}.weight"), out, inp)?;
     let b = store.take(&format!("{prefix}.bias"), &[out])?;
-    Linear::f32(transpose(&w, inp, out), out, inp, Some(b))
+    Linear::new(w, out, inp, Some(b))
 }
 
 pub fn build(config: ModelConfig, store: &mut TensorStore, pool: ThreadPool) -> Result<Model> {
     let c = &config;
     let (d, ffn, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let prefix = if store.contains("transformer.wte.weight") { "transformer." } else { "" };
-    let embed = Linear::f32(store.take(&format!("{prefix}wte.weight"), &[vocab, d])?, vocab, d, None)?;
+    // wte: [vocab, d]
+    let embed = Linear::new(store.take_matrix(&format!("{prefix}wte.weight"), vocab, d)?, vocab, d, None)?;
+    // wpe: [n_positions, d]
     let pos_embed = Some(store.take(&format!("{prefix}wpe.weight"), &[c.max_position_embeddings, d])?);
     let mut layers = Vec::with_capacity(c.num_layers);
     for i in 0..c.num_layers {
@@ -36,6 +53,6 @@ pub fn build(config: ModelConfig, store: &mut TensorStore, pool: ThreadPool) -> 
         });
     }
     let final_norm = layer_norm(store, &format!("{prefix}ln_f"), d, c.norm_eps)?;
-    store.take_opt("lm_head.weight", &[vocab, d])?; // the tied copy, if saved
+    store.take_matrix_opt("lm_head.weight", vocab, d)?; // the tied copy, if saved
     Ok(Model { config, embed, pos_embed, layers, final_norm, lm_head: None, rope: None, pool })
 }

@@ -1,14 +1,66 @@
-//! A linear layer's weights in nn.Linear layout, `w: [out, in]`, plus an optional bias.
-//! This is where each precision's storage and matmul plug in.
+//! A linear layer's weights in nn.Linear layout, `w: [out, in]`, in one of the three
+//! precisions, plus an optional FP32 bias. Each precision's storage and matmul plug in here.
 
 use crate::error::{Error, Result};
+use crate::kernels::matmul_bf16::matmul_bf16;
 use crate::kernels::matmul_f32::matmul_f32;
+use crate::kernels::matmul_int8::matmul_int8;
+use crate::kernels::quant::{bf16_to_f32, QuantizedI8};
 use crate::threadpool::ThreadPool;
 
-#[derive(Debug, Clone)]
+/// The storage precision of matmul weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+    Int8,
+}
+
+impl Precision {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            "int8" | "i8" => Ok(Precision::Int8),
+            other => Err(Error::InvalidArgument(format!("unknown precision '{other}' (choose fp32, bf16 or int8)"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum WeightData {
     /// w: [out, in] row-major FP32.
     F32(Vec<f32>),
+    /// w: [out, in] row-major bfloat16 bits.
+    Bf16(Vec<u16>),
+    /// w: [out, in] int8 with per-row, per-group f32 scales.
+    Int8(QuantizedI8),
+}
+
+impl WeightData {
+    pub fn precision(&self) -> Precision {
+        match self {
+            WeightData::F32(_) => Precision::F32,
+            WeightData::Bf16(_) => Precision::Bf16,
+            WeightData::Int8(_) => Precision::Int8,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            WeightData::F32(w) => w.len(),
+            WeightData::Bf16(w) => w.len(),
+            WeightData::Int8(q) => q.q.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -21,28 +73,97 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn f32(w: Vec<f32>, out_features: usize, in_features: usize, bias: Option<Vec<f32>>) -> Result<Self> {
-        if w.len() != out_features * in_features {
+    pub fn new(weight: WeightData, out_features: usize, in_features: usize, bias: Option<Vec<f32>>) -> Result<Self> {
+        if weight.len() != out_features * in_features {
             return Err(Error::Tensor(format!(
                 "weight has {} values, expected {out_features}x{in_features}",
-                w.len()
+                weight.len()
             )));
+        }
+        if let WeightData::Int8(q) = &weight {
+            if (q.rows, q.cols) != (out_features, in_features) {
+                return Err(Error::Tensor(format!(
+                    "int8 weight is {}x{}, expected {out_features}x{in_features}",
+                    q.rows, q.cols
+                )));
+            }
         }
         if let Some(b) = &bias {
             if b.len() != out_features {
                 return Err(Error::Tensor(format!("bias has {} values, expected {out_features}", b.len())));
             }
         }
-        Ok(Self { out_features, in_features, weight: WeightData::F32(w), bias })
+        Ok(Self { out_features, in_features, weight, bias })
+    }
+
+    pub fn f32(w: Vec<f32>, out_features: usize, in_features: usize, bias: Option<Vec<f32>>) -> Result<Self> {
+        Self::new(WeightData::F32(w), out_features, in_features, bias)
+    }
+
+    /// Stacks the rows of several layers reading the same input (q/k/v, gate/up) into one.
+    /// All parts must share `in_features` and precision (and INT8 group size); the bias is
+    /// kept only when every part has one.
+    pub fn concat(parts: Vec<Linear>) -> Result<Self> {
+        let first = parts.first().ok_or_else(|| Error::Tensor("nothing to concatenate".into()))?;
+        let in_features = first.in_features;
+        let precision = first.weight.precision();
+        let out_features: usize = parts.iter().map(|p| p.out_features).sum();
+        for p in &parts {
+            if p.in_features != in_features || p.weight.precision() != precision {
+                return Err(Error::Tensor(format!(
+                    "cannot fuse a {} {}x{} weight with a {} one of {} inputs",
+                    p.weight.precision().name(),
+                    p.out_features,
+                    p.in_features,
+                    precision.name(),
+                    in_features
+                )));
+            }
+        }
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            Some(parts.iter().flat_map(|p| p.bias.as_deref().unwrap_or(&[]).iter().copied()).collect())
+        } else {
+            None
+        };
+        let weight = match precision {
+            Precision::F32 => WeightData::F32(concat_vecs(parts.into_iter().map(|p| match p.weight {
+                WeightData::F32(w) => w,
+                _ => unreachable!("precision checked above"),
+            }))),
+            Precision::Bf16 => WeightData::Bf16(concat_vecs(parts.into_iter().map(|p| match p.weight {
+                WeightData::Bf16(w) => w,
+                _ => unreachable!("precision checked above"),
+            }))),
+            Precision::Int8 => {
+                let mut qs = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match p.weight {
+                        WeightData::Int8(q) => qs.push(q),
+                        _ => unreachable!("precision checked above"),
+                    }
+                }
+                let group = qs[0].group;
+                if let Some(q) = qs.iter().find(|q| q.group != group) {
+                    return Err(Error::Tensor(format!("cannot fuse int8 weights with groups {group} and {}", q.group)));
+                }
+                let scales = concat_vecs(qs.iter_mut().map(|q| std::mem::take(&mut q.scales)));
+                let q = concat_vecs(qs.into_iter().map(|q| q.q));
+                WeightData::Int8(QuantizedI8::from_parts(out_features, in_features, group, q, scales)?)
+            }
+        };
+        Self::new(weight, out_features, in_features, bias)
     }
 
     /// y: [m, out] = x: [m, in] · wᵀ (+ bias)
     pub fn forward(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], m: usize) {
+        let (k, n) = (self.in_features, self.out_features);
         match &self.weight {
-            WeightData::F32(w) => matmul_f32(pool, x, w, y, m, self.in_features, self.out_features),
+            WeightData::F32(w) => matmul_f32(pool, x, w, y, m, k, n),
+            WeightData::Bf16(w) => matmul_bf16(pool, x, w, y, m, k, n),
+            WeightData::Int8(q) => matmul_int8(pool, x, q, y, m),
         }
         if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(self.out_features) {
+            for row in y.chunks_exact_mut(n) {
                 for (yi, bi) in row.iter_mut().zip(b) {
                     *yi += bi;
                 }
@@ -50,10 +171,18 @@ impl Linear {
         }
     }
 
-    /// Copies row `i` of w (one embedding vector when the layer is an embedding table) into `out: [in]`.
+    /// Copies row `i` of w, in f32 (one embedding vector when the layer is an embedding
+    /// table), into `out: [in]`.
     pub fn row_into(&self, i: usize, out: &mut [f32]) {
+        let k = self.in_features;
         match &self.weight {
-            WeightData::F32(w) => out.copy_from_slice(&w[i * self.in_features..(i + 1) * self.in_features]),
+            WeightData::F32(w) => out.copy_from_slice(&w[i * k..(i + 1) * k]),
+            WeightData::Bf16(w) => {
+                for (o, &b) in out.iter_mut().zip(&w[i * k..(i + 1) * k]) {
+                    *o = bf16_to_f32(b);
+                }
+            }
+            WeightData::Int8(q) => q.dequantize_row(i, out),
         }
     }
 
@@ -62,10 +191,97 @@ impl Linear {
         self.out_features * self.in_features + self.bias.as_ref().map_or(0, Vec::len)
     }
 
-    /// Bytes of weight storage read by one full matmul.
+    /// Bytes of weight storage read by one full matmul (INT8 scales included).
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
             WeightData::F32(w) => w.len() * 4,
+            WeightData::Bf16(w) => w.len() * 2,
+            WeightData::Int8(q) => q.bytes(),
         }
+    }
+}
+
+fn concat_vecs<T>(parts: impl Iterator<Item = Vec<T>>) -> Vec<T> {
+    let parts: Vec<Vec<T>> = parts.collect();
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for p in parts {
+        out.extend(p);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::f32_to_bf16_vec;
+
+    fn ramp(n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * scale).collect()
+    }
+
+    #[test]
+    fn concat_stacks_rows_in_every_precision() {
+        let (a, b) = (ramp(3 * 70, 0.01), ramp(2 * 70, 0.02));
+        let fused = |wa: WeightData, wb: WeightData| {
+            let la = Linear::new(wa, 3, 70, Some(vec![1.0, 2.0, 3.0])).unwrap();
+            let lb = Linear::new(wb, 2, 70, Some(vec![4.0, 5.0])).unwrap();
+            Linear::concat(vec![la, lb]).unwrap()
+        };
+        let cat: Vec<f32> = a.iter().chain(&b).copied().collect();
+        let f = fused(WeightData::F32(a.clone()), WeightData::F32(b.clone()));
+        assert_eq!(f.weight, WeightData::F32(cat.clone()));
+        assert_eq!(f.bias, Some(vec![1.0, 2.0, 3.0, 4.0, 5.0]));
+        let f = fused(WeightData::Bf16(f32_to_bf16_vec(&a)), WeightData::Bf16(f32_to_bf16_vec(&b)));
+        assert_eq!(f.weight, WeightData::Bf16(f32_to_bf16_vec(&cat)));
+        let f = fused(
+            WeightData::Int8(QuantizedI8::quantize(&a, 3, 70)),
+            WeightData::Int8(QuantizedI8::quantize(&b, 2, 70)),
+        );
+        assert_eq!(f.weight, WeightData::Int8(QuantizedI8::quantize(&cat, 5, 70)));
+        let mut row = vec![0.0; 70];
+        f.row_into(4, &mut row);
+        let want = QuantizedI8::quantize(&b, 2, 70).dequantize();
+        assert_eq!(row, want[70..]);
+    }
+
+    #[test]
+    fn concat_refuses_mixed_parts() {
+        let la = Linear::f32(ramp(70, 0.01), 1, 70, None).unwrap();
+        let lb = Linear::new(WeightData::Bf16(vec![0; 70]), 1, 70, None).unwrap();
+        assert!(matches!(Linear::concat(vec![la.clone(), lb]), Err(Error::Tensor(_))));
+        let lc = Linear::f32(ramp(71, 0.01), 1, 71, None).unwrap();
+        assert!(matches!(Linear::concat(vec![la, lc]), Err(Error::Tensor(_))));
+        let g32 = Linear::new(WeightData::Int8(QuantizedI8::quantize_with_group(&ramp(64, 0.1), 1, 64, 32)), 1, 64, None).unwrap();
+        let g64 = Linear::new(WeightData::Int8(QuantizedI8::quantize(&ramp(64, 0.1), 1, 64)), 1, 64, None).unwrap();
+        assert!(matches!(Linear::concat(vec![g32, g64]), Err(Error::Tensor(_))));
+    }
+
+    #[test]
+    fn forward_matches_dequantized_weights() {
+        let pool = ThreadPool::new(1).unwrap();
+        let (n, k) = (5, 70);
+        let w = ramp(n * k, 0.01);
+        let x = ramp(k, 0.03);
+        let bias: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let reference = |wd: &[f32]| -> Vec<f32> {
+            (0..n).map(|j| (0..k).map(|p| x[p] * wd[j * k + p]).sum::<f32>() + bias[j]).collect()
+        };
+        let bf = f32_to_bf16_vec(&w);
+        let lin = Linear::new(WeightData::Bf16(bf.clone()), n, k, Some(bias.clone())).unwrap();
+        let mut y = vec![0.0; n];
+        lin.forward(&pool, &x, &mut y, 1);
+        let want = reference(&bf.iter().map(|&b| bf16_to_f32(b)).collect::<Vec<_>>());
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        let q = QuantizedI8::quantize(&w, n, k);
+        let want = reference(&q.dequantize());
+        let lin = Linear::new(WeightData::Int8(q), n, k, Some(bias.clone())).unwrap();
+        lin.forward(&pool, &x, &mut y, 1);
+        for (a, b) in y.iter().zip(&want) {
+            // W8A8: the activations are quantized too
+            assert!((a - b).abs() < 0.02 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        assert_eq!(lin.weight_bytes(), n * k + n * 2 * 4);
     }
 }

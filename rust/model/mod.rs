@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::kernels::rope::RopeTable;
 use crate::threadpool::ThreadPool;
 pub use config::{Arch, ModelConfig};
-pub use linear::Linear;
-pub use tensors::{DType, TensorStore};
+pub use linear::{Linear, Precision, WeightData};
+pub use tensors::{DType, LoadPlan, TensorStore};
 
 /// A normalization layer: RMSNorm when `bias` is None (LLaMA), LayerNorm otherwise (GPT-2).
 #[derive(Debug, Clone)]
@@ -61,10 +61,26 @@ impl Model {
     /// Builds a model from checkpoint tensors; every expected tensor must be present with the right
     /// shape. Tensors the model does not use (e.g. cached rotary buffers) are ignored.
     pub fn from_tensors(config: ModelConfig, store: &mut TensorStore, threads: usize) -> Result<Self> {
+        if store.plan().arch != config.arch {
+            return Err(Error::InvalidArgument("the tensor store was planned for another architecture".into()));
+        }
         let pool = ThreadPool::new(threads)?;
         match config.arch {
             Arch::Llama => llama::build(config, store, pool),
             Arch::Gpt2 => gpt2::build(config, store, pool),
+        }
+    }
+
+    /// Storage precision of the matmul weights (the lm_head's, which every layer shares).
+    pub fn precision(&self) -> Precision {
+        self.lm_head().weight.precision()
+    }
+
+    /// INT8 group size, when the weights are INT8.
+    pub fn int8_group(&self) -> Option<usize> {
+        match &self.lm_head().weight {
+            WeightData::Int8(q) => Some(q.group),
+            _ => None,
         }
     }
 
@@ -100,25 +116,4 @@ impl Model {
             Err(Error::InvalidToken { token: token as i64, vocab_size: self.config.vocab_size })
         }
     }
-}
-
-/// Concatenates row blocks of several [rows_i, cols] matrices into one [Σ rows_i, cols].
-pub(crate) fn concat_rows(parts: Vec<Vec<f32>>) -> Vec<f32> {
-    let total = parts.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(total);
-    for p in parts {
-        out.extend_from_slice(&p);
-    }
-    out
-}
-
-/// Transposes a row-major [rows, cols] matrix into [cols, rows].
-pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = w[r * cols + c];
-        }
-    }
-    out
 }

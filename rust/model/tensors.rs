@@ -1,5 +1,12 @@
-//! Checkpoint tensors by name, converted to FP32 as they arrive (from safetensors files read
-//! here, or from raw bytes handed over by the Python layer, e.g. dequantized GGUF tensors).
+//! Checkpoint tensors by name, converted as they arrive (from safetensors files read here, or
+//! from raw bytes handed over by the Python layer, e.g. dequantized GGUF tensors).
+//!
+//! Matmul weights (which names are matmul weights is the architecture's call, see
+//! [`LoadPlan`]) are converted straight to the load precision — FP32, BF16 or INT8 — a block
+//! of rows at a time from the source bytes, and oriented `[out, in]`; everything else
+//! (norms, biases, learned positions) becomes FP32. So loading an INT8 model never holds
+//! more than a few MiB of FP32 weights, and the file pages behind each converted block are
+//! dropped from the resident set as the conversion goes.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -7,7 +14,10 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use super::linear::{Precision, WeightData};
+use super::Arch;
 use crate::error::{Error, Result};
+use crate::kernels::quant::{f32_to_bf16, QuantizedI8};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -15,6 +25,8 @@ pub enum DType {
     F16,
     BF16,
     F64,
+    /// Only for the weights of an INT8 checkpoint saved by ferrolm.
+    I8,
 }
 
 impl DType {
@@ -24,12 +36,14 @@ impl DType {
             "F16" | "FLOAT16" => Ok(DType::F16),
             "BF16" | "BFLOAT16" => Ok(DType::BF16),
             "F64" | "FLOAT64" => Ok(DType::F64),
-            other => Err(Error::Tensor(format!("unsupported tensor dtype '{other}' (supported: F32, F16, BF16, F64)"))),
+            "I8" | "INT8" => Ok(DType::I8),
+            other => Err(Error::Tensor(format!("unsupported tensor dtype '{other}' (supported: F32, F16, BF16, F64, I8)"))),
         }
     }
 
     pub fn size(self) -> usize {
         match self {
+            DType::I8 => 1,
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::F64 => 8,
@@ -61,37 +75,200 @@ pub fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }
 
+/// Converts little-endian bytes of a float `dtype` to f32 values, appending to `out`.
+fn extend_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        DType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))),
+        DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))),
+        DType::F64 => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32),
+        ),
+        DType::I8 => out.extend(bytes.iter().map(|&b| f32::from(b as i8))),
+    }
+}
+
 /// Converts little-endian bytes of `dtype` to f32 values.
 pub fn to_f32(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
     if bytes.len() % dtype.size() != 0 {
         return Err(Error::Tensor(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len())));
     }
-    Ok(match dtype {
-        DType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DType::F16 => bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        DType::BF16 => bytes.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        DType::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-    })
+    let mut out = Vec::with_capacity(bytes.len() / dtype.size());
+    extend_f32(dtype, bytes, &mut out);
+    Ok(out)
+}
+
+/// How a matmul weight is laid out in the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixLayout {
+    /// nn.Linear / embedding: `[out, in]`.
+    OutIn,
+    /// GPT-2's Conv1D: `[in, out]`, transposed on arrival.
+    InOut,
+}
+
+/// What a load makes of each tensor: the precision of matmul weights, the INT8 group size,
+/// and the architecture, which says which names are matmul weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadPlan {
+    pub arch: Arch,
+    pub precision: Precision,
+    pub group: usize,
+}
+
+impl LoadPlan {
+    pub fn new(arch: Arch, precision: Precision, group: usize) -> Result<Self> {
+        if group == 0 || group % 32 != 0 || group > 16384 {
+            return Err(Error::InvalidArgument(format!("int8 group size must be a multiple of 32 up to 16384, got {group}")));
+        }
+        Ok(Self { arch, precision, group })
+    }
+
+    /// FP32 everywhere (tests and tools).
+    pub fn fp32(arch: Arch) -> Self {
+        Self { arch, precision: Precision::F32, group: crate::kernels::quant::GROUP }
+    }
+
+    /// The layout of `name` when it is a matmul weight (linear layers, embeddings, lm_head).
+    pub fn matrix_layout(&self, name: &str) -> Option<MatrixLayout> {
+        match self.arch {
+            Arch::Llama => super::llama::matrix_layout(name),
+            Arch::Gpt2 => super::gpt2::matrix_layout(name),
+        }
+    }
 }
 
 #[derive(Debug)]
-pub struct Tensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+enum TensorData {
+    F32(Vec<f32>),
+    /// A matmul weight in the load precision, oriented `[out, in]`.
+    Matrix(WeightData),
+    /// The int8 values of a saved INT8 checkpoint (`[out, in]`), paired at `take_matrix`
+    /// with their `{name}_scale` tensor.
+    SavedI8(Vec<i8>),
 }
 
+#[derive(Debug)]
+struct Tensor {
+    /// As stored in the checkpoint.
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+/// Rows converted per block: bounds the FP32 scratch of a conversion and how many file
+/// pages stay resident before they are released.
+const BLOCK_BYTES: usize = 4 << 20;
+
 /// Tensors by checkpoint name. The model builder `take`s them out, so none is held twice.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TensorStore {
+    plan: LoadPlan,
     tensors: HashMap<String, Tensor>,
 }
 
+/// Where the values of a tensor being converted come from.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Bytes(DType, &'a [u8]),
+    F32(&'a [f32]),
+}
+
+impl Src<'_> {
+    fn value_size(&self) -> usize {
+        match self {
+            Src::Bytes(dtype, _) => dtype.size(),
+            Src::F32(_) => 4,
+        }
+    }
+
+    /// Appends values `[start, end)` as f32 to `out`; returns the source bytes they came from
+    /// (empty for an in-memory source).
+    fn extend(&self, start: usize, end: usize, out: &mut Vec<f32>) -> &[u8] {
+        match *self {
+            Src::Bytes(dtype, bytes) => {
+                let block = &bytes[start * dtype.size()..end * dtype.size()];
+                extend_f32(dtype, block, out);
+                block
+            }
+            Src::F32(v) => {
+                out.extend_from_slice(&v[start..end]);
+                &[]
+            }
+        }
+    }
+}
+
+/// Converts a `[rows, cols]` tensor to `precision`, a block of rows at a time; `done` gets
+/// each source block once it is converted (to release its file pages).
+fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &mut dyn FnMut(&[u8])) -> WeightData {
+    let block_rows = if cols == 0 { rows.max(1) } else { (BLOCK_BYTES / (cols * src.value_size())).max(1) };
+    let n = rows * cols;
+    let mut buf: Vec<f32> = Vec::new();
+    let mut blocks = (0..rows).step_by(block_rows).map(|r0| (r0, (r0 + block_rows).min(rows)));
+    match plan.precision {
+        Precision::F32 => {
+            let mut out = Vec::with_capacity(n);
+            for (r0, r1) in blocks.by_ref() {
+                done(src.extend(r0 * cols, r1 * cols, &mut out));
+            }
+            WeightData::F32(out)
+        }
+        Precision::Bf16 => {
+            let mut out = Vec::with_capacity(n);
+            for (r0, r1) in blocks.by_ref() {
+                if let Src::Bytes(DType::BF16, bytes) = src {
+                    // already bfloat16: copied bit for bit
+                    let block = &bytes[r0 * cols * 2..r1 * cols * 2];
+                    out.extend(block.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+                    done(block);
+                } else {
+                    buf.clear();
+                    let block = src.extend(r0 * cols, r1 * cols, &mut buf);
+                    out.extend(buf.iter().map(|&v| f32_to_bf16(v)));
+                    done(block);
+                }
+            }
+            WeightData::Bf16(out)
+        }
+        Precision::Int8 => {
+            let ng = cols.div_ceil(plan.group);
+            let (mut q, mut scales) = (Vec::with_capacity(n), Vec::with_capacity(rows * ng));
+            for (r0, r1) in blocks.by_ref() {
+                buf.clear();
+                let block = src.extend(r0 * cols, r1 * cols, &mut buf);
+                let part = QuantizedI8::quantize_with_group(&buf, r1 - r0, cols, plan.group);
+                q.extend_from_slice(&part.q);
+                scales.extend_from_slice(&part.scales);
+                done(block);
+            }
+            WeightData::Int8(QuantizedI8 { rows, cols, group: plan.group, q, scales })
+        }
+    }
+}
+
+/// Transposes a row-major [rows, cols] matrix into [cols, rows].
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = w[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Bytes per block of GGUF's Q8_0: an f16 scale and 32 int8 values.
+const Q8_0_BLOCK: usize = 34;
+
 impl TensorStore {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(plan: LoadPlan) -> Self {
+        Self { plan, tensors: HashMap::new() }
+    }
+
+    pub fn plan(&self) -> &LoadPlan {
+        &self.plan
     }
 
     pub fn len(&self) -> usize {
@@ -112,32 +289,114 @@ impl TensorStore {
         v
     }
 
-    /// Adds one tensor from raw little-endian bytes.
-    pub fn insert_bytes(&mut self, name: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<()> {
-        let numel: usize = shape.iter().product();
-        if numel * dtype.size() != bytes.len() {
-            return Err(Error::Tensor(format!(
-                "tensor '{name}': shape {shape:?} of {dtype:?} needs {} bytes, got {}",
-                numel * dtype.size(),
-                bytes.len()
-            )));
+    fn put(&mut self, name: &str, shape: &[usize], data: TensorData) -> Result<()> {
+        if self.tensors.contains_key(name) {
+            return Err(Error::Tensor(format!("tensor '{name}' appears twice in the checkpoint")));
         }
-        let data = to_f32(dtype, bytes)?;
-        self.insert(name, shape.to_vec(), data)
+        self.tensors.insert(name.to_string(), Tensor { shape: shape.to_vec(), data });
+        Ok(())
     }
 
+    /// Adds one tensor from raw little-endian bytes.
+    pub fn insert_bytes(&mut self, name: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<()> {
+        self.insert_src(name, shape, Src::Bytes(dtype, bytes), &mut |_| {})
+    }
+
+    /// Adds one tensor of f32 values.
     pub fn insert(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) -> Result<()> {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(Error::Tensor(format!("tensor '{name}': shape {shape:?} does not match {} values", data.len())));
+        self.insert_src(name, &shape, Src::F32(&data), &mut |_| {})
+    }
+
+    fn insert_src(&mut self, name: &str, shape: &[usize], src: Src<'_>, done: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let have = match src {
+            Src::Bytes(dtype, bytes) => {
+                if numel.and_then(|n| n.checked_mul(dtype.size())) != Some(bytes.len()) {
+                    return Err(Error::Tensor(format!(
+                        "tensor '{name}': shape {shape:?} of {dtype:?} needs {} bytes, got {}",
+                        numel.map_or("too many".to_string(), |n| (n * dtype.size()).to_string()),
+                        bytes.len()
+                    )));
+                }
+                bytes.len() / dtype.size()
+            }
+            Src::F32(v) => v.len(),
+        };
+        if numel != Some(have) {
+            return Err(Error::Tensor(format!("tensor '{name}': shape {shape:?} does not match {have} values")));
         }
         if self.tensors.contains_key(name) {
             return Err(Error::Tensor(format!("tensor '{name}' appears twice in the checkpoint")));
         }
-        self.tensors.insert(name.to_string(), Tensor { shape, data });
-        Ok(())
+        let layout = if shape.len() == 2 { self.plan.matrix_layout(name) } else { None };
+        let data = match (src, layout) {
+            (Src::Bytes(DType::I8, bytes), layout) => {
+                if layout.is_none() {
+                    return Err(Error::Tensor(format!("tensor '{name}' is int8, but only matmul weights may be")));
+                }
+                if self.plan.precision != Precision::Int8 {
+                    return Err(Error::InvalidArgument(format!(
+                        "this checkpoint stores INT8 weights ('{name}'); load it with precision='int8'"
+                    )));
+                }
+                let q = bytes.iter().map(|&b| b as i8).collect();
+                done(bytes);
+                TensorData::SavedI8(q)
+            }
+            (src, Some(MatrixLayout::OutIn)) => TensorData::Matrix(convert_rows(src, shape[0], shape[1], &self.plan, done)),
+            (src, Some(MatrixLayout::InOut)) => {
+                let mut w = Vec::with_capacity(have);
+                done(src.extend(0, have, &mut w));
+                let t = transpose(&w, shape[0], shape[1]);
+                drop(w);
+                TensorData::Matrix(convert_rows(Src::F32(&t), shape[1], shape[0], &self.plan, &mut |_| {}))
+            }
+            (src, None) => {
+                let mut v = Vec::with_capacity(have);
+                done(src.extend(0, have, &mut v));
+                TensorData::F32(v)
+            }
+        };
+        self.put(name, shape, data)
     }
 
-    /// Reads every tensor of a safetensors file (memory-mapped; converted to FP32 one by one).
+    /// Adds a GGUF Q8_0 tensor of shape `[rows, cols]` (blocks of 32 values along a row: an
+    /// f16 scale, then 32 int8). With an INT8 plan in groups of 32, a matmul weight keeps its
+    /// values and scales exactly (no dequantize/requantize round trip); otherwise (or if a
+    /// block holds -128, outside the symmetric range) it is dequantized and converted.
+    pub fn insert_q8_0(&mut self, name: &str, shape: &[usize], bytes: &[u8]) -> Result<()> {
+        let [rows, cols] = *shape else {
+            return Err(Error::Tensor(format!("Q8_0 tensor '{name}' must be 2-D, got shape {shape:?}")));
+        };
+        if cols % 32 != 0 || rows.checked_mul(cols / 32 * Q8_0_BLOCK) != Some(bytes.len()) {
+            return Err(Error::Tensor(format!(
+                "Q8_0 tensor '{name}' of shape {shape:?} needs whole blocks of 32 values and {} bytes, got {}",
+                rows * cols.div_ceil(32) * Q8_0_BLOCK,
+                bytes.len()
+            )));
+        }
+        let ng = cols / 32;
+        let mut q = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(rows * ng);
+        for block in bytes.chunks_exact(Q8_0_BLOCK) {
+            scales.push(f16_to_f32(u16::from_le_bytes([block[0], block[1]])));
+            q.extend(block[2..].iter().map(|&b| b as i8));
+        }
+        let direct = self.plan.precision == Precision::Int8
+            && self.plan.group == 32
+            && self.plan.matrix_layout(name) == Some(MatrixLayout::OutIn);
+        if direct && !self.tensors.contains_key(name) {
+            if let Ok(w) = QuantizedI8::from_parts(rows, cols, 32, q.clone(), scales.clone()) {
+                return self.put(name, shape, TensorData::Matrix(WeightData::Int8(w)));
+            }
+        }
+        // dequantized: value = q · scale
+        let values: Vec<f32> = q.chunks_exact(32).zip(&scales).flat_map(|(qb, &s)| qb.iter().map(move |&v| f32::from(v) * s)).collect();
+        drop(q);
+        self.insert(name, shape.to_vec(), values)
+    }
+
+    /// Reads every tensor of a safetensors file (memory-mapped; converted block by block).
     pub fn add_safetensors(&mut self, path: &Path) -> Result<()> {
         let shown = path.display();
         let file = File::open(path).map_err(|e| Error::Io(format!("cannot open {shown}: {e}")))?;
@@ -151,25 +410,32 @@ impl TensorStore {
                 Dtype::F16 => DType::F16,
                 Dtype::BF16 => DType::BF16,
                 Dtype::F64 => DType::F64,
+                Dtype::I8 => DType::I8,
                 other => {
                     return Err(Error::Tensor(format!(
                         "tensor '{name}' in {shown} has unsupported dtype {other:?}"
                     )))
                 }
             };
-            self.insert_bytes(&name, dtype, view.shape(), view.data())?;
-            release_pages(&mmap, view.data());
+            self.insert_src(&name, view.shape(), Src::Bytes(dtype, view.data()), &mut |block| release_pages(&mmap, block))?;
         }
         Ok(())
     }
 
-    /// Removes and returns tensor `name`, checking its shape.
-    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    fn remove(&mut self, name: &str, shape: &[usize]) -> Result<TensorData> {
         let t = self.tensors.remove(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if t.shape != shape {
             return Err(Error::Tensor(format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape)));
         }
         Ok(t.data)
+    }
+
+    /// Removes and returns FP32 tensor `name`, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.remove(name, shape)? {
+            TensorData::F32(v) => Ok(v),
+            _ => Err(Error::Tensor(format!("tensor '{name}' is stored as a matmul weight, expected plain values"))),
+        }
     }
 
     /// Like `take`, but a missing tensor is `None`.
@@ -180,14 +446,47 @@ impl TensorStore {
             Ok(None)
         }
     }
+
+    /// Removes matmul weight `name` as `[out, inp]` in the load precision, checking its
+    /// checkpoint shape (`[inp, out]` for a Conv1D).
+    pub fn take_matrix(&mut self, name: &str, out: usize, inp: usize) -> Result<WeightData> {
+        let layout = self.plan.matrix_layout(name).unwrap_or(MatrixLayout::OutIn);
+        let saved_i8 = matches!(self.tensors.get(name), Some(Tensor { data: TensorData::SavedI8(_), .. }));
+        // a saved INT8 checkpoint stores every matmul weight as [out, in]
+        let shape = if layout == MatrixLayout::InOut && !saved_i8 { [inp, out] } else { [out, inp] };
+        match self.remove(name, &shape)? {
+            TensorData::Matrix(w) => Ok(w),
+            TensorData::F32(v) => Ok(convert_rows(Src::F32(&v), out, inp, &self.plan, &mut |_| {})),
+            TensorData::SavedI8(q) => {
+                let group = self.plan.group;
+                let scale_name = format!("{name}_scale");
+                let ng = inp.div_ceil(group);
+                let scales = self.take(&scale_name, &[out, ng]).map_err(|e| match e {
+                    Error::MissingTensor(_) => Error::Tensor(format!("int8 weight '{name}' has no scales '{scale_name}'")),
+                    Error::Tensor(msg) => Error::Tensor(format!("{msg} (int8 groups of {group})")),
+                    e => e,
+                })?;
+                Ok(WeightData::Int8(QuantizedI8::from_parts(out, inp, group, q, scales)?))
+            }
+        }
+    }
+
+    /// Like `take_matrix`, but a missing tensor is `None`.
+    pub fn take_matrix_opt(&mut self, name: &str, out: usize, inp: usize) -> Result<Option<WeightData>> {
+        if self.contains(name) {
+            self.take_matrix(name, out, inp).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 /// Drops the file pages behind `data` (already converted) from this process's resident set, so
-/// loading holds at most one tensor's file pages besides the converted weights. Only a hint:
+/// loading holds at most one block's file pages besides the converted weights. Only a hint:
 /// the mapping is read-only and pages would be re-read from the file if touched again.
 fn release_pages(mmap: &memmap2::Mmap, data: &[u8]) {
     #[cfg(unix)]
-    {
+    if !data.is_empty() {
         let start = data.as_ptr() as usize - mmap.as_ptr() as usize;
         // SAFETY: DONTNEED on a private read-only file mapping only discards clean pages.
         let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, data.len()) };
@@ -214,7 +513,7 @@ mod tests {
 
     #[test]
     fn store_checks_shapes_and_duplicates() {
-        let mut s = TensorStore::new();
+        let mut s = TensorStore::new(LoadPlan::fp32(Arch::Llama));
         let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
         s.insert_bytes("a", DType::F32, &[2, 2], &bytes).unwrap();
         assert!(matches!(s.insert_bytes("b", DType::F32, &[3], &bytes), Err(Error::Tensor(_))));
@@ -234,13 +533,13 @@ mod tests {
         file.extend_from_slice(&[0x80, 0x3f, 0x40, 0xc0]);
         let good = dir.join("good.safetensors");
         std::fs::write(&good, &file).unwrap();
-        let mut s = TensorStore::new();
+        let mut s = TensorStore::new(LoadPlan::fp32(Arch::Llama));
         s.add_safetensors(&good).unwrap();
         assert_eq!(s.take("w", &[2]).unwrap(), vec![1.0, -3.0]);
         let bad = dir.join("bad.safetensors");
         std::fs::write(&bad, &file[..file.len() - 1]).unwrap();
-        assert!(matches!(TensorStore::new().add_safetensors(&bad), Err(Error::Io(_))));
-        assert!(matches!(TensorStore::new().add_safetensors(&dir.join("none")), Err(Error::Io(_))));
+        assert!(matches!(TensorStore::new(LoadPlan::fp32(Arch::Llama)).add_safetensors(&bad), Err(Error::Io(_))));
+        assert!(matches!(TensorStore::new(LoadPlan::fp32(Arch::Llama)).add_safetensors(&dir.join("none")), Err(Error::Io(_))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

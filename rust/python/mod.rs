@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::error::Error;
-use crate::model::{Arch, DType, Model, ModelConfig, TensorStore};
+use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
 use crate::sampling::{self, SamplingParams};
 use crate::session::Session;
 
@@ -45,9 +45,14 @@ impl ModelBuilder {
 
 #[pymethods]
 impl ModelBuilder {
+    /// `precision` ("fp32", "bf16", "int8") is what matmul weights are converted to as they
+    /// arrive; `group` is the INT8 group size along the input (a multiple of 32).
     #[new]
-    fn new(config_json: &str) -> PyResult<Self> {
-        Ok(Self { config: ModelConfig::from_hf_json(config_json)?, store: Some(TensorStore::new()) })
+    #[pyo3(signature = (config_json, precision="fp32", group=crate::kernels::quant::GROUP))]
+    fn new(config_json: &str, precision: &str, group: usize) -> PyResult<Self> {
+        let config = ModelConfig::from_hf_json(config_json)?;
+        let plan = LoadPlan::new(config.arch, Precision::parse(precision)?, group)?;
+        Ok(Self { config, store: Some(TensorStore::new(plan)) })
     }
 
     /// Reads every tensor of a safetensors file.
@@ -58,9 +63,18 @@ impl ModelBuilder {
     }
 
     /// Adds one tensor from little-endian bytes of `dtype` ("F32", "F16", "BF16", "F64").
-    fn add_tensor(&mut self, name: &str, dtype: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+    fn add_tensor(&mut self, py: Python<'_>, name: &str, dtype: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
         let dtype = DType::parse(dtype)?;
-        self.store()?.insert_bytes(name, dtype, &shape, data)?;
+        let store = self.store()?;
+        py.detach(|| store.insert_bytes(name, dtype, &shape, data))?;
+        Ok(())
+    }
+
+    /// Adds a GGUF Q8_0 tensor `[rows, cols]` from its raw blocks; kept exactly under an
+    /// INT8 plan with groups of 32, dequantized otherwise.
+    fn add_q8_0(&mut self, py: Python<'_>, name: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+        let store = self.store()?;
+        py.detach(|| store.insert_q8_0(name, &shape, data))?;
         Ok(())
     }
 
@@ -122,6 +136,16 @@ impl PyModel {
     #[getter]
     fn head_dim(&self) -> usize {
         self.inner.config.head_dim
+    }
+    /// Storage precision of the matmul weights: "fp32", "bf16" or "int8".
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.inner.precision().name()
+    }
+    /// INT8 group size along the input (None unless the precision is int8).
+    #[getter]
+    fn group_size(&self) -> Option<usize> {
+        self.inner.int8_group()
     }
     #[getter]
     fn num_params(&self) -> usize {
