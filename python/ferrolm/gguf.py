@@ -247,13 +247,6 @@ class GgufModel:
             if progress is not None:
                 progress(done, total, info.hf_name)
 
-    @property
-    def int8_group(self) -> Optional[int]:
-        """32 when the file's matrices are Q8_0 (their blocks of 32 then become ferrolm INT8
-        groups without requantizing), else None (ferrolm's default group)."""
-        matrices = [t.type_name for t in self._tensors if len(t.shape) == 2]
-        return 32 if matrices and matrices.count("Q8_0") * 2 >= len(matrices) else None
-
     def close(self) -> None:
         """Unmaps the file (the metadata, config and tokenizer stay usable)."""
         self._reader = None
