@@ -252,7 +252,7 @@ mod tests {
         let lc = Linear::f32(ramp(71, 0.01), 1, 71, None).unwrap();
         assert!(matches!(Linear::concat(vec![la, lc]), Err(Error::Tensor(_))));
         let g32 = Linear::new(WeightData::Int8(QuantizedI8::quantize_with_group(&ramp(64, 0.1), 1, 64, 32)), 1, 64, None).unwrap();
-        let g64 = Linear::new(WeightData::Int8(QuantizedI8::quantize(&ramp(64, 0.1), 1, 64)), 1, 64, None).unwrap();
+        let g64 = Linear::new(WeightData::Int8(QuantizedI8::quantize_with_group(&ramp(64, 0.1), 1, 64, 64)), 1, 64, None).unwrap();
         assert!(matches!(Linear::concat(vec![g32, g64]), Err(Error::Tensor(_))));
     }
 
@@ -282,6 +282,6 @@ mod tests {
             // W8A8: the activations are quantized too
             assert!((a - b).abs() < 0.02 * b.abs().max(1.0), "{a} vs {b}");
         }
-        assert_eq!(lin.weight_bytes(), n * k + n * 2 * 4);
+        assert_eq!(lin.weight_bytes(), n * k + n * k.div_ceil(crate::kernels::quant::GROUP) * 4);
     }
 }
