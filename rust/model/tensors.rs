@@ -423,11 +423,11 @@ impl TensorStore {
     }
 
     fn remove(&mut self, name: &str, shape: &[usize]) -> Result<TensorData> {
-        let t = self.tensors.remove(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if t.shape != shape {
             return Err(Error::Tensor(format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape)));
         }
-        Ok(t.data)
+        self.tensors.remove(name).map(|t| t.data).ok_or_else(|| Error::MissingTensor(name.to_string()))
     }
 
     /// Removes and returns FP32 tensor `name`, checking its shape.
@@ -520,6 +520,115 @@ mod tests {
         assert!(matches!(s.insert_bytes("a", DType::F32, &[4], &bytes), Err(Error::Tensor(_))));
         assert!(matches!(s.take("a", &[4]), Err(Error::Tensor(_))));
         assert!(matches!(s.take("zzz", &[4]), Err(Error::MissingTensor(_))));
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn ramp(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 29 % 97) as f32 - 48.0) * 0.013).collect()
+    }
+
+    fn plan(arch: Arch, precision: Precision) -> LoadPlan {
+        LoadPlan::new(arch, precision, 32).unwrap()
+    }
+
+    #[test]
+    fn matrices_convert_on_arrival_in_blocks_like_whole_tensors() {
+        // 3000 rows of 700 f32 span several 4 MiB blocks
+        let (rows, cols) = (3000, 700);
+        let w = ramp(rows * cols);
+        let name = "model.layers.0.mlp.down_proj.weight";
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
+        s.insert_bytes(name, DType::F32, &[rows, cols], &f32_bytes(&w)).unwrap();
+        s.insert_bytes("model.norm.weight", DType::F32, &[cols], &f32_bytes(&w[..cols])).unwrap();
+        let want = QuantizedI8::quantize_with_group(&w, rows, cols, 32);
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(want));
+        assert_eq!(s.take("model.norm.weight", &[cols]).unwrap(), w[..cols]);
+
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::Bf16));
+        s.insert_bytes(name, DType::F32, &[rows, cols], &f32_bytes(&w)).unwrap();
+        let bf: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Bf16(bf.clone()));
+        // BF16 source bytes are copied bit for bit
+        let raw: Vec<u8> = bf.iter().flat_map(|b| b.to_le_bytes()).collect();
+        s.insert_bytes(name, DType::BF16, &[rows, cols], &raw).unwrap();
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Bf16(bf));
+    }
+
+    #[test]
+    fn conv1d_weights_are_transposed_before_conversion() {
+        let (inp, out) = (64, 96);
+        let w = ramp(inp * out); // [in, out]
+        let mut s = TensorStore::new(plan(Arch::Gpt2, Precision::Int8));
+        s.insert("h.0.attn.c_attn.weight", vec![inp, out], w.clone()).unwrap();
+        s.insert("wpe.weight", vec![4, 16], ramp(64)).unwrap();
+        assert!(matches!(s.take_matrix("h.0.attn.c_attn.weight", inp, out), Err(Error::Tensor(_))));
+        let t = transpose(&w, inp, out);
+        assert_eq!(s.take_matrix("h.0.attn.c_attn.weight", out, inp).unwrap(), WeightData::Int8(QuantizedI8::quantize_with_group(&t, out, inp, 32)));
+        // learned positions are not a matmul weight: they stay FP32
+        assert_eq!(s.take("wpe.weight", &[4, 16]).unwrap(), ramp(64));
+    }
+
+    fn q8_0_blocks(q: &[i8], scales: &[u16]) -> Vec<u8> {
+        q.chunks(32).zip(scales).flat_map(|(qb, s)| s.to_le_bytes().into_iter().chain(qb.iter().map(|&v| v as u8))).collect()
+    }
+
+    #[test]
+    fn q8_0_becomes_int8_exactly_or_is_dequantized() {
+        let (rows, cols) = (3, 64);
+        let q: Vec<i8> = (0..rows * cols).map(|i| ((i * 7 % 255) as i32 - 127) as i8).collect();
+        let scales: Vec<u16> = vec![0x2000, 0x1c00, 0x3c00, 0x2400, 0x2800, 0x3000]; // f16 scales
+        let raw = q8_0_blocks(&q, &scales);
+        let name = "model.layers.0.self_attn.q_proj.weight";
+        let fs: Vec<f32> = scales.iter().map(|&h| f16_to_f32(h)).collect();
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
+        s.insert_q8_0(name, &[rows, cols], &raw).unwrap();
+        let exact = QuantizedI8::from_parts(rows, cols, 32, q.clone(), fs.clone()).unwrap();
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(exact.clone()));
+        // FP32 plan: the dequantized values
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::F32));
+        s.insert_q8_0(name, &[rows, cols], &raw).unwrap();
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::F32(exact.dequantize()));
+        // -128 is outside the symmetric range: requantized from the dequantized values
+        let mut q2 = q.clone();
+        q2[5] = -128;
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
+        s.insert_q8_0(name, &[rows, cols], &q8_0_blocks(&q2, &scales)).unwrap();
+        let deq: Vec<f32> = q2.chunks(32).zip(&fs).flat_map(|(b, &sc)| b.iter().map(move |&v| f32::from(v) * sc)).collect();
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(QuantizedI8::quantize_with_group(&deq, rows, cols, 32)));
+        // wrong byte count, and a row length that is not whole blocks
+        assert!(matches!(s.insert_q8_0(name, &[rows, cols], &raw[1..]), Err(Error::Tensor(_))));
+        assert!(matches!(s.insert_q8_0(name, &[rows * 2, cols / 2 + 1], &raw), Err(Error::Tensor(_))));
+    }
+
+    #[test]
+    fn saved_int8_pairs_values_with_scales() {
+        let (rows, cols) = (4, 70);
+        let w = QuantizedI8::quantize_with_group(&ramp(rows * cols), rows, cols, 32);
+        let qb: Vec<u8> = w.q.iter().map(|&v| v as u8).collect();
+        let name = "lm_head.weight";
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
+        s.insert_bytes(name, DType::I8, &[rows, cols], &qb).unwrap();
+        s.insert_bytes("lm_head.weight_scale", DType::F32, &[rows, 3], &f32_bytes(&w.scales)).unwrap();
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(w.clone()));
+        // missing scales
+        s.insert_bytes(name, DType::I8, &[rows, cols], &qb).unwrap();
+        assert!(matches!(s.take_matrix(name, rows, cols), Err(Error::Tensor(m)) if m.contains("scale")));
+        // int8 values under another precision, or for a tensor that is not a matmul weight
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::F32));
+        assert!(matches!(s.insert_bytes(name, DType::I8, &[rows, cols], &qb), Err(Error::InvalidArgument(_))));
+        let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
+        assert!(matches!(s.insert_bytes("model.norm.weight", DType::I8, &[4], &qb[..4]), Err(Error::Tensor(_))));
+    }
+
+    #[test]
+    fn plan_checks_the_group() {
+        for g in [0, 16, 48, 32768] {
+            assert!(matches!(LoadPlan::new(Arch::Llama, Precision::Int8, g), Err(Error::InvalidArgument(_))));
+        }
+        assert!(LoadPlan::new(Arch::Llama, Precision::Int8, 64).is_ok());
     }
 
     #[test]
