@@ -28,10 +28,10 @@ def pytest_configure(config):
 _cache: Dict[tuple, ferrolm.Model] = {}
 
 
-def load_fixture(name: str, threads: int = 2) -> ferrolm.Model:
-    key = (name, threads)
+def load_fixture(name: str, threads: int = 2, precision: str = "fp32") -> ferrolm.Model:
+    key = (name, threads, precision)
     if key not in _cache:
-        _cache[key] = ferrolm.load(MODELS / name, threads=threads)
+        _cache[key] = ferrolm.load(MODELS / name, precision=precision, threads=threads)
     return _cache[key]
 
 
@@ -87,14 +87,14 @@ def random_llama(folder: Path, *, hidden=128, layers=2, heads=4, kv_heads=2, ffn
 
 
 def read_safetensors(blob: bytes) -> Dict[str, np.ndarray]:
-    """Reads the F32/F16 tensors of a safetensors file's bytes."""
+    """Reads the tensors of a safetensors file's bytes (BF16 as uint16 bit patterns)."""
     n = int.from_bytes(blob[:8], "little")
     header = json.loads(blob[8 : 8 + n])
     header.pop("__metadata__", None)
     data = blob[8 + n :]
     out = {}
     for name, h in header.items():
-        dt = {"F32": "<f4", "F16": "<f2"}[h["dtype"]]
+        dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "I8": "i1"}[h["dtype"]]
         a, b = h["data_offsets"]
         out[name] = np.frombuffer(data[a:b], dtype=dt).reshape(h["shape"]).copy()
     return out

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .errors import FerrolmError
+from .loading import PRECISIONS
 
 
 def _parse_bias(items: List[str]) -> dict:
@@ -151,6 +153,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("format", "GGUF" if ckpt.format == "gguf" else "Hugging Face (safetensors)"),
         ("architecture", f"{arch} ({', '.join(c.get('architectures', [])) or 'n/a'})" if ckpt.format == "hf" else arch),
         ("parameters", f"{ckpt.num_stored_params():,}"),
+        ("stored as", f"ferrolm INT8 (groups of {ckpt.int8_group()})" if ckpt.saved_precision == "int8" else "float weights"),
         ("layers", str(layers)),
         ("hidden size", str(hidden)),
         ("attention heads", f"{heads} (kv heads: {kv_heads})"),
@@ -166,6 +169,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import time
+
+    from . import load
+    from .saving import check_target
+
+    source = _model_path(args.model)
+    check_target(Path(args.out), args.force, (source,))  # before the (long) load
+    t0 = time.perf_counter()
+    model = load(source, precision=args.precision, threads=args.threads, progress=args.progress)
+    t1 = time.perf_counter()
+    out = model.save(args.out, overwrite=args.force, progress=args.progress)
+    t2 = time.perf_counter()
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    group = f", groups of {model._core.group_size}" if model.precision == "int8" else ""
+    print(f"wrote {out} ({model.precision}{group}): {size / 2**20:.1f} MiB on disk, "
+          f"{model.matmul_bytes_per_token / 2**20:.1f} MiB of matmul weights; "
+          f"converted in {t1 - t0:.1f} s, written in {t2 - t1:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrolm", description="Compact LLM inference. MODEL is a Hugging Face folder or a GGUF file; "
@@ -173,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--precision", default="fp32", choices=["fp32"])
+        p.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                       help="weights' storage (default: the checkpoint's own; fp32 for float checkpoints)")
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
         _add_generation_args(p)
@@ -196,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="architecture, parameters, context, tokenizer, tensor types")
     info.add_argument("model", nargs="?", help="model path (default: the default model)")
     info.set_defaults(func=_cmd_info)
+
+    quant = sub.add_parser("quantize", help="save a model as an INT8 or BF16 checkpoint that loads without converting")
+    quant.add_argument("model", help="a Hugging Face folder or GGUF file")
+    quant.add_argument("out", help="the folder to write (must not exist, unless --force)")
+    quant.add_argument("--precision", required=True, choices=list(PRECISIONS))
+    quant.add_argument("--threads", type=int, default=None)
+    quant.add_argument("--force", action="store_true", help="replace OUT if it is an existing model folder")
+    bar = quant.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always draw progress bars")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never draw progress bars")
+    quant.set_defaults(func=_cmd_quantize)
     return parser
 
 

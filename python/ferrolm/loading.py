@@ -76,11 +76,15 @@ class Checkpoint:
         return DEFAULT_INT8_GROUP
 
     def resolve_precision(self, precision: Optional[str]) -> str:
-        """The precision to load in: the requested one, or the checkpoint's own when None
-        (INT8 for a ferrolm INT8 checkpoint, FP32 otherwise)."""
+        """The precision to load in: the requested one, or the checkpoint's own when None:
+        INT8 for a ferrolm INT8 checkpoint, BF16 for a BF16 one (lossless: the kernels compute
+        in FP32 either way), FP32 otherwise."""
         saved = self.saved_precision
         if precision is None:
-            return saved or "fp32"
+            if saved is not None:
+                return saved
+            dtype = self.config.get("torch_dtype", self.config.get("dtype"))
+            return "bf16" if self.gguf is None and dtype == "bfloat16" else "fp32"
         if saved is not None and precision != saved:
             raise InvalidArgumentError(
                 f"{self.path} is a ferrolm {saved.upper()} checkpoint; load it with precision={saved!r} "

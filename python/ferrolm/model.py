@@ -16,7 +16,7 @@ from .chat import END_OF_TURN_TOKENS, ChatTemplate
 from .config import GenerationConfig
 from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
 from .generation import GenerationResult, TextStream, drain, run
-from .loading import build_core_model, check_load_args, eos_token_ids, read_checkpoint
+from .loading import Checkpoint, build_core_model, check_load_args, eos_token_ids, read_checkpoint
 from .progress import resolve as resolve_progress
 from .tokenizer import Tokenizer
 
@@ -39,8 +39,10 @@ class Model:
         precision: str,
         context_length: int,
         chat_template: Optional[ChatTemplate] = None,
+        checkpoint: Optional[Checkpoint] = None,
     ) -> None:
         self._core = core
+        self._checkpoint = checkpoint
         self.path = path
         self.config = config
         self.tokenizer = tokenizer
@@ -79,6 +81,15 @@ class Model:
     def matmul_bytes_per_token(self) -> int:
         """Bytes of matmul weights read per decoded token (for the decode bandwidth ceiling)."""
         return self._core.matmul_bytes_per_token
+
+    def save(self, path: Union[str, os.PathLike], *, overwrite: bool = False,
+             progress: Union[None, bool, Callable[[int, int, str], None]] = None) -> Path:
+        """Writes this model, in its precision, as a folder that `ferrolm.load` reads back without
+        converting anything (see `ferrolm.saving`). Never writes over an existing path unless
+        `overwrite=True` (and then only over a model folder)."""
+        from .saving import save_model
+
+        return save_model(self, path, overwrite=overwrite, progress=resolve_progress(progress, "saving"))
 
     # -- sessions ------------------------------------------------------------------------------
     @contextmanager
@@ -245,7 +256,9 @@ def load(
     precision: "fp32", "bf16" or "int8" — the storage of every matmul weight (linear layers,
     embeddings, lm_head); weights are converted tensor by tensor as they are read, so the FP32
     model is never in memory. None (the default) means the checkpoint's own: "int8" for an
-    INT8 checkpoint written by `ferrolm quantize`, "fp32" otherwise. threads: kernel threads (default: every CPU this process may use).
+    INT8 checkpoint written by `ferrolm quantize`, "bf16" for a BF16 checkpoint (config.json's
+    torch_dtype; lossless, since the kernels compute in FP32 either way), "fp32" otherwise.
+    threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
     max_position_embeddings). progress: None draws a bar on a terminal for loads over a second,
     False never, True always; or a callable(done, total, name). Nothing on disk is ever written.
@@ -269,4 +282,5 @@ def load(
         precision=precision,
         context_length=context_length,
         chat_template=ckpt.chat_template,
+        checkpoint=ckpt,
     )

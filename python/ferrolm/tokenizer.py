@@ -23,6 +23,10 @@ class Tokenizer:
         except Exception as e:  # the library raises a bare Exception on malformed files
             raise CheckpointError(f"cannot load tokenizer {path}: {e}") from None
 
+    def save(self, path: Path) -> None:
+        """Writes the tokenizer as a tokenizer.json file."""
+        self._tok.save(str(path))
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)

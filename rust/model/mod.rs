@@ -1,6 +1,7 @@
 //! Decoder-only transformer weights (LLaMA family and GPT-2) and the forward pass.
 
 pub mod config;
+pub mod export;
 pub mod forward;
 pub mod gpt2;
 pub mod linear;

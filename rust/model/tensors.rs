@@ -41,6 +41,17 @@ impl DType {
         }
     }
 
+    /// The safetensors name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::F64 => "F64",
+            DType::I8 => "I8",
+        }
+    }
+
     pub fn size(self) -> usize {
         match self {
             DType::I8 => 1,
@@ -249,8 +260,8 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
 }
 
 /// Transposes a row-major [rows, cols] matrix into [cols, rows].
-pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; w.len()];
+pub(crate) fn transpose<T: Copy + Default>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
     for r in 0..rows {
         for c in 0..cols {
             out[c * rows + r] = w[r * cols + c];

@@ -161,6 +161,22 @@ impl PyModel {
         self.inner.matmul_bytes_per_token()
     }
 
+    /// (name, dtype, shape) of every tensor under its checkpoint name, in load order: what
+    /// `export_tensor` gives and a saved checkpoint holds.
+    fn export_entries(&self) -> Vec<(String, &'static str, Vec<usize>)> {
+        self.inner.export_entries().into_iter().map(|e| (e.name, e.dtype.name(), e.shape)).collect()
+    }
+
+    /// Little-endian bytes of tensor `name` (one of `export_entries`).
+    fn export_tensor<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let model = &self.inner;
+        let bytes = py.detach(|| {
+            let entry = model.export_entries().into_iter().find(|e| e.name == name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+            model.export_bytes(&entry)
+        })?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
     #[pyo3(signature = (context_length=None))]
     fn new_session(&self, context_length: Option<usize>) -> PyResult<PySession> {
         Ok(PySession { inner: Session::new(self.inner.clone(), context_length)? })

@@ -1,0 +1,87 @@
+"""Loading in BF16 and INT8: the converted weights are what the formats promise, the models stay
+close to the FP32 reference, and bad precision arguments are refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+import ferrolm
+from conftest import MODELS, copy_model, load_fixture, reference, read_safetensors, write_safetensors
+from ferrolm.quality import log_softmax
+
+# Measured on the tiny fixtures (random weights, so nearly flat distributions: a harsh case):
+# BF16 max |Δlogit| / scale ≤ 1.2e-2, KL ≤ 1.0e-4; INT8 (W8A8, groups of 32) ≤ 6.2e-2, ≤ 1.8e-3.
+BOUNDS = {"bf16": (3e-2, 5e-4), "int8": (0.15, 1e-2)}
+
+
+def kl(p_logits, q_logits):
+    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_lower_precisions_stay_close_to_the_reference(model_name, precision):
+    ref, _ = reference(model_name)
+    want = ref["prompt_logits_f64"]
+    model = load_fixture(model_name, precision=precision)
+    assert model.precision == precision and model._core.precision == precision
+    got = model.logits(list(ref["prompt_ids"]))
+    err, div = np.abs(got - want).max() / np.abs(want).max(), kl(want, got)
+    max_err, max_kl = BOUNDS[precision]
+    assert 0 < err < max_err and 0 < div < max_kl, (err, div)
+
+
+def test_weights_shrink_with_the_precision(model_name):
+    sizes = {p: load_fixture(model_name, precision=p).matmul_bytes_per_token for p in ("fp32", "bf16", "int8")}
+    assert sizes["bf16"] * 2 == sizes["fp32"]
+    # int8: one byte per weight plus one f32 scale per group of 32 (12.5 %)
+    assert sizes["int8"] == sizes["fp32"] // 4 * 9 // 8
+
+
+def test_bf16_rounds_to_nearest_even(tmp_path):
+    """A BF16 model equals an FP32 model of the RNE-rounded weights (the products are the same)."""
+    folder = copy_model("tiny-llama", tmp_path)
+    weights = read_safetensors((folder / "model.safetensors").read_bytes())
+    # matmul weights rounded to nearest even on the upper 16 bits (they are finite); norms stay FP32
+    rounded = {k: (((v.view(np.uint32) + 0x7FFF + ((v.view(np.uint32) >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+               if k.endswith(("_proj.weight", "embed_tokens.weight", "lm_head.weight")) else v
+               for k, v in weights.items()}
+    write_safetensors(folder / "model.safetensors", rounded)
+    ids = list(reference("tiny-llama")[0]["prompt_ids"])
+    fp32_of_rounded = ferrolm.load(folder, precision="fp32").logits(ids)
+    bf16 = load_fixture("tiny-llama", precision="bf16").logits(ids)
+    np.testing.assert_allclose(bf16, fp32_of_rounded, rtol=0, atol=2e-5 * np.abs(fp32_of_rounded).max())
+
+
+def test_bf16_checkpoint_loads_as_bf16_by_default(tmp_path):
+    folder = copy_model("tiny-gpt2", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.pop("dtype", None)
+    cfg["torch_dtype"] = "bfloat16"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert ferrolm.load(folder).precision == "bf16"
+    assert ferrolm.load(folder, precision="fp32").precision == "fp32"
+    assert ferrolm.load(MODELS / "tiny-gpt2").precision == "fp32"
+
+
+@pytest.mark.parametrize("bad", ["int4", "FP32", "", 8])
+def test_unknown_precision_is_refused(bad):
+    with pytest.raises(ferrolm.errors.InvalidArgumentError, match="precision"):
+        ferrolm.load(MODELS / "tiny-llama", precision=bad)
+
+
+def test_foreign_quantized_checkpoints_are_refused(tmp_path):
+    folder = copy_model("tiny-llama", tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ferrolm.errors.ConfigError, match="gptq"):
+        ferrolm.load(folder)
+
+
+def test_int8_generation_is_deterministic_across_threads():
+    ids = list(reference("tiny-llama")[0]["prompt_ids"])
+    runs = [ferrolm.load(MODELS / "tiny-llama", precision="int8", threads=t).generate(ids, max_new_tokens=16, ignore_eos=True).tokens
+            for t in (1, 2, 3)]
+    assert runs[0] == runs[1] == runs[2]
