@@ -1,18 +1,49 @@
-"""Quality measurements: perplexity over a text with a sliding window (each token scored once,
-with up to `window` tokens of context, as in transformers' perplexity guide)."""
+"""Quality measurements.
+
+* Perplexity over a text with a sliding window (each token scored once, with up to `window`
+  tokens of context, as in transformers' perplexity guide).
+* A candidate model (e.g. BF16 or INT8) against a reference (FP32) of the same checkpoint, over
+  the same windows: perplexity of both, top-1 agreement and KL(reference || candidate) of the
+  next-token distributions, and agreement of greedy continuations of chat prompts.
+
+    python -m ferrolm.quality [MODEL] --precisions bf16,int8 [--json]
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import math
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import FerrolmError, InvalidArgumentError
 
 if TYPE_CHECKING:
     from .model import Model
+
+TEXT_FIXTURE = Path("tests") / "fixtures" / "text" / "apache-2.0.txt"
+"""The fixed evaluation text (the Apache License 2.0), relative to the repository root."""
+
+CHAT_PROMPTS: Tuple[str, ...] = (
+    "What is the capital of France?",
+    "What is 2+2?",
+    "Name three colors.",
+    "Write a short poem about the sea.",
+    "How many days are there in a week?",
+    "Give me one tip for staying healthy.",
+)
+"""User messages whose greedy replies are compared (one single-turn conversation each)."""
+
+Messages = Sequence[Mapping[str, Any]]
+Prompt = Union[str, Messages]
+
+_ROWS = 256  # positions converted to float64 log-probabilities at a time
 
 
 @dataclass(frozen=True)
@@ -32,29 +63,53 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def _window_args(context_length: int, n_ids: int, window: Optional[int], stride: Optional[int]) -> Tuple[int, int]:
+    if n_ids < 2:
+        raise InvalidArgumentError("perplexity needs at least 2 tokens")
+    window = window or min(context_length, 1024)
+    stride = stride or max(1, window // 2)
+    if not 2 <= window <= context_length:
+        raise InvalidArgumentError(f"window must be in [2, {context_length}], got {window}")
+    if not 1 <= stride <= window:
+        raise InvalidArgumentError(f"stride must be in [1, window={window}], got {stride}")
+    return window, stride
+
+
+def _windows(n_ids: int, window: int, stride: int) -> Iterator[Tuple[int, int, int]]:
+    """(begin, end, first) of each window ids[begin:end]: it scores ids[first:end], the ids no
+    earlier window scored (id 0 is never predicted)."""
+    first, begin = 1, 0
+    while first < n_ids:
+        end = min(begin + window, n_ids)
+        yield begin, end, first
+        if end == n_ids:
+            break
+        first = end
+        begin += stride
+
+
+def scored_log_probs(models: Sequence["Model"], ids: Sequence[int], window: int,
+                     stride: int) -> Iterator[Tuple[int, np.ndarray, List[np.ndarray]]]:
+    """Walks the sliding windows over `ids` and yields (first, targets, logps): logps[m][i] is
+    model m's float64 log-probability row that predicts targets[i] = ids[first + i]. Every id but
+    the first is yielded exactly once; each window's logits are computed once per model and the
+    rows come in blocks, so memory stays at one window of logits per model."""
+    ids = list(ids)
+    for begin, end, first in _windows(len(ids), window, stride):
+        logits = [m.logits(ids[begin:end]) for m in models]
+        for a in range(first, end, _ROWS):
+            b = min(a + _ROWS, end)
+            rows = slice(a - 1 - begin, b - 1 - begin)  # row r predicts ids[begin + r + 1]
+            yield a, np.asarray(ids[a:b]), [log_softmax(x[rows]) for x in logits]
+
+
 def token_nll(model: "Model", ids: Sequence[int], window: Optional[int] = None, stride: Optional[int] = None):
     """Negative log-likelihood of ids[1:], each scored once. Returns (nll [len(ids) - 1], window, stride)."""
     ids = list(ids)
-    if len(ids) < 2:
-        raise InvalidArgumentError("perplexity needs at least 2 tokens")
-    window = window or min(model.context_length, 1024)
-    stride = stride or max(1, window // 2)
-    if not 2 <= window <= model.context_length:
-        raise InvalidArgumentError(f"window must be in [2, {model.context_length}], got {window}")
-    if not 1 <= stride <= window:
-        raise InvalidArgumentError(f"stride must be in [1, window={window}], got {stride}")
+    window, stride = _window_args(model.context_length, len(ids), window, stride)
     nll = np.full(len(ids) - 1, np.nan)
-    scored_to = 1  # ids[:scored_to] need no (more) scoring: position 0 is never predicted
-    begin = 0
-    while scored_to < len(ids):
-        end = min(begin + window, len(ids))
-        logp = log_softmax(model.logits(ids[begin:end]))  # [end - begin, vocab]
-        for pos in range(scored_to, end):  # predict ids[pos] from row pos - 1 - begin
-            nll[pos - 1] = -logp[pos - 1 - begin, ids[pos]]
-        scored_to = end
-        begin += stride
-        if end == len(ids):
-            break
+    for first, targets, (logp,) in scored_log_probs((model,), ids, window, stride):
+        nll[first - 1 : first - 1 + len(targets)] = -logp[np.arange(len(targets)), targets]
     return nll, window, stride
 
 
@@ -65,3 +120,294 @@ def perplexity(model: "Model", text: Union[str, Sequence[int]], window: Optional
     nll, window, stride = token_nll(model, ids, window, stride)
     mean = float(nll.mean())
     return Perplexity(math.exp(mean), mean, len(nll), window, stride)
+
+
+# -- a candidate against a reference --------------------------------------------------------------
+
+def default_text_path() -> Path:
+    """The fixed evaluation text: tests/fixtures/text/apache-2.0.txt of the source tree this module
+    lies in, or else of the current directory (the text is not part of the installed package)."""
+    here = Path(__file__).resolve().parents[2] / TEXT_FIXTURE
+    for candidate in (here, Path.cwd() / TEXT_FIXTURE):
+        if candidate.is_file():
+            return candidate
+    raise InvalidArgumentError(f"the evaluation text {TEXT_FIXTURE} was not found (run from the repository root "
+                               "or pass a text)")
+
+
+@dataclass(frozen=True)
+class GreedyComparison:
+    """Greedy continuations of one prompt by the reference and the candidate."""
+
+    prompt: str
+    reference_tokens: Tuple[int, ...]
+    candidate_tokens: Tuple[int, ...]
+    reference_text: str
+    candidate_text: str
+
+    @property
+    def common_prefix(self) -> int:
+        """Tokens before the first divergence."""
+        n = 0
+        for a, b in zip(self.reference_tokens, self.candidate_tokens):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    @property
+    def identical(self) -> bool:
+        return self.reference_tokens == self.candidate_tokens
+
+    @property
+    def match_fraction(self) -> float:
+        """common_prefix / the longer continuation's length: 1.0 exactly when identical."""
+        longest = max(len(self.reference_tokens), len(self.candidate_tokens))
+        return 1.0 if longest == 0 else self.common_prefix / longest
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """A candidate model against a reference model of the same checkpoint (see `compare`)."""
+
+    model: str
+    reference_precision: str
+    candidate_precision: str
+    scored_tokens: int
+    window: int
+    stride: int
+    reference_perplexity: float
+    candidate_perplexity: float
+    top1_agreement: float
+    """Fraction of scored positions where both models' most likely next token is the same."""
+    mean_kl: float
+    """Mean KL(reference || candidate) of the next-token distributions, nats."""
+    p99_kl: float
+    max_kl: float
+    new_tokens: int
+    greedy: Tuple[GreedyComparison, ...]
+
+    @property
+    def perplexity_change_pct(self) -> float:
+        """(candidate - reference) / reference perplexity, in percent."""
+        return 100.0 * (self.candidate_perplexity / self.reference_perplexity - 1.0)
+
+    @property
+    def greedy_identical(self) -> float:
+        """Fraction of prompts whose greedy continuations are identical (nan without prompts)."""
+        return float(np.mean([g.identical for g in self.greedy])) if self.greedy else math.nan
+
+    @property
+    def greedy_match(self) -> float:
+        """Mean GreedyComparison.match_fraction over the prompts (nan without prompts)."""
+        return float(np.mean([g.match_fraction for g in self.greedy])) if self.greedy else math.nan
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["greedy"] = [
+            dict(dataclasses.asdict(g), reference_tokens=list(g.reference_tokens),
+                 candidate_tokens=list(g.candidate_tokens), common_prefix=g.common_prefix, identical=g.identical)
+            for g in self.greedy
+        ]
+        d.update(perplexity_change_pct=self.perplexity_change_pct, greedy_identical=self.greedy_identical,
+                 greedy_match=self.greedy_match)
+        return d
+
+    def format(self) -> str:
+        """Human-readable lines."""
+        lines = [
+            f"{self.candidate_precision} against {self.reference_precision}: {self.model}",
+            f"  perplexity         {self.reference_perplexity:.4f} -> {self.candidate_perplexity:.4f} "
+            f"({self.perplexity_change_pct:+.3f}%), {self.scored_tokens} tokens, window {self.window}, "
+            f"stride {self.stride}",
+            f"  top-1 agreement    {self.top1_agreement:.4f}",
+            f"  KL(ref || cand)    mean {self.mean_kl:.3e}, p99 {self.p99_kl:.3e}, max {self.max_kl:.3e} nats",
+        ]
+        if self.greedy:
+            n = len(self.greedy)
+            lines.append(f"  greedy, {self.new_tokens} tokens  {sum(g.identical for g in self.greedy)}/{n} identical, "
+                         f"mean match {self.greedy_match:.3f}")
+            for g in self.greedy:
+                mark = "same" if g.identical else (f"diverges at token {g.common_prefix} "
+                                                   f"(of {len(g.reference_tokens)}/{len(g.candidate_tokens)})")
+                lines.append(f"    {g.prompt[:40]!r}: {mark}")
+        return "\n".join(lines)
+
+    MARKDOWN_HEADER = ("| precision | perplexity | vs reference | top-1 agreement | mean KL (nats) | p99 KL | max KL "
+                       "| greedy identical | greedy match |\n|---|---|---|---|---|---|---|---|---|")
+
+    def markdown_row(self) -> str:
+        return (f"| {self.candidate_precision} | {self.candidate_perplexity:.4f} | {self.perplexity_change_pct:+.3f}% "
+                f"| {self.top1_agreement:.4f} | {self.mean_kl:.2e} | {self.p99_kl:.2e} | {self.max_kl:.2e} "
+                f"| {sum(g.identical for g in self.greedy)}/{len(self.greedy)} | {self.greedy_match:.3f} |")
+
+
+def _messages(prompt: Prompt) -> List[Dict[str, Any]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, Mapping) for m in prompt):
+        return [dict(m) for m in prompt]
+    raise InvalidArgumentError(f"a prompt must be a user message (str) or a list of messages, got {prompt!r}")
+
+
+def _prompt_ids(model: "Model", messages: List[Dict[str, Any]]) -> Tuple[List[int], Tuple[int, ...]]:
+    """The prompt through the chat template when the model has one (stopping at the end of the
+    turn), else the messages' contents as plain text (stopping at EOS)."""
+    if model.chat_template is not None:
+        ids = model.tokenize(model.apply_chat_template(messages), add_special_tokens=False)
+        return ids, model.end_of_turn_ids()
+    return model.tokenize("\n".join(str(m.get("content", "")) for m in messages)), tuple(model.eos_token_ids)
+
+
+def _greedy(model: "Model", ids: List[int], eos: Tuple[int, ...], new_tokens: int) -> List[int]:
+    from .config import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos or None)
+    return list(model.generate(ids, cfg).tokens)
+
+
+def compare(reference: "Model", candidate: "Model", text: Union[None, str, Sequence[int]] = None,
+            prompts: Optional[Sequence[Prompt]] = None, window: Optional[int] = None, stride: Optional[int] = None,
+            new_tokens: int = 32) -> QualityReport:
+    """`candidate` against `reference` (two loads of one checkpoint, e.g. INT8 and FP32).
+
+    Over the sliding windows of `perplexity` on `text` (default: the fixed evaluation text; a
+    string is tokenized without special tokens, or pass token ids): each model's perplexity, the
+    fraction of positions where their argmax tokens agree, and KL(reference || candidate) of the
+    next-token distributions (float64, mean / 99th percentile / max over positions, nats).
+    Then, for each of `prompts` (default CHAT_PROMPTS; a user message or a list of messages,
+    rendered with the chat template when there is one), both models' greedy continuations of up
+    to `new_tokens` tokens (stopping at the end of the turn) are compared token by token.
+    """
+    if reference.vocab_size != candidate.vocab_size:
+        raise InvalidArgumentError(
+            f"the models' vocabularies differ: {reference.vocab_size} and {candidate.vocab_size}")
+    if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 1:
+        raise InvalidArgumentError(f"new_tokens must be an integer >= 1, got {new_tokens!r}")
+    conversations = []  # (messages, prompt ids, end ids), rendered before any slow work
+    for prompt in CHAT_PROMPTS if prompts is None else prompts:
+        messages = _messages(prompt)
+        ids_ref, eos_ref = _prompt_ids(reference, messages)
+        if _prompt_ids(candidate, messages) != (ids_ref, eos_ref):
+            raise InvalidArgumentError("the models' tokenizers or chat templates differ: they render the prompts "
+                                       "to different ids")
+        conversations.append((messages, ids_ref, eos_ref))
+    if text is None:
+        text = default_text_path().read_text(encoding="utf-8")
+    if isinstance(text, str):
+        ids = reference.tokenize(text, add_special_tokens=False)
+        if candidate.tokenize(text, add_special_tokens=False) != ids:
+            raise InvalidArgumentError("the models' tokenizers differ: they encode the text to different ids")
+    else:
+        ids = list(text)
+    ctx = min(reference.context_length, candidate.context_length)
+    window, stride = _window_args(ctx, len(ids), window, stride)
+
+    nll_ref, nll_cand, kl = (np.full(len(ids) - 1, np.nan) for _ in range(3))
+    agree = 0
+    for first, targets, (lp_ref, lp_cand) in scored_log_probs((reference, candidate), ids, window, stride):
+        span = slice(first - 1, first - 1 + len(targets))
+        at = np.arange(len(targets))
+        nll_ref[span] = -lp_ref[at, targets]
+        nll_cand[span] = -lp_cand[at, targets]
+        kl[span] = (np.exp(lp_ref) * (lp_ref - lp_cand)).sum(axis=-1)
+        agree += int((lp_ref.argmax(axis=-1) == lp_cand.argmax(axis=-1)).sum())
+
+    greedy = []
+    for messages, prompt_ids, eos in conversations:
+        out_ref = _greedy(reference, prompt_ids, eos, new_tokens)
+        out_cand = _greedy(candidate, prompt_ids, eos, new_tokens)
+        greedy.append(GreedyComparison(
+            prompt=messages[-1].get("content", "") if len(messages) == 1 else json.dumps(messages),
+            reference_tokens=tuple(out_ref), candidate_tokens=tuple(out_cand),
+            reference_text=reference.detokenize(out_ref) if reference.tokenizer is not None else "",
+            candidate_text=candidate.detokenize(out_cand) if candidate.tokenizer is not None else "",
+        ))
+
+    return QualityReport(
+        model=str(reference.path),
+        reference_precision=reference.precision,
+        candidate_precision=candidate.precision,
+        scored_tokens=len(kl),
+        window=window,
+        stride=stride,
+        reference_perplexity=math.exp(float(nll_ref.mean())),
+        candidate_perplexity=math.exp(float(nll_cand.mean())),
+        top1_agreement=agree / len(kl),
+        mean_kl=float(kl.mean()),
+        p99_kl=float(np.quantile(kl, 0.99)),
+        max_kl=float(kl.max()),
+        new_tokens=new_tokens,
+        greedy=tuple(greedy),
+    )
+
+
+def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8"), *, threads: Optional[int] = None,
+                   text: Union[None, str, Sequence[int]] = None, prompts: Optional[Sequence[Prompt]] = None,
+                   window: Optional[int] = None, stride: Optional[int] = None, new_tokens: int = 32,
+                   context_length: Optional[int] = None, progress: bool = False) -> List[QualityReport]:
+    """Each of `precisions` against FP32 for the checkpoint at `path` (default: the default model).
+    FP32 is loaded once; the candidates one at a time, each released before the next loads.
+    context_length: KV-cache positions of each load (default: the model's maximum)."""
+    from .loading import PRECISIONS, default_model_path
+    from .model import load
+
+    if isinstance(precisions, str):
+        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+    if not precisions:
+        raise InvalidArgumentError("no precision to compare")
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    path = default_model_path() if path is None else path
+    if text is None:
+        text = default_text_path().read_text(encoding="utf-8")
+    reference = load(path, "fp32", threads=threads, context_length=context_length, progress=progress)
+    reports = []
+    for precision in precisions:
+        candidate = load(path, precision, threads=threads, context_length=context_length, progress=progress)
+        reports.append(compare(reference, candidate, text, prompts, window, stride, new_tokens))
+        del candidate
+    return reports
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ferrolm quality",
+        description="Lower precisions against FP32: perplexity on a fixed text, top-1 agreement and KL divergence "
+        "of the next-token distributions over it, and agreement of greedy replies to chat prompts.")
+    p.add_argument("model", nargs="?", help="model path (default: the default model)")
+    p.add_argument("--precisions", default="bf16,int8", help="comma-separated candidates (default: bf16,int8)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--text", default=None, metavar="FILE", help=f"evaluation text (default: {TEXT_FIXTURE.as_posix()})")
+    p.add_argument("--window", type=int, default=None, help="tokens of context per window (default: 1024)")
+    p.add_argument("--stride", type=int, default=None, help="window step (default: window / 2)")
+    p.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per chat prompt (default: 32)")
+    p.add_argument("--context-length", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+        reports = quality_report(args.model, args.precisions, threads=args.threads, text=text, window=args.window,
+                                 stride=args.stride, new_tokens=args.new_tokens, context_length=args.context_length)
+    except (FerrolmError, OSError) as e:
+        print(f"ferrolm: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        r0 = reports[0]
+        print(f"{r0.reference_precision} reference perplexity {r0.reference_perplexity:.4f}\n")
+        print("\n\n".join(r.format() for r in reports))
+        print()
+        print(QualityReport.MARKDOWN_HEADER)
+        print("\n".join(r.markdown_row() for r in reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
