@@ -54,7 +54,7 @@ def test_perplexity_of_text_and_bad_arguments():
 
 # -- a candidate against a reference: ferrolm.quality.compare --------------------------------------
 
-TEXT = (FIXTURES / "text" / "apache-2.0.txt").read_text()
+TEXT = ferrolm.quality.EVAL_TEXT.read_text()
 
 
 class BigramStub:

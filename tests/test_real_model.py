@@ -57,7 +57,7 @@ def test_answers_the_capital_of_france(smol):
 
 def test_perplexity_baseline_matches_transformers(smol):
     ref = json.loads((EXPECTED / "smollm2_perplexity.json").read_text())
-    text = (FIXTURES / ref["text"]).read_text()
+    text = ferrolm.quality.EVAL_TEXT.read_text()
     assert smol.tokenize(text, add_special_tokens=False)[:16] == ref["first_ids"]
     ppl = ferrolm.quality.perplexity(smol, text, window=ref["window"], stride=ref["stride"])
     assert ppl.scored_tokens == ref["scored_tokens"]

@@ -24,13 +24,16 @@ from .errors import (
 from .generation import GenerationResult, TextStream, Timings
 from .model import Model, load
 from . import quality
-from .quality import perplexity
+from .quality import QualityReport, compare, perplexity, quality_report
 
 __version__ = _core.__version__
 
 __all__ = [
     "load",
     "perplexity",
+    "compare",
+    "quality_report",
+    "QualityReport",
     "Model",
     "GenerationConfig",
     "GenerationResult",

@@ -6,7 +6,10 @@ The decode ceiling is the measured read bandwidth (threads summing a 1 GiB buffe
 bytes of matmul weights read per token. Each configuration runs in a fresh process so its peak RSS
 (VmHWM) is its own.
 
-    python -m ferrolm.bench --shapes gpt2-124m,llama-135m --threads 1,2
+    python -m ferrolm.bench --shapes gpt2-124m,llama-135m --threads 1,2 --precisions fp32,bf16,int8
+
+Peak RSS is checked against the memory budget: weight bytes of the precision + the KV cache
+(at the bench's context length) + 64 MiB.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -130,11 +133,23 @@ def measure(model: Model, prompt_len: int = 128, new_tokens: int = 128, runs: in
             "prefill_runs": prefill, "decode_runs": decode}
 
 
-def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_tokens: int = 128) -> dict:
+#: KV-cache positions of a bench session: the prompt and the new tokens fit.
+CONTEXT = 512
+BUDGET_SLACK = 64 << 20
+
+
+def kv_cache_bytes(model: Model, context: int) -> int:
+    """FP32 K and V for every layer: 2 · layers · kv_heads · head_dim · context · 4 bytes."""
+    c = model._core
+    return 2 * c.num_layers * c.num_kv_heads * c.head_dim * context * 4
+
+
+def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_tokens: int = 128,
+            precision: Optional[str] = None) -> dict:
     """One configuration, measured in this process."""
     folder = model_source(shape)
     t0 = time.perf_counter()
-    model = load(folder, threads=threads, progress=False)
+    model = load(folder, precision=precision, threads=threads, context_length=CONTEXT, progress=False)
     load_s = time.perf_counter() - t0
     result = measure(model, prompt_len, new_tokens, runs)
     rss = peak_rss_bytes()  # before the bandwidth buffer is allocated
@@ -156,11 +171,13 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
         matmul_bytes_per_token=bytes_per_token, read_bandwidth_gb_s=bandwidth / 1e9,
         decode_ceiling_tok_s=ceiling, decode_pct_of_ceiling=100 * result["decode_tok_s"] / ceiling,
         load_seconds=load_s, simd=_core.simd_level(), peak_rss_mib=rss / 2**20,
+        weight_mib=model._core.weight_bytes / 2**20, kv_cache_mib=kv_cache_bytes(model, CONTEXT) / 2**20,
+        rss_budget_mib=(model._core.weight_bytes + kv_cache_bytes(model, CONTEXT) + BUDGET_SLACK) / 2**20,
     )
     return result
 
 
-REAL_MODELS = {"smollm2-135m-q4_1": "the default model (SmolLM2-135M-Instruct GGUF, dequantized to FP32)"}
+REAL_MODELS = {"smollm2-135m-q4_1": "the default model (SmolLM2-135M-Instruct, Q4_1 GGUF)"}
 
 
 def model_source(shape: str) -> Path:
@@ -177,43 +194,47 @@ def model_source(shape: str) -> Path:
     raise ValueError(f"unknown shape {shape!r}: choose from {', '.join([*SHAPES, *REAL_MODELS])} or give a path")
 
 
-def run_all(shapes: List[str], threads: List[int], runs: int = 3) -> List[dict]:
+def run_all(shapes: List[str], threads: List[int], runs: int = 3, precisions: Sequence[Optional[str]] = (None,)) -> List[dict]:
     """Every configuration in a fresh process (so peak RSS is per configuration)."""
     rows = []
     for shape in shapes:
         model_source(shape)
-        for n in threads:
-            out = subprocess.run(
-                [sys.executable, "-m", "ferrolm.bench", "--one", shape, str(n), "--runs", str(runs)],
-                capture_output=True, text=True, check=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(format_row(rows[-1]), file=sys.stderr)
+        for precision in precisions:
+            for n in threads:
+                cmd = [sys.executable, "-m", "ferrolm.bench", "--one", shape, str(n), "--runs", str(runs)]
+                if precision:
+                    cmd += ["--precisions", precision]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(format_row(rows[-1]), file=sys.stderr)
     return rows
 
 
 HEADER = ("| shape | precision | threads | prefill tok/s | decode tok/s | decode ceiling tok/s | % of ceiling "
-          "| read GB/s | peak RSS MiB | load s |\n|---|---|---|---|---|---|---|---|---|---|")
+          "| read GB/s | peak RSS MiB | RSS budget MiB | load s |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: dict) -> str:
     return (f"| {r['shape']} | {r['precision']} | {r['threads']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} "
             f"| {r['decode_ceiling_tok_s']:.1f} | {r['decode_pct_of_ceiling']:.0f}% | {r['read_bandwidth_gb_s']:.1f} "
-            f"| {r['peak_rss_mib']:.0f} | {r['load_seconds']:.2f} |")
+            f"| {r['peak_rss_mib']:.0f} | {r['rss_budget_mib']:.0f} | {r['load_seconds']:.2f} |")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ferrolm.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", default="gpt2-124m,llama-135m")
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--precisions", default=None,
+                   help="comma-separated, e.g. fp32,bf16,int8 (default: each checkpoint's own)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--one", nargs=2, metavar=("SHAPE", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    precisions = args.precisions.split(",") if args.precisions else [None]
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.runs)))
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.runs, precision=precisions[0])))
         return 0
-    rows = run_all(args.shapes.split(","), [int(t) for t in args.threads.split(",")], args.runs)
+    rows = run_all(args.shapes.split(","), [int(t) for t in args.threads.split(",")], args.runs, precisions)
     print(HEADER)
     for r in rows:
         print(format_row(r))

@@ -190,6 +190,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality_main(argv: List[str]) -> int:
+    from .quality import main as quality_main
+
+    return quality_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrolm", description="Compact LLM inference. MODEL is a Hugging Face folder or a GGUF file; "
@@ -232,10 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always draw progress bars")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never draw progress bars")
     quant.set_defaults(func=_cmd_quantize)
+
+    qual = sub.add_parser("quality", add_help=False,
+                          help="quality of BF16/INT8 against FP32: perplexity, top-1 agreement, KL, greedy replies")
+    qual.add_argument("rest", nargs=argparse.REMAINDER)
+    qual.set_defaults(func=lambda args: _quality_main(args.rest))
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["quality"]:  # its own parser (ferrolm.quality.main) takes every option
+        return _quality_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

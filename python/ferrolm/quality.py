@@ -27,7 +27,8 @@ from .errors import FerrolmError, InvalidArgumentError
 if TYPE_CHECKING:
     from .model import Model
 
-TEXT_FIXTURE = Path("tests") / "fixtures" / "text" / "apache-2.0.txt"
+#: The fixed evaluation text (the Apache License 2.0), shipped with the package.
+EVAL_TEXT = Path(__file__).parent / "data" / "apache-2.0.txt"
 """The fixed evaluation text (the Apache License 2.0), relative to the repository root."""
 
 CHAT_PROMPTS: Tuple[str, ...] = (
@@ -125,14 +126,8 @@ def perplexity(model: "Model", text: Union[str, Sequence[int]], window: Optional
 # -- a candidate against a reference --------------------------------------------------------------
 
 def default_text_path() -> Path:
-    """The fixed evaluation text: tests/fixtures/text/apache-2.0.txt of the source tree this module
-    lies in, or else of the current directory (the text is not part of the installed package)."""
-    here = Path(__file__).resolve().parents[2] / TEXT_FIXTURE
-    for candidate in (here, Path.cwd() / TEXT_FIXTURE):
-        if candidate.is_file():
-            return candidate
-    raise InvalidArgumentError(f"the evaluation text {TEXT_FIXTURE} was not found (run from the repository root "
-                               "or pass a text)")
+    """The fixed evaluation text, shipped inside the package."""
+    return EVAL_TEXT
 
 
 @dataclass(frozen=True)
@@ -379,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model path (default: the default model)")
     p.add_argument("--precisions", default="bf16,int8", help="comma-separated candidates (default: bf16,int8)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--text", default=None, metavar="FILE", help=f"evaluation text (default: {TEXT_FIXTURE.as_posix()})")
+    p.add_argument("--text", default=None, metavar="FILE", help="evaluation text (default: the Apache License 2.0 text shipped with ferrolm)")
     p.add_argument("--window", type=int, default=None, help="tokens of context per window (default: 1024)")
     p.add_argument("--stride", type=int, default=None, help="window step (default: window / 2)")
     p.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per chat prompt (default: 32)")

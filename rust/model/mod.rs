@@ -104,6 +104,19 @@ impl Model {
             + self.lm_head.as_ref().map_or(0, Linear::num_params)
     }
 
+    /// Bytes of every stored weight (matmul weights in their precision, FP32 norms, biases and
+    /// learned positions; a tied lm_head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let norm = |n: &Norm| 4 * (n.weight.len() + n.bias.as_ref().map_or(0, Vec::len));
+        let lin = |l: &Linear| l.weight_bytes() + 4 * l.bias.as_ref().map_or(0, Vec::len);
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| norm(&l.attn_norm) + lin(&l.qkv) + lin(&l.o) + norm(&l.mlp_norm) + lin(&l.up) + lin(&l.down))
+            .sum();
+        lin(&self.embed) + 4 * self.pos_embed.as_ref().map_or(0, Vec::len) + layers + norm(&self.final_norm) + self.lm_head.as_ref().map_or(0, lin)
+    }
+
     /// Bytes of matmul weights read per decoded token (all linear layers and the lm_head).
     pub fn matmul_bytes_per_token(&self) -> usize {
         let layers: usize = self.layers.iter().map(|l| l.qkv.weight_bytes() + l.o.weight_bytes() + l.up.weight_bytes() + l.down.weight_bytes()).sum();

@@ -155,6 +155,11 @@ impl PyModel {
     fn threads(&self) -> usize {
         self.inner.pool.n_threads()
     }
+    /// Bytes of every stored weight (a tied lm_head counted once).
+    #[getter]
+    fn weight_bytes(&self) -> usize {
+        self.inner.weight_bytes()
+    }
     /// Bytes of matmul weights read per decoded token (all linear layers and the lm_head).
     #[getter]
     fn matmul_bytes_per_token(&self) -> usize {
