@@ -459,7 +459,7 @@ mod tests {
         }
     }
 
-    const KS: &[usize] = &[1, 7, 31, 33, 65, 100, 257, 1000];
+    const KS: &[usize] = &[1, 7, 31, 33, 64, 65, 100, 257, 1000, 1088];
     const NS: &[usize] = &[1, 3, 17, 64];
     const MS: &[usize] = &[1, 2, 3, 5, 17, 64];
 
@@ -489,8 +489,8 @@ mod tests {
         let pool = ThreadPool::new(2).unwrap();
         for level in SimdLevel::available() {
             for scheme in SCHEMES {
-                for group in [32, 128, 48, 7, 1000] {
-                    for &(m, k, n) in &[(1, 300, 19), (2, 65, 7), (5, 257, 33), (17, 100, 64)] {
+                for group in [32, 64, 128, 48, 7, 1000] {
+                    for &(m, k, n) in &[(1, 300, 19), (1, 320, 19), (1, 1024, 5), (2, 65, 7), (5, 257, 33), (17, 100, 64)] {
                         check(level, scheme, &pool, &mut rng, m, k, n, group);
                     }
                 }
