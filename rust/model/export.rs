@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 /// Where an exported tensor's values live in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
+pub(crate) enum Slot {
     Embed,
     PosEmbed,
     Head,
@@ -25,7 +25,7 @@ enum Slot {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Weight,
     Bias,
     /// INT8 scales of the weight.
@@ -37,10 +37,10 @@ pub struct ExportEntry {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
-    slot: Slot,
-    part: Part,
+    pub(crate) slot: Slot,
+    pub(crate) part: Part,
     /// Rows of the slot's matrix (or bias) this tensor holds.
-    rows: (usize, usize),
+    pub(crate) rows: (usize, usize),
     /// Written `[in, out]` (GPT-2 Conv1D in FP32/BF16).
     transposed: bool,
 }
@@ -48,7 +48,7 @@ pub struct ExportEntry {
 fn push_linear(out: &mut Vec<ExportEntry>, prefix: &str, lin: &Linear, slot: Slot, rows: (usize, usize), conv1d: bool) {
     let n = rows.1 - rows.0;
     let k = lin.in_features;
-    let (dtype, transposed) = match &lin.weight {
+    let (dtype, transposed) = match &*lin.weight {
         WeightData::F32(_) => (DType::F32, conv1d),
         WeightData::Bf16(_) => (DType::BF16, conv1d),
         WeightData::Int8(_) => (DType::I8, false),
@@ -56,7 +56,7 @@ fn push_linear(out: &mut Vec<ExportEntry>, prefix: &str, lin: &Linear, slot: Slo
     let shape = if transposed { vec![k, n] } else { vec![n, k] };
     let entry = |name: String, dtype, shape, part, transposed| ExportEntry { name, dtype, shape, slot, part, rows, transposed };
     out.push(entry(format!("{prefix}.weight"), dtype, shape, Part::Weight, transposed));
-    if let WeightData::Int8(q) = &lin.weight {
+    if let WeightData::Int8(q) = &*lin.weight {
         out.push(entry(format!("{prefix}.weight_scale"), DType::F32, vec![n, q.groups_per_row()], Part::Scale, false));
     }
     if lin.bias.is_some() {
@@ -135,7 +135,7 @@ impl Model {
         out
     }
 
-    fn slot_linear(&self, slot: Slot) -> Option<&Linear> {
+    pub(crate) fn slot_linear(&self, slot: Slot) -> Option<&Linear> {
         Some(match slot {
             Slot::Embed => &self.embed,
             Slot::Head => self.lm_head.as_ref()?,
@@ -143,6 +143,18 @@ impl Model {
             Slot::O(i) => &self.layers.get(i)?.o,
             Slot::Up(i) => &self.layers.get(i)?.up,
             Slot::Down(i) => &self.layers.get(i)?.down,
+            Slot::PosEmbed | Slot::FinalNorm | Slot::AttnNorm(_) | Slot::MlpNorm(_) => return None,
+        })
+    }
+
+    pub(crate) fn slot_linear_mut(&mut self, slot: Slot) -> Option<&mut Linear> {
+        Some(match slot {
+            Slot::Embed => &mut self.embed,
+            Slot::Head => self.lm_head.as_mut()?,
+            Slot::Qkv(i) => &mut self.layers.get_mut(i)?.qkv,
+            Slot::O(i) => &mut self.layers.get_mut(i)?.o,
+            Slot::Up(i) => &mut self.layers.get_mut(i)?.up,
+            Slot::Down(i) => &mut self.layers.get_mut(i)?.down,
             Slot::PosEmbed | Slot::FinalNorm | Slot::AttnNorm(_) | Slot::MlpNorm(_) => return None,
         })
     }
@@ -172,7 +184,7 @@ impl Model {
         }
         let lin = self.slot_linear(e.slot).ok_or_else(|| Error::MissingTensor(e.name.clone()))?;
         let k = lin.in_features;
-        match (e.part, &lin.weight) {
+        match (e.part, &*lin.weight) {
             (Part::Bias, _) => lin.bias.as_ref().map(|b| f32_le(&b[r0..r1])).ok_or_else(|| Error::MissingTensor(e.name.clone())),
             (Part::Weight, WeightData::F32(w)) => {
                 let rows = &w[r0 * k..r1 * k];
@@ -194,23 +206,23 @@ impl Model {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::linear::Precision;
     use super::super::tensors::{LoadPlan, TensorStore};
     use super::super::ModelConfig;
     use super::*;
 
-    const LLAMA: &str = r#"{"model_type":"llama","vocab_size":40,"hidden_size":64,"intermediate_size":96,
+    pub(crate) const LLAMA: &str = r#"{"model_type":"llama","vocab_size":40,"hidden_size":64,"intermediate_size":96,
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":32,
         "rms_norm_eps":1e-5,"tie_word_embeddings":false,"attention_bias":true}"#;
-    const GPT2: &str = r#"{"model_type":"gpt2","vocab_size":40,"n_embd":64,"n_layer":2,"n_head":4,"n_positions":32}"#;
+    pub(crate) const GPT2: &str = r#"{"model_type":"gpt2","vocab_size":40,"n_embd":64,"n_layer":2,"n_head":4,"n_positions":32}"#;
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| (((i + seed) * 2654435761 % 1000) as f32 - 500.0) * 1e-3).collect()
     }
 
     /// A model built from random tensors with the checkpoint names `names_shapes`.
-    fn build(config: &str, precision: Precision, tensors: &[(String, Vec<usize>)]) -> Model {
+    pub(crate) fn build(config: &str, precision: Precision, tensors: &[(String, Vec<usize>)]) -> Model {
         let cfg = ModelConfig::from_hf_json(config).unwrap();
         let mut store = TensorStore::new(LoadPlan::new(cfg.arch, precision, 32).unwrap());
         for (i, (name, shape)) in tensors.iter().enumerate() {
@@ -231,7 +243,7 @@ mod tests {
     }
 
     fn same_weights(a: &Model, b: &Model) {
-        let lin = |x: &Linear, y: &Linear| assert!(x.weight == y.weight && x.bias == y.bias);
+        let lin = |x: &Linear, y: &Linear| assert!(*x.weight == *y.weight && x.bias == y.bias);
         lin(&a.embed, &b.embed);
         lin(a.lm_head(), b.lm_head());
         assert_eq!(a.pos_embed, b.pos_embed);
@@ -244,7 +256,7 @@ mod tests {
         }
     }
 
-    fn checkpoint_names(config: &str) -> Vec<(String, Vec<usize>)> {
+    pub(crate) fn checkpoint_names(config: &str) -> Vec<(String, Vec<usize>)> {
         // the export of an FP32 model lists exactly the checkpoint's tensors
         let cfg = ModelConfig::from_hf_json(config).unwrap();
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);

@@ -5,6 +5,8 @@
 use super::tensors::MatrixLayout;
 use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
 use crate::error::Result;
+use std::sync::Arc;
+
 use crate::threadpool::ThreadPool;
 
 /// Matmul weights (converted to the load precision): the Conv1D projections (`[in, out]`),
@@ -31,7 +33,7 @@ fn conv1d(store: &mut TensorStore, prefix: &str, inp: usize, out: usize) -> Resu
     Linear::new(w, out, inp, Some(b))
 }
 
-pub fn build(config: ModelConfig, store: &mut TensorStore, pool: ThreadPool) -> Result<Model> {
+pub fn build(config: ModelConfig, store: &mut TensorStore, pool: Arc<ThreadPool>) -> Result<Model> {
     let c = &config;
     let (d, ffn, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let prefix = if store.contains("transformer.wte.weight") { "transformer." } else { "" };

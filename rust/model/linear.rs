@@ -1,11 +1,13 @@
 //! A linear layer's weights in nn.Linear layout, `w: [out, in]`, in one of the three
 //! precisions, plus an optional FP32 bias. Each precision's storage and matmul plug in here.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::kernels::matmul_bf16::matmul_bf16;
 use crate::kernels::matmul_f32::matmul_f32;
 use crate::kernels::matmul_int8::matmul_int8;
-use crate::kernels::quant::{bf16_to_f32, QuantizedI8};
+use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, QuantizedI8};
 use crate::threadpool::ThreadPool;
 
 /// The storage precision of matmul weights.
@@ -63,13 +65,31 @@ impl WeightData {
     }
 }
 
+/// An unmerged low-rank update of rows `row0..row0 + rows` of a layer's output:
+/// y[:, row0..] += scale · (x·Aᵀ)·Bᵀ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraDelta {
+    pub row0: usize,
+    pub rows: usize,
+    pub rank: usize,
+    /// a: [rank, in]
+    pub a: Vec<f32>,
+    /// b: [rows, rank]
+    pub b: Vec<f32>,
+    pub scale: f32,
+}
+
+/// Cloning a Linear shares its weights (an `Arc`): model variants (adapters) only copy the
+/// matrices they change.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub out_features: usize,
     pub in_features: usize,
-    pub weight: WeightData,
+    pub weight: Arc<WeightData>,
     /// bias: [out]
     pub bias: Option<Vec<f32>>,
+    /// Unmerged adapters, applied after the matmul.
+    pub lora: Vec<LoraDelta>,
 }
 
 impl Linear {
@@ -93,7 +113,7 @@ impl Linear {
                 return Err(Error::Tensor(format!("bias has {} values, expected {out_features}", b.len())));
             }
         }
-        Ok(Self { out_features, in_features, weight, bias })
+        Ok(Self { out_features, in_features, weight: Arc::new(weight), bias, lora: Vec::new() })
     }
 
     pub fn f32(w: Vec<f32>, out_features: usize, in_features: usize, bias: Option<Vec<f32>>) -> Result<Self> {
@@ -125,19 +145,20 @@ impl Linear {
         } else {
             None
         };
+        let owned = |w: Arc<WeightData>| Arc::try_unwrap(w).unwrap_or_else(|shared| (*shared).clone());
         let weight = match precision {
-            Precision::F32 => WeightData::F32(concat_vecs(parts.into_iter().map(|p| match p.weight {
+            Precision::F32 => WeightData::F32(concat_vecs(parts.into_iter().map(|p| match owned(p.weight) {
                 WeightData::F32(w) => w,
                 _ => unreachable!("precision checked above"),
             }))),
-            Precision::Bf16 => WeightData::Bf16(concat_vecs(parts.into_iter().map(|p| match p.weight {
+            Precision::Bf16 => WeightData::Bf16(concat_vecs(parts.into_iter().map(|p| match owned(p.weight) {
                 WeightData::Bf16(w) => w,
                 _ => unreachable!("precision checked above"),
             }))),
             Precision::Int8 => {
                 let mut qs = Vec::with_capacity(parts.len());
                 for p in parts {
-                    match p.weight {
+                    match owned(p.weight) {
                         WeightData::Int8(q) => qs.push(q),
                         _ => unreachable!("precision checked above"),
                     }
@@ -157,7 +178,7 @@ impl Linear {
     /// y: [m, out] = x: [m, in] · wᵀ (+ bias)
     pub fn forward(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], m: usize) {
         let (k, n) = (self.in_features, self.out_features);
-        match &self.weight {
+        match &*self.weight {
             WeightData::F32(w) => matmul_f32(pool, x, w, y, m, k, n),
             WeightData::Bf16(w) => matmul_bf16(pool, x, w, y, m, k, n),
             WeightData::Int8(q) => matmul_int8(pool, x, q, y, m),
@@ -169,13 +190,61 @@ impl Linear {
                 }
             }
         }
+        for d in &self.lora {
+            // xa: [m, rank] = x · aᵀ; up: [m, rows] = xa · bᵀ (FP32)
+            let mut xa = vec![0f32; m * d.rank];
+            matmul_f32(pool, x, &d.a, &mut xa, m, k, d.rank);
+            let mut up = vec![0f32; m * d.rows];
+            matmul_f32(pool, &xa, &d.b, &mut up, m, d.rank, d.rows);
+            for (yr, ur) in y.chunks_exact_mut(n).zip(up.chunks_exact(d.rows)) {
+                for (yi, ui) in yr[d.row0..d.row0 + d.rows].iter_mut().zip(ur) {
+                    *yi += d.scale * ui;
+                }
+            }
+        }
+    }
+
+    /// The weights with rows `row0..row0 + rows` replaced by `values: [rows, in]` (FP32,
+    /// converted to this layer's precision and INT8 group). The other rows are copied as they are.
+    pub fn with_rows(&self, row0: usize, values: &[f32]) -> Result<WeightData> {
+        let k = self.in_features;
+        let rows = if k == 0 { 0 } else { values.len() / k };
+        if rows * k != values.len() || row0 + rows > self.out_features {
+            return Err(Error::Tensor(format!(
+                "{} values do not fill whole rows of {k} inside rows {row0}.. of a {}-row weight",
+                values.len(),
+                self.out_features
+            )));
+        }
+        Ok(match &*self.weight {
+            WeightData::F32(w) => {
+                let mut w = w.clone();
+                w[row0 * k..(row0 + rows) * k].copy_from_slice(values);
+                WeightData::F32(w)
+            }
+            WeightData::Bf16(w) => {
+                let mut w = w.clone();
+                for (o, &v) in w[row0 * k..(row0 + rows) * k].iter_mut().zip(values) {
+                    *o = f32_to_bf16(v);
+                }
+                WeightData::Bf16(w)
+            }
+            WeightData::Int8(q) => {
+                let part = QuantizedI8::quantize_with_group(values, rows, k, q.group);
+                let ng = q.groups_per_row();
+                let mut q = q.clone();
+                q.q[row0 * k..(row0 + rows) * k].copy_from_slice(&part.q);
+                q.scales[row0 * ng..(row0 + rows) * ng].copy_from_slice(&part.scales);
+                WeightData::Int8(q)
+            }
+        })
     }
 
     /// Copies row `i` of w, in f32 (one embedding vector when the layer is an embedding
     /// table), into `out: [in]`.
     pub fn row_into(&self, i: usize, out: &mut [f32]) {
         let k = self.in_features;
-        match &self.weight {
+        match &*self.weight {
             WeightData::F32(w) => out.copy_from_slice(&w[i * k..(i + 1) * k]),
             WeightData::Bf16(w) => {
                 for (o, &b) in out.iter_mut().zip(&w[i * k..(i + 1) * k]) {
@@ -193,7 +262,7 @@ impl Linear {
 
     /// Bytes of weight storage read by one full matmul (INT8 scales included).
     pub fn weight_bytes(&self) -> usize {
-        match &self.weight {
+        match &*self.weight {
             WeightData::F32(w) => w.len() * 4,
             WeightData::Bf16(w) => w.len() * 2,
             WeightData::Int8(q) => q.bytes(),
@@ -229,15 +298,15 @@ mod tests {
         };
         let cat: Vec<f32> = a.iter().chain(&b).copied().collect();
         let f = fused(WeightData::F32(a.clone()), WeightData::F32(b.clone()));
-        assert_eq!(f.weight, WeightData::F32(cat.clone()));
+        assert_eq!(*f.weight, WeightData::F32(cat.clone()));
         assert_eq!(f.bias, Some(vec![1.0, 2.0, 3.0, 4.0, 5.0]));
         let f = fused(WeightData::Bf16(f32_to_bf16_vec(&a)), WeightData::Bf16(f32_to_bf16_vec(&b)));
-        assert_eq!(f.weight, WeightData::Bf16(f32_to_bf16_vec(&cat)));
+        assert_eq!(*f.weight, WeightData::Bf16(f32_to_bf16_vec(&cat)));
         let f = fused(
             WeightData::Int8(QuantizedI8::quantize(&a, 3, 70)),
             WeightData::Int8(QuantizedI8::quantize(&b, 2, 70)),
         );
-        assert_eq!(f.weight, WeightData::Int8(QuantizedI8::quantize(&cat, 5, 70)));
+        assert_eq!(*f.weight, WeightData::Int8(QuantizedI8::quantize(&cat, 5, 70)));
         let mut row = vec![0.0; 70];
         f.row_into(4, &mut row);
         let want = QuantizedI8::quantize(&b, 2, 70).dequantize();

@@ -5,6 +5,8 @@ use super::tensors::MatrixLayout;
 use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
 use crate::error::Result;
 use crate::kernels::rope::RopeTable;
+use std::sync::Arc;
+
 use crate::threadpool::ThreadPool;
 
 /// Matmul weights (converted to the load precision): every projection, the embeddings and
@@ -25,7 +27,7 @@ fn proj(store: &mut TensorStore, prefix: &str, out: usize, inp: usize, bias: boo
     Linear::new(w, out, inp, b)
 }
 
-pub fn build(config: ModelConfig, store: &mut TensorStore, pool: ThreadPool) -> Result<Model> {
+pub fn build(config: ModelConfig, store: &mut TensorStore, pool: Arc<ThreadPool>) -> Result<Model> {
     let c = &config;
     let (d, ffn, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());

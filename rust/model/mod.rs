@@ -1,5 +1,6 @@
 //! Decoder-only transformer weights (LLaMA family and GPT-2) and the forward pass.
 
+pub mod adapt;
 pub mod config;
 pub mod export;
 pub mod forward;
@@ -10,9 +11,11 @@ pub mod tensors;
 
 use crate::error::{Error, Result};
 use crate::kernels::rope::RopeTable;
+use std::sync::Arc;
+
 use crate::threadpool::ThreadPool;
 pub use config::{Arch, ModelConfig};
-pub use linear::{Linear, Precision, WeightData};
+pub use linear::{Linear, LoraDelta, Precision, WeightData};
 pub use tensors::{DType, LoadPlan, TensorStore};
 
 /// A normalization layer: RMSNorm when `bias` is None (LLaMA), LayerNorm otherwise (GPT-2).
@@ -43,6 +46,8 @@ pub struct Layer {
     pub down: Linear,
 }
 
+/// Cloning a model shares its weights and thread pool (see [`adapt`]).
+#[derive(Clone)]
 pub struct Model {
     pub config: ModelConfig,
     /// embed_tokens | wte: [vocab, d]
@@ -55,7 +60,7 @@ pub struct Model {
     /// lm_head: [vocab, d]; None when tied to `embed`.
     pub lm_head: Option<Linear>,
     pub rope: Option<RopeTable>,
-    pub pool: ThreadPool,
+    pub pool: Arc<ThreadPool>,
 }
 
 impl Model {
@@ -65,7 +70,7 @@ impl Model {
         if store.plan().arch != config.arch {
             return Err(Error::InvalidArgument("the tensor store was planned for another architecture".into()));
         }
-        let pool = ThreadPool::new(threads)?;
+        let pool = Arc::new(ThreadPool::new(threads)?);
         match config.arch {
             Arch::Llama => llama::build(config, store, pool),
             Arch::Gpt2 => gpt2::build(config, store, pool),
@@ -79,7 +84,7 @@ impl Model {
 
     /// INT8 group size, when the weights are INT8.
     pub fn int8_group(&self) -> Option<usize> {
-        match &self.lm_head().weight {
+        match &*self.lm_head().weight {
             WeightData::Int8(q) => Some(q.group),
             _ => None,
         }

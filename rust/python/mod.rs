@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::error::Error;
+use crate::model::adapt::{MergedWeight, WeightDelta};
 use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
 use crate::sampling::{self, SamplingParams};
 use crate::session::Session;
@@ -164,6 +165,29 @@ impl PyModel {
     #[getter]
     fn matmul_bytes_per_token(&self) -> usize {
         self.inner.matmul_bytes_per_token()
+    }
+
+    /// [rows, in] of linear weight `name` (a checkpoint name), as an adapter must match it.
+    fn adaptable_shape(&self, name: &str) -> PyResult<(usize, usize)> {
+        Ok(self.inner.adaptable_shape(name)?)
+    }
+
+    /// A model sharing this one's weights except: `merged` (name, float32 bytes [rows, in]) rows
+    /// replaced (converted to this precision), and `deltas` (name, rank, A float32 [rank, in],
+    /// B float32 [rows, rank], scale) computed at run time. This model is left unchanged.
+    fn variant(&self, py: Python<'_>, merged: Vec<(String, Vec<u8>)>, deltas: Vec<(String, usize, Vec<u8>, Vec<u8>, f32)>) -> PyResult<PyModel> {
+        let f32s = |b: &[u8]| crate::model::tensors::to_f32(DType::F32, b);
+        let merged = merged
+            .into_iter()
+            .map(|(name, v)| Ok(MergedWeight { name, values: f32s(&v)? }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let deltas = deltas
+            .into_iter()
+            .map(|(name, rank, a, b, scale)| Ok(WeightDelta { name, rank, a: f32s(&a)?, b: f32s(&b)?, scale }))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let base = &self.inner;
+        let model = py.detach(|| base.variant(merged, deltas))?;
+        Ok(PyModel { inner: Arc::new(model) })
     }
 
     /// (name, dtype, shape) of every tensor under its checkpoint name, in load order: what

@@ -1,0 +1,169 @@
+//! Model variants for adapters: a clone of a model that shares every weight (an `Arc`) except
+//! those an adapter changes — merged LoRA rebuilds the changed rows from FP32 values in the
+//! model's precision; unmerged LoRA attaches low-rank deltas computed at run time. The base
+//! model is untouched, so switching back to it is exact.
+
+use std::sync::Arc;
+
+use super::export::{ExportEntry, Part, Slot};
+use super::linear::LoraDelta;
+use super::Model;
+use crate::error::{Error, Result};
+
+/// Merged change: `values` [rows, in] replace the rows of checkpoint weight `name`.
+pub struct MergedWeight {
+    pub name: String,
+    pub values: Vec<f32>,
+}
+
+/// Unmerged change of checkpoint weight `name` [rows, in]: + scale · (x·Aᵀ)·Bᵀ.
+pub struct WeightDelta {
+    pub name: String,
+    pub rank: usize,
+    /// a: [rank, in]
+    pub a: Vec<f32>,
+    /// b: [rows, rank]
+    pub b: Vec<f32>,
+    pub scale: f32,
+}
+
+fn find<'a>(entries: &'a [ExportEntry], name: &str) -> Result<&'a ExportEntry> {
+    entries
+        .iter()
+        .find(|e| e.name == name && e.part == Part::Weight && !matches!(e.slot, Slot::Embed | Slot::PosEmbed))
+        .filter(|e| !matches!(e.slot, Slot::FinalNorm | Slot::AttnNorm(_) | Slot::MlpNorm(_)))
+        .ok_or_else(|| Error::InvalidArgument(format!("the model has no linear weight '{name}' to adapt")))
+}
+
+impl Model {
+    /// `[rows, in]` of checkpoint weight `name` (a linear layer's weight, not an embedding).
+    pub fn adaptable_shape(&self, name: &str) -> Result<(usize, usize)> {
+        let entries = self.export_entries();
+        let e = find(&entries, name)?;
+        let lin = self.slot_linear(e.slot).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok((e.rows.1 - e.rows.0, lin.in_features))
+    }
+
+    /// A copy of this model with `merged` rows replaced and `deltas` attached; every check is
+    /// done before anything is built, and `self` is never changed.
+    pub fn variant(&self, merged: Vec<MergedWeight>, deltas: Vec<WeightDelta>) -> Result<Model> {
+        let entries = self.export_entries();
+        let mut out = self.clone();
+        for m in merged {
+            let e = find(&entries, &m.name)?;
+            let (rows, k) = self.adaptable_shape(&m.name)?;
+            if m.values.len() != rows * k {
+                return Err(Error::Tensor(format!("'{}' needs {rows}x{k} values, got {}", m.name, m.values.len())));
+            }
+            let lin = out.slot_linear_mut(e.slot).ok_or_else(|| Error::MissingTensor(m.name.clone()))?;
+            lin.weight = Arc::new(lin.with_rows(e.rows.0, &m.values)?);
+        }
+        for d in deltas {
+            let e = find(&entries, &d.name)?;
+            let (rows, k) = self.adaptable_shape(&d.name)?;
+            if d.rank == 0 || d.a.len() != d.rank * k || d.b.len() != rows * d.rank || !d.scale.is_finite() {
+                return Err(Error::Tensor(format!(
+                    "'{}' [{rows}x{k}]: LoRA A must be [{}x{k}] and B [{rows}x{}] with rank >= 1 and a finite scale",
+                    d.name, d.rank, d.rank
+                )));
+            }
+            let lin = out.slot_linear_mut(e.slot).ok_or_else(|| Error::MissingTensor(d.name.clone()))?;
+            lin.lora.push(LoraDelta { row0: e.rows.0, rows, rank: d.rank, a: d.a, b: d.b, scale: d.scale });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::export::tests::{build, checkpoint_names, GPT2, LLAMA};
+    use super::super::linear::{Precision, WeightData};
+    use super::*;
+    use crate::kv_cache::KvCache;
+    use crate::model::forward::{forward, Scratch};
+
+    fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
+        let c = &m.config;
+        let mut cache = KvCache::new(c.num_layers, 16, c.kv_dim());
+        let mut scratch = Scratch::default();
+        let mut out = vec![0f32; c.vocab_size];
+        forward(m, &mut cache, &mut scratch, tokens, 0, &mut out, None);
+        out
+    }
+
+    fn weight_f32(m: &Model, name: &str) -> Vec<f32> {
+        let e = m.export_entries().into_iter().find(|e| e.name == name).unwrap();
+        let bytes = m.export_bytes(&e).unwrap();
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    #[test]
+    fn merged_and_unmerged_variants_agree_and_leave_the_base_alone() {
+        for (config, name) in [(LLAMA, "model.layers.1.self_attn.k_proj.weight"), (GPT2, "transformer.h.0.mlp.c_fc.weight")] {
+            let base = build(config, Precision::F32, &checkpoint_names(config));
+            let (rows, k) = base.adaptable_shape(name).unwrap();
+            let rank = 3;
+            let a: Vec<f32> = (0..rank * k).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+            let b: Vec<f32> = (0..rows * rank).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.1).collect();
+            let scale = 1.5f32;
+            // W' [rows, in] = W + scale · B·A, in nn.Linear orientation
+            let mut w = weight_f32(&base, name);
+            if config == GPT2 {
+                w = crate::model::tensors::transpose(&w, k, rows);
+            }
+            for r in 0..rows {
+                for c in 0..k {
+                    w[r * k + c] += scale * (0..rank).map(|j| b[r * rank + j] * a[j * k + c]).sum::<f32>();
+                }
+            }
+            let merged = base.variant(vec![MergedWeight { name: name.into(), values: w }], vec![]).unwrap();
+            let delta = WeightDelta { name: name.into(), rank, a, b, scale };
+            let unmerged = base.variant(vec![], vec![delta]).unwrap();
+            let tokens = [1u32, 5, 9, 2];
+            let (lb, lm, lu) = (logits(&base, &tokens), logits(&merged, &tokens), logits(&unmerged, &tokens));
+            let diff = lb.iter().zip(&lm).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff > 1e-3, "the adapter must change the logits ({diff})");
+            for (x, y) in lm.iter().zip(&lu) {
+                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+            }
+            // untouched matrices are shared, the base is unchanged
+            assert!(Arc::ptr_eq(&base.layers[0].o.weight, &merged.layers[0].o.weight));
+            assert!(Arc::ptr_eq(&base.layers[0].qkv.weight, &unmerged.layers[0].qkv.weight));
+            assert_eq!(logits(&base, &tokens), lb);
+        }
+    }
+
+    #[test]
+    fn int8_variant_requantizes_only_the_changed_rows() {
+        let base = build(LLAMA, Precision::Int8, &checkpoint_names(LLAMA));
+        let name = "model.layers.0.self_attn.v_proj.weight";
+        let (rows, k) = base.adaptable_shape(name).unwrap();
+        let values: Vec<f32> = (0..rows * k).map(|i| (i % 17) as f32 * 0.01).collect();
+        let m = base.variant(vec![MergedWeight { name: name.into(), values: values.clone() }], vec![]).unwrap();
+        let (WeightData::Int8(old), WeightData::Int8(new)) = (&*base.layers[0].qkv.weight, &*m.layers[0].qkv.weight) else {
+            panic!("int8 expected")
+        };
+        let q_rows = base.config.q_dim() + base.config.kv_dim(); // v rows start after q and k
+        assert_eq!(old.q[..q_rows * k], new.q[..q_rows * k]);
+        let want = crate::kernels::quant::QuantizedI8::quantize_with_group(&values, rows, k, old.group);
+        assert_eq!(new.q[q_rows * k..], want.q[..]);
+    }
+
+    #[test]
+    fn bad_adapters_are_refused() {
+        let base = build(LLAMA, Precision::F32, &checkpoint_names(LLAMA));
+        let name = "model.layers.0.mlp.up_proj.weight";
+        let (rows, k) = base.adaptable_shape(name).unwrap();
+        let merged = |n: &str, len: usize| base.variant(vec![MergedWeight { name: n.into(), values: vec![0.0; len] }], vec![]);
+        assert!(matches!(merged("model.layers.9.mlp.up_proj.weight", rows * k), Err(Error::InvalidArgument(_))));
+        assert!(matches!(merged("model.embed_tokens.weight", rows * k), Err(Error::InvalidArgument(_))));
+        assert!(matches!(merged("model.norm.weight", 64), Err(Error::InvalidArgument(_))));
+        assert!(matches!(merged(name, rows * k - 1), Err(Error::Tensor(_))));
+        let delta = |rank: usize, alen: usize, blen: usize| {
+            base.variant(vec![], vec![WeightDelta { name: name.into(), rank, a: vec![0.0; alen], b: vec![0.0; blen], scale: 1.0 }])
+        };
+        assert!(matches!(delta(0, 0, 0), Err(Error::Tensor(_))));
+        assert!(matches!(delta(2, 2 * k, rows), Err(Error::Tensor(_))));
+        assert!(delta(2, 2 * k, 2 * rows).is_ok());
+    }
+}
