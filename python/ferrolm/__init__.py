@@ -22,6 +22,7 @@ from .errors import (
     TokenizerError,
 )
 from .generation import GenerationResult, TextStream, Timings
+from .lora import LoraAdapter, lora_stats, read_lora
 from .model import Model, load
 from . import quality
 from .quality import QualityReport, compare, perplexity, quality_report
@@ -34,6 +35,9 @@ __all__ = [
     "compare",
     "quality_report",
     "QualityReport",
+    "lora_stats",
+    "read_lora",
+    "LoraAdapter",
     "Model",
     "GenerationConfig",
     "GenerationResult",

@@ -86,6 +86,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         raise argparse.ArgumentTypeError("generate takes [MODEL] PROMPT")
     model_arg, prompt = (None, args.args[0]) if len(args.args) == 1 else args.args
     model = load(_model_path(model_arg), precision=args.precision, threads=args.threads)
+    _apply_lora(model, args)
     options = _generation_options(args)
     if args.chat:
         stream = model.chat([{"role": "user", "content": prompt}], stream=True, **options)
@@ -105,6 +106,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from . import load
 
     model = load(_model_path(args.model), precision=args.precision, threads=args.threads)
+    _apply_lora(model, args)
     options = _generation_options(args)
     messages: List[dict] = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -169,6 +171,36 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_lora(model, args: argparse.Namespace) -> None:
+    for i, folder in enumerate(args.lora):
+        name = model.load_lora(folder, name=f"lora{i}", scale=args.lora_scale)
+        if i:
+            raise argparse.ArgumentTypeError("--lora may be given once (one active adapter)")
+        model.set_adapter(name)
+
+
+def _cmd_merge_lora(args: argparse.Namespace) -> int:
+    from . import load
+    from .saving import check_target
+
+    check_target(Path(args.out), args.force, (args.base, args.adapter))
+    model = load(args.base, precision=args.precision, threads=args.threads, progress=args.progress)
+    name = model.load_lora(args.adapter, scale=args.lora_scale)
+    model.set_adapter(name)
+    out = model.save(args.out, overwrite=args.force, progress=args.progress)
+    print(f"wrote {out} ({model.precision}): {args.base} with {args.adapter} merged")
+    return 0
+
+
+def _cmd_lora_stats(args: argparse.Namespace) -> int:
+    from .lora import lora_stats
+    from .loading import read_checkpoint
+
+    params = read_checkpoint(args.model).num_stored_params() if args.model else None
+    print(lora_stats(args.adapter, model_params=params).format())
+    return 0
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import time
 
@@ -206,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--precision", default=None, choices=list(PRECISIONS),
                        help="weights' storage (default: the checkpoint's own; fp32 for float checkpoints)")
         p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--lora", action="append", default=[], metavar="DIR", help="a PEFT LoRA adapter folder, merged")
+        p.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="multiplies the adapter's alpha/r")
         p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")
         _add_generation_args(p)
 
@@ -238,6 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always draw progress bars")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never draw progress bars")
     quant.set_defaults(func=_cmd_quantize)
+
+    merge = sub.add_parser("merge-lora", help="write BASE with a LoRA adapter merged into a new folder (never in place)")
+    merge.add_argument("base", help="the base model (Hugging Face folder or GGUF file)")
+    merge.add_argument("adapter", help="the PEFT LoRA adapter folder")
+    merge.add_argument("out", help="the folder to write (must not exist, unless --force)")
+    merge.add_argument("--precision", default=None, choices=list(PRECISIONS), help="of the merged weights (default: the base's own)")
+    merge.add_argument("--lora-scale", type=float, default=1.0, metavar="S")
+    merge.add_argument("--threads", type=int, default=None)
+    merge.add_argument("--force", action="store_true", help="replace OUT if it is an existing model folder")
+    merge.add_argument("--progress", dest="progress", action="store_true", default=None)
+    merge.add_argument("--no-progress", dest="progress", action="store_false")
+    merge.set_defaults(func=_cmd_merge_lora)
+
+    stats = sub.add_parser("lora-stats", help="trainable (LoRA) against full parameters of an adapter")
+    stats.add_argument("adapter", help="the PEFT LoRA adapter folder")
+    stats.add_argument("--model", default=None, help="also compare with this model's parameter count")
+    stats.set_defaults(func=_cmd_lora_stats)
 
     qual = sub.add_parser("quality", add_help=False,
                           help="quality of BF16/INT8 against FP32: perplexity, top-1 agreement, KL, greedy replies")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import _core
-from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError
+from .errors import CheckpointError, ConfigError, InvalidArgumentError, MissingTensorError, ModelNotFoundError
 from .chat import ChatTemplate, special_tokens_from_config, template_from_config
 from .progress import ProgressFn
 from .tokenizer import Tokenizer
@@ -91,6 +91,41 @@ class Checkpoint:
                 "(or load the original checkpoint to get another precision)"
             )
         return precision
+
+    def read_tensor(self, name: str) -> Optional["np.ndarray"]:
+        """Float32 values of checkpoint tensor `name` (as stored: GPT-2 Conv1D weights [in, out]),
+        read again from the files; None when it is stored as INT8 (no float original)."""
+        import numpy as np
+
+        if self.gguf is not None:
+            from .gguf import read_gguf
+
+            g = read_gguf(self.path)
+            try:
+                for info in g._tensors:
+                    if info.hf_name == name:
+                        return np.array(g._load(info), dtype=np.float32)
+            finally:
+                g.close()
+            raise MissingTensorError(f"{self.path} has no tensor {name}")
+        alt = name[len("transformer."):] if name.startswith("transformer.") else None
+        for f in self.weight_files:
+            header = safetensors_header(f)
+            key = name if name in header else alt if alt in header else None
+            if key is None:
+                continue
+            info = header[key]
+            dtype = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}.get(info["dtype"])
+            if dtype is None:
+                return None
+            start, end = info["data_offsets"]
+            with open(f, "rb") as fh:
+                offset = 8 + int.from_bytes(fh.read(8), "little") + start
+            arr = np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=offset)
+            if info["dtype"] == "BF16":
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            return arr.astype(np.float32).reshape(info["shape"])
+        raise MissingTensorError(f"{self.path} has no tensor {name}")
 
     def _stored_tensors(self) -> Iterator[Tuple[str, List[int]]]:
         """(dtype, shape) of every tensor in the safetensors files, from their headers only."""

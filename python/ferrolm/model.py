@@ -16,11 +16,16 @@ from .chat import END_OF_TURN_TOKENS, ChatTemplate
 from .config import GenerationConfig
 from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
 from .generation import GenerationResult, TextStream, drain, run
+from .adapters import Adapters
 from .loading import Checkpoint, build_core_model, check_load_args, eos_token_ids, read_checkpoint
 from .progress import resolve as resolve_progress
 from .tokenizer import Tokenizer
 
 Prompt = Union[str, Sequence[int]]
+
+
+#: generate(adapter=...) default: whatever set_adapter made active.
+_ACTIVE: Any = object()
 
 
 class Model:
@@ -41,8 +46,10 @@ class Model:
         chat_template: Optional[ChatTemplate] = None,
         checkpoint: Optional[Checkpoint] = None,
     ) -> None:
-        self._core = core
+        self._base = core  # as loaded; never changed
+        self._core = core  # the default for calls: the base or the active adapter's variant
         self._checkpoint = checkpoint
+        self._adapters = Adapters(self)
         self.path = path
         self.config = config
         self.tokenizer = tokenizer
@@ -51,7 +58,7 @@ class Model:
         self.precision = precision
         self.context_length = context_length
         self.chat_template = chat_template
-        self._idle: List["_core.Session"] = []
+        self._idle: List[Tuple["_core.Model", "_core.Session"]] = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -93,27 +100,67 @@ class Model:
 
     # -- sessions ------------------------------------------------------------------------------
     @contextmanager
-    def _session(self) -> Iterator["_core.Session"]:
-        s = self._take_session()
+    def _session(self, core: Optional["_core.Model"] = None) -> Iterator["_core.Session"]:
+        core = core or self._core
+        s = self._take_session(core)
         try:
             yield s
         finally:
-            self._give_back(s)
+            self._give_back(core, s)
 
-    def _take_session(self) -> "_core.Session":
+    def _take_session(self, core: "_core.Model") -> "_core.Session":
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._core.new_session(self.context_length)
+            for i, (c, s) in enumerate(self._idle):
+                if c is core:
+                    del self._idle[i]
+                    return s
+        return core.new_session(self.context_length)
 
-    def _give_back(self, s: "_core.Session") -> None:
+    def _give_back(self, core: "_core.Model", s: "_core.Session") -> None:
         with self._lock:
-            if len(self._idle) < 2:
-                self._idle.append(s)
+            # keep at most two idle sessions, newest first; drop those of retired variants
+            self._idle = [(core, s)] + [(c, x) for c, x in self._idle if self._adapters.is_live(c)][:1]
 
-    def new_session(self) -> "_core.Session":
+    # -- adapters ------------------------------------------------------------------------------
+    def load_lora(self, path: Union[str, os.PathLike], name: Optional[str] = None, *, merged: bool = True,
+                  scale: float = 1.0) -> str:
+        """Reads a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) and
+        checks it against this model; returns its name (default: the folder's name). It does not
+        become active: call `set_adapter(name)`, or (with merged=False) pass `adapter=name` to
+        generate(). `scale` multiplies the adapter's own alpha/r. Nothing changes on error."""
+        return self._adapters.load_lora(path, name, merged, scale)
+
+    def set_adapter(self, name: Optional[str]) -> None:
+        """Makes adapter `name` the default for every call, or returns to the base weights with
+        None (exactly: the base model is never modified). A merged adapter's touched matrices are
+        rebuilt from the original weights; nothing else is reloaded."""
+        core = self._adapters.set(name)
+        with self._lock:
+            self._core = core
+
+    def remove_adapter(self, name: str) -> None:
+        """Unloads an adapter (returning to the base weights if it was active)."""
+        was_active = self._adapters.active == name
+        self._adapters.remove(name)
+        if was_active:
+            with self._lock:
+                self._core = self._base
+
+    @property
+    def adapters(self) -> Dict[str, str]:
+        """{name: "merged" | "unmerged"} of the loaded adapters."""
+        return self._adapters.names
+
+    @property
+    def active_adapter(self) -> Optional[str]:
+        return self._adapters.active
+
+    def _core_for(self, adapter: Any) -> "_core.Model":
+        return self._core if adapter is _ACTIVE else self._adapters.core_for(adapter)
+
+    def new_session(self, adapter: Any = _ACTIVE) -> "_core.Session":
         """A raw session (KV cache) for step-by-step use: forward(ids), sample(params), reset()."""
-        return self._core.new_session(self.context_length)
+        return self._core_for(adapter).new_session(self.context_length)
 
     # -- text ----------------------------------------------------------------------------------
     def _need_tokenizer(self) -> Tokenizer:
@@ -158,14 +205,15 @@ class Model:
         return ids
 
     # -- inference -----------------------------------------------------------------------------
-    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        """float32 logits [len(token_ids), vocab] of every position (for evaluation)."""
+    def logits(self, token_ids: Sequence[int], *, adapter: Any = _ACTIVE) -> np.ndarray:
+        """float32 logits [len(token_ids), vocab] of every position (for evaluation); `adapter`
+        as in generate()."""
         ids = self._check_ids(list(token_ids))
         if not ids:
             raise InvalidArgumentError("token_ids is empty")
         if len(ids) > self.context_length:
             raise ContextLengthError(f"{len(ids)} tokens exceed the context length of {self.context_length}")
-        with self._session() as s:
+        with self._session(self._core_for(adapter)) as s:
             s.reset()
             raw = s.forward(ids, all_logits=True)
         return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.vocab_size)
@@ -209,9 +257,13 @@ class Model:
         config: Optional[GenerationConfig] = None,
         *,
         stream: bool = False,
+        adapter: Any = _ACTIVE,
         **options: Any,
     ) -> Union[GenerationResult, TextStream]:
         """Generates a continuation of `prompt` (text, or a list of token ids).
+
+        `adapter`: the name of an unmerged LoRA adapter to run this call with, or None for the
+        base weights (default: the active adapter, see set_adapter).
 
         Options are the fields of GenerationConfig (max_new_tokens, min_new_tokens, temperature,
         top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, logit_bias,
@@ -230,14 +282,15 @@ class Model:
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.eos_token_ids
         ids = self._prompt_ids(prompt)
         seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
-        session = self._take_session()
+        core = self._core_for(adapter)
+        session = self._take_session(core)
         gen = run(session, ids, cfg, self.tokenizer, eos, seed)
         if stream:
-            return TextStream(gen, lambda: self._give_back(session))
+            return TextStream(gen, lambda: self._give_back(core, session))
         try:
             return drain(gen)
         finally:
-            self._give_back(session)
+            self._give_back(core, session)
 
 
 def load(

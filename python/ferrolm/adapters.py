@@ -1,0 +1,155 @@
+"""Adapters of a loaded model: LoRA, merged or unmerged, swappable without reloading.
+
+- Merged (the default): W' = W + scale·B·A is computed in FP32 from the *original* weights
+  (the checkpoint's, or the FP32 model's own) and converted to the model's precision, so an INT8
+  or BF16 model carries the adapted weights at no extra decode cost. Only the matrices the
+  adapter touches are rebuilt; every other weight is shared with the base model.
+- Unmerged: the base weights stay as they are and each adapted layer adds scale·(x·Aᵀ)·Bᵀ at run
+  time (FP32). Several unmerged adapters can stay loaded and be picked per `generate()` call.
+
+The base model is never modified: `set_adapter(None)` returns to it exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .lora import LoraAdapter, read_lora
+
+if TYPE_CHECKING:
+    from . import _core
+    from .model import Model
+
+#: GPT-2 Conv1D weights are exported [in, out] in FP32/BF16.
+_CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+@dataclass
+class LoadedAdapter:
+    name: str
+    adapter: LoraAdapter
+    merged: bool
+    scale: float
+    core: Optional["_core.Model"] = None  # unmerged: built at load; merged: while active
+
+
+class Adapters:
+    """The adapters of one Model (see the module docstring)."""
+
+    def __init__(self, model: "Model") -> None:
+        self._model = model
+        self._loaded: Dict[str, LoadedAdapter] = {}
+        self.active: Optional[str] = None
+
+    @property
+    def names(self) -> Dict[str, str]:
+        return {n: ("merged" if a.merged else "unmerged") for n, a in self._loaded.items()}
+
+    def load_lora(self, path: Union[str, os.PathLike], name: Optional[str], merged: bool, scale: float) -> str:
+        adapter = read_lora(path)
+        name = Path(path).name if name is None else name
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"adapter name must be a non-empty string, got {name!r}")
+        if name in self._loaded:
+            raise InvalidArgumentError(f"an adapter named {name!r} is already loaded (remove_adapter it first)")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale):
+            raise InvalidArgumentError(f"scale must be a finite number, got {scale!r}")
+        base = self._model._base
+        for pair in adapter.pairs:
+            rows, k = base.adaptable_shape(pair.weight)  # unknown names raise InvalidArgumentError
+            if pair.b.shape[0] != rows or pair.a.shape[1] != k:
+                raise InvalidArgumentError(
+                    f"{adapter.path}: {pair.weight} is [{rows}x{k}] in the model but the adapter's "
+                    f"B·A is [{pair.b.shape[0]}x{pair.a.shape[1]}]"
+                )
+        entry = LoadedAdapter(name, adapter, bool(merged), adapter.scale * float(scale))
+        if not entry.merged:
+            deltas = [(p.weight, p.rank, p.a.tobytes(), p.b.tobytes(), entry.scale) for p in adapter.pairs]
+            entry.core = base.variant([], deltas)
+        self._loaded[name] = entry
+        return name
+
+    def remove(self, name: str) -> None:
+        self._get(name)
+        if self.active == name:
+            self.set(None)
+        del self._loaded[name]
+
+    def _get(self, name: str) -> LoadedAdapter:
+        if name not in self._loaded:
+            known = ", ".join(sorted(self._loaded)) or "none"
+            raise InvalidArgumentError(f"no adapter named {name!r} is loaded (loaded: {known})")
+        return self._loaded[name]
+
+    def set(self, name: Optional[str]) -> "_core.Model":
+        """Makes `name` (or the base model, for None) the default; returns its core model."""
+        if name is None:
+            if self.active is not None and self._loaded[self.active].merged:
+                self._loaded[self.active].core = None  # free the merged copies
+            self.active = None
+            return self._model._base
+        entry = self._get(name)
+        if entry.merged and entry.core is None:
+            entry.core = self._merge(entry)
+        if self.active is not None and self.active != name and self._loaded[self.active].merged:
+            self._loaded[self.active].core = None
+        self.active = name
+        return entry.core
+
+    def is_live(self, core: "_core.Model") -> bool:
+        """Whether sessions of `core` may still be used (the base or a loaded variant)."""
+        return core is self._model._base or any(a.core is core for a in self._loaded.values())
+
+    def core_for(self, name: Optional[str]) -> "_core.Model":
+        """The core model to run for a per-call adapter choice (unmerged adapters, the active one,
+        or None for the base)."""
+        if name is None:
+            return self._model._base
+        entry = self._get(name)
+        if entry.core is None:
+            raise InvalidArgumentError(
+                f"adapter {name!r} is merged and not active: call set_adapter({name!r}) first, or load it with merged=False "
+                "to choose it per call"
+            )
+        return entry.core
+
+    # -- merging ---------------------------------------------------------------------------------
+    def _merge(self, entry: LoadedAdapter) -> "_core.Model":
+        merged: List[Tuple[str, bytes]] = []
+        for pair in entry.adapter.pairs:
+            w = self.original_weight(pair.weight)
+            merged.append((pair.weight, (w + pair.delta(entry.scale)).astype(np.float32).tobytes()))
+        return self._model._base.variant(merged, [])
+
+    def original_weight(self, name: str) -> np.ndarray:
+        """The unadapted weight `name` as float32 [out, in]: the FP32 model's own, or else read
+        again from the checkpoint (a ferrolm INT8 checkpoint has no FP32 original: its
+        dequantized values are used)."""
+        base = self._model._base
+        rows, k = base.adaptable_shape(name)
+        if self._model.precision == "fp32":
+            w = np.frombuffer(base.export_tensor(name), dtype=np.float32)
+            return _oriented(w, name, rows, k)
+        ckpt = self._model._checkpoint
+        if ckpt is not None:
+            original = ckpt.read_tensor(name)
+            if original is not None:
+                return _oriented(original, name, rows, k)
+        # dequantized INT8 (a checkpoint saved by ferrolm, or none at hand)
+        q = np.frombuffer(base.export_tensor(name), dtype=np.int8).astype(np.float32).reshape(rows, k)
+        scales = np.frombuffer(base.export_tensor(name + "_scale"), dtype=np.float32).reshape(rows, -1)
+        group = base.group_size
+        return (q * np.repeat(scales, group, axis=1)[:, :k]).astype(np.float32)
+
+
+def _oriented(w: np.ndarray, name: str, rows: int, k: int) -> np.ndarray:
+    """[rows, in] from a checkpoint/export array ([in, rows] for GPT-2 Conv1D)."""
+    if name.endswith(_CONV1D) and ".h." in f".{name}":
+        return np.ascontiguousarray(w.reshape(k, rows).T)
+    return w.reshape(rows, k)

@@ -1,0 +1,211 @@
+"""LoRA adapters in Hugging Face PEFT format: adapter_config.json + adapter_model.safetensors.
+
+A LoRA pair for a weight W [out, in] is A [r, in] and B [out, r]; the adapted weight is
+W' = W + scale · B·A with scale = lora_alpha / r (lora_alpha / sqrt(r) with use_rslora). PEFT
+stores A and B in that layout for nn.Linear and for GPT-2's Conv1D alike (fan_in_fan_out only
+says that the base weight is stored [in, out]), under keys such as
+`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
+
+Pickle-based adapter files (adapter_model.bin) are refused: loading them can run code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError, TensorError
+
+_PREFIX = "base_model.model."
+_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One adapted weight: W' = W + scale · B·A."""
+
+    weight: str  # the base weight's checkpoint name, e.g. "model.layers.0.self_attn.q_proj.weight"
+    a: np.ndarray  # [r, in] float32
+    b: np.ndarray  # [out, r] float32
+
+    @property
+    def rank(self) -> int:
+        return int(self.a.shape[0])
+
+    def delta(self, scale: float) -> np.ndarray:
+        """scale · B·A as float32 [out, in] (computed in float64)."""
+        return (scale * (self.b.astype(np.float64) @ self.a.astype(np.float64))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A PEFT LoRA adapter read from disk (not yet applied to any model)."""
+
+    path: Path
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    target_modules: Tuple[str, ...]
+    pairs: Tuple[LoraPair, ...] = field(repr=False)
+
+    @property
+    def scale(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    @property
+    def num_params(self) -> int:
+        """Trainable parameters: Σ r·(in + out) over the adapted weights."""
+        return sum(p.a.size + p.b.size for p in self.pairs)
+
+
+def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
+    """Every tensor of a small safetensors file as float32 (BF16/F16/F64 converted)."""
+    try:
+        blob = path.read_bytes()
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + n])
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a valid safetensors file")
+    header.pop("__metadata__", None)
+    data = memoryview(blob)[8 + n :]
+    out = {}
+    for name, h in header.items():
+        try:
+            dtype, shape, (start, end) = h["dtype"], [int(d) for d in h["shape"]], h["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
+        if dtype not in _DTYPES:
+            raise TensorError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        if not 0 <= start <= end <= len(data) or (end - start) != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
+            raise CheckpointError(f"{path}: tensor {name} has inconsistent offsets")
+        arr = np.frombuffer(data[start:end], dtype=_DTYPES[dtype]).reshape(shape)
+        if dtype == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+    return out
+
+
+def _config(folder: Path) -> dict:
+    path = folder / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelNotFoundError(f"{folder} has no readable adapter_config.json: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return cfg
+
+
+def _weights_file(folder: Path) -> Path:
+    st = folder / "adapter_model.safetensors"
+    if st.is_file():
+        return st
+    if (folder / "adapter_model.bin").exists() or any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        raise CheckpointError(
+            f"{folder} holds only a pickle-based adapter (adapter_model.bin); ferrolm reads safetensors only, "
+            "since unpickling can run arbitrary code. Save the adapter with safe_serialization=True."
+        )
+    raise ModelNotFoundError(f"{folder} has no adapter_model.safetensors")
+
+
+def read_lora(path: Union[str, os.PathLike]) -> LoraAdapter:
+    """Reads and checks a PEFT LoRA adapter folder (it is not matched to a model here)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"LoRA adapter folder {folder} does not exist")
+    cfg = _config(folder)
+    kind = cfg.get("peft_type", "LORA")
+    if kind != "LORA":
+        raise ConfigError(f"{folder} is a {kind} adapter, not LoRA")
+    r = cfg.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise ConfigError(f"{folder}: adapter_config.json r must be a positive integer, got {r!r}")
+    alpha = cfg.get("lora_alpha", r)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise ConfigError(f"{folder}: lora_alpha must be a number, got {alpha!r}")
+    if cfg.get("bias", "none") != "none":
+        raise ConfigError(f"{folder}: LoRA bias={cfg.get('bias')!r} is not supported (only 'none')")
+    for key in ("use_dora", "rank_pattern", "alpha_pattern"):
+        if cfg.get(key):
+            raise ConfigError(f"{folder}: {key} is not supported")
+    targets = cfg.get("target_modules") or ()
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    tensors = _read_safetensors(_weights_file(folder))
+    pairs: Dict[str, Dict[str, np.ndarray]] = {}
+    for key, arr in tensors.items():
+        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in name and name.endswith(".weight"):
+                module = name[: name.index(marker)]
+                pairs.setdefault(module, {})[part] = arr
+                break
+        else:
+            raise TensorError(f"{folder}: unexpected adapter tensor {key!r} (only lora_A / lora_B weights are supported)")
+    out: List[LoraPair] = []
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise TensorError(f"{folder}: module {module} has {sorted(ab)} but needs lora_A and lora_B")
+        a, b = ab["lora_A"], ab["lora_B"]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != r or b.shape[1] != r:
+            raise TensorError(
+                f"{folder}: module {module}: lora_A {list(a.shape)} and lora_B {list(b.shape)} do not have rank r={r}"
+            )
+        out.append(LoraPair(f"{module}.weight", a, b))
+    if not out:
+        raise TensorError(f"{folder}: the adapter holds no LoRA weights")
+    return LoraAdapter(folder, r, float(alpha), bool(cfg.get("use_rslora", False)), targets, tuple(out))
+
+
+@dataclass(frozen=True)
+class LoraStats:
+    """Trainable (LoRA) parameters against the weights they adapt and the whole model."""
+
+    adapted_weights: int
+    rank: int
+    lora_params: int
+    adapted_params: int
+    model_params: Optional[int]
+
+    @property
+    def reduction(self) -> float:
+        """Fraction of the adapted weights' parameters that LoRA does not train (0.86 = 86% fewer)."""
+        return 1.0 - self.lora_params / self.adapted_params if self.adapted_params else 0.0
+
+    def format(self) -> str:
+        lines = [
+            f"adapted weights      {self.adapted_weights} (rank {self.rank})",
+            f"trainable (LoRA)     {self.lora_params:,}",
+            f"adapted (full)       {self.adapted_params:,}  -> {100 * self.reduction:.1f}% fewer trained",
+        ]
+        if self.model_params:
+            lines.append(f"of the whole model   {100 * self.lora_params / self.model_params:.3f}% ({self.model_params:,} params)")
+        return "\n".join(lines)
+
+
+def lora_stats(adapter: Union[LoraAdapter, str, os.PathLike, None] = None, *, shapes: Iterable[Tuple[int, int]] = (),
+               r: Optional[int] = None, model_params: Optional[int] = None) -> LoraStats:
+    """Parameter counts of an adapter (a folder or a read adapter), or of LoRA at rank `r` on
+    weights of the given [out, in] `shapes` (the notes' example: shapes=[(512, 64)], r=8 trains
+    4,608 parameters instead of 32,768: 86% fewer)."""
+    if adapter is not None:
+        ad = adapter if isinstance(adapter, LoraAdapter) else read_lora(adapter)
+        lora = ad.num_params
+        full = sum(p.b.shape[0] * p.a.shape[1] for p in ad.pairs)
+        return LoraStats(len(ad.pairs), ad.r, lora, full, model_params)
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if not shapes or r is None or not isinstance(r, int) or r <= 0 or any(len(s) != 2 or min(s) <= 0 for s in shapes):
+        raise InvalidArgumentError("lora_stats needs an adapter, or weight shapes [(out, in), ...] and a rank r >= 1")
+    lora = sum(r * (o + i) for o, i in shapes)
+    full = sum(o * i for o, i in shapes)
+    return LoraStats(len(shapes), r, lora, full, model_params)

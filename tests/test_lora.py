@@ -1,0 +1,202 @@
+"""LoRA adapters (PEFT format): merged and unmerged, switching, every precision, bad adapters.
+Adapters written here are checked against the direct FP32 computation W + scale·B·A; the PEFT
+references (tests/fixtures/adapters) are checked in test_peft.py."""
+
+import json
+
+import numpy as np
+import pytest
+
+import ferrolm
+from ferrolm.cli import main as cli
+from ferrolm.lora import lora_stats, read_lora
+from ferrolm.safetensors_io import save_arrays
+from conftest import MODELS, copy_model, load_fixture, read_safetensors, reference
+
+IDS = [int(t) for t in reference("tiny-llama")[0]["prompt_ids"]]
+
+
+def write_adapter(folder, model_name, targets, r=4, alpha=8.0, seed=0, rslora=False, layers=(0, 1), scale=0.2):
+    """A PEFT-style adapter with non-zero A and B for `targets` (module names) of every layer."""
+    rng = np.random.default_rng(seed)
+    base = ferrolm.load(MODELS / model_name)
+    tensors = {}
+    for layer in layers:
+        for t in targets:
+            weight = (f"model.layers.{layer}.{t}" if model_name != "tiny-gpt2" else f"transformer.h.{layer}.{t}") + ".weight"
+            rows, k = base._core.adaptable_shape(weight)
+            key = "base_model.model." + weight[: -len(".weight")]
+            tensors[key + ".lora_A.weight"] = (rng.standard_normal((r, k)) * scale).astype(np.float32)
+            tensors[key + ".lora_B.weight"] = (rng.standard_normal((rows, r)) * scale).astype(np.float32)
+    folder.mkdir(parents=True)
+    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_rslora": rslora, "bias": "none",
+           "target_modules": sorted({t.split(".")[-1] for t in targets}), "fan_in_fan_out": model_name == "tiny-gpt2"}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    save_arrays(folder / "adapter_model.safetensors", tensors)
+    return folder
+
+
+def merged_reference(tmp_path, model_name, adapter_dir):
+    """An FP32 checkpoint with W + scale·B·A written in numpy (float64), loaded as is."""
+    ad = read_lora(adapter_dir)
+    folder = copy_model(model_name, tmp_path / "merged-ref")
+    done = set()
+    for shard in sorted(folder.glob("*.safetensors")):  # one file or several shards
+        weights = read_safetensors(shard.read_bytes())
+        for p in ad.pairs:
+            key = p.weight if p.weight in weights else p.weight[len("transformer."):]
+            if key not in weights:
+                continue
+            delta = ad.scale * (p.b.astype(np.float64) @ p.a.astype(np.float64))
+            weights[key] = (weights[key].astype(np.float64) + (delta.T if model_name == "tiny-gpt2" else delta)).astype(np.float32)
+            done.add(p.weight)
+        save_arrays(shard, weights)
+    assert done == {p.weight for p in ad.pairs}
+    return ferrolm.load(folder)
+
+
+@pytest.mark.parametrize("model_name,targets", [
+    ("tiny-llama", ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]),
+    ("tiny-gpt2", ["attn.c_attn", "mlp.c_fc"]),
+    ("tiny-qwen2", ["self_attn.k_proj", "self_attn.o_proj"]),
+])
+def test_merged_and_unmerged_match_the_direct_computation(tmp_path, model_name, targets):
+    ad = write_adapter(tmp_path / "ad", model_name, targets)
+    ids = IDS[:12]
+    want = merged_reference(tmp_path, model_name, ad).logits(ids)
+    model = ferrolm.load(MODELS / model_name)
+    base = model.logits(ids)
+    assert np.abs(want - base).max() > 0.05 * np.abs(base).max()  # the adapter matters
+    model.load_lora(ad, name="merged")
+    model.load_lora(ad, name="live", merged=False)
+    tol = 2e-5 * np.abs(want).max()
+    np.testing.assert_allclose(model.logits(ids, adapter="live"), want, atol=tol, rtol=0)
+    model.set_adapter("merged")
+    np.testing.assert_allclose(model.logits(ids), want, atol=tol, rtol=0)
+    model.set_adapter(None)
+    np.testing.assert_array_equal(model.logits(ids), base)
+
+
+def test_switching_reproduces_each_state_exactly(tmp_path):
+    a = write_adapter(tmp_path / "a", "tiny-llama", ["self_attn.q_proj", "self_attn.k_proj"], seed=1)
+    b = write_adapter(tmp_path / "b", "tiny-llama", ["mlp.gate_proj", "mlp.up_proj"], r=8, alpha=16, rslora=True, seed=2)
+    model = ferrolm.load(MODELS / "tiny-llama")
+    base = model.logits(IDS)
+    model.load_lora(a, name="a")
+    model.load_lora(b, name="b")
+    model.set_adapter("a")
+    la = model.logits(IDS)
+    out_a = model.generate(IDS, max_new_tokens=8, ignore_eos=True).tokens
+    model.set_adapter("b")
+    lb = model.logits(IDS)
+    model.set_adapter(None)
+    np.testing.assert_array_equal(model.logits(IDS), base)
+    model.set_adapter("a")
+    np.testing.assert_array_equal(model.logits(IDS), la)
+    assert model.generate(IDS, max_new_tokens=8, ignore_eos=True).tokens == out_a
+    model.set_adapter("b")
+    np.testing.assert_array_equal(model.logits(IDS), lb)
+    assert model.active_adapter == "b" and model.adapters == {"a": "merged", "b": "merged"}
+    assert read_lora(b).scale == pytest.approx(16 / np.sqrt(8))
+    model.remove_adapter("b")
+    assert model.active_adapter is None
+    np.testing.assert_array_equal(model.logits(IDS), base)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_lower_precisions_merge_before_converting(tmp_path, precision):
+    """The adapted weights are converted like any weight: the result stays as close to the FP32
+    adapted model as the precision's plain load is to FP32."""
+    ad = write_adapter(tmp_path / "ad", "tiny-llama", ["self_attn.q_proj", "mlp.up_proj"])
+    fp32 = ferrolm.load(MODELS / "tiny-llama")
+    fp32.load_lora(ad)
+    fp32.set_adapter("ad")
+    want = fp32.logits(IDS)
+    model = ferrolm.load(MODELS / "tiny-llama", precision=precision)
+    model.load_lora(ad)
+    model.set_adapter("ad")
+    got = model.logits(IDS)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    plain = np.abs(load_fixture("tiny-llama", precision=precision).logits(IDS) - load_fixture("tiny-llama").logits(IDS)).max()
+    assert err < 3 * plain / np.abs(load_fixture("tiny-llama").logits(IDS)).max() + 1e-3
+    model.set_adapter(None)
+    np.testing.assert_array_equal(model.logits(IDS), load_fixture("tiny-llama", precision=precision).logits(IDS))
+
+
+def test_bad_adapters_raise_and_change_nothing(tmp_path):
+    model = ferrolm.load(MODELS / "tiny-llama")
+    base = model.logits(IDS)
+    good = write_adapter(tmp_path / "good", "tiny-llama", ["self_attn.q_proj"])
+    cases = {}
+    # unknown module
+    d = tmp_path / "unknown"
+    d.mkdir()
+    (d / "adapter_config.json").write_text((good / "adapter_config.json").read_text())
+    t = read_safetensors((good / "adapter_model.safetensors").read_bytes())
+    save_arrays(d / "adapter_model.safetensors", {k.replace("q_proj", "foo_proj"): v for k, v in t.items()})
+    cases[d] = ferrolm.errors.InvalidArgumentError
+    # wrong shape (in_features)
+    d = tmp_path / "shape"
+    d.mkdir()
+    (d / "adapter_config.json").write_text((good / "adapter_config.json").read_text())
+    save_arrays(d / "adapter_model.safetensors", {k: (v[:, :-1] if "lora_A" in k else v) for k, v in t.items()})
+    cases[d] = ferrolm.errors.InvalidArgumentError
+    # rank 0, and a rank that does not match the tensors
+    for r, name in ((0, "rank0"), (3, "rank3")):
+        d = tmp_path / name
+        d.mkdir()
+        cfg = json.loads((good / "adapter_config.json").read_text())
+        cfg["r"] = r
+        (d / "adapter_config.json").write_text(json.dumps(cfg))
+        (d / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes())
+        cases[d] = ferrolm.errors.ConfigError if r == 0 else ferrolm.errors.TensorError
+    # pickle only
+    d = tmp_path / "pickle"
+    d.mkdir()
+    (d / "adapter_config.json").write_text((good / "adapter_config.json").read_text())
+    (d / "adapter_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    cases[d] = ferrolm.errors.CheckpointError
+    cases[tmp_path / "missing"] = ferrolm.errors.ModelNotFoundError
+    for folder, err in cases.items():
+        with pytest.raises(err):
+            model.load_lora(folder)
+    assert model.adapters == {}
+    model.load_lora(good, name="g")
+    with pytest.raises(ferrolm.errors.InvalidArgumentError, match="already loaded"):
+        model.load_lora(good, name="g")
+    with pytest.raises(ferrolm.errors.InvalidArgumentError, match="no adapter named"):
+        model.set_adapter("nope")
+    with pytest.raises(ferrolm.errors.InvalidArgumentError, match="merged"):
+        model.generate(IDS, max_new_tokens=2, adapter="g")  # merged adapters are not per-call
+    np.testing.assert_array_equal(model.logits(IDS), base)
+
+
+def test_lora_stats_counts_trainable_parameters(tmp_path):
+    # the notes' example: a 512x64 weight at r=8 trains 86% fewer parameters
+    s = lora_stats(shapes=[(512, 64)], r=8)
+    assert (s.lora_params, s.adapted_params) == (8 * (512 + 64), 512 * 64)
+    assert round(100 * s.reduction) == 86
+    ad = write_adapter(tmp_path / "ad", "tiny-llama", ["self_attn.q_proj", "mlp.down_proj"])
+    st = ferrolm.lora_stats(ad)
+    adapter = read_lora(ad)
+    assert st.lora_params == sum(p.a.size + p.b.size for p in adapter.pairs) == adapter.num_params
+    assert st.adapted_weights == 4 and 0 < st.reduction < 1
+    with pytest.raises(ferrolm.errors.InvalidArgumentError):
+        lora_stats(shapes=[(512, 64)], r=0)
+
+
+def test_cli_generate_with_lora_and_merge(tmp_path, capsys):
+    ad = write_adapter(tmp_path / "ad", "tiny-llama", ["self_attn.q_proj", "mlp.up_proj"])
+    ids = ",".join(map(str, IDS[:6]))
+    assert cli(["generate", str(MODELS / "tiny-llama"), ids, "--ids", "--max-new-tokens", "5", "--ignore-eos", "--lora", str(ad)]) == 0
+    with_lora = capsys.readouterr().out.strip().splitlines()[-1].split()  # the ids line
+    model = ferrolm.load(MODELS / "tiny-llama")
+    model.load_lora(ad)
+    model.set_adapter("ad")
+    assert [int(t) for t in with_lora] == model.generate(IDS[:6], max_new_tokens=5, ignore_eos=True).tokens
+    out = tmp_path / "merged"
+    assert cli(["merge-lora", str(MODELS / "tiny-llama"), str(ad), str(out)]) == 0
+    np.testing.assert_array_equal(ferrolm.load(out).logits(IDS), model.logits(IDS))
+    assert cli(["merge-lora", str(MODELS / "tiny-llama"), str(ad), str(out)]) == 2  # never overwrites
+    assert cli(["lora-stats", str(ad)]) == 0
+    assert "fewer" in capsys.readouterr().out
