@@ -79,8 +79,10 @@ def run(
     tokenizer: Optional["Tokenizer"],
     eos_ids: Sequence[int],
     seed: int,
+    prefix_embeds: Optional[bytes] = None,
 ) -> Generator[str, None, GenerationResult]:
-    """Yields text deltas; returns the GenerationResult."""
+    """Yields text deltas; returns the GenerationResult. `prefix_embeds`: float32 [n, hidden]
+    fed before the prompt (a soft prompt)."""
     eos = set() if config.ignore_eos else set(eos_ids)
     suppress = sorted(eos)
     params = _core.SamplingParams(
@@ -106,6 +108,8 @@ def run(
     t0 = time.perf_counter()
     session.reset()
     session.seed(seed)
+    if prefix_embeds is not None:
+        session.forward_embeddings(prefix_embeds)
     session.forward(list(prompt_ids))
     while True:
         sup = suppress if len(generated) < config.min_new_tokens else []

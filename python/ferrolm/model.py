@@ -17,6 +17,7 @@ from .config import GenerationConfig
 from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
 from .generation import GenerationResult, TextStream, drain, run
 from .adapters import Adapters
+from .soft_prompt import SoftPrompt, read_soft_prompt
 from .loading import Checkpoint, build_core_model, check_load_args, eos_token_ids, read_checkpoint
 from .progress import resolve as resolve_progress
 from .tokenizer import Tokenizer
@@ -50,6 +51,7 @@ class Model:
         self._core = core  # the default for calls: the base or the active adapter's variant
         self._checkpoint = checkpoint
         self._adapters = Adapters(self)
+        self._soft_prompts: Dict[str, SoftPrompt] = {}
         self.path = path
         self.config = config
         self.tokenizer = tokenizer
@@ -146,6 +148,39 @@ class Model:
             with self._lock:
                 self._core = self._base
 
+    def load_soft_prompt(self, path: Union[str, os.PathLike], name: Optional[str] = None) -> str:
+        """Reads a PEFT prompt-tuning adapter (prompt_embeddings [virtual tokens, hidden]); returns
+        its name (default: the folder's name). Use it per call: generate(..., soft_prompt=name)."""
+        sp = read_soft_prompt(path)
+        name = Path(path).name if name is None else name
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"soft prompt name must be a non-empty string, got {name!r}")
+        if name in self._soft_prompts:
+            raise InvalidArgumentError(f"a soft prompt named {name!r} is already loaded")
+        hidden = self._base.hidden_size
+        if sp.embeddings.shape[1] != hidden:
+            raise InvalidArgumentError(
+                f"{path}: prompt embeddings have {sp.embeddings.shape[1]} values per token, the model's hidden size is {hidden}"
+            )
+        if sp.num_virtual_tokens >= self.context_length:
+            raise InvalidArgumentError(f"{path}: {sp.num_virtual_tokens} virtual tokens leave no room in a context of {self.context_length}")
+        self._soft_prompts[name] = sp
+        return name
+
+    @property
+    def soft_prompts(self) -> Dict[str, int]:
+        """{name: number of virtual tokens} of the loaded soft prompts."""
+        return {n: sp.num_virtual_tokens for n, sp in self._soft_prompts.items()}
+
+    def _prefix(self, soft_prompt: Optional[str]) -> Tuple[Optional[bytes], int]:
+        if soft_prompt is None:
+            return None, 0
+        if soft_prompt not in self._soft_prompts:
+            known = ", ".join(sorted(self._soft_prompts)) or "none"
+            raise InvalidArgumentError(f"no soft prompt named {soft_prompt!r} is loaded (loaded: {known})")
+        sp = self._soft_prompts[soft_prompt]
+        return sp.embeddings.tobytes(), sp.num_virtual_tokens
+
     @property
     def adapters(self) -> Dict[str, str]:
         """{name: "merged" | "unmerged"} of the loaded adapters."""
@@ -205,16 +240,20 @@ class Model:
         return ids
 
     # -- inference -----------------------------------------------------------------------------
-    def logits(self, token_ids: Sequence[int], *, adapter: Any = _ACTIVE) -> np.ndarray:
-        """float32 logits [len(token_ids), vocab] of every position (for evaluation); `adapter`
-        as in generate()."""
+    def logits(self, token_ids: Sequence[int], *, adapter: Any = _ACTIVE, soft_prompt: Optional[str] = None) -> np.ndarray:
+        """float32 logits [len(token_ids), vocab] of every token position (for evaluation);
+        `adapter` and `soft_prompt` as in generate() (the virtual tokens' own rows are not
+        returned)."""
         ids = self._check_ids(list(token_ids))
         if not ids:
             raise InvalidArgumentError("token_ids is empty")
-        if len(ids) > self.context_length:
-            raise ContextLengthError(f"{len(ids)} tokens exceed the context length of {self.context_length}")
+        prefix, n_virtual = self._prefix(soft_prompt)
+        if n_virtual + len(ids) > self.context_length:
+            raise ContextLengthError(f"{n_virtual + len(ids)} positions exceed the context length of {self.context_length}")
         with self._session(self._core_for(adapter)) as s:
             s.reset()
+            if prefix is not None:
+                s.forward_embeddings(prefix)
             raw = s.forward(ids, all_logits=True)
         return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), self.vocab_size)
 
@@ -258,12 +297,14 @@ class Model:
         *,
         stream: bool = False,
         adapter: Any = _ACTIVE,
+        soft_prompt: Optional[str] = None,
         **options: Any,
     ) -> Union[GenerationResult, TextStream]:
         """Generates a continuation of `prompt` (text, or a list of token ids).
 
         `adapter`: the name of an unmerged LoRA adapter to run this call with, or None for the
-        base weights (default: the active adapter, see set_adapter).
+        base weights (default: the active adapter, see set_adapter). `soft_prompt`: the name of a
+        loaded soft prompt whose virtual tokens go before the prompt.
 
         Options are the fields of GenerationConfig (max_new_tokens, min_new_tokens, temperature,
         top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, logit_bias,
@@ -282,9 +323,14 @@ class Model:
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.eos_token_ids
         ids = self._prompt_ids(prompt)
         seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+        prefix, n_virtual = self._prefix(soft_prompt)
+        if n_virtual + len(ids) > self.context_length:
+            raise ContextLengthError(
+                f"the soft prompt's {n_virtual} virtual tokens and the prompt's {len(ids)} tokens exceed the context length of {self.context_length}"
+            )
         core = self._core_for(adapter)
         session = self._take_session(core)
-        gen = run(session, ids, cfg, self.tokenizer, eos, seed)
+        gen = run(session, ids, cfg, self.tokenizer, eos, seed, prefix)
         if stream:
             return TextStream(gen, lambda: self._give_back(core, session))
         try:

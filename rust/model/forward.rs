@@ -61,23 +61,56 @@ fn apply_norm(norm: &Norm, x: &[f32], out: &mut [f32], d: usize) {
     }
 }
 
+/// What a forward pass reads: token ids (looked up in the embedding table) or input embeddings
+/// directly (`[n, d]` row-major; soft prompts).
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    Tokens(&'a [u32]),
+    Embeds(&'a [f32]),
+}
+
+impl Input<'_> {
+    pub fn len(&self, d: usize) -> usize {
+        match self {
+            Input::Tokens(t) => t.len(),
+            Input::Embeds(e) => e.len() / d.max(1),
+        }
+    }
+
+    fn chunk(&self, d: usize, start: usize, end: usize) -> Self {
+        match *self {
+            Input::Tokens(t) => Input::Tokens(&t[start..end]),
+            Input::Embeds(e) => Input::Embeds(&e[start * d..end * d]),
+        }
+    }
+}
+
 /// Runs `tokens` (already validated) at positions `pos0..`, filling the KV cache.
 /// Writes logits of the last token into `logits: [vocab]`, or of every token into
 /// `all_logits: [tokens.len(), vocab]` when given.
-pub fn forward(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, tokens: &[u32], pos0: usize, logits: &mut [f32], mut all_logits: Option<&mut [f32]>) {
+pub fn forward(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, tokens: &[u32], pos0: usize, logits: &mut [f32], all_logits: Option<&mut [f32]>) {
+    forward_input(model, cache, scratch, Input::Tokens(tokens), pos0, logits, all_logits)
+}
+
+/// [`forward`] for token ids or embeddings (`input` validated, at least one row).
+pub fn forward_input(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, input: Input<'_>, pos0: usize, logits: &mut [f32], mut all_logits: Option<&mut [f32]>) {
     let vocab = model.config.vocab_size;
+    let d = model.config.hidden_size;
+    let n = input.len(d);
     let mut done = 0;
-    for chunk in tokens.chunks(PREFILL_CHUNK) {
+    while done < n {
+        let end = (done + PREFILL_CHUNK).min(n);
+        let chunk = input.chunk(d, done, end);
         let pos = pos0 + done;
         forward_chunk(model, cache, scratch, chunk, pos);
-        let (t, d) = (chunk.len(), model.config.hidden_size);
+        let t = end - done;
         let head = model.lm_head();
         match all_logits.as_deref_mut() {
             Some(out) => {
                 apply_norm(&model.final_norm, &scratch.x[..t * d], &mut scratch.xn[..t * d], d);
                 head.forward(&model.pool, &scratch.xn[..t * d], &mut out[done * vocab..(done + t) * vocab], t);
             }
-            None if done + t == tokens.len() => {
+            None if done + t == n => {
                 let last = &scratch.x[(t - 1) * d..t * d];
                 apply_norm(&model.final_norm, last, &mut scratch.xn[..d], d);
                 head.forward(&model.pool, &scratch.xn[..d], logits, 1);
@@ -87,22 +120,25 @@ pub fn forward(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, tokens
         done += t;
     }
     if let Some(out) = all_logits {
-        logits.copy_from_slice(&out[(tokens.len() - 1) * vocab..]);
+        logits.copy_from_slice(&out[(n - 1) * vocab..]);
     }
 }
 
-fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, tokens: &[u32], pos0: usize) {
+fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Input<'_>, pos0: usize) {
     let c = &model.config;
-    let t = tokens.len();
+    let t = input.len(c.hidden_size);
     let (d, q_dim, kv_dim, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let qkv_dim = q_dim + 2 * kv_dim;
     s.ensure(model, t, cache.max_seq);
     let pool = &model.pool;
 
     // x: [t, d] = embeddings (+ learned positions)
-    for (i, &tok) in tokens.iter().enumerate() {
+    for i in 0..t {
         let row = &mut s.x[i * d..(i + 1) * d];
-        model.embed.row_into(tok as usize, row);
+        match input {
+            Input::Tokens(tokens) => model.embed.row_into(tokens[i] as usize, row),
+            Input::Embeds(e) => row.copy_from_slice(&e[i * d..(i + 1) * d]),
+        }
         if let Some(wpe) = &model.pos_embed {
             for (xv, pv) in row.iter_mut().zip(&wpe[(pos0 + i) * d..(pos0 + i + 1) * d]) {
                 *xv += pv;

@@ -247,6 +247,21 @@ impl PySession {
         Ok(out.map(|v| f32_bytes(py, &v)))
     }
 
+    /// Feeds float32 embeddings [n, hidden] (a soft prompt) at the start of an empty session.
+    #[pyo3(signature = (embeds, all_logits=false))]
+    fn forward_embeddings<'py>(&mut self, py: Python<'py>, embeds: &[u8], all_logits: bool) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let values = crate::model::tensors::to_f32(DType::F32, embeds)?;
+        let session = &mut self.inner;
+        let out = py.detach(|| session.forward_embeddings(&values, all_logits))?;
+        Ok(out.map(|v| f32_bytes(py, &v)))
+    }
+
+    /// Positions fed as embeddings (a soft prompt).
+    #[getter]
+    fn prefix_len(&self) -> usize {
+        self.inner.prefix_len()
+    }
+
     /// float32 bytes [vocab] of the last token fed.
     fn logits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         Ok(f32_bytes(py, self.inner.logits()?))

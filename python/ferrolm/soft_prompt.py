@@ -1,0 +1,55 @@
+"""Soft prompts (prompt tuning) in Hugging Face PEFT format: adapter_config.json
+(peft_type PROMPT_TUNING, num_virtual_tokens, token_dim) + adapter_model.safetensors with
+`prompt_embeddings` [num_virtual_tokens, hidden]. The virtual-token embeddings are fed before the
+prompt's token embeddings and take positions 0..n-1, the prompt's tokens n.. (as PEFT runs
+them); they are not tokens, so penalties and the returned token lists never include them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .errors import ConfigError, ModelNotFoundError, TensorError
+from .lora import _read_safetensors, _weights_file
+
+
+@dataclass(frozen=True)
+class SoftPrompt:
+    path: Path
+    embeddings: np.ndarray = field(repr=False)  # [num_virtual_tokens, hidden] float32
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def read_soft_prompt(path: Union[str, os.PathLike]) -> SoftPrompt:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"soft prompt folder {folder} does not exist")
+    cfg_path = folder / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelNotFoundError(f"{folder} has no readable adapter_config.json: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "PROMPT_TUNING":
+        kind = cfg.get("peft_type") if isinstance(cfg, dict) else None
+        raise ConfigError(f"{folder} is not a prompt-tuning adapter (peft_type {kind!r})")
+    tensors = _read_safetensors(_weights_file(folder))
+    if set(tensors) != {"prompt_embeddings"}:
+        raise TensorError(f"{folder}: expected one tensor 'prompt_embeddings', found {sorted(tensors)}")
+    emb = tensors["prompt_embeddings"]
+    n = cfg.get("num_virtual_tokens")
+    if emb.ndim != 2 or emb.shape[0] == 0 or (isinstance(n, int) and n * max(1, cfg.get("num_transformer_submodules") or 1) != emb.shape[0]):
+        raise TensorError(f"{folder}: prompt_embeddings {list(emb.shape)} does not hold num_virtual_tokens={n!r} rows")
+    if not np.isfinite(emb).all():
+        raise TensorError(f"{folder}: prompt_embeddings holds non-finite values")
+    return SoftPrompt(folder, np.ascontiguousarray(emb, dtype=np.float32))
