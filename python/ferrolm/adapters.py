@@ -121,10 +121,10 @@ class Adapters:
 
     # -- merging ---------------------------------------------------------------------------------
     def _merge(self, entry: LoadedAdapter) -> "_core.Model":
-        merged: List[Tuple[str, bytes]] = []
-        for pair in entry.adapter.pairs:
-            w = self.original_weight(pair.weight)
-            merged.append((pair.weight, (w + pair.delta(entry.scale)).astype(np.float32).tobytes()))
+        merged = []
+        for p in entry.adapter.pairs:  # W + scale·B·A is computed in the core, in FP32
+            w = self.original_weight(p.weight)
+            merged.append((p.weight, w.tobytes(), p.rank, p.a.tobytes(), p.b.tobytes(), entry.scale))
         return self._model._base.variant(merged, [])
 
     def original_weight(self, name: str) -> np.ndarray:

@@ -38,10 +38,6 @@ class LoraPair:
     def rank(self) -> int:
         return int(self.a.shape[0])
 
-    def delta(self, scale: float) -> np.ndarray:
-        """scale · B·A as float32 [out, in] (computed in float64)."""
-        return (scale * (self.b.astype(np.float64) @ self.a.astype(np.float64))).astype(np.float32)
-
 
 @dataclass(frozen=True)
 class LoraAdapter:

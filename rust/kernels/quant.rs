@@ -85,6 +85,44 @@ pub fn f32_to_bf16_vec(src: &[f32]) -> Vec<u16> {
 /// the block size of GGUF's Q8_0, whose tensors then load without requantizing.
 pub const GROUP: usize = 32;
 
+/// Quantizes `w: [rows, cols]` into `q` and `scales` (see [`QuantizedI8`]).
+fn quantize_rows(w: &[f32], rows: usize, cols: usize, group: usize, q: &mut [i8], scales: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.1") {
+        // SAFETY: SSE4.1 is available (checked above).
+        return unsafe { quantize_rows_sse41(w, rows, cols, group, q, scales) };
+    }
+    quantize_rows_generic(w, rows, cols, group, q, scales)
+}
+
+/// The same code with SSE4.1 enabled, so `round` compiles to `roundss` instead of a libm call
+/// (same results: round half away from zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.1")]
+unsafe fn quantize_rows_sse41(w: &[f32], rows: usize, cols: usize, group: usize, q: &mut [i8], scales: &mut [f32]) {
+    quantize_rows_generic(w, rows, cols, group, q, scales)
+}
+
+#[inline(always)]
+fn quantize_rows_generic(w: &[f32], rows: usize, cols: usize, group: usize, q: &mut [i8], scales: &mut [f32]) {
+    let ng = cols.div_ceil(group);
+    for i in 0..rows {
+        let wr = &w[i * cols..(i + 1) * cols];
+        let qr = &mut q[i * cols..(i + 1) * cols];
+        for (g, (wg, qg)) in wr.chunks(group).zip(qr.chunks_mut(group)).enumerate() {
+            let amax = wg.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            scales[i * ng + g] = scale;
+            if scale == 0.0 {
+                continue; // q stays 0
+            }
+            for (qv, &wv) in qg.iter_mut().zip(wg) {
+                *qv = (wv / scale).round().clamp(-127.0, 127.0) as i8;
+            }
+        }
+    }
+}
+
 /// INT8 weights `[rows, cols]` (nn.Linear layout: rows = out, cols = in) with one f32
 /// scale per row and group of `group` consecutive columns (the last group of a row may
 /// be shorter). Weight `(i, p)` is `q[i·cols + p] as f32 · scales[i·G + p / group]`,
@@ -119,21 +157,7 @@ impl QuantizedI8 {
         let ng = cols.div_ceil(group);
         let mut q = vec![0i8; w.len()];
         let mut scales = vec![0f32; rows * ng];
-        for i in 0..rows {
-            let wr = &w[i * cols..(i + 1) * cols];
-            let qr = &mut q[i * cols..(i + 1) * cols];
-            for (g, (wg, qg)) in wr.chunks(group).zip(qr.chunks_mut(group)).enumerate() {
-                let amax = wg.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let scale = amax / 127.0;
-                scales[i * ng + g] = scale;
-                if scale == 0.0 {
-                    continue; // q stays 0
-                }
-                for (qv, &wv) in qg.iter_mut().zip(wg) {
-                    *qv = (wv / scale).round().clamp(-127.0, 127.0) as i8;
-                }
-            }
-        }
+        quantize_rows(w, rows, cols, group, &mut q, &mut scales);
         QuantizedI8 {
             rows,
             cols,

@@ -3,17 +3,20 @@
 //! model's precision; unmerged LoRA attaches low-rank deltas computed at run time. The base
 //! model is untouched, so switching back to it is exact.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::export::{ExportEntry, Part, Slot};
-use super::linear::LoraDelta;
+use super::linear::{LoraDelta, WeightData};
 use super::Model;
 use crate::error::{Error, Result};
 
-/// Merged change: `values` [rows, in] replace the rows of checkpoint weight `name`.
+/// Merged change: `values` [rows, in] (+ `lora`'s scale · B·A, added here in FP32) replace the
+/// rows of checkpoint weight `name`.
 pub struct MergedWeight {
     pub name: String,
     pub values: Vec<f32>,
+    pub lora: Option<WeightDelta>,
 }
 
 /// Unmerged change of checkpoint weight `name` [rows, in]: + scale · (x·Aᵀ)·Bᵀ.
@@ -25,6 +28,16 @@ pub struct WeightDelta {
     /// b: [rows, rank]
     pub b: Vec<f32>,
     pub scale: f32,
+}
+
+fn check_delta(d: &WeightDelta, rows: usize, k: usize) -> Result<()> {
+    if d.rank == 0 || d.a.len() != d.rank * k || d.b.len() != rows * d.rank || !d.scale.is_finite() {
+        return Err(Error::Tensor(format!(
+            "'{}' [{rows}x{k}]: LoRA A must be [{}x{k}] and B [{rows}x{}] with rank >= 1 and a finite scale",
+            d.name, d.rank, d.rank
+        )));
+    }
+    Ok(())
 }
 
 fn find<'a>(entries: &'a [ExportEntry], name: &str) -> Result<&'a ExportEntry> {
@@ -48,25 +61,60 @@ impl Model {
     /// done before anything is built, and `self` is never changed.
     pub fn variant(&self, merged: Vec<MergedWeight>, deltas: Vec<WeightDelta>) -> Result<Model> {
         let entries = self.export_entries();
+        let mut merged = merged;
+        for m in merged.iter_mut() {
+            if let Some(d) = m.lora.take() {
+                let (rows, k) = self.adaptable_shape(&m.name)?;
+                check_delta(&d, rows, k)?;
+                if m.values.len() != rows * k {
+                    return Err(Error::Tensor(format!("'{}' needs {rows}x{k} values, got {}", m.name, m.values.len())));
+                }
+                // ba: [rows, in] = B [rows, rank] · A [rank, in]
+                let at = crate::model::tensors::transpose(&d.a, d.rank, k);
+                let mut ba = vec![0f32; rows * k];
+                crate::kernels::matmul_f32::matmul_f32(&self.pool, &d.b, &at, &mut ba, rows, d.rank, k);
+                for (v, x) in m.values.iter_mut().zip(&ba) {
+                    *v += d.scale * x;
+                }
+            }
+        }
         let mut out = self.clone();
-        for m in merged {
+        // every change of one matrix (q, k and v of a fused qkv) in one copy of it
+        let mut by_slot: Vec<(Slot, Vec<(usize, &[f32])>)> = Vec::new();
+        for m in &merged {
             let e = find(&entries, &m.name)?;
             let (rows, k) = self.adaptable_shape(&m.name)?;
             if m.values.len() != rows * k {
                 return Err(Error::Tensor(format!("'{}' needs {rows}x{k} values, got {}", m.name, m.values.len())));
             }
-            let lin = out.slot_linear_mut(e.slot).ok_or_else(|| Error::MissingTensor(m.name.clone()))?;
-            lin.weight = Arc::new(lin.with_rows(e.rows.0, &m.values)?);
+            match by_slot.iter_mut().find(|(s, _)| *s == e.slot) {
+                Some((_, parts)) => parts.push((e.rows.0, &m.values)),
+                None => by_slot.push((e.slot, vec![(e.rows.0, &m.values)])),
+            }
+        }
+        // rebuild the touched matrices on the pool's threads (claimed one by one)
+        let built: Vec<Mutex<Option<Result<WeightData>>>> = by_slot.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        self.pool.run(|_, _| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((slot, parts)) = by_slot.get(i) else { break };
+            let result = match self.slot_linear(*slot) {
+                Some(lin) => lin.with_rows(parts),
+                None => Err(Error::InvalidArgument("no such layer".into())),
+            };
+            if let Ok(mut cell) = built[i].lock() {
+                *cell = Some(result);
+            }
+        });
+        for ((slot, _), cell) in by_slot.iter().zip(built) {
+            let result = cell.into_inner().ok().flatten().ok_or_else(|| Error::InvalidArgument("a rebuild did not run".into()))?;
+            let lin = out.slot_linear_mut(*slot).ok_or_else(|| Error::InvalidArgument("no such layer".into()))?;
+            lin.weight = Arc::new(result?);
         }
         for d in deltas {
             let e = find(&entries, &d.name)?;
             let (rows, k) = self.adaptable_shape(&d.name)?;
-            if d.rank == 0 || d.a.len() != d.rank * k || d.b.len() != rows * d.rank || !d.scale.is_finite() {
-                return Err(Error::Tensor(format!(
-                    "'{}' [{rows}x{k}]: LoRA A must be [{}x{k}] and B [{rows}x{}] with rank >= 1 and a finite scale",
-                    d.name, d.rank, d.rank
-                )));
-            }
+            check_delta(&d, rows, k)?;
             let lin = out.slot_linear_mut(e.slot).ok_or_else(|| Error::MissingTensor(d.name.clone()))?;
             lin.lora.push(LoraDelta { row0: e.rows.0, rows, rank: d.rank, a: d.a, b: d.b, scale: d.scale });
         }
@@ -116,15 +164,19 @@ mod tests {
                     w[r * k + c] += scale * (0..rank).map(|j| b[r * rank + j] * a[j * k + c]).sum::<f32>();
                 }
             }
-            let merged = base.variant(vec![MergedWeight { name: name.into(), values: w }], vec![]).unwrap();
-            let delta = WeightDelta { name: name.into(), rank, a, b, scale };
+            let merged = base.variant(vec![MergedWeight { name: name.into(), values: w, lora: None }], vec![]).unwrap();
+            let delta = WeightDelta { name: name.into(), rank, a: a.clone(), b: b.clone(), scale };
             let unmerged = base.variant(vec![], vec![delta]).unwrap();
+            // the same merge done here from the original weights
+            let orig = if config == GPT2 { crate::model::tensors::transpose(&weight_f32(&base, name), k, rows) } else { weight_f32(&base, name) };
+            let lora = WeightDelta { name: name.into(), rank, a, b, scale };
+            let in_core = base.variant(vec![MergedWeight { name: name.into(), values: orig, lora: Some(lora) }], vec![]).unwrap();
             let tokens = [1u32, 5, 9, 2];
             let (lb, lm, lu) = (logits(&base, &tokens), logits(&merged, &tokens), logits(&unmerged, &tokens));
             let diff = lb.iter().zip(&lm).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(diff > 1e-3, "the adapter must change the logits ({diff})");
-            for (x, y) in lm.iter().zip(&lu) {
-                assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+            for ((x, y), z) in lm.iter().zip(&lu).zip(&logits(&in_core, &tokens)) {
+                assert!((x - y).abs() < 1e-4 && (x - z).abs() < 1e-4, "{x} vs {y} vs {z}");
             }
             // untouched matrices are shared, the base is unchanged
             assert!(Arc::ptr_eq(&base.layers[0].o.weight, &merged.layers[0].o.weight));
@@ -139,7 +191,7 @@ mod tests {
         let name = "model.layers.0.self_attn.v_proj.weight";
         let (rows, k) = base.adaptable_shape(name).unwrap();
         let values: Vec<f32> = (0..rows * k).map(|i| (i % 17) as f32 * 0.01).collect();
-        let m = base.variant(vec![MergedWeight { name: name.into(), values: values.clone() }], vec![]).unwrap();
+        let m = base.variant(vec![MergedWeight { name: name.into(), values: values.clone(), lora: None }], vec![]).unwrap();
         let (WeightData::Int8(old), WeightData::Int8(new)) = (&*base.layers[0].qkv.weight, &*m.layers[0].qkv.weight) else {
             panic!("int8 expected")
         };
@@ -154,7 +206,7 @@ mod tests {
         let base = build(LLAMA, Precision::F32, &checkpoint_names(LLAMA));
         let name = "model.layers.0.mlp.up_proj.weight";
         let (rows, k) = base.adaptable_shape(name).unwrap();
-        let merged = |n: &str, len: usize| base.variant(vec![MergedWeight { name: n.into(), values: vec![0.0; len] }], vec![]);
+        let merged = |n: &str, len: usize| base.variant(vec![MergedWeight { name: n.into(), values: vec![0.0; len], lora: None }], vec![]);
         assert!(matches!(merged("model.layers.9.mlp.up_proj.weight", rows * k), Err(Error::InvalidArgument(_))));
         assert!(matches!(merged("model.embed_tokens.weight", rows * k), Err(Error::InvalidArgument(_))));
         assert!(matches!(merged("model.norm.weight", 64), Err(Error::InvalidArgument(_))));

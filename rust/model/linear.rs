@@ -204,37 +204,47 @@ impl Linear {
         }
     }
 
-    /// The weights with rows `row0..row0 + rows` replaced by `values: [rows, in]` (FP32,
-    /// converted to this layer's precision and INT8 group). The other rows are copied as they are.
-    pub fn with_rows(&self, row0: usize, values: &[f32]) -> Result<WeightData> {
+    /// The weights with each part's rows `row0..row0 + rows` replaced by its `values: [rows, in]`
+    /// (FP32, converted to this layer's precision and INT8 group); other rows are copied as they are.
+    pub fn with_rows(&self, parts: &[(usize, &[f32])]) -> Result<WeightData> {
         let k = self.in_features;
-        let rows = if k == 0 { 0 } else { values.len() / k };
-        if rows * k != values.len() || row0 + rows > self.out_features {
-            return Err(Error::Tensor(format!(
-                "{} values do not fill whole rows of {k} inside rows {row0}.. of a {}-row weight",
-                values.len(),
-                self.out_features
-            )));
+        for &(row0, values) in parts {
+            let rows = if k == 0 { 0 } else { values.len() / k };
+            if rows * k != values.len() || row0 + rows > self.out_features {
+                return Err(Error::Tensor(format!(
+                    "{} values do not fill whole rows of {k} inside rows {row0}.. of a {}-row weight",
+                    values.len(),
+                    self.out_features
+                )));
+            }
         }
+        let span = |row0: usize, values: &[f32]| row0 * k..row0 * k + values.len();
         Ok(match &*self.weight {
             WeightData::F32(w) => {
                 let mut w = w.clone();
-                w[row0 * k..(row0 + rows) * k].copy_from_slice(values);
+                for &(row0, values) in parts {
+                    w[span(row0, values)].copy_from_slice(values);
+                }
                 WeightData::F32(w)
             }
             WeightData::Bf16(w) => {
                 let mut w = w.clone();
-                for (o, &v) in w[row0 * k..(row0 + rows) * k].iter_mut().zip(values) {
-                    *o = f32_to_bf16(v);
+                for &(row0, values) in parts {
+                    for (o, &v) in w[span(row0, values)].iter_mut().zip(values) {
+                        *o = f32_to_bf16(v);
+                    }
                 }
                 WeightData::Bf16(w)
             }
             WeightData::Int8(q) => {
-                let part = QuantizedI8::quantize_with_group(values, rows, k, q.group);
                 let ng = q.groups_per_row();
                 let mut q = q.clone();
-                q.q[row0 * k..(row0 + rows) * k].copy_from_slice(&part.q);
-                q.scales[row0 * ng..(row0 + rows) * ng].copy_from_slice(&part.scales);
+                for &(row0, values) in parts {
+                    let rows = values.len() / k.max(1);
+                    let part = QuantizedI8::quantize_with_group(values, rows, k, q.group);
+                    q.q[span(row0, values)].copy_from_slice(&part.q);
+                    q.scales[row0 * ng..(row0 + rows) * ng].copy_from_slice(&part.scales);
+                }
                 WeightData::Int8(q)
             }
         })

@@ -89,6 +89,18 @@ pub fn bf16_to_f32(b: u16) -> f32 {
 /// Converts little-endian bytes of a float `dtype` to f32 values, appending to `out`.
 fn extend_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
+        DType::F32 if cfg!(target_endian = "little") => {
+            // little-endian f32 is the native layout: one copy
+            let n = bytes.len() / 4;
+            out.reserve(n);
+            let len = out.len();
+            // SAFETY: `reserve` made room for n more values; the bytes are copied as they are
+            // (any bit pattern is a valid f32) and only then counted in the length.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().add(len).cast::<u8>(), n * 4);
+                out.set_len(len + n);
+            }
+        }
         DType::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         DType::F16 => out.extend(bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))),
         DType::BF16 => out.extend(bytes.chunks_exact(2).map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))),

@@ -172,14 +172,23 @@ impl PyModel {
         Ok(self.inner.adaptable_shape(name)?)
     }
 
-    /// A model sharing this one's weights except: `merged` (name, float32 bytes [rows, in]) rows
-    /// replaced (converted to this precision), and `deltas` (name, rank, A float32 [rank, in],
-    /// B float32 [rows, rank], scale) computed at run time. This model is left unchanged.
-    fn variant(&self, py: Python<'_>, merged: Vec<(String, Vec<u8>)>, deltas: Vec<(String, usize, Vec<u8>, Vec<u8>, f32)>) -> PyResult<PyModel> {
-        let f32s = |b: &[u8]| crate::model::tensors::to_f32(DType::F32, b);
+    /// A model sharing this one's weights except: `merged` (name, original float32 bytes
+    /// [rows, in], rank, A, B, scale) rows replaced by W + scale·B·A (computed in FP32, converted
+    /// to this precision; rank 0 and empty A/B: W as given), and `deltas` (name, rank, A float32
+    /// [rank, in], B float32 [rows, rank], scale) computed at run time. This model is unchanged.
+    fn variant(
+        &self,
+        py: Python<'_>,
+        merged: Vec<(String, Bound<'_, PyBytes>, usize, Bound<'_, PyBytes>, Bound<'_, PyBytes>, f32)>,
+        deltas: Vec<(String, usize, Bound<'_, PyBytes>, Bound<'_, PyBytes>, f32)>,
+    ) -> PyResult<PyModel> {
+        let f32s = |b: &Bound<'_, PyBytes>| crate::model::tensors::to_f32(DType::F32, b.as_bytes());
         let merged = merged
             .into_iter()
-            .map(|(name, v)| Ok(MergedWeight { name, values: f32s(&v)? }))
+            .map(|(name, v, rank, a, b, scale)| {
+                let lora = (rank > 0).then(|| -> Result<WeightDelta, Error> { Ok(WeightDelta { name: name.clone(), rank, a: f32s(&a)?, b: f32s(&b)?, scale }) }).transpose()?;
+                Ok(MergedWeight { values: f32s(&v)?, name, lora })
+            })
             .collect::<Result<Vec<_>, Error>>()?;
         let deltas = deltas
             .into_iter()
