@@ -53,6 +53,7 @@ pub fn build(config: ModelConfig, store: &mut TensorStore, pool: Arc<ThreadPool>
             up: conv1d(store, &format!("{p}.mlp.c_fc"), d, ffn)?,
             down: conv1d(store, &format!("{p}.mlp.c_proj"), ffn, d)?,
         });
+        super::release_freed_memory();
     }
     let final_norm = layer_norm(store, &format!("{prefix}ln_f"), d, c.norm_eps)?;
     store.take_matrix_opt("lm_head.weight", vocab, d)?; // the tied copy, if saved

@@ -56,6 +56,7 @@ pub fn build(config: ModelConfig, store: &mut TensorStore, pool: Arc<ThreadPool>
             up,
             down: proj(store, &format!("{m}.down_proj"), d, ffn, c.mlp_bias)?,
         });
+        super::release_freed_memory();
     }
     let final_norm = norm(store, "model.norm.weight", d, c.norm_eps)?;
     let lm_head = if c.tie_word_embeddings {

@@ -442,6 +442,7 @@ impl TensorStore {
             };
             self.insert_src(&name, view.shape(), Src::Bytes(dtype, view.data()), &mut |block| release_pages(&mmap, block))?;
         }
+        super::release_freed_memory();
         Ok(())
     }
 
