@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .lora import LoraAdapter, read_lora
+from .lora import LoraAdapter, check_name, read_lora
 
 if TYPE_CHECKING:
     from . import _core
@@ -53,11 +53,7 @@ class Adapters:
 
     def load_lora(self, path: Union[str, os.PathLike], name: Optional[str], merged: bool, scale: float) -> str:
         adapter = read_lora(path)
-        name = Path(path).name if name is None else name
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError(f"adapter name must be a non-empty string, got {name!r}")
-        if name in self._loaded:
-            raise InvalidArgumentError(f"an adapter named {name!r} is already loaded (remove_adapter it first)")
+        name = check_name(Path(path).name if name is None else name, self._loaded, "adapter")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale):
             raise InvalidArgumentError(f"scale must be a finite number, got {scale!r}")
         base = self._model._base

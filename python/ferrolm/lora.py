@@ -89,7 +89,8 @@ def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
     return out
 
 
-def _config(folder: Path) -> dict:
+def adapter_config(folder: Path) -> dict:
+    """The JSON object of a PEFT adapter folder's adapter_config.json."""
     path = folder / "adapter_config.json"
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
@@ -119,7 +120,7 @@ def read_lora(path: Union[str, os.PathLike]) -> LoraAdapter:
     folder = Path(path)
     if not folder.is_dir():
         raise ModelNotFoundError(f"LoRA adapter folder {folder} does not exist")
-    cfg = _config(folder)
+    cfg = adapter_config(folder)
     kind = cfg.get("peft_type", "LORA")
     if kind != "LORA":
         raise ConfigError(f"{folder} is a {kind} adapter, not LoRA")
@@ -161,6 +162,15 @@ def read_lora(path: Union[str, os.PathLike]) -> LoraAdapter:
     if not out:
         raise TensorError(f"{folder}: the adapter holds no LoRA weights")
     return LoraAdapter(folder, r, float(alpha), bool(cfg.get("use_rslora", False)), targets, tuple(out))
+
+
+def check_name(name: object, taken: object, what: str) -> str:
+    """A new adapter's name: a non-empty string not yet in `taken`."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"{what} name must be a non-empty string, got {name!r}")
+    if name in taken:  # type: ignore[operator]
+        raise InvalidArgumentError(f"a {what} named {name!r} is already loaded (remove it first)")
+    return name
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from .config import GenerationConfig
 from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
 from .generation import GenerationResult, TextStream, drain, run
 from .adapters import Adapters
+from .lora import check_name
 from .soft_prompt import SoftPrompt, read_soft_prompt
 from .loading import Checkpoint, build_core_model, check_load_args, eos_token_ids, read_checkpoint
 from .progress import resolve as resolve_progress
@@ -152,11 +153,7 @@ class Model:
         """Reads a PEFT prompt-tuning adapter (prompt_embeddings [virtual tokens, hidden]); returns
         its name (default: the folder's name). Use it per call: generate(..., soft_prompt=name)."""
         sp = read_soft_prompt(path)
-        name = Path(path).name if name is None else name
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError(f"soft prompt name must be a non-empty string, got {name!r}")
-        if name in self._soft_prompts:
-            raise InvalidArgumentError(f"a soft prompt named {name!r} is already loaded")
+        name = check_name(Path(path).name if name is None else name, self._soft_prompts, "soft prompt")
         hidden = self._base.hidden_size
         if sp.embeddings.shape[1] != hidden:
             raise InvalidArgumentError(

@@ -7,7 +7,6 @@ them); they are not tokens, so penalties and the returned token lists never incl
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Union
 import numpy as np
 
 from .errors import ConfigError, ModelNotFoundError, TensorError
-from .lora import _read_safetensors, _weights_file
+from .lora import _read_safetensors, _weights_file, adapter_config
 
 
 @dataclass(frozen=True)
@@ -33,16 +32,9 @@ def read_soft_prompt(path: Union[str, os.PathLike]) -> SoftPrompt:
     folder = Path(path)
     if not folder.is_dir():
         raise ModelNotFoundError(f"soft prompt folder {folder} does not exist")
-    cfg_path = folder / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ModelNotFoundError(f"{folder} has no readable adapter_config.json: {e}") from None
-    except ValueError as e:
-        raise ConfigError(f"{cfg_path} is not valid JSON: {e}") from None
-    if not isinstance(cfg, dict) or cfg.get("peft_type") != "PROMPT_TUNING":
-        kind = cfg.get("peft_type") if isinstance(cfg, dict) else None
-        raise ConfigError(f"{folder} is not a prompt-tuning adapter (peft_type {kind!r})")
+    cfg = adapter_config(folder)
+    if cfg.get("peft_type") != "PROMPT_TUNING":
+        raise ConfigError(f"{folder} is not a prompt-tuning adapter (peft_type {cfg.get('peft_type')!r})")
     tensors = _read_safetensors(_weights_file(folder))
     if set(tensors) != {"prompt_embeddings"}:
         raise TensorError(f"{folder}: expected one tensor 'prompt_embeddings', found {sorted(tensors)}")
