@@ -24,18 +24,19 @@ _models = {}
 _bandwidth = {}
 
 
-def model_for(shape: str, threads: int) -> ferrolm.Model:
-    key = (shape, threads)
+def model_for(shape: str, threads: int, precision: str) -> ferrolm.Model:
+    key = (shape, threads, precision)
     if key not in _models:
         _models.clear()  # keep one model in memory at a time
-        _models[key] = ferrolm.load(random_checkpoint(shape), threads=threads)
+        _models[key] = ferrolm.load(random_checkpoint(shape), precision=precision, threads=threads, context_length=512)
     return _models[key]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_generate_fp32(benchmark, shape, threads):
-    model = model_for(shape, threads)
+def test_generate(benchmark, shape, precision, threads):
+    model = model_for(shape, threads, precision)
     prompt = [(i * 7919 + 13) % model.vocab_size for i in range(PROMPT_LEN)]
     cfg = ferrolm.GenerationConfig(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     timings = []
@@ -53,6 +54,8 @@ def test_generate_fp32(benchmark, shape, threads):
     decode = statistics.median(t.decode_tokens_per_s for t in timings)
     ceiling = _bandwidth[threads] / model.matmul_bytes_per_token
     benchmark.extra_info.update(
+        precision=precision,
+        weight_mib=round(model._core.weight_bytes / 2**20, 1),
         prefill_tok_s=round(statistics.median(t.prefill_tokens_per_s for t in timings), 1),
         decode_tok_s=round(decode, 1),
         read_bandwidth_gb_s=round(_bandwidth[threads] / 1e9, 1),
