@@ -200,3 +200,19 @@ def test_cli_generate_with_lora_and_merge(tmp_path, capsys):
     assert cli(["merge-lora", str(MODELS / "tiny-llama"), str(ad), str(out)]) == 2  # never overwrites
     assert cli(["lora-stats", str(ad)]) == 0
     assert "fewer" in capsys.readouterr().out
+
+
+def test_saving_with_an_adapter(tmp_path):
+    """A merged adapter is saved into the weights; an active unmerged one is refused (a checkpoint
+    holds plain weights) and nothing is written."""
+    ad = write_adapter(tmp_path / "ad", "tiny-llama", ["self_attn.v_proj"])
+    model = ferrolm.load(MODELS / "tiny-llama")
+    model.load_lora(ad, name="u", merged=False)
+    model.set_adapter("u")
+    with pytest.raises(ferrolm.errors.InvalidArgumentError, match="unmerged"):
+        model.save(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    model.load_lora(ad, name="m")
+    model.set_adapter("m")
+    out = model.save(tmp_path / "out")
+    np.testing.assert_allclose(ferrolm.load(out).logits(IDS), model.logits(IDS, adapter="u"), atol=1e-4, rtol=0)

@@ -110,6 +110,12 @@ def save_model(model: "Model", out: Union[str, os.PathLike], *, overwrite: bool 
                progress: Optional[ProgressFn] = None) -> Path:
     """Writes `model` (weights in its precision, config, tokenizer) to the folder `out`."""
     out = Path(out)
+    active = model.active_adapter
+    if active is not None and model.adapters.get(active) == "unmerged":
+        raise InvalidArgumentError(
+            f"adapter {active!r} is active unmerged, and a checkpoint holds plain weights: load it with merged=True "
+            "(or set_adapter(None)) before saving"
+        )
     check_target(out, overwrite, (model.path,))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
