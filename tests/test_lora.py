@@ -216,3 +216,27 @@ def test_saving_with_an_adapter(tmp_path):
     model.set_adapter("m")
     out = model.save(tmp_path / "out")
     np.testing.assert_allclose(ferrolm.load(out).logits(IDS), model.logits(IDS, adapter="u"), atol=1e-4, rtol=0)
+
+
+def test_gguf_int8_merges_from_the_files_original_weights(tmp_path, monkeypatch):
+    """A BF16/INT8 model merges from the checkpoint's own weights, read once per merge."""
+    pytest.importorskip("gguf")
+    import ferrolm.gguf as gguf_mod
+
+    gguf_path = MODELS.parent / "gguf" / "tiny-llama.gguf"
+    ad = write_adapter(tmp_path / "ad", "tiny-llama", ["self_attn.q_proj", "self_attn.k_proj", "mlp.up_proj"])
+    fp32 = ferrolm.load(gguf_path)
+    fp32.load_lora(ad)
+    fp32.set_adapter("ad")
+    want = fp32.logits(IDS)
+    calls = []
+    real = gguf_mod.read_gguf
+    monkeypatch.setattr(gguf_mod, "read_gguf", lambda p: calls.append(p) or real(p))
+    model = ferrolm.load(gguf_path, precision="int8")
+    calls.clear()
+    model.load_lora(ad)
+    model.set_adapter("ad")
+    assert len(calls) == 1  # one reader for all six merged weights
+    got = model.logits(IDS)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 0.1

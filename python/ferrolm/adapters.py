@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .loading import TensorReader
 from .lora import LoraAdapter, check_name, read_lora
 
 if TYPE_CHECKING:
@@ -118,30 +119,36 @@ class Adapters:
     # -- merging ---------------------------------------------------------------------------------
     def _merge(self, entry: LoadedAdapter) -> "_core.Model":
         merged = []
-        for p in entry.adapter.pairs:  # W + scale·B·A is computed in the core, in FP32
-            w = self.original_weight(p.weight)
-            merged.append((p.weight, w.tobytes(), p.rank, p.a.tobytes(), p.b.tobytes(), entry.scale))
+        ckpt = self._model._checkpoint
+        reader = TensorReader(ckpt) if ckpt is not None and self._model.precision != "fp32" else None
+        try:
+            for p in entry.adapter.pairs:  # W + scale·B·A is computed in the core, in FP32
+                w = self.original_weight(p.weight, reader)
+                merged.append((p.weight, w.tobytes(), p.rank, p.a.tobytes(), p.b.tobytes(), entry.scale))
+        finally:
+            if reader is not None:
+                reader.close()
         return self._model._base.variant(merged, [])
 
-    def original_weight(self, name: str) -> np.ndarray:
-        """The unadapted weight `name` as float32 [out, in]: the FP32 model's own, or else read
-        again from the checkpoint (a ferrolm INT8 checkpoint has no FP32 original: its
-        dequantized values are used)."""
+    def original_weight(self, name: str, reader: Optional[TensorReader] = None) -> np.ndarray:
+        """The unadapted weight `name` as float32 [out, in]: the FP32 model's own, else read again
+        from the checkpoint through `reader`, else the model's own values widened (BF16) or
+        dequantized (INT8 — a checkpoint written by ferrolm has no FP32 original)."""
         base = self._model._base
         rows, k = base.adaptable_shape(name)
-        if self._model.precision == "fp32":
-            w = np.frombuffer(base.export_tensor(name), dtype=np.float32)
-            return _oriented(w, name, rows, k)
-        ckpt = self._model._checkpoint
-        if ckpt is not None:
-            original = ckpt.read_tensor(name)
+        precision = self._model.precision
+        if precision == "fp32":
+            return _oriented(np.frombuffer(base.export_tensor(name), dtype=np.float32), name, rows, k)
+        if reader is not None:
+            original = reader.read(name)
             if original is not None:
                 return _oriented(original, name, rows, k)
-        # dequantized INT8 (a checkpoint saved by ferrolm, or none at hand)
+        if precision == "bf16":
+            bits = np.frombuffer(base.export_tensor(name), dtype="<u2").astype(np.uint32) << 16
+            return _oriented(bits.view(np.float32), name, rows, k)
         q = np.frombuffer(base.export_tensor(name), dtype=np.int8).astype(np.float32).reshape(rows, k)
         scales = np.frombuffer(base.export_tensor(name + "_scale"), dtype=np.float32).reshape(rows, -1)
-        group = base.group_size
-        return (q * np.repeat(scales, group, axis=1)[:, :k]).astype(np.float32)
+        return (q * np.repeat(scales, base.group_size, axis=1)[:, :k]).astype(np.float32)
 
 
 def _oriented(w: np.ndarray, name: str, rows: int, k: int) -> np.ndarray:

@@ -94,38 +94,10 @@ class Checkpoint:
 
     def read_tensor(self, name: str) -> Optional["np.ndarray"]:
         """Float32 values of checkpoint tensor `name` (as stored: GPT-2 Conv1D weights [in, out]),
-        read again from the files; None when it is stored as INT8 (no float original)."""
-        import numpy as np
-
-        if self.gguf is not None:
-            from .gguf import read_gguf
-
-            g = read_gguf(self.path)
-            try:
-                for info in g._tensors:
-                    if info.hf_name == name:
-                        return np.array(g._load(info), dtype=np.float32)
-            finally:
-                g.close()
-            raise MissingTensorError(f"{self.path} has no tensor {name}")
-        alt = name[len("transformer."):] if name.startswith("transformer.") else None
-        for f in self.weight_files:
-            header = safetensors_header(f)
-            key = name if name in header else alt if alt in header else None
-            if key is None:
-                continue
-            info = header[key]
-            dtype = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}.get(info["dtype"])
-            if dtype is None:
-                return None
-            start, end = info["data_offsets"]
-            with open(f, "rb") as fh:
-                offset = 8 + int.from_bytes(fh.read(8), "little") + start
-            arr = np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=offset)
-            if info["dtype"] == "BF16":
-                arr = (arr.astype(np.uint32) << 16).view(np.float32)
-            return arr.astype(np.float32).reshape(info["shape"])
-        raise MissingTensorError(f"{self.path} has no tensor {name}")
+        read again from the files; None when it is stored as INT8 (no float original). For many
+        tensors, use one `TensorReader` (it opens the files once)."""
+        with TensorReader(self) as reader:
+            return reader.read(name)
 
     def _stored_tensors(self) -> Iterator[Tuple[str, List[int]]]:
         """(dtype, shape) of every tensor in the safetensors files, from their headers only."""
@@ -145,6 +117,61 @@ class Checkpoint:
         if self.gguf is not None:
             return self.gguf.num_params()
         return sum(math.prod(shape) for _, shape in self._stored_tensors())
+
+
+class TensorReader:
+    """Reads float tensors of a checkpoint by name, parsing its files once (a context manager)."""
+
+    _DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self._gguf: Any = None
+        self._headers: Dict[Path, Tuple[int, Dict[str, Any]]] = {}
+
+    def __enter__(self) -> "TensorReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._gguf is not None:
+            self._gguf.close()
+            self._gguf = None
+
+    def read(self, name: str) -> Optional["np.ndarray"]:
+        import numpy as np
+
+        if self.ckpt.gguf is not None:
+            if self._gguf is None:
+                from .gguf import read_gguf
+
+                self._gguf = read_gguf(self.ckpt.path)
+            for info in self._gguf._tensors:
+                if info.hf_name == name:
+                    return np.array(self._gguf._load(info), dtype=np.float32)
+            raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")
+        alt = name[len("transformer."):] if name.startswith("transformer.") else None
+        for f in self.ckpt.weight_files:
+            if f not in self._headers:
+                with open(f, "rb") as fh:
+                    data_start = 8 + int.from_bytes(fh.read(8), "little")
+                self._headers[f] = (data_start, safetensors_header(f))
+            data_start, header = self._headers[f]
+            key = name if name in header else alt if alt in header else None
+            if key is None:
+                continue
+            info = header[key]
+            dtype = self._DTYPES.get(info["dtype"])
+            if dtype is None:
+                return None
+            start, end = info["data_offsets"]
+            arr = np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=data_start + start)
+            if info["dtype"] == "BF16":
+                arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            return arr.astype(np.float32).reshape(info["shape"])
+        raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")
 
 
 def safetensors_header(path: Path) -> Dict[str, Any]:
