@@ -40,6 +40,7 @@ fn check_delta(d: &WeightDelta, rows: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
+/// The entry of linear weight `name` (not an embedding or a norm) among `entries`.
 fn find<'a>(entries: &'a [ExportEntry], name: &str) -> Result<&'a ExportEntry> {
     entries
         .iter()
@@ -48,48 +49,70 @@ fn find<'a>(entries: &'a [ExportEntry], name: &str) -> Result<&'a ExportEntry> {
         .ok_or_else(|| Error::InvalidArgument(format!("the model has no linear weight '{name}' to adapt")))
 }
 
+/// values [rows, in] += scale · B·A, in FP32 on the pool.
+fn add_lora(pool: &crate::threadpool::ThreadPool, values: &mut [f32], d: &WeightDelta, rows: usize, k: usize) {
+    // ba: [rows, in] = B [rows, rank] · A [rank, in]
+    let at = crate::model::tensors::transpose(&d.a, d.rank, k);
+    let mut ba = vec![0f32; rows * k];
+    crate::kernels::matmul_f32::matmul_f32(pool, &d.b, &at, &mut ba, rows, d.rank, k);
+    for (v, x) in values.iter_mut().zip(&ba) {
+        *v += d.scale * x;
+    }
+}
+
+/// Where a change lands: the matrix, its first row, and the changed block's [rows, in].
+struct Target {
+    slot: Slot,
+    row0: usize,
+    rows: usize,
+    k: usize,
+}
+
 impl Model {
+    fn target(&self, entries: &[ExportEntry], name: &str) -> Result<Target> {
+        let e = find(entries, name)?;
+        let lin = self.slot_linear(e.slot).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok(Target { slot: e.slot, row0: e.rows.0, rows: e.rows.1 - e.rows.0, k: lin.in_features })
+    }
+
     /// `[rows, in]` of checkpoint weight `name` (a linear layer's weight, not an embedding).
     pub fn adaptable_shape(&self, name: &str) -> Result<(usize, usize)> {
-        let entries = self.export_entries();
-        let e = find(&entries, name)?;
-        let lin = self.slot_linear(e.slot).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
-        Ok((e.rows.1 - e.rows.0, lin.in_features))
+        let t = self.target(&self.export_entries(), name)?;
+        Ok((t.rows, t.k))
     }
 
     /// A copy of this model with `merged` rows replaced and `deltas` attached; every check is
     /// done before anything is built, and `self` is never changed.
-    pub fn variant(&self, merged: Vec<MergedWeight>, deltas: Vec<WeightDelta>) -> Result<Model> {
+    pub fn variant(&self, mut merged: Vec<MergedWeight>, deltas: Vec<WeightDelta>) -> Result<Model> {
         let entries = self.export_entries();
-        let mut merged = merged;
-        for m in merged.iter_mut() {
+        let mut merged_at = Vec::with_capacity(merged.len());
+        for m in &merged {
+            let t = self.target(&entries, &m.name)?;
+            if m.values.len() != t.rows * t.k {
+                return Err(Error::Tensor(format!("'{}' needs {}x{} values, got {}", m.name, t.rows, t.k, m.values.len())));
+            }
+            if let Some(d) = &m.lora {
+                check_delta(d, t.rows, t.k)?;
+            }
+            merged_at.push(t);
+        }
+        let mut deltas_at = Vec::with_capacity(deltas.len());
+        for d in &deltas {
+            let t = self.target(&entries, &d.name)?;
+            check_delta(d, t.rows, t.k)?;
+            deltas_at.push(t);
+        }
+        for (m, t) in merged.iter_mut().zip(&merged_at) {
             if let Some(d) = m.lora.take() {
-                let (rows, k) = self.adaptable_shape(&m.name)?;
-                check_delta(&d, rows, k)?;
-                if m.values.len() != rows * k {
-                    return Err(Error::Tensor(format!("'{}' needs {rows}x{k} values, got {}", m.name, m.values.len())));
-                }
-                // ba: [rows, in] = B [rows, rank] · A [rank, in]
-                let at = crate::model::tensors::transpose(&d.a, d.rank, k);
-                let mut ba = vec![0f32; rows * k];
-                crate::kernels::matmul_f32::matmul_f32(&self.pool, &d.b, &at, &mut ba, rows, d.rank, k);
-                for (v, x) in m.values.iter_mut().zip(&ba) {
-                    *v += d.scale * x;
-                }
+                add_lora(&self.pool, &mut m.values, &d, t.rows, t.k);
             }
         }
-        let mut out = self.clone();
         // every change of one matrix (q, k and v of a fused qkv) in one copy of it
         let mut by_slot: Vec<(Slot, Vec<(usize, &[f32])>)> = Vec::new();
-        for m in &merged {
-            let e = find(&entries, &m.name)?;
-            let (rows, k) = self.adaptable_shape(&m.name)?;
-            if m.values.len() != rows * k {
-                return Err(Error::Tensor(format!("'{}' needs {rows}x{k} values, got {}", m.name, m.values.len())));
-            }
-            match by_slot.iter_mut().find(|(s, _)| *s == e.slot) {
-                Some((_, parts)) => parts.push((e.rows.0, &m.values)),
-                None => by_slot.push((e.slot, vec![(e.rows.0, &m.values)])),
+        for (m, t) in merged.iter().zip(&merged_at) {
+            match by_slot.iter_mut().find(|(s, _)| *s == t.slot) {
+                Some((_, parts)) => parts.push((t.row0, &m.values)),
+                None => by_slot.push((t.slot, vec![(t.row0, &m.values)])),
             }
         }
         // rebuild the touched matrices on the pool's threads (claimed one by one)
@@ -106,17 +129,15 @@ impl Model {
                 *cell = Some(result);
             }
         });
+        let mut out = self.clone();
         for ((slot, _), cell) in by_slot.iter().zip(built) {
             let result = cell.into_inner().ok().flatten().ok_or_else(|| Error::InvalidArgument("a rebuild did not run".into()))?;
             let lin = out.slot_linear_mut(*slot).ok_or_else(|| Error::InvalidArgument("no such layer".into()))?;
             lin.weight = Arc::new(result?);
         }
-        for d in deltas {
-            let e = find(&entries, &d.name)?;
-            let (rows, k) = self.adaptable_shape(&d.name)?;
-            check_delta(&d, rows, k)?;
-            let lin = out.slot_linear_mut(e.slot).ok_or_else(|| Error::MissingTensor(d.name.clone()))?;
-            lin.lora.push(LoraDelta { row0: e.rows.0, rows, rank: d.rank, a: d.a, b: d.b, scale: d.scale });
+        for (d, t) in deltas.into_iter().zip(deltas_at) {
+            let lin = out.slot_linear_mut(t.slot).ok_or_else(|| Error::MissingTensor(d.name.clone()))?;
+            lin.lora.push(LoraDelta { row0: t.row0, rows: t.rows, rank: d.rank, a: d.a, b: d.b, scale: d.scale });
         }
         Ok(out)
     }

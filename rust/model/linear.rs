@@ -280,15 +280,10 @@ impl Linear {
     }
 }
 
-/// Appends the parts to the first one's buffer: growing a large allocation in place (the
-/// allocator can remap its pages) keeps the load's peak memory down against copying every
-/// part into a fresh buffer.
 fn concat_vecs<T>(parts: impl Iterator<Item = Vec<T>>) -> Vec<T> {
-    let mut parts = parts.collect::<Vec<Vec<T>>>().into_iter();
-    let mut out = parts.next().unwrap_or_default();
-    let rest: Vec<Vec<T>> = parts.collect();
-    out.reserve_exact(rest.iter().map(Vec::len).sum());
-    for p in rest {
+    let parts: Vec<Vec<T>> = parts.collect();
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for p in parts {
         out.extend(p);
     }
     out

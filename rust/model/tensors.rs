@@ -149,7 +149,8 @@ impl LoadPlan {
         Ok(Self { arch, precision, group })
     }
 
-    /// FP32 everywhere (tests and tools).
+    /// FP32 everywhere.
+    #[cfg(test)]
     pub fn fp32(arch: Arch) -> Self {
         Self { arch, precision: Precision::F32, group: crate::kernels::quant::GROUP }
     }
