@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-import ferrolm
 from conftest import MODELS, load_fixture, reference
 
 # FP32 logits: max-abs error <= 1e-4 relative to the logits' scale (max |logit|).

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ferrolm
-from conftest import EXPECTED, FIXTURES, MODELS, load_fixture
+from conftest import EXPECTED, FIXTURES, MODELS
 from ferrolm.quality import log_softmax
 
 ROOT = FIXTURES.parent.parent

@@ -13,7 +13,7 @@ import pytest
 import ferrolm
 from ferrolm.quality import (CHAT_PROMPTS, GreedyComparison, QualityReport, compare, log_softmax, perplexity,
                               quality_report, token_nll)
-from conftest import FIXTURES, MODELS, load_fixture, random_llama, reference
+from conftest import MODELS, load_fixture, random_llama, reference
 
 
 def test_perplexity_matches_reference_logits(model_name):

@@ -3,7 +3,6 @@ converting (identical logits), hold what the format says, and never overwrite or
 anything a user has on disk."""
 
 import json
-import os
 
 import numpy as np
 import pytest

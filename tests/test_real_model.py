@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 import ferrolm
-from conftest import EXPECTED, FIXTURES
+from conftest import EXPECTED
 
 pytest.importorskip("gguf")
 try:

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-import ferrolm
 from ferrolm import _core
 from conftest import EXPECTED, load_fixture
 

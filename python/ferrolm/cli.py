@@ -172,11 +172,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _apply_lora(model, args: argparse.Namespace) -> None:
-    for i, folder in enumerate(args.lora):
-        name = model.load_lora(folder, name=f"lora{i}", scale=args.lora_scale)
-        if i:
-            raise argparse.ArgumentTypeError("--lora may be given once (one active adapter)")
-        model.set_adapter(name)
+    if len(args.lora) > 1:
+        raise argparse.ArgumentTypeError("--lora may be given once (one active adapter)")
+    for folder in args.lora:
+        model.set_adapter(model.load_lora(folder, scale=args.lora_scale))
 
 
 def _cmd_merge_lora(args: argparse.Namespace) -> int:

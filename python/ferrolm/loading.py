@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
+
 from . import _core
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, MissingTensorError, ModelNotFoundError
 from .chat import ChatTemplate, special_tokens_from_config, template_from_config
 from .progress import ProgressFn
+from .safetensors_io import FLOAT_DTYPES, float32_values
 from .tokenizer import Tokenizer
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -92,13 +95,6 @@ class Checkpoint:
             )
         return precision
 
-    def read_tensor(self, name: str) -> Optional["np.ndarray"]:
-        """Float32 values of checkpoint tensor `name` (as stored: GPT-2 Conv1D weights [in, out]),
-        read again from the files; None when it is stored as INT8 (no float original). For many
-        tensors, use one `TensorReader` (it opens the files once)."""
-        with TensorReader(self) as reader:
-            return reader.read(name)
-
     def _stored_tensors(self) -> Iterator[Tuple[str, List[int]]]:
         """(dtype, shape) of every tensor in the safetensors files, from their headers only."""
         for f in self.weight_files:
@@ -122,8 +118,6 @@ class Checkpoint:
 class TensorReader:
     """Reads float tensors of a checkpoint by name, parsing its files once (a context manager)."""
 
-    _DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
-
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self._gguf: Any = None
@@ -140,9 +134,9 @@ class TensorReader:
             self._gguf.close()
             self._gguf = None
 
-    def read(self, name: str) -> Optional["np.ndarray"]:
-        import numpy as np
-
+    def read(self, name: str) -> Optional[np.ndarray]:
+        """Float32 values of tensor `name` as stored (GPT-2 Conv1D weights [in, out]); None when
+        it is stored as INT8 (no float original)."""
         if self.ckpt.gguf is not None:
             if self._gguf is None:
                 from .gguf import read_gguf
@@ -163,14 +157,12 @@ class TensorReader:
             if key is None:
                 continue
             info = header[key]
-            dtype = self._DTYPES.get(info["dtype"])
+            dtype = FLOAT_DTYPES.get(info["dtype"])
             if dtype is None:
                 return None
             start, end = info["data_offsets"]
-            arr = np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=data_start + start)
-            if info["dtype"] == "BF16":
-                arr = (arr.astype(np.uint32) << 16).view(np.float32)
-            return arr.astype(np.float32).reshape(info["shape"])
+            raw = np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=data_start + start)
+            return float32_values(raw, info["dtype"]).reshape(info["shape"])
         raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")
 
 

@@ -16,14 +16,14 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError, TensorError
+from .safetensors_io import FLOAT_DTYPES, float32_values
 
 _PREFIX = "base_model.model."
-_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,11 @@ def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
             dtype, shape, (start, end) = h["dtype"], [int(d) for d in h["shape"]], h["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
-        if dtype not in _DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise TensorError(f"{path}: tensor {name} has unsupported dtype {dtype}")
-        if not 0 <= start <= end <= len(data) or (end - start) != math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize:
+        if not 0 <= start <= end <= len(data) or (end - start) != math.prod(shape) * np.dtype(FLOAT_DTYPES[dtype]).itemsize:
             raise CheckpointError(f"{path}: tensor {name} has inconsistent offsets")
-        arr = np.frombuffer(data[start:end], dtype=_DTYPES[dtype]).reshape(shape)
-        if dtype == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+        out[name] = float32_values(np.frombuffer(data[start:end], dtype=FLOAT_DTYPES[dtype]).reshape(shape), dtype)
     return out
 
 

@@ -169,14 +169,21 @@ class Model:
         """{name: number of virtual tokens} of the loaded soft prompts."""
         return {n: sp.num_virtual_tokens for n, sp in self._soft_prompts.items()}
 
-    def _prefix(self, soft_prompt: Optional[str]) -> Tuple[Optional[bytes], int]:
+    def _prefix(self, soft_prompt: Optional[str], n_tokens: int) -> Optional[bytes]:
+        """The soft prompt's embeddings (None without one), checking that its virtual tokens and
+        `n_tokens` fit the context."""
         if soft_prompt is None:
-            return None, 0
-        if soft_prompt not in self._soft_prompts:
+            n_virtual, prefix = 0, None
+        elif soft_prompt not in self._soft_prompts:
             known = ", ".join(sorted(self._soft_prompts)) or "none"
             raise InvalidArgumentError(f"no soft prompt named {soft_prompt!r} is loaded (loaded: {known})")
-        sp = self._soft_prompts[soft_prompt]
-        return sp.embeddings.tobytes(), sp.num_virtual_tokens
+        else:
+            sp = self._soft_prompts[soft_prompt]
+            n_virtual, prefix = sp.num_virtual_tokens, sp.embeddings.tobytes()
+        if n_virtual + n_tokens > self.context_length:
+            what = f"the soft prompt's {n_virtual} virtual tokens and {n_tokens} tokens" if n_virtual else f"{n_tokens} tokens"
+            raise ContextLengthError(f"{what} exceed the context length of {self.context_length}")
+        return prefix
 
     @property
     def adapters(self) -> Dict[str, str]:
@@ -230,10 +237,6 @@ class Model:
                 raise InvalidArgumentError("the prompt is empty")
         else:
             raise InvalidArgumentError(f"prompt must be a str or a list of token ids, got {type(prompt).__name__}")
-        if len(ids) > self.context_length:
-            raise ContextLengthError(
-                f"the prompt has {len(ids)} tokens but the context length is {self.context_length}"
-            )
         return ids
 
     # -- inference -----------------------------------------------------------------------------
@@ -244,9 +247,7 @@ class Model:
         ids = self._check_ids(list(token_ids))
         if not ids:
             raise InvalidArgumentError("token_ids is empty")
-        prefix, n_virtual = self._prefix(soft_prompt)
-        if n_virtual + len(ids) > self.context_length:
-            raise ContextLengthError(f"{n_virtual + len(ids)} positions exceed the context length of {self.context_length}")
+        prefix = self._prefix(soft_prompt, len(ids))
         with self._session(self._core_for(adapter)) as s:
             s.reset()
             if prefix is not None:
@@ -320,11 +321,7 @@ class Model:
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.eos_token_ids
         ids = self._prompt_ids(prompt)
         seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
-        prefix, n_virtual = self._prefix(soft_prompt)
-        if n_virtual + len(ids) > self.context_length:
-            raise ContextLengthError(
-                f"the soft prompt's {n_virtual} virtual tokens and the prompt's {len(ids)} tokens exceed the context length of {self.context_length}"
-            )
+        prefix = self._prefix(soft_prompt, len(ids))
         core = self._core_for(adapter)
         session = self._take_session(core)
         gen = run(session, ids, cfg, self.tokenizer, eos, seed, prefix)

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
 import numpy as np
 
 _DTYPES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<f8"): "F64", np.dtype("i1"): "I8"}
 _SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1}
+#: numpy dtypes of the float safetensors dtypes (BF16 read as its uint16 bit patterns).
+FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+
+
+def float32_values(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values of `raw` (read with FLOAT_DTYPES[dtype]); BF16 widened exactly."""
+    if dtype == "BF16":
+        raw = (raw.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(raw, dtype=np.float32)
 
 
 def write_safetensors(
