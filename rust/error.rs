@@ -19,6 +19,8 @@ pub enum Error {
     ContextOverflow { needed: usize, context_length: usize },
     /// An argument outside its valid range (sampling knobs, thread counts, empty inputs).
     InvalidArgument(String),
+    /// A buffer (KV cache, weights, logits) too large for this machine's memory.
+    Memory(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -38,6 +40,7 @@ impl fmt::Display for Error {
                 "sequence of {needed} tokens exceeds the context length of {context_length}"
             ),
             Error::InvalidArgument(m) => write!(f, "{m}"),
+            Error::Memory(m) => write!(f, "{m}"),
         }
     }
 }

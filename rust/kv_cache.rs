@@ -1,5 +1,9 @@
 //! A preallocated KV cache, written by index: k[layer]: [max_seq, kv_dim], likewise v.
-//! Allocated zeroed up front, so pages are committed by the OS only as positions fill.
+//! Allocated zeroed up front, so pages are committed by the OS only as positions fill. The
+//! allocation is checked and fallible: a cache that cannot fit is an error, not an abort.
+
+use crate::error::Result;
+use crate::memory;
 
 pub struct KvCache {
     pub max_seq: usize,
@@ -11,13 +15,25 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize, max_seq: usize, kv_dim: usize) -> Self {
-        Self {
-            max_seq,
-            kv_dim,
-            k: (0..n_layers).map(|_| vec![0.0; max_seq * kv_dim]).collect(),
-            v: (0..n_layers).map(|_| vec![0.0; max_seq * kv_dim]).collect(),
+    pub fn new(n_layers: usize, max_seq: usize, kv_dim: usize) -> Result<Self> {
+        let total = Self::bytes_for(n_layers, max_seq, kv_dim);
+        let what = format!(
+            "a KV cache of {max_seq} positions (2 · {n_layers} layers · {max_seq} positions · {kv_dim} kv values · 4 bytes)"
+        );
+        memory::check_fits(total.unwrap_or(usize::MAX), &what)?;
+        let rows = memory::checked_bytes(max_seq, kv_dim, &what)?;
+        let mut k = memory::with_capacity(n_layers, &what)?;
+        let mut v = memory::with_capacity(n_layers, &what)?;
+        for _ in 0..n_layers {
+            k.push(memory::zeroed(rows, &what)?);
+            v.push(memory::zeroed(rows, &what)?);
         }
+        Ok(Self { max_seq, kv_dim, k, v })
+    }
+
+    /// Bytes of a cache of `max_seq` positions (None when the product overflows).
+    pub fn bytes_for(n_layers: usize, max_seq: usize, kv_dim: usize) -> Option<usize> {
+        [n_layers, max_seq, kv_dim, 4].iter().try_fold(2usize, |a, &b| a.checked_mul(b))
     }
 
     /// Stores k_row, v_row: [kv_dim] at `pos` of `layer`.
@@ -29,6 +45,6 @@ impl KvCache {
 
     /// Bytes held by the cache at full length.
     pub fn bytes(&self) -> usize {
-        2 * self.k.len() * self.max_seq * self.kv_dim * 4
+        Self::bytes_for(self.k.len(), self.max_seq, self.kv_dim).unwrap_or(usize::MAX)
     }
 }

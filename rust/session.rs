@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use crate::memory;
 use crate::model::forward::{forward_input, Input, Scratch};
 use crate::model::Model;
 use crate::rng::Rng;
@@ -37,9 +38,14 @@ impl Session {
             return Err(Error::InvalidArgument(format!("context_length must be between 1 and {max}, got {n_ctx}")));
         }
         let c = &model.config;
-        let cache = KvCache::new(c.num_layers, n_ctx, c.kv_dim());
+        let cache = KvCache::new(c.num_layers, n_ctx, c.kv_dim()).map_err(|e| match e {
+            Error::Memory(m) => Error::Memory(format!("{m}; ask for a shorter context_length (at most {} fits)", model.max_context_in_memory())),
+            e => e,
+        })?;
         let vocab = c.vocab_size;
-        Ok(Self { model, cache, scratch: Scratch::default(), prefix: 0, tokens: Vec::new(), logits: vec![0.0; vocab], has_logits: false, work: vec![0.0; vocab], rng: Rng::new(0) })
+        let logits = memory::zeroed(vocab, "the logits")?;
+        let work = memory::zeroed(vocab, "the logits")?;
+        Ok(Self { model, cache, scratch: Scratch::default(), prefix: 0, tokens: Vec::new(), logits, has_logits: false, work, rng: Rng::new(0) })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -114,9 +120,9 @@ impl Session {
             return Err(Error::ContextOverflow { needed, context_length: self.cache.max_seq });
         }
         let vocab = self.model.config.vocab_size;
-        let mut all = if all_logits { Some(vec![0.0f32; n * vocab]) } else { None };
+        let mut all = if all_logits { Some(memory::zeroed(memory::checked_bytes(n, vocab, "the logits")?, "the logits of every token")?) } else { None };
         let pos0 = self.position();
-        forward_input(&self.model, &mut self.cache, &mut self.scratch, input, pos0, &mut self.logits, all.as_deref_mut());
+        forward_input(&self.model, &mut self.cache, &mut self.scratch, input, pos0, &mut self.logits, all.as_deref_mut())?;
         self.has_logits = true;
         Ok(all)
     }

@@ -16,6 +16,7 @@ from .errors import (
     FerrolmError,
     InvalidArgumentError,
     InvalidTokenError,
+    MemoryLimitError,
     MissingTensorError,
     ModelNotFoundError,
     TensorError,
@@ -53,5 +54,6 @@ __all__ = [
     "InvalidTokenError",
     "ContextLengthError",
     "InvalidArgumentError",
+    "MemoryLimitError",
     "__version__",
 ]

@@ -30,7 +30,7 @@ import numpy as np
 from . import _core
 from .config import GenerationConfig
 from .model import Model, load
-from .safetensors_io import write_safetensors
+from . import safetensors_io
 
 SHAPES: Dict[str, dict] = {
     "gpt2-124m": dict(model_type="gpt2", vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024),
@@ -103,7 +103,7 @@ def random_checkpoint(shape: str, folder: Optional[Path] = None, seed: int = 0) 
         arr *= np.float32(0.02)
         return arr
 
-    write_safetensors(folder / "model.safetensors", {n: (s, "F32") for n, s in shapes.items()}, make)
+    safetensors_io.write(folder / "model.safetensors", [(n, "F32", s) for n, s in shapes.items()], lambda n: make(n).tobytes())
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder
 

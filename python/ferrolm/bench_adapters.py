@@ -22,7 +22,7 @@ import numpy as np
 from .bench import random_checkpoint
 from .config import GenerationConfig
 from .model import load
-from .safetensors_io import write_safetensors
+from . import safetensors_io
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -46,7 +46,7 @@ def random_lora(model, folder: Path, rank: int, seed: int = 0) -> Path:
     def make(name: str) -> np.ndarray:
         return (rng.standard_normal(shapes[name][0]) * 0.01).astype(np.float32)
 
-    write_safetensors(folder / "adapter_model.safetensors", shapes, make)
+    safetensors_io.write(folder / "adapter_model.safetensors", [(n, dt, s) for n, (s, dt) in shapes.items()], lambda n: make(n).tobytes())
     cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none", "target_modules": list(TARGETS)}
     (folder / "adapter_config.json").write_text(json.dumps(cfg))
     return folder

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from .errors import InvalidArgumentError
+from .errors import ConfigError, InvalidArgumentError
 
 _INT = (int,)
 
@@ -123,5 +123,5 @@ class GenerationConfig:
             kwargs = {k: v for k, v in kwargs.items() if k in ("repetition_penalty", "max_new_tokens")}
         try:
             return cls(**kwargs)
-        except InvalidArgumentError:
-            return cls()
+        except InvalidArgumentError as e:
+            raise ConfigError(f"generation_config.json: {e}") from None

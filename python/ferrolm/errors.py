@@ -44,6 +44,11 @@ class InvalidArgumentError(FerrolmError, ValueError):
     """An argument is out of range or of the wrong kind (sampling knobs, empty prompts, ...)."""
 
 
+class MemoryLimitError(FerrolmError, MemoryError):
+    """A requested buffer (a context's KV cache, a tensor, logits) cannot fit in this machine's
+    memory; the message says what needs how much."""
+
+
 __all__ = [
     "FerrolmError",
     "ConfigError",
@@ -55,4 +60,5 @@ __all__ = [
     "InvalidTokenError",
     "ContextLengthError",
     "InvalidArgumentError",
+    "MemoryLimitError",
 ]

@@ -14,10 +14,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from . import _core
+from .fields import get_id_list
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, MissingTensorError, ModelNotFoundError
 from .chat import ChatTemplate, special_tokens_from_config, template_from_config
 from .progress import ProgressFn
-from .safetensors_io import FLOAT_DTYPES, float32_values
+from . import safetensors_io
 from .tokenizer import Tokenizer
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -98,9 +99,7 @@ class Checkpoint:
     def _stored_tensors(self) -> Iterator[Tuple[str, List[int]]]:
         """(dtype, shape) of every tensor in the safetensors files, from their headers only."""
         for f in self.weight_files:
-            for name, info in safetensors_header(f).items():
-                if name != "__metadata__":
-                    yield info["dtype"], info["shape"]
+            yield from safetensors_io.header(f).values()
 
     def tensor_types(self) -> Dict[str, int]:
         """{dtype or GGML type: number of tensors}, read from file headers only."""
@@ -121,7 +120,8 @@ class TensorReader:
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self._gguf: Any = None
-        self._headers: Dict[Path, Tuple[int, Dict[str, Any]]] = {}
+        # per weight file: the open _core.SafetensorsFile and {tensor name: shape}
+        self._files: Dict[Path, Tuple[Any, Dict[str, List[int]]]] = {}
 
     def __enter__(self) -> "TensorReader":
         return self
@@ -133,6 +133,7 @@ class TensorReader:
         if self._gguf is not None:
             self._gguf.close()
             self._gguf = None
+        self._files.clear()
 
     def read(self, name: str) -> Optional[np.ndarray]:
         """Float32 values of tensor `name` as stored (GPT-2 Conv1D weights [in, out]); None when
@@ -147,38 +148,15 @@ class TensorReader:
                     return np.array(self._gguf._load(info), dtype=np.float32)
             raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")
         alt = name[len("transformer."):] if name.startswith("transformer.") else None
-        for f in self.ckpt.weight_files:
-            if f not in self._headers:
-                with open(f, "rb") as fh:
-                    data_start = 8 + int.from_bytes(fh.read(8), "little")
-                self._headers[f] = (data_start, safetensors_header(f))
-            data_start, header = self._headers[f]
-            key = name if name in header else alt if alt in header else None
-            if key is None:
-                continue
-            info = header[key]
-            dtype = FLOAT_DTYPES.get(info["dtype"])
-            if dtype is None:
-                return None
-            start, end = info["data_offsets"]
-            raw = np.fromfile(f, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=data_start + start)
-            return float32_values(raw, info["dtype"]).reshape(info["shape"])
+        for path in self.ckpt.weight_files:
+            if path not in self._files:
+                f = safetensors_io.open_file(path)
+                self._files[path] = (f, {n: shape for n, _, shape in f.tensors()})
+            f, shapes = self._files[path]
+            key = name if name in shapes else alt if alt in shapes else None
+            if key is not None:
+                return safetensors_io.read_f32(f, key, shapes[key])
         raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")
-
-
-def safetensors_header(path: Path) -> Dict[str, Any]:
-    """The JSON header of a safetensors file."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n <= 0 or n > 100_000_000:
-                raise CheckpointError(f"{path} is not a valid safetensors file (header size {n})")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a valid safetensors file")
-    return header
 
 
 def _read_json(path: Path, what: str, error=CheckpointError) -> Any:
@@ -293,12 +271,10 @@ def eos_token_ids(ckpt: Checkpoint) -> Tuple[int, ...]:
     """EOS ids from generation_config.json, else config.json, else the tokenizer's usual names."""
     if ckpt.gguf is not None and ckpt.gguf.eos_token_ids:
         return tuple(ckpt.gguf.eos_token_ids)
-    for source in (ckpt.generation_config, ckpt.config):
-        eos = source.get("eos_token_id")
-        if isinstance(eos, int) and not isinstance(eos, bool):
-            return (eos,)
-        if isinstance(eos, list) and all(isinstance(i, int) for i in eos):
-            return tuple(eos)
+    for source, name in ((ckpt.generation_config, "generation_config.json"), (ckpt.config, "config.json")):
+        ids = get_id_list(source, "eos_token_id", f"{ckpt.path}: {name}", vocab_size=2**63)
+        if ids:
+            return tuple(ids)
     if ckpt.tokenizer is not None:
         for name in ("</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>"):
             tid = ckpt.tokenizer.token_to_id(name)

@@ -20,10 +20,13 @@ from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
+from . import safetensors_io
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError, TensorError
-from .safetensors_io import FLOAT_DTYPES, float32_values
+from .fields import MISSING, get_bool, get_int, get_mapping, get_number, get_str, get_str_list
 
 _PREFIX = "base_model.model."
+#: The largest LoRA rank accepted (far above any practical adapter; A and B must match it).
+MAX_RANK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -61,28 +64,13 @@ class LoraAdapter:
 
 
 def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
-    """Every tensor of a small safetensors file as float32 (BF16/F16/F64 converted)."""
-    try:
-        blob = path.read_bytes()
-        n = int.from_bytes(blob[:8], "little")
-        header = json.loads(blob[8 : 8 + n])
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a valid safetensors file")
-    header.pop("__metadata__", None)
-    data = memoryview(blob)[8 + n :]
+    """Every tensor of a small safetensors file as float32 (BF16/F16/F64 widened); a tensor of
+    another dtype raises TensorError."""
     out = {}
-    for name, h in header.items():
-        try:
-            dtype, shape, (start, end) = h["dtype"], [int(d) for d in h["shape"]], h["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
-        if dtype not in FLOAT_DTYPES:
-            raise TensorError(f"{path}: tensor {name} has unsupported dtype {dtype}")
-        if not 0 <= start <= end <= len(data) or (end - start) != math.prod(shape) * np.dtype(FLOAT_DTYPES[dtype]).itemsize:
-            raise CheckpointError(f"{path}: tensor {name} has inconsistent offsets")
-        out[name] = float32_values(np.frombuffer(data[start:end], dtype=FLOAT_DTYPES[dtype]).reshape(shape), dtype)
+    for name, (dtype, values) in safetensors_io.read_floats(path).items():
+        if values is None:
+            raise TensorError(f"{path}: tensor {name} has unsupported dtype {dtype} (expected a float type)")
+        out[name] = values
     return out
 
 
@@ -118,22 +106,23 @@ def read_lora(path: Union[str, os.PathLike]) -> LoraAdapter:
     if not folder.is_dir():
         raise ModelNotFoundError(f"LoRA adapter folder {folder} does not exist")
     cfg = adapter_config(folder)
-    kind = cfg.get("peft_type", "LORA")
+    where = str(folder / "adapter_config.json")
+    kind = get_str(cfg, "peft_type", "LORA", where)
     if kind != "LORA":
         raise ConfigError(f"{folder} is a {kind} adapter, not LoRA")
-    r = cfg.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise ConfigError(f"{folder}: adapter_config.json r must be a positive integer, got {r!r}")
-    alpha = cfg.get("lora_alpha", r)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise ConfigError(f"{folder}: lora_alpha must be a number, got {alpha!r}")
-    if cfg.get("bias", "none") != "none":
-        raise ConfigError(f"{folder}: LoRA bias={cfg.get('bias')!r} is not supported (only 'none')")
-    for key in ("use_dora", "rank_pattern", "alpha_pattern"):
-        if cfg.get(key):
+    r = get_int(cfg, "r", MISSING, where, low=1, high=MAX_RANK)
+    alpha = get_number(cfg, "lora_alpha", r, where)
+    use_rslora = get_bool(cfg, "use_rslora", False, where)
+    get_bool(cfg, "fan_in_fan_out", False, where)  # the layout of A and B is the same either way
+    bias = get_str(cfg, "bias", "none", where)
+    if bias != "none":
+        raise ConfigError(f"{folder}: LoRA bias={bias!r} is not supported (only 'none')")
+    if get_bool(cfg, "use_dora", False, where):
+        raise ConfigError(f"{folder}: use_dora is not supported")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if get_mapping(cfg, key, where):
             raise ConfigError(f"{folder}: {key} is not supported")
-    targets = cfg.get("target_modules") or ()
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    targets = get_str_list(cfg, "target_modules", where)
     tensors = _read_safetensors(_weights_file(folder))
     pairs: Dict[str, Dict[str, np.ndarray]] = {}
     for key, arr in tensors.items():
@@ -158,7 +147,7 @@ def read_lora(path: Union[str, os.PathLike]) -> LoraAdapter:
         out.append(LoraPair(f"{module}.weight", a, b))
     if not out:
         raise TensorError(f"{folder}: the adapter holds no LoRA weights")
-    return LoraAdapter(folder, r, float(alpha), bool(cfg.get("use_rslora", False)), targets, tuple(out))
+    return LoraAdapter(folder, r, alpha, use_rslora, targets, tuple(out))
 
 
 def check_name(name: object, taken: object, what: str) -> str:

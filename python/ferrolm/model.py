@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -14,7 +15,7 @@ import numpy as np
 from . import _core
 from .chat import END_OF_TURN_TOKENS, ChatTemplate
 from .config import GenerationConfig
-from .errors import ContextLengthError, InvalidArgumentError, InvalidTokenError, TokenizerError
+from .errors import ConfigError, ContextLengthError, InvalidArgumentError, InvalidTokenError, MemoryLimitError, TokenizerError
 from .generation import GenerationResult, TextStream, drain, run
 from .adapters import Adapters
 from .lora import check_name
@@ -131,6 +132,8 @@ class Model:
         checks it against this model; returns its name (default: the folder's name). It does not
         become active: call `set_adapter(name)`, or (with merged=False) pass `adapter=name` to
         generate(). `scale` multiplies the adapter's own alpha/r. Nothing changes on error."""
+        if not isinstance(merged, bool):
+            raise InvalidArgumentError(f"merged must be True or False, got {merged!r}")
         return self._adapters.load_lora(path, name, merged, scale)
 
     def set_adapter(self, name: Optional[str]) -> None:
@@ -353,27 +356,57 @@ def load(
     torch_dtype; lossless, since the kernels compute in FP32 either way), "fp32" otherwise.
     threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
-    max_position_embeddings). progress: None draws a bar on a terminal for loads over a second,
-    False never, True always; or a callable(done, total, name). Nothing on disk is ever written.
+    max_position_embeddings; a default whose KV cache would not fit in this machine's memory is
+    cut to the longest that fits, with a warning, and an explicit one raises MemoryLimitError).
+    progress: None draws a bar on a terminal for loads over a second, False never, True always;
+    or a callable(done, total, name). Nothing on disk is ever written.
     """
     n_threads = check_load_args(precision, device, threads)
+    if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool) or context_length < 1):
+        raise InvalidArgumentError(f"context_length must be a positive integer or None, got {context_length!r}")
     ckpt = read_checkpoint(path)
     precision = ckpt.resolve_precision(precision)
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
-    max_ctx = core.max_position_embeddings
-    if context_length is None:
-        context_length = max_ctx
-    elif not isinstance(context_length, int) or isinstance(context_length, bool) or not 1 <= context_length <= max_ctx:
-        raise InvalidArgumentError(f"context_length must be an integer in [1, {max_ctx}], got {context_length!r}")
+    context_length = _context_length(core, context_length)
+    eos = eos_token_ids(ckpt)
+    if any(i >= core.vocab_size for i in eos):
+        raise ConfigError(f"{ckpt.path}: eos_token_id {list(eos)} lies outside the vocabulary (size {core.vocab_size})")
     return Model(
         core,
         path=ckpt.path,
         config=ckpt.config,
         tokenizer=ckpt.tokenizer,
-        eos_token_ids=eos_token_ids(ckpt),
+        eos_token_ids=eos,
         generation_config=GenerationConfig.from_hf(ckpt.generation_config),
         precision=precision,
         context_length=context_length,
         chat_template=ckpt.chat_template,
         checkpoint=ckpt,
     )
+
+
+def _context_length(core: "_core.Model", requested: Optional[int]) -> int:
+    """The KV-cache positions per session: `requested` (checked against the model and this
+    machine's memory), or the model's maximum, cut to what fits in memory."""
+    max_ctx = core.max_position_embeddings
+    fits = core.max_context_in_memory
+    per_position = 2 * core.num_layers * core.num_kv_heads * core.head_dim * 4
+    if requested is None:
+        if fits < 1:
+            raise MemoryLimitError(f"one position of the KV cache needs {per_position} bytes, more than this machine's memory")
+        if fits < max_ctx:
+            warnings.warn(
+                f"the model's context of {max_ctx} positions needs a {per_position * max_ctx / 2**30:.1f} GiB KV cache per "
+                f"session, more than this machine's memory; using context_length={fits}",
+                stacklevel=3,
+            )
+        return min(max_ctx, fits)
+    if requested > max_ctx:
+        raise InvalidArgumentError(f"context_length must be an integer in [1, {max_ctx}], got {requested!r}")
+    if requested > fits:
+        raise MemoryLimitError(
+            f"context_length={requested} needs a {per_position * requested / 2**30:.1f} GiB KV cache per session "
+            f"(2 · {core.num_layers} layers · {core.num_kv_heads} kv heads · {core.head_dim} head_dim · {requested} · 4 bytes), "
+            f"more than this machine's {_core.memory_limit() / 2**30:.1f} GiB of memory; at most {fits} fits"
+        )
+    return requested

@@ -1,37 +1,32 @@
-"""A minimal progress bar on stderr that appears only once a task has run for a second."""
+"""Progress of long tasks (loading, saving) as a `tqdm` bar on stderr that appears only once a
+task has run for a second; callers report `(done, total, label)`."""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import Callable, Optional, TextIO, Union
+from typing import Any, Callable, Optional, Union
 
 ProgressFn = Callable[[int, int, str], None]
 
 
 class ProgressBar:
-    """Call with (done, total, label). Draws nothing for tasks shorter than `delay` seconds."""
+    """A ProgressFn drawing a tqdm bar titled `title`, closed when done reaches total."""
 
-    def __init__(self, title: str, stream: Optional[TextIO] = None, delay: float = 1.0, width: int = 30) -> None:
+    def __init__(self, title: str, delay: float = 1.0) -> None:
         self.title = title
-        self.stream = stream or sys.stderr
         self.delay = delay
-        self.width = width
-        self.start = time.monotonic()
-        self.drawn = False
+        self._bar: Any = None
 
     def __call__(self, done: int, total: int, label: str = "") -> None:
-        if time.monotonic() - self.start < self.delay and done < total:
-            return
-        if not self.drawn and done >= total and time.monotonic() - self.start < self.delay:
-            return
-        frac = done / total if total else 1.0
-        bar = "#" * int(frac * self.width)
-        self.stream.write(f"\r{self.title} [{bar:<{self.width}}] {done}/{total} {label[:40]:<40}")
-        self.drawn = True
+        from tqdm.auto import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=self.title, delay=self.delay, unit="tensor", leave=True, file=sys.stderr)
+        self._bar.set_postfix_str(label[:40], refresh=False)
+        self._bar.update(done - self._bar.n)
         if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
+            self._bar.close()
+            self._bar = None
 
 
 def resolve(progress: Union[None, bool, ProgressFn], title: str) -> Optional[ProgressFn]:

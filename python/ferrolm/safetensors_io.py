@@ -1,80 +1,72 @@
-"""A small safetensors writer (numpy arrays or raw little-endian bytes), streaming tensor by tensor."""
+"""Safetensors files for the Python layer: a thin wrapper over the core's one reader and writer
+(`_core.SafetensorsFile`, `_core.write_safetensors`, both on the safetensors crate), so headers
+are validated in one place and writes stream tensor by tensor with the GIL released."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-_DTYPES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<f8"): "F64", np.dtype("i1"): "I8"}
-_SIZES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1}
-#: numpy dtypes of the float safetensors dtypes (BF16 read as its uint16 bit patterns).
-FLOAT_DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+from . import _core
+from .errors import InvalidArgumentError
+
+PathLike = Union[str, os.PathLike]
+
+#: numpy dtype of each dtype ferrolm writes (BF16 as its uint16 bit patterns).
+_NUMPY = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "BF16": "<u2"}
+_NAMES = {np.dtype(v): k for k, v in _NUMPY.items() if k != "BF16"}
+#: The float dtypes, which read as float32 values.
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-def float32_values(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values of `raw` (read with FLOAT_DTYPES[dtype]); BF16 widened exactly."""
-    if dtype == "BF16":
-        raw = (raw.astype(np.uint32) << 16).view(np.float32)
-    return np.ascontiguousarray(raw, dtype=np.float32)
+def open_file(path: PathLike) -> "_core.SafetensorsFile":
+    """The file mapped and its header validated (CheckpointError when it is not a valid file)."""
+    return _core.SafetensorsFile(os.fspath(path))
 
 
-def write_safetensors(
-    path: Union[str, os.PathLike],
-    shapes: Dict[str, Tuple[Tuple[int, ...], str]],
-    make: Callable[[str], Union[np.ndarray, bytes]],
-    metadata: Dict[str, str] | None = None,
-) -> None:
-    """Writes `path` with one tensor per entry of `shapes` (name -> (shape, dtype name)), asking
-    `make(name)` for each array (or its raw little-endian bytes) only when it is written, so at
-    most one is in memory at once. The file is written beside `path` and renamed into place
-    when complete."""
-    header: Dict[str, object] = {}
-    offset = 0
-    for name, (shape, dtype) in shapes.items():
-        size = int(np.prod(shape, dtype=np.int64)) * _SIZES[dtype]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
-            for name, (shape, dtype) in shapes.items():
-                data = make(name)
-                if isinstance(data, bytes):
-                    want = header[name]["data_offsets"][1] - header[name]["data_offsets"][0]  # type: ignore[index]
-                    if len(data) != want:
-                        raise ValueError(f"tensor {name}: got {len(data)} bytes, declared {want}")
-                    f.write(data)
-                    del data
-                    continue
-                arr = np.ascontiguousarray(data)
-                if tuple(arr.shape) != tuple(shape):
-                    raise ValueError(f"tensor {name}: got shape {arr.shape}, declared {shape}")
-                if dtype == "BF16":
-                    if arr.dtype != np.uint16:
-                        raise ValueError(f"tensor {name}: BF16 data must be given as uint16 bit patterns")
-                    arr = arr.astype("<u2", copy=False)
-                elif _DTYPES.get(arr.dtype.newbyteorder("<")) != dtype:
-                    raise ValueError(f"tensor {name}: dtype {arr.dtype} does not match declared {dtype}")
-                f.write(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-                del arr
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+def header(path: PathLike) -> Dict[str, Tuple[str, List[int]]]:
+    """{tensor name: (dtype, shape)} from the header alone, in file order."""
+    return {name: (dtype, shape) for name, dtype, shape in open_file(path).tensors()}
 
 
-def save_arrays(path: Union[str, os.PathLike], tensors: Dict[str, np.ndarray]) -> None:
-    """Writes a dict of float arrays (F32/F16/F64) as a safetensors file."""
-    shapes = {n: (tuple(a.shape), _DTYPES[np.dtype(a.dtype).newbyteorder("<")]) for n, a in tensors.items()}
-    write_safetensors(path, shapes, tensors.__getitem__)
+def read_f32(f: "_core.SafetensorsFile", name: str, shape: Iterable[int]) -> Optional[np.ndarray]:
+    """Float tensor `name` of an open file as float32 [shape]; None for an int8 tensor."""
+    data = f.read_f32(name)
+    return None if data is None else np.frombuffer(data, dtype=np.float32).reshape(tuple(shape))
+
+
+def read_floats(path: PathLike) -> Dict[str, Tuple[str, np.ndarray]]:
+    """Every tensor of a (small) file as (dtype as stored, float32 values) — adapters and soft
+    prompts. A tensor of a non-float dtype raises TensorError."""
+    f = open_file(path)
+    return {name: (dtype, read_f32(f, name, shape)) for name, dtype, shape in f.tensors()}
+
+
+def write(path: PathLike, entries: Iterable[Tuple[str, str, Iterable[int]]], make: Callable[[str], bytes],
+          metadata: Optional[Dict[str, str]] = None) -> None:
+    """Writes `path` with one tensor per (name, dtype, shape), asking `make(name)` for its raw
+    little-endian bytes only when it is written. The file appears complete or not at all."""
+    _core.write_safetensors(os.fspath(path), [(n, d, [int(x) for x in s]) for n, d, s in entries], make, metadata)
+
+
+def save_arrays(path: PathLike, tensors: Dict[str, np.ndarray], metadata: Optional[Dict[str, str]] = None) -> None:
+    """Writes a dict of numpy arrays (float32/float16/float64/int8; BF16 needs `write` with its
+    uint16 bit patterns)."""
+    entries = []
+    for name, arr in tensors.items():
+        dtype = _NAMES.get(np.dtype(arr.dtype).newbyteorder("<"))
+        if dtype is None:
+            raise InvalidArgumentError(f"tensor {name}: dtype {arr.dtype} cannot be saved (float32/16/64 or int8)")
+        entries.append((name, dtype, arr.shape))
+
+    def make(name: str) -> bytes:
+        arr = np.asarray(tensors[name])
+        return arr.astype(np.dtype(_NUMPY[_NAMES[np.dtype(arr.dtype).newbyteorder("<")]]), copy=False).tobytes()
+
+    write(path, entries, make, metadata)
+
+
+__all__ = ["FLOAT_DTYPES", "open_file", "header", "read_f32", "read_floats", "write", "save_arrays"]

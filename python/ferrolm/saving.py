@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from .errors import InvalidArgumentError
 from .progress import ProgressFn
-from .safetensors_io import write_safetensors
 
 if TYPE_CHECKING:
     from .model import Model
@@ -123,19 +122,7 @@ def save_model(model: "Model", out: Union[str, os.PathLike], *, overwrite: bool 
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        entries = model._core.export_entries()
-        shapes = {name: (tuple(shape), dtype) for name, dtype, shape in entries}
-        done = 0
-
-        def make(name: str) -> bytes:
-            nonlocal done
-            data = model._core.export_tensor(name)
-            done += 1
-            if progress is not None:
-                progress(done, len(shapes), name)
-            return data
-
-        write_safetensors(tmp / "model.safetensors", shapes, make, metadata={"format": "pt"})
+        model._core.save_safetensors(str(tmp / "model.safetensors"), {"format": "pt"}, progress)
         _write_json(tmp / "config.json", _config(model))
         _side_files(model, tmp)
         if out.exists():

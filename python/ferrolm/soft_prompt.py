@@ -15,6 +15,7 @@ from typing import Union
 import numpy as np
 
 from .errors import ConfigError, ModelNotFoundError, TensorError
+from .fields import get_int, get_str
 from .lora import _read_safetensors, _weights_file, adapter_config
 
 
@@ -33,15 +34,21 @@ def read_soft_prompt(path: Union[str, os.PathLike]) -> SoftPrompt:
     if not folder.is_dir():
         raise ModelNotFoundError(f"soft prompt folder {folder} does not exist")
     cfg = adapter_config(folder)
-    if cfg.get("peft_type") != "PROMPT_TUNING":
-        raise ConfigError(f"{folder} is not a prompt-tuning adapter (peft_type {cfg.get('peft_type')!r})")
+    where = str(folder / "adapter_config.json")
+    kind = get_str(cfg, "peft_type", "", where)
+    if kind != "PROMPT_TUNING":
+        raise ConfigError(f"{folder} is not a prompt-tuning adapter (peft_type {kind!r})")
+    n = get_int(cfg, "num_virtual_tokens", None, where, low=1)
+    submodules = get_int(cfg, "num_transformer_submodules", 1, where, low=1, high=8)
+    token_dim = get_int(cfg, "token_dim", None, where, low=1)
     tensors = _read_safetensors(_weights_file(folder))
     if set(tensors) != {"prompt_embeddings"}:
         raise TensorError(f"{folder}: expected one tensor 'prompt_embeddings', found {sorted(tensors)}")
     emb = tensors["prompt_embeddings"]
-    n = cfg.get("num_virtual_tokens")
-    if emb.ndim != 2 or emb.shape[0] == 0 or (isinstance(n, int) and n * max(1, cfg.get("num_transformer_submodules") or 1) != emb.shape[0]):
+    if emb.ndim != 2 or emb.shape[0] == 0 or (n is not None and n * submodules != emb.shape[0]):
         raise TensorError(f"{folder}: prompt_embeddings {list(emb.shape)} does not hold num_virtual_tokens={n!r} rows")
+    if token_dim is not None and emb.shape[1] != token_dim:
+        raise TensorError(f"{folder}: prompt_embeddings {list(emb.shape)} does not have token_dim={token_dim} columns")
     if not np.isfinite(emb).all():
         raise TensorError(f"{folder}: prompt_embeddings holds non-finite values")
     return SoftPrompt(folder, np.ascontiguousarray(emb, dtype=np.float32))

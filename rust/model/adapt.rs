@@ -31,7 +31,7 @@ pub struct WeightDelta {
 }
 
 fn check_delta(d: &WeightDelta, rows: usize, k: usize) -> Result<()> {
-    if d.rank == 0 || d.a.len() != d.rank * k || d.b.len() != rows * d.rank || !d.scale.is_finite() {
+    if d.rank == 0 || Some(d.a.len()) != d.rank.checked_mul(k) || Some(d.b.len()) != rows.checked_mul(d.rank) || !d.scale.is_finite() {
         return Err(Error::Tensor(format!(
             "'{}' [{rows}x{k}]: LoRA A must be [{}x{k}] and B [{rows}x{}] with rank >= 1 and a finite scale",
             d.name, d.rank, d.rank
@@ -153,10 +153,10 @@ mod tests {
 
     fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
         let c = &m.config;
-        let mut cache = KvCache::new(c.num_layers, 16, c.kv_dim());
+        let mut cache = KvCache::new(c.num_layers, 16, c.kv_dim()).unwrap();
         let mut scratch = Scratch::default();
         let mut out = vec![0f32; c.vocab_size];
-        forward(m, &mut cache, &mut scratch, tokens, 0, &mut out, None);
+        forward(m, &mut cache, &mut scratch, tokens, 0, &mut out, None).unwrap();
         out
     }
 

@@ -3,8 +3,11 @@
 use super::{Arch, Model, Norm};
 use crate::kernels::activations::{gelu_tanh, silu_mul};
 use crate::kernels::attention::{attention, AttnShape};
+use crate::kernels::rope::RopeAngles;
 use crate::kernels::norms::{layer_norm, rms_norm};
+use crate::error::Result;
 use crate::kv_cache::KvCache;
+use crate::memory;
 
 /// Tokens processed per prefill step; bounds scratch memory for long prompts.
 pub const PREFILL_CHUNK: usize = 256;
@@ -29,26 +32,36 @@ pub struct Scratch {
     pub act: Vec<f32>,
     /// scores: [n_threads, context]
     pub scores: Vec<f32>,
+    /// RoPE cos/sin of the chunk's positions
+    pub rope: RopeAngles,
 }
 
 impl Scratch {
-    fn ensure(&mut self, model: &Model, rows: usize, context: usize) {
+    /// Sizes the buffers for `rows` tokens at once and a cache of `context` positions
+    /// (allocated fallibly: sizes come from the config).
+    fn ensure(&mut self, model: &Model, rows: usize, context: usize) -> Result<()> {
         let c = &model.config;
-        let scores = model.pool.n_threads() * context;
+        let what = "the activation buffers";
+        let scores = memory::checked_bytes(model.pool.n_threads(), context, what)?;
         if self.rows >= rows && self.scores.len() >= scores {
-            return;
+            return Ok(());
         }
         let rows = rows.max(self.rows);
         let up_out = model.layers.first().map_or(0, |l| l.up.out_features);
-        self.rows = rows;
-        self.x = vec![0.0; rows * c.hidden_size];
-        self.xn = vec![0.0; rows * c.hidden_size];
-        self.qkv = vec![0.0; rows * (c.q_dim() + 2 * c.kv_dim())];
-        self.q = vec![0.0; rows * c.q_dim()];
-        self.att = vec![0.0; rows * c.q_dim()];
-        self.up = vec![0.0; rows * up_out];
-        self.act = vec![0.0; rows * c.intermediate_size];
-        self.scores = vec![0.0; scores.max(self.scores.len())];
+        let buf = |width: usize| memory::checked_bytes(rows, width, what).and_then(|n| memory::zeroed(n, what));
+        *self = Scratch {
+            rows,
+            x: buf(c.hidden_size)?,
+            xn: buf(c.hidden_size)?,
+            qkv: buf(c.q_dim() + 2 * c.kv_dim())?,
+            q: buf(c.q_dim())?,
+            att: buf(c.q_dim())?,
+            up: buf(up_out)?,
+            act: buf(c.intermediate_size)?,
+            scores: memory::zeroed(scores.max(self.scores.len()), what)?,
+            rope: std::mem::take(&mut self.rope),
+        };
+        Ok(())
     }
 }
 
@@ -88,15 +101,17 @@ impl Input<'_> {
 /// Runs `tokens` (already validated) at positions `pos0..`, filling the KV cache.
 /// Writes logits of the last token into `logits: [vocab]`, or of every token into
 /// `all_logits: [tokens.len(), vocab]` when given.
-pub fn forward(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, tokens: &[u32], pos0: usize, logits: &mut [f32], all_logits: Option<&mut [f32]>) {
+pub fn forward(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, tokens: &[u32], pos0: usize, logits: &mut [f32], all_logits: Option<&mut [f32]>) -> Result<()> {
     forward_input(model, cache, scratch, Input::Tokens(tokens), pos0, logits, all_logits)
 }
 
-/// [`forward`] for token ids or embeddings (`input` validated, at least one row).
-pub fn forward_input(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, input: Input<'_>, pos0: usize, logits: &mut [f32], mut all_logits: Option<&mut [f32]>) {
+/// [`forward`] for token ids or embeddings (`input` validated, at least one row). Fails only
+/// when the activation buffers cannot be allocated, before anything is computed.
+pub fn forward_input(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, input: Input<'_>, pos0: usize, logits: &mut [f32], mut all_logits: Option<&mut [f32]>) -> Result<()> {
     let vocab = model.config.vocab_size;
     let d = model.config.hidden_size;
     let n = input.len(d);
+    scratch.ensure(model, n.min(PREFILL_CHUNK), cache.max_seq)?;
     let mut done = 0;
     while done < n {
         let end = (done + PREFILL_CHUNK).min(n);
@@ -122,6 +137,7 @@ pub fn forward_input(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, 
     if let Some(out) = all_logits {
         logits.copy_from_slice(&out[(n - 1) * vocab..]);
     }
+    Ok(())
 }
 
 fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Input<'_>, pos0: usize) {
@@ -129,7 +145,7 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
     let t = input.len(c.hidden_size);
     let (d, q_dim, kv_dim, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
     let qkv_dim = q_dim + 2 * kv_dim;
-    s.ensure(model, t, cache.max_seq);
+    debug_assert!(s.rows >= t, "forward_input sizes the scratch first");
     let pool = &model.pool;
 
     // x: [t, d] = embeddings (+ learned positions)
@@ -146,6 +162,9 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
         }
     }
     let shape = AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+    if let Some(rope) = &model.rope {
+        rope.angles(pos0, t, &mut s.rope);
+    }
     for (li, layer) in model.layers.iter().enumerate() {
         // attention block
         apply_norm(&layer.attn_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
@@ -155,8 +174,8 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
             let (q, kv) = row.split_at_mut(q_dim);
             let (k, v) = kv.split_at_mut(kv_dim);
             if let Some(rope) = &model.rope {
-                rope.apply(q, pos0 + i);
-                rope.apply(k, pos0 + i);
+                rope.apply(&s.rope, q, pos0 + i);
+                rope.apply(&s.rope, k, pos0 + i);
             }
             s.q[i * q_dim..(i + 1) * q_dim].copy_from_slice(q);
             cache.write(li, pos0 + i, k, v);

@@ -4,7 +4,7 @@
 use super::tensors::MatrixLayout;
 use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
 use crate::error::Result;
-use crate::kernels::rope::RopeTable;
+use crate::kernels::rope::Rope;
 use std::sync::Arc;
 
 use crate::threadpool::ThreadPool;
@@ -66,6 +66,6 @@ pub fn build(config: ModelConfig, store: &mut TensorStore, pool: Arc<ThreadPool>
     } else {
         Some(Linear::new(store.take_matrix("lm_head.weight", vocab, d)?, vocab, d, None)?)
     };
-    let rope = Some(RopeTable::new(c.head_dim, c.rope_theta, c.max_position_embeddings));
+    let rope = Some(Rope::new(c.head_dim, c.rope_theta));
     Ok(Model { config, embed, pos_embed: None, layers, final_norm, lm_head, rope, pool })
 }

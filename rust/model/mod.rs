@@ -10,7 +10,7 @@ pub mod llama;
 pub mod tensors;
 
 use crate::error::{Error, Result};
-use crate::kernels::rope::RopeTable;
+use crate::kernels::rope::Rope;
 use std::sync::Arc;
 
 use crate::threadpool::ThreadPool;
@@ -59,7 +59,7 @@ pub struct Model {
     pub final_norm: Norm,
     /// lm_head: [vocab, d]; None when tied to `embed`.
     pub lm_head: Option<Linear>,
-    pub rope: Option<RopeTable>,
+    pub rope: Option<Rope>,
     pub pool: Arc<ThreadPool>,
 }
 
@@ -126,6 +126,14 @@ impl Model {
     pub fn matmul_bytes_per_token(&self) -> usize {
         let layers: usize = self.layers.iter().map(|l| l.qkv.weight_bytes() + l.o.weight_bytes() + l.up.weight_bytes() + l.down.weight_bytes()).sum();
         layers + self.lm_head().weight_bytes()
+    }
+
+    /// The longest context whose KV cache fits in this machine's memory (at most
+    /// max_position_embeddings).
+    pub fn max_context_in_memory(&self) -> usize {
+        let c = &self.config;
+        let per_position = crate::kv_cache::KvCache::bytes_for(c.num_layers, 1, c.kv_dim()).unwrap_or(usize::MAX).max(1);
+        (crate::memory::memory_limit() / per_position).min(c.max_position_embeddings)
     }
 
     pub fn check_token(&self, token: u32) -> Result<()> {

@@ -9,15 +9,14 @@
 //! dropped from the resident set as the conversion goes.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
-
-use safetensors::{Dtype, SafeTensors};
 
 use super::linear::{Precision, WeightData};
 use super::Arch;
 use crate::error::{Error, Result};
 use crate::kernels::quant::{f32_to_bf16, QuantizedI8};
+use crate::memory;
+use crate::safetensors_file::{dtype_of, SafetensorsFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
@@ -118,7 +117,7 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Result<Vec<f32>> {
     if bytes.len() % dtype.size() != 0 {
         return Err(Error::Tensor(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len())));
     }
-    let mut out = Vec::with_capacity(bytes.len() / dtype.size());
+    let mut out = memory::with_capacity(bytes.len() / dtype.size(), "a tensor's values")?;
     extend_f32(dtype, bytes, &mut out);
     Ok(out)
 }
@@ -226,21 +225,22 @@ impl Src<'_> {
 
 /// Converts a `[rows, cols]` tensor to `precision`, a block of rows at a time; `done` gets
 /// each source block once it is converted (to release its file pages).
-fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &mut dyn FnMut(&[u8])) -> WeightData {
+fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &mut dyn FnMut(&[u8])) -> Result<WeightData> {
+    const WHAT: &str = "a converted weight";
     let block_rows = if cols == 0 { rows.max(1) } else { (BLOCK_BYTES / (cols * src.value_size())).max(1) };
     let n = rows * cols;
     let mut buf: Vec<f32> = Vec::new();
     let mut blocks = (0..rows).step_by(block_rows).map(|r0| (r0, (r0 + block_rows).min(rows)));
     match plan.precision {
         Precision::F32 => {
-            let mut out = Vec::with_capacity(n);
+            let mut out = memory::with_capacity(n, WHAT)?;
             for (r0, r1) in blocks.by_ref() {
                 done(src.extend(r0 * cols, r1 * cols, &mut out));
             }
-            WeightData::F32(out)
+            Ok(WeightData::F32(out))
         }
         Precision::Bf16 => {
-            let mut out = Vec::with_capacity(n);
+            let mut out = memory::with_capacity(n, WHAT)?;
             for (r0, r1) in blocks.by_ref() {
                 if let Src::Bytes(DType::BF16, bytes) = src {
                     // already bfloat16: copied bit for bit
@@ -254,11 +254,11 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
                     done(block);
                 }
             }
-            WeightData::Bf16(out)
+            Ok(WeightData::Bf16(out))
         }
         Precision::Int8 => {
             let ng = cols.div_ceil(plan.group);
-            let (mut q, mut scales) = (Vec::with_capacity(n), Vec::with_capacity(rows * ng));
+            let (mut q, mut scales) = (memory::with_capacity(n, WHAT)?, memory::with_capacity(rows * ng, WHAT)?);
             for (r0, r1) in blocks.by_ref() {
                 buf.clear();
                 let block = src.extend(r0 * cols, r1 * cols, &mut buf);
@@ -267,7 +267,7 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
                 scales.extend_from_slice(&part.scales);
                 done(block);
             }
-            WeightData::Int8(QuantizedI8 { rows, cols, group: plan.group, q, scales })
+            Ok(WeightData::Int8(QuantizedI8 { rows, cols, group: plan.group, q, scales }))
         }
     }
 }
@@ -367,16 +367,16 @@ impl TensorStore {
                 done(bytes);
                 TensorData::SavedI8(q)
             }
-            (src, Some(MatrixLayout::OutIn)) => TensorData::Matrix(convert_rows(src, shape[0], shape[1], &self.plan, done)),
+            (src, Some(MatrixLayout::OutIn)) => TensorData::Matrix(convert_rows(src, shape[0], shape[1], &self.plan, done)?),
             (src, Some(MatrixLayout::InOut)) => {
-                let mut w = Vec::with_capacity(have);
+                let mut w = memory::with_capacity(have, "a Conv1D weight")?;
                 done(src.extend(0, have, &mut w));
                 let t = transpose(&w, shape[0], shape[1]);
                 drop(w);
-                TensorData::Matrix(convert_rows(Src::F32(&t), shape[1], shape[0], &self.plan, &mut |_| {}))
+                TensorData::Matrix(convert_rows(Src::F32(&t), shape[1], shape[0], &self.plan, &mut |_| {})?)
             }
             (src, None) => {
-                let mut v = Vec::with_capacity(have);
+                let mut v = memory::with_capacity(have, "a tensor's values")?;
                 done(src.extend(0, have, &mut v));
                 TensorData::F32(v)
             }
@@ -392,16 +392,17 @@ impl TensorStore {
         let [rows, cols] = *shape else {
             return Err(Error::Tensor(format!("Q8_0 tensor '{name}' must be 2-D, got shape {shape:?}")));
         };
-        if cols % 32 != 0 || rows.checked_mul(cols / 32 * Q8_0_BLOCK) != Some(bytes.len()) {
+        let needed = rows.checked_mul(cols.div_ceil(32)).and_then(|n| n.checked_mul(Q8_0_BLOCK));
+        if cols % 32 != 0 || needed != Some(bytes.len()) {
             return Err(Error::Tensor(format!(
                 "Q8_0 tensor '{name}' of shape {shape:?} needs whole blocks of 32 values and {} bytes, got {}",
-                rows * cols.div_ceil(32) * Q8_0_BLOCK,
+                needed.map_or("too many".to_string(), |n| n.to_string()),
                 bytes.len()
             )));
         }
         let ng = cols / 32;
-        let mut q = Vec::with_capacity(rows * cols);
-        let mut scales = Vec::with_capacity(rows * ng);
+        let mut q = memory::with_capacity(rows * cols, "a Q8_0 tensor")?;
+        let mut scales = memory::with_capacity(rows * ng, "a Q8_0 tensor")?;
         for block in bytes.chunks_exact(Q8_0_BLOCK) {
             scales.push(f16_to_f32(u16::from_le_bytes([block[0], block[1]])));
             q.extend(block[2..].iter().map(|&b| b as i8));
@@ -422,26 +423,13 @@ impl TensorStore {
 
     /// Reads every tensor of a safetensors file (memory-mapped; converted block by block).
     pub fn add_safetensors(&mut self, path: &Path) -> Result<()> {
-        let shown = path.display();
-        let file = File::open(path).map_err(|e| Error::Io(format!("cannot open {shown}: {e}")))?;
-        // SAFETY: the file is opened read-only; we only read the mapping while it is alive.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::Io(format!("cannot map {shown}: {e}")))?;
-        let st = SafeTensors::deserialize(&mmap)
-            .map_err(|e| Error::Io(format!("{shown} is not a valid safetensors file: {e}")))?;
-        for (name, view) in st.tensors() {
-            let dtype = match view.dtype() {
-                Dtype::F32 => DType::F32,
-                Dtype::F16 => DType::F16,
-                Dtype::BF16 => DType::BF16,
-                Dtype::F64 => DType::F64,
-                Dtype::I8 => DType::I8,
-                other => {
-                    return Err(Error::Tensor(format!(
-                        "tensor '{name}' in {shown} has unsupported dtype {other:?}"
-                    )))
-                }
-            };
-            self.insert_src(&name, view.shape(), Src::Bytes(dtype, view.data()), &mut |block| release_pages(&mmap, block))?;
+        let file = SafetensorsFile::open(path)?;
+        for entry in file.tensors() {
+            let dtype = dtype_of(entry.dtype).ok_or_else(|| {
+                Error::Tensor(format!("tensor '{}' in {} has unsupported dtype {}", entry.name, path.display(), entry.dtype))
+            })?;
+            let mmap = file.mmap();
+            self.insert_src(&entry.name, &entry.shape, Src::Bytes(dtype, file.bytes(entry)), &mut |block| release_pages(mmap, block))?;
         }
         super::release_freed_memory();
         Ok(())
@@ -481,7 +469,7 @@ impl TensorStore {
         let shape = if layout == MatrixLayout::InOut && !saved_i8 { [inp, out] } else { [out, inp] };
         match self.remove(name, &shape)? {
             TensorData::Matrix(w) => Ok(w),
-            TensorData::F32(v) => Ok(convert_rows(Src::F32(&v), out, inp, &self.plan, &mut |_| {})),
+            TensorData::F32(v) => convert_rows(Src::F32(&v), out, inp, &self.plan, &mut |_| {}),
             TensorData::SavedI8(q) => {
                 let group = self.plan.group;
                 let scale_name = format!("{name}_scale");

@@ -11,6 +11,7 @@ pyo3::import_exception!(ferrolm.errors, TensorError);
 pyo3::import_exception!(ferrolm.errors, InvalidTokenError);
 pyo3::import_exception!(ferrolm.errors, ContextLengthError);
 pyo3::import_exception!(ferrolm.errors, InvalidArgumentError);
+pyo3::import_exception!(ferrolm.errors, MemoryLimitError);
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -23,6 +24,7 @@ impl From<Error> for PyErr {
             Error::InvalidToken { .. } => InvalidTokenError::new_err(msg),
             Error::ContextOverflow { .. } => ContextLengthError::new_err(msg),
             Error::InvalidArgument(_) => InvalidArgumentError::new_err(msg),
+            Error::Memory(_) => MemoryLimitError::new_err(msg),
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::model::adapt::{MergedWeight, WeightDelta};
 use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
 use crate::sampling::{self, SamplingParams};
+use crate::safetensors_file::{SafetensorsFile, WriteEntry};
 use crate::session::Session;
 
 fn token_ids(tokens: &[i64], vocab_size: usize) -> Result<Vec<u32>, Error> {
@@ -215,6 +216,37 @@ impl PyModel {
         Ok(PyBytes::new(py, &bytes))
     }
 
+    /// Writes every tensor (`export_entries`) to the safetensors file `path`, one tensor at a
+    /// time, with the GIL released; `progress(done, total, name)` is called after each tensor.
+    #[pyo3(signature = (path, metadata=None, progress=None))]
+    fn save_safetensors(&self, py: Python<'_>, path: PathBuf, metadata: Option<std::collections::HashMap<String, String>>, progress: Option<Py<PyAny>>) -> PyResult<()> {
+        let model = &self.inner;
+        let entries = model.export_entries();
+        let writes: Vec<WriteEntry> = entries.iter().map(|e| WriteEntry { name: e.name.clone(), dtype: e.dtype, shape: e.shape.clone() }).collect();
+        let by_name: std::collections::HashMap<&str, &crate::model::export::ExportEntry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let callback_error = CallbackError::default();
+        let source = |w: &WriteEntry| -> Result<Vec<u8>, Error> {
+            let entry = by_name.get(w.name.as_str()).ok_or_else(|| Error::MissingTensor(w.name.clone()))?;
+            let bytes = model.export_bytes(entry)?;
+            if let Some(cb) = &progress {
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Python::attach(|py| cb.call1(py, (n, writes.len(), w.name.as_str())).map(drop)).map_err(|e| callback_error.keep("the progress callback", e))?;
+            }
+            Ok(bytes)
+        };
+        let result = py.detach(|| crate::safetensors_file::write(&path, &writes, metadata, &source));
+        callback_error.raise()?;
+        Ok(result?)
+    }
+
+    /// The longest context whose KV cache fits in this machine's memory (at most
+    /// max_position_embeddings).
+    #[getter]
+    fn max_context_in_memory(&self) -> usize {
+        self.inner.max_context_in_memory()
+    }
+
     #[pyo3(signature = (context_length=None))]
     fn new_session(&self, context_length: Option<usize>) -> PyResult<PySession> {
         Ok(PySession { inner: Session::new(self.inner.clone(), context_length)? })
@@ -327,6 +359,99 @@ fn process_logits<'py>(py: Python<'py>, logits: &[u8], params: &PySamplingParams
     Ok(f32_bytes(py, &v))
 }
 
+/// A safetensors file, mapped read-only and validated at open (the one reader of the format).
+#[pyclass(name = "SafetensorsFile", module = "ferrolm._core", frozen)]
+struct PySafetensorsFile {
+    inner: SafetensorsFile,
+}
+
+#[pymethods]
+impl PySafetensorsFile {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        Ok(Self { inner: py.detach(|| SafetensorsFile::open(&path))? })
+    }
+
+    /// (name, dtype, shape) of every tensor, in file order; dtype as the header names it.
+    fn tensors(&self) -> Vec<(String, String, Vec<usize>)> {
+        self.inner.tensors().iter().map(|t| (t.name.clone(), t.dtype.to_string(), t.shape.clone())).collect()
+    }
+
+    /// The header's `__metadata__` strings.
+    #[getter]
+    fn metadata(&self) -> std::collections::HashMap<String, String> {
+        self.inner.metadata().clone()
+    }
+
+    /// The raw little-endian bytes of tensor `name`.
+    fn read<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let entry = self.inner.entry(name)?;
+        Ok(PyBytes::new(py, self.inner.bytes(entry)))
+    }
+
+    /// float32 bytes of float tensor `name` (F32/F16/BF16/F64 widened exactly); None for int8.
+    fn read_f32<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let file = &self.inner;
+        let values = py.detach(|| file.f32_values(name))?;
+        Ok(values.map(|v| f32_bytes(py, &v)))
+    }
+}
+
+fn write_entries(entries: Vec<(String, String, Vec<usize>)>) -> Result<Vec<WriteEntry>, Error> {
+    entries.into_iter().map(|(name, dtype, shape)| Ok(WriteEntry { name, dtype: DType::parse(&dtype)?, shape })).collect()
+}
+
+/// Writes a safetensors file of `entries` (name, dtype, shape), calling `make(name)` for each
+/// tensor's little-endian bytes only when it is written; the file appears complete or not at
+/// all. The GIL is released except inside `make`.
+#[pyfunction]
+#[pyo3(signature = (path, entries, make, metadata=None))]
+fn write_safetensors(
+    py: Python<'_>,
+    path: PathBuf,
+    entries: Vec<(String, String, Vec<usize>)>,
+    make: Py<PyAny>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> PyResult<()> {
+    let entries = write_entries(entries)?;
+    let callback_error = CallbackError::default();
+    let source = |e: &WriteEntry| -> Result<Vec<u8>, Error> {
+        Python::attach(|py| {
+            let got = make.call1(py, (e.name.as_str(),)).and_then(|obj| Ok(obj.cast_bound::<PyBytes>(py)?.as_bytes().to_vec()));
+            got.map_err(|err| callback_error.keep(&format!("make({:?})", e.name), err))
+        })
+    };
+    let result = py.detach(|| crate::safetensors_file::write(&path, &entries, metadata, &source));
+    callback_error.raise()?;
+    Ok(result?)
+}
+
+/// The exception a Python callback raised inside core work: the core stops with an `Error`,
+/// and the binding re-raises the original exception once the work has returned.
+#[derive(Default)]
+struct CallbackError(std::sync::Mutex<Option<PyErr>>);
+
+impl CallbackError {
+    fn keep(&self, what: &str, err: PyErr) -> Error {
+        let msg = format!("{what} raised {err}");
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+        Error::InvalidArgument(msg)
+    }
+
+    fn raise(self) -> PyResult<()> {
+        match self.0.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Physical memory of this machine in bytes (the bound on one KV cache or buffer).
+#[pyfunction]
+fn memory_limit() -> usize {
+    crate::memory::memory_limit()
+}
+
 /// The SIMD instruction set the kernels dispatch to on this CPU.
 #[pyfunction]
 fn simd_level() -> String {
@@ -354,6 +479,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;
     m.add_class::<PySamplingParams>()?;
+    m.add_class::<PySafetensorsFile>()?;
+    m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(memory_limit, m)?)?;
     m.add_function(wrap_pyfunction!(process_logits, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
