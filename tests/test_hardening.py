@@ -233,3 +233,40 @@ def test_damaged_safetensors_headers_are_checkpoint_errors(tmp_path, damage):
     st.write_bytes(blob)
     with pytest.raises(ferrolm.CheckpointError, match="safetensors"):
         ferrolm.load(folder)
+
+
+@pytest.mark.parametrize("source,error,match", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", ferrolm.CheckpointError, "steps"),
+    ("{% set s = 'a' * 900000 %}{% for c in s %}{% for d in s %}.{% endfor %}{% endfor %}", ferrolm.CheckpointError, "steps"),
+    ("{{ 'a' * 10**9 }}", ferrolm.CheckpointError, "too long"),
+    ("{{ [1] * 10**7 }}", ferrolm.CheckpointError, "too long"),
+    ("{{ 10 ** 100000 }}", ferrolm.CheckpointError, "too large"),
+    ("{{ 1 / 0 }}", ferrolm.CheckpointError, "ZeroDivisionError"),
+    ("{{ 1 + 'a' }}", ferrolm.CheckpointError, "TypeError"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", ferrolm.CheckpointError, "RecursionError"),
+    ("{{ messages.__class__.__mro__ }}", ferrolm.CheckpointError, "__class__"),
+    ("{{ raise_exception('no system messages') }}", ferrolm.InvalidArgumentError, "no system messages"),
+])
+def test_hostile_chat_templates_fail_cleanly(source, error, match):
+    from ferrolm.chat import ChatTemplate
+
+    with pytest.raises(error, match=match):
+        ChatTemplate(source).render([{"role": "user", "content": "hi"}])
+
+
+def test_step_budget_leaves_ordinary_templates_and_the_trace_function_alone():
+    import sys
+
+    from ferrolm.chat import ChatTemplate
+
+    seen = []
+    tracer = lambda frame, event, arg: seen.append(event) and None  # noqa: E731
+    sys.settrace(tracer)
+    try:
+        out = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}").render(
+            [{"role": "user", "content": "a" * 5000}] * 200)
+        restored = sys.gettrace()
+    finally:
+        sys.settrace(None)
+    assert restored is tracer
+    assert out.count("<user>") == 200 and len(out) == 200 * (6 + 5000)

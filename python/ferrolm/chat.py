@@ -5,10 +5,17 @@ strftime_now helpers, special tokens as variables)."""
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .errors import CheckpointError, InvalidArgumentError
+
+#: A template comes with the checkpoint and is untrusted: one render may run at most this many
+#: template lines (a real template runs a few per message) and build no string or list longer
+#: than MAX_TEMPLATE_ITEMS, so a hostile one fails instead of hanging or eating memory.
+MAX_TEMPLATE_STEPS = 1_000_000
+MAX_TEMPLATE_ITEMS = 1_000_000
 
 # Tokens that end an assistant turn in common templates; the ones a vocabulary has stop chat.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
@@ -46,9 +53,23 @@ def _compile(source: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols]
-    )
+    class Bounded(jinja2.sandbox.ImmutableSandboxedEnvironment):
+        """Refuses `*` and `**` whose result would be huge (the sandbox bounds range() alone)."""
+
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**":
+                if isinstance(right, (int, float)) and abs(right) > 64 and isinstance(left, (int, float)) and abs(left) > 1:
+                    raise jinja2.exceptions.SecurityError(f"{left!r} ** {right!r} is too large for a chat template")
+                return left**right
+            sizes = [len(x) for x in (left, right) if isinstance(x, (str, list, tuple))]
+            counts = [x for x in (left, right) if isinstance(x, int) and not isinstance(x, bool)]
+            if sizes and counts and sizes[0] * max(counts[0], 0) > MAX_TEMPLATE_ITEMS:
+                raise jinja2.exceptions.SecurityError("a repeated string or list in the chat template is too long")
+            return left * right
+
+    env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -97,16 +118,46 @@ class ChatTemplate:
     ) -> str:
         check_messages(messages)
         jinja2 = _jinja()
+        variables = dict(
+            messages=_plain(list(messages)),
+            tools=_plain(tools),
+            documents=_plain(documents),
+            add_generation_prompt=add_generation_prompt,
+            **{**self.special_tokens, **_plain(kwargs)},
+        )
         try:
-            return self._template.render(
-                messages=_plain(list(messages)),
-                tools=_plain(tools),
-                documents=_plain(documents),
-                add_generation_prompt=add_generation_prompt,
-                **{**self.special_tokens, **_plain(kwargs)},
-            )
+            return _with_step_budget(lambda: self._template.render(**variables), jinja2)
+        except jinja2.exceptions.SecurityError as e:
+            raise CheckpointError(f"the chat template is not allowed to do this: {e}") from None
         except jinja2.exceptions.TemplateError as e:
             raise InvalidArgumentError(f"the chat template rejected the messages: {e}") from None
+        except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError, MemoryError) as e:
+            raise CheckpointError(f"the chat template failed while rendering: {type(e).__name__}: {e}") from None
+
+
+def _with_step_budget(render, jinja2):
+    """Runs `render()` counting the lines executed by template code (compiled templates are
+    Python functions of the file "<template>"); past MAX_TEMPLATE_STEPS it raises SecurityError.
+    Only this thread is traced, and any trace function already set is restored afterwards."""
+    steps = 0
+
+    def line(frame, event, arg):
+        nonlocal steps
+        if event == "line":
+            steps += 1
+            if steps > MAX_TEMPLATE_STEPS:
+                raise jinja2.exceptions.SecurityError(f"the chat template ran more than {MAX_TEMPLATE_STEPS} steps")
+        return line
+
+    def call(frame, event, arg):
+        return line if frame.f_code.co_filename == "<template>" else None
+
+    previous = sys.gettrace()
+    sys.settrace(call)
+    try:
+        return render()
+    finally:
+        sys.settrace(previous)
 
 
 def check_messages(messages: Any) -> None:
