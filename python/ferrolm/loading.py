@@ -146,14 +146,14 @@ class TensorReader:
                 if info.hf_name == name:
                     return np.array(self._gguf._load(info), dtype=np.float32)
             raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")
-        alt = name[len("transformer."):] if name.startswith("transformer.") else None
+        stored_as = _core.checkpoint_names(name)  # GPT-2: also without "transformer."
         for f in self.ckpt.weight_files:
             if f not in self._headers:
                 with open(f, "rb") as fh:
                     data_start = 8 + int.from_bytes(fh.read(8), "little")
                 self._headers[f] = (data_start, safetensors_header(f))
             data_start, header = self._headers[f]
-            key = name if name in header else alt if alt in header else None
+            key = next((n for n in stored_as if n in header), None)
             if key is None:
                 continue
             info = header[key]
