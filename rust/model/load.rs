@@ -152,3 +152,177 @@ pub(crate) fn take_weights(c: &ModelConfig, store: &mut TensorStore) -> Result<W
         lm_head: globals.linear_opt(Slot::Head)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::export::tests::{build, checkpoint_names, GPT2, LLAMA};
+    use super::super::linear::Precision;
+    use super::super::names::{Layout, Part, Role};
+    use super::super::tensors::{DType, LoadPlan};
+    use super::*;
+
+    const QWEN2: &str = r#"{"model_type":"qwen2","vocab_size":40,"hidden_size":64,"intermediate_size":96,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":32,
+        "rms_norm_eps":1e-6,"tie_word_embeddings":true}"#;
+    const LLAMA_MLP_BIAS: &str = r#"{"model_type":"llama","vocab_size":40,"hidden_size":64,"intermediate_size":96,
+        "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":4,"max_position_embeddings":32,
+        "rms_norm_eps":1e-5,"tie_word_embeddings":true,"mlp_bias":true}"#;
+    const CONFIGS: [&str; 4] = [LLAMA, QWEN2, LLAMA_MLP_BIAS, GPT2];
+    const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+
+    fn cfg(json: &str) -> ModelConfig {
+        ModelConfig::from_hf_json(json).unwrap()
+    }
+
+    /// The tensors a checkpoint of `json` holds, by the table: names and checkpoint shapes.
+    fn from_table(json: &str) -> Vec<(String, Vec<usize>)> {
+        let c = cfg(json);
+        let t = table(c.arch);
+        let mut out = Vec::new();
+        let mut add = |section: &[Row], layer: usize| {
+            for r in section.iter().filter(|r| r.required(&c)) {
+                let mut shape = r.shape(&c);
+                if r.layout == Layout::Conv1d {
+                    shape.reverse(); // [in, out]
+                }
+                out.push((r.name_at(layer), shape));
+            }
+        };
+        add(t.embeddings, 0);
+        for i in 0..c.num_layers {
+            add(t.layer, i);
+        }
+        add(t.output, 0);
+        out
+    }
+
+    fn load(json: &str, precision: Precision, tensors: &[(String, Vec<usize>)]) -> Result<(Model, TensorStore)> {
+        let c = cfg(json);
+        let mut store = TensorStore::new(LoadPlan::new(c.arch, precision, 32)?);
+        for (name, shape) in tensors {
+            store.insert(name, shape.clone(), vec![0.5; shape.iter().product()])?;
+        }
+        let m = Model::from_tensors(c, &mut store, 1)?;
+        Ok((m, store))
+    }
+
+    #[test]
+    fn the_table_lists_the_literal_checkpoint_names() {
+        for json in [LLAMA, GPT2] {
+            let mut want = checkpoint_names(json);
+            let mut got = from_table(json);
+            want.sort();
+            got.sort();
+            assert_eq!(got, want);
+        }
+        // which biases each config flag brings
+        let biases = |json| -> Vec<String> { from_table(json).into_iter().map(|(n, _)| n).filter(|n| n.ends_with(".bias")).collect() };
+        let per_layer = |parts: &[&str]| -> Vec<String> { (0..2).flat_map(|i| parts.iter().map(move |p| format!("model.layers.{i}.{p}.bias"))).collect() };
+        assert_eq!(biases(QWEN2), per_layer(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]));
+        assert_eq!(biases(LLAMA_MLP_BIAS), per_layer(&["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]));
+        assert!(from_table(QWEN2).iter().all(|(n, _)| n != "lm_head.weight"), "tied: no lm_head");
+    }
+
+    #[test]
+    fn every_exported_tensor_is_one_the_loader_reads() {
+        for json in CONFIGS {
+            let c = cfg(json);
+            let t = table(c.arch);
+            let tensors = from_table(json);
+            for precision in PRECISIONS {
+                let m = build(json, precision, &tensors);
+                let entries = m.export_entries();
+                for e in &entries {
+                    let base = if e.part == Part::Scale { e.name.strip_suffix("_scale").unwrap() } else { &e.name };
+                    let (row, _) = t.find(base).unwrap_or_else(|| panic!("{}: not in the table", e.name));
+                    assert_eq!(row.part, if e.part == Part::Scale { Part::Weight } else { e.part }, "{}", e.name);
+                    // every matrix part is a matmul weight; INT8 ones come with scales, float ones
+                    // keep their checkpoint layout
+                    match (t.matrix_layout(base), e.dtype) {
+                        (None, dtype) => assert_eq!(dtype, DType::F32, "{}", e.name),
+                        (Some(_), DType::I8) => assert!(entries.iter().any(|s| s.name == format!("{}_scale", e.name))),
+                        (Some(_), DType::F32) if e.part == Part::Scale => assert_eq!(precision, Precision::Int8),
+                        (Some(_), _) => {}
+                    }
+                }
+                // reloaded from the export alone: every tensor is used, and the weights are the same
+                let mut store = TensorStore::new(LoadPlan::new(c.arch, precision, 32).unwrap());
+                for e in &entries {
+                    store.insert_bytes(&e.name, e.dtype, &e.shape, &m.export_bytes(e).unwrap()).unwrap();
+                }
+                let back = Model::from_tensors(c.clone(), &mut store, 1).unwrap();
+                assert!(store.is_empty(), "{json}: unused {:?}", store.names());
+                assert_eq!(back.export_entries().len(), entries.len());
+                for e in &entries {
+                    assert_eq!(back.export_bytes(e).unwrap(), m.export_bytes(e).unwrap(), "{}", e.name);
+                }
+            }
+            // FP32: exactly the checkpoint's tensors with their checkpoint shapes
+            let m = build(json, Precision::F32, &tensors);
+            let mut got: Vec<(String, Vec<usize>)> = m.export_entries().into_iter().map(|e| (e.name, e.shape)).collect();
+            let mut want = tensors.clone();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{json}");
+        }
+    }
+
+    #[test]
+    fn each_required_tensor_is_missed_by_name() {
+        for json in CONFIGS {
+            let tensors = from_table(json);
+            assert!(load(json, Precision::F32, &tensors).is_ok());
+            let prefix = table(cfg(json).arch).optional_prefix;
+            for i in 0..tensors.len() {
+                let mut fewer = tensors.clone();
+                let (name, _) = fewer.remove(i);
+                // without its first tensor, a checkpoint reads as one that leaves the prefix out
+                let want = match prefix {
+                    Some(p) if i == 0 => name.strip_prefix(p).unwrap_or(&name).to_string(),
+                    _ => name.clone(),
+                };
+                match load(json, Precision::F32, &fewer) {
+                    Err(Error::MissingTensor(missing)) => assert_eq!(missing, want),
+                    other => panic!("{name} left out: {:?}", other.map(|_| ())),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_are_checked_in_the_checkpoint_layout() {
+        for json in [LLAMA, GPT2] {
+            let c = cfg(json);
+            let mut tensors = from_table(json);
+            // the first attention output weight with its two dimensions swapped
+            let o = table(c.arch).layer.iter().find(|r| r.role == Role::O && r.part == Part::Weight).unwrap().name_at(0);
+            let entry = tensors.iter_mut().find(|(n, _)| *n == o).unwrap();
+            entry.1 = vec![c.hidden_size + 1, c.q_dim()];
+            assert!(matches!(load(json, Precision::Int8, &tensors), Err(Error::Tensor(m)) if m.contains(&o)), "{json}");
+        }
+    }
+
+    #[test]
+    fn optional_prefix_and_tied_copies() {
+        // GPT-2 saved without "transformer.", with a copy of the tied lm_head
+        let full = from_table(GPT2);
+        let mut short: Vec<(String, Vec<usize>)> = full.iter().map(|(n, s)| (n.strip_prefix("transformer.").unwrap_or(n).to_string(), s.clone())).collect();
+        assert!(short.iter().all(|(n, _)| !n.starts_with("transformer.")));
+        short.push(("lm_head.weight".into(), vec![40, 64]));
+        let (m, store) = load(GPT2, Precision::Bf16, &short).unwrap();
+        assert!(store.is_empty() && m.lm_head.is_none());
+        let (prefixed, _) = load(GPT2, Precision::Bf16, &full).unwrap();
+        assert_eq!(m.export_entries().len(), prefixed.export_entries().len());
+        // a tied LLaMA checkpoint that stores lm_head anyway: read, dropped, not exported
+        let mut tied = from_table(QWEN2);
+        tied.push(("lm_head.weight".into(), vec![40, 64]));
+        let (m, store) = load(QWEN2, Precision::Int8, &tied).unwrap();
+        assert!(store.is_empty() && m.lm_head.is_none());
+        assert!(m.export_entries().iter().all(|e| !e.name.starts_with("lm_head")));
+        // tensors the table does not list are left alone
+        let mut extra = from_table(LLAMA);
+        extra.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![8]));
+        let (_, store) = load(LLAMA, Precision::F32, &extra).unwrap();
+        assert_eq!(store.names(), ["model.layers.0.self_attn.rotary_emb.inv_freq"]);
+    }
+}
