@@ -54,6 +54,8 @@ impl Model {
                 out.push(entry(name, DType::F32, row.shape(c), part, false));
                 continue;
             }
+            // the matrix this row is (part of); a required row always has one (the lm_head is
+            // required only when untied, and then loaded)
             let Some(lin) = self.slot_linear(slot) else { continue };
             let k = lin.in_features;
             let conv1d = row.layout == Layout::Conv1d;

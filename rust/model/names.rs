@@ -134,6 +134,7 @@ pub fn table(arch: Arch) -> &'static Table {
     }
 }
 
+/// Every architecture with a table.
 pub const ARCHS: [Arch; 2] = [Arch::Llama, Arch::Gpt2];
 
 /// "llama" | "gpt2", as the Python layer names architectures.
