@@ -534,3 +534,72 @@ def test_reading_leaves_the_file_alone(tmp_path):
     g.add_tensors(Recorder())
     assert hashlib.sha256(TINY_GGUF.read_bytes()).hexdigest() == before
     assert fgguf.is_gguf_file(TINY_GGUF) and not fgguf.is_gguf_file(MODELS / "tiny-llama" / "config.json")
+
+
+# -- the tensor table's GGUF names ------------------------------------------------------------------
+
+
+def test_gguf_names_map_through_the_table():
+    rows = _core.tensor_table("llama")
+    for gguf_name, hf in (
+        ("blk.3.ffn_gate.weight", "model.layers.3.mlp.gate_proj.weight"),
+        ("blk.12.attn_output.bias", "model.layers.12.self_attn.o_proj.bias"),
+        ("blk.0.ffn_norm.weight", "model.layers.0.post_attention_layernorm.weight"),
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output.weight", "lm_head.weight"),
+    ):
+        row, layer = fgguf.table_row(rows, gguf_name)
+        assert fgguf.hf_name(row, layer) == hf
+    for unknown in ("blk.x.attn_q.weight", "blk.0.attn_q_norm.weight", "blk..attn_q.weight", "blk.0.attn_q", "output.bias"):
+        assert fgguf.table_row(rows, unknown) == (None, None), unknown
+
+
+def test_tiny_tensor_names_are_the_required_rows(tiny):
+    rows = _core.tensor_table("llama")
+    want = set()
+    for r in rows:
+        if r["when"] == "always" or r["when"] == "untied":  # tiny-llama: no biases, untied lm_head
+            want |= {r["name"].replace("{i}", str(i)) for i in range(2)} if "{i}" in r["name"] else {r["name"]}
+    assert set(tiny.tensor_names) == want and len(tiny.tensor_names) == len(want)
+
+
+def test_attention_biases(tmp_path):
+    """q/k/v/o biases are read under their Hugging Face names (q and k rows un-permuted), switch on
+    attention_bias, and the core loads them; incomplete or unknown biases are refused."""
+    script = fixture_script()
+    cfg = json.loads((MODELS / "tiny-llama" / "config.json").read_text())
+    heads, kv_heads, hd, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"], cfg["hidden_size"]
+    rng = np.random.default_rng(0)
+    parts = {"attn_q": ("self_attn.q_proj", heads * hd, heads), "attn_k": ("self_attn.k_proj", kv_heads * hd, kv_heads),
+             "attn_v": ("self_attn.v_proj", kv_heads * hd, 0), "attn_output": ("self_attn.o_proj", d, 0)}  # fmt: skip
+    biases, stored = {}, {}
+    for layer in range(cfg["num_hidden_layers"]):
+        for part, (hf, n, n_heads) in parts.items():
+            b = rng.standard_normal(n).astype(np.float32)
+            biases[f"model.layers.{layer}.{hf}.bias"] = b
+            stored[f"blk.{layer}.{part}.bias"] = script.permute(b, n_heads) if n_heads else b
+    p = tmp_path / "bias.gguf"
+    script.write_tiny_gguf(p, extra_tensors=stored)
+    g = read_gguf(p)
+    assert g.config["attention_bias"] is True and g.config["mlp_bias"] is False
+    rec = Recorder()
+    g.add_tensors(rec)
+    for name, b in biases.items():
+        np.testing.assert_array_equal(rec.tensors[name], b, err_msg=name)
+    core = build(read_gguf(p))
+    plain = all_logits(build(read_gguf(TINY_GGUF)), [1, 2, 3])
+    with_bias = all_logits(core, [1, 2, 3])
+    assert np.isfinite(with_bias).all() and np.abs(with_bias - plain).max() > 1e-3
+
+    script.write_tiny_gguf(p, extra_tensors={"blk.0.attn_q.bias": stored["blk.0.attn_q.bias"]})
+    with pytest.raises(TensorError, match=r"attention biases on only \['blk.\{i\}.attn_q.bias'\]"):
+        read_gguf(p)
+    script.write_tiny_gguf(p, extra_tensors={k: v for k, v in stored.items() if not k.startswith("blk.1.")})
+    with pytest.raises(MissingTensorError, match=r"blk\.1\.attn_q\.bias"):
+        read_gguf(p)
+    script.write_tiny_gguf(p, extra_tensors={"blk.0.attn_norm.bias": np.zeros(d, np.float32)})
+    with pytest.raises(TensorError, match=r"biases on model\.layers\.0\.input_layernorm\.weight are not supported"):
+        read_gguf(p)
+    script.write_tiny_gguf(p, extra_tensors={"blk.2.attn_norm.weight": np.ones(d, np.float32)})
+    with pytest.raises(TensorError, match="for layer 2, but block_count is 2"):
+        read_gguf(p)

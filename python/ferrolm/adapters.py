@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from . import _core
     from .model import Model
 
-#: GPT-2 Conv1D weights are exported [in, out] in FP32/BF16.
-_CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
-
 
 @dataclass
 class LoadedAdapter:
@@ -137,22 +134,24 @@ class Adapters:
         base = self._model._base
         rows, k = base.adaptable_shape(name)
         precision = self._model.precision
+        conv1d = base.checkpoint_layout(name) == "conv1d"
         if precision == "fp32":
-            return _oriented(np.frombuffer(base.export_tensor(name), dtype=np.float32), name, rows, k)
+            return _oriented(np.frombuffer(base.export_tensor(name), dtype=np.float32), conv1d, rows, k)
         if reader is not None:
             original = reader.read(name)
             if original is not None:
-                return _oriented(original, name, rows, k)
+                return _oriented(original, conv1d, rows, k)
         if precision == "bf16":
             bits = np.frombuffer(base.export_tensor(name), dtype="<u2").astype(np.uint32) << 16
-            return _oriented(bits.view(np.float32), name, rows, k)
+            return _oriented(bits.view(np.float32), conv1d, rows, k)
         q = np.frombuffer(base.export_tensor(name), dtype=np.int8).astype(np.float32).reshape(rows, k)
         scales = np.frombuffer(base.export_tensor(name + "_scale"), dtype=np.float32).reshape(rows, -1)
         return (q * np.repeat(scales, base.group_size, axis=1)[:, :k]).astype(np.float32)
 
 
-def _oriented(w: np.ndarray, name: str, rows: int, k: int) -> np.ndarray:
-    """[rows, in] from a checkpoint/export array ([in, rows] for GPT-2 Conv1D)."""
-    if name.endswith(_CONV1D) and ".h." in f".{name}":
+def _oriented(w: np.ndarray, conv1d: bool, rows: int, k: int) -> np.ndarray:
+    """[rows, in] from a float checkpoint/export array ([in, rows] for a GPT-2 Conv1D weight, as
+    the core's tensor table lays it out)."""
+    if conv1d:
         return np.ascontiguousarray(w.reshape(k, rows).T)
     return w.reshape(rows, k)

@@ -6,7 +6,10 @@
     core = builder.build(threads)
 
 `GgufModel.config` is a Hugging Face config.json dict (what rust/model/config.rs reads) and the
-tensors are added under Hugging Face names, so the core needs nothing GGUF-specific. Quantized
+tensors are added under Hugging Face names, so the core needs nothing GGUF-specific. Which GGUF
+tensor is which Hugging Face one, and which tensors a file must hold, comes from the core's LLaMA
+tensor table (`_core.tensor_table("llama")`, rust/model/llama.rs); metadata keys are the `gguf`
+package's own (`gguf.Keys`). Quantized
 tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K) and F16/BF16 are dequantized to float32 with the
 `gguf` package (`pip install gguf`); the file is memory-mapped and only read.
 
@@ -28,6 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from . import _core
 from .errors import CheckpointError, ConfigError, MissingTensorError, ModelNotFoundError, TensorError
 from .tokenizer import Tokenizer
 
@@ -47,24 +51,8 @@ SUPPORTED_TENSOR_TYPES = (
 # Metadata arrays longer than this stay out of `GgufModel.metadata` (the vocabulary, merges...).
 _MAX_METADATA_ARRAY = 64
 
-# GGUF block tensor name -> Hugging Face LLaMA name (inside model.layers.N).
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_REQUIRED_LAYER = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+# The one architecture read here; its tensors are the rows of the core's table of the same name.
+_ARCH = "llama"
 
 # Pre-tokenizer split regexes by `tokenizer.ggml.pre`, as transformers' GGUF loader
 # (integrations/gguf/gguf_tokenizer_mapping.py) has them. Any other value (e.g. "gpt-2",
@@ -97,9 +85,6 @@ _PRE_TOKENIZER_SPLITS = {
     **dict.fromkeys(["gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"], _GPT4O_SPLIT),
 }  # fmt: skip
 
-_TOKEN_TYPE_CONTROL = 3
-_TOKEN_TYPE_USER_DEFINED = 4
-
 
 def _gguf():
     try:
@@ -108,6 +93,55 @@ def _gguf():
     except ImportError:
         raise CheckpointError("reading GGUF files needs the 'gguf' package: pip install gguf") from None
     return gguf
+
+
+TableRow = Dict[str, Optional[str]]
+
+
+def _table_rows() -> List[TableRow]:
+    """The rows of the core's LLaMA tensor table (name, role, part, layout, when, gguf)."""
+    return _core.tensor_table(_ARCH)
+
+
+def _layer_of(template: str, name: str) -> Optional[int]:
+    """The layer index when `name` is `template` with "{i}" replaced by a decimal number."""
+    before, mark, after = template.partition("{i}")
+    if not mark or len(name) <= len(before) + len(after) or not (name.startswith(before) and name.endswith(after)):
+        return None
+    digits = name[len(before):len(name) - len(after)]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
+def table_row(rows: List[TableRow], gguf_name: str) -> Tuple[Optional[TableRow], Optional[int]]:
+    """The table row of GGUF tensor `gguf_name` and its layer (None for a global tensor), or
+    (None, None) when the architecture has no such tensor."""
+    for row in rows:
+        template = row["gguf"]
+        if template == gguf_name:
+            return row, None
+        layer = _layer_of(template, gguf_name) if template else None
+        if layer is not None:
+            return row, layer
+    return None, None
+
+
+def hf_name(row: TableRow, layer: Optional[int]) -> str:
+    """The Hugging Face name of a table row (in layer `layer` for a layer tensor)."""
+    return row["name"].replace("{i}", str(layer)) if layer is not None else row["name"]
+
+
+def _required(row: TableRow, cfg: Dict[str, Any]) -> bool:
+    """Whether a file of config `cfg` must hold the tensor of `row` (its "when" column)."""
+    when = row["when"]
+    if when == "always":
+        return True
+    if when in ("qkv_bias", "o_bias"):  # GGUF files set attention_bias: q, k, v and o together
+        return bool(cfg["attention_bias"])
+    if when == "mlp_bias":
+        return bool(cfg["mlp_bias"])
+    if when == "untied":
+        return not cfg["tie_word_embeddings"]
+    raise CheckpointError(f"the core's tensor table has an unknown condition {when!r}")
 
 
 def is_gguf_file(path: os.PathLike | str) -> bool:
@@ -355,6 +389,7 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
     path = Path(path)
     _check_file(path)
     gguf = _gguf()
+    K = gguf.Keys
     reader = _open_reader(gguf, path)
 
     fields = reader.fields
@@ -376,11 +411,11 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
             raise CheckpointError(f"{path}: metadata key {key!r} should be an array")
         return _field_value(f, path)
 
-    arch = values.get("general.architecture")
+    arch = values.get(K.General.ARCHITECTURE)
     if not isinstance(arch, str):
-        raise ConfigError(f"{path}: GGUF file has no general.architecture")
-    if arch != "llama":
-        raise ConfigError(f"{path}: GGUF architecture {arch!r} is not supported (supported: llama)")
+        raise ConfigError(f"{path}: GGUF file has no {K.General.ARCHITECTURE}")
+    if arch != _ARCH:
+        raise ConfigError(f"{path}: GGUF architecture {arch!r} is not supported (supported: {_ARCH})")
 
     tensor_types: Dict[str, int] = {}
     by_name = {}
@@ -389,12 +424,13 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
         tensor_types[tname] = tensor_types.get(tname, 0) + 1
         by_name[t.name] = i
 
-    tok_field = fields.get("tokenizer.ggml.tokens")
+    tok_field = fields.get(K.Tokenizer.LIST)
     n_tokens = len(tok_field.data) if tok_field is not None and tok_field.types and tok_field.types[0] == gguf.GGUFValueType.ARRAY else None
-    config = _llama_config(path, values, by_name, n_tokens or None)
-    tensors = _plan_tensors(path, reader, by_name, config)
+    rows = _table_rows()
+    config = _llama_config(path, values, by_name, rows, n_tokens or None)
+    tensors = _plan_tensors(path, reader, by_name, rows, config)
 
-    tok_model = values.get("tokenizer.ggml.model")
+    tok_model = values.get(K.Tokenizer.MODEL)
     tokenizer = None
     if tok_model is not None:
         tokenizer = _build_tokenizer(path, tok_model, values, get_array)
@@ -403,11 +439,11 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
         v = values.get(key)
         return int(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
-    bos = tok_id("tokenizer.ggml.bos_token_id")
-    eos = tok_id("tokenizer.ggml.eos_token_id")
-    pad = tok_id("tokenizer.ggml.padding_token_id")
+    bos = tok_id(K.Tokenizer.BOS_ID)
+    eos = tok_id(K.Tokenizer.EOS_ID)
+    pad = tok_id(K.Tokenizer.PAD_ID)
     eos_ids: List[int] = []
-    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+    for key in (K.Tokenizer.EOS_ID, K.Tokenizer.EOT_ID, K.Tokenizer.EOM_ID):
         i = tok_id(key)
         if i is not None and i < config["vocab_size"] and i not in eos_ids:
             eos_ids.append(i)
@@ -416,11 +452,11 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
             config[key] = v
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
     special: Dict[str, str] = {}
-    unk = tok_id("tokenizer.ggml.unknown_token_id")
+    unk = tok_id(K.Tokenizer.UNK_ID)
     for name, i in (("bos_token", bos), ("eos_token", eos), ("unk_token", unk), ("pad_token", pad)):
         if i is not None and tok_field is not None and i < (n_tokens or 0):
             special[name] = _field_value_at(tok_field, i, path)
-    template = values.get("tokenizer.chat_template")
+    template = values.get(K.Tokenizer.CHAT_TEMPLATE)
 
     return GgufModel(
         path=path,
@@ -439,64 +475,71 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
     )
 
 
-def _llama_config(path: Path, v: Dict[str, Any], by_name: Dict[str, int], n_tokens: Optional[int]) -> Dict[str, Any]:
-    a = "llama"
+def _llama_config(path: Path, v: Dict[str, Any], by_name: Dict[str, int], rows: List[TableRow],
+                  n_tokens: Optional[int]) -> Dict[str, Any]:
+    K = _gguf().Keys
 
-    def num(key: str, kind=int, required=True):
-        x = v.get(f"{a}.{key}")
+    def key(template: str) -> str:  # gguf.Keys.LLM.* and friends are "{arch}.…" templates
+        return template.format(arch=_ARCH)
+
+    def num(template: str, kind=int, required=True):
+        k = key(template)
+        x = v.get(k)
         if x is None:
             if required:
-                raise ConfigError(f"{path}: GGUF metadata lacks '{a}.{key}'")
+                raise ConfigError(f"{path}: GGUF metadata lacks '{k}'")
             return None
         if isinstance(x, list):
             if x and all(e == x[0] for e in x):  # per-layer arrays with one value
                 x = x[0]
             else:
-                raise ConfigError(f"{path}: per-layer '{a}.{key}' values {x} are not supported")
+                raise ConfigError(f"{path}: per-layer '{k}' values {x} are not supported")
         if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise ConfigError(f"{path}: '{a}.{key}' must be a number, got {x!r}")
+            raise ConfigError(f"{path}: '{k}' must be a number, got {x!r}")
         if kind is int:
             if float(x) != int(x) or x <= 0:
-                raise ConfigError(f"{path}: '{a}.{key}' must be a positive integer, got {x!r}")
+                raise ConfigError(f"{path}: '{k}' must be a positive integer, got {x!r}")
             return int(x)
         return float(x)
 
-    hidden = num("embedding_length")
-    heads = num("attention.head_count")
-    kv_heads = num("attention.head_count_kv", required=False) or heads
-    key_len = num("attention.key_length", required=False)
-    value_len = num("attention.value_length", required=False)
+    hidden = num(K.LLM.EMBEDDING_LENGTH)
+    heads = num(K.Attention.HEAD_COUNT)
+    kv_heads = num(K.Attention.HEAD_COUNT_KV, required=False) or heads
+    key_len = num(K.Attention.KEY_LENGTH, required=False)
+    value_len = num(K.Attention.VALUE_LENGTH, required=False)
     head_dim = key_len or hidden // heads
     if value_len is not None and value_len != head_dim:
         raise ConfigError(f"{path}: key_length {head_dim} != value_length {value_len} is not supported")
-    rope_dim = num("rope.dimension_count", required=False)
+    rope_dim = num(K.Rope.DIMENSION_COUNT, required=False)
     if rope_dim is not None and rope_dim != head_dim:
         raise ConfigError(f"{path}: partial rotary embeddings (rope.dimension_count {rope_dim} != head_dim {head_dim}) are not supported")
     if heads % kv_heads:
         raise ConfigError(f"{path}: head_count {heads} is not a multiple of head_count_kv {kv_heads}")
-    experts = v.get(f"{a}.expert_count")
+    experts = v.get(key(K.LLM.EXPERT_COUNT))
     if isinstance(experts, int) and experts > 0:
         raise ConfigError(f"{path}: mixture-of-experts LLaMA GGUF files ({experts} experts) are not supported")
-    scaling = v.get(f"{a}.rope.scaling.type")
-    if scaling not in (None, "none") and not (scaling == "linear" and v.get(f"{a}.rope.scaling.factor") in (None, 1.0)):
+    scaling = v.get(key(K.Rope.SCALING_TYPE))
+    if scaling not in (None, "none") and not (scaling == "linear" and v.get(key(K.Rope.SCALING_FACTOR)) in (None, 1.0)):
         raise ConfigError(f"{path}: RoPE scaling {scaling!r} is not supported")
 
     # transformers: llama.vocab_size, else the number of tokens; else the embedding's rows (below).
-    vocab = num("vocab_size", required=False) or n_tokens
+    vocab = num(K.LLM.VOCAB_SIZE, required=False) or n_tokens
+    # the lm_head is the row present "unless tied": a file without it ties it to the embeddings
+    untied = any(r["when"] == "untied" and r["gguf"] in by_name for r in rows)
     cfg: Dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": num("feed_forward_length"),
-        "num_hidden_layers": num("block_count"),
+        "intermediate_size": num(K.LLM.FEED_FORWARD_LENGTH),
+        "num_hidden_layers": num(K.LLM.BLOCK_COUNT),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "max_position_embeddings": num("context_length"),
-        "rope_theta": num("rope.freq_base", float, required=False) or 10000.0,
-        "rms_norm_eps": num("attention.layer_norm_rms_epsilon", float),
+        "max_position_embeddings": num(K.LLM.CONTEXT_LENGTH),
+        "rope_theta": num(K.Rope.FREQ_BASE, float, required=False) or 10000.0,
+        "rms_norm_eps": num(K.Attention.LAYERNORM_RMS_EPS, float),
         "hidden_act": "silu",
-        "tie_word_embeddings": "output.weight" not in by_name,
+        "tie_word_embeddings": not untied,
         "attention_bias": False,
         "mlp_bias": False,
     }
@@ -505,34 +548,31 @@ def _llama_config(path: Path, v: Dict[str, Any], by_name: Dict[str, int], n_toke
     return cfg
 
 
-def _plan_tensors(path: Path, reader: Any, by_name: Dict[str, int], cfg: Dict[str, Any]) -> List[_TensorInfo]:
-    """Maps every tensor to its HF name, checks types, shapes and completeness."""
+def _plan_tensors(path: Path, reader: Any, by_name: Dict[str, int], rows: List[TableRow],
+                  cfg: Dict[str, Any]) -> List[_TensorInfo]:
+    """Maps every tensor to its HF name through the tensor table, checks types, shapes and
+    completeness."""
     n_layers = cfg["num_hidden_layers"]
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     plan: List[_TensorInfo] = []
-    biases = set()
+    biases = set()  # GGUF name templates of the biases the file holds
     for i, t in enumerate(reader.tensors):
         name = t.name
         if name == "rope_freqs.weight":
             _check_rope_freqs(path, t)
             continue
-        heads_for = 0
-        if name in _GLOBAL_NAMES:
-            hf = _GLOBAL_NAMES[name]
-        else:
-            parts = name.split(".")
-            if len(parts) != 4 or parts[0] != "blk" or not parts[1].isdigit() or parts[2] not in _LAYER_NAMES or parts[3] not in ("weight", "bias"):
-                raise TensorError(f"{path}: unexpected tensor {name!r} for the llama architecture")
-            layer = int(parts[1])
-            if layer >= n_layers:
-                raise TensorError(f"{path}: tensor {name} is for layer {layer}, but block_count is {n_layers}")
-            hf = f"model.layers.{layer}.{_LAYER_NAMES[parts[2]]}.{parts[3]}"
-            if parts[3] == "bias":
-                biases.add(parts[2])
-            if parts[2] == "attn_q":
-                heads_for = heads
-            elif parts[2] == "attn_k":
-                heads_for = kv_heads
+        row, layer = table_row(rows, name)
+        if row is None:
+            weight, layer = table_row(rows, name[: -len(".bias")] + ".weight") if name.endswith(".bias") else (None, None)
+            if weight is not None:
+                raise TensorError(f"{path}: tensor {name!r}: biases on {hf_name(weight, layer)} are not supported")
+            raise TensorError(f"{path}: unexpected tensor {name!r} for the {_ARCH} architecture")
+        if layer is not None and layer >= n_layers:
+            raise TensorError(f"{path}: tensor {name} is for layer {layer}, but block_count is {n_layers}")
+        if row["part"] == "bias":
+            biases.add(row["gguf"])
+        # llama.cpp permuted the rows of q and k (weights and biases) for its RoPE layout
+        heads_for = {"q": heads, "k": kv_heads}.get(row["role"], 0)
         tname = t.tensor_type.name
         if tname not in SUPPORTED_TENSOR_TYPES:
             raise TensorError(
@@ -543,39 +583,29 @@ def _plan_tensors(path: Path, reader: Any, by_name: Dict[str, int], cfg: Dict[st
         if heads_for:
             if shape[0] % (2 * heads_for):
                 raise TensorError(f"{path}: tensor {name} has {shape[0]} rows, not a multiple of 2 x {heads_for} heads")
-        plan.append(_TensorInfo(name, hf, tname, shape, i, heads_for))
+        plan.append(_TensorInfo(name, hf_name(row, layer), tname, shape, i, heads_for))
 
-    if "token_embd.weight" in by_name:
-        rows = int(reader.tensors[by_name["token_embd.weight"]].shape[-1])
+    embeddings = next(r["gguf"] for r in rows if r["role"] == "embed")
+    if embeddings in by_name:
+        n_rows = int(reader.tensors[by_name[embeddings]].shape[-1])
         if cfg["vocab_size"] is None:
-            cfg["vocab_size"] = rows
+            cfg["vocab_size"] = n_rows
     if cfg["vocab_size"] is None:
-        raise ConfigError(f"{path}: cannot tell the vocabulary size (no llama.vocab_size, no token_embd.weight)")
+        vocab_key = _gguf().Keys.LLM.VOCAB_SIZE.format(arch=_ARCH)
+        raise ConfigError(f"{path}: cannot tell the vocabulary size (no {vocab_key}, no {embeddings})")
 
-    if biases:
-        attn = {"attn_q", "attn_k", "attn_v", "attn_output"}
-        mlp = {"ffn_gate", "ffn_up", "ffn_down"}
-        if biases & attn:
-            if not attn <= biases:
-                raise TensorError(f"{path}: attention biases on only {sorted(biases & attn)} are not supported")
-            cfg["attention_bias"] = True
-        if biases & mlp:
-            if not mlp <= biases:
-                raise TensorError(f"{path}: MLP biases on only {sorted(biases & mlp)} are not supported")
-            cfg["mlp_bias"] = True
-        if biases - attn - mlp:
-            raise TensorError(f"{path}: norm biases ({sorted(biases - attn - mlp)}) are not supported")
+    # biases come in groups the config switches on together: attention (q, k, v, o) and MLP
+    for flag, what, group in (("attention_bias", "attention", ("qkv_bias", "o_bias")), ("mlp_bias", "MLP", ("mlp_bias",))):
+        expected = {r["gguf"] for r in rows if r["part"] == "bias" and r["when"] in group}
+        found = expected & biases
+        if found:
+            if found != expected:
+                raise TensorError(f"{path}: {what} biases on only {sorted(found)} are not supported")
+            cfg[flag] = True
 
-    needed = ["token_embd.weight", "output_norm.weight"]
-    if not cfg["tie_word_embeddings"]:
-        needed.append("output.weight")
-    for layer in range(n_layers):
-        for part in _REQUIRED_LAYER:
-            needed.append(f"blk.{layer}.{part}.weight")
-            if (cfg["attention_bias"] and part in ("attn_q", "attn_k", "attn_v", "attn_output")) or (
-                cfg["mlp_bias"] and part in ("ffn_gate", "ffn_up", "ffn_down")
-            ):
-                needed.append(f"blk.{layer}.{part}.bias")
+    layer_rows = [r for r in rows if "{i}" in r["name"]]
+    needed = [r["gguf"] for r in rows if r not in layer_rows and _required(r, cfg)]
+    needed += [r["gguf"].replace("{i}", str(layer)) for layer in range(n_layers) for r in layer_rows if _required(r, cfg)]
     missing = [n for n in needed if n not in by_name]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -615,11 +645,13 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
 
-    tokens = get_array("tokenizer.ggml.tokens")
+    gguf = _gguf()
+    K = gguf.Keys.Tokenizer
+    tokens = get_array(K.LIST)
     if not tokens or not all(isinstance(t, str) for t in tokens):
-        raise CheckpointError(f"{path}: tokenizer.ggml.tokens is missing or not a list of strings")
-    merges_raw = get_array("tokenizer.ggml.merges") or []
-    token_types = get_array("tokenizer.ggml.token_type") or []
+        raise CheckpointError(f"{path}: {K.LIST} is missing or not a list of strings")
+    merges_raw = get_array(K.MERGES) or []
+    token_types = get_array(K.TOKEN_TYPE) or []
 
     spelling = _bytes_to_unicode()
     alphabet = set(spelling.values())
@@ -632,7 +664,7 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     for m in merges_raw:
         pair = m.split(" ") if isinstance(m, str) else None
         if pair is None or len(pair) != 2:
-            raise CheckpointError(f"{path}: malformed BPE merge {m!r} in tokenizer.ggml.merges")
+            raise CheckpointError(f"{path}: malformed BPE merge {m!r} in {K.MERGES}")
         merges.append((pair[0], pair[1]))
     try:
         bpe = models.BPE(
@@ -641,7 +673,7 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     except Exception as e:
         raise CheckpointError(f"{path}: cannot build the BPE tokenizer: {e}") from None
     tok = HFTokenizer(bpe)
-    split = _PRE_TOKENIZER_SPLITS.get(values.get("tokenizer.ggml.pre"))
+    split = _PRE_TOKENIZER_SPLITS.get(values.get(K.PRE))
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
@@ -653,22 +685,22 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     control = [
         AddedToken(t, normalized=False, special=True)
         for t, ty in zip(tokens, token_types)
-        if ty == _TOKEN_TYPE_CONTROL and set(t) <= alphabet
+        if ty == gguf.TokenType.CONTROL and set(t) <= alphabet
     ]
     if control:
         tok.add_special_tokens(control)
     user = [
         AddedToken(t, normalized=False, special=False)
         for t, ty in zip(tokens, token_types)
-        if ty == _TOKEN_TYPE_USER_DEFINED and t in vocab
+        if ty == gguf.TokenType.USER_DEFINED and t in vocab
     ]
     if user:
         tok.add_tokens(user)
     # transformers also registers the named special tokens (bos/eos/unk/pad) as special.
     added = {a.content for a in tok.get_added_tokens_decoder().values()}
     named: Dict[str, Optional[str]] = {}
-    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id")):
-        i = values.get(f"tokenizer.ggml.{key}")
+    for name, key in (("bos", K.BOS_ID), ("eos", K.EOS_ID), ("unk", K.UNK_ID), ("pad", K.PAD_ID)):
+        i = values.get(key)
         named[name] = tokens[i] if isinstance(i, int) and 0 <= i < len(tokens) else None
     extra = [
         AddedToken(t, normalized=False, special=True)
@@ -678,8 +710,8 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     if extra:
         tok.add_special_tokens(extra)
 
-    add_bos = bool(values.get("tokenizer.ggml.add_bos_token", False)) and named["bos"] is not None
-    add_eos = bool(values.get("tokenizer.ggml.add_eos_token", False)) and named["eos"] is not None
+    add_bos = bool(values.get(K.ADD_BOS, False)) and named["bos"] is not None
+    add_eos = bool(values.get(K.ADD_EOS, False)) and named["eos"] is not None
     bos, eos = named["bos"], named["eos"]
     single = f"{(bos + ':0 ') if add_bos else ''}$A:0{(' ' + eos + ':0') if add_eos else ''}"
     pair = f"{single}{(' ' + bos + ':1') if add_bos else ''} $B:1{(' ' + eos + ':1') if add_eos else ''}"

@@ -147,13 +147,13 @@ class TensorReader:
                 if info.hf_name == name:
                     return np.array(self._gguf._load(info), dtype=np.float32)
             raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")
-        alt = name[len("transformer."):] if name.startswith("transformer.") else None
+        stored_as = _core.checkpoint_names(name)  # GPT-2: also without "transformer."
         for path in self.ckpt.weight_files:
             if path not in self._files:
                 f = safetensors_io.open_file(path)
                 self._files[path] = (f, {n: shape for n, _, shape in f.tensors()})
             f, shapes = self._files[path]
-            key = name if name in shapes else alt if alt in shapes else None
+            key = next((n for n in stored_as if n in shapes), None)
             if key is not None:
                 return safetensors_io.read_f32(f, key, shapes[key])
         raise MissingTensorError(f"{self.ckpt.path} has no tensor {name}")

@@ -6,7 +6,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::export::{ExportEntry, Part, Slot};
+use super::export::ExportEntry;
+use super::names::{Part, Slot};
 use super::linear::{LoraDelta, WeightData};
 use super::Model;
 use crate::error::{Error, Result};

@@ -5,32 +5,10 @@
 //! `[out, ceil(in / group)]` f32 — the layout [`super::TensorStore`] reads back.
 
 use super::linear::{Linear, WeightData};
+use super::names::{part_rows, table, Layout, Part, Row, Slot};
 use super::tensors::{transpose, DType};
-use super::{Arch, Model, Norm};
+use super::{Model, Norm};
 use crate::error::{Error, Result};
-
-/// Where an exported tensor's values live in the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Slot {
-    Embed,
-    PosEmbed,
-    Head,
-    FinalNorm,
-    AttnNorm(usize),
-    MlpNorm(usize),
-    Qkv(usize),
-    O(usize),
-    Up(usize),
-    Down(usize),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Part {
-    Weight,
-    Bias,
-    /// INT8 scales of the weight.
-    Scale,
-}
 
 #[derive(Debug, Clone)]
 pub struct ExportEntry {
@@ -45,94 +23,55 @@ pub struct ExportEntry {
     transposed: bool,
 }
 
-fn push_linear(out: &mut Vec<ExportEntry>, prefix: &str, lin: &Linear, slot: Slot, rows: (usize, usize), conv1d: bool) {
-    let n = rows.1 - rows.0;
-    let k = lin.in_features;
-    let (dtype, transposed) = match &*lin.weight {
-        WeightData::F32(_) => (DType::F32, conv1d),
-        WeightData::Bf16(_) => (DType::BF16, conv1d),
-        WeightData::Int8(_) => (DType::I8, false),
-    };
-    let shape = if transposed { vec![k, n] } else { vec![n, k] };
-    let entry = |name: String, dtype, shape, part, transposed| ExportEntry { name, dtype, shape, slot, part, rows, transposed };
-    out.push(entry(format!("{prefix}.weight"), dtype, shape, Part::Weight, transposed));
-    if let WeightData::Int8(q) = &*lin.weight {
-        out.push(entry(format!("{prefix}.weight_scale"), DType::F32, vec![n, q.groups_per_row()], Part::Scale, false));
-    }
-    if lin.bias.is_some() {
-        out.push(entry(format!("{prefix}.bias"), DType::F32, vec![n], Part::Bias, false));
-    }
-}
-
-fn push_norm(out: &mut Vec<ExportEntry>, prefix: &str, norm: &Norm, slot: Slot) {
-    let d = norm.weight.len();
-    let entry = |name: String, part| ExportEntry { name, dtype: DType::F32, shape: vec![d], slot, part, rows: (0, d), transposed: false };
-    out.push(entry(format!("{prefix}.weight"), Part::Weight));
-    if norm.bias.is_some() {
-        out.push(entry(format!("{prefix}.bias"), Part::Bias));
-    }
-}
-
 fn f32_le(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 impl Model {
-    /// Every tensor of the model under its Hugging Face checkpoint name, in load order.
+    /// Every tensor of the model under its Hugging Face checkpoint name, in load order: the rows
+    /// of the architecture's table that the config asks for (names.rs), INT8 weights followed
+    /// by their scales.
     pub fn export_entries(&self) -> Vec<ExportEntry> {
-        let c = &self.config;
+        let t = table(self.config.arch);
         let mut out = Vec::new();
-        let whole = |l: &Linear| (0, l.out_features);
-        match c.arch {
-            Arch::Llama => {
-                push_linear(&mut out, "model.embed_tokens", &self.embed, Slot::Embed, whole(&self.embed), false);
-                let (q, kv, ffn) = (c.q_dim(), c.kv_dim(), c.intermediate_size);
-                for (i, l) in self.layers.iter().enumerate() {
-                    let p = format!("model.layers.{i}");
-                    push_norm(&mut out, &format!("{p}.input_layernorm"), &l.attn_norm, Slot::AttnNorm(i));
-                    for (name, rows) in [("q_proj", (0, q)), ("k_proj", (q, q + kv)), ("v_proj", (q + kv, q + 2 * kv))] {
-                        push_linear(&mut out, &format!("{p}.self_attn.{name}"), &l.qkv, Slot::Qkv(i), rows, false);
-                    }
-                    push_linear(&mut out, &format!("{p}.self_attn.o_proj"), &l.o, Slot::O(i), whole(&l.o), false);
-                    push_norm(&mut out, &format!("{p}.post_attention_layernorm"), &l.mlp_norm, Slot::MlpNorm(i));
-                    push_linear(&mut out, &format!("{p}.mlp.gate_proj"), &l.up, Slot::Up(i), (0, ffn), false);
-                    push_linear(&mut out, &format!("{p}.mlp.up_proj"), &l.up, Slot::Up(i), (ffn, 2 * ffn), false);
-                    push_linear(&mut out, &format!("{p}.mlp.down_proj"), &l.down, Slot::Down(i), whole(&l.down), false);
-                }
-                push_norm(&mut out, "model.norm", &self.final_norm, Slot::FinalNorm);
-                if let Some(head) = &self.lm_head {
-                    push_linear(&mut out, "lm_head", head, Slot::Head, whole(head), false);
-                }
+        self.push_section(&mut out, t.embeddings, 0);
+        for i in 0..self.layers.len() {
+            self.push_section(&mut out, t.layer, i);
+        }
+        self.push_section(&mut out, t.output, 0);
+        out
+    }
+
+    fn push_section(&self, out: &mut Vec<ExportEntry>, section: &[Row], layer: usize) {
+        let c = &self.config;
+        for row in section.iter().filter(|r| r.required(c)) {
+            let (name, slot, part) = (row.name_at(layer), row.role.slot(layer), row.part);
+            let rows = part_rows(section, row.role, c);
+            let n = rows.1 - rows.0;
+            let entry = |name, dtype, shape, part, transposed| ExportEntry { name, dtype, shape, slot, part, rows, transposed };
+            if row.layout == Layout::Plain {
+                // norms [d], biases [n], learned positions [n_positions, d]
+                out.push(entry(name, DType::F32, row.shape(c), part, false));
+                continue;
             }
-            Arch::Gpt2 => {
-                let p = "transformer";
-                push_linear(&mut out, &format!("{p}.wte"), &self.embed, Slot::Embed, whole(&self.embed), false);
-                if let Some(wpe) = &self.pos_embed {
-                    let d = c.hidden_size;
-                    let n = wpe.len() / d;
-                    out.push(ExportEntry {
-                        name: format!("{p}.wpe.weight"),
-                        dtype: DType::F32,
-                        shape: vec![n, d],
-                        slot: Slot::PosEmbed,
-                        part: Part::Weight,
-                        rows: (0, n),
-                        transposed: false,
-                    });
-                }
-                for (i, l) in self.layers.iter().enumerate() {
-                    let h = format!("{p}.h.{i}");
-                    push_norm(&mut out, &format!("{h}.ln_1"), &l.attn_norm, Slot::AttnNorm(i));
-                    push_linear(&mut out, &format!("{h}.attn.c_attn"), &l.qkv, Slot::Qkv(i), whole(&l.qkv), true);
-                    push_linear(&mut out, &format!("{h}.attn.c_proj"), &l.o, Slot::O(i), whole(&l.o), true);
-                    push_norm(&mut out, &format!("{h}.ln_2"), &l.mlp_norm, Slot::MlpNorm(i));
-                    push_linear(&mut out, &format!("{h}.mlp.c_fc"), &l.up, Slot::Up(i), whole(&l.up), true);
-                    push_linear(&mut out, &format!("{h}.mlp.c_proj"), &l.down, Slot::Down(i), whole(&l.down), true);
-                }
-                push_norm(&mut out, &format!("{p}.ln_f"), &self.final_norm, Slot::FinalNorm);
+            // the matrix this row is (part of); a required row always has one (the lm_head is
+            // required only when untied, and then loaded)
+            let Some(lin) = self.slot_linear(slot) else { continue };
+            let k = lin.in_features;
+            let conv1d = row.layout == Layout::Conv1d;
+            // an INT8 matrix is written [out, in] whatever its checkpoint layout
+            let (dtype, transposed) = match &*lin.weight {
+                WeightData::F32(_) => (DType::F32, conv1d),
+                WeightData::Bf16(_) => (DType::BF16, conv1d),
+                WeightData::Int8(_) => (DType::I8, false),
+            };
+            let shape = if transposed { vec![k, n] } else { vec![n, k] };
+            let scale = format!("{name}_scale");
+            out.push(entry(name, dtype, shape, Part::Weight, transposed));
+            if let WeightData::Int8(q) = &*lin.weight {
+                out.push(entry(scale, DType::F32, vec![n, q.groups_per_row()], Part::Scale, false));
             }
         }
-        out
     }
 
     pub(crate) fn slot_linear(&self, slot: Slot) -> Option<&Linear> {
@@ -209,7 +148,7 @@ impl Model {
 pub(crate) mod tests {
     use super::super::linear::Precision;
     use super::super::tensors::{LoadPlan, TensorStore};
-    use super::super::ModelConfig;
+    use super::super::{Arch, ModelConfig};
     use super::*;
 
     pub(crate) const LLAMA: &str = r#"{"model_type":"llama","vocab_size":40,"hidden_size":64,"intermediate_size":96,

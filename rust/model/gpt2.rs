@@ -1,61 +1,57 @@
-//! GPT-2 weights by Hugging Face checkpoint name (GPT2LMHeadModel, with or without the
-//! "transformer." prefix). Conv1D weights are stored [in, out] and transposed on arrival
-//! to [out, in].
+//! GPT-2 checkpoints (GPT2LMHeadModel, with or without the "transformer." prefix): LayerNorm,
+//! learned positions, Conv1D weights stored `[in, out]` (transposed on arrival to `[out, in]`),
+//! the lm_head tied to the embeddings. Its tensors are listed once, in [`TABLE`].
 
-use super::tensors::MatrixLayout;
-use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
+use super::config::Arch;
+use super::names::Layout::{Conv1d, Linear, Plain};
+use super::names::Part::{Bias, Weight};
+use super::names::Role::*;
+use super::names::When::{Always, Untied};
+use super::names::{row, Table};
+use super::{load, Model, ModelConfig, TensorStore};
 use crate::error::Result;
 use std::sync::Arc;
 
 use crate::threadpool::ThreadPool;
 
-/// Matmul weights (converted to the load precision): the Conv1D projections (`[in, out]`),
-/// the token embeddings and a saved lm_head (`[out, in]`). The learned positions stay FP32.
-pub fn matrix_layout(name: &str) -> Option<MatrixLayout> {
-    let name = name.strip_prefix("transformer.").unwrap_or(name);
-    if name == "wte.weight" || name == "lm_head.weight" {
-        Some(MatrixLayout::OutIn)
-    } else if name.starts_with("h.") && [".c_attn.weight", ".c_proj.weight", ".c_fc.weight"].iter().any(|s| name.ends_with(s)) {
-        Some(MatrixLayout::InOut)
-    } else {
-        None
-    }
-}
-
-fn layer_norm(store: &mut TensorStore, prefix: &str, d: usize, eps: f32) -> Result<Norm> {
-    Ok(Norm { weight: store.take(&format!("{prefix}.weight"), &[d])?, bias: Some(store.take(&format!("{prefix}.bias"), &[d])?), eps })
-}
-
-/// A Conv1D `{prefix}.weight` [inp, out] + `{prefix}.bias` [out] as a Linear [out, inp].
-fn conv1d(store: &mut TensorStore, prefix: &str, inp: usize, out: usize) -> Result<Linear> {
-    let w = store.take_matrix(&format!("{prefix}.weight"), out, inp)?;
-    let b = store.take(&format!("{prefix}.bias"), &[out])?;
-    Linear::new(w, out, inp, Some(b))
-}
+/// Every GPT-2 checkpoint tensor: Hugging Face name, role, part, layout, when present (GPT-2
+/// files have no GGUF names here).
+pub static TABLE: Table = Table {
+    arch: Arch::Gpt2,
+    optional_prefix: Some("transformer."),
+    embeddings: &[
+        // wte: [vocab, d]
+        row("transformer.wte.weight", Embed, Weight, Linear, Always, None),
+        // wpe: [n_positions, d], added, not multiplied: plain FP32
+        row("transformer.wpe.weight", PosEmbed, Weight, Plain, Always, None),
+    ],
+    layer: &[
+        row("transformer.h.{i}.ln_1.weight", AttnNorm, Weight, Plain, Always, None),
+        row("transformer.h.{i}.ln_1.bias", AttnNorm, Bias, Plain, Always, None),
+        // c_attn: [d, 3d] → qkv: [3d, d]
+        row("transformer.h.{i}.attn.c_attn.weight", Qkv, Weight, Conv1d, Always, None),
+        row("transformer.h.{i}.attn.c_attn.bias", Qkv, Bias, Plain, Always, None),
+        // c_proj: [d, d]
+        row("transformer.h.{i}.attn.c_proj.weight", O, Weight, Conv1d, Always, None),
+        row("transformer.h.{i}.attn.c_proj.bias", O, Bias, Plain, Always, None),
+        row("transformer.h.{i}.ln_2.weight", MlpNorm, Weight, Plain, Always, None),
+        row("transformer.h.{i}.ln_2.bias", MlpNorm, Bias, Plain, Always, None),
+        // c_fc: [d, ffn] → up: [ffn, d]
+        row("transformer.h.{i}.mlp.c_fc.weight", Up, Weight, Conv1d, Always, None),
+        row("transformer.h.{i}.mlp.c_fc.bias", Up, Bias, Plain, Always, None),
+        // c_proj: [ffn, d] → down: [d, ffn]
+        row("transformer.h.{i}.mlp.c_proj.weight", Down, Weight, Conv1d, Always, None),
+        row("transformer.h.{i}.mlp.c_proj.bias", Down, Bias, Plain, Always, None),
+    ],
+    output: &[
+        row("transformer.ln_f.weight", FinalNorm, Weight, Plain, Always, None),
+        row("transformer.ln_f.bias", FinalNorm, Bias, Plain, Always, None),
+        // GPT-2 is always tied (config.rs): a saved copy of the lm_head is read and dropped
+        row("lm_head.weight", Head, Weight, Linear, Untied, None),
+    ],
+};
 
 pub fn build(config: ModelConfig, store: &mut TensorStore, pool: Arc<ThreadPool>) -> Result<Model> {
-    let c = &config;
-    let (d, ffn, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let prefix = if store.contains("transformer.wte.weight") { "transformer." } else { "" };
-    // wte: [vocab, d]
-    let embed = Linear::new(store.take_matrix(&format!("{prefix}wte.weight"), vocab, d)?, vocab, d, None)?;
-    // wpe: [n_positions, d]
-    let pos_embed = Some(store.take(&format!("{prefix}wpe.weight"), &[c.max_position_embeddings, d])?);
-    let mut layers = Vec::with_capacity(c.num_layers);
-    for i in 0..c.num_layers {
-        let p = format!("{prefix}h.{i}");
-        layers.push(Layer {
-            attn_norm: layer_norm(store, &format!("{p}.ln_1"), d, c.norm_eps)?,
-            // c_attn: [d, 3d] → qkv: [3d, d]
-            qkv: conv1d(store, &format!("{p}.attn.c_attn"), d, 3 * d)?,
-            o: conv1d(store, &format!("{p}.attn.c_proj"), d, d)?,
-            mlp_norm: layer_norm(store, &format!("{p}.ln_2"), d, c.norm_eps)?,
-            up: conv1d(store, &format!("{p}.mlp.c_fc"), d, ffn)?,
-            down: conv1d(store, &format!("{p}.mlp.c_proj"), ffn, d)?,
-        });
-        super::release_freed_memory();
-    }
-    let final_norm = layer_norm(store, &format!("{prefix}ln_f"), d, c.norm_eps)?;
-    store.take_matrix_opt("lm_head.weight", vocab, d)?; // the tied copy, if saved
-    Ok(Model { config, embed, pos_embed, layers, final_norm, lm_head: None, rope: None, pool })
+    let w = load::take_weights(&config, store)?;
+    Ok(w.into_model(config, None, pool))
 }

@@ -1,71 +1,59 @@
-//! LLaMA-family weights by Hugging Face checkpoint name (LlamaForCausalLM, MistralForCausalLM,
-//! Qwen2ForCausalLM): RMSNorm, RoPE, SwiGLU, grouped-query attention, optional biases.
+//! LLaMA-family checkpoints (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM): RMSNorm,
+//! RoPE, SwiGLU, grouped-query attention, optional biases. Their tensors are listed once, in
+//! [`TABLE`]; loading, export, adapters and the GGUF reader all read it.
 
-use super::tensors::MatrixLayout;
-use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
+use super::config::Arch;
+use super::names::Layout::{Linear, Plain};
+use super::names::Part::{Bias, Weight};
+use super::names::Role::*;
+use super::names::When::{Always, MlpBias, OBias, QkvBias, Untied};
+use super::names::{row, Table};
+use super::{load, Model, ModelConfig, TensorStore};
 use crate::error::Result;
 use crate::kernels::rope::Rope;
 use std::sync::Arc;
 
 use crate::threadpool::ThreadPool;
 
-/// Matmul weights (converted to the load precision): every projection, the embeddings and
-/// the lm_head, all `[out, in]`.
-pub fn matrix_layout(name: &str) -> Option<MatrixLayout> {
-    let matrix = name == "lm_head.weight" || name == "model.embed_tokens.weight" || name.ends_with("_proj.weight");
-    matrix.then_some(MatrixLayout::OutIn)
-}
-
-fn norm(store: &mut TensorStore, name: &str, d: usize, eps: f32) -> Result<Norm> {
-    Ok(Norm { weight: store.take(name, &[d])?, bias: None, eps })
-}
-
-/// Reads `{prefix}.weight` [out, in] and, when `bias`, `{prefix}.bias` [out].
-fn proj(store: &mut TensorStore, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-    let w = store.take_matrix(&format!("{prefix}.weight"), out, inp)?;
-    let b = if bias { Some(store.take(&format!("{prefix}.bias"), &[out])?) } else { None };
-    Linear::new(w, out, inp, b)
-}
+/// Every LLaMA checkpoint tensor: Hugging Face name, role, part, layout, when present, GGUF name.
+pub static TABLE: Table = Table {
+    arch: Arch::Llama,
+    optional_prefix: None,
+    embeddings: &[
+        // embed_tokens: [vocab, d]
+        row("model.embed_tokens.weight", Embed, Weight, Linear, Always, Some("token_embd.weight")),
+    ],
+    layer: &[
+        row("model.layers.{i}.input_layernorm.weight", AttnNorm, Weight, Plain, Always, Some("blk.{i}.attn_norm.weight")),
+        // qkv: [q_dim + 2·kv_dim, d] = [q_proj; k_proj; v_proj]
+        row("model.layers.{i}.self_attn.q_proj.weight", Q, Weight, Linear, Always, Some("blk.{i}.attn_q.weight")),
+        row("model.layers.{i}.self_attn.q_proj.bias", Q, Bias, Plain, QkvBias, Some("blk.{i}.attn_q.bias")),
+        row("model.layers.{i}.self_attn.k_proj.weight", K, Weight, Linear, Always, Some("blk.{i}.attn_k.weight")),
+        row("model.layers.{i}.self_attn.k_proj.bias", K, Bias, Plain, QkvBias, Some("blk.{i}.attn_k.bias")),
+        row("model.layers.{i}.self_attn.v_proj.weight", V, Weight, Linear, Always, Some("blk.{i}.attn_v.weight")),
+        row("model.layers.{i}.self_attn.v_proj.bias", V, Bias, Plain, QkvBias, Some("blk.{i}.attn_v.bias")),
+        // o_proj: [d, q_dim]
+        row("model.layers.{i}.self_attn.o_proj.weight", O, Weight, Linear, Always, Some("blk.{i}.attn_output.weight")),
+        row("model.layers.{i}.self_attn.o_proj.bias", O, Bias, Plain, OBias, Some("blk.{i}.attn_output.bias")),
+        row("model.layers.{i}.post_attention_layernorm.weight", MlpNorm, Weight, Plain, Always, Some("blk.{i}.ffn_norm.weight")),
+        // up: [2·ffn, d] = [gate_proj; up_proj]
+        row("model.layers.{i}.mlp.gate_proj.weight", Gate, Weight, Linear, Always, Some("blk.{i}.ffn_gate.weight")),
+        row("model.layers.{i}.mlp.gate_proj.bias", Gate, Bias, Plain, MlpBias, Some("blk.{i}.ffn_gate.bias")),
+        row("model.layers.{i}.mlp.up_proj.weight", Up, Weight, Linear, Always, Some("blk.{i}.ffn_up.weight")),
+        row("model.layers.{i}.mlp.up_proj.bias", Up, Bias, Plain, MlpBias, Some("blk.{i}.ffn_up.bias")),
+        // down_proj: [d, ffn]
+        row("model.layers.{i}.mlp.down_proj.weight", Down, Weight, Linear, Always, Some("blk.{i}.ffn_down.weight")),
+        row("model.layers.{i}.mlp.down_proj.bias", Down, Bias, Plain, MlpBias, Some("blk.{i}.ffn_down.bias")),
+    ],
+    output: &[
+        row("model.norm.weight", FinalNorm, Weight, Plain, Always, Some("output_norm.weight")),
+        // lm_head: [vocab, d]; a tied checkpoint may store the copy anyway (the same matrix)
+        row("lm_head.weight", Head, Weight, Linear, Untied, Some("output.weight")),
+    ],
+};
 
 pub fn build(config: ModelConfig, store: &mut TensorStore, pool: Arc<ThreadPool>) -> Result<Model> {
-    let c = &config;
-    let (d, ffn, vocab) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-    let (q_dim, kv_dim) = (c.q_dim(), c.kv_dim());
-    // embed_tokens: [vocab, d]
-    let embed = Linear::new(store.take_matrix("model.embed_tokens.weight", vocab, d)?, vocab, d, None)?;
-    let mut layers = Vec::with_capacity(c.num_layers);
-    for i in 0..c.num_layers {
-        let p = format!("model.layers.{i}.self_attn");
-        let m = format!("model.layers.{i}.mlp");
-        // qkv: [q_dim + 2·kv_dim, d]
-        let qkv = Linear::concat(vec![
-            proj(store, &format!("{p}.q_proj"), q_dim, d, c.qkv_bias)?,
-            proj(store, &format!("{p}.k_proj"), kv_dim, d, c.qkv_bias)?,
-            proj(store, &format!("{p}.v_proj"), kv_dim, d, c.qkv_bias)?,
-        ])?;
-        // up: [2·ffn, d] = [gate_proj; up_proj]
-        let up = Linear::concat(vec![
-            proj(store, &format!("{m}.gate_proj"), ffn, d, c.mlp_bias)?,
-            proj(store, &format!("{m}.up_proj"), ffn, d, c.mlp_bias)?,
-        ])?;
-        layers.push(Layer {
-            attn_norm: norm(store, &format!("model.layers.{i}.input_layernorm.weight"), d, c.norm_eps)?,
-            qkv,
-            o: proj(store, &format!("{p}.o_proj"), d, q_dim, c.o_bias)?,
-            mlp_norm: norm(store, &format!("model.layers.{i}.post_attention_layernorm.weight"), d, c.norm_eps)?,
-            up,
-            down: proj(store, &format!("{m}.down_proj"), d, ffn, c.mlp_bias)?,
-        });
-        super::release_freed_memory();
-    }
-    let final_norm = norm(store, "model.norm.weight", d, c.norm_eps)?;
-    let lm_head = if c.tie_word_embeddings {
-        // Some checkpoints store the tied copy anyway; it is the same matrix.
-        store.take_matrix_opt("lm_head.weight", vocab, d)?;
-        None
-    } else {
-        Some(Linear::new(store.take_matrix("lm_head.weight", vocab, d)?, vocab, d, None)?)
-    };
-    let rope = Some(Rope::new(c.head_dim, c.rope_theta));
-    Ok(Model { config, embed, pos_embed: None, layers, final_norm, lm_head, rope, pool })
+    let w = load::take_weights(&config, store)?;
+    let rope = Rope::new(config.head_dim, config.rope_theta);
+    Ok(w.into_model(config, Some(rope), pool))
 }

@@ -7,6 +7,8 @@ pub mod forward;
 pub mod gpt2;
 pub mod linear;
 pub mod llama;
+mod load;
+pub mod names;
 pub mod tensors;
 
 use crate::error::{Error, Result};

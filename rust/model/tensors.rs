@@ -156,10 +156,7 @@ impl LoadPlan {
 
     /// The layout of `name` when it is a matmul weight (linear layers, embeddings, lm_head).
     pub fn matrix_layout(&self, name: &str) -> Option<MatrixLayout> {
-        match self.arch {
-            Arch::Llama => super::llama::matrix_layout(name),
-            Arch::Gpt2 => super::gpt2::matrix_layout(name),
-        }
+        super::names::table(self.arch).matrix_layout(name)
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::error::Error;
 use crate::model::adapt::{MergedWeight, WeightDelta};
@@ -247,6 +247,16 @@ impl PyModel {
         self.inner.max_context_in_memory()
     }
 
+    /// How checkpoint tensor `name` is stored: "linear" ([out, in]), "conv1d" ([in, out],
+    /// GPT-2) or "plain" (norms, biases, learned positions), from the architecture's table.
+    fn checkpoint_layout(&self, name: &str) -> PyResult<&'static str> {
+        let arch = self.inner.config.arch;
+        let (row, _) = crate::model::names::table(arch).find(name).ok_or_else(|| {
+            Error::InvalidArgument(format!("'{name}' is not a {} checkpoint tensor", crate::model::names::arch_name(arch)))
+        })?;
+        Ok(row.layout.name())
+    }
+
     #[pyo3(signature = (context_length=None))]
     fn new_session(&self, context_length: Option<usize>) -> PyResult<PySession> {
         Ok(PySession { inner: Session::new(self.inner.clone(), context_length)? })
@@ -452,6 +462,35 @@ fn memory_limit() -> usize {
     crate::memory::memory_limit()
 }
 
+/// The tensor-name table of architecture `arch` ("llama" | "gpt2"), in load order: one dict per
+/// checkpoint tensor with "name" (`{i}` for the layer index), "role", "part" ("weight" | "bias"),
+/// "layout" ("linear" | "conv1d" | "plain"), "when" ("always" | "qkv_bias" | "o_bias" |
+/// "mlp_bias" | "untied") and "gguf" (the GGUF name, or None).
+#[pyfunction]
+fn tensor_table<'py>(py: Python<'py>, arch: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let table = crate::model::names::table(crate::model::names::arch_by_name(arch)?);
+    table
+        .rows()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("name", r.name)?;
+            d.set_item("role", r.role.name())?;
+            d.set_item("part", r.part.name())?;
+            d.set_item("layout", r.layout.name())?;
+            d.set_item("when", r.when.name())?;
+            d.set_item("gguf", r.gguf)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+/// Every name a checkpoint may store tensor `name` under: `name`, then (GPT-2) the same without
+/// the "transformer." prefix some checkpoints leave out.
+#[pyfunction]
+fn checkpoint_names(name: &str) -> Vec<String> {
+    crate::model::names::checkpoint_names(name)
+}
+
 /// The SIMD instruction set the kernels dispatch to on this CPU.
 #[pyfunction]
 fn simd_level() -> String {
@@ -486,6 +525,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor_table, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
