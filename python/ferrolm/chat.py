@@ -77,6 +77,9 @@ def _compile(source: str):
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
         raise CheckpointError(f"the chat template is not valid Jinja: {e}") from None
+    except (SyntaxError, ValueError, TypeError, RecursionError, jinja2.exceptions.TemplateError) as e:
+        # what the parser lets through but Python refuses to compile ({% break %} outside a loop)
+        raise CheckpointError(f"the chat template cannot be compiled: {type(e).__name__}: {e}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -22,6 +22,8 @@ from the same file (`from_pretrained(..., gguf_file=...)`). The tokenizer is reb
 
 from __future__ import annotations
 
+import json
+import math
 import mmap
 import os
 import struct
@@ -494,8 +496,8 @@ def _llama_config(path: Path, v: Dict[str, Any], by_name: Dict[str, int], rows: 
                 x = x[0]
             else:
                 raise ConfigError(f"{path}: per-layer '{k}' values {x} are not supported")
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise ConfigError(f"{path}: '{k}' must be a number, got {x!r}")
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise ConfigError(f"{path}: '{k}' must be a finite number, got {x!r}")
         if kind is int:
             if float(x) != int(x) or x <= 0:
                 raise ConfigError(f"{path}: '{k}' must be a positive integer, got {x!r}")
@@ -545,6 +547,12 @@ def _llama_config(path: Path, v: Dict[str, Any], by_name: Dict[str, int], rows: 
     }
     if key_len is not None:
         cfg["head_dim"] = head_dim
+    # the core's bounds and consistency checks, before anything is sized from these numbers
+    # (the vocabulary may still come from the embedding's rows: checked again at load)
+    try:
+        _core.check_config(json.dumps({**cfg, "vocab_size": cfg["vocab_size"] or 1}))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: GGUF metadata: {e}") from None
     return cfg
 
 

@@ -180,7 +180,10 @@ def _weight_files(folder: Path) -> List[Path]:
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index} has no 'weight_map'")
         files = []
-        for name in dict.fromkeys(weight_map.values()):
+        names = list(weight_map.values())
+        if not all(isinstance(n, str) for n in names):
+            raise CheckpointError(f"{index} maps tensors to shards that are not file names")
+        for name in dict.fromkeys(names):
             if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts:
                 raise CheckpointError(f"{index} names an invalid shard {name!r}")
             shard = folder / name

@@ -211,12 +211,20 @@ class Model:
         return self.tokenizer
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> List[int]:
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"text must be a str, got {type(text).__name__}")
+        if not isinstance(add_special_tokens, bool):
+            raise InvalidArgumentError(f"add_special_tokens must be True or False, got {add_special_tokens!r}")
         return self._need_tokenizer().encode(text, add_special_tokens=add_special_tokens)
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        if not isinstance(skip_special_tokens, bool):
+            raise InvalidArgumentError(f"skip_special_tokens must be True or False, got {skip_special_tokens!r}")
         return self._need_tokenizer().decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
 
     def _check_ids(self, ids: Sequence[int]) -> List[int]:
+        if not isinstance(ids, (list, tuple, np.ndarray)):
+            raise InvalidArgumentError(f"token ids must be a list of integers, got {type(ids).__name__}")
         out = []
         for t in ids:
             if not isinstance(t, (int, np.integer)) or isinstance(t, bool):
@@ -235,7 +243,7 @@ class Model:
             if not ids:
                 raise InvalidArgumentError("the prompt encodes to no tokens")
         elif isinstance(prompt, (list, tuple, np.ndarray)):
-            ids = self._check_ids(list(prompt))
+            ids = self._check_ids(prompt)
             if not ids:
                 raise InvalidArgumentError("the prompt is empty")
         else:
@@ -247,7 +255,7 @@ class Model:
         """float32 logits [len(token_ids), vocab] of every token position (for evaluation);
         `adapter` and `soft_prompt` as in generate() (the virtual tokens' own rows are not
         returned)."""
-        ids = self._check_ids(list(token_ids))
+        ids = self._check_ids(token_ids)
         if not ids:
             raise InvalidArgumentError("token_ids is empty")
         prefix = self._prefix(soft_prompt, len(ids))
@@ -361,6 +369,9 @@ def load(
     progress: None draws a bar on a terminal for loads over a second, False never, True always;
     or a callable(done, total, name). Nothing on disk is ever written.
     """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise InvalidArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fsdecode(path)
     n_threads = check_load_args(precision, device, threads)
     if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool) or context_length < 1):
         raise InvalidArgumentError(f"context_length must be a positive integer or None, got {context_length!r}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, Sequence, TypeVar
 
-from .errors import CheckpointError
+from .errors import CheckpointError, TokenizerError
+
+T = TypeVar("T")
 
 
 class Tokenizer:
@@ -22,6 +24,12 @@ class Tokenizer:
             return cls(HFTokenizer.from_file(str(path)))
         except Exception as e:  # the library raises a bare Exception on malformed files
             raise CheckpointError(f"cannot load tokenizer {path}: {e}") from None
+        except BaseException as e:
+            # a panic inside the tokenizers library surfaces as pyo3's PanicException, which
+            # derives from BaseException; a damaged file must not take the caller down with it
+            if type(e).__name__ != "PanicException":
+                raise
+            raise CheckpointError(f"cannot load tokenizer {path}: the tokenizers library failed on it ({e})") from None
 
     def save(self, path: Path) -> None:
         """Writes the tokenizer as a tokenizer.json file."""
@@ -37,16 +45,29 @@ class Tokenizer:
         return type(self._tok.model).__name__
 
     def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return _guarded("encode", lambda: self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return _guarded("decode", lambda: self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
     def token_to_id(self, token: str):
         return self._tok.token_to_id(token)
 
     def id_to_token(self, token_id: int):
         return self._tok.id_to_token(token_id)
+
+
+def _guarded(what: str, call: Callable[[], T]) -> T:
+    """Runs a tokenizers call; a failure or a panic inside the library (pyo3's PanicException,
+    a BaseException) becomes a TokenizerError instead of escaping to the caller."""
+    try:
+        return call()
+    except Exception as e:
+        raise TokenizerError(f"the tokenizer failed to {what}: {e}") from None
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise TokenizerError(f"the tokenizer failed to {what}: {e}") from None
 
 
 class IncrementalDecoder:

@@ -456,6 +456,14 @@ impl CallbackError {
     }
 }
 
+/// Checks a Hugging Face config.json text as loading does (types, bounds, consistency), before
+/// anything is sized from it; raises ConfigError.
+#[pyfunction]
+fn check_config(config_json: &str) -> PyResult<()> {
+    ModelConfig::from_hf_json(config_json)?;
+    Ok(())
+}
+
 /// Physical memory of this machine in bytes (the bound on one KV cache or buffer).
 #[pyfunction]
 fn memory_limit() -> usize {
@@ -521,6 +529,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySafetensorsFile>()?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(memory_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(check_config, m)?)?;
     m.add_function(wrap_pyfunction!(process_logits, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
