@@ -4,7 +4,9 @@ strftime_now helpers, special tokens as variables)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import sys
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -56,13 +58,16 @@ def _compile(source: str):
     class Bounded(jinja2.sandbox.ImmutableSandboxedEnvironment):
         """Refuses `*` and `**` whose result would be huge (the sandbox bounds range() alone)."""
 
-        intercepted_binops = frozenset(["*", "**"])
+        intercepted_binops = frozenset(["*", "**", "%"])
 
         def call_binop(self, context, operator, left, right):
             if operator == "**":
                 if isinstance(right, (int, float)) and abs(right) > 64 and isinstance(left, (int, float)) and abs(left) > 1:
                     raise jinja2.exceptions.SecurityError(f"{left!r} ** {right!r} is too large for a chat template")
                 return left**right
+            if operator == "%":
+                _check_sizes(jinja2, (left, right))
+                return left % right
             sizes = [len(x) for x in (left, right) if isinstance(x, (str, list, tuple))]
             counts = [x for x in (left, right) if isinstance(x, int) and not isinstance(x, bool)]
             if sizes and counts and sizes[0] * max(counts[0], 0) > MAX_TEMPLATE_ITEMS:
@@ -70,6 +75,9 @@ def _compile(source: str):
             return left * right
 
     env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
+    # Filters run at compile time too (constant folding): every one refuses sizes past the
+    # bound (center(3000000000), indent(10**9), "%0999999999d"|format) before doing any work.
+    env.filters = {name: _bounded(f, jinja2) for name, f in env.filters.items()}
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -77,7 +85,7 @@ def _compile(source: str):
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
         raise CheckpointError(f"the chat template is not valid Jinja: {e}") from None
-    except (SyntaxError, ValueError, TypeError, RecursionError, jinja2.exceptions.TemplateError) as e:
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError, jinja2.exceptions.TemplateError) as e:
         # what the parser lets through but Python refuses to compile ({% break %} outside a loop)
         raise CheckpointError(f"the chat template cannot be compiled: {type(e).__name__}: {e}") from None
 
@@ -136,6 +144,29 @@ class ChatTemplate:
             raise InvalidArgumentError(f"the chat template rejected the messages: {e}") from None
         except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError, MemoryError) as e:
             raise CheckpointError(f"the chat template failed while rendering: {type(e).__name__}: {e}") from None
+
+
+_WIDE = re.compile(r"\d{7,}")
+
+
+def _check_sizes(jinja2, values) -> None:
+    """Refuses an integer past MAX_TEMPLATE_ITEMS or a format string with such a width."""
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_TEMPLATE_ITEMS:
+            raise jinja2.exceptions.SecurityError(f"{v} is too large a size for a chat template")
+        if isinstance(v, str) and ("%" in v or "{" in v) and _WIDE.search(v):
+            raise jinja2.exceptions.SecurityError("a format width in the chat template is too large")
+
+
+def _bounded(f, jinja2):
+    """Filter `f`, refusing oversized arguments (its jinja attributes, e.g. pass_context, kept)."""
+
+    @functools.wraps(f)
+    def filter_(*args, **kwargs):
+        _check_sizes(jinja2, list(args) + list(kwargs.values()))
+        return f(*args, **kwargs)
+
+    return filter_
 
 
 def _with_step_budget(render, jinja2):

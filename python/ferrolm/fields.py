@@ -14,8 +14,10 @@ MISSING: Any = object()
 
 
 def _value(cfg: Mapping[str, Any], key: str, default: Any, where: str) -> Any:
+    """The field's value; `default` when the key is absent. A JSON null is a value like any
+    other (so `"bias": null` is not a string), except for fields whose default is None."""
     v = cfg.get(key, MISSING)
-    if v is MISSING or v is None:
+    if v is MISSING or (v is None and default is None):
         if default is MISSING:
             raise ConfigError(f"{where}: '{key}' is missing")
         return default
@@ -46,7 +48,7 @@ def get_int(cfg: Mapping[str, Any], key: str, default: Any, where: str, *, low: 
 def get_number(cfg: Mapping[str, Any], key: str, default: Any, where: str) -> float:
     """A finite number."""
     v = _value(cfg, key, default, where)
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not (abs(v) < 1e300 and math.isfinite(float(v))):
         raise _bad(where, key, "a finite number", v)
     return float(v)
 
@@ -59,8 +61,8 @@ def get_str(cfg: Mapping[str, Any], key: str, default: Any, where: str) -> str:
 
 
 def get_str_list(cfg: Mapping[str, Any], key: str, where: str) -> Tuple[str, ...]:
-    """A string or a list of strings (None or absent: empty)."""
-    v = _value(cfg, key, (), where)
+    """A string or a list of strings (null or absent: empty)."""
+    v = _value(cfg, key, None, where) or ()
     if isinstance(v, str):
         return (v,)
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
@@ -69,8 +71,8 @@ def get_str_list(cfg: Mapping[str, Any], key: str, where: str) -> Tuple[str, ...
 
 
 def get_mapping(cfg: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    """An object (None or absent: empty)."""
-    v = _value(cfg, key, {}, where)
+    """An object (null or absent: empty)."""
+    v = _value(cfg, key, None, where) or {}
     if not isinstance(v, Mapping):
         raise _bad(where, key, "an object", v)
     return v

@@ -163,7 +163,7 @@ def _read_json(path: Path, what: str, error=CheckpointError) -> Any:
     try:
         with open(path, "rb") as f:
             return json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise error(f"{what} {path} is not valid JSON: {e}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read {what} {path}: {e}") from None

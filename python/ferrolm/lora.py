@@ -81,7 +81,7 @@ def adapter_config(folder: Path) -> dict:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ModelNotFoundError(f"{folder} has no readable adapter_config.json: {e}") from None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ConfigError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path} must hold a JSON object")
