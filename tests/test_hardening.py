@@ -128,6 +128,9 @@ def lora_folder(tmp_path, **changes):
     ("lora_alpha", None),
     ("lora_alpha", 10**400),
     ("use_rslora", None),
+    ("target_modules", False),
+    ("rank_pattern", 0),
+    ("alpha_pattern", ""),
     ("rank_pattern", "q_proj"),
 ])
 def test_adapter_config_fields_are_typed(tmp_path, key, value):
@@ -150,7 +153,7 @@ def test_merged_must_be_a_bool():
 def test_soft_prompt_fields_are_typed(tmp_path):
     src = MODELS.parent / "adapters" / "tiny-llama-prompt-tuning"
     for key, value in (("num_virtual_tokens", "4"), ("num_virtual_tokens", 0), ("token_dim", 3.5),
-                       ("num_transformer_submodules", "1"), ("peft_type", None)):
+                       ("num_transformer_submodules", "1"), ("num_transformer_submodules", None), ("peft_type", None)):
         folder = tmp_path / f"{key}-{value}"
         folder.mkdir()
         (folder / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())

@@ -58,8 +58,8 @@ class GenerationConfig:
             bad(f"do_sample must be True, False or None, got {self.do_sample!r}")
         if self.temperature is not None and (not _is_number(self.temperature) or self.temperature < 0):
             bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            bad(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
+        if not _is_int(self.top_k) or not 0 <= self.top_k < 2**32:
+            bad(f"top_k must be an integer in [0, 2**32) (0 disables it), got {self.top_k!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             bad(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not _is_number(self.min_p) or not 0 <= self.min_p <= 1:

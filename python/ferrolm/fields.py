@@ -38,7 +38,7 @@ def get_bool(cfg: Mapping[str, Any], key: str, default: Any, where: str) -> bool
 def get_int(cfg: Mapping[str, Any], key: str, default: Any, where: str, *, low: int = 0, high: int = 2**31) -> Any:
     """An integer in [low, high] (or `default` when absent, None included)."""
     v = _value(cfg, key, default, where)
-    if v is None:
+    if v is None and default is None:
         return None
     if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
         raise _bad(where, key, f"an integer in [{low}, {high}]", v)
@@ -62,7 +62,9 @@ def get_str(cfg: Mapping[str, Any], key: str, default: Any, where: str) -> str:
 
 def get_str_list(cfg: Mapping[str, Any], key: str, where: str) -> Tuple[str, ...]:
     """A string or a list of strings (null or absent: empty)."""
-    v = _value(cfg, key, None, where) or ()
+    v = _value(cfg, key, None, where)
+    if v is None:
+        return ()
     if isinstance(v, str):
         return (v,)
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
@@ -72,7 +74,9 @@ def get_str_list(cfg: Mapping[str, Any], key: str, where: str) -> Tuple[str, ...
 
 def get_mapping(cfg: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     """An object (null or absent: empty)."""
-    v = _value(cfg, key, None, where) or {}
+    v = _value(cfg, key, None, where)
+    if v is None:
+        return {}
     if not isinstance(v, Mapping):
         raise _bad(where, key, "an object", v)
     return v
