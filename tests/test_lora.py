@@ -91,6 +91,28 @@ def convert(w, precision, slack=0.0):
     return (q.reshape(rows, k), scale), near.reshape(rows, k)
 
 
+def values(stored, precision):
+    """The BF16 bits, or the INT8 values without their scales, of a stored or converted weight."""
+    return stored if precision == "bf16" else stored[0]
+
+
+def widened(stored, precision):
+    """A stored BF16 or INT8 weight back in float32 (widened or dequantized)."""
+    if precision == "bf16":
+        return (stored.astype(np.uint32) << 16).view(np.float32)
+    q, scales = stored
+    return q.astype(np.float32) * np.repeat(scales, 32, axis=1)
+
+
+def merged_twice_differs(plain_model, pair, scale, merged):
+    """How many values would differ had the merge started from the converted weights (rounding
+    twice) instead of the originals."""
+    p = plain_model.precision
+    base = widened(stored_weight(plain_model, pair.weight), p)
+    twice = convert(merge_f32(base, scale, pair.b, pair.a)[0], p)[0]
+    return int((values(twice, p) != values(convert(merged, p)[0], p)).sum())
+
+
 def merge_f32(original, scale, b, a):
     """original + scale·B·A in float32 in the core's order (B·A first, then scale, then the sum),
     and the slack of B·A's own float32 rounding (its order of summation is the kernel's)."""
@@ -185,15 +207,8 @@ def test_lower_precisions_merge_before_converting(tmp_path, precision):
     wrong = 0
     for p in lora.pairs:
         merged = assert_stored_as(model, p.weight, originals[p.weight], p, lora.scale)
-        # merging into the converted weights instead (double rounding) would be seen
-        base = stored_weight(plain_model, p.weight)
-        if precision == "bf16":
-            widened = (base.astype(np.uint32) << 16).view(np.float32)
-            wrong += int((convert(merge_f32(widened, lora.scale, p.b, p.a)[0], "bf16")[0] != convert(merged, "bf16")[0]).sum())
-        else:
-            widened = base[0].astype(np.float32) * np.repeat(base[1], 32, axis=1)
-            wrong += int((convert(merge_f32(widened, lora.scale, p.b, p.a)[0], "int8")[0][0] != convert(merged, "int8")[0][0]).sum())
-    assert wrong > 100, wrong
+        wrong += merged_twice_differs(plain_model, p, lora.scale, merged)
+    assert wrong > 100, wrong  # merging into the converted weights would be seen
     err = np.abs(model.logits(IDS) - want).max()
     plain = np.abs(plain_model.logits(IDS) - load_fixture("tiny-llama").logits(IDS)).max()
     # measured: 1.2x (BF16) and 2.0x (INT8) the plain model's error; the adapter itself moves the logits >30x that
@@ -332,10 +347,7 @@ def test_gguf_int8_merges_from_the_files_original_weights(tmp_path, monkeypatch)
     from_dequantized = 0
     for p in lora.pairs:
         merged = assert_stored_as(model, p.weight, originals[p.weight], p, lora.scale)
-        q, s = stored_weight(plain_model, p.weight)
-        widened = q.astype(np.float32) * np.repeat(s, 32, axis=1)
-        from_dequantized += int((convert(merge_f32(widened, lora.scale, p.b, p.a)[0], "int8")[0][0]
-                                 != convert(merged, "int8")[0][0]).sum())
+        from_dequantized += merged_twice_differs(plain_model, p, lora.scale, merged)
     assert from_dequantized > 1000  # the wrong source would be seen (~20 % of the values)
 
     err = np.abs(model.logits(IDS) - want).max()
