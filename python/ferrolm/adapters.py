@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Dict, Optional, Union
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .loading import TensorReader
+from .loading import Checkpoint, TensorReader
 from .lora import LoraAdapter, check_name, read_lora
 
 if TYPE_CHECKING:
     from . import _core
-    from .model import Model
 
 
 @dataclass
@@ -40,8 +39,12 @@ class LoadedAdapter:
 class Adapters:
     """The adapters of one Model (see the module docstring)."""
 
-    def __init__(self, model: "Model") -> None:
-        self._model = model
+    def __init__(self, base: "_core.Model", checkpoint: Optional[Checkpoint], precision: str) -> None:
+        # what merging needs, passed in (no reference back to the Model: a dropped Model is
+        # freed at once, not when the cyclic collector gets to it)
+        self._base = base
+        self._checkpoint = checkpoint
+        self._precision = precision
         self._loaded: Dict[str, LoadedAdapter] = {}
         self.active: Optional[str] = None
 
@@ -54,7 +57,7 @@ class Adapters:
         name = check_name(Path(path).name if name is None else name, self._loaded, "adapter")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale):
             raise InvalidArgumentError(f"scale must be a finite number, got {scale!r}")
-        base = self._model._base
+        base = self._base
         for pair in adapter.pairs:
             rows, k = base.adaptable_shape(pair.weight)  # unknown names raise InvalidArgumentError
             if pair.b.shape[0] != rows or pair.a.shape[1] != k:
@@ -87,7 +90,7 @@ class Adapters:
             if self.active is not None and self._loaded[self.active].merged:
                 self._loaded[self.active].core = None  # free the merged copies
             self.active = None
-            return self._model._base
+            return self._base
         entry = self._get(name)
         if entry.merged and entry.core is None:
             entry.core = self._merge(entry)
@@ -98,13 +101,13 @@ class Adapters:
 
     def is_live(self, core: "_core.Model") -> bool:
         """Whether sessions of `core` may still be used (the base or a loaded variant)."""
-        return core is self._model._base or any(a.core is core for a in self._loaded.values())
+        return core is self._base or any(a.core is core for a in self._loaded.values())
 
     def core_for(self, name: Optional[str]) -> "_core.Model":
         """The core model to run for a per-call adapter choice (unmerged adapters, the active one,
         or None for the base)."""
         if name is None:
-            return self._model._base
+            return self._base
         entry = self._get(name)
         if entry.core is None:
             raise InvalidArgumentError(
@@ -116,8 +119,8 @@ class Adapters:
     # -- merging ---------------------------------------------------------------------------------
     def _merge(self, entry: LoadedAdapter) -> "_core.Model":
         merged = []
-        ckpt = self._model._checkpoint
-        reader = TensorReader(ckpt) if ckpt is not None and self._model.precision != "fp32" else None
+        ckpt = self._checkpoint
+        reader = TensorReader(ckpt) if ckpt is not None and self._precision != "fp32" else None
         try:
             for p in entry.adapter.pairs:  # W + scale·B·A is computed in the core, in FP32
                 w = self.original_weight(p.weight, reader)
@@ -125,15 +128,15 @@ class Adapters:
         finally:
             if reader is not None:
                 reader.close()
-        return self._model._base.variant(merged, [])
+        return self._base.variant(merged, [])
 
     def original_weight(self, name: str, reader: Optional[TensorReader] = None) -> np.ndarray:
         """The unadapted weight `name` as float32 [out, in]: the FP32 model's own, else read again
         from the checkpoint through `reader`, else the model's own values widened (BF16) or
         dequantized (INT8 — a checkpoint written by ferrolm has no FP32 original)."""
-        base = self._model._base
+        base = self._base
         rows, k = base.adaptable_shape(name)
-        precision = self._model.precision
+        precision = self._precision
         conv1d = base.checkpoint_layout(name) == "conv1d"
         if precision == "fp32":
             return _oriented(np.frombuffer(base.export_tensor(name), dtype=np.float32), conv1d, rows, k)

@@ -36,6 +36,7 @@ import numpy as np
 from . import _core
 from .errors import CheckpointError, ConfigError, MissingTensorError, ModelNotFoundError, TensorError
 from .tokenizer import Tokenizer
+from .tokenizer import shared as shared_tokenizer
 
 __all__ = ["GgufModel", "read_gguf", "SUPPORTED_TENSOR_TYPES", "is_gguf_file"]
 
@@ -435,7 +436,9 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
     tok_model = values.get(K.Tokenizer.MODEL)
     tokenizer = None
     if tok_model is not None:
-        tokenizer = _build_tokenizer(path, tok_model, values, get_array)
+        st = path.stat()
+        key = ("gguf", str(path.resolve()), st.st_size, st.st_mtime_ns)
+        tokenizer = shared_tokenizer(key, lambda: _build_tokenizer(path, tok_model, values, get_array))
 
     def tok_id(key: str) -> Optional[int]:
         v = values.get(key)

@@ -52,7 +52,7 @@ class Model:
         self._base = core  # as loaded; never changed
         self._core = core  # the default for calls: the base or the active adapter's variant
         self._checkpoint = checkpoint
-        self._adapters = Adapters(self)
+        self._adapters = Adapters(core, checkpoint, precision)
         self._soft_prompts: Dict[str, SoftPrompt] = {}
         self.path = path
         self.config = config

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import weakref
 from pathlib import Path
-from typing import Callable, List, Sequence, TypeVar
+from typing import Callable, Hashable, List, Sequence, TypeVar
 
 from .errors import CheckpointError, TokenizerError
 
@@ -18,10 +21,19 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: Path) -> "Tokenizer":
+        """The tokenizer of a tokenizer.json file; loads of the same content share one."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"cannot read tokenizer {path}: {e}") from None
+        return shared(("tokenizer.json", hashlib.sha256(data).hexdigest()), lambda: cls._parse(path, data))
+
+    @classmethod
+    def _parse(cls, path: Path, data: bytes) -> "Tokenizer":
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
-            return cls(HFTokenizer.from_file(str(path)))
+            return cls(HFTokenizer.from_str(data.decode("utf-8")))
         except Exception as e:  # the library raises a bare Exception on malformed files
             raise CheckpointError(f"cannot load tokenizer {path}: {e}") from None
         except BaseException as e:
@@ -55,6 +67,23 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int):
         return self._tok.id_to_token(token_id)
+
+
+_shared: "weakref.WeakValueDictionary[Hashable, Tokenizer]" = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
+
+
+def shared(key: Hashable, build: Callable[[], Tokenizer]) -> Tokenizer:
+    """One Tokenizer per `key` while any model holds it. The tokenizers library keeps some state
+    per tokenizer and per thread that encodes with it, until that thread ends: a process that
+    loads the same model again and again from long-lived threads would otherwise grow with
+    every load."""
+    with _shared_lock:
+        tok = _shared.get(key)
+        if tok is None:
+            tok = build()
+            _shared[key] = tok
+        return tok
 
 
 def _guarded(what: str, call: Callable[[], T]) -> T:
