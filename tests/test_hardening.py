@@ -257,6 +257,7 @@ def test_damaged_safetensors_headers_are_checkpoint_errors(tmp_path, damage):
     ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", ferrolm.CheckpointError, "RecursionError"),
     ("{{ messages.__class__.__mro__ }}", ferrolm.CheckpointError, "__class__"),
     ("{{ raise_exception('no system messages') }}", ferrolm.InvalidArgumentError, "no system messages"),
+    ("{{ messages[0].content|truncate(-1) }}", ferrolm.CheckpointError, "AssertionError"),
 ])
 def test_hostile_chat_templates_fail_cleanly(source, error, match):
     from ferrolm.chat import ChatTemplate

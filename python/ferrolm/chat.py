@@ -85,7 +85,8 @@ def _compile(source: str):
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
         raise CheckpointError(f"the chat template is not valid Jinja: {e}") from None
-    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError, jinja2.exceptions.TemplateError) as e:
+    except (SyntaxError, ValueError, TypeError, AssertionError, RecursionError, MemoryError,
+            jinja2.exceptions.TemplateError) as e:
         # what the parser lets through but Python refuses to compile ({% break %} outside a loop)
         raise CheckpointError(f"the chat template cannot be compiled: {type(e).__name__}: {e}") from None
 
@@ -142,7 +143,8 @@ class ChatTemplate:
             raise CheckpointError(f"the chat template is not allowed to do this: {e}") from None
         except jinja2.exceptions.TemplateError as e:
             raise InvalidArgumentError(f"the chat template rejected the messages: {e}") from None
-        except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError, MemoryError) as e:
+        except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, AssertionError, RecursionError,
+                MemoryError) as e:
             raise CheckpointError(f"the chat template failed while rendering: {type(e).__name__}: {e}") from None
 
 

@@ -591,6 +591,8 @@ def _plan_tensors(path: Path, reader: Any, by_name: Dict[str, int], rows: List[T
                 f"(supported: {', '.join(SUPPORTED_TENSOR_TYPES)})"
             )
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        if not shape or min(shape) < 1:
+            raise TensorError(f"{path}: tensor {name} has shape {list(shape)}; every dimension must be positive")
         if heads_for:
             if shape[0] % (2 * heads_for):
                 raise TensorError(f"{path}: tensor {name} has {shape[0]} rows, not a multiple of 2 x {heads_for} heads")
