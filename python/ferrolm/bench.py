@@ -361,6 +361,10 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
     for s in sources:  # every model is checked before any measurement
         path = model_source(s)
         facts[s] = model_facts(s if s in SHAPES else path)
+        saved = facts[s].saved_precision
+        if saved is not None and any(p != saved for p in precisions):
+            raise InvalidArgumentError(f"{s} is a ferrolm {saved.upper()} checkpoint: it loads only as {saved} "
+                                       f"(benchmark the original checkpoint to compare precisions)")
     with_quality = {s: quality and s not in SHAPES and facts[s].has_tokenizer for s in sources}
     steps = len(sources) * len(precisions) * len(threads) + sum(with_quality.values())
     bar = tqdm(total=steps, desc="ferrolm bench", unit="run", file=sys.stderr,
