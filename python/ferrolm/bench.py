@@ -335,7 +335,7 @@ def _display_name(source: str) -> str:
     if source in SHAPES:
         return source
     if source in REAL_MODELS:
-        return f"{source} ({REAL_MODELS[source]})"
+        return f"{model_source(source).name} (the default model)"
     from .loading import default_model_path
 
     path = Path(source)
