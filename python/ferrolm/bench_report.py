@@ -174,6 +174,10 @@ def render(report: Dict[str, Any], fmt: str = "md") -> str:
 
 # -- charts -------------------------------------------------------------------------------------
 
+def _short(name: str) -> str:
+    return name.split(" (")[0][:44]
+
+
 def make_charts(report: Dict[str, Any], out: Path) -> List[Path]:
     """speed.png (tok/s per precision and thread count, ± σ, with the decode ceiling), memory.png
     (measured peak RSS against the estimate by part) and quality.png (quality against weight
@@ -212,7 +216,7 @@ def make_charts(report: Dict[str, Any], out: Path) -> List[Path]:
                                label="bandwidth ceiling" if j == 0 else None)
             ax.set_xticks(range(len(precisions)), precisions)
             ax.set_ylabel("tok/s")
-            ax.set_title(f"{m['name'][:48]}: {title}", fontsize=9)
+            ax.set_title(f"{_short(m['name'])}: {title}", fontsize=9)
             ax.legend(fontsize=7)
             ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -245,7 +249,7 @@ def make_charts(report: Dict[str, Any], out: Path) -> List[Path]:
         ax.set_ylim(0, top * 1.45)  # room for the legend above the bars
         ax.set_xticks(range(len(names)), names)
         ax.set_ylabel("MiB")
-        ax.set_title(f"{m['name'][:40]}: estimate (left) vs measured", fontsize=9)
+        ax.set_title(f"{_short(m['name'])}: estimate (left) vs measured", fontsize=9)
         ax.legend(fontsize=7, loc="upper right", ncol=2)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -274,7 +278,7 @@ def make_charts(report: Dict[str, Any], out: Path) -> List[Path]:
             if not seen:
                 continue
             xs, ys = zip(*seen.values())
-            ax.plot(xs, ys, "-", color=f"C{k}", alpha=0.5, label=m["name"][:32])
+            ax.plot(xs, ys, "-", color=f"C{k}", alpha=0.5, label=_short(m["name"]))
             for p, (x, y) in seen.items():
                 ax.scatter([x], [y], color=colors.get(p, "0.3"), zorder=3)
                 ax.annotate(p, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)

@@ -212,7 +212,7 @@ def markdown(results: Sequence[EvalResult], heading: str = "#") -> str:
     base = {r.shots: r for r in results if r.precision == "fp32" and r.variant == "base"}
     r0 = results[0]
     lines = [f"{heading} ferrolm eval: {r0.task}, {r0.examples} test examples, greedy", "",
-             f"Model: `{r0.model}`. ROUGE: mean F-measure over the examples (stemmed); BLEU: corpus BLEU (0–100).", "",
+             f"Model: `{Path(r0.model).name}`. ROUGE: mean F-measure over the examples (stemmed); BLEU: corpus BLEU (0–100).", "",
              "| precision | variant | shots | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-Lsum | BLEU | ROUGE-L vs fp32 "
              "| prompt tokens | new tokens | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -307,21 +307,21 @@ def model_facts(source: Any) -> ModelFacts:
     if not isinstance(source, (str, os.PathLike)):
         raise InvalidArgumentError(f"expected a model path, a config (dict or config.json), a benchmark shape name or a "
                                    f"parameter count, got {type(source).__name__}")
-    from .bench import SHAPES
+    from .bench import REAL_MODELS, SHAPES, model_source
 
     if isinstance(source, str) and source in SHAPES:
         return ModelFacts(source, SHAPES[source], "safetensors")
-    path = Path(source)
+    path = model_source(source) if isinstance(source, str) and source in REAL_MODELS else Path(source)
     if path.is_file() and path.suffix.lower() == ".json":
         from .loading import _read_json
 
-        return ModelFacts(str(path), _read_json(path, "config", ConfigError), "config")
+        return ModelFacts(path.name, _read_json(path, "config", ConfigError), "config")
     from .loading import read_checkpoint
 
     ckpt = read_checkpoint(path)  # ModelNotFoundError for a missing path
     if ckpt.gguf is not None:
         ckpt.gguf.close()
-    return ModelFacts(str(ckpt.path), ckpt.config, "gguf" if ckpt.format == "gguf" else "safetensors",
+    return ModelFacts(ckpt.path.name or str(ckpt.path), ckpt.config, "gguf" if ckpt.format == "gguf" else "safetensors",
                       ckpt.saved_precision, ckpt.int8_group(), ckpt.tokenizer is not None)
 
 
