@@ -44,6 +44,30 @@ def measure() -> None:
     ferrolm(EVAL + ["--progress"], stdout=subprocess.DEVNULL)
     print("+ python -m ferrolm.bench_adapters " + " ".join(ADAPTERS), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "ferrolm.bench_adapters", *ADAPTERS], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    _local_paths_out()
+
+
+def _names(value):
+    """Absolute paths in "path" and "model" fields replaced by the file or folder name."""
+    if isinstance(value, dict):
+        return {k: Path(v).name if k in ("path", "model") and isinstance(v, str) and v.startswith("/") else _names(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_names(v) for v in value]
+    return value
+
+
+def _local_paths_out() -> None:
+    """The saved results name models by file or folder name, not by this machine's paths."""
+    for path in (OUT / "bench.json", OUT / "eval" / "eval.json"):
+        path.write_text(json.dumps(_names(json.loads(path.read_text())), indent=1))
+    md = OUT / "eval" / "eval.md"
+    lines = md.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Model: `/"):
+            model = line[len("Model: `"):line.index("`", len("Model: `"))]
+            lines[i] = line.replace(model, Path(model).name)
+    md.write_text("\n".join(lines) + "\n")
 
 
 def memory_estimates() -> list:
