@@ -17,6 +17,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidTokenError,
     MemoryLimitError,
+    MissingDependencyError,
     MissingTensorError,
     ModelNotFoundError,
     TensorError,
@@ -24,8 +25,9 @@ from .errors import (
 )
 from .generation import GenerationResult, TextStream, Timings
 from .lora import LoraAdapter, lora_stats, read_lora
+from .memory import MemoryEstimate, estimate_memory
 from .model import Model, load
-from . import quality
+from . import metrics, quality
 from .quality import QualityReport, compare, perplexity, quality_report
 
 __version__ = _core.__version__
@@ -36,6 +38,9 @@ __all__ = [
     "compare",
     "quality_report",
     "QualityReport",
+    "estimate_memory",
+    "MemoryEstimate",
+    "metrics",
     "lora_stats",
     "read_lora",
     "LoraAdapter",
@@ -55,5 +60,6 @@ __all__ = [
     "ContextLengthError",
     "InvalidArgumentError",
     "MemoryLimitError",
+    "MissingDependencyError",
     "__version__",
 ]

@@ -100,6 +100,26 @@ class SafetensorsFile:
     def read(self, name: str) -> bytes: ...
     def read_f32(self, name: str) -> Optional[bytes]: ...
 
+class MatmulProbe:
+    def __init__(
+        self,
+        precision: str,
+        rows: int,
+        cols: int,
+        tokens: int = 1,
+        threads: Optional[int] = None,
+        min_bytes: int = 402653184,
+    ) -> None: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def weight_bytes(self) -> int: ...
+    @property
+    def copies(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    def run(self) -> None: ...
+
 def write_safetensors(
     path: str | PathLike[str],
     entries: Sequence[Tuple[str, str, Sequence[int]]],

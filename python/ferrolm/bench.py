@@ -1,36 +1,44 @@
-"""Speed benchmarks with the PERF method: batch 1, greedy, a 128-token prompt of fixed ids,
-128 new tokens with EOS ignored; one warm-up, then the median of timed runs.
+"""`ferrolm bench`: speed, memory and quality of each precision of a model, side by side.
 
-prefill tok/s = prompt tokens / time to first token; decode tok/s = (new - 1) / (t_last - t_first).
-The decode ceiling is the measured read bandwidth (threads summing a 1 GiB buffer) divided by the
-bytes of matmul weights read per token. Each configuration runs in a fresh process so its peak RSS
-(VmHWM) is its own.
+    ferrolm bench [MODEL ...] [--shape NAME,...] --precisions fp32,bf16,int8 [--threads 1,2]
+                  [--out DIR] [--format md|csv|json]
 
-    python -m ferrolm.bench --shapes gpt2-124m,llama-135m --threads 1,2 --precisions fp32,bf16,int8
-
-Peak RSS is checked against the memory budget: weight bytes of the precision + the KV cache
-(at the bench's context length) + 64 MiB.
+(`python -m ferrolm.bench` is the same command.) Speed follows the PERF method: batch 1, greedy,
+a prompt of fixed token ids (128 by default: pp128) and 128 new tokens (tg128) with EOS ignored;
+one warm-up, then the median and standard deviation of the timed runs (`--runs` of them, then as
+many again after the first bandwidth probe). prefill tok/s = prompt tokens / time to first token;
+decode tok/s = (new - 1) / (t_last - t_first). The decode ceiling is the measured read bandwidth
+(threads summing a 1 GiB buffer) divided by the bytes of matmul weights read per token. Each
+configuration runs in a fresh process so its peak RSS (VmHWM) is its own, and is compared with
+`ferrolm.estimate_memory` for the same context. Quality (real checkpoints with a tokenizer):
+each precision against FP32 with `ferrolm.quality.compare`, plus ROUGE and BLEU of the greedy
+replies against FP32's (`ferrolm.metrics`), in one more fresh process. `--out DIR` writes
+bench.json, report.md (and bench.csv) and the charts (PNG, with matplotlib: `ferrolm[plot]`).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import statistics
+import math
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from . import _core
-from .config import GenerationConfig
-from .model import Model, load
 from . import safetensors_io
+from .config import GenerationConfig
+from .errors import FerrolmError, InvalidArgumentError, ModelNotFoundError
+from .model import Model, load
 
 SHAPES: Dict[str, dict] = {
     "gpt2-124m": dict(model_type="gpt2", vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=1024),
@@ -110,13 +118,26 @@ def random_checkpoint(shape: str, folder: Optional[Path] = None, seed: int = 0) 
 
 def peak_rss_bytes() -> int:
     """VmHWM of this process (0 where /proc is not available)."""
+    return _proc_status("VmHWM")
+
+
+def current_rss_bytes() -> int:
+    """VmRSS of this process (0 where /proc is not available)."""
+    return _proc_status("VmRSS")
+
+
+def _proc_status(key: str) -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def _stdev(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def measure(model: Model, prompt_len: int = 128, new_tokens: int = 128, runs: int = 3) -> dict:
@@ -133,46 +154,49 @@ def measure(model: Model, prompt_len: int = 128, new_tokens: int = 128, runs: in
             "prefill_runs": prefill, "decode_runs": decode}
 
 
-#: KV-cache positions of a bench session: the prompt and the new tokens fit.
-CONTEXT = 512
 BUDGET_SLACK = 64 << 20
-
-
-def kv_cache_bytes(model: Model, context: int) -> int:
-    """FP32 K and V for every layer: 2 · layers · kv_heads · head_dim · context · 4 bytes."""
-    c = model._core
-    return 2 * c.num_layers * c.num_kv_heads * c.head_dim * context * 4
+"""PERF's memory target: peak RSS <= weight bytes + KV cache + 64 MiB."""
 
 
 def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_tokens: int = 128,
-            precision: Optional[str] = None) -> dict:
-    """One configuration, measured in this process."""
+            precision: Optional[str] = None, bandwidth_bytes: int = 1 << 30) -> dict:
+    """One configuration, measured in this process (call it in a fresh one: peak RSS is the
+    process's). The context holds exactly the prompt and the new tokens."""
     folder = model_source(shape)
+    context = prompt_len + new_tokens
+    baseline = current_rss_bytes()
     t0 = time.perf_counter()
-    model = load(folder, precision=precision, threads=threads, context_length=CONTEXT, progress=False)
+    model = load(folder, precision=precision, threads=threads, context_length=context, progress=False)
     load_s = time.perf_counter() - t0
     result = measure(model, prompt_len, new_tokens, runs)
     rss = peak_rss_bytes()  # before the bandwidth buffer is allocated
     # the machine is shared and its bandwidth drifts: take the best of two probes (a higher
     # ceiling, so a conservative percentage), one after the decode runs and one after a re-run
-    bw_probes = [_core.read_bandwidth(1 << 30, threads, 5)]
+    bw_probes = [_core.read_bandwidth(bandwidth_bytes, threads, 5)]
     rerun = measure(model, prompt_len, new_tokens, runs)
-    bw_probes.append(_core.read_bandwidth(1 << 30, threads, 5))
+    bw_probes.append(_core.read_bandwidth(bandwidth_bytes, threads, 5))
     result["decode_runs"] += rerun["decode_runs"]
     result["prefill_runs"] += rerun["prefill_runs"]
     result["decode_tok_s"] = statistics.median(result["decode_runs"])
     result["prefill_tok_s"] = statistics.median(result["prefill_runs"])
+    result["decode_std"] = _stdev(result["decode_runs"])
+    result["prefill_std"] = _stdev(result["prefill_runs"])
     bandwidth = max(bw_probes)
     bytes_per_token = model.matmul_bytes_per_token
     ceiling = bandwidth / bytes_per_token
+    weights = model._core.weight_bytes
+    from .memory import Architecture
+
+    kv = Architecture.from_config(model.config).kv_cache_bytes(context)
     result.update(
         bandwidth_probes_gb_s=[b / 1e9 for b in bw_probes],
         shape=shape, threads=threads, precision=model.precision, params=model.num_params,
+        prompt_tokens=prompt_len, new_tokens=new_tokens, context=context,
         matmul_bytes_per_token=bytes_per_token, read_bandwidth_gb_s=bandwidth / 1e9,
         decode_ceiling_tok_s=ceiling, decode_pct_of_ceiling=100 * result["decode_tok_s"] / ceiling,
         load_seconds=load_s, simd=_core.simd_level(), peak_rss_mib=rss / 2**20,
-        weight_mib=model._core.weight_bytes / 2**20, kv_cache_mib=kv_cache_bytes(model, CONTEXT) / 2**20,
-        rss_budget_mib=(model._core.weight_bytes + kv_cache_bytes(model, CONTEXT) + BUDGET_SLACK) / 2**20,
+        baseline_rss_mib=baseline / 2**20, weight_bytes=weights, weight_mib=weights / 2**20,
+        kv_cache_mib=kv / 2**20, rss_budget_mib=(weights + kv + BUDGET_SLACK) / 2**20,
     )
     return result
 
@@ -191,55 +215,286 @@ def model_source(shape: str) -> Path:
         return default_model_path()
     if Path(shape).exists():
         return Path(shape)
-    raise ValueError(f"unknown shape {shape!r}: choose from {', '.join([*SHAPES, *REAL_MODELS])} or give a path")
+    raise ModelNotFoundError(f"no model {shape!r}: give a model folder or GGUF file, or a shape: "
+                             f"{', '.join([*SHAPES, *REAL_MODELS])}")
 
 
-def run_all(shapes: List[str], threads: List[int], runs: int = 3, precisions: Sequence[Optional[str]] = (None,)) -> List[dict]:
-    """Every configuration in a fresh process (so peak RSS is per configuration)."""
-    rows = []
-    for shape in shapes:
-        model_source(shape)
-        for precision in precisions:
+def _child(args: List[str], what: str) -> dict:
+    """Runs `python -m ferrolm.bench ARGS` in a fresh process; its last stdout line is JSON."""
+    cmd = [sys.executable, "-m", "ferrolm.bench", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = "\n".join(out.stderr.strip().splitlines()[-8:])
+        raise FerrolmError(f"{what} failed (exit {out.returncode}):\n{tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def quality_one(source: str, precisions: Sequence[str], threads: Optional[int], text_tokens: Optional[int],
+                window: Optional[int], stride: Optional[int], new_tokens: int) -> dict:
+    """Quality of `precisions` against FP32 (in this process): perplexity, KL, top-1 agreement and
+    greedy replies (ferrolm.quality.compare), with ROUGE/BLEU of the replies when ferrolm.metrics
+    can run."""
+    from . import metrics
+    from .quality import default_text_path, greedy_text_scores, perplexity, quality_report
+
+    path = model_source(source)
+    text = default_text_path().read_text(encoding="utf-8")
+    candidates = [p for p in precisions if p != "fp32"]
+    out: Dict[str, Any] = {"text": default_text_path().name, "metrics_available": metrics.available()}
+    if candidates:
+        reports = quality_report(path, candidates, threads=threads, text=text, window=window, stride=stride,
+                                 new_tokens=new_tokens, text_tokens=text_tokens)
+        r0 = reports[0]
+        out.update(reference_perplexity=r0.reference_perplexity, scored_tokens=r0.scored_tokens, window=r0.window,
+                   stride=r0.stride, new_tokens=new_tokens, prompts=len(r0.greedy), precisions={})
+        for r in reports:
+            d = r.as_dict()
+            d["greedy_scores"] = greedy_text_scores(r) if out["metrics_available"] else None
+            out["precisions"][r.candidate_precision] = d
+    else:
+        model = load(path, "fp32", threads=threads, progress=False)
+        ids = model.tokenize(text, add_special_tokens=False)[: text_tokens or None]
+        ppl = perplexity(model, ids, window, stride)
+        out.update(reference_perplexity=ppl.perplexity, scored_tokens=ppl.scored_tokens, window=ppl.window,
+                   stride=ppl.stride, new_tokens=new_tokens, prompts=0, precisions={})
+    return out
+
+
+def machine_info() -> Dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "simd": _core.simd_level(), "machine": platform.machine(),
+            "python": platform.python_version(), "ferrolm": _core.__version__,
+            "memory_gib": _core.memory_limit() / 2**30 if _core.memory_limit() < 2**62 else None,
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def _split(text: Optional[str]) -> List[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def check_precisions(text: str) -> List[str]:
+    from .memory import check_precision
+
+    precisions = _split(text)
+    if not precisions:
+        raise InvalidArgumentError("--precisions is empty")
+    for p in precisions:
+        check_precision(p)
+    return list(dict.fromkeys(precisions))
+
+
+def check_threads(text: str) -> List[int]:
+    out = []
+    for t in _split(text):
+        try:
+            n = int(t)
+        except ValueError:
+            n = 0
+        if not 1 <= n <= 1024:
+            raise InvalidArgumentError(f"--threads takes positive integers, got {t!r}")
+        out.append(n)
+    if not out:
+        raise InvalidArgumentError("--threads is empty")
+    return list(dict.fromkeys(out))
+
+
+def check_device(device: str) -> str:
+    if device == "cuda":
+        raise InvalidArgumentError("the CUDA device is not available in this version of ferrolm; use --device cpu")
+    if device != "cpu":
+        raise InvalidArgumentError(f"--device must be cpu, got {device!r}")
+    return device
+
+
+def check_out_dir(out: Optional[str]) -> Optional[Path]:
+    """Creates --out (with parents) and checks a file can be written in it, before any work."""
+    if out is None:
+        return None
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ferrolm-write-check-"):
+            pass
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    return path
+
+
+def _display_name(source: str) -> str:
+    if source in SHAPES:
+        return source
+    if source in REAL_MODELS:
+        return f"{model_source(source).name} (the default model)"
+    from .loading import default_model_path
+
+    path = Path(source)
+    try:
+        if path.resolve() == default_model_path().resolve():
+            return f"{path.name} (the default model)"
+    except FerrolmError:
+        pass
+    return path.name or str(path)
+
+
+def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequence[int], *, runs: int = 3,
+              prompt_tokens: int = 128, new_tokens: int = 128, quality: bool = True, quality_tokens: Optional[int] = None,
+              window: Optional[int] = None, stride: Optional[int] = None, quality_new_tokens: int = 32,
+              bandwidth_mib: int = 1024, progress: Optional[bool] = None, command: Optional[str] = None) -> Dict[str, Any]:
+    """Every configuration of every model in a fresh process, then quality against FP32; the
+    report as a dict (see `bench_report` for its markdown, CSV and charts)."""
+    from tqdm.auto import tqdm
+
+    from .memory import Architecture, estimate_memory, model_facts
+
+    facts = {}
+    for s in sources:  # every model is checked before any measurement
+        path = model_source(s)
+        facts[s] = model_facts(s if s in SHAPES else path)
+        positions = Architecture.from_config(facts[s].config).max_position_embeddings
+        if prompt_tokens + new_tokens > positions:
+            raise InvalidArgumentError(f"{s}: --prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} exceed the "
+                                       f"model's {positions} positions")
+        saved = facts[s].saved_precision
+        if saved is not None and any(p != saved for p in precisions):
+            raise InvalidArgumentError(f"{s} is a ferrolm {saved.upper()} checkpoint: it loads only as {saved} "
+                                       f"(benchmark the original checkpoint to compare precisions)")
+    with_quality = {s: quality and s not in SHAPES and facts[s].has_tokenizer for s in sources}
+    steps = len(sources) * len(precisions) * len(threads) + sum(with_quality.values())
+    bar = tqdm(total=steps, desc="ferrolm bench", unit="run", file=sys.stderr,
+               disable=not (sys.stderr.isatty() if progress is None else progress))
+    report: Dict[str, Any] = {
+        "command": command, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "settings": dict(precisions=list(precisions), threads=list(threads), runs=runs, prompt_tokens=prompt_tokens,
+                         new_tokens=new_tokens, quality_tokens=quality_tokens, window=window, stride=stride,
+                         quality_new_tokens=quality_new_tokens, bandwidth_mib=bandwidth_mib),
+        "models": [],
+    }
+    t_start = time.perf_counter()
+    for s in sources:
+        entry: Dict[str, Any] = {"source": s, "name": _display_name(s), "path": str(model_source(s)),
+                                 "random_weights": s in SHAPES, "format": facts[s].format, "rows": []}
+        for p in precisions:
             for n in threads:
-                cmd = [sys.executable, "-m", "ferrolm.bench", "--one", shape, str(n), "--runs", str(runs)]
-                if precision:
-                    cmd += ["--precisions", precision]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(format_row(rows[-1]), file=sys.stderr)
-    return rows
+                bar.set_postfix_str(f"{s[:24]} {p} ×{n}")
+                row = _child(["--one", s, str(n), "--precisions", p, "--runs", str(runs), "--prompt-tokens",
+                              str(prompt_tokens), "--new-tokens", str(new_tokens), "--bandwidth-mib", str(bandwidth_mib)],
+                             f"measuring {s} {p} with {n} threads")
+                est = estimate_memory(facts[s], p, context=prompt_tokens + new_tokens, threads=n,
+                                      prefill_tokens=prompt_tokens)
+                row["estimate"] = est.as_dict()
+                row["estimate_mib"] = est.total_bytes / 2**20
+                row["estimate_error_pct"] = 100 * (row["estimate_mib"] / row["peak_rss_mib"] - 1) if row["peak_rss_mib"] else None
+                entry["rows"].append(row)
+                entry["params"] = row["params"]
+                bar.update(1)
+        if with_quality[s]:
+            bar.set_postfix_str(f"{s[:24]} quality")
+            args = ["--quality-one", s, "--precisions", ",".join(precisions), "--quality-new-tokens", str(quality_new_tokens)]
+            for flag, value in (("--quality-tokens", quality_tokens), ("--window", window), ("--stride", stride),
+                                ("--quality-threads", max(threads))):
+                if value is not None:
+                    args += [flag, str(value)]
+            entry["quality"] = _child(args, f"quality of {s}")
+            bar.update(1)
+        else:
+            entry["quality"] = None
+            entry["quality_note"] = ("random weights (a named shape): quality is not measured" if s in SHAPES else
+                                     "no tokenizer: quality is not measured" if quality else "quality not asked for")
+        report["models"].append(entry)
+    bar.close()
+    report["seconds"] = time.perf_counter() - t_start
+    report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return report
 
 
-HEADER = ("| shape | precision | threads | prefill tok/s | decode tok/s | decode ceiling tok/s | % of ceiling "
-          "| read GB/s | peak RSS MiB | RSS budget MiB | load s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+def build_parser(prog: str = "ferrolm bench") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Speed, memory and quality of each precision of a model, side by side: load time, "
+        "weight bytes, peak RSS against the estimate, prefill/decode tok/s ± σ and % of the bandwidth ceiling, "
+        "then perplexity, KL, top-1 agreement, ROUGE and BLEU against FP32. Each configuration runs in a fresh process.")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="model folders or GGUF files (default: the default model, unless --shape is given)")
+    p.add_argument("--shape", "--shapes", dest="shapes", default=None, metavar="NAME[,NAME]",
+                   help=f"random-weight models of named shapes ({', '.join(SHAPES)}); quality is skipped for them")
+    p.add_argument("--precisions", default="fp32,bf16,int8", help="comma-separated (default: fp32,bf16,int8)")
+    p.add_argument("--threads", default=None, help="comma-separated thread counts (default: every CPU)")
+    p.add_argument("--device", default="cpu", help="cpu (the only device of this version)")
+    p.add_argument("--runs", type=int, default=3, help="timed runs, done twice (default: 3, so 6 in all)")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length, fixed ids (default: 128)")
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run (default: 128)")
+    p.add_argument("--no-quality", dest="quality", action="store_false", help="skip the quality measurements")
+    p.add_argument("--quality-tokens", type=int, default=None, help="score only this many tokens of the evaluation text")
+    p.add_argument("--window", type=int, default=None, help="perplexity window (default: min(context, 1024))")
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--quality-new-tokens", type=int, default=32, help="greedy tokens per chat prompt (default: 32)")
+    p.add_argument("--bandwidth-mib", type=int, default=1024, help="buffer of the bandwidth probe (default: 1024)")
+    p.add_argument("--out", default=None, metavar="DIR", help="write bench.json, report.md, bench.csv and charts here")
+    p.add_argument("--format", default="md", choices=["md", "csv", "json"], help="what to print (default: md)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--one", nargs=2, metavar=("SOURCE", "THREADS"), help=argparse.SUPPRESS)
+    p.add_argument("--quality-one", metavar="SOURCE", help=argparse.SUPPRESS)
+    p.add_argument("--quality-threads", type=int, default=None, help=argparse.SUPPRESS)
+    return p
 
 
-def format_row(r: dict) -> str:
-    return (f"| {r['shape']} | {r['precision']} | {r['threads']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} "
-            f"| {r['decode_ceiling_tok_s']:.1f} | {r['decode_pct_of_ceiling']:.0f}% | {r['read_bandwidth_gb_s']:.1f} "
-            f"| {r['peak_rss_mib']:.0f} | {r['rss_budget_mib']:.0f} | {r['load_seconds']:.2f} |")
+def _positive_args(args: argparse.Namespace) -> None:
+    for name in ("runs", "prompt_tokens", "new_tokens", "quality_new_tokens", "bandwidth_mib"):
+        if getattr(args, name) < 1:
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.new_tokens < 2:
+        raise InvalidArgumentError("--new-tokens must be at least 2 (decode speed needs two tokens)")
+    for name in ("quality_tokens", "window", "stride"):
+        v = getattr(args, name)
+        if v is not None and v < (2 if name != "stride" else 1):
+            raise InvalidArgumentError(f"--{name.replace('_', '-')} is too small: {v}")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ferrolm.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="gpt2-124m,llama-135m")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--precisions", default=None,
-                   help="comma-separated, e.g. fp32,bf16,int8 (default: each checkpoint's own)")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--json", help="also write the rows to this JSON file")
-    p.add_argument("--one", nargs=2, metavar=("SHAPE", "THREADS"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    precisions = args.precisions.split(",") if args.precisions else [None]
-    if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.runs, precision=precisions[0])))
-        return 0
-    rows = run_all(args.shapes.split(","), [int(t) for t in args.threads.split(",")], args.runs, precisions)
-    print(HEADER)
-    for r in rows:
-        print(format_row(r))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+def main(argv: Optional[List[str]] = None, prog: str = "python -m ferrolm.bench") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        if args.one:
+            precision = check_precisions(args.precisions)[0]
+            print(json.dumps(run_one(args.one[0], check_threads(args.one[1])[0], args.runs, args.prompt_tokens,
+                                     args.new_tokens, precision, args.bandwidth_mib << 20)))
+            return 0
+        if args.quality_one:
+            print(json.dumps(quality_one(args.quality_one, check_precisions(args.precisions), args.quality_threads,
+                                         args.quality_tokens, args.window, args.stride, args.quality_new_tokens)))
+            return 0
+        check_device(args.device)
+        precisions = check_precisions(args.precisions)
+        threads = check_threads(args.threads) if args.threads else [_core.default_threads()]
+        _positive_args(args)
+        out = check_out_dir(args.out)
+        sources = list(args.models) + _split(args.shapes)
+        if not sources:
+            sources = ["smollm2-135m-q4_1"]
+        for s in sources:
+            model_source(s)  # ModelNotFoundError before any work
+        command = " ".join(["ferrolm bench", *(argv if argv is not None else sys.argv[1:])])
+        report = run_bench(sources, precisions, threads, runs=args.runs, prompt_tokens=args.prompt_tokens,
+                           new_tokens=args.new_tokens, quality=args.quality, quality_tokens=args.quality_tokens,
+                           window=args.window, stride=args.stride, quality_new_tokens=args.quality_new_tokens,
+                           bandwidth_mib=args.bandwidth_mib, progress=args.progress, command=command)
+    except FerrolmError as e:
+        print(f"ferrolm: error: {e}", file=sys.stderr)
+        return 2
+    from .bench_report import render, write_outputs
+
+    if out is not None:
+        for path in write_outputs(report, out):
+            print(f"wrote {path}", file=sys.stderr)
+    print(render(report, args.format))
     return 0
 
 

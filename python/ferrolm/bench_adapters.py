@@ -80,7 +80,7 @@ def run(shape: str, precision: str, threads: int, rank: int, runs: int) -> dict:
     return dict(shape=shape, precision=precision, threads=threads, rank=rank,
                 decode_base_tok_s=base, decode_merged_tok_s=merged, decode_unmerged_tok_s=unmerged,
                 read_adapter_s=t1 - t0, load_unmerged_s=t2 - t1, switch_to_merged_s=t4 - t3,
-                switch_to_base_s=t6 - t5, switch_unmerged_s=0.0)
+                switch_to_base_s=t6 - t5)
 
 
 HEADER = ("| shape | precision | threads | rank | decode base tok/s | merged | unmerged | switch to merged s "
@@ -100,11 +100,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     rows = [run(args.shape, prec, args.threads, args.rank, args.runs) for prec in args.precisions.split(",")]
     print(HEADER)
     for r in rows:
         print(format_row(r))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
 
 

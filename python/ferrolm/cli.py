@@ -227,6 +227,28 @@ def _quality_main(argv: List[str]) -> int:
     return quality_main(argv)
 
 
+def _bench_main(argv: List[str]) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(argv, prog="ferrolm bench")
+
+
+def _eval_main(argv: List[str]) -> int:
+    from .evaluation import main as eval_main
+
+    return eval_main(argv)
+
+
+def _memory_main(argv: List[str]) -> int:
+    from .memory import main as memory_main
+
+    return memory_main(argv)
+
+
+#: Subcommands with their own parser (every option goes to it).
+OWN_PARSERS = {"quality": _quality_main, "bench": _bench_main, "eval": _eval_main, "memory": _memory_main}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferrolm", description="Compact LLM inference. MODEL is a Hugging Face folder or a GGUF file; "
@@ -289,17 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--model", default=None, help="also compare with this model's parameter count")
     stats.set_defaults(func=_cmd_lora_stats)
 
-    qual = sub.add_parser("quality", add_help=False,
-                          help="quality of BF16/INT8 against FP32: perplexity, top-1 agreement, KL, greedy replies")
-    qual.add_argument("rest", nargs=argparse.REMAINDER)
-    qual.set_defaults(func=lambda args: _quality_main(args.rest))
+    helps = {
+        "quality": "quality of BF16/INT8 against FP32: perplexity, top-1 agreement, KL, greedy replies",
+        "bench": "precision benchmark: speed, memory (measured and estimated) and quality side by side, with charts",
+        "eval": "zero-/one-/few-shot task scores (ROUGE, BLEU) per precision, with a LoRA adapter or soft prompt",
+        "memory": "memory a model needs per precision, context and batch, next to the rule of thumb",
+    }
+    for name, run in OWN_PARSERS.items():
+        own = sub.add_parser(name, add_help=False, help=helps[name])
+        own.add_argument("rest", nargs=argparse.REMAINDER)
+        own.set_defaults(func=lambda args, run=run: run(args.rest))
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["quality"]:  # its own parser (ferrolm.quality.main) takes every option
-        return _quality_main(argv[1:])
+    if argv[:1] and argv[0] in OWN_PARSERS:  # its own parser takes every option
+        return OWN_PARSERS[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

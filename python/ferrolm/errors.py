@@ -49,6 +49,11 @@ class MemoryLimitError(FerrolmError, MemoryError):
     memory; the message says what needs how much."""
 
 
+class MissingDependencyError(FerrolmError, ImportError):
+    """An optional package that a feature needs is not installed; the message says which extra
+    (e.g. `pip install 'ferrolm[eval]'`) brings it."""
+
+
 __all__ = [
     "FerrolmError",
     "ConfigError",
@@ -61,4 +66,5 @@ __all__ = [
     "ContextLengthError",
     "InvalidArgumentError",
     "MemoryLimitError",
+    "MissingDependencyError",
 ]

@@ -340,10 +340,12 @@ def compare(reference: "Model", candidate: "Model", text: Union[None, str, Seque
 def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8"), *, threads: Optional[int] = None,
                    text: Union[None, str, Sequence[int]] = None, prompts: Optional[Sequence[Prompt]] = None,
                    window: Optional[int] = None, stride: Optional[int] = None, new_tokens: int = 32,
-                   context_length: Optional[int] = None, progress: bool = False) -> List[QualityReport]:
+                   context_length: Optional[int] = None, progress: bool = False,
+                   text_tokens: Optional[int] = None) -> List[QualityReport]:
     """Each of `precisions` against FP32 for the checkpoint at `path` (default: the default model).
     FP32 is loaded once; the candidates one at a time, each released before the next loads.
-    context_length: KV-cache positions of each load (default: the model's maximum)."""
+    context_length: KV-cache positions of each load (default: the model's maximum).
+    text_tokens: score only the first this many tokens of the text."""
     from .loading import PRECISIONS, default_model_path
     from .model import load
 
@@ -357,13 +359,29 @@ def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8"), *, t
     path = default_model_path() if path is None else path
     if text is None:
         text = default_text_path().read_text(encoding="utf-8")
+    if text_tokens is not None and (not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 2):
+        raise InvalidArgumentError(f"text_tokens must be an integer >= 2, got {text_tokens!r}")
     reference = load(path, "fp32", threads=threads, context_length=context_length, progress=progress)
+    if text_tokens is not None:
+        text = (reference.tokenize(text, add_special_tokens=False) if isinstance(text, str) else list(text))[:text_tokens]
     reports = []
     for precision in precisions:
         candidate = load(path, precision, threads=threads, context_length=context_length, progress=progress)
         reports.append(compare(reference, candidate, text, prompts, window, stride, new_tokens))
         del candidate
     return reports
+
+
+def greedy_text_scores(report: QualityReport) -> Dict[str, float]:
+    """ROUGE-1/2/L/Lsum (0–1) and corpus BLEU (0–100) of the candidate's greedy replies against
+    the reference's (ferrolm.metrics; needs `pip install 'ferrolm[eval]'`)."""
+    from .metrics import bleu, rouge
+
+    if not report.greedy:
+        raise InvalidArgumentError("the report has no greedy replies to score")
+    predictions = [g.candidate_text for g in report.greedy]
+    references = [g.reference_text for g in report.greedy]
+    return dict(rouge(predictions, references), bleu=bleu(predictions, references))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -514,6 +514,50 @@ fn read_bandwidth(py: Python<'_>, bytes: usize, threads: Option<usize>, repeats:
     Ok(py.detach(|| crate::bandwidth::read_bandwidth(&pool, bytes, repeats)))
 }
 
+/// One precision's matmul kernel on weights streamed from memory (see `bandwidth::MatmulProbe`):
+/// each `run()` multiplies `tokens` activation rows by the next of several copies of a random
+/// `[rows, cols]` weight (INT8 in groups of 32) that together exceed `min_bytes`.
+#[pyclass(name = "MatmulProbe", module = "ferrolm._core")]
+struct PyMatmulProbe {
+    inner: crate::bandwidth::MatmulProbe,
+    pool: crate::threadpool::ThreadPool,
+    precision: Precision,
+}
+
+#[pymethods]
+impl PyMatmulProbe {
+    #[new]
+    #[pyo3(signature = (precision, rows, cols, tokens=1, threads=None, min_bytes=384 << 20))]
+    fn new(py: Python<'_>, precision: &str, rows: usize, cols: usize, tokens: usize, threads: Option<usize>, min_bytes: usize) -> PyResult<Self> {
+        let precision = Precision::parse(precision)?;
+        let pool = crate::threadpool::ThreadPool::new(threads.unwrap_or_else(default_threads))?;
+        let inner = py.detach(|| crate::bandwidth::MatmulProbe::new(precision, rows, cols, tokens, min_bytes))?;
+        Ok(Self { inner, pool, precision })
+    }
+    #[getter]
+    fn precision(&self) -> &'static str {
+        self.precision.name()
+    }
+    /// Bytes of one weight, read by each call (INT8 scales included).
+    #[getter]
+    fn weight_bytes(&self) -> usize {
+        self.inner.weight_bytes()
+    }
+    #[getter]
+    fn copies(&self) -> usize {
+        self.inner.copies()
+    }
+    #[getter]
+    fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+    /// One matmul with the next copy of the weight (the GIL released).
+    fn run(&mut self, py: Python<'_>) {
+        let (inner, pool) = (&mut self.inner, &self.pool);
+        py.detach(|| inner.run(pool));
+    }
+}
+
 /// The default thread count: the number of CPUs this process may use.
 #[pyfunction]
 fn default_threads() -> usize {
@@ -527,6 +571,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySession>()?;
     m.add_class::<PySamplingParams>()?;
     m.add_class::<PySafetensorsFile>()?;
+    m.add_class::<PyMatmulProbe>()?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(memory_limit, m)?)?;
     m.add_function(wrap_pyfunction!(check_config, m)?)?;
