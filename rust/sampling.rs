@@ -74,8 +74,9 @@ impl SamplingParams {
             if tok as usize >= vocab_size {
                 return Err(Error::InvalidToken { token: tok as i64, vocab_size });
             }
-            if b.is_nan() {
-                return bad(format!("logit_bias for token {tok} is NaN"));
+            if b.is_nan() || b == f32::INFINITY {
+                // -inf bans a token; +inf would make every probability NaN
+                return bad(format!("logit_bias for token {tok} must be a finite number or -inf, got {b}"));
             }
         }
         Ok(())

@@ -282,3 +282,25 @@ def test_step_budget_leaves_ordinary_templates_and_the_trace_function_alone():
         sys.settrace(None)
     assert restored is tracer
     assert out.count("<user>") == 200 and len(out) == 200 * (6 + 5000)
+
+
+def test_logit_bias_may_ban_but_not_force_and_eos_ids_are_token_ids():
+    model = ferrolm.load(MODELS / "tiny-llama")
+    with pytest.raises(ferrolm.InvalidArgumentError, match="logit_bias"):
+        model.generate([1, 2, 3], max_new_tokens=3, logit_bias={5: float("inf")}, temperature=1.0)
+    banned = model.generate([1, 2, 3], max_new_tokens=8, logit_bias={5: float("-inf")}, temperature=1.0, seed=1)
+    assert 5 not in banned.tokens
+    with pytest.raises(ferrolm.InvalidTokenError, match="eos_token_id"):
+        model.generate([1, 2, 3], max_new_tokens=3, eos_token_id=2**40)
+    with pytest.raises(ferrolm.InvalidArgumentError, match="logit_bias"):
+        _core.SamplingParams(logit_bias=[(5, float("inf"))])
+
+
+def test_a_shard_name_the_file_system_refuses_is_a_checkpoint_error(tmp_path):
+    folder = copy_model("tiny-qwen2", tmp_path)
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["lm_head.weight"] = "a" * 300
+    index.write_text(json.dumps(data))
+    with pytest.raises(ferrolm.CheckpointError, match="cannot be opened"):
+        ferrolm.load(folder)

@@ -74,8 +74,8 @@ class GenerationConfig:
         for tok, bias in self.logit_bias.items():
             if not _is_int(tok) or tok < 0:
                 bad(f"logit_bias keys must be token ids (integers >= 0), got {tok!r}")
-            if not isinstance(bias, (int, float)) or isinstance(bias, bool) or math.isnan(bias):
-                bad(f"logit_bias[{tok}] must be a number, got {bias!r}")
+            if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not (-math.inf <= bias < 1e30):
+                bad(f"logit_bias[{tok}] must be a finite number or -inf (to ban the token), got {bias!r}")
         stop = self.stop
         if isinstance(stop, str):
             stop = (stop,)

@@ -686,7 +686,10 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     except Exception as e:
         raise CheckpointError(f"{path}: cannot build the BPE tokenizer: {e}") from None
     tok = HFTokenizer(bpe)
-    split = _PRE_TOKENIZER_SPLITS.get(values.get(K.PRE))
+    pre = values.get(K.PRE)
+    if pre is not None and not isinstance(pre, str):
+        raise CheckpointError(f"{path}: {K.PRE} must be a string, got {pre!r}")
+    split = _PRE_TOKENIZER_SPLITS.get(pre)
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
@@ -723,8 +726,11 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     if extra:
         tok.add_special_tokens(extra)
 
-    add_bos = bool(values.get(K.ADD_BOS, False)) and named["bos"] is not None
-    add_eos = bool(values.get(K.ADD_EOS, False)) and named["eos"] is not None
+    for flag in (K.ADD_BOS, K.ADD_EOS):
+        if not isinstance(values.get(flag, False), bool):
+            raise CheckpointError(f"{path}: {flag} must be a boolean, got {values.get(flag)!r}")
+    add_bos = values.get(K.ADD_BOS, False) and named["bos"] is not None
+    add_eos = values.get(K.ADD_EOS, False) and named["eos"] is not None
     bos, eos = named["bos"], named["eos"]
     single = f"{(bos + ':0 ') if add_bos else ''}$A:0{(' ' + eos + ':0') if add_eos else ''}"
     pair = f"{single}{(' ' + bos + ':1') if add_bos else ''} $B:1{(' ' + eos + ':1') if add_eos else ''}"
@@ -733,5 +739,8 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
         special.append((bos, tok.token_to_id(bos)))
     if add_eos and eos != bos:
         special.append((eos, tok.token_to_id(eos)))
-    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    try:
+        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    except Exception as e:  # e.g. a BOS/EOS id naming a token that is not special
+        raise CheckpointError(f"{path}: cannot build the tokenizer's BOS/EOS template: {e}") from None
     return Tokenizer(tok)

@@ -187,7 +187,11 @@ def _weight_files(folder: Path) -> List[Path]:
             if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts:
                 raise CheckpointError(f"{index} names an invalid shard {name!r}")
             shard = folder / name
-            if not shard.is_file():
+            try:
+                found = shard.is_file()
+            except OSError as e:  # a name too long for the file system, ...
+                raise CheckpointError(f"{index} names a shard {name[:80]!r} that cannot be opened: {e.strerror}") from None
+            if not found:
                 raise ModelNotFoundError(f"shard {name} listed in {index.name} is missing from {folder}")
             files.append(shard)
         return files

@@ -330,6 +330,9 @@ class Model:
             if tok >= self.vocab_size:
                 raise InvalidTokenError(f"logit_bias token id {tok} is outside the vocabulary (size {self.vocab_size})")
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else self.eos_token_ids
+        for tok in eos:
+            if tok >= self.vocab_size:
+                raise InvalidTokenError(f"eos_token_id {tok} is outside the vocabulary (size {self.vocab_size})")
         ids = self._prompt_ids(prompt)
         seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
         prefix = self._prefix(soft_prompt, len(ids))
