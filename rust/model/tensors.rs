@@ -224,7 +224,11 @@ impl Src<'_> {
 /// each source block once it is converted (to release its file pages).
 fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &mut dyn FnMut(&[u8])) -> Result<WeightData> {
     const WHAT: &str = "a converted weight";
-    let block_rows = if cols == 0 { rows.max(1) } else { (BLOCK_BYTES / (cols * src.value_size())).max(1) };
+    // (a row wider than usize bytes can only come with 0 rows: the shape was checked against the bytes)
+    let block_rows = match cols.checked_mul(src.value_size()) {
+        Some(row_bytes) if row_bytes > 0 => (BLOCK_BYTES / row_bytes).max(1),
+        _ => rows.max(1),
+    };
     let n = rows * cols;
     let mut buf: Vec<f32> = Vec::new();
     let mut blocks = (0..rows).step_by(block_rows).map(|r0| (r0, (r0 + block_rows).min(rows)));
@@ -350,6 +354,9 @@ impl TensorStore {
             return Err(Error::Tensor(format!("tensor '{name}' appears twice in the checkpoint")));
         }
         let layout = if shape.len() == 2 { self.plan.matrix_layout(name) } else { None };
+        if layout.is_some() && shape.contains(&0) {
+            return Err(Error::Tensor(format!("matmul weight '{name}' has shape {shape:?}; both dimensions must be positive")));
+        }
         let data = match (src, layout) {
             (Src::Bytes(DType::I8, bytes), layout) => {
                 if layout.is_none() {
@@ -390,7 +397,7 @@ impl TensorStore {
             return Err(Error::Tensor(format!("Q8_0 tensor '{name}' must be 2-D, got shape {shape:?}")));
         };
         let needed = rows.checked_mul(cols.div_ceil(32)).and_then(|n| n.checked_mul(Q8_0_BLOCK));
-        if cols % 32 != 0 || needed != Some(bytes.len()) {
+        if rows == 0 || cols == 0 || cols % 32 != 0 || needed != Some(bytes.len()) {
             return Err(Error::Tensor(format!(
                 "Q8_0 tensor '{name}' of shape {shape:?} needs whole blocks of 32 values and {} bytes, got {}",
                 needed.map_or("too many".to_string(), |n| n.to_string()),
@@ -631,6 +638,17 @@ mod tests {
         assert!(matches!(s.insert_bytes(name, DType::I8, &[rows, cols], &qb), Err(Error::InvalidArgument(_))));
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
         assert!(matches!(s.insert_bytes("model.norm.weight", DType::I8, &[4], &qb[..4]), Err(Error::Tensor(_))));
+    }
+
+    #[test]
+    fn empty_matmul_weights_are_refused_whatever_their_other_dimension() {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            let mut s = TensorStore::new(plan(Arch::Llama, precision));
+            for shape in [[0, 1usize << 63], [1usize << 63, 0], [0, 0]] {
+                let r = s.insert_bytes("lm_head.weight", DType::F32, &shape, &[]);
+                assert!(matches!(r, Err(Error::Tensor(m)) if m.contains("positive")), "{shape:?}");
+            }
+        }
     }
 
     #[test]
