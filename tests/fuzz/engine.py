@@ -22,6 +22,25 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed as hyp_seed, s
 
 CHUNK = 500
 _FUZZ_DIR = str(Path(__file__).resolve().parent)
+#: Address space held back while a case runs and given up when one ends in MemoryError, so that
+#: the error can still be reported (the worker then makes way for a fresh one).
+_reserve: Optional[Any] = None
+
+
+def _without_local_constants() -> None:
+    """Hypothesis also draws constants found in the source of the local modules loaded at the
+    time (ferrolm's own, in an editable install); then which cases a seed gives would depend on
+    the checkout and on import order. Cases here depend on the seed and hypothesis alone."""
+    try:
+        from hypothesis.internal.conjecture import providers
+
+        empty = providers.Constants()
+        providers._get_local_constants = lambda: empty
+    except (ImportError, AttributeError, TypeError):  # another hypothesis version: nothing to do
+        pass
+
+
+_without_local_constants()
 
 
 def chunk_seed(seed: int, surface: str, chunk: int) -> int:
@@ -30,6 +49,8 @@ def chunk_seed(seed: int, surface: str, chunk: int) -> int:
 
 class _Stop(BaseException):
     """Ends a chunk early (not an Exception, so hypothesis does not take it for a failure)."""
+
+
 
 
 def generate_cases(surface: str, seed: int, chunk: int, start: int, end: int, on_case: Callable[[int, Dict[str, Any]], None]) -> int:
@@ -59,6 +80,23 @@ def generate_cases(surface: str, seed: int, chunk: int, start: int, end: int, on
     except _Stop:
         pass
     return ran
+
+
+def chunk_cases(surface: str, seed: int, chunk: int, end: int, cache_dir: Path) -> list:
+    """Cases [0, end) of a chunk, generated once and cached in `cache_dir` (a worker that takes
+    over a chunk after a crash reads them back). Generation runs alone, before any case
+    executes, so what a case does can never influence which cases come after it."""
+    path = cache_dir / f"{surface}-{seed}-{chunk}.json"
+    if path.exists():
+        cases = json.loads(path.read_text(encoding="utf-8"))
+        if len(cases) >= end:
+            return cases
+    cases: list = []
+    generate_cases(surface, seed, chunk, 0, end, lambda i, c: cases.append(c))
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cases), encoding="utf-8")
+    os.replace(tmp, path)
+    return cases
 
 
 def _where(tb: traceback.StackSummary) -> str:
@@ -99,6 +137,12 @@ def execute(surface: str, case: Dict[str, Any], ctx: Any) -> Dict[str, Any]:
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # anything else, PanicException and MemoryError included
+        if isinstance(e, MemoryError):
+            global _reserve
+            if _reserve is not None:
+                _reserve.close()
+                _reserve = None
+            traceback.clear_frames(e.__traceback__)  # frees what filled the memory before reporting
         tb = traceback.extract_tb(e.__traceback__)
         innermost = tb[-1].filename if tb else ""
         kind = "harness-error" if innermost.startswith(_FUZZ_DIR) and not isinstance(e, (MemoryError, RecursionError)) else "finding"
@@ -118,6 +162,10 @@ class Worker:
     def __init__(self, out_fd: int, journal_path: Path, scratch: Path) -> None:
         from .surfaces import Context
 
+        global _reserve
+        import mmap
+
+        _reserve = mmap.mmap(-1, 64 << 20)  # address space only: RLIMIT_AS counts it, RSS does not
         self.out = os.fdopen(out_fd, "w", buffering=1)
         self.journal = open(journal_path, "a", encoding="utf-8")
         self.ctx = Context(scratch)
@@ -126,20 +174,22 @@ class Worker:
         self.out.write(line + "\n")
         self.out.flush()
 
-    def run_chunk(self, surface: str, seed: int, chunk: int, start: int, end: int) -> None:
-        def on_case(index: int, case: Dict[str, Any]) -> None:
+    def run_chunk(self, surface: str, seed: int, chunk: int, start: int, end: int, cache_dir: Path) -> None:
+        cases = chunk_cases(surface, seed, chunk, end, cache_dir)
+        for p in range(start, min(end, len(cases))):
+            index = chunk * CHUNK + p
             self.journal.seek(0, os.SEEK_END)
             offset = self.journal.tell()
-            self.journal.write(json.dumps(journal_entry(surface, seed, index, case)) + "\n")
+            self.journal.write(json.dumps(journal_entry(surface, seed, index, cases[p])) + "\n")
             self.journal.flush()
-            err_off = _stderr_offset()
-            self.send(f"S {index} {offset} {err_off}")
-            result = execute(surface, case, self.ctx)
+            self.send(f"S {index} {offset} {_stderr_offset()}")
+            result = execute(surface, cases[p], self.ctx)
             result["index"] = index
             self.send("E " + json.dumps(result))
-
-        n = generate_cases(surface, seed, chunk, start, end, on_case)
-        self.send(f"D {chunk} {n}")
+            if result.get("type") == "MemoryError" and p + 1 < end:
+                self.send("R")  # the address space may stay exhausted: go on in a fresh worker
+                return
+        self.send(f"D {chunk} {len(cases)}")
 
     def run_entries(self, entries: list, start: int, end: int) -> None:
         """Replays journal entries [start, end); position p is reported as index p."""
@@ -152,6 +202,9 @@ class Worker:
             result = execute(entries[p]["surface"], entries[p]["case"], self.ctx)
             result["index"] = p
             self.send("E " + json.dumps(result))
+            if result.get("type") == "MemoryError" and p + 1 < end:
+                self.send("R")
+                return
         self.send(f"D 0 {end - start}")
 
 

@@ -352,7 +352,9 @@ class Gguf:
                 put("<Q", d, f"t{i}.dim{j}")
             put("<I", t, f"t{i}.type")
             put("<Q", off, f"t{i}.offset")
-        align = self.alignment if isinstance(self.alignment, int) and self.alignment > 0 else 32
+        # padding as declared, up to 64 KiB (a larger declared alignment puts the data, as a
+        # reader computes it, past the end of the file)
+        align = self.alignment if isinstance(self.alignment, int) and 0 < self.alignment <= 65536 else 32
         out.extend(b"\0" * (-len(out) % align))
         fields["data"] = (len(out), 0)
         out.extend(self.data)

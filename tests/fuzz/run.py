@@ -31,7 +31,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 for _var, _value in (("OPENBLAS_NUM_THREADS", "1"), ("OMP_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_var, _value)
-os.environ.setdefault("PYTHONHASHSEED", "0")
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, so that `fuzz` imports
@@ -65,6 +64,7 @@ class Child:
     open_case: Optional[Tuple[int, int, int, float]] = None  # index, journal offset, stderr offset, start
     last_pos: int = -1  # position in the chunk of the last finished case
     done: bool = False
+    restart: bool = False  # the worker stopped after a MemoryError: continue in a fresh one
     hung: bool = False
 
 
@@ -162,7 +162,7 @@ class Campaign:
                 if task.entries is not None:
                     worker.run_entries(task.entries, task.start, task.end)
                 else:
-                    worker.run_chunk(task.surface, self.args.seed, task.chunk, task.start, task.end)
+                    worker.run_chunk(task.surface, self.args.seed, task.chunk, task.start, task.end, self.scratch)
                 code = 0
             except BaseException:
                 import traceback
@@ -229,6 +229,8 @@ class Campaign:
             self.record(self.surface_of(c.task, result["index"]), result, entry)
         elif kind == "D":
             c.done = True
+        elif kind == "R":
+            c.restart = True
 
     @staticmethod
     def surface_of(task: Task, index: int) -> str:
@@ -254,6 +256,9 @@ class Campaign:
             next_pos = index - task.chunk * CHUNK + 1
             if next_pos < task.end:
                 self.pending.appendleft(Task(task.surface, task.chunk, next_pos, task.end, entries=task.entries))
+        elif c.restart:
+            if c.last_pos + 1 < task.end:
+                self.pending.appendleft(Task(task.surface, task.chunk, c.last_pos + 1, task.end, task.failures, task.entries))
         elif not c.done:
             # died between cases (while generating one): retry from the next position, twice at most
             stderr = _read_from(c.stderr, 0)

@@ -57,10 +57,11 @@ class Context:
         self._n = 0
 
     def fresh(self) -> Path:
-        """An empty folder for one case (the previous case's is removed)."""
-        case = self.scratch / "case"
-        if case.exists():
-            shutil.rmtree(case, ignore_errors=True)
+        """A new empty folder for one case (the previous case's is removed)."""
+        for old in self.scratch.glob("case-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        self._n += 1
+        case = self.scratch / f"case-{os.getpid()}-{self._n}"
         case.mkdir(parents=True)
         return case
 
