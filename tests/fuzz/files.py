@@ -470,7 +470,8 @@ def mutate_gguf(blob: bytes, semantic: List[Dict[str, Any]], raw_ops: List[Dict[
             if name is None:
                 continue
             off, width = g.fields[name]
-            out[off : off + width] = _pack({1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[width], op["value"])
+            if width in (1, 2, 4, 8):
+                out[off : off + width] = _pack({1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[width], op["value"])
         elif kind == "byte" and out:
             out[op["off"] % len(out)] = op["value"] & 0xFF
         elif kind == "truncate":

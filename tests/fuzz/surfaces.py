@@ -24,7 +24,7 @@ from .files import (
     ARRAY, BOOL, F32, F64, STRING, Gguf, SafeTensors, apply_json_ops, apply_text_ops, dump_json, json_paths,
     mutate_gguf, mutate_safetensors,
 )  # fmt: skip
-from .values import INTERESTING_INTS, decode, floats, ints, json_values, near, texts
+from .values import INTERESTING_INTS, decode, floats, ints, json_values, near, texts, weighted_choice
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODELS = FIXTURES / "models"
@@ -113,11 +113,9 @@ def _cached(fn: Callable[..., st.SearchStrategy]) -> Callable[..., st.SearchStra
 
 
 def _one_of(*weighted: Any) -> st.SearchStrategy:
-    """one_of with integer weights: (strategy, weight) pairs."""
-    out = []
-    for s, w in weighted:
-        out += [s] * w
-    return st.one_of(*out)
+    """A weighted choice between strategies: (strategy, weight) pairs. (st.one_of drops repeated
+    strategy objects, so repeating one does not weight it.)"""
+    return weighted_choice([s for s, _ in weighted], [w for _, w in weighted])
 
 
 # -- shared checks ------------------------------------------------------------------------------
@@ -186,6 +184,14 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _finite(v: Any) -> bool:
+    """A number (not a bool) that is finite as a float (a huge int is not)."""
+    try:
+        return _is_num(v) and math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _pos_int(v: Any) -> bool:
     return _is_int(v) and v > 0
 
@@ -200,8 +206,8 @@ _LLAMA_SPEC: Dict[str, Callable[[Any], bool]] = {
     "vocab_size": _pos_int, "hidden_size": _pos_int, "intermediate_size": _pos_int, "num_hidden_layers": _pos_int,
     "num_attention_heads": _pos_int, "max_position_embeddings": _pos_int,
     "num_key_value_heads": _opt(_pos_int), "head_dim": _opt(_pos_int),
-    "rope_theta": _opt(lambda v: _is_num(v) and math.isfinite(v) and v > 0),
-    "rms_norm_eps": _opt(lambda v: _is_num(v) and math.isfinite(v) and v > 0),
+    "rope_theta": _opt(lambda v: _finite(v) and v > 0),
+    "rms_norm_eps": _opt(lambda v: _finite(v) and v > 0),
     "tie_word_embeddings": _opt(lambda v: isinstance(v, bool)), "attention_bias": _opt(lambda v: isinstance(v, bool)),
     "mlp_bias": _opt(lambda v: isinstance(v, bool)), "hidden_act": _opt(lambda v: isinstance(v, str)),
     "model_type": lambda v: isinstance(v, str),
@@ -209,7 +215,7 @@ _LLAMA_SPEC: Dict[str, Callable[[Any], bool]] = {
 _SLIDING_SPEC = {"use_sliding_window": _opt(lambda v: isinstance(v, bool)), "sliding_window": _opt(lambda v: _is_int(v) and v >= 0)}
 _GPT2_SPEC: Dict[str, Callable[[Any], bool]] = {
     "vocab_size": _pos_int, "n_embd": _pos_int, "n_head": _pos_int, "n_layer": _pos_int, "n_positions": _pos_int,
-    "n_inner": _opt(_pos_int), "layer_norm_epsilon": _opt(lambda v: _is_num(v) and math.isfinite(v) and v > 0),
+    "n_inner": _opt(_pos_int), "layer_norm_epsilon": _opt(lambda v: _finite(v) and v > 0),
     "activation_function": _opt(lambda v: isinstance(v, str)), "tie_word_embeddings": _opt(lambda v: isinstance(v, bool)),
     "scale_attn_weights": _opt(lambda v: isinstance(v, bool)), "scale_attn_by_inverse_layer_idx": _opt(lambda v: isinstance(v, bool)),
     "reorder_and_upcast_attn": _opt(lambda v: isinstance(v, bool)), "model_type": lambda v: isinstance(v, str),
@@ -524,7 +530,7 @@ def _gguf_fixture() -> Dict[str, Any]:
         blob = GGUF_FIXTURE.read_bytes()
         g = Gguf.parse(blob)
         g.serialize()
-        _GGUF.update(blob=blob, doc=g, fields=list(g.fields), header_end=g.fields["data"][0])
+        _GGUF.update(blob=blob, doc=g, fields=[k for k, (_, width) in g.fields.items() if width], header_end=g.fields["data"][0])
     return _GGUF
 
 
@@ -653,7 +659,7 @@ def invalid_lora_config(cfg: Any) -> Optional[str]:
     checks: Dict[str, Callable[[Any], bool]] = {
         "peft_type": lambda v: v == "LORA",
         "r": _pos_int,
-        "lora_alpha": lambda v: _is_num(v) and math.isfinite(v),
+        "lora_alpha": _finite,
         "use_rslora": _opt(lambda v: isinstance(v, bool)),
         "use_dora": _opt(lambda v: isinstance(v, bool)),
         "target_modules": _opt(lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))),
@@ -810,7 +816,7 @@ def invalid_prompt_config(cfg: Any) -> Optional[str]:
         return None
     checks = {
         "peft_type": lambda v: v == "PROMPT_TUNING",
-        "num_virtual_tokens": _pos_int,
+        "num_virtual_tokens": _opt(_pos_int),
         "num_transformer_submodules": _opt(_pos_int),
     }
     for key, ok in checks.items():

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from .values import weighted_choice
+
 ATOMS = [
     "messages", "message", "message['role']", "message['content']", "message.content", "m", "m.role",
     "loop.index", "loop.first", "loop.last", "bos_token", "eos_token", "unk_token", "add_generation_prompt",
@@ -133,14 +135,13 @@ BASE = "{% for message in messages %}{{ message['role'] + ': ' + message['conten
 
 def templates() -> st.SearchStrategy[str]:
     statements = _statements()
-    parts = st.one_of(*([statements] * 8), st.sampled_from(BREAKERS), st.sampled_from(ESCAPES), st.sampled_from(SYNTAX))
+    parts = weighted_choice([statements, st.sampled_from(BREAKERS), st.sampled_from(ESCAPES), st.sampled_from(SYNTAX)], [8, 1, 1, 1])
     generated = st.lists(parts, min_size=1, max_size=5).map("".join)
-    normal = st.one_of(
-        generated,
+    normal = weighted_choice([
         generated,
         st.builds(lambda a, b: a + BASE + b, generated, generated),
         st.builds(lambda at, s: BASE[: at % len(BASE)] + s + BASE[at % len(BASE):], st.integers(0, 10**6), st.sampled_from(SYNTAX + BREAKERS + ESCAPES)),
-    )
+    ], [2, 1, 1])
     # resource exhaustion: about one template in 400, since each costs a timeout or an
     # allocation failure (a residue, not a small integer: hypothesis favours small ones)
     return st.integers(0, 2**24).flatmap(lambda n: st.sampled_from(HEAVY) if n % 400 == 137 else normal)

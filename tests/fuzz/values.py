@@ -42,6 +42,12 @@ INTERESTING_STRINGS = [
 ]  # fmt: skip
 
 
+def weighted_choice(strategies: list, weights: list) -> st.SearchStrategy[Any]:
+    """Strategy i with probability weights[i] / sum(weights)."""
+    slots = [i for i, w in enumerate(weights) for _ in range(w)]
+    return st.sampled_from(slots).flatmap(lambda i: strategies[i])
+
+
 def ints() -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(INTERESTING_INTS), st.integers(-(2**70), 2**70), st.integers(-4, 300))
 
