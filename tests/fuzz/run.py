@@ -21,6 +21,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -38,7 +39,7 @@ if __package__ in (None, ""):
 from fuzz.engine import CHUNK, Worker, limit_memory  # noqa: E402
 from fuzz.surfaces import ALL_SURFACES, SECRET_ENV, SURFACES  # noqa: E402
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 5.0
 DEFAULT_MEMORY_MB = 4096
 
 
@@ -321,6 +322,23 @@ class Campaign:
         if entry is not None and len(f["reproducers"]) < self.args.reproducers:
             f["reproducers"].append(entry)
 
+    def annotate_crashes(self) -> None:
+        """Replays the kept reproducers of each distinct crash with RUST_BACKTRACE=1 and adds the
+        innermost ferrolm functions and one backtrace to the finding."""
+        for f in self.findings.values():
+            if f["kind"] != "crash" or not f["reproducers"] or self.args.annotate <= 0:
+                continue
+            frames = []
+            for entry in f["reproducers"][: self.args.annotate]:
+                _, stderr = run_isolated(entry, self.args, backtrace=True)
+                frame = _rust_frame(stderr)
+                if frame and frame not in frames:
+                    frames.append(frame)
+                f.setdefault("backtrace", _head_tail(stderr))
+            if frames:
+                f["rust_functions"] = frames
+                f["where"] = f"{' / '.join(frames)} via {f['where']}"
+
     def report(self) -> Dict[str, Any]:
         totals = Stats()
         for s in self.stats.values():
@@ -349,7 +367,7 @@ class Campaign:
         }
 
 
-def _become_worker(stderr: Path, secret: str, memory_mb: Optional[int]) -> None:
+def _become_worker(stderr: Path, secret: str, memory_mb: Optional[int], backtrace: bool = False) -> None:
     import faulthandler
 
     fd = os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -363,7 +381,9 @@ def _become_worker(stderr: Path, secret: str, memory_mb: Optional[int]) -> None:
     faulthandler.enable(all_threads=True)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     os.environ[SECRET_ENV] = secret
-    os.environ.setdefault("RUST_BACKTRACE", "1")  # names the Rust function of an abort
+    # Symbolizing a Rust backtrace takes seconds per crash: off while fuzzing; each distinct
+    # crash is replayed once with it afterwards (annotate_crashes)
+    os.environ["RUST_BACKTRACE"] = "1" if backtrace else "0"
     limit_memory(memory_mb)
 
 
@@ -442,6 +462,54 @@ def load_entries(path: Path) -> List[Dict[str, Any]]:
     return doc if isinstance(doc, list) else [doc]
 
 
+def run_isolated(entry: Dict[str, Any], args: argparse.Namespace, backtrace: bool = True) -> Tuple[str, str]:
+    """Runs one entry in a forked worker; returns (what happened, its stderr)."""
+    r, w = os.pipe()
+    scratch = Path(tempfile.mkdtemp(prefix="ferrolm-fuzz-"))
+    stderr = scratch / "stderr.log"
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(r)
+            _become_worker(stderr, os.urandom(12).hex(), args.memory_mb, backtrace=backtrace)
+            Worker(w, scratch / "journal.jsonl", scratch).run_entries([entry], 0, 1)
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(w)
+    out, hung = b"", False
+    deadline = time.monotonic() + args.timeout
+    while True:
+        ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            hung = True
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.5)
+            os.kill(pid, signal.SIGKILL)
+            break
+        data = os.read(r, 1 << 16)
+        if not data:
+            break
+        out += data
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    results = [line[2:] for line in out.decode().splitlines() if line.startswith("E ")]
+    if results:
+        what = results[0]
+    elif hung:
+        what = "hang"
+    else:
+        what = f"crash: signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else f"crash: exit {os.WEXITSTATUS(status)}"
+    text = _read_from(stderr, 0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return what, text
+
+
 def replay(entry: Dict[str, Any], args: argparse.Namespace) -> int:
     print(f"replaying {entry['surface']} case {entry.get('index')} (seed {entry.get('seed')})")
     print(json.dumps(entry["case"])[:2000])
@@ -456,50 +524,15 @@ def replay(entry: Dict[str, Any], args: argparse.Namespace) -> int:
         if result.get("traceback"):
             print(result["traceback"])
         return 0 if result["outcome"] in ("ok", "error") else 1
-    r, w = os.pipe()
-    scratch = Path(tempfile.mkdtemp(prefix="ferrolm-fuzz-"))
-    stderr = scratch / "stderr.log"
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            os.close(r)
-            _become_worker(stderr, os.urandom(12).hex(), args.memory_mb)
-            Worker(w, scratch / "journal.jsonl", scratch).run_entries([entry], 0, 1)
-            code = 0
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(w)
-    out = b""
-    deadline = time.monotonic() + args.timeout
-    hung = False
-    while True:
-        ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            hung = True
-            os.kill(pid, signal.SIGUSR1)
-            time.sleep(0.5)
-            os.kill(pid, signal.SIGKILL)
-            break
-        data = os.read(r, 1 << 16)
-        if not data:
-            break
-        out += data
-    _, status = os.waitpid(pid, 0)
-    results = [json.loads(line[2:]) for line in out.decode().splitlines() if line.startswith("E ")]
-    if results:
-        res = results[0]
+    what, stderr = run_isolated(entry, args, backtrace=True)
+    if what.startswith("{"):
+        res = json.loads(what)
         print(json.dumps({k: v for k, v in res.items() if k != "traceback"}, indent=1))
         if res.get("traceback"):
             print(res["traceback"])
         return 0 if res["outcome"] in ("ok", "error") else 1
-    what = "hang" if hung else (f"crash: signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else f"crash: exit {os.WEXITSTATUS(status)}")
     print(what)
-    print(_read_from(stderr, 0)[-6000:])
+    print(_head_tail(stderr, 8000, 4000))
     return 1
 
 
@@ -515,6 +548,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help=f"RLIMIT_AS of a worker in MiB; 0: none (default {DEFAULT_MEMORY_MB})")
     p.add_argument("--max-seconds", type=float, default=0, help="stop starting new chunks after this long (0: no limit)")
     p.add_argument("--reproducers", type=int, default=3, help="journal entries kept per distinct finding (default 3)")
+    p.add_argument("--annotate", type=int, default=3, help="reproducers of each distinct crash replayed afterwards with a Rust "
+                   "backtrace, to name the Rust function (default 3; 0: none)")
     p.add_argument("--replay", type=Path, help="replay one case: a journal (.jsonl), a single entry (.json) or a report")
     p.add_argument("--replay-all", type=Path, help="run every case of a journal, a list of entries or a report's reproducers, "
                    "isolated as in a campaign (e.g. to check fixes)")
@@ -540,6 +575,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         campaign = Campaign(args, plan_cases(args.cases, surfaces))
     campaign.run()
+    campaign.annotate_crashes()
     rep = campaign.report()
     Path(args.report).write_text(json.dumps(rep, indent=1, default=str))
     if not args.quiet:
