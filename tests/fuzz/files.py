@@ -232,7 +232,7 @@ def mutate_safetensors(blob: bytes, semantic: List[Dict[str, Any]], raw_ops: Lis
         elif kind == "splice_header":
             ins = bytes.fromhex(op["insert"])
             out[pos:pos] = ins
-            out[:8] = (int.from_bytes(out[:8], "little") + len(ins)).to_bytes(8, "little")
+            out[:8] = ((int.from_bytes(out[:8], "little") + len(ins)) % 2**64).to_bytes(8, "little")
     return bytes(out)
 
 

@@ -352,7 +352,8 @@ class Campaign:
             totals.ms += s.ms
         findings = sorted(self.findings.values(), key=lambda f: (f["surface"], f["kind"], -f["count"]))
         return {
-            "seed": self.args.seed,
+            "replayed": str(self.args.replay_all) if self.args.replay_all else None,
+            "seed": None if self.args.replay_all else self.args.seed,
             "cases_requested": self.plan,
             "timeout_s": self.args.timeout,
             "memory_mb": self.args.memory_mb,
@@ -415,7 +416,8 @@ def plan_cases(total: int, surfaces: List[str]) -> Dict[str, int]:
 
 
 def format_summary(rep: Dict[str, Any]) -> str:
-    lines = [f"seed {rep['seed']}, {rep['totals']['cases']} cases in {rep['elapsed_s']} s (timeout {rep['timeout_s']} s, "
+    what = f"replayed {rep['replayed']}" if rep.get("replayed") else f"seed {rep['seed']}"
+    lines = [f"{what}, {rep['totals']['cases']} cases in {rep['elapsed_s']} s (timeout {rep['timeout_s']} s, "
              f"RLIMIT_AS {rep['memory_mb']} MiB, {rep['jobs']} job(s))", ""]
     lines.append(f"{'surface':<12} {'cases':>7} {'ok':>7} {'refused':>8} {'findings':>9} {'crashes':>8} {'hangs':>6} {'harness':>8} {'ms/case':>8}")
     for name, s in list(rep["surfaces"].items()) + [("total", rep["totals"])]:
