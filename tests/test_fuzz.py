@@ -22,6 +22,9 @@ except ImportError:  # a missing dependency fails the slice; it must not skip it
     hypothesis = None
 
 RUN = Path(__file__).resolve().parent / "fuzz" / "run.py"
+#: Minimal reproducers of the findings the harness has made (one journal entry per line, with a
+#: "name" saying what it does); each must end as ok or as a FerrolmError once fixed.
+KNOWN = Path(__file__).resolve().parent / "fuzz" / "known_findings.jsonl"
 SEED = 0
 #: Cases per surface: about 90 s in all on a 2-core machine (see docs/fuzzing.md).
 SLICE = {
@@ -76,6 +79,18 @@ def test_fuzz_slice(surface: str, tmp_path: Path) -> None:
     # the slice must reach ferrolm's deeper layers, not only its first parser
     assert stats["ok"] + sum(stats["refused"].values()) == stats["cases"]
     assert stats["ok"] > 0 and len(stats["refused"]) >= 2, stats
+
+
+def test_known_findings_are_fixed(tmp_path: Path) -> None:
+    _need_hypothesis()
+    entries = [json.loads(line) for line in KNOWN.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rep = run_campaign(tmp_path, "--replay-all", str(KNOWN), "--annotate", "0")
+    outcomes = rep["outcomes"] or []
+    assert len(outcomes) == len(entries)
+    still = [(e, o) for e, o in zip(entries, outcomes) if o is None or o["outcome"] not in ("ok", "error")]
+    lines = [f"- {e['surface']} entry {e['index']}: {e['name']}\n    now: {json.dumps(o)[:300]}" for e, o in still]
+    assert not still, (f"{len(still)} of {len(entries)} known findings still reproduce "
+                       f"(replay one: python tests/fuzz/run.py --replay {KNOWN.relative_to(RUN.parent.parent.parent)} --entry N):\n" + "\n".join(lines))
 
 
 def test_harness_detects_every_kind_of_failure(tmp_path: Path) -> None:

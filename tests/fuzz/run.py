@@ -142,6 +142,7 @@ class Campaign:
         self.secret = os.urandom(12).hex()
         self.started = time.time()
         self.spawned = 0
+        self.outcomes: Dict[int, Dict[str, Any]] = {}  # replayed entries: position -> outcome
 
     # -- workers --------------------------------------------------------------------------------
     def spawn(self, task: Task, slot: int) -> None:
@@ -281,6 +282,8 @@ class Campaign:
     # -- results ------------------------------------------------------------------------------
     def record(self, surface: str, r: Dict[str, Any], entry: Optional[Dict[str, Any]], count_case: bool = True) -> None:
         s = self.stats.setdefault(surface, Stats())
+        if self.args.replay_all and count_case:
+            self.outcomes[r["index"]] = {k: r.get(k) for k in ("outcome", "error", "kind", "type", "how", "message", "where") if r.get(k)}
         if count_case:
             s.cases += 1
             s.ms += r.get("ms", 0.0)
@@ -364,6 +367,7 @@ class Campaign:
             "distinct_findings": len(findings),
             "findings": findings,
             "harness_errors": sorted(self.harness.values(), key=lambda f: -f["count"]),
+            "outcomes": [self.outcomes.get(i) for i in range(max(self.outcomes) + 1)] if self.outcomes else None,
             "journal_dir": str(self.journal_dir),
         }
 

@@ -125,7 +125,7 @@ def _ids(m: Any, ids: List[int]) -> List[int]:
     return [i % m.vocab_size for i in ids]
 
 
-def check_result(m: Any, r: Any, max_new: int, prompt_len: int, stop: tuple = ()) -> None:
+def check_result(m: Any, r: Any, max_new: int, prompt_len: int, stop: tuple = (), min_new: int = 0) -> None:
     """Invariants of a GenerationResult."""
     import ferrolm
 
@@ -137,6 +137,8 @@ def check_result(m: Any, r: Any, max_new: int, prompt_len: int, stop: tuple = ()
         raise Violation("invariant", f"generated token ids outside the vocabulary: {r.tokens}")
     if len(r.tokens) > max_new:
         raise Violation("invariant", f"{len(r.tokens)} tokens generated with max_new_tokens={max_new}")
+    if r.finish_reason == "eos" and len(r.tokens) <= min_new:
+        raise Violation("invariant", f"ended by EOS after {len(r.tokens)} tokens with min_new_tokens={min_new}")
     # every token but the last generated one is fed to the model, so must fit the context
     if prompt_len + max(0, len(r.tokens) - 1) > m.context_length:
         raise Violation("invariant", f"{prompt_len} prompt + {len(r.tokens)} new tokens overrun the context of {m.context_length}")
@@ -1174,21 +1176,22 @@ def _generation_prepare(case: Dict[str, Any], ctx: Context) -> Callable[[], Any]
             mode = case["mode"]
             if mode == "kwargs":
                 r = m.generate(prompt, **options, **extra)
+                eff = m.generation_config.replace(**options)
             elif mode == "stream":
                 s = m.generate(prompt, stream=True, **options, **extra)
                 text = "".join(s)
                 r = s.result
                 if r is not None and text != r.text:
                     raise Violation("invariant", f"streamed text {text!r} differs from the result's {r.text!r}")
+                eff = m.generation_config.replace(**options)
             elif mode == "bad_config":
                 r = m.generate(prompt, options, **extra)  # a dict where a GenerationConfig belongs
+                eff = m.generation_config
             else:
                 cfg = ferrolm.GenerationConfig(**{k: v for k, v in cfg_fields.items() if k not in ("max_tokens", "typical_p")})
                 r = m.generate(prompt, cfg, **(options if mode == "both" else {}), **extra)
-                options = {**dict(max_new_tokens=cfg.max_new_tokens), **(options if mode == "both" else {})}
-            max_new = options.get("max_new_tokens", m.generation_config.max_new_tokens)
-            stop = options.get("stop", ())
-            check_result(m, r, max_new, len(r.prompt_tokens), (stop,) if isinstance(stop, str) else tuple(stop))
+                eff = cfg.replace(**options) if mode == "both" else cfg
+            check_result(m, r, eff.max_new_tokens, len(r.prompt_tokens), tuple(eff.stop), eff.min_new_tokens if not eff.ignore_eos else 0)
         elif action == "chat":
             if case["stream"]:
                 s = m.chat(decode(case["messages"]), stream=True, **decode(case["options"]))
