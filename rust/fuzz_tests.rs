@@ -159,7 +159,7 @@ fn check_accepted(c: &ModelConfig) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(512, false))]
+    #![proptest_config(config(4096, false))]
 
     /// config.json: any text gives Ok or Error::Config, and an accepted config is coherent.
     #[test]
@@ -334,7 +334,7 @@ fn context() -> impl Strategy<Value = Option<usize>> {
 }
 
 proptest! {
-    #![proptest_config(config(48, true))]
+    #![proptest_config(config(512, true))]
 
     /// A session fed arbitrary tokens, embeddings, knobs and context lengths: every call is Ok or
     /// an Error, a refused call changes nothing, and the sizes of what comes back add up.
@@ -404,7 +404,7 @@ const SIZE_KEYS: &[&str] = &["num_hidden_layers", "max_position_embeddings", "nu
     "intermediate_size", "vocab_size", "head_dim", "n_layer", "n_positions", "n_head", "n_embd", "n_inner"];
 
 proptest! {
-    #![proptest_config(config(48, true))]
+    #![proptest_config(config(256, true))]
 
     /// A config declaring a huge size (2^31 layers, 2^40 positions, ...) next to the tensors of
     /// a tiny model: building the model, a session and one step must each be Ok or an Error,
@@ -555,7 +555,7 @@ fn temp_path(ext: &str) -> PathBuf {
 }
 
 proptest! {
-    #![proptest_config(config(64, true))]
+    #![proptest_config(config(1024, true))]
 
     /// A safetensors file with a corrupted header, wrong dtypes/shapes/offsets, flipped bytes or
     /// cut short: reading it and building the model from it are Ok or an Error.
@@ -589,7 +589,7 @@ fn dim() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(config(192, true))]
+    #![proptest_config(config(2048, true))]
 
     /// insert_bytes / insert_q8_0 with any shape and bytes, then taking the tensor back with any
     /// expected shape: Ok or an Error.
@@ -672,7 +672,7 @@ fn logit() -> impl Strategy<Value = f32> {
 }
 
 proptest! {
-    #![proptest_config(config(1024, false))]
+    #![proptest_config(config(8192, false))]
 
     /// Sampling knobs and logits of any value: validate, process_logits and sample are Ok or an
     /// Error; a sampled token is in the vocabulary and never a suppressed one.
@@ -704,7 +704,7 @@ proptest! {
 // -- adapter variants --------------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(config(48, true))]
+    #![proptest_config(config(512, true))]
 
     /// Merged and unmerged LoRA deltas of any rank and length, on any weight name: Model::variant
     /// is Ok or an Error, and an accepted variant runs.
