@@ -99,6 +99,20 @@ def chunk_cases(surface: str, seed: int, chunk: int, end: int, cache_dir: Path) 
     return cases
 
 
+def _innermost(tb: traceback.StackSummary) -> str:
+    """The frame that raised, as file:function (line numbers only outside template code, whose
+    lines differ from template to template)."""
+    if not tb:
+        return "?"
+    f = tb[-1]
+    name = f.filename.replace(os.sep, "/")
+    for marker in ("/ferrolm/", "/site-packages/", "/lib/python"):
+        if marker in name:
+            name = name[name.rindex(marker) + 1 :]
+            break
+    return f"{name}:{f.name}" if name.startswith("<") else f"{name}:{f.lineno} {f.name}"
+
+
 def _where(tb: traceback.StackSummary) -> str:
     """The innermost frame inside ferrolm (else the innermost one), as file:line function."""
     frames = [f for f in tb if "/ferrolm/" in f.filename.replace(os.sep, "/")] or list(tb)
@@ -147,7 +161,7 @@ def execute(surface: str, case: Dict[str, Any], ctx: Any) -> Dict[str, Any]:
         innermost = tb[-1].filename if tb else ""
         kind = "harness-error" if innermost.startswith(_FUZZ_DIR) and not isinstance(e, (MemoryError, RecursionError)) else "finding"
         out = {"outcome": kind, "kind": "exception", "type": f"{type(e).__module__}.{type(e).__qualname__}".replace("builtins.", ""),
-               "message": str(e)[:1000], "where": _where(tb), "traceback": "".join(traceback.format_exception(e, limit=-16))[-6000:]}
+               "message": str(e)[:1000], "where": _where(tb), "raised_at": _innermost(tb), "traceback": "".join(traceback.format_exception(e, limit=-16))[-6000:]}
     out["ms"] = round(1000 * (time.perf_counter() - t0), 2)
     return out
 

@@ -248,7 +248,8 @@ class Campaign:
             stderr = _read_from(c.stderr, eoff)
             entry = self.entry(c.journal, joff)
             surface = self.surface_of(task, index)
-            if c.hung:
+            killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            if c.hung and killed:  # (a worker that died on its own after the timeout crashed)
                 self.record(surface, {"outcome": "hang", "how": f"no answer in {self.args.timeout} s", "index": index, "stderr": _head_tail(stderr), "where": _frame_of(stderr)}, entry)
             else:
                 how = f"signal {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
@@ -258,7 +259,7 @@ class Campaign:
             next_pos = index - task.chunk * CHUNK + 1
             if next_pos < task.end:
                 self.pending.appendleft(Task(task.surface, task.chunk, next_pos, task.end, entries=task.entries))
-        elif c.restart:
+        elif c.restart or c.hung:  # (hung: the case answered just as the timeout killed the worker)
             if c.last_pos + 1 < task.end:
                 self.pending.appendleft(Task(task.surface, task.chunk, c.last_pos + 1, task.end, task.failures, task.entries))
         elif not c.done:
@@ -311,7 +312,9 @@ class Campaign:
                     m = re.search(r"^(.*?): (?:adapter_config\.json )?([\w.]+)=", r["message"])
                     key = (surface, r["kind"], m.group(1) + " " + m.group(2) if m else _normalize(r["message"]))
                 elif r["kind"] == "exception":
-                    key = (surface, "exception", r["type"], r["where"])
+                    # the ferrolm frame it escaped from, and the frame that raised it (a template's
+                    # TypeErrors and jinja's own both escape through ChatTemplate.render)
+                    key = (surface, "exception", r["type"], r["where"], r.get("raised_at"))
                 else:
                     key = (surface, r["kind"], _normalize(r["message"])[:60])
             target = self.findings
@@ -319,7 +322,7 @@ class Campaign:
         if f is None:
             f = target[key] = {"surface": surface, "kind": r.get("kind", outcome) if outcome == "finding" else outcome,
                                "type": r.get("type") or r.get("how"), "message": r.get("message") or r.get("native") or "",
-                               "where": r.get("where"), "count": 0, "traceback": r.get("traceback") or r.get("stderr", ""),
+                               "where": r.get("where"), "raised_at": r.get("raised_at"), "count": 0, "traceback": r.get("traceback") or r.get("stderr", ""),
                                "reproducers": []}
         f["count"] += 1
         if entry is not None and len(f["reproducers"]) < self.args.reproducers:
@@ -432,7 +435,8 @@ def format_summary(rep: Dict[str, Any]) -> str:
         for i, f in enumerate(rep["findings"]):
             first = f["reproducers"][0] if f["reproducers"] else None
             at = f" (case {first['surface']}#{first['index']})" if first else ""
-            lines.append(f"  [{i}] {f['surface']}: {f['kind']} {f['type']} x{f['count']} at {f['where']}{at}")
+            raised = f" (raised in {f['raised_at']})" if f.get("raised_at") and f["raised_at"] not in f["where"] else ""
+            lines.append(f"  [{i}] {f['surface']}: {f['kind']} {f['type']} x{f['count']} at {f['where']}{raised}{at}")
             if f["message"]:
                 lines.append(f"      {f['message'][:200]}")
     if rep["harness_errors"]:
