@@ -39,7 +39,6 @@ SLICE = {
 }
 
 
-
 def _need_hypothesis() -> None:
     if hypothesis is None:
         pytest.fail("the fuzz slice needs the 'hypothesis' package: pip install hypothesis (or pip install '.[test]')")
@@ -56,7 +55,8 @@ def run_campaign(tmp_path: Path, *args: str, timeout: float = 900) -> dict:
 def describe(problems: list) -> str:
     lines = []
     for f in problems:
-        lines.append(f"- {f['surface']}: {f['kind']} {f['type']} x{f['count']} at {f['where']}")
+        raised = f" (raised in {f['raised_at']})" if f.get("raised_at") else ""
+        lines.append(f"- {f['surface']}: {f['kind']} {f['type']} x{f['count']} at {f['where']}{raised}")
         if f.get("message"):
             lines.append(f"    {f['message'][:300]}")
         for entry in f["reproducers"][:1]:
