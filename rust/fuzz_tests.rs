@@ -589,7 +589,7 @@ fn dim() -> impl Strategy<Value = usize> {
 }
 
 proptest! {
-    #![proptest_config(config(2048, true))]
+    #![proptest_config(config(8192, true))]
 
     /// insert_bytes / insert_q8_0 with any shape and bytes, then taking the tensor back with any
     /// expected shape: Ok or an Error.

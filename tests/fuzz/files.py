@@ -163,6 +163,7 @@ def mutate_safetensors(blob: bytes, semantic: List[Dict[str, Any]], raw_ops: Lis
       reshape {t, shape}            a consistent new shape (same element count)
       set {t, field, value}         any header field of a tensor to any value (inconsistent)
       del_field {t, field}; rename {t, to}; drop {t}; add {name, entry}; metadata {value}
+      add_empty {name, shape, dtype}  a zero-element tensor (a 0 dim next to any other) at the data's end
     Raw ops: header_len {value}, byte {region, off, value}, truncate {region, off}, append {hex},
       splice_header {off, insert}; regions are "len", "header", "data" or "any".
     """
@@ -211,6 +212,10 @@ def mutate_safetensors(blob: bytes, semantic: List[Dict[str, Any]], raw_ops: Lis
             names = st.names() or names
         elif kind == "add":
             st.header[op["name"]] = decode(op["entry"])
+            names = st.names()
+        elif kind == "add_empty":  # a consistent zero-element tensor at the end of the data
+            end = len(st.data)
+            st.header[op["name"]] = {"dtype": op.get("dtype", "F32"), "shape": list(op["shape"]), "data_offsets": [end, end]}
             names = st.names()
         elif kind == "metadata":
             st.header["__metadata__"] = decode(op["value"])

@@ -450,6 +450,11 @@ def safetensors_op_strategy(header: Dict[str, Any], data_len: int, header_len: i
                    st.one_of(json_values(), st.fixed_dictionaries({"dtype": st.sampled_from(_DTYPES), "shape": st.sampled_from(_shapes_like([4, 4])),
                                                                    "data_offsets": st.sampled_from(_offsets_like([0, 64], data_len))}))), 1),
         (st.builds(lambda v: {"op": "metadata", "value": v}, json_values()), 1),
+        (st.builds(lambda nm, sh, dt: {"op": "add_empty", "name": nm, "shape": sh, "dtype": dt},
+                   st.sampled_from(["model.layers.9.self_attn.x_proj.weight", "transformer.h.9.mlp.c_fc.weight", "model.layers.9.mlp.up_proj.weight",
+                                    "extra.weight", "lm_head.weight"]),
+                   st.sampled_from([[0], [0, 64], [64, 0], [0, 2**63], [0, 2**63], [2**63, 0], [0, 2**62], [0, 2**64 - 1], [0, 2**32, 2**32], [0, 0]]),
+                   st.sampled_from(["F32", "BF16", "I8", "F16"])), 2),
         (st.just({"op": "nopad"}), 1),
     )
     raw = _one_of(
@@ -487,6 +492,7 @@ def _names_pool(model: str) -> List[str]:
         for f in sorted((MODELS / model).glob("*.safetensors")):
             names += [n for n in _st_fixture(MODELS / model, f.name).header if n != "__metadata__"]
         _ALL_NAMES[model] = names + ["lm_head.weight", "model.layers.99.mlp.up_proj.weight", "transformer.h.0.attn.bias",
+                                     "model.layers.9.self_attn.x_proj.weight", "transformer.h.9.mlp.c_fc.weight",
                                      "model.layers.0.self_attn.q_proj.weight_scale", "", "__metadata__"]
     return _ALL_NAMES[model]
 
