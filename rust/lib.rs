@@ -17,6 +17,9 @@ pub mod threadpool;
 #[cfg(feature = "python")]
 mod python;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use error::{Error, Result};
 pub use model::{Model, ModelConfig};
 pub use sampling::SamplingParams;
