@@ -88,6 +88,7 @@ impl SamplingParams {
 /// (e.g. EOS before min_new_tokens).
 pub fn process_logits(logits: &mut [f32], p: &SamplingParams, history: &[u32], generated: &[u32], suppress: &[u32]) {
     let vocab = logits.len();
+    keep_infinite_only(logits);
     if p.repetition_penalty != 1.0 {
         let mut seen = vec![false; vocab];
         for &t in history {
@@ -127,6 +128,7 @@ pub fn process_logits(logits: &mut [f32], p: &SamplingParams, history: &[u32], g
         for l in logits.iter_mut() {
             *l /= p.temperature;
         }
+        keep_infinite_only(logits); // a small temperature can overflow a huge logit
     }
     if p.top_k > 0 && p.top_k < vocab {
         top_k(logits, p.top_k);
@@ -136,6 +138,17 @@ pub fn process_logits(logits: &mut [f32], p: &SamplingParams, history: &[u32], g
     }
     if p.min_p > 0.0 {
         min_p(logits, p.min_p);
+    }
+}
+
+/// When some logits are +inf (overflowed activations, or a huge logit over a small temperature),
+/// those tokens take all the probability in equal shares — the limit of the softmax — without
+/// the inf − inf = NaN that would follow: +inf becomes 0 and everything else −inf.
+fn keep_infinite_only(logits: &mut [f32]) {
+    if logits.contains(&f32::INFINITY) {
+        for l in logits.iter_mut() {
+            *l = if *l == f32::INFINITY { 0.0 } else { f32::NEG_INFINITY };
+        }
     }
 }
 
@@ -227,6 +240,21 @@ pub fn sample(logits: &mut [f32], p: &SamplingParams, history: &[u32], generated
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn infinite_logits_share_the_probability_and_suppression_still_holds() {
+        let mut rng = Rng::new(3);
+        let p = SamplingParams { do_sample: true, top_p: 0.5, ..Default::default() };
+        for _ in 0..50 {
+            let mut l = vec![0.0, f32::INFINITY, 2.0, f32::INFINITY];
+            let t = sample(&mut l, &p, &[], &[], &[1], &mut rng).unwrap();
+            assert_eq!(t, 3);
+            let mut l = vec![f32::INFINITY, 1.0];
+            assert!(matches!(sample(&mut l, &p, &[], &[], &[0], &mut rng), Err(Error::InvalidArgument(_))));
+        }
+        let mut l = vec![1.0, f32::INFINITY, f32::INFINITY];
+        assert_eq!(sample(&mut l, &SamplingParams::default(), &[], &[], &[], &mut rng).unwrap(), 1);
+    }
 
     fn sampled() -> SamplingParams {
         SamplingParams { do_sample: true, ..Default::default() }

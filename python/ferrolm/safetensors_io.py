@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, TensorError
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,7 +35,12 @@ def header(path: PathLike) -> Dict[str, Tuple[str, List[int]]]:
 def read_f32(f: "_core.SafetensorsFile", name: str, shape: Iterable[int]) -> Optional[np.ndarray]:
     """Float tensor `name` of an open file as float32 [shape]; None for an int8 tensor."""
     data = f.read_f32(name)
-    return None if data is None else np.frombuffer(data, dtype=np.float32).reshape(tuple(shape))
+    if data is None:
+        return None
+    try:
+        return np.frombuffer(data, dtype=np.float32).reshape(tuple(shape))
+    except ValueError as e:  # e.g. an empty tensor declared [0, 2**64 - 1]: more dimensions than numpy holds
+        raise TensorError(f"tensor {name} of shape {list(shape)} cannot be held as an array: {e}") from None
 
 
 def read_floats(path: PathLike) -> Dict[str, Tuple[str, np.ndarray]]:
