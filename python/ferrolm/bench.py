@@ -351,7 +351,7 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
     report as a dict (see `bench_report` for its markdown, CSV and charts)."""
     from tqdm.auto import tqdm
 
-    from .memory import Architecture, estimate_memory, model_facts
+    from .memory import RUN_BYTES, Architecture, estimate_memory, model_facts
 
     facts = {}
     for s in sources:  # every model is checked before any measurement
@@ -387,8 +387,10 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
                 row = _child(["--one", s, str(n), "--precisions", p, "--runs", str(runs), "--prompt-tokens",
                               str(prompt_tokens), "--new-tokens", str(new_tokens), "--bandwidth-mib", str(bandwidth_mib)],
                              f"measuring {s} {p} with {n} threads")
+                # runtime: this environment's measured import baseline + what running adds
+                runtime = int(row["baseline_rss_mib"] * 2**20) + RUN_BYTES
                 est = estimate_memory(facts[s], p, context=prompt_tokens + new_tokens, threads=n,
-                                      prefill_tokens=prompt_tokens)
+                                      prefill_tokens=prompt_tokens, runtime_bytes=runtime)
                 row["estimate"] = est.as_dict()
                 row["estimate_mib"] = est.total_bytes / 2**20
                 row["estimate_error_pct"] = 100 * (row["estimate_mib"] / row["peak_rss_mib"] - 1) if row["peak_rss_mib"] else None

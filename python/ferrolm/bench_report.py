@@ -132,7 +132,9 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
 def _memory_section(report: Dict[str, Any], heading: str) -> List[str]:
     lines = [f"{heading}# Memory: estimate by part against the measured peak", "",
              "Estimate = weights + runtime + max(loading, KV cache + buffers) (`ferrolm memory MODEL --precision P "
-             "--context N`); one row per model and precision (the largest thread count).", "",
+             "--context N`); one row per model and precision (the largest thread count). Runtime is this "
+             "environment's: the benchmark process's resident memory after its imports, measured before loading, "
+             "plus what running a model adds.", "",
              "| model | precision | weights | KV cache | buffers | runtime | loading | estimate | peak RSS | estimate vs peak |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:

@@ -54,6 +54,12 @@ NOT_AVAILABLE = {"int4": "INT4", "fp16": "FP16"}
 #: and jinja2) and run a model, without the model's own buffers: measured 39–41 MiB on Linux
 #: x86-64, CPython 3.11 (tests/fixtures models, whose weights are < 1 MiB).
 RUNTIME_BYTES = 39 * MiB
+#: Of RUNTIME_BYTES, what running a model adds to the process once ferrolm is imported (thread
+#: stacks, the tokenizer's and the kernels' first buffers): measured 5.9 MiB on the same runs.
+#: What importing takes varies with the environment (the same wheels measured 34.8 MiB in one
+#: virtualenv and 38.6 MiB in another, on another file system), so `ferrolm bench` measures it
+#: in the benchmark process and estimates runtime = that baseline + RUN_BYTES.
+RUN_BYTES = 6 * MiB
 #: Loading a safetensors checkpoint converts 4 MiB blocks of rows at a time: a block of mapped
 #: file pages and its converted copy (less for tensors smaller than a block).
 CONVERSION_BYTES = 8 * MiB
