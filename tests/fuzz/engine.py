@@ -99,17 +99,22 @@ def chunk_cases(surface: str, seed: int, chunk: int, end: int, cache_dir: Path) 
     return cases
 
 
+def _short(filename: str) -> str:
+    """A frame's file from the package or library root (ferrolm/..., site-packages/..., lib/python...)."""
+    name = filename.replace(os.sep, "/")
+    for marker in ("/ferrolm/", "/site-packages/", "/lib/python"):
+        if marker in name:
+            return name[name.rindex(marker) + 1 :]
+    return name
+
+
 def _innermost(tb: traceback.StackSummary) -> str:
     """The frame that raised, as file:function (line numbers only outside template code, whose
     lines differ from template to template)."""
     if not tb:
         return "?"
     f = tb[-1]
-    name = f.filename.replace(os.sep, "/")
-    for marker in ("/ferrolm/", "/site-packages/", "/lib/python"):
-        if marker in name:
-            name = name[name.rindex(marker) + 1 :]
-            break
+    name = _short(f.filename)
     return f"{name}:{f.name}" if name.startswith("<") else f"{name}:{f.lineno} {f.name}"
 
 
@@ -119,12 +124,7 @@ def _where(tb: traceback.StackSummary) -> str:
     if not frames:
         return "?"
     f = frames[-1]
-    short = f.filename.replace(os.sep, "/")
-    for marker in ("/ferrolm/", "/site-packages/", "/lib/python"):
-        if marker in short:
-            short = short[short.rindex(marker) + 1 :]
-            break
-    return f"{short}:{f.lineno} {f.name}"
+    return f"{_short(f.filename)}:{f.lineno} {f.name}"
 
 
 def execute(surface: str, case: Dict[str, Any], ctx: Any) -> Dict[str, Any]:

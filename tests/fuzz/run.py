@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 for _var, _value in (("OPENBLAS_NUM_THREADS", "1"), ("OMP_NUM_THREADS", "1"), ("RAYON_NUM_THREADS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_var, _value)
@@ -150,28 +150,20 @@ class Campaign:
         self.spawned += 1
         stderr = self.scratch / f"stderr-{self.spawned}.log"
         journal = self.journal_dir / f"journal-{slot}.jsonl"
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 70
-            try:
-                os.close(r)
-                for other in self.children.values():
-                    os.close(other.fd)
-                _become_worker(stderr, self.secret, self.args.memory_mb)
-                scratch = self.scratch / f"w{slot}"
-                scratch.mkdir(exist_ok=True)
-                worker = Worker(w, journal, scratch)
-                if task.entries is not None:
-                    worker.run_entries(task.entries, task.start, task.end)
-                else:
-                    worker.run_chunk(task.surface, self.args.seed, task.chunk, task.start, task.end, self.scratch)
-                code = 0
-            except BaseException:
-                import traceback
+        def work() -> None:
+            os.close(r)
+            for other in self.children.values():
+                os.close(other.fd)
+            _become_worker(stderr, self.secret, self.args.memory_mb)
+            scratch = self.scratch / f"w{slot}"
+            scratch.mkdir(exist_ok=True)
+            worker = Worker(w, journal, scratch)
+            if task.entries is not None:
+                worker.run_entries(task.entries, task.start, task.end)
+            else:
+                worker.run_chunk(task.surface, self.args.seed, task.chunk, task.start, task.end, self.scratch)
 
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+        pid = _fork(work)
         os.close(w)
         self.children[pid] = Child(pid, r, task, slot, journal, stderr, last_pos=task.start - 1)
 
@@ -472,18 +464,14 @@ def load_entries(path: Path) -> List[Dict[str, Any]]:
     return doc if isinstance(doc, list) else [doc]
 
 
-def run_isolated(entry: Dict[str, Any], args: argparse.Namespace, backtrace: bool = True) -> Tuple[str, str]:
-    """Runs one entry in a forked worker; returns (what happened, its stderr)."""
-    r, w = os.pipe()
-    scratch = Path(tempfile.mkdtemp(prefix="ferrolm-fuzz-"))
-    stderr = scratch / "stderr.log"
+def _fork(work: Callable[[], None]) -> int:
+    """Forks a worker: the child runs `work` and exits with 0, or with 70 after printing the
+    traceback of what it raised to its (redirected) stderr; returns the child's pid."""
     pid = os.fork()
     if pid == 0:
         code = 70
         try:
-            os.close(r)
-            _become_worker(stderr, os.urandom(12).hex(), args.memory_mb, backtrace=backtrace)
-            Worker(w, scratch / "journal.jsonl", scratch).run_entries([entry], 0, 1)
+            work()
             code = 0
         except BaseException:
             import traceback
@@ -491,6 +479,20 @@ def run_isolated(entry: Dict[str, Any], args: argparse.Namespace, backtrace: boo
             traceback.print_exc()
         finally:
             os._exit(code)
+    return pid
+
+
+def run_isolated(entry: Dict[str, Any], args: argparse.Namespace, backtrace: bool = True) -> Tuple[str, str]:
+    """Runs one entry in a forked worker; returns (what happened, its stderr)."""
+    r, w = os.pipe()
+    scratch = Path(tempfile.mkdtemp(prefix="ferrolm-fuzz-"))
+    stderr = scratch / "stderr.log"
+    def work() -> None:
+        os.close(r)
+        _become_worker(stderr, os.urandom(12).hex(), args.memory_mb, backtrace=backtrace)
+        Worker(w, scratch / "journal.jsonl", scratch).run_entries([entry], 0, 1)
+
+    pid = _fork(work)
     os.close(w)
     out, hung = b"", False
     deadline = time.monotonic() + args.timeout
