@@ -100,7 +100,7 @@ class Architecture:
 
         if not isinstance(config, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(config).__name__}")
-        _core.ModelBuilder(json.dumps(config), "fp32")  # the core's validation of every field
+        _core.check_config(json.dumps(config))  # the core's validation of every field
         t = config.get("model_type")
         if t == "gpt2":
             d, heads = config["n_embd"], config["n_head"]

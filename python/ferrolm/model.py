@@ -404,7 +404,7 @@ def _context_length(core: "_core.Model", requested: Optional[int]) -> int:
     machine's memory), or the model's maximum, cut to what fits in memory."""
     max_ctx = core.max_position_embeddings
     fits = core.max_context_in_memory
-    per_position = 2 * core.num_layers * core.num_kv_heads * core.head_dim * 4
+    per_position = core.kv_cache_bytes(1)
     if requested is None:
         if fits < 1:
             raise MemoryLimitError(f"one position of the KV cache needs {per_position} bytes, more than this machine's memory")

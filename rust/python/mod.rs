@@ -247,6 +247,13 @@ impl PyModel {
         self.inner.max_context_in_memory()
     }
 
+    /// Bytes of one session's KV cache for `context` positions.
+    fn kv_cache_bytes(&self, context: usize) -> PyResult<usize> {
+        let c = &self.inner.config;
+        let bytes = crate::kv_cache::KvCache::bytes_for(c.num_layers, context, c.kv_dim());
+        Ok(bytes.ok_or_else(|| Error::Memory(format!("a KV cache of {context} positions is too large to count")))?)
+    }
+
     /// How checkpoint tensor `name` is stored: "linear" ([out, in]), "conv1d" ([in, out],
     /// GPT-2) or "plain" (norms, biases, learned positions), from the architecture's table.
     fn checkpoint_layout(&self, name: &str) -> PyResult<&'static str> {
