@@ -208,6 +208,37 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The sampler of one conversation: a seeded RNG and a work copy of the logits. The CPU session
+/// owns one; device backends use one on the host (through `_core.Sampler`), so a token depends
+/// only on (logits, parameters, history, seed), whatever computed the logits.
+pub struct Sampler {
+    /// work: [vocab] — the logits processors' copy, reused for every sample
+    work: Vec<f32>,
+    rng: Rng,
+}
+
+impl Sampler {
+    pub fn new(vocab_size: usize) -> Result<Self> {
+        Ok(Self { work: crate::memory::zeroed(vocab_size, "the logits")?, rng: Rng::new(0) })
+    }
+
+    pub fn seed(&mut self, seed: u64) {
+        self.rng = Rng::new(seed);
+    }
+
+    /// Picks the next token from `logits: [vocab]` (left untouched). `history`: every token fed
+    /// so far; generated tokens begin at `gen_start` (for frequency/presence penalties).
+    pub fn sample(&mut self, logits: &[f32], p: &SamplingParams, history: &[u32], gen_start: usize, suppress: &[u32]) -> Result<u32> {
+        if logits.len() != self.work.len() {
+            return Err(Error::InvalidArgument(format!("expected {} logits, got {}", self.work.len(), logits.len())));
+        }
+        p.validate(logits.len())?;
+        self.work.copy_from_slice(logits);
+        let generated = &history[gen_start.min(history.len())..];
+        sample(&mut self.work, p, history, generated, suppress, &mut self.rng)
+    }
+}
+
 /// Processes `logits` in place, then picks the next token: argmax when greedy, otherwise a draw
 /// from the softmax of what is left.
 pub fn sample(logits: &mut [f32], p: &SamplingParams, history: &[u32], generated: &[u32], suppress: &[u32], rng: &mut Rng) -> Result<u32> {

@@ -8,8 +8,7 @@ use crate::kv_cache::KvCache;
 use crate::memory;
 use crate::model::forward::{forward_input, Input, Scratch};
 use crate::model::Model;
-use crate::rng::Rng;
-use crate::sampling::{self, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams};
 
 pub struct Session {
     model: Arc<Model>,
@@ -23,9 +22,7 @@ pub struct Session {
     /// logits: [vocab] of the last token fed.
     logits: Vec<f32>,
     has_logits: bool,
-    /// work: [vocab] — the logits processors' copy, reused for every sample
-    work: Vec<f32>,
-    rng: Rng,
+    sampler: Sampler,
 }
 
 impl Session {
@@ -44,8 +41,8 @@ impl Session {
         })?;
         let vocab = c.vocab_size;
         let logits = memory::zeroed(vocab, "the logits")?;
-        let work = memory::zeroed(vocab, "the logits")?;
-        Ok(Self { model, cache, scratch: Scratch::default(), prefix: 0, tokens: Vec::new(), logits, has_logits: false, work, rng: Rng::new(0) })
+        let sampler = Sampler::new(vocab)?;
+        Ok(Self { model, cache, scratch: Scratch::default(), prefix: 0, tokens: Vec::new(), logits, has_logits: false, sampler })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -78,7 +75,7 @@ impl Session {
     }
 
     pub fn seed(&mut self, seed: u64) {
-        self.rng = Rng::new(seed);
+        self.sampler.seed(seed);
     }
 
     /// Appends `tokens` to the sequence. Validates everything first: on error nothing changes.
@@ -140,11 +137,9 @@ impl Session {
     pub fn sample(&mut self, params: &SamplingParams, gen_start: usize, suppress: &[u32]) -> Result<u32> {
         params.validate(self.model.config.vocab_size)?;
         if !self.has_logits {
-            return Err(no_logits()); // (not `self.logits()`: `self.work` is borrowed mutably)
+            return Err(no_logits());
         }
-        self.work.copy_from_slice(&self.logits);
-        let generated = &self.tokens[gen_start.min(self.tokens.len())..];
-        sampling::sample(&mut self.work, params, &self.tokens, generated, suppress, &mut self.rng)
+        self.sampler.sample(&self.logits, params, &self.tokens, gen_start, suppress)
     }
 }
 

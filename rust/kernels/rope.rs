@@ -28,6 +28,11 @@ impl Rope {
         Self { half, inv_freq }
     }
 
+    /// inv_freq: [head_dim/2] (a device backend computes the same angles from it).
+    pub fn inv_freq(&self) -> &[f64] {
+        &self.inv_freq
+    }
+
     /// Fills `angles` for positions `pos0..pos0 + n`.
     pub fn angles(&self, pos0: usize, n: usize, angles: &mut RopeAngles) {
         angles.pos0 = pos0;

@@ -2,6 +2,7 @@
 
 pub mod adapt;
 pub mod config;
+pub mod device;
 pub mod export;
 pub mod forward;
 pub mod gpt2;

@@ -264,6 +264,62 @@ impl PyModel {
         Ok(row.layout.name())
     }
 
+    /// The modules of the forward pass, in order, for a device backend: a list of
+    /// (name, dict) — linear: precision, out_features, in_features, group, bias, lora
+    /// [(row0, rows, rank, scale)]; norm: eps, bias; table: rows, cols.
+    fn device_modules<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
+        use crate::model::device::Module;
+        let mut out = Vec::new();
+        for (name, module) in crate::model::device::modules(&self.inner) {
+            let d = PyDict::new(py);
+            match module {
+                Module::Linear { precision, out_features, in_features, group, bias, lora } => {
+                    d.set_item("kind", "linear")?;
+                    d.set_item("precision", precision)?;
+                    d.set_item("out_features", out_features)?;
+                    d.set_item("in_features", in_features)?;
+                    d.set_item("group", group)?;
+                    d.set_item("bias", bias)?;
+                    d.set_item("lora", lora)?;
+                }
+                Module::Norm { eps, bias } => {
+                    d.set_item("kind", "norm")?;
+                    d.set_item("eps", eps)?;
+                    d.set_item("bias", bias)?;
+                }
+                Module::Table { rows, cols } => {
+                    d.set_item("kind", "table")?;
+                    d.set_item("rows", rows)?;
+                    d.set_item("cols", cols)?;
+                }
+            }
+            out.push((name, d));
+        }
+        Ok(out)
+    }
+
+    /// Every weight buffer a device backend uploads: (name, dtype, shape, id). Buffers with
+    /// equal ids hold the same bytes (shared between variants): upload them once.
+    fn device_buffers(&self) -> Vec<(String, &'static str, Vec<usize>, usize)> {
+        crate::model::device::buffers(&self.inner).into_iter().map(|b| (b.name, b.dtype.name(), b.shape, b.id)).collect()
+    }
+
+    /// The little-endian bytes of one device buffer (one copy of that tensor only).
+    fn device_buffer<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, crate::model::device::buffer_bytes(&self.inner, name)?))
+    }
+
+    /// RoPE inverse frequencies [head_dim/2] (float64), or None (GPT-2).
+    #[getter]
+    fn rope_inv_freq(&self) -> Option<Vec<f64>> {
+        self.inner.rope.as_ref().map(|r| r.inv_freq().to_vec())
+    }
+
+    #[getter]
+    fn intermediate_size(&self) -> usize {
+        self.inner.config.intermediate_size
+    }
+
     #[pyo3(signature = (context_length=None))]
     fn new_session(&self, context_length: Option<usize>) -> PyResult<PySession> {
         Ok(PySession { inner: Session::new(self.inner.clone(), context_length)? })
@@ -331,6 +387,33 @@ impl PySession {
         let session = &mut self.inner;
         let p = &params.inner;
         Ok(py.detach(|| session.sample(p, gen_start, &suppress))?)
+    }
+}
+
+/// The host sampler: a seeded RNG and the logits processors. Gives the token a CPU session
+/// gives for the same logits, parameters, history and seed (device backends sample with it).
+#[pyclass(name = "Sampler", module = "ferrolm._core")]
+struct PySampler {
+    inner: sampling::Sampler,
+}
+
+#[pymethods]
+impl PySampler {
+    #[new]
+    fn new(vocab_size: usize) -> PyResult<Self> {
+        Ok(Self { inner: sampling::Sampler::new(vocab_size)? })
+    }
+
+    fn seed(&mut self, seed: u64) {
+        self.inner.seed(seed)
+    }
+
+    /// The next token from float32 `logits` bytes [vocab]; `history`: every token fed so
+    /// far, generated ones from `gen_start`.
+    fn sample(&mut self, py: Python<'_>, logits: &[u8], params: &PySamplingParams, history: Vec<u32>, gen_start: usize, suppress: Vec<u32>) -> PyResult<u32> {
+        let v = crate::model::tensors::to_f32(DType::F32, logits)?;
+        let (sampler, p) = (&mut self.inner, &params.inner);
+        Ok(py.detach(|| sampler.sample(&v, p, &history, gen_start, &suppress))?)
     }
 }
 
@@ -577,6 +660,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;
     m.add_class::<PySamplingParams>()?;
+    m.add_class::<PySampler>()?;
     m.add_class::<PySafetensorsFile>()?;
     m.add_class::<PyMatmulProbe>()?;
     m.add_function(wrap_pyfunction!(write_safetensors, m)?)?;
