@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -98,6 +98,10 @@ class Adapters:
             self._loaded[self.active].core = None
         self.active = name
         return entry.core
+
+    def live_cores(self) -> List["_core.Model"]:
+        """The base and every variant that sessions may still use."""
+        return [self._base] + [a.core for a in self._loaded.values() if a.core is not None]
 
     def is_live(self, core: "_core.Model") -> bool:
         """Whether sessions of `core` may still be used (the base or a loaded variant)."""

@@ -17,6 +17,7 @@ from . import _core
 from .fields import get_id_list
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, MissingTensorError, ModelNotFoundError
 from .chat import ChatTemplate, special_tokens_from_config, template_from_config
+from .backends import DEVICES
 from .progress import ProgressFn
 from . import safetensors_io
 from .tokenizer import Tokenizer
@@ -25,7 +26,6 @@ PRECISIONS = ("fp32", "bf16", "int8")
 #: quantization_config.quant_method of the INT8 checkpoints `ferrolm quantize` writes.
 QUANT_METHOD = "ferrolm"
 DEFAULT_INT8_GROUP = 32  # measured: see docs/quality.md
-DEVICES = ("cpu",)
 
 
 @dataclass

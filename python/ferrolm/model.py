@@ -23,6 +23,8 @@ from .soft_prompt import SoftPrompt, read_soft_prompt
 from .loading import Checkpoint, build_core_model, check_load_args, eos_token_ids, read_checkpoint
 from .progress import resolve as resolve_progress
 from .tokenizer import Tokenizer
+from .backends import Backend, backend_for
+from .backends.cpu import CpuBackend
 
 Prompt = Union[str, Sequence[int]]
 
@@ -48,7 +50,10 @@ class Model:
         context_length: int,
         chat_template: Optional[ChatTemplate] = None,
         checkpoint: Optional[Checkpoint] = None,
+        backend: Optional[Backend] = None,
     ) -> None:
+        self._backend: Backend = backend or CpuBackend()
+        self.device = self._backend.name
         self._base = core  # as loaded; never changed
         self._core = core  # the default for calls: the base or the active adapter's variant
         self._checkpoint = checkpoint
@@ -68,7 +73,7 @@ class Model:
     def __repr__(self) -> str:
         return (
             f"Model(path={str(self.path)!r}, arch={self.arch!r}, params={self.num_params:,}, "
-            f"precision={self.precision!r}, threads={self.threads}, context={self.context_length})"
+            f"precision={self.precision!r}, device={self.device!r}, threads={self.threads}, context={self.context_length})"
         )
 
     # -- facts -------------------------------------------------------------------------------
@@ -118,12 +123,14 @@ class Model:
                 if c is core:
                     del self._idle[i]
                     return s
-        return core.new_session(self.context_length)
+        return self._backend.new_session(core, self.context_length)
 
     def _give_back(self, core: "_core.Model", s: "_core.Session") -> None:
         with self._lock:
             # keep at most two idle sessions, newest first; drop those of retired variants
             self._idle = [(core, s)] + [(c, x) for c, x in self._idle if self._adapters.is_live(c)][:1]
+            if not self._adapters.is_live(core):
+                self._idle = self._idle[1:]
 
     # -- adapters ------------------------------------------------------------------------------
     def load_lora(self, path: Union[str, os.PathLike], name: Optional[str] = None, *, merged: bool = True,
@@ -143,6 +150,7 @@ class Model:
         core = self._adapters.set(name)
         with self._lock:
             self._core = core
+        self._backend.keep_only(self._adapters.live_cores())
 
     def remove_adapter(self, name: str) -> None:
         """Unloads an adapter (returning to the base weights if it was active)."""
@@ -151,6 +159,7 @@ class Model:
         if was_active:
             with self._lock:
                 self._core = self._base
+        self._backend.keep_only(self._adapters.live_cores())
 
     def load_soft_prompt(self, path: Union[str, os.PathLike], name: Optional[str] = None) -> str:
         """Reads a PEFT prompt-tuning adapter (prompt_embeddings [virtual tokens, hidden]); returns
@@ -202,7 +211,7 @@ class Model:
 
     def new_session(self, adapter: Any = _ACTIVE) -> "_core.Session":
         """A raw session (KV cache) for step-by-step use: forward(ids), sample(params), reset()."""
-        return self._core_for(adapter).new_session(self.context_length)
+        return self._backend.new_session(self._core_for(adapter), self.context_length)
 
     # -- text ----------------------------------------------------------------------------------
     def _need_tokenizer(self) -> Tokenizer:
@@ -365,6 +374,9 @@ def load(
     model is never in memory. None (the default) means the checkpoint's own: "int8" for an
     INT8 checkpoint written by `ferrolm quantize`, "bf16" for a BF16 checkpoint (config.json's
     torch_dtype; lossless, since the kernels compute in FP32 either way), "fp32" otherwise.
+    device: "cpu" (the Rust core) or "cuda" (the CUDA kernels on an NVIDIA GPU through cupy:
+    pip install 'ferrolm[cuda12]'; with FERROLM_CUDA_EMULATE=1 the same kernels run on the CPU
+    emulator of the CUDA execution model, for testing). Weights stay in host memory too.
     threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
     max_position_embeddings; a default whose KV cache would not fit in this machine's memory is
@@ -381,7 +393,8 @@ def load(
     ckpt = read_checkpoint(path)
     precision = ckpt.resolve_precision(precision)
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
-    context_length = _context_length(core, context_length)
+    backend = backend_for(device, core)
+    context_length = _context_length(core, context_length, backend)
     eos = eos_token_ids(ckpt)
     if any(i >= core.vocab_size for i in eos):
         raise ConfigError(f"{ckpt.path}: eos_token_id {list(eos)} lies outside the vocabulary (size {core.vocab_size})")
@@ -396,14 +409,15 @@ def load(
         context_length=context_length,
         chat_template=ckpt.chat_template,
         checkpoint=ckpt,
+        backend=backend,
     )
 
 
-def _context_length(core: "_core.Model", requested: Optional[int]) -> int:
-    """The KV-cache positions per session: `requested` (checked against the model and this
-    machine's memory), or the model's maximum, cut to what fits in memory."""
+def _context_length(core: "_core.Model", requested: Optional[int], backend: Backend) -> int:
+    """The KV-cache positions per session: `requested` (checked against the model and the
+    memory of the device that holds the cache), or the model's maximum, cut to what fits."""
     max_ctx = core.max_position_embeddings
-    fits = core.max_context_in_memory
+    fits = backend.max_context(core)
     per_position = core.kv_cache_bytes(1)
     if requested is None:
         if fits < 1:

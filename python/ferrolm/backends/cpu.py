@@ -1,0 +1,22 @@
+"""The CPU backend: the Rust core's sessions, used as they are."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .. import _core
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def new_session(self, core: "_core.Model", context_length: int) -> "_core.Session":
+        return core.new_session(context_length)
+
+    def max_context(self, core: "_core.Model") -> int:
+        """The longest context whose KV cache fits in this machine's memory."""
+        return core.max_context_in_memory
+
+    def keep_only(self, cores: "list[_core.Model]") -> None:
+        """Nothing to free: the cores own their weights, sessions their caches."""

@@ -1,0 +1,145 @@
+"""A conversation on the device: the same interface as the core's Session (see
+`ferrolm.backends`), with the KV cache and activations in device memory. Logits come back to
+the host once per step and are sampled there by the core's sampler — the same code and RNG as
+a CPU session, so equal logits give equal tokens (a copy of [vocab] floats per token costs
+microseconds next to the step itself)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
+
+import numpy as np
+
+from ... import _core
+from ...errors import ContextLengthError, InvalidArgumentError, InvalidTokenError
+from .model import PREFILL_CHUNK, DeviceModel, _cdiv
+from .runtime import graphs_enabled
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+class CudaSession:
+    def __init__(self, model: DeviceModel, context_length: Optional[int] = None) -> None:
+        max_ctx = model.shape.max_positions
+        n_ctx = max_ctx if context_length is None else context_length
+        if not 1 <= n_ctx <= max_ctx:
+            raise InvalidArgumentError(f"context_length must be between 1 and {max_ctx}, got {n_ctx}")
+        self.model = model
+        self.rt: "Runtime" = model.rt
+        self.state = model.new_state(n_ctx)
+        self.stream = self.rt.new_stream()
+        self._sampler = _core.Sampler(model.shape.vocab)
+        self._tokens: List[int] = []
+        self._prefix = 0
+        self._logits: Optional[np.ndarray] = None
+        self._decode_step: Optional[Callable[[], None]] = None
+        self._lock = threading.Lock()
+
+    # -- the Session interface -------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self.state.context
+
+    @property
+    def position(self) -> int:
+        return self._prefix + len(self._tokens)
+
+    @property
+    def prefix_len(self) -> int:
+        return self._prefix
+
+    def tokens(self) -> List[int]:
+        return list(self._tokens)
+
+    def reset(self) -> None:
+        self._prefix = 0
+        self._tokens.clear()
+        self._logits = None
+
+    def seed(self, seed: int) -> None:
+        self._sampler.seed(seed)
+
+    def forward(self, tokens: Sequence[int], all_logits: bool = False) -> Optional[bytes]:
+        if len(tokens) == 0:
+            raise InvalidArgumentError("no tokens to process")
+        vocab = self.model.shape.vocab
+        ids = []
+        for t in tokens:
+            if not isinstance(t, (int, np.integer)) or isinstance(t, bool) or not 0 <= int(t) < vocab:
+                raise InvalidTokenError(f"token id {t} is outside the vocabulary (size {vocab})")
+            ids.append(int(t))
+        out = self._run(np.asarray(ids, dtype=np.int32), len(ids), all_logits)
+        self._tokens.extend(ids)
+        return out
+
+    def forward_embeddings(self, embeds: bytes, all_logits: bool = False) -> Optional[bytes]:
+        d = self.model.shape.d
+        e = np.frombuffer(embeds, dtype=np.float32)
+        if e.size == 0 or e.size % d != 0 or len(embeds) % 4 != 0:
+            raise InvalidArgumentError(f"embeddings must be [n, {d}] with n >= 1, got {len(embeds) // 4} values")
+        if self.position != 0:
+            raise InvalidArgumentError("embeddings (a soft prompt) can only start a session: reset it first")
+        if not np.isfinite(e).all():
+            raise InvalidArgumentError(f"embeddings must be finite, got {e[~np.isfinite(e)][0]}")
+        n = e.size // d
+        out = self._run(e.reshape(n, d), n, all_logits, embeds=True)
+        self._prefix = n
+        return out
+
+    def logits(self) -> bytes:
+        if self._logits is None:
+            raise InvalidArgumentError("no logits yet: feed tokens first")
+        return self._logits.tobytes()
+
+    def sample(self, params: "_core.SamplingParams", gen_start: int = 0, suppress: Sequence[int] = ()) -> int:
+        if self._logits is None:
+            raise InvalidArgumentError("no logits yet: feed tokens first")
+        return self._sampler.sample(self._logits.tobytes(), params, self._tokens, gen_start, list(suppress))
+
+    # -- running chunks ----------------------------------------------------------------------------
+    def _run(self, data: np.ndarray, n: int, all_logits: bool, embeds: bool = False) -> Optional[bytes]:
+        needed = self.position + n
+        if needed > self.state.context:
+            raise ContextLengthError(f"the sequence needs {needed} positions but the context length is {self.state.context}")
+        st, rt, vocab = self.state, self.rt, self.model.shape.vocab
+        out = np.empty((n, vocab), dtype=np.float32) if all_logits else None
+        with self._lock, rt.on(self.stream):
+            need = min(n, PREFILL_CHUNK) * vocab
+            if all_logits and (st.all_logits is None or st.all_logits.size < need):
+                st.all_logits = rt.zeros(need, np.float32)
+            done = 0
+            while done < n:
+                t = min(PREFILL_CHUNK, n - done)
+                pos = self.position + done
+                rt.write(st.pos, np.asarray([pos], dtype=np.int32), self.stream)
+                if embeds:
+                    rt.write(st.x, data[done:done + t], self.stream)
+                else:
+                    rt.write(st.ids, data[done:done + t], self.stream)
+                if t == 1 and not embeds and not all_logits:
+                    self._decode()
+                else:
+                    splits = _cdiv(pos + t, st.key_chunk) if t == 1 else None
+                    self.model.forward(st, t, embeds, all_logits, splits)
+                if all_logits:
+                    rows = rt.download(st.all_logits[: t * vocab], self.stream)
+                    out[done:done + t] = rows.reshape(t, vocab)
+                done += t
+            if all_logits:
+                self._logits = out[-1].copy()
+            else:
+                self._logits = rt.download(st.logits, self.stream)
+        return out.tobytes() if out is not None else None
+
+    def _decode(self) -> None:
+        """One token from st.ids[0] at st.pos: the captured step replayed, or launched afresh."""
+        st = self.state
+        if not graphs_enabled():
+            pos = self.position
+            self.model.forward(st, 1, False, False, _cdiv(pos + 1, st.key_chunk))
+            return
+        if self._decode_step is None:
+            self._decode_step = self.rt.capture(self.stream, lambda: self.model.forward(st, 1, False, False, st.max_splits))
+        self._decode_step()
