@@ -1,0 +1,228 @@
+"""The CUDA backend end to end, on the CPU emulator of the CUDA execution model (always) and on
+a real GPU through cupy (the `gpu` marker; skipped without cupy and a GPU): the same kernels,
+the same launches, against transformers' FP32 references, PEFT's adapters and the CPU backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ferrolm
+from conftest import EXPECTED, FIXTURES, MODELS, reference
+from ferrolm.backends.cuda import model as device_model
+from ferrolm.quality import log_softmax
+
+ROOT = FIXTURES.parent.parent
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["emulator", pytest.param("gpu", marks=pytest.mark.gpu)], scope="module")
+def mode(request):
+    mp = pytest.MonkeyPatch()
+    if request.param == "gpu":
+        if not _gpu_available():
+            pytest.skip("no cupy or no NVIDIA GPU here")
+        mp.delenv("FERROLM_CUDA_EMULATE", raising=False)
+    else:
+        mp.setenv("FERROLM_CUDA_EMULATE", "1")
+    yield request.param
+    mp.undo()
+
+
+_models: dict = {}
+
+
+def load(mode, name, precision="fp32", **kw):
+    key = (mode, name, precision, tuple(sorted(kw.items())))
+    if key not in _models:
+        _models[key] = ferrolm.load(MODELS / name, precision=precision, device="cuda", context_length=96, **kw)
+    return _models[key]
+
+
+def assert_close(got, want, rel=1e-4):
+    scale = float(np.abs(want).max())
+    err = float(np.abs(np.asarray(got, np.float64) - want).max())
+    assert err <= rel * scale, f"max abs error {err:.3g} > {rel} x scale {scale:.3g}"
+
+
+MODEL_NAMES = ["tiny-llama", "tiny-gpt2", "tiny-qwen2"]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fp32_logits_match_transformers(mode, name):
+    ref, _ = reference(name)
+    model = load(mode, name)
+    assert model.device == "cuda"
+    assert_close(model.logits(ref["prompt_ids"].tolist()), ref["prompt_logits_f64"])
+    assert_close(model.logits(ref["single_ids"].tolist()), ref["single_logits"])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("graphs", ["1", "0"])
+def test_kv_cached_decode_matches_reference(mode, name, graphs, monkeypatch):
+    """Prefill, then one token at a time (replayed captured steps, or launched afresh): every
+    step's logits equal the reference logits of the whole prefix at that position."""
+    monkeypatch.setenv("FERROLM_CUDA_GRAPHS", graphs)
+    ref, _ = reference(name)
+    model = load(mode, name)
+    ids = ref["prefix_ids"].tolist()
+    n_prompt = len(ref["prompt_ids"])
+    s = model.new_session()
+    s.forward(ids[:n_prompt])
+    rows = [np.frombuffer(s.logits(), np.float32)]
+    for tok in ids[n_prompt:]:
+        s.forward([tok])
+        rows.append(np.frombuffer(s.logits(), np.float32))
+    assert s.position == len(ids)
+    assert_close(np.stack(rows), ref["prefix_logits"][n_prompt - 1:])
+
+
+def test_attention_split_along_the_keys(mode, monkeypatch):
+    """Small key chunks: decode attention runs in several splits combined on the device."""
+    monkeypatch.setattr(device_model, "KEY_CHUNK_MIN", 8)
+    ref, _ = reference("tiny-llama")
+    model = ferrolm.load(MODELS / "tiny-llama", device="cuda", context_length=64)
+    s = model.new_session()
+    assert s.state.max_splits == 8
+    ids = ref["prefix_ids"].tolist()
+    s.forward(ids[:20])
+    rows = [np.frombuffer(s.logits(), np.float32)]
+    for tok in ids[20:]:
+        s.forward([tok])
+        rows.append(np.frombuffer(s.logits(), np.float32))
+    assert_close(np.stack(rows), ref["prefix_logits"][19:])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_greedy_tokens_equal_the_reference_and_the_cpu(mode, name):
+    ref, _ = reference(name)
+    model = load(mode, name)
+    ids = ref["prompt_ids"].tolist()
+    out = model.generate(ids, max_new_tokens=32, ignore_eos=True)
+    assert out.tokens == ref["greedy_tokens"].tolist()
+    cpu = ferrolm.load(MODELS / name)
+    assert out.text == cpu.generate(ids, max_new_tokens=32, ignore_eos=True).text
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_bf16_and_int8_compute_what_the_cpu_computes(mode, name, precision):
+    """Same stored weights, same activation quantization (INT8: W8A8, groups of 32): the
+    logits differ from the CPU backend's by summation order only."""
+    ref, _ = reference(name)
+    ids = ref["prefix_ids"].tolist()
+    got = load(mode, name, precision).logits(ids)
+    want = ferrolm.load(MODELS / name, precision=precision).logits(ids)
+    assert_close(got, want, rel=1e-4 if precision == "bf16" else 2e-3)
+    p, q = log_softmax(ref["prefix_logits"].astype(np.float64)), log_softmax(got.astype(np.float64))
+    kl = float((np.exp(p) * (p - q)).sum(-1).mean())
+    assert kl < (2e-3 if precision == "bf16" else 2e-2)
+
+
+def test_sampling_streaming_and_stop_strings_match_the_cpu(mode):
+    """Every sampler knob, seeded: the host sampler gets the same logits, so the same tokens;
+    streamed deltas join to the result's text; a stop string ends the text."""
+    cpu = ferrolm.load(MODELS / "tiny-llama")
+    gpu = load(mode, "tiny-llama")
+    knobs = dict(max_new_tokens=24, do_sample=True, temperature=0.8, top_k=40, top_p=0.9, min_p=0.02,
+                 repetition_penalty=1.2, frequency_penalty=0.3, presence_penalty=0.2, logit_bias={5: -2.0}, seed=7)
+    a, b = cpu.generate("The river", **knobs), gpu.generate("The river", **knobs)
+    assert a.tokens == b.tokens and a.text == b.text
+    stream = gpu.generate("The river", stream=True, **knobs)
+    assert "".join(stream) == b.text and stream.result.tokens == b.tokens
+    stop = b.text[5:8]
+    cut = gpu.generate("The river", stop=[stop], **knobs)
+    assert cut.finish_reason == "stop" and stop not in cut.text and b.text.startswith(cut.text)
+    few = gpu.generate("The river", max_new_tokens=3, min_new_tokens=3, ignore_eos=False)
+    assert len(few.tokens) == 3
+
+
+LORAS = ["tiny-llama-lora-attn", "tiny-gpt2-lora", "tiny-qwen2-lora"]
+
+
+def expected(name):
+    return np.load(EXPECTED / f"peft-{name}.npz"), json.loads((EXPECTED / f"peft-{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", LORAS)
+def test_lora_merged_and_unmerged_match_peft(mode, name):
+    ref, meta = expected(name)
+    ids = [int(t) for t in ref["prompt_ids"]]
+    model = ferrolm.load(MODELS / meta["base_model"], device="cuda", context_length=64)
+    model.load_lora(ROOT / meta["adapter_dir"], name="m")
+    model.load_lora(ROOT / meta["adapter_dir"], name="u", merged=False)
+    want = ref["logits_f64"]
+    assert_close(model.logits(ids, adapter="u"), want)
+    model.set_adapter("m")
+    assert_close(model.logits(ids), want)
+    n = len(ref["greedy_tokens"])
+    assert model.generate(ids, max_new_tokens=n, ignore_eos=True).tokens == list(ref["greedy_tokens"])
+    assert model.generate(ids, max_new_tokens=n, ignore_eos=True, adapter="u").tokens == list(ref["greedy_tokens"])
+    # back to the base: the merged variant's device copies are freed, the base is untouched
+    held = model._backend.store.bytes
+    model.set_adapter(None)
+    assert model._backend.store.bytes < held
+    base, _ = reference(meta["base_model"])
+    assert_close(model.logits(base["prompt_ids"].tolist()), base["prompt_logits_f64"])
+
+
+def test_soft_prompt_matches_peft(mode):
+    ref, meta = expected("tiny-llama-prompt-tuning")
+    ids = [int(t) for t in ref["prompt_ids"]]
+    model = load(mode, "tiny-llama")
+    model.load_soft_prompt(ROOT / meta["adapter_dir"], name="pt")
+    want = ref["logits_f64"][meta["virtual_tokens"]:]
+    assert_close(model.logits(ids, soft_prompt="pt"), want)
+    n = len(ref["greedy_tokens"])
+    assert model.generate(ids, max_new_tokens=n, ignore_eos=True, soft_prompt="pt").tokens == list(ref["greedy_tokens"])
+
+
+def test_soft_prompt_on_gpt2_adds_learned_positions(mode):
+    """Embeddings input on GPT-2: the kernel adds wpe, as the CPU does."""
+    cpu = ferrolm.load(MODELS / "tiny-gpt2")
+    gpu = load(mode, "tiny-gpt2")
+    d = cpu._core.hidden_size
+    embeds = np.random.default_rng(0).normal(0, 0.2, (3, d)).astype(np.float32).tobytes()
+    rows = []
+    for m in (cpu, gpu):
+        s = m.new_session()
+        first = np.frombuffer(s.forward_embeddings(embeds, all_logits=True), np.float32)
+        rows.append((first, np.frombuffer(s.forward([4, 9], all_logits=True), np.float32)))
+    assert_close(rows[1][0], rows[0][0].astype(np.float64))
+    assert_close(rows[1][1], rows[0][1].astype(np.float64))
+
+
+def test_session_errors_match_the_cpu_backend(mode):
+    model = load(mode, "tiny-llama")
+    s = model.new_session()
+    with pytest.raises(ferrolm.InvalidArgumentError):
+        s.forward([])
+    with pytest.raises(ferrolm.InvalidTokenError):
+        s.forward([model.vocab_size])
+    with pytest.raises(ferrolm.InvalidArgumentError):
+        s.logits()
+    with pytest.raises(ferrolm.ContextLengthError):
+        s.forward([1] * 97)
+    assert s.position == 0
+    s.forward([1, 2])
+    with pytest.raises(ferrolm.InvalidArgumentError):
+        s.forward_embeddings(b"\0" * 4 * model._core.hidden_size)
+
+
+def test_cuda_without_cupy_or_emulator_names_what_is_missing(monkeypatch):
+    if _gpu_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.delenv("FERROLM_CUDA_EMULATE", raising=False)
+    with pytest.raises(ferrolm.DeviceError, match="cupy|GPU"):
+        ferrolm.load(MODELS / "tiny-llama", device="cuda")
