@@ -125,14 +125,26 @@ def test_quality_skipped_without_tokenizer(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--precisions", "fp32,int4"], "INT4 weights are not available in this version"),
     (["--precisions", "fp32,fp8"], "precision must be one of fp32, bf16, int8"),
-    (["--device", "cuda"], "CUDA device is not available in this version"),
-    (["--device", "tpu"], "--device must be cpu"),
+    (["--device", "tpu"], "--device must be cpu or cuda"),
     (["--threads", "0"], "--threads takes positive integers"),
     (["--runs", "0"], "--runs must be at least 1"),
 ])
 def test_bad_arguments(args, message, capsys):
     assert main(["bench", SOURCES[0], *args, "--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cuda_bench_without_cupy_names_what_is_missing(monkeypatch, capsys):
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("cupy is installed")
+    except ImportError:
+        pass
+    monkeypatch.delenv("FERROLM_CUDA_EMULATE", raising=False)
+    assert main(["bench", SOURCES[0], "--device", "cuda", "--no-progress"]) == 2
+    assert "needs cupy" in capsys.readouterr().err
 
 
 def test_missing_model_and_unwritable_out(tmp_path, capsys):

@@ -306,10 +306,8 @@ def check_threads(text: str) -> List[int]:
 
 
 def check_device(device: str) -> str:
-    if device == "cuda":
-        raise InvalidArgumentError("the CUDA device is not available in this version of ferrolm; use --device cpu")
-    if device != "cpu":
-        raise InvalidArgumentError(f"--device must be cpu, got {device!r}")
+    if device not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"--device must be cpu or cuda, got {device!r}")
     return device
 
 
@@ -428,9 +426,10 @@ def build_parser(prog: str = "ferrolm bench") -> argparse.ArgumentParser:
                    help=f"random-weight models of named shapes ({', '.join(SHAPES)}); quality is skipped for them")
     p.add_argument("--precisions", default="fp32,bf16,int8", help="comma-separated (default: fp32,bf16,int8)")
     p.add_argument("--threads", default=None, help="comma-separated thread counts (default: every CPU)")
-    p.add_argument("--device", default="cpu", help="cpu (the only device of this version)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the CUDA backend (a GPU through cupy, or the "
+                   "emulator with FERROLM_CUDA_EMULATE=1), measured on the PERF shapes by default")
     p.add_argument("--runs", type=int, default=3, help="timed runs, done twice (default: 3, so 6 in all)")
-    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length, fixed ids (default: 128)")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length, fixed ids (default: 128; 512 with --device cuda)")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run (default: 128)")
     p.add_argument("--no-quality", dest="quality", action="store_false", help="skip the quality measurements")
     p.add_argument("--quality-tokens", type=int, default=None, help="score only this many tokens of the evaluation text")
@@ -461,9 +460,33 @@ def _positive_args(args: argparse.Namespace) -> None:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} is too small: {v}")
 
 
+def _main_cuda(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
+    """--device cuda: decode/prefill on the CUDA backend (see ferrolm.bench_cuda)."""
+    from .bench_cuda import DEFAULT_SHAPES, render_cuda, run_cuda_bench
+
+    precisions = check_precisions(args.precisions)
+    _positive_args(args)
+    out = check_out_dir(args.out)
+    sources = list(args.models) + _split(args.shapes) or list(DEFAULT_SHAPES)
+    for s in sources:
+        model_source(s)
+    command = " ".join(["ferrolm bench", *(argv if argv is not None else sys.argv[1:])])
+    report = run_cuda_bench(sources, precisions, args.runs, args.prompt_tokens, args.new_tokens, command)
+    text = render_cuda(report)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_cuda.json").write_text(json.dumps(report, indent=1))
+        (out / "report_cuda.md").write_text(text)
+        print(f"wrote {out / 'bench_cuda.json'} and {out / 'report_cuda.md'}", file=sys.stderr)
+    print(json.dumps(report, indent=1) if args.format == "json" else text)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None, prog: str = "python -m ferrolm.bench") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
+        if args.prompt_tokens is None:
+            args.prompt_tokens = 128
         if args.one:
             precision = check_precisions(args.precisions)[0]
             print(json.dumps(run_one(args.one[0], check_threads(args.one[1])[0], args.runs, args.prompt_tokens,
@@ -473,7 +496,11 @@ def main(argv: Optional[List[str]] = None, prog: str = "python -m ferrolm.bench"
             print(json.dumps(quality_one(args.quality_one, check_precisions(args.precisions), args.quality_threads,
                                          args.quality_tokens, args.window, args.stride, args.quality_new_tokens)))
             return 0
-        check_device(args.device)
+        device = check_device(args.device)
+        if args.prompt_tokens is None:
+            args.prompt_tokens = 512 if device == "cuda" else 128
+        if device == "cuda":
+            return _main_cuda(args, argv)
         precisions = check_precisions(args.precisions)
         threads = check_threads(args.threads) if args.threads else [_core.default_threads()]
         _positive_args(args)

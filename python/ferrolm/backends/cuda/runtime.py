@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ...errors import DeviceError
-from .sources import kernel_dir, kernel_source
+from .sources import kernel_dir, kernel_source, module_options
 
 #: FERROLM_CUDA_EMULATE=1 runs device="cuda" on the CPU emulator (no cupy, no GPU needed).
 EMULATE_ENV = "FERROLM_CUDA_EMULATE"
@@ -52,6 +52,8 @@ class Runtime:
 
     name: str
     compile_seconds: float
+    #: kernel launches made (or recorded into a captured step) so far
+    launches: int = 0
 
     def empty(self, n: int, dtype: Any) -> Any:
         raise NotImplementedError
@@ -86,6 +88,10 @@ class Runtime:
         raise NotImplementedError
 
     def free_bytes(self) -> int:
+        raise NotImplementedError
+
+    def copy_bandwidth(self, nbytes: int, repeats: int = 5) -> float:
+        """Device-to-device copy bandwidth in bytes/s (bytes read + written), best of `repeats`."""
         raise NotImplementedError
 
     def device_name(self) -> str:
@@ -138,6 +144,7 @@ class EmulatorRuntime(Runtime):
 
     def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any], shared_mem: int = 0) -> None:
         _scalars_ok(args)
+        self.launches += 1
         launch = (self._function(name), tuple(grid), tuple(block), tuple(args), shared_mem)
         if self._recording is not None:
             self._recording.append(launch)
@@ -163,6 +170,15 @@ class EmulatorRuntime(Runtime):
         from ... import _core
 
         return _core.memory_limit()
+
+    def copy_bandwidth(self, nbytes: int, repeats: int = 5) -> float:
+        a, b = np.ones(nbytes, np.uint8), np.empty(nbytes, np.uint8)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.copyto(b, a)
+            best = min(best, time.perf_counter() - t0)
+        return 2 * nbytes / best
 
     def device_name(self) -> str:
         return "CPU emulator of the CUDA execution model"
@@ -191,7 +207,7 @@ class CupyRuntime(Runtime):
         self.cp = cupy
         t0 = time.perf_counter()
         try:
-            self.module = cupy.RawModule(code=kernel_source(), options=("-std=c++17", f"-I{kernel_dir()}"))
+            self.module = cupy.RawModule(code=kernel_source(), options=module_options())
             self.module.compile()
         except Exception as e:
             raise DeviceError(f"the CUDA kernels failed to compile: {e}") from None
@@ -216,6 +232,7 @@ class CupyRuntime(Runtime):
 
     def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any], shared_mem: int = 0) -> None:
         _scalars_ok(args)
+        self.launches += 1
         f = self._functions.get(name)
         if f is None:
             f = self._functions[name] = self.module.get_function(name)
@@ -240,6 +257,21 @@ class CupyRuntime(Runtime):
     def free_bytes(self) -> int:
         free, _total = self.cp.cuda.runtime.memGetInfo()
         return int(free)
+
+    def copy_bandwidth(self, nbytes: int, repeats: int = 5) -> float:
+        cp = self.cp
+        a, b = cp.ones(nbytes, cp.uint8), cp.empty(nbytes, cp.uint8)
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        b[...] = a  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start.record()
+            b[...] = a
+            end.record()
+            end.synchronize()
+            best = min(best, cp.cuda.get_elapsed_time(start, end) / 1e3)
+        del a, b
+        return 2 * nbytes / best
 
     def device_name(self) -> str:
         props = self.cp.cuda.runtime.getDeviceProperties(self.cp.cuda.Device().id)

@@ -35,6 +35,8 @@ class CudaSession:
         self._prefix = 0
         self._logits: Optional[np.ndarray] = None
         self._decode_step: Optional[Callable[[], None]] = None
+        #: kernel launches of one decode step (known once a step ran)
+        self.decode_launches = 0
         self._lock = threading.Lock()
 
     # -- the Session interface -------------------------------------------------------------------
@@ -135,11 +137,12 @@ class CudaSession:
 
     def _decode(self) -> None:
         """One token from st.ids[0] at st.pos: the captured step replayed, or launched afresh."""
-        st = self.state
+        st, before = self.state, self.rt.launches
         if not graphs_enabled():
-            pos = self.position
-            self.model.forward(st, 1, False, False, _cdiv(pos + 1, st.key_chunk))
+            self.model.forward(st, 1, False, False, _cdiv(self.position + 1, st.key_chunk))
+            self.decode_launches = self.rt.launches - before
             return
         if self._decode_step is None:
             self._decode_step = self.rt.capture(self.stream, lambda: self.model.forward(st, 1, False, False, st.max_splits))
+            self.decode_launches = self.rt.launches - before
         self._decode_step()
