@@ -78,24 +78,25 @@ def _candidates() -> List[str]:
     """Where to look for NVRTC, best first: the wheel, a toolkit, then the loader's own search."""
     found: List[str] = []
     if sys.platform.startswith("win"):
-        patterns = ["nvrtc64_12*.dll"]
-        subdirs = ["cuda_nvrtc/bin", "cuda_nvrtc/lib"]
-        tk_subdirs = ["bin"]
+        patterns = ["nvrtc64_12*.dll", "nvrtc64_13*.dll"]
+        subdirs = ["cuda_nvrtc/bin", "cuda_nvrtc/lib", "cu13/bin", "cu13/bin/x64"]
+        tk_subdirs = ["bin", "bin/x64"]
+        by_name = ["nvrtc64_120_0.dll", "nvrtc64_130_0.dll"]
     else:
-        patterns = ["libnvrtc.so.12"]
-        subdirs = ["cuda_nvrtc/lib"]
+        # CUDA 12 wheels keep NVRTC in nvidia/cuda_nvrtc/lib; CUDA 13 ones in nvidia/cu13/lib
+        patterns = ["libnvrtc.so.12", "libnvrtc.so.13"]
+        subdirs = ["cuda_nvrtc/lib", "cu13/lib"]
         tk_subdirs = ["lib64", "lib", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib"]
-    for root in _wheel_roots():
-        for sub in subdirs:
-            for pat in patterns:
+        by_name = ["libnvrtc.so.12", "libnvrtc.so.13"]
+    for pat in patterns:  # CUDA 12 first: the version CI checks with
+        for root in _wheel_roots():
+            for sub in subdirs:
                 found += sorted(glob.glob(str(root / sub / pat)))
-    for root in _toolkit_roots():
-        for sub in tk_subdirs:
-            for pat in patterns:
+        for root in _toolkit_roots():
+            for sub in tk_subdirs:
                 found += sorted(glob.glob(str(root / sub / pat)))
     # the dynamic loader's search path (LD_LIBRARY_PATH, ldconfig)
-    found += ["nvrtc64_120_0.dll"] if sys.platform.startswith("win") else ["libnvrtc.so.12"]
-    return found
+    return found + by_name
 
 
 def _preload_builtins(lib_file: str) -> None:
@@ -104,7 +105,8 @@ def _preload_builtins(lib_file: str) -> None:
     folder = os.path.dirname(lib_file)
     if not folder:
         return
-    for builtins in sorted(glob.glob(os.path.join(folder, "libnvrtc-builtins.so.12*"))):
+    major = os.path.basename(lib_file).rsplit(".so.", 1)[-1].split(".")[0]
+    for builtins in sorted(glob.glob(os.path.join(folder, f"libnvrtc-builtins.so.{major}*"))):
         if ".alt." in os.path.basename(builtins):
             continue
         try:
@@ -212,13 +214,19 @@ def supported_archs() -> List[int]:
     return list(archs)
 
 
-def cuda_include_dir() -> Optional[Path]:
+def cuda_include_dir(major: Optional[int] = None) -> Optional[Path]:
     """The folder holding ``cuda_bf16.h``/``cuda_fp16.h``: the ``nvidia-cuda-runtime-cu12`` wheel's
-    ``nvidia/cuda_runtime/include``, else a CUDA toolkit's ``include``; None when neither exists."""
-    for root in _wheel_roots():
-        inc = root / "cuda_runtime" / "include"
-        if (inc / "cuda_bf16.h").is_file():
-            return inc
+    ``nvidia/cuda_runtime/include`` (CUDA 13's wheels: ``nvidia/cu13/include``), else a CUDA
+    toolkit's ``include``; None when none exists. ``major`` (12, 13) asks for the headers of that
+    CUDA version among the wheels (the NVRTC that compiles them should be of the same version)."""
+    wheel_subdirs = {12: ["cuda_runtime/include"], 13: ["cu13/include"]}
+    majors = [major] if major is not None else [12, 13]
+    for m in majors:
+        for root in _wheel_roots():
+            for sub in wheel_subdirs.get(m, []):
+                inc = root / sub
+                if (inc / "cuda_bf16.h").is_file():
+                    return inc
     for root in _toolkit_roots():
         for inc in (root / "include", root / "targets" / "x86_64-linux" / "include"):
             if (inc / "cuda_bf16.h").is_file():
