@@ -293,6 +293,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"--- NVRTC log, {r.arch}\n{r.log.rstrip()}")
     print()
     print(format_table(reports))
+    print("smem: static shared memory per block (dynamic shared memory is set at launch); stack: the local-memory\n"
+          "frame (local arrays, math library slow paths), spills included; cmem: the parameters, not shown")
     print()
     for r in reports:
         print(f"{r.arch}: {len(r.kernels)} kernels, cubin {r.cubin_bytes} bytes, compiled in {r.seconds:.2f} s")
