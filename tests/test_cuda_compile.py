@@ -5,6 +5,7 @@ caught."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,19 @@ def test_shipped_kernels_compile_clean(shipped_reports, arch):
     assert all(r.kernels[n].registers for n in names), table
     assert not ck.problems([r])
     print(f"\n{table}\n{arch}: compiled in {r.seconds:.2f} s")
+
+
+def test_exported_kernels_match_the_documented_abi():
+    doc = Path(__file__).resolve().parents[1] / "docs" / "cuda.md"
+    if not doc.is_file():
+        pytest.skip("docs/cuda.md is not beside the tests")
+    documented = set()
+    for line in doc.read_text().splitlines():
+        if line.startswith("| `"):  # a row of the kernel table: names in its first column
+            documented |= set(re.findall(r"`(\w+)`", line.split("|")[1]))
+    exported = set(sources.exported_kernels(sources.kernel_source()))
+    assert exported - documented == set(), "kernels missing from docs/cuda.md's table"
+    assert documented - exported == set(), "documented kernels missing from the sources"
 
 
 def test_shipped_kernels_are_in_the_package():
