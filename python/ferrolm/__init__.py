@@ -13,6 +13,7 @@ from .errors import (
     CheckpointError,
     ConfigError,
     ContextLengthError,
+    DeviceError,
     FerrolmError,
     InvalidArgumentError,
     InvalidTokenError,
@@ -61,5 +62,6 @@ __all__ = [
     "InvalidArgumentError",
     "MemoryLimitError",
     "MissingDependencyError",
+    "DeviceError",
     "__version__",
 ]

@@ -54,6 +54,12 @@ class MissingDependencyError(FerrolmError, ImportError):
     (e.g. `pip install 'ferrolm[eval]'`) brings it."""
 
 
+class DeviceError(FerrolmError):
+    """Raised by the CUDA backend: cupy or a GPU is missing, the kernels fail to compile, or the
+    CPU emulator of the CUDA execution model reports a fault (barrier divergence, a trap, an
+    argument that does not match the kernel's parameter)."""
+
+
 __all__ = [
     "FerrolmError",
     "ConfigError",
@@ -67,4 +73,5 @@ __all__ = [
     "InvalidArgumentError",
     "MemoryLimitError",
     "MissingDependencyError",
+    "DeviceError",
 ]

@@ -1,0 +1,166 @@
+#pragma once
+#ifdef __CUDACC_RTC__
+#include <cuda_bf16.h>
+#define FL_EXPORT(name)
+#define FL_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#else
+#include "emu/cuda_emu.h"
+#endif
+
+// Device helpers shared by the kernels (cuda/*.cu; the ABI is in docs/cuda.md). NVRTC has no
+// standard library headers, so nothing here includes one: integers are int / unsigned /
+// long long / signed char, constants are spelled out as bit patterns.
+
+#ifdef __CUDACC_RTC__
+#define FL_UNROLL _Pragma("unroll")
+#else
+#define FL_UNROLL
+#endif
+
+#define FL_DEV __device__ __forceinline__
+#define FL_FULL_MASK 0xffffffffu
+
+// +inf and the quiet NaN the CPU core writes (Rust's f32::NAN).
+#define FL_INF __int_as_float(0x7f800000)
+#define FL_NAN __int_as_float(0x7fc00000)
+
+FL_DEV int fl_min_i(int a, int b) { return a < b ? a : b; }
+FL_DEV int fl_max_i(int a, int b) { return a > b ? a : b; }
+FL_DEV unsigned fl_max_u(unsigned a, unsigned b) { return a > b ? a : b; }
+
+// Rounded IEEE products and sums the compiler may not fuse into an FMA (the CPU core computes
+// these expressions without FMA; used where the result is compared exactly).
+#ifdef __CUDACC_RTC__
+FL_DEV float fl_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+FL_DEV float fl_add_rn(float a, float b) { return __fadd_rn(a, b); }
+FL_DEV float fl_sub_rn(float a, float b) { return __fsub_rn(a, b); }
+#else
+FL_DEV float fl_mul_rn(float a, float b) { return a * b; }
+FL_DEV float fl_add_rn(float a, float b) { return a + b; }
+FL_DEV float fl_sub_rn(float a, float b) { return a - b; }
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Reductions. Every lane of the warp receives the result (butterfly with __shfl_xor_sync).
+
+FL_DEV float fl_warp_sum(float v) {
+    FL_UNROLL
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FL_FULL_MASK, v, o);
+    return v;
+}
+
+FL_DEV float fl_warp_max(float v) {
+    FL_UNROLL
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FL_FULL_MASK, v, o));
+    return v;
+}
+
+FL_DEV unsigned fl_warp_max_u(unsigned v) {
+    FL_UNROLL
+    for (int o = 16; o > 0; o >>= 1) v = fl_max_u(v, __shfl_xor_sync(FL_FULL_MASK, v, o));
+    return v;
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32), returned to every thread.
+// scratch: 32 floats of shared memory; the call is a barrier, so scratch can be reused at once.
+FL_DEV float fl_block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = fl_warp_sum(v);
+    __syncthreads();  // a previous call's readers are done with scratch
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    // every warp sums the partials in the same order: all threads get the same value
+    return fl_warp_sum(lane < nw ? scratch[lane] : 0.0f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loads.
+
+// Bytes past the last 16-byte boundary (0 when a 16-byte vector load from p is legal).
+FL_DEV unsigned fl_misalign16(const void* p) {
+    return (unsigned)(reinterpret_cast<unsigned long long>(p) & 15ull);
+}
+
+// bf16 → f32 is exact: the bf16 bits are the upper half of the f32.
+FL_DEV float fl_bf16_bits(unsigned short b) { return __uint_as_float((unsigned)b << 16); }
+FL_DEV float fl_bf16_lo(unsigned w) { return __uint_as_float(w << 16); }          // element 2i
+FL_DEV float fl_bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }  // element 2i+1
+FL_DEV float fl_bf16_load(const __nv_bfloat16* p, long long i) {
+    return fl_bf16_bits(reinterpret_cast<const unsigned short*>(p)[i]);
+}
+
+// V consecutive floats (V a multiple of 4) from a 16-byte aligned p.
+template <int V>
+FL_DEV void fl_load_f32_vec(const float* p, float* v) {
+    FL_UNROLL
+    for (int e = 0; e < V; e += 4) {
+        const float4 a = *reinterpret_cast<const float4*>(p + e);
+        v[e] = a.x;
+        v[e + 1] = a.y;
+        v[e + 2] = a.z;
+        v[e + 3] = a.w;
+    }
+}
+
+// 4 int8 from p (any alignment) packed like an aligned 32-bit load (p[0] in the low byte).
+FL_DEV int fl_pack_i8x4(const signed char* p) {
+    return (int)((unsigned)(unsigned char)p[0] | ((unsigned)(unsigned char)p[1] << 8) |
+                 ((unsigned)(unsigned char)p[2] << 16) | ((unsigned)(unsigned char)p[3] << 24));
+}
+
+// The same with p[e] read only for e < len (zero past it).
+FL_DEV int fl_pack_i8x4_tail(const signed char* p, int len) {
+    unsigned r = 0;
+    for (int e = 0; e < 4 && e < len; ++e) r |= (unsigned)(unsigned char)p[e] << (8 * e);
+    return (int)r;
+}
+
+// 32 int8 from p as 8 words for __dp4a: two 16-byte loads when aligned, bytes otherwise.
+FL_DEV void fl_load_i8x32(const signed char* p, bool aligned, int* w) {
+    if (aligned) {
+        const int4 a = reinterpret_cast<const int4*>(p)[0];
+        const int4 b = reinterpret_cast<const int4*>(p)[1];
+        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+        w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+    } else {
+        FL_UNROLL
+        for (int e = 0; e < 8; ++e) w[e] = fl_pack_i8x4(p + 4 * e);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight sources of the FP matmuls (gemv.cu, gemm.cu): the tiling is written once, the format
+// is a type parameter giving the element type, one element widened to f32, and one 16-byte
+// vector (VEC elements) widened to f32.
+
+struct FlWeightF32 {
+    typedef float T;
+    static const int VEC = 4;
+    static const int UNROLL = 4;  // 16-byte loads in flight per lane in the GEMV
+    static FL_DEV float load(const T* p, long long i) { return p[i]; }
+    static FL_DEV void load_vec(const T* p, float* v) { fl_load_f32_vec<4>(p, v); }
+};
+
+struct FlWeightBF16 {
+    typedef __nv_bfloat16 T;
+    static const int VEC = 8;
+    static const int UNROLL = 2;
+    static FL_DEV float load(const T* p, long long i) { return fl_bf16_load(p, i); }
+    static FL_DEV void load_vec(const T* p, float* v) {
+        const uint4 u = *reinterpret_cast<const uint4*>(p);
+        v[0] = fl_bf16_lo(u.x); v[1] = fl_bf16_hi(u.x);
+        v[2] = fl_bf16_lo(u.y); v[3] = fl_bf16_hi(u.y);
+        v[4] = fl_bf16_lo(u.z); v[5] = fl_bf16_hi(u.z);
+        v[6] = fl_bf16_lo(u.w); v[7] = fl_bf16_hi(u.w);
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Matmul output: y = (accumulate ? y : 0) + (alpha·s + bias[col]). The bias joins the product
+// first, as in the CPU core (Linear adds its bias to the matmul's output, then the residual).
+FL_DEV void fl_store_out(float* y, float s, float alpha, const float* bias, int col, int accumulate) {
+    float v = alpha * s;
+    if (bias) v += bias[col];
+    if (accumulate) v = *y + v;
+    *y = v;
+}

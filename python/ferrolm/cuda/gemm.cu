@@ -1,0 +1,222 @@
+// GEMM (prefill, any m): y[i, j] = (accumulate ? y[i, j] : 0) + alpha·Σ_p x[i, p]·w[j, p] + bias[j].
+// A 64×64 tile of y per block of 256 threads (grid (ceil(n / 64), ceil(m / 64))), k in slabs of
+// 32: the slab's 64×32 tiles of x and w go through shared memory (transposed, so a thread reads
+// its 4 rows and 4 columns as one 16-byte load each) and each thread accumulates a 4×4
+// micro-tile. The next slab is loaded into registers while the current one is multiplied.
+#include "common.cuh"
+
+#define GEMM_TILE 64
+#define GEMM_BK 32
+#define GEMM_LDS 68  // padded row of a transposed tile: 16-byte aligned, conflict-free stores
+
+// The element of a 64×32 tile that thread tid loads in step s (0..7): row r, input kk. Eight
+// lanes read eight consecutive inputs of one row (a 32-byte sector), and a warp's transposed
+// stores ([kk][r], row length 68) hit 32 different banks.
+FL_DEV void gemm_tile_coord(int tid, int s, int& r, int& kk) {
+    const int lane = tid & 31, warp = tid >> 5;
+    r = (lane >> 3) + 4 * warp + 32 * (s & 1);
+    kk = (lane & 7) + 8 * (s >> 1);
+}
+
+// acc[r][c] += a[r]·b[c] for the thread's 4×4 micro-tile, from transposed tiles at + 4·ty, + 4·tx.
+FL_DEV void gemm_fp_slab(const float (*xt)[GEMM_LDS], const float (*wt)[GEMM_LDS], int ty, int tx,
+                         float (&acc)[4][4]) {
+    FL_UNROLL
+    for (int kk = 0; kk < GEMM_BK; ++kk) {
+        float a[4], b[4];
+        fl_load_f32_vec<4>(&xt[kk][4 * ty], a);
+        fl_load_f32_vec<4>(&wt[kk][4 * tx], b);
+        FL_UNROLL
+        for (int r = 0; r < 4; ++r) {
+            FL_UNROLL
+            for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
+        }
+    }
+}
+
+template <int R, int C>
+FL_DEV void gemm_store(float (&acc)[R][C], float* y, int ldy, int m, int n, int row0, int col0, float alpha,
+                       const float* bias, int accumulate) {
+    FL_UNROLL
+    for (int r = 0; r < R; ++r) {
+        const int row = row0 + r;
+        if (row >= m) break;
+        FL_UNROLL
+        for (int c = 0; c < C; ++c) {
+            const int col = col0 + c;
+            if (col < n) fl_store_out(y + (long long)row * ldy + col, acc[r][c], alpha, bias, col, accumulate);
+        }
+    }
+}
+
+// This thread's 8 values of the slab at k0 of the x and w tiles (zero outside the matrices).
+template <class S>
+FL_DEV void gemm_fp_fetch(const float* __restrict__ x, int ldx, const typename S::T* __restrict__ w, int m,
+                          int k, int n, int m0, int n0, int k0, float (&rx)[8], float (&rw)[8]) {
+    FL_UNROLL
+    for (int s = 0; s < 8; ++s) {
+        int r, kk;
+        gemm_tile_coord(threadIdx.x, s, r, kk);
+        const bool in_k = k0 + kk < k;
+        rx[s] = m0 + r < m && in_k ? x[(long long)(m0 + r) * ldx + k0 + kk] : 0.0f;
+        rw[s] = n0 + r < n && in_k ? S::load(w, (long long)(n0 + r) * k + k0 + kk) : 0.0f;
+    }
+}
+
+// f32 / bf16 weights (S: FlWeightF32 or FlWeightBF16), widened to f32 in shared memory.
+template <class S>
+FL_DEV void gemm_fp(const float* __restrict__ x, int ldx, const typename S::T* __restrict__ w,
+                    const float* bias, float* y, int ldy, int m, int k, int n, float alpha, int accumulate) {
+    __shared__ __align__(16) float xt[GEMM_BK][GEMM_LDS];  // x tile: [kk][row]
+    __shared__ __align__(16) float wt[GEMM_BK][GEMM_LDS];  // w tile: [kk][col]
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int m0 = blockIdx.y * GEMM_TILE, n0 = blockIdx.x * GEMM_TILE;
+    float acc[4][4];
+    FL_UNROLL
+    for (int r = 0; r < 4; ++r) {
+        FL_UNROLL
+        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    }
+    float rx[8], rw[8];  // the slab in flight
+    gemm_fp_fetch<S>(x, ldx, w, m, k, n, m0, n0, 0, rx, rw);
+    for (int k0 = 0; k0 < k; k0 += GEMM_BK) {
+        FL_UNROLL
+        for (int s = 0; s < 8; ++s) {
+            int r, kk;
+            gemm_tile_coord(tid, s, r, kk);
+            xt[kk][r] = rx[s];
+            wt[kk][r] = rw[s];
+        }
+        __syncthreads();
+        if (k0 + GEMM_BK < k) gemm_fp_fetch<S>(x, ldx, w, m, k, n, m0, n0, k0 + GEMM_BK, rx, rw);
+        gemm_fp_slab(xt, wt, ty, tx, acc);
+        __syncthreads();
+    }
+    gemm_store<4, 4>(acc, y, ldy, m, n, m0 + 4 * ty, n0 + 4 * tx, alpha, bias, accumulate);
+}
+
+// x: [m, k] rows ldx apart, w: [n, k], bias: [n] or null, y: [m, n] rows ldy apart
+extern "C" __global__ void gemm_f32(const float* __restrict__ x, int ldx, const float* __restrict__ w,
+                                    const float* __restrict__ bias, float* __restrict__ y, int ldy, int m,
+                                    int k, int n, float alpha, int accumulate) {
+    gemm_fp<FlWeightF32>(x, ldx, w, bias, y, ldy, m, k, n, alpha, accumulate);
+}
+FL_EXPORT(gemm_f32);
+
+extern "C" __global__ void gemm_bf16(const float* __restrict__ x, int ldx, const __nv_bfloat16* __restrict__ w,
+                                     const float* __restrict__ bias, float* __restrict__ y, int ldy, int m,
+                                     int k, int n, float alpha, int accumulate) {
+    gemm_fp<FlWeightBF16>(x, ldx, w, bias, y, ldy, m, k, n, alpha, accumulate);
+}
+FL_EXPORT(gemm_bf16);
+
+// ---------------------------------------------------------------------------------------------
+// INT8 weights × quantized activations (W8A8): the tiles stay int8, 4 inputs to a 32-bit word
+// ([word][row] in shared memory), and each thread keeps exact integer sums of its 4×4 micro-tile
+// over a slab of 32 inputs (8 __dp4a per output), which lies inside one group (group is a
+// multiple of 32); at the end of the slab they are scaled by xs[i, g]·ws[j, g] into f32.
+
+// Word p / 4 of an int8 row (4 inputs from p, zero past k). aligned4: row + p is 4-byte aligned.
+FL_DEV int gemm_q8_word(const signed char* row, int p, int k, bool aligned4) {
+    if (p + 4 <= k) return aligned4 ? *reinterpret_cast<const int*>(row + p) : fl_pack_i8x4(row + p);
+    return p < k ? fl_pack_i8x4_tail(row + p, k - p) : 0;
+}
+
+// The word of a 64×8-word tile that thread tid loads in step s (0, 1): row r, word kw. Eight
+// lanes read one row's 32 bytes; a warp's stores ([kw][r], row length 68) hit 32 banks.
+FL_DEV void gemm_q8_coord(int tid, int s, int& r, int& kw) {
+    const int lane = tid & 31, warp = tid >> 5;
+    r = (lane >> 3) + 4 * warp + 32 * s;
+    kw = lane & 7;
+}
+
+// This thread's 2 words of the slab at k0 of the x and w tiles, and its scale (see gemm_q8).
+FL_DEV void gemm_q8_fetch(const signed char* __restrict__ xq, const float* __restrict__ xs,
+                          const signed char* __restrict__ wq, const float* __restrict__ ws, int group, int m,
+                          int k, int n, int m0, int n0, int k0, bool aligned4, int (&rx)[2], int (&rw)[2],
+                          float& rs) {
+    const int tid = threadIdx.x;
+    FL_UNROLL
+    for (int s = 0; s < 2; ++s) {
+        int r, kw;
+        gemm_q8_coord(tid, s, r, kw);
+        const int p = k0 + 4 * kw;
+        rx[s] = m0 + r < m ? gemm_q8_word(xq + (long long)(m0 + r) * k, p, k, aligned4) : 0;
+        rw[s] = n0 + r < n ? gemm_q8_word(wq + (long long)(n0 + r) * k, p, k, aligned4) : 0;
+    }
+    const int ng = (k + group - 1) / group, g = k0 / group;
+    rs = 0.0f;
+    if (tid < GEMM_TILE) {
+        if (m0 + tid < m) rs = xs[(long long)(m0 + tid) * ng + g];
+    } else if (tid < 2 * GEMM_TILE) {
+        if (n0 + tid - GEMM_TILE < n) rs = ws[(long long)(n0 + tid - GEMM_TILE) * ng + g];
+    }
+}
+
+// xq: [m, k] int8 (rows k apart), xs: [m, ng], wq: [n, k] int8, ws: [n, ng], ng = ceil(k / group)
+extern "C" __global__ void gemm_q8(const signed char* __restrict__ xq, const float* __restrict__ xs,
+                                   const signed char* __restrict__ wq, const float* __restrict__ ws, int group,
+                                   const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
+                                   int n, float alpha, int accumulate) {
+    __shared__ __align__(16) int xt[GEMM_BK / 4][GEMM_LDS];  // x tile: [word][row]
+    __shared__ __align__(16) int wt[GEMM_BK / 4][GEMM_LDS];  // w tile: [word][col]
+    __shared__ __align__(16) float sx[GEMM_TILE];            // xs[row, g] of the slab
+    __shared__ __align__(16) float sw[GEMM_TILE];            // ws[col, g] of the slab
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int m0 = blockIdx.y * GEMM_TILE, n0 = blockIdx.x * GEMM_TILE;
+    const bool aligned4 =
+        (k & 3) == 0 && (fl_misalign16(xq) & 3u) == 0 && (fl_misalign16(wq) & 3u) == 0;
+    float acc[4][4];
+    FL_UNROLL
+    for (int r = 0; r < 4; ++r) {
+        FL_UNROLL
+        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    }
+    int rx[2], rw[2];  // the slab in flight
+    float rs;          // its scale (threads 0..63: xs of row m0 + tid, 64..127: ws of column n0 + tid - 64)
+    gemm_q8_fetch(xq, xs, wq, ws, group, m, k, n, m0, n0, 0, aligned4, rx, rw, rs);
+    for (int k0 = 0; k0 < k; k0 += GEMM_BK) {
+        FL_UNROLL
+        for (int s = 0; s < 2; ++s) {
+            int r, kw;
+            gemm_q8_coord(tid, s, r, kw);
+            xt[kw][r] = rx[s];
+            wt[kw][r] = rw[s];
+        }
+        if (tid < GEMM_TILE)
+            sx[tid] = rs;
+        else if (tid < 2 * GEMM_TILE)
+            sw[tid - GEMM_TILE] = rs;
+        __syncthreads();
+        if (k0 + GEMM_BK < k) gemm_q8_fetch(xq, xs, wq, ws, group, m, k, n, m0, n0, k0 + GEMM_BK, aligned4, rx, rw, rs);
+        int isum[4][4];
+        FL_UNROLL
+        for (int r = 0; r < 4; ++r) {
+            FL_UNROLL
+            for (int c = 0; c < 4; ++c) isum[r][c] = 0;
+        }
+        FL_UNROLL
+        for (int kw = 0; kw < GEMM_BK / 4; ++kw) {
+            const int4 a = *reinterpret_cast<const int4*>(&xt[kw][4 * ty]);
+            const int4 b = *reinterpret_cast<const int4*>(&wt[kw][4 * tx]);
+            const int av[4] = {a.x, a.y, a.z, a.w};
+            const int bv[4] = {b.x, b.y, b.z, b.w};
+            FL_UNROLL
+            for (int r = 0; r < 4; ++r) {
+                FL_UNROLL
+                for (int c = 0; c < 4; ++c) isum[r][c] = __dp4a(av[r], bv[c], isum[r][c]);
+            }
+        }
+        float fx[4], fw[4];
+        fl_load_f32_vec<4>(&sx[4 * ty], fx);
+        fl_load_f32_vec<4>(&sw[4 * tx], fw);
+        FL_UNROLL
+        for (int r = 0; r < 4; ++r) {
+            FL_UNROLL
+            for (int c = 0; c < 4; ++c) acc[r][c] += (float)isum[r][c] * (fx[r] * fw[c]);
+        }
+        __syncthreads();
+    }
+    gemm_store<4, 4>(acc, y, ldy, m, n, m0 + 4 * ty, n0 + 4 * tx, alpha, bias, accumulate);
+}
+FL_EXPORT(gemm_q8);

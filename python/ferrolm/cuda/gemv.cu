@@ -1,0 +1,200 @@
+// GEMV (decode, m ≤ 4): y[i, j] = (accumulate ? y[i, j] : 0) + alpha·Σ_p x[i, p]·w[j, p] + bias[j].
+// Memory-bound on w: one warp per output row j (grid ceil(n / 4), 128 threads), each row of w
+// read once for all m rows of x, which stay in registers (m is a template parameter), with
+// 16-byte loads (4 f32 / 8 bf16 / 16 int8), several in flight per lane.
+#include "common.cuh"
+
+// Epilogue of one warp: sums acc over the lanes; lane i stores row i.
+template <int M>
+FL_DEV void gemv_store(float (&acc)[M], float* y, int ldy, int j, float alpha, const float* bias,
+                       int accumulate) {
+    const int lane = threadIdx.x & 31;
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) {
+        const float s = fl_warp_sum(acc[i]);
+        if (lane == i) fl_store_out(y + (long long)i * ldy + j, s, alpha, bias, j, accumulate);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// f32 / bf16 weights (S: FlWeightF32 or FlWeightBF16).
+//
+// Row j of w starts wherever j·k puts it, so the row is cut into a scalar head up to the first
+// 16-byte boundary of w, a vector body and a scalar tail. The body needs every x row at a
+// 16-byte boundary at the same element; when one is not (odd ldx), the whole row runs scalar.
+// Scalar parts are lane-strided, so their loads still coalesce.
+template <class S, int M>
+FL_DEV void gemv_fp_row(const float* __restrict__ x, int ldx, const typename S::T* __restrict__ wr, int k,
+                        float (&acc)[M]) {
+    typedef typename S::T T;
+    const int V = S::VEC, U = S::UNROLL;
+    const int lane = threadIdx.x & 31;
+    int head = fl_min_i((int)(((16u - fl_misalign16(wr)) & 15u) / sizeof(T)), k);
+    bool vec = true;
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) vec = vec && fl_misalign16(x + (long long)i * ldx + head) == 0;
+    if (!vec) head = k;
+
+    for (int p = lane; p < head; p += 32) {
+        const float wv = S::load(wr, p);
+        FL_UNROLL
+        for (int i = 0; i < M; ++i) acc[i] += x[(long long)i * ldx + p] * wv;
+    }
+
+    // body: chunks of V elements from `head`; lane takes chunks lane, lane + 32, ...
+    const int nv = (k - head) / V;
+    const T* wb = wr + head;
+    const float* xb = x + head;
+    int c = lane;
+    for (; c + 32 * (U - 1) < nv; c += 32 * U) {
+        float wv[U][V];
+        FL_UNROLL
+        for (int u = 0; u < U; ++u) S::load_vec(wb + (long long)(c + 32 * u) * V, wv[u]);
+        FL_UNROLL
+        for (int u = 0; u < U; ++u) {
+            FL_UNROLL
+            for (int i = 0; i < M; ++i) {
+                float xv[V];
+                fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)(c + 32 * u) * V, xv);
+                FL_UNROLL
+                for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[u][e];
+            }
+        }
+    }
+    for (; c < nv; c += 32) {
+        float wv[V];
+        S::load_vec(wb + (long long)c * V, wv);
+        FL_UNROLL
+        for (int i = 0; i < M; ++i) {
+            float xv[V];
+            fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)c * V, xv);
+            FL_UNROLL
+            for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[e];
+        }
+    }
+
+    for (int p = head + nv * V + lane; p < k; p += 32) {
+        const float wv = S::load(wr, p);
+        FL_UNROLL
+        for (int i = 0; i < M; ++i) acc[i] += x[(long long)i * ldx + p] * wv;
+    }
+}
+
+template <class S, int M>
+FL_DEV void gemv_fp_warp(const float* x, int ldx, const typename S::T* w, const float* bias, float* y,
+                         int ldy, int k, int j, float alpha, int accumulate) {
+    float acc[M];
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+    gemv_fp_row<S, M>(x, ldx, w + (long long)j * k, k, acc);
+    gemv_store<M>(acc, y, ldy, j, alpha, bias, accumulate);
+}
+
+template <class S>
+FL_DEV void gemv_fp(const float* x, int ldx, const typename S::T* w, const float* bias, float* y, int ldy,
+                    int m, int k, int n, float alpha, int accumulate) {
+    const int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (j >= n) return;
+    switch (m) {
+        case 1: gemv_fp_warp<S, 1>(x, ldx, w, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 2: gemv_fp_warp<S, 2>(x, ldx, w, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 3: gemv_fp_warp<S, 3>(x, ldx, w, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 4: gemv_fp_warp<S, 4>(x, ldx, w, bias, y, ldy, k, j, alpha, accumulate); break;
+        default: break;
+    }
+}
+
+// x: [m, k] rows ldx apart, w: [n, k], bias: [n] or null, y: [m, n] rows ldy apart; m ≤ 4
+extern "C" __global__ void gemv_f32(const float* __restrict__ x, int ldx, const float* __restrict__ w,
+                                    const float* __restrict__ bias, float* __restrict__ y, int ldy, int m,
+                                    int k, int n, float alpha, int accumulate) {
+    gemv_fp<FlWeightF32>(x, ldx, w, bias, y, ldy, m, k, n, alpha, accumulate);
+}
+FL_EXPORT(gemv_f32);
+
+extern "C" __global__ void gemv_bf16(const float* __restrict__ x, int ldx, const __nv_bfloat16* __restrict__ w,
+                                     const float* __restrict__ bias, float* __restrict__ y, int ldy, int m,
+                                     int k, int n, float alpha, int accumulate) {
+    gemv_fp<FlWeightBF16>(x, ldx, w, bias, y, ldy, m, k, n, alpha, accumulate);
+}
+FL_EXPORT(gemv_bf16);
+
+// ---------------------------------------------------------------------------------------------
+// INT8 weights × quantized activations (W8A8). Lanes take blocks of 32 inputs (two 16-byte loads
+// of w, the same of each xq row); a block lies inside one group (group is a multiple of 32), so
+// its 8 __dp4a give an exact integer sum, scaled by xs[i, g]·ws[j, g] into the f32 accumulator.
+// Rows whose w or xq start is not 16-byte aligned (k not a multiple of 16) load bytes instead;
+// the last k % 32 inputs are one lane's exact integer tail.
+template <int M>
+FL_DEV void gemv_q8_block(const signed char* __restrict__ xq, const float* __restrict__ xs,
+                          const signed char* __restrict__ wr, const float* __restrict__ wsr, int group,
+                          int k, int ng, int b, bool aligned, float (&acc)[M]) {
+    int wv[8];
+    fl_load_i8x32(wr + 32 * b, aligned, wv);
+    const int g = (32 * b) / group;
+    const float wsc = wsr[g];
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) {
+        int xv[8];
+        fl_load_i8x32(xq + (long long)i * k + 32 * b, aligned, xv);
+        int s = 0;
+        FL_UNROLL
+        for (int e = 0; e < 8; ++e) s = __dp4a(xv[e], wv[e], s);
+        acc[i] += (float)s * (xs[(long long)i * ng + g] * wsc);
+    }
+}
+
+template <int M>
+FL_DEV void gemv_q8_warp(const signed char* __restrict__ xq, const float* __restrict__ xs,
+                         const signed char* __restrict__ wq, const float* __restrict__ ws, int group,
+                         const float* bias, float* y, int ldy, int k, int j, float alpha, int accumulate) {
+    const int lane = threadIdx.x & 31;
+    const int ng = (k + group - 1) / group;
+    const signed char* wr = wq + (long long)j * k;
+    const float* wsr = ws + (long long)j * ng;
+    bool aligned = fl_misalign16(wr) == 0;
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) aligned = aligned && fl_misalign16(xq + (long long)i * k) == 0;
+    float acc[M];
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+
+    const int nb = k >> 5;  // whole blocks of 32
+    int b = lane;
+    for (; b + 32 < nb; b += 64) {  // two blocks (four 16-byte loads of w) in flight
+        gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b, aligned, acc);
+        gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b + 32, aligned, acc);
+    }
+    if (b < nb) gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b, aligned, acc);
+
+    const int p0 = nb << 5;
+    if (p0 < k && lane == (nb & 31)) {  // the next lane in turn takes the tail block
+        const int g = p0 / group;
+        const float wsc = wsr[g];
+        FL_UNROLL
+        for (int i = 0; i < M; ++i) {
+            const signed char* xr = xq + (long long)i * k;
+            int s = 0;
+            for (int p = p0; p < k; ++p) s += (int)xr[p] * (int)wr[p];
+            acc[i] += (float)s * (xs[(long long)i * ng + g] * wsc);
+        }
+    }
+    gemv_store<M>(acc, y, ldy, j, alpha, bias, accumulate);
+}
+
+// xq: [m, k] int8 (rows k apart), xs: [m, ng], wq: [n, k] int8, ws: [n, ng], ng = ceil(k / group)
+extern "C" __global__ void gemv_q8(const signed char* __restrict__ xq, const float* __restrict__ xs,
+                                   const signed char* __restrict__ wq, const float* __restrict__ ws, int group,
+                                   const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
+                                   int n, float alpha, int accumulate) {
+    const int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (j >= n) return;
+    switch (m) {
+        case 1: gemv_q8_warp<1>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 2: gemv_q8_warp<2>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 3: gemv_q8_warp<3>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 4: gemv_q8_warp<4>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
+        default: break;
+    }
+}
+FL_EXPORT(gemv_q8);
