@@ -86,6 +86,17 @@ def test_shipped_kernels_compile_clean(shipped_reports, arch):
     print(f"\n{table}\n{arch}: compiled in {r.seconds:.2f} s")
 
 
+@needs_nvrtc
+def test_emulator_test_kernels_are_valid_cuda():
+    # the emulator's own test kernels (tests/cuda_kernels) compile clean as real CUDA too
+    folder = Path(__file__).resolve().parent / "cuda_kernels"
+    if not sources.kernel_files(folder):
+        pytest.skip("no tests/cuda_kernels/*.cu")
+    reports = ck.check(ck.ARCHS, directory=folder, extra_options=[f"-I{sources.kernel_dir()}"])
+    assert ck.problems(reports) == [], ck.format_table(reports)
+    assert all(r.kernels for r in reports)
+
+
 def test_exported_kernels_match_the_documented_abi():
     doc = Path(__file__).resolve().parents[1] / "docs" / "cuda.md"
     if not doc.is_file():
