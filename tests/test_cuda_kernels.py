@@ -139,9 +139,10 @@ def test_quantize_q8_is_bit_exact(mod, k, group):
 # --- matmuls ----------------------------------------------------------------------------------
 
 
-def matmul_case(rng, fmt: str, m: int, k: int, n: int, group: int = 32, offset: int = 1):
-    """Operands of one matmul: kernel arguments (x side, w side) and the float64 reference."""
-    ldx = k + 3
+def matmul_case(rng, fmt: str, m: int, k: int, n: int, group: int = 32, offset: int = 1, ldx: int = 0):
+    """Operands of one matmul: kernel arguments (x side, w side) and the float64 reference.
+    x rows are ldx apart (default k + 3: rows off 16-byte boundaries)."""
+    ldx = ldx or k + 3
     if fmt == "q8":
         x = rng.standard_normal((m, k)).astype(F32)
         xq, xs = ref.quantize_x(x, group)
@@ -165,9 +166,9 @@ def matmul_case(rng, fmt: str, m: int, k: int, n: int, group: int = 32, offset: 
 
 
 def run_matmul(mod, kind: str, fmt: str, m: int, k: int, n: int, *, alpha=1.0, accumulate=False,
-               bias=False, offset=1, group=32, seed=0):
+               bias=False, offset=1, group=32, ldx=0, seed=0):
     rng = np.random.default_rng(seed + 1000 * m + k + 7 * n)
-    xargs, wargs, want = matmul_case(rng, fmt, m, k, n, group, offset)
+    xargs, wargs, want = matmul_case(rng, fmt, m, k, n, group, offset, ldx)
     ldy = n + 2
     yv = rng.standard_normal(m * ldy).astype(F32)
     y0 = strided_out(yv, m, n, ldy).astype(np.float64)
@@ -196,9 +197,10 @@ def test_gemv(mod, fmt, m, k, n):
 @pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
 @pytest.mark.parametrize("k", [512, 1056])
 def test_gemv_long_rows_aligned(mod, fmt, k):
-    # long enough for the unrolled vector loops; rows 16-byte aligned (offset 0)
-    run_matmul(mod, "gemv", fmt, 2, k, 5, offset=0)
-    run_matmul(mod, "gemv", fmt, 4, k, 3, offset=0, group=64)
+    # long enough for the unrolled vector loops; every row 16-byte aligned
+    run_matmul(mod, "gemv", fmt, 2, k, 5, offset=0, ldx=k + 4)
+    run_matmul(mod, "gemv", fmt, 4, k, 3, offset=0, ldx=k + 8, group=64)
+    run_matmul(mod, "gemv", fmt, 3, k, 2, offset=0, ldx=k + 4, bias=True, accumulate=True, alpha=0.5)
 
 
 @pytest.mark.parametrize("kind", ["gemv", "gemm"])
@@ -211,9 +213,9 @@ def test_matmul_epilogue(mod, kind, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
-@pytest.mark.parametrize("m,k,n", [(1, 37, 3), (5, 100, 130), (70, 100, 67), (70, 64, 3)])
+@pytest.mark.parametrize("m,k,n", [(1, 37, 3), (5, 100, 130), (70, 100, 67), (70, 64, 3), (130, 257, 65)])
 def test_gemm(mod, fmt, m, k, n):
-    run_matmul(mod, "gemm", fmt, m, k, n, offset=0 if k == 64 else 1)
+    run_matmul(mod, "gemm", fmt, m, k, n, offset=0 if k == 64 else 1, ldx=k + 4 if k == 64 else 0)
 
 
 def test_q8_matmuls_propagate_nan_groups(mod):

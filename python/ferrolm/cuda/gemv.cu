@@ -18,6 +18,24 @@ FL_DEV void gemv_store(float (&acc)[M], float* y, int ldy, int j, float alpha, c
 
 // ---------------------------------------------------------------------------------------------
 // f32 / bf16 weights (S: FlWeightF32 or FlWeightBF16).
+
+#define GEMV_UNROLL 4  // 16-byte loads of w in flight per lane
+
+// acc[i] += x[i, chunk c]·w[chunk c] for one raw 16-byte chunk of w (x from a 16-byte boundary).
+template <class S, int M>
+FL_DEV void gemv_fp_chunk(const float* __restrict__ xb, int ldx, const typename S::Raw& raw, int c,
+                          float (&acc)[M]) {
+    const int V = S::VEC;
+    float wv[V];
+    S::widen(raw, wv);
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) {
+        float xv[V];
+        fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)c * V, xv);
+        FL_UNROLL
+        for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[e];
+    }
+}
 //
 // Row j of w starts wherever j·k puts it, so the row is cut into a scalar head up to the first
 // 16-byte boundary of w, a vector body and a scalar tail. The body needs every x row at a
@@ -27,7 +45,7 @@ template <class S, int M>
 FL_DEV void gemv_fp_row(const float* __restrict__ x, int ldx, const typename S::T* __restrict__ wr, int k,
                         float (&acc)[M]) {
     typedef typename S::T T;
-    const int V = S::VEC, U = S::UNROLL;
+    const int V = S::VEC;
     const int lane = threadIdx.x & 31;
     int head = fl_min_i((int)(((16u - fl_misalign16(wr)) & 15u) / sizeof(T)), k);
     bool vec = true;
@@ -46,32 +64,14 @@ FL_DEV void gemv_fp_row(const float* __restrict__ x, int ldx, const typename S::
     const T* wb = wr + head;
     const float* xb = x + head;
     int c = lane;
-    for (; c + 32 * (U - 1) < nv; c += 32 * U) {
-        float wv[U][V];
+    for (; c + 32 * (GEMV_UNROLL - 1) < nv; c += 32 * GEMV_UNROLL) {
+        typename S::Raw raw[GEMV_UNROLL];
         FL_UNROLL
-        for (int u = 0; u < U; ++u) S::load_vec(wb + (long long)(c + 32 * u) * V, wv[u]);
+        for (int u = 0; u < GEMV_UNROLL; ++u) raw[u] = S::load_raw(wb + (long long)(c + 32 * u) * V);
         FL_UNROLL
-        for (int u = 0; u < U; ++u) {
-            FL_UNROLL
-            for (int i = 0; i < M; ++i) {
-                float xv[V];
-                fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)(c + 32 * u) * V, xv);
-                FL_UNROLL
-                for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[u][e];
-            }
-        }
+        for (int u = 0; u < GEMV_UNROLL; ++u) gemv_fp_chunk<S, M>(xb, ldx, raw[u], c + 32 * u, acc);
     }
-    for (; c < nv; c += 32) {
-        float wv[V];
-        S::load_vec(wb + (long long)c * V, wv);
-        FL_UNROLL
-        for (int i = 0; i < M; ++i) {
-            float xv[V];
-            fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)c * V, xv);
-            FL_UNROLL
-            for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[e];
-        }
-    }
+    for (; c < nv; c += 32) gemv_fp_chunk<S, M>(xb, ldx, S::load_raw(wb + (long long)c * V), c, acc);
 
     for (int p = head + nv * V + lane; p < k; p += 32) {
         const float wv = S::load(wr, p);
@@ -125,14 +125,11 @@ FL_EXPORT(gemv_bf16);
 // its 8 __dp4a give an exact integer sum, scaled by xs[i, g]·ws[j, g] into the f32 accumulator.
 // Rows whose w or xq start is not 16-byte aligned (k not a multiple of 16) load bytes instead;
 // the last k % 32 inputs are one lane's exact integer tail.
+// acc[i] += (xs[i, g]·ws[j, g]) · Σ xq[i, p]·wq[j, p] over block b (wv: its 32 weights as words).
 template <int M>
-FL_DEV void gemv_q8_block(const signed char* __restrict__ xq, const float* __restrict__ xs,
-                          const signed char* __restrict__ wr, const float* __restrict__ wsr, int group,
-                          int k, int ng, int b, bool aligned, float (&acc)[M]) {
-    int wv[8];
-    fl_load_i8x32(wr + 32 * b, aligned, wv);
-    const int g = (32 * b) / group;
-    const float wsc = wsr[g];
+FL_DEV void gemv_q8_block(const int (&wv)[8], float wsc, const signed char* __restrict__ xq,
+                          const float* __restrict__ xs, int k, int ng, int g, int b, bool aligned,
+                          float (&acc)[M]) {
     FL_UNROLL
     for (int i = 0; i < M; ++i) {
         int xv[8];
@@ -162,10 +159,20 @@ FL_DEV void gemv_q8_warp(const signed char* __restrict__ xq, const float* __rest
     const int nb = k >> 5;  // whole blocks of 32
     int b = lane;
     for (; b + 32 < nb; b += 64) {  // two blocks (four 16-byte loads of w) in flight
-        gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b, aligned, acc);
-        gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b + 32, aligned, acc);
+        int w0[8], w1[8];
+        fl_load_i8x32(wr + 32 * b, aligned, w0);
+        fl_load_i8x32(wr + 32 * (b + 32), aligned, w1);
+        const int g0 = (32 * b) / group, g1 = (32 * (b + 32)) / group;
+        const float s0 = wsr[g0], s1 = wsr[g1];
+        gemv_q8_block<M>(w0, s0, xq, xs, k, ng, g0, b, aligned, acc);
+        gemv_q8_block<M>(w1, s1, xq, xs, k, ng, g1, b + 32, aligned, acc);
     }
-    if (b < nb) gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b, aligned, acc);
+    if (b < nb) {
+        int w0[8];
+        fl_load_i8x32(wr + 32 * b, aligned, w0);
+        const int g0 = (32 * b) / group;
+        gemv_q8_block<M>(w0, wsr[g0], xq, xs, k, ng, g0, b, aligned, acc);
+    }
 
     const int p0 = nb << 5;
     if (p0 < k && lane == (nb & 31)) {  // the next lane in turn takes the tail block
