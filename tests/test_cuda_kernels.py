@@ -218,6 +218,12 @@ def test_gemm(mod, fmt, m, k, n):
     run_matmul(mod, "gemm", fmt, m, k, n, offset=0 if k == 64 else 1, ldx=k + 4 if k == 64 else 0)
 
 
+@pytest.mark.parametrize("kind,m", [("gemv", 2), ("gemm", 70)])
+def test_q8_group_64(mod, kind, m):
+    run_matmul(mod, kind, "q8", m, 257, 9, group=64)
+    run_matmul(mod, kind, "q8", m, 192, 9, group=64, offset=0)
+
+
 def test_q8_matmuls_propagate_nan_groups(mod):
     # a row of x with a non-finite value quantizes with scale NaN and its outputs turn NaN
     rng = np.random.default_rng(3)
