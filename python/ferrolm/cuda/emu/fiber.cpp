@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <new>
 
@@ -94,6 +95,8 @@ Stack::Stack(std::size_t size) {
     if (p == MAP_FAILED) throw std::bad_alloc();
     base_ = static_cast<char*>(p);
     mprotect(base_, guard_, PROT_NONE);
+    static std::atomic<unsigned> next_color{0};
+    color_ = (next_color.fetch_add(1, std::memory_order_relaxed) % 64 + 1) * 64;
 }
 
 Stack::~Stack() { munmap(base_, guard_ + size_); }

@@ -95,23 +95,16 @@ Stack* BlockRunner::take_stack() {
 
 void BlockRunner::push_ready(Lane& l) {
     l.state = LaneState::kReady;
-    queue_[(head_ + count_) % n_] = l.linear;
+    std::size_t tail = head_ + count_;
+    if (tail >= n_) tail -= n_;
+    queue_[tail] = l.linear;
     ++count_;
 }
 
-void BlockRunner::lane_main(void* p) {
-    Lane* lane = static_cast<Lane*>(p);
-    BlockRunner* r = t_running;
-    r->spec_->invoke(r->spec_->args);
-    lane->state = LaneState::kDone;
-    switch_context(&lane->ctx, &r->scheduler_);
-    __builtin_unreachable();  // a finished fiber is never resumed
-}
-
-void BlockRunner::resume(Lane& l) {
+void BlockRunner::enter(Lane& l) {
     if (!l.started) {
-        // A fiber takes a stack when it starts and gives it back when it finishes, so in a kernel
-        // without barriers every thread runs on the same, cache-warm stack.
+        // A fiber takes a stack when it starts and gives it back when it finishes, so a kernel
+        // without barriers runs all its threads on two stacks that stay in cache.
         l.stack = take_stack();
         start_context(&l.ctx, *l.stack, &lane_main, &l);
         l.started = true;
@@ -119,14 +112,40 @@ void BlockRunner::resume(Lane& l) {
     l.state = LaneState::kRunning;
     current_ = &l;
     fl_emu_t_thread_idx = uint3{l.tid[0], l.tid[1], l.tid[2]};
-    switch_context(&scheduler_, &l.ctx);
-    current_ = nullptr;
-    if (l.state == LaneState::kDone) {
-        free_stacks_.push_back(l.stack);
-        l.stack = nullptr;
-        ++done_;
-        warps_[l.linear / 32].exited |= 1u << (l.linear % 32);
+}
+
+void BlockRunner::switch_away(Lane& from) {
+    if (count_ > 0 && !faulted_) {
+        Lane& next = lanes_[queue_[head_]];
+        if (++head_ == n_) head_ = 0;
+        --count_;
+        enter(next);
+        switch_context(&from.ctx, &next.ctx);
+    } else {
+        switch_context(&from.ctx, &scheduler_);
     }
+    reap();  // resumed: the fiber that ran before may have finished
+}
+
+void BlockRunner::reap() {
+    if (Lane* l = finished_) {
+        finished_ = nullptr;
+        free_stacks_.push_back(l->stack);
+        l->stack = nullptr;
+        ++done_;
+        warps_[l->linear / 32].exited |= 1u << (l->linear % 32);
+    }
+}
+
+void BlockRunner::lane_main(void* p) {
+    Lane* lane = static_cast<Lane*>(p);
+    BlockRunner* r = t_running;
+    r->reap();
+    r->spec_->invoke(r->spec_->args);
+    lane->state = LaneState::kDone;
+    r->finished_ = lane;
+    r->switch_away(*lane);
+    __builtin_unreachable();  // a finished fiber is never resumed
 }
 
 bool BlockRunner::run(const LaunchSpec& spec, const unsigned block_idx[3]) {
@@ -136,6 +155,7 @@ bool BlockRunner::run(const LaunchSpec& spec, const unsigned block_idx[3]) {
     n_ = bx * by * spec.block[2];
     done_ = at_barrier_ = 0;
     faulted_ = false;
+    finished_ = nullptr;
     error_.clear();
 
     if (stack_bytes_ != spec.stack_bytes) {
@@ -175,13 +195,19 @@ bool BlockRunner::run(const LaunchSpec& spec, const unsigned block_idx[3]) {
     t_running = this;
     bool ok = true;
     for (;;) {
-        while (count_ > 0 && !faulted_) {
+        if (count_ > 0) {
+            // Start the first ready fiber; the fibers pass control among themselves and come back
+            // here when none is ready.
             Lane& l = lanes_[queue_[head_]];
-            head_ = (head_ + 1) % n_;
+            if (++head_ == n_) head_ = 0;
             --count_;
-            resume(l);
+            enter(l);
+            switch_context(&scheduler_, &l.ctx);
+            current_ = nullptr;
+            reap();
         }
         if (faulted_) { ok = false; break; }
+        if (count_ > 0) continue;
         if (done_ == n_) break;
         if (at_barrier_ == n_) {
             if (!release_barrier()) { ok = false; break; }
@@ -204,7 +230,7 @@ int BlockRunner::block_sync(int pred, const char* file, int line) {
     l.line = line;
     l.pred = pred != 0;
     ++at_barrier_;
-    switch_context(&l.ctx, &scheduler_);
+    switch_away(l);
     return barrier_result_;  // set by release_barrier; read before any thread can reach the next barrier
 }
 
@@ -262,7 +288,7 @@ std::uint64_t BlockRunner::warp_sync(unsigned mask, int op, std::uint64_t value,
         complete_warp_op(warp, needed, l);  // the last lane to arrive computes everyone's result
         l.state = LaneState::kRunning;
     } else {
-        switch_context(&l.ctx, &scheduler_);
+        switch_away(l);
     }
     return l.wout;
 }

@@ -1,8 +1,10 @@
-// Runs one thread block: every CUDA thread of the block is a fiber on the calling OS thread, and a
-// cooperative scheduler resumes them in turn. A fiber runs until it finishes or waits: at
-// __syncthreads (released when the whole block has arrived) or in a warp-synchronous function
-// (released when every live lane of its mask has arrived). When nothing can run but the block is
-// not finished, the kernel misused a barrier: the runner reports it instead of hanging.
+// Runs one thread block: every CUDA thread of the block is a fiber on the calling OS thread, and
+// the fibers take turns cooperatively. A fiber runs until it finishes or waits: at __syncthreads
+// (released when the whole block has arrived) or in a warp-synchronous function (released when
+// every live lane of its mask has arrived). A fiber that stops switches straight to the next ready
+// one (one switch, not two through a scheduler); only when none is ready does control go back to
+// run(), which releases a complete barrier or, when nothing can run but the block is not finished,
+// reports the misuse (barrier divergence, deadlock) instead of hanging.
 #pragma once
 
 #include <cstddef>
@@ -74,7 +76,9 @@ public:
 
 private:
     static void lane_main(void* lane);
-    void resume(Lane& lane);
+    void enter(Lane& lane);           // makes `lane` the running one (starting its fiber if new)
+    void switch_away(Lane& from);     // from a stopped fiber to the next ready one, or to run()
+    void reap();                      // frees the stack of the fiber that just finished
     void push_ready(Lane& lane);
     Stack* take_stack();
     bool release_barrier();
@@ -93,6 +97,7 @@ private:
     std::size_t head_ = 0, count_ = 0;
     Context scheduler_;
     Lane* current_ = nullptr;
+    Lane* finished_ = nullptr;  // finished, its stack still in use until the next fiber runs
     bool faulted_ = false;
     std::string error_;
     std::vector<std::unique_ptr<Stack>> stacks_;
