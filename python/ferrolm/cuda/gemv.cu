@@ -18,6 +18,11 @@ FL_DEV void gemv_store(float (&acc)[M], float* y, int ldy, int j, float alpha, c
 
 // ---------------------------------------------------------------------------------------------
 // f32 / bf16 weights (S: FlWeightF32 or FlWeightBF16).
+//
+// Row j of w starts wherever j·k puts it, so the row is cut into a scalar head up to the first
+// 16-byte boundary of w, a vector body and a scalar tail. The body needs every x row at a
+// 16-byte boundary at the same element; when one is not (odd ldx), the whole row runs scalar.
+// Scalar parts are lane-strided, so their loads still coalesce.
 
 #define GEMV_UNROLL 4  // 16-byte loads of w in flight per lane
 
@@ -36,11 +41,8 @@ FL_DEV void gemv_fp_chunk(const float* __restrict__ xb, int ldx, const typename 
         for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[e];
     }
 }
-//
-// Row j of w starts wherever j·k puts it, so the row is cut into a scalar head up to the first
-// 16-byte boundary of w, a vector body and a scalar tail. The body needs every x row at a
-// 16-byte boundary at the same element; when one is not (odd ldx), the whole row runs scalar.
-// Scalar parts are lane-strided, so their loads still coalesce.
+
+// acc[i] += Σ_p x[i, p]·w[p] over one row of w (this warp's share in each lane).
 template <class S, int M>
 FL_DEV void gemv_fp_row(const float* __restrict__ x, int ldx, const typename S::T* __restrict__ wr, int k,
                         float (&acc)[M]) {
