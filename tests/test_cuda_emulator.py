@@ -402,3 +402,19 @@ def test_compile_error_names_the_file(mod):
     code = source() + '#line 1 "broken_kernel.cu"\n#include "emu_test.cuh"\nextern "C" __global__ void k(int* p) { p[0] = undefined_name; }\nFL_EXPORT(k)\n'
     with pytest.raises(ferrolm.DeviceError, match=r"(?s)compiling CUDA kernels.*broken_kernel.cu:2:.*undefined_name"):
         EmulatedModule(code, [KERNELS], name="emu_tests_broken")
+
+
+def test_stack_overflow_is_an_error(mod):
+    out = np.zeros(4, np.int32)
+    launch(mod, "recurse", (1,), (4,), np.int32(20), out)  # 20 KiB of frames fit in 64 KiB
+    assert out.tolist() == [sum(range(21))] * 4
+    with pytest.raises(ferrolm.DeviceError, match=r"kernel 'recurse', block \(0,0,0\), thread \(0,0,0\): stack overflow \(64 KiB"):
+        launch(mod, "recurse", (1,), (4,), np.int32(200), out)
+
+
+def test_wild_pointer_is_an_error(mod):
+    out = np.zeros(32, np.int32)
+    with pytest.raises(ferrolm.DeviceError, match=r"thread \(5,0,0\): invalid memory access at address 0x10 \(SIGSEGV\)"):
+        launch(mod, "wild_write", (1,), (32,), np.uint64(16), np.int32(5), out)
+    launch(mod, "wild_write", (1,), (32,), np.uint64(0), np.int32(-1), out)  # the process and module go on
+    assert (out == 2).all()

@@ -68,7 +68,11 @@ int shuffle_source(int op, int lane, int arg, int width) {
 }  // namespace
 
 BlockRunner& BlockRunner::for_this_thread() {
-    if (!t_owned) t_owned.reset(new BlockRunner());
+    if (!t_owned) {
+        install_fault_handler();
+        ensure_signal_stack();
+        t_owned.reset(new BlockRunner());
+    }
     return *t_owned;
 }
 
@@ -363,7 +367,7 @@ std::string BlockRunner::describe_stall() const {
 
 void BlockRunner::trap(const std::string& what, const char* file, int line) {
     faulted_ = true;
-    error_ = where() + ", " + thread_name(*current_) + ": " + what + " at " + site(file, line);
+    error_ = where() + ", " + thread_name(*current_) + ": " + what + (file ? " at " + site(file, line) : "");
     Lane& l = *current_;
     switch_context(&l.ctx, &scheduler_);  // never resumed: the block is abandoned
     __builtin_unreachable();

@@ -72,7 +72,9 @@ public:
     int block_sync(int pred, const char* file, int line);
     std::uint64_t warp_sync(unsigned mask, int op, std::uint64_t value, int arg, int width, const char* file, int line);
     unsigned active_mask() const;
-    [[noreturn]] void trap(const std::string& what, const char* file, int line);
+    [[noreturn]] void trap(const std::string& what, const char* file, int line);  // file may be null
+    bool in_fiber() const { return current_ != nullptr; }
+    [[noreturn]] void memory_fault(const char* signal_name, const void* address);  // faults.cpp
 
 private:
     static void lane_main(void* lane);
@@ -106,5 +108,10 @@ private:
     std::unique_ptr<unsigned char[]> shared_;  // dynamic shared memory, 16-byte aligned inside
     std::size_t shared_capacity_ = 0;
 };
+
+// faults.cpp: turn SIGSEGV/SIGBUS in a kernel fiber into a launch error (installed once per
+// process), and give the calling OS thread an alternate signal stack to handle them on.
+void install_fault_handler();
+void ensure_signal_stack();
 
 }  // namespace fl_emu
