@@ -12,9 +12,12 @@
 // long long / signed char, constants are spelled out as bit patterns.
 
 #ifdef __CUDACC_RTC__
+#define FL_PRAGMA(x) _Pragma(#x)
 #define FL_UNROLL _Pragma("unroll")
+#define FL_UNROLL_N(n) FL_PRAGMA(unroll n)
 #else
 #define FL_UNROLL
+#define FL_UNROLL_N(n)
 #endif
 
 #define FL_DEV __device__ __forceinline__
@@ -113,19 +116,6 @@ FL_DEV int fl_pack_i8x4_tail(const signed char* p, int len) {
     unsigned r = 0;
     for (int e = 0; e < 4 && e < len; ++e) r |= (unsigned)(unsigned char)p[e] << (8 * e);
     return (int)r;
-}
-
-// 32 int8 from p as 8 words for __dp4a: two 16-byte loads when aligned, bytes otherwise.
-FL_DEV void fl_load_i8x32(const signed char* p, bool aligned, int* w) {
-    if (aligned) {
-        const int4 a = reinterpret_cast<const int4*>(p)[0];
-        const int4 b = reinterpret_cast<const int4*>(p)[1];
-        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
-        w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
-    } else {
-        FL_UNROLL
-        for (int e = 0; e < 8; ++e) w[e] = fl_pack_i8x4(p + 4 * e);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

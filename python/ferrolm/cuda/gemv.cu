@@ -125,22 +125,40 @@ FL_EXPORT(gemv_bf16);
 // INT8 weights × quantized activations (W8A8). Lanes take blocks of 32 inputs (two 16-byte loads
 // of w, the same of each xq row); a block lies inside one group (group is a multiple of 32), so
 // its 8 __dp4a give an exact integer sum, scaled by xs[i, g]·ws[j, g] into the f32 accumulator.
-// Rows whose w or xq start is not 16-byte aligned (k not a multiple of 16) load bytes instead;
-// the last k % 32 inputs are one lane's exact integer tail.
-// acc[i] += (xs[i, g]·ws[j, g]) · Σ xq[i, p]·wq[j, p] over block b (wv: its 32 weights as words).
+// Rows whose w or xq start is not 16-byte aligned (k not a multiple of 16) take a plain byte loop
+// instead, as do the last k % 32 inputs (one lane's exact integer tail).
+
+// acc[i] += (xs[i, g]·ws[j, g]) · Σ xq[i, p]·wq[j, p] over block b; wv: its 32 weights as words.
 template <int M>
 FL_DEV void gemv_q8_block(const int (&wv)[8], float wsc, const signed char* __restrict__ xq,
-                          const float* __restrict__ xs, int k, int ng, int g, int b, bool aligned,
-                          float (&acc)[M]) {
+                          const float* __restrict__ xs, int k, int ng, int g, int b, float (&acc)[M]) {
     FL_UNROLL
     for (int i = 0; i < M; ++i) {
-        int xv[8];
-        fl_load_i8x32(xq + (long long)i * k + 32 * b, aligned, xv);
+        const int4* xp = reinterpret_cast<const int4*>(xq + (long long)i * k + 32 * b);
+        const int4 x0 = xp[0], x1 = xp[1];
+        const int xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
         int s = 0;
         FL_UNROLL
         for (int e = 0; e < 8; ++e) s = __dp4a(xv[e], wv[e], s);
         acc[i] += (float)s * (xs[(long long)i * ng + g] * wsc);
     }
+}
+
+// The same for inputs [p0, p0 + len) (len ≤ 32, inside group g) at any alignment, byte by byte.
+template <int M>
+FL_DEV void gemv_q8_bytes(const signed char* __restrict__ wr, float wsc, const signed char* __restrict__ xq,
+                          const float* __restrict__ xs, int k, int ng, int g, int p0, int len, float (&acc)[M]) {
+    int s[M];
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) s[i] = 0;
+    FL_UNROLL_N(4)
+    for (int e = 0; e < len; ++e) {
+        const int w = wr[p0 + e];
+        FL_UNROLL
+        for (int i = 0; i < M; ++i) s[i] += (int)xq[(long long)i * k + p0 + e] * w;
+    }
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) acc[i] += (float)s[i] * (xs[(long long)i * ng + g] * wsc);
 }
 
 template <int M>
@@ -160,34 +178,31 @@ FL_DEV void gemv_q8_warp(const signed char* __restrict__ xq, const float* __rest
 
     const int nb = k >> 5;  // whole blocks of 32
     int b = lane;
-    for (; b + 32 < nb; b += 64) {  // two blocks (four 16-byte loads of w) in flight
-        int w0[8], w1[8];
-        fl_load_i8x32(wr + 32 * b, aligned, w0);
-        fl_load_i8x32(wr + 32 * (b + 32), aligned, w1);
-        const int g0 = (32 * b) / group, g1 = (32 * (b + 32)) / group;
-        const float s0 = wsr[g0], s1 = wsr[g1];
-        gemv_q8_block<M>(w0, s0, xq, xs, k, ng, g0, b, aligned, acc);
-        gemv_q8_block<M>(w1, s1, xq, xs, k, ng, g1, b + 32, aligned, acc);
-    }
-    if (b < nb) {
-        int w0[8];
-        fl_load_i8x32(wr + 32 * b, aligned, w0);
-        const int g0 = (32 * b) / group;
-        gemv_q8_block<M>(w0, wsr[g0], xq, xs, k, ng, g0, b, aligned, acc);
-    }
-
-    const int p0 = nb << 5;
-    if (p0 < k && lane == (nb & 31)) {  // the next lane in turn takes the tail block
-        const int g = p0 / group;
-        const float wsc = wsr[g];
-        FL_UNROLL
-        for (int i = 0; i < M; ++i) {
-            const signed char* xr = xq + (long long)i * k;
-            int s = 0;
-            for (int p = p0; p < k; ++p) s += (int)xr[p] * (int)wr[p];
-            acc[i] += (float)s * (xs[(long long)i * ng + g] * wsc);
+    if (aligned) {
+        for (; b + 32 < nb; b += 64) {  // two blocks (four 16-byte loads of w) in flight
+            const int4* p0 = reinterpret_cast<const int4*>(wr + 32 * b);
+            const int4* p1 = reinterpret_cast<const int4*>(wr + 32 * (b + 32));
+            const int4 a0 = p0[0], a1 = p0[1], c0 = p1[0], c1 = p1[1];
+            const int g0 = (32 * b) / group, g1 = (32 * (b + 32)) / group;
+            const float s0 = wsr[g0], s1 = wsr[g1];
+            const int w0[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const int w1[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+            gemv_q8_block<M>(w0, s0, xq, xs, k, ng, g0, b, acc);
+            gemv_q8_block<M>(w1, s1, xq, xs, k, ng, g1, b + 32, acc);
         }
+        if (b < nb) {
+            const int4* p0 = reinterpret_cast<const int4*>(wr + 32 * b);
+            const int4 a0 = p0[0], a1 = p0[1];
+            const int g0 = (32 * b) / group;
+            const int w0[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            gemv_q8_block<M>(w0, wsr[g0], xq, xs, k, ng, g0, b, acc);
+        }
+    } else {
+        for (; b < nb; b += 32) gemv_q8_bytes<M>(wr, wsr[(32 * b) / group], xq, xs, k, ng, (32 * b) / group, 32 * b, 32, acc);
     }
+    const int p0 = nb << 5;
+    if (p0 < k && lane == (nb & 31))  // the next lane in turn takes the tail
+        gemv_q8_bytes<M>(wr, wsr[p0 / group], xq, xs, k, ng, p0 / group, p0, k - p0, acc);
     gemv_store<M>(acc, y, ldy, j, alpha, bias, accumulate);
 }
 
