@@ -1,18 +1,9 @@
 """NumPy references of the CUDA kernels (python/ferrolm/cuda/*.cu), written to mirror the CPU
-core's math (rust/kernels/*.rs), and the kernels' translation unit as the backend builds it."""
+core's math (rust/kernels/*.rs)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-KERNEL_DIR = Path(__file__).resolve().parents[1] / "python" / "ferrolm" / "cuda"
-
-
-def kernel_source(directory: Path = KERNEL_DIR) -> str:
-    """The .cu files in name order, each preceded by `#line 1 "<file>"`: one translation unit."""
-    return "".join(f'#line 1 "{p.name}"\n{p.read_text()}\n' for p in sorted(directory.glob("*.cu")))
 
 
 # --- number formats ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 import cuda_reference as ref
 from ferrolm.backends.cuda.emulator import EmulatedModule
+from ferrolm.backends.cuda.sources import kernel_dir, kernel_source
 
 pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
                                 reason="the CUDA emulator needs a C++ compiler")
@@ -24,7 +25,8 @@ FP_REL = 1e-5  # FP32 paths, relative to the output's scale
 
 @pytest.fixture(scope="module")
 def mod():
-    return EmulatedModule(ref.kernel_source(), [str(ref.KERNEL_DIR)])
+    # the translation unit the backend compiles
+    return EmulatedModule(kernel_source(), [str(kernel_dir())])
 
 
 def launch(mod, name, grid, block, *args):
