@@ -268,18 +268,22 @@ def test_indices(mod, grid, block):
 
 def test_blocks_on_several_os_threads(mod, monkeypatch):
     blocks, threads, iters = 48, 128, 10
-    results = []
+    results, runners = [], []
     for workers in ("1", "3"):
         monkeypatch.setenv("FERROLM_EMU_THREADS", workers)
-        acc = np.zeros(blocks * threads, np.float32)
-        where = np.zeros(blocks, np.uint64)
-        launch(mod, "barrier_loop", (blocks,), (threads,), np.int32(iters), acc, where)
-        results.append(acc)
-        # __shared__ storage is per OS thread: its address tells how many threads ran blocks
-        assert len(set(where.tolist())) == (1 if workers == "1" else len(set(where.tolist())))
-        if workers == "3":
-            assert len(set(where.tolist())) > 1
-    np.testing.assert_array_equal(results[0], results[1])
+        # __shared__ storage is per OS thread, so its address tells which thread ran a block. A
+        # loaded machine may wake the pool late and leave every block to the caller: try again.
+        for _ in range(20):
+            acc = np.zeros(blocks * threads, np.float32)
+            where = np.zeros(blocks, np.uint64)
+            launch(mod, "barrier_loop", (blocks,), (threads,), np.int32(iters), acc, where)
+            results.append(acc)
+            if workers == "1" or len(set(where.tolist())) > 1:
+                break
+        runners.append(len(set(where.tolist())))
+    assert runners[0] == 1 and runners[1] > 1
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
     # the same values as a direct computation of the recurrence
     v = (np.arange(blocks)[:, None] + np.arange(threads)[None, :]).astype(np.float32)
     for _ in range(iters):

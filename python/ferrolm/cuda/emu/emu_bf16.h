@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 
 namespace fl_emu {
@@ -19,6 +20,16 @@ inline std::uint16_t f32_to_bf16_rne(float f) {
     u += 0x7FFFu + ((u >> 16) & 1u);
     return static_cast<std::uint16_t>(u >> 16);
 }
+// double -> bf16 in one rounding: first to float rounding to odd (truncate, then set the lowest
+// bit when anything was dropped), which float's 16 extra bits make exact for the final RNE step.
+inline std::uint16_t f64_to_bf16_rne(double d) {
+    float f = static_cast<float>(d);
+    if (static_cast<double>(f) != d && d == d) {
+        if (std::fabs(static_cast<double>(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
+        f = bits_f32(f32_bits(f) | 1u);
+    }
+    return f32_to_bf16_rne(f);
+}
 inline float bf16_to_f32(std::uint16_t h) { return bits_f32(static_cast<std::uint32_t>(h) << 16); }
 }  // namespace fl_emu
 
@@ -29,7 +40,7 @@ struct __attribute__((aligned(2))) __nv_bfloat16 {
     __nv_bfloat16() = default;
     constexpr __nv_bfloat16(__nv_bfloat16_raw r) : __x(r.x) {}
     __nv_bfloat16(float f) : __x(fl_emu::f32_to_bf16_rne(f)) {}
-    __nv_bfloat16(double d) : __x(fl_emu::f32_to_bf16_rne(static_cast<float>(d))) {}
+    __nv_bfloat16(double d) : __x(fl_emu::f64_to_bf16_rne(d)) {}
     operator float() const { return fl_emu::bf16_to_f32(__x); }
     operator __nv_bfloat16_raw() const { return __nv_bfloat16_raw{__x}; }
 };
@@ -42,6 +53,7 @@ inline __nv_bfloat16 fl_emu_bf16_from_bits(unsigned short b) { return __nv_bfloa
 
 inline __nv_bfloat16 __float2bfloat16(float f) { return fl_emu_bf16_from_bits(fl_emu::f32_to_bf16_rne(f)); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __float2bfloat16(f); }
+inline __nv_bfloat16 __double2bfloat16(double d) { return fl_emu_bf16_from_bits(fl_emu::f64_to_bf16_rne(d)); }
 inline float __bfloat162float(__nv_bfloat16 h) { return fl_emu::bf16_to_f32(h.__x); }
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return __nv_bfloat162{__float2bfloat16(a), __float2bfloat16(b)}; }
 inline __nv_bfloat162 __float22bfloat162_rn(float2 f) { return __floats2bfloat162_rn(f.x, f.y); }

@@ -87,7 +87,12 @@ inline unsigned int __brev(unsigned int x) {
     for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
     return r;
 }
-inline int __mul24(int a, int b) { return static_cast<int>((static_cast<long long>(a << 8 >> 8) * (b << 8 >> 8))); }
+// Product of the low 24 bits of a and b (sign-extended), low 32 bits of the result.
+inline int __mul24(int a, int b) {
+    const long long x = static_cast<int>(static_cast<unsigned>(a) << 8) >> 8;
+    const long long y = static_cast<int>(static_cast<unsigned>(b) << 8) >> 8;
+    return static_cast<int>(static_cast<unsigned long long>(x * y));
+}
 inline int __mulhi(int a, int b) { return static_cast<int>((static_cast<long long>(a) * b) >> 32); }
 inline unsigned int __umulhi(unsigned int a, unsigned int b) { return static_cast<unsigned int>((static_cast<unsigned long long>(a) * b) >> 32); }
 
