@@ -422,3 +422,9 @@ def test_wild_pointer_is_an_error(mod):
         launch(mod, "wild_write", (1,), (32,), np.uint64(16), np.int32(5), out)
     launch(mod, "wild_write", (1,), (32,), np.uint64(0), np.int32(-1), out)  # the process and module go on
     assert (out == 2).all()
+
+
+def test_missing_compiler_is_an_error(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-x")
+    with pytest.raises(ferrolm.DeviceError, match=r"needs a C\+\+17 compiler \(g\+\+\).*'no-such-compiler-x' was not found"):
+        EmulatedModule(source(), [KERNELS])
