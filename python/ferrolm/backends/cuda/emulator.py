@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -138,6 +139,7 @@ class EmulatedModule:
 
     def __init__(self, code: str, include_dirs: Sequence[Union[str, os.PathLike]] = (), name: str = "ferrolm_kernels"):
         self.name = name
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "kernels"  # the name is part of file names
         cxx = _compiler()
         cache = emulator_cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
@@ -148,17 +150,17 @@ class EmulatedModule:
             # with line markers, which end up in error messages), the runtime, compiler and flags.
             pre = _run([cxx, *COMPILE_FLAGS, *includes, "-E", "-x", "c++", "-"], f"preprocessing {name}", stdin=code)
             key = _digest(pre, runtime.name, _compiler_id(cxx), " ".join(COMPILE_FLAGS + LINK_FLAGS))
-            path = cache / f"{name}-{key}.so"
+            path = cache / f"{stem}-{key}.so"
             self.compiled = not path.exists()
             if self.compiled:
-                self._build(cxx, code, includes, runtime, cache, path)
+                self._build(cxx, code, includes, runtime, cache, path, stem)
         self.path = path
         self._lib = ctypes.CDLL(str(path))
         self._bind()
 
-    def _build(self, cxx: str, code: str, includes: List[str], runtime: Path, cache: Path, path: Path) -> None:
+    def _build(self, cxx: str, code: str, includes: List[str], runtime: Path, cache: Path, path: Path, stem: str) -> None:
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
-            src = Path(tmp) / f"{self.name}.cpp"
+            src = Path(tmp) / f"{stem}.cpp"
             src.write_text(code, encoding="utf-8")
             out = Path(tmp) / path.name
             cmd = [cxx, *COMPILE_FLAGS, *LINK_FLAGS, *includes, str(src), str(runtime), "-o", str(out)]
