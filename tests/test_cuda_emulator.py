@@ -113,6 +113,25 @@ def test_shuffles(mod, block, width, op, args):
         np.testing.assert_array_equal(out, shuffle_reference(values, op, arg, width), err_msg=f"op {op} arg {arg}")
 
 
+def test_shuffle_cases_from_the_cuda_guide(mod):
+    """Literal cases of the CUDA programming guide's rules, independent of the reference above."""
+    values = np.arange(32, dtype=np.int32) + 100
+    out = np.zeros(32, np.int32)
+
+    def run(op, arg, width):
+        launch(mod, "shuffle_int", (1,), (32,), values, out, np.int32(op), np.int32(arg), np.int32(width))
+        return out
+
+    assert run(0, 37, 32)[0] == 105  # srcLane beyond the width: taken modulo the width
+    assert run(0, 5, 8)[10] == 113  # idx within the lane's 8-wide segment (lanes 8..15)
+    up = run(1, 3, 8)
+    assert up[10] == 110 and up[13] == 110  # seg lane 2 < 3: own value; seg lane 5 reads lane 10
+    down = run(2, 4, 8)
+    assert down[13] == 113 and down[9] == 113  # lane 13 + 4 leaves its segment: own; lane 9 reads 13
+    xor = run(3, 16, 8)
+    assert xor[3] == 103 and xor[19] == 103  # a later segment is out of reach, an earlier one is not
+
+
 def test_shuffles_of_each_type(mod):
     n = 64
     rng = np.random.default_rng(1)
