@@ -37,10 +37,20 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of a starting on a 64-byte boundary (so "aligned" cases take the vector paths)."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def rows_with_stride(rng, m: int, k: int, ld: int, offset: int = 0, dtype=np.float32):
-    """A buffer holding m rows of k values ld apart, starting `offset` elements in (so row
-    starts can sit off 16-byte boundaries); returns (view from the first row, the rows)."""
-    buf = rng.standard_normal(offset + max(m - 1, 0) * ld + k + 3).astype(dtype)
+    """A buffer holding m rows of k values ld apart, starting `offset` elements after a 64-byte
+    boundary (so row starts can sit off 16-byte boundaries); returns (view from the first row,
+    the rows)."""
+    buf = aligned(rng.standard_normal(offset + max(m - 1, 0) * ld + k + 3).astype(dtype))
     view = buf[offset:]
     rows = np.stack([view[i * ld : i * ld + k] for i in range(m)])
     return view, rows
@@ -157,14 +167,14 @@ def matmul_case(rng, fmt: str, m: int, k: int, n: int, group: int = 32, offset: 
         ws = rng.uniform(0.001, 0.02, (n, cdiv(k, group))).astype(F32)
         want = ref.w8a8(xq, xs, wq, ws, group)
         # int8 rows are k apart; `offset` moves both matrices off 16-byte boundaries
-        xbuf = np.zeros(offset + m * k, np.int8)
-        wbuf = np.zeros(offset + n * k, np.int8)
+        xbuf = aligned(np.zeros(offset + m * k, np.int8))
+        wbuf = aligned(np.zeros(offset + n * k, np.int8))
         xbuf[offset:], wbuf[offset:] = xq.reshape(-1), wq.reshape(-1)
         return (xbuf[offset:], xs), (wbuf[offset:], ws, I32(group)), want
     xv, x = rows_with_stride(rng, m, k, ldx, offset=offset)
-    w = rng.standard_normal((n, k)).astype(F32)
+    w = aligned(rng.standard_normal((n, k)).astype(F32))
     if fmt == "bf16":
-        wb = ref.to_bf16(w)
+        wb = aligned(ref.to_bf16(w))
         w, warg = ref.from_bf16(wb), wb
     else:
         warg = w
