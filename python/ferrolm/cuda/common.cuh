@@ -120,15 +120,17 @@ FL_DEV int fl_pack_i8x4_tail(const signed char* p, int len) {
 
 // ---------------------------------------------------------------------------------------------
 // Weight sources of the FP matmuls (gemv.cu, gemm.cu): the tiling is written once, the format
-// is a type parameter giving the element type, one element widened to f32, and one 16-byte
-// vector of VEC elements (loaded raw, widened to f32 where it is used, so that several loads in
-// flight cost 4 registers each).
+// is a type parameter giving the element type, one element widened to f32, 4 consecutive
+// elements widened to f32 (one 16- / 8-byte load), and one 16-byte vector of VEC elements
+// (loaded raw, widened to f32 where it is used, so that several loads in flight cost 4
+// registers each).
 
 struct FlWeightF32 {
     typedef float T;
     typedef float4 Raw;
     static const int VEC = 4;
     static FL_DEV float load(const T* p, long long i) { return p[i]; }
+    static FL_DEV void load4(const T* p, float (&v)[4]) { fl_load_f32_vec<4>(p, v); }
     static FL_DEV Raw load_raw(const T* p) { return *reinterpret_cast<const float4*>(p); }
     static FL_DEV void widen(const Raw& r, float* v) {
         v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
@@ -140,6 +142,11 @@ struct FlWeightBF16 {
     typedef uint4 Raw;
     static const int VEC = 8;
     static FL_DEV float load(const T* p, long long i) { return fl_bf16_load(p, i); }
+    static FL_DEV void load4(const T* p, float (&v)[4]) {
+        const uint2 u = *reinterpret_cast<const uint2*>(p);
+        v[0] = fl_bf16_lo(u.x); v[1] = fl_bf16_hi(u.x);
+        v[2] = fl_bf16_lo(u.y); v[3] = fl_bf16_hi(u.y);
+    }
     static FL_DEV Raw load_raw(const T* p) { return *reinterpret_cast<const uint4*>(p); }
     static FL_DEV void widen(const Raw& u, float* v) {
         v[0] = fl_bf16_lo(u.x); v[1] = fl_bf16_hi(u.x);
