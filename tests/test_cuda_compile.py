@@ -86,6 +86,17 @@ def test_shipped_kernels_compile_clean(shipped_reports, arch):
     print(f"\n{table}\n{arch}: compiled in {r.seconds:.2f} s")
 
 
+@needs_nvrtc
+def test_emulator_test_kernels_are_valid_cuda():
+    # the emulator's own test kernels (tests/cuda_kernels) compile clean as real CUDA too
+    folder = Path(__file__).resolve().parent / "cuda_kernels"
+    if not sources.kernel_files(folder):
+        pytest.skip("no tests/cuda_kernels/*.cu")
+    reports = ck.check(ck.ARCHS, directory=folder, extra_options=[f"-I{sources.kernel_dir()}"])
+    assert ck.problems(reports) == [], ck.format_table(reports)
+    assert all(r.kernels for r in reports)
+
+
 def test_exported_kernels_match_the_documented_abi():
     doc = Path(__file__).resolve().parents[1] / "docs" / "cuda.md"
     if not doc.is_file():
@@ -177,13 +188,18 @@ def test_find_warnings_classifies_every_line():
         "\n"
         "ptxas warning : For profile sm_80 adjusting per thread register count of 16 to lower bound of 24\n"
         "ptxas info    : 0 bytes gmem\n"
+        "ptxas application ptx input, line 12; warning : Program is doing double precision computations.\n"
+        "ptxas fatal   : Unresolved extern function 'f'\n"
+        "nvrtc: error: failed to open libnvrtc-builtins.so.12.9.\n"
         "something nobody expected\n"
     )
     w = ck.find_warnings(log)
-    assert len(w) == 3
+    assert len(w) == 6
     assert w[0].startswith("a.cu(2): warning #177-D") and "int unused;" in w[0]
     assert w[1].startswith("ptxas warning")
-    assert w[2] == "unrecognised log line: something nobody expected"
+    assert w[2].startswith("ptxas application ptx input, line 12; warning")
+    assert w[3].startswith("ptxas fatal") and w[4].startswith("nvrtc: error")
+    assert w[5] == "unrecognised log line: something nobody expected"
 
 
 # -- the check fails when it should ----------------------------------------------------------------
@@ -260,6 +276,16 @@ def test_warning_is_reported(tmp_path, snippet, expect):
         assert not r.kernels["w"].spills
     assert len(ck.problems(reports)) == 2
     assert ck.main(["--kernel-dir", str(d)]) == 1
+
+
+@needs_nvrtc
+def test_ptxas_warning_is_reported(tmp_path):
+    d = write(tmp_path, {"d.cu": 'extern "C" __global__ void d(double* x) { x[0] = x[1] * x[2]; }\n'})
+    (r,) = ck.check(("sm_80",), directory=d, extra_options=["-Xptxas=-warn-double-usage"])
+    assert r.warnings and all(w.startswith("ptxas application ptx input") and "double precision" in w
+                              for w in r.warnings), r.warnings
+    (r,) = ck.check(("sm_80",), directory=d)
+    assert r.warnings == []
 
 
 @needs_nvrtc

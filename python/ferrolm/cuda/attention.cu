@@ -25,42 +25,41 @@ FL_DEV void attn_warp(const float* __restrict__ qr, const float* __restrict__ kb
     m = -FL_INF;
     l = 0.0f;
     for (int p0 = start + warp * ATTN_KEYS; p0 < end; p0 += ATTN_WARPS * ATTN_KEYS) {
-        float sc[ATTN_KEYS];
+        // the keys' k and v rows, all loads issued together; a key past the end reads the last
+        // valid row and is masked out (score −inf, weight 0)
+        float kx[ATTN_KEYS][NC], vx[ATTN_KEYS][NC];
         FL_UNROLL
         for (int b = 0; b < ATTN_KEYS; ++b) {
-            float d = 0.0f;
-            if (p0 + b < end) {
-                const float* kr = kb + (long long)(p0 + b) * kv_dim;
-                FL_UNROLL
-                for (int j = 0; j < NC; ++j) {
-                    const int c = lane + 32 * j;
-                    if (c < head_dim) d += q[j] * kr[c];
-                }
+            const long long row = (long long)fl_min_i(p0 + b, end - 1) * kv_dim;
+            FL_UNROLL
+            for (int j = 0; j < NC; ++j) {
+                const int c = lane + 32 * j;
+                kx[b][j] = c < head_dim ? kb[row + c] : 0.0f;
+                vx[b][j] = c < head_dim ? vb[row + c] : 0.0f;
             }
-            sc[b] = d;
         }
+        float sc[ATTN_KEYS];
         float mn = m;
         FL_UNROLL
         for (int b = 0; b < ATTN_KEYS; ++b) {
-            sc[b] = scale * fl_warp_sum(sc[b]);
-            if (p0 + b < end) mn = fmaxf(mn, sc[b]);
+            float d = 0.0f;
+            FL_UNROLL
+            for (int j = 0; j < NC; ++j) d += q[j] * kx[b][j];
+            d = scale * fl_warp_sum(d);
+            sc[b] = p0 + b < end ? d : -FL_INF;
+            mn = fmaxf(mn, sc[b]);
         }
-        const float corr = expf(m - mn);  // 0 for the first keys (m = −inf, mn finite)
+        // mn is finite (key p0 is valid); corr = 0 for the warp's first keys (m = −inf)
+        const float corr = expf(m - mn);
         l *= corr;
         FL_UNROLL
         for (int j = 0; j < NC; ++j) o[j] *= corr;
         FL_UNROLL
         for (int b = 0; b < ATTN_KEYS; ++b) {
-            if (p0 + b < end) {
-                const float e = expf(sc[b] - mn);
-                l += e;
-                const float* vr = vb + (long long)(p0 + b) * kv_dim;
-                FL_UNROLL
-                for (int j = 0; j < NC; ++j) {
-                    const int c = lane + 32 * j;
-                    if (c < head_dim) o[j] += e * vr[c];
-                }
-            }
+            const float e = expf(sc[b] - mn);
+            l += e;
+            FL_UNROLL
+            for (int j = 0; j < NC; ++j) o[j] += e * vx[b][j];
         }
         m = mn;
     }

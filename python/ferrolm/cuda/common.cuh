@@ -12,9 +12,12 @@
 // long long / signed char, constants are spelled out as bit patterns.
 
 #ifdef __CUDACC_RTC__
+#define FL_PRAGMA(x) _Pragma(#x)
 #define FL_UNROLL _Pragma("unroll")
+#define FL_UNROLL_N(n) FL_PRAGMA(unroll n)
 #else
 #define FL_UNROLL
+#define FL_UNROLL_N(n)
 #endif
 
 #define FL_DEV __device__ __forceinline__
@@ -115,39 +118,37 @@ FL_DEV int fl_pack_i8x4_tail(const signed char* p, int len) {
     return (int)r;
 }
 
-// 32 int8 from p as 8 words for __dp4a: two 16-byte loads when aligned, bytes otherwise.
-FL_DEV void fl_load_i8x32(const signed char* p, bool aligned, int* w) {
-    if (aligned) {
-        const int4 a = reinterpret_cast<const int4*>(p)[0];
-        const int4 b = reinterpret_cast<const int4*>(p)[1];
-        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
-        w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
-    } else {
-        FL_UNROLL
-        for (int e = 0; e < 8; ++e) w[e] = fl_pack_i8x4(p + 4 * e);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Weight sources of the FP matmuls (gemv.cu, gemm.cu): the tiling is written once, the format
-// is a type parameter giving the element type, one element widened to f32, and one 16-byte
-// vector (VEC elements) widened to f32.
+// is a type parameter giving the element type, one element widened to f32, 4 consecutive
+// elements widened to f32 (one 16- / 8-byte load), and one 16-byte vector of VEC elements
+// (loaded raw, widened to f32 where it is used, so that several loads in flight cost 4
+// registers each).
 
 struct FlWeightF32 {
     typedef float T;
+    typedef float4 Raw;
     static const int VEC = 4;
-    static const int UNROLL = 4;  // 16-byte loads in flight per lane in the GEMV
     static FL_DEV float load(const T* p, long long i) { return p[i]; }
-    static FL_DEV void load_vec(const T* p, float* v) { fl_load_f32_vec<4>(p, v); }
+    static FL_DEV void load4(const T* p, float (&v)[4]) { fl_load_f32_vec<4>(p, v); }
+    static FL_DEV Raw load_raw(const T* p) { return *reinterpret_cast<const float4*>(p); }
+    static FL_DEV void widen(const Raw& r, float* v) {
+        v[0] = r.x; v[1] = r.y; v[2] = r.z; v[3] = r.w;
+    }
 };
 
 struct FlWeightBF16 {
     typedef __nv_bfloat16 T;
+    typedef uint4 Raw;
     static const int VEC = 8;
-    static const int UNROLL = 2;
     static FL_DEV float load(const T* p, long long i) { return fl_bf16_load(p, i); }
-    static FL_DEV void load_vec(const T* p, float* v) {
-        const uint4 u = *reinterpret_cast<const uint4*>(p);
+    static FL_DEV void load4(const T* p, float (&v)[4]) {
+        const uint2 u = *reinterpret_cast<const uint2*>(p);
+        v[0] = fl_bf16_lo(u.x); v[1] = fl_bf16_hi(u.x);
+        v[2] = fl_bf16_lo(u.y); v[3] = fl_bf16_hi(u.y);
+    }
+    static FL_DEV Raw load_raw(const T* p) { return *reinterpret_cast<const uint4*>(p); }
+    static FL_DEV void widen(const Raw& u, float* v) {
         v[0] = fl_bf16_lo(u.x); v[1] = fl_bf16_hi(u.x);
         v[2] = fl_bf16_lo(u.y); v[3] = fl_bf16_hi(u.y);
         v[4] = fl_bf16_lo(u.z); v[5] = fl_bf16_hi(u.z);

@@ -9,13 +9,25 @@
 #define GEMM_BK 32
 #define GEMM_LDS 68  // padded row of a transposed tile: 16-byte aligned, conflict-free stores
 
-// The element of a 64×32 tile that thread tid loads in step s (0..7): row r, input kk. Eight
-// lanes read eight consecutive inputs of one row (a 32-byte sector), and a warp's transposed
-// stores ([kk][r], row length 68) hit 32 different banks.
-FL_DEV void gemm_tile_coord(int tid, int s, int& r, int& kk) {
+// The 4 consecutive inputs of a 64×32 tile that thread tid loads in step s (0, 1): row r,
+// inputs 4·kq .. 4·kq + 3. Two lanes read 8 consecutive inputs of one row (a 32-byte sector
+// of x), and a warp's transposed stores ([4·kq + q][r], row length 68) hit 32 different banks.
+FL_DEV void gemm_tile_coord(int tid, int s, int& r, int& kq) {
     const int lane = tid & 31, warp = tid >> 5;
-    r = (lane >> 3) + 4 * warp + 32 * (s & 1);
-    kk = (lane & 7) + 8 * (s >> 1);
+    r = (lane >> 1) + 16 * (warp & 3);
+    kq = (lane & 1) + 2 * (warp >> 2) + 4 * s;
+}
+
+// v = row[p .. p + 4) widened to f32, zero from k on; vec: S's 4-element vector load is legal
+// at every p that is a multiple of 4 (row start aligned to it).
+template <class S>
+FL_DEV void gemm_load4(const typename S::T* __restrict__ row, int p, int k, bool vec, float (&v)[4]) {
+    if (vec && p + 4 <= k) {
+        S::load4(row + p, v);
+    } else {
+        FL_UNROLL
+        for (int e = 0; e < 4; ++e) v[e] = p + e < k ? S::load(row, p + e) : 0.0f;
+    }
 }
 
 // acc[r][c] += a[r]·b[c] for the thread's 4×4 micro-tile, from transposed tiles at + 4·ty, + 4·tx.
@@ -49,17 +61,28 @@ FL_DEV void gemm_store(float (&acc)[R][C], float* y, int ldy, int m, int n, int 
     }
 }
 
-// This thread's 8 values of the slab at k0 of the x and w tiles (zero outside the matrices).
+// This thread's 2×4 values of the slab at k0 of the x and w tiles (zero outside the matrices).
 template <class S>
-FL_DEV void gemm_fp_fetch(const float* __restrict__ x, int ldx, const typename S::T* __restrict__ w, int m,
-                          int k, int n, int m0, int n0, int k0, float (&rx)[8], float (&rw)[8]) {
+FL_DEV void gemm_fp_fetch(const float* __restrict__ x, int ldx, bool vx, const typename S::T* __restrict__ w,
+                          bool vw, int m, int k, int n, int m0, int n0, int k0, float (&rx)[2][4],
+                          float (&rw)[2][4]) {
     FL_UNROLL
-    for (int s = 0; s < 8; ++s) {
-        int r, kk;
-        gemm_tile_coord(threadIdx.x, s, r, kk);
-        const bool in_k = k0 + kk < k;
-        rx[s] = m0 + r < m && in_k ? x[(long long)(m0 + r) * ldx + k0 + kk] : 0.0f;
-        rw[s] = n0 + r < n && in_k ? S::load(w, (long long)(n0 + r) * k + k0 + kk) : 0.0f;
+    for (int s = 0; s < 2; ++s) {
+        int r, kq;
+        gemm_tile_coord(threadIdx.x, s, r, kq);
+        const int p = k0 + 4 * kq;
+        if (m0 + r < m) {
+            gemm_load4<FlWeightF32>(x + (long long)(m0 + r) * ldx, p, k, vx, rx[s]);
+        } else {
+            FL_UNROLL
+            for (int e = 0; e < 4; ++e) rx[s][e] = 0.0f;
+        }
+        if (n0 + r < n) {
+            gemm_load4<S>(w + (long long)(n0 + r) * k, p, k, vw, rw[s]);
+        } else {
+            FL_UNROLL
+            for (int e = 0; e < 4; ++e) rw[s][e] = 0.0f;
+        }
     }
 }
 
@@ -71,24 +94,30 @@ FL_DEV void gemm_fp(const float* __restrict__ x, int ldx, const typename S::T* _
     __shared__ __align__(16) float wt[GEMM_BK][GEMM_LDS];  // w tile: [kk][col]
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
     const int m0 = blockIdx.y * GEMM_TILE, n0 = blockIdx.x * GEMM_TILE;
+    // vector loads of 4 inputs: every row start aligned to them
+    const bool vx = fl_misalign16(x) == 0 && (ldx & 3) == 0;
+    const bool vw = fl_misalign16(w) % (4 * sizeof(typename S::T)) == 0 && (k & 3) == 0;
     float acc[4][4];
     FL_UNROLL
     for (int r = 0; r < 4; ++r) {
         FL_UNROLL
         for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
     }
-    float rx[8], rw[8];  // the slab in flight
-    gemm_fp_fetch<S>(x, ldx, w, m, k, n, m0, n0, 0, rx, rw);
+    float rx[2][4], rw[2][4];  // the slab in flight
+    gemm_fp_fetch<S>(x, ldx, vx, w, vw, m, k, n, m0, n0, 0, rx, rw);
     for (int k0 = 0; k0 < k; k0 += GEMM_BK) {
         FL_UNROLL
-        for (int s = 0; s < 8; ++s) {
-            int r, kk;
-            gemm_tile_coord(tid, s, r, kk);
-            xt[kk][r] = rx[s];
-            wt[kk][r] = rw[s];
+        for (int s = 0; s < 2; ++s) {
+            int r, kq;
+            gemm_tile_coord(tid, s, r, kq);
+            FL_UNROLL
+            for (int e = 0; e < 4; ++e) {
+                xt[4 * kq + e][r] = rx[s][e];
+                wt[4 * kq + e][r] = rw[s][e];
+            }
         }
         __syncthreads();
-        if (k0 + GEMM_BK < k) gemm_fp_fetch<S>(x, ldx, w, m, k, n, m0, n0, k0 + GEMM_BK, rx, rw);
+        if (k0 + GEMM_BK < k) gemm_fp_fetch<S>(x, ldx, vx, w, vw, m, k, n, m0, n0, k0 + GEMM_BK, rx, rw);
         gemm_fp_slab(xt, wt, ty, tx, acc);
         __syncthreads();
     }

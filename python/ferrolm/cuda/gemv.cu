@@ -23,11 +23,31 @@ FL_DEV void gemv_store(float (&acc)[M], float* y, int ldy, int j, float alpha, c
 // 16-byte boundary of w, a vector body and a scalar tail. The body needs every x row at a
 // 16-byte boundary at the same element; when one is not (odd ldx), the whole row runs scalar.
 // Scalar parts are lane-strided, so their loads still coalesce.
+
+#define GEMV_UNROLL 4  // 16-byte loads of w in flight per lane
+
+// acc[i] += x[i, chunk c]·w[chunk c] for one raw 16-byte chunk of w (x from a 16-byte boundary).
+template <class S, int M>
+FL_DEV void gemv_fp_chunk(const float* __restrict__ xb, int ldx, const typename S::Raw& raw, int c,
+                          float (&acc)[M]) {
+    const int V = S::VEC;
+    float wv[V];
+    S::widen(raw, wv);
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) {
+        float xv[V];
+        fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)c * V, xv);
+        FL_UNROLL
+        for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[e];
+    }
+}
+
+// acc[i] += Σ_p x[i, p]·w[p] over one row of w (this warp's share in each lane).
 template <class S, int M>
 FL_DEV void gemv_fp_row(const float* __restrict__ x, int ldx, const typename S::T* __restrict__ wr, int k,
                         float (&acc)[M]) {
     typedef typename S::T T;
-    const int V = S::VEC, U = S::UNROLL;
+    const int V = S::VEC;
     const int lane = threadIdx.x & 31;
     int head = fl_min_i((int)(((16u - fl_misalign16(wr)) & 15u) / sizeof(T)), k);
     bool vec = true;
@@ -46,32 +66,14 @@ FL_DEV void gemv_fp_row(const float* __restrict__ x, int ldx, const typename S::
     const T* wb = wr + head;
     const float* xb = x + head;
     int c = lane;
-    for (; c + 32 * (U - 1) < nv; c += 32 * U) {
-        float wv[U][V];
+    for (; c + 32 * (GEMV_UNROLL - 1) < nv; c += 32 * GEMV_UNROLL) {
+        typename S::Raw raw[GEMV_UNROLL];
         FL_UNROLL
-        for (int u = 0; u < U; ++u) S::load_vec(wb + (long long)(c + 32 * u) * V, wv[u]);
+        for (int u = 0; u < GEMV_UNROLL; ++u) raw[u] = S::load_raw(wb + (long long)(c + 32 * u) * V);
         FL_UNROLL
-        for (int u = 0; u < U; ++u) {
-            FL_UNROLL
-            for (int i = 0; i < M; ++i) {
-                float xv[V];
-                fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)(c + 32 * u) * V, xv);
-                FL_UNROLL
-                for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[u][e];
-            }
-        }
+        for (int u = 0; u < GEMV_UNROLL; ++u) gemv_fp_chunk<S, M>(xb, ldx, raw[u], c + 32 * u, acc);
     }
-    for (; c < nv; c += 32) {
-        float wv[V];
-        S::load_vec(wb + (long long)c * V, wv);
-        FL_UNROLL
-        for (int i = 0; i < M; ++i) {
-            float xv[V];
-            fl_load_f32_vec<V>(xb + (long long)i * ldx + (long long)c * V, xv);
-            FL_UNROLL
-            for (int e = 0; e < V; ++e) acc[i] += xv[e] * wv[e];
-        }
-    }
+    for (; c < nv; c += 32) gemv_fp_chunk<S, M>(xb, ldx, S::load_raw(wb + (long long)c * V), c, acc);
 
     for (int p = head + nv * V + lane; p < k; p += 32) {
         const float wv = S::load(wr, p);
@@ -123,25 +125,40 @@ FL_EXPORT(gemv_bf16);
 // INT8 weights × quantized activations (W8A8). Lanes take blocks of 32 inputs (two 16-byte loads
 // of w, the same of each xq row); a block lies inside one group (group is a multiple of 32), so
 // its 8 __dp4a give an exact integer sum, scaled by xs[i, g]·ws[j, g] into the f32 accumulator.
-// Rows whose w or xq start is not 16-byte aligned (k not a multiple of 16) load bytes instead;
-// the last k % 32 inputs are one lane's exact integer tail.
+// Rows whose w or xq start is not 16-byte aligned (k not a multiple of 16) take a plain byte loop
+// instead, as do the last k % 32 inputs (one lane's exact integer tail).
+
+// acc[i] += (xs[i, g]·ws[j, g]) · Σ xq[i, p]·wq[j, p] over block b; wv: its 32 weights as words.
 template <int M>
-FL_DEV void gemv_q8_block(const signed char* __restrict__ xq, const float* __restrict__ xs,
-                          const signed char* __restrict__ wr, const float* __restrict__ wsr, int group,
-                          int k, int ng, int b, bool aligned, float (&acc)[M]) {
-    int wv[8];
-    fl_load_i8x32(wr + 32 * b, aligned, wv);
-    const int g = (32 * b) / group;
-    const float wsc = wsr[g];
+FL_DEV void gemv_q8_block(const int (&wv)[8], float wsc, const signed char* __restrict__ xq,
+                          const float* __restrict__ xs, int k, int ng, int g, int b, float (&acc)[M]) {
     FL_UNROLL
     for (int i = 0; i < M; ++i) {
-        int xv[8];
-        fl_load_i8x32(xq + (long long)i * k + 32 * b, aligned, xv);
+        const int4* xp = reinterpret_cast<const int4*>(xq + (long long)i * k + 32 * b);
+        const int4 x0 = xp[0], x1 = xp[1];
+        const int xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
         int s = 0;
         FL_UNROLL
         for (int e = 0; e < 8; ++e) s = __dp4a(xv[e], wv[e], s);
         acc[i] += (float)s * (xs[(long long)i * ng + g] * wsc);
     }
+}
+
+// The same for inputs [p0, p0 + len) (len ≤ 32, inside group g) at any alignment, byte by byte.
+template <int M>
+FL_DEV void gemv_q8_bytes(const signed char* __restrict__ wr, float wsc, const signed char* __restrict__ xq,
+                          const float* __restrict__ xs, int k, int ng, int g, int p0, int len, float (&acc)[M]) {
+    int s[M];
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) s[i] = 0;
+    FL_UNROLL_N(4)
+    for (int e = 0; e < len; ++e) {
+        const int w = wr[p0 + e];
+        FL_UNROLL
+        for (int i = 0; i < M; ++i) s[i] += (int)xq[(long long)i * k + p0 + e] * w;
+    }
+    FL_UNROLL
+    for (int i = 0; i < M; ++i) acc[i] += (float)s[i] * (xs[(long long)i * ng + g] * wsc);
 }
 
 template <int M>
@@ -161,24 +178,31 @@ FL_DEV void gemv_q8_warp(const signed char* __restrict__ xq, const float* __rest
 
     const int nb = k >> 5;  // whole blocks of 32
     int b = lane;
-    for (; b + 32 < nb; b += 64) {  // two blocks (four 16-byte loads of w) in flight
-        gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b, aligned, acc);
-        gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b + 32, aligned, acc);
-    }
-    if (b < nb) gemv_q8_block<M>(xq, xs, wr, wsr, group, k, ng, b, aligned, acc);
-
-    const int p0 = nb << 5;
-    if (p0 < k && lane == (nb & 31)) {  // the next lane in turn takes the tail block
-        const int g = p0 / group;
-        const float wsc = wsr[g];
-        FL_UNROLL
-        for (int i = 0; i < M; ++i) {
-            const signed char* xr = xq + (long long)i * k;
-            int s = 0;
-            for (int p = p0; p < k; ++p) s += (int)xr[p] * (int)wr[p];
-            acc[i] += (float)s * (xs[(long long)i * ng + g] * wsc);
+    if (aligned) {
+        for (; b + 32 < nb; b += 64) {  // two blocks (four 16-byte loads of w) in flight
+            const int4* p0 = reinterpret_cast<const int4*>(wr + 32 * b);
+            const int4* p1 = reinterpret_cast<const int4*>(wr + 32 * (b + 32));
+            const int4 a0 = p0[0], a1 = p0[1], c0 = p1[0], c1 = p1[1];
+            const int g0 = (32 * b) / group, g1 = (32 * (b + 32)) / group;
+            const float s0 = wsr[g0], s1 = wsr[g1];
+            const int w0[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            const int w1[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+            gemv_q8_block<M>(w0, s0, xq, xs, k, ng, g0, b, acc);
+            gemv_q8_block<M>(w1, s1, xq, xs, k, ng, g1, b + 32, acc);
         }
+        if (b < nb) {
+            const int4* p0 = reinterpret_cast<const int4*>(wr + 32 * b);
+            const int4 a0 = p0[0], a1 = p0[1];
+            const int g0 = (32 * b) / group;
+            const int w0[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+            gemv_q8_block<M>(w0, wsr[g0], xq, xs, k, ng, g0, b, acc);
+        }
+    } else {
+        for (; b < nb; b += 32) gemv_q8_bytes<M>(wr, wsr[(32 * b) / group], xq, xs, k, ng, (32 * b) / group, 32 * b, 32, acc);
     }
+    const int p0 = nb << 5;
+    if (p0 < k && lane == (nb & 31))  // the next lane in turn takes the tail
+        gemv_q8_bytes<M>(wr, wsr[p0 / group], xq, xs, k, ng, p0 / group, p0, k - p0, acc);
     gemv_store<M>(acc, y, ldy, j, alpha, bias, accumulate);
 }
 

@@ -4,9 +4,10 @@
 //   a non-finite value → q = 0, s = NaN (the output row turns NaN, as on the CPU);
 //   amax < 1e-30 → q = 0, s = 0;
 //   else q = round_half_even(x · (127 / amax)) clamped to ±127, s = amax / 127.
-// The divisions and the product are single IEEE operations (correctly rounded under NVRTC's
-// default -prec-div=true); -ftz cannot change a result: amax ≥ 1e-30 is normal, and an x small
-// enough to be subnormal quantizes to 0 either way.
+// The divisions and the product are single correctly rounded IEEE operations whatever the
+// compile options (__fdiv_rn, __fmul_rn: no approximate division, no contraction); -ftz cannot
+// change a result: amax ≥ 1e-30 is normal, and an x small enough to be subnormal quantizes to 0
+// either way.
 #include "common.cuh"
 
 // x: [m, k] rows ldx apart; xq: [m, k] (rows k apart); xs: [m, ng], ng = ceil(k / group).
@@ -33,12 +34,12 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, int ldx, sig
         for (int e = lane; e < len; e += 32) qg[e] = 0;
     } else {
         const float amax = __uint_as_float(abits);
-        const float inv = 127.0f / amax;
+        const float inv = __fdiv_rn(127.0f, amax);
         for (int e = lane; e < len; e += 32) {
             const int q = __float2int_rn(fl_mul_rn(xg[e], inv));
             qg[e] = (signed char)fl_max_i(-127, fl_min_i(127, q));
         }
-        s = amax / 127.0f;
+        s = __fdiv_rn(amax, 127.0f);
     }
     if (lane == 0) xs[(long long)i * ng + g] = s;
 }

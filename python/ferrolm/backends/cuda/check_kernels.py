@@ -95,9 +95,14 @@ _USED = re.compile(r"^ptxas info\s*: Used (\d+) registers")
 _BARRIERS = re.compile(r"used (\d+) barriers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 _CMEM = re.compile(r"(\d+) bytes cmem\[0\]")
-# A compiler diagnostic: `file(line): warning #177-D: ...`, `file(line): error: ...`,
-# `ptxas warning : ...`, `nvrtc: warning : ...`; the lines indented below it echo the source.
-_DIAG = re.compile(r"^(?:.+\(\d+\)|ptxas|nvrtc|nvlink)\s*:?\s*(?:catastrophic error|fatal error|error|warning)\b", re.I)
+# A diagnostic: the front end's `file(line): warning #177-D: ...`, `file(line): error: ...` (the
+# lines indented below it echo the source), ptxas's `ptxas warning : ...`, `ptxas fatal : ...`,
+# `ptxas application ptx input, line 123; warning : ...`, NVRTC's own `nvrtc: error: ...`.
+_DIAG = re.compile(
+    r"^(?:.+\(\d+\):\s*(?:catastrophic error|fatal error|error|warning)\b"
+    r"|(?:ptxas|nvrtc|nvlink)\b[^:]*?:?\s*(?:error|warning|fatal)\s*:)",
+    re.I,
+)
 _BENIGN = (
     re.compile(r"^ptxas info\s*:"),
     re.compile(r"^ptxas\s+\."),

@@ -1,0 +1,380 @@
+"""The CUDA kernels (python/ferrolm/cuda/*.cu) against NumPy references of the CPU core's math,
+run on the CPU emulator of the CUDA execution model, with the launch geometry of docs/cuda.md.
+
+Shapes are odd on purpose: sizes that are not multiples of the block or of the vector width,
+unaligned rows (ldx > k, views starting one element in), GQA, several attention splits."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import cuda_reference as ref
+from ferrolm.backends.cuda.emulator import EmulatedModule
+from ferrolm.backends.cuda.sources import kernel_dir, kernel_source
+
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                                reason="the CUDA emulator needs a C++ compiler")
+
+I32, F32 = np.int32, np.float32
+FP_REL = 1e-5  # FP32 paths, relative to the output's scale
+
+
+@pytest.fixture(scope="module")
+def mod():
+    # the translation unit the backend compiles
+    return EmulatedModule(kernel_source(), [str(kernel_dir())])
+
+
+def launch(mod, name, grid, block, *args):
+    mod.get_function(name)(grid, block, args)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of a starting on a 64-byte boundary (so "aligned" cases take the vector paths)."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def rows_with_stride(rng, m: int, k: int, ld: int, offset: int = 0, dtype=np.float32):
+    """A buffer holding m rows of k values ld apart, starting `offset` elements after a 64-byte
+    boundary (so row starts can sit off 16-byte boundaries); returns (view from the first row,
+    the rows)."""
+    buf = aligned(rng.standard_normal(offset + max(m - 1, 0) * ld + k + 3).astype(dtype))
+    view = buf[offset:]
+    rows = np.stack([view[i * ld : i * ld + k] for i in range(m)])
+    return view, rows
+
+
+def strided_out(view: np.ndarray, m: int, n: int, ld: int) -> np.ndarray:
+    return np.stack([view[i * ld : i * ld + n] for i in range(m)])
+
+
+# --- embeddings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("d", [40, 300])
+@pytest.mark.parametrize("with_wpe", [False, True])
+def test_embed(mod, fmt, d, with_wpe):
+    rng = np.random.default_rng(d)
+    vocab, t, p0, group = 11, 3, 4, 32
+    ids = np.array([7, 0, 10], I32)
+    table = rng.standard_normal((vocab, d)).astype(F32)
+    wpe = rng.standard_normal((p0 + t + 2, d)).astype(F32) if with_wpe else None
+    pos = np.array([p0], I32)
+    x = np.full((t, d), np.nan, F32)
+    if fmt == "f32":
+        want = table[ids].astype(np.float64)
+        launch(mod, "embed_f32", (t,), (256,), ids, table, wpe, pos, x, I32(d))
+    elif fmt == "bf16":
+        tb = ref.to_bf16(table)
+        want = ref.from_bf16(tb)[ids].astype(np.float64)
+        launch(mod, "embed_bf16", (t,), (256,), ids, tb, wpe, pos, x, I32(d))
+    else:
+        ng = cdiv(d, group)
+        q = rng.integers(-127, 128, (vocab, d)).astype(np.int8)
+        s = rng.uniform(0.001, 0.02, (vocab, ng)).astype(F32)
+        deq = q.astype(F32) * np.repeat(s, group, axis=1)[:, :d]
+        want = deq[ids].astype(np.float64)
+        launch(mod, "embed_q8", (t,), (256,), ids, q, s, I32(group), wpe, pos, x, I32(d))
+    if with_wpe:
+        want = want + wpe[p0 : p0 + t]
+    ref.assert_close(x, want, FP_REL, f"embed_{fmt}")
+
+
+def test_add_pos_embed(mod):
+    rng = np.random.default_rng(1)
+    t, d, p0 = 3, 300, 5
+    wpe = rng.standard_normal((p0 + t, d)).astype(F32)
+    x = rng.standard_normal((t, d)).astype(F32)
+    want = x.astype(np.float64) + wpe[p0:]
+    launch(mod, "add_pos_embed", (t,), (256,), wpe, np.array([p0], I32), x, I32(d))
+    ref.assert_close(x, want, FP_REL, "add_pos_embed")
+
+
+# --- norms ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d", [40, 200, 600])
+def test_norms(mod, d):
+    rng = np.random.default_rng(d)
+    t, ldx, eps = 3, d + 3, 1e-5
+    xv, x = rows_with_stride(rng, t, d, ldx, offset=1)
+    x *= 3.0
+    xv[:] *= 3.0
+    w = rng.standard_normal(d).astype(F32)
+    b = rng.standard_normal(d).astype(F32)
+    out = np.full((t, d), np.nan, F32)
+    launch(mod, "rms_norm", (t,), (256,), xv, I32(ldx), w, out, I32(d), F32(eps))
+    ref.assert_close(out, ref.rms_norm(x, w, eps), FP_REL, "rms_norm")
+    out[:] = np.nan
+    launch(mod, "layer_norm", (t,), (256,), xv, I32(ldx), w, b, out, I32(d), F32(eps))
+    ref.assert_close(out, ref.layer_norm(x, w, b, eps), FP_REL, "layer_norm")
+
+
+# --- W8A8 activation quantization -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k,group", [(37, 32), (100, 32), (257, 32), (257, 64)])
+def test_quantize_q8_is_bit_exact(mod, k, group):
+    rng = np.random.default_rng(k + group)
+    m, ldx = 4, k + 5
+    xv, x = rows_with_stride(rng, m, k, ldx, offset=1)
+    x = x * np.float32(4.0)
+    # row 1: a zero group, a group below 1e-30, a NaN group (when there are enough groups);
+    # row 2: the last (short) group holds +inf; row 3: ties of round-half-even (amax 127)
+    x[1, :group] = 0.0
+    if k > 2 * group:
+        x[1, group : 2 * group] *= np.float32(1e-31)
+        x[1, 2 * group + 3] = np.nan
+    x[2, -1] = np.inf
+    x[3, :8] = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -126.5, 3.4999998]
+    for i in range(m):
+        xv[i * ldx : i * ldx + k] = x[i]
+    ng = cdiv(k, group)
+    xq = np.full((m, k), 99, np.int8)
+    xs = np.full((m, ng), -1.0, F32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_q, want_s = ref.quantize_x(x, group)
+    launch(mod, "quantize_q8", (cdiv(ng, 4), m), (128,), xv, I32(ldx), xq, xs, I32(m), I32(k), I32(group))
+    np.testing.assert_array_equal(xq, want_q)
+    np.testing.assert_array_equal(xs.view(np.uint32), want_s.view(np.uint32))  # NaN bits too
+    assert xs[1, 0] == 0 and np.isnan(xs[2, -1]) and list(xq[3, :4]) == [127, 0, 2, 2]
+
+
+# --- matmuls ----------------------------------------------------------------------------------
+
+
+def matmul_case(rng, fmt: str, m: int, k: int, n: int, group: int = 32, offset: int = 1, ldx: int = 0):
+    """Operands of one matmul: kernel arguments (x side, w side) and the float64 reference.
+    x rows are ldx apart (default k + 3: rows off 16-byte boundaries)."""
+    ldx = ldx or k + 3
+    if fmt == "q8":
+        x = rng.standard_normal((m, k)).astype(F32)
+        xq, xs = ref.quantize_x(x, group)
+        wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+        ws = rng.uniform(0.001, 0.02, (n, cdiv(k, group))).astype(F32)
+        want = ref.w8a8(xq, xs, wq, ws, group)
+        # int8 rows are k apart; `offset` moves both matrices off 16-byte boundaries
+        xbuf = aligned(np.zeros(offset + m * k, np.int8))
+        wbuf = aligned(np.zeros(offset + n * k, np.int8))
+        xbuf[offset:], wbuf[offset:] = xq.reshape(-1), wq.reshape(-1)
+        return (xbuf[offset:], xs), (wbuf[offset:], ws, I32(group)), want
+    xv, x = rows_with_stride(rng, m, k, ldx, offset=offset)
+    w = aligned(rng.standard_normal((n, k)).astype(F32))
+    if fmt == "bf16":
+        wb = aligned(ref.to_bf16(w))
+        w, warg = ref.from_bf16(wb), wb
+    else:
+        warg = w
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    return (xv, I32(ldx)), (warg,), want
+
+
+def run_matmul(mod, kind: str, fmt: str, m: int, k: int, n: int, *, alpha=1.0, accumulate=False,
+               bias=False, offset=1, group=32, ldx=0, seed=0):
+    rng = np.random.default_rng(seed + 1000 * m + k + 7 * n)
+    xargs, wargs, want = matmul_case(rng, fmt, m, k, n, group, offset, ldx)
+    ldy = n + 2
+    yv = rng.standard_normal(m * ldy).astype(F32)
+    y0 = strided_out(yv, m, n, ldy).astype(np.float64)
+    b = rng.standard_normal(n).astype(F32) if bias else None
+    want = alpha * want + (b if bias else 0.0) + (y0 if accumulate else 0.0)
+    if kind == "gemv":
+        grid, block = (cdiv(n, 4),), (128,)
+    else:
+        grid, block = (cdiv(n, 64), cdiv(m, 64)), (256,)
+    gaps = [yv[i * ldy + n : (i + 1) * ldy].copy() for i in range(m)]
+    tail = (b, yv, I32(ldy), I32(m), I32(k), I32(n), F32(alpha), I32(int(accumulate)))
+    launch(mod, f"{kind}_{fmt}", grid, block, *xargs, *wargs, *tail)
+    got = strided_out(yv, m, n, ldy)
+    ref.assert_close(got, want, FP_REL, f"{kind}_{fmt} m={m} k={k} n={n}")
+    for i in range(m):  # nothing written between the rows of y
+        np.testing.assert_array_equal(yv[i * ldy + n : (i + 1) * ldy], gaps[i])
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+@pytest.mark.parametrize("k,n", [(37, 3), (100, 130), (257, 1)])
+def test_gemv(mod, fmt, m, k, n):
+    run_matmul(mod, "gemv", fmt, m, k, n)
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("k", [512, 1056])
+def test_gemv_long_rows_aligned(mod, fmt, k):
+    # long enough for the unrolled vector loops; every row 16-byte aligned
+    run_matmul(mod, "gemv", fmt, 2, k, 5, offset=0, ldx=k + 4)
+    run_matmul(mod, "gemv", fmt, 4, k, 3, offset=0, ldx=k + 8, group=64)
+    run_matmul(mod, "gemv", fmt, 3, k, 2, offset=0, ldx=k + 4, bias=True, accumulate=True, alpha=0.5)
+
+
+@pytest.mark.parametrize("kind", ["gemv", "gemm"])
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+def test_matmul_epilogue(mod, kind, fmt):
+    m = 3 if kind == "gemv" else 5
+    run_matmul(mod, kind, fmt, m, 100, 7, alpha=0.375, accumulate=True, bias=True)
+    run_matmul(mod, kind, fmt, m, 64, 6, alpha=-2.0, accumulate=False, bias=True, offset=0)
+    run_matmul(mod, kind, fmt, m, 37, 5, alpha=1.5, accumulate=True, bias=False)
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("m,k,n", [(1, 37, 3), (5, 100, 130), (70, 100, 67), (70, 64, 3), (130, 257, 65)])
+def test_gemm(mod, fmt, m, k, n):
+    run_matmul(mod, "gemm", fmt, m, k, n, offset=0 if k == 64 else 1, ldx=k + 4 if k == 64 else 0)
+
+
+@pytest.mark.parametrize("kind,m", [("gemv", 2), ("gemm", 70)])
+def test_q8_group_64(mod, kind, m):
+    run_matmul(mod, kind, "q8", m, 257, 9, group=64)
+    run_matmul(mod, kind, "q8", m, 192, 9, group=64, offset=0)
+
+
+def test_q8_matmuls_propagate_nan_groups(mod):
+    # a row of x with a non-finite value quantizes with scale NaN and its outputs turn NaN
+    rng = np.random.default_rng(3)
+    m, k, n, group = 3, 70, 5, 32
+    x = rng.standard_normal((m, k)).astype(F32)
+    x[0, 40] = np.nan
+    x[2, :] = 0.0
+    with np.errstate(invalid="ignore"):
+        xq, xs = ref.quantize_x(x, group)
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, group))).astype(F32)
+    for kind, grid, block in [("gemv", (cdiv(n, 4),), (128,)), ("gemm", (1, 1), (256,))]:
+        y = np.full((m, n), 7.0, F32)
+        launch(mod, f"{kind}_q8", grid, block, xq, xs, wq, ws, I32(group), None, y, I32(n), I32(m), I32(k),
+               I32(n), F32(1.0), I32(0))
+        assert np.isnan(y[0]).all(), kind
+        assert np.isfinite(y[1]).all() and (y[2] == 0).all(), kind
+
+
+# --- RoPE + KV cache --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim", [(6, 2, 8), (4, 4, 64), (2, 1, 200)])
+@pytest.mark.parametrize("with_rope", [True, False])
+def test_rope_store_kv(mod, n_heads, n_kv_heads, head_dim, with_rope):
+    rng = np.random.default_rng(head_dim + n_heads)
+    t, p0, max_seq = 3, 9, 16
+    q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+    width = q_dim + 2 * kv_dim
+    ld = width + 5
+    buf = rng.standard_normal(t * ld).astype(F32)
+    before = buf.copy()
+    rows = strided_out(buf, t, width, ld).copy()
+    freqs = ref.inv_freq(head_dim, 10000.0)
+    k_cache = np.full((max_seq, kv_dim), -5.0, F32)
+    v_cache = np.full((max_seq, kv_dim), -5.0, F32)
+    launch(mod, "rope_store_kv", (t,), (128,), buf, I32(ld), I32(t), np.array([p0], I32),
+           freqs if with_rope else None, I32(n_heads), I32(n_kv_heads), I32(head_dim), k_cache, v_cache)
+    want = rows.copy()
+    if with_rope:
+        for i in range(t):
+            want[i, : q_dim + kv_dim] = ref.rope(rows[i, : q_dim + kv_dim], p0 + i, freqs, head_dim)
+    got = strided_out(buf, t, width, ld)
+    ref.assert_close(got, want, FP_REL, "rope rows")
+    ref.assert_close(k_cache[p0 : p0 + t], want[:, q_dim : q_dim + kv_dim], FP_REL, "k cache")
+    np.testing.assert_array_equal(v_cache[p0 : p0 + t], rows[:, q_dim + kv_dim :])
+    assert (k_cache[:p0] == -5).all() and (k_cache[p0 + t :] == -5).all()
+    assert (v_cache[:p0] == -5).all() and (v_cache[p0 + t :] == -5).all()
+    for i in range(t):  # the gaps between rows are untouched
+        np.testing.assert_array_equal(buf[i * ld + width : (i + 1) * ld], before[i * ld + width : (i + 1) * ld])
+
+
+# --- attention --------------------------------------------------------------------------------
+
+
+def run_attention(mod, n_heads, n_kv_heads, head_dim, t, p0, chunk, seed=0):
+    rng = np.random.default_rng(seed + head_dim + 10 * n_heads)
+    n_keys = p0 + t
+    kv_dim = n_kv_heads * head_dim
+    ldq = n_heads * head_dim + 3
+    q = rng.standard_normal((t, ldq)).astype(F32)
+    k_cache = rng.standard_normal((n_keys + 2, kv_dim)).astype(F32)
+    v_cache = rng.standard_normal((n_keys + 2, kv_dim)).astype(F32)
+    scale = 1.0 / np.sqrt(head_dim)
+    splits = cdiv(n_keys, chunk)
+    part_o = np.full((t, n_heads, splits, head_dim), np.nan, F32)
+    part_ml = np.full((t, n_heads, splits, 2), np.nan, F32)
+    pos = np.array([p0], I32)
+    launch(mod, "attention_partial", (n_heads, t, splits), (128,), q.reshape(-1), I32(ldq), k_cache, v_cache, pos,
+           I32(t), I32(n_heads), I32(n_kv_heads), I32(head_dim), F32(scale), I32(chunk), part_o, part_ml)
+    ldo = n_heads * head_dim + 1
+    out = np.full((t, ldo), np.nan, F32)
+    launch(mod, "attention_combine", (n_heads, t), (128,), part_o, part_ml, I32(t), I32(n_heads), I32(head_dim),
+           I32(splits), out.reshape(-1), I32(ldo))
+    want = ref.attention(q[:, : n_heads * head_dim], k_cache, v_cache, p0, n_heads, n_kv_heads, head_dim,
+                         float(F32(scale)))
+    ref.assert_close(out[:, : n_heads * head_dim], want, 1e-5, "attention")
+    assert np.isnan(out[:, -1]).all()  # past the row: untouched
+    return q, k_cache, v_cache, part_o, part_ml, scale
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_dim", [(6, 2, 8), (4, 4, 64), (2, 1, 40), (1, 1, 256)])
+def test_attention_decode_long_context(mod, n_heads, n_kv_heads, head_dim):
+    # one query at position 299: 300 keys over 5 splits of 64
+    run_attention(mod, n_heads, n_kv_heads, head_dim, t=1, p0=299, chunk=64)
+
+
+def test_attention_prefill_chunk_and_empty_split(mod):
+    # rows at positions 255 and 256: row 0 has 256 keys, so its split 4 ([256, 320)) is empty
+    n_heads, n_kv_heads, head_dim = 6, 2, 8
+    q, k_cache, v_cache, part_o, part_ml, scale = run_attention(mod, n_heads, n_kv_heads, head_dim, t=2,
+                                                                p0=255, chunk=64)
+    assert (part_ml[0, :, 4, 0] == -np.inf).all() and (part_ml[0, :, 4, 1] == 0).all()
+    assert (part_o[0, :, 4] == 0).all()
+    # a split's partial: m = max score, l = Σ exp(score − m), o = Σ exp(score − m)·v
+    h, s = 5, 2
+    g = h // (n_heads // n_kv_heads)
+    keys = slice(s * 64, (s + 1) * 64)
+    kh = k_cache[keys, g * head_dim : (g + 1) * head_dim].astype(np.float64)
+    vh = v_cache[keys, g * head_dim : (g + 1) * head_dim].astype(np.float64)
+    sc = float(F32(scale)) * (kh @ q[1, h * head_dim : (h + 1) * head_dim].astype(np.float64))
+    e = np.exp(sc - sc.max())
+    assert abs(part_ml[1, h, s, 0] - sc.max()) <= 1e-5 * abs(sc).max()
+    assert abs(part_ml[1, h, s, 1] - e.sum()) <= 1e-5 * e.sum()
+    ref.assert_close(part_o[1, h, s], e @ vh, 1e-5, "partial o")
+
+
+def test_attention_short_prefill_from_zero(mod):
+    run_attention(mod, 4, 2, 64, t=5, p0=0, chunk=4)
+
+
+# --- activations ------------------------------------------------------------------------------
+
+
+def test_silu_mul(mod):
+    rng = np.random.default_rng(5)
+    t, ffn = 3, 300
+    ldgu, ldout = 2 * ffn + 3, ffn + 1
+    gu = (rng.standard_normal((t, ldgu)) * 6).astype(F32)
+    gu[0, :5] = [-100.0, -30.0, 0.0, 30.0, 100.0]
+    out = np.full((t, ldout), np.nan, F32)
+    launch(mod, "silu_mul", (cdiv(ffn, 256), t), (256,), gu.reshape(-1), I32(ldgu), out.reshape(-1), I32(ldout),
+           I32(t), I32(ffn))
+    ref.assert_close(out[:, :ffn], ref.silu_mul(gu[:, :ffn], gu[:, ffn : 2 * ffn]), FP_REL, "silu_mul")
+    assert np.isnan(out[:, ffn:]).all()
+
+
+def test_gelu_tanh(mod):
+    rng = np.random.default_rng(6)
+    n = 1000
+    x = (rng.standard_normal(n + 4) * 4).astype(F32)
+    x[:6] = [-100.0, -10.0, -0.0, 0.0, 10.0, 100.0]
+    want = ref.gelu_tanh(x[:n])
+    tail = x[n:].copy()
+    launch(mod, "gelu_tanh", (cdiv(n, 256),), (256,), x, I32(n))
+    ref.assert_close(x[:n], want, FP_REL, "gelu_tanh")
+    np.testing.assert_array_equal(x[n:], tail)
