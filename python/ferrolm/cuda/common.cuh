@@ -31,18 +31,6 @@ FL_DEV int fl_min_i(int a, int b) { return a < b ? a : b; }
 FL_DEV int fl_max_i(int a, int b) { return a > b ? a : b; }
 FL_DEV unsigned fl_max_u(unsigned a, unsigned b) { return a > b ? a : b; }
 
-// Rounded IEEE products and sums the compiler may not fuse into an FMA (the CPU core computes
-// these expressions without FMA; used where the result is compared exactly).
-#ifdef __CUDACC_RTC__
-FL_DEV float fl_mul_rn(float a, float b) { return __fmul_rn(a, b); }
-FL_DEV float fl_add_rn(float a, float b) { return __fadd_rn(a, b); }
-FL_DEV float fl_sub_rn(float a, float b) { return __fsub_rn(a, b); }
-#else
-FL_DEV float fl_mul_rn(float a, float b) { return a * b; }
-FL_DEV float fl_add_rn(float a, float b) { return a + b; }
-FL_DEV float fl_sub_rn(float a, float b) { return a - b; }
-#endif
-
 // ---------------------------------------------------------------------------------------------
 // Reductions. Every lane of the warp receives the result (butterfly with __shfl_xor_sync).
 

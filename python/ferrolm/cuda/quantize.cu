@@ -36,7 +36,7 @@ extern "C" __global__ void quantize_q8(const float* __restrict__ x, int ldx, sig
         const float amax = __uint_as_float(abits);
         const float inv = __fdiv_rn(127.0f, amax);
         for (int e = lane; e < len; e += 32) {
-            const int q = __float2int_rn(fl_mul_rn(xg[e], inv));
+            const int q = __float2int_rn(__fmul_rn(xg[e], inv));
             qg[e] = (signed char)fl_max_i(-127, fl_min_i(127, q));
         }
         s = __fdiv_rn(amax, 127.0f);

@@ -3,7 +3,7 @@
 // q and k are rotated in place ("rotate_half": dim j pairs with j + head_dim/2) when inv_freq
 // is given; then k and v are copied to the cache row pos + i (k_cache, v_cache: [max_seq, kv_dim]).
 // The angles are those of the CPU core (rope.rs): (double)(pos + i)·inv_freq[j], cosine and sine
-// in double, rounded to f32; the rotation is computed without FMA, as there.
+// in double, rounded to f32; the rotation is computed without FMA (__fmul_rn, __fadd_rn), as there.
 #include "common.cuh"
 
 // inv_freq: [head_dim / 2] (double), head_dim even and ≤ 256
@@ -34,8 +34,8 @@ extern "C" __global__ void rope_store_kv(float* __restrict__ qkv, int ldqkv, int
             const int hh = idx / half, j = idx - hh * half;
             float* hp = row + hh * head_dim;
             const float a = hp[j], b = hp[j + half], c = cs[j], s = sn[j];
-            const float a2 = fl_sub_rn(fl_mul_rn(a, c), fl_mul_rn(b, s));
-            const float b2 = fl_add_rn(fl_mul_rn(b, c), fl_mul_rn(a, s));
+            const float a2 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+            const float b2 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
             hp[j] = a2;
             hp[j + half] = b2;
             if (hh >= n_heads) {
