@@ -93,7 +93,9 @@ def test_emulator_test_kernels_are_valid_cuda():
     if not sources.kernel_files(folder):
         pytest.skip("no tests/cuda_kernels/*.cu")
     reports = ck.check(ck.ARCHS, directory=folder, extra_options=[f"-I{sources.kernel_dir()}"])
-    assert ck.problems(reports) == [], ck.format_table(reports)
+    # `deep` (the stack-overflow test's recursive device function) uses a stack on purpose
+    problems = [p for p in ck.problems(reports) if not ("_Z4deep" in p and "spills" in p)]
+    assert problems == [], ck.format_table(reports)
     assert all(r.kernels for r in reports)
 
 
