@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::memory;
-use crate::model::forward::{forward_input, Input, Scratch};
+use crate::kernels::RowPath;
+use crate::model::forward::{forward_batch, forward_input, BatchRow, Input, Layout, Scratch};
 use crate::model::Model;
 use crate::sampling::{Sampler, SamplingParams};
 
@@ -19,6 +20,11 @@ pub struct Session {
     prefix: usize,
     /// Every token fed so far; tokens[i] sits at cache position prefix + i.
     tokens: Vec<u32>,
+    /// paths[i]: the matmul path tokens[i] ran on. With the tokens, it says which cached
+    /// positions a cold run of a prompt would compute identically (`reusable_prefix`).
+    paths: Vec<RowPath>,
+    /// Cache positions ever written (their memory stays committed).
+    touched: usize,
     /// logits: [vocab] of the last token fed.
     logits: Vec<f32>,
     has_logits: bool,
@@ -42,7 +48,7 @@ impl Session {
         let vocab = c.vocab_size;
         let logits = memory::zeroed(vocab, "the logits")?;
         let sampler = Sampler::new(vocab)?;
-        Ok(Self { model, cache, scratch: Scratch::default(), prefix: 0, tokens: Vec::new(), logits, has_logits: false, sampler })
+        Ok(Self { model, cache, scratch: Scratch::default(), prefix: 0, tokens: Vec::new(), paths: Vec::new(), touched: 0, logits, has_logits: false, sampler })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -71,7 +77,43 @@ impl Session {
     pub fn reset(&mut self) {
         self.prefix = 0;
         self.tokens.clear();
+        self.paths.clear();
         self.has_logits = false;
+    }
+
+    /// Keeps the first `n` tokens (and any soft-prompt prefix) and forgets the rest; the
+    /// last logits are forgotten unless nothing is dropped. `n` past the end is an error.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        if n > self.tokens.len() {
+            return Err(Error::InvalidArgument(format!("cannot keep {n} tokens of a session holding {}", self.tokens.len())));
+        }
+        if n < self.tokens.len() {
+            self.tokens.truncate(n);
+            self.paths.truncate(n);
+            self.has_logits = false;
+        }
+        Ok(())
+    }
+
+    /// How many leading tokens of `prompt` this session holds exactly as a cold run of
+    /// `prompt` (a fresh session fed the whole prompt at once) computes them: the same
+    /// tokens, each run on the matmul path the cold run's chunk picks. At most
+    /// `prompt.len() - 1` (the last token is always fed, for fresh logits); 0 for a session
+    /// that starts with a soft prompt. After `truncate(r)`, feeding `prompt[r..]` with
+    /// `forward_prompt(.., r, prompt.len())` gives bit-identical cache and logits.
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        if self.prefix != 0 || prompt.is_empty() {
+            return 0;
+        }
+        let cold = Layout::whole(prompt.len());
+        let limit = (prompt.len() - 1).min(self.tokens.len());
+        (0..limit).find(|&i| self.tokens[i] != prompt[i] || self.paths[i] != cold.path_at(&self.model, i)).unwrap_or(limit)
+    }
+
+    /// Cache positions ever written (the memory they occupy stays committed while the
+    /// session lives).
+    pub fn touched(&self) -> usize {
+        self.touched
     }
 
     pub fn seed(&mut self, seed: u64) {
@@ -81,15 +123,74 @@ impl Session {
     /// Appends `tokens` to the sequence. Validates everything first: on error nothing changes.
     /// Returns logits of every fed token, [tokens.len(), vocab] row-major, when `all_logits`.
     pub fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Option<Vec<f32>>> {
+        self.forward_prompt(tokens, 0, tokens.len(), all_logits)
+    }
+
+    /// [`Session::forward`] of `tokens` as rows `start..start + tokens.len()` of a prompt of
+    /// `total` tokens: chunked and run on the paths a single call with the whole prompt would
+    /// use (see [`Layout`]), so a prompt fed in pieces (a reused prefix, then the rest; or
+    /// chunk by chunk) gives exactly the cache and logits of one call.
+    pub fn forward_prompt(&mut self, tokens: &[u32], start: usize, total: usize, all_logits: bool) -> Result<Option<Vec<f32>>> {
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to process".into()));
+        }
+        if start.checked_add(tokens.len()).is_none_or(|end| end > total) {
+            return Err(Error::InvalidArgument(format!("tokens {start}..{} lie outside a prompt of {total}", start.saturating_add(tokens.len()))));
         }
         for &t in tokens {
             self.model.check_token(t)?;
         }
-        let all = self.run(Input::Tokens(tokens), tokens.len(), all_logits)?;
+        let layout = Layout { start, total };
+        let all = self.run(Input::Tokens(tokens), tokens.len(), all_logits, layout)?;
         self.tokens.extend_from_slice(tokens);
+        let model = &self.model;
+        self.paths.extend((start..start + tokens.len()).map(|i| layout.path_at(model, i)));
         Ok(all)
+    }
+
+    /// One decode step of several sessions of the same model at once: session i is fed
+    /// `tokens[i]` (see [`forward_batch`]). Each session ends exactly as
+    /// `forward(&[tokens[i]])` alone would leave it. Everything is checked first: on error
+    /// no session changes.
+    pub fn step_batch(sessions: &mut [&mut Session], tokens: &[u32]) -> Result<()> {
+        if sessions.len() != tokens.len() {
+            return Err(Error::InvalidArgument(format!("{} sessions but {} tokens", sessions.len(), tokens.len())));
+        }
+        let Some(first) = sessions.first() else {
+            return Ok(());
+        };
+        let model = first.model.clone();
+        for (s, &t) in sessions.iter().zip(tokens) {
+            if !Arc::ptr_eq(&s.model, &model) {
+                return Err(Error::InvalidArgument("a batch can only hold sessions of the same model (and adapter)".into()));
+            }
+            model.check_token(t)?;
+            let needed = s.position() + 1;
+            if needed > s.cache.max_seq {
+                return Err(Error::ContextOverflow { needed, context_length: s.cache.max_seq });
+            }
+        }
+        let mut scratch = std::mem::take(&mut sessions[0].scratch);
+        let result = {
+            let mut rows: Vec<BatchRow<'_>> = sessions
+                .iter_mut()
+                .zip(tokens)
+                .map(|(s, &token)| {
+                    let pos = s.prefix + s.tokens.len();
+                    BatchRow { cache: &mut s.cache, token, pos, logits: &mut s.logits }
+                })
+                .collect();
+            forward_batch(&model, &mut scratch, &mut rows)
+        };
+        sessions[0].scratch = scratch;
+        result?;
+        for (s, &t) in sessions.iter_mut().zip(tokens) {
+            s.tokens.push(t);
+            s.paths.push(RowPath::Gemv);
+            s.touched = s.touched.max(s.position());
+            s.has_logits = true;
+        }
+        Ok(())
     }
 
     /// Feeds input embeddings `embeds: [n, hidden]` (a soft prompt) at the start of an empty
@@ -106,12 +207,12 @@ impl Session {
             return Err(Error::InvalidArgument(format!("embeddings must be finite, got {v}")));
         }
         let n = embeds.len() / d;
-        let all = self.run(Input::Embeds(embeds), n, all_logits)?;
+        let all = self.run(Input::Embeds(embeds), n, all_logits, Layout::whole(n))?;
         self.prefix = n;
         Ok(all)
     }
 
-    fn run(&mut self, input: Input<'_>, n: usize, all_logits: bool) -> Result<Option<Vec<f32>>> {
+    fn run(&mut self, input: Input<'_>, n: usize, all_logits: bool, layout: Layout) -> Result<Option<Vec<f32>>> {
         let needed = self.position() + n;
         if needed > self.cache.max_seq {
             return Err(Error::ContextOverflow { needed, context_length: self.cache.max_seq });
@@ -119,8 +220,9 @@ impl Session {
         let vocab = self.model.config.vocab_size;
         let mut all = if all_logits { Some(memory::zeroed(memory::checked_bytes(n, vocab, "the logits")?, "the logits of every token")?) } else { None };
         let pos0 = self.position();
-        forward_input(&self.model, &mut self.cache, &mut self.scratch, input, pos0, &mut self.logits, all.as_deref_mut())?;
+        forward_input(&self.model, &mut self.cache, &mut self.scratch, input, pos0, &mut self.logits, all.as_deref_mut(), layout)?;
         self.has_logits = true;
+        self.touched = self.touched.max(needed);
         Ok(all)
     }
 
@@ -150,8 +252,129 @@ fn no_logits() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::export::tests::{build, checkpoint_names, GPT2, LLAMA};
+    use crate::model::export::tests::{build, build_threads, checkpoint_names, GPT2, LLAMA};
+    use crate::model::forward::PREFILL_CHUNK;
     use crate::model::Precision;
+
+    const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+
+    /// The test configs with a longer context (prompts across several prefill chunks).
+    fn long(config: &str) -> String {
+        config.replace("\"max_position_embeddings\":32", "\"max_position_embeddings\":700").replace("\"n_positions\":32", "\"n_positions\":700")
+    }
+
+    fn tokens(n: usize, seed: u32) -> Vec<u32> {
+        (0..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed * 7919) >> 7) % 40).collect()
+    }
+
+    #[test]
+    fn a_batched_step_gives_each_session_its_logits_alone() {
+        for config in [LLAMA, GPT2] {
+            let config = long(config);
+            for precision in PRECISIONS {
+                for threads in [1, 3] {
+                    let model = Arc::new(build_threads(&config, precision, &checkpoint_names(&config), threads));
+                    // prompts of different lengths (one across a chunk boundary), 4 steps
+                    let prompts: Vec<Vec<u32>> = [1usize, 5, 9, 300, 2].iter().enumerate().map(|(i, &n)| tokens(n, i as u32)).collect();
+                    let mut alone: Vec<Session> = prompts.iter().map(|_| Session::new(model.clone(), Some(400)).unwrap()).collect();
+                    let mut batch: Vec<Session> = prompts.iter().map(|_| Session::new(model.clone(), Some(400)).unwrap()).collect();
+                    for ((a, b), p) in alone.iter_mut().zip(batch.iter_mut()).zip(&prompts) {
+                        a.forward(p, false).unwrap();
+                        b.forward(p, false).unwrap();
+                    }
+                    for step in 0..4u32 {
+                        let next: Vec<u32> = (0..prompts.len() as u32).map(|i| (i * 5 + step * 3) % 40).collect();
+                        for (a, &t) in alone.iter_mut().zip(&next) {
+                            a.forward(&[t], false).unwrap();
+                        }
+                        let mut refs: Vec<&mut Session> = batch.iter_mut().collect();
+                        Session::step_batch(&mut refs, &next).unwrap();
+                        for (i, (a, b)) in alone.iter().zip(&batch).enumerate() {
+                            assert_eq!(a.logits().unwrap(), b.logits().unwrap(), "{precision:?} threads {threads} session {i} step {step}");
+                            assert_eq!(a.tokens(), b.tokens());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_is_checked_before_anything_runs() {
+        let model = Arc::new(build(LLAMA, Precision::F32, &checkpoint_names(LLAMA)));
+        let other = Arc::new(build(LLAMA, Precision::F32, &checkpoint_names(LLAMA)));
+        let mut a = Session::new(model.clone(), Some(4)).unwrap();
+        let mut b = Session::new(model.clone(), Some(4)).unwrap();
+        let mut c = Session::new(other, Some(4)).unwrap();
+        a.forward(&[1, 2, 3, 4], false).unwrap();
+        b.forward(&[1], false).unwrap();
+        let err = Session::step_batch(&mut [&mut b, &mut a], &[1, 2]);
+        assert!(matches!(err, Err(Error::ContextOverflow { .. })), "{err:?}");
+        assert!(matches!(Session::step_batch(&mut [&mut b], &[40]), Err(Error::InvalidToken { .. })));
+        assert!(matches!(Session::step_batch(&mut [&mut b], &[1, 2]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(Session::step_batch(&mut [&mut b, &mut c], &[1, 2]), Err(Error::InvalidArgument(_))));
+        assert_eq!((a.position(), b.position(), c.position()), (4, 1, 0));
+        Session::step_batch(&mut [], &[]).unwrap();
+    }
+
+    #[test]
+    fn a_reused_prefix_gives_the_cold_runs_cache_and_logits() {
+        for config in [LLAMA, GPT2] {
+            let config = long(config);
+            for precision in PRECISIONS {
+                let model = Arc::new(build_threads(&config, precision, &checkpoint_names(&config), 2));
+                let first = tokens(2 * PREFILL_CHUNK + 40, 1);
+                for (keep, total) in [(300usize, 301usize), (300, 306), (511, 520), (40, 300), (3, 9), (512, 513), (250, 259)] {
+                    let mut prompt = first[..keep].to_vec();
+                    prompt.extend(tokens(total - keep, 9));
+                    let mut cold = Session::new(model.clone(), Some(700)).unwrap();
+                    let want = cold.forward(&prompt, true).unwrap().unwrap();
+                    // a session that ran `first` then generated a few tokens
+                    let mut warm = Session::new(model.clone(), Some(700)).unwrap();
+                    warm.forward(&first, false).unwrap();
+                    warm.forward(&[5], false).unwrap();
+                    let r = warm.reusable_prefix(&prompt);
+                    assert!(r < prompt.len());
+                    warm.truncate(r).unwrap();
+                    // the rest in pieces, as a cancellable prefill feeds it
+                    let vocab = model.config.vocab_size;
+                    let mut got = Vec::new();
+                    let mut i = r;
+                    while i < prompt.len() {
+                        let end = (i + 100).min(prompt.len());
+                        got.extend(warm.forward_prompt(&prompt[i..end], i, prompt.len(), true).unwrap().unwrap());
+                        i = end;
+                    }
+                    assert_eq!(got, want[r * vocab..], "{precision:?} keep {keep} total {total}: reused {r}");
+                    assert_eq!(warm.logits().unwrap(), cold.logits().unwrap());
+                    assert_eq!(warm.reusable_prefix(&prompt), prompt.len() - 1);
+                }
+                // the whole kept prompt of a cold run of the same prompt is reusable
+                let p = tokens(600, 3);
+                let mut s = Session::new(model.clone(), Some(700)).unwrap();
+                s.forward(&p, false).unwrap();
+                assert_eq!(s.reusable_prefix(&p), 599);
+                // a short prompt runs on the GEMV path where the long one ran on the GEMM
+                let short = if model.path_for(5) == model.path_for(PREFILL_CHUNK) { 4 } else { 0 };
+                assert_eq!(s.reusable_prefix(&p[..5]), short, "{precision:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncate_keeps_a_prefix() {
+        let model = Arc::new(build(LLAMA, Precision::F32, &checkpoint_names(LLAMA)));
+        let mut s = Session::new(model, Some(16)).unwrap();
+        s.forward(&[1, 2, 3], false).unwrap();
+        assert!(matches!(s.truncate(4), Err(Error::InvalidArgument(_))));
+        s.truncate(3).unwrap();
+        assert!(s.logits().is_ok());
+        s.truncate(1).unwrap();
+        assert_eq!(s.tokens(), &[1]);
+        assert!(s.logits().is_err());
+        assert_eq!(s.touched(), 3);
+        assert!(matches!(s.forward_prompt(&[1, 2], 3, 4, false), Err(Error::InvalidArgument(_))));
+    }
 
     #[test]
     fn embeddings_of_tokens_give_the_tokens_logits_and_positions_continue() {

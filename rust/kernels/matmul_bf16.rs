@@ -26,6 +26,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::kernels::simd::{self, SimdLevel};
+use crate::kernels::RowPath;
 use crate::threadpool::{chunk, ThreadPool};
 
 #[path = "matmul_bf16_vec.rs"]
@@ -53,6 +54,36 @@ pub fn matmul_bf16(
     n: usize,
 ) {
     matmul_bf16_with(simd::detected(), pool, x, w, y, m, k, n)
+}
+
+/// The path [`matmul_bf16`] takes for `m` rows of x: the GEMM from `pack_rows` rows on.
+pub fn bf16_path_for(m: usize) -> RowPath {
+    if m >= shape(simd::detected()).pack_rows {
+        RowPath::Gemm
+    } else {
+        RowPath::Gemv
+    }
+}
+
+/// [`matmul_bf16`] on a given path, whatever m (see [`RowPath`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bf16_path(
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[u16],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    path: RowPath,
+) {
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
+    let level = simd::detected();
+    let src = kern::Bf16W { w: w.as_ptr(), k };
+    // SAFETY: x, y and w (through `src`) have the lengths asserted above; level detected.
+    unsafe { run_matmul_path(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n, Some(path)) }
 }
 
 /// [`matmul_bf16`] on a forced SIMD path. Panics if `level` is not available on this CPU
@@ -106,6 +137,25 @@ pub(crate) unsafe fn run_matmul<S: WSource>(
     k: usize,
     n: usize,
 ) {
+    run_matmul_path(level, pool, x, src, y, m, k, n, None)
+}
+
+/// [`run_matmul`] on a given path (None: by m, the GEMM from `pack_rows` rows on).
+///
+/// # Safety
+/// As [`run_matmul`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn run_matmul_path<S: WSource>(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    x: *const f32,
+    src: S,
+    y: *mut f32,
+    m: usize,
+    k: usize,
+    n: usize,
+    path: Option<RowPath>,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -114,6 +164,10 @@ pub(crate) unsafe fn run_matmul<S: WSource>(
         return;
     }
     let sh = shape(level);
+    let packed = match path {
+        Some(p) => p == RowPath::Gemm,
+        None => m >= sh.pack_rows,
+    };
     let whole = Region {
         x,
         w: src,
@@ -122,6 +176,7 @@ pub(crate) unsafe fn run_matmul<S: WSource>(
         n,
         rows: (0, m),
         cols: (0, n),
+        packed,
     };
     // SAFETY (for `run_region` below): the caller vouches for the operands; `share` gives
     // each part a disjoint region inside [0, m) × [0, n).
@@ -131,7 +186,7 @@ pub(crate) unsafe fn run_matmul<S: WSource>(
         run_region(level, &whole);
         return;
     }
-    let parts = if m < sh.pack_rows {
+    let parts = if !packed {
         (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
     } else {
         nt
@@ -157,7 +212,7 @@ fn share<S: WSource>(
     nt: usize,
 ) -> Region<S> {
     let mut g = *whole;
-    if m < sh.pack_rows {
+    if !whole.packed {
         let c = chunk(n, t, nt);
         g.cols = (c.start, c.end);
         return g;

@@ -82,12 +82,9 @@ impl WSource for Bf16W {
         ldx: usize,
     ) -> [f32; R] {
         let (w, x, len) = (self.w.add(j * self.k + p0), x.add(p0), p1 - p0);
-        // 4 independent accumulators for one row of x, 2 per row for two rows.
-        if R == 1 {
-            dot_bf16::<V, R, 4>(w, len, x, ldx)
-        } else {
-            dot_bf16::<V, R, 2>(w, len, x, ldx)
-        }
+        // 4 independent accumulators per row of x, however many rows: a row's sum does not
+        // depend on the rows beside it (RowPath::Gemv).
+        dot_bf16::<V, R, 4>(w, len, x, ldx)
     }
 }
 
@@ -247,6 +244,9 @@ pub(crate) struct Region<S> {
     pub n: usize,
     pub rows: (usize, usize), // i range (of m)
     pub cols: (usize, usize), // j range (of n)
+    /// The packed GEMM (true) or the few-rows GEMV (false), for every row of the region:
+    /// the caller's [`RowPath`](crate::kernels::RowPath), never the region's height.
+    pub packed: bool,
 }
 
 // SAFETY: a Region only carries pointers into slices that the public matmul borrows for the
@@ -299,22 +299,18 @@ pub(crate) const PORTABLE: Shape = Shape {
 #[inline(always)]
 unsafe fn few_rows<V: Vf, S: WSource>(g: &Region<S>) {
     let (k, n) = (g.k, g.n);
-    let mut i = g.rows.0;
-    while i < g.rows.1 {
-        let x = g.x.add(i * k);
-        if i + 1 < g.rows.1 {
-            for j in g.cols.0..g.cols.1 {
-                let [a, b] = g.w.dot::<V, 2>(j, 0, k, x, k);
-                *g.y.add(i * n + j) = a;
-                *g.y.add((i + 1) * n + j) = b;
-            }
+    // Each row of w against all rows of x while it sits in L1: w streams once for any m.
+    for j in g.cols.0..g.cols.1 {
+        let mut i = g.rows.0;
+        while i + 1 < g.rows.1 {
+            let [a, b] = g.w.dot::<V, 2>(j, 0, k, g.x.add(i * k), k);
+            *g.y.add(i * n + j) = a;
+            *g.y.add((i + 1) * n + j) = b;
             i += 2;
-        } else {
-            for j in g.cols.0..g.cols.1 {
-                let [a] = g.w.dot::<V, 1>(j, 0, k, x, k);
-                *g.y.add(i * n + j) = a;
-            }
-            i += 1;
+        }
+        if i < g.rows.1 {
+            let [a] = g.w.dot::<V, 1>(j, 0, k, g.x.add(i * k), k);
+            *g.y.add(i * n + j) = a;
         }
     }
 }
@@ -527,12 +523,11 @@ unsafe fn packed<V: Vf, S: WSource, const MR: usize, const NR: usize>(g: &Region
 #[inline(always)]
 unsafe fn region<VG: Vf, V: Vf, S: WSource, const MR: usize, const NR: usize>(
     g: &Region<S>,
-    pack_rows: usize,
 ) {
     if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
         return;
     }
-    if g.rows.1 - g.rows.0 >= pack_rows {
+    if g.packed {
         packed::<V, S, MR, NR>(g)
     } else {
         few_rows::<VG, S>(g)
@@ -550,7 +545,7 @@ type GEMV512 = Y256;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(crate) unsafe fn region_avx512<S: WSource>(g: &Region<S>) {
-    region::<GEMV512, Z512, S, { AVX512.mr }, { AVX512.nr }>(g, AVX512.pack_rows)
+    region::<GEMV512, Z512, S, { AVX512.mr }, { AVX512.nr }>(g)
 }
 
 /// # Safety
@@ -558,7 +553,7 @@ pub(crate) unsafe fn region_avx512<S: WSource>(g: &Region<S>) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn region_avx2<S: WSource>(g: &Region<S>) {
-    region::<Y256, Y256, S, { AVX2.mr }, { AVX2.nr }>(g, AVX2.pack_rows)
+    region::<Y256, Y256, S, { AVX2.mr }, { AVX2.nr }>(g)
 }
 
 /// # Safety
@@ -566,11 +561,11 @@ pub(crate) unsafe fn region_avx2<S: WSource>(g: &Region<S>) {
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 pub(crate) unsafe fn region_neon<S: WSource>(g: &Region<S>) {
-    region::<Q128, Q128, S, { NEON.mr }, { NEON.nr }>(g, NEON.pack_rows)
+    region::<Q128, Q128, S, { NEON.mr }, { NEON.nr }>(g)
 }
 
 /// # Safety
 /// As [`region`].
 pub(crate) unsafe fn region_portable<S: WSource>(g: &Region<S>) {
-    region::<P8, P8, S, { PORTABLE.mr }, { PORTABLE.nr }>(g, PORTABLE.pack_rows)
+    region::<P8, P8, S, { PORTABLE.mr }, { PORTABLE.nr }>(g)
 }

@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::kernels::simd::{self, SimdLevel};
+use crate::kernels::RowPath;
 use crate::threadpool::{chunk, ThreadPool};
 
 #[path = "matmul_f32_kernels.rs"]
@@ -39,6 +40,30 @@ pub fn matmul_f32(
     matmul_f32_with(simd::detected(), pool, x, w, y, m, k, n)
 }
 
+/// The path [`matmul_f32`] takes for `m` rows of x: the GEMM from `pack_rows` rows on.
+pub fn f32_path_for(m: usize) -> RowPath {
+    if m >= shape(simd::detected()).pack_rows {
+        RowPath::Gemm
+    } else {
+        RowPath::Gemv
+    }
+}
+
+/// [`matmul_f32`] on a given path, whatever m (see [`RowPath`]).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_path(
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    path: RowPath,
+) {
+    matmul_f32_level_path(simd::detected(), pool, x, w, y, m, k, n, Some(path))
+}
+
 /// [`matmul_f32`] on a forced SIMD path. Panics if `level` is not available on this CPU
 /// or a slice length doesn't match its shape.
 #[allow(clippy::too_many_arguments)]
@@ -51,6 +76,22 @@ pub fn matmul_f32_with(
     m: usize,
     k: usize,
     n: usize,
+) {
+    matmul_f32_level_path(level, pool, x, w, y, m, k, n, None)
+}
+
+/// The driver: `path` None picks by m (the GEMM from `pack_rows` rows on).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f32_level_path(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    path: Option<RowPath>,
 ) {
     // These asserts are the only guard for the unsafe kernels below.
     assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
@@ -65,6 +106,10 @@ pub fn matmul_f32_with(
         return;
     }
     let sh = shape(level);
+    let packed = match path {
+        Some(p) => p == RowPath::Gemm,
+        None => m >= sh.pack_rows,
+    };
     let whole = Region {
         x: x.as_ptr(),
         w: w.as_ptr(),
@@ -73,6 +118,7 @@ pub fn matmul_f32_with(
         n,
         rows: (0, m),
         cols: (0, n),
+        packed,
     };
     // SAFETY (for `run_region` below): slice lengths asserted above; `share` gives each
     // part a disjoint region inside [0, m) × [0, n); `level` is available (check_level).
@@ -85,7 +131,7 @@ pub fn matmul_f32_with(
     // Parts are claimed dynamically, so a thread that is slow or descheduled takes fewer.
     // The memory-bound few-rows path uses several small parts per thread; the packed
     // GEMM one per thread (each part repacks its x block).
-    let parts = if m < sh.pack_rows {
+    let parts = if !packed {
         (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
     } else {
         nt
@@ -116,7 +162,7 @@ fn shape(level: SimdLevel) -> kern::Shape {
 /// has more row tiles than column blocks.
 fn share(whole: &Region, m: usize, n: usize, sh: kern::Shape, t: usize, nt: usize) -> Region {
     let mut g = *whole;
-    if m < sh.pack_rows {
+    if !whole.packed {
         let c = chunk(n, t, nt);
         g.cols = (c.start, c.end);
         return g;

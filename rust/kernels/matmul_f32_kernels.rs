@@ -33,6 +33,9 @@ pub(super) struct Region {
     pub n: usize,
     pub rows: (usize, usize), // i range (of m)
     pub cols: (usize, usize), // j range (of n)
+    /// The packed GEMM (true) or the few-rows GEMV (false), for every row of the region:
+    /// the caller's [`RowPath`](crate::kernels::RowPath), never the region's height.
+    pub packed: bool,
 }
 
 // SAFETY: a Region only carries pointers into slices that `matmul_f32_with` borrows for
@@ -115,23 +118,23 @@ unsafe fn rows_x_col<V: F32Vec, const R: usize, const U: usize>(
     }
 }
 
-/// The few-rows path over a region: pairs of rows (or a single one) against every
-/// column, one w row at a time.
+/// The few-rows path over a region: every column (row of w) against all rows of x, two at
+/// a time, while that row of w sits in L1 (w streams from memory once for any m). A row of
+/// x paired with another is summed exactly as a lone row (4 accumulators each), so each row
+/// of y is the same whatever the other rows are ([`RowPath::Gemv`](crate::kernels::RowPath)).
 #[inline(always)]
 unsafe fn few_rows<V: F32Vec>(g: &Region) {
     let (k, n) = (g.k, g.n);
-    let mut i = g.rows.0;
-    while i < g.rows.1 {
-        let (x, two) = (g.x.add(i * k), i + 1 < g.rows.1);
-        for j in g.cols.0..g.cols.1 {
-            let (w, y) = (g.w.add(j * k), g.y.add(i * n + j));
-            if two {
-                rows_x_col::<V, 2, 2>(x, k, w, k, y, n);
-            } else {
-                rows_x_col::<V, 1, 4>(x, k, w, k, y, n);
-            }
+    for j in g.cols.0..g.cols.1 {
+        let w = g.w.add(j * k);
+        let mut i = g.rows.0;
+        while i + 1 < g.rows.1 {
+            rows_x_col::<V, 2, 4>(g.x.add(i * k), k, w, k, g.y.add(i * n + j), n);
+            i += 2;
         }
-        i += if two { 2 } else { 1 };
+        if i < g.rows.1 {
+            rows_x_col::<V, 1, 4>(g.x.add(i * k), k, w, k, g.y.add(i * n + j), n);
+        }
     }
 }
 
@@ -307,11 +310,11 @@ unsafe fn packed<V: F32Vec, const MR: usize, const NR: usize>(g: &Region) {
 /// # Safety
 /// The region must lie inside y, x / w must hold `m·k` / `n·k` values, and `k >= 1`.
 #[inline(always)]
-unsafe fn region<V: F32Vec, const MR: usize, const NR: usize>(g: &Region, pack_rows: usize) {
+unsafe fn region<V: F32Vec, const MR: usize, const NR: usize>(g: &Region) {
     if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
         return;
     }
-    if g.rows.1 - g.rows.0 >= pack_rows {
+    if g.packed {
         packed::<V, MR, NR>(g)
     } else {
         few_rows::<V>(g)
@@ -345,7 +348,7 @@ pub(super) const PORTABLE: Shape = Shape {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 pub(super) unsafe fn region_avx512(g: &Region) {
-    region::<crate::kernels::simd::x86::V512, { AVX512.mr }, { AVX512.nr }>(g, AVX512.pack_rows)
+    region::<crate::kernels::simd::x86::V512, { AVX512.mr }, { AVX512.nr }>(g)
 }
 
 /// # Safety
@@ -353,7 +356,7 @@ pub(super) unsafe fn region_avx512(g: &Region) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn region_avx2(g: &Region) {
-    region::<crate::kernels::simd::x86::V256, { AVX2.mr }, { AVX2.nr }>(g, AVX2.pack_rows)
+    region::<crate::kernels::simd::x86::V256, { AVX2.mr }, { AVX2.nr }>(g)
 }
 
 /// # Safety
@@ -361,11 +364,11 @@ pub(super) unsafe fn region_avx2(g: &Region) {
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn region_neon(g: &Region) {
-    region::<crate::kernels::simd::neon::V128, { NEON.mr }, { NEON.nr }>(g, NEON.pack_rows)
+    region::<crate::kernels::simd::neon::V128, { NEON.mr }, { NEON.nr }>(g)
 }
 
 /// # Safety
 /// As [`region`].
 pub(super) unsafe fn region_portable(g: &Region) {
-    region::<Portable, { PORTABLE.mr }, { PORTABLE.nr }>(g, PORTABLE.pack_rows)
+    region::<Portable, { PORTABLE.mr }, { PORTABLE.nr }>(g)
 }

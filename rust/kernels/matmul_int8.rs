@@ -63,6 +63,7 @@ use crate::kernels::matmul_bf16::kern::I8W;
 use crate::kernels::matmul_bf16::run_matmul;
 use crate::kernels::quant::QuantizedI8;
 use crate::kernels::simd::{self, SimdLevel};
+use crate::kernels::RowPath;
 use crate::threadpool::{chunk, ThreadPool};
 
 #[path = "matmul_int8_kernels.rs"]
@@ -101,6 +102,35 @@ const PARALLEL_QUANT: usize = 64 * 1024;
 /// y: [m, n] = x: [m, k] · wᵀ, k = `w.cols`, n = `w.rows`.
 pub fn matmul_int8(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize) {
     matmul_int8_with(simd::detected(), pool, x, w, y, m)
+}
+
+/// The path [`matmul_int8`] takes for `m` rows of x (W8A8): the GEMM from `GEMM_ROWS` on.
+/// (Where no GEMM kernel exists — NEON, portable, odd groups — both paths run the same
+/// row-by-row kernel.)
+pub fn int8_path_for(m: usize) -> RowPath {
+    if m >= GEMM_ROWS {
+        RowPath::Gemm
+    } else {
+        RowPath::Gemv
+    }
+}
+
+/// [`matmul_int8`] (W8A8) on a given path, whatever m (see [`RowPath`]).
+pub fn matmul_int8_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize, path: RowPath) {
+    let (k, n) = (w.cols, w.rows);
+    assert!(w.group >= 1, "int8 weight group must be >= 1");
+    assert_eq!(Some(w.q.len()), n.checked_mul(k), "w.q must be [rows, cols]");
+    assert_eq!(Some(w.scales.len()), n.checked_mul(k.div_ceil(w.group)), "w.scales must be [rows, ceil(cols/group)]");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    w8a8(simd::detected(), pool, x, w, y, m, path)
 }
 
 /// [`matmul_int8`] on a forced SIMD path. Panics if `level` is not available on this CPU,
@@ -162,7 +192,7 @@ pub fn matmul_int8_scheme(
             // SAFETY: x / y / w lengths asserted above; level checked.
             unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
         }
-        Int8Scheme::W8A8 => w8a8(level, pool, x, w, y, m),
+        Int8Scheme::W8A8 => w8a8(level, pool, x, w, y, m, int8_path_for(m)),
     }
 }
 
@@ -209,12 +239,12 @@ fn path_for(level: SimdLevel, group: usize) -> Path {
     }
 }
 
-fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize) {
+fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize, rows: RowPath) {
     let (k, n, group) = (w.cols, w.rows, w.group);
     let ng = k.div_ceil(group);
     let kp = k.div_ceil(32) * 32;
     let path = path_for(level, group);
-    let gemm = m >= GEMM_ROWS && matches!(path, Path::Avx2 | Path::Vnni);
+    let gemm = rows == RowPath::Gemm && matches!(path, Path::Avx2 | Path::Vnni);
     let need = Need {
         abs: path == Path::Avx2 && !gemm,
         wide: path == Path::Avx2 && gemm,

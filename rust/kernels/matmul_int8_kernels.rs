@@ -726,31 +726,31 @@ mod x86 {
         }
     }
 
-    /// Up to 4 rows of x at a time against every column, one row of w at a time (w is read
-    /// once per 4 rows of x).
+    /// Each row of w against every row of x (4 at a time) while it sits in L1: w streams
+    /// from memory once for any m. A row's sums do not depend on the rows beside it.
     #[inline(always)]
     unsafe fn gemv<S: Step>(g: &Q8) {
-        let mut i = g.rows.0;
-        while i < g.rows.1 {
-            let r = (g.rows.1 - i).min(4);
-            match r {
-                4 => rows_x_cols::<S, 4>(g, i),
-                3 => rows_x_cols::<S, 3>(g, i),
-                2 => rows_x_cols::<S, 2>(g, i),
-                _ => rows_x_cols::<S, 1>(g, i),
+        for j in g.cols.0..g.cols.1 {
+            let mut i = g.rows.0;
+            while i < g.rows.1 {
+                let r = (g.rows.1 - i).min(4);
+                match r {
+                    4 => row_x_col::<S, 4>(g, i, j),
+                    3 => row_x_col::<S, 3>(g, i, j),
+                    2 => row_x_col::<S, 2>(g, i, j),
+                    _ => row_x_col::<S, 1>(g, i, j),
+                }
+                i += r;
             }
-            i += r;
         }
     }
 
-    /// Rows i..i+R of x against every column of the region, one row of w at a time.
+    /// Rows i..i+R of x against column j.
     #[inline(always)]
-    unsafe fn rows_x_cols<S: Step, const R: usize>(g: &Q8, i: usize) {
-        for j in g.cols.0..g.cols.1 {
-            let v = dot_rows::<S, R>(g, i, j);
-            for (r, v) in v.into_iter().enumerate() {
-                *g.y.add((i + r) * g.n + j) = v;
-            }
+    unsafe fn row_x_col<S: Step, const R: usize>(g: &Q8, i: usize, j: usize) {
+        let v = dot_rows::<S, R>(g, i, j);
+        for (r, v) in v.into_iter().enumerate() {
+            *g.y.add((i + r) * g.n + j) = v;
         }
     }
 

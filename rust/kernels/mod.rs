@@ -11,6 +11,20 @@ pub mod simd;
 #[cfg(test)]
 pub(crate) mod test_rng;
 
+/// How a matmul computes the rows of its output. Each path computes every row of y the same
+/// way whatever the number of rows, their order or the threads: a row's result depends only
+/// on its own x, the weights and the path (tested per precision and SIMD level). So a token's
+/// activations are the same alone or in a batch, in any chunk of a prompt, as long as the
+/// path is the same: batched decoding and prefix reuse rely on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowPath {
+    /// Memory-bound: each row of w streams once against all rows of x held in cache
+    /// (decode, short prompt chunks).
+    Gemv,
+    /// Compute-bound: packed, register-tiled GEMM (prefill).
+    Gemm,
+}
+
 /// Name of the SIMD instruction set the kernels dispatch to on this CPU.
 pub fn simd_name() -> String {
     simd::detected().name().to_string()

@@ -162,12 +162,17 @@ pub(crate) mod tests {
 
     /// A model built from random tensors with the checkpoint names `names_shapes`.
     pub(crate) fn build(config: &str, precision: Precision, tensors: &[(String, Vec<usize>)]) -> Model {
+        build_threads(config, precision, tensors, 1)
+    }
+
+    /// [`build`] with kernels on `threads` threads.
+    pub(crate) fn build_threads(config: &str, precision: Precision, tensors: &[(String, Vec<usize>)], threads: usize) -> Model {
         let cfg = ModelConfig::from_hf_json(config).unwrap();
         let mut store = TensorStore::new(LoadPlan::new(cfg.arch, precision, 32).unwrap());
         for (i, (name, shape)) in tensors.iter().enumerate() {
             store.insert(name, shape.clone(), values(shape.iter().product(), i)).unwrap();
         }
-        Model::from_tensors(cfg, &mut store, 1).unwrap()
+        Model::from_tensors(cfg, &mut store, threads).unwrap()
     }
 
     fn reload(config: &str, precision: Precision, m: &Model) -> Model {

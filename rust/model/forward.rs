@@ -4,6 +4,7 @@ use super::{Arch, Model, Norm};
 use crate::kernels::activations::{gelu_tanh, silu_mul};
 use crate::kernels::attention::{attention, AttnShape};
 use crate::kernels::rope::RopeAngles;
+use crate::kernels::RowPath;
 use crate::kernels::norms::{layer_norm, rms_norm};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
@@ -34,6 +35,10 @@ pub struct Scratch {
     pub scores: Vec<f32>,
     /// RoPE cos/sin of the chunk's positions
     pub rope: RopeAngles,
+    /// RoPE cos/sin of each row's position (a batched step: one position per sequence)
+    pub rope_rows: Vec<RopeAngles>,
+    /// logits: [rows, vocab] of a batched step
+    pub batch_logits: Vec<f32>,
 }
 
 impl Scratch {
@@ -60,6 +65,8 @@ impl Scratch {
             act: buf(c.intermediate_size)?,
             scores: memory::zeroed(scores.max(self.scores.len()), what)?,
             rope: std::mem::take(&mut self.rope),
+            rope_rows: std::mem::take(&mut self.rope_rows),
+            batch_logits: std::mem::take(&mut self.batch_logits),
         };
         Ok(())
     }
@@ -98,37 +105,79 @@ impl Input<'_> {
     }
 }
 
+/// Where the chunks of a prefill break and which matmul path each runs on. A prompt of
+/// `total` rows is cut into chunks of [`PREFILL_CHUNK`] rows from its first row, and each
+/// chunk runs on the path the kernels pick for its size ([`Model::path_for`]). A call may
+/// feed any part of such a prompt (rows `start..`): its rows run exactly as they do when the
+/// whole prompt is fed at once (the kernels compute each row alone on a given path), which is
+/// what makes a reused prefix plus a new suffix identical to a cold run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Index of this call's first row within the prompt.
+    pub start: usize,
+    /// Rows of the whole prompt.
+    pub total: usize,
+}
+
+impl Layout {
+    /// A call that is a whole prompt of `n` rows.
+    pub fn whole(n: usize) -> Self {
+        Layout { start: 0, total: n }
+    }
+
+    /// The path of the chunk holding prompt row `i` (< total).
+    pub fn path_at(&self, model: &Model, i: usize) -> RowPath {
+        let c0 = i / PREFILL_CHUNK * PREFILL_CHUNK;
+        model.path_for((self.total - c0).min(PREFILL_CHUNK))
+    }
+}
+
 /// Runs `tokens` (already validated) at positions `pos0..`, filling the KV cache.
 /// Writes logits of the last token into `logits: [vocab]`, or of every token into
 /// `all_logits: [tokens.len(), vocab]` when given.
 pub fn forward(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, tokens: &[u32], pos0: usize, logits: &mut [f32], all_logits: Option<&mut [f32]>) -> Result<()> {
-    forward_input(model, cache, scratch, Input::Tokens(tokens), pos0, logits, all_logits)
+    forward_input(model, cache, scratch, Input::Tokens(tokens), pos0, logits, all_logits, Layout::whole(tokens.len()))
 }
 
-/// [`forward`] for token ids or embeddings (`input` validated, at least one row). Fails only
+/// [`forward`] for token ids or embeddings (`input` validated, at least one row), as rows
+/// `layout.start..` of a prompt of `layout.total` rows (`start + n ≤ total`). Fails only
 /// when the activation buffers cannot be allocated, before anything is computed.
-pub fn forward_input(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, input: Input<'_>, pos0: usize, logits: &mut [f32], mut all_logits: Option<&mut [f32]>) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn forward_input(
+    model: &Model,
+    cache: &mut KvCache,
+    scratch: &mut Scratch,
+    input: Input<'_>,
+    pos0: usize,
+    logits: &mut [f32],
+    mut all_logits: Option<&mut [f32]>,
+    layout: Layout,
+) -> Result<()> {
     let vocab = model.config.vocab_size;
     let d = model.config.hidden_size;
     let n = input.len(d);
+    debug_assert!(layout.start + n <= layout.total);
     scratch.ensure(model, n.min(PREFILL_CHUNK), cache.max_seq)?;
     let mut done = 0;
     while done < n {
-        let end = (done + PREFILL_CHUNK).min(n);
+        // the chunk ends where the prompt's chunk holding row `start + done` ends
+        let row = layout.start + done;
+        let end = (done + PREFILL_CHUNK - row % PREFILL_CHUNK).min(n);
+        let path = layout.path_at(model, row);
         let chunk = input.chunk(d, done, end);
         let pos = pos0 + done;
-        forward_chunk(model, cache, scratch, chunk, pos);
+        forward_chunk(model, cache, scratch, chunk, pos, path);
         let t = end - done;
         let head = model.lm_head();
         match all_logits.as_deref_mut() {
             Some(out) => {
                 apply_norm(&model.final_norm, &scratch.x[..t * d], &mut scratch.xn[..t * d], d);
-                head.forward(&model.pool, &scratch.xn[..t * d], &mut out[done * vocab..(done + t) * vocab], t);
+                head.forward_path(&model.pool, &scratch.xn[..t * d], &mut out[done * vocab..(done + t) * vocab], t, path);
             }
             None if done + t == n => {
                 let last = &scratch.x[(t - 1) * d..t * d];
                 apply_norm(&model.final_norm, last, &mut scratch.xn[..d], d);
-                head.forward(&model.pool, &scratch.xn[..d], logits, 1);
+                head.forward_path(&model.pool, &scratch.xn[..d], logits, 1, model.path_for(1));
             }
             None => {}
         }
@@ -140,7 +189,103 @@ pub fn forward_input(model: &Model, cache: &mut KvCache, scratch: &mut Scratch, 
     Ok(())
 }
 
-fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Input<'_>, pos0: usize) {
+/// One sequence of a batched decode step: its KV cache, the token it feeds at position
+/// `pos`, and where its logits go (`[vocab]`).
+pub struct BatchRow<'a> {
+    pub cache: &'a mut KvCache,
+    pub token: u32,
+    pub pos: usize,
+    pub logits: &'a mut [f32],
+}
+
+/// One decode step of several sequences at once: each row's token (validated, `pos` inside
+/// its cache) runs through one pass over the weights — every matmul multiplies all rows
+/// together on the GEMV path, which computes each row exactly as it does alone — while
+/// attention reads each sequence's own cache. Each row's logits are bit-identical to a
+/// [`forward`] of that token alone.
+pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<'_>]) -> Result<()> {
+    let b = rows.len();
+    if b == 0 {
+        return Ok(());
+    }
+    let c = &model.config;
+    let (d, q_dim, kv_dim, ffn, vocab) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size, c.vocab_size);
+    let qkv_dim = q_dim + 2 * kv_dim;
+    let context = rows.iter().map(|r| r.cache.max_seq).max().unwrap_or(1);
+    scratch.ensure(model, b, context)?;
+    let logits_len = memory::checked_bytes(b, vocab, "the logits of a batch")?;
+    if scratch.batch_logits.len() < logits_len {
+        scratch.batch_logits = memory::zeroed(logits_len, "the logits of a batch")?;
+    }
+    let s = scratch;
+    let pool = &model.pool;
+    let path = RowPath::Gemv;
+    // x: [b, d] = embeddings (+ learned positions)
+    for (i, r) in rows.iter().enumerate() {
+        let row = &mut s.x[i * d..(i + 1) * d];
+        model.embed.row_into(r.token as usize, row);
+        if let Some(wpe) = &model.pos_embed {
+            for (xv, pv) in row.iter_mut().zip(&wpe[r.pos * d..(r.pos + 1) * d]) {
+                *xv += pv;
+            }
+        }
+    }
+    if let Some(rope) = &model.rope {
+        s.rope_rows.resize_with(b, RopeAngles::default);
+        for (r, angles) in rows.iter().zip(s.rope_rows.iter_mut()) {
+            rope.angles(r.pos, 1, angles);
+        }
+    }
+    let shape = AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+    for (li, layer) in model.layers.iter().enumerate() {
+        apply_norm(&layer.attn_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
+        layer.qkv.forward_path(pool, &s.xn[..b * d], &mut s.qkv[..b * qkv_dim], b, path);
+        for (i, r) in rows.iter_mut().enumerate() {
+            let row = &mut s.qkv[i * qkv_dim..(i + 1) * qkv_dim];
+            let (q, kv) = row.split_at_mut(q_dim);
+            let (k, v) = kv.split_at_mut(kv_dim);
+            if let Some(rope) = &model.rope {
+                rope.apply(&s.rope_rows[i], q, r.pos);
+                rope.apply(&s.rope_rows[i], k, r.pos);
+            }
+            s.q[i * q_dim..(i + 1) * q_dim].copy_from_slice(q);
+            r.cache.write(li, r.pos, k, v);
+            let cache = &*r.cache;
+            attention(pool, &shape, &s.q[i * q_dim..(i + 1) * q_dim], &cache.k[li], &cache.v[li], &mut s.att[i * q_dim..(i + 1) * q_dim], &mut s.scores, 1, r.pos);
+        }
+        layer.o.forward_path(pool, &s.att[..b * q_dim], &mut s.xn[..b * d], b, path);
+        add_into(&mut s.x[..b * d], &s.xn[..b * d]);
+
+        apply_norm(&layer.mlp_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
+        let up_out = layer.up.out_features;
+        layer.up.forward_path(pool, &s.xn[..b * d], &mut s.up[..b * up_out], b, path);
+        let act: &[f32] = match c.arch {
+            Arch::Llama => {
+                for i in 0..b {
+                    let row = &s.up[i * up_out..(i + 1) * up_out];
+                    silu_mul(&row[..ffn], &row[ffn..], &mut s.act[i * ffn..(i + 1) * ffn]);
+                }
+                &s.act[..b * ffn]
+            }
+            Arch::Gpt2 => {
+                for i in 0..b {
+                    gelu_tanh(&mut s.up[i * ffn..(i + 1) * ffn]);
+                }
+                &s.up[..b * ffn]
+            }
+        };
+        layer.down.forward_path(pool, act, &mut s.xn[..b * d], b, path);
+        add_into(&mut s.x[..b * d], &s.xn[..b * d]);
+    }
+    apply_norm(&model.final_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
+    model.lm_head().forward_path(pool, &s.xn[..b * d], &mut s.batch_logits[..b * vocab], b, path);
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.logits.copy_from_slice(&s.batch_logits[i * vocab..(i + 1) * vocab]);
+    }
+    Ok(())
+}
+
+fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Input<'_>, pos0: usize, path: RowPath) {
     let c = &model.config;
     let t = input.len(c.hidden_size);
     let (d, q_dim, kv_dim, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
@@ -168,7 +313,7 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
     for (li, layer) in model.layers.iter().enumerate() {
         // attention block
         apply_norm(&layer.attn_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
-        layer.qkv.forward(pool, &s.xn[..t * d], &mut s.qkv[..t * qkv_dim], t);
+        layer.qkv.forward_path(pool, &s.xn[..t * d], &mut s.qkv[..t * qkv_dim], t, path);
         for i in 0..t {
             let row = &mut s.qkv[i * qkv_dim..(i + 1) * qkv_dim];
             let (q, kv) = row.split_at_mut(q_dim);
@@ -181,13 +326,13 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
             cache.write(li, pos0 + i, k, v);
         }
         attention(pool, &shape, &s.q[..t * q_dim], &cache.k[li], &cache.v[li], &mut s.att[..t * q_dim], &mut s.scores, t, pos0);
-        layer.o.forward(pool, &s.att[..t * q_dim], &mut s.xn[..t * d], t);
+        layer.o.forward_path(pool, &s.att[..t * q_dim], &mut s.xn[..t * d], t, path);
         add_into(&mut s.x[..t * d], &s.xn[..t * d]);
 
         // MLP block
         apply_norm(&layer.mlp_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
         let up_out = layer.up.out_features;
-        layer.up.forward(pool, &s.xn[..t * d], &mut s.up[..t * up_out], t);
+        layer.up.forward_path(pool, &s.xn[..t * d], &mut s.up[..t * up_out], t, path);
         // act: [t, ffn] — SwiGLU into `act` for LLaMA; GELU in place in `up` for GPT-2
         let act: &[f32] = match c.arch {
             Arch::Llama => {
@@ -202,7 +347,7 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
                 &s.up[..t * ffn]
             }
         };
-        layer.down.forward(pool, act, &mut s.xn[..t * d], t);
+        layer.down.forward_path(pool, act, &mut s.xn[..t * d], t, path);
         add_into(&mut s.x[..t * d], &s.xn[..t * d]);
     }
 }

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::kernels::matmul_bf16::matmul_bf16;
-use crate::kernels::matmul_f32::matmul_f32;
-use crate::kernels::matmul_int8::matmul_int8;
+use crate::kernels::matmul_bf16::{bf16_path_for, matmul_bf16_path};
+use crate::kernels::matmul_f32::{f32_path_for, matmul_f32_path};
+use crate::kernels::matmul_int8::{int8_path_for, matmul_int8_path};
+use crate::kernels::RowPath;
 use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, QuantizedI8};
 use crate::threadpool::ThreadPool;
 
@@ -175,13 +176,28 @@ impl Linear {
         Self::new(weight, out_features, in_features, bias)
     }
 
-    /// y: [m, out] = x: [m, in] · wᵀ (+ bias)
+    /// y: [m, out] = x: [m, in] · wᵀ (+ bias), on the path the kernels pick for m rows.
     pub fn forward(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], m: usize) {
+        self.forward_path(pool, x, y, m, self.path_for(m))
+    }
+
+    /// The path the kernels of this precision pick for `m` rows of x.
+    pub fn path_for(&self, m: usize) -> RowPath {
+        match &*self.weight {
+            WeightData::F32(_) => f32_path_for(m),
+            WeightData::Bf16(_) => bf16_path_for(m),
+            WeightData::Int8(_) => int8_path_for(m),
+        }
+    }
+
+    /// [`Linear::forward`] on a given path, whatever m: each row of y is then exactly what
+    /// the same path computes for that row alone (an unmerged adapter's FP32 delta included).
+    pub fn forward_path(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], m: usize, path: RowPath) {
         let (k, n) = (self.in_features, self.out_features);
         match &*self.weight {
-            WeightData::F32(w) => matmul_f32(pool, x, w, y, m, k, n),
-            WeightData::Bf16(w) => matmul_bf16(pool, x, w, y, m, k, n),
-            WeightData::Int8(q) => matmul_int8(pool, x, q, y, m),
+            WeightData::F32(w) => matmul_f32_path(pool, x, w, y, m, k, n, path),
+            WeightData::Bf16(w) => matmul_bf16_path(pool, x, w, y, m, k, n, path),
+            WeightData::Int8(q) => matmul_int8_path(pool, x, q, y, m, path),
         }
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(n) {
@@ -193,9 +209,9 @@ impl Linear {
         for d in &self.lora {
             // xa: [m, rank] = x · aᵀ; up: [m, rows] = xa · bᵀ (FP32)
             let mut xa = vec![0f32; m * d.rank];
-            matmul_f32(pool, x, &d.a, &mut xa, m, k, d.rank);
+            matmul_f32_path(pool, x, &d.a, &mut xa, m, k, d.rank, path);
             let mut up = vec![0f32; m * d.rows];
-            matmul_f32(pool, &xa, &d.b, &mut up, m, d.rank, d.rows);
+            matmul_f32_path(pool, &xa, &d.b, &mut up, m, d.rank, d.rows, path);
             for (yr, ur) in y.chunks_exact_mut(n).zip(up.chunks_exact(d.rows)) {
                 for (yi, ui) in yr[d.row0..d.row0 + d.rows].iter_mut().zip(ur) {
                     *yi += d.scale * ui;
@@ -321,6 +337,45 @@ mod tests {
         f.row_into(4, &mut row);
         let want = QuantizedI8::quantize(&b, 2, 70).dequantize();
         assert_eq!(row, want[70..]);
+    }
+
+    #[test]
+    fn each_path_computes_a_row_as_it_computes_it_alone() {
+        // every precision, both paths, any number of rows and threads: row i of y is
+        // bit-identical to the same path's result for x row i alone
+        let (n, k) = (200, 160);
+        let w = ramp(n * k, 0.001);
+        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let layers = [
+            Linear::f32(w.clone(), n, k, Some(bias.clone())).unwrap(),
+            Linear::new(WeightData::Bf16(f32_to_bf16_vec(&w)), n, k, Some(bias.clone())).unwrap(),
+            Linear::new(WeightData::Int8(QuantizedI8::quantize(&w, n, k)), n, k, Some(bias)).unwrap(),
+        ];
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for lin in &layers {
+                for path in [RowPath::Gemv, RowPath::Gemm] {
+                    let m = 13;
+                    let x: Vec<f32> = (0..m * k).map(|i| (((i * 7919) % 1013) as f32 - 506.0) * 1e-3).collect();
+                    let alone: Vec<Vec<f32>> = (0..m)
+                        .map(|i| {
+                            let mut y = vec![0f32; n];
+                            lin.forward_path(&pool, &x[i * k..(i + 1) * k], &mut y, 1, path);
+                            y
+                        })
+                        .collect();
+                    for rows in 1..=m {
+                        for start in [0, m - rows] {
+                            let mut y = vec![0f32; rows * n];
+                            lin.forward_path(&pool, &x[start * k..(start + rows) * k], &mut y, rows, path);
+                            for r in 0..rows {
+                                assert_eq!(y[r * n..(r + 1) * n], alone[start + r][..], "{:?} {path:?} threads {threads} rows {rows} row {r}", lin.weight.precision());
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

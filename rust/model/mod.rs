@@ -93,6 +93,12 @@ impl Model {
         }
     }
 
+    /// The matmul path the kernels pick for `m` rows (every matmul weight shares the
+    /// lm_head's precision).
+    pub fn path_for(&self, m: usize) -> crate::kernels::RowPath {
+        self.lm_head().path_for(m)
+    }
+
     pub fn lm_head(&self) -> &Linear {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
