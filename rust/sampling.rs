@@ -211,6 +211,38 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// The sampler of one conversation: a seeded RNG and a work copy of the logits. The CPU session
 /// owns one; device backends use one on the host (through `_core.Sampler`), so a token depends
 /// only on (logits, parameters, history, seed), whatever computed the logits.
+/// Log-probabilities of the model's own distribution (log-softmax of the raw logits, before
+/// any processor): `token`'s, and the `top` most likely tokens' (id, log-probability), most
+/// likely first (ties: lower id first). The sum runs in f64.
+pub fn log_probs(logits: &[f32], token: u32, top: usize) -> Result<(f32, Vec<(u32, f32)>)> {
+    let t = token as usize;
+    if t >= logits.len() {
+        return Err(Error::InvalidToken { token: token as i64, vocab_size: logits.len() });
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = if max.is_finite() {
+        max as f64 + logits.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln()
+    } else {
+        max as f64
+    };
+    let lp = |v: f32| (v as f64 - lse) as f32;
+    let top = top.min(logits.len());
+    let mut best: Vec<u32> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        // a sorted list of the best `top` ids, replaced from the back as better ones come
+        let better = |a: u32, b: u32| logits[a as usize] > logits[b as usize] || (logits[a as usize] == logits[b as usize] && a < b);
+        for id in 0..logits.len() as u32 {
+            if best.len() == top && !better(id, best[top - 1]) {
+                continue;
+            }
+            let at = best.partition_point(|&b| better(b, id));
+            best.insert(at, id);
+            best.truncate(top);
+        }
+    }
+    Ok((lp(logits[t]), best.into_iter().map(|id| (id, lp(logits[id as usize]))).collect()))
+}
+
 pub struct Sampler {
     /// work: [vocab] — the logits processors' copy, reused for every sample
     work: Vec<f32>,
@@ -271,6 +303,22 @@ pub fn sample(logits: &mut [f32], p: &SamplingParams, history: &[u32], generated
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_probs_are_the_log_softmax_and_the_best_tokens() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let lse = logits.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+        let (lp, top) = log_probs(&logits, 2, 3).unwrap();
+        assert!((lp as f64 - (-2.0 - lse)).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3, 0]);
+        assert!((top[0].1 as f64 - (3.0 - lse)).abs() < 1e-6);
+        assert_eq!(log_probs(&logits, 0, 9).unwrap().1.len(), 5);
+        assert!(log_probs(&logits, 0, 0).unwrap().1.is_empty());
+        assert!(matches!(log_probs(&logits, 5, 1), Err(Error::InvalidToken { .. })));
+        // a banned (-inf) token has log-probability -inf
+        let (lp, _) = log_probs(&[0.0, f32::NEG_INFINITY], 1, 1).unwrap();
+        assert_eq!(lp, f32::NEG_INFINITY);
+    }
 
     #[test]
     fn infinite_logits_share_the_probability_and_suppression_still_holds() {

@@ -361,6 +361,44 @@ impl PySession {
         Ok(out.map(|v| f32_bytes(py, &v)))
     }
 
+    /// Feeds `tokens` as rows `start..start + len(tokens)` of a prompt of `total` tokens,
+    /// chunked and on the matmul paths one call with the whole prompt would use: a prompt
+    /// fed in pieces (after a reused prefix, or chunk by chunk) gives the cache and logits of
+    /// one `forward(prompt)`.
+    #[pyo3(signature = (tokens, start, total, all_logits=false))]
+    fn forward_prompt<'py>(&mut self, py: Python<'py>, tokens: Vec<i64>, start: usize, total: usize, all_logits: bool) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let ids = token_ids(&tokens, self.inner.model().config.vocab_size)?;
+        let session = &mut self.inner;
+        let out = py.detach(|| session.forward_prompt(&ids, start, total, all_logits))?;
+        Ok(out.map(|v| f32_bytes(py, &v)))
+    }
+
+    /// How many leading tokens of `prompt` this session holds exactly as a cold run of
+    /// `prompt` computes them (at most len(prompt) - 1; 0 after a soft prompt).
+    fn reusable_prefix(&self, prompt: Vec<i64>) -> usize {
+        let ids: Vec<u32> = prompt.iter().map_while(|&t| u32::try_from(t).ok()).collect();
+        self.inner.reusable_prefix(&ids)
+    }
+
+    /// Keeps the first `n` tokens and forgets the rest.
+    fn truncate(&mut self, n: usize) -> PyResult<()> {
+        Ok(self.inner.truncate(n)?)
+    }
+
+    /// Cache positions ever written (their memory stays committed while the session lives).
+    #[getter]
+    fn touched(&self) -> usize {
+        self.inner.touched()
+    }
+
+    /// (log-probability of `token`, [(id, log-probability)] of the `top` likeliest tokens)
+    /// under the last logits, before any sampling processor.
+    #[pyo3(signature = (token, top=0))]
+    fn logprobs(&self, py: Python<'_>, token: u32, top: usize) -> PyResult<(f32, Vec<(u32, f32)>)> {
+        let logits = self.inner.logits()?;
+        Ok(py.detach(|| sampling::log_probs(logits, token, top))?)
+    }
+
     /// Feeds float32 embeddings [n, hidden] (a soft prompt) at the start of an empty session.
     #[pyo3(signature = (embeds, all_logits=false))]
     fn forward_embeddings<'py>(&mut self, py: Python<'py>, embeds: &[u8], all_logits: bool) -> PyResult<Option<Bound<'py, PyBytes>>> {
@@ -457,6 +495,36 @@ fn process_logits<'py>(py: Python<'py>, logits: &[u8], params: &PySamplingParams
     let mut v = crate::model::tensors::to_f32(DType::F32, logits)?;
     sampling::process_logits(&mut v, &params.inner, &history, &generated, &suppress);
     Ok(f32_bytes(py, &v))
+}
+
+/// (log-probability of `token`, [(id, log-probability)] of the `top` likeliest tokens) of
+/// float32 `logits` bytes [vocab] (log-softmax, before any sampling processor).
+#[pyfunction]
+#[pyo3(signature = (logits, token, top=0))]
+fn logprobs(py: Python<'_>, logits: &[u8], token: u32, top: usize) -> PyResult<(f32, Vec<(u32, f32)>)> {
+    let v = crate::model::tensors::to_f32(DType::F32, logits)?;
+    Ok(py.detach(|| sampling::log_probs(&v, token, top))?)
+}
+
+/// One decode step of several sessions of the same model: session i is fed `tokens[i]`,
+/// through one pass over the weights for all of them (the GIL released). Each session ends
+/// exactly as `forward([tokens[i]])` alone would leave it; on error none changes.
+#[pyfunction]
+fn decode_batch(py: Python<'_>, sessions: Vec<Bound<'_, PySession>>, tokens: Vec<i64>) -> PyResult<()> {
+    for (i, a) in sessions.iter().enumerate() {
+        if sessions[..i].iter().any(|b| b.is(a)) {
+            return Err(Error::InvalidArgument("a session appears twice in the batch".into()).into());
+        }
+    }
+    let mut refs = Vec::with_capacity(sessions.len());
+    for s in &sessions {
+        refs.push(s.try_borrow_mut().map_err(|_| Error::InvalidArgument("a session of the batch is in use by another call".into()))?);
+    }
+    let vocab = refs.first().map_or(0, |r| r.inner.model().config.vocab_size);
+    let ids = token_ids(&tokens, vocab)?;
+    let mut inner: Vec<&mut Session> = refs.iter_mut().map(|r| &mut r.inner).collect();
+    py.detach(|| Session::step_batch(&mut inner, &ids))?;
+    Ok(())
 }
 
 /// A safetensors file, mapped read-only and validated at open (the one reader of the format).
@@ -667,6 +735,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory_limit, m)?)?;
     m.add_function(wrap_pyfunction!(check_config, m)?)?;
     m.add_function(wrap_pyfunction!(process_logits, m)?)?;
+    m.add_function(wrap_pyfunction!(logprobs, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
