@@ -24,10 +24,12 @@ from .errors import (
     TensorError,
     TokenizerError,
 )
-from .generation import GenerationResult, TextStream, Timings
+from .aio import AsyncTextStream
+from .generation import GenerationResult, TextStream, Timings, TokenLogprob, TokenScores, TopLogprob
+from .prefix_cache import PrefixCacheInfo
 from .lora import LoraAdapter, lora_stats, read_lora
 from .memory import MemoryEstimate, estimate_memory
-from .model import Model, load
+from .model import Model, Session, load
 from . import metrics, quality
 from .quality import QualityReport, compare, perplexity, quality_report
 
@@ -49,7 +51,13 @@ __all__ = [
     "GenerationConfig",
     "GenerationResult",
     "TextStream",
+    "AsyncTextStream",
     "Timings",
+    "TokenLogprob",
+    "TopLogprob",
+    "TokenScores",
+    "Session",
+    "PrefixCacheInfo",
     "FerrolmError",
     "ConfigError",
     "CheckpointError",

@@ -48,14 +48,14 @@ def run_cuda_one(source: str, precision: str, runs: int = 3, prompt_tokens: int 
     saved = os.environ.get(GRAPHS_ENV)
     os.environ[GRAPHS_ENV] = "0"
     try:
-        model._idle.clear()  # fresh sessions: each decode step launched kernel by kernel
+        model.clear_prefix_cache()  # fresh sessions: each decode step launched kernel by kernel
         eager = _decode(model, prompt, new_tokens, runs)
     finally:
         if saved is None:
             os.environ.pop(GRAPHS_ENV, None)
         else:
             os.environ[GRAPHS_ENV] = saved
-        model._idle.clear()
+        model.clear_prefix_cache()
     result["decode_tok_s_no_graph"] = eager["decode_tok_s"]
     with model._session() as s:
         s.reset()

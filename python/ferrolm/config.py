@@ -11,6 +11,9 @@ from .errors import ConfigError, InvalidArgumentError
 
 _INT = (int,)
 
+#: The most alternatives `top_logprobs` may ask for per token.
+MAX_TOP_LOGPROBS = 100
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, _INT) and not isinstance(v, bool)
@@ -24,6 +27,11 @@ def _is_number(v: Any) -> bool:
 class GenerationConfig:
     """How to generate. Sampling order: repetition penalty -> frequency/presence penalties ->
     logit bias -> temperature -> top-k -> top-p -> min-p -> draw.
+
+    ``logprobs=True`` gives each generated token's log-probability (``result.logprobs``) and
+    ``top_logprobs=k`` the k likeliest alternatives as well (it implies ``logprobs``); both come
+    from the model's own distribution, the log-softmax of the raw logits, before repetition
+    penalties, logit bias, temperature or any truncation (as OpenAI's API reports them).
 
     ``temperature == 0`` or ``do_sample=False`` means greedy decoding (the processors before
     temperature still apply, as in transformers). With ``do_sample=None`` (the default) tokens are
@@ -45,6 +53,8 @@ class GenerationConfig:
     seed: Optional[int] = None
     ignore_eos: bool = False
     eos_token_id: Union[int, Sequence[int], None] = None
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -87,12 +97,21 @@ class GenerationConfig:
             bad(f"seed must be an integer in [0, 2**64) or None, got {self.seed!r}")
         if not isinstance(self.ignore_eos, bool):
             bad(f"ignore_eos must be True or False, got {self.ignore_eos!r}")
+        if not isinstance(self.logprobs, bool):
+            bad(f"logprobs must be True or False, got {self.logprobs!r}")
+        if not _is_int(self.top_logprobs) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            bad(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs!r}")
         eos = self.eos_token_id
         if eos is not None:
             ids = (eos,) if _is_int(eos) else eos
             if not isinstance(ids, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in ids):
                 bad(f"eos_token_id must be a token id or a list of them, got {eos!r}")
             object.__setattr__(self, "eos_token_id", tuple(ids))
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """True when results carry log-probabilities (`logprobs`, or `top_logprobs` > 0)."""
+        return self.logprobs or self.top_logprobs > 0
 
     @property
     def sampling(self) -> bool:

@@ -16,7 +16,9 @@ from . import _core
 from .chat import END_OF_TURN_TOKENS, ChatTemplate
 from .config import GenerationConfig
 from .errors import ConfigError, ContextLengthError, InvalidArgumentError, InvalidTokenError, MemoryLimitError, TokenizerError
-from .generation import GenerationResult, TextStream, drain, run
+from .generation import GenerationResult, TextStream, TokenScores, _Sequence, drain, run, run_batch
+from .aio import AsyncTextStream, run_async
+from .prefix_cache import PrefixCacheInfo, SessionCache
 from .adapters import Adapters
 from .lora import check_name
 from .soft_prompt import SoftPrompt, read_soft_prompt
@@ -27,6 +29,18 @@ from .backends import Backend, backend_for
 from .backends.cpu import CpuBackend
 
 Prompt = Union[str, Sequence[int]]
+
+
+def _is_batch(prompt: Any) -> bool:
+    """A list of prompts (strings or id lists), as opposed to one prompt of token ids."""
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
+        isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt
+    )
+
+
+def _check_cancel(cancel: Any) -> None:
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise InvalidArgumentError(f"cancel must be a threading.Event (or have is_set()), got {type(cancel).__name__}")
 
 
 #: generate(adapter=...) default: whatever set_adapter made active.
@@ -67,8 +81,10 @@ class Model:
         self.precision = precision
         self.context_length = context_length
         self.chat_template = chat_template
-        self._idle: List[Tuple["_core.Model", "_core.Session"]] = []
         self._lock = threading.Lock()
+        self._sessions = SessionCache(
+            lambda c: self._backend.new_session(c, self.context_length), core.kv_cache_bytes(1)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -111,26 +127,28 @@ class Model:
     @contextmanager
     def _session(self, core: Optional["_core.Model"] = None) -> Iterator["_core.Session"]:
         core = core or self._core
-        s = self._take_session(core)
+        s, _ = self._sessions.take(core, None)
         try:
             yield s
         finally:
             self._give_back(core, s)
 
-    def _take_session(self, core: "_core.Model") -> "_core.Session":
-        with self._lock:
-            for i, (c, s) in enumerate(self._idle):
-                if c is core:
-                    del self._idle[i]
-                    return s
-        return self._backend.new_session(core, self.context_length)
-
     def _give_back(self, core: "_core.Model", s: "_core.Session") -> None:
-        with self._lock:
-            # keep at most two idle sessions, newest first; drop those of retired variants
-            self._idle = [(core, s)] + [(c, x) for c, x in self._idle if self._adapters.is_live(c)][:1]
-            if not self._adapters.is_live(core):
-                self._idle = self._idle[1:]
+        self._sessions.give_back(core, s, self._adapters.is_live)
+
+    def configure_prefix_cache(self, max_sessions: int = 4, max_bytes: Optional[int] = None) -> None:
+        """Bounds the idle sessions kept for prefix reuse: at most `max_sessions` of them and
+        `max_bytes` of KV cache (default 1 GiB; positions ever written x bytes per position),
+        least recently used dropped first. max_sessions=0 keeps none (no reuse)."""
+        self._sessions.configure(max_sessions, max_bytes)
+
+    def clear_prefix_cache(self) -> None:
+        """Drops every idle session (and its KV cache)."""
+        self._sessions.clear()
+
+    def prefix_cache_info(self) -> PrefixCacheInfo:
+        """Idle sessions kept for prefix reuse: how many, their tokens and KV bytes, the bounds."""
+        return self._sessions.info()
 
     # -- adapters ------------------------------------------------------------------------------
     def load_lora(self, path: Union[str, os.PathLike], name: Optional[str] = None, *, merged: bool = True,
@@ -209,9 +227,12 @@ class Model:
     def _core_for(self, adapter: Any) -> "_core.Model":
         return self._core if adapter is _ACTIVE else self._adapters.core_for(adapter)
 
-    def new_session(self, adapter: Any = _ACTIVE) -> "_core.Session":
-        """A raw session (KV cache) for step-by-step use: forward(ids), sample(params), reset()."""
-        return self._backend.new_session(self._core_for(adapter), self.context_length)
+    def new_session(self, adapter: Any = _ACTIVE) -> "Session":
+        """A conversation of its own (its KV cache kept across calls): `session.generate(...)`
+        continues where the last call ended. The backend session's own step-by-step interface
+        (forward(ids), sample(params), logits(), reset(), ...) is available on it as well."""
+        core = self._core_for(adapter)
+        return Session(self, core, self._backend.new_session(core, self.context_length))
 
     # -- text ----------------------------------------------------------------------------------
     def _need_tokenizer(self) -> Tokenizer:
@@ -294,42 +315,38 @@ class Model:
 
     def chat(
         self,
-        messages: Sequence[Dict[str, Any]],
+        messages: Any,
         config: Optional[GenerationConfig] = None,
         *,
         stream: bool = False,
         **options: Any,
-    ) -> Union[GenerationResult, TextStream]:
+    ) -> Any:
         """Generates the assistant's reply to `messages` ([{"role": "user", "content": ...}, ...])
-        through the model's chat template; stops at the end of the turn. Options as in generate()."""
-        prompt = self.apply_chat_template(messages)
-        ids = self.tokenize(prompt, add_special_tokens=False)
+        through the model's chat template; stops at the end of the turn. A list of such
+        conversations is a batch: a list of results (see generate). Options as in generate()."""
+        batch = isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
+        if batch:
+            ids: Any = [self.tokenize(self.apply_chat_template(m), add_special_tokens=False) for m in messages]
+        else:
+            ids = self.tokenize(self.apply_chat_template(messages), add_special_tokens=False)
         if "eos_token_id" not in options and (config is None or config.eos_token_id is None):
             options["eos_token_id"] = self.end_of_turn_ids()
         return self.generate(ids, config, stream=stream, **options)
 
-    def generate(
-        self,
-        prompt: Prompt,
-        config: Optional[GenerationConfig] = None,
-        *,
-        stream: bool = False,
-        adapter: Any = _ACTIVE,
-        soft_prompt: Optional[str] = None,
-        **options: Any,
-    ) -> Union[GenerationResult, TextStream]:
-        """Generates a continuation of `prompt` (text, or a list of token ids).
+    def achat(self, messages: Any, config: Optional[GenerationConfig] = None, *, stream: bool = False, **options: Any) -> Any:
+        """chat() for asyncio: `await model.achat(...)`, or `async for delta in
+        model.achat(..., stream=True)` (see agenerate)."""
+        batch = isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
+        if stream and batch:
+            raise InvalidArgumentError("stream=True takes one conversation; a batch returns a list of results")
+        if stream:
+            return AsyncTextStream(lambda cancel: self.chat(messages, config, stream=True, cancel=cancel, **options), options.pop("cancel", None))
+        user_cancel = options.pop("cancel", None)
+        return run_async(lambda cancel: self.chat(messages, config, cancel=cancel, **options), user_cancel)
 
-        `adapter`: the name of an unmerged LoRA adapter to run this call with, or None for the
-        base weights (default: the active adapter, see set_adapter). `soft_prompt`: the name of a
-        loaded soft prompt whose virtual tokens go before the prompt.
-
-        Options are the fields of GenerationConfig (max_new_tokens, min_new_tokens, temperature,
-        top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, logit_bias,
-        stop, seed, ignore_eos, do_sample, eos_token_id); they override `config`, which defaults
-        to the model's generation_config.json. With stream=True, returns a TextStream of text
-        deltas whose `.result` is set at the end; otherwise the GenerationResult.
-        """
+    def _resolve(self, config: Optional[GenerationConfig], options: Dict[str, Any]) -> Tuple[GenerationConfig, Tuple[int, ...]]:
+        """The call's GenerationConfig (options over `config` over generation_config.json) and
+        its EOS ids, checked against the vocabulary."""
         if config is not None and not isinstance(config, GenerationConfig):
             raise InvalidArgumentError(f"config must be a GenerationConfig, got {type(config).__name__}")
         cfg = config or self.generation_config
@@ -342,18 +359,198 @@ class Model:
         for tok in eos:
             if tok >= self.vocab_size:
                 raise InvalidTokenError(f"eos_token_id {tok} is outside the vocabulary (size {self.vocab_size})")
+        return cfg, tuple(eos)
+
+    def generate(
+        self,
+        prompt: Union[Prompt, Sequence[Prompt]],
+        config: Optional[GenerationConfig] = None,
+        *,
+        stream: bool = False,
+        adapter: Any = _ACTIVE,
+        soft_prompt: Optional[str] = None,
+        cancel: Any = None,
+        **options: Any,
+    ) -> Any:
+        """Generates a continuation of `prompt` (text, or a list of token ids).
+
+        A list of prompts (strings or id lists) is a batch: it returns a list of
+        GenerationResult, computed together (one pass over the weights per decode step for every
+        sequence still running); each sequence gets exactly the tokens it gets alone with the same
+        arguments (`seed` applies to each prompt as if called alone).
+
+        `adapter`: the name of an unmerged LoRA adapter to run this call with, or None for the
+        base weights (default: the active adapter, see set_adapter). `soft_prompt`: the name of a
+        loaded soft prompt whose virtual tokens go before the prompt. `cancel`: a
+        threading.Event; once set, the work stops before the next prefill chunk or decode step
+        and the result has finish_reason "cancelled".
+
+        Options are the fields of GenerationConfig (max_new_tokens, min_new_tokens, temperature,
+        top_k, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, logit_bias,
+        stop, seed, ignore_eos, do_sample, eos_token_id, logprobs, top_logprobs); they override
+        `config`, which defaults to the model's generation_config.json. With stream=True (one
+        prompt), returns a TextStream of text deltas whose `.result` is set at the end;
+        otherwise the GenerationResult.
+
+        A prompt that starts with tokens an idle session already holds (an earlier call's
+        prompt: a system prompt, few-shot examples, a chat's earlier turns) reuses them and
+        computes only the rest, with the same logits as a cold run
+        (`result.timings.cached_prompt_tokens`; see configure_prefix_cache).
+        """
+        _check_cancel(cancel)
+        cfg, eos = self._resolve(config, options)
+        if _is_batch(prompt):
+            if stream:
+                raise InvalidArgumentError("stream=True takes one prompt; a batch returns a list of results")
+            return self._generate_batch(list(prompt), cfg, eos, adapter, soft_prompt, cancel)
         ids = self._prompt_ids(prompt)
         seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
         prefix = self._prefix(soft_prompt, len(ids))
         core = self._core_for(adapter)
-        session = self._take_session(core)
-        gen = run(session, ids, cfg, self.tokenizer, eos, seed, prefix)
+        session, cached = self._sessions.take(core, None if prefix is not None else ids)
+        seq = _Sequence(session, ids, cfg, self.tokenizer, eos, seed, prefix, cached=cached)
+        gen = run(seq, cancel)
         if stream:
-            return TextStream(gen, lambda: self._give_back(core, session))
+            return TextStream(gen, lambda: self._give_back(core, session), seq)
         try:
             return drain(gen)
         finally:
             self._give_back(core, session)
+
+    def _generate_batch(self, prompts: List[Any], cfg: GenerationConfig, eos: Tuple[int, ...], adapter: Any,
+                        soft_prompt: Optional[str], cancel: Any) -> List[GenerationResult]:
+        all_ids = [self._prompt_ids(p) for p in prompts]
+        prefixes = [self._prefix(soft_prompt, len(ids)) for ids in all_ids]
+        core = self._core_for(adapter)
+        taken: List[Any] = []
+        try:
+            seqs = []
+            for ids, prefix in zip(all_ids, prefixes):
+                session, cached = self._sessions.take(core, None if prefix is not None else ids)
+                taken.append(session)
+                seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+                seqs.append(_Sequence(session, ids, cfg, self.tokenizer, eos, seed, prefix, cached=cached))
+            return run_batch(seqs, self._decode_batch, cancel)
+        finally:
+            for session in taken:
+                self._give_back(core, session)
+
+    def _decode_batch(self, sessions: List[Any], tokens: List[int]) -> None:
+        decode = getattr(self._backend, "decode_batch", None)
+        if decode is not None:
+            decode(sessions, tokens)
+        else:  # a backend without a batched step: one session after the other
+            for s, t in zip(sessions, tokens):
+                s.forward([t])
+
+    def agenerate(self, prompt: Union[Prompt, Sequence[Prompt]], config: Optional[GenerationConfig] = None, *,
+                  stream: bool = False, cancel: Any = None, **options: Any) -> Any:
+        """generate() for asyncio, run off the event loop (in the loop's default executor; the
+        core releases the GIL): `result = await model.agenerate(...)` (a list for a batch), or
+        `async for delta in model.agenerate(..., stream=True)` (an AsyncTextStream; its
+        `.result` is set at the end). Cancelling the awaiting task, or `await stream.aclose()`,
+        stops the work before its next prefill chunk or decode step (the awaited call then
+        raises CancelledError; a closed stream's `.result` says "cancelled")."""
+        _check_cancel(cancel)
+        if stream:
+            if _is_batch(prompt):
+                raise InvalidArgumentError("stream=True takes one prompt; a batch returns a list of results")
+            return AsyncTextStream(lambda c: self.generate(prompt, config, stream=True, cancel=c, **options), cancel)
+        return run_async(lambda c: self.generate(prompt, config, cancel=c, **options), cancel)
+
+    def score(self, text: Prompt, *, adapter: Any = _ACTIVE) -> TokenScores:
+        """The log-probability of each token of `text` (a string, tokenized with the
+        tokenizer's special tokens, or token ids) given the tokens before it: the log-softmax of
+        `logits()` (the model's distribution, before any sampling processor)."""
+        from .quality import log_softmax
+
+        ids = self._prompt_ids(text)
+        if len(ids) < 2:
+            raise InvalidArgumentError("score() needs at least two tokens (the first one has no prediction)")
+        if len(ids) > self.context_length:
+            raise ContextLengthError(f"{len(ids)} tokens exceed the context length of {self.context_length}")
+        lp = log_softmax(self.logits(ids, adapter=adapter)[:-1])
+        return TokenScores(list(ids), [float(lp[i, t]) for i, t in enumerate(ids[1:])])
+
+
+class Session:
+    """A conversation kept across calls: its own KV cache, history and sampler. Each
+    `generate()` appends its prompt to what the session holds (the previous reply included)
+    and continues from there; nothing is recomputed. One call at a time per session.
+
+    The backend session's step-by-step interface (forward(ids), sample(params), logits(),
+    tokens(), position, context_length, ...) passes through to `.raw`."""
+
+    def __init__(self, model: Model, core: "_core.Model", raw: Any) -> None:
+        self._model = model
+        self._core = core
+        self.raw = raw
+        self._pending: List[int] = []  # the last generated token, not fed yet
+        self._busy = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "raw":
+            raise AttributeError(name)
+        return getattr(self.raw, name)
+
+    def __repr__(self) -> str:
+        return f"Session(tokens={self.raw.position + len(self._pending)}, context={self.raw.context_length})"
+
+    def reset(self) -> None:
+        """Forgets the conversation."""
+        self.raw.reset()
+        self._pending = []
+
+    def history(self) -> List[int]:
+        """Every token of the conversation: prompts and replies (the last reply token included)."""
+        return list(self.raw.tokens()) + self._pending
+
+    def generate(self, prompt: Prompt, config: Optional[GenerationConfig] = None, *, stream: bool = False,
+                 cancel: Any = None, **options: Any) -> Any:
+        """Appends `prompt` (text — tokenized with special tokens only if the conversation is
+        empty — or token ids) to the conversation and generates the continuation; options as
+        in Model.generate. The reply's tokens stay in the session for the next call."""
+        _check_cancel(cancel)
+        model = self._model
+        cfg, eos = model._resolve(config, options)
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidArgumentError("the prompt is empty")
+            ids = model._check_ids(model.tokenize(prompt, add_special_tokens=not self.history()))
+            if not ids:
+                raise InvalidArgumentError("the prompt encodes to no tokens")
+        else:
+            ids = model._prompt_ids(prompt)
+        needed = self.raw.position + len(self._pending) + len(ids)
+        if needed > self.raw.context_length:
+            raise ContextLengthError(f"the conversation would need {needed} positions but the context length is {self.raw.context_length}")
+        if not self._busy.acquire(blocking=False):
+            raise InvalidArgumentError("this session is already generating (one call at a time per session)")
+        seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+        seq = _Sequence(self.raw, ids, cfg, model.tokenizer, eos, seed, cached=0, feed=self._pending, fresh=False)
+        gen = run(seq, cancel)
+
+        def release() -> None:
+            if seq.fed_feed:
+                self._pending = []
+            if seq.generated:
+                self._pending = [seq.generated[-1]]
+            self._busy.release()
+
+        if stream:
+            return TextStream(gen, release, seq)
+        try:
+            return drain(gen)
+        finally:
+            release()
+
+    def agenerate(self, prompt: Prompt, config: Optional[GenerationConfig] = None, *, stream: bool = False,
+                  cancel: Any = None, **options: Any) -> Any:
+        """generate() for asyncio (see Model.agenerate)."""
+        _check_cancel(cancel)
+        if stream:
+            return AsyncTextStream(lambda c: self.generate(prompt, config, stream=True, cancel=c, **options), cancel)
+        return run_async(lambda c: self.generate(prompt, config, cancel=c, **options), cancel)
 
 
 def load(

@@ -13,6 +13,17 @@ nothing more:
     logits() -> bytes                                               float32 [vocab], last token
     sample(params, gen_start, suppress) -> int
 
+Optional, where a backend can do better than the generic fallback (`generation` checks):
+
+    session.forward_prompt(tokens, start, total), reusable_prefix(prompt), truncate(n), touched
+        prompts fed in pieces on the paths of one call, and exact prefix reuse (`cpu`);
+        without them a prompt is fed chunk by chunk with forward() and idle sessions are
+        reused for their memory only
+    session.logprobs(token, top)      log-probabilities (else `_core.logprobs(session.logits())`)
+    backend.decode_batch(sessions, tokens)
+        one decode step of several sessions in one pass over the weights (`cpu`); without it
+        a batch steps its sessions one after the other (`cuda` today)
+
 `cpu` is the Rust core's own session (no wrapper: unchanged speed); `cuda` computes on an NVIDIA
 GPU through cupy, or on the CPU emulator of the CUDA execution model (FERROLM_CUDA_EMULATE=1).
 Both sample on the host with the core's sampler, so equal logits give equal tokens.

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import List
 
-if TYPE_CHECKING:
-    from .. import _core
+from .. import _core
 
 
 class CpuBackend:
@@ -20,3 +19,7 @@ class CpuBackend:
 
     def keep_only(self, cores: "list[_core.Model]") -> None:
         """Nothing to free: the cores own their weights, sessions their caches."""
+
+    def decode_batch(self, sessions: "List[_core.Session]", tokens: List[int]) -> None:
+        """One decode step of several sessions: one pass over the weights for all of them."""
+        _core.decode_batch(sessions, tokens)
