@@ -275,7 +275,7 @@ mod tests {
                 for threads in [1, 3] {
                     let model = Arc::new(build_threads(&config, precision, &checkpoint_names(&config), threads));
                     // prompts of different lengths (one across a chunk boundary), 4 steps
-                    let prompts: Vec<Vec<u32>> = [1usize, 5, 9, 300, 2].iter().enumerate().map(|(i, &n)| tokens(n, i as u32)).collect();
+                    let prompts: Vec<Vec<u32>> = [1usize, 5, 9, 300, 2, 3, 4, 6, 7].iter().enumerate().map(|(i, &n)| tokens(n, i as u32)).collect();
                     let mut alone: Vec<Session> = prompts.iter().map(|_| Session::new(model.clone(), Some(400)).unwrap()).collect();
                     let mut batch: Vec<Session> = prompts.iter().map(|_| Session::new(model.clone(), Some(400)).unwrap()).collect();
                     for ((a, b), p) in alone.iter_mut().zip(batch.iter_mut()).zip(&prompts) {

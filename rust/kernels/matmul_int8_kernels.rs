@@ -728,6 +728,7 @@ mod x86 {
 
     /// Each row of w against every row of x (4 at a time) while it sits in L1: w streams
     /// from memory once for any m. A row's sums do not depend on the rows beside it.
+    /// (8 rows at a time on VNNI, with 32 vector registers, measured no faster than 2 × 4.)
     #[inline(always)]
     unsafe fn gemv<S: Step>(g: &Q8) {
         for j in g.cols.0..g.cols.1 {

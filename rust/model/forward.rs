@@ -202,7 +202,8 @@ pub struct BatchRow<'a> {
 /// its cache) runs through one pass over the weights — every matmul multiplies all rows
 /// together on the GEMV path, which computes each row exactly as it does alone — while
 /// attention reads each sequence's own cache. Each row's logits are bit-identical to a
-/// [`forward`] of that token alone.
+/// [`forward`] of that token alone: the matmuls run on the GEMV path, that of a lone
+/// decode step, which reads each row of w once for all rows of x.
 pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<'_>]) -> Result<()> {
     let b = rows.len();
     if b == 0 {
@@ -219,6 +220,7 @@ pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<
     }
     let s = scratch;
     let pool = &model.pool;
+    // each row exactly as alone: a lone decode step runs on the GEMV path
     let path = RowPath::Gemv;
     // x: [b, d] = embeddings (+ learned positions)
     for (i, r) in rows.iter().enumerate() {
