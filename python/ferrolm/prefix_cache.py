@@ -2,7 +2,9 @@
 
 A session that finished a generation still holds its prompt's KV cache. The next call takes the
 idle session holding the longest reusable prefix of its prompt (a shared system prompt,
-few-shot examples, a chat's earlier turns), keeps that prefix and computes only the rest.
+few-shot examples, a chat's earlier turns), keeps that prefix and computes only the rest; a
+prompt that shares little with every kept session gets a new session while there is room, so
+that unrelated calls do not overwrite each other's prefixes.
 Reuse is exact: the core tracks which matmul path computed each cached token, and a token
 counts only if it matches the prompt and was computed as a cold run of that prompt would
 compute it, so the logits are bit-identical to a fresh session's
@@ -62,26 +64,34 @@ class SessionCache:
 
     def take(self, core: Any, prompt: Optional[Sequence[int]]) -> Tuple[Any, int]:
         """A session of `core` for a call, and how many leading tokens of `prompt` it already
-        holds exactly (its cache is cut to them): the idle session holding the most, the most
-        recent among equals. `prompt` None (no reuse: a soft prompt, all logits): the least
-        recently used one, which is the least likely to be reused."""
+        holds exactly (its cache is cut to them).
+
+        The idle session holding the most of the prompt is taken when that is at least half of
+        what it holds (a chat's next turn, a shared system prompt); otherwise, while the cache
+        has room, a new session is made so that no kept prefix is overwritten, and when it is
+        full the least recently used session is reset. `prompt` None (no reuse: a soft prompt,
+        all logits) takes a new session or the least recently used one likewise."""
         with self._lock:
-            best, best_r = None, -1
-            for i, (c, s) in enumerate(self._idle):
-                if c is not core:
-                    continue
-                if prompt is None:
-                    best, best_r = i, 0
-                    continue
-                r = s.reusable_prefix(prompt) if hasattr(s, "reusable_prefix") else 0
-                if r > best_r:
-                    best, best_r = i, r
-            session = self._idle.pop(best)[1] if best is not None else None
+            mine = [i for i, (c, _) in enumerate(self._idle) if c is core]
+            best, best_r = None, 0
+            if prompt is not None:
+                for i in mine:
+                    s = self._idle[i][1]
+                    r = s.reusable_prefix(prompt) if hasattr(s, "reusable_prefix") else 0
+                    if r > best_r:
+                        best, best_r = i, r
+            full = len(self._idle) >= self.max_sessions
+            if best is not None and (2 * best_r >= self._idle[best][1].position or full):
+                session = self._idle.pop(best)[1]
+            elif full and mine:
+                session, best_r = self._idle.pop(mine[-1])[1], 0
+            else:
+                session, best_r = None, 0
         if session is None:
             return self._new_session(core), 0
         if best_r > 0:
             session.truncate(best_r)
-        return session, max(best_r, 0)
+        return session, best_r
 
     def give_back(self, core: Any, session: Any, live: Callable[[Any], bool]) -> None:
         """Keeps `session` as the most recent; drops sessions of retired variants and the least
