@@ -43,10 +43,11 @@ async def run_async(call: Callable[[Any], Any], user_cancel: Any = None) -> Any:
 
 class AsyncTextStream(AsyncIterator[str]):
     """`async for delta in stream`: text deltas as tokens are generated (the generation runs in
-    the loop's default executor and hands each delta to the loop). `.result` holds the
+    the loop's default executor and hands each delta to the loop when the loop asks for the
+    next one: like a plain stream, it never runs ahead of its consumer). `.result` holds the
     GenerationResult at the end; `.logprobs` grows as tokens come when asked for. Cancelling
-    the consuming task or `await stream.aclose()` stops the work within one decode step;
-    dropping the stream does too."""
+    the consuming task, `await stream.aclose()` or dropping the stream stops the work within
+    one decode step."""
 
     def __init__(self, open_stream: Callable[[Any], Any], user_cancel: Any = None) -> None:
         self._open = open_stream
@@ -54,6 +55,7 @@ class AsyncTextStream(AsyncIterator[str]):
         self._queue: Optional[asyncio.Queue] = None
         self._worker: Optional[asyncio.Future] = None
         self._stream: Any = None
+        self._demand = threading.Semaphore(0)
         self._done = False
         self.result: Optional[GenerationResult] = None
 
@@ -67,7 +69,7 @@ class AsyncTextStream(AsyncIterator[str]):
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        token = self._token
+        token, demand = self._token, self._demand
 
         def put(item: Tuple[str, Any]) -> None:
             try:
@@ -76,18 +78,24 @@ class AsyncTextStream(AsyncIterator[str]):
                 token.set()
 
         def work() -> None:
+            # one delta per request of the consumer, as a plain stream: nothing runs ahead
             try:
                 stream = self._open(token)
                 self._stream = stream
-                try:
-                    for delta in stream:
-                        put(("delta", delta))
+                while True:
+                    while not demand.acquire(timeout=0.05):
                         if token.is_set():
                             break
-                finally:
-                    if stream.result is None:
+                    if token.is_set():
                         stream.close()
-                put(("end", stream.result))
+                        put(("end", stream.result))
+                        return
+                    try:
+                        delta = next(stream)
+                    except StopIteration:
+                        put(("end", stream.result))
+                        return
+                    put(("delta", delta))
             except BaseException as e:  # handed to the consumer
                 put(("error", e))
 
@@ -100,6 +108,7 @@ class AsyncTextStream(AsyncIterator[str]):
         if self._queue is None:
             self._start()
         assert self._queue is not None
+        self._demand.release()
         try:
             kind, value = await self._queue.get()
         except asyncio.CancelledError:
