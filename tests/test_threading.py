@@ -62,9 +62,15 @@ def test_other_threads_run_during_a_forward_pass(big_model):
 
 
 def test_generate_leaves_the_gil_to_other_threads(big_model):
-    """Each generate() here is one long prefill inside Rust."""
+    """Each generate() here is one long prefill inside Rust (the prefix cache emptied first, so
+    that the prompt is computed again)."""
     prompt = [i % 256 for i in range(1, 500)]
-    assert_not_starved(*rates_while(lambda: big_model.generate(prompt, max_new_tokens=1), repeats=4))
+
+    def call():
+        big_model.clear_prefix_cache()
+        return big_model.generate(prompt, max_new_tokens=1)
+
+    assert_not_starved(*rates_while(call, repeats=4))
 
 
 def test_concurrent_generations_from_two_threads_are_independent():
@@ -82,3 +88,18 @@ def test_concurrent_generations_from_two_threads_are_independent():
     for t in threads:
         t.join()
     assert len(results) == 15 and all(r == want for r in results)
+
+
+def test_a_batched_decode_step_leaves_the_gil_to_other_threads(big_model):
+    core = big_model._core
+    sessions = [core.new_session(512) for _ in range(8)]
+    for i, s in enumerate(sessions):
+        s.forward([(i + j) % 256 for j in range(1, 200)])
+
+    def steps():
+        for s in sessions:
+            s.truncate(199)
+        for t in range(20):
+            ferrolm._core.decode_batch(sessions, [t] * 8)
+
+    assert_not_starved(*rates_while(steps, repeats=4))
