@@ -186,7 +186,8 @@ def render() -> str:
         "decode span. Each sequence gets exactly its tokens alone, so every decode step runs on the GEMV path a lone "
         "step uses (each row of w read once per step for all rows, 4 rows of x at a time): the step's memory traffic "
         "is shared, its arithmetic is not, and on these 2 vCPUs the INT8 GEMV's per-row arithmetic is what limits "
-        "the batch (about 2.5-3x at batch 8 in quieter runs; the target was 5x, see docs/architecture.md). Prefix "
+        f"the batch ({serving['batches'][-1]['vs_batch1']}x at batch {serving['batches'][-1]['batch']} in this run; the "
+        "target was 5x at batch 8, see docs/architecture.md). Prefix "
         "reuse: a 512-token prompt cold, the same prompt again (all but its last token reused, bit-identical "
         "logits), and the prompt plus 32 new tokens (a chat's next turn). `pytest benches/test_serving.py` times "
         "the batched step and the reuse under pytest-benchmark.",
