@@ -333,16 +333,17 @@ class Model:
             options["eos_token_id"] = self.end_of_turn_ids()
         return self.generate(ids, config, stream=stream, **options)
 
-    def achat(self, messages: Any, config: Optional[GenerationConfig] = None, *, stream: bool = False, **options: Any) -> Any:
+    def achat(self, messages: Any, config: Optional[GenerationConfig] = None, *, stream: bool = False,
+              cancel: Any = None, **options: Any) -> Any:
         """chat() for asyncio: `await model.achat(...)`, or `async for delta in
         model.achat(..., stream=True)` (see agenerate)."""
+        _check_cancel(cancel)
         batch = isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
-        if stream and batch:
-            raise InvalidArgumentError("stream=True takes one conversation; a batch returns a list of results")
         if stream:
-            return AsyncTextStream(lambda cancel: self.chat(messages, config, stream=True, cancel=cancel, **options), options.pop("cancel", None))
-        user_cancel = options.pop("cancel", None)
-        return run_async(lambda cancel: self.chat(messages, config, cancel=cancel, **options), user_cancel)
+            if batch:
+                raise InvalidArgumentError("stream=True takes one conversation; a batch returns a list of results")
+            return AsyncTextStream(lambda c: self.chat(messages, config, stream=True, cancel=c, **options), cancel)
+        return run_async(lambda c: self.chat(messages, config, cancel=c, **options), cancel)
 
     def _resolve(self, config: Optional[GenerationConfig], options: Dict[str, Any]) -> Tuple[GenerationConfig, Tuple[int, ...]]:
         """The call's GenerationConfig (options over `config` over generation_config.json) and
