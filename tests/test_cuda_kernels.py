@@ -1,5 +1,6 @@
 """The CUDA kernels (python/ferrolm/cuda/*.cu) against NumPy references of the CPU core's math,
-run on the CPU emulator of the CUDA execution model, with the launch geometry of docs/cuda.md.
+run on the CPU emulator of the CUDA execution model (and, with the `gpu` marker, on a real GPU
+through cupy), with the launch geometry of docs/cuda.md.
 
 Shapes are odd on purpose: sizes that are not multiples of the block or of the vector width,
 unaligned rows (ldx > k, views starting one element in), GQA, several attention splits."""
@@ -23,9 +24,60 @@ I32, F32 = np.int32, np.float32
 FP_REL = 1e-5  # FP32 paths, relative to the output's scale
 
 
-@pytest.fixture(scope="module")
-def mod():
-    # the translation unit the backend compiles
+class GpuModule:
+    """The same kernels on a GPU through cupy, behind the emulator's call shape: every numpy
+    buffer an argument points into is copied to the device at the same address modulo 256 (so
+    aligned and unaligned cases stay what they are), and copied back after the launch."""
+
+    def __init__(self) -> None:
+        import cupy
+
+        from ferrolm.backends.cuda.sources import module_options
+
+        self.cp = cupy
+        self.module = cupy.RawModule(code=kernel_source(), options=module_options())
+
+    def get_function(self, name):
+        return lambda grid, block, args, shared_mem=0: self._launch(name, grid, block, args, shared_mem)
+
+    def _launch(self, name, grid, block, args, shared_mem):
+        cp, roots, dev_args = self.cp, {}, []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                root = a
+                while isinstance(root.base, np.ndarray):
+                    root = root.base
+                if id(root) not in roots:
+                    shift = root.ctypes.data % 256
+                    dev = cp.empty(root.nbytes + 256, cp.uint8)
+                    dev[shift:shift + root.nbytes].set(root.reshape(-1).view(np.uint8))
+                    roots[id(root)] = (root, dev, shift)
+                root, dev, shift = roots[id(root)]
+                at = shift + a.ctypes.data - root.ctypes.data
+                dev_args.append(dev[at:at + a.nbytes].view(a.dtype))
+            else:
+                dev_args.append(np.uint64(0) if a is None else a)
+        self.module.get_function(name)(tuple(grid), tuple(block), tuple(dev_args), shared_mem=shared_mem)
+        for root, dev, shift in roots.values():
+            root.reshape(-1).view(np.uint8)[...] = dev[shift:shift + root.nbytes].get()
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module", params=["emulator", pytest.param("gpu", marks=pytest.mark.gpu)])
+def mod(request):
+    # the translation unit the backend compiles, on the emulator or (gpu marker) a real GPU
+    if request.param == "gpu":
+        if not _gpu_available():
+            pytest.skip("no cupy or no NVIDIA GPU here")
+        return GpuModule()
     return EmulatedModule(kernel_source(), [str(kernel_dir())])
 
 
