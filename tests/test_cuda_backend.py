@@ -259,3 +259,23 @@ def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
         kl_dev, top1_dev = kl_top1(ferrolm.load(path, precision, device="cuda", context_length=128).logits(ids))
         assert 0 < kl_dev < slack * kl_cpu, (precision, kl_dev, kl_cpu)
         assert top1_dev >= top1_cpu - 0.05, (precision, top1_dev, top1_cpu)
+
+
+def test_plain_greedy_takes_the_argmax_on_the_device(mode):
+    """Plain greedy copies one token id, not the logits; the host sampler takes over for
+    suppressed tokens and processors, and gives the same token the logits give."""
+    from ferrolm import _core
+
+    model = load(mode, "tiny-llama")
+    s = model.new_session()
+    s.forward([3, 14, 15, 92])
+    tok = s.sample(_core.SamplingParams(), 0, [])
+    assert s._logits is None  # nothing but the token id came back
+    logits = np.frombuffer(s.logits(), np.float32)
+    assert tok == int(np.argmax(logits))
+    assert s.sample(_core.SamplingParams(), 0, [tok]) == int(np.argsort(-logits, kind="stable")[1])
+    s.forward([tok])
+    again = s.sample(_core.SamplingParams(repetition_penalty=1.3), 0, [])
+    cpu = ferrolm.load(MODELS / "tiny-llama").new_session()
+    cpu.forward([3, 14, 15, 92, tok])
+    assert again == cpu.sample(_core.SamplingParams(repetition_penalty=1.3), 0, [])

@@ -430,3 +430,30 @@ def test_gelu_tanh(mod):
     launch(mod, "gelu_tanh", (cdiv(n, 256),), (256,), x, I32(n))
     ref.assert_close(x[:n], want, FP_REL, "gelu_tanh")
     np.testing.assert_array_equal(x[n:], tail)
+
+
+# --- greedy sampling ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 1024, 1500, 49157])
+def test_argmax_is_the_first_largest_and_flags_what_the_host_must_decide(mod, n):
+    rng = np.random.default_rng(n)
+    out = np.full(2, -5, I32)
+
+    def argmax(x):
+        launch(mod, "argmax_f32", (1,), (1024,), x, I32(x.size), out)
+        return int(out[0]), int(out[1])
+
+    x = rng.standard_normal(n).astype(F32)
+    assert argmax(x) == (int(np.argmax(x)), 0)
+    if n > 1:
+        x[n // 3] = x[n - 1] = np.float32(x.max() + 1)  # equal maxima: the first wins
+        assert argmax(x) == (n // 3, 0)
+        x[n // 2] = np.inf
+        assert argmax(x) == (n // 2, 0)
+        x[n - 1] = np.nan  # a NaN: the host decides (it raises)
+        assert argmax(x)[1] == 1
+    x = np.full(n, -np.inf, F32)  # nothing above -inf (every token suppressed)
+    assert argmax(x)[1] == 1
+    x[n - 1] = -3.0e38
+    assert argmax(x) == (n - 1, 0)

@@ -225,6 +225,7 @@ class DeviceState:
         self.all_logits: Any = None
         self.ids = rt.zeros(rows, np.int32)
         self.pos = rt.zeros(1, np.int32)
+        self.token = rt.zeros(2, np.int32)  # argmax_f32's (token, host decides)
         self._layer = s.n_layers and context * s.kv_dim
 
     def layer_cache(self, li: int) -> "tuple[Any, Any]":
