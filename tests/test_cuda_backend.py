@@ -279,3 +279,24 @@ def test_plain_greedy_takes_the_argmax_on_the_device(mode):
     cpu = ferrolm.load(MODELS / "tiny-llama").new_session()
     cpu.forward([3, 14, 15, 92, tok])
     assert again == cpu.sample(_core.SamplingParams(repetition_penalty=1.3), 0, [])
+
+
+def test_concurrent_generations_on_the_device_equal_serial_ones(mode):
+    """Sessions of one model in several threads (each its own stream and captured step) give
+    the tokens of serial calls."""
+    import threading
+
+    model = load(mode, "tiny-qwen2")
+    prompts = [[3 + i, 7, 11 + 2 * i] for i in range(6)]
+    serial = [model.generate(p, max_new_tokens=12, ignore_eos=True).tokens for p in prompts]
+    got = [None] * len(prompts)
+
+    def run(i):
+        got[i] = model.generate(prompts[i], max_new_tokens=12, ignore_eos=True).tokens
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == serial
