@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ferrolm
-from conftest import EXPECTED, FIXTURES, MODELS, reference
+from conftest import EXPECTED, FIXTURES, MODELS, decode_logits, reference
 from ferrolm.backends.cuda import model as device_model
 from ferrolm.quality import log_softmax
 
@@ -78,14 +78,7 @@ def test_kv_cached_decode_matches_reference(mode, name, graphs, monkeypatch):
     model = load(mode, name)
     ids = ref["prefix_ids"].tolist()
     n_prompt = len(ref["prompt_ids"])
-    s = model.new_session()
-    s.forward(ids[:n_prompt])
-    rows = [np.frombuffer(s.logits(), np.float32)]
-    for tok in ids[n_prompt:]:
-        s.forward([tok])
-        rows.append(np.frombuffer(s.logits(), np.float32))
-    assert s.position == len(ids)
-    assert_close(np.stack(rows), ref["prefix_logits"][n_prompt - 1:])
+    assert_close(decode_logits(model.new_session(), ids, n_prompt), ref["prefix_logits"][n_prompt - 1:])
 
 
 def test_attention_split_along_the_keys(mode, monkeypatch):
@@ -95,13 +88,7 @@ def test_attention_split_along_the_keys(mode, monkeypatch):
     model = ferrolm.load(MODELS / "tiny-llama", device="cuda", context_length=64)
     s = model.new_session()
     assert s.state.max_splits == 8
-    ids = ref["prefix_ids"].tolist()
-    s.forward(ids[:20])
-    rows = [np.frombuffer(s.logits(), np.float32)]
-    for tok in ids[20:]:
-        s.forward([tok])
-        rows.append(np.frombuffer(s.logits(), np.float32))
-    assert_close(np.stack(rows), ref["prefix_logits"][19:])
+    assert_close(decode_logits(s, ref["prefix_ids"].tolist(), 20), ref["prefix_logits"][19:])
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
