@@ -287,3 +287,12 @@ def test_concurrent_generations_on_the_device_equal_serial_ones(mode):
     for t in threads:
         t.join()
     assert got == serial
+
+
+def test_shapes_without_kernels_are_refused_at_load(mode, tmp_path):
+    from conftest import random_llama
+
+    folder = random_llama(tmp_path / "wide-heads", hidden=1024, heads=2, kv_heads=1, ffn=64, vocab=64, ctx=16)
+    with pytest.raises(ferrolm.DeviceError, match="head_dim 512"):
+        ferrolm.load(folder, device="cuda")
+    assert ferrolm.load(folder).generate([1, 2], max_new_tokens=2).tokens  # the CPU runs it
