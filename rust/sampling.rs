@@ -53,6 +53,12 @@ fn bad(msg: String) -> Result<()> {
 }
 
 impl SamplingParams {
+    /// Greedy with no processor that can change the argmax (penalties, logit bias): the token
+    /// is the argmax of the raw logits (suppressed tokens aside), so a device may compute it.
+    pub fn is_plain_greedy(&self) -> bool {
+        !self.do_sample && self.repetition_penalty == 1.0 && self.frequency_penalty == 0.0 && self.presence_penalty == 0.0 && self.logit_bias.is_empty()
+    }
+
     pub fn validate(&self, vocab_size: usize) -> Result<()> {
         let p = self;
         if !(p.temperature.is_finite() && p.temperature > 0.0) {

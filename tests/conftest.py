@@ -39,6 +39,18 @@ def reference(name: str):
     return np.load(EXPECTED / f"{name}.npz"), json.loads((EXPECTED / f"{name}.json").read_text())
 
 
+def decode_logits(session, ids, n_prompt: int) -> np.ndarray:
+    """Prefills ids[:n_prompt] into a fresh session, then feeds the rest one token at a time:
+    the logits after the prompt and after each step, [len(ids) - n_prompt + 1, vocab]."""
+    session.forward(list(ids[:n_prompt]))
+    rows = [np.frombuffer(session.logits(), np.float32)]
+    for tok in ids[n_prompt:]:
+        session.forward([tok])
+        rows.append(np.frombuffer(session.logits(), np.float32))
+    assert session.position == len(ids)
+    return np.stack(rows)
+
+
 @pytest.fixture(params=MODEL_NAMES)
 def model_name(request) -> str:
     return request.param

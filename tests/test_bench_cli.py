@@ -164,3 +164,20 @@ def test_saved_int8_checkpoint_refuses_other_precisions(tmp_path, capsys):
     assert "loads only as int8" in capsys.readouterr().err
     assert main(["bench", SOURCES[0], "--prompt-tokens", "100", "--new-tokens", "29", "--no-progress"]) == 2
     assert "exceed the model's 128 positions" in capsys.readouterr().err
+
+
+def test_cuda_bench_on_the_emulator(monkeypatch, tmp_path, capsys):
+    """--device cuda measures the CUDA backend (here on the emulator): decode with and without
+    the captured step, launches per token, prefill, the copy-bandwidth share."""
+    monkeypatch.setenv("FERROLM_CUDA_EMULATE", "1")
+    args = ["bench", str(MODELS / "tiny-gpt2"), "--device", "cuda", "--precisions", "fp32,bf16", "--runs", "1",
+            "--prompt-tokens", "12", "--new-tokens", "4", "--format", "json", "--no-progress", "--out", str(tmp_path)]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runtime"] == "emulator" and [r["precision"] for r in report["rows"]] == ["fp32", "bf16"]
+    for r in report["rows"]:
+        assert r["decode_tok_s"] > 0 and r["decode_tok_s_no_graph"] > 0 and r["prefill_tok_s"] > 0
+        assert r["launches_per_token"] > 10 and 0 < r["decode_pct_of_bandwidth"] < 100
+    md = (tmp_path / "report_cuda.md").read_text()
+    assert len([line for line in md.splitlines() if line.startswith("| ") and "tiny-gpt2" in line]) == 2
+    assert json.loads((tmp_path / "bench_cuda.json").read_text())["rows"] == report["rows"]

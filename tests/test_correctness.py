@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import MODELS, load_fixture, reference
+from conftest import MODELS, decode_logits, load_fixture, reference
 
 # FP32 logits: max-abs error <= 1e-4 relative to the logits' scale (max |logit|).
 REL_TOL = 1e-4
@@ -43,14 +43,7 @@ def test_kv_cached_decode_matches_full_forward(model_name):
     model = load_fixture(model_name)
     ids = ref["prefix_ids"].tolist()
     n_prompt = len(ref["prompt_ids"])
-    s = model.new_session()
-    s.forward(ids[:n_prompt])
-    rows = [np.frombuffer(s.logits(), np.float32)]
-    for tok in ids[n_prompt:]:
-        s.forward([tok])
-        rows.append(np.frombuffer(s.logits(), np.float32))
-    assert s.position == len(ids)
-    assert_logits_close(np.stack(rows), ref["prefix_logits"][n_prompt - 1 :])
+    assert_logits_close(decode_logits(model.new_session(), ids, n_prompt), ref["prefix_logits"][n_prompt - 1 :])
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

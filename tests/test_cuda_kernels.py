@@ -1,5 +1,6 @@
 """The CUDA kernels (python/ferrolm/cuda/*.cu) against NumPy references of the CPU core's math,
-run on the CPU emulator of the CUDA execution model, with the launch geometry of docs/cuda.md.
+run on the CPU emulator of the CUDA execution model (and, with the `gpu` marker, on a real GPU
+through cupy), with the launch geometry of docs/cuda.md.
 
 Shapes are odd on purpose: sizes that are not multiples of the block or of the vector width,
 unaligned rows (ldx > k, views starting one element in), GQA, several attention splits."""
@@ -23,9 +24,60 @@ I32, F32 = np.int32, np.float32
 FP_REL = 1e-5  # FP32 paths, relative to the output's scale
 
 
-@pytest.fixture(scope="module")
-def mod():
-    # the translation unit the backend compiles
+class GpuModule:
+    """The same kernels on a GPU through cupy, behind the emulator's call shape: every numpy
+    buffer an argument points into is copied to the device at the same address modulo 256 (so
+    aligned and unaligned cases stay what they are), and copied back after the launch."""
+
+    def __init__(self) -> None:
+        import cupy
+
+        from ferrolm.backends.cuda.sources import module_options
+
+        self.cp = cupy
+        self.module = cupy.RawModule(code=kernel_source(), options=module_options())
+
+    def get_function(self, name):
+        return lambda grid, block, args, shared_mem=0: self._launch(name, grid, block, args, shared_mem)
+
+    def _launch(self, name, grid, block, args, shared_mem):
+        cp, roots, dev_args = self.cp, {}, []
+        for a in args:
+            if isinstance(a, np.ndarray):
+                root = a
+                while isinstance(root.base, np.ndarray):
+                    root = root.base
+                if id(root) not in roots:
+                    shift = root.ctypes.data % 256
+                    dev = cp.empty(root.nbytes + 256, cp.uint8)
+                    dev[shift:shift + root.nbytes].set(root.reshape(-1).view(np.uint8))
+                    roots[id(root)] = (root, dev, shift)
+                root, dev, shift = roots[id(root)]
+                at = shift + a.ctypes.data - root.ctypes.data
+                dev_args.append(dev[at:at + a.nbytes].view(a.dtype))
+            else:
+                dev_args.append(np.uint64(0) if a is None else a)
+        self.module.get_function(name)(tuple(grid), tuple(block), tuple(dev_args), shared_mem=shared_mem)
+        for root, dev, shift in roots.values():
+            root.reshape(-1).view(np.uint8)[...] = dev[shift:shift + root.nbytes].get()
+
+
+def _gpu_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module", params=["emulator", pytest.param("gpu", marks=pytest.mark.gpu)])
+def mod(request):
+    # the translation unit the backend compiles, on the emulator or (gpu marker) a real GPU
+    if request.param == "gpu":
+        if not _gpu_available():
+            pytest.skip("no cupy or no NVIDIA GPU here")
+        return GpuModule()
     return EmulatedModule(kernel_source(), [str(kernel_dir())])
 
 
@@ -378,3 +430,30 @@ def test_gelu_tanh(mod):
     launch(mod, "gelu_tanh", (cdiv(n, 256),), (256,), x, I32(n))
     ref.assert_close(x[:n], want, FP_REL, "gelu_tanh")
     np.testing.assert_array_equal(x[n:], tail)
+
+
+# --- greedy sampling ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 1024, 1500, 49157])
+def test_argmax_is_the_first_largest_and_flags_what_the_host_must_decide(mod, n):
+    rng = np.random.default_rng(n)
+    out = np.full(2, -5, I32)
+
+    def argmax(x):
+        launch(mod, "argmax_f32", (1,), (1024,), x, I32(x.size), out)
+        return int(out[0]), int(out[1])
+
+    x = rng.standard_normal(n).astype(F32)
+    assert argmax(x) == (int(np.argmax(x)), 0)
+    if n > 1:
+        x[n // 3] = x[n - 1] = np.float32(x.max() + 1)  # equal maxima: the first wins
+        assert argmax(x) == (n // 3, 0)
+        x[n // 2] = np.inf
+        assert argmax(x) == (n // 2, 0)
+        x[n - 1] = np.nan  # a NaN: the host decides (it raises)
+        assert argmax(x)[1] == 1
+    x = np.full(n, -np.inf, F32)  # nothing above -inf (every token suppressed)
+    assert argmax(x)[1] == 1
+    x[n - 1] = -3.0e38
+    assert argmax(x) == (n - 1, 0)

@@ -78,7 +78,7 @@ def _compile(source: str):
     # Filters run at compile time too (constant folding): every one refuses sizes past the
     # bound (center(3000000000), indent(10**9), "%0999999999d"|format) before doing any work.
     env.filters = {name: _bounded(f, jinja2) for name, f in env.filters.items()}
-    env.filters["tojson"] = tojson
+    env.filters["tojson"] = _bounded(tojson, jinja2)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     try:

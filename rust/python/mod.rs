@@ -485,6 +485,13 @@ impl PySamplingParams {
     fn __repr__(&self) -> String {
         format!("{:?}", self.inner)
     }
+
+    /// Greedy with no penalty or logit bias: the token is the argmax of the logits (when no
+    /// token is suppressed), which a device backend computes where the logits are.
+    #[getter]
+    fn plain_greedy(&self) -> bool {
+        self.inner.is_plain_greedy()
+    }
 }
 
 /// Applies the logits processors (as used by `Session.sample`) to float32 bytes [vocab];

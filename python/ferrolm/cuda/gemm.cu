@@ -30,9 +30,18 @@ FL_DEV void gemm_load4(const typename S::T* __restrict__ row, int p, int k, bool
     }
 }
 
-// acc[r][c] += a[r]·b[c] for the thread's 4×4 micro-tile, from transposed tiles at + 4·ty, + 4·tx.
+// acc[r][c] += Σ_kk a[r]·b[c] for the thread's 4×4 micro-tile, from transposed tiles at + 4·ty,
+// + 4·tx. The slab's 32 products are summed apart and then added to acc: a two-level sum whose
+// rounding error grows with 32 + k/32 terms instead of k (it keeps the prefill logits as close to
+// the CPU's blocked sums as the GEMV's lane-split sums are, under large activations).
 FL_DEV void gemm_fp_slab(const float (*xt)[GEMM_LDS], const float (*wt)[GEMM_LDS], int ty, int tx,
                          float (&acc)[4][4]) {
+    float part[4][4];
+    FL_UNROLL
+    for (int r = 0; r < 4; ++r) {
+        FL_UNROLL
+        for (int c = 0; c < 4; ++c) part[r][c] = 0.0f;
+    }
     FL_UNROLL
     for (int kk = 0; kk < GEMM_BK; ++kk) {
         float a[4], b[4];
@@ -41,8 +50,13 @@ FL_DEV void gemm_fp_slab(const float (*xt)[GEMM_LDS], const float (*wt)[GEMM_LDS
         FL_UNROLL
         for (int r = 0; r < 4; ++r) {
             FL_UNROLL
-            for (int c = 0; c < 4; ++c) acc[r][c] += a[r] * b[c];
+            for (int c = 0; c < 4; ++c) part[r][c] += a[r] * b[c];
         }
+    }
+    FL_UNROLL
+    for (int r = 0; r < 4; ++r) {
+        FL_UNROLL
+        for (int c = 0; c < 4; ++c) acc[r][c] += part[r][c];
     }
 }
 

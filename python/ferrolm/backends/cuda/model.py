@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 
-from ...errors import MemoryLimitError
+from ...errors import DeviceError, MemoryLimitError
 from .weights import BufferStore, DeviceLinear, DeviceNorm, upload_model
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ KEY_CHUNK_MIN = 128
 MAX_SPLITS = 64
 #: GEMV kernels take at most this many activation rows; more rows use the GEMM kernels.
 GEMV_ROWS = 4
+#: The attention kernels' largest head (docs/cuda.md).
+MAX_HEAD_DIM = 256
 
 i32, f32 = np.int32, np.float32
 
@@ -75,6 +77,8 @@ class DeviceModel:
         self.rt = runtime
         self.shape = Shape(core.arch, core.vocab_size, core.hidden_size, core.num_layers, core.num_heads,
                            core.num_kv_heads, core.head_dim, core.intermediate_size, core.max_position_embeddings)
+        if self.shape.head_dim % 2 or not 2 <= self.shape.head_dim <= MAX_HEAD_DIM:
+            raise DeviceError(f"head_dim {self.shape.head_dim} has no CUDA attention kernel (even, at most {MAX_HEAD_DIM})")
         self.m: Dict[str, Any] = upload_model(core, store)
         inv = core.rope_inv_freq
         self.inv_freq = runtime.upload(np.asarray(inv, dtype=np.float64)) if inv is not None else None
@@ -225,6 +229,7 @@ class DeviceState:
         self.all_logits: Any = None
         self.ids = rt.zeros(rows, np.int32)
         self.pos = rt.zeros(1, np.int32)
+        self.token = rt.zeros(2, np.int32)  # argmax_f32's (token, host decides)
         self._layer = s.n_layers and context * s.kv_dim
 
     def layer_cache(self, li: int) -> "tuple[Any, Any]":

@@ -9,6 +9,7 @@ is host memory (numpy arrays); its kernels are the same `.cu` sources compiled a
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple
@@ -118,7 +119,7 @@ class EmulatorRuntime(Runtime):
         self.module = EmulatedModule(kernel_source(), [str(kernel_dir())])
         self.compile_seconds = time.perf_counter() - t0
         self._functions: dict = {}
-        self._recording: Optional[List[Launch]] = None
+        self._capture = threading.local()  # .launches: the list a capture in this thread records
 
     def empty(self, n: int, dtype: Any) -> np.ndarray:
         return np.empty(n, dtype=dtype)
@@ -146,19 +147,20 @@ class EmulatorRuntime(Runtime):
         _scalars_ok(args)
         self.launches += 1
         launch = (self._function(name), tuple(grid), tuple(block), tuple(args), shared_mem)
-        if self._recording is not None:
-            self._recording.append(launch)
+        recording = getattr(self._capture, "launches", None)
+        if recording is not None:
+            recording.append(launch)
             return
         f, g, b, a, s = launch
         f(g, b, a, shared_mem=s)
 
     def capture(self, stream: Any, step: Callable[[], None]) -> Callable[[], None]:
-        self._recording = []
+        recorded: List[Launch] = []
+        self._capture.launches = recorded
         try:
             step()
-            recorded = self._recording
         finally:
-            self._recording = None
+            self._capture.launches = None
 
         def replay() -> None:
             for f, g, b, a, s in recorded:

@@ -1,8 +1,9 @@
 """A conversation on the device: the same interface as the core's Session (see
 `ferrolm.backends`), with the KV cache and activations in device memory. Logits come back to
 the host once per step and are sampled there by the core's sampler — the same code and RNG as
-a CPU session, so equal logits give equal tokens (a copy of [vocab] floats per token costs
-microseconds next to the step itself)."""
+a CPU session, so equal logits give equal tokens. Plain greedy decoding (no penalty, bias or
+suppressed token) takes the argmax on the device instead and copies one token id back; the
+logits are copied only when something asks for them."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class CudaSession:
         self._sampler = _core.Sampler(model.shape.vocab)
         self._tokens: List[int] = []
         self._prefix = 0
-        self._logits: Optional[np.ndarray] = None
+        self._has_logits = False
+        self._logits: Optional[np.ndarray] = None  # host copy of the last logits, when made
         self._decode_step: Optional[Callable[[], None]] = None
         #: kernel launches of one decode step (known once a step ran)
         self.decode_launches = 0
@@ -58,6 +60,7 @@ class CudaSession:
     def reset(self) -> None:
         self._prefix = 0
         self._tokens.clear()
+        self._has_logits = False
         self._logits = None
 
     def seed(self, seed: int) -> None:
@@ -91,14 +94,28 @@ class CudaSession:
         return out
 
     def logits(self) -> bytes:
-        if self._logits is None:
-            raise InvalidArgumentError("no logits yet: feed tokens first")
-        return self._logits.tobytes()
+        return self._host_logits().tobytes()
 
     def sample(self, params: "_core.SamplingParams", gen_start: int = 0, suppress: Sequence[int] = ()) -> int:
-        if self._logits is None:
+        if not self._has_logits:
             raise InvalidArgumentError("no logits yet: feed tokens first")
-        return self._sampler.sample(self._logits.tobytes(), params, self._tokens, gen_start, list(suppress))
+        if self._logits is None and params.plain_greedy and not suppress:
+            st = self.state
+            with self._lock, self.rt.on(self.stream):
+                self.rt.launch("argmax_f32", (1,), (1024,), (st.logits, np.int32(self.model.shape.vocab), st.token))
+                token, host_decides = (int(v) for v in self.rt.download(st.token, self.stream))
+            if not host_decides:
+                return token
+        return self._sampler.sample(self._host_logits().tobytes(), params, self._tokens, gen_start, list(suppress))
+
+    def _host_logits(self) -> np.ndarray:
+        """The last logits on the host (copied from the device on first use)."""
+        if not self._has_logits:
+            raise InvalidArgumentError("no logits yet: feed tokens first")
+        if self._logits is None:
+            with self._lock, self.rt.on(self.stream):
+                self._logits = self.rt.download(self.state.logits, self.stream)
+        return self._logits
 
     # -- running chunks ----------------------------------------------------------------------------
     def _run(self, data: np.ndarray, n: int, all_logits: bool, embeds: bool = False) -> Optional[bytes]:
@@ -129,10 +146,8 @@ class CudaSession:
                     rows = rt.download(st.all_logits[: t * vocab], self.stream)
                     out[done:done + t] = rows.reshape(t, vocab)
                 done += t
-            if all_logits:
-                self._logits = out[-1].copy()
-            else:
-                self._logits = rt.download(st.logits, self.stream)
+            self._has_logits = True
+            self._logits = out[-1].copy() if all_logits else None
         return out.tobytes() if out is not None else None
 
     def _decode(self) -> None:

@@ -95,6 +95,8 @@ def upload_model(core: "_core.Model", store: BufferStore) -> Dict[str, Any]:
         if kind == "linear":
             if m["precision"] not in DEVICE_PRECISIONS:
                 raise DeviceError(f"{name}: {m['precision']} weights have no CUDA kernels (device='cuda' runs {', '.join(DEVICE_PRECISIONS)})")
+            if m["group"] and m["group"] % 32:
+                raise DeviceError(f"{name}: INT8 groups of {m['group']} have no CUDA kernels (groups must be a multiple of 32)")
             lora = [
                 (row0, rows, rank, float(scale), buf(f"{name}.lora.{j}.a"), buf(f"{name}.lora.{j}.b"))
                 for j, (row0, rows, rank, scale) in enumerate(m["lora"])
