@@ -55,9 +55,12 @@ def test_logprobs_and_score(model):
 
 
 def test_no_prefix_reuse_but_the_same_tokens(model):
+    model.clear_prefix_cache()
     a = model.generate(PROMPTS[0], max_new_tokens=4, ignore_eos=True)
     b = model.generate(PROMPTS[0], max_new_tokens=4, ignore_eos=True)
     assert b.timings.cached_prompt_tokens == 0 and a.tokens == b.tokens
+    # the idle device session (its decode step captured) is used again, not a new one
+    assert model.prefix_cache_info().sessions == 1
 
 
 def test_session_async_and_cancel(model):

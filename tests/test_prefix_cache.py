@@ -90,6 +90,12 @@ def test_the_cache_is_bounded_and_configurable():
     for bad in (dict(max_sessions=-1), dict(max_sessions=1.5), dict(max_sessions=2, max_bytes=-3), dict(max_sessions=True)):
         with pytest.raises(ferrolm.InvalidArgumentError):
             model.configure_prefix_cache(**bad)
+    model.configure_prefix_cache(reuse=False)  # sessions kept, prompts computed in full
+    model.generate(LONG, max_new_tokens=2)
+    assert model.generate(LONG, max_new_tokens=2).timings.cached_prompt_tokens == 0
+    assert model.prefix_cache_info().sessions == 1
+    with pytest.raises(ferrolm.InvalidArgumentError):
+        model.configure_prefix_cache(reuse=1)
     model.configure_prefix_cache()
     model.generate("x y z", max_new_tokens=2)
     model.clear_prefix_cache()

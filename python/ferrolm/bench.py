@@ -144,6 +144,7 @@ def measure(model: Model, prompt_len: int = 128, new_tokens: int = 128, runs: in
     """Warm-up, then the median prefill and decode tok/s of `runs` generations."""
     prompt = [(i * 7919 + 13) % model.vocab_size for i in range(prompt_len)]
     cfg = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    model.configure_prefix_cache(reuse=False)  # every run computes the whole prompt
     model.generate(prompt, cfg)  # warm-up
     prefill, decode = [], []
     for _ in range(runs):

@@ -136,11 +136,13 @@ class Model:
     def _give_back(self, core: "_core.Model", s: "_core.Session") -> None:
         self._sessions.give_back(core, s, self._adapters.is_live)
 
-    def configure_prefix_cache(self, max_sessions: int = 4, max_bytes: Optional[int] = None) -> None:
+    def configure_prefix_cache(self, max_sessions: int = 4, max_bytes: Optional[int] = None, *,
+                               reuse: bool = True) -> None:
         """Bounds the idle sessions kept for prefix reuse: at most `max_sessions` of them and
         `max_bytes` of KV cache (default 1 GiB; positions ever written x bytes per position),
-        least recently used dropped first. max_sessions=0 keeps none (no reuse)."""
-        self._sessions.configure(max_sessions, max_bytes)
+        least recently used dropped first. max_sessions=0 keeps none. reuse=False keeps
+        sessions (their memory) but computes every prompt in full (benchmarks of prefill)."""
+        self._sessions.configure(max_sessions, max_bytes, reuse)
 
     def clear_prefix_cache(self) -> None:
         """Drops every idle session (and its KV cache)."""

@@ -49,9 +49,12 @@ class SessionCache:
         self._per_position = bytes_per_position
         self._idle: List[Tuple[Any, Any]] = []  # (core, session), most recent first
         self._lock = threading.Lock()
+        self.reuse = True
         self.configure(max_sessions, max_bytes)
 
-    def configure(self, max_sessions: int, max_bytes: Optional[int]) -> None:
+    def configure(self, max_sessions: int, max_bytes: Optional[int], reuse: bool = True) -> None:
+        if not isinstance(reuse, bool):
+            raise InvalidArgumentError(f"reuse must be True or False, got {reuse!r}")
         if not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 0:
             raise InvalidArgumentError(f"max_sessions must be an integer >= 0, got {max_sessions!r}")
         if max_bytes is None:
@@ -59,7 +62,7 @@ class SessionCache:
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
             raise InvalidArgumentError(f"max_bytes must be an integer >= 0 or None, got {max_bytes!r}")
         with self._lock:
-            self.max_sessions, self.max_bytes = max_sessions, max_bytes
+            self.max_sessions, self.max_bytes, self.reuse = max_sessions, max_bytes, reuse
             self._trim()
 
     def take(self, core: Any, prompt: Optional[Sequence[int]]) -> Tuple[Any, int]:
@@ -69,24 +72,28 @@ class SessionCache:
         The idle session holding the most of the prompt is taken when that is at least half of
         what it holds (a chat's next turn, a shared system prompt); otherwise, while the cache
         has room, a new session is made so that no kept prefix is overwritten, and when it is
-        full the least recently used session is reset. `prompt` None (no reuse: a soft prompt,
-        all logits) takes a new session or the least recently used one likewise."""
+        full the least recently used session is reset; `prompt` None (a soft prompt, all
+        logits) likewise. With reuse turned off or a backend that cannot reuse, the most
+        recently used session is reset, as it is warm (on a device, its decode step captured)."""
         with self._lock:
             mine = [i for i, (c, _) in enumerate(self._idle) if c is core]
-            best, best_r = None, 0
-            if prompt is not None:
-                for i in mine:
-                    s = self._idle[i][1]
-                    r = s.reusable_prefix(prompt) if hasattr(s, "reusable_prefix") else 0
+            if not mine:
+                session, best_r = None, 0
+            elif not self.reuse or not hasattr(self._idle[mine[0]][1], "reusable_prefix"):
+                session, best_r = self._idle.pop(mine[0])[1], 0
+            else:
+                best, best_r = None, 0
+                for i in mine if prompt is not None else ():
+                    r = self._idle[i][1].reusable_prefix(prompt)
                     if r > best_r:
                         best, best_r = i, r
-            full = len(self._idle) >= self.max_sessions
-            if best is not None and (2 * best_r >= self._idle[best][1].position or full):
-                session = self._idle.pop(best)[1]
-            elif full and mine:
-                session, best_r = self._idle.pop(mine[-1])[1], 0
-            else:
-                session, best_r = None, 0
+                full = len(self._idle) >= self.max_sessions
+                if best is not None and (2 * best_r >= self._idle[best][1].position or full):
+                    session = self._idle.pop(best)[1]
+                elif full:
+                    session, best_r = self._idle.pop(mine[-1])[1], 0
+                else:
+                    session, best_r = None, 0
         if session is None:
             return self._new_session(core), 0
         if best_r > 0:
