@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ferrolm
-from conftest import MODELS, load_fixture, random_llama
+from conftest import load_fixture, random_llama
 from ferrolm import _core
 from ferrolm.quality import log_softmax
 
