@@ -61,7 +61,8 @@ use std::sync::OnceLock;
 
 use crate::kernels::matmul_bf16::kern::I8W;
 use crate::kernels::matmul_bf16::run_matmul;
-use crate::kernels::quant::QuantizedI8;
+use crate::kernels::matmul_f32::matmul_f32;
+use crate::kernels::quant::{QuantizedI4, QuantizedI8, I4_GROUP};
 use crate::kernels::simd::{self, SimdLevel};
 use crate::threadpool::{chunk, ThreadPool};
 
@@ -69,6 +70,14 @@ use crate::threadpool::{chunk, ThreadPool};
 mod q8;
 
 use q8::{Need, XOut, Q8};
+
+/// The integer weights a W8A8 kernel multiplies with the quantized x: INT8 (`matmul_int8`)
+/// or packed INT4 with minimums (`matmul_int4`).
+#[derive(Clone, Copy)]
+pub(crate) enum QWeights<'a> {
+    I8(&'a QuantizedI8),
+    I4(&'a QuantizedI4),
+}
 
 /// How the int8 weights meet the f32 activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,7 +171,7 @@ pub fn matmul_int8_scheme(
             // SAFETY: x / y / w lengths asserted above; level checked.
             unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
         }
-        Int8Scheme::W8A8 => w8a8(level, pool, x, w, y, m),
+        Int8Scheme::W8A8 => w8a8(level, pool, x, QWeights::I8(w), y, m),
     }
 }
 
@@ -209,8 +218,13 @@ fn path_for(level: SimdLevel, group: usize) -> Path {
     }
 }
 
-fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize) {
-    let (k, n, group) = (w.cols, w.rows, w.group);
+/// The W8A8 product of `x` (quantized here, per row and group of the weights) with integer
+/// weights `w`. The caller has checked every length against the shapes.
+pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'_>, y: &mut [f32], m: usize) {
+    let (k, n, group, i4) = match w {
+        QWeights::I8(w) => (w.cols, w.rows, w.group, false),
+        QWeights::I4(w) => (w.cols, w.rows, I4_GROUP, true),
+    };
     let ng = k.div_ceil(group);
     let kp = k.div_ceil(32) * 32;
     let path = path_for(level, group);
@@ -218,6 +232,8 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
     let need = Need {
         abs: path == Path::Avx2 && !gemm,
         wide: path == Path::Avx2 && gemm,
+        // int4: the minimum's term m · Σx (fused in the GEMV, a small f32 matmul after the GEMM)
+        sums: i4,
     };
     let mut xb = q8::take_xbuf(m, kp, ng, need);
     let out = XOut {
@@ -226,6 +242,7 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
         x16: xb.x16.as_mut_ptr(),
         s: xb.s.as_mut_ptr(),
         c: xb.c.as_mut_ptr(),
+        f: xb.f.as_mut_ptr(),
         need,
     };
     // SAFETY: x holds m·k values (asserted by the caller); the buffers hold m rows of kp / ng
@@ -247,15 +264,22 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
     } else {
         quant(0..m);
     }
+    let (wq, wrow, ws, wm) = match w {
+        QWeights::I8(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null()),
+        QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), w.scales.as_ptr(), w.mins.as_ptr()),
+    };
     let whole = Q8 {
         xq: xb.q.as_ptr(),
         xa: xb.a.as_ptr(),
         x16: xb.x16.as_ptr(),
         xs: xb.s.as_ptr(),
         xc: xb.c.as_ptr(),
+        xf: xb.f.as_ptr(),
         kp,
-        wq: w.q.as_ptr(),
-        ws: w.scales.as_ptr(),
+        wq,
+        wrow,
+        ws,
+        wm,
         k,
         n,
         group,
@@ -269,7 +293,7 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
     // `path` only names kernels whose ISA is available (path_for, check_level).
     let macs = m.saturating_mul(n).saturating_mul(k);
     if nt == 1 || macs < INLINE_MACS {
-        unsafe { run_q8(path, gemm, &whole) };
+        unsafe { run_q8(path, gemm, i4, &whole) };
     } else {
         let parts = if gemm {
             nt
@@ -283,8 +307,16 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
                 break;
             }
             let g = share_q8(&whole, path, gemm, p, parts);
-            unsafe { run_q8(path, gemm, &g) };
+            unsafe { run_q8(path, gemm, i4, &g) };
         });
+    }
+    if let (QWeights::I4(w), true) = (w, gemm) {
+        // y += Σx · mᵀ: [m, ng] · [n, ng]ᵀ (the GEMV adds it per group itself)
+        let mut t = vec![0f32; m * n];
+        matmul_f32(pool, &xb.f[..m * ng], &w.mins, &mut t, m, ng, n);
+        for (yv, tv) in y.iter_mut().zip(&t) {
+            *yv += tv;
+        }
     }
     q8::put_xbuf(xb);
 }
@@ -316,24 +348,86 @@ fn share_q8(whole: &Q8, path: Path, gemm: bool, t: usize, nt: usize) -> Q8 {
 }
 
 /// # Safety
-/// `g` must describe valid operands for `path` (see the kernels) and its ISA must be available.
-unsafe fn run_q8(path: Path, gemm: bool, g: &Q8) {
+/// `g` must describe valid operands for `path` (see the kernels; `i4`: packed int4 weights)
+/// and its ISA must be available.
+unsafe fn run_q8(path: Path, gemm: bool, i4: bool, g: &Q8) {
     if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
         return;
     }
-    match (path, gemm) {
+    match (path, gemm, i4) {
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, true) => q8::gemm_vnni(g),
+        (Path::Vnni | Path::Avx2, true, true) => gemm_i4(path, g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false) => q8::gemv_vnni(g),
+        (Path::Vnni, true, false) => q8::gemm_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, true) => q8::gemm_avx2(g),
+        (Path::Vnni, false, false) => q8::gemv_vnni::<q8::I8Row>(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false) => q8::gemv_avx2(g),
+        (Path::Vnni, false, true) => q8::gemv_vnni_unsigned::<q8::I4Row>(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, true, false) => q8::gemm_avx2(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, false) => q8::gemv_avx2::<q8::I8Row>(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, true) => q8::gemv_avx2::<q8::I4Row>(g),
         #[cfg(target_arch = "aarch64")]
-        (Path::Neon, _) => q8::region_neon(g),
-        _ => q8::region_portable(g),
+        (Path::Neon, _, false) => q8::region_neon::<false>(g),
+        #[cfg(target_arch = "aarch64")]
+        (Path::Neon, _, true) => q8::region_neon::<true>(g),
+        (_, _, false) => q8::region_portable::<false>(g),
+        (_, _, true) => q8::region_portable::<true>(g),
     }
+}
+
+/// Rows of packed int4 weights unpacked per GEMM panel (a multiple of both GEMMs' NR).
+#[cfg(target_arch = "x86_64")]
+const I4_PANEL: usize = 96;
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static I4_ROWS: std::cell::Cell<Vec<i8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The GEMM of packed int4 weights without their minimums' term: panels of `I4_PANEL` rows
+/// are unpacked to int8 rows (values in [0, 15]) and multiplied by the int8 GEMM, which
+/// computes the same exact integer group sums.
+///
+/// # Safety
+/// As [`run_q8`] with `g` describing int4 weights (rows of `g.wrow` packed bytes).
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_i4(path: Path, g: &Q8) {
+    let k = g.k;
+    let mut rows = I4_ROWS.with(|c| c.take());
+    if rows.len() < I4_PANEL * k {
+        rows = vec![0; I4_PANEL * k];
+    }
+    let mut j0 = g.cols.0;
+    while j0 < g.cols.1 {
+        let nr = I4_PANEL.min(g.cols.1 - j0);
+        for jj in 0..nr {
+            let packed = std::slice::from_raw_parts((g.wq as *const u8).add((j0 + jj) * g.wrow), g.wrow);
+            let out = &mut rows[jj * k..(jj + 1) * k];
+            for (og, qg) in out.chunks_mut(I4_GROUP).zip(packed.chunks_exact(I4_GROUP / 2)) {
+                for (t, o) in og.iter_mut().enumerate() {
+                    *o = QuantizedI4::nibble(qg, t) as i8;
+                }
+            }
+        }
+        let panel = Q8 {
+            wq: rows.as_ptr(),
+            wrow: k,
+            ws: g.ws.add(j0 * g.ng),
+            wm: std::ptr::null(),
+            y: g.y.add(j0),
+            cols: (0, nr),
+            ..*g
+        };
+        match path {
+            Path::Vnni => q8::gemm_vnni(&panel),
+            _ => q8::gemm_avx2(&panel),
+        }
+        j0 += nr;
+    }
+    I4_ROWS.with(|c| c.set(rows));
 }
 
 #[cfg(test)]

@@ -18,6 +18,12 @@
 //!
 //! The SIMD kernels need `group % 32 == 0` and `group ≤ MAX_SIMD_GROUP` (the dispatcher
 //! sends other groups to the portable kernel, which handles any group).
+//!
+//! INT4 weights (`matmul_int4`, `q · d + m` with q in [0, 15], groups of 32) run through the
+//! same kernels: the GEMV and portable/NEON kernels are generic over how a row's 32 weights are
+//! loaded ([`WRow`]: int8 bytes, or 16 bytes of nibbles unpacked to 32 values in [0, 15], which
+//! every integer step above multiplies exactly), and add the minimum's term `m · Σx` per group
+//! from the f32 group sums of x; the GEMMs run on int4 panels unpacked to int8 rows.
 
 use std::cell::Cell;
 
@@ -42,10 +48,16 @@ pub(crate) struct Q8 {
     pub xc: *const i32,
     /// Row stride of the quantized x: k rounded up to a multiple of 32.
     pub kp: usize,
-    /// wq: [n, k]
+    /// wq: [n, k] int8 values, or [n, ng·16] packed int4 nibbles (see `Q8::wrow`)
     pub wq: *const i8,
+    /// Bytes from one row of wq to the next: k (int8) or ng·16 (int4).
+    pub wrow: usize,
     /// w scales: [n, ng]
     pub ws: *const f32,
+    /// int4 only: w minimums [n, ng] (y += m · Σx per group); unused for int8
+    pub wm: *const f32,
+    /// int4 only: Σx per row and group of the f32 x: [m, ng]; unused for int8
+    pub xf: *const f32,
     pub k: usize,
     pub n: usize,
     pub group: usize,
@@ -70,6 +82,8 @@ unsafe impl Sync for Q8 {}
 pub(crate) struct Need {
     pub abs: bool,
     pub wide: bool,
+    /// Σx per group in f32 (int4 weights: the minimum's term)
+    pub sums: bool,
 }
 
 /// Per-thread buffers of quantized x (reused across calls; pool workers are persistent).
@@ -80,6 +94,7 @@ pub(crate) struct XBuf {
     pub x16: Vec<i16>,
     pub s: Vec<f32>,
     pub c: Vec<i32>,
+    pub f: Vec<f32>,
 }
 
 thread_local! {
@@ -102,6 +117,9 @@ pub(crate) fn take_xbuf(m: usize, kp: usize, ng: usize, need: Need) -> XBuf {
         b.s = vec![0.0; m * ng];
         b.c = vec![0; m * ng];
     }
+    if need.sums && b.f.len() < m * ng {
+        b.f = vec![0.0; m * ng];
+    }
     b
 }
 
@@ -110,7 +128,7 @@ const KEEP_XBUF_BYTES: usize = 8 << 20;
 
 /// Returns the buffers for the next call on this thread.
 pub(crate) fn put_xbuf(b: XBuf) {
-    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 8 * b.s.len();
+    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 8 * b.s.len() + 4 * b.f.len();
     if bytes <= KEEP_XBUF_BYTES {
         XBUF.with(|c| c.set(b));
     }
@@ -124,6 +142,7 @@ pub(crate) struct XOut {
     pub x16: *mut i16,
     pub s: *mut f32,
     pub c: *mut i32,
+    pub f: *mut f32,
     pub need: Need,
 }
 
@@ -212,6 +231,20 @@ unsafe fn quantize_rows_impl(
             *out.c.add(i * ng + gi) = sum;
         }
         finish_row(k, kp, i, out);
+        write_sums(xr, group, ng, i, out);
+    }
+}
+
+/// Σx of each group of row `i` (f32, in order) when `out.need.sums`.
+///
+/// # Safety
+/// `out.f` must hold row i (ng values) when sums are needed.
+#[inline(always)]
+unsafe fn write_sums(xr: &[f32], group: usize, ng: usize, i: usize, out: XOut) {
+    if out.need.sums {
+        for (gi, xg) in xr.chunks(group).enumerate() {
+            *out.f.add(i * ng + gi) = xg.iter().sum();
+        }
     }
 }
 
@@ -250,6 +283,7 @@ pub(crate) unsafe fn quantize_rows_avx2(
             *out.c.add(i * ng + gi) = sum;
         }
         std::slice::from_raw_parts_mut(q.add(k), kp - k).fill(0);
+        write_sums(std::slice::from_raw_parts(xr, k), group, ng, i, out);
         // kp is a multiple of 32.
         for c in (0..kp).step_by(32) {
             let v = _mm256_loadu_si256(q.add(c) as *const __m256i);
@@ -304,19 +338,29 @@ pub(crate) unsafe fn quantize_rows_portable(
 // ---------------------------------------------------------------------------------
 // Portable: any group, one (row of x, row of w) pair at a time.
 
-/// y[i, j] for one pair, exact integer group sums.
+/// y[i, j] for one pair, exact integer group sums (`I4`: packed int4 weights, whose groups
+/// are 32 values, plus the minimum's term).
 ///
 /// # Safety
 /// `i`, `j` inside the operands of `g`.
 #[inline(always)]
-unsafe fn dot_portable(g: &Q8, i: usize, j: usize) -> f32 {
+unsafe fn dot_portable<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
     let (k, group, ng) = (g.k, g.group, g.ng);
     let x = std::slice::from_raw_parts(g.xq.add(i * g.kp), k);
-    let w = std::slice::from_raw_parts(g.wq.add(j * k), k);
     let xs = std::slice::from_raw_parts(g.xs.add(i * ng), ng);
     let ws = std::slice::from_raw_parts(g.ws.add(j * ng), ng);
+    let mut unpacked = [0i8; 32];
     let mut acc = 0f32;
-    for (gi, (xg, wg)) in x.chunks(group).zip(w.chunks(group)).enumerate() {
+    for (gi, xg) in x.chunks(group).enumerate() {
+        let wg: &[i8] = if I4 {
+            let qg = std::slice::from_raw_parts((g.wq as *const u8).add(j * g.wrow + gi * 16), 16);
+            for (t, u) in unpacked.iter_mut().enumerate() {
+                *u = crate::kernels::quant::QuantizedI4::nibble(qg, t) as i8;
+            }
+            &unpacked
+        } else {
+            std::slice::from_raw_parts(g.wq.add(j * g.wrow + gi * group), xg.len())
+        };
         // i32 sums over ≤ 32768 products (< 2³¹), combined in i64.
         let mut sum = 0i64;
         for (xc, wc) in xg.chunks(32768).zip(wg.chunks(32768)) {
@@ -328,25 +372,21 @@ unsafe fn dot_portable(g: &Q8, i: usize, j: usize) -> f32 {
             sum += i64::from(s);
         }
         acc += sum as f32 * (ws[gi] * xs[gi]);
+        if I4 {
+            acc += *g.wm.add(j * ng + gi) * *g.xf.add(i * ng + gi);
+        }
     }
     acc
 }
 
 /// # Safety
 /// The region must lie inside the operands of `g`.
-#[inline(always)]
-unsafe fn region_dot_portable(g: &Q8) {
+pub(crate) unsafe fn region_portable<const I4: bool>(g: &Q8) {
     for j in g.cols.0..g.cols.1 {
         for i in g.rows.0..g.rows.1 {
-            *g.y.add(i * g.n + j) = dot_portable(g, i, j);
+            *g.y.add(i * g.n + j) = dot_portable::<I4>(g, i, j);
         }
     }
-}
-
-/// # Safety
-/// The region must lie inside the operands of `g`.
-pub(crate) unsafe fn region_portable(g: &Q8) {
-    region_dot_portable(g)
 }
 
 // ---------------------------------------------------------------------------------
@@ -359,14 +399,16 @@ mod neon {
     use super::Q8;
 
     /// # Safety
-    /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0`.
+    /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0` (`I4`: packed int4
+    /// weights in groups of 32).
     #[inline(always)]
-    unsafe fn dot(g: &Q8, i: usize, j: usize) -> f32 {
+    unsafe fn dot<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
         let (k, group, ng) = (g.k, g.group, g.ng);
         let x = g.xq.add(i * g.kp);
-        let w = g.wq.add(j * k);
+        let w = g.wq.add(j * g.wrow);
         let (xs, ws) = (g.xs.add(i * ng), g.ws.add(j * ng));
         let mut f = vdupq_n_f32(0.0);
+        let mut extra = 0f32;
         let mut p0 = 0;
         let mut gi = 0;
         while p0 < k {
@@ -374,7 +416,15 @@ mod neon {
             let mut acc = vdupq_n_s32(0);
             let mut p = p0;
             while p < p1 {
-                let wv = if p + 16 <= k {
+                let wv = if I4 {
+                    // 16 bytes of nibbles per group of 32: values 0-15 low, 16-31 high
+                    let b = vld1q_u8((w as *const u8).add(p / 32 * 16));
+                    if p % 32 == 0 {
+                        vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0f)))
+                    } else {
+                        vreinterpretq_s8_u8(vshrq_n_u8::<4>(b))
+                    }
+                } else if p + 16 <= k {
                     vld1q_s8(w.add(p))
                 } else {
                     let mut b = [0i8; 16];
@@ -388,19 +438,22 @@ mod neon {
             }
             let d = vdupq_n_f32(*ws.add(gi) * *xs.add(gi));
             f = vfmaq_f32(f, vcvtq_f32_s32(acc), d);
+            if I4 {
+                extra += *g.wm.add(j * ng + gi) * *g.xf.add(i * ng + gi);
+            }
             p0 = p1;
             gi += 1;
         }
-        vaddvq_f32(f)
+        vaddvq_f32(f) + extra
     }
 
     /// # Safety
     /// The region must lie inside the operands of `g`; NEON enabled; `g.group % 16 == 0`.
     #[target_feature(enable = "neon")]
-    pub(crate) unsafe fn region(g: &Q8) {
+    pub(crate) unsafe fn region<const I4: bool>(g: &Q8) {
         for j in g.cols.0..g.cols.1 {
             for i in g.rows.0..g.rows.1 {
-                *g.y.add(i * g.n + j) = dot(g, i, j);
+                *g.y.add(i * g.n + j) = dot::<I4>(g, i, j);
             }
         }
     }
@@ -428,7 +481,7 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_avx2, gemv_vnni};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_avx2, gemv_vnni, gemv_vnni_unsigned, I4Row, I8Row};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -592,12 +645,72 @@ mod x86 {
         }
     }
 
+    /// How a GEMV kernel reads the weights of a row, 32 at a time.
+    pub(crate) trait WRow {
+        /// Whether the weights have a per-group minimum (int4: y += m · Σx).
+        const MIN: bool;
+        /// 32 weight values of `row` from `p` (a multiple of 32) as i8, zero past `k`.
+        unsafe fn load(row: *const i8, p: usize, k: usize) -> __m256i;
+        /// As `load` for a chunk known to lie inside the row.
+        unsafe fn load_full(row: *const i8, p: usize) -> __m256i;
+    }
+
+    /// int8 weights: 32 bytes.
+    pub(crate) struct I8Row;
+    impl WRow for I8Row {
+        const MIN: bool = false;
+        #[inline(always)]
+        unsafe fn load(row: *const i8, p: usize, k: usize) -> __m256i {
+            load_w32(row, p, k)
+        }
+        #[inline(always)]
+        unsafe fn load_full(row: *const i8, p: usize) -> __m256i {
+            _mm256_loadu_si256(row.add(p) as *const __m256i)
+        }
+    }
+
+    /// Packed int4 weights: the 16 bytes of a group unpacked to 32 values in [0, 15]
+    /// (low nibbles first: GGUF's order). Rows are padded to whole groups.
+    pub(crate) struct I4Row;
+    impl WRow for I4Row {
+        const MIN: bool = true;
+        #[inline(always)]
+        unsafe fn load(row: *const i8, p: usize, _k: usize) -> __m256i {
+            Self::load_full(row, p)
+        }
+        #[inline(always)]
+        unsafe fn load_full(row: *const i8, p: usize) -> __m256i {
+            let b = _mm_loadu_si128(row.add(p / 2) as *const __m128i);
+            let m = _mm_set1_epi8(0x0f);
+            let lo = _mm_and_si128(b, m);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), m);
+            _mm256_set_m128i(hi, lo)
+        }
+    }
+
+    /// AVX-512 VNNI (256-bit) for weights in [0, 127] (int4): dpbusd(w, x) directly. The
+    /// offset of [`Vnni`] would make every lane's partial sum about 10× larger than the
+    /// products of 4-bit weights, and the f32 sum of the lanes would lose that much precision.
+    struct VnniUnsigned;
+    impl Step for VnniUnsigned {
+        #[inline(always)]
+        unsafe fn init(_: i32) -> __m256i {
+            _mm256_setzero_si256()
+        }
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, w: __m256i, xq: *const i8, _: *const u8) -> __m256i {
+            _mm256_dpbusd_epi32(acc, w, _mm256_loadu_si256(xq as *const __m256i))
+        }
+    }
+
     /// Row pointers of R rows of quantized x (from row i).
     struct XRows<const R: usize> {
         q: [*const i8; R],
         a: [*const u8; R],
         s: [*const f32; R],
         c: [*const i32; R],
+        /// Σx per group (int4 only; may dangle otherwise)
+        f: [*const f32; R],
     }
 
     impl<const R: usize> XRows<R> {
@@ -609,6 +722,7 @@ mod x86 {
                 a: std::array::from_fn(|r| g.xa.wrapping_add((i + r) * g.kp)),
                 s: std::array::from_fn(|r| g.xs.add((i + r) * g.ng)),
                 c: std::array::from_fn(|r| g.xc.add((i + r) * g.ng)),
+                f: std::array::from_fn(|r| g.xf.wrapping_add((i + r) * g.ng)),
             }
         }
     }
@@ -616,7 +730,7 @@ mod x86 {
     /// Integer dot products of group `gi` (C chunks of 32 from p0) with row `w`; every chunk
     /// lies inside the row (`p0 + 32·C ≤ k`).
     #[inline(always)]
-    unsafe fn group_full<S: Step, const R: usize, const C: usize>(
+    unsafe fn group_full<S: Step, W: WRow, const R: usize, const C: usize>(
         x: &XRows<R>,
         w: *const i8,
         p0: usize,
@@ -627,7 +741,7 @@ mod x86 {
         let n = if C > 0 { C } else { c };
         for t in 0..n {
             let p = p0 + 32 * t;
-            let wv = _mm256_loadu_si256(w.add(p) as *const __m256i);
+            let wv = W::load_full(w, p);
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = S::step(*a, wv, x.q[r].add(p), x.a[r].wrapping_add(p));
             }
@@ -637,7 +751,7 @@ mod x86 {
 
     /// [`group_full`] for a group that may run past k (w zero-filled past k).
     #[inline(always)]
-    unsafe fn group_tail<S: Step, const R: usize>(
+    unsafe fn group_tail<S: Step, W: WRow, const R: usize>(
         x: &XRows<R>,
         w: *const i8,
         k: usize,
@@ -648,8 +762,8 @@ mod x86 {
         let mut acc: [__m256i; R] = std::array::from_fn(|r| S::init(*x.c[r].add(gi)));
         let mut p = p0;
         while p < p1 {
-            // Past k, w reads as 0 and x is zero-padded up to kp.
-            let wv = load_w32(w, p, k);
+            // Past k, w reads as 0 (int4: a padded group) and x is zero-padded up to kp.
+            let wv = W::load(w, p, k);
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = S::step(*a, wv, x.q[r].add(p), x.a[r].wrapping_add(p));
             }
@@ -674,70 +788,86 @@ mod x86 {
         }
     }
 
+    /// e[r] += m · Σx[r] of group gi (the minimum's term of int4 weights).
+    #[inline(always)]
+    unsafe fn min_add<W: WRow, const R: usize>(e: &mut [f32; R], x: &XRows<R>, wm: *const f32, gi: usize) {
+        if W::MIN {
+            let m = *wm.add(gi);
+            for (r, e) in e.iter_mut().enumerate() {
+                *e += m * *x.f[r].add(gi);
+            }
+        }
+    }
+
     /// [y[i + r, j] for r < R]: rows i.. of x against row j of w, group by group; C chunks
     /// of 32 per group (0: `group / 32` at run time).
     ///
     /// # Safety
     /// Rows and column inside the operands; the step's ISA enabled; `group % 32 == 0`.
     #[inline(always)]
-    unsafe fn dot_rows_c<S: Step, const R: usize, const C: usize>(
+    unsafe fn dot_rows_c<S: Step, W: WRow, const R: usize, const C: usize>(
         g: &Q8,
         i: usize,
         j: usize,
     ) -> [f32; R] {
         let (k, group, ng) = (g.k, g.group, g.ng);
         let c = group / 32;
-        let w = g.wq.add(j * k);
+        let w = g.wq.add(j * g.wrow);
         let ws = g.ws.add(j * ng);
+        let wm = g.wm.wrapping_add(j * ng);
         let x = XRows::<R>::new(g, i);
         // Two f32 accumulators per row (even / odd groups) hide the FMA latency.
         let mut f0 = [_mm256_setzero_ps(); R];
         let mut f1 = [_mm256_setzero_ps(); R];
+        let mut e = [0f32; R];
         let full = k / group;
         let mut gi = 0;
         while gi + 2 <= full {
-            let a = group_full::<S, R, C>(&x, w, gi * group, c, gi);
-            let b = group_full::<S, R, C>(&x, w, (gi + 1) * group, c, gi + 1);
+            let a = group_full::<S, W, R, C>(&x, w, gi * group, c, gi);
+            let b = group_full::<S, W, R, C>(&x, w, (gi + 1) * group, c, gi + 1);
             scale_add(&mut f0, a, &x, ws, gi);
             scale_add(&mut f1, b, &x, ws, gi + 1);
+            min_add::<W, R>(&mut e, &x, wm, gi);
+            min_add::<W, R>(&mut e, &x, wm, gi + 1);
             gi += 2;
         }
         while gi < ng {
             let p0 = gi * group;
-            let a = group_tail::<S, R>(&x, w, k, p0, (p0 + group).min(k), gi);
+            let a = group_tail::<S, W, R>(&x, w, k, p0, (p0 + group).min(k), gi);
             scale_add(&mut f0, a, &x, ws, gi);
+            min_add::<W, R>(&mut e, &x, wm, gi);
             gi += 1;
         }
         let mut out = [0f32; R];
-        for (o, (a, b)) in out.iter_mut().zip(f0.iter().zip(&f1)) {
-            *o = hsum256(_mm256_add_ps(*a, *b));
+        for (r, (o, (a, b))) in out.iter_mut().zip(f0.iter().zip(&f1)).enumerate() {
+            *o = hsum256(_mm256_add_ps(*a, *b)) + e[r];
         }
         out
     }
 
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
     #[inline(always)]
-    unsafe fn dot_rows<S: Step, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+    unsafe fn dot_rows<S: Step, W: WRow, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
         match g.group {
-            32 => dot_rows_c::<S, R, 1>(g, i, j),
-            64 => dot_rows_c::<S, R, 2>(g, i, j),
-            128 => dot_rows_c::<S, R, 4>(g, i, j),
-            _ => dot_rows_c::<S, R, 0>(g, i, j),
+            32 => dot_rows_c::<S, W, R, 1>(g, i, j),
+            64 => dot_rows_c::<S, W, R, 2>(g, i, j),
+            128 => dot_rows_c::<S, W, R, 4>(g, i, j),
+            _ => dot_rows_c::<S, W, R, 0>(g, i, j),
         }
     }
 
     /// Up to 4 rows of x at a time against every column, one row of w at a time (w is read
     /// once per 4 rows of x).
     #[inline(always)]
-    unsafe fn gemv<S: Step>(g: &Q8) {
+    unsafe fn gemv<S: Step, W: WRow>(g: &Q8) {
         let mut i = g.rows.0;
         while i < g.rows.1 {
             let r = (g.rows.1 - i).min(4);
             match r {
-                4 => rows_x_cols::<S, 4>(g, i),
-                3 => rows_x_cols::<S, 3>(g, i),
-                2 => rows_x_cols::<S, 2>(g, i),
-                _ => rows_x_cols::<S, 1>(g, i),
+                4 => rows_x_cols::<S, W, 4>(g, i),
+                3 => rows_x_cols::<S, W, 3>(g, i),
+                2 => rows_x_cols::<S, W, 2>(g, i),
+                _ => rows_x_cols::<S, W, 1>(g, i),
             }
             i += r;
         }
@@ -745,9 +875,9 @@ mod x86 {
 
     /// Rows i..i+R of x against every column of the region, one row of w at a time.
     #[inline(always)]
-    unsafe fn rows_x_cols<S: Step, const R: usize>(g: &Q8, i: usize) {
+    unsafe fn rows_x_cols<S: Step, W: WRow, const R: usize>(g: &Q8, i: usize) {
         for j in g.cols.0..g.cols.1 {
-            let v = dot_rows::<S, R>(g, i, j);
+            let v = dot_rows::<S, W, R>(g, i, j);
             for (r, v) in v.into_iter().enumerate() {
                 *g.y.add((i + r) * g.n + j) = v;
             }
@@ -760,8 +890,8 @@ mod x86 {
     /// The region must lie inside the operands of `g` (with `xa`); AVX2 available;
     /// `group % 32 == 0`, `group ≤ MAX_SIMD_GROUP`.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn gemv_avx2(g: &Q8) {
-        gemv::<SignTrick>(g)
+    pub(crate) unsafe fn gemv_avx2<W: WRow>(g: &Q8) {
+        gemv::<SignTrick, W>(g)
     }
 
     /// The GEMV over a region (AVX-512 VNNI).
@@ -769,8 +899,17 @@ mod x86 {
     /// # Safety
     /// As [`gemv_avx2`] (with `xc` instead of `xa`); AVX-512 F/VL/BW/VNNI available.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
-    pub(crate) unsafe fn gemv_vnni(g: &Q8) {
-        gemv::<Vnni>(g)
+    pub(crate) unsafe fn gemv_vnni<W: WRow>(g: &Q8) {
+        gemv::<Vnni, W>(g)
+    }
+
+    /// The GEMV over a region (AVX-512 VNNI) for weights in [0, 127] (int4, [`I4Row`]).
+    ///
+    /// # Safety
+    /// As [`gemv_vnni`].
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
+    pub(crate) unsafe fn gemv_vnni_unsigned<W: WRow>(g: &Q8) {
+        gemv::<VnniUnsigned, W>(g)
     }
 
     // -----------------------------------------------------------------------------

@@ -262,6 +262,258 @@ impl QuantizedI8 {
     }
 }
 
+/// IEEE half → f32, exact (subnormals, ±inf and NaN included).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // subnormal half: frac · 2^-24
+            let v = frac as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Input elements per INT4 group: 32, the block of GGUF's Q4_0 / Q4_1 (and the sub-block of
+/// Q4_K), so those tensors load by copying their nibbles and scales.
+pub const I4_GROUP: usize = 32;
+/// Packed bytes per INT4 group (32 nibbles).
+pub const I4_GROUP_BYTES: usize = I4_GROUP / 2;
+
+/// INT4 weights `[rows, cols]` (nn.Linear layout), asymmetric, in groups of [`I4_GROUP`]
+/// consecutive inputs: weight `(i, p)` is `q · d + m` with `q` in [0, 15] and one f32 scale
+/// `d` and one f32 minimum `m` per row and group.
+///
+/// One format holds both GGUF 4-bit kinds exactly: Q4_1 blocks (`q·d + m`, d and m in f16)
+/// widen d and m to f32 (exact); Q4_0 blocks (`(q − 8)·d`) get `m = −8·d` (exact in f32, and
+/// `q·d − 8·d` is `(q − 8)·d` exactly since both products fit in f32's mantissa).
+///
+/// `q` keeps GGUF's nibble layout: each group is 16 bytes, byte `t` holding value `t` in its
+/// low nibble and value `t + 16` in its high nibble; a row is `ceil(cols / 32)` groups (a
+/// short last group is padded with q = 0, which the kernels multiply by zero-padded x).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedI4 {
+    pub rows: usize,
+    pub cols: usize,
+    /// q: [rows, ceil(cols / 32) · 16] packed nibbles
+    pub q: Vec<u8>,
+    /// d: [rows, ceil(cols / 32)]
+    pub scales: Vec<f32>,
+    /// m: [rows, ceil(cols / 32)]
+    pub mins: Vec<f32>,
+}
+
+/// GGUF block kinds that hold 32 values each and map exactly onto a ferrolm weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufBlock {
+    /// f16 d, 32 × i8: `q · d` (→ [`QuantizedI8`], group 32).
+    Q8_0,
+    /// f16 d, 16 bytes of nibbles: `(q − 8) · d` (→ [`QuantizedI4`]).
+    Q4_0,
+    /// f16 d, f16 m, 16 bytes of nibbles: `q · d + m` (→ [`QuantizedI4`]).
+    Q4_1,
+}
+
+impl GgufBlock {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "Q8_0" => Ok(GgufBlock::Q8_0),
+            "Q4_0" => Ok(GgufBlock::Q4_0),
+            "Q4_1" => Ok(GgufBlock::Q4_1),
+            other => Err(Error::InvalidArgument(format!("GGUF block type '{other}' is not read as raw blocks (Q8_0, Q4_0, Q4_1 are)"))),
+        }
+    }
+
+    /// Bytes per block of 32 values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgufBlock::Q8_0 => 34,
+            GgufBlock::Q4_0 => 18,
+            GgufBlock::Q4_1 => 20,
+        }
+    }
+}
+
+/// A GGUF tensor of whole blocks, parsed into the weight format that holds it exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufWeight {
+    I8(QuantizedI8),
+    I4(QuantizedI4),
+}
+
+impl GgufWeight {
+    /// Parses `[rows, cols]` values stored as `kind` blocks (32 values along a row each).
+    /// Errors ([`Error::Tensor`]) for a shape that is not whole blocks or a byte count that
+    /// does not match it.
+    pub fn from_blocks(kind: GgufBlock, rows: usize, cols: usize, bytes: &[u8]) -> Result<GgufWeight> {
+        let ng = cols / 32;
+        let needed = rows.checked_mul(ng).and_then(|n| n.checked_mul(kind.block_bytes()));
+        if rows == 0 || cols == 0 || cols % 32 != 0 || needed != Some(bytes.len()) {
+            return Err(Error::Tensor(format!(
+                "a {kind:?} tensor of shape [{rows}, {cols}] needs whole blocks of 32 values and {} bytes, got {}",
+                needed.map_or("too many".to_string(), |n| n.to_string()),
+                bytes.len()
+            )));
+        }
+        let half = |b: &[u8], at: usize| f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]));
+        let what = "a GGUF block tensor";
+        let mut scales = crate::memory::with_capacity(rows * ng, what)?;
+        if kind == GgufBlock::Q8_0 {
+            let mut q = crate::memory::with_capacity(rows * cols, what)?;
+            for block in bytes.chunks_exact(kind.block_bytes()) {
+                scales.push(half(block, 0));
+                q.extend(block[2..].iter().map(|&b| b as i8));
+            }
+            return Ok(GgufWeight::I8(QuantizedI8 { rows, cols, group: 32, q, scales }));
+        }
+        let mut q = crate::memory::with_capacity(rows * ng * I4_GROUP_BYTES, what)?;
+        let mut mins = crate::memory::with_capacity(rows * ng, what)?;
+        for block in bytes.chunks_exact(kind.block_bytes()) {
+            let d = half(block, 0);
+            let (m, nibbles) = match kind {
+                GgufBlock::Q4_0 => (-8.0 * d, &block[2..]),
+                _ => (half(block, 2), &block[4..]),
+            };
+            scales.push(d);
+            mins.push(m);
+            q.extend_from_slice(nibbles);
+        }
+        Ok(GgufWeight::I4(QuantizedI4 { rows, cols, q, scales, mins }))
+    }
+}
+
+impl QuantizedI4 {
+    /// Groups per row, `ceil(cols / 32)`.
+    #[inline]
+    pub fn groups_per_row(&self) -> usize {
+        self.cols.div_ceil(I4_GROUP)
+    }
+
+    /// Packed bytes per row.
+    #[inline]
+    pub fn row_bytes(&self) -> usize {
+        self.groups_per_row() * I4_GROUP_BYTES
+    }
+
+    /// Quantizes `w: [rows, cols]` per row and group of 32: `m = min`, `d = (max − min) / 15`,
+    /// `q = round((w − m) / d)` in [0, 15] (a constant group has d = 0 and q = 0), so
+    /// `|w − (q·d + m)| ≤ d / 2`. Panics if `w.len() != rows·cols`. Weights must be finite.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> QuantizedI4 {
+        assert_eq!(Some(w.len()), rows.checked_mul(cols), "quantize: w must be [rows, cols]");
+        let ng = cols.div_ceil(I4_GROUP);
+        let mut q = vec![0u8; rows * ng * I4_GROUP_BYTES];
+        let mut scales = vec![0f32; rows * ng];
+        let mut mins = vec![0f32; rows * ng];
+        if cols > 0 {
+            for (i, wr) in w.chunks_exact(cols).enumerate() {
+                for (g, wg) in wr.chunks(I4_GROUP).enumerate() {
+                    let (lo, hi) = wg.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                    let d = (hi - lo) / 15.0;
+                    let at = i * ng + g;
+                    scales[at] = d;
+                    mins[at] = lo;
+                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    let qg = &mut q[at * I4_GROUP_BYTES..(at + 1) * I4_GROUP_BYTES];
+                    for (t, &v) in wg.iter().enumerate() {
+                        let v = ((v - lo) * id).round().clamp(0.0, 15.0) as u8;
+                        qg[t % 16] |= if t < 16 { v } else { v << 4 };
+                    }
+                }
+            }
+        }
+        QuantizedI4 { rows, cols, q, scales, mins }
+    }
+
+    /// Builds from raw parts (e.g. a checkpoint), checking every length and that scales and
+    /// minimums are finite. Errors are [`Error::Tensor`].
+    pub fn from_parts(rows: usize, cols: usize, q: Vec<u8>, scales: Vec<f32>, mins: Vec<f32>) -> Result<QuantizedI4> {
+        let ng = cols.div_ceil(I4_GROUP);
+        let groups = rows.checked_mul(ng).ok_or_else(|| Error::Tensor(format!("int4 shape {rows}x{cols} overflows")))?;
+        if Some(q.len()) != groups.checked_mul(I4_GROUP_BYTES) {
+            return Err(Error::Tensor(format!("int4 weight has {} bytes, expected {rows}x{} for {rows}x{cols} values", q.len(), ng * I4_GROUP_BYTES)));
+        }
+        for (what, v) in [("scales", &scales), ("minimums", &mins)] {
+            if v.len() != groups {
+                return Err(Error::Tensor(format!("int4 {what} have {} values, expected {rows}x{ng}", v.len())));
+            }
+            if let Some(s) = v.iter().find(|s| !s.is_finite()) {
+                return Err(Error::Tensor(format!("int4 {what} hold {s}, which is not finite")));
+            }
+        }
+        Ok(QuantizedI4 { rows, cols, q, scales, mins })
+    }
+
+    /// Value `t` (0..32) of packed group `qg` (16 bytes).
+    #[inline(always)]
+    pub fn nibble(qg: &[u8], t: usize) -> u8 {
+        if t < 16 {
+            qg[t] & 0x0f
+        } else {
+            qg[t - 16] >> 4
+        }
+    }
+
+    /// The q values of row `i` unpacked into `out: [cols]` (each in [0, 15]).
+    pub fn unpack_row(&self, i: usize, out: &mut [i8]) {
+        assert!(i < self.rows && out.len() == self.cols, "unpack_row: row {i} of {} into {} values", self.rows, out.len());
+        let rb = self.row_bytes();
+        let qr = &self.q[i * rb..(i + 1) * rb];
+        for (og, qg) in out.chunks_mut(I4_GROUP).zip(qr.chunks_exact(I4_GROUP_BYTES)) {
+            for (t, o) in og.iter_mut().enumerate() {
+                *o = Self::nibble(qg, t) as i8;
+            }
+        }
+    }
+
+    /// Dequantizes row `i` into `out: [cols]` (`q·d + m`, as GGUF dequantizes Q4_1).
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        assert!(i < self.rows && out.len() == self.cols, "dequantize_row: row {i} of {} into {} values", self.rows, out.len());
+        let (ng, rb) = (self.groups_per_row(), self.row_bytes());
+        let qr = &self.q[i * rb..(i + 1) * rb];
+        for (g, (og, qg)) in out.chunks_mut(I4_GROUP).zip(qr.chunks_exact(I4_GROUP_BYTES)).enumerate() {
+            let (d, m) = (self.scales[i * ng + g], self.mins[i * ng + g]);
+            for (t, o) in og.iter_mut().enumerate() {
+                *o = f32::from(Self::nibble(qg, t)) * d + m;
+            }
+        }
+    }
+
+    /// The whole dequantized matrix `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            for (i, row) in out.chunks_mut(self.cols).enumerate() {
+                self.dequantize_row(i, row);
+            }
+        }
+        out
+    }
+
+    /// Bytes read by one full matmul (nibbles + f32 scales and minimums).
+    pub fn bytes(&self) -> usize {
+        self.q.len() + (self.scales.len() + self.mins.len()) * 4
+    }
+
+    /// Rows `rows` of this matrix as a matrix of their own.
+    pub fn slice_rows(&self, rows: std::ops::Range<usize>) -> QuantizedI4 {
+        let (ng, rb) = (self.groups_per_row(), self.row_bytes());
+        QuantizedI4 {
+            rows: rows.len(),
+            cols: self.cols,
+            q: self.q[rows.start * rb..rows.end * rb].to_vec(),
+            scales: self.scales[rows.start * ng..rows.end * ng].to_vec(),
+            mins: self.mins[rows.start * ng..rows.end * ng].to_vec(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,322 @@
+//! INT4-weight matmul: y[m, n] = x[m, k] · wᵀ with w a [`QuantizedI4`] `[n, k]`
+//! (`q · d + m` per group of 32, q in [0, 15]), x and y in f32.
+//!
+//! # Scheme: W4A8, the kernels of `matmul_int8`
+//!
+//! x is quantized per row and group of 32 exactly as INT8's W8A8 does it (`sx = max|x| / 127`,
+//! round half to even), and
+//! `y[i, j] = Σ_g (sx[i, g] · d[j, g]) · Σ_{p ∈ g} xq[i, p] · q[j, p] + m[j, g] · Σ_{p ∈ g} x[i, p]`:
+//! exact integer sums of the 4-bit values with the 8-bit x, scaled in f32, plus the minimum
+//! times the group's f32 sum of x (so the asymmetric offset adds no x-quantization error).
+//! The integer steps are INT8's (AVX-512 VNNI `dpbusd`, AVX2 `maddubs`, NEON `vmull_s8`,
+//! portable): they multiply any int8 weight, and int4 values in [0, 15] are int8 values, so
+//! the kernels are shared and differ only in how a row's weights are loaded (16 bytes of
+//! nibbles unpacked to 32 bytes with an `and` and a shift) — see `matmul_int8_kernels.rs`.
+//! Prefill (m ≥ 8) unpacks panels of 96 rows to int8 and runs INT8's packed GEMM, then adds
+//! the minimums' term as one small f32 matmul (`[m, k/32] · [n, k/32]ᵀ`).
+//!
+//! Why W4A8 rather than keeping x in f32 (weight-only, which adds no error at all: it is the
+//! f32 matmul of the dequantized weights): the measurements are in docs/architecture.md
+//! ("INT4") — the integer dot products decode and prefill faster, and on the default model the
+//! x quantization alone costs well under the 1 % perplexity budget.
+
+use crate::kernels::matmul_int8::{w8a8, QWeights};
+use crate::kernels::quant::{QuantizedI4, I4_GROUP_BYTES};
+use crate::kernels::simd::{self, SimdLevel};
+use crate::threadpool::ThreadPool;
+
+/// y: [m, n] = x: [m, k] · wᵀ, k = `w.cols`, n = `w.rows`.
+pub fn matmul_int4(pool: &ThreadPool, x: &[f32], w: &QuantizedI4, y: &mut [f32], m: usize) {
+    matmul_int4_with(simd::detected(), pool, x, w, y, m)
+}
+
+/// [`matmul_int4`] on a forced SIMD path. Panics if `level` is not available on this CPU, a
+/// slice length doesn't match its shape, or `w` is inconsistent.
+pub fn matmul_int4_with(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI4, y: &mut [f32], m: usize) {
+    let (k, n) = (w.cols, w.rows);
+    // These asserts are the only guard for the unsafe kernels (w's fields are pub).
+    let groups = n.checked_mul(w.groups_per_row());
+    assert_eq!(groups.and_then(|g| g.checked_mul(I4_GROUP_BYTES)), Some(w.q.len()), "w.q must be [rows, ceil(cols/32)·16]");
+    assert!(groups == Some(w.scales.len()) && groups == Some(w.mins.len()), "w.scales and w.mins must be [rows, ceil(cols/32)]");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
+    simd::check_level(level);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    w8a8(level, pool, x, QWeights::I4(w), y, m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::{GgufBlock, GgufWeight, I4_GROUP};
+    use crate::kernels::test_rng::Rng;
+
+    /// The W4A8 reference in f64: x quantized as specified (per group of 32, round half to
+    /// even), exact integer sums, scaled by (d·sx in f32), plus m·Σx. Also returns a bound
+    /// on the f32 rounding of any summation order: Σ|terms|.
+    fn reference(x: &[f32], w: &QuantizedI4, m: usize) -> (Vec<f64>, Vec<f64>) {
+        let (k, n, ng) = (w.cols, w.rows, w.groups_per_row());
+        let mut y = vec![0f64; m * n];
+        let mut mag = vec![0f64; m * n];
+        let mut q = vec![0i8; k];
+        for i in 0..m {
+            let xr = &x[i * k..(i + 1) * k];
+            for j in 0..n {
+                w.unpack_row(j, &mut q);
+                for (g, (xg, qg)) in xr.chunks(I4_GROUP).zip(q.chunks(I4_GROUP)).enumerate() {
+                    let amax = xg.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let (xq, sx): (Vec<i64>, f32) = if amax < 1e-30 {
+                        (vec![0; xg.len()], 0.0)
+                    } else {
+                        let inv = 127.0 / amax;
+                        (xg.iter().map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i64).collect(), amax / 127.0)
+                    };
+                    let isum: i64 = xq.iter().zip(qg).map(|(&a, &b)| a * b as i64).sum();
+                    let iabs: i64 = xq.iter().zip(qg).map(|(&a, &b)| (a * b as i64).abs()).sum();
+                    let d = (w.scales[j * ng + g] * sx) as f64;
+                    let mn = w.mins[j * ng + g] as f64;
+                    let xs: f64 = xg.iter().map(|&v| v as f64).sum();
+                    let xa: f64 = xg.iter().map(|&v| v.abs() as f64).sum();
+                    y[i * n + j] += isum as f64 * d + mn * xs;
+                    mag[i * n + j] += iabs as f64 * d.abs() + mn.abs() * xa;
+                }
+            }
+        }
+        (y, mag)
+    }
+
+    fn check(level: SimdLevel, pool: &ThreadPool, rng: &mut Rng, m: usize, k: usize, n: usize) {
+        let x = rng.vec(m * k);
+        // weights with an offset, so the minimums matter
+        let wf: Vec<f32> = rng.vec(n * k).iter().map(|v| v * 0.5 + 0.2).collect();
+        let w = QuantizedI4::quantize(&wf, n, k);
+        let mut y = vec![f32::NAN; m * n];
+        matmul_int4_with(level, pool, &x, &w, &mut y, m);
+        let (want, mag) = reference(&x, &w, m);
+        for (idx, ((&g, &r), &a)) in y.iter().zip(&want).zip(&mag).enumerate() {
+            let tol = 4e-7 * a * (k as f64).sqrt().max(1.0) + 1e-30;
+            assert!(
+                (g as f64 - r).abs() <= tol,
+                "{level:?} threads={} m={m} k={k} n={n} at {idx}: {g} vs {r} (tol {tol})",
+                pool.n_threads()
+            );
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_every_level_and_thread_count() {
+        let mut rng = Rng(0x4444_1234_abcd_0001);
+        for threads in 1..=3 {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for &m in &[1, 2, 3, 5, 8, 9, 17, 64] {
+                    for &k in &[1, 7, 31, 32, 33, 65, 100, 257, 1000] {
+                        for &n in &[1, 3, 17, 64, 97] {
+                            check(level, &pool, &mut rng, m, k, n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_shapes_match_reference() {
+        // k beyond the GEMM k blocks, n beyond several unpacked panels, odd m.
+        let mut rng = Rng(4321);
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for &(m, k, n) in &[(1, 2049, 203), (3, 1537, 90), (13, 2080, 211), (33, 576, 193), (128, 96, 300)] {
+                    check(level, &pool, &mut rng, m, k, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn close_to_the_f32_matmul_of_the_dequantized_weights() {
+        let mut rng = Rng(5);
+        let pool = ThreadPool::new(2).unwrap();
+        let (m, k, n) = (9, 576, 40);
+        let x = rng.vec(m * k);
+        let w = QuantizedI4::quantize(&rng.vec(n * k), n, k);
+        let deq = w.dequantize();
+        let mut yf = vec![0f32; m * n];
+        crate::kernels::matmul_f32::matmul_f32(&pool, &x, &deq, &mut yf, m, k, n);
+        for level in SimdLevel::available() {
+            for rows in [1, m] {
+                let mut y = vec![0f32; rows * n];
+                matmul_int4_with(level, &pool, &x[..rows * k], &w, &mut y, rows);
+                let num: f64 = y.iter().zip(&yf).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                let den: f64 = yf[..rows * n].iter().map(|b| (*b as f64).powi(2)).sum();
+                // only the x quantization differs (≈ 0.5 % for 8-bit x in groups of 32)
+                assert!((num / den).sqrt() < 0.01, "{level:?} m={rows}: {}", (num / den).sqrt());
+            }
+        }
+    }
+
+    #[test]
+    fn gguf_blocks_multiply_like_their_dequantized_values() {
+        // Q4_0 (min −8·d) and Q4_1 blocks straight from their bytes, through every path
+        let mut rng = Rng(8);
+        let pool = ThreadPool::new(2).unwrap();
+        let (m, k, n) = (9, 64, 5);
+        let x = rng.vec(m * k);
+        for kind in [GgufBlock::Q4_0, GgufBlock::Q4_1] {
+            let bytes: Vec<u8> = (0..n * k / 32)
+                .flat_map(|b| {
+                    let mut blk = vec![0u8; kind.block_bytes()];
+                    blk[..2].copy_from_slice(&(0x2000u16 + b as u16 * 37).to_le_bytes()); // d
+                    if kind == GgufBlock::Q4_1 {
+                        blk[2..4].copy_from_slice(&(0xa400u16 + b as u16 * 11).to_le_bytes()); // m < 0
+                    }
+                    let at = blk.len() - 16;
+                    for (t, v) in blk[at..].iter_mut().enumerate() {
+                        *v = ((t * 7 + b * 3) % 256) as u8;
+                    }
+                    blk
+                })
+                .collect();
+            let GgufWeight::I4(w) = GgufWeight::from_blocks(kind, n, k, &bytes).unwrap() else { panic!("int4") };
+            for level in SimdLevel::available() {
+                for rows in [1, m] {
+                    let mut y = vec![0f32; rows * n];
+                    matmul_int4_with(level, &pool, &x[..rows * k], &w, &mut y, rows);
+                    let (want, mag) = reference(&x[..rows * k], &w, rows);
+                    for ((&g, &r), &a) in y.iter().zip(&want).zip(&mag) {
+                        assert!((g as f64 - r).abs() <= 4e-7 * a * 8.0 + 1e-30, "{kind:?} {level:?}: {g} vs {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn special_x_values() {
+        // Row 0: NaN; row 1: inf in the short last group; row 2: all below 1e-30 (x quantized
+        // to zero, but the minimum's term still sees the tiny sum); m = 4 GEMV, m = 9 GEMM.
+        let pool = ThreadPool::new(1).unwrap();
+        let (k, n) = (70, 5);
+        let mut rng = Rng(1);
+        let w = QuantizedI4::quantize(&rng.vec(n * k), n, k);
+        for level in SimdLevel::available() {
+            for m in [4, 9] {
+                let mut x = rng.vec(m * k);
+                x[3] = f32::NAN;
+                x[k + 68] = f32::INFINITY;
+                x[2 * k..3 * k].iter_mut().for_each(|v| *v *= 1e-31);
+                let mut y = vec![0.0; m * n];
+                matmul_int4_with(level, &pool, &x, &w, &mut y, m);
+                assert!(y[..2 * n].iter().all(|v| !v.is_finite()), "{level:?} m={m}: {:?}", &y[..2 * n]);
+                assert!(y[2 * n..3 * n].iter().all(|v| v.abs() < 1e-28), "{level:?} m={m}");
+                assert!(y[3 * n..].iter().all(|v| v.is_finite()), "{level:?} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn zero_sized_shapes_and_bounds() {
+        let pool = ThreadPool::new(2).unwrap();
+        for level in SimdLevel::available() {
+            let w = QuantizedI4::quantize(&[], 3, 0);
+            let mut y = vec![5.0f32; 6];
+            matmul_int4_with(level, &pool, &[], &w, &mut y, 2);
+            assert!(y.iter().all(|&v| v == 0.0));
+            let w = QuantizedI4::quantize(&[], 0, 4);
+            matmul_int4_with(level, &pool, &[1.0; 4], &w, &mut [], 1);
+            // writes only inside y
+            let mut rng = Rng(3);
+            for &(m, k, n) in &[(1, 37, 11), (9, 70, 50)] {
+                let x = rng.vec(m * k);
+                let w = QuantizedI4::quantize(&rng.vec(n * k), n, k);
+                let mut yb = vec![7.0f32; m * n + 2];
+                matmul_int4_with(level, &pool, &x, &w, &mut yb[1..=m * n], m);
+                assert_eq!((yb[0], yb[m * n + 1]), (7.0, 7.0));
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "w.scales and w.mins")]
+    fn rejects_inconsistent_weights() {
+        let pool = ThreadPool::new(1).unwrap();
+        let mut w = QuantizedI4::quantize(&[0.0; 64], 2, 32);
+        w.mins.pop();
+        matmul_int4(&pool, &[0.0; 32], &w, &mut [0.0; 2], 1);
+    }
+
+    /// Throughput (run by hand): `cargo test --release --lib bench_matmul_int4 -- --ignored --nocapture`
+    /// GEMV on weights rotated through more memory than the caches hold (like decode), GB/s of
+    /// weight bytes (nibbles + scales + minimums), next to INT8 on the same shapes, and the
+    /// read bandwidth of the same run; then the prefill GEMM.
+    #[test]
+    #[ignore]
+    fn bench_matmul_int4() {
+        use crate::kernels::matmul_int8::matmul_int8;
+        use crate::kernels::quant::QuantizedI8;
+        let best = |reps: usize, iters: usize, f: &mut dyn FnMut(usize)| -> f64 {
+            f(0);
+            (0..reps)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for it in 0..iters {
+                        f(it);
+                    }
+                    t.elapsed().as_secs_f64() / iters as f64
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let mut rng = Rng(1);
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).unwrap();
+            let buf = vec![1.0f32; 64 << 20];
+            let s = best(5, 1, &mut |_| {
+                pool.run(|t, nt| {
+                    std::hint::black_box(simd::sum(&buf[crate::threadpool::chunk(buf.len(), t, nt)]));
+                })
+            });
+            println!("read bandwidth threads={threads}: {:.1} GB/s", (buf.len() * 4) as f64 / s / 1e9);
+            for &(n, k) in &[(1728, 576), (3072, 576), (576, 1536), (49152, 576), (2560, 2048), (11264, 2048), (2048, 5632)] {
+                let wf = rng.vec(n * k);
+                let x = rng.vec(k);
+                let mut y = vec![0.0; n];
+                let p4 = QuantizedI4::quantize(&wf, n, k);
+                let p8 = QuantizedI8::quantize(&wf, n, k);
+                let c4 = ((384 << 20) / p4.bytes() + 1).min(64);
+                let c8 = ((384 << 20) / p8.bytes() + 1).min(64);
+                let w4: Vec<QuantizedI4> = (0..c4).map(|_| p4.clone()).collect();
+                let w8: Vec<QuantizedI8> = (0..c8).map(|_| p8.clone()).collect();
+                let it4 = ((1usize << 30) / p4.bytes()).clamp(4, 4000).max(c4);
+                let it8 = ((1usize << 30) / p8.bytes()).clamp(4, 4000).max(c8);
+                let t4 = best(5, it4, &mut |i| matmul_int4(&pool, &x, &w4[i % c4], &mut y, 1));
+                let t8 = best(5, it8, &mut |i| matmul_int8(&pool, &x, &w8[i % c8], &mut y, 1));
+                println!(
+                    "GEMV threads={threads} n={n:>5} k={k:<5} int4 {:6.1} µs {:5.1} GB/s | int8 {:6.1} µs {:5.1} GB/s | int8/int4 time {:.2}",
+                    t4 * 1e6,
+                    p4.bytes() as f64 / t4 / 1e9,
+                    t8 * 1e6,
+                    p8.bytes() as f64 / t8 / 1e9,
+                    t8 / t4
+                );
+            }
+            for &(m, k, n) in &[(128, 576, 1536), (128, 2048, 2048)] {
+                let x = rng.vec(m * k);
+                let wf = rng.vec(n * k);
+                let (w4, w8) = (QuantizedI4::quantize(&wf, n, k), QuantizedI8::quantize(&wf, n, k));
+                let mut y = vec![0.0; m * n];
+                let flops = 2.0 * (m * n * k) as f64;
+                let iters = ((4e9 / flops) as usize).clamp(3, 2000);
+                let t4 = best(5, iters, &mut |_| matmul_int4(&pool, &x, &w4, &mut y, m));
+                let t8 = best(5, iters, &mut |_| matmul_int8(&pool, &x, &w8, &mut y, m));
+                println!("GEMM threads={threads} m={m} {k}->{n}: int4 {:6.1} GFLOP/s | int8 {:6.1} GFLOP/s", flops / t4 / 1e9, flops / t8 / 1e9);
+            }
+        }
+    }
+}
