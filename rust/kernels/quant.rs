@@ -389,6 +389,16 @@ impl GgufWeight {
     }
 }
 
+impl GgufWeight {
+    /// The values as f32 `[rows, cols]` (what the gguf package's dequantize gives).
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            GgufWeight::I8(q) => q.dequantize(),
+            GgufWeight::I4(q) => q.dequantize(),
+        }
+    }
+}
+
 impl QuantizedI4 {
     /// Groups per row, `ceil(cols / 32)`.
     #[inline]

@@ -168,7 +168,7 @@ mod tests {
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":4,"max_position_embeddings":32,
         "rms_norm_eps":1e-5,"tie_word_embeddings":true,"mlp_bias":true}"#;
     const CONFIGS: [&str; 4] = [LLAMA, QWEN2, LLAMA_MLP_BIAS, GPT2];
-    const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+    const PRECISIONS: [Precision; 4] = [Precision::F32, Precision::Bf16, Precision::Int8, Precision::Int4];
 
     fn cfg(json: &str) -> ModelConfig {
         ModelConfig::from_hf_json(json).unwrap()
@@ -233,15 +233,24 @@ mod tests {
                 let m = build(json, precision, &tensors);
                 let entries = m.export_entries();
                 for e in &entries {
-                    let base = if e.part == Part::Scale { e.name.strip_suffix("_scale").unwrap() } else { &e.name };
+                    let base = match e.part {
+                        Part::Scale => e.name.strip_suffix("_scale").unwrap(),
+                        Part::Min => e.name.strip_suffix("_min").unwrap(),
+                        _ => &e.name,
+                    };
                     let (row, _) = t.find(base).unwrap_or_else(|| panic!("{}: not in the table", e.name));
-                    assert_eq!(row.part, if e.part == Part::Scale { Part::Weight } else { e.part }, "{}", e.name);
+                    let derived = matches!(e.part, Part::Scale | Part::Min);
+                    assert_eq!(row.part, if derived { Part::Weight } else { e.part }, "{}", e.name);
                     // every matrix part is a matmul weight; INT8 ones come with scales, float ones
                     // keep their checkpoint layout
                     match (t.matrix_layout(base), e.dtype) {
                         (None, dtype) => assert_eq!(dtype, DType::F32, "{}", e.name),
                         (Some(_), DType::I8) => assert!(entries.iter().any(|s| s.name == format!("{}_scale", e.name))),
-                        (Some(_), DType::F32) if e.part == Part::Scale => assert_eq!(precision, Precision::Int8),
+                        (Some(_), DType::U8) => {
+                            assert!(entries.iter().any(|s| s.name == format!("{}_scale", e.name)));
+                            assert!(entries.iter().any(|s| s.name == format!("{}_min", e.name)));
+                        }
+                        (Some(_), DType::F32) if derived => assert!(matches!(precision, Precision::Int8 | Precision::Int4)),
                         (Some(_), _) => {}
                     }
                 }

@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::error::Error;
 use crate::model::adapt::{MergedWeight, WeightDelta};
+use crate::kernels::quant::GgufBlock;
 use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
 use crate::sampling::{self, SamplingParams};
 use crate::safetensors_file::{SafetensorsFile, WriteEntry};
@@ -64,19 +65,24 @@ impl ModelBuilder {
         Ok(())
     }
 
-    /// Adds one tensor from little-endian bytes of `dtype` ("F32", "F16", "BF16", "F64").
-    fn add_tensor(&mut self, py: Python<'_>, name: &str, dtype: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+    /// Adds one tensor from little-endian bytes of `dtype` ("F32", "F16", "BF16", "F64"); a
+    /// matmul weight is converted to `precision` instead of the builder's when given.
+    #[pyo3(signature = (name, dtype, shape, data, precision=None))]
+    fn add_tensor(&mut self, py: Python<'_>, name: &str, dtype: &str, shape: Vec<usize>, data: &[u8], precision: Option<&str>) -> PyResult<()> {
         let dtype = DType::parse(dtype)?;
+        let precision = precision.map(Precision::parse).transpose()?;
         let store = self.store()?;
-        py.detach(|| store.insert_bytes(name, dtype, &shape, data))?;
+        py.detach(|| store.insert_bytes_as(name, dtype, &shape, data, precision))?;
         Ok(())
     }
 
-    /// Adds a GGUF Q8_0 tensor `[rows, cols]` from its raw blocks; kept exactly under an
-    /// INT8 plan with groups of 32, dequantized otherwise.
-    fn add_q8_0(&mut self, py: Python<'_>, name: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+    /// Adds a GGUF tensor `[rows, cols]` from its raw blocks of `kind` ("Q8_0", "Q4_0",
+    /// "Q4_1"): kept exactly where the builder's precision holds them (Q8_0 under INT8 in
+    /// groups of 32 or INT4, Q4_0/Q4_1 under INT4), dequantized and converted otherwise.
+    fn add_blocks(&mut self, py: Python<'_>, name: &str, kind: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+        let kind = GgufBlock::parse(kind)?;
         let store = self.store()?;
-        py.detach(|| store.insert_q8_0(name, &shape, data))?;
+        py.detach(|| store.insert_blocks(name, kind, &shape, data))?;
         Ok(())
     }
 
