@@ -54,7 +54,7 @@ pub fn matmul_int4_with(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &Quan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::quant::{GgufBlock, GgufWeight, I4_GROUP};
+    use crate::kernels::quant::{f16_to_f32, GgufBlock, GgufWeight, I4_GROUP};
     use crate::kernels::test_rng::Rng;
 
     /// The W4A8 reference in f64: x quantized as specified (per group of 32, round half to
@@ -79,8 +79,8 @@ mod tests {
                     };
                     let isum: i64 = xq.iter().zip(qg).map(|(&a, &b)| a * b as i64).sum();
                     let iabs: i64 = xq.iter().zip(qg).map(|(&a, &b)| (a * b as i64).abs()).sum();
-                    let d = (w.scales[j * ng + g] * sx) as f64;
-                    let mn = w.mins[j * ng + g] as f64;
+                    let d = (f16_to_f32(w.scales[j * ng + g]) * sx) as f64;
+                    let mn = f16_to_f32(w.mins[j * ng + g]) as f64;
                     let xs: f64 = xg.iter().map(|&v| v as f64).sum();
                     let xa: f64 = xg.iter().map(|&v| v.abs() as f64).sum();
                     y[i * n + j] += isum as f64 * d + mn * xs;

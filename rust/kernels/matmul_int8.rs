@@ -62,7 +62,7 @@ use std::sync::OnceLock;
 use crate::kernels::matmul_bf16::kern::I8W;
 use crate::kernels::matmul_bf16::run_matmul;
 use crate::kernels::matmul_f32::matmul_f32;
-use crate::kernels::quant::{QuantizedI4, QuantizedI8, I4_GROUP};
+use crate::kernels::quant::{f16_to_f32, QuantizedI4, QuantizedI8, I4_GROUP};
 use crate::kernels::simd::{self, SimdLevel};
 use crate::threadpool::{chunk, ThreadPool};
 
@@ -205,6 +205,21 @@ fn has_vnni() -> bool {
     })
 }
 
+/// Whether the CPU has F16C (the x86 int4 kernels widen f16 scales with it). Cached.
+fn has_f16c() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 fn path_for(level: SimdLevel, group: usize) -> Path {
     if !group.is_multiple_of(32) || group > q8::MAX_SIMD_GROUP {
         return Path::Portable;
@@ -227,7 +242,10 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     };
     let ng = k.div_ceil(group);
     let kp = k.div_ceil(32) * 32;
-    let path = path_for(level, group);
+    let mut path = path_for(level, group);
+    if i4 && matches!(path, Path::Avx2 | Path::Vnni) && !has_f16c() {
+        path = Path::Portable; // the x86 int4 GEMV widens f16 scales with F16C
+    }
     let gemm = m >= GEMM_ROWS && matches!(path, Path::Avx2 | Path::Vnni);
     let need = Need {
         abs: path == Path::Avx2 && !gemm,
@@ -264,9 +282,9 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     } else {
         quant(0..m);
     }
-    let (wq, wrow, ws, wm) = match w {
-        QWeights::I8(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null()),
-        QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), w.scales.as_ptr(), w.mins.as_ptr()),
+    let (wq, wrow, ws, wh, wm) = match w {
+        QWeights::I8(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null(), std::ptr::null()),
+        QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), std::ptr::null(), w.scales.as_ptr(), w.mins.as_ptr()),
     };
     let whole = Q8 {
         xq: xb.q.as_ptr(),
@@ -279,6 +297,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         wq,
         wrow,
         ws,
+        wh,
         wm,
         k,
         n,
@@ -312,8 +331,9 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     }
     if let (QWeights::I4(w), true) = (w, gemm) {
         // y += Σx · mᵀ: [m, ng] · [n, ng]ᵀ (the GEMV adds it per group itself)
+        let mins: Vec<f32> = w.mins.iter().map(|&h| f16_to_f32(h)).collect();
         let mut t = vec![0f32; m * n];
-        matmul_f32(pool, &xb.f[..m * ng], &w.mins, &mut t, m, ng, n);
+        matmul_f32(pool, &xb.f[..m * ng], &mins, &mut t, m, ng, n);
         for (yv, tv) in y.iter_mut().zip(&t) {
             *yv += tv;
         }
@@ -360,15 +380,15 @@ unsafe fn run_q8(path: Path, gemm: bool, i4: bool, g: &Q8) {
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, true, false) => q8::gemm_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, false) => q8::gemv_vnni::<q8::I8Row>(g),
+        (Path::Vnni, false, false) => q8::gemv_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, true) => q8::gemv_vnni_unsigned::<q8::I4Row>(g),
+        (Path::Vnni, false, true) => q8::gemv_i4_vnni(g),
         #[cfg(target_arch = "x86_64")]
         (Path::Avx2, true, false) => q8::gemm_avx2(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false, false) => q8::gemv_avx2::<q8::I8Row>(g),
+        (Path::Avx2, false, false) => q8::gemv_avx2(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false, true) => q8::gemv_avx2::<q8::I4Row>(g),
+        (Path::Avx2, false, true) => q8::gemv_i4_avx2(g),
         #[cfg(target_arch = "aarch64")]
         (Path::Neon, _, false) => q8::region_neon::<false>(g),
         #[cfg(target_arch = "aarch64")]
@@ -384,7 +404,8 @@ const I4_PANEL: usize = 96;
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    static I4_ROWS: std::cell::Cell<Vec<i8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// An unpacked panel: int8 rows and their f32 scales.
+    static I4_PANEL_BUF: std::cell::Cell<(Vec<i8>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// The GEMM of packed int4 weights without their minimums' term: panels of `I4_PANEL` rows
@@ -395,28 +416,29 @@ thread_local! {
 /// As [`run_q8`] with `g` describing int4 weights (rows of `g.wrow` packed bytes).
 #[cfg(target_arch = "x86_64")]
 unsafe fn gemm_i4(path: Path, g: &Q8) {
-    let k = g.k;
-    let mut rows = I4_ROWS.with(|c| c.take());
+    let (k, ng) = (g.k, g.ng);
+    let (mut rows, mut scales) = I4_PANEL_BUF.with(|c| c.take());
     if rows.len() < I4_PANEL * k {
         rows = vec![0; I4_PANEL * k];
+    }
+    if scales.len() < I4_PANEL * ng {
+        scales = vec![0.0; I4_PANEL * ng];
     }
     let mut j0 = g.cols.0;
     while j0 < g.cols.1 {
         let nr = I4_PANEL.min(g.cols.1 - j0);
-        for jj in 0..nr {
-            let packed = std::slice::from_raw_parts((g.wq as *const u8).add((j0 + jj) * g.wrow), g.wrow);
-            let out = &mut rows[jj * k..(jj + 1) * k];
-            for (og, qg) in out.chunks_mut(I4_GROUP).zip(packed.chunks_exact(I4_GROUP / 2)) {
-                for (t, o) in og.iter_mut().enumerate() {
-                    *o = QuantizedI4::nibble(qg, t) as i8;
-                }
-            }
+        let packed = std::slice::from_raw_parts((g.wq as *const u8).add(j0 * g.wrow), nr * g.wrow);
+        for (out, row) in rows.chunks_exact_mut(k).zip(packed.chunks_exact(g.wrow)) {
+            crate::kernels::quant::unpack_nibbles(row, out);
+        }
+        let halves = std::slice::from_raw_parts(g.wh.add(j0 * ng), nr * ng);
+        for (s, &h) in scales.iter_mut().zip(halves) {
+            *s = f16_to_f32(h);
         }
         let panel = Q8 {
             wq: rows.as_ptr(),
             wrow: k,
-            ws: g.ws.add(j0 * g.ng),
-            wm: std::ptr::null(),
+            ws: scales.as_ptr(),
             y: g.y.add(j0),
             cols: (0, nr),
             ..*g
@@ -427,7 +449,7 @@ unsafe fn gemm_i4(path: Path, g: &Q8) {
         }
         j0 += nr;
     }
-    I4_ROWS.with(|c| c.set(rows));
+    I4_PANEL_BUF.with(|c| c.set((rows, scales)));
 }
 
 #[cfg(test)]

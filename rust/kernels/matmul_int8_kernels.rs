@@ -19,13 +19,17 @@
 //! The SIMD kernels need `group % 32 == 0` and `group ≤ MAX_SIMD_GROUP` (the dispatcher
 //! sends other groups to the portable kernel, which handles any group).
 //!
-//! INT4 weights (`matmul_int4`, `q · d + m` with q in [0, 15], groups of 32) run through the
-//! same kernels: the GEMV and portable/NEON kernels are generic over how a row's 32 weights are
-//! loaded ([`WRow`]: int8 bytes, or 16 bytes of nibbles unpacked to 32 values in [0, 15], which
-//! every integer step above multiplies exactly), and add the minimum's term `m · Σx` per group
-//! from the f32 group sums of x; the GEMMs run on int4 panels unpacked to int8 rows.
+//! INT4 weights (`matmul_int4`: `q · d + m`, q in [0, 15], f16 d and m per group of 32) share
+//! the x quantization, the integer steps and the GEMMs: the portable and NEON kernels read a
+//! group's 16 bytes of nibbles as 32 values (an int8 weight in [0, 15]) and add the minimum's
+//! term `m · Σx` from the f32 group sums of x; the x86 GEMV has an int4 form ([`gemv_i4`]) that
+//! reduces 8 groups at a time into one vector of group sums, scaled with 8 f16 scales and
+//! minimums widened by one F16C instruction each; the GEMMs run on int4 panels unpacked to int8
+//! rows (with f32 scales).
 
 use std::cell::Cell;
+
+use crate::kernels::quant::f16_to_f32;
 
 /// Largest group the SIMD kernels take (keeps every i32 lane sum < 2³¹).
 pub(crate) const MAX_SIMD_GROUP: usize = 16384;
@@ -52,10 +56,12 @@ pub(crate) struct Q8 {
     pub wq: *const i8,
     /// Bytes from one row of wq to the next: k (int8) or ng·16 (int4).
     pub wrow: usize,
-    /// w scales: [n, ng]
+    /// w scales: [n, ng] (int8, and int4 panels unpacked for the GEMM)
     pub ws: *const f32,
-    /// int4 only: w minimums [n, ng] (y += m · Σx per group); unused for int8
-    pub wm: *const f32,
+    /// int4 only: w scales [n, ng] as f16 bits
+    pub wh: *const u16,
+    /// int4 only: w minimums [n, ng] as f16 bits (y += m · Σx per group)
+    pub wm: *const u16,
     /// int4 only: Σx per row and group of the f32 x: [m, ng]; unused for int8
     pub xf: *const f32,
     pub k: usize,
@@ -348,7 +354,7 @@ unsafe fn dot_portable<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
     let (k, group, ng) = (g.k, g.group, g.ng);
     let x = std::slice::from_raw_parts(g.xq.add(i * g.kp), k);
     let xs = std::slice::from_raw_parts(g.xs.add(i * ng), ng);
-    let ws = std::slice::from_raw_parts(g.ws.add(j * ng), ng);
+    let scale = |gi: usize| if I4 { f16_to_f32(*g.wh.add(j * ng + gi)) } else { *g.ws.add(j * ng + gi) };
     let mut unpacked = [0i8; 32];
     let mut acc = 0f32;
     for (gi, xg) in x.chunks(group).enumerate() {
@@ -371,9 +377,9 @@ unsafe fn dot_portable<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
                 .sum();
             sum += i64::from(s);
         }
-        acc += sum as f32 * (ws[gi] * xs[gi]);
+        acc += sum as f32 * (scale(gi) * xs[gi]);
         if I4 {
-            acc += *g.wm.add(j * ng + gi) * *g.xf.add(i * ng + gi);
+            acc += f16_to_f32(*g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
         }
     }
     acc
@@ -396,7 +402,7 @@ pub(crate) unsafe fn region_portable<const I4: bool>(g: &Q8) {
 mod neon {
     use std::arch::aarch64::*;
 
-    use super::Q8;
+    use super::{f16_to_f32, Q8};
 
     /// # Safety
     /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0` (`I4`: packed int4
@@ -406,7 +412,7 @@ mod neon {
         let (k, group, ng) = (g.k, g.group, g.ng);
         let x = g.xq.add(i * g.kp);
         let w = g.wq.add(j * g.wrow);
-        let (xs, ws) = (g.xs.add(i * ng), g.ws.add(j * ng));
+        let xs = g.xs.add(i * ng);
         let mut f = vdupq_n_f32(0.0);
         let mut extra = 0f32;
         let mut p0 = 0;
@@ -436,10 +442,11 @@ mod neon {
                 acc = vpadalq_s16(acc, vmull_high_s8(wv, xv));
                 p += 16;
             }
-            let d = vdupq_n_f32(*ws.add(gi) * *xs.add(gi));
+            let sw = if I4 { f16_to_f32(*g.wh.add(j * ng + gi)) } else { *g.ws.add(j * ng + gi) };
+            let d = vdupq_n_f32(sw * *xs.add(gi));
             f = vfmaq_f32(f, vcvtq_f32_s32(acc), d);
             if I4 {
-                extra += *g.wm.add(j * ng + gi) * *g.xf.add(i * ng + gi);
+                extra += f16_to_f32(*g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
             }
             p0 = p1;
             gi += 1;
@@ -481,14 +488,14 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_avx2, gemv_vnni, gemv_vnni_unsigned, I4Row, I8Row};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_avx2, gemv_i4_avx2, gemv_i4_vnni, gemv_vnni};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
-    use super::{AVX2_TILE, Q8, VNNI_TILE};
+    use super::{f16_to_f32, AVX2_TILE, Q8, VNNI_TILE};
 
     /// Per-thread packed-panel buffers of the GEMM (contents stale).
     #[derive(Default)]
@@ -645,46 +652,27 @@ mod x86 {
         }
     }
 
-    /// How a GEMV kernel reads the weights of a row, 32 at a time.
-    pub(crate) trait WRow {
-        /// Whether the weights have a per-group minimum (int4: y += m · Σx).
-        const MIN: bool;
-        /// 32 weight values of `row` from `p` (a multiple of 32) as i8, zero past `k`.
-        unsafe fn load(row: *const i8, p: usize, k: usize) -> __m256i;
-        /// As `load` for a chunk known to lie inside the row.
-        unsafe fn load_full(row: *const i8, p: usize) -> __m256i;
+    /// The 16 bytes of a packed int4 group at `qg` as 32 values in [0, 15] (low nibbles first:
+    /// GGUF's order).
+    #[inline(always)]
+    unsafe fn unpack_i4(qg: *const u8) -> __m256i {
+        let b = _mm_loadu_si128(qg as *const __m128i);
+        let v = _mm256_set_m128i(_mm_srli_epi16::<4>(b), b);
+        _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
     }
 
-    /// int8 weights: 32 bytes.
-    pub(crate) struct I8Row;
-    impl WRow for I8Row {
-        const MIN: bool = false;
+    /// AVX2 for weights in [0, 127] (int4): maddubs(w, x) — w is the unsigned operand, no sign
+    /// trick — then madd with ones into i32.
+    struct Avx2Unsigned;
+    impl Step for Avx2Unsigned {
         #[inline(always)]
-        unsafe fn load(row: *const i8, p: usize, k: usize) -> __m256i {
-            load_w32(row, p, k)
+        unsafe fn init(_: i32) -> __m256i {
+            _mm256_setzero_si256()
         }
         #[inline(always)]
-        unsafe fn load_full(row: *const i8, p: usize) -> __m256i {
-            _mm256_loadu_si256(row.add(p) as *const __m256i)
-        }
-    }
-
-    /// Packed int4 weights: the 16 bytes of a group unpacked to 32 values in [0, 15]
-    /// (low nibbles first: GGUF's order). Rows are padded to whole groups.
-    pub(crate) struct I4Row;
-    impl WRow for I4Row {
-        const MIN: bool = true;
-        #[inline(always)]
-        unsafe fn load(row: *const i8, p: usize, _k: usize) -> __m256i {
-            Self::load_full(row, p)
-        }
-        #[inline(always)]
-        unsafe fn load_full(row: *const i8, p: usize) -> __m256i {
-            let b = _mm_loadu_si128(row.add(p / 2) as *const __m128i);
-            let m = _mm_set1_epi8(0x0f);
-            let lo = _mm_and_si128(b, m);
-            let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), m);
-            _mm256_set_m128i(hi, lo)
+        unsafe fn step(acc: __m256i, w: __m256i, xq: *const i8, _: *const u8) -> __m256i {
+            let prod = _mm256_maddubs_epi16(w, _mm256_loadu_si256(xq as *const __m256i));
+            _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
         }
     }
 
@@ -709,8 +697,6 @@ mod x86 {
         a: [*const u8; R],
         s: [*const f32; R],
         c: [*const i32; R],
-        /// Σx per group (int4 only; may dangle otherwise)
-        f: [*const f32; R],
     }
 
     impl<const R: usize> XRows<R> {
@@ -722,7 +708,6 @@ mod x86 {
                 a: std::array::from_fn(|r| g.xa.wrapping_add((i + r) * g.kp)),
                 s: std::array::from_fn(|r| g.xs.add((i + r) * g.ng)),
                 c: std::array::from_fn(|r| g.xc.add((i + r) * g.ng)),
-                f: std::array::from_fn(|r| g.xf.wrapping_add((i + r) * g.ng)),
             }
         }
     }
@@ -730,7 +715,7 @@ mod x86 {
     /// Integer dot products of group `gi` (C chunks of 32 from p0) with row `w`; every chunk
     /// lies inside the row (`p0 + 32·C ≤ k`).
     #[inline(always)]
-    unsafe fn group_full<S: Step, W: WRow, const R: usize, const C: usize>(
+    unsafe fn group_full<S: Step, const R: usize, const C: usize>(
         x: &XRows<R>,
         w: *const i8,
         p0: usize,
@@ -741,7 +726,7 @@ mod x86 {
         let n = if C > 0 { C } else { c };
         for t in 0..n {
             let p = p0 + 32 * t;
-            let wv = W::load_full(w, p);
+            let wv = _mm256_loadu_si256(w.add(p) as *const __m256i);
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = S::step(*a, wv, x.q[r].add(p), x.a[r].wrapping_add(p));
             }
@@ -751,7 +736,7 @@ mod x86 {
 
     /// [`group_full`] for a group that may run past k (w zero-filled past k).
     #[inline(always)]
-    unsafe fn group_tail<S: Step, W: WRow, const R: usize>(
+    unsafe fn group_tail<S: Step, const R: usize>(
         x: &XRows<R>,
         w: *const i8,
         k: usize,
@@ -762,8 +747,8 @@ mod x86 {
         let mut acc: [__m256i; R] = std::array::from_fn(|r| S::init(*x.c[r].add(gi)));
         let mut p = p0;
         while p < p1 {
-            // Past k, w reads as 0 (int4: a padded group) and x is zero-padded up to kp.
-            let wv = W::load(w, p, k);
+            // Past k, w reads as 0 and x is zero-padded up to kp.
+            let wv = load_w32(w, p, k);
             for (r, a) in acc.iter_mut().enumerate() {
                 *a = S::step(*a, wv, x.q[r].add(p), x.a[r].wrapping_add(p));
             }
@@ -788,24 +773,13 @@ mod x86 {
         }
     }
 
-    /// e[r] += m · Σx[r] of group gi (the minimum's term of int4 weights).
-    #[inline(always)]
-    unsafe fn min_add<W: WRow, const R: usize>(e: &mut [f32; R], x: &XRows<R>, wm: *const f32, gi: usize) {
-        if W::MIN {
-            let m = *wm.add(gi);
-            for (r, e) in e.iter_mut().enumerate() {
-                *e += m * *x.f[r].add(gi);
-            }
-        }
-    }
-
     /// [y[i + r, j] for r < R]: rows i.. of x against row j of w, group by group; C chunks
     /// of 32 per group (0: `group / 32` at run time).
     ///
     /// # Safety
     /// Rows and column inside the operands; the step's ISA enabled; `group % 32 == 0`.
     #[inline(always)]
-    unsafe fn dot_rows_c<S: Step, W: WRow, const R: usize, const C: usize>(
+    unsafe fn dot_rows_c<S: Step, const R: usize, const C: usize>(
         g: &Q8,
         i: usize,
         j: usize,
@@ -814,60 +788,168 @@ mod x86 {
         let c = group / 32;
         let w = g.wq.add(j * g.wrow);
         let ws = g.ws.add(j * ng);
-        let wm = g.wm.wrapping_add(j * ng);
         let x = XRows::<R>::new(g, i);
         // Two f32 accumulators per row (even / odd groups) hide the FMA latency.
         let mut f0 = [_mm256_setzero_ps(); R];
         let mut f1 = [_mm256_setzero_ps(); R];
-        let mut e = [0f32; R];
         let full = k / group;
         let mut gi = 0;
         while gi + 2 <= full {
-            let a = group_full::<S, W, R, C>(&x, w, gi * group, c, gi);
-            let b = group_full::<S, W, R, C>(&x, w, (gi + 1) * group, c, gi + 1);
+            let a = group_full::<S, R, C>(&x, w, gi * group, c, gi);
+            let b = group_full::<S, R, C>(&x, w, (gi + 1) * group, c, gi + 1);
             scale_add(&mut f0, a, &x, ws, gi);
             scale_add(&mut f1, b, &x, ws, gi + 1);
-            min_add::<W, R>(&mut e, &x, wm, gi);
-            min_add::<W, R>(&mut e, &x, wm, gi + 1);
             gi += 2;
         }
         while gi < ng {
             let p0 = gi * group;
-            let a = group_tail::<S, W, R>(&x, w, k, p0, (p0 + group).min(k), gi);
+            let a = group_tail::<S, R>(&x, w, k, p0, (p0 + group).min(k), gi);
             scale_add(&mut f0, a, &x, ws, gi);
-            min_add::<W, R>(&mut e, &x, wm, gi);
             gi += 1;
         }
         let mut out = [0f32; R];
-        for (r, (o, (a, b))) in out.iter_mut().zip(f0.iter().zip(&f1)).enumerate() {
-            *o = hsum256(_mm256_add_ps(*a, *b)) + e[r];
+        for (o, (a, b)) in out.iter_mut().zip(f0.iter().zip(&f1)) {
+            *o = hsum256(_mm256_add_ps(*a, *b));
         }
         out
     }
 
+    /// The 8 vectors of partial lane sums of 8 groups reduced to one vector of their 8 sums
+    /// (group t in lane t).
+    #[inline(always)]
+    unsafe fn reduce8(a: [__m256i; 8]) -> __m256i {
+        let h01 = _mm256_hadd_epi32(a[0], a[1]);
+        let h23 = _mm256_hadd_epi32(a[2], a[3]);
+        let h45 = _mm256_hadd_epi32(a[4], a[5]);
+        let h67 = _mm256_hadd_epi32(a[6], a[7]);
+        // [g0..g3 of the low 128 bits | g0..g3 of the high 128 bits], likewise g4..g7
+        let lo4 = _mm256_hadd_epi32(h01, h23);
+        let hi4 = _mm256_hadd_epi32(h45, h67);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(lo4, hi4),
+            _mm256_permute2x128_si256::<0x31>(lo4, hi4),
+        )
+    }
+
+    /// [y[i + r, j] for r < R] for packed int4 weights (`g.wq` rows of `g.wrow` bytes, f16
+    /// scales `g.wh` and minimums `g.wm`), 8 groups at a time: each group's integer dot product
+    /// ([`unpack_i4`] + one step per row of x) stays a vector of partial lanes, [`reduce8`]
+    /// turns 8 of them into one vector of group sums, and
+    /// f += sums · (d · sx) + m · Σx with d and m widened from f16 8 at a time. The last
+    /// `ng % 8` groups are scaled one by one.
+    ///
+    /// # Safety
+    /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
+    #[inline(always)]
+    unsafe fn dot_rows_i4<S: Step, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+        let ng = g.ng;
+        let w = (g.wq as *const u8).add(j * g.wrow);
+        let (wh, wm) = (g.wh.add(j * ng), g.wm.add(j * ng));
+        let xq: [*const i8; R] = std::array::from_fn(|r| g.xq.add((i + r) * g.kp));
+        let xs: [*const f32; R] = std::array::from_fn(|r| g.xs.add((i + r) * ng));
+        let xf: [*const f32; R] = std::array::from_fn(|r| g.xf.add((i + r) * ng));
+        let mut f = [_mm256_setzero_ps(); R];
+        let mut gi = 0;
+        while gi + 8 <= ng {
+            let mut acc = [[_mm256_setzero_si256(); 8]; R];
+            for t in 0..8 {
+                let wv = unpack_i4(w.add((gi + t) * 16));
+                for r in 0..R {
+                    acc[r][t] = S::step(acc[r][t], wv, xq[r].add((gi + t) * 32), std::ptr::null());
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(wh.add(gi) as *const __m128i));
+            let m = _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i));
+            for r in 0..R {
+                let sums = _mm256_cvtepi32_ps(reduce8(acc[r]));
+                f[r] = _mm256_fmadd_ps(sums, _mm256_mul_ps(d, _mm256_loadu_ps(xs[r].add(gi))), f[r]);
+                f[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
+            }
+            gi += 8;
+        }
+        // the last ng % 8 groups one by one: their lanes scaled as they are
+        let mut e = [0f32; R];
+        while gi < ng {
+            let wv = unpack_i4(w.add(gi * 16));
+            let (d, m) = (f16_to_f32(*wh.add(gi)), f16_to_f32(*wm.add(gi)));
+            for r in 0..R {
+                let a = S::step(_mm256_setzero_si256(), wv, xq[r].add(gi * 32), std::ptr::null());
+                f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d * *xs[r].add(gi)), f[r]);
+                e[r] += m * *xf[r].add(gi);
+            }
+            gi += 1;
+        }
+        let mut out = [0f32; R];
+        for (r, (o, f)) in out.iter_mut().zip(&f).enumerate() {
+            *o = hsum256(*f) + e[r];
+        }
+        out
+    }
+
+    /// The int4 GEMV over a region: up to 4 rows of x at a time against every column.
+    #[inline(always)]
+    unsafe fn gemv_i4<S: Step>(g: &Q8) {
+        let mut i = g.rows.0;
+        while i < g.rows.1 {
+            let r = (g.rows.1 - i).min(4);
+            for j in g.cols.0..g.cols.1 {
+                let mut out = [0f32; 4];
+                match r {
+                    4 => out = dot_rows_i4::<S, 4>(g, i, j),
+                    3 => out[..3].copy_from_slice(&dot_rows_i4::<S, 3>(g, i, j)),
+                    2 => out[..2].copy_from_slice(&dot_rows_i4::<S, 2>(g, i, j)),
+                    _ => out[0] = dot_rows_i4::<S, 1>(g, i, j)[0],
+                }
+                for (t, v) in out.iter().enumerate().take(r) {
+                    *g.y.add((i + t) * g.n + j) = *v;
+                }
+            }
+            i += r;
+        }
+    }
+
+    /// The int4 GEMV over a region (AVX2 + F16C).
+    ///
+    /// # Safety
+    /// The region must lie inside the operands of `g` (int4 weights, `xf`); AVX2, FMA and F16C
+    /// available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn gemv_i4_avx2(g: &Q8) {
+        gemv_i4::<Avx2Unsigned>(g)
+    }
+
+    /// The int4 GEMV over a region (AVX-512 VNNI on 256-bit vectors + F16C).
+    ///
+    /// # Safety
+    /// As [`gemv_i4_avx2`]; AVX-512 F/VL/BW/VNNI available.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(crate) unsafe fn gemv_i4_vnni(g: &Q8) {
+        gemv_i4::<VnniUnsigned>(g)
+    }
+
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
     #[inline(always)]
-    unsafe fn dot_rows<S: Step, W: WRow, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+    unsafe fn dot_rows<S: Step, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
         match g.group {
-            32 => dot_rows_c::<S, W, R, 1>(g, i, j),
-            64 => dot_rows_c::<S, W, R, 2>(g, i, j),
-            128 => dot_rows_c::<S, W, R, 4>(g, i, j),
-            _ => dot_rows_c::<S, W, R, 0>(g, i, j),
+            32 => dot_rows_c::<S, R, 1>(g, i, j),
+            64 => dot_rows_c::<S, R, 2>(g, i, j),
+            128 => dot_rows_c::<S, R, 4>(g, i, j),
+            _ => dot_rows_c::<S, R, 0>(g, i, j),
         }
     }
 
     /// Up to 4 rows of x at a time against every column, one row of w at a time (w is read
     /// once per 4 rows of x).
     #[inline(always)]
-    unsafe fn gemv<S: Step, W: WRow>(g: &Q8) {
+    unsafe fn gemv<S: Step>(g: &Q8) {
         let mut i = g.rows.0;
         while i < g.rows.1 {
             let r = (g.rows.1 - i).min(4);
             match r {
-                4 => rows_x_cols::<S, W, 4>(g, i),
-                3 => rows_x_cols::<S, W, 3>(g, i),
-                2 => rows_x_cols::<S, W, 2>(g, i),
-                _ => rows_x_cols::<S, W, 1>(g, i),
+                4 => rows_x_cols::<S, 4>(g, i),
+                3 => rows_x_cols::<S, 3>(g, i),
+                2 => rows_x_cols::<S, 2>(g, i),
+                _ => rows_x_cols::<S, 1>(g, i),
             }
             i += r;
         }
@@ -875,9 +957,9 @@ mod x86 {
 
     /// Rows i..i+R of x against every column of the region, one row of w at a time.
     #[inline(always)]
-    unsafe fn rows_x_cols<S: Step, W: WRow, const R: usize>(g: &Q8, i: usize) {
+    unsafe fn rows_x_cols<S: Step, const R: usize>(g: &Q8, i: usize) {
         for j in g.cols.0..g.cols.1 {
-            let v = dot_rows::<S, W, R>(g, i, j);
+            let v = dot_rows::<S, R>(g, i, j);
             for (r, v) in v.into_iter().enumerate() {
                 *g.y.add((i + r) * g.n + j) = v;
             }
@@ -890,8 +972,8 @@ mod x86 {
     /// The region must lie inside the operands of `g` (with `xa`); AVX2 available;
     /// `group % 32 == 0`, `group ≤ MAX_SIMD_GROUP`.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn gemv_avx2<W: WRow>(g: &Q8) {
-        gemv::<SignTrick, W>(g)
+    pub(crate) unsafe fn gemv_avx2(g: &Q8) {
+        gemv::<SignTrick>(g)
     }
 
     /// The GEMV over a region (AVX-512 VNNI).
@@ -899,17 +981,8 @@ mod x86 {
     /// # Safety
     /// As [`gemv_avx2`] (with `xc` instead of `xa`); AVX-512 F/VL/BW/VNNI available.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
-    pub(crate) unsafe fn gemv_vnni<W: WRow>(g: &Q8) {
-        gemv::<Vnni, W>(g)
-    }
-
-    /// The GEMV over a region (AVX-512 VNNI) for weights in [0, 127] (int4, [`I4Row`]).
-    ///
-    /// # Safety
-    /// As [`gemv_vnni`].
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
-    pub(crate) unsafe fn gemv_vnni_unsigned<W: WRow>(g: &Q8) {
-        gemv::<VnniUnsigned, W>(g)
+    pub(crate) unsafe fn gemv_vnni(g: &Q8) {
+        gemv::<Vnni>(g)
     }
 
     // -----------------------------------------------------------------------------

@@ -281,6 +281,37 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// f32 → IEEE half bits, rounding to nearest with ties to even (overflow to ±inf, NaN kept
+/// quiet, subnormals rounded like any other value).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x007f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x0200 | (man >> 13) as u16 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // the value's bits below the kept 10 (or fewer, for a subnormal half), rounded to even
+    let (m, shift) = if e <= 0 {
+        if e < -10 {
+            return sign; // below half the smallest subnormal: ±0
+        }
+        (man | 0x0080_0000, (14 - e) as u32)
+    } else {
+        (man, 13u32)
+    };
+    let kept = m >> shift;
+    let rest = m & ((1 << shift) - 1);
+    let half = 1 << (shift - 1);
+    let round = u32::from(rest > half || (rest == half && kept & 1 == 1));
+    let out = if e <= 0 { kept + round } else { ((e as u32) << 10 | kept) + round };
+    sign | out as u16 // a carry out of the mantissa bumps the exponent, as it should
+}
+
 /// Input elements per INT4 group: 32, the block of GGUF's Q4_0 / Q4_1 (and the sub-block of
 /// Q4_K), so those tensors load by copying their nibbles and scales.
 pub const I4_GROUP: usize = 32;
@@ -288,12 +319,14 @@ pub const I4_GROUP: usize = 32;
 pub const I4_GROUP_BYTES: usize = I4_GROUP / 2;
 
 /// INT4 weights `[rows, cols]` (nn.Linear layout), asymmetric, in groups of [`I4_GROUP`]
-/// consecutive inputs: weight `(i, p)` is `q · d + m` with `q` in [0, 15] and one f32 scale
-/// `d` and one f32 minimum `m` per row and group.
+/// consecutive inputs: weight `(i, p)` is `q · d + m` with `q` in [0, 15] and one scale `d`
+/// and one minimum `m` per row and group, both IEEE half (f16) — exactly GGUF's Q4_1 block,
+/// 0.625 bytes per weight.
 ///
-/// One format holds both GGUF 4-bit kinds exactly: Q4_1 blocks (`q·d + m`, d and m in f16)
-/// widen d and m to f32 (exact); Q4_0 blocks (`(q − 8)·d`) get `m = −8·d` (exact in f32, and
-/// `q·d − 8·d` is `(q − 8)·d` exactly since both products fit in f32's mantissa).
+/// One format holds both GGUF 4-bit kinds exactly: Q4_1 blocks are copied (nibbles, d, m);
+/// Q4_0 blocks (`(q − 8)·d`) get `m = −8·d` (exact in f16: a power-of-two multiple), and
+/// `q·d + (−8·d)` is `(q − 8)·d` exactly in f32. The kernels widen d and m to f32 (F16C on
+/// x86, 8 groups per instruction), which costs nothing next to the bytes saved.
 ///
 /// `q` keeps GGUF's nibble layout: each group is 16 bytes, byte `t` holding value `t` in its
 /// low nibble and value `t + 16` in its high nibble; a row is `ceil(cols / 32)` groups (a
@@ -304,10 +337,10 @@ pub struct QuantizedI4 {
     pub cols: usize,
     /// q: [rows, ceil(cols / 32) · 16] packed nibbles
     pub q: Vec<u8>,
-    /// d: [rows, ceil(cols / 32)]
-    pub scales: Vec<f32>,
-    /// m: [rows, ceil(cols / 32)]
-    pub mins: Vec<f32>,
+    /// d: [rows, ceil(cols / 32)] f16 bits
+    pub scales: Vec<u16>,
+    /// m: [rows, ceil(cols / 32)] f16 bits
+    pub mins: Vec<u16>,
 }
 
 /// GGUF block kinds that hold 32 values each and map exactly onto a ferrolm weight format.
@@ -350,8 +383,8 @@ pub enum GgufWeight {
 
 impl GgufWeight {
     /// Parses `[rows, cols]` values stored as `kind` blocks (32 values along a row each).
-    /// Errors ([`Error::Tensor`]) for a shape that is not whole blocks or a byte count that
-    /// does not match it.
+    /// Errors ([`Error::Tensor`]) for a shape that is not whole blocks, a byte count that does
+    /// not match it, or a Q4_0 scale so large that −8·d overflows f16 (|d| > 8188).
     pub fn from_blocks(kind: GgufBlock, rows: usize, cols: usize, bytes: &[u8]) -> Result<GgufWeight> {
         let ng = cols / 32;
         let needed = rows.checked_mul(ng).and_then(|n| n.checked_mul(kind.block_bytes()));
@@ -362,23 +395,30 @@ impl GgufWeight {
                 bytes.len()
             )));
         }
-        let half = |b: &[u8], at: usize| f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]));
+        let half = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
         let what = "a GGUF block tensor";
-        let mut scales = crate::memory::with_capacity(rows * ng, what)?;
         if kind == GgufBlock::Q8_0 {
+            let mut scales = crate::memory::with_capacity(rows * ng, what)?;
             let mut q = crate::memory::with_capacity(rows * cols, what)?;
             for block in bytes.chunks_exact(kind.block_bytes()) {
-                scales.push(half(block, 0));
+                scales.push(f16_to_f32(half(block, 0)));
                 q.extend(block[2..].iter().map(|&b| b as i8));
             }
             return Ok(GgufWeight::I8(QuantizedI8 { rows, cols, group: 32, q, scales }));
         }
+        let mut scales = crate::memory::with_capacity(rows * ng, what)?;
         let mut q = crate::memory::with_capacity(rows * ng * I4_GROUP_BYTES, what)?;
         let mut mins = crate::memory::with_capacity(rows * ng, what)?;
         for block in bytes.chunks_exact(kind.block_bytes()) {
             let d = half(block, 0);
             let (m, nibbles) = match kind {
-                GgufBlock::Q4_0 => (-8.0 * d, &block[2..]),
+                GgufBlock::Q4_0 => {
+                    let m = f32_to_f16(-8.0 * f16_to_f32(d));
+                    if f16_to_f32(m) != -8.0 * f16_to_f32(d) && !f16_to_f32(d).is_nan() {
+                        return Err(Error::Tensor(format!("Q4_0 block scale {} is too large for −8·d in f16", f16_to_f32(d))));
+                    }
+                    (m, &block[2..])
+                }
                 _ => (half(block, 2), &block[4..]),
             };
             scales.push(d);
@@ -387,9 +427,7 @@ impl GgufWeight {
         }
         Ok(GgufWeight::I4(QuantizedI4 { rows, cols, q, scales, mins }))
     }
-}
 
-impl GgufWeight {
     /// The values as f32 `[rows, cols]` (what the gguf package's dequantize gives).
     pub fn dequantize(&self) -> Vec<f32> {
         match self {
@@ -412,27 +450,28 @@ impl QuantizedI4 {
         self.groups_per_row() * I4_GROUP_BYTES
     }
 
-    /// Quantizes `w: [rows, cols]` per row and group of 32: `m = min`, `d = (max − min) / 15`,
-    /// `q = round((w − m) / d)` in [0, 15] (a constant group has d = 0 and q = 0), so
-    /// `|w − (q·d + m)| ≤ d / 2`. Panics if `w.len() != rows·cols`. Weights must be finite.
+    /// Quantizes `w: [rows, cols]` per row and group of 32 as llama.cpp's Q4_1 does:
+    /// `m = f16(min)`, `d = f16((max − min) / 15)`, `q = round((w − m) / d)` in [0, 15] (a
+    /// constant group has d = 0 and q = 0), so `|w − (q·d + m)| ≤ d / 2` up to the f16
+    /// rounding of d and m. Panics if `w.len() != rows·cols`. Weights must be finite.
     pub fn quantize(w: &[f32], rows: usize, cols: usize) -> QuantizedI4 {
         assert_eq!(Some(w.len()), rows.checked_mul(cols), "quantize: w must be [rows, cols]");
         let ng = cols.div_ceil(I4_GROUP);
         let mut q = vec![0u8; rows * ng * I4_GROUP_BYTES];
-        let mut scales = vec![0f32; rows * ng];
-        let mut mins = vec![0f32; rows * ng];
+        let mut scales = vec![0u16; rows * ng];
+        let mut mins = vec![0u16; rows * ng];
         if cols > 0 {
             for (i, wr) in w.chunks_exact(cols).enumerate() {
                 for (g, wg) in wr.chunks(I4_GROUP).enumerate() {
                     let (lo, hi) = wg.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-                    let d = (hi - lo) / 15.0;
                     let at = i * ng + g;
-                    scales[at] = d;
-                    mins[at] = lo;
+                    scales[at] = f32_to_f16((hi - lo) / 15.0);
+                    mins[at] = f32_to_f16(lo);
+                    let (d, m) = (f16_to_f32(scales[at]), f16_to_f32(mins[at]));
                     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                     let qg = &mut q[at * I4_GROUP_BYTES..(at + 1) * I4_GROUP_BYTES];
                     for (t, &v) in wg.iter().enumerate() {
-                        let v = ((v - lo) * id).round().clamp(0.0, 15.0) as u8;
+                        let v = ((v - m) * id).round().clamp(0.0, 15.0) as u8;
                         qg[t % 16] |= if t < 16 { v } else { v << 4 };
                     }
                 }
@@ -443,7 +482,7 @@ impl QuantizedI4 {
 
     /// Builds from raw parts (e.g. a checkpoint), checking every length and that scales and
     /// minimums are finite. Errors are [`Error::Tensor`].
-    pub fn from_parts(rows: usize, cols: usize, q: Vec<u8>, scales: Vec<f32>, mins: Vec<f32>) -> Result<QuantizedI4> {
+    pub fn from_parts(rows: usize, cols: usize, q: Vec<u8>, scales: Vec<u16>, mins: Vec<u16>) -> Result<QuantizedI4> {
         let ng = cols.div_ceil(I4_GROUP);
         let groups = rows.checked_mul(ng).ok_or_else(|| Error::Tensor(format!("int4 shape {rows}x{cols} overflows")))?;
         if Some(q.len()) != groups.checked_mul(I4_GROUP_BYTES) {
@@ -453,8 +492,8 @@ impl QuantizedI4 {
             if v.len() != groups {
                 return Err(Error::Tensor(format!("int4 {what} have {} values, expected {rows}x{ng}", v.len())));
             }
-            if let Some(s) = v.iter().find(|s| !s.is_finite()) {
-                return Err(Error::Tensor(format!("int4 {what} hold {s}, which is not finite")));
+            if let Some(&s) = v.iter().find(|&&s| s & 0x7c00 == 0x7c00) {
+                return Err(Error::Tensor(format!("int4 {what} hold {}, which is not finite", f16_to_f32(s))));
             }
         }
         Ok(QuantizedI4 { rows, cols, q, scales, mins })
@@ -474,21 +513,16 @@ impl QuantizedI4 {
     pub fn unpack_row(&self, i: usize, out: &mut [i8]) {
         assert!(i < self.rows && out.len() == self.cols, "unpack_row: row {i} of {} into {} values", self.rows, out.len());
         let rb = self.row_bytes();
-        let qr = &self.q[i * rb..(i + 1) * rb];
-        for (og, qg) in out.chunks_mut(I4_GROUP).zip(qr.chunks_exact(I4_GROUP_BYTES)) {
-            for (t, o) in og.iter_mut().enumerate() {
-                *o = Self::nibble(qg, t) as i8;
-            }
-        }
+        unpack_nibbles(&self.q[i * rb..(i + 1) * rb], out);
     }
 
-    /// Dequantizes row `i` into `out: [cols]` (`q·d + m`, as GGUF dequantizes Q4_1).
+    /// Dequantizes row `i` into `out: [cols]` (`q·d + m` in f32, as GGUF dequantizes Q4_1).
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
         assert!(i < self.rows && out.len() == self.cols, "dequantize_row: row {i} of {} into {} values", self.rows, out.len());
         let (ng, rb) = (self.groups_per_row(), self.row_bytes());
         let qr = &self.q[i * rb..(i + 1) * rb];
         for (g, (og, qg)) in out.chunks_mut(I4_GROUP).zip(qr.chunks_exact(I4_GROUP_BYTES)).enumerate() {
-            let (d, m) = (self.scales[i * ng + g], self.mins[i * ng + g]);
+            let (d, m) = (f16_to_f32(self.scales[i * ng + g]), f16_to_f32(self.mins[i * ng + g]));
             for (t, o) in og.iter_mut().enumerate() {
                 *o = f32::from(Self::nibble(qg, t)) * d + m;
             }
@@ -506,20 +540,29 @@ impl QuantizedI4 {
         out
     }
 
-    /// Bytes read by one full matmul (nibbles + f32 scales and minimums).
+    /// Bytes read by one full matmul (nibbles + f16 scales and minimums).
     pub fn bytes(&self) -> usize {
-        self.q.len() + (self.scales.len() + self.mins.len()) * 4
+        self.q.len() + (self.scales.len() + self.mins.len()) * 2
     }
+}
 
-    /// Rows `rows` of this matrix as a matrix of their own.
-    pub fn slice_rows(&self, rows: std::ops::Range<usize>) -> QuantizedI4 {
-        let (ng, rb) = (self.groups_per_row(), self.row_bytes());
-        QuantizedI4 {
-            rows: rows.len(),
-            cols: self.cols,
-            q: self.q[rows.start * rb..rows.end * rb].to_vec(),
-            scales: self.scales[rows.start * ng..rows.end * ng].to_vec(),
-            mins: self.mins[rows.start * ng..rows.end * ng].to_vec(),
+/// Packed int4 groups (16 bytes each, GGUF's order) unpacked into `out` (values in [0, 15];
+/// `out` may end inside the last group).
+pub fn unpack_nibbles(packed: &[u8], out: &mut [i8]) {
+    for (og, qg) in out.chunks_mut(I4_GROUP).zip(packed.chunks_exact(I4_GROUP_BYTES)) {
+        if let (Ok(og), Ok(qg)) = (<&mut [i8; 32]>::try_from(&mut *og), <&[u8; 16]>::try_from(qg)) {
+            // whole groups: two passes the compiler turns into vector ands and shifts
+            let (lo, hi) = og.split_at_mut(16);
+            for (o, &b) in lo.iter_mut().zip(qg) {
+                *o = (b & 0x0f) as i8;
+            }
+            for (o, &b) in hi.iter_mut().zip(qg) {
+                *o = (b >> 4) as i8;
+            }
+        } else {
+            for (t, o) in og.iter_mut().enumerate() {
+                *o = QuantizedI4::nibble(qg, t) as i8;
+            }
         }
     }
 }
@@ -722,5 +765,142 @@ mod tests {
         // Empty shapes are valid.
         assert!(QuantizedI8::from_parts(0, 5, 32, vec![], vec![]).is_ok());
         assert!(QuantizedI8::from_parts(3, 0, 32, vec![], vec![]).is_ok());
+    }
+
+    #[test]
+    fn f16_round_trip_and_round_to_nearest_even() {
+        // every finite half survives f16 → f32 → f16; NaN stays NaN
+        for h in 0..=u16::MAX {
+            let f = f16_to_f32(h);
+            if f.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(f)).is_nan());
+            } else {
+                assert_eq!(f32_to_f16(f), h, "{h:#06x} = {f:e}");
+            }
+        }
+        // random f32s: the nearest half (ties to even), checked against both neighbours in f64
+        let mut s = 0x9e37_79b9_u32;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let x = f32::from_bits((s & 0x8fff_ffff) | 0x3000_0000 * ((s >> 28) & 1));
+            if !x.is_finite() || x.abs() >= 65520.0 {
+                continue;
+            }
+            let h = f32_to_f16(x);
+            let v = f16_to_f32(h) as f64;
+            for n in [h.wrapping_add(1), h.wrapping_sub(1)] {
+                let w = f16_to_f32(n) as f64;
+                if w.is_finite() && (n & 0x7fff) <= 0x7bff && (n ^ h) & 0x8000 == 0 {
+                    let (dv, dw) = ((v - x as f64).abs(), (w - x as f64).abs());
+                    assert!(dv < dw || (dv == dw && h & 1 == 0), "{x:e}: {h:#06x} vs neighbour {n:#06x}");
+                }
+            }
+        }
+        assert_eq!(f32_to_f16(65520.0), 0x7c00); // rounds up to inf
+        assert_eq!(f32_to_f16(-1e-9), 0x8000);
+    }
+
+    #[test]
+    fn int4_round_trip_error_is_at_most_half_a_step() {
+        for &(rows, cols) in &[(3, 100), (5, 33), (1, 1), (2, 64), (4, 31)] {
+            let mut w = lcg_vec((rows * 77 + cols) as u64, rows * cols);
+            for v in w.iter_mut().take(cols.min(32)) {
+                *v = 0.25; // a constant group: d = 0, exact
+            }
+            let q = QuantizedI4::quantize(&w, rows, cols);
+            assert_eq!((q.q.len(), q.scales.len()), (rows * q.row_bytes(), rows * q.groups_per_row()));
+            let deq = q.dequantize();
+            let ng = q.groups_per_row();
+            for i in 0..rows {
+                let mut row = vec![0f32; cols];
+                q.dequantize_row(i, &mut row);
+                assert_eq!(row, deq[i * cols..(i + 1) * cols]);
+                let mut qs = vec![0i8; cols];
+                q.unpack_row(i, &mut qs);
+                for p in 0..cols {
+                    let (d, m) = (f16_to_f32(q.scales[i * ng + p / 32]), f16_to_f32(q.mins[i * ng + p / 32]));
+                    assert!((0..16).contains(&qs[p]));
+                    assert_eq!(row[p], f32::from(qs[p] as u8) * d + m);
+                    // half a step, plus the f16 rounding of the minimum
+                    let err = (w[i * cols + p] - row[p]).abs();
+                    assert!(err <= d * 0.5 + m.abs() * 1e-3 + 1e-6, "({i},{p}) w={} deq={} d={d}", w[i * cols + p], row[p]);
+                }
+            }
+            assert!(deq[..cols.min(32)].iter().all(|&v| (v - 0.25).abs() < 1e-3));
+        }
+    }
+
+    fn blocks(kind: GgufBlock, n: usize, seed: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|b| {
+                let mut blk = vec![0u8; kind.block_bytes()];
+                for (t, v) in blk.iter_mut().enumerate() {
+                    *v = ((t * 13 + b * 7 + seed) % 256) as u8;
+                }
+                blk[..2].copy_from_slice(&(0x1c00u16 + (b as u16 % 64) * 5).to_le_bytes()); // d > 0, modest
+                if kind == GgufBlock::Q4_1 {
+                    blk[2..4].copy_from_slice(&(0xa000u16 + (b as u16 % 64) * 3).to_le_bytes()); // m < 0
+                }
+                blk
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gguf_4bit_blocks_are_copied_exactly() {
+        let (rows, cols) = (3, 96);
+        for kind in [GgufBlock::Q4_0, GgufBlock::Q4_1] {
+            let raw = blocks(kind, rows * cols / 32, 1);
+            let GgufWeight::I4(w) = GgufWeight::from_blocks(kind, rows, cols, &raw).unwrap() else { panic!("int4") };
+            for (b, blk) in raw.chunks_exact(kind.block_bytes()).enumerate() {
+                let d = u16::from_le_bytes([blk[0], blk[1]]);
+                assert_eq!(w.scales[b], d);
+                let nib = &blk[blk.len() - 16..];
+                assert_eq!(&w.q[b * 16..(b + 1) * 16], nib, "nibbles copied as they are");
+                let (df, mf) = (f16_to_f32(d), f16_to_f32(w.mins[b]));
+                match kind {
+                    GgufBlock::Q4_1 => assert_eq!(w.mins[b], u16::from_le_bytes([blk[2], blk[3]])),
+                    _ => assert_eq!(mf, -8.0 * df),
+                }
+                // GGUF's dequantization: Q4_0 (q − 8)·d, Q4_1 q·d + m; element t < 16 low nibble
+                let mut row = vec![0f32; cols];
+                w.dequantize_row(b / 3, &mut row);
+                for t in 0..32 {
+                    let q = if t < 16 { nib[t] & 15 } else { nib[t - 16] >> 4 };
+                    let want = match kind {
+                        GgufBlock::Q4_0 => (f32::from(q) - 8.0) * df,
+                        _ => f32::from(q) * df + mf,
+                    };
+                    assert_eq!(row[(b % 3) * 32 + t], want, "{kind:?} block {b} value {t}");
+                }
+            }
+        }
+        // shapes that are not whole blocks, wrong byte counts, a Q4_0 scale too large for −8·d
+        let raw = blocks(GgufBlock::Q4_1, 6, 0);
+        assert!(GgufWeight::from_blocks(GgufBlock::Q4_1, 2, 96, &raw[1..]).is_err());
+        assert!(GgufWeight::from_blocks(GgufBlock::Q4_1, 3, 65, &raw).is_err());
+        assert!(GgufWeight::from_blocks(GgufBlock::Q4_1, 0, 32, &[]).is_err());
+        let mut big = blocks(GgufBlock::Q4_0, 1, 0);
+        big[..2].copy_from_slice(&0x7000u16.to_le_bytes()); // 8192
+        assert!(matches!(GgufWeight::from_blocks(GgufBlock::Q4_0, 1, 32, &big), Err(Error::Tensor(_))));
+        assert!(GgufBlock::parse("Q5_K").is_err());
+    }
+
+    #[test]
+    fn int4_from_parts_validates() {
+        assert!(QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 4], vec![0; 4]).is_ok());
+        let bad = [
+            QuantizedI4::from_parts(2, 40, vec![0; 63], vec![0; 4], vec![0; 4]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 3], vec![0; 4]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 4], vec![0; 5]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0, 0x7c00, 0, 0], vec![0; 4]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 4], vec![0xfe00, 0, 0, 0]),
+            QuantizedI4::from_parts(usize::MAX, 64, vec![], vec![], vec![]),
+        ];
+        for r in bad {
+            assert!(matches!(r, Err(Error::Tensor(_))), "{r:?}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! checkpoint parts (q/k/v, gate/up); FP32/BF16 Conv1D weights go back to GPT-2's `[in, out]`.
 //! An INT8 matrix `X.weight` is written `[out, in]` as int8 values plus `X.weight_scale`
 //! `[out, ceil(in / group)]` f32; an INT4 one as u8 `[out, ceil(in / 32) · 16]` (the packed
-//! nibbles) plus `X.weight_scale` and `X.weight_min` f32 `[out, ceil(in / 32)]` — the layouts
+//! nibbles) plus `X.weight_scale` and `X.weight_min` f16 `[out, ceil(in / 32)]` — the layouts
 //! [`super::TensorStore`] reads back.
 
 use super::linear::{Linear, WeightData};
@@ -26,6 +26,10 @@ pub struct ExportEntry {
 }
 
 fn f32_le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u16_le(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -78,8 +82,8 @@ impl Model {
             match &*lin.weight {
                 WeightData::Int8(q) => out.push(entry(scale, DType::F32, vec![n, q.groups_per_row()], Part::Scale, false)),
                 WeightData::Int4(q) => {
-                    out.push(entry(scale, DType::F32, vec![n, q.groups_per_row()], Part::Scale, false));
-                    out.push(entry(min, DType::F32, vec![n, q.groups_per_row()], Part::Min, false));
+                    out.push(entry(scale, DType::F16, vec![n, q.groups_per_row()], Part::Scale, false));
+                    out.push(entry(min, DType::F16, vec![n, q.groups_per_row()], Part::Min, false));
                 }
                 _ => {}
             }
@@ -152,8 +156,8 @@ impl Model {
                 Ok(f32_le(&q.scales[r0 * g..r1 * g]))
             }
             (Part::Weight, WeightData::Int4(q)) => Ok(q.q[r0 * q.row_bytes()..r1 * q.row_bytes()].to_vec()),
-            (Part::Scale, WeightData::Int4(q)) => Ok(f32_le(&q.scales[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
-            (Part::Min, WeightData::Int4(q)) => Ok(f32_le(&q.mins[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
+            (Part::Scale, WeightData::Int4(q)) => Ok(u16_le(&q.scales[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
+            (Part::Min, WeightData::Int4(q)) => Ok(u16_le(&q.mins[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
             (Part::Scale | Part::Min, _) => Err(Error::MissingTensor(e.name.clone())),
         }
     }

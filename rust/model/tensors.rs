@@ -14,7 +14,7 @@ use std::path::Path;
 use super::linear::{Precision, WeightData};
 use super::Arch;
 use crate::error::{Error, Result};
-use crate::kernels::quant::{f32_to_bf16, GgufBlock, GgufWeight, QuantizedI4, QuantizedI8};
+use crate::kernels::quant::{f32_to_bf16, f32_to_f16, GgufBlock, GgufWeight, QuantizedI4, QuantizedI8};
 use crate::memory;
 use crate::safetensors_file::{dtype_of, SafetensorsFile};
 
@@ -545,7 +545,9 @@ impl TensorStore {
                         e => e,
                     })
                 };
-                let (scales, mins) = (side("scale")?, side("min")?);
+                // saved as F16 and widened exactly on arrival: back to the same f16 bits
+                let half = |v: Vec<f32>| v.into_iter().map(f32_to_f16).collect::<Vec<u16>>();
+                let (scales, mins) = (half(side("scale")?), half(side("min")?));
                 Ok(WeightData::Int4(QuantizedI4::from_parts(out, inp, q, scales, mins)?))
             }
         }
