@@ -1,17 +1,20 @@
 """Reading GGUF files (llama.cpp's checkpoint format) of the LLaMA architecture.
 
     g = read_gguf("model.gguf")           # metadata, config, tokenizer; no tensor data read yet
-    builder = _core.ModelBuilder(json.dumps(g.config))
-    g.add_tensors(builder)                 # dequantizes one tensor at a time into float32
+    precision, why = g.nearest_precision() # "int4" for a Q4_0/Q4_1 file, and the reason
+    builder = _core.ModelBuilder(json.dumps(g.config), precision)
+    g.add_tensors(builder, precision=precision)  # one tensor at a time
     core = builder.build(threads)
 
 `GgufModel.config` is a Hugging Face config.json dict (what rust/model/config.rs reads) and the
 tensors are added under Hugging Face names, so the core needs nothing GGUF-specific. Which GGUF
 tensor is which Hugging Face one, and which tensors a file must hold, comes from the core's LLaMA
 tensor table (`_core.tensor_table("llama")`, rust/model/llama.rs); metadata keys are the `gguf`
-package's own (`gguf.Keys`). Quantized
-tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K) and F16/BF16 are dequantized to float32 with the
-`gguf` package (`pip install gguf`); the file is memory-mapped and only read.
+package's own (`gguf.Keys`). Q8_0, Q4_0 and Q4_1 matrices go to the core as their raw blocks
+(kept exactly where the load precision holds them: Q8_0 as INT8, Q4_0/Q4_1 as INT4; see
+`NEAREST_PRECISION`); other quantized tensors (Q5_0, Q5_1, Q2_K..Q6_K) and F16/BF16 are
+dequantized to float32 with the `gguf` package (`pip install gguf`); the file is memory-mapped
+and only read.
 
 llama.cpp's converter reorders the rows of q_proj/k_proj (HF's rotate-half RoPE layout to its
 interleaved one); `add_tensors` undoes that, so the weights are exactly those transformers gets
@@ -38,7 +41,7 @@ from .errors import CheckpointError, ConfigError, MissingTensorError, ModelNotFo
 from .tokenizer import Tokenizer
 from .tokenizer import shared as shared_tokenizer
 
-__all__ = ["GgufModel", "read_gguf", "SUPPORTED_TENSOR_TYPES", "is_gguf_file"]
+__all__ = ["GgufModel", "read_gguf", "SUPPORTED_TENSOR_TYPES", "NEAREST_PRECISION", "is_gguf_file"]
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -50,6 +53,27 @@ SUPPORTED_TENSOR_TYPES = (
     "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
     "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
 )  # fmt: skip
+
+# The ferrolm precision nearest to each GGML type: the narrowest that holds its values well.
+# Exact: F32 (fp32; F16 too: bf16 would drop 3 mantissa bits), BF16 (bf16), Q8_0 (int8: its
+# values and scales are copied), Q4_0 and Q4_1 (int4: nibbles and scales copied). Close: Q4_K
+# (int4 requantized in groups of 32 — its 32-value sub-blocks are 16 evenly spaced levels, which
+# a group's own min/max grid holds to within the f16 rounding of scale and minimum), Q2_K and
+# Q3_K (int4: 4 or 8 levels on a 16-level grid); Q5_0, Q5_1, Q5_K, Q6_K have 32 or 64 levels,
+# which 4 bits cannot hold: int8 (requantized in groups of 32, error below 1/2 of 1/127 of a
+# group's largest value).
+NEAREST_PRECISION = {
+    "F32": "fp32", "F16": "fp32", "BF16": "bf16", "Q8_0": "int8",
+    "Q5_0": "int8", "Q5_1": "int8", "Q5_K": "int8", "Q6_K": "int8",
+    "Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4", "Q3_K": "int4", "Q2_K": "int4",
+}  # fmt: skip
+
+# GGML types whose blocks the core reads itself (`ModelBuilder.add_blocks`).
+_RAW_BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+
+_BITS = {"int4": 4, "int8": 8, "bf16": 16, "fp32": 32}
+# The types each precision holds exactly (the others of NEAREST_PRECISION closely).
+EXACT_TYPES = {"fp32": ("F32", "F16"), "bf16": ("BF16",), "int8": ("Q8_0",), "int4": ("Q4_0", "Q4_1")}
 
 # Metadata arrays longer than this stay out of `GgufModel.metadata` (the vocabulary, merges...).
 _MAX_METADATA_ARRAY = 64
@@ -249,6 +273,34 @@ class GgufModel:
         """Parameters stored in the file (from tensor shapes; no data is read)."""
         return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._tensors)
 
+    def matrices(self) -> List[Tuple[str, Tuple[int, ...], str]]:
+        """(Hugging Face name, [out, in], GGML type) of every matmul weight (the 2-D tensors)."""
+        return [(t.hf_name, t.shape, t.type_name) for t in self._tensors if len(t.shape) == 2]
+
+    def nearest_precision(self) -> Tuple[str, str]:
+        """The precision to load this file in when none is asked for: the nearest one
+        (`NEAREST_PRECISION`) to the GGML type holding most of the matmul parameters, and why."""
+        params: Dict[str, int] = {}
+        for _, shape, tname in self.matrices():
+            params[tname] = params.get(tname, 0) + int(np.prod(shape, dtype=np.int64))
+        if not params:
+            return "fp32", "the file holds no matrices"
+        main = max(params, key=lambda k: params[k])
+        total = sum(params.values())
+        precision = NEAREST_PRECISION.get(main, "fp32")
+        return precision, (f"{100 * params[main] / total:.0f}% of the matmul parameters are {main}, "
+                           f"which {precision} holds {'exactly' if main in EXACT_TYPES[precision] else 'closely'}")
+
+    @staticmethod
+    def tensor_precision(type_name: str, precision: str) -> str:
+        """The precision a matrix of GGML type `type_name` is stored in under a load in
+        `precision`: the load's own, or the type's nearest precision when that is wider (an
+        INT4 load keeps Q8_0/Q5/Q6 matrices in INT8)."""
+        nearest = NEAREST_PRECISION.get(type_name, "fp32")
+        if precision == "int4" and _BITS[nearest] == 8:
+            return "int8"
+        return precision
+
     def iter_tensors(self) -> Iterator[Tuple[str, np.ndarray]]:
         """(Hugging Face name, float32 array [out, in]) one at a time, in file order. Each array
         is a fresh copy; drop it before asking for the next to keep memory low."""
@@ -260,26 +312,31 @@ class GgufModel:
             self._release(info)
             yield info.hf_name, arr
 
-    def add_tensors(self, builder: Any, progress: Optional[ProgressFn] = None) -> None:
-        """Adds every tensor to `builder` (a `_core.ModelBuilder`) under its Hugging Face name:
-        Q8_0 matrices as their raw blocks (`add_q8_0`, kept exactly when the builder makes
-        INT8 in groups of 32), everything else dequantized to float32 (`add_tensor`).
-        Calls `progress(done, total, hf_name)` after each tensor. Only one tensor's float32
-        copy is alive at a time."""
+    def add_tensors(self, builder: Any, progress: Optional[ProgressFn] = None, precision: Optional[str] = None) -> None:
+        """Adds every tensor to `builder` (a `_core.ModelBuilder` loading in `precision`)
+        under its Hugging Face name: Q8_0, Q4_0 and Q4_1 matrices as their raw blocks
+        (`add_blocks`: kept exactly when the builder's precision holds them), everything else
+        dequantized to float32 (`add_tensor`; under INT4, Q5/Q6 matrices are made INT8, see
+        `tensor_precision`). Calls `progress(done, total, hf_name)` after each tensor. Only one
+        tensor's float32 copy is alive at a time."""
         self._check_open()
         total = len(self._tensors)
         for done, info in enumerate(self._tensors, 1):
-            if info.type_name == "Q8_0" and len(info.shape) == 2:
+            if info.type_name in _RAW_BLOCK_TYPES and len(info.shape) == 2:
                 raw = self._raw_rows(info)
                 self._release(info)
-                builder.add_q8_0(info.hf_name, list(info.shape), raw)
+                builder.add_blocks(info.hf_name, info.type_name, list(info.shape), raw)
                 del raw
             else:
                 arr = self._load(info)
                 data = arr.tobytes()
                 del arr
                 self._release(info)
-                builder.add_tensor(info.hf_name, "F32", list(info.shape), data)
+                wider = precision is not None and len(info.shape) == 2 and self.tensor_precision(info.type_name, precision) != precision
+                if wider:
+                    builder.add_tensor(info.hf_name, "F32", list(info.shape), data, self.tensor_precision(info.type_name, precision))
+                else:
+                    builder.add_tensor(info.hf_name, "F32", list(info.shape), data)
                 del data
             if progress is not None:
                 progress(done, total, info.hf_name)

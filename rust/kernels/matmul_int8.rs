@@ -205,6 +205,15 @@ fn has_vnni() -> bool {
     })
 }
 
+/// int4 weights enter the integer sums centered, as q − I4_CENTER (see `matmul_int4`).
+pub(crate) const I4_CENTER: i32 = 8;
+
+/// The offset of a centered int4 group, `m + 8·d`, from its f16 scale and minimum.
+#[inline(always)]
+pub(crate) fn i4_offset(d: u16, m: u16) -> f32 {
+    f16_to_f32(m) + I4_CENTER as f32 * f16_to_f32(d)
+}
+
 /// Whether the CPU has F16C (the x86 int4 kernels widen f16 scales with it). Cached.
 fn has_f16c() -> bool {
     static V: OnceLock<bool> = OnceLock::new();
@@ -331,7 +340,8 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     }
     if let (QWeights::I4(w), true) = (w, gemm) {
         // y += Σx · mᵀ: [m, ng] · [n, ng]ᵀ (the GEMV adds it per group itself)
-        let mins: Vec<f32> = w.mins.iter().map(|&h| f16_to_f32(h)).collect();
+        // the offsets m + 8·d of the centered weights (see matmul_int4)
+        let mins: Vec<f32> = w.mins.iter().zip(&w.scales).map(|(&m, &d)| i4_offset(d, m)).collect();
         let mut t = vec![0f32; m * n];
         matmul_f32(pool, &xb.f[..m * ng], &mins, &mut t, m, ng, n);
         for (yv, tv) in y.iter_mut().zip(&t) {
@@ -408,9 +418,9 @@ thread_local! {
     static I4_PANEL_BUF: std::cell::Cell<(Vec<i8>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// The GEMM of packed int4 weights without their minimums' term: panels of `I4_PANEL` rows
-/// are unpacked to int8 rows (values in [0, 15]) and multiplied by the int8 GEMM, which
-/// computes the same exact integer group sums.
+/// The GEMM of packed int4 weights without their offsets' term: panels of `I4_PANEL` rows
+/// are unpacked to int8 rows of q − 8 (in [-8, 7]) and multiplied by the int8 GEMM, which
+/// computes the same exact integer group sums as the int4 GEMV.
 ///
 /// # Safety
 /// As [`run_q8`] with `g` describing int4 weights (rows of `g.wrow` packed bytes).
@@ -429,7 +439,7 @@ unsafe fn gemm_i4(path: Path, g: &Q8) {
         let nr = I4_PANEL.min(g.cols.1 - j0);
         let packed = std::slice::from_raw_parts((g.wq as *const u8).add(j0 * g.wrow), nr * g.wrow);
         for (out, row) in rows.chunks_exact_mut(k).zip(packed.chunks_exact(g.wrow)) {
-            crate::kernels::quant::unpack_nibbles(row, out);
+            crate::kernels::quant::unpack_nibbles(row, out, I4_CENTER as i8);
         }
         let halves = std::slice::from_raw_parts(g.wh.add(j0 * ng), nr * ng);
         for (s, &h) in scales.iter_mut().zip(halves) {

@@ -31,6 +31,8 @@ use std::cell::Cell;
 
 use crate::kernels::quant::f16_to_f32;
 
+use super::{i4_offset, I4_CENTER};
+
 /// Largest group the SIMD kernels take (keeps every i32 lane sum < 2³¹).
 pub(crate) const MAX_SIMD_GROUP: usize = 16384;
 
@@ -360,9 +362,7 @@ unsafe fn dot_portable<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
     for (gi, xg) in x.chunks(group).enumerate() {
         let wg: &[i8] = if I4 {
             let qg = std::slice::from_raw_parts((g.wq as *const u8).add(j * g.wrow + gi * 16), 16);
-            for (t, u) in unpacked.iter_mut().enumerate() {
-                *u = crate::kernels::quant::QuantizedI4::nibble(qg, t) as i8;
-            }
+            crate::kernels::quant::unpack_nibbles(qg, &mut unpacked, I4_CENTER as i8);
             &unpacked
         } else {
             std::slice::from_raw_parts(g.wq.add(j * g.wrow + gi * group), xg.len())
@@ -379,7 +379,7 @@ unsafe fn dot_portable<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
         }
         acc += sum as f32 * (scale(gi) * xs[gi]);
         if I4 {
-            acc += f16_to_f32(*g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+            acc += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
         }
     }
     acc
@@ -402,7 +402,7 @@ pub(crate) unsafe fn region_portable<const I4: bool>(g: &Q8) {
 mod neon {
     use std::arch::aarch64::*;
 
-    use super::{f16_to_f32, Q8};
+    use super::{f16_to_f32, i4_offset, Q8, I4_CENTER};
 
     /// # Safety
     /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0` (`I4`: packed int4
@@ -425,11 +425,8 @@ mod neon {
                 let wv = if I4 {
                     // 16 bytes of nibbles per group of 32: values 0-15 low, 16-31 high
                     let b = vld1q_u8((w as *const u8).add(p / 32 * 16));
-                    if p % 32 == 0 {
-                        vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0f)))
-                    } else {
-                        vreinterpretq_s8_u8(vshrq_n_u8::<4>(b))
-                    }
+                    let q = if p % 32 == 0 { vandq_u8(b, vdupq_n_u8(0x0f)) } else { vshrq_n_u8::<4>(b) };
+                    vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(I4_CENTER as i8))
                 } else if p + 16 <= k {
                     vld1q_s8(w.add(p))
                 } else {
@@ -446,7 +443,7 @@ mod neon {
             let d = vdupq_n_f32(sw * *xs.add(gi));
             f = vfmaq_f32(f, vcvtq_f32_s32(acc), d);
             if I4 {
-                extra += f16_to_f32(*g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+                extra += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
             }
             p0 = p1;
             gi += 1;
@@ -495,7 +492,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
-    use super::{f16_to_f32, AVX2_TILE, Q8, VNNI_TILE};
+    use super::{f16_to_f32, i4_offset, AVX2_TILE, I4_CENTER, Q8, VNNI_TILE};
 
     /// Per-thread packed-panel buffers of the GEMM (contents stale).
     #[derive(Default)]
@@ -835,8 +832,9 @@ mod x86 {
     /// scales `g.wh` and minimums `g.wm`), 8 groups at a time: each group's integer dot product
     /// ([`unpack_i4`] + one step per row of x) stays a vector of partial lanes, [`reduce8`]
     /// turns 8 of them into one vector of group sums, and
-    /// f += sums · (d · sx) + m · Σx with d and m widened from f16 8 at a time. The last
-    /// `ng % 8` groups are scaled one by one.
+    /// f += (sums − 8·Σxq) · (d · sx) + (m + 8·d) · Σx with d and m widened from f16 8 at a
+    /// time (the weights enter centered, as q − 8: see `matmul_int4`). The last `ng % 8` groups
+    /// are scaled one by one.
     ///
     /// # Safety
     /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
@@ -848,6 +846,8 @@ mod x86 {
         let xq: [*const i8; R] = std::array::from_fn(|r| g.xq.add((i + r) * g.kp));
         let xs: [*const f32; R] = std::array::from_fn(|r| g.xs.add((i + r) * ng));
         let xf: [*const f32; R] = std::array::from_fn(|r| g.xf.add((i + r) * ng));
+        let xc: [*const i32; R] = std::array::from_fn(|r| g.xc.add((i + r) * ng));
+        let eight = _mm256_set1_ps(I4_CENTER as f32);
         let mut f = [_mm256_setzero_ps(); R];
         let mut gi = 0;
         while gi + 8 <= ng {
@@ -859,11 +859,14 @@ mod x86 {
                 }
             }
             let d = _mm256_cvtph_ps(_mm_loadu_si128(wh.add(gi) as *const __m128i));
-            let m = _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i));
+            // the offset m + 8·d of the centered weights q − 8
+            let o = _mm256_fmadd_ps(eight, d, _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i)));
             for r in 0..R {
-                let sums = _mm256_cvtepi32_ps(reduce8(acc[r]));
+                // Σ (q − 8)·x = Σ q·x − 8·Σx, exact in i32
+                let c8 = _mm256_slli_epi32::<3>(_mm256_loadu_si256(xc[r].add(gi) as *const __m256i));
+                let sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce8(acc[r]), c8));
                 f[r] = _mm256_fmadd_ps(sums, _mm256_mul_ps(d, _mm256_loadu_ps(xs[r].add(gi))), f[r]);
-                f[r] = _mm256_fmadd_ps(m, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
+                f[r] = _mm256_fmadd_ps(o, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
             }
             gi += 8;
         }
@@ -871,11 +874,13 @@ mod x86 {
         let mut e = [0f32; R];
         while gi < ng {
             let wv = unpack_i4(w.add(gi * 16));
-            let (d, m) = (f16_to_f32(*wh.add(gi)), f16_to_f32(*wm.add(gi)));
+            let (d, o) = (f16_to_f32(*wh.add(gi)), i4_offset(*wh.add(gi), *wm.add(gi)));
             for r in 0..R {
-                let a = S::step(_mm256_setzero_si256(), wv, xq[r].add(gi * 32), std::ptr::null());
+                // the group's lanes, minus 8·Σx in lane 0: Σ (q − 8)·x
+                let c8 = _mm256_setr_epi32(-I4_CENTER * *xc[r].add(gi), 0, 0, 0, 0, 0, 0, 0);
+                let a = S::step(c8, wv, xq[r].add(gi * 32), std::ptr::null());
                 f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d * *xs[r].add(gi)), f[r]);
-                e[r] += m * *xf[r].add(gi);
+                e[r] += o * *xf[r].add(gi);
             }
             gi += 1;
         }

@@ -513,7 +513,7 @@ impl QuantizedI4 {
     pub fn unpack_row(&self, i: usize, out: &mut [i8]) {
         assert!(i < self.rows && out.len() == self.cols, "unpack_row: row {i} of {} into {} values", self.rows, out.len());
         let rb = self.row_bytes();
-        unpack_nibbles(&self.q[i * rb..(i + 1) * rb], out);
+        unpack_nibbles(&self.q[i * rb..(i + 1) * rb], out, 0);
     }
 
     /// Dequantizes row `i` into `out: [cols]` (`q·d + m` in f32, as GGUF dequantizes Q4_1).
@@ -546,22 +546,22 @@ impl QuantizedI4 {
     }
 }
 
-/// Packed int4 groups (16 bytes each, GGUF's order) unpacked into `out` (values in [0, 15];
-/// `out` may end inside the last group).
-pub fn unpack_nibbles(packed: &[u8], out: &mut [i8]) {
+/// Packed int4 groups (16 bytes each, GGUF's order) unpacked into `out` as `q − sub` (q in
+/// [0, 15]; `out` may end inside the last group).
+pub fn unpack_nibbles(packed: &[u8], out: &mut [i8], sub: i8) {
     for (og, qg) in out.chunks_mut(I4_GROUP).zip(packed.chunks_exact(I4_GROUP_BYTES)) {
         if let (Ok(og), Ok(qg)) = (<&mut [i8; 32]>::try_from(&mut *og), <&[u8; 16]>::try_from(qg)) {
             // whole groups: two passes the compiler turns into vector ands and shifts
             let (lo, hi) = og.split_at_mut(16);
             for (o, &b) in lo.iter_mut().zip(qg) {
-                *o = (b & 0x0f) as i8;
+                *o = (b & 0x0f) as i8 - sub;
             }
             for (o, &b) in hi.iter_mut().zip(qg) {
-                *o = (b >> 4) as i8;
+                *o = (b >> 4) as i8 - sub;
             }
         } else {
             for (t, o) in og.iter_mut().enumerate() {
-                *o = QuantizedI4::nibble(qg, t) as i8;
+                *o = QuantizedI4::nibble(qg, t) as i8 - sub;
             }
         }
     }

@@ -100,11 +100,12 @@ impl Model {
     }
 
     /// INT8 group size, when the weights are INT8.
+    /// The INT8 group size, when some matrix is INT8.
     pub fn int8_group(&self) -> Option<usize> {
-        match &*self.lm_head().weight {
+        self.linears().find_map(|l| match &*l.weight {
             WeightData::Int8(q) => Some(q.group),
             _ => None,
-        }
+        })
     }
 
     pub fn lm_head(&self) -> &Linear {

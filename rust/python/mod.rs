@@ -145,12 +145,23 @@ impl PyModel {
     fn head_dim(&self) -> usize {
         self.inner.config.head_dim
     }
-    /// Storage precision of the matmul weights: "fp32", "bf16" or "int8".
+    /// Storage precision of the matmul weights: "fp32", "bf16", "int8" or "int4" (an int4
+    /// model may keep some matrices in INT8: those a GGUF file stores in 5 to 8 bits).
     #[getter]
     fn precision(&self) -> &'static str {
         self.inner.precision().name()
     }
-    /// INT8 group size along the input (None unless the precision is int8).
+    /// {precision: number of matmul weights (embedding, fused layer matrices, lm_head)} stored
+    /// in it.
+    #[getter]
+    fn matrix_precisions(&self) -> std::collections::HashMap<&'static str, usize> {
+        let mut out = std::collections::HashMap::new();
+        for l in self.inner.linears() {
+            *out.entry(l.weight.precision().name()).or_insert(0) += 1;
+        }
+        out
+    }
+    /// INT8 group size along the input (None unless some matrix is int8).
     #[getter]
     fn group_size(&self) -> Option<usize> {
         self.inner.int8_group()
@@ -210,6 +221,14 @@ impl PyModel {
     /// `export_tensor` gives and a saved checkpoint holds.
     fn export_entries(&self) -> Vec<(String, &'static str, Vec<usize>)> {
         self.inner.export_entries().into_iter().map(|e| (e.name, e.dtype.name(), e.shape)).collect()
+    }
+
+    /// float32 bytes of linear weight `name` as `[rows, in]`, widened or dequantized from the
+    /// model's precision.
+    fn weight_values<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let model = &self.inner;
+        let v = py.detach(|| model.weight_values(name))?;
+        Ok(f32_bytes(py, &v))
     }
 
     /// Little-endian bytes of tensor `name` (one of `export_entries`).
