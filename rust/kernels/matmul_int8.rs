@@ -71,11 +71,13 @@ mod q8;
 
 use q8::{Need, XOut, Q8};
 
-/// The integer weights a W8A8 kernel multiplies with the quantized x: INT8 (`matmul_int8`)
-/// or packed INT4 with minimums (`matmul_int4`).
+/// The integer weights a W8A8-family kernel multiplies with the quantized x: INT8 with 8-bit
+/// x (`matmul_int8`, W8A8), INT8 with 16-bit x (W8A16), or packed INT4 with minimums and
+/// 16-bit x (`matmul_int4`).
 #[derive(Clone, Copy)]
 pub(crate) enum QWeights<'a> {
     I8(&'a QuantizedI8),
+    I8A16(&'a QuantizedI8),
     I4(&'a QuantizedI4),
 }
 
@@ -89,6 +91,12 @@ pub enum Int8Scheme {
     /// `sx = max|x| / 127`, round half to even); group dot products are exact integer sums
     /// scaled by `sx · sw`, accumulated in f32.
     W8A8,
+    /// W8A16: x quantized per group of 32 to 16 bits (`sx = max|x| / 32767`), exact i32 group
+    /// sums with the int8 weights (`madd_epi16` / VNNI `dpwssd`; the kernels `matmul_int4`
+    /// shares): 256× less x error than W8A8, at about half the cost of weight-only. The INT8
+    /// matrices of an INT4 model (a GGUF file's Q8_0 embedding and lm_head) run it. Needs
+    /// groups of 32 and whole groups per row (others run weight-only).
+    W8A16,
 }
 
 /// The scheme [`matmul_int8`] uses for `m` rows of x: W8A8 for every m (see the module
@@ -172,6 +180,9 @@ pub fn matmul_int8_scheme(
             unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
         }
         Int8Scheme::W8A8 => w8a8(level, pool, x, QWeights::I8(w), y, m),
+        // 16-bit x in groups of 32; other groups (their i32 sums could overflow) weight-only
+        Int8Scheme::W8A16 if w.group == 32 && k % 32 == 0 => w8a8(level, pool, x, QWeights::I8A16(w), y, m),
+        Int8Scheme::W8A16 => matmul_int8_scheme(level, Int8Scheme::WeightOnly, pool, x, w, y, m),
     }
 }
 
@@ -245,22 +256,25 @@ fn path_for(level: SimdLevel, group: usize) -> Path {
 /// The W8A8 product of `x` (quantized here, per row and group of the weights) with integer
 /// weights `w`. The caller has checked every length against the shapes.
 pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'_>, y: &mut [f32], m: usize) {
-    let (k, n, group, i4) = match w {
-        QWeights::I8(w) => (w.cols, w.rows, w.group, false),
-        QWeights::I4(w) => (w.cols, w.rows, I4_GROUP, true),
+    let (k, n, group, kind) = match w {
+        QWeights::I8(w) => (w.cols, w.rows, w.group, q8::Kind::A8),
+        QWeights::I8A16(w) => (w.cols, w.rows, w.group, q8::Kind::I8A16),
+        QWeights::I4(w) => (w.cols, w.rows, I4_GROUP, q8::Kind::I4),
     };
+    let a16 = kind != q8::Kind::A8;
     let ng = k.div_ceil(group);
     let kp = k.div_ceil(32) * 32;
     let mut path = path_for(level, group);
-    if i4 && matches!(path, Path::Avx2 | Path::Vnni) && !has_f16c() {
-        path = Path::Portable; // the x86 int4 GEMV widens f16 scales with F16C
+    if a16 && matches!(path, Path::Avx2 | Path::Vnni) && !has_f16c() {
+        path = Path::Portable; // the x86 16-bit-x GEMV is compiled with F16C (int4 scales)
     }
     let gemm = m >= GEMM_ROWS && matches!(path, Path::Avx2 | Path::Vnni);
     let need = Need {
-        abs: path == Path::Avx2 && !gemm,
-        wide: path == Path::Avx2 && gemm,
-        // int4: the minimum's term m · Σx (fused in the GEMV, a small f32 matmul after the GEMM)
-        sums: i4,
+        abs: path == Path::Avx2 && !gemm && !a16,
+        wide: path == Path::Avx2 && gemm && !a16,
+        // 16-bit x, and the f32 Σx per group (int4's offset term: fused in the GEMV, a small
+        // f32 matmul after the GEMM)
+        a16,
     };
     let mut xb = q8::take_xbuf(m, kp, ng, need);
     let out = XOut {
@@ -275,6 +289,13 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     // SAFETY: x holds m·k values (asserted by the caller); the buffers hold m rows of kp / ng
     // values (take_xbuf); threads quantize disjoint rows.
     let quant = |rows: std::ops::Range<usize>| unsafe {
+        if a16 {
+            #[cfg(target_arch = "x86_64")]
+            if matches!(path, Path::Avx2 | Path::Vnni) {
+                return q8::quantize_rows_a16_avx2(x.as_ptr(), k, kp, ng, rows, out);
+            }
+            return q8::quantize_rows_a16(x.as_ptr(), k, kp, ng, rows, out);
+        }
         match path {
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 | Path::Vnni => {
@@ -292,7 +313,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         quant(0..m);
     }
     let (wq, wrow, ws, wh, wm) = match w {
-        QWeights::I8(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null(), std::ptr::null()),
+        QWeights::I8(w) | QWeights::I8A16(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null(), std::ptr::null()),
         QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), std::ptr::null(), w.scales.as_ptr(), w.mins.as_ptr()),
     };
     let whole = Q8 {
@@ -321,7 +342,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     // `path` only names kernels whose ISA is available (path_for, check_level).
     let macs = m.saturating_mul(n).saturating_mul(k);
     if nt == 1 || macs < INLINE_MACS {
-        unsafe { run_q8(path, gemm, i4, &whole) };
+        unsafe { run_q8(path, gemm, kind, &whole) };
     } else {
         let parts = if gemm {
             nt
@@ -335,7 +356,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
                 break;
             }
             let g = share_q8(&whole, path, gemm, p, parts);
-            unsafe { run_q8(path, gemm, i4, &g) };
+            unsafe { run_q8(path, gemm, kind, &g) };
         });
     }
     if let (QWeights::I4(w), true) = (w, gemm) {
@@ -378,33 +399,38 @@ fn share_q8(whole: &Q8, path: Path, gemm: bool, t: usize, nt: usize) -> Q8 {
 }
 
 /// # Safety
-/// `g` must describe valid operands for `path` (see the kernels; `i4`: packed int4 weights)
-/// and its ISA must be available.
-unsafe fn run_q8(path: Path, gemm: bool, i4: bool, g: &Q8) {
+/// `g` must describe valid operands for `path` and `kind` (see the kernels) and its ISA must
+/// be available.
+unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
+    use q8::Kind::{I8A16, A8, I4};
     if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
         return;
     }
-    match (path, gemm, i4) {
+    match (path, gemm, kind) {
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni | Path::Avx2, true, true) => gemm_i4(path, g),
+        (Path::Vnni | Path::Avx2, true, I4) => gemm_i4(g),
+        // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x (on VNNI CPUs too)
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, true, false) => q8::gemm_vnni(g),
+        (Path::Vnni | Path::Avx2, true, I8A16) => q8::gemm_avx2(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, false) => q8::gemv_vnni(g),
+        (Path::Vnni, true, A8) => q8::gemm_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, true) => q8::gemv_i4_vnni(g),
+        (Path::Vnni, false, A8) => q8::gemv_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, true, false) => q8::gemm_avx2(g),
+        (Path::Vnni, false, I4) => q8::gemv_a16_vnni::<q8::I4W>(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false, false) => q8::gemv_avx2(g),
+        (Path::Vnni, false, I8A16) => q8::gemv_a16_vnni::<q8::I8W16>(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false, true) => q8::gemv_i4_avx2(g),
+        (Path::Avx2, true, A8) => q8::gemm_avx2(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, A8) => q8::gemv_avx2(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, I4) => q8::gemv_a16_avx2::<q8::I4W>(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, I8A16) => q8::gemv_a16_avx2::<q8::I8W16>(g),
         #[cfg(target_arch = "aarch64")]
-        (Path::Neon, _, false) => q8::region_neon::<false>(g),
-        #[cfg(target_arch = "aarch64")]
-        (Path::Neon, _, true) => q8::region_neon::<true>(g),
-        (_, _, false) => q8::region_portable::<false>(g),
-        (_, _, true) => q8::region_portable::<true>(g),
+        (Path::Neon, _, kind) => q8::region_neon(kind, g),
+        (_, _, kind) => q8::region_portable(kind, g),
     }
 }
 
@@ -419,13 +445,14 @@ thread_local! {
 }
 
 /// The GEMM of packed int4 weights without their offsets' term: panels of `I4_PANEL` rows
-/// are unpacked to int8 rows of q − 8 (in [-8, 7]) and multiplied by the int8 GEMM, which
-/// computes the same exact integer group sums as the int4 GEMV.
+/// are unpacked to int8 rows of q − 8 (in [-8, 7]) and multiplied by the AVX2 GEMM (i16
+/// pairs) with the 16-bit x, which computes the same exact integer group sums as the int4
+/// GEMV.
 ///
 /// # Safety
 /// As [`run_q8`] with `g` describing int4 weights (rows of `g.wrow` packed bytes).
 #[cfg(target_arch = "x86_64")]
-unsafe fn gemm_i4(path: Path, g: &Q8) {
+unsafe fn gemm_i4(g: &Q8) {
     let (k, ng) = (g.k, g.ng);
     let (mut rows, mut scales) = I4_PANEL_BUF.with(|c| c.take());
     if rows.len() < I4_PANEL * k {
@@ -453,10 +480,9 @@ unsafe fn gemm_i4(path: Path, g: &Q8) {
             cols: (0, nr),
             ..*g
         };
-        match path {
-            Path::Vnni => q8::gemm_vnni(&panel),
-            _ => q8::gemm_avx2(&panel),
-        }
+        // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x (on VNNI CPUs too: its
+        // u8·i8 GEMM has no 16-bit x)
+        q8::gemm_avx2(&panel);
         j0 += nr;
     }
     I4_PANEL_BUF.with(|c| c.set((rows, scales)));
@@ -469,7 +495,7 @@ mod tests {
     use crate::kernels::quant::GROUP;
     use crate::kernels::test_rng::Rng;
 
-    const SCHEMES: [Int8Scheme; 2] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8];
+    const SCHEMES: [Int8Scheme; 3] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8, Int8Scheme::W8A16];
 
     /// Σ x·deq(w) in f64 (the weight-only reference).
     fn reference_deq(x: &[f32], w: &QuantizedI8, m: usize) -> Vec<f64> {
@@ -486,8 +512,9 @@ mod tests {
         y
     }
 
-    /// x row quantized as the W8A8 scheme specifies: (q, scales).
-    fn quantize_x_row(x: &[f32], group: usize) -> (Vec<i32>, Vec<f32>) {
+    /// x row quantized as the W8A8 scheme specifies: (q, scales); `top` 127 (W8A8) or 32767
+    /// (W8A16).
+    fn quantize_x_row(x: &[f32], group: usize, top: f32) -> (Vec<i32>, Vec<f32>) {
         let mut q = Vec::with_capacity(x.len());
         let mut s = Vec::new();
         for g in x.chunks(group) {
@@ -497,12 +524,12 @@ mod tests {
                 s.push(0.0);
                 continue;
             }
-            let inv = 127.0 / amax;
+            let inv = top / amax;
             q.extend(
                 g.iter()
-                    .map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32),
+                    .map(|&v| (v * inv).round_ties_even().clamp(-top, top) as i32),
             );
-            s.push(amax / 127.0);
+            s.push(amax / top);
         }
         (q, s)
     }
@@ -510,13 +537,13 @@ mod tests {
     /// The W8A8 reference: exact integer group sums, scaled by (sw·sx in f32), summed in
     /// f64. Also returns Σ|xq·wq|·|sw·sx| per output (bounds the f32 rounding of any
     /// summation order).
-    fn reference_w8a8(x: &[f32], w: &QuantizedI8, m: usize) -> (Vec<f64>, Vec<f64>) {
+    fn reference_w8a8(x: &[f32], w: &QuantizedI8, m: usize, top: f32) -> (Vec<f64>, Vec<f64>) {
         let (k, n, group) = (w.cols, w.rows, w.group);
         let ng = k.div_ceil(group);
         let mut y = vec![0f64; m * n];
         let mut mag = vec![0f64; m * n];
         for i in 0..m {
-            let (xq, xs) = quantize_x_row(&x[i * k..(i + 1) * k], group);
+            let (xq, xs) = quantize_x_row(&x[i * k..(i + 1) * k], group, top);
             for j in 0..n {
                 let wq = &w.q[j * k..(j + 1) * k];
                 for (g, ((xg, wg), &sx)) in
@@ -558,8 +585,10 @@ mod tests {
                 pool.n_threads()
             )
         };
+        // W8A16 needs whole groups of 32 (else it runs weight-only)
+        let w8a16 = scheme == Int8Scheme::W8A16 && group == 32 && k % 32 == 0;
         match scheme {
-            Int8Scheme::WeightOnly => {
+            Int8Scheme::WeightOnly | Int8Scheme::W8A16 if !w8a16 => {
                 let want = reference_deq(&x, &w, m);
                 // |x|, |deq(w)| ≤ 1: f32 accumulation error ≲ sqrt(k)·2⁻²⁴ typical.
                 let tol = 2e-6 * (k as f64).sqrt().max(1.0) + 1e-7;
@@ -571,8 +600,9 @@ mod tests {
                     );
                 }
             }
-            Int8Scheme::W8A8 => {
-                let (want, mag) = reference_w8a8(&x, &w, m);
+            _ => {
+                let top = if w8a16 { 32767.0 } else { 127.0 };
+                let (want, mag) = reference_w8a8(&x, &w, m, top);
                 for (idx, ((&g, &r), &a)) in y.iter().zip(&want).zip(&mag).enumerate() {
                     let tol = 4e-7 * a * (k as f64).sqrt().max(1.0) + 1e-30;
                     assert!(
@@ -862,6 +892,7 @@ mod tests {
             .map(|s| match s.as_str() {
                 "w8a8" => Some(Int8Scheme::W8A8),
                 "weight" => Some(Int8Scheme::WeightOnly),
+                "w8a16" => Some(Int8Scheme::W8A16),
                 _ => None,
             })
             .collect();
@@ -872,6 +903,7 @@ mod tests {
         let name = |sc: Option<Int8Scheme>, m: usize| match sc.unwrap_or(int8_scheme_for(m)) {
             Int8Scheme::W8A8 => "w8a8",
             Int8Scheme::WeightOnly => "weight",
+            Int8Scheme::W8A16 => "w8a16",
         };
         let mut rng = Rng(1);
         for threads in [1, 2] {

@@ -90,8 +90,9 @@ unsafe impl Sync for Q8 {}
 pub(crate) struct Need {
     pub abs: bool,
     pub wide: bool,
-    /// Σx per group in f32 (int4 weights: the minimum's term)
-    pub sums: bool,
+    /// int4 weights: x quantized to 16 bits (into `x16`, with its scales and Σ per group)
+    /// instead of 8, plus Σx per group in f32 (the offset's term); see [`quantize_rows_a16`]
+    pub a16: bool,
 }
 
 /// Per-thread buffers of quantized x (reused across calls; pool workers are persistent).
@@ -112,20 +113,20 @@ thread_local! {
 /// Takes this thread's x buffers, sized for `m` rows (contents stale).
 pub(crate) fn take_xbuf(m: usize, kp: usize, ng: usize, need: Need) -> XBuf {
     let mut b = XBUF.with(|c| c.take());
-    if b.q.len() < m * kp {
+    if !need.a16 && b.q.len() < m * kp {
         b.q = vec![0; m * kp];
     }
     if need.abs && b.a.len() < m * kp {
         b.a = vec![0; m * kp];
     }
-    if need.wide && b.x16.len() < m * kp {
+    if (need.wide || need.a16) && b.x16.len() < m * kp {
         b.x16 = vec![0; m * kp];
     }
     if b.s.len() < m * ng {
         b.s = vec![0.0; m * ng];
         b.c = vec![0; m * ng];
     }
-    if need.sums && b.f.len() < m * ng {
+    if need.a16 && b.f.len() < m * ng {
         b.f = vec![0.0; m * ng];
     }
     b
@@ -239,21 +240,65 @@ unsafe fn quantize_rows_impl(
             *out.c.add(i * ng + gi) = sum;
         }
         finish_row(k, kp, i, out);
-        write_sums(xr, group, ng, i, out);
     }
 }
 
-/// Σx of each group of row `i` (f32, in order) when `out.need.sums`.
+/// Largest 16-bit x value: x is quantized to [-32767, 32767] (symmetric, like the 8-bit x).
+const A16_MAX: f32 = 32767.0;
+
+/// Quantizes rows `rows` of x: [m, k] to 16 bits per group of 32 for int4 weights:
+/// `sx = max|x| / 32767`, `x16 = round_half_even(x · (32767 / max|x|))` (a group with
+/// max|x| < 1e-30 is zero, one holding NaN/±inf gets scale NaN, as the 8-bit quantizer does),
+/// Σx16 per group (`c`), the f32 Σx per group (`f`), and x16 zero-padded past k up to kp.
 ///
 /// # Safety
-/// `out.f` must hold row i (ng values) when sums are needed.
+/// `x` must hold the rows' k values; `out` must hold the rows (x16: kp, s/c/f: ng values each).
 #[inline(always)]
-unsafe fn write_sums(xr: &[f32], group: usize, ng: usize, i: usize, out: XOut) {
-    if out.need.sums {
-        for (gi, xg) in xr.chunks(group).enumerate() {
+unsafe fn quantize_rows_a16_impl(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
+    for i in rows {
+        let xr = std::slice::from_raw_parts(x.add(i * k), k);
+        let h = std::slice::from_raw_parts_mut(out.x16.add(i * kp), kp);
+        h[k..].fill(0);
+        for (gi, (xg, hg)) in xr.chunks(32).zip(h.chunks_mut(32)).enumerate() {
+            let abits = xg.iter().fold(0u32, |a, v| a.max(v.to_bits() & 0x7fff_ffff));
+            let (scale, sum) = if abits >= 0x7f80_0000 {
+                hg.fill(0);
+                (f32::NAN, 0)
+            } else if f32::from_bits(abits) < MIN_AMAX {
+                hg.fill(0);
+                (0.0, 0)
+            } else {
+                let amax = f32::from_bits(abits);
+                let inv = A16_MAX / amax;
+                let mut sum = 0i32;
+                for (d, &v) in hg.iter_mut().zip(xg) {
+                    let t = (v * inv).round_ties_even().clamp(-A16_MAX, A16_MAX) as i32;
+                    *d = t as i16;
+                    sum += t;
+                }
+                (amax / A16_MAX, sum)
+            };
+            *out.s.add(i * ng + gi) = scale;
+            *out.c.add(i * ng + gi) = sum;
             *out.f.add(i * ng + gi) = xg.iter().sum();
         }
     }
+}
+
+/// [`quantize_rows_a16_impl`] with AVX2 enabled (the rounding becomes `vroundps`; same results).
+///
+/// # Safety
+/// As [`quantize_rows_a16_impl`]; the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_rows_a16_avx2(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
+    quantize_rows_a16_impl(x, k, kp, ng, rows, out)
+}
+
+/// # Safety
+/// As [`quantize_rows_a16_impl`].
+pub(crate) unsafe fn quantize_rows_a16(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
+    quantize_rows_a16_impl(x, k, kp, ng, rows, out)
 }
 
 /// [`quantize_rows_impl`] with AVX2 for whole groups of a multiple of 32 (same results).
@@ -291,7 +336,6 @@ pub(crate) unsafe fn quantize_rows_avx2(
             *out.c.add(i * ng + gi) = sum;
         }
         std::slice::from_raw_parts_mut(q.add(k), kp - k).fill(0);
-        write_sums(std::slice::from_raw_parts(xr, k), group, ng, i, out);
         // kp is a multiple of 32.
         for c in (0..kp).step_by(32) {
             let v = _mm256_loadu_si256(q.add(c) as *const __m256i);
@@ -346,27 +390,52 @@ pub(crate) unsafe fn quantize_rows_portable(
 // ---------------------------------------------------------------------------------
 // Portable: any group, one (row of x, row of w) pair at a time.
 
-/// y[i, j] for one pair, exact integer group sums (`I4`: packed int4 weights, whose groups
-/// are 32 values, plus the minimum's term).
+/// Which weights and x a non-x86 kernel multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// int8 weights, 8-bit x (W8A8)
+    A8,
+    /// int8 weights in groups of 32, 16-bit x (W8A16)
+    I8A16,
+    /// packed int4 weights, 16-bit x (W4A16, centered)
+    I4,
+}
+
+/// y[i, j] for one pair, exact integer group sums (I4: packed int4 weights centered as q − 8,
+/// plus the offset's term; I4 / I8A16: against the 16-bit x).
 ///
 /// # Safety
 /// `i`, `j` inside the operands of `g`.
 #[inline(always)]
-unsafe fn dot_portable<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
+unsafe fn dot_portable(kind: Kind, g: &Q8, i: usize, j: usize) -> f32 {
     let (k, group, ng) = (g.k, g.group, g.ng);
-    let x = std::slice::from_raw_parts(g.xq.add(i * g.kp), k);
     let xs = std::slice::from_raw_parts(g.xs.add(i * ng), ng);
-    let scale = |gi: usize| if I4 { f16_to_f32(*g.wh.add(j * ng + gi)) } else { *g.ws.add(j * ng + gi) };
-    let mut unpacked = [0i8; 32];
     let mut acc = 0f32;
+    if kind != Kind::A8 {
+        let x = std::slice::from_raw_parts(g.x16.add(i * g.kp), k);
+        let mut unpacked = [0i8; 32];
+        for (gi, xg) in x.chunks(32).enumerate() {
+            let wg: &[i8] = if kind == Kind::I4 {
+                let qg = std::slice::from_raw_parts((g.wq as *const u8).add(j * g.wrow + gi * 16), 16);
+                crate::kernels::quant::unpack_nibbles(qg, &mut unpacked, I4_CENTER as i8);
+                &unpacked
+            } else {
+                std::slice::from_raw_parts(g.wq.add(j * g.wrow + gi * 32), xg.len())
+            };
+            let sum: i32 = xg.iter().zip(wg).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            if kind == Kind::I4 {
+                let d = f16_to_f32(*g.wh.add(j * ng + gi));
+                acc += sum as f32 * (d * xs[gi]);
+                acc += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+            } else {
+                acc += sum as f32 * (*g.ws.add(j * ng + gi) * xs[gi]);
+            }
+        }
+        return acc;
+    }
+    let x = std::slice::from_raw_parts(g.xq.add(i * g.kp), k);
     for (gi, xg) in x.chunks(group).enumerate() {
-        let wg: &[i8] = if I4 {
-            let qg = std::slice::from_raw_parts((g.wq as *const u8).add(j * g.wrow + gi * 16), 16);
-            crate::kernels::quant::unpack_nibbles(qg, &mut unpacked, I4_CENTER as i8);
-            &unpacked
-        } else {
-            std::slice::from_raw_parts(g.wq.add(j * g.wrow + gi * group), xg.len())
-        };
+        let wg = std::slice::from_raw_parts(g.wq.add(j * g.wrow + gi * group), xg.len());
         // i32 sums over ≤ 32768 products (< 2³¹), combined in i64.
         let mut sum = 0i64;
         for (xc, wc) in xg.chunks(32768).zip(wg.chunks(32768)) {
@@ -377,20 +446,17 @@ unsafe fn dot_portable<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
                 .sum();
             sum += i64::from(s);
         }
-        acc += sum as f32 * (scale(gi) * xs[gi]);
-        if I4 {
-            acc += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
-        }
+        acc += sum as f32 * (*g.ws.add(j * ng + gi) * xs[gi]);
     }
     acc
 }
 
 /// # Safety
 /// The region must lie inside the operands of `g`.
-pub(crate) unsafe fn region_portable<const I4: bool>(g: &Q8) {
+pub(crate) unsafe fn region_portable(kind: Kind, g: &Q8) {
     for j in g.cols.0..g.cols.1 {
         for i in g.rows.0..g.rows.1 {
-            *g.y.add(i * g.n + j) = dot_portable::<I4>(g, i, j);
+            *g.y.add(i * g.n + j) = dot_portable(kind, g, i, j);
         }
     }
 }
@@ -402,19 +468,17 @@ pub(crate) unsafe fn region_portable<const I4: bool>(g: &Q8) {
 mod neon {
     use std::arch::aarch64::*;
 
-    use super::{f16_to_f32, i4_offset, Q8, I4_CENTER};
+    use super::{f16_to_f32, i4_offset, Kind, Q8, I4_CENTER};
 
     /// # Safety
-    /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0` (`I4`: packed int4
-    /// weights in groups of 32).
+    /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0`.
     #[inline(always)]
-    unsafe fn dot<const I4: bool>(g: &Q8, i: usize, j: usize) -> f32 {
+    unsafe fn dot(g: &Q8, i: usize, j: usize) -> f32 {
         let (k, group, ng) = (g.k, g.group, g.ng);
         let x = g.xq.add(i * g.kp);
         let w = g.wq.add(j * g.wrow);
         let xs = g.xs.add(i * ng);
         let mut f = vdupq_n_f32(0.0);
-        let mut extra = 0f32;
         let mut p0 = 0;
         let mut gi = 0;
         while p0 < k {
@@ -422,12 +486,7 @@ mod neon {
             let mut acc = vdupq_n_s32(0);
             let mut p = p0;
             while p < p1 {
-                let wv = if I4 {
-                    // 16 bytes of nibbles per group of 32: values 0-15 low, 16-31 high
-                    let b = vld1q_u8((w as *const u8).add(p / 32 * 16));
-                    let q = if p % 32 == 0 { vandq_u8(b, vdupq_n_u8(0x0f)) } else { vshrq_n_u8::<4>(b) };
-                    vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(I4_CENTER as i8))
-                } else if p + 16 <= k {
+                let wv = if p + 16 <= k {
                     vld1q_s8(w.add(p))
                 } else {
                     let mut b = [0i8; 16];
@@ -439,14 +498,54 @@ mod neon {
                 acc = vpadalq_s16(acc, vmull_high_s8(wv, xv));
                 p += 16;
             }
-            let sw = if I4 { f16_to_f32(*g.wh.add(j * ng + gi)) } else { *g.ws.add(j * ng + gi) };
-            let d = vdupq_n_f32(sw * *xs.add(gi));
+            let d = vdupq_n_f32(*g.ws.add(j * ng + gi) * *xs.add(gi));
             f = vfmaq_f32(f, vcvtq_f32_s32(acc), d);
-            if I4 {
-                extra += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
-            }
             p0 = p1;
             gi += 1;
+        }
+        vaddvq_f32(f)
+    }
+
+    /// Against the 16-bit x: int4 (I4: 16 bytes of nibbles per group, centered to q − 8,
+    /// plus the offset's term) or int8 in groups of 32 (I8A16), widened to i16 and multiplied
+    /// with `vmlal_s16`.
+    ///
+    /// # Safety
+    /// `i`, `j` inside the operands (those weights, 16-bit x); NEON enabled.
+    #[inline(always)]
+    unsafe fn dot_a16(kind: Kind, g: &Q8, i: usize, j: usize) -> f32 {
+        let ng = g.ng;
+        let x = g.x16.add(i * g.kp);
+        let w = (g.wq as *const u8).add(j * g.wrow);
+        let mut f = vdupq_n_f32(0.0);
+        let mut extra = 0f32;
+        for gi in 0..ng {
+            let (lo, hi) = if kind == Kind::I4 {
+                let b = vld1q_u8(w.add(gi * 16));
+                let c = vdupq_n_s8(I4_CENTER as i8);
+                (
+                    vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0f))), c),
+                    vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(b)), c),
+                )
+            } else {
+                // whole groups of 32 (k is a multiple of 32 for int8 under W8A16)
+                (vld1q_s8(w.add(gi * 32) as *const i8), vld1q_s8(w.add(gi * 32 + 16) as *const i8))
+            };
+            let xp = x.add(gi * 32); // x is zero-padded to kp (a multiple of 32)
+            let mut acc = vdupq_n_s32(0);
+            for (h, wv) in [lo, hi].into_iter().enumerate() {
+                let (w0, w1) = (vmovl_s8(vget_low_s8(wv)), vmovl_high_s8(wv));
+                let (x0, x1) = (vld1q_s16(xp.add(16 * h)), vld1q_s16(xp.add(16 * h + 8)));
+                acc = vmlal_s16(acc, vget_low_s16(w0), vget_low_s16(x0));
+                acc = vmlal_high_s16(acc, w0, x0);
+                acc = vmlal_s16(acc, vget_low_s16(w1), vget_low_s16(x1));
+                acc = vmlal_high_s16(acc, w1, x1);
+            }
+            let d = if kind == Kind::I4 { f16_to_f32(*g.wh.add(j * ng + gi)) } else { *g.ws.add(j * ng + gi) };
+            f = vfmaq_f32(f, vcvtq_f32_s32(acc), vdupq_n_f32(d * *g.xs.add(i * ng + gi)));
+            if kind == Kind::I4 {
+                extra += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+            }
         }
         vaddvq_f32(f) + extra
     }
@@ -454,10 +553,10 @@ mod neon {
     /// # Safety
     /// The region must lie inside the operands of `g`; NEON enabled; `g.group % 16 == 0`.
     #[target_feature(enable = "neon")]
-    pub(crate) unsafe fn region<const I4: bool>(g: &Q8) {
+    pub(crate) unsafe fn region(kind: Kind, g: &Q8) {
         for j in g.cols.0..g.cols.1 {
             for i in g.rows.0..g.rows.1 {
-                *g.y.add(i * g.n + j) = dot::<I4>(g, i, j);
+                *g.y.add(i * g.n + j) = if kind == Kind::A8 { dot(g, i, j) } else { dot_a16(kind, g, i, j) };
             }
         }
     }
@@ -485,7 +584,7 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_avx2, gemv_i4_avx2, gemv_i4_vnni, gemv_vnni};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, I4W, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -649,42 +748,92 @@ mod x86 {
         }
     }
 
-    /// The 16 bytes of a packed int4 group at `qg` as 32 values in [0, 15] (low nibbles first:
-    /// GGUF's order).
-    #[inline(always)]
-    unsafe fn unpack_i4(qg: *const u8) -> __m256i {
-        let b = _mm_loadu_si128(qg as *const __m128i);
-        let v = _mm256_set_m128i(_mm_srli_epi16::<4>(b), b);
-        _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+    /// Weights multiplied with 16-bit x (`matmul_int4`'s int4, and int8 under the W8A16
+    /// scheme): how a group of 32 is widened to i16 and scaled.
+    pub(crate) trait A16Weights {
+        /// Bytes of one group in a row.
+        const GROUP_BYTES: usize;
+        /// Whether the integer values are centered (int4: q − 8, with the offset m + 8·d).
+        const CENTERED: bool;
+        /// The group at `p` as two vectors of 16 i16 (values 0-15 and 16-31).
+        unsafe fn widen(p: *const u8) -> (__m256i, __m256i);
+        /// Scales of groups gi..gi+8 of row j.
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256;
+        /// Scale of group gi of row j.
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32;
     }
 
-    /// AVX2 for weights in [0, 127] (int4): maddubs(w, x) — w is the unsigned operand, no sign
-    /// trick — then madd with ones into i32.
-    struct Avx2Unsigned;
-    impl Step for Avx2Unsigned {
+    /// Packed int4: 16 bytes of nibbles (q in [0, 15], low nibbles first: GGUF's order), f16
+    /// scales widened with F16C.
+    pub(crate) struct I4W;
+    impl A16Weights for I4W {
+        const GROUP_BYTES: usize = 16;
+        const CENTERED: bool = true;
         #[inline(always)]
-        unsafe fn init(_: i32) -> __m256i {
-            _mm256_setzero_si256()
+        unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
+            let b = _mm_loadu_si128(p as *const __m128i);
+            let m = _mm_set1_epi8(0x0f);
+            (
+                _mm256_cvtepu8_epi16(_mm_and_si128(b, m)),
+                _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(b), m)),
+            )
         }
         #[inline(always)]
-        unsafe fn step(acc: __m256i, w: __m256i, xq: *const i8, _: *const u8) -> __m256i {
-            let prod = _mm256_maddubs_epi16(w, _mm256_loadu_si256(xq as *const __m256i));
-            _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(g.wh.add(j * g.ng + gi) as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
+            f16_to_f32(*g.wh.add(j * g.ng + gi))
         }
     }
 
-    /// AVX-512 VNNI (256-bit) for weights in [0, 127] (int4): dpbusd(w, x) directly. The
-    /// offset of [`Vnni`] would make every lane's partial sum about 10× larger than the
-    /// products of 4-bit weights, and the f32 sum of the lanes would lose that much precision.
-    struct VnniUnsigned;
-    impl Step for VnniUnsigned {
+    /// int8 in groups of 32 (f32 scales).
+    pub(crate) struct I8W16;
+    impl A16Weights for I8W16 {
+        const GROUP_BYTES: usize = 32;
+        const CENTERED: bool = false;
         #[inline(always)]
-        unsafe fn init(_: i32) -> __m256i {
-            _mm256_setzero_si256()
+        unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
+            )
         }
         #[inline(always)]
-        unsafe fn step(acc: __m256i, w: __m256i, xq: *const i8, _: *const u8) -> __m256i {
-            _mm256_dpbusd_epi32(acc, w, _mm256_loadu_si256(xq as *const __m256i))
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
+            _mm256_loadu_ps(g.ws.add(j * g.ng + gi))
+        }
+        #[inline(always)]
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
+            *g.ws.add(j * g.ng + gi)
+        }
+    }
+
+    /// The integer step of the 16-bit-x GEMV: acc += Σ w·x over one group of 32 from the
+    /// widened weights and 32 16-bit x (|w·x| ≤ 127·32767: pair sums fit i32).
+    trait StepA16 {
+        unsafe fn step(acc: __m256i, w: (__m256i, __m256i), x: *const i16) -> __m256i;
+    }
+
+    /// AVX2: madd_epi16, then add.
+    struct Avx2A16;
+    impl StepA16 for Avx2A16 {
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, (lo, hi): (__m256i, __m256i), x: *const i16) -> __m256i {
+            let a = _mm256_madd_epi16(lo, _mm256_loadu_si256(x as *const __m256i));
+            let b = _mm256_madd_epi16(hi, _mm256_loadu_si256(x.add(16) as *const __m256i));
+            _mm256_add_epi32(acc, _mm256_add_epi32(a, b))
+        }
+    }
+
+    /// AVX-512 VNNI (256-bit): dpwssd (madd + add in one).
+    struct VnniA16;
+    impl StepA16 for VnniA16 {
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, (lo, hi): (__m256i, __m256i), x: *const i16) -> __m256i {
+            let acc = _mm256_dpwssd_epi32(acc, lo, _mm256_loadu_si256(x as *const __m256i));
+            _mm256_dpwssd_epi32(acc, hi, _mm256_loadu_si256(x.add(16) as *const __m256i))
         }
     }
 
@@ -828,22 +977,22 @@ mod x86 {
         )
     }
 
-    /// [y[i + r, j] for r < R] for packed int4 weights (`g.wq` rows of `g.wrow` bytes, f16
-    /// scales `g.wh` and minimums `g.wm`), 8 groups at a time: each group's integer dot product
-    /// ([`unpack_i4`] + one step per row of x) stays a vector of partial lanes, [`reduce8`]
-    /// turns 8 of them into one vector of group sums, and
-    /// f += (sums − 8·Σxq) · (d · sx) + (m + 8·d) · Σx with d and m widened from f16 8 at a
-    /// time (the weights enter centered, as q − 8: see `matmul_int4`). The last `ng % 8` groups
-    /// are scaled one by one.
+    /// [y[i + r, j] for r < R] for weights `W` (`g.wq` rows of `g.wrow` bytes; int4 with f16
+    /// scales `g.wh` and minimums `g.wm`, or int8 with f32 scales `g.ws`) against the 16-bit
+    /// x (`g.x16`), 8 groups at a time: each group's integer dot product (one [`StepA16`] per
+    /// row of x) stays a vector of partial lanes, [`reduce8`] turns 8 of them into one vector
+    /// of group sums, and f += sums · (d · sx) with 8 scales loaded at once (int4: widened from
+    /// f16, and centered: (sums − 8·Σx16) · (d · sx) + (m + 8·d) · Σx, see `matmul_int4`). The
+    /// last `ng % 8` groups are scaled one by one.
     ///
     /// # Safety
     /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
     #[inline(always)]
-    unsafe fn dot_rows_i4<S: Step, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+    unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
         let ng = g.ng;
         let w = (g.wq as *const u8).add(j * g.wrow);
-        let (wh, wm) = (g.wh.add(j * ng), g.wm.add(j * ng));
-        let xq: [*const i8; R] = std::array::from_fn(|r| g.xq.add((i + r) * g.kp));
+        let wm = g.wm.wrapping_add(j * ng);
+        let xh: [*const i16; R] = std::array::from_fn(|r| g.x16.add((i + r) * g.kp));
         let xs: [*const f32; R] = std::array::from_fn(|r| g.xs.add((i + r) * ng));
         let xf: [*const f32; R] = std::array::from_fn(|r| g.xf.add((i + r) * ng));
         let xc: [*const i32; R] = std::array::from_fn(|r| g.xc.add((i + r) * ng));
@@ -853,34 +1002,43 @@ mod x86 {
         while gi + 8 <= ng {
             let mut acc = [[_mm256_setzero_si256(); 8]; R];
             for t in 0..8 {
-                let wv = unpack_i4(w.add((gi + t) * 16));
+                let wv = W::widen(w.add((gi + t) * W::GROUP_BYTES));
                 for r in 0..R {
-                    acc[r][t] = S::step(acc[r][t], wv, xq[r].add((gi + t) * 32), std::ptr::null());
+                    acc[r][t] = S::step(acc[r][t], wv, xh[r].add((gi + t) * 32));
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(wh.add(gi) as *const __m128i));
-            // the offset m + 8·d of the centered weights q − 8
-            let o = _mm256_fmadd_ps(eight, d, _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i)));
+            let d = W::scales8(g, j, gi);
             for r in 0..R {
-                // Σ (q − 8)·x = Σ q·x − 8·Σx, exact in i32
-                let c8 = _mm256_slli_epi32::<3>(_mm256_loadu_si256(xc[r].add(gi) as *const __m256i));
-                let sums = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce8(acc[r]), c8));
-                f[r] = _mm256_fmadd_ps(sums, _mm256_mul_ps(d, _mm256_loadu_ps(xs[r].add(gi))), f[r]);
-                f[r] = _mm256_fmadd_ps(o, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
+                let mut sums = reduce8(acc[r]);
+                if W::CENTERED {
+                    // Σ (q − 8)·x = Σ q·x − 8·Σx, exact in i32
+                    let c8 = _mm256_slli_epi32::<3>(_mm256_loadu_si256(xc[r].add(gi) as *const __m256i));
+                    sums = _mm256_sub_epi32(sums, c8);
+                }
+                f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(xs[r].add(gi))), f[r]);
+            }
+            if W::CENTERED {
+                // the offset m + 8·d of the centered weights q − 8, times the f32 Σx
+                let o = _mm256_fmadd_ps(eight, d, _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i)));
+                for r in 0..R {
+                    f[r] = _mm256_fmadd_ps(o, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
+                }
             }
             gi += 8;
         }
         // the last ng % 8 groups one by one: their lanes scaled as they are
         let mut e = [0f32; R];
         while gi < ng {
-            let wv = unpack_i4(w.add(gi * 16));
-            let (d, o) = (f16_to_f32(*wh.add(gi)), i4_offset(*wh.add(gi), *wm.add(gi)));
+            let d = W::scale(g, j, gi);
+            let wv = W::widen(w.add(gi * W::GROUP_BYTES));
             for r in 0..R {
-                // the group's lanes, minus 8·Σx in lane 0: Σ (q − 8)·x
-                let c8 = _mm256_setr_epi32(-I4_CENTER * *xc[r].add(gi), 0, 0, 0, 0, 0, 0, 0);
-                let a = S::step(c8, wv, xq[r].add(gi * 32), std::ptr::null());
+                // centered: the group's lanes, minus 8·Σx in lane 0: Σ (q − 8)·x
+                let c = if W::CENTERED { -I4_CENTER * *xc[r].add(gi) } else { 0 };
+                let a = S::step(_mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0), wv, xh[r].add(gi * 32));
                 f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d * *xs[r].add(gi)), f[r]);
-                e[r] += o * *xf[r].add(gi);
+                if W::CENTERED {
+                    e[r] += i4_offset(*g.wh.add(j * ng + gi), *wm.add(gi)) * *xf[r].add(gi);
+                }
             }
             gi += 1;
         }
@@ -891,19 +1049,19 @@ mod x86 {
         out
     }
 
-    /// The int4 GEMV over a region: up to 4 rows of x at a time against every column.
+    /// The 16-bit-x GEMV over a region: up to 4 rows of x at a time against every column.
     #[inline(always)]
-    unsafe fn gemv_i4<S: Step>(g: &Q8) {
+    unsafe fn gemv_a16<S: StepA16, W: A16Weights>(g: &Q8) {
         let mut i = g.rows.0;
         while i < g.rows.1 {
             let r = (g.rows.1 - i).min(4);
             for j in g.cols.0..g.cols.1 {
                 let mut out = [0f32; 4];
                 match r {
-                    4 => out = dot_rows_i4::<S, 4>(g, i, j),
-                    3 => out[..3].copy_from_slice(&dot_rows_i4::<S, 3>(g, i, j)),
-                    2 => out[..2].copy_from_slice(&dot_rows_i4::<S, 2>(g, i, j)),
-                    _ => out[0] = dot_rows_i4::<S, 1>(g, i, j)[0],
+                    4 => out = dot_rows_a16::<S, W, 4>(g, i, j),
+                    3 => out[..3].copy_from_slice(&dot_rows_a16::<S, W, 3>(g, i, j)),
+                    2 => out[..2].copy_from_slice(&dot_rows_a16::<S, W, 2>(g, i, j)),
+                    _ => out[0] = dot_rows_a16::<S, W, 1>(g, i, j)[0],
                 }
                 for (t, v) in out.iter().enumerate().take(r) {
                     *g.y.add((i + t) * g.n + j) = *v;
@@ -913,23 +1071,23 @@ mod x86 {
         }
     }
 
-    /// The int4 GEMV over a region (AVX2 + F16C).
+    /// The 16-bit-x GEMV over a region (AVX2 + F16C).
     ///
     /// # Safety
-    /// The region must lie inside the operands of `g` (int4 weights, `xf`); AVX2, FMA and F16C
-    /// available.
+    /// The region must lie inside the operands of `g` (weights W, 16-bit x with `xc` and
+    /// `xf`); AVX2, FMA and F16C available.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) unsafe fn gemv_i4_avx2(g: &Q8) {
-        gemv_i4::<Avx2Unsigned>(g)
+    pub(crate) unsafe fn gemv_a16_avx2<W: A16Weights>(g: &Q8) {
+        gemv_a16::<Avx2A16, W>(g)
     }
 
-    /// The int4 GEMV over a region (AVX-512 VNNI on 256-bit vectors + F16C).
+    /// The 16-bit-x GEMV over a region (AVX-512 VNNI on 256-bit vectors + F16C).
     ///
     /// # Safety
-    /// As [`gemv_i4_avx2`]; AVX-512 F/VL/BW/VNNI available.
+    /// As [`gemv_a16_avx2`]; AVX-512 F/VL/BW/VNNI available.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(crate) unsafe fn gemv_i4_vnni(g: &Q8) {
-        gemv_i4::<VnniUnsigned>(g)
+    pub(crate) unsafe fn gemv_a16_vnni<W: A16Weights>(g: &Q8) {
+        gemv_a16::<VnniA16, W>(g)
     }
 
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
