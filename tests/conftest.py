@@ -94,7 +94,7 @@ def read_safetensors(blob: bytes) -> Dict[str, np.ndarray]:
     data = blob[8 + n :]
     out = {}
     for name, h in header.items():
-        dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "I8": "i1", "F64": "<f8"}[h["dtype"]]
+        dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "I8": "i1", "U8": "u1", "F64": "<f8"}[h["dtype"]]
         a, b = h["data_offsets"]
         out[name] = np.frombuffer(data[a:b], dtype=dt).reshape(h["shape"]).copy()
     return out

@@ -278,18 +278,25 @@ class GgufModel:
         return [(t.hf_name, t.shape, t.type_name) for t in self._tensors if len(t.shape) == 2]
 
     def nearest_precision(self) -> Tuple[str, str]:
-        """The precision to load this file in when none is asked for: the nearest one
-        (`NEAREST_PRECISION`) to the GGML type holding most of the matmul parameters, and why."""
-        params: Dict[str, int] = {}
+        """The precision to load this file in when none is asked for, and why: the nearest
+        precision (`NEAREST_PRECISION`) of the GGML types that hold most of the matmul
+        parameters (under INT4, 8-bit and 5/6-bit matrices stay INT8: `tensor_precision`)."""
+        by_precision: Dict[str, Dict[str, int]] = {}
         for _, shape, tname in self.matrices():
-            params[tname] = params.get(tname, 0) + int(np.prod(shape, dtype=np.int64))
-        if not params:
+            near = by_precision.setdefault(NEAREST_PRECISION.get(tname, "fp32"), {})
+            near[tname] = near.get(tname, 0) + int(np.prod(shape, dtype=np.int64))
+        if not by_precision:
             return "fp32", "the file holds no matrices"
-        main = max(params, key=lambda k: params[k])
-        total = sum(params.values())
-        precision = NEAREST_PRECISION.get(main, "fp32")
-        return precision, (f"{100 * params[main] / total:.0f}% of the matmul parameters are {main}, "
-                           f"which {precision} holds {'exactly' if main in EXACT_TYPES[precision] else 'closely'}")
+        total = sum(sum(t.values()) for t in by_precision.values())
+        precision = max(by_precision, key=lambda p: sum(by_precision[p].values()))
+        types = by_precision[precision]
+        share = 100 * sum(types.values()) / total
+        how = "exactly" if all(t in EXACT_TYPES[precision] for t in types) else "closely"
+        why = f"{share:.0f}% of the matmul parameters are {'/'.join(sorted(types))}, which {precision} holds {how}"
+        kept = sorted({self.tensor_precision(t, precision) for _, _, t in self.matrices()} - {precision})
+        if kept:
+            why += f" (the other matrices: {', '.join(k.upper() for k in kept)})"
+        return precision, why
 
     @staticmethod
     def tensor_precision(type_name: str, precision: str) -> str:

@@ -315,8 +315,8 @@ class ModelFacts:
     has_tokenizer: bool = False
     #: the precision a load without one uses, and why (`Checkpoint.default_precision`)
     default_precision: Tuple[str, str] = ("fp32", "")
-    #: GGUF files: (rows, cols, GGML type) of every matmul weight as stored
-    gguf_matrices: Tuple[Tuple[int, int, str], ...] = ()
+    #: GGUF files: (Hugging Face name, rows, cols, GGML type) of every matmul weight as stored
+    gguf_matrices: Tuple[Tuple[str, int, int, str], ...] = ()
 
 
 def model_facts(source: Any) -> ModelFacts:
@@ -343,9 +343,9 @@ def model_facts(source: Any) -> ModelFacts:
 
     ckpt = read_checkpoint(path)  # ModelNotFoundError for a missing path
     default = ckpt.default_precision()
-    matrices: Tuple[Tuple[int, int, str], ...] = ()
+    matrices: Tuple[Tuple[str, int, int, str], ...] = ()
     if ckpt.gguf is not None:
-        matrices = tuple((int(s[0]), int(s[1]), t) for _, s, t in ckpt.gguf.matrices())
+        matrices = tuple((n, int(s[0]), int(s[1]), t) for n, s, t in ckpt.gguf.matrices())
         ckpt.gguf.close()
     return ModelFacts(ckpt.path.name or str(ckpt.path), ckpt.config, "gguf" if ckpt.format == "gguf" else "safetensors",
                       ckpt.saved_precision, ckpt.int8_group(), ckpt.tokenizer is not None, default, matrices)
@@ -407,9 +407,7 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
 
     per_matrix = None
     if facts.gguf_matrices:
-        from .gguf import GgufModel
-
-        per_matrix = [(r, c, GgufModel.tensor_precision(t, precision)) for r, c, t in facts.gguf_matrices]
+        per_matrix = _gguf_matrix_precisions(facts.gguf_matrices, precision)
     weights = arch.weight_bytes(precision, group, per_matrix)
     if fmt == "gguf":
         loading = GGUF_READER_BYTES + GGUF_METADATA_BYTES_PER_TOKEN * arch.vocab_size
@@ -431,6 +429,26 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
         runtime_bytes=RUNTIME_BYTES if runtime_bytes is None else runtime_bytes, loading_bytes=loading,
         training_bytes=TRAINING_BYTES_PER_PARAM * arch.num_params() if training else 0, exact=True,
         notes=(weights_note, loading_note))
+
+
+def _gguf_matrix_precisions(matrices: Sequence[Tuple[str, int, int, str]], precision: str) -> List[Tuple[int, int, str]]:
+    """(rows, cols, stored precision) of a GGUF file's matrices under a load in `precision`: each
+    its own (`GgufModel.tensor_precision`), except that matrices the core fuses (q/k/v, gate/up
+    of a layer) are INT8 together when INT4 and INT8 parts meet (`Linear::concat`)."""
+    from .gguf import GgufModel
+
+    out = {n: [r, c, GgufModel.tensor_precision(t, precision)] for n, r, c, t in matrices}
+    groups: Dict[str, List[str]] = {}
+    for n in out:
+        for part in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            if n.endswith(f".{part}.weight"):
+                fused = "qkv" if part in ("q_proj", "k_proj", "v_proj") else "gate_up"
+                groups.setdefault(n.rsplit(".", 3)[0] + "." + fused, []).append(n)
+    for names in groups.values():
+        if {out[n][2] for n in names} == {"int4", "int8"}:
+            for n in names:
+                out[n][2] = "int8"
+    return [tuple(v) for v in out.values()]  # type: ignore[misc]
 
 
 def build_parser() -> argparse.ArgumentParser:

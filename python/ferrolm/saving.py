@@ -14,7 +14,7 @@ Layout of the weights (what `ferrolm.load` reads back without converting anythin
   `X.weight_min` F16 `[out, ceil(in / 32)]` (value = q · scale + min); matrices an INT4 load
   keeps in INT8 (a GGUF file's Q8_0 embedding) are stored as INT8 above. config.json gains
   `"quantization_config": {"quant_method": "ferrolm", "precision": "int4", "group_size": 32,
-  "scheme": "w4a8"}`.
+  "scheme": "w4a16"}`.
 
 The folder is written under a temporary name beside the target and renamed into place once
 complete, so a failed or interrupted save leaves nothing half-written. An existing target is
@@ -83,7 +83,7 @@ def _config(model: "Model") -> Dict[str, Any]:
             "quant_method": "ferrolm",
             "precision": "int4",
             "group_size": 32,
-            "scheme": "w4a8",
+            "scheme": "w4a16",
         }
     else:
         config["torch_dtype"] = _TORCH_DTYPE[model.precision]
