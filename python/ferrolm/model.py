@@ -360,11 +360,14 @@ def load(
     tokenizer.json, tokenizer_config.json and generation_config.json when present) or a GGUF file
     (LLaMA architecture).
 
-    precision: "fp32", "bf16" or "int8" — the storage of every matmul weight (linear layers,
-    embeddings, lm_head); weights are converted tensor by tensor as they are read, so the FP32
-    model is never in memory. None (the default) means the checkpoint's own: "int8" for an
-    INT8 checkpoint written by `ferrolm quantize`, "bf16" for a BF16 checkpoint (config.json's
-    torch_dtype; lossless, since the kernels compute in FP32 either way), "fp32" otherwise.
+    precision: "fp32", "bf16", "int8" or "int4" — the storage of every matmul weight (linear
+    layers, embeddings, lm_head); weights are converted tensor by tensor as they are read, so the
+    FP32 model is never in memory. None (the default) means the checkpoint's own: "int8" / "int4"
+    for a checkpoint written by `ferrolm quantize`, for a GGUF file the precision nearest to the
+    type of most of its matrices ("int4" for Q4_0/Q4_1, whose blocks are kept as they are;
+    `Checkpoint.default_precision` says why), "bf16" for a BF16 checkpoint (config.json's
+    torch_dtype; lossless, since the kernels compute in FP32 either way), "fp32" otherwise. An
+    "int4" load of a GGUF file keeps its 8-bit and 5/6-bit matrices in INT8.
     threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
     max_position_embeddings; a default whose KV cache would not fit in this machine's memory is
