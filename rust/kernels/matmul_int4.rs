@@ -290,7 +290,16 @@ mod tests {
                 })
             });
             println!("read bandwidth threads={threads}: {:.1} GB/s", (buf.len() * 4) as f64 / s / 1e9);
-            for &(n, k) in &[(1728, 576), (3072, 576), (576, 1536), (49152, 576), (2560, 2048), (11264, 2048), (2048, 5632)] {
+            // n×k list: BENCH_GEMV=960x576,... (default: SmolLM2-135M's and TinyLlama-1.1B's fused shapes)
+            let shapes: Vec<(usize, usize)> = std::env::var("BENCH_GEMV")
+                .unwrap_or_else(|_| "960x576,576x576,3072x576,576x1536,49152x576,2560x2048,11264x2048,2048x5632".into())
+                .split(',')
+                .map(|s| {
+                    let (n, k) = s.split_once('x').expect("BENCH_GEMV: NxK,...");
+                    (n.parse().expect("N"), k.parse().expect("K"))
+                })
+                .collect();
+            for &(n, k) in &shapes {
                 let wf = rng.vec(n * k);
                 let x = rng.vec(k);
                 let mut y = vec![0.0; n];
