@@ -80,8 +80,8 @@ mod tests {
                     let (xq, sx): (Vec<i64>, f32) = if amax < 1e-30 {
                         (vec![0; xg.len()], 0.0)
                     } else {
-                        let inv = 32767.0 / amax;
-                        (xg.iter().map(|&v| (v * inv).round_ties_even().clamp(-32767.0, 32767.0) as i64).collect(), amax / 32767.0)
+                        let inv = 32639.0 / amax;
+                        (xg.iter().map(|&v| (v * inv).round_ties_even().clamp(-32639.0, 32639.0) as i64).collect(), amax / 32639.0)
                     };
                     // centered: Σ (q − 8)·xq, and the offset m + 8·d (in f32, as the kernels)
                     let isum: i64 = xq.iter().zip(qg).map(|(&a, &b)| a * (b as i64 - 8)).sum();

@@ -91,7 +91,7 @@ pub enum Int8Scheme {
     /// `sx = max|x| / 127`, round half to even); group dot products are exact integer sums
     /// scaled by `sx · sw`, accumulated in f32.
     W8A8,
-    /// W8A16: x quantized per group of 32 to 16 bits (`sx = max|x| / 32767`), exact i32 group
+    /// W8A16: x quantized per group of 32 to 16 bits (`sx = max|x| / 32639`), exact i32 group
     /// sums with the int8 weights (`madd_epi16` / VNNI `dpwssd`; the kernels `matmul_int4`
     /// shares): 256× less x error than W8A8, at about half the cost of weight-only. The INT8
     /// matrices of an INT4 model (a GGUF file's Q8_0 embedding and lm_head) run it. Needs
@@ -336,6 +336,17 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         y: y.as_mut_ptr(),
         rows: (0, m),
         cols: (0, n),
+        accumulate: false,
+        xq_lo: std::ptr::null(),
+        xc_lo: std::ptr::null(),
+        xs_lo: std::ptr::null(),
+    };
+    // int4 prefill on VNNI: the 16-bit x as two signed bytes for INT8's u8·i8 GEMM (run twice)
+    let split = if kind == q8::Kind::I4 && gemm && path == Path::Vnni { Some(I4Split::new(&whole, m, kp, ng)) } else { None };
+    let whole = Q8 { xs_lo: split.as_ref().map_or(std::ptr::null(), |s| s.sl.as_ptr()), ..whole };
+    let whole = match &split {
+        Some(s) => Q8 { xq: s.hi.as_ptr(), xc: s.ch.as_ptr(), xs: s.sh.as_ptr(), xq_lo: s.lo.as_ptr(), xc_lo: s.cl.as_ptr(), ..whole },
+        None => whole,
     };
     // SAFETY (for `run_q8` below): the operands have the asserted lengths, the quantized x
     // has the forms `need` asks for, `share_q8` gives each part a disjoint region of y, and
@@ -402,6 +413,7 @@ fn share_q8(whole: &Q8, path: Path, gemm: bool, t: usize, nt: usize) -> Q8 {
 /// `g` must describe valid operands for `path` and `kind` (see the kernels) and its ISA must
 /// be available.
 unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
+    #[cfg(target_arch = "x86_64")]
     use q8::Kind::{I8A16, A8, I4};
     if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
         return;
@@ -434,6 +446,40 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
     }
 }
 
+/// The 16-bit x of an int4 prefill split into signed high and low bytes (`q8::split_a16`), with
+/// their group sums and scales (high: sx·256, low: sx), for INT8's VNNI GEMM.
+struct I4Split {
+    hi: Vec<i8>,
+    lo: Vec<i8>,
+    ch: Vec<i32>,
+    cl: Vec<i32>,
+    sh: Vec<f32>,
+    sl: Vec<f32>,
+}
+
+impl I4Split {
+    fn new(g: &Q8, m: usize, kp: usize, ng: usize) -> Self {
+        let mut s = I4Split {
+            hi: vec![0; m * kp],
+            lo: vec![0; m * kp],
+            ch: vec![0; m * ng],
+            cl: vec![0; m * ng],
+            sh: vec![0.0; m * ng],
+            sl: vec![0.0; m * ng],
+        };
+        // SAFETY: x16 holds m rows of kp values (take_xbuf, a16); the outputs are sized above.
+        unsafe {
+            q8::split_a16(g.x16, kp, ng, 0..m, s.hi.as_mut_ptr(), s.lo.as_mut_ptr(), s.ch.as_mut_ptr(), s.cl.as_mut_ptr());
+            let xs = std::slice::from_raw_parts(g.xs, m * ng);
+            for ((h, l), &x) in s.sh.iter_mut().zip(&mut s.sl).zip(xs) {
+                *h = x * 256.0; // exact: a power of two
+                *l = x;
+            }
+        }
+        s
+    }
+}
+
 /// Rows of packed int4 weights unpacked per GEMM panel (a multiple of both GEMMs' NR).
 #[cfg(target_arch = "x86_64")]
 const I4_PANEL: usize = 96;
@@ -446,8 +492,8 @@ thread_local! {
 
 /// The GEMM of packed int4 weights without their offsets' term: panels of `I4_PANEL` rows
 /// are unpacked to int8 rows of q − 8 (in [-8, 7]) and multiplied by the AVX2 GEMM (i16
-/// pairs) with the 16-bit x, which computes the same exact integer group sums as the int4
-/// GEMV.
+/// pairs) with the 16-bit x, or on VNNI CPUs by the VNNI GEMM run over the high and the low
+/// bytes of x: the same exact integer group sums as the int4 GEMV.
 ///
 /// # Safety
 /// As [`run_q8`] with `g` describing int4 weights (rows of `g.wrow` packed bytes).
@@ -480,9 +526,15 @@ unsafe fn gemm_i4(g: &Q8) {
             cols: (0, nr),
             ..*g
         };
-        // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x (on VNNI CPUs too: its
-        // u8·i8 GEMM has no 16-bit x)
-        q8::gemm_avx2(&panel);
+        if g.xq_lo.is_null() {
+            // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x
+            q8::gemm_avx2(&panel);
+        } else {
+            // VNNI: u8·i8 quads, twice — the high bytes of x (scaled by 256·sx), then the low
+            // bytes (sx) added: exact integer sums of the 16-bit x either way
+            q8::gemm_vnni(&panel);
+            q8::gemm_vnni(&Q8 { xq: g.xq_lo, xc: g.xc_lo, xs: g.xs_lo, accumulate: true, ..panel });
+        }
         j0 += nr;
     }
     I4_PANEL_BUF.with(|c| c.set((rows, scales)));
@@ -512,7 +564,7 @@ mod tests {
         y
     }
 
-    /// x row quantized as the W8A8 scheme specifies: (q, scales); `top` 127 (W8A8) or 32767
+    /// x row quantized as the W8A8 scheme specifies: (q, scales); `top` 127 (W8A8) or 32639
     /// (W8A16).
     fn quantize_x_row(x: &[f32], group: usize, top: f32) -> (Vec<i32>, Vec<f32>) {
         let mut q = Vec::with_capacity(x.len());
@@ -601,7 +653,7 @@ mod tests {
                 }
             }
             _ => {
-                let top = if w8a16 { 32767.0 } else { 127.0 };
+                let top = if w8a16 { 32639.0 } else { 127.0 };
                 let (want, mag) = reference_w8a8(&x, &w, m, top);
                 for (idx, ((&g, &r), &a)) in y.iter().zip(&want).zip(&mag).enumerate() {
                     let tol = 4e-7 * a * (k as f64).sqrt().max(1.0) + 1e-30;

@@ -74,6 +74,16 @@ pub(crate) struct Q8 {
     pub y: *mut f32,
     pub rows: (usize, usize),
     pub cols: (usize, usize),
+    /// Add to y instead of writing it (the GEMMs' second pass over the low bytes of a 16-bit x).
+    pub accumulate: bool,
+    /// int4 prefill on VNNI only: the low bytes of the 16-bit x ([m, kp]; `xq` then holds the
+    /// high bytes), their Σ per group and their scales [m, ng] (see [`split_a16`])
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xq_lo: *const i8,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xc_lo: *const i32,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xs_lo: *const f32,
 }
 
 // SAFETY: a Q8 only carries pointers into buffers that `matmul_int8` borrows or owns for the
@@ -243,11 +253,13 @@ unsafe fn quantize_rows_impl(
     }
 }
 
-/// Largest 16-bit x value: x is quantized to [-32767, 32767] (symmetric, like the 8-bit x).
-const A16_MAX: f32 = 32767.0;
+/// Largest 16-bit x value: x is quantized to [-32639, 32639] (symmetric, like the 8-bit x;
+/// 32639 = 127·256 + 127, so that every value splits into two signed bytes for the VNNI GEMM,
+/// see [`split_a16`]).
+const A16_MAX: f32 = 32639.0;
 
 /// Quantizes rows `rows` of x: [m, k] to 16 bits per group of 32 for int4 weights:
-/// `sx = max|x| / 32767`, `x16 = round_half_even(x · (32767 / max|x|))` (a group with
+/// `sx = max|x| / 32639`, `x16 = round_half_even(x · (32639 / max|x|))` (a group with
 /// max|x| < 1e-30 is zero, one holding NaN/±inf gets scale NaN, as the 8-bit quantizer does),
 /// Σx16 per group (`c`), the f32 Σx per group (`f`), and x16 zero-padded past k up to kp.
 ///
@@ -293,6 +305,35 @@ unsafe fn quantize_rows_a16_impl(x: *const f32, k: usize, kp: usize, ng: usize, 
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn quantize_rows_a16_avx2(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
     quantize_rows_a16_impl(x, k, kp, ng, rows, out)
+}
+
+/// The 16-bit x of rows `rows` split into two signed bytes, x16 = 256·hi + lo (hi, lo in
+/// [-128, 127]: |x16| ≤ 32639), each with its Σ per group: what the VNNI GEMM (8-bit x) runs
+/// twice to multiply a 16-bit x exactly. `hi` / `lo`: [m, kp]; `ch` / `cl`: [m, ng].
+///
+/// # Safety
+/// `x16` holds the rows (kp values each, quantized by [`quantize_rows_a16`]); the outputs hold
+/// them too; `kp` a multiple of 32 and `ng = kp / 32` or `kp / 32` rounded as the caller's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, hi: *mut i8, lo: *mut i8, ch: *mut i32, cl: *mut i32) {
+    for i in rows {
+        let x = std::slice::from_raw_parts(x16.add(i * kp), kp);
+        let h = std::slice::from_raw_parts_mut(hi.add(i * kp), kp);
+        let l = std::slice::from_raw_parts_mut(lo.add(i * kp), kp);
+        for (((xg, hg), lg), gi) in x.chunks(32).zip(h.chunks_mut(32)).zip(l.chunks_mut(32)).zip(0..ng) {
+            let (mut sh, mut sl) = (0i32, 0i32);
+            for ((&v, hv), lv) in xg.iter().zip(hg).zip(lg) {
+                let top = (i32::from(v) + 128) >> 8;
+                let bottom = i32::from(v) - 256 * top;
+                *hv = top as i8;
+                *lv = bottom as i8;
+                sh += top;
+                sl += bottom;
+            }
+            *ch.add(i * ng + gi) = sh;
+            *cl.add(i * ng + gi) = sl;
+        }
+    }
 }
 
 /// # Safety
@@ -811,7 +852,7 @@ mod x86 {
     }
 
     /// The integer step of the 16-bit-x GEMV: acc += Σ w·x over one group of 32 from the
-    /// widened weights and 32 16-bit x (|w·x| ≤ 127·32767: pair sums fit i32).
+    /// widened weights and 32 16-bit x (|w·x| ≤ 127·32639: pair sums fit i32).
     trait StepA16 {
         unsafe fn step(acc: __m256i, w: (__m256i, __m256i), x: *const i16) -> __m256i;
     }
@@ -1352,7 +1393,7 @@ mod x86 {
                 let mut i0 = g.rows.0;
                 while i0 < g.rows.1 {
                     let mr = MR.min(g.rows.1 - i0);
-                    tile_avx2::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
+                    tile_avx2::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0 || g.accumulate);
                     i0 += MR;
                 }
                 kb += kc;
@@ -1579,7 +1620,7 @@ mod x86 {
                 let mut i0 = g.rows.0;
                 while i0 < g.rows.1 {
                     let mr = MR.min(g.rows.1 - i0);
-                    tile_vnni::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
+                    tile_vnni::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0 || g.accumulate);
                     i0 += MR;
                 }
                 kb += kc;
