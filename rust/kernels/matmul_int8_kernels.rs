@@ -84,6 +84,11 @@ pub(crate) struct Q8 {
     pub xc_lo: *const i32,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xs_lo: *const f32,
+    /// int4 decode on VNNI only: the 16-bit x with each pair of groups of every whole block of 8
+    /// interleaved by halves ([x_a 0-15, x_b 0-15, x_a 16-31, x_b 16-31]; the last ng % 8 groups
+    /// as they are): what the 512-bit step multiplies two groups at a time ([`pair_a16`])
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub x16p: *const i16,
 }
 
 // SAFETY: a Q8 only carries pointers into buffers that `matmul_int8` borrows or owns for the
@@ -111,6 +116,8 @@ pub(crate) struct XBuf {
     pub q: Vec<i8>,
     pub a: Vec<u8>,
     pub x16: Vec<i16>,
+    /// the pair-interleaved 16-bit x (int4 decode on VNNI)
+    pub p: Vec<i16>,
     pub s: Vec<f32>,
     pub c: Vec<i32>,
     pub f: Vec<f32>,
@@ -147,7 +154,7 @@ const KEEP_XBUF_BYTES: usize = 8 << 20;
 
 /// Returns the buffers for the next call on this thread.
 pub(crate) fn put_xbuf(b: XBuf) {
-    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 8 * b.s.len() + 4 * b.f.len();
+    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 2 * b.p.len() + 8 * b.s.len() + 4 * b.f.len();
     if bytes <= KEEP_XBUF_BYTES {
         XBUF.with(|c| c.set(b));
     }
@@ -332,6 +339,26 @@ pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std:
             }
             *ch.add(i * ng + gi) = sh;
             *cl.add(i * ng + gi) = sl;
+        }
+    }
+}
+
+/// The 16-bit x of rows `rows` in the layout of [`Q8::x16p`].
+///
+/// # Safety
+/// `x16` and `out` hold the rows (kp values each); `ng` groups of 32 per row.
+pub(crate) unsafe fn pair_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: *mut i16) {
+    for i in rows {
+        let x = std::slice::from_raw_parts(x16.add(i * kp), kp);
+        let o = std::slice::from_raw_parts_mut(out.add(i * kp), kp);
+        o.copy_from_slice(x);
+        for p in (0..ng / 8 * 8).step_by(2) {
+            let (a, b) = (&x[p * 32..p * 32 + 32], &x[p * 32 + 32..p * 32 + 64]);
+            let d = &mut o[p * 32..p * 32 + 64];
+            d[..16].copy_from_slice(&a[..16]);
+            d[16..32].copy_from_slice(&b[..16]);
+            d[32..48].copy_from_slice(&a[16..]);
+            d[48..].copy_from_slice(&b[16..]);
         }
     }
 }
@@ -625,7 +652,7 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, I4W, I8W16};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_i4_vnni512, gemv_vnni, I4W, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -1029,7 +1056,7 @@ mod x86 {
     /// # Safety
     /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
     #[inline(always)]
-    unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+    unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize, const ZMM: bool>(g: &Q8, i: usize, j: usize) -> [f32; R] {
         let ng = g.ng;
         let w = (g.wq as *const u8).add(j * g.wrow);
         let wm = g.wm.wrapping_add(j * ng);
@@ -1041,13 +1068,19 @@ mod x86 {
         let mut f = [_mm256_setzero_ps(); R];
         let mut gi = 0;
         while gi + 8 <= ng {
-            let mut acc = [[_mm256_setzero_si256(); 8]; R];
-            for t in 0..8 {
-                let wv = W::widen(w.add((gi + t) * W::GROUP_BYTES));
-                for r in 0..R {
-                    acc[r][t] = S::step(acc[r][t], wv, xh[r].add((gi + t) * 32));
+            let acc = if ZMM {
+                let xp: [*const i16; R] = std::array::from_fn(|r| g.x16p.add((i + r) * g.kp));
+                block8_i4_zmm::<R>(w, &xp, gi)
+            } else {
+                let mut acc = [[_mm256_setzero_si256(); 8]; R];
+                for t in 0..8 {
+                    let wv = W::widen(w.add((gi + t) * W::GROUP_BYTES));
+                    for r in 0..R {
+                        acc[r][t] = S::step(acc[r][t], wv, xh[r].add((gi + t) * 32));
+                    }
                 }
-            }
+                acc
+            };
             let d = W::scales8(g, j, gi);
             for r in 0..R {
                 let mut sums = reduce8(acc[r]);
@@ -1090,19 +1123,46 @@ mod x86 {
         out
     }
 
+    /// The integer lane sums of 8 int4 groups (from `gi`) of a row against the pair-interleaved
+    /// 16-bit x ([`Q8::x16p`]), two groups per 512-bit multiply: the 32 bytes of a pair of
+    /// groups give [a 0-15, b 0-15] (low nibbles) and [a 16-31, b 16-31] (high nibbles) as 32
+    /// i16 each (`vpmovzxbw`), and `vpdpwssd` leaves group a's partial sums in the low 256 bits
+    /// and b's in the high ones — half the instructions of the 256-bit step per group.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI enabled; the 8 groups and their x inside the operands.
+    #[inline(always)]
+    unsafe fn block8_i4_zmm<const R: usize>(w: *const u8, xp: &[*const i16; R], gi: usize) -> [[__m256i; 8]; R] {
+        let mut out = [[_mm256_setzero_si256(); 8]; R];
+        let m = _mm256_set1_epi8(0x0f);
+        for t in 0..4 {
+            let b = _mm256_loadu_si256(w.add((gi + 2 * t) * 16) as *const __m256i);
+            let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(b, m));
+            let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(b), m));
+            for r in 0..R {
+                let x = xp[r].add((gi + 2 * t) * 32);
+                let a = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x as *const __m512i));
+                let a = _mm512_dpwssd_epi32(a, hi, _mm512_loadu_si512(x.add(32) as *const __m512i));
+                out[r][2 * t] = _mm512_castsi512_si256(a);
+                out[r][2 * t + 1] = _mm512_extracti64x4_epi64::<1>(a);
+            }
+        }
+        out
+    }
+
     /// The 16-bit-x GEMV over a region: up to 4 rows of x at a time against every column.
     #[inline(always)]
-    unsafe fn gemv_a16<S: StepA16, W: A16Weights>(g: &Q8) {
+    unsafe fn gemv_a16<S: StepA16, W: A16Weights, const ZMM: bool>(g: &Q8) {
         let mut i = g.rows.0;
         while i < g.rows.1 {
             let r = (g.rows.1 - i).min(4);
             for j in g.cols.0..g.cols.1 {
                 let mut out = [0f32; 4];
                 match r {
-                    4 => out = dot_rows_a16::<S, W, 4>(g, i, j),
-                    3 => out[..3].copy_from_slice(&dot_rows_a16::<S, W, 3>(g, i, j)),
-                    2 => out[..2].copy_from_slice(&dot_rows_a16::<S, W, 2>(g, i, j)),
-                    _ => out[0] = dot_rows_a16::<S, W, 1>(g, i, j)[0],
+                    4 => out = dot_rows_a16::<S, W, 4, ZMM>(g, i, j),
+                    3 => out[..3].copy_from_slice(&dot_rows_a16::<S, W, 3, ZMM>(g, i, j)),
+                    2 => out[..2].copy_from_slice(&dot_rows_a16::<S, W, 2, ZMM>(g, i, j)),
+                    _ => out[0] = dot_rows_a16::<S, W, 1, ZMM>(g, i, j)[0],
                 }
                 for (t, v) in out.iter().enumerate().take(r) {
                     *g.y.add((i + t) * g.n + j) = *v;
@@ -1119,7 +1179,7 @@ mod x86 {
     /// `xf`); AVX2, FMA and F16C available.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn gemv_a16_avx2<W: A16Weights>(g: &Q8) {
-        gemv_a16::<Avx2A16, W>(g)
+        gemv_a16::<Avx2A16, W, false>(g)
     }
 
     /// The 16-bit-x GEMV over a region (AVX-512 VNNI on 256-bit vectors + F16C).
@@ -1128,7 +1188,16 @@ mod x86 {
     /// As [`gemv_a16_avx2`]; AVX-512 F/VL/BW/VNNI available.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(crate) unsafe fn gemv_a16_vnni<W: A16Weights>(g: &Q8) {
-        gemv_a16::<VnniA16, W>(g)
+        gemv_a16::<VnniA16, W, false>(g)
+    }
+
+    /// The int4 GEMV over a region with the 512-bit step ([`block8_i4_zmm`]; `g.x16p` set).
+    ///
+    /// # Safety
+    /// As [`gemv_a16_vnni`].
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(crate) unsafe fn gemv_i4_vnni512(g: &Q8) {
+        gemv_a16::<VnniA16, I4W, true>(g)
     }
 
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
