@@ -1,29 +1,30 @@
 //! INT4-weight matmul: y[m, n] = x[m, k] · wᵀ with w a [`QuantizedI4`] `[n, k]`
 //! (`q · d + m` per group of 32, q in [0, 15]), x and y in f32.
 //!
-//! # Scheme: W4A8, the kernels of `matmul_int8`
+//! # Scheme: W4A16 on the kernels of `matmul_int8`
 //!
-//! x is quantized per row and group of 32 exactly as INT8's W8A8 does it (`sx = max|x| / 127`,
-//! round half to even), and the weights enter the integer sums *centered*, as `q − 8`:
-//! `y[i, j] = Σ_g (sx[i, g] · d[j, g]) · Σ_{p ∈ g} xq[i, p] · (q[j, p] − 8) + (m + 8·d)[j, g] · Σ_{p ∈ g} x[i, p]`:
-//! exact integer sums of the 4-bit values with the 8-bit x, scaled in f32, plus the group's
-//! offset times its f32 sum of x. Centering matters: the x-quantization error is multiplied by
-//! the integer part of the weights, and `q·d` (in [0, 15·d], mean ≈ 7.5·d) makes that error
-//! about twice as large as `(q − 8)·d` does — on the default model, perplexity +2.6 % against
-//! FP32 uncentered (`ferrolm.perplexity`, first 3000 characters of the evaluation text,
-//! window 512), inside the 1 % budget centered (docs/quality.md). The offset multiplies the
-//! exact f32 sum of x, so it adds no x-quantization error at all.
-//! The integer steps are INT8's (AVX-512 VNNI `dpbusd`, AVX2 `maddubs`, NEON `vmull_s8`,
-//! portable). The x86 GEMV unpacks 16 bytes of nibbles to 32 bytes with a shift and an `and`,
-//! multiplies the unsigned q (0..15) and subtracts 8·Σxq per group in integers; NEON and the
-//! portable kernel unpack q − 8. Prefill (m ≥ 8) unpacks panels of 96 rows to int8 q − 8 and
-//! runs INT8's packed GEMM, then adds the offsets' term as one small f32 matmul
-//! (`[m, k/32] · [n, k/32]ᵀ`). See `matmul_int8_kernels.rs`.
+//! x is quantized per row and group of 32 to 16 bits (`sx = max|x| / 32639`, round half to
+//! even; 32639 = 127·256 + 127 so that a value splits into two signed bytes), and the weights
+//! enter the integer sums *centered*, as `q − 8`:
+//! `y[i, j] = Σ_g (sx[i, g] · d[j, g]) · Σ_{p ∈ g} x16[i, p] · (q[j, p] − 8) + (m + 8·d)[j, g] · Σ_{p ∈ g} x[i, p]`:
+//! exact i32 sums of the 4-bit values with the 16-bit x, scaled in f32, plus the group's
+//! offset times its f32 sum of x (so the offset adds no x-quantization error at all).
 //!
-//! Why W4A8 rather than keeping x in f32 (weight-only, which adds no error at all: it is the
-//! f32 matmul of the dequantized weights): the measurements are in docs/architecture.md
-//! ("INT4") — the integer dot products decode and prefill faster, and on the default model the
-//! x quantization alone costs well under the 1 % perplexity budget.
+//! Why 16-bit x (measurements in docs/architecture.md, "INT4"): with INT8's 8-bit x the default
+//! model lost +0.52 % perplexity against FP32 of the same Q4_1 file and answered "What is the
+//! capital of France?" with "L'Étoile, …" (FP32: "…Paris."); with 16 bits it loses +0.001 % and
+//! gives FP32's replies. Keeping x in f32 (weight-only) would be exact but widens every weight to
+//! f32: INT8's weight-only GEMV runs at half the speed of its W8A8 one. Centering mattered for
+//! the 8-bit x (uncentered q·d doubled the error the x quantization adds: +2.6 %).
+//!
+//! Kernels (`matmul_int8_kernels.rs`): the x86 GEMV widens a group's 16 bytes of nibbles to two
+//! vectors of 16 i16 and multiplies them with x16 (AVX2 `madd_epi16`, AVX-512 VNNI `dpwssd`, two
+//! groups per 512-bit multiply on a pair-interleaved x), computing Σ q·x16 and subtracting
+//! 8·Σx16 per group in integers; 8 groups' lanes are reduced at once and scaled with 8 f16 scales
+//! (F16C). NEON and the portable kernel unpack q − 8. Prefill (m ≥ 8) unpacks panels of 96 rows
+//! to int8 q − 8 and runs INT8's packed GEMMs (VNNI: twice, over the high and the low bytes of
+//! x16; AVX2: the i16-pair GEMM on x16), then adds the offsets' term as one small f32 matmul
+//! (`[m, k/32] · [n, k/32]ᵀ`).
 
 use crate::kernels::matmul_int8::{w8a8, QWeights};
 use crate::kernels::quant::{QuantizedI4, I4_GROUP_BYTES};
