@@ -19,13 +19,16 @@
 //! The SIMD kernels need `group % 32 == 0` and `group ≤ MAX_SIMD_GROUP` (the dispatcher
 //! sends other groups to the portable kernel, which handles any group).
 //!
-//! INT4 weights (`matmul_int4`: `q · d + m`, q in [0, 15], f16 d and m per group of 32) share
-//! the x quantization, the integer steps and the GEMMs: the portable and NEON kernels read a
-//! group's 16 bytes of nibbles as 32 values (an int8 weight in [0, 15]) and add the minimum's
-//! term `m · Σx` from the f32 group sums of x; the x86 GEMV has an int4 form ([`gemv_i4`]) that
-//! reduces 8 groups at a time into one vector of group sums, scaled with 8 f16 scales and
-//! minimums widened by one F16C instruction each; the GEMMs run on int4 panels unpacked to int8
-//! rows (with f32 scales).
+//! 16-bit x (the W8A16 scheme, and INT4 weights of `matmul_int4`: `q · d + m`, q in [0, 15], f16
+//! d and m per group of 32) share the x buffers, the reduction and the GEMMs: x is quantized to
+//! 16 bits per group of 32 ([`quantize_rows_a16`]); the x86 GEMV ([`gemv_a16_avx2`] /
+//! [`gemv_a16_vnni`], generic over the weights' widening to i16: [`I4W`], [`I8W16`]) keeps each
+//! group's integer lanes apart for 8 groups, reduces them at once and scales them with 8 scales
+//! loaded at once (int4: f16 widened by F16C, centered q − 8 with the offset m + 8·d on the f32
+//! Σx); on AVX-512 VNNI the int4 GEMV multiplies two groups per 512-bit instruction
+//! ([`gemv_i4_vnni512`]); the GEMMs run on int4 panels unpacked to int8 rows (q − 8, f32 scales):
+//! the VNNI GEMM over the high and low signed bytes of x16 ([`split_a16`]), or the AVX2 GEMM on
+//! x16; NEON and the portable kernel handle every kind ([`Kind`]).
 
 use std::cell::Cell;
 
