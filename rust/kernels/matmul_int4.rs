@@ -61,7 +61,7 @@ pub fn matmul_int4_with(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &Quan
 mod tests {
     use super::*;
     use crate::kernels::quant::{f16_to_f32, GgufBlock, GgufWeight, I4_GROUP};
-    use crate::kernels::test_rng::Rng;
+    use crate::kernels::test_rng::{best_time, Rng};
 
     /// The W4A16 reference in f64: x quantized as specified (16 bits per group of 32, round
     /// half to even), exact integer sums of the centered weights q − 8 with it, scaled by
@@ -269,23 +269,11 @@ mod tests {
     fn bench_matmul_int4() {
         use crate::kernels::matmul_int8::matmul_int8;
         use crate::kernels::quant::QuantizedI8;
-        let best = |reps: usize, iters: usize, f: &mut dyn FnMut(usize)| -> f64 {
-            f(0);
-            (0..reps)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    for it in 0..iters {
-                        f(it);
-                    }
-                    t.elapsed().as_secs_f64() / iters as f64
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
         let mut rng = Rng(1);
         for threads in [1, 2] {
             let pool = ThreadPool::new(threads).unwrap();
             let buf = vec![1.0f32; 64 << 20];
-            let s = best(5, 1, &mut |_| {
+            let s = best_time(5, 1, |_| {
                 pool.run(|t, nt| {
                     std::hint::black_box(simd::sum(&buf[crate::threadpool::chunk(buf.len(), t, nt)]));
                 })
@@ -312,8 +300,8 @@ mod tests {
                 let w8: Vec<QuantizedI8> = (0..c8).map(|_| p8.clone()).collect();
                 let it4 = ((1usize << 30) / p4.bytes()).clamp(4, 4000).max(c4);
                 let it8 = ((1usize << 30) / p8.bytes()).clamp(4, 4000).max(c8);
-                let t4 = best(5, it4, &mut |i| matmul_int4(&pool, &x, &w4[i % c4], &mut y, 1));
-                let t8 = best(5, it8, &mut |i| matmul_int8(&pool, &x, &w8[i % c8], &mut y, 1));
+                let t4 = best_time(5, it4, |i| matmul_int4(&pool, &x, &w4[i % c4], &mut y, 1));
+                let t8 = best_time(5, it8, |i| matmul_int8(&pool, &x, &w8[i % c8], &mut y, 1));
                 println!(
                     "GEMV threads={threads} n={n:>5} k={k:<5} int4 {:6.1} µs {:5.1} GB/s | int8 {:6.1} µs {:5.1} GB/s | int8/int4 time {:.2}",
                     t4 * 1e6,
@@ -330,8 +318,8 @@ mod tests {
                 let mut y = vec![0.0; m * n];
                 let flops = 2.0 * (m * n * k) as f64;
                 let iters = ((4e9 / flops) as usize).clamp(3, 2000);
-                let t4 = best(5, iters, &mut |_| matmul_int4(&pool, &x, &w4, &mut y, m));
-                let t8 = best(5, iters, &mut |_| matmul_int8(&pool, &x, &w8, &mut y, m));
+                let t4 = best_time(5, iters, |_| matmul_int4(&pool, &x, &w4, &mut y, m));
+                let t8 = best_time(5, iters, |_| matmul_int8(&pool, &x, &w8, &mut y, m));
                 println!("GEMM threads={threads} m={m} {k}->{n}: int4 {:6.1} GFLOP/s | int8 {:6.1} GFLOP/s", flops / t4 / 1e9, flops / t8 / 1e9);
             }
         }

@@ -557,7 +557,7 @@ mod tests {
     use super::*;
     use crate::kernels::matmul_f32::matmul_f32;
     use crate::kernels::quant::GROUP;
-    use crate::kernels::test_rng::Rng;
+    use crate::kernels::test_rng::{best_time, Rng};
 
     const SCHEMES: [Int8Scheme; 3] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8, Int8Scheme::W8A16];
 
@@ -911,19 +911,6 @@ mod tests {
                 assert!(r.is_err(), "{level:?} should be refused");
             }
         }
-    }
-    /// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls.
-    fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
-        f(0);
-        (0..reps)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                for it in 0..iters {
-                    f(it);
-                }
-                t.elapsed().as_secs_f64() / iters as f64
-            })
-            .fold(f64::INFINITY, f64::min)
     }
 
     fn env_list(name: &str, default: &str) -> Vec<String> {
