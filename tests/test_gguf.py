@@ -28,7 +28,7 @@ import ferrolm.gguf as fgguf
 from ferrolm.gguf import read_gguf
 from ferrolm.tokenizer import Tokenizer
 
-from conftest import EXPECTED, FIXTURES, MODELS, load_fixture, reference
+from conftest import EXPECTED, FIXTURES, MODELS, load_fixture, nibbles, reference
 
 TINY_GGUF = FIXTURES / "gguf" / "tiny-llama.gguf"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -108,8 +108,7 @@ class Recorder:
         if kind == "Q8_0":
             values = blocks[:, 2:].view(np.int8).astype(np.float32) * d
         else:
-            nib = blocks[:, -16:]
-            q = np.concatenate([nib & 15, nib >> 4], axis=1).astype(np.float32)
+            q = nibbles(blocks[:, -16:])
             if kind == "Q4_0":
                 values = (q - 8) * d
             else:

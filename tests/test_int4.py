@@ -12,7 +12,7 @@ import pytest
 import ferrolm
 from ferrolm import _core
 from ferrolm.cli import main as cli
-from conftest import FIXTURES, MODELS, load_fixture, reference
+from conftest import FIXTURES, MODELS, load_fixture, nibbles, reference
 
 gguf = pytest.importorskip("gguf")
 
@@ -135,7 +135,7 @@ def dequantized_folder(model, out):
         if dtype == "U8":
             rows, nb = shape[0], shape[1] // 16
             q, d, m = exported(core, name, rows, nb * 32)
-            vals = np.concatenate([q & 15, q >> 4], axis=-1).astype(np.float32)
+            vals = nibbles(q)
             tensors[name] = (vals * f16(d)[..., None] + f16(m)[..., None]).reshape(rows, -1)
         elif dtype == "I8":
             q = np.frombuffer(raw, np.int8).reshape(shape).astype(np.float32)
@@ -188,7 +188,7 @@ def test_int4_quantization_is_the_documented_one():
     g = w.reshape(rows, -1, 32)
     np.testing.assert_array_equal(d, ((g.max(-1) - g.min(-1)) / np.float32(15)).astype(np.float16).view(np.uint16))
     np.testing.assert_array_equal(m, g.min(-1).astype(np.float16).view(np.uint16))
-    vals = np.concatenate([q & 15, q >> 4], axis=-1).astype(np.float32)  # low nibbles: values 0-15
+    vals = nibbles(q)  # low nibbles: values 0-15
     deq = vals * f16(d)[..., None] + f16(m)[..., None]
     assert np.all(np.abs(deq - g) <= f16(d)[..., None] / 2 + np.abs(f16(m))[..., None] * 1e-3 + 1e-6)
     np.testing.assert_array_equal(np.frombuffer(model._core.weight_values(name), np.float32).reshape(rows, cols), deq.reshape(rows, cols))
