@@ -181,7 +181,7 @@ pub fn matmul_int8_scheme(
         }
         Int8Scheme::W8A8 => w8a8(level, pool, x, QWeights::I8(w), y, m),
         // 16-bit x in groups of 32; other groups (their i32 sums could overflow) weight-only
-        Int8Scheme::W8A16 if w.group == 32 && k % 32 == 0 => w8a8(level, pool, x, QWeights::I8A16(w), y, m),
+        Int8Scheme::W8A16 if w.group == 32 && k.is_multiple_of(32) => w8a8(level, pool, x, QWeights::I8A16(w), y, m),
         Int8Scheme::W8A16 => matmul_int8_scheme(level, Int8Scheme::WeightOnly, pool, x, w, y, m),
     }
 }
@@ -650,7 +650,7 @@ mod tests {
             )
         };
         // W8A16 needs whole groups of 32 (else it runs weight-only)
-        let w8a16 = scheme == Int8Scheme::W8A16 && group == 32 && k % 32 == 0;
+        let w8a16 = scheme == Int8Scheme::W8A16 && group == 32 && k.is_multiple_of(32);
         match scheme {
             Int8Scheme::WeightOnly | Int8Scheme::W8A16 if !w8a16 => {
                 let want = reference_deq(&x, &w, m);

@@ -1059,6 +1059,7 @@ mod x86 {
     /// # Safety
     /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
     #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // t and r index the accumulators and offset the operands
     unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize, const ZMM: bool>(g: &Q8, i: usize, j: usize) -> [f32; R] {
         let ng = g.ng;
         let w = (g.wq as *const u8).add(j * g.wrow);

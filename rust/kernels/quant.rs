@@ -388,7 +388,7 @@ impl GgufWeight {
     pub fn from_blocks(kind: GgufBlock, rows: usize, cols: usize, bytes: &[u8]) -> Result<GgufWeight> {
         let ng = cols / 32;
         let needed = rows.checked_mul(ng).and_then(|n| n.checked_mul(kind.block_bytes()));
-        if rows == 0 || cols == 0 || cols % 32 != 0 || needed != Some(bytes.len()) {
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(32) || needed != Some(bytes.len()) {
             return Err(Error::Tensor(format!(
                 "a {kind:?} tensor of shape [{rows}, {cols}] needs whole blocks of 32 values and {} bytes, got {}",
                 needed.map_or("too many".to_string(), |n| n.to_string()),
@@ -784,7 +784,7 @@ mod tests {
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            let x = f32::from_bits((s & 0x8fff_ffff) | 0x3000_0000 * ((s >> 28) & 1));
+            let x = f32::from_bits((s & 0x8fff_ffff) | (0x3000_0000 * ((s >> 28) & 1)));
             if !x.is_finite() || x.abs() >= 65520.0 {
                 continue;
             }

@@ -97,7 +97,7 @@ impl WeightData {
 
     /// The whole weight `[rows, k]` as f32 (dequantized).
     pub fn to_f32(&self, k: usize) -> Vec<f32> {
-        let rows = if k == 0 { 0 } else { self.len() / k };
+        let rows = self.len().checked_div(k).unwrap_or(0);
         let mut out = vec![0f32; rows * k];
         for (i, row) in out.chunks_mut(k.max(1)).enumerate().take(rows) {
             self.row_into(i, k, row);
