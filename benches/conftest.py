@@ -17,7 +17,7 @@ import pytest
 import ferrolm
 from ferrolm.bench import random_checkpoint
 
-PRECISIONS = ["fp32", "bf16", "int8"]
+PRECISIONS = ["fp32", "bf16", "int8", "int4"]
 SHAPES: List[str] = [s for s in os.environ.get("FERROLM_BENCH_SHAPES", "llama-135m,gpt2-124m").split(",") if s]
 THREADS: List[int] = [int(t) for t in os.environ.get("FERROLM_BENCH_THREADS", "1,2").split(",") if t]
 

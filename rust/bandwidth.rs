@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::kernels::quant::{f32_to_bf16_vec, QuantizedI8, GROUP};
+use crate::kernels::quant::{f32_to_bf16_vec, QuantizedI8, GROUP, QuantizedI4};
 use crate::kernels::simd;
 use crate::memory;
 use crate::model::{Linear, Precision, WeightData};
@@ -58,8 +58,8 @@ impl MatmulProbe {
         if rows == 0 || cols == 0 || tokens == 0 {
             return Err(Error::InvalidArgument(format!("rows, cols and tokens must be at least 1, got {rows}, {cols}, {tokens}")));
         }
-        if precision == Precision::Int8 && cols % GROUP != 0 {
-            return Err(Error::InvalidArgument(format!("cols must be a multiple of {GROUP} for int8, got {cols}")));
+        if matches!(precision, Precision::Int8 | Precision::Int4) && cols % GROUP != 0 {
+            return Err(Error::InvalidArgument(format!("cols must be a multiple of {GROUP} for {}, got {cols}", precision.name())));
         }
         let what = "the matmul probe's weights";
         let n = memory::checked_bytes(rows, cols, what)?;
@@ -70,6 +70,7 @@ impl MatmulProbe {
             Precision::F32 => WeightData::F32(values),
             Precision::Bf16 => WeightData::Bf16(f32_to_bf16_vec(&values)),
             Precision::Int8 => WeightData::Int8(QuantizedI8::quantize_with_group(&values, rows, cols, GROUP)),
+            Precision::Int4 => WeightData::Int4(QuantizedI4::quantize(&values, rows, cols)),
         };
         let first = Linear::new(weight, rows, cols, None)?;
         let bytes = first.weight_bytes();

@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::Error;
 use crate::model::adapt::{MergedWeight, WeightDelta};
+use crate::kernels::quant::GgufBlock;
 use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
 use crate::rng::Rng;
 use crate::sampling::{self, SamplingParams};
@@ -591,25 +592,28 @@ fn dim() -> impl Strategy<Value = usize> {
 proptest! {
     #![proptest_config(config(8192, true))]
 
-    /// insert_bytes / insert_q8_0 with any shape and bytes, then taking the tensor back with any
+    /// insert_bytes / insert_blocks with any shape and bytes, then taking the tensor back with any
     /// expected shape: Ok or an Error.
     #[test]
     fn raw_tensor_bytes_are_stored_or_refused(
         arch in prop::sample::select(vec![Arch::Llama, Arch::Gpt2]),
-        precision in prop::sample::select(vec![Precision::F32, Precision::Bf16, Precision::Int8]),
+        precision in prop::sample::select(vec![Precision::F32, Precision::Bf16, Precision::Int8, Precision::Int4]),
         group in prop::sample::select(vec![32usize, 64, 128]),
         name in prop::sample::select(TENSOR_NAMES),
-        dtype in prop::sample::select(vec![DType::F32, DType::F16, DType::BF16, DType::F64, DType::I8]),
+        dtype in prop::sample::select(vec![DType::F32, DType::F16, DType::BF16, DType::F64, DType::I8, DType::U8]),
         shape in prop::collection::vec(dim(), 0..4),
         len in prop_oneof![0usize..4096, Just(0usize)],
-        q8 in any::<bool>(),
+        blocks in prop::option::of(prop::sample::select(vec![GgufBlock::Q8_0, GgufBlock::Q4_0, GgufBlock::Q4_1])),
         take in (dim(), dim()),
     ) {
         limit_address_space();
         let plan = LoadPlan::new(arch, precision, group).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let mut store = TensorStore::new(plan);
         let bytes: Vec<u8> = (0..len).map(|i| (i * 131 % 251) as u8).collect();
-        let stored = if q8 { store.insert_q8_0(name, &shape, &bytes) } else { store.insert_bytes(name, dtype, &shape, &bytes) };
+        let stored = match blocks {
+            Some(kind) => store.insert_blocks(name, kind, &shape, &bytes),
+            None => store.insert_bytes(name, dtype, &shape, &bytes),
+        };
         if stored.is_ok() {
             prop_assert!(store.contains(name));
             let _ = store.take_matrix(name, take.0, take.1);

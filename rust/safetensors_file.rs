@@ -48,6 +48,7 @@ pub fn dtype_of(dtype: Dtype) -> Option<DType> {
         Dtype::BF16 => Some(DType::BF16),
         Dtype::F64 => Some(DType::F64),
         Dtype::I8 => Some(DType::I8),
+        Dtype::U8 => Some(DType::U8),
         _ => None,
     }
 }
@@ -59,6 +60,7 @@ fn safetensors_dtype(dtype: DType) -> Dtype {
         DType::BF16 => Dtype::BF16,
         DType::F64 => Dtype::F64,
         DType::I8 => Dtype::I8,
+        DType::U8 => Dtype::U8,
     }
 }
 
@@ -115,12 +117,12 @@ impl SafetensorsFile {
         &self.mmap[entry.start..entry.end]
     }
 
-    /// Values of float tensor `name` widened to f32; `None` for an int8 tensor (it has no float
-    /// values of its own: its scales live beside it).
+    /// Values of float tensor `name` widened to f32; `None` for an int8 / packed int4 tensor (it
+    /// has no float values of its own: its scales live beside it).
     pub fn f32_values(&self, name: &str) -> Result<Option<Vec<f32>>> {
         let entry = self.entry(name)?;
         match dtype_of(entry.dtype) {
-            Some(DType::I8) => Ok(None),
+            Some(DType::I8 | DType::U8) => Ok(None),
             Some(dtype) => crate::model::tensors::to_f32(dtype, self.bytes(entry)).map(Some),
             None => Err(Error::Tensor(format!("tensor '{name}' in {} has dtype {}, not a float type", self.path.display(), entry.dtype))),
         }

@@ -256,7 +256,7 @@ mod tests {
     use crate::model::forward::PREFILL_CHUNK;
     use crate::model::Precision;
 
-    const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+    const PRECISIONS: [Precision; 4] = [Precision::F32, Precision::Bf16, Precision::Int8, Precision::Int4];
 
     /// The test configs with a longer context (prompts across several prefill chunks).
     fn long(config: &str) -> String {

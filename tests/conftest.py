@@ -35,6 +35,12 @@ def load_fixture(name: str, threads: int = 2, precision: str = "fp32") -> ferrol
     return _cache[key]
 
 
+def nibbles(packed: np.ndarray) -> np.ndarray:
+    """4-bit values of packed groups [..., 16] as float32 [..., 32]: GGUF's Q4_0/Q4_1 order
+    (and ferrolm INT4's), values 0-15 in the low nibbles, 16-31 in the high ones."""
+    return np.concatenate([packed & 15, packed >> 4], axis=-1).astype(np.float32)
+
+
 def reference(name: str):
     return np.load(EXPECTED / f"{name}.npz"), json.loads((EXPECTED / f"{name}.json").read_text())
 
@@ -106,7 +112,7 @@ def read_safetensors(blob: bytes) -> Dict[str, np.ndarray]:
     data = blob[8 + n :]
     out = {}
     for name, h in header.items():
-        dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "I8": "i1", "F64": "<f8"}[h["dtype"]]
+        dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "I8": "i1", "U8": "u1", "F64": "<f8"}[h["dtype"]]
         a, b = h["data_offsets"]
         out[name] = np.frombuffer(data[a:b], dtype=dt).reshape(h["shape"]).copy()
     return out

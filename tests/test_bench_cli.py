@@ -123,8 +123,8 @@ def test_quality_skipped_without_tokenizer(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--precisions", "fp32,int4"], "INT4 weights are not available in this version"),
-    (["--precisions", "fp32,fp8"], "precision must be one of fp32, bf16, int8"),
+    (["--precisions", "fp32,fp16"], "FP16 weights are not available in this version"),
+    (["--precisions", "fp32,fp8"], "precision must be one of fp32, bf16, int8, int4"),
     (["--device", "tpu"], "--device must be cpu or cuda"),
     (["--threads", "0"], "--threads takes positive integers"),
     (["--runs", "0"], "--runs must be at least 1"),

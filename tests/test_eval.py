@@ -103,8 +103,8 @@ def test_errors(long_llama, capsys):
         evaluate(model, task="nope")
     assert main(["eval", str(long_llama), "--shots", "0,x", "--no-progress"]) == 2
     assert "--shots takes" in capsys.readouterr().err
-    assert main(["eval", str(long_llama), "--precisions", "int4", "--no-progress"]) == 2
-    assert "INT4 weights are not available" in capsys.readouterr().err
+    assert main(["eval", str(long_llama), "--precisions", "fp16", "--no-progress"]) == 2
+    assert "FP16 weights are not available" in capsys.readouterr().err
     assert main(["eval", str(long_llama), "--lora", "/no/such/adapter", "--no-progress"]) == 2
     assert "--lora /no/such/adapter" in capsys.readouterr().err
     assert main(["eval", "/no/such/model", "--no-progress"]) == 2

@@ -28,7 +28,7 @@ import ferrolm.gguf as fgguf
 from ferrolm.gguf import read_gguf
 from ferrolm.tokenizer import Tokenizer
 
-from conftest import EXPECTED, FIXTURES, MODELS, load_fixture, reference
+from conftest import EXPECTED, FIXTURES, MODELS, load_fixture, nibbles, reference
 
 TINY_GGUF = FIXTURES / "gguf" / "tiny-llama.gguf"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,13 +97,23 @@ class Recorder:
         assert name not in self.tensors
         self.tensors[name] = np.frombuffer(data, dtype=np.float32).reshape(shape)
 
-    def add_q8_0(self, name, shape, data):
-        """Raw Q8_0 blocks (f16 scale + 32 int8 per block), rows in HF order: dequantized here."""
+    def add_blocks(self, name, kind, shape, data):
+        """Raw Q8_0 / Q4_0 / Q4_1 blocks, rows in HF order: dequantized here as GGML defines them
+        (Q8_0: f16 d, 32 int8, q·d; Q4_0: f16 d, 16 bytes of nibbles (values 0-15 in the low
+        nibbles, 16-31 in the high ones), (q − 8)·d; Q4_1: f16 d, f16 m, nibbles, q·d + m)."""
         assert isinstance(data, bytes) and name not in self.tensors
-        blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, 34)
-        scale = blocks[:, :2].copy().view(np.float16).astype(np.float32)
-        q = blocks[:, 2:].view(np.int8).astype(np.float32)
-        self.tensors[name] = (q * scale).reshape(shape)
+        size = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}[kind]
+        blocks = np.frombuffer(data, dtype=np.uint8).reshape(-1, size)
+        d = blocks[:, :2].copy().view(np.float16).astype(np.float32)
+        if kind == "Q8_0":
+            values = blocks[:, 2:].view(np.int8).astype(np.float32) * d
+        else:
+            q = nibbles(blocks[:, -16:])
+            if kind == "Q4_0":
+                values = (q - 8) * d
+            else:
+                values = q * d + blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+        self.tensors[name] = values.reshape(shape)
 
 
 def unpermute(w, n_head):

@@ -25,7 +25,7 @@ def test_notes_1b_example():
     assert est.total_bytes == 24 * 10**9 and est.training_bytes == 20 * 10**9 and not est.exact
     rule = est.rule_of_thumb()
     assert rule["fp32"] == 24e9 and rule["fp16"] == 22e9 and rule["int8"] == 21e9
-    assert rule_of_thumb_bytes(10**9, "int4") == 0.625e9  # 0.5 + one f32 scale per 32 values
+    assert rule_of_thumb_bytes(10**9, "int4") == 0.625e9  # 0.5 + an f16 scale and minimum per 32 values
     text = est.format()
     assert "24.000" in text and "0.5 + scales" in text
 
@@ -101,8 +101,8 @@ def test_saved_int8_checkpoint(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ferrolm.InvalidArgumentError, match="INT4 weights are not available"):
-        estimate_memory(MODELS / "tiny-llama", "int4")
+    with pytest.raises(ferrolm.InvalidArgumentError, match="FP16 weights are not available"):
+        estimate_memory(MODELS / "tiny-llama", "fp16")
     with pytest.raises(ferrolm.InvalidArgumentError, match="precision must be one of"):
         estimate_memory(MODELS / "tiny-llama", "fp8")
     with pytest.raises(ferrolm.InvalidArgumentError, match="at most the model's 128"):
@@ -125,8 +125,10 @@ def test_cli(capsys):
     assert main(["memory", "1e9", "--training", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["total_bytes"] == 24 * 10**9 and d["rule_of_thumb_bytes"]["bf16"] == 22e9
-    assert main(["memory", str(MODELS / "tiny-llama"), "--precision", "int4"]) == 2
+    assert main(["memory", str(MODELS / "tiny-llama"), "--precision", "fp16"]) == 2
     assert "not available in this version" in capsys.readouterr().err
+    assert main(["memory", str(MODELS / "tiny-llama"), "--precision", "int4", "--context", "64"]) == 0
+    assert "an f16 scale and minimum per 32 values" in capsys.readouterr().out
     assert main(["memory", "/no/such/model"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -65,7 +65,7 @@ def test_bf16_checkpoint_loads_as_bf16_by_default(tmp_path):
     assert ferrolm.load(MODELS / "tiny-gpt2").precision == "fp32"
 
 
-@pytest.mark.parametrize("bad", ["int4", "FP32", "", 8])
+@pytest.mark.parametrize("bad", ["int2", "FP32", "", 8])
 def test_unknown_precision_is_refused(bad):
     with pytest.raises(ferrolm.errors.InvalidArgumentError, match="precision"):
         ferrolm.load(MODELS / "tiny-llama", precision=bad)

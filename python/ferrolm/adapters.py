@@ -136,8 +136,10 @@ class Adapters:
 
     def original_weight(self, name: str, reader: Optional[TensorReader] = None) -> np.ndarray:
         """The unadapted weight `name` as float32 [out, in]: the FP32 model's own, else read again
-        from the checkpoint through `reader`, else the model's own values widened (BF16) or
-        dequantized (INT8 — a checkpoint written by ferrolm has no FP32 original)."""
+        from the checkpoint through `reader` (for a GGUF file, its dequantized values: exactly
+        what an INT4 load of its Q4_0/Q4_1 blocks holds), else the model's own values widened
+        (BF16) or dequantized (INT8 / INT4 — a checkpoint written by ferrolm has no FP32
+        original)."""
         base = self._base
         rows, k = base.adaptable_shape(name)
         precision = self._precision
@@ -148,12 +150,8 @@ class Adapters:
             original = reader.read(name)
             if original is not None:
                 return _oriented(original, conv1d, rows, k)
-        if precision == "bf16":
-            bits = np.frombuffer(base.export_tensor(name), dtype="<u2").astype(np.uint32) << 16
-            return _oriented(bits.view(np.float32), conv1d, rows, k)
-        q = np.frombuffer(base.export_tensor(name), dtype=np.int8).astype(np.float32).reshape(rows, k)
-        scales = np.frombuffer(base.export_tensor(name + "_scale"), dtype=np.float32).reshape(rows, -1)
-        return (q * np.repeat(scales, base.group_size, axis=1)[:, :k]).astype(np.float32)
+        # the model's own values, widened (BF16) or dequantized (INT8 / INT4), [rows, in]
+        return np.frombuffer(base.weight_values(name), dtype=np.float32).reshape(rows, k)
 
 
 def _oriented(w: np.ndarray, conv1d: bool, rows: int, k: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """`ferrolm bench`: speed, memory and quality of each precision of a model, side by side.
 
-    ferrolm bench [MODEL ...] [--shape NAME,...] --precisions fp32,bf16,int8 [--threads 1,2]
+    ferrolm bench [MODEL ...] [--shape NAME,...] --precisions fp32,bf16,int8,int4 [--threads 1,2]
                   [--out DIR] [--format md|csv|json]
 
 (`python -m ferrolm.bench` is the same command.) Speed follows the PERF method: batch 1, greedy,
@@ -425,7 +425,7 @@ def build_parser(prog: str = "ferrolm bench") -> argparse.ArgumentParser:
                    help="model folders or GGUF files (default: the default model, unless --shape is given)")
     p.add_argument("--shape", "--shapes", dest="shapes", default=None, metavar="NAME[,NAME]",
                    help=f"random-weight models of named shapes ({', '.join(SHAPES)}); quality is skipped for them")
-    p.add_argument("--precisions", default="fp32,bf16,int8", help="comma-separated (default: fp32,bf16,int8)")
+    p.add_argument("--precisions", default="fp32,bf16,int8,int4", help="comma-separated (default: fp32,bf16,int8,int4)")
     p.add_argument("--threads", default=None, help="comma-separated thread counts (default: every CPU)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the CUDA backend (a GPU through cupy, or the "
                    "emulator with FERROLM_CUDA_EMULATE=1), measured on the PERF shapes by default")

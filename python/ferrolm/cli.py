@@ -155,7 +155,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("format", "GGUF" if ckpt.format == "gguf" else "Hugging Face (safetensors)"),
         ("architecture", f"{arch} ({', '.join(c.get('architectures', [])) or 'n/a'})" if ckpt.format == "hf" else arch),
         ("parameters", f"{ckpt.num_stored_params():,}"),
-        ("stored as", f"ferrolm INT8 (groups of {ckpt.int8_group()})" if ckpt.saved_precision == "int8" else "float weights"),
+        ("stored as", {"int8": f"ferrolm INT8 (groups of {ckpt.int8_group()})", "int4": "ferrolm INT4 (groups of 32)"}.get(
+            ckpt.saved_precision or "", "GGUF blocks" if ckpt.format == "gguf" else "float weights")),
+        ("loads as", "{} by default: {}".format(*ckpt.default_precision())),
         ("layers", str(layers)),
         ("hidden size", str(hidden)),
         ("attention heads", f"{heads} (kv heads: {kv_heads})"),
@@ -214,7 +216,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     out = model.save(args.out, overwrite=args.force, progress=args.progress)
     t2 = time.perf_counter()
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    group = f", groups of {model._core.group_size}" if model.precision == "int8" else ""
+    group = {"int8": f", groups of {model._core.group_size}", "int4": ", groups of 32"}.get(model.precision, "")
     print(f"wrote {out} ({model.precision}{group}): {size / 2**20:.1f} MiB on disk, "
           f"{model.matmul_bytes_per_token / 2**20:.1f} MiB of matmul weights; "
           f"converted in {t1 - t0:.1f} s, written in {t2 - t1:.1f} s")
@@ -285,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", help="model path (default: the default model)")
     info.set_defaults(func=_cmd_info)
 
-    quant = sub.add_parser("quantize", help="save a model as an INT8 or BF16 checkpoint that loads without converting")
+    quant = sub.add_parser("quantize", help="save a model as an INT4, INT8 or BF16 checkpoint that loads without converting")
     quant.add_argument("model", help="a Hugging Face folder or GGUF file")
     quant.add_argument("out", help="the folder to write (must not exist, unless --force)")
     quant.add_argument("--precision", required=True, choices=list(PRECISIONS))
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=_cmd_lora_stats)
 
     helps = {
-        "quality": "quality of BF16/INT8 against FP32: perplexity, top-1 agreement, KL, greedy replies",
+        "quality": "quality of BF16/INT8/INT4 against FP32: perplexity, top-1 agreement, KL, greedy replies",
         "bench": "precision benchmark: speed, memory (measured and estimated) and quality side by side, with charts",
         "eval": "zero-/one-/few-shot task scores (ROUGE, BLEU) per precision, with a LoRA adapter or soft prompt",
         "memory": "memory a model needs per precision, context and batch, next to the rule of thumb",

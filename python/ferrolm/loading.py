@@ -22,10 +22,12 @@ from .progress import ProgressFn
 from . import safetensors_io
 from .tokenizer import Tokenizer
 
-PRECISIONS = ("fp32", "bf16", "int8")
-#: quantization_config.quant_method of the INT8 checkpoints `ferrolm quantize` writes.
+PRECISIONS = ("fp32", "bf16", "int8", "int4")
+#: quantization_config.quant_method of the INT8 / INT4 checkpoints `ferrolm quantize` writes.
+QUANTIZED = ("int8", "int4")
 QUANT_METHOD = "ferrolm"
 DEFAULT_INT8_GROUP = 32  # measured: see docs/quality.md
+INT4_GROUP = 32  # GGUF's Q4_0 / Q4_1 block (fixed)
 
 
 @dataclass
@@ -42,10 +44,11 @@ class Checkpoint:
     format: str = "hf"
     gguf: Optional[Any] = None  # ferrolm.gguf.GgufModel for GGUF files
 
-    def add_weights(self, builder: "_core.ModelBuilder", progress: Optional[ProgressFn] = None) -> None:
-        """Streams every tensor into the core's ModelBuilder."""
+    def add_weights(self, builder: "_core.ModelBuilder", progress: Optional[ProgressFn] = None,
+                    precision: Optional[str] = None) -> None:
+        """Streams every tensor into the core's ModelBuilder (loading in `precision`)."""
         if self.gguf is not None:
-            self.gguf.add_tensors(builder, progress)
+            self.gguf.add_tensors(builder, progress, precision)
             self.gguf.close()  # unmaps the file; metadata and tokenizer stay
             return
         for i, f in enumerate(self.weight_files):
@@ -55,7 +58,8 @@ class Checkpoint:
 
     @property
     def saved_precision(self) -> Optional[str]:
-        """"int8" for an INT8 checkpoint written by ferrolm, else None (float weights)."""
+        """"int8" / "int4" for an INT8 / INT4 checkpoint written by ferrolm, else None (float
+        weights)."""
         qc = self.config.get("quantization_config")
         if qc is None:
             return None
@@ -65,30 +69,43 @@ class Checkpoint:
                 f"{self.path}: checkpoints quantized with {method!r} are not supported; "
                 "load the original float checkpoint (ferrolm quantizes it itself)"
             )
-        if qc.get("precision") != "int8":
+        if qc.get("precision") not in QUANTIZED:
             raise ConfigError(f"{self.path}: unknown ferrolm quantization {qc.get('precision')!r}")
-        return "int8"
+        return qc["precision"]
 
     def int8_group(self) -> int:
         """The INT8 group size: the saved one, else DEFAULT_INT8_GROUP (which is also GGUF
         Q8_0's block size, so Q8_0 matrices become INT8 without requantizing)."""
-        if self.saved_precision == "int8":
+        saved = self.saved_precision
+        if saved in QUANTIZED:
             group = self.config["quantization_config"].get("group_size")
             if not isinstance(group, int) or isinstance(group, bool) or group <= 0 or group % 32:
                 raise ConfigError(f"{self.path}: quantization_config.group_size must be a positive multiple of 32, got {group!r}")
+            if saved == "int4" and group != INT4_GROUP:
+                raise ConfigError(f"{self.path}: an int4 checkpoint has groups of {INT4_GROUP}, got group_size {group!r}")
             return group
         return DEFAULT_INT8_GROUP
 
+    def default_precision(self) -> Tuple[str, str]:
+        """The precision a load without one uses, and why: the checkpoint's own — INT8 / INT4
+        for a ferrolm checkpoint, for a GGUF file the precision nearest to the type of most of
+        its matrices (INT4 for Q4_0/Q4_1, INT8 for Q8_0...; `gguf.NEAREST_PRECISION`), BF16 for
+        a BF16 checkpoint (lossless: the kernels compute in FP32 either way), FP32 otherwise."""
+        saved = self.saved_precision
+        if saved is not None:
+            return saved, f"a ferrolm {saved.upper()} checkpoint loads as stored"
+        if self.gguf is not None:
+            return self.gguf.nearest_precision()
+        dtype = self.config.get("torch_dtype", self.config.get("dtype"))
+        if dtype == "bfloat16":
+            return "bf16", "config.json's torch_dtype is bfloat16 (lossless)"
+        return "fp32", f"float weights ({dtype or 'no torch_dtype'})"
+
     def resolve_precision(self, precision: Optional[str]) -> str:
-        """The precision to load in: the requested one, or the checkpoint's own when None:
-        INT8 for a ferrolm INT8 checkpoint, BF16 for a BF16 one (lossless: the kernels compute
-        in FP32 either way), FP32 otherwise."""
+        """The precision to load in: the requested one, or `default_precision()` when None."""
         saved = self.saved_precision
         if precision is None:
-            if saved is not None:
-                return saved
-            dtype = self.config.get("torch_dtype", self.config.get("dtype"))
-            return "bf16" if self.gguf is None and dtype == "bfloat16" else "fp32"
+            return self.default_precision()[0]
         if saved is not None and precision != saved:
             raise InvalidArgumentError(
                 f"{self.path} is a ferrolm {saved.upper()} checkpoint; load it with precision={saved!r} "
@@ -270,7 +287,7 @@ def build_core_model(ckpt: Checkpoint, threads: int, precision: str = "fp32",
     """Reads the weights into the core, converting matmul weights to `precision` tensor by
     tensor as they arrive."""
     builder = _core.ModelBuilder(json.dumps(ckpt.config), precision, ckpt.int8_group())
-    ckpt.add_weights(builder, progress)
+    ckpt.add_weights(builder, progress, precision)
     return builder.build(threads)
 
 

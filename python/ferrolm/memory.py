@@ -36,19 +36,23 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError, FerrolmError, InvalidArgumentError
 
 MiB = 1 << 20
 
-#: Bytes per parameter of the rule of thumb. INT4: half a byte plus one f32 scale per 32 values.
+#: Bytes per parameter of the rule of thumb. INT4: half a byte plus an f16 scale and an f16
+#: minimum per 32 values (ferrolm's INT4, GGUF's Q4_1).
 RULE_OF_THUMB = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
 #: Extra bytes per parameter for full fine-tuning (gradients, Adam states, activations).
 TRAINING_BYTES_PER_PARAM = 20
 #: Precisions ferrolm stores weights in (the exact estimate exists for these).
-PRECISIONS = ("fp32", "bf16", "int8")
-NOT_AVAILABLE = {"int4": "INT4", "fp16": "FP16"}
+PRECISIONS = ("fp32", "bf16", "int8", "int4")
+NOT_AVAILABLE = {"fp16": "FP16"}
+#: INT4 groups: 32 values in 16 bytes, an f16 scale and an f16 minimum.
+INT4_GROUP = 32
+INT4_GROUP_BYTES = 16 + 2 + 2
 
 #: Peak resident memory of a Python process that has imported ferrolm (with numpy, tokenizers
 #: and jinja2) and run a model, without the model's own buffers: measured 39–41 MiB on Linux
@@ -63,13 +67,13 @@ RUN_BYTES = 6 * MiB
 #: Loading a safetensors checkpoint converts 4 MiB blocks of rows at a time: a block of mapped
 #: file pages and its converted copy (less for tensors smaller than a block).
 CONVERSION_BYTES = 8 * MiB
-#: Loading a GGUF file imports the gguf reader and parses the file's metadata (vocabulary,
-#: merges, token types), held until the weights are in: a fixed part and a part per token of
-#: the vocabulary, fitted to two measured peaks above weights + runtime: 8.1 MiB for
-#: tests/fixtures/gguf/tiny-llama.gguf (384 tokens) and 186.4 MiB for the default model
-#: (49,152 tokens; the same in FP32, BF16 and INT8).
-GGUF_READER_BYTES = 7 * MiB
-GGUF_METADATA_BYTES_PER_TOKEN = 3830
+#: Loading a GGUF file parses its metadata (vocabulary, merges, token types) and builds the
+#: tokenizer before the weights arrive: a fixed part and a part per token of the vocabulary,
+#: fitted to two measured peaks above the import baseline (ferrolm's own GGUF reader): 8.3 MiB
+#: for tests/fixtures/gguf/tiny-llama.gguf (384 tokens) and 50.4 MiB for the default model
+#: (49,152 tokens).
+GGUF_READER_BYTES = 8 * MiB
+GGUF_METADATA_BYTES_PER_TOKEN = 905
 #: Prefill runs in chunks of at most this many tokens (rust/model/forward.rs PREFILL_CHUNK).
 PREFILL_CHUNK = 256
 INT8_GROUP = 32
@@ -149,14 +153,14 @@ class Architecture:
     def num_params(self) -> int:
         return sum(r * c for r, c in self.matrices()) + self.fp32_values()
 
-    def weight_bytes(self, precision: str, group: int = INT8_GROUP) -> int:
-        """Bytes of the weights as the core stores them in `precision`."""
-        per = {"fp32": 4, "bf16": 2}
-        if precision in per:
-            mat = sum(r * c * per[precision] for r, c in self.matrices())
-        else:
-            mat = sum(r * c + r * math.ceil(c / group) * 4 for r, c in self.matrices())
-        return mat + 4 * self.fp32_values()
+    def weight_bytes(self, precision: str, group: int = INT8_GROUP,
+                     matrices: Optional[Sequence[Tuple[int, int, str]]] = None) -> int:
+        """Bytes of the weights as the core stores them in `precision`; `matrices`: (rows, cols,
+        precision) of each matmul weight when they differ (an INT4 load of a GGUF file keeps its
+        Q8_0/Q5/Q6 matrices in INT8), else every matrix of the config in `precision`."""
+        if matrices is None:
+            matrices = [(r, c, precision) for r, c in self.matrices()]
+        return sum(matrix_bytes(r, c, p, group) for r, c, p in matrices) + 4 * self.fp32_values()
 
     def kv_cache_bytes(self, context: int, batch: int = 1) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * context * 4 * batch
@@ -263,6 +267,15 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
+def matrix_bytes(rows: int, cols: int, precision: str, group: int = INT8_GROUP) -> int:
+    """Bytes of one [rows, cols] matmul weight stored in `precision` (scales included)."""
+    if precision == "int4":
+        return rows * math.ceil(cols / INT4_GROUP) * INT4_GROUP_BYTES
+    if precision == "int8":
+        return rows * cols + rows * math.ceil(cols / group) * 4
+    return rows * cols * {"fp32": 4, "bf16": 2}[precision]
+
+
 def rule_of_thumb_bytes(params: int, precision: str, training: bool = False) -> float:
     """params × bytes per parameter (+ 20 per parameter for full fine-tuning)."""
     if precision not in RULE_OF_THUMB:
@@ -300,6 +313,10 @@ class ModelFacts:
     saved_precision: Optional[str] = None
     int8_group: int = INT8_GROUP
     has_tokenizer: bool = False
+    #: the precision a load without one uses, and why (`Checkpoint.default_precision`)
+    default_precision: Tuple[str, str] = ("fp32", "")
+    #: GGUF files: (Hugging Face name, rows, cols, GGML type) of every matmul weight as stored
+    gguf_matrices: Tuple[Tuple[str, int, int, str], ...] = ()
 
 
 def model_facts(source: Any) -> ModelFacts:
@@ -325,10 +342,13 @@ def model_facts(source: Any) -> ModelFacts:
     from .loading import read_checkpoint
 
     ckpt = read_checkpoint(path)  # ModelNotFoundError for a missing path
+    default = ckpt.default_precision()
+    matrices: Tuple[Tuple[str, int, int, str], ...] = ()
     if ckpt.gguf is not None:
+        matrices = tuple((n, int(s[0]), int(s[1]), t) for n, s, t in ckpt.gguf.matrices())
         ckpt.gguf.close()
     return ModelFacts(ckpt.path.name or str(ckpt.path), ckpt.config, "gguf" if ckpt.format == "gguf" else "safetensors",
-                      ckpt.saved_precision, ckpt.int8_group(), ckpt.tokenizer is not None)
+                      ckpt.saved_precision, ckpt.int8_group(), ckpt.tokenizer is not None, default, matrices)
 
 
 def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, context: Optional[int] = None,
@@ -339,7 +359,7 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
     model_path_or_config: a Hugging Face folder, a GGUF file, a config.json file or dict, the
     name of a benchmark shape ("llama-1.1b", ...), a `ModelFacts`, or a parameter count (int:
     rule of thumb only).
-    precision: "fp32" | "bf16" | "int8" (default: the checkpoint's own, as ferrolm.load).
+    precision: "fp32" | "bf16" | "int8" | "int4" (default: the checkpoint's own, as ferrolm.load).
     context: KV-cache positions (default: the model's maximum). batch: sequences at once, each
     with its cache and buffers. training: add full fine-tuning's 20 bytes per parameter.
     threads: kernel threads (attention scores per thread; default: every CPU).
@@ -375,23 +395,32 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
     if saved is not None and precision not in (None, saved):
         raise InvalidArgumentError(f"{name} is a ferrolm {saved.upper()} checkpoint; it loads only as {saved}")
     if precision is None:
-        dtype = config.get("torch_dtype", config.get("dtype"))
-        precision = saved or ("bf16" if fmt != "gguf" and dtype == "bfloat16" else "fp32")
+        if fmt == "config":
+            dtype = config.get("torch_dtype", config.get("dtype"))
+            precision = "bf16" if dtype == "bfloat16" else "fp32"
+        else:
+            precision = facts.default_precision[0]
     if context is None:
         context = arch.max_position_embeddings
     elif context > arch.max_position_embeddings:
         raise InvalidArgumentError(f"context must be at most the model's {arch.max_position_embeddings} positions, got {context}")
 
-    weights = arch.weight_bytes(precision, group)
+    per_matrix = None
+    if facts.gguf_matrices:
+        per_matrix = _gguf_matrix_precisions(facts.gguf_matrices, precision)
+    weights = arch.weight_bytes(precision, group, per_matrix)
     if fmt == "gguf":
         loading = GGUF_READER_BYTES + GGUF_METADATA_BYTES_PER_TOKEN * arch.vocab_size
-        loading_note = (f"the gguf reader and the file's metadata while loading (7 MiB + {GGUF_METADATA_BYTES_PER_TOKEN} B per "
+        loading_note = (f"the file's metadata and tokenizer while loading (8 MiB + {GGUF_METADATA_BYTES_PER_TOKEN} B per "
                         "vocabulary token, measured)")
     else:
         largest = 4 * max(r * c for r, c in arch.matrices())
         loading = min(CONVERSION_BYTES, 2 * largest) + arch.largest_conv1d_bytes()
         loading_note = "4 MiB conversion blocks" + (" and the largest Conv1D weight transposed in FP32" if arch.arch == "gpt2" else "")
-    scales = f" + one f32 scale per {group} values" if precision == "int8" else ""
+    scales = {"int8": f" + one f32 scale per {group} values", "int4": " + an f16 scale and minimum per 32 values"}.get(precision, "")
+    kept = sorted({p for _, _, p in per_matrix or ()} - {precision})
+    if kept:
+        scales += f" ({', '.join(k.upper() for k in kept)} where the file's type needs it)"
     weights_note = f"matmul weights in {precision.upper()}{scales}; norms{', biases' if arch.qkv_bias or arch.arch == 'gpt2' else ''} in FP32"
     return MemoryEstimate(
         model=name, params=arch.num_params(), precision=precision, context=context, batch=batch, training=training,
@@ -402,6 +431,26 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
         notes=(weights_note, loading_note))
 
 
+def _gguf_matrix_precisions(matrices: Sequence[Tuple[str, int, int, str]], precision: str) -> List[Tuple[int, int, str]]:
+    """(rows, cols, stored precision) of a GGUF file's matrices under a load in `precision`: each
+    its own (`GgufModel.tensor_precision`), except that matrices the core fuses (q/k/v, gate/up
+    of a layer) are INT8 together when INT4 and INT8 parts meet (`Linear::concat`)."""
+    from .gguf import GgufModel
+
+    out = {n: [r, c, GgufModel.tensor_precision(t, precision)] for n, r, c, t in matrices}
+    groups: Dict[str, List[str]] = {}
+    for n in out:
+        for part in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
+            if n.endswith(f".{part}.weight"):
+                fused = "qkv" if part in ("q_proj", "k_proj", "v_proj") else "gate_up"
+                groups.setdefault(n.rsplit(".", 3)[0] + "." + fused, []).append(n)
+    for names in groups.values():
+        if {out[n][2] for n in names} == {"int4", "int8"}:
+            for n in names:
+                out[n][2] = "int8"
+    return [tuple(v) for v in out.values()]  # type: ignore[misc]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ferrolm memory",
@@ -409,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
         "runtime and loading, next to the rule of thumb (4/2/2/1/0.5 bytes per parameter; +20 for full fine-tuning).")
     p.add_argument("model", nargs="?", help="a model folder, GGUF file, config.json, benchmark shape name (e.g. "
                    "llama-1.1b) or a parameter count (e.g. 1e9); default: the default model")
-    p.add_argument("--precision", default=None, help="fp32, bf16 or int8 (default: the checkpoint's own)")
+    p.add_argument("--precision", default=None, help="fp32, bf16, int8 or int4 (default: the checkpoint's own)")
     p.add_argument("--context", type=int, default=None, help="KV-cache positions (default: the model's maximum)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)

@@ -569,14 +569,18 @@ def load(
     tokenizer.json, tokenizer_config.json and generation_config.json when present) or a GGUF file
     (LLaMA architecture).
 
-    precision: "fp32", "bf16" or "int8" — the storage of every matmul weight (linear layers,
-    embeddings, lm_head); weights are converted tensor by tensor as they are read, so the FP32
-    model is never in memory. None (the default) means the checkpoint's own: "int8" for an
-    INT8 checkpoint written by `ferrolm quantize`, "bf16" for a BF16 checkpoint (config.json's
-    torch_dtype; lossless, since the kernels compute in FP32 either way), "fp32" otherwise.
+    precision: "fp32", "bf16", "int8" or "int4" — the storage of every matmul weight (linear
+    layers, embeddings, lm_head); weights are converted tensor by tensor as they are read, so the
+    FP32 model is never in memory. None (the default) means the checkpoint's own: "int8" / "int4"
+    for a checkpoint written by `ferrolm quantize`, for a GGUF file the precision nearest to the
+    type of most of its matrices ("int4" for Q4_0/Q4_1, whose blocks are kept as they are;
+    `Checkpoint.default_precision` says why), "bf16" for a BF16 checkpoint (config.json's
+    torch_dtype; lossless, since the kernels compute in FP32 either way), "fp32" otherwise. An
+    "int4" load of a GGUF file keeps its 8-bit and 5/6-bit matrices in INT8.
     device: "cpu" (the Rust core) or "cuda" (the CUDA kernels on an NVIDIA GPU through cupy:
     pip install 'ferrolm[cuda12]'; with FERROLM_CUDA_EMULATE=1 the same kernels run on the CPU
-    emulator of the CUDA execution model, for testing). Weights stay in host memory too.
+    emulator of the CUDA execution model, for testing). Weights stay in host memory too. The
+    CUDA kernels compute fp32, bf16 and int8: pass one of them for a file whose own is int4.
     threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
     max_position_embeddings; a default whose KV cache would not fit in this machine's memory is
@@ -591,6 +595,8 @@ def load(
     if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool) or context_length < 1):
         raise InvalidArgumentError(f"context_length must be a positive integer or None, got {context_length!r}")
     ckpt = read_checkpoint(path)
+    if precision is None and device == "cuda" and ckpt.saved_precision is None and ckpt.default_precision()[0] == "int4":
+        precision = "int8"  # the nearest precision the CUDA kernels compute (a 4-bit GGUF file's blocks, exactly)
     precision = ckpt.resolve_precision(precision)
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
     backend = backend_for(device, core)

@@ -337,7 +337,7 @@ def compare(reference: "Model", candidate: "Model", text: Union[None, str, Seque
     )
 
 
-def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8"), *, threads: Optional[int] = None,
+def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4"), *, threads: Optional[int] = None,
                    text: Union[None, str, Sequence[int]] = None, prompts: Optional[Sequence[Prompt]] = None,
                    window: Optional[int] = None, stride: Optional[int] = None, new_tokens: int = 32,
                    context_length: Optional[int] = None, progress: bool = False,
@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lower precisions against FP32: perplexity on a fixed text, top-1 agreement and KL divergence "
         "of the next-token distributions over it, and agreement of greedy replies to chat prompts.")
     p.add_argument("model", nargs="?", help="model path (default: the default model)")
-    p.add_argument("--precisions", default="bf16,int8", help="comma-separated candidates (default: bf16,int8)")
+    p.add_argument("--precisions", default="bf16,int8,int4", help="comma-separated candidates (default: bf16,int8,int4)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--text", default=None, metavar="FILE", help="evaluation text (default: the Apache License 2.0 text shipped with ferrolm)")
     p.add_argument("--window", type=int, default=None, help="tokens of context per window (default: 1024)")

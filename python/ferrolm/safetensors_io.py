@@ -16,7 +16,7 @@ from .errors import InvalidArgumentError, TensorError
 PathLike = Union[str, os.PathLike]
 
 #: numpy dtype of each dtype ferrolm writes (BF16 as its uint16 bit patterns).
-_NUMPY = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "BF16": "<u2"}
+_NUMPY = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "U8": "u1", "BF16": "<u2"}
 _NAMES = {np.dtype(v): k for k, v in _NUMPY.items() if k != "BF16"}
 #: The float dtypes, which read as float32 values.
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
@@ -58,7 +58,7 @@ def write(path: PathLike, entries: Iterable[Tuple[str, str, Iterable[int]]], mak
 
 
 def save_arrays(path: PathLike, tensors: Dict[str, np.ndarray], metadata: Optional[Dict[str, str]] = None) -> None:
-    """Writes a dict of numpy arrays (float32/float16/float64/int8; BF16 needs `write` with its
+    """Writes a dict of numpy arrays (float32/float16/float64/int8/uint8; BF16 needs `write` with its
     uint16 bit patterns)."""
     entries = []
     for name, arr in tensors.items():

@@ -9,6 +9,12 @@ Layout of the weights (what `ferrolm.load` reads back without converting anythin
   positions stay F32. config.json gains
   `"quantization_config": {"quant_method": "ferrolm", "precision": "int8", "group_size": G,
   "scheme": "w8a8"}`.
+- INT4: every INT4 matmul weight `X.weight` is stored as U8 `[out, ceil(in / 32) · 16]` (two
+  4-bit values per byte, GGUF Q4_1's order within each group of 32) with `X.weight_scale` and
+  `X.weight_min` F16 `[out, ceil(in / 32)]` (value = q · scale + min); matrices an INT4 load
+  keeps in INT8 (a GGUF file's Q8_0 embedding) are stored as INT8 above. config.json gains
+  `"quantization_config": {"quant_method": "ferrolm", "precision": "int4", "group_size": 32,
+  "scheme": "w4a16"}`.
 
 The folder is written under a temporary name beside the target and renamed into place once
 complete, so a failed or interrupted save leaves nothing half-written. An existing target is
@@ -71,6 +77,13 @@ def _config(model: "Model") -> Dict[str, Any]:
             "precision": "int8",
             "group_size": model._core.group_size,
             "scheme": "w8a8",
+        }
+    elif model.precision == "int4":
+        config["quantization_config"] = {
+            "quant_method": "ferrolm",
+            "precision": "int4",
+            "group_size": 32,
+            "scheme": "w4a16",
         }
     else:
         config["torch_dtype"] = _TORCH_DTYPE[model.precision]

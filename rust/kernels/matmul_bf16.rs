@@ -247,7 +247,7 @@ mod tests {
     use super::*;
     use crate::kernels::matmul_f32::matmul_f32;
     use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, f32_to_bf16_vec};
-    use crate::kernels::test_rng::Rng;
+    use crate::kernels::test_rng::{best_time, Rng};
 
     /// Random bf16 weights in [-1, 1).
     fn bf16s(rng: &mut Rng, n: usize) -> Vec<u16> {
@@ -421,19 +421,6 @@ mod tests {
         }
     }
 
-    /// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls.
-    fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
-        f(0);
-        (0..reps)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                for it in 0..iters {
-                    f(it);
-                }
-                t.elapsed().as_secs_f64() / iters as f64
-            })
-            .fold(f64::INFINITY, f64::min)
-    }
 
     /// Throughput check (run by hand):
     /// `cargo test --release --lib matmul_bf16 -- --ignored --nocapture`

@@ -196,7 +196,7 @@ unsafe fn run_region(level: SimdLevel, g: &Region) {
 mod tests {
     use super::*;
 
-    use crate::kernels::test_rng::Rng;
+    use crate::kernels::test_rng::{best_time, Rng};
 
     /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ accumulated in f64.
     fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
@@ -332,21 +332,6 @@ mod tests {
     fn rejects_bad_lengths() {
         let pool = ThreadPool::new(1).unwrap();
         matmul_f32(&pool, &[0.0; 4], &[0.0; 5], &mut [0.0; 2], 2, 2, 1);
-    }
-
-    /// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls;
-    /// `f` gets the call's index.
-    fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
-        f(0); // warm-up
-        (0..reps)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                for it in 0..iters {
-                    f(it);
-                }
-                t.elapsed().as_secs_f64() / iters as f64
-            })
-            .fold(f64::INFINITY, f64::min)
     }
 
     /// Throughput check (run by hand; `FERROLM_SIMD=avx2` etc. benches a slower path):

@@ -61,7 +61,8 @@ use std::sync::OnceLock;
 
 use crate::kernels::matmul_bf16::kern::I8W;
 use crate::kernels::matmul_bf16::run_matmul;
-use crate::kernels::quant::QuantizedI8;
+use crate::kernels::matmul_f32::matmul_f32;
+use crate::kernels::quant::{f16_to_f32, QuantizedI4, QuantizedI8, I4_GROUP};
 use crate::kernels::simd::{self, SimdLevel};
 use crate::kernels::RowPath;
 use crate::threadpool::{chunk, ThreadPool};
@@ -70,6 +71,16 @@ use crate::threadpool::{chunk, ThreadPool};
 mod q8;
 
 use q8::{Need, XOut, Q8};
+
+/// The integer weights a W8A8-family kernel multiplies with the quantized x: INT8 with 8-bit
+/// x (`matmul_int8`, W8A8), INT8 with 16-bit x (W8A16), or packed INT4 with minimums and
+/// 16-bit x (`matmul_int4`).
+#[derive(Clone, Copy)]
+pub(crate) enum QWeights<'a> {
+    I8(&'a QuantizedI8),
+    I8A16(&'a QuantizedI8),
+    I4(&'a QuantizedI4),
+}
 
 /// How the int8 weights meet the f32 activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +92,12 @@ pub enum Int8Scheme {
     /// `sx = max|x| / 127`, round half to even); group dot products are exact integer sums
     /// scaled by `sx · sw`, accumulated in f32.
     W8A8,
+    /// W8A16: x quantized per group of 32 to 16 bits (`sx = max|x| / 32639`), exact i32 group
+    /// sums with the int8 weights (`madd_epi16` / VNNI `dpwssd`; the kernels `matmul_int4`
+    /// shares): 256× less x error than W8A8, at about half the cost of weight-only. The INT8
+    /// matrices of an INT4 model (a GGUF file's Q8_0 embedding and lm_head) run it. Needs
+    /// groups of 32 and whole groups per row (others run weight-only).
+    W8A16,
 }
 
 /// The scheme [`matmul_int8`] uses for `m` rows of x: W8A8 for every m (see the module
@@ -130,7 +147,21 @@ pub fn matmul_int8_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [
         y.fill(0.0);
         return;
     }
-    w8a8(simd::detected(), pool, x, w, y, m, path)
+    w8a8(simd::detected(), pool, x, QWeights::I8(w), y, m, path)
+}
+
+/// W8A16 (16-bit x; the INT8 matrices an INT4 model keeps) on a given path, whatever m; groups
+/// other than 32 run weight-only.
+pub fn matmul_int8_a16_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize, path: RowPath) {
+    let k = w.cols;
+    if w.group != 32 || !k.is_multiple_of(32) || m == 0 || w.rows == 0 || k == 0 {
+        return matmul_int8_scheme(simd::detected(), Int8Scheme::W8A16, pool, x, w, y, m);
+    }
+    assert_eq!(Some(w.q.len()), w.rows.checked_mul(k), "w.q must be [rows, cols]");
+    assert_eq!(Some(w.scales.len()), w.rows.checked_mul(k / 32), "w.scales must be [rows, cols/32]");
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(w.rows), "y must be [m, n]");
+    w8a8(simd::detected(), pool, x, QWeights::I8A16(w), y, m, path)
 }
 
 /// [`matmul_int8`] on a forced SIMD path. Panics if `level` is not available on this CPU,
@@ -192,7 +223,10 @@ pub fn matmul_int8_scheme(
             // SAFETY: x / y / w lengths asserted above; level checked.
             unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
         }
-        Int8Scheme::W8A8 => w8a8(level, pool, x, w, y, m, int8_path_for(m)),
+        Int8Scheme::W8A8 => w8a8(level, pool, x, QWeights::I8(w), y, m, int8_path_for(m)),
+        // 16-bit x in groups of 32; other groups (their i32 sums could overflow) weight-only
+        Int8Scheme::W8A16 if w.group == 32 && k.is_multiple_of(32) => w8a8(level, pool, x, QWeights::I8A16(w), y, m, int8_path_for(m)),
+        Int8Scheme::W8A16 => matmul_int8_scheme(level, Int8Scheme::WeightOnly, pool, x, w, y, m),
     }
 }
 
@@ -226,6 +260,30 @@ fn has_vnni() -> bool {
     })
 }
 
+/// int4 weights enter the integer sums centered, as q − I4_CENTER (see `matmul_int4`).
+pub(crate) const I4_CENTER: i32 = 8;
+
+/// The offset of a centered int4 group, `m + 8·d`, from its f16 scale and minimum.
+#[inline(always)]
+pub(crate) fn i4_offset(d: u16, m: u16) -> f32 {
+    f16_to_f32(m) + I4_CENTER as f32 * f16_to_f32(d)
+}
+
+/// Whether the CPU has F16C (the x86 int4 kernels widen f16 scales with it). Cached.
+fn has_f16c() -> bool {
+    static V: OnceLock<bool> = OnceLock::new();
+    *V.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 fn path_for(level: SimdLevel, group: usize) -> Path {
     if !group.is_multiple_of(32) || group > q8::MAX_SIMD_GROUP {
         return Path::Portable;
@@ -239,15 +297,29 @@ fn path_for(level: SimdLevel, group: usize) -> Path {
     }
 }
 
-fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize, rows: RowPath) {
-    let (k, n, group) = (w.cols, w.rows, w.group);
+/// The W8A8 product of `x` (quantized here, per row and group of the weights) with integer
+/// weights `w`, on the GEMV or GEMM `rows` path. The caller has checked every length against
+/// the shapes.
+pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'_>, y: &mut [f32], m: usize, rows: RowPath) {
+    let (k, n, group, kind) = match w {
+        QWeights::I8(w) => (w.cols, w.rows, w.group, q8::Kind::A8),
+        QWeights::I8A16(w) => (w.cols, w.rows, w.group, q8::Kind::I8A16),
+        QWeights::I4(w) => (w.cols, w.rows, I4_GROUP, q8::Kind::I4),
+    };
+    let a16 = kind != q8::Kind::A8;
     let ng = k.div_ceil(group);
     let kp = k.div_ceil(32) * 32;
-    let path = path_for(level, group);
+    let mut path = path_for(level, group);
+    if a16 && matches!(path, Path::Avx2 | Path::Vnni) && !has_f16c() {
+        path = Path::Portable; // the x86 16-bit-x GEMV is compiled with F16C (int4 scales)
+    }
     let gemm = rows == RowPath::Gemm && matches!(path, Path::Avx2 | Path::Vnni);
     let need = Need {
-        abs: path == Path::Avx2 && !gemm,
-        wide: path == Path::Avx2 && gemm,
+        abs: path == Path::Avx2 && !gemm && !a16,
+        wide: path == Path::Avx2 && gemm && !a16,
+        // 16-bit x, and the f32 Σx per group (int4's offset term: fused in the GEMV, a small
+        // f32 matmul after the GEMM)
+        a16,
     };
     let mut xb = q8::take_xbuf(m, kp, ng, need);
     let out = XOut {
@@ -256,11 +328,19 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
         x16: xb.x16.as_mut_ptr(),
         s: xb.s.as_mut_ptr(),
         c: xb.c.as_mut_ptr(),
+        f: xb.f.as_mut_ptr(),
         need,
     };
     // SAFETY: x holds m·k values (asserted by the caller); the buffers hold m rows of kp / ng
     // values (take_xbuf); threads quantize disjoint rows.
     let quant = |rows: std::ops::Range<usize>| unsafe {
+        if a16 {
+            #[cfg(target_arch = "x86_64")]
+            if matches!(path, Path::Avx2 | Path::Vnni) {
+                return q8::quantize_rows_a16_avx2(x.as_ptr(), k, kp, ng, rows, out);
+            }
+            return q8::quantize_rows_a16(x.as_ptr(), k, kp, ng, rows, out);
+        }
         match path {
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 | Path::Vnni => {
@@ -277,15 +357,23 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
     } else {
         quant(0..m);
     }
+    let (wq, wrow, ws, wh, wm) = match w {
+        QWeights::I8(w) | QWeights::I8A16(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null(), std::ptr::null()),
+        QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), std::ptr::null(), w.scales.as_ptr(), w.mins.as_ptr()),
+    };
     let whole = Q8 {
         xq: xb.q.as_ptr(),
         xa: xb.a.as_ptr(),
         x16: xb.x16.as_ptr(),
         xs: xb.s.as_ptr(),
         xc: xb.c.as_ptr(),
+        xf: xb.f.as_ptr(),
         kp,
-        wq: w.q.as_ptr(),
-        ws: w.scales.as_ptr(),
+        wq,
+        wrow,
+        ws,
+        wh,
+        wm,
         k,
         n,
         group,
@@ -293,13 +381,36 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
         y: y.as_mut_ptr(),
         rows: (0, m),
         cols: (0, n),
+        accumulate: false,
+        xq_lo: std::ptr::null(),
+        xc_lo: std::ptr::null(),
+        xs_lo: std::ptr::null(),
+        x16p: std::ptr::null(),
+    };
+    // int4 decode on VNNI: the 512-bit step reads x with its pairs of groups interleaved
+    let whole = if kind == q8::Kind::I4 && !gemm && path == Path::Vnni {
+        if xb.p.len() < m * kp {
+            xb.p = vec![0; m * kp];
+        }
+        // SAFETY: x16 and p hold m rows of kp values.
+        unsafe { q8::pair_a16(xb.x16.as_ptr(), kp, ng, 0..m, xb.p.as_mut_ptr()) };
+        Q8 { x16p: xb.p.as_ptr(), ..whole }
+    } else {
+        whole
+    };
+    // int4 prefill on VNNI: the 16-bit x as two signed bytes for INT8's u8·i8 GEMM (run twice)
+    let split = if kind == q8::Kind::I4 && gemm && path == Path::Vnni { Some(I4Split::new(&whole, m, kp, ng)) } else { None };
+    let whole = Q8 { xs_lo: split.as_ref().map_or(std::ptr::null(), |s| s.sl.as_ptr()), ..whole };
+    let whole = match &split {
+        Some(s) => Q8 { xq: s.hi.as_ptr(), xc: s.ch.as_ptr(), xs: s.sh.as_ptr(), xq_lo: s.lo.as_ptr(), xc_lo: s.cl.as_ptr(), ..whole },
+        None => whole,
     };
     // SAFETY (for `run_q8` below): the operands have the asserted lengths, the quantized x
     // has the forms `need` asks for, `share_q8` gives each part a disjoint region of y, and
     // `path` only names kernels whose ISA is available (path_for, check_level).
     let macs = m.saturating_mul(n).saturating_mul(k);
     if nt == 1 || macs < INLINE_MACS {
-        unsafe { run_q8(path, gemm, &whole) };
+        unsafe { run_q8(path, gemm, kind, &whole) };
     } else {
         let parts = if gemm {
             nt
@@ -313,8 +424,18 @@ fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut
                 break;
             }
             let g = share_q8(&whole, path, gemm, p, parts);
-            unsafe { run_q8(path, gemm, &g) };
+            unsafe { run_q8(path, gemm, kind, &g) };
         });
+    }
+    if let (QWeights::I4(w), true) = (w, gemm) {
+        // y += Σx · mᵀ: [m, ng] · [n, ng]ᵀ (the GEMV adds it per group itself)
+        // the offsets m + 8·d of the centered weights (see matmul_int4)
+        let mins: Vec<f32> = w.mins.iter().zip(&w.scales).map(|(&m, &d)| i4_offset(d, m)).collect();
+        let mut t = vec![0f32; m * n];
+        matmul_f32(pool, &xb.f[..m * ng], &mins, &mut t, m, ng, n);
+        for (yv, tv) in y.iter_mut().zip(&t) {
+            *yv += tv;
+        }
     }
     q8::put_xbuf(xb);
 }
@@ -346,24 +467,134 @@ fn share_q8(whole: &Q8, path: Path, gemm: bool, t: usize, nt: usize) -> Q8 {
 }
 
 /// # Safety
-/// `g` must describe valid operands for `path` (see the kernels) and its ISA must be available.
-unsafe fn run_q8(path: Path, gemm: bool, g: &Q8) {
+/// `g` must describe valid operands for `path` and `kind` (see the kernels) and its ISA must
+/// be available.
+unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
+    #[cfg(target_arch = "x86_64")]
+    use q8::Kind::{I8A16, A8, I4};
     if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
         return;
     }
-    match (path, gemm) {
+    match (path, gemm, kind) {
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, true) => q8::gemm_vnni(g),
+        (Path::Vnni | Path::Avx2, true, I4) => gemm_i4(g),
+        // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x (on VNNI CPUs too)
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false) => q8::gemv_vnni(g),
+        (Path::Vnni | Path::Avx2, true, I8A16) => q8::gemm_avx2(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, true) => q8::gemm_avx2(g),
+        (Path::Vnni, true, A8) => q8::gemm_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false) => q8::gemv_avx2(g),
+        (Path::Vnni, false, A8) => q8::gemv_vnni(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Vnni, false, I4) => q8::gemv_i4_vnni512(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Vnni, false, I8A16) => q8::gemv_a16_vnni::<q8::I8W16>(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, true, A8) => q8::gemm_avx2(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, A8) => q8::gemv_avx2(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, I4) => q8::gemv_a16_avx2::<q8::I4W>(g),
+        #[cfg(target_arch = "x86_64")]
+        (Path::Avx2, false, I8A16) => q8::gemv_a16_avx2::<q8::I8W16>(g),
         #[cfg(target_arch = "aarch64")]
-        (Path::Neon, _) => q8::region_neon(g),
-        _ => q8::region_portable(g),
+        (Path::Neon, _, kind) => q8::region_neon(kind, g),
+        (_, _, kind) => q8::region_portable(kind, g),
     }
+}
+
+/// The 16-bit x of an int4 prefill split into signed high and low bytes (`q8::split_a16`), with
+/// their group sums and scales (high: sx·256, low: sx), for INT8's VNNI GEMM.
+struct I4Split {
+    hi: Vec<i8>,
+    lo: Vec<i8>,
+    ch: Vec<i32>,
+    cl: Vec<i32>,
+    sh: Vec<f32>,
+    sl: Vec<f32>,
+}
+
+impl I4Split {
+    fn new(g: &Q8, m: usize, kp: usize, ng: usize) -> Self {
+        let mut s = I4Split {
+            hi: vec![0; m * kp],
+            lo: vec![0; m * kp],
+            ch: vec![0; m * ng],
+            cl: vec![0; m * ng],
+            sh: vec![0.0; m * ng],
+            sl: vec![0.0; m * ng],
+        };
+        // SAFETY: x16 holds m rows of kp values (take_xbuf, a16); the outputs are sized above.
+        unsafe {
+            q8::split_a16(g.x16, kp, ng, 0..m, s.hi.as_mut_ptr(), s.lo.as_mut_ptr(), s.ch.as_mut_ptr(), s.cl.as_mut_ptr());
+            let xs = std::slice::from_raw_parts(g.xs, m * ng);
+            for ((h, l), &x) in s.sh.iter_mut().zip(&mut s.sl).zip(xs) {
+                *h = x * 256.0; // exact: a power of two
+                *l = x;
+            }
+        }
+        s
+    }
+}
+
+/// Rows of packed int4 weights unpacked per GEMM panel (a multiple of both GEMMs' NR).
+#[cfg(target_arch = "x86_64")]
+const I4_PANEL: usize = 96;
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// An unpacked panel: int8 rows and their f32 scales.
+    static I4_PANEL_BUF: std::cell::Cell<(Vec<i8>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// The GEMM of packed int4 weights without their offsets' term: panels of `I4_PANEL` rows
+/// are unpacked to int8 rows of q − 8 (in [-8, 7]) and multiplied by the AVX2 GEMM (i16
+/// pairs) with the 16-bit x, or on VNNI CPUs by the VNNI GEMM run over the high and the low
+/// bytes of x: the same exact integer group sums as the int4 GEMV.
+///
+/// # Safety
+/// As [`run_q8`] with `g` describing int4 weights (rows of `g.wrow` packed bytes).
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_i4(g: &Q8) {
+    let (k, ng) = (g.k, g.ng);
+    let (mut rows, mut scales) = I4_PANEL_BUF.with(|c| c.take());
+    if rows.len() < I4_PANEL * k {
+        rows = vec![0; I4_PANEL * k];
+    }
+    if scales.len() < I4_PANEL * ng {
+        scales = vec![0.0; I4_PANEL * ng];
+    }
+    let mut j0 = g.cols.0;
+    while j0 < g.cols.1 {
+        let nr = I4_PANEL.min(g.cols.1 - j0);
+        let packed = std::slice::from_raw_parts((g.wq as *const u8).add(j0 * g.wrow), nr * g.wrow);
+        for (out, row) in rows.chunks_exact_mut(k).zip(packed.chunks_exact(g.wrow)) {
+            crate::kernels::quant::unpack_nibbles(row, out, I4_CENTER as i8);
+        }
+        let halves = std::slice::from_raw_parts(g.wh.add(j0 * ng), nr * ng);
+        for (s, &h) in scales.iter_mut().zip(halves) {
+            *s = f16_to_f32(h);
+        }
+        let panel = Q8 {
+            wq: rows.as_ptr(),
+            wrow: k,
+            ws: scales.as_ptr(),
+            y: g.y.add(j0),
+            cols: (0, nr),
+            ..*g
+        };
+        if g.xq_lo.is_null() {
+            // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x
+            q8::gemm_avx2(&panel);
+        } else {
+            // VNNI: u8·i8 quads, twice — the high bytes of x (scaled by 256·sx), then the low
+            // bytes (sx) added: exact integer sums of the 16-bit x either way
+            q8::gemm_vnni(&panel);
+            q8::gemm_vnni(&Q8 { xq: g.xq_lo, xc: g.xc_lo, xs: g.xs_lo, accumulate: true, ..panel });
+        }
+        j0 += nr;
+    }
+    I4_PANEL_BUF.with(|c| c.set((rows, scales)));
 }
 
 #[cfg(test)]
@@ -371,9 +602,9 @@ mod tests {
     use super::*;
     use crate::kernels::matmul_f32::matmul_f32;
     use crate::kernels::quant::GROUP;
-    use crate::kernels::test_rng::Rng;
+    use crate::kernels::test_rng::{best_time, Rng};
 
-    const SCHEMES: [Int8Scheme; 2] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8];
+    const SCHEMES: [Int8Scheme; 3] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8, Int8Scheme::W8A16];
 
     /// Σ x·deq(w) in f64 (the weight-only reference).
     fn reference_deq(x: &[f32], w: &QuantizedI8, m: usize) -> Vec<f64> {
@@ -390,8 +621,9 @@ mod tests {
         y
     }
 
-    /// x row quantized as the W8A8 scheme specifies: (q, scales).
-    fn quantize_x_row(x: &[f32], group: usize) -> (Vec<i32>, Vec<f32>) {
+    /// x row quantized as the W8A8 scheme specifies: (q, scales); `top` 127 (W8A8) or 32639
+    /// (W8A16).
+    fn quantize_x_row(x: &[f32], group: usize, top: f32) -> (Vec<i32>, Vec<f32>) {
         let mut q = Vec::with_capacity(x.len());
         let mut s = Vec::new();
         for g in x.chunks(group) {
@@ -401,12 +633,12 @@ mod tests {
                 s.push(0.0);
                 continue;
             }
-            let inv = 127.0 / amax;
+            let inv = top / amax;
             q.extend(
                 g.iter()
-                    .map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32),
+                    .map(|&v| (v * inv).round_ties_even().clamp(-top, top) as i32),
             );
-            s.push(amax / 127.0);
+            s.push(amax / top);
         }
         (q, s)
     }
@@ -414,13 +646,13 @@ mod tests {
     /// The W8A8 reference: exact integer group sums, scaled by (sw·sx in f32), summed in
     /// f64. Also returns Σ|xq·wq|·|sw·sx| per output (bounds the f32 rounding of any
     /// summation order).
-    fn reference_w8a8(x: &[f32], w: &QuantizedI8, m: usize) -> (Vec<f64>, Vec<f64>) {
+    fn reference_w8a8(x: &[f32], w: &QuantizedI8, m: usize, top: f32) -> (Vec<f64>, Vec<f64>) {
         let (k, n, group) = (w.cols, w.rows, w.group);
         let ng = k.div_ceil(group);
         let mut y = vec![0f64; m * n];
         let mut mag = vec![0f64; m * n];
         for i in 0..m {
-            let (xq, xs) = quantize_x_row(&x[i * k..(i + 1) * k], group);
+            let (xq, xs) = quantize_x_row(&x[i * k..(i + 1) * k], group, top);
             for j in 0..n {
                 let wq = &w.q[j * k..(j + 1) * k];
                 for (g, ((xg, wg), &sx)) in
@@ -462,8 +694,10 @@ mod tests {
                 pool.n_threads()
             )
         };
+        // W8A16 needs whole groups of 32 (else it runs weight-only)
+        let w8a16 = scheme == Int8Scheme::W8A16 && group == 32 && k.is_multiple_of(32);
         match scheme {
-            Int8Scheme::WeightOnly => {
+            Int8Scheme::WeightOnly | Int8Scheme::W8A16 if !w8a16 => {
                 let want = reference_deq(&x, &w, m);
                 // |x|, |deq(w)| ≤ 1: f32 accumulation error ≲ sqrt(k)·2⁻²⁴ typical.
                 let tol = 2e-6 * (k as f64).sqrt().max(1.0) + 1e-7;
@@ -475,8 +709,9 @@ mod tests {
                     );
                 }
             }
-            Int8Scheme::W8A8 => {
-                let (want, mag) = reference_w8a8(&x, &w, m);
+            _ => {
+                let top = if w8a16 { 32639.0 } else { 127.0 };
+                let (want, mag) = reference_w8a8(&x, &w, m, top);
                 for (idx, ((&g, &r), &a)) in y.iter().zip(&want).zip(&mag).enumerate() {
                     let tol = 4e-7 * a * (k as f64).sqrt().max(1.0) + 1e-30;
                     assert!(
@@ -722,19 +957,6 @@ mod tests {
             }
         }
     }
-    /// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls.
-    fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
-        f(0);
-        (0..reps)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                for it in 0..iters {
-                    f(it);
-                }
-                t.elapsed().as_secs_f64() / iters as f64
-            })
-            .fold(f64::INFINITY, f64::min)
-    }
 
     fn env_list(name: &str, default: &str) -> Vec<String> {
         std::env::var(name)
@@ -766,6 +988,7 @@ mod tests {
             .map(|s| match s.as_str() {
                 "w8a8" => Some(Int8Scheme::W8A8),
                 "weight" => Some(Int8Scheme::WeightOnly),
+                "w8a16" => Some(Int8Scheme::W8A16),
                 _ => None,
             })
             .collect();
@@ -776,6 +999,7 @@ mod tests {
         let name = |sc: Option<Int8Scheme>, m: usize| match sc.unwrap_or(int8_scheme_for(m)) {
             Int8Scheme::W8A8 => "w8a8",
             Int8Scheme::WeightOnly => "weight",
+            Int8Scheme::W8A16 => "w8a16",
         };
         let mut rng = Rng(1);
         for threads in [1, 2] {

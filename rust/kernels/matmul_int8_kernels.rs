@@ -18,8 +18,23 @@
 //!
 //! The SIMD kernels need `group % 32 == 0` and `group ≤ MAX_SIMD_GROUP` (the dispatcher
 //! sends other groups to the portable kernel, which handles any group).
+//!
+//! 16-bit x (the W8A16 scheme, and INT4 weights of `matmul_int4`: `q · d + m`, q in [0, 15], f16
+//! d and m per group of 32) share the x buffers, the reduction and the GEMMs: x is quantized to
+//! 16 bits per group of 32 ([`quantize_rows_a16`]); the x86 GEMV ([`gemv_a16_avx2`] /
+//! [`gemv_a16_vnni`], generic over the weights' widening to i16: [`I4W`], [`I8W16`]) keeps each
+//! group's integer lanes apart for 8 groups, reduces them at once and scales them with 8 scales
+//! loaded at once (int4: f16 widened by F16C, centered q − 8 with the offset m + 8·d on the f32
+//! Σx); on AVX-512 VNNI the int4 GEMV multiplies two groups per 512-bit instruction
+//! ([`gemv_i4_vnni512`]); the GEMMs run on int4 panels unpacked to int8 rows (q − 8, f32 scales):
+//! the VNNI GEMM over the high and low signed bytes of x16 ([`split_a16`]), or the AVX2 GEMM on
+//! x16; NEON and the portable kernel handle every kind ([`Kind`]).
 
 use std::cell::Cell;
+
+use crate::kernels::quant::f16_to_f32;
+
+use super::{i4_offset, I4_CENTER};
 
 /// Largest group the SIMD kernels take (keeps every i32 lane sum < 2³¹).
 pub(crate) const MAX_SIMD_GROUP: usize = 16384;
@@ -42,10 +57,18 @@ pub(crate) struct Q8 {
     pub xc: *const i32,
     /// Row stride of the quantized x: k rounded up to a multiple of 32.
     pub kp: usize,
-    /// wq: [n, k]
+    /// wq: [n, k] int8 values, or [n, ng·16] packed int4 nibbles (see `Q8::wrow`)
     pub wq: *const i8,
-    /// w scales: [n, ng]
+    /// Bytes from one row of wq to the next: k (int8) or ng·16 (int4).
+    pub wrow: usize,
+    /// w scales: [n, ng] (int8, and int4 panels unpacked for the GEMM)
     pub ws: *const f32,
+    /// int4 only: w scales [n, ng] as f16 bits
+    pub wh: *const u16,
+    /// int4 only: w minimums [n, ng] as f16 bits (y += m · Σx per group)
+    pub wm: *const u16,
+    /// int4 only: Σx per row and group of the f32 x: [m, ng]; unused for int8
+    pub xf: *const f32,
     pub k: usize,
     pub n: usize,
     pub group: usize,
@@ -54,6 +77,21 @@ pub(crate) struct Q8 {
     pub y: *mut f32,
     pub rows: (usize, usize),
     pub cols: (usize, usize),
+    /// Add to y instead of writing it (the GEMMs' second pass over the low bytes of a 16-bit x).
+    pub accumulate: bool,
+    /// int4 prefill on VNNI only: the low bytes of the 16-bit x ([m, kp]; `xq` then holds the
+    /// high bytes), their Σ per group and their scales [m, ng] (see [`split_a16`])
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xq_lo: *const i8,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xc_lo: *const i32,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub xs_lo: *const f32,
+    /// int4 decode on VNNI only: the 16-bit x with each pair of groups of every whole block of 8
+    /// interleaved by halves ([x_a 0-15, x_b 0-15, x_a 16-31, x_b 16-31]; the last ng % 8 groups
+    /// as they are): what the 512-bit step multiplies two groups at a time ([`pair_a16`])
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub x16p: *const i16,
 }
 
 // SAFETY: a Q8 only carries pointers into buffers that `matmul_int8` borrows or owns for the
@@ -70,6 +108,9 @@ unsafe impl Sync for Q8 {}
 pub(crate) struct Need {
     pub abs: bool,
     pub wide: bool,
+    /// int4 weights: x quantized to 16 bits (into `x16`, with its scales and Σ per group)
+    /// instead of 8, plus Σx per group in f32 (the offset's term); see [`quantize_rows_a16`]
+    pub a16: bool,
 }
 
 /// Per-thread buffers of quantized x (reused across calls; pool workers are persistent).
@@ -78,8 +119,11 @@ pub(crate) struct XBuf {
     pub q: Vec<i8>,
     pub a: Vec<u8>,
     pub x16: Vec<i16>,
+    /// the pair-interleaved 16-bit x (int4 decode on VNNI)
+    pub p: Vec<i16>,
     pub s: Vec<f32>,
     pub c: Vec<i32>,
+    pub f: Vec<f32>,
 }
 
 thread_local! {
@@ -89,18 +133,21 @@ thread_local! {
 /// Takes this thread's x buffers, sized for `m` rows (contents stale).
 pub(crate) fn take_xbuf(m: usize, kp: usize, ng: usize, need: Need) -> XBuf {
     let mut b = XBUF.with(|c| c.take());
-    if b.q.len() < m * kp {
+    if !need.a16 && b.q.len() < m * kp {
         b.q = vec![0; m * kp];
     }
     if need.abs && b.a.len() < m * kp {
         b.a = vec![0; m * kp];
     }
-    if need.wide && b.x16.len() < m * kp {
+    if (need.wide || need.a16) && b.x16.len() < m * kp {
         b.x16 = vec![0; m * kp];
     }
     if b.s.len() < m * ng {
         b.s = vec![0.0; m * ng];
         b.c = vec![0; m * ng];
+    }
+    if need.a16 && b.f.len() < m * ng {
+        b.f = vec![0.0; m * ng];
     }
     b
 }
@@ -110,7 +157,7 @@ const KEEP_XBUF_BYTES: usize = 8 << 20;
 
 /// Returns the buffers for the next call on this thread.
 pub(crate) fn put_xbuf(b: XBuf) {
-    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 8 * b.s.len();
+    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 2 * b.p.len() + 8 * b.s.len() + 4 * b.f.len();
     if bytes <= KEEP_XBUF_BYTES {
         XBUF.with(|c| c.set(b));
     }
@@ -124,6 +171,7 @@ pub(crate) struct XOut {
     pub x16: *mut i16,
     pub s: *mut f32,
     pub c: *mut i32,
+    pub f: *mut f32,
     pub need: Need,
 }
 
@@ -215,6 +263,115 @@ unsafe fn quantize_rows_impl(
     }
 }
 
+/// Largest 16-bit x value: x is quantized to [-32639, 32639] (symmetric, like the 8-bit x;
+/// 32639 = 127·256 + 127, so that every value splits into two signed bytes for the VNNI GEMM,
+/// see [`split_a16`]).
+const A16_MAX: f32 = 32639.0;
+
+/// Quantizes rows `rows` of x: [m, k] to 16 bits per group of 32 for int4 weights:
+/// `sx = max|x| / 32639`, `x16 = round_half_even(x · (32639 / max|x|))` (a group with
+/// max|x| < 1e-30 is zero, one holding NaN/±inf gets scale NaN, as the 8-bit quantizer does),
+/// Σx16 per group (`c`), the f32 Σx per group (`f`), and x16 zero-padded past k up to kp.
+///
+/// # Safety
+/// `x` must hold the rows' k values; `out` must hold the rows (x16: kp, s/c/f: ng values each).
+#[inline(always)]
+unsafe fn quantize_rows_a16_impl(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
+    for i in rows {
+        let xr = std::slice::from_raw_parts(x.add(i * k), k);
+        let h = std::slice::from_raw_parts_mut(out.x16.add(i * kp), kp);
+        h[k..].fill(0);
+        for (gi, (xg, hg)) in xr.chunks(32).zip(h.chunks_mut(32)).enumerate() {
+            let abits = xg.iter().fold(0u32, |a, v| a.max(v.to_bits() & 0x7fff_ffff));
+            let (scale, sum) = if abits >= 0x7f80_0000 {
+                hg.fill(0);
+                (f32::NAN, 0)
+            } else if f32::from_bits(abits) < MIN_AMAX {
+                hg.fill(0);
+                (0.0, 0)
+            } else {
+                let amax = f32::from_bits(abits);
+                let inv = A16_MAX / amax;
+                let mut sum = 0i32;
+                for (d, &v) in hg.iter_mut().zip(xg) {
+                    let t = (v * inv).round_ties_even().clamp(-A16_MAX, A16_MAX) as i32;
+                    *d = t as i16;
+                    sum += t;
+                }
+                (amax / A16_MAX, sum)
+            };
+            *out.s.add(i * ng + gi) = scale;
+            *out.c.add(i * ng + gi) = sum;
+            *out.f.add(i * ng + gi) = xg.iter().sum();
+        }
+    }
+}
+
+/// [`quantize_rows_a16_impl`] with AVX2 enabled (the rounding becomes `vroundps`; same results).
+///
+/// # Safety
+/// As [`quantize_rows_a16_impl`]; the CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_rows_a16_avx2(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
+    quantize_rows_a16_impl(x, k, kp, ng, rows, out)
+}
+
+/// The 16-bit x of rows `rows` split into two signed bytes, x16 = 256·hi + lo (hi, lo in
+/// [-128, 127]: |x16| ≤ 32639), each with its Σ per group: what the VNNI GEMM (8-bit x) runs
+/// twice to multiply a 16-bit x exactly. `hi` / `lo`: [m, kp]; `ch` / `cl`: [m, ng].
+///
+/// # Safety
+/// `x16` holds the rows (kp values each, quantized by [`quantize_rows_a16`]); the outputs hold
+/// them too; `kp` a multiple of 32 and `ng = kp / 32` or `kp / 32` rounded as the caller's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, hi: *mut i8, lo: *mut i8, ch: *mut i32, cl: *mut i32) {
+    for i in rows {
+        let x = std::slice::from_raw_parts(x16.add(i * kp), kp);
+        let h = std::slice::from_raw_parts_mut(hi.add(i * kp), kp);
+        let l = std::slice::from_raw_parts_mut(lo.add(i * kp), kp);
+        for (((xg, hg), lg), gi) in x.chunks(32).zip(h.chunks_mut(32)).zip(l.chunks_mut(32)).zip(0..ng) {
+            let (mut sh, mut sl) = (0i32, 0i32);
+            for ((&v, hv), lv) in xg.iter().zip(hg).zip(lg) {
+                let top = (i32::from(v) + 128) >> 8;
+                let bottom = i32::from(v) - 256 * top;
+                *hv = top as i8;
+                *lv = bottom as i8;
+                sh += top;
+                sl += bottom;
+            }
+            *ch.add(i * ng + gi) = sh;
+            *cl.add(i * ng + gi) = sl;
+        }
+    }
+}
+
+/// The 16-bit x of rows `rows` in the layout of [`Q8::x16p`].
+///
+/// # Safety
+/// `x16` and `out` hold the rows (kp values each); `ng` groups of 32 per row.
+pub(crate) unsafe fn pair_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: *mut i16) {
+    for i in rows {
+        let x = std::slice::from_raw_parts(x16.add(i * kp), kp);
+        let o = std::slice::from_raw_parts_mut(out.add(i * kp), kp);
+        o.copy_from_slice(x);
+        for p in (0..ng / 8 * 8).step_by(2) {
+            let (a, b) = (&x[p * 32..p * 32 + 32], &x[p * 32 + 32..p * 32 + 64]);
+            let d = &mut o[p * 32..p * 32 + 64];
+            d[..16].copy_from_slice(&a[..16]);
+            d[16..32].copy_from_slice(&b[..16]);
+            d[32..48].copy_from_slice(&a[16..]);
+            d[48..].copy_from_slice(&b[16..]);
+        }
+    }
+}
+
+/// # Safety
+/// As [`quantize_rows_a16_impl`].
+pub(crate) unsafe fn quantize_rows_a16(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
+    quantize_rows_a16_impl(x, k, kp, ng, rows, out)
+}
+
 /// [`quantize_rows_impl`] with AVX2 for whole groups of a multiple of 32 (same results).
 ///
 /// # Safety
@@ -304,19 +461,52 @@ pub(crate) unsafe fn quantize_rows_portable(
 // ---------------------------------------------------------------------------------
 // Portable: any group, one (row of x, row of w) pair at a time.
 
-/// y[i, j] for one pair, exact integer group sums.
+/// Which weights and x a non-x86 kernel multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// int8 weights, 8-bit x (W8A8)
+    A8,
+    /// int8 weights in groups of 32, 16-bit x (W8A16)
+    I8A16,
+    /// packed int4 weights, 16-bit x (W4A16, centered)
+    I4,
+}
+
+/// y[i, j] for one pair, exact integer group sums (I4: packed int4 weights centered as q − 8,
+/// plus the offset's term; I4 / I8A16: against the 16-bit x).
 ///
 /// # Safety
 /// `i`, `j` inside the operands of `g`.
 #[inline(always)]
-unsafe fn dot_portable(g: &Q8, i: usize, j: usize) -> f32 {
+unsafe fn dot_portable(kind: Kind, g: &Q8, i: usize, j: usize) -> f32 {
     let (k, group, ng) = (g.k, g.group, g.ng);
-    let x = std::slice::from_raw_parts(g.xq.add(i * g.kp), k);
-    let w = std::slice::from_raw_parts(g.wq.add(j * k), k);
     let xs = std::slice::from_raw_parts(g.xs.add(i * ng), ng);
-    let ws = std::slice::from_raw_parts(g.ws.add(j * ng), ng);
     let mut acc = 0f32;
-    for (gi, (xg, wg)) in x.chunks(group).zip(w.chunks(group)).enumerate() {
+    if kind != Kind::A8 {
+        let x = std::slice::from_raw_parts(g.x16.add(i * g.kp), k);
+        let mut unpacked = [0i8; 32];
+        for (gi, xg) in x.chunks(32).enumerate() {
+            let wg: &[i8] = if kind == Kind::I4 {
+                let qg = std::slice::from_raw_parts((g.wq as *const u8).add(j * g.wrow + gi * 16), 16);
+                crate::kernels::quant::unpack_nibbles(qg, &mut unpacked, I4_CENTER as i8);
+                &unpacked
+            } else {
+                std::slice::from_raw_parts(g.wq.add(j * g.wrow + gi * 32), xg.len())
+            };
+            let sum: i32 = xg.iter().zip(wg).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            if kind == Kind::I4 {
+                let d = f16_to_f32(*g.wh.add(j * ng + gi));
+                acc += sum as f32 * (d * xs[gi]);
+                acc += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+            } else {
+                acc += sum as f32 * (*g.ws.add(j * ng + gi) * xs[gi]);
+            }
+        }
+        return acc;
+    }
+    let x = std::slice::from_raw_parts(g.xq.add(i * g.kp), k);
+    for (gi, xg) in x.chunks(group).enumerate() {
+        let wg = std::slice::from_raw_parts(g.wq.add(j * g.wrow + gi * group), xg.len());
         // i32 sums over ≤ 32768 products (< 2³¹), combined in i64.
         let mut sum = 0i64;
         for (xc, wc) in xg.chunks(32768).zip(wg.chunks(32768)) {
@@ -327,26 +517,19 @@ unsafe fn dot_portable(g: &Q8, i: usize, j: usize) -> f32 {
                 .sum();
             sum += i64::from(s);
         }
-        acc += sum as f32 * (ws[gi] * xs[gi]);
+        acc += sum as f32 * (*g.ws.add(j * ng + gi) * xs[gi]);
     }
     acc
 }
 
 /// # Safety
 /// The region must lie inside the operands of `g`.
-#[inline(always)]
-unsafe fn region_dot_portable(g: &Q8) {
+pub(crate) unsafe fn region_portable(kind: Kind, g: &Q8) {
     for j in g.cols.0..g.cols.1 {
         for i in g.rows.0..g.rows.1 {
-            *g.y.add(i * g.n + j) = dot_portable(g, i, j);
+            *g.y.add(i * g.n + j) = dot_portable(kind, g, i, j);
         }
     }
-}
-
-/// # Safety
-/// The region must lie inside the operands of `g`.
-pub(crate) unsafe fn region_portable(g: &Q8) {
-    region_dot_portable(g)
 }
 
 // ---------------------------------------------------------------------------------
@@ -356,7 +539,7 @@ pub(crate) unsafe fn region_portable(g: &Q8) {
 mod neon {
     use std::arch::aarch64::*;
 
-    use super::Q8;
+    use super::{f16_to_f32, i4_offset, Kind, Q8, I4_CENTER};
 
     /// # Safety
     /// `i`, `j` inside the operands; NEON enabled; `g.group % 16 == 0`.
@@ -364,8 +547,8 @@ mod neon {
     unsafe fn dot(g: &Q8, i: usize, j: usize) -> f32 {
         let (k, group, ng) = (g.k, g.group, g.ng);
         let x = g.xq.add(i * g.kp);
-        let w = g.wq.add(j * k);
-        let (xs, ws) = (g.xs.add(i * ng), g.ws.add(j * ng));
+        let w = g.wq.add(j * g.wrow);
+        let xs = g.xs.add(i * ng);
         let mut f = vdupq_n_f32(0.0);
         let mut p0 = 0;
         let mut gi = 0;
@@ -386,7 +569,7 @@ mod neon {
                 acc = vpadalq_s16(acc, vmull_high_s8(wv, xv));
                 p += 16;
             }
-            let d = vdupq_n_f32(*ws.add(gi) * *xs.add(gi));
+            let d = vdupq_n_f32(*g.ws.add(j * ng + gi) * *xs.add(gi));
             f = vfmaq_f32(f, vcvtq_f32_s32(acc), d);
             p0 = p1;
             gi += 1;
@@ -394,13 +577,57 @@ mod neon {
         vaddvq_f32(f)
     }
 
+    /// Against the 16-bit x: int4 (I4: 16 bytes of nibbles per group, centered to q − 8,
+    /// plus the offset's term) or int8 in groups of 32 (I8A16), widened to i16 and multiplied
+    /// with `vmlal_s16`.
+    ///
+    /// # Safety
+    /// `i`, `j` inside the operands (those weights, 16-bit x); NEON enabled.
+    #[inline(always)]
+    unsafe fn dot_a16(kind: Kind, g: &Q8, i: usize, j: usize) -> f32 {
+        let ng = g.ng;
+        let x = g.x16.add(i * g.kp);
+        let w = (g.wq as *const u8).add(j * g.wrow);
+        let mut f = vdupq_n_f32(0.0);
+        let mut extra = 0f32;
+        for gi in 0..ng {
+            let (lo, hi) = if kind == Kind::I4 {
+                let b = vld1q_u8(w.add(gi * 16));
+                let c = vdupq_n_s8(I4_CENTER as i8);
+                (
+                    vsubq_s8(vreinterpretq_s8_u8(vandq_u8(b, vdupq_n_u8(0x0f))), c),
+                    vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(b)), c),
+                )
+            } else {
+                // whole groups of 32 (k is a multiple of 32 for int8 under W8A16)
+                (vld1q_s8(w.add(gi * 32) as *const i8), vld1q_s8(w.add(gi * 32 + 16) as *const i8))
+            };
+            let xp = x.add(gi * 32); // x is zero-padded to kp (a multiple of 32)
+            let mut acc = vdupq_n_s32(0);
+            for (h, wv) in [lo, hi].into_iter().enumerate() {
+                let (w0, w1) = (vmovl_s8(vget_low_s8(wv)), vmovl_high_s8(wv));
+                let (x0, x1) = (vld1q_s16(xp.add(16 * h)), vld1q_s16(xp.add(16 * h + 8)));
+                acc = vmlal_s16(acc, vget_low_s16(w0), vget_low_s16(x0));
+                acc = vmlal_high_s16(acc, w0, x0);
+                acc = vmlal_s16(acc, vget_low_s16(w1), vget_low_s16(x1));
+                acc = vmlal_high_s16(acc, w1, x1);
+            }
+            let d = if kind == Kind::I4 { f16_to_f32(*g.wh.add(j * ng + gi)) } else { *g.ws.add(j * ng + gi) };
+            f = vfmaq_f32(f, vcvtq_f32_s32(acc), vdupq_n_f32(d * *g.xs.add(i * ng + gi)));
+            if kind == Kind::I4 {
+                extra += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+            }
+        }
+        vaddvq_f32(f) + extra
+    }
+
     /// # Safety
     /// The region must lie inside the operands of `g`; NEON enabled; `g.group % 16 == 0`.
     #[target_feature(enable = "neon")]
-    pub(crate) unsafe fn region(g: &Q8) {
+    pub(crate) unsafe fn region(kind: Kind, g: &Q8) {
         for j in g.cols.0..g.cols.1 {
             for i in g.rows.0..g.rows.1 {
-                *g.y.add(i * g.n + j) = dot(g, i, j);
+                *g.y.add(i * g.n + j) = if kind == Kind::A8 { dot(g, i, j) } else { dot_a16(kind, g, i, j) };
             }
         }
     }
@@ -428,14 +655,14 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_avx2, gemv_vnni};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_i4_vnni512, gemv_vnni, I4W, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
-    use super::{AVX2_TILE, Q8, VNNI_TILE};
+    use super::{f16_to_f32, i4_offset, AVX2_TILE, I4_CENTER, Q8, VNNI_TILE};
 
     /// Per-thread packed-panel buffers of the GEMM (contents stale).
     #[derive(Default)]
@@ -592,6 +819,95 @@ mod x86 {
         }
     }
 
+    /// Weights multiplied with 16-bit x (`matmul_int4`'s int4, and int8 under the W8A16
+    /// scheme): how a group of 32 is widened to i16 and scaled.
+    pub(crate) trait A16Weights {
+        /// Bytes of one group in a row.
+        const GROUP_BYTES: usize;
+        /// Whether the integer values are centered (int4: q − 8, with the offset m + 8·d).
+        const CENTERED: bool;
+        /// The group at `p` as two vectors of 16 i16 (values 0-15 and 16-31).
+        unsafe fn widen(p: *const u8) -> (__m256i, __m256i);
+        /// Scales of groups gi..gi+8 of row j.
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256;
+        /// Scale of group gi of row j.
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32;
+    }
+
+    /// Packed int4: 16 bytes of nibbles (q in [0, 15], low nibbles first: GGUF's order), f16
+    /// scales widened with F16C.
+    pub(crate) struct I4W;
+    impl A16Weights for I4W {
+        const GROUP_BYTES: usize = 16;
+        const CENTERED: bool = true;
+        #[inline(always)]
+        unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
+            let b = _mm_loadu_si128(p as *const __m128i);
+            let m = _mm_set1_epi8(0x0f);
+            (
+                _mm256_cvtepu8_epi16(_mm_and_si128(b, m)),
+                _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(b), m)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(g.wh.add(j * g.ng + gi) as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
+            f16_to_f32(*g.wh.add(j * g.ng + gi))
+        }
+    }
+
+    /// int8 in groups of 32 (f32 scales).
+    pub(crate) struct I8W16;
+    impl A16Weights for I8W16 {
+        const GROUP_BYTES: usize = 32;
+        const CENTERED: bool = false;
+        #[inline(always)]
+        unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
+            _mm256_loadu_ps(g.ws.add(j * g.ng + gi))
+        }
+        #[inline(always)]
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
+            *g.ws.add(j * g.ng + gi)
+        }
+    }
+
+    /// The integer step of the 16-bit-x GEMV: acc += Σ w·x over one group of 32 from the
+    /// widened weights and 32 16-bit x (|w·x| ≤ 127·32639: pair sums fit i32).
+    trait StepA16 {
+        unsafe fn step(acc: __m256i, w: (__m256i, __m256i), x: *const i16) -> __m256i;
+    }
+
+    /// AVX2: madd_epi16, then add.
+    struct Avx2A16;
+    impl StepA16 for Avx2A16 {
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, (lo, hi): (__m256i, __m256i), x: *const i16) -> __m256i {
+            let a = _mm256_madd_epi16(lo, _mm256_loadu_si256(x as *const __m256i));
+            let b = _mm256_madd_epi16(hi, _mm256_loadu_si256(x.add(16) as *const __m256i));
+            _mm256_add_epi32(acc, _mm256_add_epi32(a, b))
+        }
+    }
+
+    /// AVX-512 VNNI (256-bit): dpwssd (madd + add in one).
+    struct VnniA16;
+    impl StepA16 for VnniA16 {
+        #[inline(always)]
+        unsafe fn step(acc: __m256i, (lo, hi): (__m256i, __m256i), x: *const i16) -> __m256i {
+            let acc = _mm256_dpwssd_epi32(acc, lo, _mm256_loadu_si256(x as *const __m256i));
+            _mm256_dpwssd_epi32(acc, hi, _mm256_loadu_si256(x.add(16) as *const __m256i))
+        }
+    }
+
     /// Row pointers of R rows of quantized x (from row i).
     struct XRows<const R: usize> {
         q: [*const i8; R],
@@ -687,7 +1003,7 @@ mod x86 {
     ) -> [f32; R] {
         let (k, group, ng) = (g.k, g.group, g.ng);
         let c = group / 32;
-        let w = g.wq.add(j * k);
+        let w = g.wq.add(j * g.wrow);
         let ws = g.ws.add(j * ng);
         let x = XRows::<R>::new(g, i);
         // Two f32 accumulators per row (even / odd groups) hide the FMA latency.
@@ -713,6 +1029,179 @@ mod x86 {
             *o = hsum256(_mm256_add_ps(*a, *b));
         }
         out
+    }
+
+    /// The 8 vectors of partial lane sums of 8 groups reduced to one vector of their 8 sums
+    /// (group t in lane t).
+    #[inline(always)]
+    unsafe fn reduce8(a: [__m256i; 8]) -> __m256i {
+        let h01 = _mm256_hadd_epi32(a[0], a[1]);
+        let h23 = _mm256_hadd_epi32(a[2], a[3]);
+        let h45 = _mm256_hadd_epi32(a[4], a[5]);
+        let h67 = _mm256_hadd_epi32(a[6], a[7]);
+        // [g0..g3 of the low 128 bits | g0..g3 of the high 128 bits], likewise g4..g7
+        let lo4 = _mm256_hadd_epi32(h01, h23);
+        let hi4 = _mm256_hadd_epi32(h45, h67);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(lo4, hi4),
+            _mm256_permute2x128_si256::<0x31>(lo4, hi4),
+        )
+    }
+
+    /// [y[i + r, j] for r < R] for weights `W` (`g.wq` rows of `g.wrow` bytes; int4 with f16
+    /// scales `g.wh` and minimums `g.wm`, or int8 with f32 scales `g.ws`) against the 16-bit
+    /// x (`g.x16`), 8 groups at a time: each group's integer dot product (one [`StepA16`] per
+    /// row of x) stays a vector of partial lanes, [`reduce8`] turns 8 of them into one vector
+    /// of group sums, and f += sums · (d · sx) with 8 scales loaded at once (int4: widened from
+    /// f16, and centered: (sums − 8·Σx16) · (d · sx) + (m + 8·d) · Σx, see `matmul_int4`). The
+    /// last `ng % 8` groups are scaled one by one.
+    ///
+    /// # Safety
+    /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // t and r index the accumulators and offset the operands
+    unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize, const ZMM: bool>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+        let ng = g.ng;
+        let w = (g.wq as *const u8).add(j * g.wrow);
+        let wm = g.wm.wrapping_add(j * ng);
+        let xh: [*const i16; R] = std::array::from_fn(|r| g.x16.add((i + r) * g.kp));
+        let xs: [*const f32; R] = std::array::from_fn(|r| g.xs.add((i + r) * ng));
+        let xf: [*const f32; R] = std::array::from_fn(|r| g.xf.add((i + r) * ng));
+        let xc: [*const i32; R] = std::array::from_fn(|r| g.xc.add((i + r) * ng));
+        let eight = _mm256_set1_ps(I4_CENTER as f32);
+        let mut f = [_mm256_setzero_ps(); R];
+        let mut gi = 0;
+        while gi + 8 <= ng {
+            let acc = if ZMM {
+                let xp: [*const i16; R] = std::array::from_fn(|r| g.x16p.add((i + r) * g.kp));
+                block8_i4_zmm::<R>(w, &xp, gi)
+            } else {
+                let mut acc = [[_mm256_setzero_si256(); 8]; R];
+                for t in 0..8 {
+                    let wv = W::widen(w.add((gi + t) * W::GROUP_BYTES));
+                    for r in 0..R {
+                        acc[r][t] = S::step(acc[r][t], wv, xh[r].add((gi + t) * 32));
+                    }
+                }
+                acc
+            };
+            let d = W::scales8(g, j, gi);
+            for r in 0..R {
+                let mut sums = reduce8(acc[r]);
+                if W::CENTERED {
+                    // Σ (q − 8)·x = Σ q·x − 8·Σx, exact in i32
+                    let c8 = _mm256_slli_epi32::<3>(_mm256_loadu_si256(xc[r].add(gi) as *const __m256i));
+                    sums = _mm256_sub_epi32(sums, c8);
+                }
+                f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(xs[r].add(gi))), f[r]);
+            }
+            if W::CENTERED {
+                // the offset m + 8·d of the centered weights q − 8, times the f32 Σx
+                let o = _mm256_fmadd_ps(eight, d, _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i)));
+                for r in 0..R {
+                    f[r] = _mm256_fmadd_ps(o, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
+                }
+            }
+            gi += 8;
+        }
+        // the last ng % 8 groups one by one: their lanes scaled as they are
+        let mut e = [0f32; R];
+        while gi < ng {
+            let d = W::scale(g, j, gi);
+            let wv = W::widen(w.add(gi * W::GROUP_BYTES));
+            for r in 0..R {
+                // centered: the group's lanes, minus 8·Σx in lane 0: Σ (q − 8)·x
+                let c = if W::CENTERED { -I4_CENTER * *xc[r].add(gi) } else { 0 };
+                let a = S::step(_mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0), wv, xh[r].add(gi * 32));
+                f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d * *xs[r].add(gi)), f[r]);
+                if W::CENTERED {
+                    e[r] += i4_offset(*g.wh.add(j * ng + gi), *wm.add(gi)) * *xf[r].add(gi);
+                }
+            }
+            gi += 1;
+        }
+        let mut out = [0f32; R];
+        for (r, (o, f)) in out.iter_mut().zip(&f).enumerate() {
+            *o = hsum256(*f) + e[r];
+        }
+        out
+    }
+
+    /// The integer lane sums of 8 int4 groups (from `gi`) of a row against the pair-interleaved
+    /// 16-bit x ([`Q8::x16p`]), two groups per 512-bit multiply: the 32 bytes of a pair of
+    /// groups give [a 0-15, b 0-15] (low nibbles) and [a 16-31, b 16-31] (high nibbles) as 32
+    /// i16 each (`vpmovzxbw`), and `vpdpwssd` leaves group a's partial sums in the low 256 bits
+    /// and b's in the high ones — half the instructions of the 256-bit step per group.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI enabled; the 8 groups and their x inside the operands.
+    #[inline(always)]
+    unsafe fn block8_i4_zmm<const R: usize>(w: *const u8, xp: &[*const i16; R], gi: usize) -> [[__m256i; 8]; R] {
+        let mut out = [[_mm256_setzero_si256(); 8]; R];
+        let m = _mm256_set1_epi8(0x0f);
+        for t in 0..4 {
+            let b = _mm256_loadu_si256(w.add((gi + 2 * t) * 16) as *const __m256i);
+            let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(b, m));
+            let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(b), m));
+            for r in 0..R {
+                let x = xp[r].add((gi + 2 * t) * 32);
+                let a = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x as *const __m512i));
+                let a = _mm512_dpwssd_epi32(a, hi, _mm512_loadu_si512(x.add(32) as *const __m512i));
+                out[r][2 * t] = _mm512_castsi512_si256(a);
+                out[r][2 * t + 1] = _mm512_extracti64x4_epi64::<1>(a);
+            }
+        }
+        out
+    }
+
+    /// The 16-bit-x GEMV over a region: up to 4 rows of x at a time against every column.
+    #[inline(always)]
+    unsafe fn gemv_a16<S: StepA16, W: A16Weights, const ZMM: bool>(g: &Q8) {
+        let mut i = g.rows.0;
+        while i < g.rows.1 {
+            let r = (g.rows.1 - i).min(4);
+            for j in g.cols.0..g.cols.1 {
+                let mut out = [0f32; 4];
+                match r {
+                    4 => out = dot_rows_a16::<S, W, 4, ZMM>(g, i, j),
+                    3 => out[..3].copy_from_slice(&dot_rows_a16::<S, W, 3, ZMM>(g, i, j)),
+                    2 => out[..2].copy_from_slice(&dot_rows_a16::<S, W, 2, ZMM>(g, i, j)),
+                    _ => out[0] = dot_rows_a16::<S, W, 1, ZMM>(g, i, j)[0],
+                }
+                for (t, v) in out.iter().enumerate().take(r) {
+                    *g.y.add((i + t) * g.n + j) = *v;
+                }
+            }
+            i += r;
+        }
+    }
+
+    /// The 16-bit-x GEMV over a region (AVX2 + F16C).
+    ///
+    /// # Safety
+    /// The region must lie inside the operands of `g` (weights W, 16-bit x with `xc` and
+    /// `xf`); AVX2, FMA and F16C available.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn gemv_a16_avx2<W: A16Weights>(g: &Q8) {
+        gemv_a16::<Avx2A16, W, false>(g)
+    }
+
+    /// The 16-bit-x GEMV over a region (AVX-512 VNNI on 256-bit vectors + F16C).
+    ///
+    /// # Safety
+    /// As [`gemv_a16_avx2`]; AVX-512 F/VL/BW/VNNI available.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(crate) unsafe fn gemv_a16_vnni<W: A16Weights>(g: &Q8) {
+        gemv_a16::<VnniA16, W, false>(g)
+    }
+
+    /// The int4 GEMV over a region with the 512-bit step ([`block8_i4_zmm`]; `g.x16p` set).
+    ///
+    /// # Safety
+    /// As [`gemv_a16_vnni`].
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(crate) unsafe fn gemv_i4_vnni512(g: &Q8) {
+        gemv_a16::<VnniA16, I4W, true>(g)
     }
 
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
@@ -978,7 +1467,7 @@ mod x86 {
                 let mut i0 = g.rows.0;
                 while i0 < g.rows.1 {
                     let mr = MR.min(g.rows.1 - i0);
-                    tile_avx2::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
+                    tile_avx2::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0 || g.accumulate);
                     i0 += MR;
                 }
                 kb += kc;
@@ -1205,7 +1694,7 @@ mod x86 {
                 let mut i0 = g.rows.0;
                 while i0 < g.rows.1 {
                     let mr = MR.min(g.rows.1 - i0);
-                    tile_vnni::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
+                    tile_vnni::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0 || g.accumulate);
                     i0 += MR;
                 }
                 kb += kc;

@@ -3,6 +3,7 @@ pub mod activations;
 pub mod attention;
 pub mod matmul_bf16;
 pub mod matmul_f32;
+pub mod matmul_int4;
 pub mod matmul_int8;
 pub mod norms;
 pub mod quant;

@@ -262,6 +262,311 @@ impl QuantizedI8 {
     }
 }
 
+/// IEEE half → f32, exact (subnormals, ±inf and NaN included).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // subnormal half: frac · 2^-24
+            let v = frac as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// f32 → IEEE half bits, rounding to nearest with ties to even (overflow to ±inf, NaN kept
+/// quiet, subnormals rounded like any other value).
+pub fn f32_to_f16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x007f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x0200 | (man >> 13) as u16 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // the value's bits below the kept 10 (or fewer, for a subnormal half), rounded to even
+    let (m, shift) = if e <= 0 {
+        if e < -10 {
+            return sign; // below half the smallest subnormal: ±0
+        }
+        (man | 0x0080_0000, (14 - e) as u32)
+    } else {
+        (man, 13u32)
+    };
+    let kept = m >> shift;
+    let rest = m & ((1 << shift) - 1);
+    let half = 1 << (shift - 1);
+    let round = u32::from(rest > half || (rest == half && kept & 1 == 1));
+    let out = if e <= 0 { kept + round } else { ((e as u32) << 10 | kept) + round };
+    sign | out as u16 // a carry out of the mantissa bumps the exponent, as it should
+}
+
+/// Input elements per INT4 group: 32, the block of GGUF's Q4_0 / Q4_1 (and the sub-block of
+/// Q4_K), so those tensors load by copying their nibbles and scales.
+pub const I4_GROUP: usize = 32;
+/// Packed bytes per INT4 group (32 nibbles).
+pub const I4_GROUP_BYTES: usize = I4_GROUP / 2;
+
+/// INT4 weights `[rows, cols]` (nn.Linear layout), asymmetric, in groups of [`I4_GROUP`]
+/// consecutive inputs: weight `(i, p)` is `q · d + m` with `q` in [0, 15] and one scale `d`
+/// and one minimum `m` per row and group, both IEEE half (f16) — exactly GGUF's Q4_1 block,
+/// 0.625 bytes per weight.
+///
+/// One format holds both GGUF 4-bit kinds exactly: Q4_1 blocks are copied (nibbles, d, m);
+/// Q4_0 blocks (`(q − 8)·d`) get `m = −8·d` (exact in f16: a power-of-two multiple), and
+/// `q·d + (−8·d)` is `(q − 8)·d` exactly in f32. The kernels widen d and m to f32 (F16C on
+/// x86, 8 groups per instruction), which costs nothing next to the bytes saved.
+///
+/// `q` keeps GGUF's nibble layout: each group is 16 bytes, byte `t` holding value `t` in its
+/// low nibble and value `t + 16` in its high nibble; a row is `ceil(cols / 32)` groups (a
+/// short last group is padded with q = 0, which the kernels multiply by zero-padded x).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedI4 {
+    pub rows: usize,
+    pub cols: usize,
+    /// q: [rows, ceil(cols / 32) · 16] packed nibbles
+    pub q: Vec<u8>,
+    /// d: [rows, ceil(cols / 32)] f16 bits
+    pub scales: Vec<u16>,
+    /// m: [rows, ceil(cols / 32)] f16 bits
+    pub mins: Vec<u16>,
+}
+
+/// GGUF block kinds that hold 32 values each and map exactly onto a ferrolm weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufBlock {
+    /// f16 d, 32 × i8: `q · d` (→ [`QuantizedI8`], group 32).
+    Q8_0,
+    /// f16 d, 16 bytes of nibbles: `(q − 8) · d` (→ [`QuantizedI4`]).
+    Q4_0,
+    /// f16 d, f16 m, 16 bytes of nibbles: `q · d + m` (→ [`QuantizedI4`]).
+    Q4_1,
+}
+
+impl GgufBlock {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "Q8_0" => Ok(GgufBlock::Q8_0),
+            "Q4_0" => Ok(GgufBlock::Q4_0),
+            "Q4_1" => Ok(GgufBlock::Q4_1),
+            other => Err(Error::InvalidArgument(format!("GGUF block type '{other}' is not read as raw blocks (Q8_0, Q4_0, Q4_1 are)"))),
+        }
+    }
+
+    /// Bytes per block of 32 values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgufBlock::Q8_0 => 34,
+            GgufBlock::Q4_0 => 18,
+            GgufBlock::Q4_1 => 20,
+        }
+    }
+}
+
+/// A GGUF tensor of whole blocks, parsed into the weight format that holds it exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufWeight {
+    I8(QuantizedI8),
+    I4(QuantizedI4),
+}
+
+impl GgufWeight {
+    /// Parses `[rows, cols]` values stored as `kind` blocks (32 values along a row each).
+    /// Errors ([`Error::Tensor`]) for a shape that is not whole blocks, a byte count that does
+    /// not match it, or a Q4_0 scale so large that −8·d overflows f16 (|d| > 8188).
+    pub fn from_blocks(kind: GgufBlock, rows: usize, cols: usize, bytes: &[u8]) -> Result<GgufWeight> {
+        let ng = cols / 32;
+        let needed = rows.checked_mul(ng).and_then(|n| n.checked_mul(kind.block_bytes()));
+        if rows == 0 || cols == 0 || !cols.is_multiple_of(32) || needed != Some(bytes.len()) {
+            return Err(Error::Tensor(format!(
+                "a {kind:?} tensor of shape [{rows}, {cols}] needs whole blocks of 32 values and {} bytes, got {}",
+                needed.map_or("too many".to_string(), |n| n.to_string()),
+                bytes.len()
+            )));
+        }
+        let half = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+        let what = "a GGUF block tensor";
+        if kind == GgufBlock::Q8_0 {
+            let mut scales = crate::memory::with_capacity(rows * ng, what)?;
+            let mut q = crate::memory::with_capacity(rows * cols, what)?;
+            for block in bytes.chunks_exact(kind.block_bytes()) {
+                scales.push(f16_to_f32(half(block, 0)));
+                q.extend(block[2..].iter().map(|&b| b as i8));
+            }
+            return Ok(GgufWeight::I8(QuantizedI8 { rows, cols, group: 32, q, scales }));
+        }
+        let mut scales = crate::memory::with_capacity(rows * ng, what)?;
+        let mut q = crate::memory::with_capacity(rows * ng * I4_GROUP_BYTES, what)?;
+        let mut mins = crate::memory::with_capacity(rows * ng, what)?;
+        for block in bytes.chunks_exact(kind.block_bytes()) {
+            let d = half(block, 0);
+            let (m, nibbles) = match kind {
+                GgufBlock::Q4_0 => {
+                    let m = f32_to_f16(-8.0 * f16_to_f32(d));
+                    if f16_to_f32(m) != -8.0 * f16_to_f32(d) && !f16_to_f32(d).is_nan() {
+                        return Err(Error::Tensor(format!("Q4_0 block scale {} is too large for −8·d in f16", f16_to_f32(d))));
+                    }
+                    (m, &block[2..])
+                }
+                _ => (half(block, 2), &block[4..]),
+            };
+            scales.push(d);
+            mins.push(m);
+            q.extend_from_slice(nibbles);
+        }
+        Ok(GgufWeight::I4(QuantizedI4 { rows, cols, q, scales, mins }))
+    }
+
+    /// The values as f32 `[rows, cols]` (what the gguf package's dequantize gives).
+    pub fn dequantize(&self) -> Vec<f32> {
+        match self {
+            GgufWeight::I8(q) => q.dequantize(),
+            GgufWeight::I4(q) => q.dequantize(),
+        }
+    }
+}
+
+impl QuantizedI4 {
+    /// Groups per row, `ceil(cols / 32)`.
+    #[inline]
+    pub fn groups_per_row(&self) -> usize {
+        self.cols.div_ceil(I4_GROUP)
+    }
+
+    /// Packed bytes per row.
+    #[inline]
+    pub fn row_bytes(&self) -> usize {
+        self.groups_per_row() * I4_GROUP_BYTES
+    }
+
+    /// Quantizes `w: [rows, cols]` per row and group of 32 as llama.cpp's Q4_1 does:
+    /// `m = f16(min)`, `d = f16((max − min) / 15)`, `q = round((w − m) / d)` in [0, 15] (a
+    /// constant group has d = 0 and q = 0), so `|w − (q·d + m)| ≤ d / 2` up to the f16
+    /// rounding of d and m. Panics if `w.len() != rows·cols`. Weights must be finite.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize) -> QuantizedI4 {
+        assert_eq!(Some(w.len()), rows.checked_mul(cols), "quantize: w must be [rows, cols]");
+        let ng = cols.div_ceil(I4_GROUP);
+        let mut q = vec![0u8; rows * ng * I4_GROUP_BYTES];
+        let mut scales = vec![0u16; rows * ng];
+        let mut mins = vec![0u16; rows * ng];
+        if cols > 0 {
+            for (i, wr) in w.chunks_exact(cols).enumerate() {
+                for (g, wg) in wr.chunks(I4_GROUP).enumerate() {
+                    let (lo, hi) = wg.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+                    let at = i * ng + g;
+                    scales[at] = f32_to_f16((hi - lo) / 15.0);
+                    mins[at] = f32_to_f16(lo);
+                    let (d, m) = (f16_to_f32(scales[at]), f16_to_f32(mins[at]));
+                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    let qg = &mut q[at * I4_GROUP_BYTES..(at + 1) * I4_GROUP_BYTES];
+                    for (t, &v) in wg.iter().enumerate() {
+                        let v = ((v - m) * id).round().clamp(0.0, 15.0) as u8;
+                        qg[t % 16] |= if t < 16 { v } else { v << 4 };
+                    }
+                }
+            }
+        }
+        QuantizedI4 { rows, cols, q, scales, mins }
+    }
+
+    /// Builds from raw parts (e.g. a checkpoint), checking every length and that scales and
+    /// minimums are finite. Errors are [`Error::Tensor`].
+    pub fn from_parts(rows: usize, cols: usize, q: Vec<u8>, scales: Vec<u16>, mins: Vec<u16>) -> Result<QuantizedI4> {
+        let ng = cols.div_ceil(I4_GROUP);
+        let groups = rows.checked_mul(ng).ok_or_else(|| Error::Tensor(format!("int4 shape {rows}x{cols} overflows")))?;
+        if Some(q.len()) != groups.checked_mul(I4_GROUP_BYTES) {
+            return Err(Error::Tensor(format!("int4 weight has {} bytes, expected {rows}x{} for {rows}x{cols} values", q.len(), ng * I4_GROUP_BYTES)));
+        }
+        for (what, v) in [("scales", &scales), ("minimums", &mins)] {
+            if v.len() != groups {
+                return Err(Error::Tensor(format!("int4 {what} have {} values, expected {rows}x{ng}", v.len())));
+            }
+            if let Some(&s) = v.iter().find(|&&s| s & 0x7c00 == 0x7c00) {
+                return Err(Error::Tensor(format!("int4 {what} hold {}, which is not finite", f16_to_f32(s))));
+            }
+        }
+        Ok(QuantizedI4 { rows, cols, q, scales, mins })
+    }
+
+    /// Value `t` (0..32) of packed group `qg` (16 bytes).
+    #[inline(always)]
+    pub fn nibble(qg: &[u8], t: usize) -> u8 {
+        if t < 16 {
+            qg[t] & 0x0f
+        } else {
+            qg[t - 16] >> 4
+        }
+    }
+
+    /// The q values of row `i` unpacked into `out: [cols]` (each in [0, 15]).
+    pub fn unpack_row(&self, i: usize, out: &mut [i8]) {
+        assert!(i < self.rows && out.len() == self.cols, "unpack_row: row {i} of {} into {} values", self.rows, out.len());
+        let rb = self.row_bytes();
+        unpack_nibbles(&self.q[i * rb..(i + 1) * rb], out, 0);
+    }
+
+    /// Dequantizes row `i` into `out: [cols]` (`q·d + m` in f32, as GGUF dequantizes Q4_1).
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        assert!(i < self.rows && out.len() == self.cols, "dequantize_row: row {i} of {} into {} values", self.rows, out.len());
+        let (ng, rb) = (self.groups_per_row(), self.row_bytes());
+        let qr = &self.q[i * rb..(i + 1) * rb];
+        for (g, (og, qg)) in out.chunks_mut(I4_GROUP).zip(qr.chunks_exact(I4_GROUP_BYTES)).enumerate() {
+            let (d, m) = (f16_to_f32(self.scales[i * ng + g]), f16_to_f32(self.mins[i * ng + g]));
+            for (t, o) in og.iter_mut().enumerate() {
+                *o = f32::from(Self::nibble(qg, t)) * d + m;
+            }
+        }
+    }
+
+    /// The whole dequantized matrix `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            for (i, row) in out.chunks_mut(self.cols).enumerate() {
+                self.dequantize_row(i, row);
+            }
+        }
+        out
+    }
+
+    /// Bytes read by one full matmul (nibbles + f16 scales and minimums).
+    pub fn bytes(&self) -> usize {
+        self.q.len() + (self.scales.len() + self.mins.len()) * 2
+    }
+}
+
+/// Packed int4 groups (16 bytes each, GGUF's order) unpacked into `out` as `q − sub` (q in
+/// [0, 15]; `out` may end inside the last group).
+pub fn unpack_nibbles(packed: &[u8], out: &mut [i8], sub: i8) {
+    for (og, qg) in out.chunks_mut(I4_GROUP).zip(packed.chunks_exact(I4_GROUP_BYTES)) {
+        if let (Ok(og), Ok(qg)) = (<&mut [i8; 32]>::try_from(&mut *og), <&[u8; 16]>::try_from(qg)) {
+            // whole groups: two passes the compiler turns into vector ands and shifts
+            let (lo, hi) = og.split_at_mut(16);
+            for (o, &b) in lo.iter_mut().zip(qg) {
+                *o = (b & 0x0f) as i8 - sub;
+            }
+            for (o, &b) in hi.iter_mut().zip(qg) {
+                *o = (b >> 4) as i8 - sub;
+            }
+        } else {
+            for (t, o) in og.iter_mut().enumerate() {
+                *o = QuantizedI4::nibble(qg, t) as i8 - sub;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,5 +765,142 @@ mod tests {
         // Empty shapes are valid.
         assert!(QuantizedI8::from_parts(0, 5, 32, vec![], vec![]).is_ok());
         assert!(QuantizedI8::from_parts(3, 0, 32, vec![], vec![]).is_ok());
+    }
+
+    #[test]
+    fn f16_round_trip_and_round_to_nearest_even() {
+        // every finite half survives f16 → f32 → f16; NaN stays NaN
+        for h in 0..=u16::MAX {
+            let f = f16_to_f32(h);
+            if f.is_nan() {
+                assert!(f16_to_f32(f32_to_f16(f)).is_nan());
+            } else {
+                assert_eq!(f32_to_f16(f), h, "{h:#06x} = {f:e}");
+            }
+        }
+        // random f32s: the nearest half (ties to even), checked against both neighbours in f64
+        let mut s = 0x9e37_79b9_u32;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let x = f32::from_bits((s & 0x8fff_ffff) | (0x3000_0000 * ((s >> 28) & 1)));
+            if !x.is_finite() || x.abs() >= 65520.0 {
+                continue;
+            }
+            let h = f32_to_f16(x);
+            let v = f16_to_f32(h) as f64;
+            for n in [h.wrapping_add(1), h.wrapping_sub(1)] {
+                let w = f16_to_f32(n) as f64;
+                if w.is_finite() && (n & 0x7fff) <= 0x7bff && (n ^ h) & 0x8000 == 0 {
+                    let (dv, dw) = ((v - x as f64).abs(), (w - x as f64).abs());
+                    assert!(dv < dw || (dv == dw && h & 1 == 0), "{x:e}: {h:#06x} vs neighbour {n:#06x}");
+                }
+            }
+        }
+        assert_eq!(f32_to_f16(65520.0), 0x7c00); // rounds up to inf
+        assert_eq!(f32_to_f16(-1e-9), 0x8000);
+    }
+
+    #[test]
+    fn int4_round_trip_error_is_at_most_half_a_step() {
+        for &(rows, cols) in &[(3, 100), (5, 33), (1, 1), (2, 64), (4, 31)] {
+            let mut w = lcg_vec((rows * 77 + cols) as u64, rows * cols);
+            for v in w.iter_mut().take(cols.min(32)) {
+                *v = 0.25; // a constant group: d = 0, exact
+            }
+            let q = QuantizedI4::quantize(&w, rows, cols);
+            assert_eq!((q.q.len(), q.scales.len()), (rows * q.row_bytes(), rows * q.groups_per_row()));
+            let deq = q.dequantize();
+            let ng = q.groups_per_row();
+            for i in 0..rows {
+                let mut row = vec![0f32; cols];
+                q.dequantize_row(i, &mut row);
+                assert_eq!(row, deq[i * cols..(i + 1) * cols]);
+                let mut qs = vec![0i8; cols];
+                q.unpack_row(i, &mut qs);
+                for p in 0..cols {
+                    let (d, m) = (f16_to_f32(q.scales[i * ng + p / 32]), f16_to_f32(q.mins[i * ng + p / 32]));
+                    assert!((0..16).contains(&qs[p]));
+                    assert_eq!(row[p], f32::from(qs[p] as u8) * d + m);
+                    // half a step, plus the f16 rounding of the minimum
+                    let err = (w[i * cols + p] - row[p]).abs();
+                    assert!(err <= d * 0.5 + m.abs() * 1e-3 + 1e-6, "({i},{p}) w={} deq={} d={d}", w[i * cols + p], row[p]);
+                }
+            }
+            assert!(deq[..cols.min(32)].iter().all(|&v| (v - 0.25).abs() < 1e-3));
+        }
+    }
+
+    fn blocks(kind: GgufBlock, n: usize, seed: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|b| {
+                let mut blk = vec![0u8; kind.block_bytes()];
+                for (t, v) in blk.iter_mut().enumerate() {
+                    *v = ((t * 13 + b * 7 + seed) % 256) as u8;
+                }
+                blk[..2].copy_from_slice(&(0x1c00u16 + (b as u16 % 64) * 5).to_le_bytes()); // d > 0, modest
+                if kind == GgufBlock::Q4_1 {
+                    blk[2..4].copy_from_slice(&(0xa000u16 + (b as u16 % 64) * 3).to_le_bytes()); // m < 0
+                }
+                blk
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gguf_4bit_blocks_are_copied_exactly() {
+        let (rows, cols) = (3, 96);
+        for kind in [GgufBlock::Q4_0, GgufBlock::Q4_1] {
+            let raw = blocks(kind, rows * cols / 32, 1);
+            let GgufWeight::I4(w) = GgufWeight::from_blocks(kind, rows, cols, &raw).unwrap() else { panic!("int4") };
+            for (b, blk) in raw.chunks_exact(kind.block_bytes()).enumerate() {
+                let d = u16::from_le_bytes([blk[0], blk[1]]);
+                assert_eq!(w.scales[b], d);
+                let nib = &blk[blk.len() - 16..];
+                assert_eq!(&w.q[b * 16..(b + 1) * 16], nib, "nibbles copied as they are");
+                let (df, mf) = (f16_to_f32(d), f16_to_f32(w.mins[b]));
+                match kind {
+                    GgufBlock::Q4_1 => assert_eq!(w.mins[b], u16::from_le_bytes([blk[2], blk[3]])),
+                    _ => assert_eq!(mf, -8.0 * df),
+                }
+                // GGUF's dequantization: Q4_0 (q − 8)·d, Q4_1 q·d + m; element t < 16 low nibble
+                let mut row = vec![0f32; cols];
+                w.dequantize_row(b / 3, &mut row);
+                for t in 0..32 {
+                    let q = if t < 16 { nib[t] & 15 } else { nib[t - 16] >> 4 };
+                    let want = match kind {
+                        GgufBlock::Q4_0 => (f32::from(q) - 8.0) * df,
+                        _ => f32::from(q) * df + mf,
+                    };
+                    assert_eq!(row[(b % 3) * 32 + t], want, "{kind:?} block {b} value {t}");
+                }
+            }
+        }
+        // shapes that are not whole blocks, wrong byte counts, a Q4_0 scale too large for −8·d
+        let raw = blocks(GgufBlock::Q4_1, 6, 0);
+        assert!(GgufWeight::from_blocks(GgufBlock::Q4_1, 2, 96, &raw[1..]).is_err());
+        assert!(GgufWeight::from_blocks(GgufBlock::Q4_1, 3, 65, &raw).is_err());
+        assert!(GgufWeight::from_blocks(GgufBlock::Q4_1, 0, 32, &[]).is_err());
+        let mut big = blocks(GgufBlock::Q4_0, 1, 0);
+        big[..2].copy_from_slice(&0x7000u16.to_le_bytes()); // 8192
+        assert!(matches!(GgufWeight::from_blocks(GgufBlock::Q4_0, 1, 32, &big), Err(Error::Tensor(_))));
+        assert!(GgufBlock::parse("Q5_K").is_err());
+    }
+
+    #[test]
+    fn int4_from_parts_validates() {
+        assert!(QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 4], vec![0; 4]).is_ok());
+        let bad = [
+            QuantizedI4::from_parts(2, 40, vec![0; 63], vec![0; 4], vec![0; 4]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 3], vec![0; 4]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 4], vec![0; 5]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0, 0x7c00, 0, 0], vec![0; 4]),
+            QuantizedI4::from_parts(2, 40, vec![0; 64], vec![0; 4], vec![0xfe00, 0, 0, 0]),
+            QuantizedI4::from_parts(usize::MAX, 64, vec![], vec![], vec![]),
+        ];
+        for r in bad {
+            assert!(matches!(r, Err(Error::Tensor(_))), "{r:?}");
+        }
     }
 }

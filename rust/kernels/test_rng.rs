@@ -1,4 +1,5 @@
-//! A tiny deterministic generator for kernel tests (xorshift64*, values in [-1, 1)).
+//! Helpers of the kernel tests: a tiny deterministic generator (xorshift64*, values in [-1, 1))
+//! and the timer of the hand-run throughput benchmarks.
 
 pub(crate) struct Rng(pub u64);
 
@@ -14,4 +15,19 @@ impl Rng {
     pub fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.next()).collect()
     }
+}
+
+/// Best (shortest) seconds per call of `f` over `reps` timed batches of `iters` calls (after one
+/// untimed warm-up call); `f` gets the call's index.
+pub(crate) fn best_time(reps: usize, iters: usize, mut f: impl FnMut(usize)) -> f64 {
+    f(0);
+    (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for it in 0..iters {
+                f(it);
+            }
+            t.elapsed().as_secs_f64() / iters as f64
+        })
+        .fold(f64::INFINITY, f64::min)
 }

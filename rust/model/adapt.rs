@@ -82,6 +82,19 @@ impl Model {
         Ok((t.rows, t.k))
     }
 
+    /// The values of linear weight `name` as f32 `[rows, in]` (widened or dequantized from
+    /// the model's precision): what a merged adapter is added to when the checkpoint has no
+    /// float original (a ferrolm INT8 / INT4 checkpoint).
+    pub fn weight_values(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.target(&self.export_entries(), name)?;
+        let lin = self.slot_linear(t.slot).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let mut out = crate::memory::zeroed(t.rows * t.k, "a weight's values")?;
+        for (r, row) in out.chunks_mut(t.k.max(1)).enumerate().take(t.rows) {
+            lin.row_into(t.row0 + r, row);
+        }
+        Ok(out)
+    }
+
     /// A copy of this model with `merged` rows replaced and `deltas` attached; every check is
     /// done before anything is built, and `self` is never changed.
     pub fn variant(&self, mut merged: Vec<MergedWeight>, deltas: Vec<WeightDelta>) -> Result<Model> {

@@ -178,6 +178,12 @@ fn linear_parts(l: &Linear) -> Vec<(String, View<'_>)> {
             ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: as_bytes(&q.q) }),
             ("scales".to_string(), View { dtype: DType::F32, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales) }),
         ],
+        // listed so every buffer has a name; the CUDA backend has no INT4 kernels and refuses them
+        WeightData::Int4(q) => vec![
+            ("weight".to_string(), View { dtype: DType::U8, shape: vec![n, q.q.len() / n.max(1)], id, bytes: as_bytes(&q.q) }),
+            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.scales.len() / n.max(1)], id: id + 1, bytes: as_bytes(&q.scales) }),
+            ("mins".to_string(), View { dtype: DType::F16, shape: vec![n, q.mins.len() / n.max(1)], id: id + 2, bytes: as_bytes(&q.mins) }),
+        ],
     };
     if let Some(b) = &l.bias {
         v.push(("bias".into(), f32_view(b, vec![n])));
@@ -208,15 +214,15 @@ mod tests {
     #[test]
     fn every_buffer_reads_back_with_its_size_and_variants_share_ids() {
         for config in [LLAMA, GPT2] {
-            for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            for precision in [Precision::F32, Precision::Bf16, Precision::Int8, Precision::Int4] {
                 let model = build(config, precision, &checkpoint_names(config));
                 let bufs = buffers(&model);
                 assert!(bufs.iter().any(|b| b.name == "layers.0.qkv.weight"));
                 for b in &bufs {
                     let bytes = buffer_bytes(&model, &b.name).unwrap();
                     let size = match b.dtype {
-                        DType::I8 => 1,
-                        DType::BF16 => 2,
+                        DType::I8 | DType::U8 => 1,
+                        DType::BF16 | DType::F16 => 2,
                         _ => 4,
                     };
                     assert_eq!(bytes.len(), b.shape.iter().product::<usize>() * size, "{}", b.name);

@@ -2,7 +2,9 @@
 //! (quantized checkpoints, merged adapters). Fused matrices are split back into their
 //! checkpoint parts (q/k/v, gate/up); FP32/BF16 Conv1D weights go back to GPT-2's `[in, out]`.
 //! An INT8 matrix `X.weight` is written `[out, in]` as int8 values plus `X.weight_scale`
-//! `[out, ceil(in / group)]` f32 — the layout [`super::TensorStore`] reads back.
+//! `[out, ceil(in / group)]` f32; an INT4 one as u8 `[out, ceil(in / 32) · 16]` (the packed
+//! nibbles) plus `X.weight_scale` and `X.weight_min` f16 `[out, ceil(in / 32)]` — the layouts
+//! [`super::TensorStore`] reads back.
 
 use super::linear::{Linear, WeightData};
 use super::names::{part_rows, table, Layout, Part, Row, Slot};
@@ -24,6 +26,10 @@ pub struct ExportEntry {
 }
 
 fn f32_le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u16_le(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -59,17 +65,27 @@ impl Model {
             let Some(lin) = self.slot_linear(slot) else { continue };
             let k = lin.in_features;
             let conv1d = row.layout == Layout::Conv1d;
-            // an INT8 matrix is written [out, in] whatever its checkpoint layout
+            // an INT8 / INT4 matrix is written [out, in] whatever its checkpoint layout
             let (dtype, transposed) = match &*lin.weight {
                 WeightData::F32(_) => (DType::F32, conv1d),
                 WeightData::Bf16(_) => (DType::BF16, conv1d),
                 WeightData::Int8(_) => (DType::I8, false),
+                WeightData::Int4(_) => (DType::U8, false),
             };
-            let shape = if transposed { vec![k, n] } else { vec![n, k] };
-            let scale = format!("{name}_scale");
+            let shape = match &*lin.weight {
+                WeightData::Int4(q) => vec![n, q.row_bytes()],
+                _ if transposed => vec![k, n],
+                _ => vec![n, k],
+            };
+            let (scale, min) = (format!("{name}_scale"), format!("{name}_min"));
             out.push(entry(name, dtype, shape, Part::Weight, transposed));
-            if let WeightData::Int8(q) = &*lin.weight {
-                out.push(entry(scale, DType::F32, vec![n, q.groups_per_row()], Part::Scale, false));
+            match &*lin.weight {
+                WeightData::Int8(q) => out.push(entry(scale, DType::F32, vec![n, q.groups_per_row()], Part::Scale, false)),
+                WeightData::Int4(q) => {
+                    out.push(entry(scale, DType::F16, vec![n, q.groups_per_row()], Part::Scale, false));
+                    out.push(entry(min, DType::F16, vec![n, q.groups_per_row()], Part::Min, false));
+                }
+                _ => {}
             }
         }
     }
@@ -114,7 +130,7 @@ impl Model {
             return match e.part {
                 Part::Weight => Ok(f32_le(&norm.weight)),
                 Part::Bias => norm.bias.as_deref().map(f32_le).ok_or_else(|| Error::MissingTensor(e.name.clone())),
-                Part::Scale => Err(Error::MissingTensor(e.name.clone())),
+                Part::Scale | Part::Min => Err(Error::MissingTensor(e.name.clone())),
             };
         }
         if e.slot == Slot::PosEmbed {
@@ -139,7 +155,10 @@ impl Model {
                 let g = q.groups_per_row();
                 Ok(f32_le(&q.scales[r0 * g..r1 * g]))
             }
-            (Part::Scale, _) => Err(Error::MissingTensor(e.name.clone())),
+            (Part::Weight, WeightData::Int4(q)) => Ok(q.q[r0 * q.row_bytes()..r1 * q.row_bytes()].to_vec()),
+            (Part::Scale, WeightData::Int4(q)) => Ok(u16_le(&q.scales[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
+            (Part::Min, WeightData::Int4(q)) => Ok(u16_le(&q.mins[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
+            (Part::Scale | Part::Min, _) => Err(Error::MissingTensor(e.name.clone())),
         }
     }
 }
@@ -254,7 +273,7 @@ pub(crate) mod tests {
     fn export_reloads_to_identical_weights_in_every_precision() {
         for config in [LLAMA, GPT2] {
             let names = checkpoint_names(config);
-            for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            for precision in [Precision::F32, Precision::Bf16, Precision::Int8, Precision::Int4] {
                 let m = build(config, precision, &names);
                 let back = reload(config, precision, &m);
                 same_weights(&m, &back);

@@ -1,4 +1,4 @@
-//! A linear layer's weights in nn.Linear layout, `w: [out, in]`, in one of the three
+//! A linear layer's weights in nn.Linear layout, `w: [out, in]`, in one of the four
 //! precisions, plus an optional FP32 bias. Each precision's storage and matmul plug in here.
 
 use std::sync::Arc;
@@ -6,9 +6,10 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::kernels::matmul_bf16::{bf16_path_for, matmul_bf16_path};
 use crate::kernels::matmul_f32::{f32_path_for, matmul_f32_path};
-use crate::kernels::matmul_int8::{int8_path_for, matmul_int8_path};
+use crate::kernels::matmul_int4::matmul_int4_path;
+use crate::kernels::matmul_int8::{int8_path_for, matmul_int8_a16_path, matmul_int8_path};
+use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, QuantizedI4, QuantizedI8};
 use crate::kernels::RowPath;
-use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, QuantizedI8};
 use crate::threadpool::ThreadPool;
 
 /// The storage precision of matmul weights.
@@ -17,6 +18,7 @@ pub enum Precision {
     F32,
     Bf16,
     Int8,
+    Int4,
 }
 
 impl Precision {
@@ -25,7 +27,8 @@ impl Precision {
             "fp32" | "f32" | "float32" => Ok(Precision::F32),
             "bf16" | "bfloat16" => Ok(Precision::Bf16),
             "int8" | "i8" => Ok(Precision::Int8),
-            other => Err(Error::InvalidArgument(format!("unknown precision '{other}' (choose fp32, bf16 or int8)"))),
+            "int4" | "i4" => Ok(Precision::Int4),
+            other => Err(Error::InvalidArgument(format!("unknown precision '{other}' (choose fp32, bf16, int8 or int4)"))),
         }
     }
 
@@ -34,6 +37,7 @@ impl Precision {
             Precision::F32 => "fp32",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
+            Precision::Int4 => "int4",
         }
     }
 }
@@ -46,6 +50,8 @@ pub enum WeightData {
     Bf16(Vec<u16>),
     /// w: [out, in] int8 with per-row, per-group f32 scales.
     Int8(QuantizedI8),
+    /// w: [out, in] packed int4 with per-row, per-group f32 scales and minimums.
+    Int4(QuantizedI4),
 }
 
 impl WeightData {
@@ -54,6 +60,7 @@ impl WeightData {
             WeightData::F32(_) => Precision::F32,
             WeightData::Bf16(_) => Precision::Bf16,
             WeightData::Int8(_) => Precision::Int8,
+            WeightData::Int4(_) => Precision::Int4,
         }
     }
 
@@ -62,7 +69,41 @@ impl WeightData {
             WeightData::F32(w) => w.len(),
             WeightData::Bf16(w) => w.len(),
             WeightData::Int8(q) => q.q.len(),
+            WeightData::Int4(q) => q.rows * q.cols,
         }
+    }
+
+    /// `[rows, cols]` of a quantized weight (the others only know their length).
+    fn quantized_shape(&self) -> Option<(usize, usize)> {
+        match self {
+            WeightData::Int8(q) => Some((q.rows, q.cols)),
+            WeightData::Int4(q) => Some((q.rows, q.cols)),
+            _ => None,
+        }
+    }
+
+    /// Row `i` of a `[rows, k]` weight as f32 (dequantized) into `out: [k]`.
+    pub fn row_into(&self, i: usize, k: usize, out: &mut [f32]) {
+        match self {
+            WeightData::F32(w) => out.copy_from_slice(&w[i * k..(i + 1) * k]),
+            WeightData::Bf16(w) => {
+                for (o, &b) in out.iter_mut().zip(&w[i * k..(i + 1) * k]) {
+                    *o = bf16_to_f32(b);
+                }
+            }
+            WeightData::Int8(q) => q.dequantize_row(i, out),
+            WeightData::Int4(q) => q.dequantize_row(i, out),
+        }
+    }
+
+    /// The whole weight `[rows, k]` as f32 (dequantized).
+    pub fn to_f32(&self, k: usize) -> Vec<f32> {
+        let rows = self.len().checked_div(k).unwrap_or(0);
+        let mut out = vec![0f32; rows * k];
+        for (i, row) in out.chunks_mut(k.max(1)).enumerate().take(rows) {
+            self.row_into(i, k, row);
+        }
+        out
     }
 }
 
@@ -91,6 +132,10 @@ pub struct Linear {
     pub bias: Option<Vec<f32>>,
     /// Unmerged adapters, applied after the matmul.
     pub lora: Vec<LoraDelta>,
+    /// INT8 weights only: quantize x to 16 bits (W8A16) instead of 8 (W8A8). An INT4 load
+    /// sets it on the INT8 matrices it keeps (a GGUF file's Q8_0 embedding / lm_head), so
+    /// that, like its INT4 matrices, they multiply the file's exact weights with a 16-bit x.
+    pub x16: bool,
 }
 
 impl Linear {
@@ -101,11 +146,11 @@ impl Linear {
                 weight.len()
             )));
         }
-        if let WeightData::Int8(q) = &weight {
-            if (q.rows, q.cols) != (out_features, in_features) {
+        if let Some((rows, cols)) = weight.quantized_shape() {
+            if (rows, cols) != (out_features, in_features) {
                 return Err(Error::Tensor(format!(
-                    "int8 weight is {}x{}, expected {out_features}x{in_features}",
-                    q.rows, q.cols
+                    "{} weight is {rows}x{cols}, expected {out_features}x{in_features}",
+                    weight.precision().name()
                 )));
             }
         }
@@ -114,7 +159,7 @@ impl Linear {
                 return Err(Error::Tensor(format!("bias has {} values, expected {out_features}", b.len())));
             }
         }
-        Ok(Self { out_features, in_features, weight: Arc::new(weight), bias, lora: Vec::new() })
+        Ok(Self { out_features, in_features, weight: Arc::new(weight), bias, lora: Vec::new(), x16: false })
     }
 
     pub fn f32(w: Vec<f32>, out_features: usize, in_features: usize, bias: Option<Vec<f32>>) -> Result<Self> {
@@ -122,12 +167,27 @@ impl Linear {
     }
 
     /// Stacks the rows of several layers reading the same input (q/k/v, gate/up) into one.
-    /// All parts must share `in_features` and precision (and INT8 group size); the bias is
-    /// kept only when every part has one.
-    pub fn concat(parts: Vec<Linear>) -> Result<Self> {
+    /// All parts must share `in_features` and precision (and INT8 group size) — except that
+    /// INT4 and INT8 parts (a GGUF file with a Q4 q and a Q6_K/Q8_0 v) are fused as INT8, the
+    /// INT4 rows requantized from their exact values; the bias is kept only when every part
+    /// has one.
+    pub fn concat(mut parts: Vec<Linear>) -> Result<Self> {
+        let is = |p: &Linear, want: Precision| p.weight.precision() == want;
+        if parts.iter().any(|p| is(p, Precision::Int8)) && parts.iter().any(|p| is(p, Precision::Int4)) {
+            let group = parts.iter().find_map(|p| match &*p.weight {
+                WeightData::Int8(q) => Some(q.group),
+                _ => None,
+            });
+            for p in parts.iter_mut().filter(|p| p.weight.precision() == Precision::Int4) {
+                let w = p.weight.to_f32(p.in_features);
+                let q = QuantizedI8::quantize_with_group(&w, p.out_features, p.in_features, group.unwrap_or(crate::kernels::quant::GROUP));
+                p.weight = Arc::new(WeightData::Int8(q));
+            }
+        }
         let first = parts.first().ok_or_else(|| Error::Tensor("nothing to concatenate".into()))?;
         let in_features = first.in_features;
         let precision = first.weight.precision();
+        let x16 = parts.iter().any(|p| p.x16);
         let out_features: usize = parts.iter().map(|p| p.out_features).sum();
         for p in &parts {
             if p.in_features != in_features || p.weight.precision() != precision {
@@ -172,8 +232,23 @@ impl Linear {
                 let q = concat_vecs(qs.into_iter().map(|q| q.q));
                 WeightData::Int8(QuantizedI8::from_parts(out_features, in_features, group, q, scales)?)
             }
+            Precision::Int4 => {
+                let mut qs = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match owned(p.weight) {
+                        WeightData::Int4(q) => qs.push(q),
+                        _ => unreachable!("precision checked above"),
+                    }
+                }
+                let scales = concat_vecs(qs.iter_mut().map(|q| std::mem::take(&mut q.scales)));
+                let mins = concat_vecs(qs.iter_mut().map(|q| std::mem::take(&mut q.mins)));
+                let q = concat_vecs(qs.into_iter().map(|q| q.q));
+                WeightData::Int4(QuantizedI4::from_parts(out_features, in_features, q, scales, mins)?)
+            }
         };
-        Self::new(weight, out_features, in_features, bias)
+        let mut fused = Self::new(weight, out_features, in_features, bias)?;
+        fused.x16 = x16;
+        Ok(fused)
     }
 
     /// y: [m, out] = x: [m, in] · wᵀ (+ bias), on the path the kernels pick for m rows.
@@ -186,7 +261,7 @@ impl Linear {
         match &*self.weight {
             WeightData::F32(_) => f32_path_for(m),
             WeightData::Bf16(_) => bf16_path_for(m),
-            WeightData::Int8(_) => int8_path_for(m),
+            WeightData::Int8(_) | WeightData::Int4(_) => int8_path_for(m),
         }
     }
 
@@ -197,7 +272,9 @@ impl Linear {
         match &*self.weight {
             WeightData::F32(w) => matmul_f32_path(pool, x, w, y, m, k, n, path),
             WeightData::Bf16(w) => matmul_bf16_path(pool, x, w, y, m, k, n, path),
+            WeightData::Int8(q) if self.x16 => matmul_int8_a16_path(pool, x, q, y, m, path),
             WeightData::Int8(q) => matmul_int8_path(pool, x, q, y, m, path),
+            WeightData::Int4(q) => matmul_int4_path(pool, x, q, y, m, path),
         }
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(n) {
@@ -221,7 +298,8 @@ impl Linear {
     }
 
     /// The weights with each part's rows `row0..row0 + rows` replaced by its `values: [rows, in]`
-    /// (FP32, converted to this layer's precision and INT8 group); other rows are copied as they are.
+    /// (FP32, converted to this layer's precision and INT8 group; INT4 requantized from the
+    /// values); other rows are copied as they are.
     pub fn with_rows(&self, parts: &[(usize, &[f32])]) -> Result<WeightData> {
         let k = self.in_features;
         for &(row0, values) in parts {
@@ -263,22 +341,25 @@ impl Linear {
                 }
                 WeightData::Int8(q)
             }
+            WeightData::Int4(q) => {
+                let (ng, rb) = (q.groups_per_row(), q.row_bytes());
+                let mut q = q.clone();
+                for &(row0, values) in parts {
+                    let rows = values.len() / k.max(1);
+                    let part = QuantizedI4::quantize(values, rows, k);
+                    q.q[row0 * rb..(row0 + rows) * rb].copy_from_slice(&part.q);
+                    q.scales[row0 * ng..(row0 + rows) * ng].copy_from_slice(&part.scales);
+                    q.mins[row0 * ng..(row0 + rows) * ng].copy_from_slice(&part.mins);
+                }
+                WeightData::Int4(q)
+            }
         })
     }
 
     /// Copies row `i` of w, in f32 (one embedding vector when the layer is an embedding
     /// table), into `out: [in]`.
     pub fn row_into(&self, i: usize, out: &mut [f32]) {
-        let k = self.in_features;
-        match &*self.weight {
-            WeightData::F32(w) => out.copy_from_slice(&w[i * k..(i + 1) * k]),
-            WeightData::Bf16(w) => {
-                for (o, &b) in out.iter_mut().zip(&w[i * k..(i + 1) * k]) {
-                    *o = bf16_to_f32(b);
-                }
-            }
-            WeightData::Int8(q) => q.dequantize_row(i, out),
-        }
+        self.weight.row_into(i, self.in_features, out)
     }
 
     /// Number of parameters (weights and bias).
@@ -292,6 +373,7 @@ impl Linear {
             WeightData::F32(w) => w.len() * 4,
             WeightData::Bf16(w) => w.len() * 2,
             WeightData::Int8(q) => q.bytes(),
+            WeightData::Int4(q) => q.bytes(),
         }
     }
 }

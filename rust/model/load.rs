@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::names::{arch_name, table, Layout, Part, Row, Slot, Table};
-use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
+use super::{Layer, Linear, Model, ModelConfig, Norm, Precision, TensorStore};
 use crate::error::{Error, Result};
 use crate::kernels::rope::Rope;
 use crate::threadpool::ThreadPool;
@@ -76,7 +76,9 @@ impl Taken {
                 (Layout::Plain, _) => self.plain.push((slot, store.take(&name, &shape)?)),
                 (_, &[out, inp]) if row.required(c) => {
                     let w = store.take_matrix(&name, out, inp)?;
-                    let part = Linear::new(w, out, inp, bias(store)?)?;
+                    let mut part = Linear::new(w, out, inp, bias(store)?)?;
+                    // an INT4 load's INT8 matrices take a 16-bit x (see Linear::x16)
+                    part.x16 = store.plan().precision == Precision::Int4 && part.weight.precision() == Precision::Int8;
                     match self.linears.iter_mut().find(|(s, _)| *s == slot) {
                         Some((_, parts)) => parts.push(part),
                         None => self.linears.push((slot, vec![part])),
@@ -168,7 +170,7 @@ mod tests {
         "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":4,"max_position_embeddings":32,
         "rms_norm_eps":1e-5,"tie_word_embeddings":true,"mlp_bias":true}"#;
     const CONFIGS: [&str; 4] = [LLAMA, QWEN2, LLAMA_MLP_BIAS, GPT2];
-    const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Int8];
+    const PRECISIONS: [Precision; 4] = [Precision::F32, Precision::Bf16, Precision::Int8, Precision::Int4];
 
     fn cfg(json: &str) -> ModelConfig {
         ModelConfig::from_hf_json(json).unwrap()
@@ -233,15 +235,25 @@ mod tests {
                 let m = build(json, precision, &tensors);
                 let entries = m.export_entries();
                 for e in &entries {
-                    let base = if e.part == Part::Scale { e.name.strip_suffix("_scale").unwrap() } else { &e.name };
+                    let base = match e.part {
+                        Part::Scale => e.name.strip_suffix("_scale").unwrap(),
+                        Part::Min => e.name.strip_suffix("_min").unwrap(),
+                        _ => &e.name,
+                    };
                     let (row, _) = t.find(base).unwrap_or_else(|| panic!("{}: not in the table", e.name));
-                    assert_eq!(row.part, if e.part == Part::Scale { Part::Weight } else { e.part }, "{}", e.name);
+                    let derived = matches!(e.part, Part::Scale | Part::Min);
+                    assert_eq!(row.part, if derived { Part::Weight } else { e.part }, "{}", e.name);
                     // every matrix part is a matmul weight; INT8 ones come with scales, float ones
                     // keep their checkpoint layout
                     match (t.matrix_layout(base), e.dtype) {
                         (None, dtype) => assert_eq!(dtype, DType::F32, "{}", e.name),
                         (Some(_), DType::I8) => assert!(entries.iter().any(|s| s.name == format!("{}_scale", e.name))),
-                        (Some(_), DType::F32) if e.part == Part::Scale => assert_eq!(precision, Precision::Int8),
+                        (Some(_), DType::U8) => {
+                            assert!(entries.iter().any(|s| s.name == format!("{}_scale", e.name)));
+                            assert!(entries.iter().any(|s| s.name == format!("{}_min", e.name)));
+                        }
+                        (Some(_), DType::F32) if derived => assert_eq!(precision, Precision::Int8),
+                        (Some(_), DType::F16) if derived => assert_eq!(precision, Precision::Int4),
                         (Some(_), _) => {}
                     }
                 }

@@ -81,16 +81,32 @@ impl Model {
     }
 
     /// Storage precision of the matmul weights (the lm_head's, which every layer shares).
+    /// The load precision: the narrowest format of any matmul weight (an INT4 load keeps the
+    /// tensors a GGUF file stores in 8 bits as INT8, so its embedding may be INT8).
     pub fn precision(&self) -> Precision {
-        self.lm_head().weight.precision()
+        let bits = |p: Precision| match p {
+            Precision::Int4 => 4,
+            Precision::Int8 => 8,
+            Precision::Bf16 => 16,
+            Precision::F32 => 32,
+        };
+        self.linears().map(|l| l.weight.precision()).min_by_key(|&p| bits(p)).unwrap_or(Precision::F32)
+    }
+
+    /// Every matmul weight of the model (embedding, layers, an untied lm_head).
+    pub fn linears(&self) -> impl Iterator<Item = &Linear> {
+        std::iter::once(&self.embed)
+            .chain(self.layers.iter().flat_map(|l| [&l.qkv, &l.o, &l.up, &l.down]))
+            .chain(self.lm_head.as_ref())
     }
 
     /// INT8 group size, when the weights are INT8.
+    /// The INT8 group size, when some matrix is INT8.
     pub fn int8_group(&self) -> Option<usize> {
-        match &*self.lm_head().weight {
+        self.linears().find_map(|l| match &*l.weight {
             WeightData::Int8(q) => Some(q.group),
             _ => None,
-        }
+        })
     }
 
     /// The matmul path the kernels pick for `m` rows (every matmul weight shares the

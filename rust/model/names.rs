@@ -58,13 +58,14 @@ pub(crate) enum Slot {
     Down(usize),
 }
 
-/// Which tensor of a module: its weight, its bias, or (exported INT8 only, never in a table) the
-/// scales of its weight.
+/// Which tensor of a module: its weight, its bias, or (exported INT8/INT4 only, never in a
+/// table) the scales of its weight and (INT4) its minimums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Weight,
     Bias,
     Scale,
+    Min,
 }
 
 /// How a tensor is stored in a checkpoint.
@@ -260,6 +261,7 @@ impl Part {
             Part::Weight => "weight",
             Part::Bias => "bias",
             Part::Scale => "scale",
+            Part::Min => "min",
         }
     }
 }

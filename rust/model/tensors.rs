@@ -14,7 +14,7 @@ use std::path::Path;
 use super::linear::{Precision, WeightData};
 use super::Arch;
 use crate::error::{Error, Result};
-use crate::kernels::quant::{f32_to_bf16, QuantizedI8};
+use crate::kernels::quant::{f32_to_bf16, f32_to_f16, GgufBlock, GgufWeight, QuantizedI4, QuantizedI8};
 use crate::memory;
 use crate::safetensors_file::{dtype_of, SafetensorsFile};
 
@@ -26,6 +26,8 @@ pub enum DType {
     F64,
     /// Only for the weights of an INT8 checkpoint saved by ferrolm.
     I8,
+    /// Only for the packed nibbles of an INT4 checkpoint saved by ferrolm.
+    U8,
 }
 
 impl DType {
@@ -36,7 +38,8 @@ impl DType {
             "BF16" | "BFLOAT16" => Ok(DType::BF16),
             "F64" | "FLOAT64" => Ok(DType::F64),
             "I8" | "INT8" => Ok(DType::I8),
-            other => Err(Error::Tensor(format!("unsupported tensor dtype '{other}' (supported: F32, F16, BF16, F64, I8)"))),
+            "U8" | "UINT8" => Ok(DType::U8),
+            other => Err(Error::Tensor(format!("unsupported tensor dtype '{other}' (supported: F32, F16, BF16, F64, I8, U8)"))),
         }
     }
 
@@ -48,12 +51,13 @@ impl DType {
             DType::BF16 => "BF16",
             DType::F64 => "F64",
             DType::I8 => "I8",
+            DType::U8 => "U8",
         }
     }
 
     pub fn size(self) -> usize {
         match self {
-            DType::I8 => 1,
+            DType::I8 | DType::U8 => 1,
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::F64 => 8,
@@ -61,24 +65,7 @@ impl DType {
     }
 }
 
-/// IEEE half → f32, exact.
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, _) => {
-            // subnormal half: frac · 2^-24
-            let v = frac as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, 0) => sign | 0x7f80_0000,
-        (0x1f, _) => sign | 0x7fc0_0000 | (frac << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
-}
+pub use crate::kernels::quant::f16_to_f32;
 
 /// bfloat16 → f32: a 16-bit shift.
 pub fn bf16_to_f32(b: u16) -> f32 {
@@ -109,6 +96,7 @@ fn extend_f32(dtype: DType, bytes: &[u8], out: &mut Vec<f32>) {
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32),
         ),
         DType::I8 => out.extend(bytes.iter().map(|&b| f32::from(b as i8))),
+        DType::U8 => out.extend(bytes.iter().map(|&b| f32::from(b))),
     }
 }
 
@@ -168,6 +156,9 @@ enum TensorData {
     /// The int8 values of a saved INT8 checkpoint (`[out, in]`), paired at `take_matrix`
     /// with their `{name}_scale` tensor.
     SavedI8(Vec<i8>),
+    /// The packed nibbles of a saved INT4 checkpoint (`[out, ceil(in/32)·16]`), paired at
+    /// `take_matrix` with their `{name}_scale` and `{name}_min` tensors.
+    SavedI4(Vec<u8>),
 }
 
 #[derive(Debug)]
@@ -270,6 +261,22 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
             }
             Ok(WeightData::Int8(QuantizedI8 { rows, cols, group: plan.group, q, scales }))
         }
+        Precision::Int4 => {
+            let ng = cols.div_ceil(crate::kernels::quant::I4_GROUP);
+            let what_q = memory::checked_bytes(rows, ng * crate::kernels::quant::I4_GROUP_BYTES, WHAT)?;
+            let mut q = memory::with_capacity(what_q, WHAT)?;
+            let (mut scales, mut mins) = (memory::with_capacity(rows * ng, WHAT)?, memory::with_capacity(rows * ng, WHAT)?);
+            for (r0, r1) in blocks.by_ref() {
+                buf.clear();
+                let block = src.extend(r0 * cols, r1 * cols, &mut buf);
+                let part = QuantizedI4::quantize(&buf, r1 - r0, cols);
+                q.extend_from_slice(&part.q);
+                scales.extend_from_slice(&part.scales);
+                mins.extend_from_slice(&part.mins);
+                done(block);
+            }
+            Ok(WeightData::Int4(QuantizedI4 { rows, cols, q, scales, mins }))
+        }
     }
 }
 
@@ -283,9 +290,6 @@ pub(crate) fn transpose<T: Copy + Default>(w: &[T], rows: usize, cols: usize) ->
     }
     out
 }
-
-/// Bytes per block of GGUF's Q8_0: an f16 scale and 32 int8 values.
-const Q8_0_BLOCK: usize = 34;
 
 impl TensorStore {
     pub fn new(plan: LoadPlan) -> Self {
@@ -358,18 +362,29 @@ impl TensorStore {
             return Err(Error::Tensor(format!("matmul weight '{name}' has shape {shape:?}; both dimensions must be positive")));
         }
         let data = match (src, layout) {
-            (Src::Bytes(DType::I8, bytes), layout) => {
+            (Src::Bytes(dtype @ (DType::I8 | DType::U8), bytes), layout) => {
+                let what = if dtype == DType::I8 { "int8" } else { "packed int4 (U8)" };
                 if layout.is_none() {
-                    return Err(Error::Tensor(format!("tensor '{name}' is int8, but only matmul weights may be")));
+                    return Err(Error::Tensor(format!("tensor '{name}' is {what}, but only matmul weights may be")));
                 }
-                if self.plan.precision != Precision::Int8 {
+                // an INT4 checkpoint may hold INT8 matrices (those a GGUF file had in Q8_0)
+                let ok = match dtype {
+                    DType::I8 => matches!(self.plan.precision, Precision::Int8 | Precision::Int4),
+                    _ => self.plan.precision == Precision::Int4,
+                };
+                if !ok {
+                    let saved = if dtype == DType::I8 { "int8" } else { "int4" };
                     return Err(Error::InvalidArgument(format!(
-                        "this checkpoint stores INT8 weights ('{name}'); load it with precision='int8'"
+                        "this checkpoint stores {} weights ('{name}'); load it with precision='{saved}'",
+                        saved.to_uppercase()
                     )));
                 }
-                let q = bytes.iter().map(|&b| b as i8).collect();
                 done(bytes);
-                TensorData::SavedI8(q)
+                if dtype == DType::I8 {
+                    TensorData::SavedI8(bytes.iter().map(|&b| b as i8).collect())
+                } else {
+                    TensorData::SavedI4(bytes.to_vec())
+                }
             }
             (src, Some(MatrixLayout::OutIn)) => TensorData::Matrix(convert_rows(src, shape[0], shape[1], &self.plan, done)?),
             (src, Some(MatrixLayout::InOut)) => {
@@ -388,41 +403,68 @@ impl TensorStore {
         self.put(name, shape, data)
     }
 
-    /// Adds a GGUF Q8_0 tensor of shape `[rows, cols]` (blocks of 32 values along a row: an
-    /// f16 scale, then 32 int8). With an INT8 plan in groups of 32, a matmul weight keeps its
-    /// values and scales exactly (no dequantize/requantize round trip); otherwise (or if a
-    /// block holds -128, outside the symmetric range) it is dequantized and converted.
-    pub fn insert_q8_0(&mut self, name: &str, shape: &[usize], bytes: &[u8]) -> Result<()> {
+    /// Adds a GGUF tensor of shape `[rows, cols]` stored as `kind` blocks (32 values along a
+    /// row each). A matmul weight whose blocks a format of the plan holds exactly keeps its
+    /// values and scales (no dequantize/requantize round trip): Q8_0 under an INT8 plan in
+    /// groups of 32, and under an INT4 plan (INT8 is the nearest precision holding 8-bit values
+    /// exactly); Q4_0 / Q4_1 under an INT4 plan. Otherwise (or if a Q8_0 block holds -128,
+    /// outside INT8's symmetric range) it is dequantized and converted — a Q8_0 weight under an
+    /// INT4 plan to INT8.
+    pub fn insert_blocks(&mut self, name: &str, kind: GgufBlock, shape: &[usize], bytes: &[u8]) -> Result<()> {
         let [rows, cols] = *shape else {
-            return Err(Error::Tensor(format!("Q8_0 tensor '{name}' must be 2-D, got shape {shape:?}")));
+            return Err(Error::Tensor(format!("{kind:?} tensor '{name}' must be 2-D, got shape {shape:?}")));
         };
-        let needed = rows.checked_mul(cols.div_ceil(32)).and_then(|n| n.checked_mul(Q8_0_BLOCK));
-        if rows == 0 || cols == 0 || cols % 32 != 0 || needed != Some(bytes.len()) {
-            return Err(Error::Tensor(format!(
-                "Q8_0 tensor '{name}' of shape {shape:?} needs whole blocks of 32 values and {} bytes, got {}",
-                needed.map_or("too many".to_string(), |n| n.to_string()),
-                bytes.len()
-            )));
+        let w = GgufWeight::from_blocks(kind, rows, cols, bytes).map_err(|e| match e {
+            Error::Tensor(msg) => Error::Tensor(format!("tensor '{name}': {msg}")),
+            e => e,
+        })?;
+        if self.tensors.contains_key(name) {
+            return Err(Error::Tensor(format!("tensor '{name}' appears twice in the checkpoint")));
         }
-        let ng = cols / 32;
-        let mut q = memory::with_capacity(rows * cols, "a Q8_0 tensor")?;
-        let mut scales = memory::with_capacity(rows * ng, "a Q8_0 tensor")?;
-        for block in bytes.chunks_exact(Q8_0_BLOCK) {
-            scales.push(f16_to_f32(u16::from_le_bytes([block[0], block[1]])));
-            q.extend(block[2..].iter().map(|&b| b as i8));
-        }
-        let direct = self.plan.precision == Precision::Int8
-            && self.plan.group == 32
-            && self.plan.matrix_layout(name) == Some(MatrixLayout::OutIn);
-        if direct && !self.tensors.contains_key(name) {
-            if let Ok(w) = QuantizedI8::from_parts(rows, cols, 32, q.clone(), scales.clone()) {
-                return self.put(name, shape, TensorData::Matrix(WeightData::Int8(w)));
+        let matrix = self.plan.matrix_layout(name) == Some(MatrixLayout::OutIn);
+        let precision = self.plan.precision;
+        let (values, keep_as) = match w {
+            GgufWeight::I8(q) => {
+                let wants_int8 = (precision == Precision::Int8 && self.plan.group == 32) || precision == Precision::Int4;
+                if matrix && wants_int8 {
+                    let QuantizedI8 { rows, cols, group, q, scales } = q;
+                    match QuantizedI8::from_parts(rows, cols, group, q, scales) {
+                        Ok(w) => return self.put(name, shape, TensorData::Matrix(WeightData::Int8(w))),
+                        // a -128: requantized from the values below
+                        Err(_) => (GgufWeight::from_blocks(kind, rows, cols, bytes)?.dequantize(), Some(Precision::Int8)),
+                    }
+                } else {
+                    (GgufWeight::I8(q).dequantize(), None)
+                }
             }
+            GgufWeight::I4(q) if matrix && precision == Precision::Int4 => {
+                return self.put(name, shape, TensorData::Matrix(WeightData::Int4(q)));
+            }
+            w => (w.dequantize(), None),
+        };
+        self.insert_as(name, shape.to_vec(), values, keep_as)
+    }
+
+    /// Adds one tensor of f32 values; a matmul weight is converted to `precision` instead of
+    /// the plan's when given (e.g. a GGUF Q6_K tensor under an INT4 plan: INT8 holds its 6-bit
+    /// values far better).
+    pub fn insert_as(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>, precision: Option<Precision>) -> Result<()> {
+        self.with_precision(precision, |s| s.insert(name, shape, data))
+    }
+
+    /// Like [`insert_bytes`](Self::insert_bytes), with the precision override of [`insert_as`](Self::insert_as).
+    pub fn insert_bytes_as(&mut self, name: &str, dtype: DType, shape: &[usize], bytes: &[u8], precision: Option<Precision>) -> Result<()> {
+        self.with_precision(precision, |s| s.insert_bytes(name, dtype, shape, bytes))
+    }
+
+    fn with_precision(&mut self, precision: Option<Precision>, f: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let plan = self.plan;
+        if let Some(p) = precision {
+            self.plan.precision = p;
         }
-        // dequantized: value = q · scale
-        let values: Vec<f32> = q.chunks_exact(32).zip(&scales).flat_map(|(qb, &s)| qb.iter().map(move |&v| f32::from(v) * s)).collect();
-        drop(q);
-        self.insert(name, shape.to_vec(), values)
+        let r = f(self);
+        self.plan = plan;
+        r
     }
 
     /// Reads every tensor of a safetensors file (memory-mapped; converted block by block).
@@ -468,9 +510,18 @@ impl TensorStore {
     /// checkpoint shape (`[inp, out]` for a Conv1D).
     pub fn take_matrix(&mut self, name: &str, out: usize, inp: usize) -> Result<WeightData> {
         let layout = self.plan.matrix_layout(name).unwrap_or(MatrixLayout::OutIn);
-        let saved_i8 = matches!(self.tensors.get(name), Some(Tensor { data: TensorData::SavedI8(_), .. }));
-        // a saved INT8 checkpoint stores every matmul weight as [out, in]
-        let shape = if layout == MatrixLayout::InOut && !saved_i8 { [inp, out] } else { [out, inp] };
+        let saved = match self.tensors.get(name) {
+            Some(Tensor { data: TensorData::SavedI8(_), .. }) => Some(Precision::Int8),
+            Some(Tensor { data: TensorData::SavedI4(_), .. }) => Some(Precision::Int4),
+            _ => None,
+        };
+        let ng4 = inp.div_ceil(crate::kernels::quant::I4_GROUP);
+        // a saved INT8 / INT4 checkpoint stores every matmul weight as [out, in] (INT4: packed)
+        let shape = match saved {
+            Some(Precision::Int4) => [out, ng4 * crate::kernels::quant::I4_GROUP_BYTES],
+            None if layout == MatrixLayout::InOut => [inp, out],
+            _ => [out, inp],
+        };
         match self.remove(name, &shape)? {
             TensorData::Matrix(w) => Ok(w),
             TensorData::F32(v) => convert_rows(Src::F32(&v), out, inp, &self.plan, &mut |_| {}),
@@ -484,6 +535,20 @@ impl TensorStore {
                     e => e,
                 })?;
                 Ok(WeightData::Int8(QuantizedI8::from_parts(out, inp, group, q, scales)?))
+            }
+            TensorData::SavedI4(q) => {
+                let mut side = |suffix: &str| {
+                    let part = format!("{name}_{suffix}");
+                    self.take(&part, &[out, ng4]).map_err(|e| match e {
+                        Error::MissingTensor(_) => Error::Tensor(format!("int4 weight '{name}' has no '{part}'")),
+                        Error::Tensor(msg) => Error::Tensor(format!("{msg} (int4 groups of 32)")),
+                        e => e,
+                    })
+                };
+                // saved as F16 and widened exactly on arrival: back to the same f16 bits
+                let half = |v: Vec<f32>| v.into_iter().map(f32_to_f16).collect::<Vec<u16>>();
+                let (scales, mins) = (half(side("scale")?), half(side("min")?));
+                Ok(WeightData::Int4(QuantizedI4::from_parts(out, inp, q, scales, mins)?))
             }
         }
     }
@@ -601,23 +666,23 @@ mod tests {
         let name = "model.layers.0.self_attn.q_proj.weight";
         let fs: Vec<f32> = scales.iter().map(|&h| f16_to_f32(h)).collect();
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
-        s.insert_q8_0(name, &[rows, cols], &raw).unwrap();
+        s.insert_blocks(name, GgufBlock::Q8_0, &[rows, cols], &raw).unwrap();
         let exact = QuantizedI8::from_parts(rows, cols, 32, q.clone(), fs.clone()).unwrap();
         assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(exact.clone()));
         // FP32 plan: the dequantized values
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::F32));
-        s.insert_q8_0(name, &[rows, cols], &raw).unwrap();
+        s.insert_blocks(name, GgufBlock::Q8_0, &[rows, cols], &raw).unwrap();
         assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::F32(exact.dequantize()));
         // -128 is outside the symmetric range: requantized from the dequantized values
         let mut q2 = q.clone();
         q2[5] = -128;
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
-        s.insert_q8_0(name, &[rows, cols], &q8_0_blocks(&q2, &scales)).unwrap();
+        s.insert_blocks(name, GgufBlock::Q8_0, &[rows, cols], &q8_0_blocks(&q2, &scales)).unwrap();
         let deq: Vec<f32> = q2.chunks(32).zip(&fs).flat_map(|(b, &sc)| b.iter().map(move |&v| f32::from(v) * sc)).collect();
         assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(QuantizedI8::quantize_with_group(&deq, rows, cols, 32)));
         // wrong byte count, and a row length that is not whole blocks
-        assert!(matches!(s.insert_q8_0(name, &[rows, cols], &raw[1..]), Err(Error::Tensor(_))));
-        assert!(matches!(s.insert_q8_0(name, &[rows * 2, cols / 2 + 1], &raw), Err(Error::Tensor(_))));
+        assert!(matches!(s.insert_blocks(name, GgufBlock::Q8_0, &[rows, cols], &raw[1..]), Err(Error::Tensor(_))));
+        assert!(matches!(s.insert_blocks(name, GgufBlock::Q8_0, &[rows * 2, cols / 2 + 1], &raw), Err(Error::Tensor(_))));
     }
 
     #[test]

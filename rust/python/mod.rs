@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::error::Error;
 use crate::model::adapt::{MergedWeight, WeightDelta};
+use crate::kernels::quant::GgufBlock;
 use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
 use crate::sampling::{self, SamplingParams};
 use crate::safetensors_file::{SafetensorsFile, WriteEntry};
@@ -64,19 +65,24 @@ impl ModelBuilder {
         Ok(())
     }
 
-    /// Adds one tensor from little-endian bytes of `dtype` ("F32", "F16", "BF16", "F64").
-    fn add_tensor(&mut self, py: Python<'_>, name: &str, dtype: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+    /// Adds one tensor from little-endian bytes of `dtype` ("F32", "F16", "BF16", "F64"); a
+    /// matmul weight is converted to `precision` instead of the builder's when given.
+    #[pyo3(signature = (name, dtype, shape, data, precision=None))]
+    fn add_tensor(&mut self, py: Python<'_>, name: &str, dtype: &str, shape: Vec<usize>, data: &[u8], precision: Option<&str>) -> PyResult<()> {
         let dtype = DType::parse(dtype)?;
+        let precision = precision.map(Precision::parse).transpose()?;
         let store = self.store()?;
-        py.detach(|| store.insert_bytes(name, dtype, &shape, data))?;
+        py.detach(|| store.insert_bytes_as(name, dtype, &shape, data, precision))?;
         Ok(())
     }
 
-    /// Adds a GGUF Q8_0 tensor `[rows, cols]` from its raw blocks; kept exactly under an
-    /// INT8 plan with groups of 32, dequantized otherwise.
-    fn add_q8_0(&mut self, py: Python<'_>, name: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+    /// Adds a GGUF tensor `[rows, cols]` from its raw blocks of `kind` ("Q8_0", "Q4_0",
+    /// "Q4_1"): kept exactly where the builder's precision holds them (Q8_0 under INT8 in
+    /// groups of 32 or INT4, Q4_0/Q4_1 under INT4), dequantized and converted otherwise.
+    fn add_blocks(&mut self, py: Python<'_>, name: &str, kind: &str, shape: Vec<usize>, data: &[u8]) -> PyResult<()> {
+        let kind = GgufBlock::parse(kind)?;
         let store = self.store()?;
-        py.detach(|| store.insert_q8_0(name, &shape, data))?;
+        py.detach(|| store.insert_blocks(name, kind, &shape, data))?;
         Ok(())
     }
 
@@ -139,12 +145,23 @@ impl PyModel {
     fn head_dim(&self) -> usize {
         self.inner.config.head_dim
     }
-    /// Storage precision of the matmul weights: "fp32", "bf16" or "int8".
+    /// Storage precision of the matmul weights: "fp32", "bf16", "int8" or "int4" (an int4
+    /// model may keep some matrices in INT8: those a GGUF file stores in 5 to 8 bits).
     #[getter]
     fn precision(&self) -> &'static str {
         self.inner.precision().name()
     }
-    /// INT8 group size along the input (None unless the precision is int8).
+    /// {precision: number of matmul weights (embedding, fused layer matrices, lm_head)} stored
+    /// in it.
+    #[getter]
+    fn matrix_precisions(&self) -> std::collections::HashMap<&'static str, usize> {
+        let mut out = std::collections::HashMap::new();
+        for l in self.inner.linears() {
+            *out.entry(l.weight.precision().name()).or_insert(0) += 1;
+        }
+        out
+    }
+    /// INT8 group size along the input (None unless some matrix is int8).
     #[getter]
     fn group_size(&self) -> Option<usize> {
         self.inner.int8_group()
@@ -204,6 +221,14 @@ impl PyModel {
     /// `export_tensor` gives and a saved checkpoint holds.
     fn export_entries(&self) -> Vec<(String, &'static str, Vec<usize>)> {
         self.inner.export_entries().into_iter().map(|e| (e.name, e.dtype.name(), e.shape)).collect()
+    }
+
+    /// float32 bytes of linear weight `name` as `[rows, in]`, widened or dequantized from the
+    /// model's precision.
+    fn weight_values<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let model = &self.inner;
+        let v = py.detach(|| model.weight_values(name))?;
+        Ok(f32_bytes(py, &v))
     }
 
     /// Little-endian bytes of tensor `name` (one of `export_entries`).
