@@ -148,6 +148,11 @@ def _int4_targets(model: dict, cpp, shapes) -> list:
             out.append("- INT4 decode ≥ 75% of the bandwidth ceiling on the PERF shapes: "
                        + ", ".join(f"{n} {t}T {p:.0f}%" for n, t, p in pcts)
                        + (" (reached)" if min(p for _, _, p in pcts) >= 75 else " (not reached)"))
+    out += ["", "INT4 keeps the file's 4-bit weights (94 MiB instead of INT8's 144) and FP32's quality (docs/quality.md), "
+            "but its decode GEMV is compute-bound at about INT8's rate per weight: unpacking nibbles and multiplying a "
+            "16-bit x cost what INT8's 8-bit x saves (docs/architecture.md, INT4). Its smaller bytes therefore pay only "
+            "where INT8 is memory-bound, and not the 1.5× the bytes alone would allow; 8-bit x (W4A8) was up to "
+            "a fifth faster per weight (measured: docs/architecture.md) but changed the default model's greedy replies."]
     return out
 
 
