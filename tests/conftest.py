@@ -45,6 +45,30 @@ def reference(name: str):
     return np.load(EXPECTED / f"{name}.npz"), json.loads((EXPECTED / f"{name}.json").read_text())
 
 
+def gpu_available() -> bool:
+    """cupy is installed and sees an NVIDIA GPU."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["emulator", pytest.param("gpu", marks=pytest.mark.gpu)], scope="module")
+def cuda_mode(request):
+    """device="cuda" on the CPU emulator, and (gpu marker) on a real GPU through cupy."""
+    mp = pytest.MonkeyPatch()
+    if request.param == "gpu":
+        if not gpu_available():
+            pytest.skip("no cupy or no NVIDIA GPU here")
+        mp.delenv("FERROLM_CUDA_EMULATE", raising=False)
+    else:
+        mp.setenv("FERROLM_CUDA_EMULATE", "1")
+    yield request.param
+    mp.undo()
+
+
 def decode_logits(session, ids, n_prompt: int) -> np.ndarray:
     """Prefills ids[:n_prompt] into a fresh session, then feeds the rest one token at a time:
     the logits after the prompt and after each step, [len(ids) - n_prompt + 1, vocab]."""

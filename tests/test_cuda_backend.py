@@ -11,33 +11,16 @@ import numpy as np
 import pytest
 
 import ferrolm
-from conftest import EXPECTED, FIXTURES, MODELS, decode_logits, reference
+from conftest import EXPECTED, FIXTURES, MODELS, decode_logits, gpu_available, reference
 from ferrolm.backends.cuda import model as device_model
 from ferrolm.quality import log_softmax
 
 ROOT = FIXTURES.parent.parent
 
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
-@pytest.fixture(params=["emulator", pytest.param("gpu", marks=pytest.mark.gpu)], scope="module")
-def mode(request):
-    mp = pytest.MonkeyPatch()
-    if request.param == "gpu":
-        if not _gpu_available():
-            pytest.skip("no cupy or no NVIDIA GPU here")
-        mp.delenv("FERROLM_CUDA_EMULATE", raising=False)
-    else:
-        mp.setenv("FERROLM_CUDA_EMULATE", "1")
-    yield request.param
-    mp.undo()
+@pytest.fixture(scope="module")
+def mode(cuda_mode):
+    return cuda_mode
 
 
 _models: dict = {}
@@ -208,7 +191,7 @@ def test_session_errors_match_the_cpu_backend(mode):
 
 
 def test_cuda_without_cupy_or_emulator_names_what_is_missing(monkeypatch):
-    if _gpu_available():
+    if gpu_available():
         pytest.skip("a GPU is present")
     monkeypatch.delenv("FERROLM_CUDA_EMULATE", raising=False)
     with pytest.raises(ferrolm.DeviceError, match="cupy|GPU"):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import cuda_reference as ref
+from conftest import gpu_available
 from ferrolm.backends.cuda.emulator import EmulatedModule
 from ferrolm.backends.cuda.sources import kernel_dir, kernel_source
 
@@ -62,20 +63,11 @@ class GpuModule:
             root.reshape(-1).view(np.uint8)[...] = dev[shift:shift + root.nbytes].get()
 
 
-def _gpu_available() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module", params=["emulator", pytest.param("gpu", marks=pytest.mark.gpu)])
 def mod(request):
     # the translation unit the backend compiles, on the emulator or (gpu marker) a real GPU
     if request.param == "gpu":
-        if not _gpu_available():
+        if not gpu_available():
             pytest.skip("no cupy or no NVIDIA GPU here")
         return GpuModule()
     return EmulatedModule(kernel_source(), [str(kernel_dir())])

@@ -13,22 +13,13 @@ import pytest
 import ferrolm
 from conftest import MODELS
 from ferrolm.quality import log_softmax
-from test_cuda_backend import _gpu_available
 
 PROMPTS = ["The river ran past the old mill", "Once", "Numbers: 1, 2, 3,"]
 
 
-@pytest.fixture(params=["emulator", pytest.param("gpu", marks=pytest.mark.gpu)], scope="module")
-def model(request):
-    mp = pytest.MonkeyPatch()
-    if request.param == "gpu":
-        if not _gpu_available():
-            pytest.skip("no cupy or no NVIDIA GPU here")
-        mp.delenv("FERROLM_CUDA_EMULATE", raising=False)
-    else:
-        mp.setenv("FERROLM_CUDA_EMULATE", "1")
-    yield ferrolm.load(MODELS / "tiny-llama", device="cuda", context_length=64)
-    mp.undo()
+@pytest.fixture(scope="module")
+def model(cuda_mode):
+    return ferrolm.load(MODELS / "tiny-llama", device="cuda", context_length=64)
 
 
 def _key(r):

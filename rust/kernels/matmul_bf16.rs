@@ -77,13 +77,7 @@ pub fn matmul_bf16_path(
     n: usize,
     path: RowPath,
 ) {
-    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
-    assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
-    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
-    let level = simd::detected();
-    let src = kern::Bf16W { w: w.as_ptr(), k };
-    // SAFETY: x, y and w (through `src`) have the lengths asserted above; level detected.
-    unsafe { run_matmul_path(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n, Some(path)) }
+    bf16_level_path(simd::detected(), pool, x, w, y, m, k, n, Some(path))
 }
 
 /// [`matmul_bf16`] on a forced SIMD path. Panics if `level` is not available on this CPU
@@ -99,14 +93,30 @@ pub fn matmul_bf16_with(
     k: usize,
     n: usize,
 ) {
+    bf16_level_path(level, pool, x, w, y, m, k, n, None)
+}
+
+/// The driver: `path` None picks by m.
+#[allow(clippy::too_many_arguments)]
+fn bf16_level_path(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    x: &[f32],
+    w: &[u16],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    path: Option<RowPath>,
+) {
     // These asserts are the only guard for the unsafe kernels below.
     assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
     assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
     assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
     simd::check_level(level);
     let src = kern::Bf16W { w: w.as_ptr(), k };
-    // SAFETY: x, y and w (through `src`) have the lengths asserted above.
-    unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
+    // SAFETY: x, y and w (through `src`) have the lengths asserted above; level checked.
+    unsafe { run_matmul_path(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n, path) }
 }
 
 /// Kernel parameters of a level.
