@@ -33,7 +33,7 @@ fi
 
 log "GPU tests"
 (cd "$root/tests" && timeout 300 "$py" -m pytest -q -p no:cacheprovider -m gpu -rs \
-    test_cuda_backend.py test_cuda_kernels.py 2>&1 | tee "$out/pytest-gpu.txt") || echo "GPU tests: failures (see pytest-gpu.txt)" | tee -a "$out/steps.log"
+    test_cuda_backend.py test_cuda_kernels.py test_cuda_serving.py 2>&1 | tee "$out/pytest-gpu.txt") || echo "GPU tests: failures (see pytest-gpu.txt)" | tee -a "$out/steps.log"
 
 log "benchmark"
 timeout 420 "$py" -m ferrolm.bench --device cuda --runs 3 --new-tokens 128 --no-progress --out "$out" \
