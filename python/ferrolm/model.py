@@ -580,7 +580,8 @@ def load(
     device: "cpu" (the Rust core) or "cuda" (the CUDA kernels on an NVIDIA GPU through cupy:
     pip install 'ferrolm[cuda12]'; with FERROLM_CUDA_EMULATE=1 the same kernels run on the CPU
     emulator of the CUDA execution model, for testing). Weights stay in host memory too. The
-    CUDA kernels compute fp32, bf16 and int8: pass one of them for a file whose own is int4.
+    CUDA kernels compute fp32, bf16 and int8: a file whose own precision is int4 loads as bf16
+    there by default (INT8 would requantize its 4-bit values onto another grid).
     threads: kernel threads (default: every CPU this process may use).
     context_length: KV-cache positions per session (default and maximum: the model's
     max_position_embeddings; a default whose KV cache would not fit in this machine's memory is
@@ -596,7 +597,7 @@ def load(
         raise InvalidArgumentError(f"context_length must be a positive integer or None, got {context_length!r}")
     ckpt = read_checkpoint(path)
     if precision is None and device == "cuda" and ckpt.saved_precision is None and ckpt.default_precision()[0] == "int4":
-        precision = "int8"  # the nearest precision the CUDA kernels compute (a 4-bit GGUF file's blocks, exactly)
+        precision = "bf16"  # the CUDA kernels have no INT4; BF16 keeps the 4-bit values closest (8-bit mantissa)
     precision = ckpt.resolve_precision(precision)
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
     backend = backend_for(device, core)
