@@ -98,11 +98,7 @@ pub fn matmul_f32_level_path(
     assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
     assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
     simd::check_level(level);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        y.fill(0.0);
+    if crate::kernels::empty_product(y, m, n, k) {
         return;
     }
     let sh = shape(level);

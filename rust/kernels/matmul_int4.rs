@@ -58,11 +58,7 @@ fn int4_on(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI4, y: &
     assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
     assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
     simd::check_level(level);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        y.fill(0.0);
+    if crate::kernels::empty_product(y, m, n, k) {
         return;
     }
     w8a8(level, pool, x, QWeights::I4(w), y, m, path)

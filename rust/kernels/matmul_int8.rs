@@ -140,11 +140,7 @@ pub fn matmul_int8_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [
     assert_eq!(Some(w.scales.len()), n.checked_mul(k.div_ceil(w.group)), "w.scales must be [rows, ceil(cols/group)]");
     assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
     assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        y.fill(0.0);
+    if crate::kernels::empty_product(y, m, n, k) {
         return;
     }
     w8a8(simd::detected(), pool, x, QWeights::I8(w), y, m, path)
@@ -204,11 +200,7 @@ pub fn matmul_int8_scheme(
     assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
     assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
     simd::check_level(level);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        y.fill(0.0);
+    if crate::kernels::empty_product(y, m, n, k) {
         return;
     }
     match scheme {

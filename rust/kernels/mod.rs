@@ -12,6 +12,19 @@ pub mod simd;
 #[cfg(test)]
 pub(crate) mod test_rng;
 
+/// The empty cases of `y: [m, n] = x: [m, k] · wᵀ`: true when nothing is left to compute (no
+/// output, or k = 0 and y zeroed). Every matmul entry point checks it before its kernels.
+pub(crate) fn empty_product(y: &mut [f32], m: usize, n: usize, k: usize) -> bool {
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return true;
+    }
+    false
+}
+
 /// How a matmul computes the rows of its output. Each path computes every row of y the same
 /// way whatever the number of rows, their order or the threads: a row's result depends only
 /// on its own x, the weights and the path (tested per precision and SIMD level). So a token's

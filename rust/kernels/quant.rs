@@ -247,13 +247,7 @@ impl QuantizedI8 {
 
     /// The whole dequantized matrix `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
-        if self.cols > 0 {
-            for (i, row) in out.chunks_mut(self.cols).enumerate() {
-                self.dequantize_row(i, row);
-            }
-        }
-        out
+        dequantize_rows(self.rows, self.cols, |i, row| self.dequantize_row(i, row))
     }
 
     /// Bytes read by one full matmul (int8 values + f32 scales).
@@ -531,13 +525,7 @@ impl QuantizedI4 {
 
     /// The whole dequantized matrix `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
-        if self.cols > 0 {
-            for (i, row) in out.chunks_mut(self.cols).enumerate() {
-                self.dequantize_row(i, row);
-            }
-        }
-        out
+        dequantize_rows(self.rows, self.cols, |i, row| self.dequantize_row(i, row))
     }
 
     /// Bytes read by one full matmul (nibbles + f16 scales and minimums).
@@ -565,6 +553,18 @@ pub fn unpack_nibbles(packed: &[u8], out: &mut [i8], sub: i8) {
             }
         }
     }
+}
+
+/// A `[rows, cols]` matrix filled row by row by `row_into(i, row)` (the quantized formats'
+/// `dequantize`).
+fn dequantize_rows(rows: usize, cols: usize, mut row_into: impl FnMut(usize, &mut [f32])) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    if cols > 0 {
+        for (i, row) in out.chunks_mut(cols).enumerate() {
+            row_into(i, row);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
