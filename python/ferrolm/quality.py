@@ -237,6 +237,54 @@ class QualityReport:
                 f"| {sum(g.identical for g in self.greedy)}/{len(self.greedy)} | {self.greedy_match:.3f} |")
 
 
+@dataclass(frozen=True)
+class PositionScores:
+    """Per scored position of a text: both models' NLL of the next token, KL(reference ||
+    candidate) of the next-token distributions and whether their top tokens agree."""
+
+    nll_reference: np.ndarray
+    nll_candidate: np.ndarray
+    kl: np.ndarray
+    top1: np.ndarray
+    """bool per position."""
+
+    @staticmethod
+    def concat(parts: Sequence["PositionScores"]) -> "PositionScores":
+        return PositionScores(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                for f in dataclasses.fields(PositionScores)))
+
+    @property
+    def reference_perplexity(self) -> float:
+        return math.exp(float(self.nll_reference.mean()))
+
+    @property
+    def candidate_perplexity(self) -> float:
+        return math.exp(float(self.nll_candidate.mean()))
+
+    @property
+    def top1_agreement(self) -> float:
+        return float(self.top1.mean())
+
+    @staticmethod
+    def from_log_probs(targets: np.ndarray, lp_ref: np.ndarray, lp_cand: np.ndarray) -> "PositionScores":
+        """From float64 log-probability rows [n, vocab] of both models and the n target ids."""
+        at = np.arange(len(targets))
+        return PositionScores(-lp_ref[at, targets], -lp_cand[at, targets],
+                              (np.exp(lp_ref) * (lp_ref - lp_cand)).sum(axis=-1),
+                              lp_ref.argmax(axis=-1) == lp_cand.argmax(axis=-1))
+
+
+def position_scores(reference: "Model", candidates: Sequence["Model"], ids: Sequence[int], window: int,
+                    stride: int) -> List[PositionScores]:
+    """PositionScores of each candidate against `reference` over the sliding windows of `ids`
+    (the reference's logits are computed once for all candidates)."""
+    parts: List[List[PositionScores]] = [[] for _ in candidates]
+    for _, targets, (lp_ref, *lp_cands) in scored_log_probs((reference, *candidates), ids, window, stride):
+        for acc, lp_cand in zip(parts, lp_cands):
+            acc.append(PositionScores.from_log_probs(targets, lp_ref, lp_cand))
+    return [PositionScores.concat(p) for p in parts]
+
+
 def _messages(prompt: Prompt) -> List[Dict[str, Any]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
@@ -298,15 +346,7 @@ def compare(reference: "Model", candidate: "Model", text: Union[None, str, Seque
     ctx = min(reference.context_length, candidate.context_length)
     window, stride = _window_args(ctx, len(ids), window, stride)
 
-    nll_ref, nll_cand, kl = (np.full(len(ids) - 1, np.nan) for _ in range(3))
-    agree = 0
-    for first, targets, (lp_ref, lp_cand) in scored_log_probs((reference, candidate), ids, window, stride):
-        span = slice(first - 1, first - 1 + len(targets))
-        at = np.arange(len(targets))
-        nll_ref[span] = -lp_ref[at, targets]
-        nll_cand[span] = -lp_cand[at, targets]
-        kl[span] = (np.exp(lp_ref) * (lp_ref - lp_cand)).sum(axis=-1)
-        agree += int((lp_ref.argmax(axis=-1) == lp_cand.argmax(axis=-1)).sum())
+    (scores,) = position_scores(reference, [candidate], ids, window, stride)
 
     greedy = []
     for messages, prompt_ids, eos in conversations:
@@ -323,18 +363,31 @@ def compare(reference: "Model", candidate: "Model", text: Union[None, str, Seque
         model=str(reference.path),
         reference_precision=reference.precision,
         candidate_precision=candidate.precision,
-        scored_tokens=len(kl),
+        scored_tokens=len(scores.kl),
         window=window,
         stride=stride,
-        reference_perplexity=math.exp(float(nll_ref.mean())),
-        candidate_perplexity=math.exp(float(nll_cand.mean())),
-        top1_agreement=agree / len(kl),
-        mean_kl=float(kl.mean()),
-        p99_kl=float(np.quantile(kl, 0.99)),
-        max_kl=float(kl.max()),
+        reference_perplexity=scores.reference_perplexity,
+        candidate_perplexity=scores.candidate_perplexity,
+        top1_agreement=scores.top1_agreement,
+        mean_kl=float(scores.kl.mean()),
+        p99_kl=float(np.quantile(scores.kl, 0.99)),
+        max_kl=float(scores.kl.max()),
         new_tokens=new_tokens,
         greedy=tuple(greedy),
     )
+
+
+def _check_precisions(precisions: Union[str, Sequence[str]]) -> List[str]:
+    from .loading import PRECISIONS
+
+    if isinstance(precisions, str):
+        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+    if not precisions:
+        raise InvalidArgumentError("no precision to compare")
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return list(precisions)
 
 
 def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4"), *, threads: Optional[int] = None,
@@ -346,16 +399,10 @@ def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4
     FP32 is loaded once; the candidates one at a time, each released before the next loads.
     context_length: KV-cache positions of each load (default: the model's maximum).
     text_tokens: score only the first this many tokens of the text."""
-    from .loading import PRECISIONS, default_model_path
+    from .loading import default_model_path
     from .model import load
 
-    if isinstance(precisions, str):
-        precisions = [p.strip() for p in precisions.split(",") if p.strip()]
-    if not precisions:
-        raise InvalidArgumentError("no precision to compare")
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precisions = _check_precisions(precisions)
     path = default_model_path() if path is None else path
     if text is None:
         text = default_text_path().read_text(encoding="utf-8")
@@ -370,6 +417,131 @@ def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4
         reports.append(compare(reference, candidate, text, prompts, window, stride, new_tokens))
         del candidate
     return reports
+
+
+# -- the quality set: several kinds of text, per text and pooled ----------------------------------
+
+QUALITY_TEXT_KINDS: Tuple[str, ...] = ("prose", "dialogue", "facts", "instructions", "code", "legal")
+"""The kinds of text of the quality set, in report order."""
+
+
+def quality_text_paths() -> Dict[str, Path]:
+    """The quality set's texts shipped with the package: kind -> file (legal: the Apache License 2.0)."""
+    folder = Path(__file__).parent / "data" / "quality"
+    return {kind: EVAL_TEXT if kind == "legal" else folder / f"{kind}.txt" for kind in QUALITY_TEXT_KINDS}
+
+
+@dataclass(frozen=True)
+class TextQuality:
+    """A candidate against the reference on one text (or pooled over all of them)."""
+
+    text: str
+    tokens: int
+    reference_perplexity: float
+    candidate_perplexity: float
+    mean_kl: float
+    p99_kl: float
+    max_kl: float
+    top1_agreement: float
+
+    @property
+    def perplexity_change_pct(self) -> float:
+        return 100.0 * (self.candidate_perplexity / self.reference_perplexity - 1.0)
+
+    @staticmethod
+    def of(text: str, scores: PositionScores) -> "TextQuality":
+        return TextQuality(text, len(scores.kl), scores.reference_perplexity, scores.candidate_perplexity,
+                           float(scores.kl.mean()), float(np.quantile(scores.kl, 0.99)), float(scores.kl.max()),
+                           scores.top1_agreement)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(dataclasses.asdict(self), perplexity_change_pct=self.perplexity_change_pct)
+
+    def markdown_row(self, label: str) -> str:
+        return (f"| {label} | {self.text} | {self.tokens} | {self.reference_perplexity:.3f} | "
+                f"{self.candidate_perplexity:.3f} | {self.perplexity_change_pct:+.3f}% | {self.mean_kl:.2e} | "
+                f"{self.p99_kl:.2e} | {self.max_kl:.2e} | {self.top1_agreement:.4f} |")
+
+
+TEXT_QUALITY_HEADER = ("| precision | text | tokens | reference perplexity | perplexity | vs reference | mean KL | p99 KL "
+                       "| max KL | top-1 agreement |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+@dataclass(frozen=True)
+class QualitySetReport:
+    """One candidate against the reference on every text of a set: per text and pooled (every
+    scored position of every text together: perplexity from the mean NLL, KL statistics and
+    top-1 agreement over all positions)."""
+
+    candidate: str
+    reference: str
+    window: int
+    stride: int
+    texts: Tuple[TextQuality, ...]
+    pooled: TextQuality
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(candidate=self.candidate, reference=self.reference, window=self.window, stride=self.stride,
+                    texts=[t.as_dict() for t in self.texts], pooled=self.pooled.as_dict())
+
+    def markdown_rows(self) -> str:
+        return "\n".join(t.markdown_row(self.candidate) for t in (*self.texts, self.pooled))
+
+
+def compare_on_texts(reference: "Model", candidates: Mapping[str, "Model"], texts: Mapping[str, Union[str, Sequence[int]]],
+                     window: Optional[int] = None, stride: Optional[int] = None) -> List[QualitySetReport]:
+    """Each candidate (label -> model of the same checkpoint) against `reference` on each text
+    (name -> string, tokenized without special tokens, or token ids), over the sliding windows
+    of `perplexity`; the reference's logits are computed once per window for all candidates."""
+    if not candidates:
+        raise InvalidArgumentError("no candidate model to compare")
+    if not texts:
+        raise InvalidArgumentError("no text to compare on")
+    for label, model in candidates.items():
+        if model.vocab_size != reference.vocab_size:
+            raise InvalidArgumentError(f"the vocabularies of the reference and {label!r} differ: "
+                                       f"{reference.vocab_size} and {model.vocab_size}")
+    ctx = min(m.context_length for m in (reference, *candidates.values()))
+    per_text: Dict[str, List[PositionScores]] = {}
+    spans = None
+    for name, text in texts.items():
+        if isinstance(text, str):
+            ids = reference.tokenize(text, add_special_tokens=False)
+            for label, model in candidates.items():
+                if model.tokenize(text, add_special_tokens=False) != ids:
+                    raise InvalidArgumentError(f"the tokenizers of the reference and {label!r} encode {name!r} differently")
+        else:
+            ids = list(text)
+        w, s = _window_args(ctx, len(ids), window, stride)
+        spans = spans or (w, s)
+        per_text[name] = position_scores(reference, list(candidates.values()), ids, w, s)
+    reports = []
+    for i, label in enumerate(candidates):
+        scores = {name: per_text[name][i] for name in texts}
+        reports.append(QualitySetReport(
+            candidate=label, reference=reference.precision, window=spans[0], stride=spans[1],
+            texts=tuple(TextQuality.of(name, sc) for name, sc in scores.items()),
+            pooled=TextQuality.of("pooled", PositionScores.concat(list(scores.values())))))
+    return reports
+
+
+def quality_set(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4"), *, threads: Optional[int] = None,
+                texts: Optional[Mapping[str, Union[str, Sequence[int]]]] = None, window: int = 1024,
+                stride: Optional[int] = None, context_length: Optional[int] = None,
+                progress: bool = False) -> List[QualitySetReport]:
+    """Each of `precisions` against FP32 for the checkpoint at `path` (default: the default
+    model) on the quality set (`quality_text_paths()`: prose, dialogue, facts, instructions,
+    code and the Apache License text) or on `texts` (name -> text), per text and pooled."""
+    from .loading import default_model_path
+    from .model import load
+
+    precisions = _check_precisions(precisions)
+    path = default_model_path() if path is None else path
+    if texts is None:
+        texts = {kind: p.read_text(encoding="utf-8") for kind, p in quality_text_paths().items()}
+    reference = load(path, "fp32", threads=threads, context_length=context_length, progress=progress)
+    candidates = {p: load(path, p, threads=threads, context_length=context_length, progress=progress) for p in precisions}
+    return compare_on_texts(reference, candidates, texts, window, stride)
 
 
 def greedy_text_scores(report: QualityReport) -> Dict[str, float]:
@@ -392,17 +564,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="model path (default: the default model)")
     p.add_argument("--precisions", default="bf16,int8,int4", help="comma-separated candidates (default: bf16,int8,int4)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--text", default=None, metavar="FILE", help="evaluation text (default: the Apache License 2.0 text shipped with ferrolm)")
+    p.add_argument("--text", default=None, metavar="FILE", help="evaluation text (default: the Apache License 2.0 text shipped with ferrolm); with --set, comma-separated files")
     p.add_argument("--window", type=int, default=None, help="tokens of context per window (default: 1024)")
     p.add_argument("--stride", type=int, default=None, help="window step (default: window / 2)")
     p.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per chat prompt (default: 32)")
     p.add_argument("--context-length", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.add_argument("--set", action="store_true",
+                   help="the quality set instead of one text: prose, dialogue, facts, instructions, code and the "
+                   "Apache License text shipped with ferrolm (or --text FILE...), per text and pooled; no chat replies")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.set:
+        return _set_main(args)
     try:
         text = Path(args.text).read_text(encoding="utf-8") if args.text else None
         reports = quality_report(args.model, args.precisions, threads=args.threads, text=text, window=args.window,
@@ -419,6 +596,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         print(QualityReport.MARKDOWN_HEADER)
         print("\n".join(r.markdown_row() for r in reports))
+    return 0
+
+
+def _set_main(args: argparse.Namespace) -> int:
+    try:
+        texts = None
+        if args.text:
+            texts = {Path(f).stem: Path(f).read_text(encoding="utf-8") for f in args.text.split(",")}
+        reports = quality_set(args.model, args.precisions, threads=args.threads, texts=texts,
+                              window=args.window or 1024, stride=args.stride, context_length=args.context_length)
+    except (FerrolmError, OSError) as e:
+        print(f"ferrolm: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        print(f"against {reports[0].reference}, window {reports[0].window}, stride {reports[0].stride}\n")
+        print(TEXT_QUALITY_HEADER)
+        print("\n".join(r.markdown_rows() for r in reports))
     return 0
 
 

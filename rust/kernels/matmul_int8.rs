@@ -1,21 +1,36 @@
 //! INT8-weight matmul: y[m, n] = x[m, k] · wᵀ with w a [`QuantizedI8`] `[n, k]`
 //! (k = `w.cols`, n = `w.rows`), x and y in f32.
 //!
-//! # Scheme: W8A8 for every m (decode and prefill alike)
+//! # Scheme: W8A16 for every m (decode and prefill alike)
 //!
-//! Each row of x is quantized on the fly, per group of the weights, to int8:
-//! `sx = max|x| / 127`, `xq = round_half_even(x · 127 / max|x|)` (a group with max|x| < 1e-30
-//! is zero; a group holding NaN/±inf makes its output row NaN). Then
-//! `y[i, j] = Σ_g (sx[i, g] · sw[j, g]) · Σ_{p ∈ g} xq[i, p] · wq[j, p]`: exact i32 group sums,
-//! scaled and accumulated in f32. Decode and prefill compute the same quantized products
-//! (only the f32 summation order differs), so a token's logits don't depend on which path
-//! produced them.
+//! Each row of x is quantized on the fly, per group of 32, to 16 bits: `sx = max|x| / 32639`,
+//! `x16 = round(x / sx)` (a group holding NaN/±inf makes its output row NaN). Then
+//! `y[i, j] = Σ_g (sx[i, g] · sw[j, g]) · Σ_{p ∈ g} x16[i, p] · wq[j, p]`: exact i32 group
+//! sums (|x16·wq| ≤ 32639·127, 32 of them fit an i32), scaled and accumulated in f32. Decode and
+//! prefill compute the same integer sums; only the f32 summation order differs.
 //!
-//! Chosen by measurement over the weight-only alternative ([`Int8Scheme::WeightOnly`]: int8
-//! widened to f32 and FMA'd with the f32 x; still available through [`matmul_int8_scheme`]).
-//! 2-core AMD EPYC (Zen 4) VM, GROUP = 64, best of several runs of
-//! `cargo test --release --lib matmul_int8 -- --ignored --nocapture` (`BENCH_SCHEMES=w8a8,weight`;
-//! the shared VM is noisy, ±15 %):
+//! Chosen by measurement over W8A8 (x quantized to 8 bits, `sx = max|x| / 127`; still
+//! available as [`Int8Scheme::W8A8`] through [`matmul_int8_scheme`]) and weight-only
+//! ([`Int8Scheme::WeightOnly`]: int8 widened to f32 and FMA'd with the f32 x; the fallback for
+//! groups other than 32). On the default model (SmolLM2-135M-Instruct) and the quality set
+//! (`python -m ferrolm.quality --set`: six kinds of text, 5,374 scored tokens), against FP32:
+//!
+//! | x                                      | pooled mean KL | perplexity | top-1 |
+//! |----------------------------------------|----------------|------------|-------|
+//! | 8 bits (W8A8)                          | 4.1e-3         | +0.56 %    | 0.962 |
+//! | 16 bits for q/k/v/o and the lm_head    | 2.2e-3         | +0.33 %    | 0.974 |
+//! | … and down_proj                        | 1.6e-3         | +0.32 %    | 0.979 |
+//! | 16 bits everywhere (W8A16)             | 7.1e-4         | +0.24 %    | 0.985 |
+//!
+//! (weights quantized with the scale search of `quant.rs` in all four rows). The 8-bit x is
+//! the larger error: per group of 32 its step is max|x|/127, and LLM activations put a few
+//! large channels into many groups. Speed, 2-core AMD EPYC (Zen 4), default model, batch 1:
+//! decode 135.7 vs 138.4 tok/s (W8A16 vs W8A8) at 1 thread and 215.6 vs 210.9 at 2 — the GEMV
+//! streams the same weight bytes and the 16-bit x stays in L1. Prefill pays: the VNNI GEMM
+//! multiplies u8·i8 quads, so the 16-bit x runs it twice (high and low bytes); 128-token
+//! prefill ≈ 0.7× W8A8's (about 630 vs 910 tok/s at 1 thread on the shared machine).
+//!
+//! The earlier measurements of W8A8 against weight-only (GROUP = 64, 2 threads):
 //!
 //! | 2 threads                        | weight-only   | W8A8          |
 //! |----------------------------------|---------------|---------------|
@@ -24,37 +39,27 @@
 //! | GEMM m=128 2048→2048, AVX2       | 140 GFLOP/s   | 190-275 GFLOP/s |
 //! | GEMM m=128 2048→2048, AVX-512    | 177 GFLOP/s   | 640 GFLOP/s (VNNI) |
 //!
-//! (read bandwidth of the same runs: 31-34 GB/s with 2 threads.) The weight-only GEMV spends
-//! 3-4 µops per 8 weights on widening and keeps x in f32 (4 bytes per weight of L1 traffic;
-//! at k = 5632 x no longer stays in L1), while the W8A8 GEMV spends 4 µops per 32 weights.
-//! Error (relative RMS of y, `int8_error_report`; x normal-ish, w normal-ish σ 0.02,
-//! k = 2048; "outliers": 4 channels of x scaled by 20):
-//!
-//! | GROUP 64                 | vs f32 matmul of deq(w) | vs original f32 w |
-//! |--------------------------|-------------------------|-------------------|
-//! | weight-only              | 0 (same products; bit-identical on the GEMM path here) | 5.5e-3 |
-//! | W8A8                     | 5.5e-3                  | 7.8e-3            |
-//! | W8A8, x with outliers    | 1.2e-2                  | 1.3e-2            |
-//!
-//! So W8A8 adds an x-quantization error about as large as the weight quantization error
-//! (√2 overall; more when a group of x holds an outlier), in exchange for 1.3-2× faster
-//! decode and 1.3-3.6× faster prefill.
+//! The weight-only GEMV spends 3-4 µops per 8 weights on widening and keeps x in f32 (4 bytes
+//! per weight of L1 traffic), while the integer GEMVs spend 4 µops per 32 weights.
 //!
 //! # Paths (kernels in `matmul_int8_kernels.rs`)
 //! - GEMV (m < 8; memory-bound): threads split the rows of w; each row of w streams once
-//!   against up to 4 quantized rows of x held in L1, 32 bytes at a time: AVX2 `maddubs(|x|,
-//!   sign(w, x))` + `madd(·, 1)`; AVX-512 VNNI `dpbusd(w ⊕ 0x80, x)` from −128·Σx.
+//!   against up to 4 quantized rows of x held in L1. W8A16: int8 weights sign-extended to i16
+//!   and `madd_epi16` (AVX2) / `dpwssd` (AVX-512 VNNI) with the 16-bit x. W8A8: AVX2
+//!   `maddubs(|x|, sign(w, x))` + `madd(·, 1)`; AVX-512 VNNI `dpbusd(w ⊕ 0x80, x)` from −128·Σx.
 //! - GEMM (m ≥ 8, AVX2 / AVX-512 VNNI): panels of 16 / 48 rows of w are transposed into
 //!   k-interleaved i16 pairs / u8 quads (once per panel and k block), and a 3×16 (AVX2,
 //!   `madd_epi16`) / 4×48 (VNNI, `dpbusd` on zmm) register tile multiplies them with
 //!   broadcast x pairs / quads; integer sums are scaled into f32 accumulators at group ends.
-//!   Threads split the panels (or the row tiles when n is narrow). Below m = 8 the GEMV,
-//!   which reads w once per 4 rows, measured as fast (AVX2) or faster (VNNI, m ≤ 6).
+//!   The 16-bit x runs the AVX2 GEMM on its i16 pairs, or the VNNI GEMM twice, on its signed
+//!   high bytes (scale 256·sx) and then its low bytes (sx). Threads split the panels (or the
+//!   row tiles when n is narrow). Below m = 8 the GEMV, which reads w once per 4 rows,
+//!   measured as fast (AVX2) or faster (VNNI, m ≤ 6).
 //! - AVX-512 without VNNI runs the AVX2 kernels; NEON has a GEMV kernel (`vmull_s8` +
 //!   `vpadalq_s16`) used for every m; the portable kernel handles every group size.
 //!
-//! The SIMD kernels need `group % 32 == 0` (and ≤ 16384); other groups (valid in a
-//! [`QuantizedI8`]) run on the portable kernel, correct but slow.
+//! The SIMD kernels need `group % 32 == 0` (and ≤ 16384; W8A16 exactly 32); other groups
+//! (valid in a [`QuantizedI8`]) run on the portable kernel (W8A8) or weight-only (W8A16).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -100,10 +105,10 @@ pub enum Int8Scheme {
     W8A16,
 }
 
-/// The scheme [`matmul_int8`] uses for `m` rows of x: W8A8 for every m (see the module
+/// The scheme [`matmul_int8`] uses for `m` rows of x: W8A16 for every m (see the module
 /// docs for the measurements).
 pub fn int8_scheme_for(_m: usize) -> Int8Scheme {
-    Int8Scheme::W8A8
+    Int8Scheme::W8A16
 }
 
 /// Problems below this many multiply-adds run on the calling thread only.
@@ -390,8 +395,8 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     } else {
         whole
     };
-    // int4 prefill on VNNI: the 16-bit x as two signed bytes for INT8's u8·i8 GEMM (run twice)
-    let split = if kind == q8::Kind::I4 && gemm && path == Path::Vnni { Some(I4Split::new(&whole, m, kp, ng)) } else { None };
+    // 16-bit x prefill (int4, W8A16) on VNNI: x as two signed bytes for INT8's u8·i8 GEMM (run twice)
+    let split = if a16 && gemm && path == Path::Vnni { Some(A16Split::new(&whole, m, kp, ng)) } else { None };
     let whole = Q8 { xs_lo: split.as_ref().map_or(std::ptr::null(), |s| s.sl.as_ptr()), ..whole };
     let whole = match &split {
         Some(s) => Q8 { xq: s.hi.as_ptr(), xc: s.ch.as_ptr(), xs: s.sh.as_ptr(), xq_lo: s.lo.as_ptr(), xc_lo: s.cl.as_ptr(), ..whole },
@@ -470,9 +475,8 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
     match (path, gemm, kind) {
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni | Path::Avx2, true, I4) => gemm_i4(g),
-        // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x (on VNNI CPUs too)
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni | Path::Avx2, true, I8A16) => q8::gemm_avx2(g),
+        (Path::Vnni | Path::Avx2, true, I8A16) => gemm_a16(g),
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, true, A8) => q8::gemm_vnni(g),
         #[cfg(target_arch = "x86_64")]
@@ -495,9 +499,10 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
     }
 }
 
-/// The 16-bit x of an int4 prefill split into signed high and low bytes (`q8::split_a16`), with
-/// their group sums and scales (high: sx·256, low: sx), for INT8's VNNI GEMM.
-struct I4Split {
+/// The 16-bit x of a prefill (int4, W8A16) split into signed high and low bytes
+/// (`q8::split_a16`), with their group sums and scales (high: sx·256, low: sx), for INT8's VNNI
+/// GEMM.
+struct A16Split {
     hi: Vec<i8>,
     lo: Vec<i8>,
     ch: Vec<i32>,
@@ -506,9 +511,9 @@ struct I4Split {
     sl: Vec<f32>,
 }
 
-impl I4Split {
+impl A16Split {
     fn new(g: &Q8, m: usize, kp: usize, ng: usize) -> Self {
-        let mut s = I4Split {
+        let mut s = A16Split {
             hi: vec![0; m * kp],
             lo: vec![0; m * kp],
             ch: vec![0; m * ng],
@@ -575,18 +580,27 @@ unsafe fn gemm_i4(g: &Q8) {
             cols: (0, nr),
             ..*g
         };
-        if g.xq_lo.is_null() {
-            // the AVX2 GEMM multiplies i16 pairs: x16 holds the 16-bit x
-            q8::gemm_avx2(&panel);
-        } else {
-            // VNNI: u8·i8 quads, twice — the high bytes of x (scaled by 256·sx), then the low
-            // bytes (sx) added: exact integer sums of the 16-bit x either way
-            q8::gemm_vnni(&panel);
-            q8::gemm_vnni(&Q8 { xq: g.xq_lo, xc: g.xc_lo, xs: g.xs_lo, accumulate: true, ..panel });
-        }
+        gemm_a16(&panel);
         j0 += nr;
     }
     I4_PANEL_BUF.with(|c| c.set((rows, scales)));
+}
+
+/// The GEMM of int8 weights with the 16-bit x: the AVX2 GEMM on i16 pairs (x16), or on VNNI
+/// CPUs (where `w8a8` split x into bytes) the VNNI GEMM run over the high bytes of x (scaled by
+/// 256·sx), then the low bytes (sx) added: exact integer group sums either way.
+///
+/// # Safety
+/// As [`run_q8`] with `g` describing int8 weights; `xq_lo`, `xc_lo` and `xs_lo` are set (VNNI)
+/// or null (AVX2).
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_a16(g: &Q8) {
+    if g.xq_lo.is_null() {
+        q8::gemm_avx2(g);
+    } else {
+        q8::gemm_vnni(g);
+        q8::gemm_vnni(&Q8 { xq: g.xq_lo, xc: g.xc_lo, xs: g.xs_lo, accumulate: true, ..*g });
+    }
 }
 
 #[cfg(test)]

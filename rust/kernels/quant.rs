@@ -88,6 +88,11 @@ pub const GROUP: usize = 32;
 /// Quantizes `w: [rows, cols]` into `q` and `scales` (see [`QuantizedI8`]).
 fn quantize_rows(w: &[f32], rows: usize, cols: usize, group: usize, q: &mut [i8], scales: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 is available (checked above).
+        return unsafe { quantize_rows_avx2(w, rows, cols, group, q, scales) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sse4.1") {
         // SAFETY: SSE4.1 is available (checked above).
         return unsafe { quantize_rows_sse41(w, rows, cols, group, q, scales) };
@@ -103,6 +108,13 @@ unsafe fn quantize_rows_sse41(w: &[f32], rows: usize, cols: usize, group: usize,
     quantize_rows_generic(w, rows, cols, group, q, scales)
 }
 
+/// The same code on 256-bit registers (the scale search's error sums vectorize 8 wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_rows_avx2(w: &[f32], rows: usize, cols: usize, group: usize, q: &mut [i8], scales: &mut [f32]) {
+    quantize_rows_generic(w, rows, cols, group, q, scales)
+}
+
 #[inline(always)]
 fn quantize_rows_generic(w: &[f32], rows: usize, cols: usize, group: usize, q: &mut [i8], scales: &mut [f32]) {
     let ng = cols.div_ceil(group);
@@ -111,7 +123,7 @@ fn quantize_rows_generic(w: &[f32], rows: usize, cols: usize, group: usize, q: &
         let qr = &mut q[i * cols..(i + 1) * cols];
         for (g, (wg, qg)) in wr.chunks(group).zip(qr.chunks_mut(group)).enumerate() {
             let amax = wg.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
+            let scale = best_scale(wg, amax);
             scales[i * ng + g] = scale;
             if scale == 0.0 {
                 continue; // q stays 0
@@ -121,6 +133,48 @@ fn quantize_rows_generic(w: &[f32], rows: usize, cols: usize, group: usize, q: &
             }
         }
     }
+}
+
+/// The scales the INT8 quantizer tries for a group: `max|w| / (127 + j)`, j in this range. j = 0
+/// is the plain `max|w| / 127`; a larger scale (j < 0) leaves the top levels unused but can land
+/// more of the group's values near a level, a smaller one (j > 0) clips the largest values.
+const SCALE_SEARCH: std::ops::RangeInclusive<i32> = -16..=4;
+
+/// The scale of [`SCALE_SEARCH`] with the least squared error `Σ (q·s − w)²` over the group
+/// (the first on ties, so never worse than `max|w| / 127`). 0 for an all-zero group.
+#[inline(always)]
+fn best_scale(wg: &[f32], amax: f32) -> f32 {
+    if amax == 0.0 || !amax.is_finite() {
+        return amax / 127.0;
+    }
+    let (mut best_err, mut best) = (f32::INFINITY, amax / 127.0);
+    for j in SCALE_SEARCH.rev().skip_while(|&j| j != 0).chain(SCALE_SEARCH.filter(|&j| j > 0)) {
+        let s = amax / (127 + j) as f32;
+        let err = squared_error(wg, s);
+        if err < best_err {
+            (best_err, best) = (err, s);
+        }
+    }
+    best
+}
+
+/// `Σ (clamp(round(w / s)) · s − w)²` (round half to even: it vectorizes; ties are measure zero
+/// for the search). Eight partial sums, so the loop runs on SIMD registers.
+#[inline(always)]
+fn squared_error(wg: &[f32], s: f32) -> f32 {
+    let inv = 1.0 / s;
+    let err = |w: f32| {
+        let d = (w * inv).round_ties_even().clamp(-127.0, 127.0) * s - w;
+        d * d
+    };
+    let mut acc = [0f32; 8];
+    let mut chunks = wg.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &w) in acc.iter_mut().zip(c) {
+            *a += err(w);
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&w| err(w)).sum::<f32>()
 }
 
 /// INT8 weights `[rows, cols]` (nn.Linear layout: rows = out, cols = in) with one f32
@@ -714,18 +768,29 @@ mod tests {
                 for p in 0..cols {
                     let s = qw.scales[i * ng + p / group];
                     let wv = w[i * cols + p];
+                    // q = clamp(round(w / s), ±127): half a step, or the clipped excess
                     let err = (wv - row[p]).abs();
+                    let clipped = (wv.abs() - 127.0 * s).max(0.0);
                     assert!(
-                        err <= s * 0.5 * (1.0 + 1e-6) + f32::MIN_POSITIVE,
+                        err <= (s * 0.5).max(clipped) * (1.0 + 1e-6) + f32::MIN_POSITIVE,
                         "({i},{p}) w={wv} deq={} scale={s}",
                         row[p]
                     );
-                    // The scale is max|w|/127 of the group: the largest element maps to ±127.
+                    // The scale is max|w| / (127 + j) of the group, j in SCALE_SEARCH.
                     let g0 = (p / group) * group;
-                    let gmax = w[i * cols + g0..i * cols + (g0 + group).min(cols)]
-                        .iter()
-                        .fold(0f32, |a, v| a.max(v.abs()));
-                    assert_eq!(s, gmax / 127.0);
+                    let gw = &w[i * cols + g0..i * cols + (g0 + group).min(cols)];
+                    let gmax = gw.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    if gmax > 0.0 {
+                        let j = (gmax / s - 127.0).round() as i32;
+                        assert!(SCALE_SEARCH.contains(&j) && s == gmax / (127 + j) as f32, "scale {s}, max {gmax}");
+                    }
+                }
+                // each group's squared error is at most that of the plain max|w| / 127
+                for (g, wg) in w[i * cols..(i + 1) * cols].chunks(group).enumerate() {
+                    let gmax = wg.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let plain = squared_error(wg, gmax / 127.0);
+                    let got: f32 = wg.iter().zip(&row[g * group..]).map(|(&a, &b)| (a - b) * (a - b)).sum();
+                    assert!(gmax == 0.0 || got <= plain * (1.0 + 1e-4), "group {g}: {got} > {plain}");
                 }
             }
             // The all-zero first group has scale 0 and q 0.
@@ -735,11 +800,35 @@ mod tests {
     }
 
     #[test]
-    fn int8_extremes_map_to_127() {
+    fn int8_scale_search_finds_an_exact_grid() {
+        // max|w| / 127 puts 0.5 on 63.5 (error half a step); max|w| / 124 represents all four
         let w = [1.0f32, -1.0, 0.5, -0.25];
         let qw = QuantizedI8::quantize_with_group(&w, 1, 4, 4);
-        assert_eq!(qw.q, vec![127, -127, 64, -32]); // 63.5 rounds away from zero
-        assert_eq!(qw.scales, vec![1.0 / 127.0]);
+        let deq = qw.dequantize();
+        assert!(w.iter().zip(&deq).all(|(a, b)| (a - b).abs() <= 1e-6), "{deq:?}");
+        assert_eq!(qw.q[0], -qw.q[1]);
+        assert_eq!(i32::from(qw.q[0]), 2 * i32::from(qw.q[2]));
+        assert_eq!(i32::from(qw.q[2]), -2 * i32::from(qw.q[3]));
+        // a lone value keeps the plain scale (j = 0 comes first and is exact)
+        let one = QuantizedI8::quantize_with_group(&[0.3f32], 1, 1, 1);
+        assert_eq!((one.q[0], one.scales[0]), (127, 0.3 / 127.0));
+    }
+
+    #[test]
+    fn int8_scale_search_halves_the_error_of_4bit_grid_values() {
+        // values of a 4-bit grid (a GGUF Q4_1 file loaded as INT8): m + q·d, q in 0..16
+        let mut rng = crate::kernels::test_rng::Rng(7);
+        let (rows, cols) = (64, 256);
+        let w: Vec<f32> = (0..rows * cols / 32)
+            .flat_map(|_| {
+                let (d, m) = (0.01 + 0.02 * rng.next().abs(), -0.1 * rng.next().abs() - 0.05);
+                (0..32).map(|_| m + d * ((rng.next() + 1.0) * 8.0).floor().min(15.0)).collect::<Vec<_>>()
+            })
+            .collect();
+        let qw = QuantizedI8::quantize(&w, rows, cols);
+        let got: f32 = w.iter().zip(qw.dequantize()).map(|(a, b)| (a - b) * (a - b)).sum();
+        let plain: f32 = w.chunks(32).map(|g| squared_error(g, g.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0)).sum();
+        assert!(got < 0.7 * plain, "{got} vs plain {plain}");
     }
 
     #[test]

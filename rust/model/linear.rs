@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernels::matmul_bf16::{bf16_path_for, matmul_bf16_path};
 use crate::kernels::matmul_f32::{f32_path_for, matmul_f32_path};
 use crate::kernels::matmul_int4::matmul_int4_path;
-use crate::kernels::matmul_int8::{int8_path_for, matmul_int8_a16_path, matmul_int8_path};
+use crate::kernels::matmul_int8::{int8_path_for, matmul_int8_a16_path};
 use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, QuantizedI4, QuantizedI8};
 use crate::kernels::RowPath;
 use crate::threadpool::ThreadPool;
@@ -132,10 +132,6 @@ pub struct Linear {
     pub bias: Option<Vec<f32>>,
     /// Unmerged adapters, applied after the matmul.
     pub lora: Vec<LoraDelta>,
-    /// INT8 weights only: quantize x to 16 bits (W8A16) instead of 8 (W8A8). An INT4 load
-    /// sets it on the INT8 matrices it keeps (a GGUF file's Q8_0 embedding / lm_head), so
-    /// that, like its INT4 matrices, they multiply the file's exact weights with a 16-bit x.
-    pub x16: bool,
 }
 
 impl Linear {
@@ -159,7 +155,7 @@ impl Linear {
                 return Err(Error::Tensor(format!("bias has {} values, expected {out_features}", b.len())));
             }
         }
-        Ok(Self { out_features, in_features, weight: Arc::new(weight), bias, lora: Vec::new(), x16: false })
+        Ok(Self { out_features, in_features, weight: Arc::new(weight), bias, lora: Vec::new() })
     }
 
     pub fn f32(w: Vec<f32>, out_features: usize, in_features: usize, bias: Option<Vec<f32>>) -> Result<Self> {
@@ -187,7 +183,6 @@ impl Linear {
         let first = parts.first().ok_or_else(|| Error::Tensor("nothing to concatenate".into()))?;
         let in_features = first.in_features;
         let precision = first.weight.precision();
-        let x16 = parts.iter().any(|p| p.x16);
         let out_features: usize = parts.iter().map(|p| p.out_features).sum();
         for p in &parts {
             if p.in_features != in_features || p.weight.precision() != precision {
@@ -246,9 +241,7 @@ impl Linear {
                 WeightData::Int4(QuantizedI4::from_parts(out_features, in_features, q, scales, mins)?)
             }
         };
-        let mut fused = Self::new(weight, out_features, in_features, bias)?;
-        fused.x16 = x16;
-        Ok(fused)
+        Self::new(weight, out_features, in_features, bias)
     }
 
     /// y: [m, out] = x: [m, in] · wᵀ (+ bias), on the path the kernels pick for m rows.
@@ -272,8 +265,7 @@ impl Linear {
         match &*self.weight {
             WeightData::F32(w) => matmul_f32_path(pool, x, w, y, m, k, n, path),
             WeightData::Bf16(w) => matmul_bf16_path(pool, x, w, y, m, k, n, path),
-            WeightData::Int8(q) if self.x16 => matmul_int8_a16_path(pool, x, q, y, m, path),
-            WeightData::Int8(q) => matmul_int8_path(pool, x, q, y, m, path),
+            WeightData::Int8(q) => matmul_int8_a16_path(pool, x, q, y, m, path),
             WeightData::Int4(q) => matmul_int4_path(pool, x, q, y, m, path),
         }
         if let Some(b) = &self.bias {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::names::{arch_name, table, Layout, Part, Row, Slot, Table};
-use super::{Layer, Linear, Model, ModelConfig, Norm, Precision, TensorStore};
+use super::{Layer, Linear, Model, ModelConfig, Norm, TensorStore};
 use crate::error::{Error, Result};
 use crate::kernels::rope::Rope;
 use crate::threadpool::ThreadPool;
@@ -76,9 +76,7 @@ impl Taken {
                 (Layout::Plain, _) => self.plain.push((slot, store.take(&name, &shape)?)),
                 (_, &[out, inp]) if row.required(c) => {
                     let w = store.take_matrix(&name, out, inp)?;
-                    let mut part = Linear::new(w, out, inp, bias(store)?)?;
-                    // an INT4 load's INT8 matrices take a 16-bit x (see Linear::x16)
-                    part.x16 = store.plan().precision == Precision::Int4 && part.weight.precision() == Precision::Int8;
+                    let part = Linear::new(w, out, inp, bias(store)?)?;
                     match self.linears.iter_mut().find(|(s, _)| *s == slot) {
                         Some((_, parts)) => parts.push(part),
                         None => self.linears.push((slot, vec![part])),
