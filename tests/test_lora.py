@@ -12,6 +12,7 @@ from ferrolm.cli import main as cli
 from ferrolm.lora import lora_stats, read_lora
 from ferrolm.safetensors_io import save_arrays
 from conftest import MODELS, copy_model, load_fixture, read_safetensors, reference
+from quant_reference import quantize_int8
 
 IDS = [int(t) for t in reference("tiny-llama")[0]["prompt_ids"]]
 
@@ -70,8 +71,8 @@ def stored_weight(model, name):
 
 def convert(w, precision, slack=0.0):
     """float32 weights [rows, in] converted as kernels/quant.rs documents: BF16 rounds to nearest
-    even; INT8 takes groups of 32 along a row, scale = max|w| / 127, q = round(w / scale) (half
-    away from zero) in [-127, 127]. Also returns a mask of the values within `slack` (absolute,
+    even; INT8 takes groups of 32 along a row with the searched scale of tests/quant_reference.py,
+    q = round(w / scale) (half away from zero) in [-127, 127]. Also returns a mask of the values within `slack` (absolute,
     per value) or a hair of a rounding midpoint: a last-bit difference in a float32 sum upstream
     may round those the other way."""
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -82,13 +83,14 @@ def convert(w, precision, slack=0.0):
         near = np.abs(w.astype(np.float64) - mid) <= np.maximum(slack, 64 * np.spacing(np.abs(w)))
         return out, near
     rows, k = w.shape
+    q, scale, margin = quantize_int8(w)
     g = w.reshape(rows, k // 32, 32)
-    scale = (np.abs(g).max(axis=-1) / np.float32(127)).astype(np.float32)
-    y = g / scale[..., None]
-    q = np.clip(np.sign(y) * np.floor(np.abs(y) + np.float32(0.5)), -127, 127).astype(np.int8)
-    band = 1e-3 + np.broadcast_to(slack, w.shape).reshape(g.shape) / scale[..., None]
+    y = g / np.where(scale > 0, scale, 1)[..., None]
+    band = 1e-3 + np.broadcast_to(slack, w.shape).reshape(g.shape) / np.where(scale > 0, scale, 1)[..., None]
     near = np.abs(np.abs(y) % 1 - 0.5) < band
-    return (q.reshape(rows, k), scale), near.reshape(rows, k)
+    # a group whose best two scales are within a hair may pick the other one
+    near |= (margin < 1e-5)[..., None]
+    return (q, scale), near.reshape(rows, k)
 
 
 def values(stored, precision):
@@ -131,10 +133,14 @@ def assert_stored_as(model, name, original, pair, scale):
         diff = got != want
         assert (np.abs(got.astype(np.int64) - want) <= 1).all(), name
     else:
-        np.testing.assert_allclose(got[1], want[1], rtol=3e-7, atol=0, err_msg=name)
+        tie = near.reshape(got[1].shape + (32,)).all(-1)  # groups whose scale choice is a near tie
+        assert tie.mean() < 0.05, name
+        np.testing.assert_allclose(got[1][~tie], want[1][~tie], rtol=3e-7, atol=0, err_msg=name)
         diff = got[0] != want[0]
-        assert (np.abs(got[0].astype(np.int64) - want[0]) <= 1).all(), name
+        assert (np.abs(got[0].astype(np.int64) - want[0]) <= 1)[~np.repeat(tie, 32, axis=1)].all(), name
     assert not (diff & ~near).any(), f"{name}: {int((diff & ~near).sum())} values converted differently"
+    if model.precision != "bf16":
+        diff = diff & ~np.repeat(tie, 32, axis=1)
     assert diff.sum() <= max(2, diff.size // 1000), name
     return merged
 
@@ -352,5 +358,6 @@ def test_gguf_int8_merges_from_the_files_original_weights(tmp_path, monkeypatch)
 
     err = np.abs(model.logits(IDS) - want).max()
     plain = np.abs(plain_model.logits(IDS) - ferrolm.load(gguf_path).logits(IDS)).max()
-    assert err < 2 * plain  # measured 1.4x
+    # measured 2.6x: the plain model keeps the Q8_0 tensor exactly, the merge requantizes it
+    assert err < 3.5 * plain
     assert np.abs(plain_model.logits(IDS) - want).max() > 10 * plain  # the adapter's own effect

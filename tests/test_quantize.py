@@ -10,6 +10,7 @@ import pytest
 import ferrolm
 from ferrolm.cli import main as cli
 from conftest import FIXTURES, MODELS, copy_model, load_fixture, reference, read_safetensors
+from quant_reference import quantize_int8
 
 GGUF = FIXTURES / "gguf" / "tiny-llama.gguf"
 
@@ -37,7 +38,7 @@ def test_int8_layout_on_disk(tmp_path):
     model = load_fixture("tiny-llama", precision="int8")
     out = model.save(tmp_path / "q")
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["quantization_config"] == {"quant_method": "ferrolm", "precision": "int8", "group_size": 32, "scheme": "w8a8"}
+    assert cfg["quantization_config"] == {"quant_method": "ferrolm", "precision": "int8", "group_size": 32, "scheme": "w8a16"}
     h = header(out / "model.safetensors")
     name = "model.layers.0.self_attn.q_proj.weight"
     rows, cols = h[name]["shape"]
@@ -46,17 +47,20 @@ def test_int8_layout_on_disk(tmp_path):
     tensors = read_safetensors((out / "model.safetensors").read_bytes())
     q, s = tensors[name].astype(np.float32), tensors[name + "_scale"]
     assert q.min() >= -127 and q.max() <= 127
-    # exactly the documented quantization of the originals: per row and group of 32,
-    # scale = max|w| / 127 and q = round(w / scale), half away from zero (kernels/quant.rs)
+    # exactly the documented quantization of the originals (kernels/quant.rs; tests/quant_reference.py)
     orig = read_safetensors((MODELS / "tiny-llama" / "model.safetensors").read_bytes())[name]
-    g = orig.reshape(rows, -1, 32)
-    want_s = (np.abs(g).max(axis=-1) / np.float32(127)).astype(np.float32)
+    want_q, want_s, _ = quantize_int8(orig)
     np.testing.assert_array_equal(s, want_s)
-    y = g / want_s[:, :, None]
-    np.testing.assert_array_equal(q, (np.sign(y) * np.floor(np.abs(y) + np.float32(0.5))).reshape(rows, cols))
-    assert (np.abs(q.reshape(rows, -1, 32)).max(axis=-1) == 127).all()  # each group's largest value maps to ±127
-    deq = (q.reshape(rows, -1, 32) * s[:, :, None]).reshape(rows, cols)
-    assert np.all(np.abs(deq - orig) <= np.repeat(s, 32, axis=1) / 2 + 1e-7)
+    np.testing.assert_array_equal(q, want_q)
+    # each group's scale is max|w| / (127 + j), j in [-16, 4]; the error is at most the plain scale's
+    g = orig.reshape(rows, -1, 32)
+    j = np.abs(g).max(axis=-1) / s - 127
+    assert np.allclose(j, np.round(j), atol=1e-3) and (np.round(j) >= -16).all() and (np.round(j) <= 4).all()
+    deq = (q.reshape(rows, -1, 32) * s[:, :, None])
+    plain = np.abs(g).max(axis=-1, keepdims=True) / np.float32(127)
+    plain_err = ((np.clip(np.round(g / plain), -127, 127) * plain - g) ** 2).sum(-1)
+    assert (((deq - g) ** 2).sum(-1) <= plain_err * (1 + 1e-4)).all()
+    assert ((deq - g) ** 2).sum() < 0.95 * plain_err.sum()
 
 
 def test_bf16_is_a_plain_bf16_checkpoint(tmp_path):

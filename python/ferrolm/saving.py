@@ -8,7 +8,7 @@ Layout of the weights (what `ferrolm.load` reads back without converting anythin
   with `X.weight_scale` `[out, ceil(in / group)]` F32 beside it; norms, biases and learned
   positions stay F32. config.json gains
   `"quantization_config": {"quant_method": "ferrolm", "precision": "int8", "group_size": G,
-  "scheme": "w8a8"}`.
+  "scheme": "w8a16"}` ("w8a32" when G is not 32: those groups multiply an f32 x).
 - INT4: every INT4 matmul weight `X.weight` is stored as U8 `[out, ceil(in / 32) · 16]` (two
   4-bit values per byte, GGUF Q4_1's order within each group of 32) with `X.weight_scale` and
   `X.weight_min` F16 `[out, ceil(in / 32)]` (value = q · scale + min); matrices an INT4 load
@@ -76,7 +76,8 @@ def _config(model: "Model") -> Dict[str, Any]:
             "quant_method": "ferrolm",
             "precision": "int8",
             "group_size": model._core.group_size,
-            "scheme": "w8a8",
+            # how the CPU kernels multiply them: 16-bit x per group of 32, f32 x with other groups
+            "scheme": "w8a16" if model._core.group_size == 32 else "w8a32",
         }
     elif model.precision == "int4":
         config["quantization_config"] = {

@@ -1,0 +1,48 @@
+"""NumPy reference of the INT8 weight quantizer (rust/kernels/quant.rs): per row and group of 32,
+the scale of max|w| / (127 + j), j in SCALE_SEARCH, with the least squared error (the first
+on ties: j = 0, -1, ..., -16, then 1, ..., 4), and q = round(w / scale), half away from zero,
+in [-127, 127]."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCALE_SEARCH = [0, *range(-1, -17, -1), *range(1, 5)]
+
+
+def squared_error(g: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Σ (clamp(round_half_even(w · (1/s))) · s − w)² over the last axis of g: [..., 32], in the
+    core's float32 order (eight partial sums over elements l, l+8, l+16, l+24, then added in
+    turn)."""
+    inv = (np.float32(1) / s).astype(np.float32)
+    q = np.clip(np.rint((g * inv[..., None]).astype(np.float32)), -127, 127).astype(np.float32)
+    d = ((q * s[..., None]).astype(np.float32) - g).astype(np.float32)
+    sq = (d * d).astype(np.float32).reshape(*g.shape[:-1], g.shape[-1] // 8, 8)
+    acc = np.zeros(sq.shape[:-2] + (8,), np.float32)
+    for c in range(sq.shape[-2]):
+        acc = (acc + sq[..., c, :]).astype(np.float32)
+    total = np.zeros(acc.shape[:-1], np.float32)
+    for lane in range(8):
+        total = (total + acc[..., lane]).astype(np.float32)
+    return total
+
+
+def quantize_int8(w: np.ndarray):
+    """w: [rows, k] float32 (k a multiple of 32) -> (q: [rows, k] int8, scale: [rows, k/32]
+    float32, margin: [rows, k/32] float32). margin is the relative gap between the chosen
+    scale's squared error and the next best candidate's: a group whose margin is tiny may pick
+    the other scale when w differs in a last bit."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    rows, k = w.shape
+    g = w.reshape(rows, k // 32, 32)
+    amax = np.abs(g).max(axis=-1)
+    safe = np.where(amax > 0, amax, np.float32(1))
+    errs = np.stack([squared_error(g, (safe / np.float32(127 + j)).astype(np.float32)) for j in SCALE_SEARCH])
+    best = np.argmin(errs, axis=0)  # first minimum: the search order
+    j = np.asarray(SCALE_SEARCH)[best]
+    scale = np.where(amax > 0, (amax / (127 + j).astype(np.float32)).astype(np.float32), np.float32(0))
+    ordered = np.sort(errs, axis=0)
+    margin = (ordered[1] - ordered[0]) / np.maximum(ordered[0], np.float32(1e-30))
+    y = g / np.where(scale > 0, scale, np.float32(1))[..., None]
+    q = np.clip(np.sign(y) * np.floor(np.abs(y) + np.float32(0.5)), -127, 127).astype(np.int8)
+    return q.reshape(rows, k), scale.astype(np.float32), margin
