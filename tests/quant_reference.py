@@ -1,13 +1,13 @@
 """NumPy reference of the INT8 weight quantizer (rust/kernels/quant.rs): per row and group of 32,
 the scale of max|w| / (127 + j), j in SCALE_SEARCH, with the least squared error (the first
-on ties: j = 0, -1, ..., -16, then 1, ..., 4), and q = round(w / scale), half away from zero,
+on ties: j = 0, -1, ..., -16), and q = round(w / scale), half away from zero,
 in [-127, 127]."""
 
 from __future__ import annotations
 
 import numpy as np
 
-SCALE_SEARCH = [0, *range(-1, -17, -1), *range(1, 5)]
+SCALE_SEARCH = list(range(0, -17, -1))
 
 
 def squared_error(g: np.ndarray, s: np.ndarray) -> np.ndarray:

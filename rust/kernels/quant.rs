@@ -135,10 +135,15 @@ fn quantize_rows_generic(w: &[f32], rows: usize, cols: usize, group: usize, q: &
     }
 }
 
-/// The scales the INT8 quantizer tries for a group: `max|w| / (127 + j)`, j in this range. j = 0
-/// is the plain `max|w| / 127`; a larger scale (j < 0) leaves the top levels unused but can land
-/// more of the group's values near a level, a smaller one (j > 0) clips the largest values.
-const SCALE_SEARCH: std::ops::RangeInclusive<i32> = -16..=4;
+/// The scales the INT8 quantizer tries for a group: `max|w| / (127 + j)`, j in this range, tried
+/// from 0 (the plain `max|w| / 127`) down. A larger scale leaves the top levels unused but can
+/// land more of the group's values near a level. (Smaller scales, which clip the largest
+/// values, won under 1 % of the groups of the default model and none of normal-distributed
+/// weights; each of -16..0 wins 1-15 %.)
+const SCALE_SEARCH: std::ops::RangeInclusive<i32> = -16..=0;
+
+/// Rows·cols from which [`QuantizedI8::quantize_with_group`] splits the rows over threads.
+const PARALLEL_QUANTIZE: usize = 1 << 20;
 
 /// The scale of [`SCALE_SEARCH`] with the least squared error `Σ (q·s − w)²` over the group
 /// (the first on ties, so never worse than `max|w| / 127`). 0 for an all-zero group.
@@ -148,7 +153,7 @@ fn best_scale(wg: &[f32], amax: f32) -> f32 {
         return amax / 127.0;
     }
     let (mut best_err, mut best) = (f32::INFINITY, amax / 127.0);
-    for j in SCALE_SEARCH.rev().skip_while(|&j| j != 0).chain(SCALE_SEARCH.filter(|&j| j > 0)) {
+    for j in SCALE_SEARCH.rev() {
         let s = amax / (127 + j) as f32;
         let err = squared_error(wg, s);
         if err < best_err {
@@ -211,7 +216,18 @@ impl QuantizedI8 {
         let ng = cols.div_ceil(group);
         let mut q = vec![0i8; w.len()];
         let mut scales = vec![0f32; rows * ng];
-        quantize_rows(w, rows, cols, group, &mut q, &mut scales);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+        if threads > 1 && w.len() >= PARALLEL_QUANTIZE {
+            // a one-off at load: the rows split over the CPUs (each row's result is the same)
+            let per = rows.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for ((wc, qc), sc) in w.chunks(per * cols).zip(q.chunks_mut(per * cols)).zip(scales.chunks_mut(per * ng)) {
+                    scope.spawn(move || quantize_rows(wc, wc.len() / cols, cols, group, qc, sc));
+                }
+            });
+        } else {
+            quantize_rows(w, rows, cols, group, &mut q, &mut scales);
+        }
         QuantizedI8 {
             rows,
             cols,
@@ -768,11 +784,9 @@ mod tests {
                 for p in 0..cols {
                     let s = qw.scales[i * ng + p / group];
                     let wv = w[i * cols + p];
-                    // q = clamp(round(w / s), ±127): half a step, or the clipped excess
                     let err = (wv - row[p]).abs();
-                    let clipped = (wv.abs() - 127.0 * s).max(0.0);
                     assert!(
-                        err <= (s * 0.5).max(clipped) * (1.0 + 1e-6) + f32::MIN_POSITIVE,
+                        err <= s * 0.5 * (1.0 + 1e-6) + f32::MIN_POSITIVE,
                         "({i},{p}) w={wv} deq={} scale={s}",
                         row[p]
                     );
