@@ -1,12 +1,18 @@
-"""Decode and prefill of ferrolm (INT8, INT4) and llama.cpp (through llama-cpp-python) on the same
-GGUF file, side by side, with the PERF method: batch 1, greedy, a 128-token prompt of fixed ids,
-128 new tokens (EOS ignored), one warm-up then the median of the timed runs; each configuration
-in a fresh process (peak RSS = its VmHWM).
+"""Decode and prefill of ferrolm and llama.cpp (through llama-cpp-python) side by side, with the
+PERF method: batch 1, greedy, a 128-token prompt of fixed ids, 128 new tokens (EOS ignored), one
+warm-up then the median of the timed runs; each configuration in a fresh process (peak RSS = its
+VmHWM), with the read bandwidth measured in that process and the decode ceiling = bandwidth /
+matmul bytes per token (PERF.md).
 
     pip install llama-cpp-python          # optional; builds llama.cpp from source
     python benches/llamacpp_compare.py [GGUF] [--threads 1,2] [--runs 3] [--json OUT]
+    python benches/llamacpp_compare.py --shape gpt2-124m,llama-135m,llama-1.1b [--threads 1,2]
 
-GGUF defaults to the default model (SmolLM2-135M-Instruct.Q4_1.gguf).
+With a GGUF file (default: the default model, SmolLM2-135M-Instruct.Q4_1.gguf) both engines load
+that file (engines "ferrolm int8", "ferrolm int4", "llama.cpp"). With --shape, ferrolm loads the
+random-weight benchmark shape (ferrolm.bench.random_checkpoint) and llama.cpp GGUF files of the
+same weights, quantized by llama.cpp itself (benches/shape_gguf.py); engines default to
+"ferrolm fp32,ferrolm bf16,ferrolm int8,llama.cpp bf16,llama.cpp q8_0".
 """
 
 from __future__ import annotations
@@ -30,12 +36,39 @@ def vmhwm_mib() -> float:
     return float("nan")
 
 
-def one(engine: str, path: str, threads: int, runs: int, new: int) -> dict:
+def gguf_matmul_bytes(path: str) -> int:
+    """Bytes of the matmul weights one token reads in a GGUF file: every 2-D tensor but the
+    embeddings, plus the output matrix (the token embedding when tied)."""
+    import gguf
+
+    tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2}
+    layers = sum(n for name, n in tensors.items() if name not in ("token_embd.weight", "position_embd.weight", "output.weight"))
+    return layers + tensors.get("output.weight", tensors["token_embd.weight"])
+
+
+def resolve(engine: str, source: str) -> tuple:
+    """(engine kind, precision, path) of an engine on a GGUF file or a named shape."""
+    kind, _, precision = engine.partition(" ")
+    if Path(source).is_file():
+        return kind, precision or None, source
+    if kind == "llama.cpp":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from shape_gguf import shape_gguf
+
+        return kind, precision, str(shape_gguf(source, precision or "q8_0"))
+    from ferrolm.bench import random_checkpoint
+
+    return kind, precision, str(random_checkpoint(source))
+
+
+def one(engine: str, source: str, threads: int, runs: int, new: int) -> dict:
     stamps = []
-    if engine == "llama.cpp":
+    kind, precision, path = resolve(engine, source)
+    if kind == "llama.cpp":
         from llama_cpp import Llama
 
         llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
+        matmul_bytes = gguf_matmul_bytes(path)
 
         def generate():
             llm.reset()
@@ -45,27 +78,30 @@ def one(engine: str, path: str, threads: int, runs: int, new: int) -> dict:
                 out.append(time.perf_counter())
                 if len(out) == new:
                     break
-            return t0, out
+            return len(PROMPT) / (out[0] - t0), (len(out) - 1) / (out[-1] - out[0]), len(out)
     else:
         import ferrolm
 
-        precision = engine.split()[-1]
         model = ferrolm.load(path, precision, threads=threads, context_length=512, progress=False)
+        model.configure_prefix_cache(reuse=False)  # every run computes the whole prompt
+        matmul_bytes = model.matmul_bytes_per_token
 
         def generate():
-            t0 = time.perf_counter()
-            out = []
-            for _ in model.generate(PROMPT, max_new_tokens=new, ignore_eos=True, stream=True):
-                out.append(time.perf_counter())
-            return t0, out
+            t = model.generate(PROMPT, max_new_tokens=new, ignore_eos=True).timings
+            return t.prefill_tokens_per_s, t.decode_tokens_per_s, new
 
     generate()  # warm-up
     for _ in range(runs):
-        t0, ts = generate()
-        stamps.append((len(PROMPT) / (ts[0] - t0), (len(ts) - 1) / (ts[-1] - ts[0]), len(ts)))
+        stamps.append(generate())
+    rss = vmhwm_mib()
+    from ferrolm import _core
+
+    bandwidth = max(_core.read_bandwidth(1 << 30, threads, 5) for _ in range(2))
+    decode = statistics.median(s[1] for s in stamps)
     return dict(engine=engine, threads=threads, prefill=statistics.median(s[0] for s in stamps),
-                decode=statistics.median(s[1] for s in stamps), decode_runs=[round(s[1], 1) for s in stamps],
-                tokens=stamps[0][2], peak_rss_mib=vmhwm_mib())
+                decode=decode, decode_runs=[round(s[1], 1) for s in stamps],
+                tokens=stamps[0][2], peak_rss_mib=rss, matmul_bytes_per_token=matmul_bytes,
+                read_gb_s=bandwidth / 1e9, pct_of_ceiling=100 * decode * matmul_bytes / bandwidth)
 
 
 def main() -> int:
@@ -74,32 +110,39 @@ def main() -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--engines", default="ferrolm int8,ferrolm int4,llama.cpp")
+    p.add_argument("--shape", default=None, help="comma-separated benchmark shapes instead of a GGUF file")
+    p.add_argument("--engines", default=None, help="comma-separated (default: ferrolm int8,ferrolm int4,llama.cpp "
+                   "for a file; ferrolm fp32,ferrolm bf16,ferrolm int8,llama.cpp bf16,llama.cpp q8_0 for shapes)")
     p.add_argument("--json")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.gguf is None:
+    if args.gguf is None and args.shape is None:
         from ferrolm.loading import default_model_path
 
         args.gguf = str(default_model_path())
     if args.one:
         print(json.dumps(one(args.one[0], args.gguf, int(args.one[1]), args.runs, args.new_tokens)))
         return 0
+    sources = args.shape.split(",") if args.shape else [args.gguf]
+    engines = args.engines or ("ferrolm fp32,ferrolm bf16,ferrolm int8,llama.cpp bf16,llama.cpp q8_0" if args.shape
+                               else "ferrolm int8,ferrolm int4,llama.cpp")
     rows = []
-    for threads in [int(t) for t in args.threads.split(",")]:
-        for engine in args.engines.split(","):
-            out = subprocess.run([sys.executable, __file__, args.gguf, "--runs", str(args.runs), "--new-tokens",
-                                  str(args.new_tokens), "--one", engine, str(threads)],
-                                 capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-            if out.returncode:
-                print(out.stderr, file=sys.stderr)
-                return 1
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            r = rows[-1]
-            print(f"{r['engine']:<14} threads={threads} prefill {r['prefill']:7.1f} tok/s  decode {r['decode']:6.1f} tok/s "
-                  f"{r['decode_runs']}  peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+    for source in sources:
+        for threads in [int(t) for t in args.threads.split(",")]:
+            for engine in engines.split(","):
+                out = subprocess.run([sys.executable, __file__, source, "--runs", str(args.runs), "--new-tokens",
+                                      str(args.new_tokens), "--one", engine, str(threads)],
+                                     capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                if out.returncode:
+                    print(out.stderr, file=sys.stderr)
+                    return 1
+                rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), source=Path(source).name))
+                r = rows[-1]
+                print(f"{r['source']:<16} {r['engine']:<15} threads={threads} prefill {r['prefill']:7.1f} tok/s  "
+                      f"decode {r['decode']:6.1f} tok/s ({r['pct_of_ceiling']:.0f}% of {r['read_gb_s']:.1f} GB/s) "
+                      f"{r['decode_runs']}  peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(file=args.gguf, loadavg=os.getloadavg(), rows=rows), indent=2))
+        Path(args.json).write_text(json.dumps(dict(sources=sources, loadavg=os.getloadavg(), rows=rows), indent=2))
     return 0
 
 
