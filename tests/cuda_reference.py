@@ -19,40 +19,46 @@ def from_bf16(b: np.ndarray) -> np.ndarray:
     return (b.astype(np.uint32) << 16).view(np.float32)
 
 
-def quantize_x(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """W8A8 activation quantization of the rows of x: [m, k] (f32), exactly as the CPU core's
-    quantize_group: (xq: [m, k] int8, xs: [m, ceil(k / group)] f32)."""
+#: The CPU core's 16-bit activation range and smallest quantized group max
+#: (matmul_int8_kernels.rs: A16_MAX, MIN_AMAX).
+A16_MAX = np.float32(32639.0)
+MIN_AMAX = np.float32(1e-30)
+
+
+def quantize_x16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W8A16 activation quantization of the rows of x: [m, k] (f32), exactly as the CPU core's
+    quantize_rows_a16_impl: (x16: [m, kp] int16, zero from k on; xs: [m, ng] f32), groups of
+    32, ng = ceil(k / 32), kp = 32·ng."""
     x = np.asarray(x, dtype=np.float32)
     m, k = x.shape
-    ng = -(-k // group)
-    xq = np.zeros((m, k), np.int8)
+    ng = -(-k // 32)
+    x16 = np.zeros((m, 32 * ng), np.int16)
     xs = np.zeros((m, ng), np.float32)
     for i in range(m):
         for g in range(ng):
-            xg = x[i, g * group : (g + 1) * group]
+            xg = x[i, 32 * g : 32 * g + 32]
             abits = int((xg.view(np.uint32) & 0x7FFFFFFF).max())
             if abits >= 0x7F800000:
                 xs[i, g] = np.float32(np.nan)
                 continue
             amax = np.uint32(abits).view(np.float32)
-            if amax < np.float32(1e-30):
+            if amax < MIN_AMAX:
                 continue
-            inv = np.float32(127.0) / amax
-            q = np.clip(np.rint(xg * inv), -127, 127)
-            xq[i, g * group : g * group + len(xg)] = q.astype(np.int8)
-            xs[i, g] = amax / np.float32(127.0)
-    return xq, xs
+            inv = A16_MAX / amax
+            x16[i, 32 * g : 32 * g + len(xg)] = np.clip(np.rint(xg * inv), -A16_MAX, A16_MAX).astype(np.int16)
+            xs[i, g] = amax / A16_MAX
+    return x16, xs
 
 
-def w8a8(xq: np.ndarray, xs: np.ndarray, wq: np.ndarray, ws: np.ndarray, group: int) -> np.ndarray:
-    """Σ_g (xs·ws in f32) · (exact integer group sum), summed in float64: y: [m, n]."""
-    m, k = xq.shape
-    n = wq.shape[0]
-    ng = -(-k // group)
-    y = np.zeros((m, n), np.float64)
-    xi, wi = xq.astype(np.int64), wq.astype(np.int64)
+def w8a16(x16: np.ndarray, xs: np.ndarray, wq: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """Σ_g (xs·ws in f32) · (exact integer group sum), summed in float64: y: [m, n]. x16: [m, kp]
+    (zero past k), wq: [n, k], ws: [n, ng], groups of 32."""
+    n, k = wq.shape
+    ng = ws.shape[1]
+    y = np.zeros((x16.shape[0], n), np.float64)
+    xi, wi = x16[:, :k].astype(np.int64), wq.astype(np.int64)
     for g in range(ng):
-        sl = slice(g * group, (g + 1) * group)
+        sl = slice(32 * g, min(k, 32 * g + 32))
         isum = xi[:, sl] @ wi[:, sl].T  # exact
         d = (xs[:, g : g + 1] * ws[:, g][None, :]).astype(np.float32)
         y += isum.astype(np.float64) * d.astype(np.float64)

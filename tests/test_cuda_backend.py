@@ -88,16 +88,63 @@ def test_greedy_tokens_equal_the_reference_and_the_cpu(mode, name):
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_bf16_and_int8_compute_what_the_cpu_computes(mode, name, precision):
-    """Same stored weights, same activation quantization (INT8: W8A8, groups of 32): the
-    logits differ from the CPU backend's by summation order only."""
+    """Same stored weights, same activation quantization (INT8: W8A16, x rounded to 16 bits per
+    group of 32 bit for bit as the CPU): the logits differ from the CPU backend's by f32
+    summation order only — and, for INT8, by the 16-bit rounding of the next layer's x flipping
+    where that order moved a value across a rounding boundary (one step is 1/32639 of its
+    group's max). The CPU's own GEMV and GEMM paths differ by as much: up to 8.6e-5 of the
+    logit scale on these models (decode vs prefill), and the emulated device by 8.9e-5."""
     ref, _ = reference(name)
     ids = ref["prefix_ids"].tolist()
     got = load(mode, name, precision).logits(ids)
     want = ferrolm.load(MODELS / name, precision=precision).logits(ids)
-    assert_close(got, want, rel=1e-4 if precision == "bf16" else 2e-3)
+    assert_close(got, want, rel=1e-4 if precision == "bf16" else 3e-4)
     p, q = log_softmax(ref["prefix_logits"].astype(np.float64)), log_softmax(got.astype(np.float64))
     kl = float((np.exp(p) * (p - q)).sum(-1).mean())
-    assert kl < (2e-3 if precision == "bf16" else 2e-2)
+    assert kl < (2e-3 if precision == "bf16" else 5e-3)
+
+
+def test_int8_matrices_the_cpu_runs_weight_only_run_dequantized(mode, tmp_path, monkeypatch):
+    """W8A16 needs groups of 32 over whole groups; the CPU multiplies any other INT8 matrix
+    weight-only (the FP32 matmul of its values q·s), and so does the device, from an FP32 copy
+    of those values: groups of 64 (every matrix; tiny-llama's embedding table, only gathered,
+    stays INT8), or k = 40 (every matrix but the down projections, k = 64, which stay W8A16;
+    the tied table is the lm_head) give the CPU's logits to 1e-5 of their scale
+    (measured 7e-7 and 2.4e-6; running the k = 40 matrices as W8A16 instead moves them by 2.3e-5)."""
+    import ferrolm.loading
+    from conftest import random_llama
+
+    def run(folder, w8a16, rel):
+        dev = ferrolm.load(folder, "int8", device="cuda", context_length=32)
+        core = dev._core
+        linears = dev._backend.device_model(core).m
+        assert {n for n, v in linears.items() if getattr(v, "precision", None) == "int8"} == w8a16
+        assert all(v.precision in ("int8", "fp32") for v in linears.values() if isinstance(v, device_model.DeviceLinear))
+        ids = [1, 5, 9, 3, 7, 2, 11, 4, 6]
+        assert_close(dev.logits(ids), ferrolm.load(folder, "int8").logits(ids).astype(np.float64), rel=rel)
+        assert dev.generate(ids, max_new_tokens=6, ignore_eos=True).tokens == \
+            ferrolm.load(folder, "int8").generate(ids, max_new_tokens=6, ignore_eos=True).tokens
+
+    odd = random_llama(tmp_path / "k40", hidden=40, heads=2, kv_heads=1, ffn=64, vocab=64, ctx=32)
+    run(odd, {"layers.0.down", "layers.1.down"}, 1e-5)
+    monkeypatch.setattr(ferrolm.loading, "DEFAULT_INT8_GROUP", 64)
+    run(MODELS / "tiny-llama", {"embed"}, 1e-5)  # its own lm_head: the table is only gathered
+
+
+@pytest.mark.parametrize("k,group", [(70, 32), (64, 64), (100, 64)])
+def test_dequantized_int8_is_q_times_s_per_weight(k, group):
+    """The FP32 copy of a weight-only INT8 matrix: each value the one f32 product q·s of the
+    core's weight-only widening (rows past one dequantizing block, a short last group)."""
+    from ferrolm.backends.cuda.weights import _DEQUANT_ROWS, dequantize_i8
+
+    rng = np.random.default_rng(k + group)
+    n = _DEQUANT_ROWS + 3
+    q = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    s = rng.uniform(1e-3, 2e-2, (n, -(-k // group))).astype(np.float32)
+    want = np.empty((n, k), np.float32)
+    for p in range(k):
+        want[:, p] = q[:, p].astype(np.float32) * s[:, p // group]
+    np.testing.assert_array_equal(dequantize_i8(q, s, group).view(np.uint32), want.view(np.uint32))
 
 
 def test_sampling_streaming_and_stop_strings_match_the_cpu(mode):
@@ -200,9 +247,11 @@ def test_cuda_without_cupy_or_emulator_names_what_is_missing(monkeypatch):
 
 def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
     """The default model (SmolLM2-135M, 30 layers) on the device: FP32 logits equal the CPU's to
-    1e-4 of their scale and its chat reply is the CPU's; BF16 and INT8 stay as close to FP32 as
-    the CPU backend's BF16 and INT8 do (INT8's activation rounding may flip differently where
-    the summation order differs, so the bound is on quality, not on equal logits)."""
+    1e-4 of their scale and its chat reply is the CPU's; BF16 and INT8 logits equal the CPU
+    backend's up to summation order (BF16 to 1e-4 of their scale; INT8 to 2e-3, as its 16-bit
+    activation rounding flips where the order moved a value across a boundary, over 30 layers:
+    the CPU's own decode and prefill paths differ by 3.3e-4, the emulated device by 6.3e-4), and
+    stay as close to FP32 as the CPU's do."""
     pytest.importorskip("gguf")
     from ferrolm.loading import default_model_path
     from test_quality import TEXT
@@ -224,10 +273,13 @@ def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
     question = [{"role": "user", "content": "What is the capital of France?"}]
     reply = dev.chat(question, max_new_tokens=8)
     assert reply.tokens == cpu["fp32"].chat(question, max_new_tokens=8).tokens and "Paris" in reply.text
-    for precision, slack in (("bf16", 1.2), ("int8", 1.5)):
-        kl_cpu, top1_cpu = kl_top1(cpu[precision].logits(ids))
-        kl_dev, top1_dev = kl_top1(ferrolm.load(path, precision, device="cuda", context_length=128).logits(ids))
-        assert 0 < kl_dev < slack * kl_cpu, (precision, kl_dev, kl_cpu)
+    for precision, rel in (("bf16", 1e-4), ("int8", 2e-3)):
+        want = cpu[precision].logits(ids)
+        got = ferrolm.load(path, precision, device="cuda", context_length=128).logits(ids)
+        assert_close(got, want.astype(np.float64), rel=rel)
+        kl_cpu, top1_cpu = kl_top1(want)
+        kl_dev, top1_dev = kl_top1(got)
+        assert 0 < kl_dev < 1.2 * kl_cpu, (precision, kl_dev, kl_cpu)
         assert top1_dev >= top1_cpu - 0.05, (precision, top1_dev, top1_cpu)
 
 

@@ -232,6 +232,38 @@ def test_dp4a(mod):
     np.testing.assert_array_equal(u, want_u.astype(np.uint32))
 
 
+def dp2a_reference(a, b, c):
+    """PTX dp2a.{lo,hi}: c + Σ_i a.half[i]·b.byte[i + 2·hi], wrapped to 32 bits; signed
+    (.s32.s32) and unsigned (.u32.u32) forms: ([n, 2] int32 bits, [n, 2] uint32)."""
+    n = len(a)
+    sa, ua = a.view(np.int16).reshape(n, 2).astype(np.int64), a.view(np.uint16).reshape(n, 2).astype(np.int64)
+    sb, ub = b.view(np.int8).reshape(n, 4).astype(np.int64), b.view(np.uint8).reshape(n, 4).astype(np.int64)
+    cs, cu = c.astype(np.int64), c.view(np.uint32).astype(np.int64)
+    s = np.stack([(sa * sb[:, 0:2]).sum(1) + cs, (sa * sb[:, 2:4]).sum(1) + cs], 1) & 0xFFFFFFFF
+    u = np.stack([(ua * ub[:, 0:2]).sum(1) + cu, (ua * ub[:, 2:4]).sum(1) + cu], 1) & 0xFFFFFFFF
+    return s.astype(np.uint32), u.astype(np.uint32)
+
+
+def test_dp2a(mod):
+    rng = np.random.default_rng(5)
+    n = 4096
+    a = rng.integers(-(2**31), 2**31, n, dtype=np.int64).astype(np.int32)
+    b = rng.integers(-(2**31), 2**31, n, dtype=np.int64).astype(np.int32)
+    c = rng.integers(-(2**31), 2**31, n, dtype=np.int64).astype(np.int32)
+    # extremes: -32768·-128 pairs, 32767·127, all-ones, byte order (halves 1, 2 against bytes 1..4),
+    # and an accumulator at the edge of wrapping
+    a[:6] = np.array([0x80008000, 0x7FFF7FFF, 0xFFFFFFFF, 0x00020001, 0x80008000, 0], np.uint32).view(np.int32)
+    b[:6] = np.array([0x80808080, 0x7F7F7F7F, 0xFFFFFFFF, 0x04030201, 0x7F7F7F7F, 0x01020304], np.uint32).view(np.int32)
+    c[:6] = np.array([2**31 - 1, -(2**31), 0, -5, 0, 7], np.int32)
+    want_s, want_u = dp2a_reference(a, b, c)
+    assert want_s[3].view(np.int32).tolist() == [-5 + 1 * 1 + 2 * 2, -5 + 1 * 3 + 2 * 4]
+    for kernel, args in (("dp2a", (a, b, c)), ("dp2a_vec", (a.view(np.int16).copy(), b.view(np.int8).copy(), c))):
+        s, u = np.zeros(2 * n, np.int32), np.zeros(2 * n, np.uint32)
+        launch(mod, kernel, ((n + 255) // 256,), (256,), *args, s, u, np.int32(n))
+        np.testing.assert_array_equal(s.view(np.uint32).reshape(n, 2), want_s, err_msg=kernel)
+        np.testing.assert_array_equal(u.reshape(n, 2), want_u, err_msg=kernel)
+
+
 def test_float_to_int_rounding(mod):
     x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4999998, 2.5000002, -7.7, 1e10, -1e10, np.nan, 8388609.0],
                  np.float32)

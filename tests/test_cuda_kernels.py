@@ -167,54 +167,67 @@ def test_norms(mod, d):
     ref.assert_close(out, ref.layer_norm(x, w, b, eps), FP_REL, "layer_norm")
 
 
-# --- W8A8 activation quantization -------------------------------------------------------------
+# --- W8A16 activation quantization ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k,group", [(37, 32), (100, 32), (257, 32), (257, 64)])
-def test_quantize_q8_is_bit_exact(mod, k, group):
-    rng = np.random.default_rng(k + group)
-    m, ldx = 4, k + 5
+@pytest.mark.parametrize("k", [37, 64, 100, 257])
+def test_quantize_a16_is_bit_exact(mod, k):
+    rng = np.random.default_rng(k)
+    m, ldx = 5, k + 5
+    ng = cdiv(k, 32)
     xv, x = rows_with_stride(rng, m, k, ldx, offset=1)
     x = x * np.float32(4.0)
-    # row 1: a zero group, a group below 1e-30, a NaN group (when there are enough groups);
-    # row 2: the last (short) group holds +inf; row 3: ties of round-half-even (amax 127)
-    x[1, :group] = 0.0
-    if k > 2 * group:
-        x[1, group : 2 * group] *= np.float32(1e-31)
-        x[1, 2 * group + 3] = np.nan
+    # row 1: a zero group, a group below MIN_AMAX, a NaN group (when there are enough groups);
+    # row 2: the last (short) group holds +inf;
+    # row 3: ties of round-half-even (amax 32639: the inverse is 1), ±amax, subnormals, -0.0;
+    # row 4: a group of subnormals only (amax < MIN_AMAX), then one just at MIN_AMAX
+    x[1, :32] = 0.0
+    if k > 64:
+        x[1, 32:64] *= np.float32(1e-31)
+        x[1, 64 + 3] = np.nan
     x[2, -1] = np.inf
-    x[3, :8] = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -126.5, 3.4999998]
+    tiny = np.float32(1e-40)
+    x[3, :12] = [32639.0, 0.5, 1.5, 2.5, -0.5, -1.5, -32638.5, 3.4999998, -32639.0, tiny, -0.0, 7.0]
+    x[4, :32] = tiny
+    if k > 64:
+        x[4, 32:64] = 0.0
+        x[4, 40] = ref.MIN_AMAX
+        x[4, 41] = -ref.MIN_AMAX / np.float32(2.0)
     for i in range(m):
         xv[i * ldx : i * ldx + k] = x[i]
-    ng = cdiv(k, group)
-    xq = np.full((m, k), 99, np.int8)
+    x16 = aligned(np.full((m, 32 * ng), 99, np.int16))
     xs = np.full((m, ng), -1.0, F32)
     with np.errstate(invalid="ignore", over="ignore"):
-        want_q, want_s = ref.quantize_x(x, group)
-    launch(mod, "quantize_q8", (cdiv(ng, 4), m), (128,), xv, I32(ldx), xq, xs, I32(m), I32(k), I32(group))
-    np.testing.assert_array_equal(xq, want_q)
+        want_q, want_s = ref.quantize_x16(x)
+    launch(mod, "quantize_a16", (cdiv(ng, 4), m), (128,), xv, I32(ldx), x16, xs, I32(m), I32(k))
+    np.testing.assert_array_equal(x16, want_q)  # zero past k too
     np.testing.assert_array_equal(xs.view(np.uint32), want_s.view(np.uint32))  # NaN bits too
-    assert xs[1, 0] == 0 and np.isnan(xs[2, -1]) and list(xq[3, :4]) == [127, 0, 2, 2]
+    assert xs[1, 0] == 0 and np.isnan(xs[2, -1]) and xs[4, 0] == 0 and not x16[4, :32].any()
+    assert list(x16[3, :12]) == [32639, 0, 2, 2, 0, -2, -32638, 3, -32639, 0, 0, 7]
+    assert xs[3, 0] == np.float32(1.0)
+    if k > 64:
+        assert np.isnan(xs[1, 2]) and not x16[1, 64:96].any()
+        assert x16[4, 40] == 32639 and x16[4, 41] == -16320 and xs[4, 1] == ref.MIN_AMAX / ref.A16_MAX
 
 
 # --- matmuls ----------------------------------------------------------------------------------
 
 
-def matmul_case(rng, fmt: str, m: int, k: int, n: int, group: int = 32, offset: int = 1, ldx: int = 0):
+def matmul_case(rng, fmt: str, m: int, k: int, n: int, offset: int = 1, ldx: int = 0):
     """Operands of one matmul: kernel arguments (x side, w side) and the float64 reference.
     x rows are ldx apart (default k + 3: rows off 16-byte boundaries)."""
     ldx = ldx or k + 3
-    if fmt == "q8":
+    if fmt == "w8a16":
         x = rng.standard_normal((m, k)).astype(F32)
-        xq, xs = ref.quantize_x(x, group)
+        x16, xs = ref.quantize_x16(x)
         wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
-        ws = rng.uniform(0.001, 0.02, (n, cdiv(k, group))).astype(F32)
-        want = ref.w8a8(xq, xs, wq, ws, group)
-        # int8 rows are k apart; `offset` moves both matrices off 16-byte boundaries
-        xbuf = aligned(np.zeros(offset + m * k, np.int8))
+        ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+        want = ref.w8a16(x16, xs, wq, ws)
+        # x16 is quantize_a16's output (16-byte aligned rows of 32·ng); wq rows are k apart and
+        # `offset` moves them off 16-byte boundaries
         wbuf = aligned(np.zeros(offset + n * k, np.int8))
-        xbuf[offset:], wbuf[offset:] = xq.reshape(-1), wq.reshape(-1)
-        return (xbuf[offset:], xs), (wbuf[offset:], ws, I32(group)), want
+        wbuf[offset:] = wq.reshape(-1)
+        return (aligned(x16), xs), (wbuf[offset:], ws), want
     xv, x = rows_with_stride(rng, m, k, ldx, offset=offset)
     w = aligned(rng.standard_normal((n, k)).astype(F32))
     if fmt == "bf16":
@@ -226,19 +239,20 @@ def matmul_case(rng, fmt: str, m: int, k: int, n: int, group: int = 32, offset: 
     return (xv, I32(ldx)), (warg,), want
 
 
+def matmul_geometry(kind: str, m: int, n: int):
+    return ((cdiv(n, 4),), (128,)) if kind == "gemv" else ((cdiv(n, 64), cdiv(m, 64)), (256,))
+
+
 def run_matmul(mod, kind: str, fmt: str, m: int, k: int, n: int, *, alpha=1.0, accumulate=False,
-               bias=False, offset=1, group=32, ldx=0, seed=0):
+               bias=False, offset=1, ldx=0, seed=0):
     rng = np.random.default_rng(seed + 1000 * m + k + 7 * n)
-    xargs, wargs, want = matmul_case(rng, fmt, m, k, n, group, offset, ldx)
+    xargs, wargs, want = matmul_case(rng, fmt, m, k, n, offset, ldx)
     ldy = n + 2
     yv = rng.standard_normal(m * ldy).astype(F32)
     y0 = strided_out(yv, m, n, ldy).astype(np.float64)
     b = rng.standard_normal(n).astype(F32) if bias else None
     want = alpha * want + (b if bias else 0.0) + (y0 if accumulate else 0.0)
-    if kind == "gemv":
-        grid, block = (cdiv(n, 4),), (128,)
-    else:
-        grid, block = (cdiv(n, 64), cdiv(m, 64)), (256,)
+    grid, block = matmul_geometry(kind, m, n)
     gaps = [yv[i * ldy + n : (i + 1) * ldy].copy() for i in range(m)]
     tail = (b, yv, I32(ldy), I32(m), I32(k), I32(n), F32(alpha), I32(int(accumulate)))
     launch(mod, f"{kind}_{fmt}", grid, block, *xargs, *wargs, *tail)
@@ -248,24 +262,27 @@ def run_matmul(mod, kind: str, fmt: str, m: int, k: int, n: int, *, alpha=1.0, a
         np.testing.assert_array_equal(yv[i * ldy + n : (i + 1) * ldy], gaps[i])
 
 
-@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+FORMATS = ["f32", "bf16", "w8a16"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 @pytest.mark.parametrize("k,n", [(37, 3), (100, 130), (257, 1)])
 def test_gemv(mod, fmt, m, k, n):
     run_matmul(mod, "gemv", fmt, m, k, n)
 
 
-@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
-@pytest.mark.parametrize("k", [512, 1056])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("k", [512, 1056, 2080])
 def test_gemv_long_rows_aligned(mod, fmt, k):
     # long enough for the unrolled vector loops; every row 16-byte aligned
     run_matmul(mod, "gemv", fmt, 2, k, 5, offset=0, ldx=k + 4)
-    run_matmul(mod, "gemv", fmt, 4, k, 3, offset=0, ldx=k + 8, group=64)
+    run_matmul(mod, "gemv", fmt, 4, k, 3, offset=0, ldx=k + 8)
     run_matmul(mod, "gemv", fmt, 3, k, 2, offset=0, ldx=k + 4, bias=True, accumulate=True, alpha=0.5)
 
 
 @pytest.mark.parametrize("kind", ["gemv", "gemm"])
-@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_matmul_epilogue(mod, kind, fmt):
     m = 3 if kind == "gemv" else 5
     run_matmul(mod, kind, fmt, m, 100, 7, alpha=0.375, accumulate=True, bias=True)
@@ -273,32 +290,74 @@ def test_matmul_epilogue(mod, kind, fmt):
     run_matmul(mod, kind, fmt, m, 37, 5, alpha=1.5, accumulate=True, bias=False)
 
 
-@pytest.mark.parametrize("fmt", ["f32", "bf16", "q8"])
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m,k,n", [(1, 37, 3), (5, 100, 130), (70, 100, 67), (70, 64, 3), (130, 257, 65)])
 def test_gemm(mod, fmt, m, k, n):
     run_matmul(mod, "gemm", fmt, m, k, n, offset=0 if k == 64 else 1, ldx=k + 4 if k == 64 else 0)
 
 
-@pytest.mark.parametrize("kind,m", [("gemv", 2), ("gemm", 70)])
-def test_q8_group_64(mod, kind, m):
-    run_matmul(mod, kind, "q8", m, 257, 9, group=64)
-    run_matmul(mod, kind, "q8", m, 192, 9, group=64, offset=0)
+@pytest.mark.parametrize("kind,m", [("gemv", 1), ("gemv", 4), ("gemm", 5), ("gemm", 70)])
+@pytest.mark.parametrize("k", [20, 32, 64])
+def test_w8a16_is_the_cpus_arithmetic_bit_for_bit_up_to_two_groups(mod, kind, m, k):
+    """Each group adds f32(S_g)·(xs_g·ws_g), every operation rounded on its own (S_g the exact
+    integer group sum), as the CPU's reference kernel (matmul_int8_kernels.rs, dot_portable);
+    only the order of the additions may differ, and with one or two groups there is one order:
+    y is the CPU's bit for bit, y = (0 + f32(S_0)·(xs_0·ws_0)) + f32(S_1)·(xs_1·ws_1)."""
+    rng = np.random.default_rng(k + m)
+    n = 67
+    x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 50.0, (m, 1))).astype(F32)
+    x16, xs = ref.quantize_x16(x)
+    wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+    want = np.zeros((m, n), F32)
+    for g in range(cdiv(k, 32)):
+        sl = slice(32 * g, min(k, 32 * g + 32))
+        isum = x16[:, sl].astype(np.int64) @ wq[:, sl].T.astype(np.int64)
+        want = want + isum.astype(F32) * (ws[:, g][None, :] * xs[:, g : g + 1])
+    y = np.full((m, n), np.nan, F32)
+    grid, block = matmul_geometry(kind, m, n)
+    launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, ws, None, y, I32(n), I32(m), I32(k), I32(n),
+           F32(1.0), I32(0))
+    np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
 
 
-def test_q8_matmuls_propagate_nan_groups(mod):
+@pytest.mark.parametrize("kind,m", [("gemv", 4), ("gemm", 70)])
+def test_w8a16_integer_sums_at_the_extremes(mod, kind, m):
+    # every product at ±32639·127 and of one sign per (row, column): a group sum of ±132,644,896,
+    # far beyond f32's exact integers and int16, inside int32; k = 100 ends in a short group
+    rng = np.random.default_rng(m)
+    k, n = 100, 9
+    xsign = rng.choice([-1, 1], (m, 1)).astype(F32)
+    x = np.repeat(xsign * np.float32(3.0), k, axis=1)
+    x16, xs = ref.quantize_x16(x)
+    assert (np.abs(x16[:, :k]) == 32639).all()
+    wsign = rng.choice([-1, 1], (n, 1))
+    wq = np.repeat(wsign * 127, k, axis=1).astype(np.int8)
+    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+    y = np.full((m, n), np.nan, F32)
+    grid, block = matmul_geometry(kind, m, n)
+    launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, ws, None, y, I32(n), I32(m), I32(k), I32(n),
+           F32(1.0), I32(0))
+    isum = x16[:, :k].astype(np.int64) @ wq.T.astype(np.int64)
+    assert abs(isum).max() == 100 * 32639 * 127
+    ref.assert_close(y, ref.w8a16(x16, xs, wq, ws), 1e-6, kind)
+
+
+def test_w8a16_matmuls_propagate_nan_groups(mod):
     # a row of x with a non-finite value quantizes with scale NaN and its outputs turn NaN
     rng = np.random.default_rng(3)
-    m, k, n, group = 3, 70, 5, 32
+    m, k, n = 3, 70, 5
     x = rng.standard_normal((m, k)).astype(F32)
     x[0, 40] = np.nan
     x[2, :] = 0.0
     with np.errstate(invalid="ignore"):
-        xq, xs = ref.quantize_x(x, group)
+        x16, xs = ref.quantize_x16(x)
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, group))).astype(F32)
-    for kind, grid, block in [("gemv", (cdiv(n, 4),), (128,)), ("gemm", (1, 1), (256,))]:
+    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+    for kind in ("gemv", "gemm"):
         y = np.full((m, n), 7.0, F32)
-        launch(mod, f"{kind}_q8", grid, block, xq, xs, wq, ws, I32(group), None, y, I32(n), I32(m), I32(k),
+        grid, block = matmul_geometry(kind, m, n)
+        launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, ws, None, y, I32(n), I32(m), I32(k),
                I32(n), F32(1.0), I32(0))
         assert np.isnan(y[0]).all(), kind
         assert np.isfinite(y[1]).all() and (y[2] == 0).all(), kind

@@ -30,6 +30,31 @@ extern "C" __global__ void dp4a(const int* a, const int* b, const int* c, int* s
 }
 FL_EXPORT(dp4a)
 
+// dp2a.lo and dp2a.hi (signed and unsigned) of the same operands: s: [n, 2], u: [n, 2].
+extern "C" __global__ void dp2a(const int* a, const int* b, const int* c, int* s, unsigned* u, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const unsigned ua = static_cast<unsigned>(a[i]), ub = static_cast<unsigned>(b[i]), uc = static_cast<unsigned>(c[i]);
+    s[2 * i] = __dp2a_lo(a[i], b[i], c[i]);
+    s[2 * i + 1] = __dp2a_hi(a[i], b[i], c[i]);
+    u[2 * i] = __dp2a_lo(ua, ub, uc);
+    u[2 * i + 1] = __dp2a_hi(ua, ub, uc);
+}
+FL_EXPORT(dp2a)
+
+// The vector-type overloads give the int forms' results: s: [n, 2], u: [n, 2].
+extern "C" __global__ void dp2a_vec(const short2* a, const char4* b, const int* c, int* s, unsigned* u, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    s[2 * i] = __dp2a_lo(a[i], b[i], c[i]);
+    s[2 * i + 1] = __dp2a_hi(a[i], b[i], c[i]);
+    const ushort2 ua = make_ushort2((unsigned short)a[i].x, (unsigned short)a[i].y);
+    const uchar4 ub = make_uchar4((unsigned char)b[i].x, (unsigned char)b[i].y, (unsigned char)b[i].z, (unsigned char)b[i].w);
+    u[2 * i] = __dp2a_lo(ua, ub, (unsigned)c[i]);
+    u[2 * i + 1] = __dp2a_hi(ua, ub, (unsigned)c[i]);
+}
+FL_EXPORT(dp2a_vec)
+
 extern "C" __global__ void float_to_int(const float* x, int* rn, int* rz, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;

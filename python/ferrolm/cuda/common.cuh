@@ -106,6 +106,13 @@ FL_DEV int fl_pack_i8x4_tail(const signed char* p, int len) {
     return (int)r;
 }
 
+// Inputs p .. p + 3 of an int8 row of k as one word (p[0] in the low byte), zero from k on.
+// aligned4: row + p is 4-byte aligned.
+FL_DEV int fl_load_i8x4(const signed char* row, int p, int k, bool aligned4) {
+    if (p + 4 <= k) return aligned4 ? *reinterpret_cast<const int*>(row + p) : fl_pack_i8x4(row + p);
+    return p < k ? fl_pack_i8x4_tail(row + p, k - p) : 0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Weight sources of the FP matmuls (gemv.cu, gemm.cu): the tiling is written once, the format
 // is a type parameter giving the element type, one element widened to f32, 4 consecutive

@@ -154,40 +154,47 @@ extern "C" __global__ void gemm_bf16(const float* __restrict__ x, int ldx, const
 FL_EXPORT(gemm_bf16);
 
 // ---------------------------------------------------------------------------------------------
-// INT8 weights × quantized activations (W8A8): the tiles stay int8, 4 inputs to a 32-bit word
-// ([word][row] in shared memory), and each thread keeps exact integer sums of its 4×4 micro-tile
-// over a slab of 32 inputs (8 __dp4a per output), which lies inside one group (group is a
-// multiple of 32); at the end of the slab they are scaled by xs[i, g]·ws[j, g] into f32.
+// INT8 weights × 16-bit activations (W8A16, groups of 32): a slab of 32 inputs is one group. The
+// tiles stay integer — x16 as pairs of inputs ([16 words][row]), w as quads ([8 words][col]) —
+// and each thread keeps exact integer sums of its 4×4 micro-tile over the slab (16 __dp2a_lo /
+// __dp2a_hi per output), added at the end of the slab as f32(S)·(xs[i, g]·ws[j, g]), each
+// operation rounded on its own as in the CPU's reference kernel (__fmul_rn: never contracted
+// into an FMA). x16 rows are zero from k on (quantize_a16), so only w is masked in the last,
+// short slab.
 
-// Word p / 4 of an int8 row (4 inputs from p, zero past k). aligned4: row + p is 4-byte aligned.
-FL_DEV int gemm_q8_word(const signed char* row, int p, int k, bool aligned4) {
-    if (p + 4 <= k) return aligned4 ? *reinterpret_cast<const int*>(row + p) : fl_pack_i8x4(row + p);
-    return p < k ? fl_pack_i8x4_tail(row + p, k - p) : 0;
-}
-
-// The word of a 64×8-word tile that thread tid loads in step s (0, 1): row r, word kw. Eight
+// The word of a 64×8-word w tile that thread tid loads in step s (0, 1): row r, word kw. Eight
 // lanes read one row's 32 bytes; a warp's stores ([kw][r], row length 68) hit 32 banks.
-FL_DEV void gemm_q8_coord(int tid, int s, int& r, int& kw) {
+FL_DEV void gemm_w8_coord(int tid, int s, int& r, int& kw) {
     const int lane = tid & 31, warp = tid >> 5;
     r = (lane >> 3) + 4 * warp + 32 * s;
     kw = lane & 7;
 }
 
-// This thread's 2 words of the slab at k0 of the x and w tiles, and its scale (see gemm_q8).
-FL_DEV void gemm_q8_fetch(const signed char* __restrict__ xq, const float* __restrict__ xs,
-                          const signed char* __restrict__ wq, const float* __restrict__ ws, int group, int m,
-                          int k, int n, int m0, int n0, int k0, bool aligned4, int (&rx)[2], int (&rw)[2],
-                          float& rs) {
+// The x16 tile (64 rows × 16 words): thread tid loads words 4q .. 4q + 3 of row r = tid / 4
+// (q = tid % 4: four lanes read a row's 64 bytes) and stores word kw at [kw][r ^ swizzle(kw)].
+// Rows xor 8 in words 8..15 make a warp's stores hit 32 banks; a reader finds rows
+// 4·ty .. 4·ty + 3 of word kw, in order, from column (4·ty) ^ swizzle(kw).
+FL_DEV int gemm_a16_swizzle(int kw) { return kw & 8; }
+
+// This thread's part of the slab at k0 (zero outside the matrices): a 16-byte piece of the x16
+// tile, 2 words of the w tile, and its scale (threads 0..63: xs of row m0 + tid, 64..127: ws of
+// column n0 + tid − 64).
+FL_DEV void gemm_w8a16_fetch(const short* __restrict__ x16, const float* __restrict__ xs,
+                             const signed char* __restrict__ wq, const float* __restrict__ ws, int m, int k,
+                             int n, int m0, int n0, int k0, bool aligned4, int4& rx, int (&rw)[2], float& rs) {
     const int tid = threadIdx.x;
+    const int ng = (k + 31) >> 5, g = k0 >> 5;
+    {
+        const int r = tid >> 2, q = tid & 3;
+        rx = m0 + r < m ? *reinterpret_cast<const int4*>(x16 + (long long)(m0 + r) * 32 * ng + k0 + 8 * q)
+                        : make_int4(0, 0, 0, 0);
+    }
     FL_UNROLL
     for (int s = 0; s < 2; ++s) {
         int r, kw;
-        gemm_q8_coord(tid, s, r, kw);
-        const int p = k0 + 4 * kw;
-        rx[s] = m0 + r < m ? gemm_q8_word(xq + (long long)(m0 + r) * k, p, k, aligned4) : 0;
-        rw[s] = n0 + r < n ? gemm_q8_word(wq + (long long)(n0 + r) * k, p, k, aligned4) : 0;
+        gemm_w8_coord(tid, s, r, kw);
+        rw[s] = n0 + r < n ? fl_load_i8x4(wq + (long long)(n0 + r) * k, k0 + 4 * kw, k, aligned4) : 0;
     }
-    const int ng = (k + group - 1) / group, g = k0 / group;
     rs = 0.0f;
     if (tid < GEMM_TILE) {
         if (m0 + tid < m) rs = xs[(long long)(m0 + tid) * ng + g];
@@ -196,34 +203,40 @@ FL_DEV void gemm_q8_fetch(const signed char* __restrict__ xq, const float* __res
     }
 }
 
-// xq: [m, k] int8 (rows k apart), xs: [m, ng], wq: [n, k] int8, ws: [n, ng], ng = ceil(k / group)
-extern "C" __global__ void gemm_q8(const signed char* __restrict__ xq, const float* __restrict__ xs,
-                                   const signed char* __restrict__ wq, const float* __restrict__ ws, int group,
-                                   const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
-                                   int n, float alpha, int accumulate) {
-    __shared__ __align__(16) int xt[GEMM_BK / 4][GEMM_LDS];  // x tile: [word][row]
+// x16: [m, kp] (quantize_a16's output: rows kp = 32·ng apart, 16-byte aligned), xs: [m, ng],
+// wq: [n, k] int8, ws: [n, ng], ng = ceil(k / 32)
+extern "C" __global__ void gemm_w8a16(const short* __restrict__ x16, const float* __restrict__ xs,
+                                      const signed char* __restrict__ wq, const float* __restrict__ ws,
+                                      const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
+                                      int n, float alpha, int accumulate) {
+    __shared__ __align__(16) int xt[GEMM_BK / 2][GEMM_LDS];  // x16 tile: [pair][row ^ swizzle]
     __shared__ __align__(16) int wt[GEMM_BK / 4][GEMM_LDS];  // w tile: [word][col]
     __shared__ __align__(16) float sx[GEMM_TILE];            // xs[row, g] of the slab
     __shared__ __align__(16) float sw[GEMM_TILE];            // ws[col, g] of the slab
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
     const int m0 = blockIdx.y * GEMM_TILE, n0 = blockIdx.x * GEMM_TILE;
-    const bool aligned4 =
-        (k & 3) == 0 && (fl_misalign16(xq) & 3u) == 0 && (fl_misalign16(wq) & 3u) == 0;
+    const bool aligned4 = (k & 3) == 0 && (fl_misalign16(wq) & 3u) == 0;
     float acc[4][4];
     FL_UNROLL
     for (int r = 0; r < 4; ++r) {
         FL_UNROLL
         for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
     }
-    int rx[2], rw[2];  // the slab in flight
-    float rs;          // its scale (threads 0..63: xs of row m0 + tid, 64..127: ws of column n0 + tid - 64)
-    gemm_q8_fetch(xq, xs, wq, ws, group, m, k, n, m0, n0, 0, aligned4, rx, rw, rs);
+    int4 rx;    // the slab in flight
+    int rw[2];
+    float rs;
+    gemm_w8a16_fetch(x16, xs, wq, ws, m, k, n, m0, n0, 0, aligned4, rx, rw, rs);
     for (int k0 = 0; k0 < k; k0 += GEMM_BK) {
+        {
+            const int r = tid >> 2, q = tid & 3;
+            const int xv[4] = {rx.x, rx.y, rx.z, rx.w};
+            FL_UNROLL
+            for (int e = 0; e < 4; ++e) xt[4 * q + e][r ^ gemm_a16_swizzle(4 * q + e)] = xv[e];
+        }
         FL_UNROLL
         for (int s = 0; s < 2; ++s) {
             int r, kw;
-            gemm_q8_coord(tid, s, r, kw);
-            xt[kw][r] = rx[s];
+            gemm_w8_coord(tid, s, r, kw);
             wt[kw][r] = rw[s];
         }
         if (tid < GEMM_TILE)
@@ -231,7 +244,7 @@ extern "C" __global__ void gemm_q8(const signed char* __restrict__ xq, const flo
         else if (tid < 2 * GEMM_TILE)
             sw[tid - GEMM_TILE] = rs;
         __syncthreads();
-        if (k0 + GEMM_BK < k) gemm_q8_fetch(xq, xs, wq, ws, group, m, k, n, m0, n0, k0 + GEMM_BK, aligned4, rx, rw, rs);
+        if (k0 + GEMM_BK < k) gemm_w8a16_fetch(x16, xs, wq, ws, m, k, n, m0, n0, k0 + GEMM_BK, aligned4, rx, rw, rs);
         int isum[4][4];
         FL_UNROLL
         for (int r = 0; r < 4; ++r) {
@@ -240,14 +253,20 @@ extern "C" __global__ void gemm_q8(const signed char* __restrict__ xq, const flo
         }
         FL_UNROLL
         for (int kw = 0; kw < GEMM_BK / 4; ++kw) {
-            const int4 a = *reinterpret_cast<const int4*>(&xt[kw][4 * ty]);
+            // inputs 4kw, 4kw + 1 (pair 2kw) and 4kw + 2, 4kw + 3 (pair 2kw + 1) against w word kw
+            const int4 a0 = *reinterpret_cast<const int4*>(&xt[2 * kw][(4 * ty) ^ gemm_a16_swizzle(2 * kw)]);
+            const int4 a1 = *reinterpret_cast<const int4*>(&xt[2 * kw + 1][(4 * ty) ^ gemm_a16_swizzle(2 * kw + 1)]);
             const int4 b = *reinterpret_cast<const int4*>(&wt[kw][4 * tx]);
-            const int av[4] = {a.x, a.y, a.z, a.w};
+            const int lo[4] = {a0.x, a0.y, a0.z, a0.w};
+            const int hi[4] = {a1.x, a1.y, a1.z, a1.w};
             const int bv[4] = {b.x, b.y, b.z, b.w};
             FL_UNROLL
             for (int r = 0; r < 4; ++r) {
                 FL_UNROLL
-                for (int c = 0; c < 4; ++c) isum[r][c] = __dp4a(av[r], bv[c], isum[r][c]);
+                for (int c = 0; c < 4; ++c) {
+                    isum[r][c] = __dp2a_lo(lo[r], bv[c], isum[r][c]);
+                    isum[r][c] = __dp2a_hi(hi[r], bv[c], isum[r][c]);
+                }
             }
         }
         float fx[4], fw[4];
@@ -256,10 +275,10 @@ extern "C" __global__ void gemm_q8(const signed char* __restrict__ xq, const flo
         FL_UNROLL
         for (int r = 0; r < 4; ++r) {
             FL_UNROLL
-            for (int c = 0; c < 4; ++c) acc[r][c] += (float)isum[r][c] * (fx[r] * fw[c]);
+            for (int c = 0; c < 4; ++c) acc[r][c] += __fmul_rn((float)isum[r][c], fx[r] * fw[c]);
         }
         __syncthreads();
     }
     gemm_store<4, 4>(acc, y, ldy, m, n, m0 + 4 * ty, n0 + 4 * tx, alpha, bias, accumulate);
 }
-FL_EXPORT(gemm_q8);
+FL_EXPORT(gemm_w8a16);

@@ -1,7 +1,8 @@
 // GEMV (decode, m ≤ 4): y[i, j] = (accumulate ? y[i, j] : 0) + alpha·Σ_p x[i, p]·w[j, p] + bias[j].
 // Memory-bound on w: one warp per output row j (grid ceil(n / 4), 128 threads), each row of w
 // read once for all m rows of x, which stay in registers (m is a template parameter), with
-// 16-byte loads (4 f32 / 8 bf16 / 16 int8), several in flight per lane.
+// 16-byte loads (4 f32 / 8 bf16 / 16 int8; INT8's x as 16-bit integers), several in flight per
+// lane.
 #include "common.cuh"
 
 // Epilogue of one warp: sums acc over the lanes; lane i stores row i.
@@ -122,103 +123,93 @@ extern "C" __global__ void gemv_bf16(const float* __restrict__ x, int ldx, const
 FL_EXPORT(gemv_bf16);
 
 // ---------------------------------------------------------------------------------------------
-// INT8 weights × quantized activations (W8A8). Lanes take blocks of 32 inputs (two 16-byte loads
-// of w, the same of each xq row); a block lies inside one group (group is a multiple of 32), so
-// its 8 __dp4a give an exact integer sum, scaled by xs[i, g]·ws[j, g] into the f32 accumulator.
-// Rows whose w or xq start is not 16-byte aligned (k not a multiple of 16) take a plain byte loop
-// instead, as do the last k % 32 inputs (one lane's exact integer tail).
+// INT8 weights × 16-bit activations (W8A16, groups of 32). Lanes take blocks of 32 inputs, one
+// group each: 32 bytes of w (two 16-byte loads) against 64 bytes of each x16 row (four), whose
+// 16 __dp2a_lo/__dp2a_hi give the exact integer group sum S (|x16·w| ≤ 32639·127, 32 of them
+// fit an int); acc += f32(S)·(xs[i, g]·ws[j, g]), each operation rounded on its own as in the
+// CPU's reference kernel (__fmul_rn: never contracted into an FMA), so only the order of the
+// additions differs from the CPU. x16 rows are kp = 32·ng apart
+// and zero from k on, so only w is masked in the last, short group; rows of w off 16-byte
+// boundaries (k not a multiple of 16) are loaded word by word.
 
-// acc[i] += (xs[i, g]·ws[j, g]) · Σ xq[i, p]·wq[j, p] over block b; wv: its 32 weights as words.
+// The 8 words (32 int8) of block b of a row of w of k inputs, zero from k on; mis: the row's
+// fl_misalign16.
+FL_DEV void gemv_w8a16_wblock(const signed char* __restrict__ wr, int b, int k, unsigned mis, int (&wv)[8]) {
+    const int p0 = 32 * b;
+    if (mis == 0 && p0 + 32 <= k) {
+        const int4* p = reinterpret_cast<const int4*>(wr + p0);
+        const int4 a0 = p[0], a1 = p[1];
+        wv[0] = a0.x; wv[1] = a0.y; wv[2] = a0.z; wv[3] = a0.w;
+        wv[4] = a1.x; wv[5] = a1.y; wv[6] = a1.z; wv[7] = a1.w;
+    } else {
+        FL_UNROLL
+        for (int e = 0; e < 8; ++e) wv[e] = fl_load_i8x4(wr, p0 + 4 * e, k, (mis & 3u) == 0);
+    }
+}
+
+// acc[i] += (xs[i, b]·ws[j, b]) · Σ_{p ∈ block b} x16[i, p]·wq[j, p]; wv: the block's weights.
 template <int M>
-FL_DEV void gemv_q8_block(const int (&wv)[8], float wsc, const signed char* __restrict__ xq,
-                          const float* __restrict__ xs, int k, int ng, int g, int b, float (&acc)[M]) {
+FL_DEV void gemv_w8a16_block(const int (&wv)[8], float wsc, const short* __restrict__ x16,
+                             const float* __restrict__ xs, int ng, int b, float (&acc)[M]) {
     FL_UNROLL
     for (int i = 0; i < M; ++i) {
-        const int4* xp = reinterpret_cast<const int4*>(xq + (long long)i * k + 32 * b);
-        const int4 x0 = xp[0], x1 = xp[1];
-        const int xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        const int4* xp = reinterpret_cast<const int4*>(x16 + (long long)i * 32 * ng + 32 * b);
         int s = 0;
         FL_UNROLL
-        for (int e = 0; e < 8; ++e) s = __dp4a(xv[e], wv[e], s);
-        acc[i] += (float)s * (xs[(long long)i * ng + g] * wsc);
+        for (int h = 0; h < 4; ++h) {
+            const int4 xv = xp[h];  // inputs 8h .. 8h + 7 in pairs, against words 2h and 2h + 1
+            s = __dp2a_lo(xv.x, wv[2 * h], s);
+            s = __dp2a_hi(xv.y, wv[2 * h], s);
+            s = __dp2a_lo(xv.z, wv[2 * h + 1], s);
+            s = __dp2a_hi(xv.w, wv[2 * h + 1], s);
+        }
+        acc[i] += __fmul_rn((float)s, xs[(long long)i * ng + b] * wsc);
     }
 }
 
-// The same for inputs [p0, p0 + len) (len ≤ 32, inside group g) at any alignment, byte by byte.
 template <int M>
-FL_DEV void gemv_q8_bytes(const signed char* __restrict__ wr, float wsc, const signed char* __restrict__ xq,
-                          const float* __restrict__ xs, int k, int ng, int g, int p0, int len, float (&acc)[M]) {
-    int s[M];
-    FL_UNROLL
-    for (int i = 0; i < M; ++i) s[i] = 0;
-    FL_UNROLL_N(4)
-    for (int e = 0; e < len; ++e) {
-        const int w = wr[p0 + e];
-        FL_UNROLL
-        for (int i = 0; i < M; ++i) s[i] += (int)xq[(long long)i * k + p0 + e] * w;
-    }
-    FL_UNROLL
-    for (int i = 0; i < M; ++i) acc[i] += (float)s[i] * (xs[(long long)i * ng + g] * wsc);
-}
-
-template <int M>
-FL_DEV void gemv_q8_warp(const signed char* __restrict__ xq, const float* __restrict__ xs,
-                         const signed char* __restrict__ wq, const float* __restrict__ ws, int group,
-                         const float* bias, float* y, int ldy, int k, int j, float alpha, int accumulate) {
+FL_DEV void gemv_w8a16_warp(const short* __restrict__ x16, const float* __restrict__ xs,
+                            const signed char* __restrict__ wq, const float* __restrict__ ws, const float* bias,
+                            float* y, int ldy, int k, int j, float alpha, int accumulate) {
     const int lane = threadIdx.x & 31;
-    const int ng = (k + group - 1) / group;
+    const int ng = (k + 31) >> 5;
     const signed char* wr = wq + (long long)j * k;
     const float* wsr = ws + (long long)j * ng;
-    bool aligned = fl_misalign16(wr) == 0;
-    FL_UNROLL
-    for (int i = 0; i < M; ++i) aligned = aligned && fl_misalign16(xq + (long long)i * k) == 0;
+    const unsigned mis = fl_misalign16(wr);
     float acc[M];
     FL_UNROLL
     for (int i = 0; i < M; ++i) acc[i] = 0.0f;
-
-    const int nb = k >> 5;  // whole blocks of 32
     int b = lane;
-    if (aligned) {
-        for (; b + 32 < nb; b += 64) {  // two blocks (four 16-byte loads of w) in flight
-            const int4* p0 = reinterpret_cast<const int4*>(wr + 32 * b);
-            const int4* p1 = reinterpret_cast<const int4*>(wr + 32 * (b + 32));
-            const int4 a0 = p0[0], a1 = p0[1], c0 = p1[0], c1 = p1[1];
-            const int g0 = (32 * b) / group, g1 = (32 * (b + 32)) / group;
-            const float s0 = wsr[g0], s1 = wsr[g1];
-            const int w0[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-            const int w1[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-            gemv_q8_block<M>(w0, s0, xq, xs, k, ng, g0, b, acc);
-            gemv_q8_block<M>(w1, s1, xq, xs, k, ng, g1, b + 32, acc);
-        }
-        if (b < nb) {
-            const int4* p0 = reinterpret_cast<const int4*>(wr + 32 * b);
-            const int4 a0 = p0[0], a1 = p0[1];
-            const int g0 = (32 * b) / group;
-            const int w0[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-            gemv_q8_block<M>(w0, wsr[g0], xq, xs, k, ng, g0, b, acc);
-        }
-    } else {
-        for (; b < nb; b += 32) gemv_q8_bytes<M>(wr, wsr[(32 * b) / group], xq, xs, k, ng, (32 * b) / group, 32 * b, 32, acc);
+    for (; b + 32 < ng; b += 64) {  // two blocks (four 16-byte loads of w) in flight
+        int w0[8], w1[8];
+        gemv_w8a16_wblock(wr, b, k, mis, w0);
+        gemv_w8a16_wblock(wr, b + 32, k, mis, w1);
+        const float s0 = wsr[b], s1 = wsr[b + 32];
+        gemv_w8a16_block<M>(w0, s0, x16, xs, ng, b, acc);
+        gemv_w8a16_block<M>(w1, s1, x16, xs, ng, b + 32, acc);
     }
-    const int p0 = nb << 5;
-    if (p0 < k && lane == (nb & 31))  // the next lane in turn takes the tail
-        gemv_q8_bytes<M>(wr, wsr[p0 / group], xq, xs, k, ng, p0 / group, p0, k - p0, acc);
+    if (b < ng) {
+        int w0[8];
+        gemv_w8a16_wblock(wr, b, k, mis, w0);
+        gemv_w8a16_block<M>(w0, wsr[b], x16, xs, ng, b, acc);
+    }
     gemv_store<M>(acc, y, ldy, j, alpha, bias, accumulate);
 }
 
-// xq: [m, k] int8 (rows k apart), xs: [m, ng], wq: [n, k] int8, ws: [n, ng], ng = ceil(k / group)
-extern "C" __global__ void gemv_q8(const signed char* __restrict__ xq, const float* __restrict__ xs,
-                                   const signed char* __restrict__ wq, const float* __restrict__ ws, int group,
-                                   const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
-                                   int n, float alpha, int accumulate) {
+// x16: [m, kp] (quantize_a16's output: rows kp = 32·ng apart, 16-byte aligned), xs: [m, ng],
+// wq: [n, k] int8, ws: [n, ng], ng = ceil(k / 32)
+extern "C" __global__ void gemv_w8a16(const short* __restrict__ x16, const float* __restrict__ xs,
+                                      const signed char* __restrict__ wq, const float* __restrict__ ws,
+                                      const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
+                                      int n, float alpha, int accumulate) {
     const int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (j >= n) return;
     switch (m) {
-        case 1: gemv_q8_warp<1>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
-        case 2: gemv_q8_warp<2>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
-        case 3: gemv_q8_warp<3>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
-        case 4: gemv_q8_warp<4>(xq, xs, wq, ws, group, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 1: gemv_w8a16_warp<1>(x16, xs, wq, ws, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 2: gemv_w8a16_warp<2>(x16, xs, wq, ws, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 3: gemv_w8a16_warp<3>(x16, xs, wq, ws, bias, y, ldy, k, j, alpha, accumulate); break;
+        case 4: gemv_w8a16_warp<4>(x16, xs, wq, ws, bias, y, ldy, k, j, alpha, accumulate); break;
         default: break;
     }
 }
-FL_EXPORT(gemv_q8);
+FL_EXPORT(gemv_w8a16);

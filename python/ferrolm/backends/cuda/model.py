@@ -86,8 +86,8 @@ class DeviceModel:
         self.up_out = self.m["layers.0.up"].n if self.shape.n_layers else 0
         self.max_rank = max((r for v in self.m.values() if isinstance(v, DeviceLinear) for _, _, r, _, _, _ in v.lora), default=0)
         s = self.shape
-        self.max_k = max(s.d, s.q_dim, s.ffn)
-        self.min_group = min((v.group for v in self.m.values() if isinstance(v, DeviceLinear) and v.group), default=32)
+        #: inputs of the widest matmul, rounded up to whole groups of 32 (a row of x16)
+        self.max_kp = 32 * _cdiv(max(s.d, s.q_dim, s.ffn), 32)
 
     # -- per-session buffers ---------------------------------------------------------------------
     def key_chunk(self, context: int) -> int:
@@ -100,10 +100,10 @@ class DeviceModel:
             2 * s.n_layers * context * s.kv_dim
             + rows * (2 * s.d + s.qkv_dim + s.q_dim + self.up_out + s.ffn + self.max_rank)
             + max(rows, splits) * s.n_heads * (s.head_dim + 2)
-            + rows * _cdiv(self.max_k, self.min_group)
+            + rows * self.max_kp // 32
             + s.vocab
         )
-        return 4 * floats + rows * self.max_k + 4 * (rows + 1)
+        return 4 * floats + 2 * rows * self.max_kp + 4 * (rows + 1)
 
     def new_state(self, context: int) -> "DeviceState":
         need = self.state_bytes(context)
@@ -176,7 +176,8 @@ class DeviceModel:
 
     def matmul(self, st: "DeviceState", lin: DeviceLinear, x: Any, ldx: int, m: int, y: Any, ldy: int, *, accumulate: bool) -> None:
         """y[:m, :n] (+)= x[:m, :k]·wᵀ + bias, then each unmerged adapter adds scale·(x·aᵀ)·bᵀ
-        to its rows."""
+        to its rows. INT8 is W8A16: x quantized to 16 bits per group of 32 (`quantize_a16`), then
+        the integer matmul."""
         rt, k, n = self.rt, lin.k, lin.n
         gemv = m <= GEMV_ROWS
         grid = (_cdiv(n, 4),) if gemv else (_cdiv(n, 64), _cdiv(m, 64))
@@ -184,10 +185,9 @@ class DeviceModel:
         kind = "gemv" if gemv else "gemm"
         acc = i32(1 if accumulate else 0)
         if lin.precision == "int8":
-            ng = _cdiv(k, lin.group)
-            rt.launch("quantize_q8", (_cdiv(ng, 4), m), (128,), (x, i32(ldx), st.xq, st.xs, i32(m), i32(k), i32(lin.group)))
-            rt.launch(f"{kind}_q8", grid, block, (st.xq, st.xs, lin.weight, lin.scales, i32(lin.group), lin.bias, y, i32(ldy),
-                                                 i32(m), i32(k), i32(n), f32(1.0), acc))
+            rt.launch("quantize_a16", (_cdiv(_cdiv(k, 32), 4), m), (128,), (x, i32(ldx), st.x16, st.xs, i32(m), i32(k)))
+            rt.launch(f"{kind}_w8a16", grid, block, (st.x16, st.xs, lin.weight, lin.scales, lin.bias, y, i32(ldy),
+                                                    i32(m), i32(k), i32(n), f32(1.0), acc))
         else:
             name = f"{kind}_bf16" if lin.precision == "bf16" else f"{kind}_f32"
             rt.launch(name, grid, block, (x, i32(ldx), lin.weight, lin.bias, y, i32(ldy), i32(m), i32(k), i32(n), f32(1.0), acc))
@@ -219,8 +219,8 @@ class DeviceState:
         self.att = rt.zeros(rows * s.q_dim, np.float32)
         self.up = rt.zeros(rows * max(model.up_out, 1), np.float32)
         self.act = rt.zeros(rows * max(s.ffn, 1), np.float32)
-        self.xq = rt.zeros(rows * model.max_k, np.int8)
-        self.xs = rt.zeros(rows * _cdiv(model.max_k, model.min_group), np.float32)
+        self.x16 = rt.zeros(rows * model.max_kp, np.int16)  # INT8's x: [rows, kp] (16-byte aligned)
+        self.xs = rt.zeros(rows * model.max_kp // 32, np.float32)
         self.lora_tmp = rt.zeros(rows * max(model.max_rank, 1), np.float32)
         parts = max(rows, self.max_splits) * s.n_heads
         self.part_o = rt.zeros(parts * s.head_dim, np.float32)

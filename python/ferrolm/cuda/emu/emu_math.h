@@ -2,7 +2,7 @@
 //
 // Fast-math intrinsics (__expf, __logf, __fdividef, __sinf, ...) are computed with the precise
 // libm function: CUDA documents them as approximations with a maximum error, and the exact value
-// lies within it. Conversions with an explicit rounding mode and __dp4a are bit-exact.
+// lies within it. Conversions with an explicit rounding mode, __dp4a and __dp2a_lo/_hi are bit-exact.
 #pragma once
 
 #include <climits>
@@ -122,6 +122,54 @@ inline unsigned int __dp4a(uchar4 a, uchar4 b, unsigned int c) {
     std::memcpy(&ia, &a, 4);
     std::memcpy(&ib, &b, 4);
     return __dp4a(ia, ib, c);
+}
+
+// Two-way dot product of two 16-bit halves of a with two bytes of b (dp2a.lo: bytes 0, 1;
+// dp2a.hi: bytes 2, 3), 32-bit accumulate wrapping modulo 2^32 as on the GPU. The int forms
+// are dp2a.*.s32.s32 (signed halves and bytes), the unsigned forms dp2a.*.u32.u32.
+namespace fl_emu {
+inline int dp2a_s(int a, int b, int c, int byte0) {
+    unsigned int acc = static_cast<unsigned int>(c);
+    for (int i = 0; i < 2; ++i) {
+        int x = static_cast<short>(static_cast<unsigned int>(a) >> (16 * i));
+        int y = static_cast<signed char>(static_cast<unsigned int>(b) >> (8 * (byte0 + i)));
+        acc += static_cast<unsigned int>(x * y);
+    }
+    return static_cast<int>(acc);
+}
+inline unsigned int dp2a_u(unsigned int a, unsigned int b, unsigned int c, int byte0) {
+    unsigned int acc = c;
+    for (int i = 0; i < 2; ++i) acc += ((a >> (16 * i)) & 0xFFFFu) * ((b >> (8 * (byte0 + i))) & 0xFFu);
+    return acc;
+}
+}  // namespace fl_emu
+inline int __dp2a_lo(int a, int b, int c) { return fl_emu::dp2a_s(a, b, c, 0); }
+inline int __dp2a_hi(int a, int b, int c) { return fl_emu::dp2a_s(a, b, c, 2); }
+inline unsigned int __dp2a_lo(unsigned int a, unsigned int b, unsigned int c) { return fl_emu::dp2a_u(a, b, c, 0); }
+inline unsigned int __dp2a_hi(unsigned int a, unsigned int b, unsigned int c) { return fl_emu::dp2a_u(a, b, c, 2); }
+inline int __dp2a_lo(short2 a, char4 b, int c) {
+    int ia, ib;
+    std::memcpy(&ia, &a, 4);
+    std::memcpy(&ib, &b, 4);
+    return __dp2a_lo(ia, ib, c);
+}
+inline int __dp2a_hi(short2 a, char4 b, int c) {
+    int ia, ib;
+    std::memcpy(&ia, &a, 4);
+    std::memcpy(&ib, &b, 4);
+    return __dp2a_hi(ia, ib, c);
+}
+inline unsigned int __dp2a_lo(ushort2 a, uchar4 b, unsigned int c) {
+    unsigned int ia, ib;
+    std::memcpy(&ia, &a, 4);
+    std::memcpy(&ib, &b, 4);
+    return __dp2a_lo(ia, ib, c);
+}
+inline unsigned int __dp2a_hi(ushort2 a, uchar4 b, unsigned int c) {
+    unsigned int ia, ib;
+    std::memcpy(&ia, &a, 4);
+    std::memcpy(&ib, &b, 4);
+    return __dp2a_hi(ia, ib, c);
 }
 
 // ---- min / max: CUDA declares these for the integer and floating types in the global namespace --
