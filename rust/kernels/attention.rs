@@ -161,6 +161,57 @@ mod tests {
         }
     }
 
+    /// One decode step's attention over every layer of a long cache, FP32 against BF16, on each
+    /// SIMD level: `cargo test --release --lib bench_attention_kv_cache -- --ignored --nocapture`
+    /// (BENCH_KV=layers,n_heads,n_kv_heads,head_dim,positions; default: SmolLM2-135M at 2000).
+    #[test]
+    #[ignore]
+    fn bench_attention_kv_cache() {
+        use crate::kernels::test_rng::best_time;
+        let dims: Vec<usize> = std::env::var("BENCH_KV")
+            .unwrap_or_else(|_| "30,9,3,64,2000".into())
+            .split(',')
+            .map(|v| v.parse().expect("BENCH_KV: layers,n_heads,n_kv_heads,head_dim,positions"))
+            .collect();
+        let [layers, nh, nkv, hd, n] = dims[..] else { panic!("BENCH_KV needs 5 numbers") };
+        let kv_dim = nkv * hd;
+        let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+        let mut rng = Rng(3);
+        let q = rng.vec(nh * hd);
+        let row = rng.vec(kv_dim);
+        for dtype in KvDtype::ALL {
+            // every layer's cache is its own memory, as in a session: the step streams all of them
+            let mut cache = KvCache::new(layers, n, kv_dim, dtype).unwrap();
+            for l in 0..layers {
+                for p in 0..n {
+                    cache.write(l, p, &row, &row);
+                }
+            }
+            let gb = (cache.bytes() as f64) / 1e9;
+            for level in SimdLevel::available() {
+                for threads in [1, 2] {
+                    let pool = ThreadPool::new(threads).unwrap();
+                    let mut out = vec![0f32; nh * hd];
+                    let mut scores = vec![0f32; threads * n];
+                    let s = best_time(5, 3, |_| {
+                        for l in 0..layers {
+                            match cache.layer(l) {
+                                KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1),
+                                KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1),
+                            }
+                        }
+                    });
+                    println!(
+                        "{} cache, {level:?}, {threads} thread(s): {:.0} µs per step over {layers} layers × {n} positions ({:.1} GB/s of cache)",
+                        dtype.name(),
+                        s * 1e6,
+                        gb / s
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn attends_causally_with_gqa() {
         // 2 query heads share 1 kv head; head_dim 2; positions 0..3
