@@ -212,6 +212,36 @@ mod tests {
         }
     }
 
+    /// Where one decode step's attention spends its time (SmolLM2-135M's shape, 2000 positions,
+    /// detected level, 1 thread): the q·k dot products, the softmax and the weighted sum of the
+    /// value rows, each over FP32 and BF16 rows:
+    /// `cargo test --release --lib bench_attention_parts -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_attention_parts() {
+        use crate::kernels::test_rng::best_time;
+        use crate::kernels::simd::{axpy_rows_with, dot_rows_with};
+        let (layers, nh, nkv, hd, n) = (30usize, 9usize, 3usize, 64usize, 2000usize);
+        let kv_dim = nkv * hd;
+        let mut rng = Rng(3);
+        let q = rng.vec(hd);
+        let caches: Vec<Vec<f32>> = (0..layers).map(|_| rng.vec(n * kv_dim)).collect();
+        let caches16: Vec<Vec<u16>> = caches.iter().map(|c| c.iter().map(|&v| f32_to_bf16(v)).collect()).collect();
+        let level = detected();
+        let mut s = vec![0f32; n];
+        let mut o = vec![0f32; hd];
+        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { dot_rows_with(level, &q, &c[h / 3 * hd..], kv_dim, &mut s); } });
+        println!("dot f32 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { dot_rows_with(level, &q, &c[h / 3 * hd..], kv_dim, &mut s); } });
+        println!("dot bf16 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for _ in 0..layers * nh { softmax(&mut s); });
+        println!("softmax {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { axpy_rows_with(level, &mut o, &s, &c[h / 3 * hd..], kv_dim); } });
+        println!("axpy f32 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { axpy_rows_with(level, &mut o, &s, &c[h / 3 * hd..], kv_dim); } });
+        println!("axpy bf16 {:.0} µs", t * 1e6);
+    }
+
     #[test]
     fn attends_causally_with_gqa() {
         // 2 query heads share 1 kv head; head_dim 2; positions 0..3
