@@ -231,3 +231,10 @@ def test_the_default_model_with_a_bf16_cache(smol_pair):
     assert float(np.abs(a - b).max()) > 1e-3
     out = bf16.chat([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=20)
     assert "Paris" in out.text
+
+
+def test_cuda_sessions_say_their_cache_is_fp32(cuda_mode):
+    model = ferrolm.load(MODELS / "tiny-llama", device="cuda")
+    assert model.kv_cache == "fp32"
+    s = model.new_session()
+    assert s.kv_cache == "fp32" and "kv_cache='fp32'" in repr(s)

@@ -505,7 +505,8 @@ class Session:
         return getattr(self.raw, name)
 
     def __repr__(self) -> str:
-        return f"Session(tokens={self.raw.position + len(self._pending)}, context={self.raw.context_length})"
+        return (f"Session(tokens={self.raw.position + len(self._pending)}, context={self.raw.context_length}, "
+                f"kv_cache={self.raw.kv_cache!r})")
 
     def reset(self) -> None:
         """Forgets the conversation."""

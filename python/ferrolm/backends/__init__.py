@@ -6,6 +6,7 @@ history, last logits, sampler) with this interface, which `generation.run` and `
 nothing more:
 
     context_length, position, prefix_len        (properties)
+    kv_cache                                    "fp32" or "bf16": how its KV cache stores keys and values
     tokens() -> list[int]
     reset(); seed(seed)
     forward(tokens, all_logits=False) -> Optional[bytes]           float32 [n, vocab] when asked
