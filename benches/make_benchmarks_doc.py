@@ -3,12 +3,14 @@
     python benches/make_benchmarks_doc.py            # measures everything (about 30 minutes on 2 cores)
     python benches/make_benchmarks_doc.py --render   # rewrites the markdown from the saved JSON only
     python benches/make_benchmarks_doc.py --serving  # measures the serving benchmark only, then rewrites
+    python benches/make_benchmarks_doc.py --kv-cache # measures the KV cache section only, then rewrites
 
 It runs, each as a user would:
   ferrolm bench DEFAULT_MODEL --shape gpt2-124m,llama-135m,llama-1.1b --precisions fp32,bf16,int8 --threads 1,2 --out docs/bench
   ferrolm eval --task dialogsum --shots 0,1,3 --precisions fp32,bf16,int8 --out docs/bench/eval
   python -m ferrolm.bench_adapters --shape llama-135m --precisions fp32,bf16,int8 --threads 2 --json docs/bench/adapters.json
   python -m ferrolm.bench_serving --shape llama-135m --precision int8 --threads 2 --json docs/bench/serving.json
+  python -m ferrolm.bench_kv_cache --precisions int8,bf16 --threads 1,2 --prompt-tokens 2000 ... --json docs/bench/kv_cache.json
   ferrolm memory ... (the estimates quoted in the memory section, computed again at every render)
 and for the INT4 section (`--int4` measures only these, `--render` keeps what is saved):
   ferrolm bench DEFAULT_MODEL --precisions int8,int4 --threads 1,2 --out docs/bench/int4
@@ -41,8 +43,11 @@ INT4_BENCH = ["bench", "smollm2-135m-q4_1", "--precisions", "int8,int4", "--thre
 INT4_SHAPES = ["bench", "--shape", "gpt2-124m,llama-135m,llama-1.1b", "--precisions", "int8,int4", "--threads", "1,2",
                "--runs", "3", "--out", "docs/bench/int4-shapes", "--format", "json"]
 LLAMACPP = ["--threads", "1,2", "--runs", "3", "--json", "docs/bench/int4/llamacpp.json"]
+KV_CACHE = ["--precisions", "int8,bf16", "--threads", "1,2", "--prompt-tokens", "2000", "--new-tokens", "64",
+            "--context", "2304", "--runs", "11", "--json", "docs/bench/kv_cache.json"]
 MEMORY = [["smollm2-135m-q4_1", "--precision", "int4", "--context", "8192", "--threads", "2"],
           ["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192", "--threads", "2"],
+          ["smollm2-135m-q4_1", "--precision", "int8", "--context", "8192", "--threads", "2", "--kv-cache", "bf16"],
           ["llama-1.1b", "--precision", "int8", "--context", "2048", "--threads", "2"],
           ["llama-1.1b", "--precision", "fp32", "--context", "2048", "--training", "--threads", "2"]]
 
@@ -65,6 +70,40 @@ def measure() -> None:
 def measure_serving() -> None:
     print("+ python -m ferrolm.bench_serving " + " ".join(SERVING), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "ferrolm.bench_serving", *SERVING], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def measure_kv_cache() -> None:
+    print("+ python -m ferrolm.bench_kv_cache " + " ".join(KV_CACHE), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "ferrolm.bench_kv_cache", *KV_CACHE], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def kv_cache_section() -> list:
+    """The KV cache section: long-context decode with an FP32 and a BF16 cache."""
+    from ferrolm.bench_kv_cache import format_report
+
+    path = OUT / "kv_cache.json"
+    if not path.exists():
+        return []
+    report = json.loads(path.read_text())
+    rows = {(r["precision"], r["threads"], r["kv_cache"]): r for r in report["rows"]}
+
+    def read(r):
+        return r["weight_mib_per_token"] + r["kv_mib_per_token"]
+
+    gains = [f"{p.upper()} weights, {t} thread{'s' if t > 1 else ''}: {r['vs_fp32']:.2f}× (the bytes read per token "
+             f"would allow {read(rows[(p, t, 'fp32')]) / read(r):.2f}×)"
+             for (p, t, kv), r in rows.items() if kv == "bf16" and (p, t, "fp32") in rows]
+    return ["## KV cache precision: FP32 against BF16 at long context", "",
+            "```", "python -m ferrolm.bench_kv_cache " + " ".join(KV_CACHE), "```", "",
+            format_report(report), "",
+            "Decode with a BF16 cache against an FP32 one, same weights, same run: " + "; ".join(gains) + ". "
+            "A decode step reads the matmul weights once and the whole cache once (the last column), and the BF16 "
+            "cache halves the second part; the prefill of the prompt gains too (its attention reads the cache "
+            "written so far). The gain stays below the bytes' ratio because neither part runs at the machine's "
+            "read bandwidth — attention over rows of 64 values spends about half its time on per-row work "
+            "(docs/architecture.md, KV cache precision, has the kernel figures) — and the machine is shared: "
+            "compare the ratios within a row pair, not the absolute tok/s across rows. What the BF16 cache costs "
+            "in quality: docs/quality.md, KV cache precision.", ""]
 
 
 def measure_int4() -> None:
@@ -230,9 +269,10 @@ def render() -> str:
         "",
         "```bash",
         "ferrolm bench [MODEL ...] [--shape gpt2-124m,llama-135m,llama-1.1b] --precisions fp32,bf16,int8,int4 --threads 1,2 \\",
-        "              [--out DIR] [--format md|csv|json]     # speed, memory and quality per precision",
+        "              [--kv-cache fp32|bf16] [--out DIR] [--format md|csv|json]   # speed, memory and quality per precision",
         "ferrolm eval [MODEL] --task dialogsum --shots 0,1,3 --precisions fp32,int8 [--lora DIR] [--soft-prompt DIR]",
-        "ferrolm memory MODEL|CONFIG|SHAPE|PARAMS [--precision P] [--context N] [--batch B] [--training]",
+        "ferrolm memory MODEL|CONFIG|SHAPE|PARAMS [--precision P] [--context N] [--batch B] [--kv-cache fp32|bf16] [--training]",
+        "python -m ferrolm.bench_kv_cache [MODEL] --precisions int8,bf16 --threads 1,2   # long-context decode per KV cache",
         "pytest benches/ --benchmark-autosave                  # kernel GB/s, prefill/decode, adapter switch",
         "pytest benches/ --benchmark-compare --benchmark-compare-fail=median:10%   # against the last saved run",
         "```",
@@ -302,6 +342,7 @@ def render() -> str:
     for m in memory:
         parts += ["```", "$ " + m["command"], m["output"].rstrip(), "```", ""]
     parts += int4_section()
+    parts += kv_cache_section()
     parts += [
         "## pytest-benchmark suites",
         "",
@@ -324,14 +365,18 @@ def main() -> int:
     p.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from docs/bench/*.json")
     p.add_argument("--serving", action="store_true", help="measure the serving benchmark only, then render")
     p.add_argument("--int4", action="store_true", help="measure the INT4 section only, then render")
+    p.add_argument("--kv-cache", action="store_true", help="measure the KV cache section only, then render")
     args = p.parse_args()
     if args.serving:
         measure_serving()
     elif args.int4:
         measure_int4()
+    elif args.kv_cache:
+        measure_kv_cache()
     elif not args.render:
         measure()
         measure_int4()
+        measure_kv_cache()
     (DOCS / "benchmarks.md").write_text(render())
     print(f"wrote {DOCS / 'benchmarks.md'}", file=sys.stderr)
     return 0

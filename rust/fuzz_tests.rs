@@ -23,6 +23,7 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
+use crate::kv_cache::KvDtype;
 use crate::model::adapt::{MergedWeight, WeightDelta};
 use crate::kernels::quant::GgufBlock;
 use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
@@ -340,12 +341,13 @@ proptest! {
     /// A session fed arbitrary tokens, embeddings, knobs and context lengths: every call is Ok or
     /// an Error, a refused call changes nothing, and the sizes of what comes back add up.
     #[test]
-    fn session_survives_any_input(m in tiny_model(), ctx in context(), steps in prop::collection::vec(step(), 1..12)) {
+    fn session_survives_any_input(m in tiny_model(), ctx in context(), kv in prop::sample::select(KvDtype::ALL.to_vec()),
+                                  steps in prop::collection::vec(step(), 1..12)) {
         limit_address_space();
         let Some(model) = build_tiny(&m)? else { return Ok(()) };
         let model = Arc::new(model);
         let (vocab, d, max) = (model.config.vocab_size, model.config.hidden_size, model.config.max_position_embeddings);
-        let mut s = match Session::new(model.clone(), ctx) {
+        let mut s = match Session::new(model.clone(), ctx, kv) {
             Ok(s) => s,
             Err(e) => {
                 prop_assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
@@ -353,7 +355,7 @@ proptest! {
                 return Ok(());
             }
         };
-        prop_assert_eq!(s.context_length(), ctx.unwrap_or(max));
+        prop_assert_eq!((s.context_length(), s.kv_dtype()), (ctx.unwrap_or(max), kv));
         for step in steps {
             let before = (s.position(), s.tokens().to_vec(), s.prefix_len());
             match step {
@@ -431,7 +433,7 @@ proptest! {
         }
         let Ok(model) = Model::from_tensors(huge_cfg, &mut store, 1) else { return Ok(()) };
         let model = Arc::new(model);
-        let Ok(mut s) = Session::new(model, None) else { return Ok(()) };
+        let Ok(mut s) = Session::new(model, None, KvDtype::F32) else { return Ok(()) };
         let _ = s.forward(&[0], true);
     }
 }
@@ -571,7 +573,7 @@ proptest! {
         let _ = std::fs::remove_file(&path);
         if read.is_ok() {
             if let Ok(model) = Model::from_tensors(cfg, &mut store, 1) {
-                let mut s = Session::new(Arc::new(model), None).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let mut s = Session::new(Arc::new(model), None, KvDtype::F32).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let _ = s.forward(&[0], true);
             }
         }
@@ -733,7 +735,7 @@ proptest! {
             model.variant(vec![], vec![delta])
         };
         if let Ok(v) = result {
-            let mut s = Session::new(Arc::new(v), None).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut s = Session::new(Arc::new(v), None, KvDtype::F32).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let _ = s.forward(&[0, 1 % m.config["vocab_size"].as_u64().unwrap_or(1) as u32], true);
         }
     }

@@ -181,3 +181,25 @@ def test_cuda_bench_on_the_emulator(monkeypatch, tmp_path, capsys):
     md = (tmp_path / "report_cuda.md").read_text()
     assert len([line for line in md.splitlines() if line.startswith("| ") and "tiny-gpt2" in line]) == 2
     assert json.loads((tmp_path / "bench_cuda.json").read_text())["rows"] == report["rows"]
+
+
+def test_a_bf16_kv_cache_bench(capsys):
+    """--kv-cache bf16: every configuration and the estimate use it, quality compares each
+    precision with it against FP32 weights with an FP32 cache, and the report says so."""
+    assert main(["bench", SOURCES[0], "--precisions", "fp32,int8", "--kv-cache", "bf16", *TINY, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["kv_cache"] == "bf16"
+    m = report["models"][0]
+    for row in m["rows"]:
+        assert row["kv_cache"] == "bf16" and row["estimate"]["kv_cache"] == "bf16"
+        assert row["kv_cache_mib"] * 2**20 == row["estimate"]["kv_cache_bytes"]
+    q = m["quality"]
+    assert q["kv_cache"] == "bf16" and set(q["precisions"]) == {"fp32", "int8"}
+    assert q["precisions"]["fp32"]["candidate_kv_cache"] == "bf16" and q["precisions"]["fp32"]["mean_kl"] > 0
+    md = bench_report.render(report, "md")
+    assert "KV cache: BF16." in md and "| fp32, BF16 KV |" in md and "an FP32 KV cache" in md
+
+
+def test_a_bf16_kv_cache_bench_on_cuda_is_refused(capsys):
+    assert main(["bench", SOURCES[0], "--device", "cuda", "--kv-cache", "bf16", "--no-progress"]) == 2
+    assert "keeps its KV cache in FP32" in capsys.readouterr().err

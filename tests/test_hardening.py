@@ -71,10 +71,17 @@ def test_a_context_that_cannot_fit_is_a_clear_error_or_cut_with_a_warning(tmp_pa
     assert isinstance(e.value, MemoryError) and f"at most {fits} fits" in str(e.value)
     with pytest.warns(UserWarning, match=f"using context_length={fits}"):
         model = ferrolm.load(folder, context_length=None)
-    assert model.context_length == fits == model._core.max_context_in_memory
+    assert model.context_length == fits == model._core.max_context_in_memory()
     # the core refuses the same request itself
     with pytest.raises(ferrolm.MemoryLimitError, match="KV cache"):
         model._core.new_session(2**24)
+    # a BF16 cache takes 2 bytes per value: twice the positions fit, and the messages say so
+    fits_bf16 = _core.memory_limit() // (per_position // 2)
+    assert fits_bf16 >= 2 * fits
+    with pytest.raises(ferrolm.MemoryLimitError, match=r"needs a 128\.0 GiB KV cache .* 2 bytes, kv_cache='bf16'"):
+        ferrolm.load(folder, context_length=2**24, kv_cache="bf16")
+    with pytest.warns(UserWarning, match=f"using context_length={fits_bf16}"):
+        assert ferrolm.load(folder, kv_cache="bf16").context_length == fits_bf16 == model._core.max_context_in_memory("bf16")
     small = ferrolm.load(folder, context_length=64)
     assert small.generate([1, 2, 3], max_new_tokens=3).tokens
     with warnings.catch_warnings():

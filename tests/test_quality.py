@@ -66,6 +66,7 @@ class BigramStub:
         self.vocab_size = self.table.shape[1]
         self.context_length = context_length
         self.precision = precision
+        self.kv_cache = "fp32"
         self.path = "stub"
 
     def logits(self, ids):

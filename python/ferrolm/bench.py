@@ -1,7 +1,7 @@
 """`ferrolm bench`: speed, memory and quality of each precision of a model, side by side.
 
     ferrolm bench [MODEL ...] [--shape NAME,...] --precisions fp32,bf16,int8,int4 [--threads 1,2]
-                  [--out DIR] [--format md|csv|json]
+                  [--kv-cache fp32|bf16] [--out DIR] [--format md|csv|json]
 
 (`python -m ferrolm.bench` is the same command.) Speed follows the PERF method: batch 1, greedy,
 a prompt of fixed token ids (128 by default: pp128) and 128 new tokens (tg128) with EOS ignored;
@@ -38,6 +38,7 @@ from . import _core
 from . import safetensors_io
 from .config import GenerationConfig
 from .errors import FerrolmError, InvalidArgumentError, ModelNotFoundError
+from .loading import KV_CACHE_DTYPES, check_kv_cache
 from .model import Model, load
 
 SHAPES: Dict[str, dict] = {
@@ -160,14 +161,14 @@ BUDGET_SLACK = 64 << 20
 
 
 def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_tokens: int = 128,
-            precision: Optional[str] = None, bandwidth_bytes: int = 1 << 30) -> dict:
+            precision: Optional[str] = None, bandwidth_bytes: int = 1 << 30, kv_cache: str = "fp32") -> dict:
     """One configuration, measured in this process (call it in a fresh one: peak RSS is the
     process's). The context holds exactly the prompt and the new tokens."""
     folder = model_source(shape)
     context = prompt_len + new_tokens
     baseline = current_rss_bytes()
     t0 = time.perf_counter()
-    model = load(folder, precision=precision, threads=threads, context_length=context, progress=False)
+    model = load(folder, precision=precision, threads=threads, context_length=context, kv_cache=kv_cache, progress=False)
     load_s = time.perf_counter() - t0
     result = measure(model, prompt_len, new_tokens, runs)
     rss = peak_rss_bytes()  # before the bandwidth buffer is allocated
@@ -188,10 +189,10 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
     weights = model._core.weight_bytes
     from .memory import Architecture
 
-    kv = Architecture.from_config(model.config).kv_cache_bytes(context)
+    kv = Architecture.from_config(model.config).kv_cache_bytes(context, kv_cache=kv_cache)
     result.update(
         bandwidth_probes_gb_s=[b / 1e9 for b in bw_probes],
-        shape=shape, threads=threads, precision=model.precision, params=model.num_params,
+        shape=shape, threads=threads, precision=model.precision, kv_cache=model.kv_cache, params=model.num_params,
         prompt_tokens=prompt_len, new_tokens=new_tokens, context=context,
         matmul_bytes_per_token=bytes_per_token, read_bandwidth_gb_s=bandwidth / 1e9,
         decode_ceiling_tok_s=ceiling, decode_pct_of_ceiling=100 * result["decode_tok_s"] / ceiling,
@@ -231,20 +232,21 @@ def _child(args: List[str], what: str) -> dict:
 
 
 def quality_one(source: str, precisions: Sequence[str], threads: Optional[int], text_tokens: Optional[int],
-                window: Optional[int], stride: Optional[int], new_tokens: int) -> dict:
-    """Quality of `precisions` against FP32 (in this process): perplexity, KL, top-1 agreement and
-    greedy replies (ferrolm.quality.compare), with ROUGE/BLEU of the replies when ferrolm.metrics
-    can run."""
+                window: Optional[int], stride: Optional[int], new_tokens: int, kv_cache: str = "fp32") -> dict:
+    """Quality of `precisions` (with a `kv_cache` KV cache) against FP32 weights and an FP32
+    cache (in this process): perplexity, KL, top-1 agreement and greedy replies
+    (ferrolm.quality.compare), with ROUGE/BLEU of the replies when ferrolm.metrics can run."""
     from . import metrics
     from .quality import default_text_path, greedy_text_scores, perplexity, quality_report
 
     path = model_source(source)
     text = default_text_path().read_text(encoding="utf-8")
-    candidates = [p for p in precisions if p != "fp32"]
-    out: Dict[str, Any] = {"text": default_text_path().name, "metrics_available": metrics.available()}
+    candidates = [p for p in precisions if p != "fp32" or kv_cache != "fp32"]
+    out: Dict[str, Any] = {"text": default_text_path().name, "metrics_available": metrics.available(),
+                           "kv_cache": kv_cache}
     if candidates:
         reports = quality_report(path, candidates, threads=threads, text=text, window=window, stride=stride,
-                                 new_tokens=new_tokens, text_tokens=text_tokens)
+                                 new_tokens=new_tokens, text_tokens=text_tokens, kv_cache=kv_cache)
         r0 = reports[0]
         out.update(reference_perplexity=r0.reference_perplexity, scored_tokens=r0.scored_tokens, window=r0.window,
                    stride=r0.stride, new_tokens=new_tokens, prompts=len(r0.greedy), precisions={})
@@ -345,7 +347,8 @@ def _display_name(source: str) -> str:
 def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequence[int], *, runs: int = 3,
               prompt_tokens: int = 128, new_tokens: int = 128, quality: bool = True, quality_tokens: Optional[int] = None,
               window: Optional[int] = None, stride: Optional[int] = None, quality_new_tokens: int = 32,
-              bandwidth_mib: int = 1024, progress: Optional[bool] = None, command: Optional[str] = None) -> Dict[str, Any]:
+              bandwidth_mib: int = 1024, progress: Optional[bool] = None, command: Optional[str] = None,
+              kv_cache: str = "fp32") -> Dict[str, Any]:
     """Every configuration of every model in a fresh process, then quality against FP32; the
     report as a dict (see `bench_report` for its markdown, CSV and charts)."""
     from tqdm.auto import tqdm
@@ -373,7 +376,7 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
         "machine": machine_info(),
         "settings": dict(precisions=list(precisions), threads=list(threads), runs=runs, prompt_tokens=prompt_tokens,
                          new_tokens=new_tokens, quality_tokens=quality_tokens, window=window, stride=stride,
-                         quality_new_tokens=quality_new_tokens, bandwidth_mib=bandwidth_mib),
+                         quality_new_tokens=quality_new_tokens, bandwidth_mib=bandwidth_mib, kv_cache=kv_cache),
         "models": [],
     }
     t_start = time.perf_counter()
@@ -384,12 +387,13 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
             for n in threads:
                 bar.set_postfix_str(f"{s[:24]} {p} ×{n}")
                 row = _child(["--one", s, str(n), "--precisions", p, "--runs", str(runs), "--prompt-tokens",
-                              str(prompt_tokens), "--new-tokens", str(new_tokens), "--bandwidth-mib", str(bandwidth_mib)],
+                              str(prompt_tokens), "--new-tokens", str(new_tokens), "--bandwidth-mib", str(bandwidth_mib),
+                              "--kv-cache", kv_cache],
                              f"measuring {s} {p} with {n} threads")
                 # runtime: this environment's measured import baseline + what running adds
                 runtime = int(row["baseline_rss_mib"] * 2**20) + RUN_BYTES
                 est = estimate_memory(facts[s], p, context=prompt_tokens + new_tokens, threads=n,
-                                      prefill_tokens=prompt_tokens, runtime_bytes=runtime)
+                                      prefill_tokens=prompt_tokens, runtime_bytes=runtime, kv_cache=kv_cache)
                 row["estimate"] = est.as_dict()
                 row["estimate_mib"] = est.total_bytes / 2**20
                 row["estimate_error_pct"] = 100 * (row["estimate_mib"] / row["peak_rss_mib"] - 1) if row["peak_rss_mib"] else None
@@ -398,7 +402,8 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
                 bar.update(1)
         if with_quality[s]:
             bar.set_postfix_str(f"{s[:24]} quality")
-            args = ["--quality-one", s, "--precisions", ",".join(precisions), "--quality-new-tokens", str(quality_new_tokens)]
+            args = ["--quality-one", s, "--precisions", ",".join(precisions), "--quality-new-tokens", str(quality_new_tokens),
+                    "--kv-cache", kv_cache]
             for flag, value in (("--quality-tokens", quality_tokens), ("--window", window), ("--stride", stride),
                                 ("--quality-threads", max(threads))):
                 if value is not None:
@@ -429,6 +434,9 @@ def build_parser(prog: str = "ferrolm bench") -> argparse.ArgumentParser:
     p.add_argument("--threads", default=None, help="comma-separated thread counts (default: every CPU)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the CUDA backend (a GPU through cupy, or the "
                    "emulator with FERROLM_CUDA_EMULATE=1), measured on the PERF shapes by default")
+    p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_DTYPES),
+                   help="how the KV cache stores keys and values: fp32 (default) or bf16; quality is then measured "
+                   "against FP32 weights with an FP32 cache")
     p.add_argument("--runs", type=int, default=3, help="timed runs, done twice (default: 3, so 6 in all)")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length, fixed ids (default: 128; 512 with --device cuda)")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run (default: 128)")
@@ -491,13 +499,15 @@ def main(argv: Optional[List[str]] = None, prog: str = "python -m ferrolm.bench"
         if args.one:
             precision = check_precisions(args.precisions)[0]
             print(json.dumps(run_one(args.one[0], check_threads(args.one[1])[0], args.runs, args.prompt_tokens,
-                                     args.new_tokens, precision, args.bandwidth_mib << 20)))
+                                     args.new_tokens, precision, args.bandwidth_mib << 20, args.kv_cache)))
             return 0
         if args.quality_one:
             print(json.dumps(quality_one(args.quality_one, check_precisions(args.precisions), args.quality_threads,
-                                         args.quality_tokens, args.window, args.stride, args.quality_new_tokens)))
+                                         args.quality_tokens, args.window, args.stride, args.quality_new_tokens,
+                                         args.kv_cache)))
             return 0
         device = check_device(args.device)
+        check_kv_cache(args.kv_cache, device)
         if args.prompt_tokens is None:
             args.prompt_tokens = 512 if device == "cuda" else 128
         if device == "cuda":
@@ -515,7 +525,8 @@ def main(argv: Optional[List[str]] = None, prog: str = "python -m ferrolm.bench"
         report = run_bench(sources, precisions, threads, runs=args.runs, prompt_tokens=args.prompt_tokens,
                            new_tokens=args.new_tokens, quality=args.quality, quality_tokens=args.quality_tokens,
                            window=args.window, stride=args.stride, quality_new_tokens=args.quality_new_tokens,
-                           bandwidth_mib=args.bandwidth_mib, progress=args.progress, command=command)
+                           bandwidth_mib=args.bandwidth_mib, progress=args.progress, command=command,
+                           kv_cache=args.kv_cache)
     except FerrolmError as e:
         print(f"ferrolm: error: {e}", file=sys.stderr)
         return 2

@@ -76,7 +76,8 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
         f"{s['new_tokens']} new tokens ({tg}), EOS ignored; one warm-up, then {s['runs']} timed runs, a bandwidth "
         f"probe and {s['runs']} more: median ± standard deviation of the {2 * s['runs']}. Each configuration runs in "
         "a fresh process: peak RSS is its VmHWM, the estimate is `ferrolm.estimate_memory` for the same context. "
-        "Decode ceiling = read bandwidth (best of two probes) / matmul bytes per token.",
+        "Decode ceiling = read bandwidth (best of two probes) / matmul bytes per token."
+        + ("" if s.get("kv_cache", "fp32") == "fp32" else f" KV cache: {s['kv_cache'].upper()}."),
         "",
     ]
     for m in report["models"]:
@@ -97,8 +98,10 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
         if q is None:
             lines += [f"Quality: {m.get('quality_note', 'not measured')}.", ""]
             continue
+        kv = q.get("kv_cache", "fp32")
+        against = "FP32" if kv == "fp32" else f"FP32 weights with an FP32 KV cache (each precision with a {kv.upper()} cache)"
         lines += [
-            f"Quality against FP32: perplexity on `{q['text']}` ({q['scored_tokens']} tokens scored, window "
+            f"Quality against {against}: perplexity on `{q['text']}` ({q['scored_tokens']} tokens scored, window "
             f"{q['window']}, stride {q['stride']}); KL(FP32 ‖ precision) of the next-token distributions; "
             f"\"same top token\" = top-1 agreement; greedy replies ({q['new_tokens']} tokens) to {q['prompts']} chat "
             "prompts scored with ROUGE (F, stemmed) and BLEU against FP32's replies.", "",
@@ -107,14 +110,15 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         weights = {r["precision"]: r["weight_mib"] for r in m["rows"]}
-        if "fp32" in weights:
+        if "fp32" in weights and kv == "fp32":
             lines.append(f"| fp32 | {weights['fp32']:.1f} | {q['reference_perplexity']:.4f} | — | 0 | 0 | 0 | 100% | — "
                          "| — | — | — | — |")
         for p, d in q["precisions"].items():
             g = d.get("greedy_scores") or {}
             ident = sum(1 for x in d["greedy"] if x["identical"])
+            label = p if kv == "fp32" else f"{p}, {kv.upper()} KV"
             lines.append(
-                f"| {p} | {_f(weights.get(p))} | {d['candidate_perplexity']:.4f} | {d['perplexity_change_pct']:+.3f}% "
+                f"| {label} | {_f(weights.get(p))} | {d['candidate_perplexity']:.4f} | {d['perplexity_change_pct']:+.3f}% "
                 f"| {d['mean_kl']:.2e} | {d['p99_kl']:.2e} | {d['max_kl']:.2e} | {100 * d['top1_agreement']:.1f}% "
                 f"| {ident}/{len(d['greedy'])} | {_f(g.get('rouge1'), '.3f')} | {_f(g.get('rouge2'), '.3f')} "
                 f"| {_f(g.get('rougeL'), '.3f')} | {_f(g.get('bleu'), '.1f')} |")

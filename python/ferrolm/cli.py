@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import FerrolmError
-from .loading import PRECISIONS
+from .loading import KV_CACHE_DTYPES, PRECISIONS
 
 
 def _parse_bias(items: List[str]) -> dict:
@@ -85,7 +85,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if len(args.args) > 2:
         raise argparse.ArgumentTypeError("generate takes [MODEL] PROMPT")
     model_arg, prompt = (None, args.args[0]) if len(args.args) == 1 else args.args
-    model = load(_model_path(model_arg), precision=args.precision, device=args.device, threads=args.threads)
+    model = load(_model_path(model_arg), precision=args.precision, device=args.device, threads=args.threads,
+                 kv_cache=args.kv_cache)
     _apply_lora(model, args)
     options = _generation_options(args)
     if args.chat:
@@ -105,7 +106,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from . import load
 
-    model = load(_model_path(args.model), precision=args.precision, device=args.device, threads=args.threads)
+    model = load(_model_path(args.model), precision=args.precision, device=args.device, threads=args.threads,
+                 kv_cache=args.kv_cache)
     _apply_lora(model, args)
     options = _generation_options(args)
     messages: List[dict] = [{"role": "system", "content": args.system}] if args.system else []
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                        help="cpu (default) or cuda (an NVIDIA GPU through cupy; FERROLM_CUDA_EMULATE=1: the CPU emulator)")
+        p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_DTYPES),
+                       help="how the KV cache stores keys and values: fp32 (default) or bf16 (half the memory; CPU only)")
         p.add_argument("--lora", action="append", default=[], metavar="DIR", help="a PEFT LoRA adapter folder, merged")
         p.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="multiplies the adapter's alpha/r")
         p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")

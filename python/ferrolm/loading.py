@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from .fields import get_id_list
-from .errors import CheckpointError, ConfigError, InvalidArgumentError, MissingTensorError, ModelNotFoundError
+from .errors import CheckpointError, ConfigError, DeviceError, InvalidArgumentError, MissingTensorError, ModelNotFoundError
 from .chat import ChatTemplate, special_tokens_from_config, template_from_config
 from .backends import DEVICES
 from .progress import ProgressFn
@@ -23,6 +23,9 @@ from . import safetensors_io
 from .tokenizer import Tokenizer
 
 PRECISIONS = ("fp32", "bf16", "int8", "int4")
+#: How a session's KV cache may store keys and values (the core's list): "fp32" (exact) or
+#: "bf16" (half the bytes; rounded to nearest even as written, widened to f32 as read).
+KV_CACHE_DTYPES = tuple(_core.KV_CACHE_DTYPES)
 #: quantization_config.quant_method of the INT8 / INT4 checkpoints `ferrolm quantize` writes.
 QUANTIZED = ("int8", "int4")
 QUANT_METHOD = "ferrolm"
@@ -270,11 +273,23 @@ def _read_gguf(path: Path) -> Checkpoint:
                       dict(g.special_tokens), format="gguf", gguf=g)
 
 
-def check_load_args(precision: Optional[str], device: str, threads: Optional[int]) -> int:
+def check_kv_cache(kv_cache: Any, device: str = "cpu") -> str:
+    """`kv_cache` if it names a KV-cache dtype that `device` stores: InvalidArgumentError for
+    anything else, DeviceError for "bf16" on "cuda" (its device cache is FP32)."""
+    if not isinstance(kv_cache, str) or kv_cache not in KV_CACHE_DTYPES:
+        raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
+    if device == "cuda" and kv_cache != "fp32":
+        raise DeviceError(f"device='cuda' keeps its KV cache in FP32 on the GPU; kv_cache={kv_cache!r} is a CPU "
+                          "option (load with kv_cache='fp32', or device='cpu')")
+    return kv_cache
+
+
+def check_load_args(precision: Optional[str], device: str, threads: Optional[int], kv_cache: str = "fp32") -> int:
     if precision is not None and precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device not in DEVICES:
         raise InvalidArgumentError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    check_kv_cache(kv_cache, device)
     if threads is None:
         return _core.default_threads()
     if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024:

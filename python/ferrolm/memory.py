@@ -10,7 +10,8 @@ Two figures side by side:
   - weights: every matmul weight (linear layers, embeddings, an untied lm_head) in the chosen
     precision — INT8 adds one f32 scale per group of 32 values — and norms, biases and GPT-2's
     learned positions in FP32 (exactly `Model._core.weight_bytes` once loaded);
-  - KV cache: 2 · layers · kv_heads · head_dim · context · 4 bytes (FP32) · batch;
+  - KV cache: 2 · layers · kv_heads · head_dim · context · bytes per value · batch, 4 bytes for
+    an FP32 cache (the default), 2 for BF16 (`ferrolm.load(..., kv_cache="bf16")`);
   - working buffers: the activations of one prefill chunk (at most 256 tokens), the attention
     scores of each thread and two logits rows, per sequence;
   - runtime: the Python process itself with ferrolm and its imports (numpy, tokenizers, jinja2);
@@ -23,7 +24,7 @@ loading ends before a session allocates its cache. The runtime and loading figur
 measurements (Linux x86-64, CPython 3.11, the default model and the benchmark shapes; see
 docs/benchmarks.md), the others are computed from the config.
 
-    ferrolm memory MODEL|CONFIG [--precision P] [--context N] [--batch B] [--training]
+    ferrolm memory MODEL|CONFIG [--precision P] [--context N] [--batch B] [--kv-cache fp32|bf16] [--training]
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ TRAINING_BYTES_PER_PARAM = 20
 #: Precisions ferrolm stores weights in (the exact estimate exists for these).
 PRECISIONS = ("fp32", "bf16", "int8", "int4")
 NOT_AVAILABLE = {"fp16": "FP16"}
+#: Bytes per cached key/value by KV-cache dtype (the core's `KvDtype`; tests check they agree).
+KV_CACHE_BYTES = {"fp32": 4, "bf16": 2}
 #: INT4 groups: 32 values in 16 bytes, an f16 scale and an f16 minimum.
 INT4_GROUP = 32
 INT4_GROUP_BYTES = 16 + 2 + 2
@@ -162,8 +165,8 @@ class Architecture:
             matrices = [(r, c, precision) for r, c in self.matrices()]
         return sum(matrix_bytes(r, c, p, group) for r, c, p in matrices) + 4 * self.fp32_values()
 
-    def kv_cache_bytes(self, context: int, batch: int = 1) -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * context * 4 * batch
+    def kv_cache_bytes(self, context: int, batch: int = 1, kv_cache: str = "fp32") -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * context * KV_CACHE_BYTES[kv_cache] * batch
 
     def buffer_bytes(self, context: int, batch: int = 1, threads: int = 1, prefill_tokens: Optional[int] = None) -> int:
         """Activation buffers of one prefill chunk, attention scores and logits, per sequence."""
@@ -201,6 +204,8 @@ class MemoryEstimate:
     """False when only a parameter count was given: the weights follow the rule of thumb and the
     parts that need the architecture are 0."""
     notes: Tuple[str, ...] = ()
+    kv_cache: str = "fp32"
+    """How the KV cache stores keys and values: "fp32" or "bf16"."""
 
     @property
     def total_bytes(self) -> int:
@@ -225,7 +230,8 @@ class MemoryEstimate:
         rows = [("weights", self.weights_bytes, self.notes[0] if self.notes else "")]
         if self.exact:
             rows += [
-                ("KV cache", self.kv_cache_bytes, f"FP32 keys and values, {self.context} positions × batch {self.batch}"),
+                ("KV cache", self.kv_cache_bytes, f"{self.kv_cache.upper()} keys and values, {self.context} positions × "
+                 f"batch {self.batch}"),
                 ("working buffers", self.buffers_bytes, "activations of one prefill chunk, attention scores, logits"),
                 ("runtime", self.runtime_bytes, "Python with ferrolm, numpy, tokenizers (measured)"),
                 ("loading (transient)", self.loading_bytes, self.notes[1] if len(self.notes) > 1 else ""),
@@ -238,7 +244,7 @@ class MemoryEstimate:
         """The breakdown and the rule of thumb as a text table."""
         head = f"{self.model}: {self.params:,} parameters, {self.precision}"
         if self.exact:
-            head += f", context {self.context}, batch {self.batch}"
+            head += f", context {self.context}, batch {self.batch}, {self.kv_cache} KV cache"
         if self.training:
             head += ", full fine-tuning"
         rows = self.rows()
@@ -353,7 +359,8 @@ def model_facts(source: Any) -> ModelFacts:
 
 def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, context: Optional[int] = None,
                     batch: int = 1, training: bool = False, *, threads: Optional[int] = None,
-                    prefill_tokens: Optional[int] = None, runtime_bytes: Optional[int] = None) -> MemoryEstimate:
+                    prefill_tokens: Optional[int] = None, runtime_bytes: Optional[int] = None,
+                    kv_cache: str = "fp32") -> MemoryEstimate:
     """The memory a model needs in ferrolm, by part (see the module's documentation).
 
     model_path_or_config: a Hugging Face folder, a GGUF file, a config.json file or dict, the
@@ -365,6 +372,7 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
     threads: kernel threads (attention scores per thread; default: every CPU).
     prefill_tokens: the longest prompt expected (default: the context; buffers cover at most 256).
     runtime_bytes: override the measured Python runtime figure (RUNTIME_BYTES).
+    kv_cache: "fp32" (4 bytes per cached value, the default) or "bf16" (2), as ferrolm.load takes it.
     """
     from . import _core
 
@@ -378,6 +386,8 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
         raise InvalidArgumentError(f"runtime_bytes must be a non-negative integer, got {runtime_bytes!r}")
     if precision is not None:
         check_precision(precision)
+    if not isinstance(kv_cache, str) or kv_cache not in KV_CACHE_BYTES:
+        raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_BYTES)}, got {kv_cache!r}")
 
     if isinstance(model_path_or_config, int) and not isinstance(model_path_or_config, bool):
         params = _positive("the parameter count", model_path_or_config)
@@ -387,7 +397,7 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
             training=training, weights_bytes=int(rule_of_thumb_bytes(params, precision)), kv_cache_bytes=0,
             buffers_bytes=0, runtime_bytes=0, loading_bytes=0,
             training_bytes=TRAINING_BYTES_PER_PARAM * params if training else 0, exact=False,
-            notes=(f"rule of thumb: {RULE_OF_THUMB[precision]:g} bytes per parameter",))
+            notes=(f"rule of thumb: {RULE_OF_THUMB[precision]:g} bytes per parameter",), kv_cache=kv_cache)
 
     facts = model_facts(model_path_or_config)
     name, config, fmt, saved, group = facts.name, facts.config, facts.format, facts.saved_precision, facts.int8_group
@@ -424,11 +434,11 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
     weights_note = f"matmul weights in {precision.upper()}{scales}; norms{', biases' if arch.qkv_bias or arch.arch == 'gpt2' else ''} in FP32"
     return MemoryEstimate(
         model=name, params=arch.num_params(), precision=precision, context=context, batch=batch, training=training,
-        weights_bytes=weights, kv_cache_bytes=arch.kv_cache_bytes(context, batch),
+        weights_bytes=weights, kv_cache_bytes=arch.kv_cache_bytes(context, batch, kv_cache),
         buffers_bytes=arch.buffer_bytes(context, batch, threads, prefill_tokens),
         runtime_bytes=RUNTIME_BYTES if runtime_bytes is None else runtime_bytes, loading_bytes=loading,
         training_bytes=TRAINING_BYTES_PER_PARAM * arch.num_params() if training else 0, exact=True,
-        notes=(weights_note, loading_note))
+        notes=(weights_note, loading_note), kv_cache=kv_cache)
 
 
 def _gguf_matrix_precisions(matrices: Sequence[Tuple[str, int, int, str]], precision: str) -> List[Tuple[int, int, str]]:
@@ -461,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, help="fp32, bf16, int8 or int4 (default: the checkpoint's own)")
     p.add_argument("--context", type=int, default=None, help="KV-cache positions (default: the model's maximum)")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_BYTES),
+                   help="how the KV cache stores keys and values: fp32 (4 bytes per value, default) or bf16 (2)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--training", action="store_true", help="add full fine-tuning (20 bytes per parameter)")
     p.add_argument("--json", action="store_true")
@@ -486,7 +498,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         est = estimate_memory(_parse_source(args.model), args.precision, args.context, args.batch, args.training,
-                              threads=args.threads)
+                              threads=args.threads, kv_cache=args.kv_cache)
     except (FerrolmError, OSError) as e:
         print(f"ferrolm: error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from .prefix_cache import PrefixCacheInfo, SessionCache
 from .adapters import Adapters
 from .lora import check_name
 from .soft_prompt import SoftPrompt, read_soft_prompt
-from .loading import Checkpoint, build_core_model, check_load_args, eos_token_ids, read_checkpoint
+from .loading import Checkpoint, build_core_model, check_kv_cache, check_load_args, eos_token_ids, read_checkpoint
 from .progress import resolve as resolve_progress
 from .tokenizer import Tokenizer
 from .backends import Backend, backend_for
@@ -65,6 +65,7 @@ class Model:
         chat_template: Optional[ChatTemplate] = None,
         checkpoint: Optional[Checkpoint] = None,
         backend: Optional[Backend] = None,
+        kv_cache: str = "fp32",
     ) -> None:
         self._backend: Backend = backend or CpuBackend()
         self.device = self._backend.name
@@ -80,19 +81,26 @@ class Model:
         self.generation_config = generation_config
         self.precision = precision
         self.context_length = context_length
+        self._kv_cache = check_kv_cache(kv_cache, self.device)
         self.chat_template = chat_template
         self._lock = threading.Lock()
         self._sessions = SessionCache(
-            lambda c: self._backend.new_session(c, self.context_length), core.kv_cache_bytes(1)
+            lambda c: self._backend.new_session(c, self.context_length, self._kv_cache), core.kv_cache_bytes(1, self._kv_cache)
         )
 
     def __repr__(self) -> str:
         return (
             f"Model(path={str(self.path)!r}, arch={self.arch!r}, params={self.num_params:,}, "
-            f"precision={self.precision!r}, device={self.device!r}, threads={self.threads}, context={self.context_length})"
+            f"precision={self.precision!r}, device={self.device!r}, threads={self.threads}, context={self.context_length}, "
+            f"kv_cache={self.kv_cache!r})"
         )
 
     # -- facts -------------------------------------------------------------------------------
+    @property
+    def kv_cache(self) -> str:
+        """How every session of this model stores its KV cache: "fp32" or "bf16" (set at load)."""
+        return self._kv_cache
+
     @property
     def arch(self) -> str:
         return self._core.arch
@@ -234,7 +242,7 @@ class Model:
         continues where the last call ended. The backend session's own step-by-step interface
         (forward(ids), sample(params), logits(), reset(), ...) is available on it as well."""
         core = self._core_for(adapter)
-        return Session(self, core, self._backend.new_session(core, self.context_length))
+        return Session(self, core, self._backend.new_session(core, self.context_length, self._kv_cache))
 
     # -- text ----------------------------------------------------------------------------------
     def _need_tokenizer(self) -> Tokenizer:
@@ -497,7 +505,8 @@ class Session:
         return getattr(self.raw, name)
 
     def __repr__(self) -> str:
-        return f"Session(tokens={self.raw.position + len(self._pending)}, context={self.raw.context_length})"
+        return (f"Session(tokens={self.raw.position + len(self._pending)}, context={self.raw.context_length}, "
+                f"kv_cache={self.raw.kv_cache!r})")
 
     def reset(self) -> None:
         """Forgets the conversation."""
@@ -563,6 +572,7 @@ def load(
     device: str = "cpu",
     threads: Optional[int] = None,
     context_length: Optional[int] = None,
+    kv_cache: str = "fp32",
     progress: Union[None, bool, Callable[[int, int, str], None]] = None,
 ) -> Model:
     """Loads a Hugging Face model folder (config.json, model.safetensors or a sharded index,
@@ -586,13 +596,18 @@ def load(
     context_length: KV-cache positions per session (default and maximum: the model's
     max_position_embeddings; a default whose KV cache would not fit in this machine's memory is
     cut to the longest that fits, with a warning, and an explicit one raises MemoryLimitError).
+    kv_cache: how every session of the model (generate, batches, new_session, the prefix cache)
+    stores keys and values: "fp32" (default, exact) or "bf16" (half the memory and half the
+    bytes read per decoded token at long context: each K/V row is rounded to nearest even as it
+    is written and widened back to f32 inside attention; docs/benchmarks.md measures speed and
+    quality). device="cuda" keeps an FP32 cache: "bf16" there raises DeviceError.
     progress: None draws a bar on a terminal for loads over a second, False never, True always;
     or a callable(done, total, name). Nothing on disk is ever written.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise InvalidArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fsdecode(path)
-    n_threads = check_load_args(precision, device, threads)
+    n_threads = check_load_args(precision, device, threads, kv_cache)
     if context_length is not None and (not isinstance(context_length, int) or isinstance(context_length, bool) or context_length < 1):
         raise InvalidArgumentError(f"context_length must be a positive integer or None, got {context_length!r}")
     ckpt = read_checkpoint(path)
@@ -601,7 +616,7 @@ def load(
     precision = ckpt.resolve_precision(precision)
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
     backend = backend_for(device, core)
-    context_length = _context_length(core, context_length, backend)
+    context_length = _context_length(core, context_length, backend, kv_cache)
     eos = eos_token_ids(ckpt)
     if any(i >= core.vocab_size for i in eos):
         raise ConfigError(f"{ckpt.path}: eos_token_id {list(eos)} lies outside the vocabulary (size {core.vocab_size})")
@@ -617,15 +632,16 @@ def load(
         chat_template=ckpt.chat_template,
         checkpoint=ckpt,
         backend=backend,
+        kv_cache=kv_cache,
     )
 
 
-def _context_length(core: "_core.Model", requested: Optional[int], backend: Backend) -> int:
+def _context_length(core: "_core.Model", requested: Optional[int], backend: Backend, kv_cache: str = "fp32") -> int:
     """The KV-cache positions per session: `requested` (checked against the model and the
     memory of the device that holds the cache), or the model's maximum, cut to what fits."""
     max_ctx = core.max_position_embeddings
-    fits = backend.max_context(core)
-    per_position = core.kv_cache_bytes(1)
+    fits = backend.max_context(core, kv_cache)
+    per_position = core.kv_cache_bytes(1, kv_cache)
     if requested is None:
         if fits < 1:
             raise MemoryLimitError(f"one position of the KV cache needs {per_position} bytes, more than this machine's memory")
@@ -639,9 +655,11 @@ def _context_length(core: "_core.Model", requested: Optional[int], backend: Back
     if requested > max_ctx:
         raise InvalidArgumentError(f"context_length must be an integer in [1, {max_ctx}], got {requested!r}")
     if requested > fits:
+        per_value = per_position // (2 * core.num_layers * core.num_kv_heads * core.head_dim)
         raise MemoryLimitError(
             f"context_length={requested} needs a {per_position * requested / 2**30:.1f} GiB KV cache per session "
-            f"(2 · {core.num_layers} layers · {core.num_kv_heads} kv heads · {core.head_dim} head_dim · {requested} · 4 bytes), "
+            f"(2 · {core.num_layers} layers · {core.num_kv_heads} kv heads · {core.head_dim} head_dim · {requested} · "
+            f"{per_value} bytes, kv_cache={kv_cache!r}), "
             f"more than this machine's {_core.memory_limit() / 2**30:.1f} GiB of memory; at most {fits} fits"
         )
     return requested

@@ -7,6 +7,7 @@
   next-token distributions, and agreement of greedy continuations of chat prompts.
 
     python -m ferrolm.quality [MODEL] --precisions bf16,int8 [--json]
+    python -m ferrolm.quality [MODEL] --reference int8 --precisions int8 --kv-cache bf16
 """
 
 from __future__ import annotations
@@ -181,6 +182,21 @@ class QualityReport:
     max_kl: float
     new_tokens: int
     greedy: Tuple[GreedyComparison, ...]
+    reference_kv_cache: str = "fp32"
+    candidate_kv_cache: str = "fp32"
+
+    @staticmethod
+    def label(precision: str, kv_cache: str) -> str:
+        """"int8", or "int8 + BF16 KV cache" for a cache other than FP32."""
+        return precision if kv_cache == "fp32" else f"{precision} + {kv_cache.upper()} KV cache"
+
+    @property
+    def reference_label(self) -> str:
+        return self.label(self.reference_precision, self.reference_kv_cache)
+
+    @property
+    def candidate_label(self) -> str:
+        return self.label(self.candidate_precision, self.candidate_kv_cache)
 
     @property
     def perplexity_change_pct(self) -> float:
@@ -211,7 +227,7 @@ class QualityReport:
     def format(self) -> str:
         """Human-readable lines."""
         lines = [
-            f"{self.candidate_precision} against {self.reference_precision}: {self.model}",
+            f"{self.candidate_label} against {self.reference_label}: {self.model}",
             f"  perplexity         {self.reference_perplexity:.4f} -> {self.candidate_perplexity:.4f} "
             f"({self.perplexity_change_pct:+.3f}%), {self.scored_tokens} tokens, window {self.window}, "
             f"stride {self.stride}",
@@ -232,7 +248,7 @@ class QualityReport:
                        "| greedy identical | greedy match |\n|---|---|---|---|---|---|---|---|---|")
 
     def markdown_row(self) -> str:
-        return (f"| {self.candidate_precision} | {self.candidate_perplexity:.4f} | {self.perplexity_change_pct:+.3f}% "
+        return (f"| {self.candidate_label} | {self.candidate_perplexity:.4f} | {self.perplexity_change_pct:+.3f}% "
                 f"| {self.top1_agreement:.4f} | {self.mean_kl:.2e} | {self.p99_kl:.2e} | {self.max_kl:.2e} "
                 f"| {sum(g.identical for g in self.greedy)}/{len(self.greedy)} | {self.greedy_match:.3f} |")
 
@@ -374,6 +390,8 @@ def compare(reference: "Model", candidate: "Model", text: Union[None, str, Seque
         max_kl=float(scores.kl.max()),
         new_tokens=new_tokens,
         greedy=tuple(greedy),
+        reference_kv_cache=reference.kv_cache,
+        candidate_kv_cache=candidate.kv_cache,
     )
 
 
@@ -394,27 +412,34 @@ def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4
                    text: Union[None, str, Sequence[int]] = None, prompts: Optional[Sequence[Prompt]] = None,
                    window: Optional[int] = None, stride: Optional[int] = None, new_tokens: int = 32,
                    context_length: Optional[int] = None, progress: bool = False,
-                   text_tokens: Optional[int] = None) -> List[QualityReport]:
+                   text_tokens: Optional[int] = None, kv_cache: str = "fp32",
+                   reference: str = "fp32") -> List[QualityReport]:
     """Each of `precisions` against FP32 for the checkpoint at `path` (default: the default model).
-    FP32 is loaded once; the candidates one at a time, each released before the next loads.
+    The reference is loaded once; the candidates one at a time, each released before the next loads.
     context_length: KV-cache positions of each load (default: the model's maximum).
-    text_tokens: score only the first this many tokens of the text."""
-    from .loading import default_model_path
+    text_tokens: score only the first this many tokens of the text.
+    kv_cache: the candidates' KV cache ("fp32" or "bf16"); the reference's is always FP32.
+    reference: the reference's precision (default "fp32"; e.g. "int8" with kv_cache="bf16"
+    measures what the BF16 cache alone costs INT8 weights)."""
+    from .loading import check_kv_cache, default_model_path
     from .model import load
 
     precisions = _check_precisions(precisions)
+    _check_precisions([reference])
+    check_kv_cache(kv_cache)
     path = default_model_path() if path is None else path
     if text is None:
         text = default_text_path().read_text(encoding="utf-8")
     if text_tokens is not None and (not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 2):
         raise InvalidArgumentError(f"text_tokens must be an integer >= 2, got {text_tokens!r}")
-    reference = load(path, "fp32", threads=threads, context_length=context_length, progress=progress)
+    ref_model = load(path, reference, threads=threads, context_length=context_length, progress=progress)
     if text_tokens is not None:
-        text = (reference.tokenize(text, add_special_tokens=False) if isinstance(text, str) else list(text))[:text_tokens]
+        text = (ref_model.tokenize(text, add_special_tokens=False) if isinstance(text, str) else list(text))[:text_tokens]
     reports = []
     for precision in precisions:
-        candidate = load(path, precision, threads=threads, context_length=context_length, progress=progress)
-        reports.append(compare(reference, candidate, text, prompts, window, stride, new_tokens))
+        candidate = load(path, precision, threads=threads, context_length=context_length, kv_cache=kv_cache,
+                         progress=progress)
+        reports.append(compare(ref_model, candidate, text, prompts, window, stride, new_tokens))
         del candidate
     return reports
 
@@ -528,20 +553,24 @@ def compare_on_texts(reference: "Model", candidates: Mapping[str, "Model"], text
 def quality_set(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4"), *, threads: Optional[int] = None,
                 texts: Optional[Mapping[str, Union[str, Sequence[int]]]] = None, window: int = 1024,
                 stride: Optional[int] = None, context_length: Optional[int] = None,
-                progress: bool = False) -> List[QualitySetReport]:
-    """Each of `precisions` against FP32 for the checkpoint at `path` (default: the default
-    model) on the quality set (`quality_text_paths()`: prose, dialogue, facts, instructions,
-    code and the Apache License text) or on `texts` (name -> text), per text and pooled."""
-    from .loading import default_model_path
+                progress: bool = False, kv_cache: str = "fp32", reference: str = "fp32") -> List[QualitySetReport]:
+    """Each of `precisions` against `reference` (FP32) for the checkpoint at `path` (default: the
+    default model) on the quality set (`quality_text_paths()`: prose, dialogue, facts,
+    instructions, code and the Apache License text) or on `texts` (name -> text), per text and
+    pooled. kv_cache: the candidates' KV cache (the reference's is FP32)."""
+    from .loading import check_kv_cache, default_model_path
     from .model import load
 
     precisions = _check_precisions(precisions)
+    _check_precisions([reference])
+    check_kv_cache(kv_cache)
     path = default_model_path() if path is None else path
     if texts is None:
         texts = {kind: p.read_text(encoding="utf-8") for kind, p in quality_text_paths().items()}
-    reference = load(path, "fp32", threads=threads, context_length=context_length, progress=progress)
-    candidates = {p: load(path, p, threads=threads, context_length=context_length, progress=progress) for p in precisions}
-    return compare_on_texts(reference, candidates, texts, window, stride)
+    ref_model = load(path, reference, threads=threads, context_length=context_length, progress=progress)
+    candidates = {QualityReport.label(p, kv_cache): load(path, p, threads=threads, context_length=context_length,
+                                                          kv_cache=kv_cache, progress=progress) for p in precisions}
+    return compare_on_texts(ref_model, candidates, texts, window, stride)
 
 
 def greedy_text_scores(report: QualityReport) -> Dict[str, float]:
@@ -557,12 +586,18 @@ def greedy_text_scores(report: QualityReport) -> Dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .loading import KV_CACHE_DTYPES
+
     p = argparse.ArgumentParser(
         prog="ferrolm quality",
-        description="Lower precisions against FP32: perplexity on a fixed text, top-1 agreement and KL divergence "
-        "of the next-token distributions over it, and agreement of greedy replies to chat prompts.")
+        description="Lower precisions (of the weights, and of the KV cache with --kv-cache) against FP32: perplexity "
+        "on a fixed text, top-1 agreement and KL divergence of the next-token distributions over it, and agreement "
+        "of greedy replies to chat prompts.")
     p.add_argument("model", nargs="?", help="model path (default: the default model)")
     p.add_argument("--precisions", default="bf16,int8,int4", help="comma-separated candidates (default: bf16,int8,int4)")
+    p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_DTYPES),
+                   help="the candidates' KV cache (default: fp32; the reference's is always fp32)")
+    p.add_argument("--reference", default="fp32", help="the reference's precision (default: fp32)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--text", default=None, metavar="FILE", help="evaluation text (default: the Apache License 2.0 text shipped with ferrolm); with --set, comma-separated files")
     p.add_argument("--window", type=int, default=None, help="tokens of context per window (default: 1024)")
@@ -583,7 +618,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         text = Path(args.text).read_text(encoding="utf-8") if args.text else None
         reports = quality_report(args.model, args.precisions, threads=args.threads, text=text, window=args.window,
-                                 stride=args.stride, new_tokens=args.new_tokens, context_length=args.context_length)
+                                 stride=args.stride, new_tokens=args.new_tokens, context_length=args.context_length,
+                                 kv_cache=args.kv_cache, reference=args.reference)
     except (FerrolmError, OSError) as e:
         print(f"ferrolm: error: {e}", file=sys.stderr)
         return 2
@@ -591,7 +627,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
     else:
         r0 = reports[0]
-        print(f"{r0.reference_precision} reference perplexity {r0.reference_perplexity:.4f}\n")
+        print(f"{r0.reference_label} reference perplexity {r0.reference_perplexity:.4f}\n")
         print("\n\n".join(r.format() for r in reports))
         print()
         print(QualityReport.MARKDOWN_HEADER)
@@ -605,7 +641,8 @@ def _set_main(args: argparse.Namespace) -> int:
         if args.text:
             texts = {Path(f).stem: Path(f).read_text(encoding="utf-8") for f in args.text.split(",")}
         reports = quality_set(args.model, args.precisions, threads=args.threads, texts=texts,
-                              window=args.window or 1024, stride=args.stride, context_length=args.context_length)
+                              window=args.window or 1024, stride=args.stride, context_length=args.context_length,
+                              kv_cache=args.kv_cache, reference=args.reference)
     except (FerrolmError, OSError) as e:
         print(f"ferrolm: error: {e}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 //! Causal multi-head attention with grouped-query heads over a preallocated KV cache.
 
 use crate::kernels::activations::softmax;
-use crate::kernels::simd::{axpy_rows, dot_rows};
+use crate::kernels::simd::{axpy_rows_with, detected, dot_rows_with, RowElem, SimdLevel};
+use crate::kv_cache::KvLayer;
 use crate::threadpool::{chunk, SyncPtr, ThreadPool};
 
 pub struct AttnShape {
@@ -12,15 +13,37 @@ pub struct AttnShape {
 
 /// For each of `t_len` new tokens at positions `pos0..pos0+t_len` and each head, attends over
 /// cache positions `0..=pos`:
-///   q: [t_len, n_heads·head_dim], k_cache/v_cache: [max_seq, n_kv_heads·head_dim] (this layer),
-///   out: [t_len, n_heads·head_dim], scores: [n_threads, ≥ pos0+t_len] scratch.
+///   q: [t_len, n_heads·head_dim], kv: this layer's k/v: [max_seq, n_kv_heads·head_dim] (f32 or
+///   bf16, widened as read), out: [t_len, n_heads·head_dim], scores: [n_threads, ≥ pos0+t_len]
+///   scratch.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
     shape: &AttnShape,
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    kv: KvLayer<'_>,
+    out: &mut [f32],
+    scores: &mut [f32],
+    t_len: usize,
+    pos0: usize,
+) {
+    let level = detected();
+    match kv {
+        KvLayer::F32 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0),
+        KvLayer::Bf16 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0),
+    }
+}
+
+/// [`attention`] on SIMD level `level` over k_cache/v_cache: [max_seq, n_kv_heads·head_dim]
+/// of one element type.
+#[allow(clippy::too_many_arguments)]
+fn attention_rows<E: RowElem>(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    shape: &AttnShape,
+    q: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
     out: &mut [f32],
     scores: &mut [f32],
     t_len: usize,
@@ -49,14 +72,14 @@ pub fn attention(
             let qh = &q[(t * nh + h) * hd..][..hd];
             let s = &mut sc[..n_ctx];
             // scores[p] = q · k[p, g]; keys of kv head g sit every kv_dim values from g·hd
-            dot_rows(qh, &k_cache[g * hd..], kv_dim, s);
+            dot_rows_with(level, qh, &k_cache[g * hd..], kv_dim, s);
             for v in s.iter_mut() {
                 *v *= scale;
             }
             softmax(s);
             let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add((t * nh + h) * hd), hd) };
             o.fill(0.0);
-            axpy_rows(o, s, &v_cache[g * hd..], kv_dim);
+            axpy_rows_with(level, o, s, &v_cache[g * hd..], kv_dim);
         }
     });
 }
@@ -64,6 +87,160 @@ pub fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::quant::{bf16_to_f32, f32_to_bf16};
+    use crate::kernels::test_rng::Rng;
+    use crate::kv_cache::{KvCache, KvDtype};
+
+    /// f64 attention of one (t, h) over cached rows k, v: [n_ctx, kv_dim] (values as given).
+    fn reference(q: &[f32], k: &[f32], v: &[f32], kv_dim: usize, off: usize, n_ctx: usize) -> Vec<f64> {
+        let hd = q.len();
+        let scores: Vec<f64> = (0..n_ctx)
+            .map(|p| (0..hd).map(|i| q[i] as f64 * k[p * kv_dim + off + i] as f64).sum::<f64>() / (hd as f64).sqrt())
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        (0..hd).map(|i| (0..n_ctx).map(|p| e[p] / z * v[p * kv_dim + off + i] as f64).sum()).collect()
+    }
+
+    /// A BF16 cache attends exactly as an FP32 cache holding the rounded rows (bit for bit, on
+    /// every SIMD level and thread count), within f32 rounding of an f64 reference, and visibly
+    /// differs from an FP32 cache of the unrounded rows.
+    #[test]
+    fn a_bf16_cache_attends_as_f32_rows_of_its_rounded_values() {
+        let mut rng = Rng(0x5eed);
+        // (n_heads, n_kv_heads, head_dim, tokens, first position): odd head_dims and lengths
+        for &(nh, nkv, hd, t_len, pos0) in &[(2, 1, 5, 3, 0), (4, 2, 17, 2, 9), (9, 3, 64, 1, 70), (3, 3, 33, 4, 12), (6, 2, 31, 5, 1), (2, 2, 80, 1, 300)] {
+            let kv_dim = nkv * hd;
+            let n = pos0 + t_len;
+            let k: Vec<f32> = (0..n * kv_dim).map(|_| 3.0 * rng.next()).collect();
+            let v: Vec<f32> = (0..n * kv_dim).map(|_| 4.0 * rng.next()).collect();
+            let round = |x: &[f32]| x.iter().map(|&a| bf16_to_f32(f32_to_bf16(a))).collect::<Vec<f32>>();
+            let (kr, vr) = (round(&k), round(&v));
+            let q = rng.vec(t_len * nh * hd);
+            let fill = |rows_k: &[f32], rows_v: &[f32], dtype| {
+                let mut c = KvCache::new(1, n + 2, kv_dim, dtype).unwrap();
+                for p in 0..n {
+                    c.write(0, p, &rows_k[p * kv_dim..][..kv_dim], &rows_v[p * kv_dim..][..kv_dim]);
+                }
+                c
+            };
+            let bf16 = fill(&k, &v, KvDtype::Bf16);
+            let f32_rounded = fill(&kr, &vr, KvDtype::F32);
+            let f32_exact = fill(&k, &v, KvDtype::F32);
+            let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+            let group = nh / nkv;
+            for level in SimdLevel::available() {
+                for threads in [1, 3] {
+                    let pool = ThreadPool::new(threads).unwrap();
+                    let run = |c: &KvCache| {
+                        let mut out = vec![0f32; t_len * nh * hd];
+                        let mut scores = vec![0f32; threads * n];
+                        match c.layer(0) {
+                            KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0),
+                            KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0),
+                        }
+                        out
+                    };
+                    let got = run(&bf16);
+                    assert_eq!(got, run(&f32_rounded), "{level:?} threads {threads} hd {hd}");
+                    let mut worst = 0f64;
+                    for t in 0..t_len {
+                        for h in 0..nh {
+                            let want = reference(&q[(t * nh + h) * hd..][..hd], &kr, &vr, kv_dim, h / group * hd, pos0 + t + 1);
+                            for (i, w) in want.iter().enumerate() {
+                                worst = worst.max((got[(t * nh + h) * hd + i] as f64 - w).abs());
+                            }
+                        }
+                    }
+                    assert!(worst <= 4e-6, "{level:?} hd {hd}: {worst:e} from the f64 reference");
+                    let apart = got.iter().zip(run(&f32_exact)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(apart > 1e-4, "{level:?} hd {hd}: the bf16 cache should round ({apart:e})");
+                }
+            }
+        }
+    }
+
+    /// One decode step's attention over every layer of a long cache, FP32 against BF16, on each
+    /// SIMD level: `cargo test --release --lib bench_attention_kv_cache -- --ignored --nocapture`
+    /// (BENCH_KV=layers,n_heads,n_kv_heads,head_dim,positions; default: SmolLM2-135M at 2000).
+    #[test]
+    #[ignore]
+    fn bench_attention_kv_cache() {
+        use crate::kernels::test_rng::best_time;
+        let dims: Vec<usize> = std::env::var("BENCH_KV")
+            .unwrap_or_else(|_| "30,9,3,64,2000".into())
+            .split(',')
+            .map(|v| v.parse().expect("BENCH_KV: layers,n_heads,n_kv_heads,head_dim,positions"))
+            .collect();
+        let [layers, nh, nkv, hd, n] = dims[..] else { panic!("BENCH_KV needs 5 numbers") };
+        let kv_dim = nkv * hd;
+        let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+        let mut rng = Rng(3);
+        let q = rng.vec(nh * hd);
+        let row = rng.vec(kv_dim);
+        for dtype in KvDtype::ALL {
+            // every layer's cache is its own memory, as in a session: the step streams all of them
+            let mut cache = KvCache::new(layers, n, kv_dim, dtype).unwrap();
+            for l in 0..layers {
+                for p in 0..n {
+                    cache.write(l, p, &row, &row);
+                }
+            }
+            let gb = (cache.bytes() as f64) / 1e9;
+            for level in SimdLevel::available() {
+                for threads in [1, 2] {
+                    let pool = ThreadPool::new(threads).unwrap();
+                    let mut out = vec![0f32; nh * hd];
+                    let mut scores = vec![0f32; threads * n];
+                    let s = best_time(5, 3, |_| {
+                        for l in 0..layers {
+                            match cache.layer(l) {
+                                KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1),
+                                KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1),
+                            }
+                        }
+                    });
+                    println!(
+                        "{} cache, {level:?}, {threads} thread(s): {:.0} µs per step over {layers} layers × {n} positions ({:.1} GB/s of cache)",
+                        dtype.name(),
+                        s * 1e6,
+                        gb / s
+                    );
+                }
+            }
+        }
+    }
+
+    /// Where one decode step's attention spends its time (SmolLM2-135M's shape, 2000 positions,
+    /// detected level, 1 thread): the q·k dot products, the softmax and the weighted sum of the
+    /// value rows, each over FP32 and BF16 rows:
+    /// `cargo test --release --lib bench_attention_parts -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_attention_parts() {
+        use crate::kernels::test_rng::best_time;
+        use crate::kernels::simd::{axpy_rows_with, dot_rows_with};
+        let (layers, nh, nkv, hd, n) = (30usize, 9usize, 3usize, 64usize, 2000usize);
+        let kv_dim = nkv * hd;
+        let mut rng = Rng(3);
+        let q = rng.vec(hd);
+        let caches: Vec<Vec<f32>> = (0..layers).map(|_| rng.vec(n * kv_dim)).collect();
+        let caches16: Vec<Vec<u16>> = caches.iter().map(|c| c.iter().map(|&v| f32_to_bf16(v)).collect()).collect();
+        let level = detected();
+        let mut s = vec![0f32; n];
+        let mut o = vec![0f32; hd];
+        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { dot_rows_with(level, &q, &c[h / 3 * hd..], kv_dim, &mut s); } });
+        println!("dot f32 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { dot_rows_with(level, &q, &c[h / 3 * hd..], kv_dim, &mut s); } });
+        println!("dot bf16 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for _ in 0..layers * nh { softmax(&mut s); });
+        println!("softmax {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { axpy_rows_with(level, &mut o, &s, &c[h / 3 * hd..], kv_dim); } });
+        println!("axpy f32 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { axpy_rows_with(level, &mut o, &s, &c[h / 3 * hd..], kv_dim); } });
+        println!("axpy bf16 {:.0} µs", t * 1e6);
+    }
 
     #[test]
     fn attends_causally_with_gqa() {
@@ -77,7 +254,7 @@ mod tests {
             let mut out = [0.0f32; 8];
             let mut scores = vec![0.0f32; threads * 3];
             // tokens at positions 1 and 2 (position 0 is already cached)
-            attention(&pool, &shape, &q, &k, &v, &mut out, &mut scores, 2, 1);
+            attention(&pool, &shape, &q, KvLayer::F32 { k: &k, v: &v }, &mut out, &mut scores, 2, 1);
             // t=0 (pos 1), head 0: q=0 → uniform over positions 0,1 → mean of v0, v1
             assert!((out[0] - 2.0).abs() < 1e-6 && (out[1] - 3.0).abs() < 1e-6);
             // head 1: q=(10,0) prefers key 0 (score 10/√2 vs 0)

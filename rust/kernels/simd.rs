@@ -142,6 +142,17 @@ pub(crate) trait F32Vec: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// Loads `n < LANES` values from `p`, zero-filling the rest; reads nothing past `p + n`.
     unsafe fn load_partial(p: *const f32, n: usize) -> Self;
+    /// Loads `LANES` bf16 values (bits) from `p` as f32 (exact: a 16-bit shift).
+    unsafe fn load_bf16(p: *const u16) -> Self;
+    /// [`load_bf16`](Self::load_bf16) of `n < LANES` values, zero-filling the rest; reads
+    /// nothing past `p + n`.
+    #[inline(always)]
+    unsafe fn load_bf16_partial(p: *const u16, n: usize) -> Self {
+        let mut buf = [0u16; 16];
+        debug_assert!(n <= Self::LANES && Self::LANES <= 16);
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        Self::load_bf16(buf.as_ptr())
+    }
     /// Stores `LANES` values to `p` (unaligned).
     unsafe fn store(self, p: *mut f32);
     /// Stores the first `n < LANES` values to `p`; writes nothing past `p + n`.
@@ -183,6 +194,11 @@ impl F32Vec for Portable {
         Portable(v)
     }
     #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        let b = std::ptr::read_unaligned(p as *const [u16; 8]);
+        Portable(b.map(|v| f32::from_bits(u32::from(v) << 16)))
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         std::ptr::write_unaligned(p as *mut [f32; 8], self.0)
     }
@@ -213,12 +229,61 @@ impl F32Vec for Portable {
     }
 }
 
-/// Σ a[i]·b[i] with 4 vector accumulators; any length.
+/// The element type of the rows the row kernels ([`dot_rows`], [`axpy_rows`]) read: `f32`, or
+/// `u16` holding bf16 bits, widened to f32 as it is loaded (exact). The arithmetic is the f32
+/// kernels' own, so bf16 rows give exactly what f32 rows of the widened values give.
+pub trait RowElem: Copy + Send + Sync + sealed::Sealed + 'static {
+    /// The element is bf16 bits (else f32).
+    const IS_BF16: bool;
+}
+
+impl RowElem for f32 {
+    const IS_BF16: bool = false;
+}
+
+impl RowElem for u16 {
+    const IS_BF16: bool = true;
+}
+
+mod sealed {
+    /// Only f32 and u16 (bf16 bits) are row elements: the loads below rely on their sizes.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for u16 {}
+}
+
+/// Loads `V::LANES` elements of a row from `p` as f32 (`IS_BF16` is a constant: no branch).
+///
+/// # Safety
+/// `V`'s ISA must be enabled; `p` valid for `V::LANES` elements.
+#[inline(always)]
+unsafe fn load_row<V: F32Vec, E: RowElem>(p: *const E) -> V {
+    if E::IS_BF16 {
+        V::load_bf16(p as *const u16)
+    } else {
+        V::load(p as *const f32)
+    }
+}
+
+/// [`load_row`] of `n < V::LANES` elements, zero-filling the rest; reads nothing past `p + n`.
+///
+/// # Safety
+/// `V`'s ISA must be enabled; `p` valid for `n` elements.
+#[inline(always)]
+unsafe fn load_row_partial<V: F32Vec, E: RowElem>(p: *const E, n: usize) -> V {
+    if E::IS_BF16 {
+        V::load_bf16_partial(p as *const u16, n)
+    } else {
+        V::load_partial(p as *const f32, n)
+    }
+}
+
+/// Σ a[i]·b[i] with 4 vector accumulators; any length. `b` is f32 or bf16 ([`RowElem`]).
 ///
 /// # Safety
 /// `V`'s ISA must be enabled; `a.len() == b.len()`.
 #[inline(always)]
-unsafe fn dot_impl<V: F32Vec>(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot_impl<V: F32Vec, E: RowElem>(a: &[f32], b: &[E]) -> f32 {
     let n = a.len();
     let l = V::LANES;
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -227,17 +292,17 @@ unsafe fn dot_impl<V: F32Vec>(a: &[f32], b: &[f32]) -> f32 {
     while i + 4 * l <= n {
         for (u, acc) in acc.iter_mut().enumerate() {
             let o = i + u * l;
-            *acc = acc.mul_add(V::load(pa.add(o)), V::load(pb.add(o)));
+            *acc = acc.mul_add(V::load(pa.add(o)), load_row::<V, E>(pb.add(o)));
         }
         i += 4 * l;
     }
     while i + l <= n {
-        acc[0] = acc[0].mul_add(V::load(pa.add(i)), V::load(pb.add(i)));
+        acc[0] = acc[0].mul_add(V::load(pa.add(i)), load_row::<V, E>(pb.add(i)));
         i += l;
     }
     if i < n {
         let r = n - i;
-        acc[1] = acc[1].mul_add(V::load_partial(pa.add(i), r), V::load_partial(pb.add(i), r));
+        acc[1] = acc[1].mul_add(V::load_partial(pa.add(i), r), load_row_partial::<V, E>(pb.add(i), r));
     }
     acc[0].add(acc[1]).add(acc[2].add(acc[3])).hsum()
 }
@@ -272,20 +337,20 @@ unsafe fn sum_impl<V: F32Vec>(x: &[f32]) -> f32 {
     acc[0].add(acc[1]).add(acc[2].add(acc[3])).hsum()
 }
 
-/// y[i] += alpha · x[i]; any length.
+/// y[i] += alpha · x[i]; any length. `x` is f32 or bf16 ([`RowElem`]).
 ///
 /// # Safety
 /// `V`'s ISA must be enabled; `y.len() == x.len()`.
 #[inline(always)]
-unsafe fn axpy_impl<V: F32Vec>(y: &mut [f32], alpha: f32, x: &[f32]) {
+unsafe fn axpy_impl<V: F32Vec, E: RowElem>(y: &mut [f32], alpha: f32, x: &[E]) {
     let n = y.len();
     let l = V::LANES;
     let (py, px) = (y.as_mut_ptr(), x.as_ptr());
     let va = V::splat(alpha);
     let mut i = 0;
     while i + 2 * l <= n {
-        let y0 = V::load(py.add(i)).mul_add(va, V::load(px.add(i)));
-        let y1 = V::load(py.add(i + l)).mul_add(va, V::load(px.add(i + l)));
+        let y0 = V::load(py.add(i)).mul_add(va, load_row::<V, E>(px.add(i)));
+        let y1 = V::load(py.add(i + l)).mul_add(va, load_row::<V, E>(px.add(i + l)));
         y0.store(py.add(i));
         y1.store(py.add(i + l));
         i += 2 * l;
@@ -294,10 +359,10 @@ unsafe fn axpy_impl<V: F32Vec>(y: &mut [f32], alpha: f32, x: &[f32]) {
         let r = (n - i).min(l);
         if r == l {
             V::load(py.add(i))
-                .mul_add(va, V::load(px.add(i)))
+                .mul_add(va, load_row::<V, E>(px.add(i)))
                 .store(py.add(i));
         } else {
-            let v = V::load_partial(py.add(i), r).mul_add(va, V::load_partial(px.add(i), r));
+            let v = V::load_partial(py.add(i), r).mul_add(va, load_row_partial::<V, E>(px.add(i), r));
             v.store_partial(py.add(i), r);
         }
         i += r;
@@ -305,29 +370,64 @@ unsafe fn axpy_impl<V: F32Vec>(y: &mut [f32], alpha: f32, x: &[f32]) {
 }
 
 /// out[p] = Σ_i q[i]·rows[p·stride + i] for p in 0..out.len() (one call for many dot products,
-/// e.g. a query against every cached key).
+/// e.g. a query against every cached key); rows of f32 or bf16.
 ///
 /// # Safety
 /// `V`'s ISA must be enabled; `rows` holds `(out.len() − 1)·stride + q.len()` values.
 #[inline(always)]
-unsafe fn dot_rows_impl<V: F32Vec>(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+unsafe fn dot_rows_impl<V: F32Vec, E: RowElem>(q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
     let d = q.len();
     for (p, o) in out.iter_mut().enumerate() {
-        *o = dot_impl::<V>(q, rows.get_unchecked(p * stride..p * stride + d));
+        *o = dot_impl::<V, E>(q, rows.get_unchecked(p * stride..p * stride + d));
     }
 }
 
-/// y[i] += Σ_p w[p]·rows[p·stride + i] (a weighted sum of many rows, e.g. attention over values).
+/// y[i] += Σ_p w[p]·rows[p·stride + i] (a weighted sum of many rows, e.g. attention over
+/// values); rows of f32 or bf16.
+///
+/// Blocks of [`AXPY_ROWS_BLOCK`] vectors of y stay in registers while every row adds into them,
+/// then are stored once; what is left of y (less than a block) goes row by row through
+/// [`axpy_impl`]. Either way each element of y receives y + w[p]·row[p] for p = 0, 1, … in
+/// order with the same operation, so the result does not depend on the blocking. (Row by row
+/// for all of y, each row waited for the previous row's stores of y: attention over a long
+/// cache was bound by that latency, not by reading the rows.)
 ///
 /// # Safety
 /// `V`'s ISA must be enabled; `rows` holds `(w.len() − 1)·stride + y.len()` values.
 #[inline(always)]
-unsafe fn axpy_rows_impl<V: F32Vec>(y: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+unsafe fn axpy_rows_impl<V: F32Vec, E: RowElem>(y: &mut [f32], w: &[f32], rows: &[E], stride: usize) {
+    const B: usize = AXPY_ROWS_BLOCK;
     let d = y.len();
-    for (p, &wp) in w.iter().enumerate() {
-        axpy_impl::<V>(y, wp, rows.get_unchecked(p * stride..p * stride + d));
+    let l = V::LANES;
+    let (py, pr) = (y.as_mut_ptr(), rows.as_ptr());
+    let mut i = 0;
+    while i + B * l <= d {
+        let mut acc = [V::zero(); B];
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = V::load(py.add(i + k * l));
+        }
+        for (p, &wp) in w.iter().enumerate() {
+            let va = V::splat(wp);
+            let r = pr.add(p * stride + i);
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = a.mul_add(va, load_row::<V, E>(r.add(k * l)));
+            }
+        }
+        for (k, a) in acc.iter().enumerate() {
+            a.store(py.add(i + k * l));
+        }
+        i += B * l;
+    }
+    if i < d {
+        for (p, &wp) in w.iter().enumerate() {
+            axpy_impl::<V, E>(y.get_unchecked_mut(i..), wp, rows.get_unchecked(p * stride + i..p * stride + d));
+        }
     }
 }
+
+/// Vectors of y that [`axpy_rows_impl`] keeps in registers across the rows (4 × 16 lanes: a
+/// head of 64 values in one block on AVX-512, two on AVX2).
+const AXPY_ROWS_BLOCK: usize = 4;
 
 /// Defines the per-ISA `#[target_feature]` entry points of a generic kernel.
 macro_rules! isa_entries {
@@ -349,15 +449,35 @@ macro_rules! isa_entries {
     };
 }
 
-isa_entries!(dot_impl, dot_avx512, dot_avx2, dot_neon, dot_portable, (a: &[f32], b: &[f32]) -> f32);
-isa_entries!(sum_impl, sum_avx512, sum_avx2, sum_neon, sum_portable, (x: &[f32]) -> f32);
-isa_entries!(axpy_impl, axpy_avx512, axpy_avx2, axpy_neon, axpy_portable,
-    (y: &mut [f32], alpha: f32, x: &[f32]) -> ());
+/// [`isa_entries`] for a kernel generic over the row element `E` (f32 or bf16).
+macro_rules! isa_entries_rows {
+    ($generic:ident, $avx512:ident, $avx2:ident, $neon:ident, $portable:ident,
+     ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        unsafe fn $avx512<E: RowElem>($($arg: $ty),*) -> $ret { $generic::<x86::V512, E>($($arg),*) }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<E: RowElem>($($arg: $ty),*) -> $ret { $generic::<x86::V256, E>($($arg),*) }
+        #[cfg(target_arch = "aarch64")]
+        #[target_feature(enable = "neon")]
+        unsafe fn $neon<E: RowElem>($($arg: $ty),*) -> $ret { $generic::<neon::V128, E>($($arg),*) }
+        fn $portable<E: RowElem>($($arg: $ty),*) -> $ret {
+            // SAFETY: `Portable` needs no ISA extension.
+            unsafe { $generic::<Portable, E>($($arg),*) }
+        }
+    };
+}
 
-isa_entries!(dot_rows_impl, dot_rows_avx512, dot_rows_avx2, dot_rows_neon, dot_rows_portable,
-    (q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) -> ());
-isa_entries!(axpy_rows_impl, axpy_rows_avx512, axpy_rows_avx2, axpy_rows_neon, axpy_rows_portable,
-    (y: &mut [f32], w: &[f32], rows: &[f32], stride: usize) -> ());
+isa_entries_rows!(dot_impl, dot_avx512, dot_avx2, dot_neon, dot_portable, (a: &[f32], b: &[E]) -> f32);
+isa_entries!(sum_impl, sum_avx512, sum_avx2, sum_neon, sum_portable, (x: &[f32]) -> f32);
+isa_entries_rows!(axpy_impl, axpy_avx512, axpy_avx2, axpy_neon, axpy_portable,
+    (y: &mut [f32], alpha: f32, x: &[E]) -> ());
+
+isa_entries_rows!(dot_rows_impl, dot_rows_avx512, dot_rows_avx2, dot_rows_neon, dot_rows_portable,
+    (q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) -> ());
+isa_entries_rows!(axpy_rows_impl, axpy_rows_avx512, axpy_rows_avx2, axpy_rows_neon, axpy_rows_portable,
+    (y: &mut [f32], w: &[f32], rows: &[E], stride: usize) -> ());
 
 fn check_rows(n_rows: usize, width: usize, stride: usize, len: usize) {
     assert!(width <= stride || n_rows <= 1, "rows overlap: width {width} > stride {stride}");
@@ -366,12 +486,19 @@ fn check_rows(n_rows: usize, width: usize, stride: usize, len: usize) {
     }
 }
 
-/// out[p] = dot(q, rows[p·stride..][..q.len()]) for every p.
-pub fn dot_rows(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+/// out[p] = dot(q, rows[p·stride..][..q.len()]) for every p; rows of f32 or bf16 bits.
+#[inline]
+pub fn dot_rows<E: RowElem>(q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
+    dot_rows_with(detected(), q, rows, stride, out)
+}
+
+/// [`dot_rows`] on a forced path. Panics if `level` is not available or the rows do not fit.
+pub fn dot_rows_with<E: RowElem>(level: SimdLevel, q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
     check_rows(out.len(), q.len(), stride, rows.len());
-    // SAFETY: bounds checked above; the detected ISA is available.
+    check_level(level);
+    // SAFETY: bounds checked above; the level's ISA is available (check_level).
     unsafe {
-        match detected() {
+        match level {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => dot_rows_avx512(q, rows, stride, out),
             #[cfg(target_arch = "x86_64")]
@@ -383,12 +510,19 @@ pub fn dot_rows(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
     }
 }
 
-/// y += Σ_p w[p]·rows[p·stride..][..y.len()].
-pub fn axpy_rows(y: &mut [f32], w: &[f32], rows: &[f32], stride: usize) {
+/// y += Σ_p w[p]·rows[p·stride..][..y.len()]; rows of f32 or bf16 bits.
+#[inline]
+pub fn axpy_rows<E: RowElem>(y: &mut [f32], w: &[f32], rows: &[E], stride: usize) {
+    axpy_rows_with(detected(), y, w, rows, stride)
+}
+
+/// [`axpy_rows`] on a forced path. Panics if `level` is not available or the rows do not fit.
+pub fn axpy_rows_with<E: RowElem>(level: SimdLevel, y: &mut [f32], w: &[f32], rows: &[E], stride: usize) {
     check_rows(w.len(), y.len(), stride, rows.len());
-    // SAFETY: bounds checked above; the detected ISA is available.
+    check_level(level);
+    // SAFETY: bounds checked above; the level's ISA is available (check_level).
     unsafe {
-        match detected() {
+        match level {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => axpy_rows_avx512(y, w, rows, stride),
             #[cfg(target_arch = "x86_64")]
@@ -639,6 +773,95 @@ mod rows_tests {
     #[test]
     #[should_panic(expected = "too short")]
     fn dot_rows_checks_bounds() {
-        dot_rows(&[1.0; 4], &[0.0; 10], 4, &mut [0.0; 3]);
+        dot_rows(&[1.0f32; 4], &[0.0f32; 10], 4, &mut [0.0; 3]);
+    }
+
+    #[test]
+    #[should_panic(expected = "too short")]
+    fn bf16_rows_are_checked_too() {
+        axpy_rows(&mut [0.0; 4], &[1.0; 3], &[0u16; 10], 4);
+    }
+
+    /// bf16 rows: the f32 kernels' arithmetic on the widened values, so exactly the f32 rows'
+    /// result (bit for bit, on every level), and within f64 rounding of the exact sums.
+    #[test]
+    fn bf16_rows_give_the_f32_rows_of_their_values_on_every_level() {
+        use crate::kernels::quant::{bf16_to_f32, f32_to_bf16};
+        use crate::kernels::test_rng::Rng;
+        let mut rng = Rng(0xb16);
+        // widths around every lane count and unroll (4·16), odd strides, a few lengths
+        for &(d, stride, n) in &[(1, 1, 1), (3, 5, 7), (7, 7, 3), (8, 9, 4), (15, 17, 33), (16, 16, 2), (17, 40, 9), (33, 35, 5), (63, 64, 3), (64, 192, 17), (65, 65, 2), (100, 131, 6), (129, 129, 1)] {
+            let bits: Vec<u16> = (0..(n - 1) * stride + d + 3).map(|_| f32_to_bf16(rng.next() * 4.0)).collect();
+            let wide: Vec<f32> = bits.iter().map(|&b| bf16_to_f32(b)).collect();
+            let q = rng.vec(d);
+            let w = rng.vec(n);
+            let y0 = rng.vec(d);
+            for level in SimdLevel::available() {
+                let (mut s16, mut s32) = (vec![0f32; n], vec![0f32; n]);
+                dot_rows_with(level, &q, &bits, stride, &mut s16);
+                dot_rows_with(level, &q, &wide, stride, &mut s32);
+                assert_eq!(s16, s32, "{level:?} dot d={d} stride={stride} n={n}");
+                for (p, &got) in s16.iter().enumerate() {
+                    let want: f64 = (0..d).map(|i| q[i] as f64 * wide[p * stride + i] as f64).sum();
+                    let scale: f64 = (0..d).map(|i| (q[i] as f64 * wide[p * stride + i] as f64).abs()).sum();
+                    assert!((got as f64 - want).abs() <= 1e-6 * scale.max(1e-30), "{level:?} d={d} p={p}: {got} vs {want}");
+                }
+                let (mut y16, mut y32) = (y0.clone(), y0.clone());
+                axpy_rows_with(level, &mut y16, &w, &bits, stride);
+                axpy_rows_with(level, &mut y32, &w, &wide, stride);
+                assert_eq!(y16, y32, "{level:?} axpy d={d} stride={stride} n={n}");
+                for (i, &got) in y16.iter().enumerate() {
+                    let want: f64 = y0[i] as f64 + (0..n).map(|p| w[p] as f64 * wide[p * stride + i] as f64).sum::<f64>();
+                    let scale: f64 = y0[i].abs() as f64 + (0..n).map(|p| (w[p] as f64 * wide[p * stride + i] as f64).abs()).sum::<f64>();
+                    assert!((got as f64 - want).abs() <= 1e-6 * scale, "{level:?} d={d} i={i}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// The blocked weighted sum gives, bit for bit, what adding the rows one at a time with
+    /// `axpy` gives, on every level, for widths around the block (4 vectors) and its remainders.
+    #[test]
+    fn axpy_rows_equals_axpy_row_by_row() {
+        use crate::kernels::test_rng::Rng;
+        let mut rng = Rng(0xa1);
+        for level in SimdLevel::available() {
+            for d in (1..=72).chain([80, 100, 127, 128, 129, 200, 257]) {
+                let (n, stride) = (9, d + 3);
+                let rows = rng.vec((n - 1) * stride + d);
+                let w = rng.vec(n);
+                let y0 = rng.vec(d);
+                let mut want = y0.clone();
+                for p in 0..n {
+                    axpy_with(level, &mut want, w[p], &rows[p * stride..p * stride + d]);
+                }
+                let mut got = y0.clone();
+                axpy_rows_with(level, &mut got, &w, &rows, stride);
+                assert_eq!(got, want, "{level:?} d={d}");
+            }
+        }
+    }
+
+    #[test]
+    fn partial_bf16_loads_read_nothing_past_the_row() {
+        // the rows end the slice; past its end, inside the vector's capacity, lie huge values
+        // (left by `truncate`) that any read beyond the row would add to the result
+        use crate::kernels::quant::f32_to_bf16;
+        for level in SimdLevel::available() {
+            for d in 1..=33 {
+                let mut rows = vec![f32_to_bf16(1e30); 128];
+                rows.truncate(40 + d);
+                for r in &mut rows[40..] {
+                    *r = f32_to_bf16(1.0);
+                }
+                let q = vec![1.0f32; d];
+                let mut out = [0f32; 1];
+                dot_rows_with(level, &q, &rows[40..], d, &mut out);
+                assert_eq!(out[0], d as f32, "{level:?} d={d}");
+                let mut y = vec![0f32; d];
+                axpy_rows_with(level, &mut y, &[2.0], &rows[40..], d);
+                assert!(y.iter().all(|&v| v == 2.0), "{level:?} d={d}");
+            }
+        }
     }
 }

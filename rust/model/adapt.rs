@@ -162,12 +162,12 @@ mod tests {
     use super::super::export::tests::{build, checkpoint_names, GPT2, LLAMA};
     use super::super::linear::{Precision, WeightData};
     use super::*;
-    use crate::kv_cache::KvCache;
+    use crate::kv_cache::{KvCache, KvDtype};
     use crate::model::forward::{forward, Scratch};
 
     fn logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
         let c = &m.config;
-        let mut cache = KvCache::new(c.num_layers, 16, c.kv_dim()).unwrap();
+        let mut cache = KvCache::new(c.num_layers, 16, c.kv_dim(), KvDtype::F32).unwrap();
         let mut scratch = Scratch::default();
         let mut out = vec![0f32; c.vocab_size];
         forward(m, &mut cache, &mut scratch, tokens, 0, &mut out, None).unwrap();

@@ -253,7 +253,7 @@ pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<
             s.q[i * q_dim..(i + 1) * q_dim].copy_from_slice(q);
             r.cache.write(li, r.pos, k, v);
             let cache = &*r.cache;
-            attention(pool, &shape, &s.q[i * q_dim..(i + 1) * q_dim], &cache.k[li], &cache.v[li], &mut s.att[i * q_dim..(i + 1) * q_dim], &mut s.scores, 1, r.pos);
+            attention(pool, &shape, &s.q[i * q_dim..(i + 1) * q_dim], cache.layer(li), &mut s.att[i * q_dim..(i + 1) * q_dim], &mut s.scores, 1, r.pos);
         }
         layer.o.forward_path(pool, &s.att[..b * q_dim], &mut s.xn[..b * d], b, path);
         add_into(&mut s.x[..b * d], &s.xn[..b * d]);
@@ -327,7 +327,7 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
             s.q[i * q_dim..(i + 1) * q_dim].copy_from_slice(q);
             cache.write(li, pos0 + i, k, v);
         }
-        attention(pool, &shape, &s.q[..t * q_dim], &cache.k[li], &cache.v[li], &mut s.att[..t * q_dim], &mut s.scores, t, pos0);
+        attention(pool, &shape, &s.q[..t * q_dim], cache.layer(li), &mut s.att[..t * q_dim], &mut s.scores, t, pos0);
         layer.o.forward_path(pool, &s.att[..t * q_dim], &mut s.xn[..t * d], t, path);
         add_into(&mut s.x[..t * d], &s.xn[..t * d]);
 

@@ -153,11 +153,11 @@ impl Model {
         layers + self.lm_head().weight_bytes()
     }
 
-    /// The longest context whose KV cache fits in this machine's memory (at most
-    /// max_position_embeddings).
-    pub fn max_context_in_memory(&self) -> usize {
+    /// The longest context whose KV cache, stored as `kv_dtype`, fits in this machine's memory
+    /// (at most max_position_embeddings).
+    pub fn max_context_in_memory(&self, kv_dtype: crate::kv_cache::KvDtype) -> usize {
         let c = &self.config;
-        let per_position = crate::kv_cache::KvCache::bytes_for(c.num_layers, 1, c.kv_dim()).unwrap_or(usize::MAX).max(1);
+        let per_position = crate::kv_cache::KvCache::bytes_for(c.num_layers, 1, c.kv_dim(), kv_dtype).unwrap_or(usize::MAX).max(1);
         (crate::memory::memory_limit() / per_position).min(c.max_position_embeddings)
     }
 

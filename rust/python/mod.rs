@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::error::Error;
 use crate::model::adapt::{MergedWeight, WeightDelta};
 use crate::kernels::quant::GgufBlock;
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::model::{Arch, DType, LoadPlan, Model, ModelConfig, Precision, TensorStore};
 use crate::sampling::{self, SamplingParams};
 use crate::safetensors_file::{SafetensorsFile, WriteEntry};
@@ -265,17 +266,18 @@ impl PyModel {
         Ok(result?)
     }
 
-    /// The longest context whose KV cache fits in this machine's memory (at most
-    /// max_position_embeddings).
-    #[getter]
-    fn max_context_in_memory(&self) -> usize {
-        self.inner.max_context_in_memory()
+    /// The longest context whose KV cache (stored as `kv_cache`: "fp32" or "bf16") fits in this
+    /// machine's memory (at most max_position_embeddings).
+    #[pyo3(signature = (kv_cache="fp32"))]
+    fn max_context_in_memory(&self, kv_cache: &str) -> PyResult<usize> {
+        Ok(self.inner.max_context_in_memory(KvDtype::parse(kv_cache)?))
     }
 
-    /// Bytes of one session's KV cache for `context` positions.
-    fn kv_cache_bytes(&self, context: usize) -> PyResult<usize> {
+    /// Bytes of one session's KV cache for `context` positions, stored as `kv_cache`.
+    #[pyo3(signature = (context, kv_cache="fp32"))]
+    fn kv_cache_bytes(&self, context: usize, kv_cache: &str) -> PyResult<usize> {
         let c = &self.inner.config;
-        let bytes = crate::kv_cache::KvCache::bytes_for(c.num_layers, context, c.kv_dim());
+        let bytes = KvCache::bytes_for(c.num_layers, context, c.kv_dim(), KvDtype::parse(kv_cache)?);
         Ok(bytes.ok_or_else(|| Error::Memory(format!("a KV cache of {context} positions is too large to count")))?)
     }
 
@@ -345,9 +347,11 @@ impl PyModel {
         self.inner.config.intermediate_size
     }
 
-    #[pyo3(signature = (context_length=None))]
-    fn new_session(&self, context_length: Option<usize>) -> PyResult<PySession> {
-        Ok(PySession { inner: Session::new(self.inner.clone(), context_length)? })
+    /// A session with its own KV cache of `context_length` positions (default: the model's
+    /// maximum), stored as `kv_cache`: "fp32" or "bf16".
+    #[pyo3(signature = (context_length=None, kv_cache="fp32"))]
+    fn new_session(&self, context_length: Option<usize>, kv_cache: &str) -> PyResult<PySession> {
+        Ok(PySession { inner: Session::new(self.inner.clone(), context_length, KvDtype::parse(kv_cache)?)? })
     }
 }
 
@@ -361,6 +365,11 @@ impl PySession {
     #[getter]
     fn context_length(&self) -> usize {
         self.inner.context_length()
+    }
+    /// How the KV cache stores keys and values: "fp32" or "bf16".
+    #[getter]
+    fn kv_cache(&self) -> &'static str {
+        self.inner.kv_dtype().name()
     }
     #[getter]
     fn position(&self) -> usize {
@@ -774,6 +783,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(tensor_table, m)?)?;
     m.add_function(wrap_pyfunction!(checkpoint_names, m)?)?;
+    m.add("KV_CACHE_DTYPES", PyTuple::new(m.py(), KvDtype::ALL.map(KvDtype::name))?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -6,6 +6,7 @@ history, last logits, sampler) with this interface, which `generation.run` and `
 nothing more:
 
     context_length, position, prefix_len        (properties)
+    kv_cache                                    "fp32" or "bf16": how its KV cache stores keys and values
     tokens() -> list[int]
     reset(); seed(seed)
     forward(tokens, all_logits=False) -> Optional[bytes]           float32 [n, vocab] when asked
@@ -42,9 +43,9 @@ DEVICES = ("cpu", "cuda")
 class Backend(Protocol):
     name: str
 
-    def new_session(self, core: "_core.Model", context_length: int) -> Any: ...
+    def new_session(self, core: "_core.Model", context_length: int, kv_cache: str = "fp32") -> Any: ...
 
-    def max_context(self, core: "_core.Model") -> int: ...
+    def max_context(self, core: "_core.Model", kv_cache: str = "fp32") -> int: ...
 
     def keep_only(self, cores: "list[_core.Model]") -> None: ...
 

@@ -10,12 +10,12 @@ from .. import _core
 class CpuBackend:
     name = "cpu"
 
-    def new_session(self, core: "_core.Model", context_length: int) -> "_core.Session":
-        return core.new_session(context_length)
+    def new_session(self, core: "_core.Model", context_length: int, kv_cache: str = "fp32") -> "_core.Session":
+        return core.new_session(context_length, kv_cache)
 
-    def max_context(self, core: "_core.Model") -> int:
-        """The longest context whose KV cache fits in this machine's memory."""
-        return core.max_context_in_memory
+    def max_context(self, core: "_core.Model", kv_cache: str = "fp32") -> int:
+        """The longest context whose KV cache (stored as `kv_cache`) fits in this machine's memory."""
+        return core.max_context_in_memory(kv_cache)
 
     def keep_only(self, cores: "list[_core.Model]") -> None:
         """Nothing to free: the cores own their weights, sessions their caches."""

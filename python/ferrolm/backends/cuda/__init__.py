@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Dict, Tuple
 
+from ...loading import check_kv_cache
 from .model import DeviceModel
 from .runtime import get_runtime
 from .session import CudaSession
@@ -35,11 +36,14 @@ class CudaBackend:
                 entry = self._models[id(core)] = (core, DeviceModel(core, self.runtime, self.store))
             return entry[1]
 
-    def new_session(self, core: "_core.Model", context_length: int) -> CudaSession:
+    def new_session(self, core: "_core.Model", context_length: int, kv_cache: str = "fp32") -> CudaSession:
+        check_kv_cache(kv_cache, self.name)
         return CudaSession(self.device_model(core), context_length)
 
-    def max_context(self, core: "_core.Model") -> int:
-        """The longest context whose session fits in the device's free memory."""
+    def max_context(self, core: "_core.Model", kv_cache: str = "fp32") -> int:
+        """The longest context whose session fits in the device's free memory (the device's KV
+        cache is FP32: any other `kv_cache` is refused)."""
+        check_kv_cache(kv_cache, self.name)
         dm = self.device_model(core)
         free = self.runtime.free_bytes()
         lo, hi = 0, dm.shape.max_positions

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 
 class CudaSession:
+    #: The device's KV cache stores keys and values in FP32 (the only kind it has).
+    kv_cache = "fp32"
+
     def __init__(self, model: DeviceModel, context_length: Optional[int] = None) -> None:
         max_ctx = model.shape.max_positions
         n_ctx = max_ctx if context_length is None else context_length
