@@ -132,8 +132,8 @@ mod tests {
     enum Fmt {
         F32,
         Bf16,
-        /// int8 weight-only; groups that are (32, 64) and are not (7, 48, 130) a multiple
-        /// of the vector width take different widening code.
+        /// int8 weight-only with this group: 32, 64 and 48 fill whole vectors from one group
+        /// (one scale per vector); 7 and 130 mix groups within a vector.
         I8(usize),
     }
 
