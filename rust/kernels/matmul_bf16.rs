@@ -1,16 +1,15 @@
 //! BF16-weight matmul: y[m, n] = x[m, k] · w[n, k]ᵀ with w as bf16 bits (nn.Linear
 //! layout), x and y in f32, accumulation in f32.
 //!
-//! The weights are widened to f32 exactly (bf16 → f32 is a 16-bit shift), so the result is
-//! the f32 matmul of the widened weights up to summation order; x is never rounded.
-//! Paths (kernels in `matmul_bf16_kernels.rs`, shared with the weight-only int8 scheme):
-//! - few rows (m ≤ 2, decode GEMV; memory-bound): threads split the rows of w; each streams
-//!   its rows once, in order, widening 8 weights per load (256-bit vectors on the AVX-512
-//!   path too: measured faster). Half the bytes of f32 weights, so about twice the tokens/s
-//!   at the same bandwidth;
-//! - many rows (prefill GEMM): blocks of w are widened into a per-thread packed f32 buffer
-//!   (once per block of up to 192 rows of x) and a register-blocked FMA micro-kernel (the
-//!   f32 GEMM's design, 3×4 AVX2 / 4×6 AVX-512 tiles of vector accumulators) runs over them.
+//! The bf16 face of the one matmul (`matmul.rs`): bf16 weights are the [`Bf16W`] source,
+//! widened to f32 exactly (a 16-bit shift) as they are loaded, so the result is the f32 matmul
+//! of the widened weights up to summation order; x is never rounded.
+//! - few rows (decode GEMV; memory-bound): each row of w streams once, widened 8 weights per
+//!   load (256-bit vectors on the AVX-512 path too: measured faster, see
+//!   `WSource::GEMV_512`). Half the bytes of f32 weights, so about twice the tokens/s at the
+//!   same bandwidth;
+//! - many rows (prefill GEMM): blocks of w are widened into the packed f32 buffer (once per
+//!   block of up to 192 rows of x) and the f32 GEMM's register tiles run over them.
 //!
 //! Measured (2-core AMD EPYC Zen 4 VM, `cargo test --release --lib matmul_bf16 -- --ignored
 //! --nocapture`, best of 3; the shared VM is noisy): GEMV with 2 threads 31-48 GB/s of bf16
@@ -20,28 +19,12 @@
 //!
 //! AVX-512-BF16 (`vdpbf16ps`) is deliberately not used: it would round x to bf16 as well,
 //! changing the numerics, and the GEMV is memory-bound anyway.
-//!
-//! The ISA is picked at runtime (`simd::detected()`); `matmul_bf16_with` forces one.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use crate::kernels::matmul::{self, matmul_source};
+use crate::kernels::matmul_sources::Bf16W;
 use crate::kernels::simd::{self, SimdLevel};
 use crate::kernels::RowPath;
-use crate::threadpool::{chunk, ThreadPool};
-
-#[path = "matmul_bf16_vec.rs"]
-pub(crate) mod vec;
-
-#[path = "matmul_bf16_kernels.rs"]
-pub(crate) mod kern;
-
-use kern::{Region, WSource};
-
-/// Problems below this many multiply-adds run on the calling thread only.
-const INLINE_MACS: usize = 32 * 1024;
-/// Few-rows path: parts per thread (claimed dynamically) and minimum rows of w per part.
-const PARTS_PER_THREAD: usize = 4;
-const MIN_PART_ROWS: usize = 16;
+use crate::threadpool::ThreadPool;
 
 /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ, w as bf16 bits.
 pub fn matmul_bf16(
@@ -58,11 +41,7 @@ pub fn matmul_bf16(
 
 /// The path [`matmul_bf16`] takes for `m` rows of x: the GEMM from `pack_rows` rows on.
 pub fn bf16_path_for(m: usize) -> RowPath {
-    if m >= shape(simd::detected()).pack_rows {
-        RowPath::Gemm
-    } else {
-        RowPath::Gemv
-    }
+    matmul::path_for(m)
 }
 
 /// [`matmul_bf16`] on a given path, whatever m (see [`RowPath`]).
@@ -109,147 +88,10 @@ fn bf16_level_path(
     n: usize,
     path: Option<RowPath>,
 ) {
-    // These asserts are the only guard for the unsafe kernels below.
-    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
     assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
-    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
-    simd::check_level(level);
-    let src = kern::Bf16W { w: w.as_ptr(), k };
-    // SAFETY: x, y and w (through `src`) have the lengths asserted above; level checked.
-    unsafe { run_matmul_path(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n, path) }
-}
-
-/// Kernel parameters of a level.
-fn shape(level: SimdLevel) -> kern::Shape {
-    match level {
-        SimdLevel::Avx512 => kern::AVX512,
-        SimdLevel::Avx2 => kern::AVX2,
-        SimdLevel::Neon => kern::NEON,
-        SimdLevel::Scalar => kern::PORTABLE,
-    }
-}
-
-/// The threaded driver shared by bf16 and weight-only int8: splits y into parts
-/// (columns for the GEMV; NR-column blocks or MR-row tiles for the GEMM) claimed
-/// dynamically by the pool's threads.
-///
-/// # Safety
-/// `x` / `y` must hold `m·k` / `m·n` values and `src` must describe `[n, k]` weights;
-/// `level` must be available (`simd::check_level`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run_matmul<S: WSource>(
-    level: SimdLevel,
-    pool: &ThreadPool,
-    x: *const f32,
-    src: S,
-    y: *mut f32,
-    m: usize,
-    k: usize,
-    n: usize,
-) {
-    run_matmul_path(level, pool, x, src, y, m, k, n, None)
-}
-
-/// [`run_matmul`] on a given path (None: by m, the GEMM from `pack_rows` rows on).
-///
-/// # Safety
-/// As [`run_matmul`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn run_matmul_path<S: WSource>(
-    level: SimdLevel,
-    pool: &ThreadPool,
-    x: *const f32,
-    src: S,
-    y: *mut f32,
-    m: usize,
-    k: usize,
-    n: usize,
-    path: Option<RowPath>,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        std::slice::from_raw_parts_mut(y, m * n).fill(0.0);
-        return;
-    }
-    let sh = shape(level);
-    let packed = match path {
-        Some(p) => p == RowPath::Gemm,
-        None => m >= sh.pack_rows,
-    };
-    let whole = Region {
-        x,
-        w: src,
-        y,
-        k,
-        n,
-        rows: (0, m),
-        cols: (0, n),
-        packed,
-    };
-    // SAFETY (for `run_region` below): the caller vouches for the operands; `share` gives
-    // each part a disjoint region inside [0, m) × [0, n).
-    let macs = m.saturating_mul(n).saturating_mul(k);
-    let nt = pool.n_threads();
-    if nt == 1 || macs < INLINE_MACS {
-        run_region(level, &whole);
-        return;
-    }
-    let parts = if !packed {
-        (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
-    } else {
-        nt
-    };
-    let next = AtomicUsize::new(0);
-    pool.run(|_, _| loop {
-        let p = next.fetch_add(1, Ordering::Relaxed);
-        if p >= parts {
-            break;
-        }
-        let g = share(&whole, m, n, sh, p, parts);
-        run_region(level, &g);
-    });
-}
-
-/// Part `t` of `nt` of `whole` (see `matmul_f32::share`).
-fn share<S: WSource>(
-    whole: &Region<S>,
-    m: usize,
-    n: usize,
-    sh: kern::Shape,
-    t: usize,
-    nt: usize,
-) -> Region<S> {
-    let mut g = *whole;
-    if !whole.packed {
-        let c = chunk(n, t, nt);
-        g.cols = (c.start, c.end);
-        return g;
-    }
-    let (mb, nb) = (m.div_ceil(sh.mr), n.div_ceil(sh.nr));
-    if nb >= mb {
-        let c = chunk(nb, t, nt);
-        g.cols = ((c.start * sh.nr).min(n), (c.end * sh.nr).min(n));
-    } else {
-        let r = chunk(mb, t, nt);
-        g.rows = ((r.start * sh.mr).min(m), (r.end * sh.mr).min(m));
-    }
-    g
-}
-
-/// # Safety
-/// `g` must describe valid operands (see `kern::region`) and `level` must be available.
-unsafe fn run_region<S: WSource>(level: SimdLevel, g: &Region<S>) {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => kern::region_avx512(g),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => kern::region_avx2(g),
-        #[cfg(target_arch = "aarch64")]
-        SimdLevel::Neon => kern::region_neon(g),
-        _ => kern::region_portable(g),
-    }
+    let src = Bf16W { w: w.as_ptr(), k };
+    // SAFETY: w holds [n, k] values (asserted) and is borrowed for the call.
+    unsafe { matmul_source(level, pool, x, src, y, m, k, n, path) }
 }
 
 #[cfg(test)]
@@ -258,6 +100,7 @@ mod tests {
     use crate::kernels::matmul_f32::matmul_f32;
     use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, f32_to_bf16_vec};
     use crate::kernels::test_rng::{best_time, Rng};
+    use crate::threadpool::chunk;
 
     /// Random bf16 weights in [-1, 1).
     fn bf16s(rng: &mut Rng, n: usize) -> Vec<u16> {

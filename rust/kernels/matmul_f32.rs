@@ -1,31 +1,13 @@
 //! FP32 matmul: y[m, n] = x[m, k] · w[n, k]ᵀ, with w in nn.Linear layout (row-major [out, in]).
 //!
-//! Two paths (kernels in `matmul_f32_kernels.rs`):
-//! - few rows (m ≤ 2, e.g. the decode GEMV; memory-bound): threads split the rows of w;
-//!   each thread streams its rows once, in order, against the row(s) of x held in L1;
-//! - many rows (prefill GEMM; compute-bound): k blocks of x and w are packed into
-//!   tile-interleaved buffers and an MR × NR register tile (MR·NR vector accumulators)
-//!   runs over them; w blocks stay in L2 while every x tile passes. Threads split n,
-//!   or m when n is too narrow.
-//!
-//! The ISA is picked at runtime (`simd::detected()`); `matmul_f32_with` forces one.
+//! The f32 face of the one matmul (`matmul.rs`): f32 weights are the [`F32W`] source, loaded
+//! as they are, through the same GEMV and packed GEMM as every other format.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use crate::kernels::matmul::{self, matmul_source};
+use crate::kernels::matmul_sources::F32W;
 use crate::kernels::simd::{self, SimdLevel};
 use crate::kernels::RowPath;
-use crate::threadpool::{chunk, ThreadPool};
-
-#[path = "matmul_f32_kernels.rs"]
-mod kern;
-
-use kern::Region;
-
-/// Problems below this many multiply-adds run on the calling thread only.
-const INLINE_MACS: usize = 32 * 1024;
-/// Few-rows path: parts per thread (claimed dynamically) and minimum rows of w per part.
-const PARTS_PER_THREAD: usize = 4;
-const MIN_PART_ROWS: usize = 16;
+use crate::threadpool::ThreadPool;
 
 /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ
 pub fn matmul_f32(
@@ -42,11 +24,7 @@ pub fn matmul_f32(
 
 /// The path [`matmul_f32`] takes for `m` rows of x: the GEMM from `pack_rows` rows on.
 pub fn f32_path_for(m: usize) -> RowPath {
-    if m >= shape(simd::detected()).pack_rows {
-        RowPath::Gemm
-    } else {
-        RowPath::Gemv
-    }
+    matmul::path_for(m)
 }
 
 /// [`matmul_f32`] on a given path, whatever m (see [`RowPath`]).
@@ -93,99 +71,10 @@ pub fn matmul_f32_level_path(
     n: usize,
     path: Option<RowPath>,
 ) {
-    // These asserts are the only guard for the unsafe kernels below.
-    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
     assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
-    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
-    simd::check_level(level);
-    if crate::kernels::empty_product(y, m, n, k) {
-        return;
-    }
-    let sh = shape(level);
-    let packed = match path {
-        Some(p) => p == RowPath::Gemm,
-        None => m >= sh.pack_rows,
-    };
-    let whole = Region {
-        x: x.as_ptr(),
-        w: w.as_ptr(),
-        y: y.as_mut_ptr(),
-        k,
-        n,
-        rows: (0, m),
-        cols: (0, n),
-        packed,
-    };
-    // SAFETY (for `run_region` below): slice lengths asserted above; `share` gives each
-    // part a disjoint region inside [0, m) × [0, n); `level` is available (check_level).
-    let macs = m.saturating_mul(n).saturating_mul(k);
-    let nt = pool.n_threads();
-    if nt == 1 || macs < INLINE_MACS {
-        unsafe { run_region(level, &whole) };
-        return;
-    }
-    // Parts are claimed dynamically, so a thread that is slow or descheduled takes fewer.
-    // The memory-bound few-rows path uses several small parts per thread; the packed
-    // GEMM one per thread (each part repacks its x block).
-    let parts = if !packed {
-        (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
-    } else {
-        nt
-    };
-    let next = AtomicUsize::new(0);
-    pool.run(|_, _| loop {
-        let p = next.fetch_add(1, Ordering::Relaxed);
-        if p >= parts {
-            break;
-        }
-        let g = share(&whole, m, n, sh, p, parts);
-        unsafe { run_region(level, &g) };
-    });
-}
-
-/// Kernel parameters of a level (tile shape, packed-path threshold).
-fn shape(level: SimdLevel) -> kern::Shape {
-    match level {
-        SimdLevel::Avx512 => kern::AVX512,
-        SimdLevel::Avx2 => kern::AVX2,
-        SimdLevel::Neon => kern::NEON,
-        SimdLevel::Scalar => kern::PORTABLE,
-    }
-}
-
-/// Part `t` of `nt` of `whole`. Few rows: a chunk of the columns (rows of w). Packed
-/// GEMM: a chunk of whole NR-column blocks, or of whole MR-row tiles when the matrix
-/// has more row tiles than column blocks.
-fn share(whole: &Region, m: usize, n: usize, sh: kern::Shape, t: usize, nt: usize) -> Region {
-    let mut g = *whole;
-    if !whole.packed {
-        let c = chunk(n, t, nt);
-        g.cols = (c.start, c.end);
-        return g;
-    }
-    let (mb, nb) = (m.div_ceil(sh.mr), n.div_ceil(sh.nr));
-    if nb >= mb {
-        let c = chunk(nb, t, nt);
-        g.cols = ((c.start * sh.nr).min(n), (c.end * sh.nr).min(n));
-    } else {
-        let r = chunk(mb, t, nt);
-        g.rows = ((r.start * sh.mr).min(m), (r.end * sh.mr).min(m));
-    }
-    g
-}
-
-/// # Safety
-/// `g` must describe valid operands (see `kern::region`) and `level` must be available.
-unsafe fn run_region(level: SimdLevel, g: &Region) {
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx512 => kern::region_avx512(g),
-        #[cfg(target_arch = "x86_64")]
-        SimdLevel::Avx2 => kern::region_avx2(g),
-        #[cfg(target_arch = "aarch64")]
-        SimdLevel::Neon => kern::region_neon(g),
-        _ => kern::region_portable(g),
-    }
+    let src = F32W { w: w.as_ptr(), k };
+    // SAFETY: w holds [n, k] values (asserted) and is borrowed for the call.
+    unsafe { matmul_source(level, pool, x, src, y, m, k, n, path) }
 }
 
 #[cfg(test)]
@@ -193,6 +82,7 @@ mod tests {
     use super::*;
 
     use crate::kernels::test_rng::{best_time, Rng};
+    use crate::threadpool::chunk;
 
     /// y: [m, n] = x: [m, k] · w: [n, k]ᵀ accumulated in f64.
     fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {

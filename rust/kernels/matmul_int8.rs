@@ -61,12 +61,12 @@
 //! The SIMD kernels need `group % 32 == 0` (and ≤ 16384; W8A16 exactly 32); other groups
 //! (valid in a [`QuantizedI8`]) run on the portable kernel (W8A8) or weight-only (W8A16).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use crate::kernels::matmul_bf16::kern::I8W;
-use crate::kernels::matmul_bf16::run_matmul;
+use crate::kernels::matmul::matmul_source;
 use crate::kernels::matmul_f32::matmul_f32;
+use crate::kernels::matmul_parts::{run_parts, Split};
+use crate::kernels::matmul_sources::I8W;
 use crate::kernels::quant::{f16_to_f32, QuantizedI4, QuantizedI8, I4_GROUP};
 use crate::kernels::simd::{self, SimdLevel};
 use crate::kernels::RowPath;
@@ -111,11 +111,6 @@ pub fn int8_scheme_for(_m: usize) -> Int8Scheme {
     Int8Scheme::W8A16
 }
 
-/// Problems below this many multiply-adds run on the calling thread only.
-const INLINE_MACS: usize = 32 * 1024;
-/// GEMV: parts per thread (claimed dynamically) and minimum rows of w per part.
-const PARTS_PER_THREAD: usize = 4;
-const MIN_PART_ROWS: usize = 16;
 /// W8A8 on x86: problems with at least this many rows of x use the packed GEMM.
 const GEMM_ROWS: usize = 8;
 /// x quantization runs on the pool when x has at least this many values.
@@ -217,8 +212,8 @@ pub fn matmul_int8_scheme(
                 group: w.group,
                 ng,
             };
-            // SAFETY: x / y / w lengths asserted above; level checked.
-            unsafe { run_matmul(level, pool, x.as_ptr(), src, y.as_mut_ptr(), m, k, n) }
+            // SAFETY: w's lengths asserted above, borrowed for the call.
+            unsafe { matmul_source(level, pool, x, src, y, m, k, n, None) }
         }
         Int8Scheme::W8A8 => w8a8(level, pool, x, QWeights::I8(w), y, m, int8_path_for(m)),
         // 16-bit x in groups of 32; other groups (their i32 sums could overflow) weight-only
@@ -402,28 +397,16 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         Some(s) => Q8 { xq: s.hi.as_ptr(), xc: s.ch.as_ptr(), xs: s.sh.as_ptr(), xq_lo: s.lo.as_ptr(), xc_lo: s.cl.as_ptr(), ..whole },
         None => whole,
     };
+    let split = match (gemm, path) {
+        (false, _) => Split::Columns,
+        (true, Path::Vnni) => Split::Tiles { mr: q8::VNNI_TILE.mr, nr: q8::VNNI_TILE.nr },
+        (true, _) => Split::Tiles { mr: q8::AVX2_TILE.mr, nr: q8::AVX2_TILE.nr },
+    };
     // SAFETY (for `run_q8` below): the operands have the asserted lengths, the quantized x
-    // has the forms `need` asks for, `share_q8` gives each part a disjoint region of y, and
+    // has the forms `need` asks for, `run_parts` gives each call a disjoint region of y, and
     // `path` only names kernels whose ISA is available (path_for, check_level).
-    let macs = m.saturating_mul(n).saturating_mul(k);
-    if nt == 1 || macs < INLINE_MACS {
-        unsafe { run_q8(path, gemm, kind, &whole) };
-    } else {
-        let parts = if gemm {
-            nt
-        } else {
-            (nt * PARTS_PER_THREAD).min(n.div_ceil(MIN_PART_ROWS))
-        };
-        let next = AtomicUsize::new(0);
-        pool.run(|_, _| loop {
-            let p = next.fetch_add(1, Ordering::Relaxed);
-            if p >= parts {
-                break;
-            }
-            let g = share_q8(&whole, path, gemm, p, parts);
-            unsafe { run_q8(path, gemm, kind, &g) };
-        });
-    }
+    let whole = &whole; // captured whole: its raw-pointer fields are not Sync on their own
+    run_parts(pool, m, n, k, split, |rows, cols| unsafe { run_q8(path, gemm, kind, &Q8 { rows, cols, ..*whole }) });
     if let (QWeights::I4(w), true) = (w, gemm) {
         // y += Σx · mᵀ: [m, ng] · [n, ng]ᵀ (the GEMV adds it per group itself)
         // the offsets m + 8·d of the centered weights (see matmul_int4)
@@ -435,32 +418,6 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         }
     }
     q8::put_xbuf(xb);
-}
-
-/// Part `t` of `nt`: a chunk of the columns (GEMV), or of whole NR-column tiles or MR-row
-/// tiles (GEMM, whichever has more).
-fn share_q8(whole: &Q8, path: Path, gemm: bool, t: usize, nt: usize) -> Q8 {
-    let mut g = *whole;
-    let (m, n) = (whole.rows.1, whole.cols.1);
-    if !gemm {
-        let c = chunk(n, t, nt);
-        g.cols = (c.start, c.end);
-        return g;
-    }
-    let tile = if path == Path::Vnni {
-        q8::VNNI_TILE
-    } else {
-        q8::AVX2_TILE
-    };
-    let (mb, nb) = (m.div_ceil(tile.mr), n.div_ceil(tile.nr));
-    if nb >= mb {
-        let c = chunk(nb, t, nt);
-        g.cols = ((c.start * tile.nr).min(n), (c.end * tile.nr).min(n));
-    } else {
-        let r = chunk(mb, t, nt);
-        g.rows = ((r.start * tile.mr).min(m), (r.end * tile.mr).min(m));
-    }
-    g
 }
 
 /// # Safety

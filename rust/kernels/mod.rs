@@ -1,10 +1,13 @@
 //! Compute kernels, one file per job.
 pub mod activations;
 pub mod attention;
+pub(crate) mod matmul;
 pub mod matmul_bf16;
 pub mod matmul_f32;
 pub mod matmul_int4;
 pub mod matmul_int8;
+pub(crate) mod matmul_parts;
+pub(crate) mod matmul_sources;
 pub mod norms;
 pub mod quant;
 pub mod rope;

@@ -132,8 +132,10 @@ pub(crate) fn check_level(level: SimdLevel) {
     }
 }
 
-/// A vector of f32 lanes. Implementations exist per ISA; all methods are `unsafe`
-/// because they require the ISA to be enabled and raw pointers to be valid.
+/// A vector of f32 lanes: the one vector abstraction of every f32-accumulating kernel
+/// (dot/axpy/sum here, attention, norms, and the matmul over any weight format, whose
+/// weights it widens to f32 as it loads them). Implementations exist per ISA; all methods
+/// are `unsafe` because they require the ISA to be enabled and raw pointers to be valid.
 pub(crate) trait F32Vec: Copy {
     const LANES: usize;
     unsafe fn zero() -> Self;
@@ -160,6 +162,7 @@ pub(crate) trait F32Vec: Copy {
     /// self + a·b (fused where the ISA has FMA).
     unsafe fn mul_add(self, a: Self, b: Self) -> Self;
     unsafe fn add(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
     /// Σ lanes.
     unsafe fn hsum(self) -> f32;
     /// [Σ a, Σ b, Σ c, Σ d].
@@ -167,7 +170,32 @@ pub(crate) trait F32Vec: Copy {
     unsafe fn hsum4(a: Self, b: Self, c: Self, d: Self) -> [f32; 4] {
         [a.hsum(), b.hsum(), c.hsum(), d.hsum()]
     }
+    /// Loads `LANES` bf16 values (as bits) from `p`, widened to f32 (exact: a 16-bit shift).
+    unsafe fn load_bf16(p: *const u16) -> Self;
+    /// Loads `LANES` int8 values from `p`, widened to f32 (exact).
+    unsafe fn load_i8(p: *const i8) -> Self;
+    /// [`load_bf16`](Self::load_bf16) of `n ≤ LANES` values, zero-filling the rest; reads
+    /// nothing past `p + n`.
+    #[inline(always)]
+    unsafe fn load_bf16_partial(p: *const u16, n: usize) -> Self {
+        let mut buf = [0u16; MAX_LANES];
+        debug_assert!(n <= Self::LANES && Self::LANES <= MAX_LANES);
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        Self::load_bf16(buf.as_ptr())
+    }
+    /// [`load_i8`](Self::load_i8) of `n ≤ LANES` values, zero-filling the rest; reads nothing
+    /// past `p + n`.
+    #[inline(always)]
+    unsafe fn load_i8_partial(p: *const i8, n: usize) -> Self {
+        let mut buf = [0i8; MAX_LANES];
+        debug_assert!(n <= Self::LANES && Self::LANES <= MAX_LANES);
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        Self::load_i8(buf.as_ptr())
+    }
 }
+
+/// The widest [`F32Vec`] (AVX-512: 16 lanes): the size of a stack buffer that holds one vector.
+pub(crate) const MAX_LANES: usize = 16;
 
 /// The portable "vector": 8 independent lanes the compiler may map to baseline SIMD.
 #[derive(Clone, Copy)]
@@ -223,9 +251,27 @@ impl F32Vec for Portable {
         Portable(r)
     }
     #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        let mut r = self.0;
+        for (r, o) in r.iter_mut().zip(o.0) {
+            *r *= o;
+        }
+        Portable(r)
+    }
+    #[inline(always)]
     unsafe fn hsum(self) -> f32 {
         let v = self.0;
         ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        let b = std::ptr::read_unaligned(p as *const [u16; 8]);
+        Portable(b.map(|v| f32::from_bits(u32::from(v) << 16)))
+    }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> Self {
+        let b = std::ptr::read_unaligned(p as *const [i8; 8]);
+        Portable(b.map(f32::from))
     }
 }
 

@@ -1,4 +1,5 @@
-//! aarch64 NEON vector type (`V128`, 4 lanes).
+//! aarch64 NEON vector type (`V128`, 4 lanes). Every method must only run inside a function
+//! with NEON enabled (the callers are `#[target_feature]` entry points).
 
 use std::arch::aarch64::*;
 
@@ -51,6 +52,10 @@ impl F32Vec for V128 {
         V128(vaddq_f32(self.0, o.0))
     }
     #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        V128(vmulq_f32(self.0, o.0))
+    }
+    #[inline(always)]
     unsafe fn hsum(self) -> f32 {
         vaddvq_f32(self.0)
     }
@@ -61,5 +66,17 @@ impl F32Vec for V128 {
         let mut out = [0.0f32; 4];
         vst1q_f32(out.as_mut_ptr(), vpaddq_f32(ab, cd)); // Σa Σb Σc Σd
         out
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        V128(vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p))))
+    }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> Self {
+        // 4 bytes only: never read past p + 4.
+        let w = std::ptr::read_unaligned(p as *const i32);
+        let b = vreinterpret_s8_s32(vdup_n_s32(w));
+        let h = vmovl_s8(b); // i16 × 8 (lanes 4..8 duplicate 0..4)
+        V128(vcvtq_f32_s32(vmovl_s16(vget_low_s16(h))))
     }
 }

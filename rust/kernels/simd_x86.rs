@@ -81,6 +81,10 @@ impl F32Vec for V256 {
         V256(_mm256_add_ps(self.0, o.0))
     }
     #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        V256(_mm256_mul_ps(self.0, o.0))
+    }
+    #[inline(always)]
     unsafe fn hsum(self) -> f32 {
         let s = _mm_add_ps(
             _mm256_castps256_ps128(self.0),
@@ -93,6 +97,16 @@ impl F32Vec for V256 {
         let mut out = [0.0f32; 4];
         _mm_storeu_ps(out.as_mut_ptr(), hsum4_256(a.0, b.0, c.0, d.0));
         out
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        let h = _mm_loadu_si128(p as *const __m128i); // 8 × bf16
+        V256(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h))))
+    }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> Self {
+        let b = _mm_loadl_epi64(p as *const __m128i); // 8 × i8
+        V256(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)))
     }
 }
 
@@ -187,11 +201,25 @@ impl F32Vec for V512 {
         V512(_mm512_add_ps(self.0, o.0))
     }
     #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        V512(_mm512_mul_ps(self.0, o.0))
+    }
+    #[inline(always)]
     unsafe fn hsum(self) -> f32 {
         hsum512(self.0)
     }
     #[inline(always)]
     unsafe fn hsum4(a: Self, b: Self, c: Self, d: Self) -> [f32; 4] {
         hsum4_512(a.0, b.0, c.0, d.0)
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> Self {
+        let h = _mm256_loadu_si256(p as *const __m256i); // 16 × bf16
+        V512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))))
+    }
+    #[inline(always)]
+    unsafe fn load_i8(p: *const i8) -> Self {
+        let b = _mm_loadu_si128(p as *const __m128i); // 16 × i8
+        V512(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)))
     }
 }

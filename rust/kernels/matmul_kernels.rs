@@ -1,19 +1,20 @@
-//! The inner kernels of `matmul_f32`, written once generic over the vector type and
-//! instantiated per ISA inside `#[target_feature]` entry points.
+//! The kernels of the one f32-accumulating matmul (`matmul.rs`), written once, generic over
+//! the vector type ([`F32Vec`]) and the weight source ([`WSource`]: f32, bf16, int8
+//! weight-only), and instantiated per ISA inside `#[target_feature]` entry points.
 //!
-//! y[i, j] = Σ_p x[i, p] · w[j, p]: both operands are contiguous along k, so every
-//! kernel is a "dot-product" kernel: vector FMAs along k into accumulators that are
-//! reduced horizontally at the end of a k block.
-//! - few rows (decode GEMV, m ≤ 2; memory-bound): `rows_x_col` runs the row(s) of x
-//!   against one row of w at a time, so w streams through memory exactly once, as a
-//!   single sequential stream (measured clearly faster than interleaving several rows
-//!   of w, which splits the hardware prefetcher's attention);
-//! - many rows (prefill GEMM): `packed` copies a k block of x (MC rows) and of w (NC rows)
-//!   into tile-interleaved buffers, then an MR × NR register tile runs over them with one
+//! y[i, j] = Σ_p x[i, p] · w[j, p]: both operands are contiguous along k, so every kernel is a
+//! "dot-product" kernel: vector FMAs along k into accumulators reduced across lanes at the end.
+//! - few rows (decode GEMV; memory-bound): the row(s) of x (in L1) against one row of w at a
+//!   time, so w streams through memory once, in order, widened as it is loaded
+//!   ([`WSource::dot`]);
+//! - many rows (prefill GEMM; compute-bound): a k block of x (MC rows) and of w (NC rows) is
+//!   packed into tile-interleaved f32 buffers (w widened while packing, so the conversion is
+//!   paid once per x row block), then an MR × NR register tile of FMAs runs over them with one
 //!   contiguous stream per operand (no cache-set aliasing for power-of-two k, no tails).
 
 use std::cell::Cell;
 
+use crate::kernels::matmul_sources::{WSource, F32W};
 use crate::kernels::simd::{F32Vec, Portable};
 
 /// k block of the packed GEMM (an MR × KC x tile stays in L1).
@@ -25,9 +26,9 @@ const NC: usize = 64;
 
 /// Operands of one thread's share: the whole matrices and the region to compute.
 #[derive(Clone, Copy)]
-pub(super) struct Region {
+pub(crate) struct Region<S> {
     pub x: *const f32, // x: [m, k]
-    pub w: *const f32, // w: [n, k]
+    pub w: S,          // w: [n, k]
     pub y: *mut f32,   // y: [m, n]
     pub k: usize,
     pub n: usize,
@@ -38,14 +39,14 @@ pub(super) struct Region {
     pub packed: bool,
 }
 
-// SAFETY: a Region only carries pointers into slices that `matmul_f32_with` borrows for
-// the whole call (the pool's `run` returns before it does); threads write disjoint parts.
-unsafe impl Send for Region {}
-unsafe impl Sync for Region {}
+// SAFETY: a Region only carries pointers into slices that the public matmul borrows for the
+// whole call (the pool's `run` returns before it does); threads write disjoint parts of y.
+unsafe impl<S: WSource> Send for Region<S> {}
+unsafe impl<S: WSource> Sync for Region<S> {}
 
 /// Per-ISA kernel parameters.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Shape {
+pub(crate) struct Shape {
     /// Register tile of the packed GEMM: MR rows of x × NR rows of w.
     pub mr: usize,
     pub nr: usize,
@@ -53,87 +54,57 @@ pub(super) struct Shape {
     pub pack_rows: usize,
 }
 
-#[inline(always)]
-unsafe fn put(p: *mut f32, v: f32, accumulate: bool) {
-    if accumulate {
-        *p += v;
-    } else {
-        *p = v;
-    }
-}
+pub(crate) const AVX512: Shape = Shape {
+    mr: 4,
+    nr: 6,
+    pack_rows: 3,
+};
+pub(crate) const AVX2: Shape = Shape {
+    mr: 3,
+    nr: 4,
+    pack_rows: 3,
+};
+pub(crate) const NEON: Shape = Shape {
+    mr: 6,
+    nr: 4,
+    pack_rows: 3,
+};
+pub(crate) const PORTABLE: Shape = Shape {
+    mr: 2,
+    nr: 4,
+    pack_rows: 3,
+};
 
 // ---------------------------------------------------------------------------------
-// Few rows (m ≤ 2): rows of x against one row of w at a time; w streams once, in order.
+// Few rows: pairs of rows of x (or a single one) against one row of w at a time.
 
-/// y[i, 0] = Σ_p x[i, p] · w[p] for i < R, with U independent accumulators per row.
+/// The few-rows path over a region: every column (row of w) against all rows of x, two at a
+/// time, while that row of w sits in L1 (w streams from memory once for any m). A row paired
+/// with another is summed exactly as a lone row, so each row of y is the same whatever the
+/// other rows are ([`RowPath::Gemv`](crate::kernels::RowPath)).
+///
+/// Measured: streaming the rows of w in order, one at a time, is what reaches the DRAM
+/// bandwidth. Interleaving two rows of w (x read once per pair) or splitting k into blocks
+/// that keep a large x in L1 (each row of w then read in strided segments) both defeat the
+/// hardware prefetcher and halve the bandwidth. For very long rows (k ≳ 4096 f32 of x) x
+/// falls out of L1 as w streams past, which costs some bandwidth with one thread.
 ///
 /// # Safety
-/// x rows `0..R` (stride `ldx`) and `w` must hold `k` readable values; y rows `0..R`
-/// (stride `ldy`) one writable value.
+/// As [`region`].
 #[inline(always)]
-unsafe fn rows_x_col<V: F32Vec, const R: usize, const U: usize>(
-    x: *const f32,
-    ldx: usize,
-    w: *const f32,
-    k: usize,
-    y: *mut f32,
-    ldy: usize,
-) {
-    let l = V::LANES;
-    let mut acc = [[V::zero(); U]; R];
-    let mut p = 0;
-    while p + U * l <= k {
-        for u in 0..U {
-            let wv = V::load(w.add(p + u * l));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                acc[u] = acc[u].mul_add(V::load(x.add(i * ldx + p + u * l)), wv);
-            }
-        }
-        p += U * l;
-    }
-    while p < k {
-        let r = (k - p).min(l);
-        let wv = if r == l {
-            V::load(w.add(p))
-        } else {
-            V::load_partial(w.add(p), r)
-        };
-        for (i, acc) in acc.iter_mut().enumerate() {
-            let xp = x.add(i * ldx + p);
-            let xv = if r == l {
-                V::load(xp)
-            } else {
-                V::load_partial(xp, r)
-            };
-            acc[0] = acc[0].mul_add(xv, wv);
-        }
-        p += r;
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        let mut s = acc[0];
-        for a in &acc[1..] {
-            s = s.add(*a);
-        }
-        *y.add(i * ldy) = s.hsum();
-    }
-}
-
-/// The few-rows path over a region: every column (row of w) against all rows of x, two at
-/// a time, while that row of w sits in L1 (w streams from memory once for any m). A row of
-/// x paired with another is summed exactly as a lone row (4 accumulators each), so each row
-/// of y is the same whatever the other rows are ([`RowPath::Gemv`](crate::kernels::RowPath)).
-#[inline(always)]
-unsafe fn few_rows<V: F32Vec>(g: &Region) {
+unsafe fn few_rows<V: F32Vec, S: WSource>(g: &Region<S>) {
     let (k, n) = (g.k, g.n);
     for j in g.cols.0..g.cols.1 {
-        let w = g.w.add(j * k);
         let mut i = g.rows.0;
         while i + 1 < g.rows.1 {
-            rows_x_col::<V, 2, 4>(g.x.add(i * k), k, w, k, g.y.add(i * n + j), n);
+            let [a, b] = g.w.dot::<V, 2>(j, g.x.add(i * k), k);
+            *g.y.add(i * n + j) = a;
+            *g.y.add((i + 1) * n + j) = b;
             i += 2;
         }
         if i < g.rows.1 {
-            rows_x_col::<V, 1, 4>(g.x.add(i * k), k, w, k, g.y.add(i * n + j), n);
+            let [a] = g.w.dot::<V, 1>(j, g.x.add(i * k), k);
+            *g.y.add(i * n + j) = a;
         }
     }
 }
@@ -141,18 +112,19 @@ unsafe fn few_rows<V: F32Vec>(g: &Region) {
 // ---------------------------------------------------------------------------------
 // Many rows: packed, register-blocked GEMM.
 
-/// Copies rows `0..rows` (stride `ld`) × columns `0..kc` of `src` into `dst` as
-/// tile-interleaved vectors: dst[tile][step][row in tile][lane], T rows per tile.
-/// Rows past `rows` and columns past `kc` are zero.
+/// Packs rows `j0..j0 + rows` × columns `k0..k0 + kc` of `src` (x as an f32 source, or w)
+/// into `dst[tile][step][row in tile][lane]` as f32, T rows per tile, zero-padded (rows past
+/// `rows`, columns past `kc`).
 ///
 /// # Safety
-/// `src` rows must hold `kc` readable values; `dst` must hold
+/// The rows and columns must lie inside `src`, `k0` a multiple of L; `dst` must hold
 /// `ceil(rows / T) · T · ceil(kc / L) · L` values.
 #[inline(always)]
-unsafe fn pack<V: F32Vec, const T: usize>(
-    src: *const f32,
-    ld: usize,
+unsafe fn pack<V: F32Vec, S: WSource, const T: usize>(
+    src: &S,
+    j0: usize,
     rows: usize,
+    k0: usize,
     kc: usize,
     dst: *mut f32,
 ) {
@@ -165,12 +137,10 @@ unsafe fn pack<V: F32Vec, const T: usize>(
             let p = s * l;
             let cnt = (kc - p).min(l);
             for t in 0..T {
-                let v = if r0 + t >= rows {
-                    V::zero()
-                } else if cnt == l {
-                    V::load(src.add((r0 + t) * ld + p))
+                let v = if r0 + t < rows {
+                    src.load::<V>(j0 + r0 + t, k0 + p, cnt)
                 } else {
-                    V::load_partial(src.add((r0 + t) * ld + p), cnt)
+                    V::zero()
                 };
                 v.store(d);
                 d = d.add(l);
@@ -180,8 +150,7 @@ unsafe fn pack<V: F32Vec, const T: usize>(
     }
 }
 
-/// y[MR, NR] (+)= x-tile · w-tileᵀ over `steps` packed vectors; stores only the
-/// `mr × nr` valid corner.
+/// y[MR, NR] (+)= x-tile · w-tileᵀ over `steps` packed vectors; stores the `mr × nr` corner.
 ///
 /// # Safety
 /// `xp` / `wp` must hold `steps · MR · L` / `steps · NR · L` values; y rows `0..mr`
@@ -216,7 +185,7 @@ unsafe fn packed_tile<V: F32Vec, const MR: usize, const NR: usize>(
         xp = xp.add(MR * l);
         wp = wp.add(NR * l);
     }
-    let mut sums = [[0.0f32; NR]; MR];
+    let mut sums = [[0f32; NR]; MR];
     for (acc, sums) in acc.iter().zip(sums.iter_mut()) {
         let mut j = 0;
         while j + 4 <= NR {
@@ -231,7 +200,12 @@ unsafe fn packed_tile<V: F32Vec, const MR: usize, const NR: usize>(
     }
     for (i, sums) in sums.iter().enumerate().take(mr) {
         for (j, &s) in sums.iter().enumerate().take(nr) {
-            put(y.add(i * ldy + j), s, accumulate);
+            let p = y.add(i * ldy + j);
+            if accumulate {
+                *p += s;
+            } else {
+                *p = s;
+            }
         }
     }
 }
@@ -242,8 +216,8 @@ thread_local! {
 }
 
 /// Takes this thread's packing buffer, grown to at least `len` floats (contents stale).
-/// (No closure-based API: the kernel code must stay inside the `#[target_feature]`
-/// entry point it is inlined into.)
+/// (No closure-based API: the kernel code must stay inside the `#[target_feature]` entry
+/// point it is inlined into.)
 fn take_scratch(len: usize) -> Vec<f32> {
     let buf = PACK_BUF.with(|c| c.take());
     if buf.len() >= len {
@@ -258,15 +232,19 @@ fn put_scratch(buf: Vec<f32>) {
     PACK_BUF.with(|c| c.set(buf));
 }
 
-/// The packed GEMM over a region: k blocks → MC row blocks (packed x) → NC column
-/// blocks (packed w) → MR × NR register tiles.
+/// The packed GEMM over a region: k blocks → MC row blocks (packed x) → NC column blocks
+/// (packed, widened w) → MR × NR register tiles.
+///
+/// # Safety
+/// As [`region`].
 #[inline(always)]
-unsafe fn packed<V: F32Vec, const MR: usize, const NR: usize>(g: &Region) {
+unsafe fn packed<V: F32Vec, S: WSource, const MR: usize, const NR: usize>(g: &Region<S>) {
     let l = V::LANES;
     let (r0, r1) = g.rows;
     let (c0, c1) = g.cols;
     let (k, n) = (g.k, g.n);
-    // Near-equal k blocks ≤ KC, whole vectors.
+    let x = F32W { w: g.x, k }; // x: [m, k], read as the f32 weights are
+                                // Near-equal k blocks ≤ KC, whole vectors.
     let kc_max = k.div_ceil(k.div_ceil(KC)).div_ceil(l) * l;
     let mc_max = MC.div_ceil(MR) * MR;
     let nc_max = NC.div_ceil(NR) * NR;
@@ -281,11 +259,11 @@ unsafe fn packed<V: F32Vec, const MR: usize, const NR: usize>(g: &Region) {
         let mut ib = r0;
         while ib < r1 {
             let mc = mc_max.min(r1 - ib);
-            pack::<V, MR>(g.x.add(ib * k + k0), k, mc, kc, xbuf.as_mut_ptr());
+            pack::<V, F32W, MR>(&x, ib, mc, k0, kc, xbuf.as_mut_ptr());
             let mut jb = c0;
             while jb < c1 {
                 let nc = nc_max.min(c1 - jb);
-                pack::<V, NR>(g.w.add(jb * k + k0), k, nc, kc, wbuf.as_mut_ptr());
+                pack::<V, S, NR>(&g.w, jb, nc, k0, kc, wbuf.as_mut_ptr());
                 for it in 0..mc.div_ceil(MR) {
                     let xp = xbuf.as_ptr().add(it * steps * MR * l);
                     let mr = MR.min(mc - it * MR);
@@ -305,70 +283,59 @@ unsafe fn packed<V: F32Vec, const MR: usize, const NR: usize>(g: &Region) {
     put_scratch(buf);
 }
 
-/// Computes the region `g.rows × g.cols` of y with the path that fits its height.
+/// Computes the region `g.rows × g.cols` of y on the region's path: the GEMV with vector
+/// type VG, the packed GEMM with V.
 ///
 /// # Safety
-/// The region must lie inside y, x / w must hold `m·k` / `n·k` values, and `k >= 1`.
+/// The region must lie inside y; x must hold `m·k` values and `g.w` describe `[n, k]`
+/// weights; `k ≥ 1`; the ISA of VG and V must be enabled.
 #[inline(always)]
-unsafe fn region<V: F32Vec, const MR: usize, const NR: usize>(g: &Region) {
+unsafe fn region<VG: F32Vec, V: F32Vec, S: WSource, const MR: usize, const NR: usize>(
+    g: &Region<S>,
+) {
     if g.rows.0 >= g.rows.1 || g.cols.0 >= g.cols.1 {
         return;
     }
     if g.packed {
-        packed::<V, MR, NR>(g)
+        packed::<V, S, MR, NR>(g)
     } else {
-        few_rows::<V>(g)
+        few_rows::<VG, S>(g)
     }
 }
-
-/// Kernel parameters of each ISA.
-pub(super) const AVX512: Shape = Shape {
-    mr: 4,
-    nr: 6,
-    pack_rows: 3,
-};
-pub(super) const AVX2: Shape = Shape {
-    mr: 3,
-    nr: 4,
-    pack_rows: 3,
-};
-pub(super) const NEON: Shape = Shape {
-    mr: 6,
-    nr: 4,
-    pack_rows: 3,
-};
-pub(super) const PORTABLE: Shape = Shape {
-    mr: 2,
-    nr: 4,
-    pack_rows: 3,
-};
 
 /// # Safety
 /// As [`region`]; the CPU must support AVX-512F/VL.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-pub(super) unsafe fn region_avx512(g: &Region) {
-    region::<crate::kernels::simd::x86::V512, { AVX512.mr }, { AVX512.nr }>(g)
+pub(crate) unsafe fn region_avx512<S: WSource>(g: &Region<S>) {
+    use crate::kernels::simd::x86::{V256, V512};
+    if S::GEMV_512 {
+        region::<V512, V512, S, { AVX512.mr }, { AVX512.nr }>(g)
+    } else {
+        region::<V256, V512, S, { AVX512.mr }, { AVX512.nr }>(g)
+    }
 }
 
 /// # Safety
 /// As [`region`]; the CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn region_avx2(g: &Region) {
-    region::<crate::kernels::simd::x86::V256, { AVX2.mr }, { AVX2.nr }>(g)
+pub(crate) unsafe fn region_avx2<S: WSource>(g: &Region<S>) {
+    use crate::kernels::simd::x86::V256;
+    region::<V256, V256, S, { AVX2.mr }, { AVX2.nr }>(g)
 }
 
 /// # Safety
 /// As [`region`]; the CPU must support NEON.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn region_neon(g: &Region) {
-    region::<crate::kernels::simd::neon::V128, { NEON.mr }, { NEON.nr }>(g)
+pub(crate) unsafe fn region_neon<S: WSource>(g: &Region<S>) {
+    use crate::kernels::simd::neon::V128;
+    region::<V128, V128, S, { NEON.mr }, { NEON.nr }>(g)
 }
 
 /// # Safety
 /// As [`region`].
-pub(super) unsafe fn region_portable(g: &Region) {
-    region::<Portable, { PORTABLE.mr }, { PORTABLE.nr }>(g)
+pub(crate) unsafe fn region_portable<S: WSource>(g: &Region<S>) {
+    region::<Portable, Portable, S, { PORTABLE.mr }, { PORTABLE.nr }>(g)
 }
