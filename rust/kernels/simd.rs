@@ -144,17 +144,6 @@ pub(crate) trait F32Vec: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// Loads `n < LANES` values from `p`, zero-filling the rest; reads nothing past `p + n`.
     unsafe fn load_partial(p: *const f32, n: usize) -> Self;
-    /// Loads `LANES` bf16 values (bits) from `p` as f32 (exact: a 16-bit shift).
-    unsafe fn load_bf16(p: *const u16) -> Self;
-    /// [`load_bf16`](Self::load_bf16) of `n < LANES` values, zero-filling the rest; reads
-    /// nothing past `p + n`.
-    #[inline(always)]
-    unsafe fn load_bf16_partial(p: *const u16, n: usize) -> Self {
-        let mut buf = [0u16; 16];
-        debug_assert!(n <= Self::LANES && Self::LANES <= 16);
-        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
-        Self::load_bf16(buf.as_ptr())
-    }
     /// Stores `LANES` values to `p` (unaligned).
     unsafe fn store(self, p: *mut f32);
     /// Stores the first `n < LANES` values to `p`; writes nothing past `p + n`.
@@ -220,11 +209,6 @@ impl F32Vec for Portable {
         let mut v = [0.0; 8];
         std::ptr::copy_nonoverlapping(p, v.as_mut_ptr(), n.min(8));
         Portable(v)
-    }
-    #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        let b = std::ptr::read_unaligned(p as *const [u16; 8]);
-        Portable(b.map(|v| f32::from_bits(u32::from(v) << 16)))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {

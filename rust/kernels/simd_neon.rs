@@ -30,10 +30,6 @@ impl F32Vec for V128 {
         V128(vld1q_f32(buf.as_ptr()))
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        V128(vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p))))
-    }
-    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         vst1q_f32(p, self.0)
     }

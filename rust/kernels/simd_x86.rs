@@ -60,11 +60,6 @@ impl F32Vec for V256 {
         V256(_mm256_maskload_ps(p, mask8(n)))
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        let h = _mm_loadu_si128(p as *const __m128i);
-        V256(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h))))
-    }
-    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         _mm256_storeu_ps(p, self.0)
     }
@@ -178,11 +173,6 @@ impl F32Vec for V512 {
     unsafe fn load_partial(p: *const f32, n: usize) -> Self {
         // Masked-off lanes are fault-suppressed and read as zero.
         V512(_mm512_maskz_loadu_ps(mask16(n), p))
-    }
-    #[inline(always)]
-    unsafe fn load_bf16(p: *const u16) -> Self {
-        let h = _mm256_loadu_si256(p as *const __m256i);
-        V512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))))
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
