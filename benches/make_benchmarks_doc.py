@@ -4,6 +4,7 @@
     python benches/make_benchmarks_doc.py --render   # rewrites the markdown from the saved JSON only
     python benches/make_benchmarks_doc.py --serving  # measures the serving benchmark only, then rewrites
     python benches/make_benchmarks_doc.py --kv-cache # measures the KV cache section only, then rewrites
+    python benches/make_benchmarks_doc.py --llamacpp # the PERF shapes against llama.cpp only, then rewrites
 
 It runs, each as a user would:
   ferrolm bench DEFAULT_MODEL --shape gpt2-124m,llama-135m,llama-1.1b --precisions fp32,bf16,int8 --threads 1,2 --out docs/bench
@@ -12,6 +13,7 @@ It runs, each as a user would:
   python -m ferrolm.bench_serving --shape llama-135m --precision int8 --threads 2 --json docs/bench/serving.json
   python -m ferrolm.bench_kv_cache --precisions int8,bf16 --threads 1,2 --prompt-tokens 2000 ... --json docs/bench/kv_cache.json
   ferrolm memory ... (the estimates quoted in the memory section, computed again at every render)
+  python benches/llamacpp_compare.py --shape gpt2-124m,llama-135m,llama-1.1b --threads 1,2 --json docs/bench/llamacpp_shapes.json
 and for the INT4 section (`--int4` measures only these, `--render` keeps what is saved):
   ferrolm bench DEFAULT_MODEL --precisions int8,int4 --threads 1,2 --out docs/bench/int4
   ferrolm bench --shape gpt2-124m,llama-135m,llama-1.1b --precisions int8,int4 --threads 1,2 --out docs/bench/int4-shapes
@@ -43,6 +45,8 @@ INT4_BENCH = ["bench", "smollm2-135m-q4_1", "--precisions", "int8,int4", "--thre
 INT4_SHAPES = ["bench", "--shape", "gpt2-124m,llama-135m,llama-1.1b", "--precisions", "int8,int4", "--threads", "1,2",
                "--runs", "3", "--out", "docs/bench/int4-shapes", "--format", "json"]
 LLAMACPP = ["--threads", "1,2", "--runs", "3", "--json", "docs/bench/int4/llamacpp.json"]
+LLAMACPP_SHAPES = ["--shape", "gpt2-124m,llama-135m,llama-1.1b", "--threads", "1,2", "--runs", "3", "--json",
+                   "docs/bench/llamacpp_shapes.json"]
 KV_CACHE = ["--precisions", "int8,bf16", "--threads", "1,2", "--prompt-tokens", "2000", "--new-tokens", "64",
             "--context", "2304", "--runs", "11", "--json", "docs/bench/kv_cache.json"]
 MEMORY = [["smollm2-135m-q4_1", "--precision", "int4", "--context", "8192", "--threads", "2"],
@@ -106,6 +110,54 @@ def kv_cache_section() -> list:
             "in quality: docs/quality.md, KV cache precision.", ""]
 
 
+def measure_llamacpp_shapes() -> None:
+    print("+ python benches/llamacpp_compare.py " + " ".join(LLAMACPP_SHAPES), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *LLAMACPP_SHAPES], cwd=ROOT, check=True)
+
+
+LLAMACPP_COLUMNS = ("ferrolm fp32", "ferrolm bf16", "llama.cpp bf16", "ferrolm int8", "llama.cpp q8_0")
+
+
+def llamacpp_shapes_section() -> list:
+    """The PERF shapes, ferrolm and llama.cpp side by side on the same weights (decode and prefill)."""
+    path = OUT / "llamacpp_shapes.json"
+    if not path.exists():
+        return []
+    c = json.loads(path.read_text())
+    by = {(r["source"], r["threads"], r["engine"]): r for r in c["rows"]}
+    keys = sorted({(r["source"], r["threads"]) for r in c["rows"]}, key=lambda k: (c["sources"].index(k[0]), k[1]))
+
+    def cell(k, engine, what):
+        r = by.get((*k, engine))
+        if r is None:
+            return "—"
+        return f"{r['decode']:.1f} ({r['pct_of_ceiling']:.0f}%)" if what == "decode" else f"{r['prefill']:.0f}"
+
+    head = "| shape | threads | " + " | ".join(LLAMACPP_COLUMNS) + " |"
+    sep = "|---|---|" + "---|" * len(LLAMACPP_COLUMNS)
+    decode = [head, sep] + [f"| {k[0]} | {k[1]} | " + " | ".join(cell(k, e, "decode") for e in LLAMACPP_COLUMNS) + " |"
+                           for k in keys]
+    prefill = [head, sep] + [f"| {k[0]} | {k[1]} | " + " | ".join(cell(k, e, "prefill") for e in LLAMACPP_COLUMNS) + " |"
+                            for k in keys]
+    ratios = []
+    for k in keys:
+        a, b = by.get((*k, "ferrolm int8")), by.get((*k, "llama.cpp q8_0"))
+        if a and b:
+            ratios.append(f"{k[0]} {k[1]}T {a['decode'] / b['decode']:.2f}×")
+    return ["## Side by side with llama.cpp on the PERF shapes", "",
+            "```", "pip install llama-cpp-python", "python benches/llamacpp_compare.py " + " ".join(LLAMACPP_SHAPES), "```", "",
+            "ferrolm loads each random-weight shape (`ferrolm.bench.random_checkpoint`); llama.cpp loads GGUF files of the "
+            "same weights (`benches/shape_gguf.py`: an F32 GGUF file, then llama.cpp's own quantizer for Q8_0 and BF16; "
+            "the FP32 logits of both engines agree to 1e-3 on these files). Batch 1, greedy, a 128-token prompt of fixed "
+            "ids, 128 new tokens, EOS ignored; each row a fresh process, median of 3 timed runs after a warm-up; ferrolm's "
+            "prefix reuse off. In brackets: % of the decode ceiling, that process's measured read bandwidth (best of two "
+            "probes) / the matmul bytes each engine reads per token (ferrolm's INT8 keeps f32 scales: 6 % more bytes than "
+            f"Q8_0's f16 scales). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}.", "",
+            "Decode tok/s (% of the ceiling):", "", *decode, "",
+            "Prefill tok/s (128-token prompt):", "", *prefill, "",
+            "ferrolm INT8 decode against llama.cpp Q8_0: " + ", ".join(ratios) + ".", ""]
+
+
 def measure_int4() -> None:
     (OUT / "int4").mkdir(parents=True, exist_ok=True)
     ferrolm(INT4_BENCH + ["--progress"], stdout=subprocess.DEVNULL)
@@ -135,7 +187,7 @@ def int4_section() -> list:
         c = json.loads(cpp.read_text())
         parts += ["", "### Side by side with llama.cpp on the same file", "",
                   "```", "python benches/llamacpp_compare.py " + " ".join(LLAMACPP), "```", "",
-                  f"`{Path(c['file']).name}`; llama.cpp through llama-cpp-python (its `generate`, greedy); each row a fresh process, "
+                  f"`{Path(c.get('file') or c['sources'][0]).name}`; llama.cpp through llama-cpp-python (its `generate`, greedy); each row a fresh process, "
                   f"median of 3 timed runs after a warm-up (decode tok/s of each run in brackets); load average at the "
                   f"end {', '.join(f'{x:.2f}' for x in c['loadavg'])}.", "",
                   "| engine | threads | prefill tok/s (pp128) | decode tok/s (tg128) | runs | peak RSS MiB |",
@@ -341,6 +393,7 @@ def render() -> str:
     ]
     for m in memory:
         parts += ["```", "$ " + m["command"], m["output"].rstrip(), "```", ""]
+    parts += llamacpp_shapes_section()
     parts += int4_section()
     parts += kv_cache_section()
     parts += [
@@ -366,6 +419,7 @@ def main() -> int:
     p.add_argument("--serving", action="store_true", help="measure the serving benchmark only, then render")
     p.add_argument("--int4", action="store_true", help="measure the INT4 section only, then render")
     p.add_argument("--kv-cache", action="store_true", help="measure the KV cache section only, then render")
+    p.add_argument("--llamacpp", action="store_true", help="measure the PERF shapes against llama.cpp only, then render")
     args = p.parse_args()
     if args.serving:
         measure_serving()
@@ -373,8 +427,11 @@ def main() -> int:
         measure_int4()
     elif args.kv_cache:
         measure_kv_cache()
+    elif args.llamacpp:
+        measure_llamacpp_shapes()
     elif not args.render:
         measure()
+        measure_llamacpp_shapes()
         measure_int4()
         measure_kv_cache()
     (DOCS / "benchmarks.md").write_text(render())

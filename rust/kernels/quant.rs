@@ -1,11 +1,12 @@
-//! Reduced-precision weight formats (pure functions; the matmuls live in `matmul_bf16.rs`
-//! and `matmul_int8.rs`).
+//! Reduced-precision weight formats (pure functions; the matmuls live in `matmul.rs`,
+//! `matmul_int8.rs` and `matmul_int4.rs`).
 //!
 //! - **BF16**: the upper 16 bits of an IEEE f32. [`f32_to_bf16`] rounds to nearest, ties to
 //!   even; NaN stays NaN (made quiet), ±inf and signed zeros are kept, subnormals round like
 //!   any other value. [`bf16_to_f32`] is exact (a 16-bit shift).
 //! - **INT8** ([`QuantizedI8`]): symmetric, per output row, with groups of [`GROUP`]
-//!   consecutive input elements sharing one f32 scale: `scale = max|w| / 127`,
+//!   consecutive input elements sharing one f32 scale, `scale = max|w| / (127 + j)` with the
+//!   j in -16..=0 that gives the group the least squared error (`SCALE_SEARCH`),
 //!   `q = round(w / scale)` in [-127, 127] (a zero group has scale 0 and all-zero q).
 //!   The dequantized weight is `q as f32 * scale`; `|w - q·scale| ≤ scale / 2`.
 
