@@ -293,3 +293,23 @@ def test_default_model_quality_set_slices(smollm2_fp32):
         assert abs(r.pooled.perplexity_change_pct) < 1.0
         assert all(t.mean_kl < 5e-3 for t in r.texts), [t.mean_kl for t in r.texts]
     assert bf16.pooled.mean_kl < int8.pooled.mean_kl
+
+
+def test_quality_cli_set_mode(tmp_path, capsys):
+    a, b = tmp_path / "one.txt", tmp_path / "two.txt"
+    a.write_text(TEXT[:600])
+    b.write_text(TEXT[900:1500])
+    args = [str(MODELS / "tiny-llama"), "--set", "--precisions", "bf16,int8", "--threads", "1",
+            "--text", f"{a},{b}", "--window", "32"]
+    assert ferrolm.quality.main(args) == 0
+    out = capsys.readouterr().out
+    assert ferrolm.quality.TEXT_QUALITY_HEADER in out
+    assert "| int8 | one |" in out and "| bf16 | two |" in out and "| int8 | pooled |" in out
+    assert ferrolm.quality.main(args + ["--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [r["candidate"] for r in d] == ["bf16", "int8"]
+    assert [t["text"] for t in d[1]["texts"]] == ["one", "two"] and d[1]["window"] == 32
+    assert d[1]["pooled"]["tokens"] == sum(t["tokens"] for t in d[1]["texts"])
+    assert ferrolm.quality.main(args[:3] + ["fp16", "--set"]) == 2
+    assert "precision must be one of" in capsys.readouterr().err
+    assert ferrolm.quality.main([str(MODELS / "tiny-llama"), "--set", "--text", str(tmp_path / "missing.txt")]) == 2

@@ -613,18 +613,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.set:
-        return _set_main(args)
     try:
-        text = Path(args.text).read_text(encoding="utf-8") if args.text else None
-        reports = quality_report(args.model, args.precisions, threads=args.threads, text=text, window=args.window,
-                                 stride=args.stride, new_tokens=args.new_tokens, context_length=args.context_length,
-                                 kv_cache=args.kv_cache, reference=args.reference)
+        reports = _set_reports(args) if args.set else _text_reports(args)
     except (FerrolmError, OSError) as e:
         print(f"ferrolm: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
+    elif args.set:
+        print(f"against {reports[0].reference}, window {reports[0].window}, stride {reports[0].stride}\n")
+        print(TEXT_QUALITY_HEADER)
+        print("\n".join(r.markdown_rows() for r in reports))
     else:
         r0 = reports[0]
         print(f"{r0.reference_label} reference perplexity {r0.reference_perplexity:.4f}\n")
@@ -635,24 +634,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _set_main(args: argparse.Namespace) -> int:
-    try:
-        texts = None
-        if args.text:
-            texts = {Path(f).stem: Path(f).read_text(encoding="utf-8") for f in args.text.split(",")}
-        reports = quality_set(args.model, args.precisions, threads=args.threads, texts=texts,
-                              window=args.window or 1024, stride=args.stride, context_length=args.context_length,
-                              kv_cache=args.kv_cache, reference=args.reference)
-    except (FerrolmError, OSError) as e:
-        print(f"ferrolm: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps([r.as_dict() for r in reports], indent=2))
-    else:
-        print(f"against {reports[0].reference}, window {reports[0].window}, stride {reports[0].stride}\n")
-        print(TEXT_QUALITY_HEADER)
-        print("\n".join(r.markdown_rows() for r in reports))
-    return 0
+def _text_reports(args: argparse.Namespace) -> List[QualityReport]:
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    return quality_report(args.model, args.precisions, threads=args.threads, text=text, window=args.window,
+                          stride=args.stride, new_tokens=args.new_tokens, context_length=args.context_length,
+                          kv_cache=args.kv_cache, reference=args.reference)
+
+
+def _set_reports(args: argparse.Namespace) -> List[QualitySetReport]:
+    texts = None
+    if args.text:
+        texts = {Path(f).stem: Path(f).read_text(encoding="utf-8") for f in args.text.split(",")}
+    return quality_set(args.model, args.precisions, threads=args.threads, texts=texts, window=args.window or 1024,
+                       stride=args.stride, context_length=args.context_length, kv_cache=args.kv_cache,
+                       reference=args.reference)
 
 
 if __name__ == "__main__":
