@@ -152,7 +152,10 @@ def llamacpp_shapes_section() -> list:
             "ids, 128 new tokens, EOS ignored; each row a fresh process, median of 3 timed runs after a warm-up; ferrolm's "
             "prefix reuse off. In brackets: % of the decode ceiling, that process's measured read bandwidth (best of two "
             "probes) / the matmul bytes each engine reads per token (ferrolm's INT8 keeps f32 scales: 6 % more bytes than "
-            f"Q8_0's f16 scales). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}.", "",
+            f"Q8_0's f16 scales). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes of "
+            "this shared machine ranged from 27 to 72 GB/s between processes (2-thread probes 36–72 GB/s), so a row's "
+            "percentage moves with its probe — above 100 % the probe caught a slower moment than the decode did; "
+            "compare the tok/s of the engines within a row.", "",
             "Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
             "ferrolm INT8 decode against llama.cpp Q8_0: " + ", ".join(ratios) + ".", ""]
