@@ -139,6 +139,11 @@ def llamacpp_shapes_section() -> list:
                            for k in keys]
     prefill = [head, sep] + [f"| {k[0]} | {k[1]} | " + " | ".join(cell(k, e, "prefill") for e in LLAMACPP_COLUMNS) + " |"
                             for k in keys]
+    spans = {}
+    for r in c["rows"]:
+        lo, hi = spans.get(r["threads"], (r["read_gb_s"], r["read_gb_s"]))
+        spans[r["threads"]] = (min(lo, r["read_gb_s"]), max(hi, r["read_gb_s"]))
+    probes = ", ".join(f"{lo:.1f}–{hi:.1f} GB/s at {t} thread{'s' if t > 1 else ''}" for t, (lo, hi) in sorted(spans.items()))
     ratios = []
     for k in keys:
         a, b = by.get((*k, "ferrolm int8")), by.get((*k, "llama.cpp q8_0"))
@@ -152,10 +157,9 @@ def llamacpp_shapes_section() -> list:
             "ids, 128 new tokens, EOS ignored; each row a fresh process, median of 3 timed runs after a warm-up; ferrolm's "
             "prefix reuse off. In brackets: % of the decode ceiling, that process's measured read bandwidth (best of two "
             "probes) / the matmul bytes each engine reads per token (ferrolm's INT8 keeps f32 scales: 6 % more bytes than "
-            f"Q8_0's f16 scales). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes of "
-            "this shared machine ranged from 27 to 72 GB/s between processes (2-thread probes 36–72 GB/s), so a row's "
-            "percentage moves with its probe — above 100 % the probe caught a slower moment than the decode did; "
-            "compare the tok/s of the engines within a row.", "",
+            f"Q8_0's f16 scales). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes "
+            f"ranged {probes} between processes; a row's percentage moves with its probe (above 100 % the probe "
+            "caught a slower moment than the decode did), so compare the tok/s of the engines within a row.", "",
             "Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
             "ferrolm INT8 decode against llama.cpp Q8_0: " + ", ".join(ratios) + ".", ""]
