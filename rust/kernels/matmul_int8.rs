@@ -1067,6 +1067,47 @@ mod tests {
         }
     }
 
+    /// The batched decode step's GEMV (W8A16, `RowPath::Gemv`) on llama-135m's matrices, weights
+    /// cold (a model's worth of copies rotated): µs per step of all 30 layers' matrices at
+    /// m = 1, 2, 4, 8 rows of x, and the aggregate rows/s against m = 1. Run by hand:
+    /// `cargo test --release --lib bench_batched_gemv -- --ignored --nocapture`
+    /// (`BENCH_THREADS=1,2`, `BENCH_ROWS=1,2,4,8`).
+    #[test]
+    #[ignore]
+    fn bench_batched_gemv() {
+        let mut rng = Rng(7);
+        // (n, k) of one layer: fused qkv, o, fused gate/up, down
+        let shapes = [(960usize, 576usize), (576, 576), (3072, 576), (576, 1536)];
+        let layers = 30;
+        let ws: Vec<Vec<QuantizedI8>> = (0..layers)
+            .map(|_| shapes.iter().map(|&(n, k)| QuantizedI8::quantize(&rng.vec(n * k), n, k)).collect())
+            .collect();
+        let rows: Vec<usize> = env_list("BENCH_ROWS", "1,2,4,8").iter().map(|s| s.parse().expect("BENCH_ROWS")).collect();
+        for threads in env_list("BENCH_THREADS", "1,2").iter().map(|s| s.parse::<usize>().expect("BENCH_THREADS")) {
+            let pool = ThreadPool::new(threads).unwrap();
+            let mut base = 0.0;
+            for &m in &rows {
+                let xs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| rng.vec(m * k)).collect();
+                let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0.0; m * n]).collect();
+                let s = best_time(7, 3, |_| {
+                    for layer in &ws {
+                        for ((w, x), y) in layer.iter().zip(&xs).zip(ys.iter_mut()) {
+                            matmul_int8_a16_path(&pool, x, w, y, m, RowPath::Gemv);
+                        }
+                    }
+                });
+                if m == 1 {
+                    base = s;
+                }
+                println!(
+                    "batched GEMV w8a16 threads={threads} m={m}: {:7.1} µs per step, {:5.2}× the rows/s of m=1",
+                    s * 1e6,
+                    if base > 0.0 { m as f64 * base / s } else { f64::NAN }
+                );
+            }
+        }
+    }
+
     /// Approximately normal values (Irwin-Hall of 4 uniforms), scaled.
     fn normalish(rng: &mut Rng, n: usize, sigma: f32) -> Vec<f32> {
         (0..n)
