@@ -58,12 +58,44 @@ def test_sandbox_blocks_attribute_escapes():
 
 
 def test_bad_templates_and_messages():
-    with pytest.raises(ferrolm.CheckpointError, match="Jinja"):
-        ChatTemplate("{% for %}")
+    broken = ChatTemplate("{% for %}")  # compiled on its first render
+    for _ in range(2):
+        with pytest.raises(ferrolm.CheckpointError, match="Jinja"):
+            broken.render([{"role": "user", "content": "a"}])
     t = ChatTemplate(CHATML)
     for bad in ([], "hi", [{"content": "no role"}], [{"role": "user", "content": 3}], [{"role": "user", "content": object()}]):
         with pytest.raises(ferrolm.InvalidArgumentError):
             t.render(bad)
+
+
+def test_a_broken_template_loads_generates_and_fails_only_on_chat(tmp_path):
+    folder = copy_model("tiny-llama", tmp_path)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages %}{{ m.content }"
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    model = ferrolm.load(folder)
+    assert len(model.generate([1, 2, 3], max_new_tokens=4, ignore_eos=True).tokens) == 4
+    with pytest.raises(ferrolm.CheckpointError, match="not valid Jinja"):
+        model.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
+
+
+def test_loading_and_generating_import_neither_jinja_nor_numpy():
+    """A program that never chats nor asks for arrays does not pay their memory."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gguf = Path(__file__).parent / "fixtures" / "gguf" / "tiny-llama.gguf"
+    code = (
+        "import sys, ferrolm\n"
+        f"m = ferrolm.load({str(gguf)!r}, progress=False)\n"
+        "m.generate('hello', max_new_tokens=3)\n"
+        "print(sorted(k for k in ('jinja2', 'numpy', 'asyncio', 'hashlib') if k in sys.modules))\n"
+        "m.apply_chat_template([{'role': 'user', 'content': 'hi'}]) if m.chat_template else None\n"
+        "print('jinja2' in sys.modules or m.chat_template is None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "True"
 
 
 def test_chat_generates_through_the_template(chat_model):

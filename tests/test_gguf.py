@@ -92,10 +92,17 @@ class Recorder:
     def __init__(self):
         self.tensors = {}
 
-    def add_tensor(self, name, dtype, shape, data):
-        assert dtype == "F32" and isinstance(data, bytes)
-        assert name not in self.tensors
-        self.tensors[name] = np.frombuffer(data, dtype=np.float32).reshape(shape)
+    def add_tensor(self, name, dtype, shape, data, precision=None):
+        """Float values as the core reads them: F32 as they are, F16 and BF16 widened (exact)."""
+        assert isinstance(data, bytes) and name not in self.tensors
+        if dtype == "F32":
+            values = np.frombuffer(data, dtype=np.float32)
+        elif dtype == "F16":
+            values = np.frombuffer(data, dtype=np.float16).astype(np.float32)
+        else:
+            assert dtype == "BF16", dtype
+            values = (np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+        self.tensors[name] = values.reshape(shape)
 
     def add_blocks(self, name, kind, shape, data):
         """Raw Q8_0 / Q4_0 / Q4_1 blocks, rows in HF order: dequantized here as GGML defines them

@@ -24,7 +24,6 @@ from .errors import (
     TensorError,
     TokenizerError,
 )
-from .aio import AsyncTextStream
 from .generation import GenerationResult, TextStream, Timings, TokenLogprob, TokenScores, TopLogprob
 from .prefix_cache import PrefixCacheInfo
 from .lora import LoraAdapter, lora_stats, read_lora
@@ -34,6 +33,15 @@ from . import metrics, quality
 from .quality import QualityReport, compare, perplexity, quality_report
 
 __version__ = _core.__version__
+
+
+def __getattr__(name: str):
+    # asyncio (about 7 MiB resident) is imported only by programs that use it
+    if name == "AsyncTextStream":
+        from .aio import AsyncTextStream
+
+        return AsyncTextStream
+    raise AttributeError(f"module 'ferrolm' has no attribute {name!r}")
 
 __all__ = [
     "load",

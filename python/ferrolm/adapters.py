@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
-import numpy as np
+from ._numpy import np
 
 from .errors import InvalidArgumentError
 from .loading import Checkpoint, TensorReader

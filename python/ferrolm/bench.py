@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
+from ._numpy import np
 
 from . import _core
 from . import safetensors_io

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
+from ._numpy import np
 
 from .bench import random_checkpoint
 from .config import GenerationConfig

@@ -29,16 +29,18 @@ from the same file (`from_pretrained(..., gguf_file=...)`). The tokenizer is reb
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
+from ._numpy import np
 
 from . import _core
 from .errors import CheckpointError, ConfigError, MissingTensorError, ModelNotFoundError, TensorError
@@ -74,6 +76,9 @@ NEAREST_PRECISION = {
 
 # GGML types whose blocks the core reads itself (`ModelBuilder.add_blocks`).
 _RAW_BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+# GGML types whose values the core reads itself (`ModelBuilder.add_tensor`); the others are
+# dequantized by the gguf package.
+_DIRECT_TYPES = ("F32", "F16", "BF16")
 
 _BITS = {"int4": 4, "int8": 8, "bf16": 16, "fp32": 32}
 # The types each precision holds exactly (the others of NEAREST_PRECISION closely).
@@ -118,12 +123,42 @@ _PRE_TOKENIZER_SPLITS = {
 
 
 def _gguf():
+    """The whole `gguf` package (numpy included): only to dequantize the tensor types the core
+    does not read itself."""
     try:
         import gguf  # noqa: F401
         import gguf.quants  # noqa: F401
     except ImportError:
         raise CheckpointError("reading GGUF files needs the 'gguf' package: pip install gguf") from None
     return gguf
+
+
+def _constants():
+    """`gguf.constants` (Keys, GGUFValueType, GGMLQuantizationType, GGML_QUANT_SIZES,
+    TokenType), without running the package's `__init__`, which imports numpy and its reader
+    and writer (about 20 MiB resident that loading a Q4/Q8/F32 file never uses). The module is
+    registered under its own name, so a later `import gguf` uses this same module."""
+    if "gguf" in sys.modules:  # imported already (or marked missing)
+        return _gguf().constants
+    mod = sys.modules.get("gguf.constants")
+    if mod is not None:
+        return mod
+    spec = importlib.util.find_spec("gguf")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / "constants.py"
+        if path.is_file():
+            cspec = importlib.util.spec_from_file_location("gguf.constants", path)
+            if cspec is not None and cspec.loader is not None:
+                mod = importlib.util.module_from_spec(cspec)
+                sys.modules["gguf.constants"] = mod
+                try:
+                    cspec.loader.exec_module(mod)
+                except BaseException:
+                    del sys.modules["gguf.constants"]
+                    raise
+                return mod
+    return _gguf().constants
 
 
 TableRow = Dict[str, Optional[str]]
@@ -275,7 +310,7 @@ class GgufModel:
 
     def num_params(self) -> int:
         """Parameters stored in the file (from tensor shapes; no data is read)."""
-        return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self._tensors)
+        return sum(math.prod(t.shape) for t in self._tensors)
 
     def matrices(self) -> List[Tuple[str, Tuple[int, ...], str]]:
         """(Hugging Face name, [out, in], GGML type) of every matmul weight (the 2-D tensors)."""
@@ -288,7 +323,7 @@ class GgufModel:
         by_precision: Dict[str, Dict[str, int]] = {}
         for _, shape, tname in self.matrices():
             near = by_precision.setdefault(NEAREST_PRECISION.get(tname, "fp32"), {})
-            near[tname] = near.get(tname, 0) + int(np.prod(shape, dtype=np.int64))
+            near[tname] = near.get(tname, 0) + math.prod(shape)
         if not by_precision:
             return "fp32", "the file holds no matrices"
         total = sum(sum(t.values()) for t in by_precision.values())
@@ -318,7 +353,7 @@ class GgufModel:
         self._check_open()
         for info in self._tensors:
             arr = self._load(info)
-            if np.may_share_memory(arr, self._reader.data):
+            if not arr.flags.owndata:
                 arr = arr.copy()  # F32 tensors come back as views of the mapped file
             self._release(info)
             yield info.hf_name, arr
@@ -333,17 +368,24 @@ class GgufModel:
         self._check_open()
         total = len(self._tensors)
         for done, info in enumerate(self._tensors, 1):
+            wider = precision is not None and len(info.shape) == 2 and self.tensor_precision(info.type_name, precision) != precision
             if info.type_name in _RAW_BLOCK_TYPES and len(info.shape) == 2:
                 raw = self._raw_rows(info)
                 self._release(info)
                 builder.add_blocks(info.hf_name, info.type_name, list(info.shape), raw)
                 del raw
+            elif info.type_name in _DIRECT_TYPES and len(info.shape) <= 2:
+                # values the core converts itself (F16/BF16 widen exactly to f32)
+                data = self._raw_rows(info)
+                self._release(info)
+                extra = (self.tensor_precision(info.type_name, precision),) if wider else ()
+                builder.add_tensor(info.hf_name, info.type_name, list(info.shape), data, *extra)
+                del data
             else:
                 arr = self._load(info)
                 data = arr.tobytes()
                 del arr
                 self._release(info)
-                wider = precision is not None and len(info.shape) == 2 and self.tensor_precision(info.type_name, precision) != precision
                 if wider:
                     builder.add_tensor(info.hf_name, "F32", list(info.shape), data, self.tensor_precision(info.type_name, precision))
                 else:
@@ -365,20 +407,20 @@ class GgufModel:
         _release_pages(self._reader, self._reader.tensors[info.index])
 
     def _raw_rows(self, info: _TensorInfo) -> bytes:
-        """The raw blocks of a quantized tensor, rows in HF order (a row permutation moves
-        whole rows of blocks, so it is exact)."""
-        t = self._reader.tensors[info.index]
-        raw = np.asarray(t.data, dtype=np.uint8).reshape(info.shape[0], -1)
-        if info.heads:
-            raw = _unpermute_rope_rows(raw, info.heads)
-        return np.ascontiguousarray(raw).tobytes()
+        """The bytes of a tensor (raw blocks, or F32/F16/BF16 values), rows in HF order (the
+        elements of a 1-D one; a row permutation moves whole rows of blocks, so it is exact)."""
+        data = self._reader.tensors[info.index].data
+        if not info.heads:
+            return bytes(data)
+        n = len(data) // info.shape[0]
+        return b"".join(data[r * n:(r + 1) * n] for r in _rope_row_order(info.shape[0], info.heads))
 
     def _load(self, info: _TensorInfo) -> np.ndarray:
         """The tensor as float32 [out, in] in HF row order (possibly a view of the mapped file)."""
         gguf = _gguf()
         t = self._reader.tensors[info.index]
         try:
-            arr = gguf.quants.dequantize(t.data, t.tensor_type)
+            arr = gguf.quants.dequantize(t.rows(), t.tensor_type)
         except (NotImplementedError, ValueError, IndexError, TypeError) as e:
             raise TensorError(
                 f"{self.path}: cannot dequantize tensor {info.gguf_name} of type {info.type_name}: {e}"
@@ -393,16 +435,22 @@ class GgufModel:
         return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of llama.cpp convert_hf_to_gguf's `permute`:
-    w.reshape(n_head, 2, rows // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)."""
-    half = w.shape[0] // n_head // 2
-    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def _rope_row_order(rows: int, n_head: int) -> List[int]:
+    """Source row of each HF row: the inverse of llama.cpp convert_hf_to_gguf's `permute`,
+    w.reshape(n_head, 2, rows // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape), which
+    interleaves the two halves of each head's rows: HF row (h, j, i) is file row (h, i, j)."""
+    half = rows // n_head // 2
+    return [h * 2 * half + i * 2 + j for h in range(n_head) for j in range(2) for i in range(half)]
+
+
+def _unpermute_rope_rows(w: Any, n_head: int) -> Any:
+    """`_rope_row_order` applied to the rows of an array."""
+    return w[_rope_row_order(w.shape[0], n_head)]
 
 
 def _release_pages(reader: Any, t: Any) -> None:
     """Drops the mapped file pages of a tensor already converted (best effort; read-only map)."""
-    mm = getattr(getattr(reader, "data", None), "_mmap", None)
+    mm = getattr(reader, "mm", None)
     if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
         return
     page = mmap.PAGESIZE
@@ -445,17 +493,15 @@ class _Field:
 
     @property
     def data(self) -> Sequence[Any]:
-        return self._value if isinstance(self._value, (list, np.ndarray)) else [0]
+        return self._value if isinstance(self._value, list) else [0]
 
     def contents(self, index: Optional[int] = None) -> Any:
         v = self._value
         if index is not None:
             v = v[index]
-            return v.decode("utf-8") if isinstance(v, bytes) else (v.item() if isinstance(v, np.generic) else v)
+            return v.decode("utf-8") if isinstance(v, bytes) else v
         if isinstance(v, bytes):
             return v.decode("utf-8")
-        if isinstance(v, np.ndarray):
-            return v.tolist()
         if isinstance(v, list):
             return [x.decode("utf-8") if isinstance(x, bytes) else x for x in v]
         return v
@@ -463,15 +509,20 @@ class _Field:
 
 @dataclass
 class _Tensor:
-    """A tensor's header and its bytes in the mapped file (uint8 [..., bytes per row], which
-    `gguf.quants.dequantize` reads for every type)."""
+    """A tensor's header and its bytes in the mapped file."""
 
     name: str
     tensor_type: Any  # gguf.GGMLQuantizationType
-    shape: np.ndarray  # dimensions as stored (innermost first)
-    data: np.ndarray
+    shape: Tuple[int, ...]  # dimensions as stored (innermost first)
+    data: memoryview  # the tensor's bytes
     data_offset: int
     n_bytes: int
+
+    def rows(self) -> Any:
+        """The bytes as a numpy uint8 array [..., bytes per row] (what `gguf.quants.dequantize`
+        reads for every type)."""
+        outer = [int(d) for d in reversed(self.shape[1:])]
+        return np.frombuffer(self.data, dtype=np.uint8).reshape(*outer, -1)
 
 
 class _Reader:
@@ -479,16 +530,18 @@ class _Reader:
     file. It replaces `gguf.GGUFReader` here because that one keeps a numpy view per metadata
     element — about 3.8 KB per vocabulary token, 158 MiB of peak memory for the default model's
     49,152 tokens (more than the model's INT4 weights) — where this one keeps the decoded
-    values (a Python string per token). The layout (GGUF v2/v3, little-endian) is the gguf
-    package's: value types are `gguf.GGUFValueType`, tensor types `gguf.GGMLQuantizationType`
-    with sizes from `gguf.GGML_QUANT_SIZES`."""
+    values (a Python string per token), and it needs no numpy (`mmap` and `struct`). The layout
+    (GGUF v2/v3, little-endian) is the gguf package's: value types are `gguf.GGUFValueType`,
+    tensor types `gguf.GGMLQuantizationType` with sizes from `gguf.GGML_QUANT_SIZES` (passed in
+    as `gguf.constants`)."""
 
     _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
     def __init__(self, gguf: Any, path: Path) -> None:
         self.byte_order = "I"
-        self.data = np.memmap(path, mode="r")
-        buf = memoryview(self.data)  # type: ignore[arg-type]
+        with open(path, "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = memoryview(self.mm)
         self._buf, self._gguf, self._offs = buf, gguf, 0
         if bytes(self._take(4)) != GGUF_MAGIC:
             raise ValueError("GGUF magic invalid")
@@ -519,7 +572,7 @@ class _Reader:
             n_dims = self._scalar("<I")
             if n_dims > 8:
                 raise ValueError(f"tensor {name} has {n_dims} dimensions")
-            dims = np.frombuffer(self._take(8 * n_dims), dtype="<u8").astype(np.int64)
+            dims = struct.unpack(f"<{n_dims}Q", self._take(8 * n_dims))
             qtype = gguf.GGMLQuantizationType(self._scalar("<I"))
             headers.append((name, dims, qtype, self._scalar("<Q")))
         align = self.fields.get("general.alignment")
@@ -534,16 +587,14 @@ class _Reader:
                 raise ValueError(f"tensor {name} appears twice")
             seen.add(name)
             block, size = gguf.GGML_QUANT_SIZES[qtype]
-            numel = int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
-            if any(int(d) < 0 or int(d) >= 1 << 40 for d in dims) or numel % block or (int(dims[0]) if len(dims) else 1) % block:
-                raise ValueError(f"tensor {name} of type {qtype.name} has shape {dims.tolist()}")
+            numel = math.prod(dims)
+            if any(d >= 1 << 40 for d in dims) or numel % block or (dims[0] if dims else 1) % block:
+                raise ValueError(f"tensor {name} of type {qtype.name} has shape {list(dims)}")
             n_bytes = numel // block * size
             at = start + int(offset)
-            if at + n_bytes > len(self.data):
-                raise _Truncated(name, at, n_bytes, len(self.data))
-            rows = [int(d) for d in reversed(dims[1:].tolist())] if len(dims) > 1 else []
-            data = self.data[at:at + n_bytes].reshape(*rows, -1) if n_bytes else self.data[at:at]
-            self.tensors.append(_Tensor(name, qtype, dims, data, at, n_bytes))
+            if at + n_bytes > len(buf):
+                raise _Truncated(name, at, n_bytes, len(buf))
+            self.tensors.append(_Tensor(name, qtype, tuple(dims), buf[at:at + n_bytes], at, n_bytes))
         self._buf = None  # type: ignore[assignment]
 
     def _take(self, n: int) -> memoryview:
@@ -579,7 +630,7 @@ class _Reader:
         fmt = self._SCALARS.get(int(etype))
         if fmt is None:
             raise ValueError(f"unknown metadata value type {etype}")
-        return np.frombuffer(self._take(struct.calcsize(fmt) * count), dtype=np.dtype(fmt)).copy()
+        return list(struct.unpack(f"<{count}{fmt[1:]}", self._take(struct.calcsize(fmt) * count)))
 
 
 class _Truncated(Exception):
@@ -608,7 +659,7 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
     """Reads a GGUF file's metadata, config and tokenizer. Tensors are read by `add_tensors`."""
     path = Path(path)
     _check_file(path)
-    gguf = _gguf()
+    gguf = _constants()
     K = gguf.Keys
     reader = _open_reader(gguf, path)
 
@@ -679,6 +730,9 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
         if i is not None and tok_field is not None and i < (n_tokens or 0):
             special[name] = _field_value_at(tok_field, i, path)
     template = values.get(K.Tokenizer.CHAT_TEMPLATE)
+    # the vocabulary and merges (about 100k Python objects for a 49k-token vocabulary) are in
+    # the tokenizer now: freed here, before the weights arrive, so the memory goes back
+    reader.fields = {}
 
     return GgufModel(
         path=path,
@@ -699,7 +753,7 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
 
 def _llama_config(path: Path, v: Dict[str, Any], by_name: Dict[str, int], rows: List[TableRow],
                   n_tokens: Optional[int]) -> Dict[str, Any]:
-    K = _gguf().Keys
+    K = _constants().Keys
 
     def key(template: str) -> str:  # gguf.Keys.LLM.* and friends are "{arch}.…" templates
         return template.format(arch=_ARCH)
@@ -807,7 +861,7 @@ def _plan_tensors(path: Path, reader: Any, by_name: Dict[str, int], rows: List[T
                 f"{path}: tensor {name} has GGML type {tname}, which ferrolm cannot read "
                 f"(supported: {', '.join(SUPPORTED_TENSOR_TYPES)})"
             )
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        shape = tuple(int(d) for d in reversed(t.shape))
         if not shape or min(shape) < 1:
             raise TensorError(f"{path}: tensor {name} has shape {list(shape)}; every dimension must be positive")
         if heads_for:
@@ -821,7 +875,7 @@ def _plan_tensors(path: Path, reader: Any, by_name: Dict[str, int], rows: List[T
         if cfg["vocab_size"] is None:
             cfg["vocab_size"] = n_rows
     if cfg["vocab_size"] is None:
-        vocab_key = _gguf().Keys.LLM.VOCAB_SIZE.format(arch=_ARCH)
+        vocab_key = _constants().Keys.LLM.VOCAB_SIZE.format(arch=_ARCH)
         raise ConfigError(f"{path}: cannot tell the vocabulary size (no {vocab_key}, no {embeddings})")
 
     # biases come in groups the config switches on together: attention (q, k, v, o) and MLP
@@ -847,7 +901,7 @@ def _check_rope_freqs(path: Path, t: Any) -> None:
     """llama.cpp stores Llama-3.1-style RoPE scaling as per-frequency factors; all ones is plain RoPE."""
     try:
         gguf = _gguf()
-        f = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float64)
+        f = np.asarray(gguf.quants.dequantize(t.rows(), t.tensor_type), dtype=np.float64)
     except Exception:
         f = None
     if f is None or not np.all(f == 1.0):
@@ -875,7 +929,7 @@ def _byte_level_bpe(path: Path, values: Dict[str, Any], get_array) -> Tokenizer:
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
     from tokenizers import Tokenizer as HFTokenizer
 
-    gguf = _gguf()
+    gguf = _constants()
     K = gguf.Keys.Tokenizer
     tokens = get_array(K.LIST)
     if not tokens or not all(isinstance(t, str) for t in tokens):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-import numpy as np
+from ._numpy import np
 
 from . import safetensors_io
 from .errors import CheckpointError, ConfigError, InvalidArgumentError, ModelNotFoundError, TensorError

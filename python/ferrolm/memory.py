@@ -14,7 +14,8 @@ Two figures side by side:
     an FP32 cache (the default), 2 for BF16 (`ferrolm.load(..., kv_cache="bf16")`);
   - working buffers: the activations of one prefill chunk (at most 256 tokens), the attention
     scores of each thread and two logits rows, per sequence;
-  - runtime: the Python process itself with ferrolm and its imports (numpy, tokenizers, jinja2);
+  - runtime: the Python process itself with ferrolm and its imports (tokenizers; jinja2 for a
+    chat template; numpy only once arrays are asked for);
   - loading: what loading holds beyond the weights for a while (conversion blocks of 4 MiB, a
     GPT-2 Conv1D weight transposed in FP32, a GGUF file's parsed metadata), freed before the
     first generation.
@@ -57,10 +58,12 @@ KV_CACHE_BYTES = {"fp32": 4, "bf16": 2}
 INT4_GROUP = 32
 INT4_GROUP_BYTES = 16 + 2 + 2
 
-#: Peak resident memory of a Python process that has imported ferrolm (with numpy, tokenizers
-#: and jinja2) and run a model, without the model's own buffers: measured 39–41 MiB on Linux
-#: x86-64, CPython 3.11 (tests/fixtures models, whose weights are < 1 MiB).
-RUNTIME_BYTES = 39 * MiB
+#: Peak resident memory of a Python process that has imported ferrolm (with tokenizers) and
+#: run a model, without the model's own buffers: measured 24.8 MiB on Linux x86-64, CPython 3.11
+#: (tests/fixtures models, whose weights are < 1 MiB). ferrolm imports numpy only when arrays are
+#: asked for (`Model.logits`, quality, LoRA and soft-prompt files); a program that imports it
+#: adds about 18 MiB.
+RUNTIME_BYTES = 25 * MiB
 #: Of RUNTIME_BYTES, what running a model adds to the process once ferrolm is imported (thread
 #: stacks, the tokenizer's and the kernels' first buffers): measured 5.9 MiB on the same runs.
 #: What importing takes varies with the environment (the same wheels measured 34.8 MiB in one
@@ -71,12 +74,12 @@ RUN_BYTES = 6 * MiB
 #: file pages and its converted copy (less for tensors smaller than a block).
 CONVERSION_BYTES = 8 * MiB
 #: Loading a GGUF file parses its metadata (vocabulary, merges, token types) and builds the
-#: tokenizer before the weights arrive: a fixed part and a part per token of the vocabulary,
-#: fitted to two measured peaks above the import baseline (ferrolm's own GGUF reader): 8.3 MiB
-#: for tests/fixtures/gguf/tiny-llama.gguf (384 tokens) and 50.4 MiB for the default model
-#: (49,152 tokens).
-GGUF_READER_BYTES = 8 * MiB
-GGUF_METADATA_BYTES_PER_TOKEN = 905
+#: tokenizer before the weights arrive, and the tokenizer stays: a fixed part and a part per
+#: token of the vocabulary, fitted to measured peaks above weights + runtime (ferrolm's own GGUF
+#: reader, no numpy): 2.1 MiB for tests/fixtures/gguf/tiny-llama.gguf (384 tokens), 38.4 / 36.2
+#: MiB for the default model (49,152 tokens) in INT4 / INT8.
+GGUF_READER_BYTES = 2 * MiB
+GGUF_METADATA_BYTES_PER_TOKEN = 750
 #: Prefill runs in chunks of at most this many tokens (rust/model/forward.rs PREFILL_CHUNK).
 PREFILL_CHUNK = 256
 INT8_GROUP = 32
@@ -233,7 +236,7 @@ class MemoryEstimate:
                 ("KV cache", self.kv_cache_bytes, f"{self.kv_cache.upper()} keys and values, {self.context} positions × "
                  f"batch {self.batch}"),
                 ("working buffers", self.buffers_bytes, "activations of one prefill chunk, attention scores, logits"),
-                ("runtime", self.runtime_bytes, "Python with ferrolm, numpy, tokenizers (measured)"),
+                ("runtime", self.runtime_bytes, "Python with ferrolm and tokenizers (measured)"),
                 ("loading (transient)", self.loading_bytes, self.notes[1] if len(self.notes) > 1 else ""),
             ]
         if self.training:
@@ -421,7 +424,7 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
     weights = arch.weight_bytes(precision, group, per_matrix)
     if fmt == "gguf":
         loading = GGUF_READER_BYTES + GGUF_METADATA_BYTES_PER_TOKEN * arch.vocab_size
-        loading_note = (f"the file's metadata and tokenizer while loading (8 MiB + {GGUF_METADATA_BYTES_PER_TOKEN} B per "
+        loading_note = (f"the file's metadata and tokenizer while loading ({GGUF_READER_BYTES // MiB} MiB + {GGUF_METADATA_BYTES_PER_TOKEN} B per "
                         "vocabulary token, measured)")
     else:
         largest = 4 * max(r * c for r, c in arch.matrices())

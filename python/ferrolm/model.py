@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
+from ._numpy import integer_types, np, sequence_types
 
 from . import _core
 from .chat import END_OF_TURN_TOKENS, ChatTemplate
 from .config import GenerationConfig
 from .errors import ConfigError, ContextLengthError, InvalidArgumentError, InvalidTokenError, MemoryLimitError, TokenizerError
 from .generation import GenerationResult, TextStream, TokenScores, _Sequence, drain, run, run_batch
-from .aio import AsyncTextStream, run_async
 from .prefix_cache import PrefixCacheInfo, SessionCache
 from .adapters import Adapters
 from .lora import check_name
@@ -34,7 +32,7 @@ Prompt = Union[str, Sequence[int]]
 def _is_batch(prompt: Any) -> bool:
     """A list of prompts (strings or id lists), as opposed to one prompt of token ids."""
     return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(
-        isinstance(p, (str, list, tuple, np.ndarray)) for p in prompt
+        isinstance(p, (str, *sequence_types())) for p in prompt
     )
 
 
@@ -46,6 +44,12 @@ def _check_cancel(cancel: Any) -> None:
 #: generate(adapter=...) default: whatever set_adapter made active.
 _ACTIVE: Any = object()
 
+
+
+def _random_seed() -> int:
+    """63 bits from the operating system's random source (what `secrets.randbits(63)` gives,
+    without importing hashlib and OpenSSL, about 3.5 MiB resident)."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
 
 class Model:
     """A loaded model: immutable weights shared by every call. Safe to use from several Python
@@ -263,11 +267,11 @@ class Model:
         return self._need_tokenizer().decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
 
     def _check_ids(self, ids: Sequence[int]) -> List[int]:
-        if not isinstance(ids, (list, tuple, np.ndarray)):
+        if not isinstance(ids, sequence_types()):
             raise InvalidArgumentError(f"token ids must be a list of integers, got {type(ids).__name__}")
         out = []
         for t in ids:
-            if not isinstance(t, (int, np.integer)) or isinstance(t, bool):
+            if not isinstance(t, integer_types()) or isinstance(t, bool):
                 raise InvalidArgumentError(f"token ids must be integers, got {t!r}")
             t = int(t)
             if not 0 <= t < self.vocab_size:
@@ -282,7 +286,7 @@ class Model:
             ids = self._check_ids(self.tokenize(prompt))
             if not ids:
                 raise InvalidArgumentError("the prompt encodes to no tokens")
-        elif isinstance(prompt, (list, tuple, np.ndarray)):
+        elif isinstance(prompt, sequence_types()):
             ids = self._check_ids(prompt)
             if not ids:
                 raise InvalidArgumentError("the prompt is empty")
@@ -349,6 +353,7 @@ class Model:
         model.achat(..., stream=True)` (see agenerate)."""
         _check_cancel(cancel)
         batch = isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
+        from .aio import AsyncTextStream, run_async  # asyncio only once asked for
         if stream:
             if batch:
                 raise InvalidArgumentError("stream=True takes one conversation; a batch returns a list of results")
@@ -415,7 +420,7 @@ class Model:
                 raise InvalidArgumentError("stream=True takes one prompt; a batch returns a list of results")
             return self._generate_batch(list(prompt), cfg, eos, adapter, soft_prompt, cancel)
         ids = self._prompt_ids(prompt)
-        seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+        seed = cfg.seed if cfg.seed is not None else _random_seed()
         prefix = self._prefix(soft_prompt, len(ids))
         core = self._core_for(adapter)
         session, cached = self._sessions.take(core, None if prefix is not None else ids)
@@ -439,7 +444,7 @@ class Model:
             for ids, prefix in zip(all_ids, prefixes):
                 session, cached = self._sessions.take(core, None if prefix is not None else ids)
                 taken.append(session)
-                seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+                seed = cfg.seed if cfg.seed is not None else _random_seed()
                 seqs.append(_Sequence(session, ids, cfg, self.tokenizer, eos, seed, prefix, cached=cached))
             return run_batch(seqs, self._decode_batch, cancel)
         finally:
@@ -463,6 +468,7 @@ class Model:
         stops the work before its next prefill chunk or decode step (the awaited call then
         raises CancelledError; a closed stream's `.result` says "cancelled")."""
         _check_cancel(cancel)
+        from .aio import AsyncTextStream, run_async  # asyncio only once asked for
         if stream:
             if _is_batch(prompt):
                 raise InvalidArgumentError("stream=True takes one prompt; a batch returns a list of results")
@@ -538,7 +544,7 @@ class Session:
             raise ContextLengthError(f"the conversation would need {needed} positions but the context length is {self.raw.context_length}")
         if not self._busy.acquire(blocking=False):
             raise InvalidArgumentError("this session is already generating (one call at a time per session)")
-        seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+        seed = cfg.seed if cfg.seed is not None else _random_seed()
         seq = _Sequence(self.raw, ids, cfg, model.tokenizer, eos, seed, cached=0, feed=self._pending, fresh=False)
         gen = run(seq, cancel)
 
@@ -560,6 +566,7 @@ class Session:
                   cancel: Any = None, **options: Any) -> Any:
         """generate() for asyncio (see Model.agenerate)."""
         _check_cancel(cancel)
+        from .aio import AsyncTextStream, run_async  # asyncio only once asked for
         if stream:
             return AsyncTextStream(lambda c: self.generate(prompt, config, stream=True, cancel=c, **options), cancel)
         return run_async(lambda c: self.generate(prompt, config, cancel=c, **options), cancel)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-import numpy as np
+from ._numpy import np
 
 from . import _core
 from .errors import InvalidArgumentError, TensorError
@@ -17,9 +17,13 @@ PathLike = Union[str, os.PathLike]
 
 #: numpy dtype of each dtype ferrolm writes (BF16 as its uint16 bit patterns).
 _NUMPY = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "U8": "u1", "BF16": "<u2"}
-_NAMES = {np.dtype(v): k for k, v in _NUMPY.items() if k != "BF16"}
 #: The float dtypes, which read as float32 values.
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+
+
+def _names() -> Dict[Any, str]:
+    """The safetensors name of each numpy dtype ferrolm writes (but BF16, kept as uint16 bits)."""
+    return {np.dtype(v): k for k, v in _NUMPY.items() if k != "BF16"}
 
 
 def open_file(path: PathLike) -> "_core.SafetensorsFile":
@@ -62,14 +66,14 @@ def save_arrays(path: PathLike, tensors: Dict[str, np.ndarray], metadata: Option
     uint16 bit patterns)."""
     entries = []
     for name, arr in tensors.items():
-        dtype = _NAMES.get(np.dtype(arr.dtype).newbyteorder("<"))
+        dtype = _names().get(np.dtype(arr.dtype).newbyteorder("<"))
         if dtype is None:
             raise InvalidArgumentError(f"tensor {name}: dtype {arr.dtype} cannot be saved (float32/16/64 or int8)")
         entries.append((name, dtype, arr.shape))
 
     def make(name: str) -> bytes:
         arr = np.asarray(tensors[name])
-        return arr.astype(np.dtype(_NUMPY[_NAMES[np.dtype(arr.dtype).newbyteorder("<")]]), copy=False).tobytes()
+        return arr.astype(np.dtype(_NUMPY[_names()[np.dtype(arr.dtype).newbyteorder("<")]]), copy=False).tobytes()
 
     write(path, entries, make, metadata)
 

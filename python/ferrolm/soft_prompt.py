@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-import numpy as np
+from ._numpy import np
 
 from .errors import ConfigError, ModelNotFoundError, TensorError
 from .fields import get_int, get_str
