@@ -166,6 +166,10 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
     process's). The context holds exactly the prompt and the new tokens."""
     folder = model_source(shape)
     context = prompt_len + new_tokens
+    # every load imports the tokenizers library; its resident size varies with the environment
+    # (as Python's own does), so it is part of the measured baseline
+    import tokenizers  # noqa: F401
+
     baseline = current_rss_bytes()
     t0 = time.perf_counter()
     model = load(folder, precision=precision, threads=threads, context_length=context, kv_cache=kv_cache, progress=False)

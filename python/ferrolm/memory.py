@@ -64,12 +64,13 @@ INT4_GROUP_BYTES = 16 + 2 + 2
 #: asked for (`Model.logits`, quality, LoRA and soft-prompt files); a program that imports it
 #: adds about 18 MiB.
 RUNTIME_BYTES = 25 * MiB
-#: Of RUNTIME_BYTES, what running a model adds to the process once ferrolm is imported (thread
-#: stacks, the tokenizer's and the kernels' first buffers): measured 5.9 MiB on the same runs.
-#: What importing takes varies with the environment (the same wheels measured 34.8 MiB in one
-#: virtualenv and 38.6 MiB in another, on another file system), so `ferrolm bench` measures it
-#: in the benchmark process and estimates runtime = that baseline + RUN_BYTES.
-RUN_BYTES = 6 * MiB
+#: Of RUNTIME_BYTES, what running a model adds to the process once ferrolm and the tokenizers
+#: library are imported (thread stacks, the kernels' first buffers): measured 2.2–2.4 MiB on the
+#: same runs. What importing takes varies with the environment (the same wheels measured 34.8
+#: MiB in one virtualenv and 38.6 MiB in another, on another file system), so `ferrolm bench`
+#: measures it in the benchmark process (after importing tokenizers, which every load uses) and
+#: estimates runtime = that baseline + RUN_BYTES.
+RUN_BYTES = 2 * MiB
 #: Loading a safetensors checkpoint converts 4 MiB blocks of rows at a time: a block of mapped
 #: file pages and its converted copy (less for tensors smaller than a block).
 CONVERSION_BYTES = 8 * MiB
