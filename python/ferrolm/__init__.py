@@ -36,7 +36,7 @@ __version__ = _core.__version__
 
 
 def __getattr__(name: str):
-    # asyncio (about 7 MiB resident) is imported only by programs that use it
+    # asyncio (about 3 MiB resident) is imported only by programs that use it
     if name == "AsyncTextStream":
         from .aio import AsyncTextStream
 

@@ -368,28 +368,23 @@ class GgufModel:
         self._check_open()
         total = len(self._tensors)
         for done, info in enumerate(self._tensors, 1):
-            wider = precision is not None and len(info.shape) == 2 and self.tensor_precision(info.type_name, precision) != precision
             if info.type_name in _RAW_BLOCK_TYPES and len(info.shape) == 2:
                 raw = self._raw_rows(info)
                 self._release(info)
                 builder.add_blocks(info.hf_name, info.type_name, list(info.shape), raw)
                 del raw
-            elif info.type_name in _DIRECT_TYPES and len(info.shape) <= 2:
-                # values the core converts itself (F16/BF16 widen exactly to f32)
-                data = self._raw_rows(info)
-                self._release(info)
-                extra = (self.tensor_precision(info.type_name, precision),) if wider else ()
-                builder.add_tensor(info.hf_name, info.type_name, list(info.shape), data, *extra)
-                del data
             else:
-                arr = self._load(info)
-                data = arr.tobytes()
-                del arr
-                self._release(info)
-                if wider:
-                    builder.add_tensor(info.hf_name, "F32", list(info.shape), data, self.tensor_precision(info.type_name, precision))
+                if info.type_name in _DIRECT_TYPES and len(info.shape) <= 2:
+                    # values the core converts itself (F16/BF16 widen exactly to f32)
+                    dtype, data = info.type_name, self._raw_rows(info)
                 else:
-                    builder.add_tensor(info.hf_name, "F32", list(info.shape), data)
+                    arr = self._load(info)
+                    dtype, data = "F32", arr.tobytes()
+                    del arr
+                self._release(info)
+                # a matrix whose type needs more bits than the load's precision keeps its nearest one
+                wider = precision is not None and len(info.shape) == 2 and self.tensor_precision(info.type_name, precision) != precision
+                builder.add_tensor(info.hf_name, dtype, list(info.shape), data, self.tensor_precision(info.type_name, precision) if wider else None)
                 del data
             if progress is not None:
                 progress(done, total, info.hf_name)

@@ -45,11 +45,22 @@ def _check_cancel(cancel: Any) -> None:
 _ACTIVE: Any = object()
 
 
-
 def _random_seed() -> int:
     """63 bits from the operating system's random source (what `secrets.randbits(63)` gives,
     without importing hashlib and OpenSSL, about 3.5 MiB resident)."""
     return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def _off_the_loop(call: Callable[[bool, Any], Any], stream: bool, cancel: Any) -> Any:
+    """The asyncio form of `call(stream, cancel_event)` (a generate or chat call): an
+    AsyncTextStream when streaming, else an awaitable of its result. asyncio is imported here,
+    by the first async call, not with ferrolm."""
+    from .aio import AsyncTextStream, run_async
+
+    if stream:
+        return AsyncTextStream(lambda c: call(True, c), cancel)
+    return run_async(lambda c: call(False, c), cancel)
+
 
 class Model:
     """A loaded model: immutable weights shared by every call. Safe to use from several Python
@@ -353,12 +364,9 @@ class Model:
         model.achat(..., stream=True)` (see agenerate)."""
         _check_cancel(cancel)
         batch = isinstance(messages, (list, tuple)) and len(messages) > 0 and all(isinstance(m, (list, tuple)) for m in messages)
-        from .aio import AsyncTextStream, run_async  # asyncio only once asked for
-        if stream:
-            if batch:
-                raise InvalidArgumentError("stream=True takes one conversation; a batch returns a list of results")
-            return AsyncTextStream(lambda c: self.chat(messages, config, stream=True, cancel=c, **options), cancel)
-        return run_async(lambda c: self.chat(messages, config, cancel=c, **options), cancel)
+        if stream and batch:
+            raise InvalidArgumentError("stream=True takes one conversation; a batch returns a list of results")
+        return _off_the_loop(lambda s, c: self.chat(messages, config, stream=s, cancel=c, **options), stream, cancel)
 
     def _resolve(self, config: Optional[GenerationConfig], options: Dict[str, Any]) -> Tuple[GenerationConfig, Tuple[int, ...]]:
         """The call's GenerationConfig (options over `config` over generation_config.json) and
@@ -468,12 +476,9 @@ class Model:
         stops the work before its next prefill chunk or decode step (the awaited call then
         raises CancelledError; a closed stream's `.result` says "cancelled")."""
         _check_cancel(cancel)
-        from .aio import AsyncTextStream, run_async  # asyncio only once asked for
-        if stream:
-            if _is_batch(prompt):
-                raise InvalidArgumentError("stream=True takes one prompt; a batch returns a list of results")
-            return AsyncTextStream(lambda c: self.generate(prompt, config, stream=True, cancel=c, **options), cancel)
-        return run_async(lambda c: self.generate(prompt, config, cancel=c, **options), cancel)
+        if stream and _is_batch(prompt):
+            raise InvalidArgumentError("stream=True takes one prompt; a batch returns a list of results")
+        return _off_the_loop(lambda s, c: self.generate(prompt, config, stream=s, cancel=c, **options), stream, cancel)
 
     def score(self, text: Prompt, *, adapter: Any = _ACTIVE) -> TokenScores:
         """The log-probability of each token of `text` (a string, tokenized with the
@@ -566,10 +571,7 @@ class Session:
                   cancel: Any = None, **options: Any) -> Any:
         """generate() for asyncio (see Model.agenerate)."""
         _check_cancel(cancel)
-        from .aio import AsyncTextStream, run_async  # asyncio only once asked for
-        if stream:
-            return AsyncTextStream(lambda c: self.generate(prompt, config, stream=True, cancel=c, **options), cancel)
-        return run_async(lambda c: self.generate(prompt, config, cancel=c, **options), cancel)
+        return _off_the_loop(lambda s, c: self.generate(prompt, config, stream=s, cancel=c, **options), stream, cancel)
 
 
 def load(

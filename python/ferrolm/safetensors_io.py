@@ -64,16 +64,18 @@ def write(path: PathLike, entries: Iterable[Tuple[str, str, Iterable[int]]], mak
 def save_arrays(path: PathLike, tensors: Dict[str, np.ndarray], metadata: Optional[Dict[str, str]] = None) -> None:
     """Writes a dict of numpy arrays (float32/float16/float64/int8/uint8; BF16 needs `write` with its
     uint16 bit patterns)."""
+    names = _names()
     entries = []
+    dtypes: Dict[str, str] = {}
     for name, arr in tensors.items():
-        dtype = _names().get(np.dtype(arr.dtype).newbyteorder("<"))
+        dtype = names.get(np.dtype(arr.dtype).newbyteorder("<"))
         if dtype is None:
             raise InvalidArgumentError(f"tensor {name}: dtype {arr.dtype} cannot be saved (float32/16/64 or int8)")
         entries.append((name, dtype, arr.shape))
+        dtypes[name] = dtype
 
     def make(name: str) -> bytes:
-        arr = np.asarray(tensors[name])
-        return arr.astype(np.dtype(_NUMPY[_names()[np.dtype(arr.dtype).newbyteorder("<")]]), copy=False).tobytes()
+        return np.asarray(tensors[name]).astype(np.dtype(_NUMPY[dtypes[name]]), copy=False).tobytes()
 
     write(path, entries, make, metadata)
 
