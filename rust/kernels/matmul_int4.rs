@@ -301,8 +301,10 @@ mod tests {
                 let mut y = vec![0.0; n];
                 let p4 = QuantizedI4::quantize(&wf, n, k);
                 let p8 = QuantizedI8::quantize(&wf, n, k);
-                let c4 = ((384 << 20) / p4.bytes() + 1).min(64);
-                let c8 = ((384 << 20) / p8.bytes() + 1).min(64);
+                // BENCH_HOT=1: the same weights every call (cache-resident shapes: the kernels' own speed)
+                let hot = std::env::var("BENCH_HOT").is_ok();
+                let c4 = if hot { 1 } else { ((384 << 20) / p4.bytes() + 1).min(64) };
+                let c8 = if hot { 1 } else { ((384 << 20) / p8.bytes() + 1).min(64) };
                 let w4: Vec<QuantizedI4> = (0..c4).map(|_| p4.clone()).collect();
                 let w8: Vec<QuantizedI8> = (0..c8).map(|_| p8.clone()).collect();
                 let it4 = ((1usize << 30) / p4.bytes()).clamp(4, 4000).max(c4);

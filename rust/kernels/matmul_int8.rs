@@ -71,9 +71,11 @@ use crate::kernels::quant::{f16_to_f32, QuantizedI4, QuantizedI8, I4_GROUP};
 use crate::kernels::simd::{self, SimdLevel};
 use crate::kernels::RowPath;
 use crate::threadpool::{chunk, ThreadPool};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::matmul_int4_gemv as i4g;
 
 #[path = "matmul_int8_kernels.rs"]
-mod q8;
+pub(crate) mod q8;
 
 use q8::{Need, XOut, Q8};
 
@@ -377,16 +379,20 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         xq_lo: std::ptr::null(),
         xc_lo: std::ptr::null(),
         xs_lo: std::ptr::null(),
-        x16p: std::ptr::null(),
+        i4x: std::ptr::null(),
     };
-    // int4 decode on VNNI: the 512-bit step reads x with its pairs of groups interleaved
-    let whole = if kind == q8::Kind::I4 && !gemm && path == Path::Vnni {
-        if xb.p.len() < m * kp {
-            xb.p = vec![0; m * kp];
+    // int4 decode on x86: x in the layout of the int4 GEMV (matmul_int4_gemv)
+    #[cfg(target_arch = "x86_64")]
+    let whole = if kind == q8::Kind::I4 && !gemm && matches!(path, Path::Vnni | Path::Avx2) {
+        let stride = i4g::units(ng) * i4g::UNIT_WORDS;
+        if xb.p.len() < m * stride {
+            xb.p = vec![0; m * stride];
         }
-        // SAFETY: x16 and p hold m rows of kp values.
-        unsafe { q8::pair_a16(xb.x16.as_ptr(), kp, ng, 0..m, xb.p.as_mut_ptr()) };
-        Q8 { x16p: xb.p.as_ptr(), ..whole }
+        for (i, out) in xb.p[..m * stride].chunks_exact_mut(stride).enumerate() {
+            let at = i * ng..(i + 1) * ng;
+            i4g::prepare_x(&xb.x16[i * kp..(i + 1) * kp], &xb.s[at.clone()], &xb.c[at.clone()], &xb.f[at], out);
+        }
+        Q8 { i4x: xb.p.as_ptr(), ..whole }
     } else {
         whole
     };
@@ -439,7 +445,7 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, false, A8) => q8::gemv_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, I4) => q8::gemv_i4_vnni512(g),
+        (Path::Vnni, false, I4) => i4g::gemv_i4_vnni(g, g.i4x),
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, false, I8A16) => q8::gemv_a16_vnni::<q8::I8W16>(g),
         #[cfg(target_arch = "x86_64")]
@@ -447,7 +453,7 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
         #[cfg(target_arch = "x86_64")]
         (Path::Avx2, false, A8) => q8::gemv_avx2(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false, I4) => q8::gemv_a16_avx2::<q8::I4W>(g),
+        (Path::Avx2, false, I4) => i4g::gemv_i4_avx2(g, g.i4x),
         #[cfg(target_arch = "x86_64")]
         (Path::Avx2, false, I8A16) => q8::gemv_a16_avx2::<q8::I8W16>(g),
         #[cfg(target_arch = "aarch64")]

@@ -87,11 +87,10 @@ pub(crate) struct Q8 {
     pub xc_lo: *const i32,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xs_lo: *const f32,
-    /// int4 decode on VNNI only: the 16-bit x with each pair of groups of every whole block of 8
-    /// interleaved by halves ([x_a 0-15, x_b 0-15, x_a 16-31, x_b 16-31]; the last ng % 8 groups
-    /// as they are): what the 512-bit step multiplies two groups at a time ([`pair_a16`])
+    /// int4 decode on x86 only: the rows of x prepared for the int4 GEMV
+    /// (`matmul_int4_gemv::prepare_x`)
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub x16p: *const i16,
+    pub i4x: *const u32,
 }
 
 // SAFETY: a Q8 only carries pointers into buffers that `matmul_int8` borrows or owns for the
@@ -119,8 +118,8 @@ pub(crate) struct XBuf {
     pub q: Vec<i8>,
     pub a: Vec<u8>,
     pub x16: Vec<i16>,
-    /// the pair-interleaved 16-bit x (int4 decode on VNNI)
-    pub p: Vec<i16>,
+    /// x prepared for the int4 GEMV (x86 decode)
+    pub p: Vec<u32>,
     pub s: Vec<f32>,
     pub c: Vec<i32>,
     pub f: Vec<f32>,
@@ -157,7 +156,7 @@ const KEEP_XBUF_BYTES: usize = 8 << 20;
 
 /// Returns the buffers for the next call on this thread.
 pub(crate) fn put_xbuf(b: XBuf) {
-    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 2 * b.p.len() + 8 * b.s.len() + 4 * b.f.len();
+    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 4 * b.p.len() + 8 * b.s.len() + 4 * b.f.len();
     if bytes <= KEEP_XBUF_BYTES {
         XBUF.with(|c| c.set(b));
     }
@@ -342,26 +341,6 @@ pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std:
             }
             *ch.add(i * ng + gi) = sh;
             *cl.add(i * ng + gi) = sl;
-        }
-    }
-}
-
-/// The 16-bit x of rows `rows` in the layout of [`Q8::x16p`].
-///
-/// # Safety
-/// `x16` and `out` hold the rows (kp values each); `ng` groups of 32 per row.
-pub(crate) unsafe fn pair_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: *mut i16) {
-    for i in rows {
-        let x = std::slice::from_raw_parts(x16.add(i * kp), kp);
-        let o = std::slice::from_raw_parts_mut(out.add(i * kp), kp);
-        o.copy_from_slice(x);
-        for p in (0..ng / 8 * 8).step_by(2) {
-            let (a, b) = (&x[p * 32..p * 32 + 32], &x[p * 32 + 32..p * 32 + 64]);
-            let d = &mut o[p * 32..p * 32 + 64];
-            d[..16].copy_from_slice(&a[..16]);
-            d[16..32].copy_from_slice(&b[..16]);
-            d[32..48].copy_from_slice(&a[16..]);
-            d[48..].copy_from_slice(&b[16..]);
         }
     }
 }
@@ -655,14 +634,14 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_i4_vnni512, gemv_vnni, I4W, I8W16};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
-    use super::{f16_to_f32, i4_offset, AVX2_TILE, I4_CENTER, Q8, VNNI_TILE};
+    use super::{AVX2_TILE, Q8, VNNI_TILE};
 
     /// Per-thread packed-panel buffers of the GEMM (contents stale).
     #[derive(Default)]
@@ -819,13 +798,11 @@ mod x86 {
         }
     }
 
-    /// Weights multiplied with 16-bit x (`matmul_int4`'s int4, and int8 under the W8A16
-    /// scheme): how a group of 32 is widened to i16 and scaled.
+    /// Weights multiplied with 16-bit x (int8 under the W8A16 scheme): how a group of 32 is
+    /// widened to i16 and scaled.
     pub(crate) trait A16Weights {
         /// Bytes of one group in a row.
         const GROUP_BYTES: usize;
-        /// Whether the integer values are centered (int4: q − 8, with the offset m + 8·d).
-        const CENTERED: bool;
         /// The group at `p` as two vectors of 16 i16 (values 0-15 and 16-31).
         unsafe fn widen(p: *const u8) -> (__m256i, __m256i);
         /// Scales of groups gi..gi+8 of row j.
@@ -834,36 +811,10 @@ mod x86 {
         unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32;
     }
 
-    /// Packed int4: 16 bytes of nibbles (q in [0, 15], low nibbles first: GGUF's order), f16
-    /// scales widened with F16C.
-    pub(crate) struct I4W;
-    impl A16Weights for I4W {
-        const GROUP_BYTES: usize = 16;
-        const CENTERED: bool = true;
-        #[inline(always)]
-        unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
-            let b = _mm_loadu_si128(p as *const __m128i);
-            let m = _mm_set1_epi8(0x0f);
-            (
-                _mm256_cvtepu8_epi16(_mm_and_si128(b, m)),
-                _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(b), m)),
-            )
-        }
-        #[inline(always)]
-        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(g.wh.add(j * g.ng + gi) as *const __m128i))
-        }
-        #[inline(always)]
-        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
-            f16_to_f32(*g.wh.add(j * g.ng + gi))
-        }
-    }
-
     /// int8 in groups of 32 (f32 scales).
     pub(crate) struct I8W16;
     impl A16Weights for I8W16 {
         const GROUP_BYTES: usize = 32;
-        const CENTERED: bool = false;
         #[inline(always)]
         unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
             (
@@ -1048,125 +999,68 @@ mod x86 {
         )
     }
 
-    /// [y[i + r, j] for r < R] for weights `W` (`g.wq` rows of `g.wrow` bytes; int4 with f16
-    /// scales `g.wh` and minimums `g.wm`, or int8 with f32 scales `g.ws`) against the 16-bit
-    /// x (`g.x16`), 8 groups at a time: each group's integer dot product (one [`StepA16`] per
-    /// row of x) stays a vector of partial lanes, [`reduce8`] turns 8 of them into one vector
-    /// of group sums, and f += sums · (d · sx) with 8 scales loaded at once (int4: widened from
-    /// f16, and centered: (sums − 8·Σx16) · (d · sx) + (m + 8·d) · Σx, see `matmul_int4`). The
-    /// last `ng % 8` groups are scaled one by one.
+    /// [y[i + r, j] for r < R] for weights `W` (`g.wq` rows of `g.wrow` bytes, f32 scales
+    /// `g.ws`) against the 16-bit x (`g.x16`), 8 groups at a time: each group's integer dot
+    /// product (one [`StepA16`] per row of x) stays a vector of partial lanes, [`reduce8`] turns
+    /// 8 of them into one vector of group sums, and f += sums · (d · sx) with 8 scales loaded at
+    /// once. The last `ng % 8` groups are scaled one by one.
     ///
     /// # Safety
-    /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
+    /// Rows and column inside the operands; the step's ISA, AVX2 and FMA enabled.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // t and r index the accumulators and offset the operands
-    unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize, const ZMM: bool>(g: &Q8, i: usize, j: usize) -> [f32; R] {
+    unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
         let ng = g.ng;
         let w = (g.wq as *const u8).add(j * g.wrow);
-        let wm = g.wm.wrapping_add(j * ng);
         let xh: [*const i16; R] = std::array::from_fn(|r| g.x16.add((i + r) * g.kp));
         let xs: [*const f32; R] = std::array::from_fn(|r| g.xs.add((i + r) * ng));
-        let xf: [*const f32; R] = std::array::from_fn(|r| g.xf.add((i + r) * ng));
-        let xc: [*const i32; R] = std::array::from_fn(|r| g.xc.add((i + r) * ng));
-        let eight = _mm256_set1_ps(I4_CENTER as f32);
         let mut f = [_mm256_setzero_ps(); R];
         let mut gi = 0;
         while gi + 8 <= ng {
-            let acc = if ZMM {
-                let xp: [*const i16; R] = std::array::from_fn(|r| g.x16p.add((i + r) * g.kp));
-                block8_i4_zmm::<R>(w, &xp, gi)
-            } else {
-                let mut acc = [[_mm256_setzero_si256(); 8]; R];
-                for t in 0..8 {
-                    let wv = W::widen(w.add((gi + t) * W::GROUP_BYTES));
-                    for r in 0..R {
-                        acc[r][t] = S::step(acc[r][t], wv, xh[r].add((gi + t) * 32));
-                    }
+            let mut acc = [[_mm256_setzero_si256(); 8]; R];
+            for t in 0..8 {
+                let wv = W::widen(w.add((gi + t) * W::GROUP_BYTES));
+                for r in 0..R {
+                    acc[r][t] = S::step(acc[r][t], wv, xh[r].add((gi + t) * 32));
                 }
-                acc
-            };
+            }
             let d = W::scales8(g, j, gi);
             for r in 0..R {
-                let mut sums = reduce8(acc[r]);
-                if W::CENTERED {
-                    // Σ (q − 8)·x = Σ q·x − 8·Σx, exact in i32
-                    let c8 = _mm256_slli_epi32::<3>(_mm256_loadu_si256(xc[r].add(gi) as *const __m256i));
-                    sums = _mm256_sub_epi32(sums, c8);
-                }
+                let sums = reduce8(acc[r]);
                 f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(xs[r].add(gi))), f[r]);
-            }
-            if W::CENTERED {
-                // the offset m + 8·d of the centered weights q − 8, times the f32 Σx
-                let o = _mm256_fmadd_ps(eight, d, _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i)));
-                for r in 0..R {
-                    f[r] = _mm256_fmadd_ps(o, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
-                }
             }
             gi += 8;
         }
         // the last ng % 8 groups one by one: their lanes scaled as they are
-        let mut e = [0f32; R];
         while gi < ng {
             let d = W::scale(g, j, gi);
             let wv = W::widen(w.add(gi * W::GROUP_BYTES));
             for r in 0..R {
-                // centered: the group's lanes, minus 8·Σx in lane 0: Σ (q − 8)·x
-                let c = if W::CENTERED { -I4_CENTER * *xc[r].add(gi) } else { 0 };
-                let a = S::step(_mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0), wv, xh[r].add(gi * 32));
+                let a = S::step(_mm256_setzero_si256(), wv, xh[r].add(gi * 32));
                 f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d * *xs[r].add(gi)), f[r]);
-                if W::CENTERED {
-                    e[r] += i4_offset(*g.wh.add(j * ng + gi), *wm.add(gi)) * *xf[r].add(gi);
-                }
             }
             gi += 1;
         }
         let mut out = [0f32; R];
-        for (r, (o, f)) in out.iter_mut().zip(&f).enumerate() {
-            *o = hsum256(*f) + e[r];
-        }
-        out
-    }
-
-    /// The integer lane sums of 8 int4 groups (from `gi`) of a row against the pair-interleaved
-    /// 16-bit x ([`Q8::x16p`]), two groups per 512-bit multiply: the 32 bytes of a pair of
-    /// groups give [a 0-15, b 0-15] (low nibbles) and [a 16-31, b 16-31] (high nibbles) as 32
-    /// i16 each (`vpmovzxbw`), and `vpdpwssd` leaves group a's partial sums in the low 256 bits
-    /// and b's in the high ones — half the instructions of the 256-bit step per group.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VNNI enabled; the 8 groups and their x inside the operands.
-    #[inline(always)]
-    unsafe fn block8_i4_zmm<const R: usize>(w: *const u8, xp: &[*const i16; R], gi: usize) -> [[__m256i; 8]; R] {
-        let mut out = [[_mm256_setzero_si256(); 8]; R];
-        let m = _mm256_set1_epi8(0x0f);
-        for t in 0..4 {
-            let b = _mm256_loadu_si256(w.add((gi + 2 * t) * 16) as *const __m256i);
-            let lo = _mm512_cvtepu8_epi16(_mm256_and_si256(b, m));
-            let hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16::<4>(b), m));
-            for r in 0..R {
-                let x = xp[r].add((gi + 2 * t) * 32);
-                let a = _mm512_dpwssd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x as *const __m512i));
-                let a = _mm512_dpwssd_epi32(a, hi, _mm512_loadu_si512(x.add(32) as *const __m512i));
-                out[r][2 * t] = _mm512_castsi512_si256(a);
-                out[r][2 * t + 1] = _mm512_extracti64x4_epi64::<1>(a);
-            }
+        for (o, f) in out.iter_mut().zip(&f) {
+            *o = hsum256(*f);
         }
         out
     }
 
     /// The 16-bit-x GEMV over a region: up to 4 rows of x at a time against every column.
     #[inline(always)]
-    unsafe fn gemv_a16<S: StepA16, W: A16Weights, const ZMM: bool>(g: &Q8) {
+    unsafe fn gemv_a16<S: StepA16, W: A16Weights>(g: &Q8) {
         let mut i = g.rows.0;
         while i < g.rows.1 {
             let r = (g.rows.1 - i).min(4);
             for j in g.cols.0..g.cols.1 {
                 let mut out = [0f32; 4];
                 match r {
-                    4 => out = dot_rows_a16::<S, W, 4, ZMM>(g, i, j),
-                    3 => out[..3].copy_from_slice(&dot_rows_a16::<S, W, 3, ZMM>(g, i, j)),
-                    2 => out[..2].copy_from_slice(&dot_rows_a16::<S, W, 2, ZMM>(g, i, j)),
-                    _ => out[0] = dot_rows_a16::<S, W, 1, ZMM>(g, i, j)[0],
+                    4 => out = dot_rows_a16::<S, W, 4>(g, i, j),
+                    3 => out[..3].copy_from_slice(&dot_rows_a16::<S, W, 3>(g, i, j)),
+                    2 => out[..2].copy_from_slice(&dot_rows_a16::<S, W, 2>(g, i, j)),
+                    _ => out[0] = dot_rows_a16::<S, W, 1>(g, i, j)[0],
                 }
                 for (t, v) in out.iter().enumerate().take(r) {
                     *g.y.add((i + t) * g.n + j) = *v;
@@ -1183,7 +1077,7 @@ mod x86 {
     /// `xf`); AVX2, FMA and F16C available.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn gemv_a16_avx2<W: A16Weights>(g: &Q8) {
-        gemv_a16::<Avx2A16, W, false>(g)
+        gemv_a16::<Avx2A16, W>(g)
     }
 
     /// The 16-bit-x GEMV over a region (AVX-512 VNNI on 256-bit vectors + F16C).
@@ -1192,16 +1086,7 @@ mod x86 {
     /// As [`gemv_a16_avx2`]; AVX-512 F/VL/BW/VNNI available.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(crate) unsafe fn gemv_a16_vnni<W: A16Weights>(g: &Q8) {
-        gemv_a16::<VnniA16, W, false>(g)
-    }
-
-    /// The int4 GEMV over a region with the 512-bit step ([`block8_i4_zmm`]; `g.x16p` set).
-    ///
-    /// # Safety
-    /// As [`gemv_a16_vnni`].
-    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(crate) unsafe fn gemv_i4_vnni512(g: &Q8) {
-        gemv_a16::<VnniA16, I4W, true>(g)
+        gemv_a16::<VnniA16, W>(g)
     }
 
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.

@@ -5,6 +5,8 @@ pub(crate) mod matmul;
 pub mod matmul_bf16;
 pub mod matmul_f32;
 pub mod matmul_int4;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod matmul_int4_gemv;
 pub mod matmul_int8;
 pub(crate) mod matmul_parts;
 pub(crate) mod matmul_sources;

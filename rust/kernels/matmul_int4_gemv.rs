@@ -1,0 +1,384 @@
+//! The x86 int4 GEMV (decode): rows of packed int4 weights against a few rows of 16-bit x,
+//! without widening the weights byte by byte.
+//!
+//! A group of 32 int4 values is 16 bytes, byte t holding value t in its low nibble and value
+//! t + 16 in its high one (GGUF's order). Read as 8 little-endian 16-bit words, word t holds
+//! values 2t, 2t + 16, 2t + 1 and 2t + 17 in its four nibbles, so four masks and shifts of the
+//! words give four vectors of i16 lanes with one int4 value each:
+//!
+//! ```text
+//! V0 = w & 0xF  -> q[2t]        V1 = (w >> 4) & 0xF  -> q[2t + 16]
+//! V2 = (w >> 8) & 0xF -> q[2t + 1]   V3 = w >> 12   -> q[2t + 17]
+//! ```
+//!
+//! `madd_epi16` / `vpdpwssd` multiply them with x16 laid out to match ([`prepare_x`]) and add
+//! lane pairs into i32: a 128-bit lane holds exactly one group (8 words), so after the four
+//! multiplies each group's exact integer sum Σ q·x16 is spread over the four i32 of its lane.
+//! The accumulator starts at −8·Σx16 in the lane's first i32, making it the centered sum
+//! Σ (q − 8)·x16 of `matmul_int4`. The lanes are then converted and multiplied by the group's
+//! scale d·sx spread to the lane (no horizontal reduction per group), and the offset term
+//! (m + 8·d)·Σx is added for 8 groups at once.
+//!
+//! AVX-512 VNNI handles 4 groups per 512-bit vector, AVX2 2 per 256-bit vector; both read the
+//! same prepared x. The last ng % 8 groups of a row are staged in a zeroed copy, so that every
+//! unit of 8 groups runs the same code.
+
+use std::arch::x86_64::*;
+
+use crate::kernels::matmul_int8::I4_CENTER;
+use crate::kernels::matmul_int8::q8::Q8;
+
+/// Groups per unit: the scales and offsets are loaded 8 at a time (one 128-bit f16 load).
+const UNIT_GROUPS: usize = 8;
+/// u32 words of one unit of prepared x: 256 x16 (128 words), the 32 accumulator starts, the
+/// 32 spread scales sx, the 8 Σx.
+pub(crate) const UNIT_WORDS: usize = 200;
+const C_AT: usize = 128;
+const S_AT: usize = 160;
+const F_AT: usize = 192;
+
+/// Units of 8 groups in a row of `ng` groups.
+pub(crate) fn units(ng: usize) -> usize {
+    ng.div_ceil(UNIT_GROUPS)
+}
+
+/// One row of quantized x (`x16`: its kp values, zero past k; `xs`, `xc`, `xf`: its sx, Σx16
+/// and f32 Σx per group) in the layout the kernels read, `units(ng)` units of
+/// [`UNIT_WORDS`]. Within a unit, group g (0-7) sits in half h = g / 4, lane l = g % 4 of the
+/// 512-bit vectors:
+/// - x16 as four vectors of 32 i16 per half, lane l, word t: `x16[32g + 2t]`, `[32g + 2t + 16]`,
+///   `[32g + 2t + 1]`, `[32g + 2t + 17]` (the values of V0…V3 in the module docs);
+/// - the accumulator start: `−8 · xc[g]` in the lane's first i32, 0 in the other three;
+/// - `xs[g]` in the lane's four f32;
+/// - `xf[g]`.
+///
+/// Groups past ng are zero throughout.
+pub(crate) fn prepare_x(x16: &[i16], xs: &[f32], xc: &[i32], xf: &[f32], out: &mut [u32]) {
+    let ng = xs.len();
+    debug_assert!(x16.len() >= ng * 32 && xc.len() == ng && xf.len() == ng);
+    debug_assert_eq!(out.len(), units(ng) * UNIT_WORDS);
+    out.fill(0);
+    for (gi, (((&s, &c), &f), xg)) in xs.iter().zip(xc).zip(xf).zip(x16.chunks_exact(32)).enumerate() {
+        let unit = &mut out[gi / UNIT_GROUPS * UNIT_WORDS..][..UNIT_WORDS];
+        let (h, l) = (gi % UNIT_GROUPS / 4, gi % 4);
+        // vector v, lane l of half h: words t = 0..8 hold x16[base_v + 2t] (module docs), two
+        // words per u32 (the lower index in the low half)
+        for (v, base) in [0, 16, 1, 17].into_iter().enumerate() {
+            let lane = &mut unit[(h * 128 + v * 32 + l * 8) / 2..][..4];
+            for (s, word) in lane.iter_mut().enumerate() {
+                let (a, b) = (xg[base + 4 * s], xg[base + 4 * s + 2]);
+                *word = u32::from(a as u16) | u32::from(b as u16) << 16;
+            }
+        }
+        unit[C_AT + h * 16 + l * 4] = (-I4_CENTER * c) as u32;
+        for e in 0..4 {
+            unit[S_AT + h * 16 + l * 4 + e] = s.to_bits();
+        }
+        unit[F_AT + gi % UNIT_GROUPS] = f.to_bits();
+    }
+}
+
+/// The f16 scales (or minimums) of groups `gi..ng` of a row, fewer than 8, zero past ng
+/// (built in registers: no store to reload).
+#[inline(always)]
+unsafe fn tail_f16(p: *const u16, left: usize) -> __m128i {
+    let v = |t: usize| if t < left { *p.add(t) as i16 } else { 0 };
+    _mm_setr_epi16(v(0), v(1), v(2), v(3), v(4), v(5), v(6), v(7))
+}
+
+/// Masks of the i32 lanes (4 per group) of the first `left` groups of a unit, per half.
+#[inline(always)]
+fn tail_masks(left: usize) -> [u16; 2] {
+    let lanes = |groups: usize| ((1u32 << (4 * groups.min(4))) - 1) as u16;
+    [lanes(left), lanes(left.saturating_sub(4))]
+}
+
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// Rows of weights per pass over a row of x on VNNI: 4 while their nibbles span at most
+/// 4 KiB (k ≤ 2048: x is loaded once for 4 rows, which streams as one), else 1 (4 distant
+/// streams measured up to 2× slower at k = 5632).
+fn cols_per_pass(ng: usize) -> usize {
+    if ng <= 64 {
+        4
+    } else {
+        1
+    }
+}
+
+/// How far ahead (bytes of nibbles) the GEMV asks for a row's weights (1 KiB and 4 KiB
+/// measured slower than 2 KiB).
+const PREFETCH: usize = 2048;
+
+/// One unit of int4 weights as the kernels read it: the nibbles (two 512-bit halves), 8 f16
+/// scales and 8 f16 minimums.
+struct UnitW {
+    w: [__m512i; 2],
+    d: __m128i,
+    m: __m128i,
+}
+
+/// Unit `u` of row `j`'s weights: loaded as they are, or for the last, partial unit (groups
+/// `u·8..ng`) with masked loads, zero past ng.
+#[inline(always)]
+unsafe fn load_unit_vnni(g: &Q8, j: usize, u: usize) -> UnitW {
+    let gi = u * UNIT_GROUPS;
+    let p = (g.wq as *const u8).add(j * g.wrow + gi * 16);
+    let (wd, wm) = (g.wh.add(j * g.ng + gi), g.wm.add(j * g.ng + gi));
+    let left = g.ng - gi;
+    if left >= UNIT_GROUPS {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64) as *const i8);
+        UnitW {
+            w: [_mm512_loadu_si512(p as *const __m512i), _mm512_loadu_si512(p.add(64) as *const __m512i)],
+            d: _mm_loadu_si128(wd as *const __m128i),
+            m: _mm_loadu_si128(wm as *const __m128i),
+        }
+    } else {
+        let [k0, k1] = tail_masks(left);
+        let k16 = ((1u32 << left) - 1) as u8;
+        UnitW {
+            w: [_mm512_maskz_loadu_epi32(k0, p as *const i32), _mm512_maskz_loadu_epi32(k1, p.add(64) as *const i32)],
+            d: _mm_maskz_loadu_epi16(k16, wd as *const i16),
+            m: _mm_maskz_loadu_epi16(k16, wm as *const i16),
+        }
+    }
+}
+
+/// [y[i + r, j + c] for r < R, c < C] on AVX-512 VNNI, 4 groups per 512-bit vector: each
+/// half-unit of x is loaded once for the C rows of weights. Every (r, c) has its own
+/// accumulators and the same operations, whatever R and C.
+///
+/// # Safety
+/// `x` points at R prepared rows ([`prepare_x`]) of `g`; rows j..j+C inside the weights;
+/// AVX-512 F/VL/BW/VNNI, AVX2, FMA and F16C available.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // r and c index the accumulators and the operands
+unsafe fn dot_vnni<const R: usize, const C: usize>(g: &Q8, x: &[*const u32; R], j: usize) -> [[f32; C]; R] {
+    let nibble = _mm512_set1_epi16(0x000f);
+    let eight = _mm256_set1_ps(I4_CENTER as f32);
+    let spread = [
+        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+        _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
+    ];
+    // per (r, c): a vector per half of a unit (each lane's share of its group's scaled sum),
+    // and the offsets' 8 lanes
+    let mut f = [[[_mm512_setzero_ps(); 2]; C]; R];
+    let mut fo = [[_mm256_setzero_ps(); C]; R];
+    for u in 0..units(g.ng) {
+        let wu: [UnitW; C] = std::array::from_fn(|c| load_unit_vnni(g, j + c, u));
+        let d8: [__m256; C] = std::array::from_fn(|c| _mm256_cvtph_ps(wu[c].d));
+        for h in 0..2 {
+            let dz: [__m512; C] = std::array::from_fn(|c| _mm512_permutexvar_ps(spread[h], _mm512_castps256_ps512(d8[c])));
+            let v: [[__m512i; 4]; C] = std::array::from_fn(|c| {
+                let w = wu[c].w[h];
+                [
+                    _mm512_and_si512(w, nibble),
+                    _mm512_and_si512(_mm512_srli_epi16::<4>(w), nibble),
+                    _mm512_and_si512(_mm512_srli_epi16::<8>(w), nibble),
+                    _mm512_srli_epi16::<12>(w),
+                ]
+            });
+            for r in 0..R {
+                let xu = x[r].add(u * UNIT_WORDS);
+                let xv = xu.add(64 * h) as *const __m512i;
+                let xs = [_mm512_loadu_si512(xv), _mm512_loadu_si512(xv.add(1)), _mm512_loadu_si512(xv.add(2)), _mm512_loadu_si512(xv.add(3))];
+                let a0 = _mm512_loadu_si512(xu.add(C_AT + 16 * h) as *const __m512i);
+                let sx = _mm512_loadu_ps(xu.add(S_AT + 16 * h) as *const f32);
+                for c in 0..C {
+                    let mut a = _mm512_dpwssd_epi32(a0, v[c][0], xs[0]);
+                    a = _mm512_dpwssd_epi32(a, v[c][1], xs[1]);
+                    a = _mm512_dpwssd_epi32(a, v[c][2], xs[2]);
+                    a = _mm512_dpwssd_epi32(a, v[c][3], xs[3]);
+                    f[r][c][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(dz[c], sx), f[r][c][h]);
+                }
+            }
+        }
+        for c in 0..C {
+            let o8 = _mm256_fmadd_ps(eight, d8[c], _mm256_cvtph_ps(wu[c].m));
+            for r in 0..R {
+                fo[r][c] = _mm256_fmadd_ps(o8, _mm256_loadu_ps(x[r].add(u * UNIT_WORDS + F_AT) as *const f32), fo[r][c]);
+            }
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            out[r][c] = _mm512_reduce_add_ps(_mm512_add_ps(f[r][c][0], f[r][c][1])) + hsum256(fo[r][c]);
+        }
+    }
+    out
+}
+
+/// The accumulators of [`dot_avx2`]: per row of x, one f32 vector for even and one for odd
+/// quarters of a unit, and the offsets' 8 lanes.
+struct AccAvx2<const R: usize> {
+    f: [[__m256; 2]; R],
+    o: [__m256; R],
+}
+
+/// [`unit_vnni`] on AVX2: quarter p of the unit (groups 2p, 2p + 1) from `w[p]`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn unit_avx2<const R: usize>(acc: &mut AccAvx2<R>, x: &[*const u32; R], u: usize, w: [__m256i; 4], d8: __m128i, m8: __m128i) {
+    let nibble = _mm256_set1_epi16(0x000f);
+    let spread = [
+        _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+        _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+        _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5),
+        _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7),
+    ];
+    let d8 = _mm256_cvtph_ps(d8);
+    let o8 = _mm256_fmadd_ps(_mm256_set1_ps(I4_CENTER as f32), d8, _mm256_cvtph_ps(m8));
+    for p in 0..4 {
+        let v0 = _mm256_and_si256(w[p], nibble);
+        let v1 = _mm256_and_si256(_mm256_srli_epi16::<4>(w[p]), nibble);
+        let v2 = _mm256_and_si256(_mm256_srli_epi16::<8>(w[p]), nibble);
+        let v3 = _mm256_srli_epi16::<12>(w[p]);
+        let dq = _mm256_permutevar8x32_ps(d8, spread[p]);
+        // half h of the unit, i16 offset of the quarter's lanes inside the half's vectors
+        let (h, at) = (p / 2, 16 * (p % 2));
+        for r in 0..R {
+            let xu = x[r].add(u * UNIT_WORDS);
+            let xi = (xu as *const i16).add(128 * h + at);
+            let c = _mm256_loadu_si256(xu.add(C_AT + 16 * h + at / 2) as *const __m256i);
+            let s0 = _mm256_madd_epi16(v0, _mm256_loadu_si256(xi as *const __m256i));
+            let s1 = _mm256_madd_epi16(v1, _mm256_loadu_si256(xi.add(32) as *const __m256i));
+            let s2 = _mm256_madd_epi16(v2, _mm256_loadu_si256(xi.add(64) as *const __m256i));
+            let s3 = _mm256_madd_epi16(v3, _mm256_loadu_si256(xi.add(96) as *const __m256i));
+            let a = _mm256_add_epi32(_mm256_add_epi32(c, s0), _mm256_add_epi32(_mm256_add_epi32(s1, s2), s3));
+            let s = _mm256_mul_ps(dq, _mm256_loadu_ps(xu.add(S_AT + 16 * h + at / 2) as *const f32));
+            acc.f[r][p % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), s, acc.f[r][p % 2]);
+        }
+    }
+    for r in 0..R {
+        acc.o[r] = _mm256_fmadd_ps(o8, _mm256_loadu_ps(x[r].add(u * UNIT_WORDS + F_AT) as *const f32), acc.o[r]);
+    }
+}
+
+/// [y[i + r, j] for r < R] on AVX2: 2 groups per 256-bit vector, the same prepared x.
+///
+/// # Safety
+/// As [`dot_vnni`]; AVX2, FMA and F16C available.
+#[inline(always)]
+unsafe fn dot_avx2<const R: usize>(g: &Q8, x: &[*const u32; R], j: usize) -> [f32; R] {
+    let mut acc = AccAvx2 { f: [[_mm256_setzero_ps(); 2]; R], o: [_mm256_setzero_ps(); R] };
+    let ng = g.ng;
+    let wq = (g.wq as *const u8).add(j * g.wrow);
+    let (wd, wm) = (g.wh.add(j * ng), g.wm.add(j * ng));
+    let full = ng / UNIT_GROUPS;
+    for u in 0..full {
+        let p = wq.add(u * 128);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64) as *const i8);
+        let w = std::array::from_fn(|q| _mm256_loadu_si256(p.add(32 * q) as *const __m256i));
+        let d8 = _mm_loadu_si128(wd.add(u * 8) as *const __m128i);
+        let m8 = _mm_loadu_si128(wm.add(u * 8) as *const __m128i);
+        unit_avx2(&mut acc, x, u, w, d8, m8);
+    }
+    let left = ng - full * UNIT_GROUPS;
+    if left > 0 {
+        let p = wq.add(full * 128);
+        let w = std::array::from_fn(|q| {
+            // the i32 lanes of quarter q's groups 2q, 2q + 1 that lie before ng
+            let lanes = 4 * left.saturating_sub(2 * q).min(2) as i32;
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            _mm256_maskload_epi32(p.add(32 * q) as *const i32, mask)
+        });
+        let gi = full * UNIT_GROUPS;
+        unit_avx2(&mut acc, x, full, w, tail_f16(wd.add(gi), left), tail_f16(wm.add(gi), left));
+    }
+    let mut out = [0f32; R];
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = hsum256(_mm256_add_ps(acc.f[r][0], acc.f[r][1])) + hsum256(acc.o[r]);
+    }
+    out
+}
+
+/// The region `g.rows` × `g.cols` of y on AVX-512 VNNI: one row of x against 4 rows of
+/// weights at a time, or up to 4 rows of x against each row of weights.
+/// `xp`: the prepared x of all m rows, `units(ng) · UNIT_WORDS` words each.
+#[inline(always)]
+unsafe fn gemv_vnni(g: &Q8, xp: *const u32) {
+    let stride = units(g.ng) * UNIT_WORDS;
+    let mut i = g.rows.0;
+    while i < g.rows.1 {
+        let r = (g.rows.1 - i).min(4);
+        let mut j = g.cols.0;
+        while j < g.cols.1 {
+            macro_rules! block {
+                ($r:literal, $c:literal) => {{
+                    let x: [*const u32; $r] = std::array::from_fn(|t| xp.add((i + t) * stride));
+                    let v = dot_vnni::<$r, $c>(g, &x, j);
+                    for (t, row) in v.iter().enumerate() {
+                        std::ptr::copy_nonoverlapping(row.as_ptr(), g.y.add((i + t) * g.n + j), $c);
+                    }
+                    j += $c;
+                }};
+            }
+            let cm = cols_per_pass(g.ng);
+            match (r, (g.cols.1 - j).min(cm)) {
+                (1, 4..) => block!(1, 4),
+                (1, _) => block!(1, 1),
+                (2, _) => block!(2, 1),
+                (3, _) => block!(3, 1),
+                _ => block!(4, 1),
+            }
+        }
+        i += r;
+    }
+}
+
+/// The region `g.rows` × `g.cols` of y on AVX2, up to 4 rows of x per pass over a row of
+/// weights.
+#[inline(always)]
+unsafe fn gemv_avx2(g: &Q8, xp: *const u32) {
+    let stride = units(g.ng) * UNIT_WORDS;
+    let mut i = g.rows.0;
+    while i < g.rows.1 {
+        let r = (g.rows.1 - i).min(4);
+        for j in g.cols.0..g.cols.1 {
+            let mut out = [0f32; 4];
+            macro_rules! rows {
+                ($n:literal) => {{
+                    let x: [*const u32; $n] = std::array::from_fn(|t| xp.add((i + t) * stride));
+                    out[..$n].copy_from_slice(&dot_avx2::<$n>(g, &x, j));
+                }};
+            }
+            match r {
+                4 => rows!(4),
+                3 => rows!(3),
+                2 => rows!(2),
+                _ => rows!(1),
+            }
+            for (t, v) in out.iter().enumerate().take(r) {
+                *g.y.add((i + t) * g.n + j) = *v;
+            }
+        }
+        i += r;
+    }
+}
+
+/// The int4 GEMV over a region of `g` on AVX-512 VNNI.
+///
+/// # Safety
+/// The region lies inside the operands of `g` (int4 weights `wq`/`wh`/`wm`), `xp` holds its m
+/// rows prepared by [`prepare_x`]; AVX-512 F/VL/BW/VNNI, AVX2, FMA and F16C available.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemv_i4_vnni(g: &Q8, xp: *const u32) {
+    gemv_vnni(g, xp)
+}
+
+/// The int4 GEMV over a region of `g` on AVX2.
+///
+/// # Safety
+/// As [`gemv_i4_vnni`]; AVX2, FMA and F16C available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemv_i4_avx2(g: &Q8, xp: *const u32) {
+    gemv_avx2(g, xp)
+}
