@@ -111,8 +111,8 @@ fn cols_per_pass(ng: usize) -> usize {
     }
 }
 
-/// How far ahead (bytes of nibbles) the GEMV asks for a row's weights (1 KiB and 4 KiB
-/// measured slower than 2 KiB).
+/// How far ahead (bytes of nibbles) the GEMV asks for a row's weights, into L1 (measured:
+/// 1 KiB and 4 KiB no better than 2 KiB; none up to a fifth slower).
 const PREFETCH: usize = 2048;
 
 /// One unit of int4 weights as the kernels read it: the nibbles (two 512-bit halves), 8 f16
