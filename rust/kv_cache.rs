@@ -1,6 +1,6 @@
 //! A preallocated KV cache, written by index: k[layer]: [max_seq, kv_dim], likewise v, stored
-//! as FP32 or as BF16 ([`KvDtype`]). Allocated zeroed up front, so pages are committed by the
-//! OS only as positions fill. The allocation is checked and fallible: a cache that cannot fit
+//! as FP32 or as BF16 ([`KvDtype`]). Allocated zeroed up front as pages of its own
+//! ([`memory::Pages`]), so the OS commits memory only as positions fill. The allocation is checked and fallible: a cache that cannot fit
 //! is an error, not an abort.
 //!
 //! BF16 rows are rounded to nearest even from the f32 K/V rows as they are written, and
@@ -51,9 +51,9 @@ impl KvDtype {
 
 /// Keys and values of every layer in one element type (`f32`, or `u16` holding bf16 bits):
 /// k[layer]: [max_seq, kv_dim], v likewise.
-pub struct KvRows<E> {
-    pub k: Vec<Vec<E>>,
-    pub v: Vec<Vec<E>>,
+pub struct KvRows<E: Copy + Default + memory::ZeroValid> {
+    pub k: Vec<memory::Pages<E>>,
+    pub v: Vec<memory::Pages<E>>,
 }
 
 impl<E: Copy + Default + memory::ZeroValid> KvRows<E> {
@@ -61,8 +61,8 @@ impl<E: Copy + Default + memory::ZeroValid> KvRows<E> {
         let mut k = memory::with_capacity(n_layers, what)?;
         let mut v = memory::with_capacity(n_layers, what)?;
         for _ in 0..n_layers {
-            k.push(memory::zeroed(rows, what)?);
-            v.push(memory::zeroed(rows, what)?);
+            k.push(memory::Pages::zeroed(rows, what)?);
+            v.push(memory::Pages::zeroed(rows, what)?);
         }
         Ok(Self { k, v })
     }
@@ -108,6 +108,16 @@ impl KvCache {
     /// Bytes of a cache of `max_seq` positions (None when the product overflows).
     pub fn bytes_for(n_layers: usize, max_seq: usize, kv_dim: usize, dtype: KvDtype) -> Option<usize> {
         [n_layers, max_seq, kv_dim, dtype.bytes()].iter().try_fold(2usize, |a, &b| a.checked_mul(b))
+    }
+
+    /// Gives the memory of positions `pos..` back to the system (whole pages of each layer's
+    /// rows; they read as zeros, and are committed again when written).
+    pub fn release_from(&mut self, pos: usize) {
+        let at = pos.saturating_mul(self.kv_dim);
+        match &mut self.store {
+            KvStore::F32(r) => r.k.iter_mut().chain(r.v.iter_mut()).for_each(|b| b.release_from(at)),
+            KvStore::Bf16(r) => r.k.iter_mut().chain(r.v.iter_mut()).for_each(|b| b.release_from(at)),
+        }
     }
 
     pub fn dtype(&self) -> KvDtype {

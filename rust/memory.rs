@@ -71,6 +71,81 @@ pub fn zeroed<T: Copy + Default + ZeroValid>(n: usize, what: &str) -> Result<Vec
     }
 }
 
+/// Buffers from this size on are mapped pages of their own ([`Pages`]).
+const MAP_MIN_BYTES: usize = 64 << 10;
+
+/// A zeroed buffer of `n` values whose memory the operating system commits page by page as it
+/// is written, and takes back whole when the buffer is dropped: an anonymous mapping of its
+/// own from 64 KiB on, a `Vec` below. (A heap block can be memory freed earlier and reused:
+/// zeroing it writes, and so commits, every page at once; and freed heap memory need not go
+/// back to the system. A KV cache must cost only the positions used; buffers sized for a long
+/// prompt must cost nothing once it has run.)
+pub struct Pages<T: ZeroValid + Copy + Default> {
+    map: Option<memmap2::MmapMut>,
+    vec: Vec<T>,
+    len: usize,
+}
+
+impl<T: ZeroValid + Copy + Default> Pages<T> {
+    /// `n` zeros, allocated fallibly.
+    pub fn zeroed(n: usize, what: &str) -> Result<Self> {
+        let bytes = checked_bytes(n, std::mem::size_of::<T>(), what)?;
+        check_fits(bytes, what)?;
+        if bytes < MAP_MIN_BYTES || std::mem::align_of::<T>() > 4096 {
+            return Ok(Self { map: None, vec: zeroed(n, what)?, len: n });
+        }
+        let map = memmap2::MmapMut::map_anon(bytes).map_err(|e| Error::Memory(format!("could not allocate {} for {what}: {e}", human(bytes))))?;
+        Ok(Self { map: Some(map), vec: Vec::new(), len: n })
+    }
+
+    /// Gives the pages wholly past value `start` back to the system: they read as zeros again
+    /// and cost nothing until written (a mapped buffer on Unix; otherwise nothing changes).
+    pub fn release_from(&mut self, start: usize) {
+        #[cfg(unix)]
+        if let Some(m) = &mut self.map {
+            let page = 4096;
+            let from = (start.saturating_mul(std::mem::size_of::<T>())).div_ceil(page) * page;
+            if from < m.len() {
+                // SAFETY: the range lies inside the mapping, which only this buffer borrows
+                // (through `&mut self`): no reference into it outlives this call. An
+                // anonymous private mapping reads as zeros after MADV_DONTNEED, a valid T.
+                // Failure leaves the pages as they are, which is harmless.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, m.len() - from) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = start;
+    }
+}
+
+impl<T: ZeroValid + Copy + Default> Default for Pages<T> {
+    fn default() -> Self {
+        Self { map: None, vec: Vec::new(), len: 0 }
+    }
+}
+
+impl<T: ZeroValid + Copy + Default> std::ops::Deref for Pages<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match &self.map {
+            // SAFETY: the mapping holds `len` values of T (page-aligned, so aligned for T),
+            // zero-initialized (a valid T: ZeroValid), and lives as long as `self`.
+            Some(m) => unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<T>(), self.len) },
+            None => &self.vec,
+        }
+    }
+}
+
+impl<T: ZeroValid + Copy + Default> std::ops::DerefMut for Pages<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.map {
+            // SAFETY: as in `deref`, borrowed mutably through `self`.
+            Some(m) => unsafe { std::slice::from_raw_parts_mut(m.as_mut_ptr().cast::<T>(), self.len) },
+            None => &mut self.vec,
+        }
+    }
+}
+
 /// An empty `Vec<T>` with room for `n` elements, reserved fallibly.
 pub fn with_capacity<T>(n: usize, what: &str) -> Result<Vec<T>> {
     let bytes = checked_bytes(n, std::mem::size_of::<T>(), what)?;
@@ -106,5 +181,56 @@ mod tests {
         assert!(with_capacity::<u8>(10, "x").unwrap().capacity() >= 10);
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(3 << 30), "3.0 GiB");
+        assert!(matches!(Pages::<f32>::zeroed(usize::MAX / 2, "a test buffer"), Err(Error::Memory(_))));
+    }
+
+    /// How many pages of `buf` are resident (Linux: the "present" bit of /proc/self/pagemap,
+    /// which unprivileged processes can read), so that other threads' memory does not count.
+    #[cfg(target_os = "linux")]
+    fn resident_pages(buf: &[f32]) -> usize {
+        use std::io::{Read, Seek, SeekFrom};
+        let (first, last) = (buf.as_ptr() as usize / 4096, (buf.as_ptr() as usize + buf.len() * 4 - 1) / 4096);
+        let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+        f.seek(SeekFrom::Start(first as u64 * 8)).unwrap();
+        let mut raw = vec![0u8; (last - first + 1) * 8];
+        f.read_exact(&mut raw).unwrap();
+        raw.chunks_exact(8).filter(|e| u64::from_le_bytes((*e).try_into().unwrap()) >> 63 == 1).count()
+    }
+
+    #[test]
+    fn pages_are_zeros_committed_when_written_and_released_from_a_position() {
+        for n in [10, 1 << 20] {
+            let mut p = Pages::<f32>::zeroed(n, "x").unwrap();
+            assert_eq!(p.len(), n);
+            assert!(p.iter().all(|&v| v == 0.0));
+            p.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 + 1.0);
+            // values before the first whole page past `keep` stay; from that page on: zeros
+            let keep = n / 3;
+            p.release_from(keep);
+            let page_values = 4096 / 4;
+            let from = if n < (64 << 10) / 4 { n } else { keep.div_ceil(page_values) * page_values };
+            assert!(p[..from].iter().enumerate().all(|(i, &v)| v == i as f32 + 1.0), "n={n}");
+            assert!(p[from..].iter().all(|&v| v == 0.0), "n={n}");
+            p.release_from(n + 5); // past the end: nothing
+        }
+        assert_eq!(Pages::<u16>::default().len(), 0);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_mapped_buffer_costs_memory_only_where_written() {
+        let n = 4 << 20; // 16 MiB, 4096 pages
+        let mut p = Pages::<f32>::zeroed(n, "x").unwrap();
+        assert_eq!(resident_pages(&p), 0);
+        p[..n / 4].fill(1.0);
+        // 1024 pages written (up to one 2 MiB huge page more where the system backs mappings
+        // with them)
+        let written = resident_pages(&p);
+        assert!((1024..=1536).contains(&written), "{written}");
+        p.release_from(n / 8);
+        assert_eq!(resident_pages(&p), 512);
+        p.release_from(0);
+        assert_eq!(resident_pages(&p), 0);
+        assert!(p.iter().all(|&v| v == 0.0));
     }
 }

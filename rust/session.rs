@@ -23,7 +23,7 @@ pub struct Session {
     /// paths[i]: the matmul path tokens[i] ran on. With the tokens, it says which cached
     /// positions a cold run of a prompt would compute identically (`reusable_prefix`).
     paths: Vec<RowPath>,
-    /// Cache positions ever written (their memory stays committed).
+    /// Cache positions written since the last reset / truncate (their memory is committed).
     touched: usize,
     /// logits: [vocab] of the last token fed.
     logits: Vec<f32>,
@@ -78,12 +78,15 @@ impl Session {
         &self.tokens
     }
 
-    /// Forgets the conversation (the cache is overwritten by index, not cleared).
+    /// Forgets the conversation; the cache's memory goes back to the system (committed again
+    /// as the next conversation fills it).
     pub fn reset(&mut self) {
         self.prefix = 0;
         self.tokens.clear();
         self.paths.clear();
         self.has_logits = false;
+        self.cache.release_from(0);
+        self.touched = 0;
     }
 
     /// Keeps the first `n` tokens (and any soft-prompt prefix) and forgets the rest; the
@@ -96,6 +99,8 @@ impl Session {
             self.tokens.truncate(n);
             self.paths.truncate(n);
             self.has_logits = false;
+            self.cache.release_from(self.position());
+            self.touched = self.position();
         }
         Ok(())
     }
@@ -115,8 +120,8 @@ impl Session {
         (0..limit).find(|&i| self.tokens[i] != prompt[i] || self.paths[i] != cold.path_at(&self.model, i)).unwrap_or(limit)
     }
 
-    /// Cache positions ever written (the memory they occupy stays committed while the
-    /// session lives).
+    /// Cache positions written since the last `reset` / `truncate` (the memory they occupy
+    /// stays committed until then).
     pub fn touched(&self) -> usize {
         self.touched
     }
@@ -367,6 +372,36 @@ mod tests {
     }
 
     #[test]
+    fn released_cache_positions_read_as_new() {
+        // a cache large enough to be mapped pages (700 positions · 32 values · 4 bytes per
+        // layer's keys): a reset or a truncate gives the dropped positions' memory back, and
+        // what follows computes as in a fresh session
+        let model = Arc::new(build(&long(LLAMA), Precision::F32, &checkpoint_names(LLAMA)));
+        let (a, b) = (tokens(600, 1), tokens(300, 2));
+        let fresh = |t: &[u32]| {
+            let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+            s.forward(t, false).unwrap();
+            s.logits().unwrap().to_vec()
+        };
+        let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+        s.forward(&a, false).unwrap();
+        s.reset();
+        s.forward(&b, false).unwrap();
+        assert_eq!(s.logits().unwrap(), fresh(&b).as_slice());
+        // truncate to a shared prefix of 100, then the rest of a prompt that starts with it
+        let c: Vec<u32> = b[..100].iter().chain(&a[..250]).copied().collect();
+        s.truncate(100).unwrap();
+        assert_eq!(s.touched(), 100);
+        s.forward_prompt(&c[100..], 100, c.len(), false).unwrap();
+        let cold = {
+            let mut t = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+            t.forward(&c, false).unwrap();
+            t.logits().unwrap().to_vec()
+        };
+        assert_eq!(s.logits().unwrap(), cold.as_slice());
+    }
+
+    #[test]
     fn truncate_keeps_a_prefix() {
         let model = Arc::new(build(LLAMA, Precision::F32, &checkpoint_names(LLAMA)));
         let mut s = Session::new(model, Some(16), KvDtype::F32).unwrap();
@@ -377,8 +412,13 @@ mod tests {
         s.truncate(1).unwrap();
         assert_eq!(s.tokens(), &[1]);
         assert!(s.logits().is_err());
-        assert_eq!(s.touched(), 3);
+        // the dropped positions' memory is given back: only the kept one counts
+        assert_eq!(s.touched(), 1);
         assert!(matches!(s.forward_prompt(&[1, 2], 3, 4, false), Err(Error::InvalidArgument(_))));
+        s.forward(&[5, 6], false).unwrap();
+        assert_eq!(s.touched(), 3);
+        s.reset();
+        assert_eq!((s.touched(), s.position()), (0, 0));
     }
 
     #[test]

@@ -445,12 +445,17 @@ def _unpermute_rope_rows(w: Any, n_head: int) -> Any:
 
 def _release_pages(reader: Any, t: Any) -> None:
     """Drops the mapped file pages of a tensor already converted (best effort; read-only map)."""
+    _release_range(reader, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
+
+
+def _release_range(reader: Any, begin: int, stop: int) -> None:
+    """Drops the mapped file pages wholly inside bytes [begin, stop) of the file (best effort)."""
     mm = getattr(reader, "mm", None)
     if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
         return
     page = mmap.PAGESIZE
-    start = -(-int(t.data_offset) // page) * page
-    end = (int(t.data_offset) + int(t.n_bytes)) // page * page
+    start = -(-begin // page) * page
+    end = stop // page * page
     if end > start:
         try:
             mm.madvise(mmap.MADV_DONTNEED, start, end - start)
@@ -575,6 +580,7 @@ class _Reader:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"general.alignment {alignment} is not a power of two")
         start = -(-self._offs // alignment) * alignment
+        self.data_start = start  # where the tensor data begins (the header ends before)
         self.tensors: List[_Tensor] = []
         seen = set()
         for name, dims, qtype, offset in headers:
@@ -728,6 +734,9 @@ def read_gguf(path: os.PathLike | str) -> GgufModel:
     # the vocabulary and merges (about 100k Python objects for a 49k-token vocabulary) are in
     # the tokenizer now: freed here, before the weights arrive, so the memory goes back
     reader.fields = {}
+    # and the file pages of the metadata they were read from (the header: several MiB of
+    # vocabulary and merges) are no longer needed either
+    _release_range(reader, 0, getattr(reader, "data_start", 0))
 
     return GgufModel(
         path=path,

@@ -143,12 +143,13 @@ mod tests {
 
     #[test]
     fn blocked_shapes_match_reference() {
-        // k beyond the GEMM k blocks, n beyond several unpacked panels, odd m.
+        // k beyond the GEMM k blocks, n beyond several unpacked panels (and the offsets' column
+        // blocks), odd m.
         let mut rng = Rng(4321);
         for threads in [1, 2] {
             let pool = ThreadPool::new(threads).unwrap();
             for level in SimdLevel::available() {
-                for &(m, k, n) in &[(1, 2049, 203), (3, 1537, 90), (13, 2080, 211), (33, 576, 193), (128, 96, 300)] {
+                for &(m, k, n) in &[(1, 2049, 203), (3, 1537, 90), (13, 2080, 211), (33, 576, 193), (128, 96, 300), (9, 64, 2100)] {
                     check(level, &pool, &mut rng, m, k, n);
                 }
             }

@@ -414,13 +414,22 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     let whole = &whole; // captured whole: its raw-pointer fields are not Sync on their own
     run_parts(pool, m, n, k, split, |rows, cols| unsafe { run_q8(path, gemm, kind, &Q8 { rows, cols, ..*whole }) });
     if let (QWeights::I4(w), true) = (w, gemm) {
-        // y += Σx · mᵀ: [m, ng] · [n, ng]ᵀ (the GEMV adds it per group itself)
-        // the offsets m + 8·d of the centered weights (see matmul_int4)
-        let mins: Vec<f32> = w.mins.iter().zip(&w.scales).map(|(&m, &d)| i4_offset(d, m)).collect();
-        let mut t = vec![0f32; m * n];
-        matmul_f32(pool, &xb.f[..m * ng], &mins, &mut t, m, ng, n);
-        for (yv, tv) in y.iter_mut().zip(&t) {
-            *yv += tv;
+        // y += Σx · mᵀ: [m, ng] · [n, ng]ᵀ (the GEMV adds it per group itself), with the
+        // offsets m + 8·d of the centered weights (see matmul_int4); in blocks of columns, so
+        // that its buffers stay small whatever n
+        const BLOCK: usize = 1024;
+        let mut mins = Vec::with_capacity(BLOCK.min(n) * ng);
+        let mut t = vec![0f32; m * BLOCK.min(n)];
+        for j0 in (0..n).step_by(BLOCK) {
+            let bn = BLOCK.min(n - j0);
+            mins.clear();
+            mins.extend(w.mins[j0 * ng..(j0 + bn) * ng].iter().zip(&w.scales[j0 * ng..]).map(|(&m, &d)| i4_offset(d, m)));
+            matmul_f32(pool, &xb.f[..m * ng], &mins, &mut t[..m * bn], m, ng, bn);
+            for (yr, tr) in y.chunks_exact_mut(n).zip(t.chunks_exact(bn)) {
+                for (yv, tv) in yr[j0..j0 + bn].iter_mut().zip(tr) {
+                    *yv += tv;
+                }
+            }
         }
     }
     q8::put_xbuf(xb);

@@ -8,7 +8,7 @@ use crate::kernels::RowPath;
 use crate::kernels::norms::{layer_norm, rms_norm};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::memory;
+use crate::memory::{self, Pages};
 
 /// Tokens processed per prefill step; bounds scratch memory for long prompts.
 pub const PREFILL_CHUNK: usize = 256;
@@ -18,21 +18,21 @@ pub const PREFILL_CHUNK: usize = 256;
 pub struct Scratch {
     rows: usize,
     /// x: [rows, d] — the residual stream
-    pub x: Vec<f32>,
+    pub x: Pages<f32>,
     /// xn: [rows, d] — normalized x
-    pub xn: Vec<f32>,
+    pub xn: Pages<f32>,
     /// qkv: [rows, q_dim + 2·kv_dim]
-    pub qkv: Vec<f32>,
+    pub qkv: Pages<f32>,
     /// q: [rows, q_dim]
-    pub q: Vec<f32>,
+    pub q: Pages<f32>,
     /// att: [rows, q_dim]
-    pub att: Vec<f32>,
+    pub att: Pages<f32>,
     /// up: [rows, up_out] (gate and up for LLaMA)
-    pub up: Vec<f32>,
+    pub up: Pages<f32>,
     /// act: [rows, ffn]
-    pub act: Vec<f32>,
+    pub act: Pages<f32>,
     /// scores: [n_threads, context]
-    pub scores: Vec<f32>,
+    pub scores: Pages<f32>,
     /// RoPE cos/sin of the chunk's positions
     pub rope: RopeAngles,
     /// RoPE cos/sin of each row's position (a batched step: one position per sequence)
@@ -53,7 +53,7 @@ impl Scratch {
         }
         let rows = rows.max(self.rows);
         let up_out = model.layers.first().map_or(0, |l| l.up.out_features);
-        let buf = |width: usize| memory::checked_bytes(rows, width, what).and_then(|n| memory::zeroed(n, what));
+        let buf = |width: usize| memory::checked_bytes(rows, width, what).and_then(|n| Pages::zeroed(n, what));
         *self = Scratch {
             rows,
             x: buf(c.hidden_size)?,
@@ -63,12 +63,23 @@ impl Scratch {
             att: buf(c.q_dim())?,
             up: buf(up_out)?,
             act: buf(c.intermediate_size)?,
-            scores: memory::zeroed(scores.max(self.scores.len()), what)?,
+            scores: Pages::zeroed(scores.max(self.scores.len()), what)?,
             rope: std::mem::take(&mut self.rope),
             rope_rows: std::mem::take(&mut self.rope_rows),
             batch_logits: std::mem::take(&mut self.batch_logits),
         };
         Ok(())
+    }
+
+    /// Gives the buffers back (a prompt's, sized for its chunks: the decode steps after it
+    /// need one row); the next call sizes them again.
+    fn release(&mut self) {
+        *self = Scratch {
+            rope: std::mem::take(&mut self.rope),
+            rope_rows: std::mem::take(&mut self.rope_rows),
+            batch_logits: std::mem::take(&mut self.batch_logits),
+            ..Scratch::default()
+        };
     }
 }
 
@@ -185,6 +196,10 @@ pub fn forward_input(
     }
     if let Some(out) = all_logits {
         logits.copy_from_slice(&out[(n - 1) * vocab..]);
+    }
+    if n > 1 {
+        // a prompt's buffers go back to the system before its decode steps fill the KV cache
+        scratch.release();
     }
     Ok(())
 }
