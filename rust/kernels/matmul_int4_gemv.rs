@@ -1,5 +1,5 @@
-//! The x86 int4 GEMV (decode): rows of packed int4 weights against a few rows of 16-bit x,
-//! without widening the weights byte by byte.
+//! The AVX-512 VNNI int4 GEMV (decode): rows of packed int4 weights against a few rows of
+//! 16-bit x, without widening the weights byte by byte.
 //!
 //! A group of 32 int4 values is 16 bytes, byte t holding value t in its low nibble and value
 //! t + 16 in its high one (GGUF's order). Read as 8 little-endian 16-bit words, word t holds
@@ -11,7 +11,7 @@
 //! V2 = (w >> 8) & 0xF -> q[2t + 1]   V3 = w >> 12   -> q[2t + 17]
 //! ```
 //!
-//! `madd_epi16` / `vpdpwssd` multiply them with x16 laid out to match ([`prepare_x`]) and add
+//! `vpdpwssd` multiplies them with x16 laid out to match ([`prepare_x`]) and add
 //! lane pairs into i32: a 128-bit lane holds exactly one group (8 words), so after the four
 //! multiplies each group's exact integer sum Σ q·x16 is spread over the four i32 of its lane.
 //! The accumulator starts at −8·Σx16 in the lane's first i32, making it the centered sum
@@ -19,9 +19,11 @@
 //! scale d·sx spread to the lane (no horizontal reduction per group), and the offset term
 //! (m + 8·d)·Σx is added for 8 groups at once.
 //!
-//! AVX-512 VNNI handles 4 groups per 512-bit vector, AVX2 2 per 256-bit vector; both read the
-//! same prepared x. The last ng % 8 groups of a row are staged in a zeroed copy, so that every
-//! unit of 8 groups runs the same code.
+//! A 512-bit vector holds 4 groups; one row of x meets 4 rows of weights per pass
+//! ([`cols_per_pass`]), so that x is loaded once for them; the last ng % 8 groups of a row are
+//! read with masked loads, zero past ng. (The same scheme on AVX2, 2 groups per 256-bit vector
+//! with `madd_epi16`, measured slower than the widening GEMV of `matmul_int8_kernels`, which
+//! AVX2 keeps: 48.6 vs 31.4 µs for 960×576, 199 vs 165 µs for 2048×2048, 1 thread.)
 
 use std::arch::x86_64::*;
 
@@ -78,14 +80,6 @@ pub(crate) fn prepare_x(x16: &[i16], xs: &[f32], xc: &[i32], xf: &[f32], out: &m
     }
 }
 
-/// The f16 scales (or minimums) of groups `gi..ng` of a row, fewer than 8, zero past ng
-/// (built in registers: no store to reload).
-#[inline(always)]
-unsafe fn tail_f16(p: *const u16, left: usize) -> __m128i {
-    let v = |t: usize| if t < left { *p.add(t) as i16 } else { 0 };
-    _mm_setr_epi16(v(0), v(1), v(2), v(3), v(4), v(5), v(6), v(7))
-}
-
 /// Masks of the i32 lanes (4 per group) of the first `left` groups of a unit, per half.
 #[inline(always)]
 fn tail_masks(left: usize) -> [u16; 2] {
@@ -100,7 +94,7 @@ unsafe fn hsum256(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// Rows of weights per pass over a row of x on VNNI: 4 while their nibbles span at most
+/// Rows of weights per pass over a row of x: 4 while their nibbles span at most
 /// 4 KiB (k ≤ 2048: x is loaded once for 4 rows, which streams as one), else 1 (4 distant
 /// streams measured up to 2× slower at k = 5632).
 fn cols_per_pass(ng: usize) -> usize {
@@ -215,96 +209,11 @@ unsafe fn dot_vnni<const R: usize, const C: usize>(g: &Q8, x: &[*const u32; R], 
     out
 }
 
-/// The accumulators of [`dot_avx2`]: per row of x, one f32 vector for even and one for odd
-/// quarters of a unit, and the offsets' 8 lanes.
-struct AccAvx2<const R: usize> {
-    f: [[__m256; 2]; R],
-    o: [__m256; R],
-}
-
-/// [`unit_vnni`] on AVX2: quarter p of the unit (groups 2p, 2p + 1) from `w[p]`.
+/// The region `g.rows` × `g.cols` of y: one row of x against 4 rows of weights at a time
+/// (while they stream as one, [`cols_per_pass`]), or up to 4 rows of x against each row of
+/// weights. `xp`: the prepared x of all m rows, `units(ng) · UNIT_WORDS` words each.
 #[inline(always)]
-#[allow(clippy::needless_range_loop)]
-unsafe fn unit_avx2<const R: usize>(acc: &mut AccAvx2<R>, x: &[*const u32; R], u: usize, w: [__m256i; 4], d8: __m128i, m8: __m128i) {
-    let nibble = _mm256_set1_epi16(0x000f);
-    let spread = [
-        _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
-        _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
-        _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5),
-        _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7),
-    ];
-    let d8 = _mm256_cvtph_ps(d8);
-    let o8 = _mm256_fmadd_ps(_mm256_set1_ps(I4_CENTER as f32), d8, _mm256_cvtph_ps(m8));
-    for p in 0..4 {
-        let v0 = _mm256_and_si256(w[p], nibble);
-        let v1 = _mm256_and_si256(_mm256_srli_epi16::<4>(w[p]), nibble);
-        let v2 = _mm256_and_si256(_mm256_srli_epi16::<8>(w[p]), nibble);
-        let v3 = _mm256_srli_epi16::<12>(w[p]);
-        let dq = _mm256_permutevar8x32_ps(d8, spread[p]);
-        // half h of the unit, i16 offset of the quarter's lanes inside the half's vectors
-        let (h, at) = (p / 2, 16 * (p % 2));
-        for r in 0..R {
-            let xu = x[r].add(u * UNIT_WORDS);
-            let xi = (xu as *const i16).add(128 * h + at);
-            let c = _mm256_loadu_si256(xu.add(C_AT + 16 * h + at / 2) as *const __m256i);
-            let s0 = _mm256_madd_epi16(v0, _mm256_loadu_si256(xi as *const __m256i));
-            let s1 = _mm256_madd_epi16(v1, _mm256_loadu_si256(xi.add(32) as *const __m256i));
-            let s2 = _mm256_madd_epi16(v2, _mm256_loadu_si256(xi.add(64) as *const __m256i));
-            let s3 = _mm256_madd_epi16(v3, _mm256_loadu_si256(xi.add(96) as *const __m256i));
-            let a = _mm256_add_epi32(_mm256_add_epi32(c, s0), _mm256_add_epi32(_mm256_add_epi32(s1, s2), s3));
-            let s = _mm256_mul_ps(dq, _mm256_loadu_ps(xu.add(S_AT + 16 * h + at / 2) as *const f32));
-            acc.f[r][p % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), s, acc.f[r][p % 2]);
-        }
-    }
-    for r in 0..R {
-        acc.o[r] = _mm256_fmadd_ps(o8, _mm256_loadu_ps(x[r].add(u * UNIT_WORDS + F_AT) as *const f32), acc.o[r]);
-    }
-}
-
-/// [y[i + r, j] for r < R] on AVX2: 2 groups per 256-bit vector, the same prepared x.
-///
-/// # Safety
-/// As [`dot_vnni`]; AVX2, FMA and F16C available.
-#[inline(always)]
-unsafe fn dot_avx2<const R: usize>(g: &Q8, x: &[*const u32; R], j: usize) -> [f32; R] {
-    let mut acc = AccAvx2 { f: [[_mm256_setzero_ps(); 2]; R], o: [_mm256_setzero_ps(); R] };
-    let ng = g.ng;
-    let wq = (g.wq as *const u8).add(j * g.wrow);
-    let (wd, wm) = (g.wh.add(j * ng), g.wm.add(j * ng));
-    let full = ng / UNIT_GROUPS;
-    for u in 0..full {
-        let p = wq.add(u * 128);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64) as *const i8);
-        let w = std::array::from_fn(|q| _mm256_loadu_si256(p.add(32 * q) as *const __m256i));
-        let d8 = _mm_loadu_si128(wd.add(u * 8) as *const __m128i);
-        let m8 = _mm_loadu_si128(wm.add(u * 8) as *const __m128i);
-        unit_avx2(&mut acc, x, u, w, d8, m8);
-    }
-    let left = ng - full * UNIT_GROUPS;
-    if left > 0 {
-        let p = wq.add(full * 128);
-        let w = std::array::from_fn(|q| {
-            // the i32 lanes of quarter q's groups 2q, 2q + 1 that lie before ng
-            let lanes = 4 * left.saturating_sub(2 * q).min(2) as i32;
-            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            _mm256_maskload_epi32(p.add(32 * q) as *const i32, mask)
-        });
-        let gi = full * UNIT_GROUPS;
-        unit_avx2(&mut acc, x, full, w, tail_f16(wd.add(gi), left), tail_f16(wm.add(gi), left));
-    }
-    let mut out = [0f32; R];
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = hsum256(_mm256_add_ps(acc.f[r][0], acc.f[r][1])) + hsum256(acc.o[r]);
-    }
-    out
-}
-
-/// The region `g.rows` × `g.cols` of y on AVX-512 VNNI: one row of x against 4 rows of
-/// weights at a time, or up to 4 rows of x against each row of weights.
-/// `xp`: the prepared x of all m rows, `units(ng) · UNIT_WORDS` words each.
-#[inline(always)]
-unsafe fn gemv_vnni(g: &Q8, xp: *const u32) {
+unsafe fn gemv(g: &Q8, xp: *const u32) {
     let stride = units(g.ng) * UNIT_WORDS;
     let mut i = g.rows.0;
     while i < g.rows.1 {
@@ -321,43 +230,12 @@ unsafe fn gemv_vnni(g: &Q8, xp: *const u32) {
                     j += $c;
                 }};
             }
-            let cm = cols_per_pass(g.ng);
-            match (r, (g.cols.1 - j).min(cm)) {
+            match (r, (g.cols.1 - j).min(cols_per_pass(g.ng))) {
                 (1, 4..) => block!(1, 4),
                 (1, _) => block!(1, 1),
                 (2, _) => block!(2, 1),
                 (3, _) => block!(3, 1),
                 _ => block!(4, 1),
-            }
-        }
-        i += r;
-    }
-}
-
-/// The region `g.rows` × `g.cols` of y on AVX2, up to 4 rows of x per pass over a row of
-/// weights.
-#[inline(always)]
-unsafe fn gemv_avx2(g: &Q8, xp: *const u32) {
-    let stride = units(g.ng) * UNIT_WORDS;
-    let mut i = g.rows.0;
-    while i < g.rows.1 {
-        let r = (g.rows.1 - i).min(4);
-        for j in g.cols.0..g.cols.1 {
-            let mut out = [0f32; 4];
-            macro_rules! rows {
-                ($n:literal) => {{
-                    let x: [*const u32; $n] = std::array::from_fn(|t| xp.add((i + t) * stride));
-                    out[..$n].copy_from_slice(&dot_avx2::<$n>(g, &x, j));
-                }};
-            }
-            match r {
-                4 => rows!(4),
-                3 => rows!(3),
-                2 => rows!(2),
-                _ => rows!(1),
-            }
-            for (t, v) in out.iter().enumerate().take(r) {
-                *g.y.add((i + t) * g.n + j) = *v;
             }
         }
         i += r;
@@ -371,14 +249,5 @@ unsafe fn gemv_avx2(g: &Q8, xp: *const u32) {
 /// rows prepared by [`prepare_x`]; AVX-512 F/VL/BW/VNNI, AVX2, FMA and F16C available.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(crate) unsafe fn gemv_i4_vnni(g: &Q8, xp: *const u32) {
-    gemv_vnni(g, xp)
-}
-
-/// The int4 GEMV over a region of `g` on AVX2.
-///
-/// # Safety
-/// As [`gemv_i4_vnni`]; AVX2, FMA and F16C available.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn gemv_i4_avx2(g: &Q8, xp: *const u32) {
-    gemv_avx2(g, xp)
+    gemv(g, xp)
 }

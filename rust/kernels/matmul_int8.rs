@@ -381,9 +381,9 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         xs_lo: std::ptr::null(),
         i4x: std::ptr::null(),
     };
-    // int4 decode on x86: x in the layout of the int4 GEMV (matmul_int4_gemv)
+    // int4 decode on AVX-512 VNNI: x in the layout of its GEMV (matmul_int4_gemv)
     #[cfg(target_arch = "x86_64")]
-    let whole = if kind == q8::Kind::I4 && !gemm && matches!(path, Path::Vnni | Path::Avx2) {
+    let whole = if kind == q8::Kind::I4 && !gemm && path == Path::Vnni {
         let stride = i4g::units(ng) * i4g::UNIT_WORDS;
         if xb.p.len() < m * stride {
             xb.p = vec![0; m * stride];
@@ -462,7 +462,7 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
         #[cfg(target_arch = "x86_64")]
         (Path::Avx2, false, A8) => q8::gemv_avx2(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Avx2, false, I4) => i4g::gemv_i4_avx2(g, g.i4x),
+        (Path::Avx2, false, I4) => q8::gemv_a16_avx2::<q8::I4W>(g),
         #[cfg(target_arch = "x86_64")]
         (Path::Avx2, false, I8A16) => q8::gemv_a16_avx2::<q8::I8W16>(g),
         #[cfg(target_arch = "aarch64")]

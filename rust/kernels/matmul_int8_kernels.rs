@@ -634,14 +634,14 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, I8W16};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, I4W, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
-    use super::{AVX2_TILE, Q8, VNNI_TILE};
+    use super::{f16_to_f32, i4_offset, AVX2_TILE, I4_CENTER, Q8, VNNI_TILE};
 
     /// Per-thread packed-panel buffers of the GEMM (contents stale).
     #[derive(Default)]
@@ -798,11 +798,13 @@ mod x86 {
         }
     }
 
-    /// Weights multiplied with 16-bit x (int8 under the W8A16 scheme): how a group of 32 is
-    /// widened to i16 and scaled.
+    /// Weights multiplied with 16-bit x (int4 on AVX2, and int8 under the W8A16 scheme): how
+    /// a group of 32 is widened to i16 and scaled.
     pub(crate) trait A16Weights {
         /// Bytes of one group in a row.
         const GROUP_BYTES: usize;
+        /// Whether the integer values are centered (int4: q − 8, with the offset m + 8·d).
+        const CENTERED: bool;
         /// The group at `p` as two vectors of 16 i16 (values 0-15 and 16-31).
         unsafe fn widen(p: *const u8) -> (__m256i, __m256i);
         /// Scales of groups gi..gi+8 of row j.
@@ -811,10 +813,36 @@ mod x86 {
         unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32;
     }
 
+    /// Packed int4: 16 bytes of nibbles (q in [0, 15], low nibbles first: GGUF's order), f16
+    /// scales widened with F16C.
+    pub(crate) struct I4W;
+    impl A16Weights for I4W {
+        const GROUP_BYTES: usize = 16;
+        const CENTERED: bool = true;
+        #[inline(always)]
+        unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
+            let b = _mm_loadu_si128(p as *const __m128i);
+            let m = _mm_set1_epi8(0x0f);
+            (
+                _mm256_cvtepu8_epi16(_mm_and_si128(b, m)),
+                _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(b), m)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(g.wh.add(j * g.ng + gi) as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
+            f16_to_f32(*g.wh.add(j * g.ng + gi))
+        }
+    }
+
     /// int8 in groups of 32 (f32 scales).
     pub(crate) struct I8W16;
     impl A16Weights for I8W16 {
         const GROUP_BYTES: usize = 32;
+        const CENTERED: bool = false;
         #[inline(always)]
         unsafe fn widen(p: *const u8) -> (__m256i, __m256i) {
             (
@@ -999,21 +1027,27 @@ mod x86 {
         )
     }
 
-    /// [y[i + r, j] for r < R] for weights `W` (`g.wq` rows of `g.wrow` bytes, f32 scales
-    /// `g.ws`) against the 16-bit x (`g.x16`), 8 groups at a time: each group's integer dot
-    /// product (one [`StepA16`] per row of x) stays a vector of partial lanes, [`reduce8`] turns
-    /// 8 of them into one vector of group sums, and f += sums · (d · sx) with 8 scales loaded at
-    /// once. The last `ng % 8` groups are scaled one by one.
+    /// [y[i + r, j] for r < R] for weights `W` (`g.wq` rows of `g.wrow` bytes; int4 with f16
+    /// scales `g.wh` and minimums `g.wm`, or int8 with f32 scales `g.ws`) against the 16-bit
+    /// x (`g.x16`), 8 groups at a time: each group's integer dot product (one [`StepA16`] per
+    /// row of x) stays a vector of partial lanes, [`reduce8`] turns 8 of them into one vector
+    /// of group sums, and f += sums · (d · sx) with 8 scales loaded at once (int4: widened from
+    /// f16, and centered: (sums − 8·Σx16) · (d · sx) + (m + 8·d) · Σx, see `matmul_int4`). The
+    /// last `ng % 8` groups are scaled one by one.
     ///
     /// # Safety
-    /// Rows and column inside the operands; the step's ISA, AVX2 and FMA enabled.
+    /// Rows and column inside the operands; the step's ISA, AVX2, FMA and F16C enabled.
     #[inline(always)]
     #[allow(clippy::needless_range_loop)] // t and r index the accumulators and offset the operands
     unsafe fn dot_rows_a16<S: StepA16, W: A16Weights, const R: usize>(g: &Q8, i: usize, j: usize) -> [f32; R] {
         let ng = g.ng;
         let w = (g.wq as *const u8).add(j * g.wrow);
+        let wm = g.wm.wrapping_add(j * ng);
         let xh: [*const i16; R] = std::array::from_fn(|r| g.x16.add((i + r) * g.kp));
         let xs: [*const f32; R] = std::array::from_fn(|r| g.xs.add((i + r) * ng));
+        let xf: [*const f32; R] = std::array::from_fn(|r| g.xf.add((i + r) * ng));
+        let xc: [*const i32; R] = std::array::from_fn(|r| g.xc.add((i + r) * ng));
+        let eight = _mm256_set1_ps(I4_CENTER as f32);
         let mut f = [_mm256_setzero_ps(); R];
         let mut gi = 0;
         while gi + 8 <= ng {
@@ -1026,24 +1060,42 @@ mod x86 {
             }
             let d = W::scales8(g, j, gi);
             for r in 0..R {
-                let sums = reduce8(acc[r]);
+                let mut sums = reduce8(acc[r]);
+                if W::CENTERED {
+                    // Σ (q − 8)·x = Σ q·x − 8·Σx, exact in i32
+                    let c8 = _mm256_slli_epi32::<3>(_mm256_loadu_si256(xc[r].add(gi) as *const __m256i));
+                    sums = _mm256_sub_epi32(sums, c8);
+                }
                 f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(xs[r].add(gi))), f[r]);
+            }
+            if W::CENTERED {
+                // the offset m + 8·d of the centered weights q − 8, times the f32 Σx
+                let o = _mm256_fmadd_ps(eight, d, _mm256_cvtph_ps(_mm_loadu_si128(wm.add(gi) as *const __m128i)));
+                for r in 0..R {
+                    f[r] = _mm256_fmadd_ps(o, _mm256_loadu_ps(xf[r].add(gi)), f[r]);
+                }
             }
             gi += 8;
         }
         // the last ng % 8 groups one by one: their lanes scaled as they are
+        let mut e = [0f32; R];
         while gi < ng {
             let d = W::scale(g, j, gi);
             let wv = W::widen(w.add(gi * W::GROUP_BYTES));
             for r in 0..R {
-                let a = S::step(_mm256_setzero_si256(), wv, xh[r].add(gi * 32));
+                // centered: the group's lanes, minus 8·Σx in lane 0: Σ (q − 8)·x
+                let c = if W::CENTERED { -I4_CENTER * *xc[r].add(gi) } else { 0 };
+                let a = S::step(_mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0), wv, xh[r].add(gi * 32));
                 f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d * *xs[r].add(gi)), f[r]);
+                if W::CENTERED {
+                    e[r] += i4_offset(*g.wh.add(j * ng + gi), *wm.add(gi)) * *xf[r].add(gi);
+                }
             }
             gi += 1;
         }
         let mut out = [0f32; R];
-        for (o, f) in out.iter_mut().zip(&f) {
-            *o = hsum256(*f);
+        for (r, (o, f)) in out.iter_mut().zip(&f).enumerate() {
+            *o = hsum256(*f) + e[r];
         }
         out
     }
