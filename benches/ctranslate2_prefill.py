@@ -1,0 +1,164 @@
+"""INT8 prefill and decode side by side with CTranslate2 on the same random-weight LLaMA shape.
+
+    pip install ctranslate2
+    python benches/ctranslate2_prefill.py --shape llama-135m --threads 1,2 --runs 5 [--json OUT]
+
+The shape's checkpoint (`ferrolm.bench.random_checkpoint`) is converted to CTranslate2's format
+with INT8 weights from the very same FP32 arrays (no transformers or torch needed: the spec is
+filled from numpy, as CTranslate2's own LLaMA converter fills it). Each engine and thread count
+runs in a fresh process: one warm-up, then `--runs` timed runs of a 128-token prompt of fixed
+ids, median reported.
+- prefill: ferrolm's time to the first token of `generate(ids, max_new_tokens=1)` against
+  CTranslate2's `generate_batch([ids], max_length=1)` (its prefill plus one sampling step);
+- decode: 128 new tokens after that prompt (EOS ignored), tokens per second of the decode part.
+ferrolm runs INT8 (W8A16), CTranslate2 `compute_type="int8"` (its int8 GEMM, 8-bit activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPT = 128
+NEW = 128
+
+
+def _prompt(vocab: int) -> list:
+    return [(i * 7919 + 13) % (vocab - 3) + 3 for i in range(PROMPT)]
+
+
+def convert(folder: Path, out: Path, quantization: str = "int8") -> Path:
+    """The checkpoint in `folder` (LLaMA, safetensors) as a CTranslate2 model in `out`, its weights
+    quantized as `quantization` says (CTranslate2's names: "int8", "float32", …)."""
+    import numpy as np
+    from ctranslate2.converters.converter import Converter
+    from ctranslate2.converters import utils
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    from ferrolm.safetensors_io import read_floats
+
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("model_type") != "llama":
+        raise SystemExit(f"{folder}: only LLaMA shapes are converted here")
+    # writable copies: CTranslate2 quantizes in place (a tied lm_head gets its own)
+    w = {k: np.array(v, dtype=np.float32) for k, (_, v) in read_floats(folder / "model.safetensors").items()}
+
+    class _Loader(Converter):
+        def _load(self):
+            heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+            spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+                cfg["num_hidden_layers"], heads, activation=common_spec.Activation.SWISH, pre_norm=True, ffn_glu=True,
+                rms_norm=True, rotary_dim=0, rotary_interleave=False, rotary_base=cfg.get("rope_theta", 10000.0),
+                num_heads_kv=None if kv == heads else kv)
+            d = spec.decoder
+            d.scale_embeddings = False
+            d.embeddings.weight = w["model.embed_tokens.weight"]
+            d.layer_norm.gamma = w["model.norm.weight"]
+            d.projection.weight = w.get("lm_head.weight", w["model.embed_tokens.weight"]).copy()
+            for i, layer in enumerate(d.layer):
+                p = f"model.layers.{i}."
+                layer.self_attention.layer_norm.gamma = w[p + "input_layernorm.weight"]
+                layer.ffn.layer_norm.gamma = w[p + "post_attention_layernorm.weight"]
+                qkv = [common_spec.LinearSpec() for _ in range(3)]
+                for s, name in zip(qkv, ("q_proj", "k_proj", "v_proj")):
+                    s.weight = w[p + f"self_attn.{name}.weight"]
+                utils.fuse_linear(layer.self_attention.linear[0], qkv)
+                layer.self_attention.linear[1].weight = w[p + "self_attn.o_proj.weight"]
+                layer.ffn.linear_0.weight = w[p + "mlp.gate_proj.weight"]
+                layer.ffn.linear_0_noact.weight = w[p + "mlp.up_proj.weight"]
+                layer.ffn.linear_1.weight = w[p + "mlp.down_proj.weight"]
+            spec.register_vocabulary(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, cfg["vocab_size"])])
+            spec.config.layer_norm_epsilon = cfg["rms_norm_eps"]
+            return spec
+
+    return Path(_Loader().convert(str(out), quantization=quantization, force=True))
+
+
+def _child_ferrolm(shape: str, threads: int, runs: int) -> dict:
+    import ferrolm
+    from ferrolm.bench import random_checkpoint
+
+    model = ferrolm.load(random_checkpoint(shape), precision="int8", threads=threads, context_length=PROMPT + NEW + 1,
+                         progress=False)
+    model.configure_prefix_cache(reuse=False)
+    ids = _prompt(model.vocab_size)
+    model.generate(ids, max_new_tokens=2, ignore_eos=True)
+    prefill, decode = [], []
+    for _ in range(runs):
+        prefill.append(model.generate(ids, max_new_tokens=1, ignore_eos=True).timings.time_to_first_token)
+        decode.append(model.generate(ids, max_new_tokens=NEW, ignore_eos=True).timings.decode_tokens_per_s)
+    return {"prefill_s": prefill, "decode_tok_s": decode}
+
+
+def _child_ct2(model_dir: str, threads: int, runs: int, vocab: int) -> dict:
+    import ctranslate2
+
+    gen = ctranslate2.Generator(model_dir, device="cpu", compute_type="int8", intra_threads=threads, inter_threads=1)
+    ids = [f"t{i}" if i >= 3 else ["<unk>", "<s>", "</s>"][i] for i in _prompt(vocab)]
+    gen.generate_batch([ids], max_length=2, include_prompt_in_result=False)
+    prefill, decode = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        gen.generate_batch([ids], max_length=1, include_prompt_in_result=False)
+        first = time.perf_counter() - t
+        prefill.append(first)
+        t = time.perf_counter()
+        gen.generate_batch([ids], max_length=NEW, min_length=NEW, include_prompt_in_result=False, end_token=[])
+        decode.append((NEW - 1) / (time.perf_counter() - t - first))
+    return {"prefill_s": prefill, "decode_tok_s": decode}
+
+
+def _run(args: list) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="llama-135m")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # engine, target, threads
+    ap.add_argument("--vocab", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        engine, target, threads = a.child
+        fn = _child_ferrolm(target, int(threads), a.runs) if engine == "ferrolm" else _child_ct2(target, int(threads), a.runs, a.vocab)
+        print(json.dumps(fn))
+        return
+    from ferrolm.bench import random_checkpoint
+
+    folder = random_checkpoint(a.shape)
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ct2_dir = convert(folder, Path(tmp) / "ct2")
+        for t in [int(x) for x in a.threads.split(",")]:
+            for engine, target in (("ferrolm int8", a.shape), ("ctranslate2 int8", str(ct2_dir))):
+                r = _run(["--child", engine.split()[0], target, str(t), "--runs", str(a.runs), "--vocab", str(vocab)])
+                rows.append({"engine": engine, "threads": t, "prefill_tok_s": PROMPT / statistics.median(r["prefill_s"]),
+                             "decode_tok_s": statistics.median(r["decode_tok_s"]), "runs": r})
+    import ctranslate2
+    import os
+
+    print(f"{a.shape}, prompt {PROMPT}, {NEW} new tokens; CTranslate2 {ctranslate2.__version__}; "
+          f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print("| engine | threads | prefill tok/s (pp128) | decode tok/s (tg128) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['threads']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} |")
+    if a.json:
+        a.json.write_text(json.dumps({"shape": a.shape, "ctranslate2": ctranslate2.__version__, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
