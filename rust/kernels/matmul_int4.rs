@@ -17,10 +17,11 @@
 //! f32: INT8's weight-only GEMV runs at half the speed of its W8A8 one. Centering mattered for
 //! the 8-bit x (uncentered q·d doubled the error the x quantization adds: +2.6 %).
 //!
-//! Kernels (`matmul_int8_kernels.rs`): the x86 GEMV widens a group's 16 bytes of nibbles to two
-//! vectors of 16 i16 and multiplies them with x16 (AVX2 `madd_epi16`, AVX-512 VNNI `dpwssd`, two
-//! groups per 512-bit multiply on a pair-interleaved x), computing Σ q·x16 and subtracting
-//! 8·Σx16 per group in integers; 8 groups' lanes are reduced at once and scaled with 8 f16 scales
+//! Kernels: on AVX-512 VNNI the decode GEMV (`matmul_int4_gemv.rs`) masks the nibbles out of
+//! 16-bit words straight into `vpdpwssd` lanes, one group per 128-bit lane, and scales the lanes
+//! per group; on AVX2 (`matmul_int8_kernels.rs`) it widens a group's 16 bytes of nibbles to two
+//! vectors of 16 i16, multiplies them with x16 (`madd_epi16`), computing Σ q·x16 and subtracting
+//! 8·Σx16 per group in integers, and reduces 8 groups' lanes at once, scaled with 8 f16 scales
 //! (F16C). NEON and the portable kernel unpack q − 8. Prefill (m ≥ 8) unpacks panels of 96 rows
 //! to int8 q − 8 and runs INT8's packed GEMMs (VNNI: twice, over the high and the low bytes of
 //! x16; AVX2: the i16-pair GEMM on x16), then adds the offsets' term as one small f32 matmul

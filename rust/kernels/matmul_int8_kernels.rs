@@ -25,8 +25,8 @@
 //! [`gemv_a16_vnni`], generic over the weights' widening to i16: [`I4W`], [`I8W16`]) keeps each
 //! group's integer lanes apart for 8 groups, reduces them at once and scales them with 8 scales
 //! loaded at once (int4: f16 widened by F16C, centered q − 8 with the offset m + 8·d on the f32
-//! Σx); on AVX-512 VNNI the int4 GEMV multiplies two groups per 512-bit instruction
-//! ([`gemv_i4_vnni512`]); the GEMMs run on int4 panels unpacked to int8 rows (q − 8, f32 scales):
+//! Σx) — on AVX-512 VNNI int4 decode has its own GEMV instead (`matmul_int4_gemv`); the GEMMs
+//! run on int4 panels unpacked to int8 rows (q − 8, f32 scales):
 //! the VNNI GEMM over the high and low signed bytes of x16 ([`split_a16`]), or the AVX2 GEMM on
 //! x16; NEON and the portable kernel handle every kind ([`Kind`]).
 
