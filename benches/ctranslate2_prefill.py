@@ -30,7 +30,13 @@ NEW = 128
 
 
 def _prompt(vocab: int) -> list:
+    """The prompt's token ids (never one of the 3 special tokens)."""
     return [(i * 7919 + 13) % (vocab - 3) + 3 for i in range(PROMPT)]
+
+
+def _vocabulary(vocab: int) -> list:
+    """The token strings the converted model registers: 3 special tokens, then t3, t4, …"""
+    return ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, vocab)]
 
 
 def convert(folder: Path, out: Path, quantization: str = "int8") -> Path:
@@ -73,7 +79,7 @@ def convert(folder: Path, out: Path, quantization: str = "int8") -> Path:
                 layer.ffn.linear_0.weight = w[p + "mlp.gate_proj.weight"]
                 layer.ffn.linear_0_noact.weight = w[p + "mlp.up_proj.weight"]
                 layer.ffn.linear_1.weight = w[p + "mlp.down_proj.weight"]
-            spec.register_vocabulary(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, cfg["vocab_size"])])
+            spec.register_vocabulary(_vocabulary(cfg["vocab_size"]))
             spec.config.layer_norm_epsilon = cfg["rms_norm_eps"]
             return spec
 
@@ -100,7 +106,8 @@ def _child_ct2(model_dir: str, threads: int, runs: int, vocab: int) -> dict:
     import ctranslate2
 
     gen = ctranslate2.Generator(model_dir, device="cpu", compute_type="int8", intra_threads=threads, inter_threads=1)
-    ids = [f"t{i}" if i >= 3 else ["<unk>", "<s>", "</s>"][i] for i in _prompt(vocab)]
+    tokens = _vocabulary(vocab)
+    ids = [tokens[i] for i in _prompt(vocab)]
     gen.generate_batch([ids], max_length=2, include_prompt_in_result=False)
     prefill, decode = [], []
     for _ in range(runs):

@@ -1,7 +1,7 @@
 //! A preallocated KV cache, written by index: k[layer]: [max_seq, kv_dim], likewise v, stored
 //! as FP32 or as BF16 ([`KvDtype`]). Allocated zeroed up front as pages of its own
-//! ([`memory::Pages`]), so the OS commits memory only as positions fill. The allocation is checked and fallible: a cache that cannot fit
-//! is an error, not an abort.
+//! ([`memory::Pages`]), so the OS commits memory only as positions fill. The allocation is
+//! checked and fallible: a cache that cannot fit is an error, not an abort.
 //!
 //! BF16 rows are rounded to nearest even from the f32 K/V rows as they are written, and
 //! widened back (exactly) inside the attention kernels' loads (`simd::RowElem`): half the bytes

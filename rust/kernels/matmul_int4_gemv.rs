@@ -28,7 +28,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::matmul_int8::I4_CENTER;
-use crate::kernels::matmul_int8::q8::Q8;
+use crate::kernels::matmul_int8::q8::{hsum256, Q8};
 
 /// Groups per unit: the scales and offsets are loaded 8 at a time (one 128-bit f16 load).
 const UNIT_GROUPS: usize = 8;
@@ -85,13 +85,6 @@ pub(crate) fn prepare_x(x16: &[i16], xs: &[f32], xc: &[i32], xf: &[f32], out: &m
 fn tail_masks(left: usize) -> [u16; 2] {
     let lanes = |groups: usize| ((1u32 << (4 * groups.min(4))) - 1) as u16;
     [lanes(left), lanes(left.saturating_sub(4))]
-}
-
-#[inline(always)]
-unsafe fn hsum256(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
 /// Rows of weights per pass over a row of x: 4 while their nibbles span at most
@@ -209,11 +202,17 @@ unsafe fn dot_vnni<const R: usize, const C: usize>(g: &Q8, x: &[*const u32; R], 
     out
 }
 
-/// The region `g.rows` × `g.cols` of y: one row of x against 4 rows of weights at a time
-/// (while they stream as one, [`cols_per_pass`]), or up to 4 rows of x against each row of
-/// weights. `xp`: the prepared x of all m rows, `units(ng) · UNIT_WORDS` words each.
-#[inline(always)]
-unsafe fn gemv(g: &Q8, xp: *const u32) {
+/// The int4 GEMV over the region `g.rows` × `g.cols` of y on AVX-512 VNNI: one row of x
+/// against 4 rows of weights at a time (while they stream as one, [`cols_per_pass`]), or up to
+/// 4 rows of x against each row of weights.
+///
+/// # Safety
+/// The region lies inside the operands of `g` (int4 weights `wq`/`wh`/`wm`), `g.i4x` holds its
+/// m rows prepared by [`prepare_x`] (`units(ng) · UNIT_WORDS` words each); AVX-512
+/// F/VL/BW/VNNI, AVX2, FMA and F16C available.
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn gemv_i4_vnni(g: &Q8) {
+    let xp = g.i4x;
     let stride = units(g.ng) * UNIT_WORDS;
     let mut i = g.rows.0;
     while i < g.rows.1 {
@@ -240,14 +239,4 @@ unsafe fn gemv(g: &Q8, xp: *const u32) {
         }
         i += r;
     }
-}
-
-/// The int4 GEMV over a region of `g` on AVX-512 VNNI.
-///
-/// # Safety
-/// The region lies inside the operands of `g` (int4 weights `wq`/`wh`/`wm`), `xp` holds its m
-/// rows prepared by [`prepare_x`]; AVX-512 F/VL/BW/VNNI, AVX2, FMA and F16C available.
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn gemv_i4_vnni(g: &Q8, xp: *const u32) {
-    gemv(g, xp)
 }

@@ -454,7 +454,7 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, false, A8) => q8::gemv_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, I4) => i4g::gemv_i4_vnni(g, g.i4x),
+        (Path::Vnni, false, I4) => i4g::gemv_i4_vnni(g),
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, false, I8A16) => q8::gemv_a16_vnni::<q8::I8W16>(g),
         #[cfg(target_arch = "x86_64")]

@@ -87,7 +87,7 @@ pub(crate) struct Q8 {
     pub xc_lo: *const i32,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xs_lo: *const f32,
-    /// int4 decode on x86 only: the rows of x prepared for the int4 GEMV
+    /// int4 decode on AVX-512 VNNI only: the rows of x prepared for its GEMV
     /// (`matmul_int4_gemv::prepare_x`)
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub i4x: *const u32,
@@ -118,7 +118,7 @@ pub(crate) struct XBuf {
     pub q: Vec<i8>,
     pub a: Vec<u8>,
     pub x16: Vec<i16>,
-    /// x prepared for the int4 GEMV (x86 decode)
+    /// x prepared for the int4 GEMV (decode on AVX-512 VNNI)
     pub p: Vec<u32>,
     pub s: Vec<f32>,
     pub c: Vec<i32>,
@@ -634,7 +634,7 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, I4W, I8W16};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, hsum256, I4W, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -692,8 +692,9 @@ mod x86 {
         }
     }
 
+    /// The sum of the 8 lanes of `v`.
     #[inline(always)]
-    unsafe fn hsum256(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
