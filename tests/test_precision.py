@@ -48,10 +48,12 @@ def test_bf16_rounds_to_nearest_even(tmp_path):
                if k.endswith(("_proj.weight", "embed_tokens.weight", "lm_head.weight")) else v
                for k, v in weights.items()}
     write_safetensors(folder / "model.safetensors", rounded)
-    ids = list(reference("tiny-llama")[0]["prompt_ids"])
-    fp32_of_rounded = ferrolm.load(folder, precision="fp32").logits(ids)
-    bf16 = load_fixture("tiny-llama", precision="bf16").logits(ids)
-    np.testing.assert_allclose(bf16, fp32_of_rounded, rtol=0, atol=2e-5 * np.abs(fp32_of_rounded).max())
+    # one-token prompts: the GEMV, which multiplies the f32 x (a longer prompt's GEMM may round
+    # x to bf16 as well: test_bf16_prefill_setting)
+    fp32, bf16 = ferrolm.load(folder, precision="fp32"), load_fixture("tiny-llama", precision="bf16")
+    for i in list(reference("tiny-llama")[0]["prompt_ids"])[:6]:
+        want = fp32.logits([int(i)])
+        np.testing.assert_allclose(bf16.logits([int(i)]), want, rtol=0, atol=2e-5 * np.abs(want).max())
 
 
 def test_bf16_checkpoint_loads_as_bf16_by_default(tmp_path):
@@ -69,6 +71,36 @@ def test_bf16_checkpoint_loads_as_bf16_by_default(tmp_path):
 def test_unknown_precision_is_refused(bad):
     with pytest.raises(ferrolm.errors.InvalidArgumentError, match="precision"):
         ferrolm.load(MODELS / "tiny-llama", precision=bad)
+
+
+def _run_with_env(code, **env):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_bf16_prefill_setting():
+    """FERROLM_BF16_PREFILL=f32 keeps x in f32 in the BF16 GEMM; an invalid value is refused at
+    load with the variable's name; the default rounds x where the CPU has AVX512-BF16."""
+    code = ("import ferrolm; from ferrolm import _core\n"
+            f"m = ferrolm.load({str(MODELS / 'tiny-llama')!r}, precision='bf16')\n"
+            "print(_core.bf16_prefill()); print(m.logits(list(range(1, 9)))[-1].tolist())")
+    bad = _run_with_env(code, FERROLM_BF16_PREFILL="half")
+    assert bad.returncode != 0 and "InvalidArgumentError" in bad.stderr and "FERROLM_BF16_PREFILL" in bad.stderr
+    kept = _run_with_env(code, FERROLM_BF16_PREFILL="f32")
+    assert kept.returncode == 0, kept.stderr
+    default = _run_with_env(code)
+    assert default.returncode == 0, default.stderr
+    (mode_f32, logits_f32), (mode, logits) = kept.stdout.splitlines(), default.stdout.splitlines()
+    assert mode_f32 == "f32" and mode == ferrolm._core.bf16_prefill() in ("bf16", "f32")
+    a, b = np.array(json.loads(logits_f32)), np.array(json.loads(logits))
+    if mode == "bf16":
+        # the prompt's 8 rows run the GEMM: rounded x moves the logits, by about bf16's precision
+        assert 0 < np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    else:
+        assert np.array_equal(a, b)
 
 
 def test_foreign_quantized_checkpoints_are_refused(tmp_path):

@@ -3,24 +3,33 @@
 //!
 //! The bf16 face of the one matmul (`matmul.rs`): bf16 weights are the [`Bf16W`] source,
 //! widened to f32 exactly (a 16-bit shift) as they are loaded, so the result is the f32 matmul
-//! of the widened weights up to summation order; x is never rounded.
+//! of the widened weights up to summation order.
 //! - few rows (decode GEMV; memory-bound): each row of w streams once, widened 8 weights per
 //!   load (256-bit vectors on the AVX-512 path too: measured faster, see
-//!   `WSource::GEMV_512`). Half the bytes of f32 weights, so about twice the tokens/s at the
-//!   same bandwidth;
-//! - many rows (prefill GEMM): blocks of w are widened into the packed f32 buffer (once per
-//!   block of up to 192 rows of x) and the f32 GEMM's register tiles run over them.
+//!   `WSource::GEMV_512`); x stays in f32. Half the bytes of f32 weights, so about twice the
+//!   tokens/s at the same bandwidth;
+//! - many rows (prefill GEMM; compute-bound): on CPUs with AVX512-BF16, x is rounded to bf16
+//!   (to nearest even) as it is packed and `vdpbf16ps` multiplies 32 bf16 pairs per
+//!   instruction (`matmul_bf16_dot.rs`), twice the multiply-adds of an f32 FMA; elsewhere, or
+//!   with `FERROLM_BF16_PREFILL=f32`, blocks of w are widened into the packed f32 buffer (once
+//!   per block of up to 192 rows of x) and the f32 GEMM's register tiles run over them, x
+//!   unrounded. [`rounds_x`] says which a call takes.
 //!
-//! Measured (2-core AMD EPYC Zen 4 VM, `cargo test --release --lib matmul_bf16 -- --ignored
-//! --nocapture`, best of 3; the shared VM is noisy): GEMV with 2 threads 31-48 GB/s of bf16
+//! Measured (2-core AMD EPYC VM, family 1Ah, `BENCH_ONLY=gemm cargo test --release --lib
+//! bench_matmul_bf16 -- --ignored --nocapture`, best of 5, two interleaved runs each; the
+//! shared VM is noisy): GEMM m = 128, 1 thread, f32 x → bf16 x: 576→1536 146-186 → 293-331
+//! GFLOP/s, 2048→2048 160-167 → 312, 2048→5632 157-172 → 275-291, 5632→2048 157-162 → 282-283;
+//! 2 threads 288-308 → 532-646. What rounding x costs in quality (default model, the quality
+//! set, against FP32): pooled mean KL 1.48e-4 → 2.98e-4, top-1 agreement 0.9944 → 0.9914,
+//! perplexity +0.036% → +0.026% (docs/quality.md). GEMV with 2 threads 31-48 GB/s of bf16
 //! weights for k ≤ 2048, i.e. the read bandwidth of the same runs (31-52 GB/s); 21-26 GB/s at
-//! k = 5632, where x (22 KiB of f32) no longer stays in L1 while w streams past. GEMM m = 128:
-//! 140-200 GFLOP/s with 2 threads, as the f32 GEMM.
-//!
-//! AVX-512-BF16 (`vdpbf16ps`) is deliberately not used: it would round x to bf16 as well,
-//! changing the numerics, and the GEMV is memory-bound anyway.
+//! k = 5632, where x (22 KiB of f32) no longer stays in L1 while w streams past.
 
 use crate::kernels::matmul::{self, matmul_source};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::matmul_bf16_dot as dot;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::matmul_parts::{run_parts, Split};
 use crate::kernels::matmul_sources::Bf16W;
 use crate::kernels::simd::{self, SimdLevel};
 use crate::kernels::RowPath;
@@ -42,6 +51,42 @@ pub fn matmul_bf16(
 /// The path [`matmul_bf16`] takes for `m` rows of x: the GEMM from `pack_rows` rows on.
 pub fn bf16_path_for(m: usize) -> RowPath {
     matmul::path_for(m)
+}
+
+/// The environment variable that keeps x in f32 in the BF16 GEMM (`f32`) instead of rounding
+/// it to bf16 for `vdpbf16ps` (`bf16`, the default).
+pub const PREFILL_X_ENV: &str = "FERROLM_BF16_PREFILL";
+
+/// Whether the GEMM may round x to bf16, from the value of [`PREFILL_X_ENV`]: `None`, empty or
+/// `bf16` yes, `f32` no; anything else is an error that names the variable.
+pub fn prefill_rounds_x(value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("") | Some("bf16") => Ok(true),
+        Some("f32") => Ok(false),
+        Some(v) => Err(format!("{PREFILL_X_ENV}={v:?}: expected \"bf16\" or \"f32\"")),
+    }
+}
+
+/// [`prefill_rounds_x`] of this process's environment, read once (an invalid value counts as
+/// the default; the Python layer reports it).
+fn env_rounds_x() -> bool {
+    static ROUNDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROUNDS.get_or_init(|| prefill_rounds_x(std::env::var(PREFILL_X_ENV).ok().as_deref()).unwrap_or(true))
+}
+
+/// Whether a call on `level` with `m` rows of x on `path` (None: by m) runs the `vdpbf16ps`
+/// GEMM, which rounds x to bf16: the GEMM path on AVX-512 with AVX512-BF16, unless
+/// [`PREFILL_X_ENV`] says `f32`.
+pub fn rounds_x(level: SimdLevel, m: usize, path: Option<RowPath>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level == SimdLevel::Avx512 && path.unwrap_or(bf16_path_for(m)) == RowPath::Gemm && dot::available() && env_rounds_x()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (level, m, path);
+        false
+    }
 }
 
 /// [`matmul_bf16`] on a given path, whatever m (see [`RowPath`]).
@@ -89,6 +134,22 @@ fn bf16_level_path(
     path: Option<RowPath>,
 ) {
     assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
+    #[cfg(target_arch = "x86_64")]
+    if rounds_x(level, m, path) {
+        assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+        assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
+        if crate::kernels::empty_product(y, m, n, k) {
+            return;
+        }
+        let whole = dot::Region { x: x.as_ptr(), w: w.as_ptr(), y: y.as_mut_ptr(), k, n, rows: (0, m), cols: (0, n) };
+        let whole = &whole; // captured whole: its raw-pointer fields are not Sync on their own
+        // SAFETY: x, w and y have the asserted lengths; run_parts hands out disjoint
+        // rectangles of y; rounds_x checked the CPU's features.
+        run_parts(pool, m, n, k, Split::Tiles { mr: dot::MR, nr: dot::NR }, |rows, cols| unsafe {
+            dot::region(&dot::Region { rows, cols, ..*whole })
+        });
+        return;
+    }
     let src = Bf16W { w: w.as_ptr(), k };
     // SAFETY: w holds [n, k] values (asserted) and is borrowed for the call.
     unsafe { matmul_source(level, pool, x, src, y, m, k, n, path) }
@@ -120,10 +181,19 @@ mod tests {
         y
     }
 
+    /// x as the call on `level` with m rows multiplies it: rounded to bf16 where [`rounds_x`].
+    fn x_as_used(level: SimdLevel, m: usize, x: &[f32]) -> Vec<f32> {
+        if rounds_x(level, m, None) {
+            x.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect()
+        } else {
+            x.to_vec()
+        }
+    }
+
     fn check(level: SimdLevel, pool: &ThreadPool, rng: &mut Rng, m: usize, k: usize, n: usize) {
         let x = rng.vec(m * k);
         let w = bf16s(rng, n * k);
-        let want = reference(&x, &w, m, k, n);
+        let want = reference(&x_as_used(level, m, &x), &w, m, k, n);
         let mut y = vec![f32::NAN; m * n];
         matmul_bf16_with(level, pool, &x, &w, &mut y, m, k, n);
         // |x|, |w| < 1: f32 accumulation error ≲ k·2⁻²⁴ worst case, ~sqrt(k)·2⁻²⁴ typical.
@@ -174,6 +244,7 @@ mod tests {
                     (13, 515, 97),
                     (40, 64, 3),
                     (200, 40, 70),
+                    (9, 2100, 203),
                 ] {
                     check(level, &pool, &mut rng, m, k, n);
                 }
@@ -191,7 +262,7 @@ mod tests {
             let wf: Vec<f32> = w.iter().map(|&b| bf16_to_f32(b)).collect();
             let (mut y, mut yf) = (vec![0.0; m * n], vec![0.0; m * n]);
             matmul_bf16(&pool, &x, &w, &mut y, m, k, n);
-            matmul_f32(&pool, &x, &wf, &mut yf, m, k, n);
+            matmul_f32(&pool, &x_as_used(simd::detected(), m, &x), &wf, &mut yf, m, k, n);
             for (a, b) in y.iter().zip(&yf) {
                 assert!((a - b).abs() < 1e-4, "{a} vs {b}");
             }
@@ -212,6 +283,67 @@ mod tests {
             assert_eq!(y[0], f32::INFINITY, "{level:?}");
             assert!(y[1].is_nan(), "{level:?}");
         }
+    }
+
+    #[test]
+    fn non_finite_inputs_propagate_through_the_gemm() {
+        let pool = ThreadPool::new(1).unwrap();
+        for level in SimdLevel::available() {
+            let (m, k) = (5, 70);
+            let mut w = vec![f32_to_bf16(0.5); 3 * k];
+            w[5] = f32_to_bf16(f32::INFINITY);
+            w[k + 66] = f32_to_bf16(f32::NAN);
+            let mut x = vec![1.0f32; m * k];
+            x[4 * k + 3] = f32::NAN;
+            let mut y = vec![0.0; m * 3];
+            matmul_bf16_with(level, &pool, &x, &w, &mut y, m, k, 3);
+            for i in 0..m {
+                let row = &y[i * 3..(i + 1) * 3];
+                if i == 4 {
+                    assert!(row.iter().all(|v| v.is_nan()), "{level:?} row {i}: {row:?}");
+                } else {
+                    assert_eq!(row[0], f32::INFINITY, "{level:?} row {i}");
+                    assert!(row[1].is_nan(), "{level:?} row {i}");
+                    assert_eq!(row[2], 0.5 * k as f32, "{level:?} row {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_gemm_rounds_x_where_the_cpu_has_bf16_dot_products() {
+        let mut rng = Rng(21);
+        let pool = ThreadPool::new(2).unwrap();
+        let (m, k, n) = (6, 300, 40);
+        let x = rng.vec(m * k);
+        let w = bf16s(&mut rng, n * k);
+        let mut y = vec![0.0; m * n];
+        matmul_bf16(&pool, &x, &w, &mut y, m, k, n);
+        let exact = reference(&x, &w, m, k, n);
+        let rounded: Vec<f32> = x.iter().map(|&v| bf16_to_f32(f32_to_bf16(v))).collect();
+        let want = reference(&rounded, &w, m, k, n);
+        let tol = 2e-6 * (k as f64).sqrt();
+        let near = |r: &[f64]| y.iter().zip(r).all(|(&g, &r)| (g as f64 - r).abs() <= tol);
+        if rounds_x(simd::detected(), m, None) {
+            assert!(near(&want), "the vdpbf16ps GEMM must equal the product of bf16-rounded x");
+            assert!(!near(&exact), "rounding x changes these sums beyond the f32 tolerance");
+        } else {
+            assert!(near(&exact), "without AVX512-BF16 the GEMM keeps x in f32");
+        }
+        // the GEMV never rounds x
+        let mut y1 = vec![0.0; n];
+        matmul_bf16(&pool, &x[..k], &w, &mut y1, 1, k, n);
+        assert!(y1.iter().zip(&exact).all(|(&g, &r)| (g as f64 - r).abs() <= tol));
+    }
+
+    #[test]
+    fn prefill_setting_parses() {
+        assert_eq!(prefill_rounds_x(None), Ok(true));
+        assert_eq!(prefill_rounds_x(Some("")), Ok(true));
+        assert_eq!(prefill_rounds_x(Some("bf16")), Ok(true));
+        assert_eq!(prefill_rounds_x(Some(" f32 ")), Ok(false));
+        let e = prefill_rounds_x(Some("fp16")).unwrap_err();
+        assert!(e.contains(PREFILL_X_ENV) && e.contains("fp16"), "{e}");
     }
 
     #[test]
@@ -246,7 +378,7 @@ mod tests {
                     n,
                 );
                 assert_eq!((yb[0], yb[m * n + 1]), (7.0, 7.0));
-                let want = reference(&xb[1..=m * k], &wb[1..=n * k], m, k, n);
+                let want = reference(&x_as_used(level, m, &xb[1..=m * k]), &wb[1..=n * k], m, k, n);
                 for (g, r) in yb[1..=m * n].iter().zip(want) {
                     assert!((*g as f64 - r).abs() < 1e-4);
                 }
@@ -330,7 +462,7 @@ mod tests {
                     );
                 }
             }
-            let gemm: &[(usize, usize, usize)] = &[(128, 576, 1536), (128, 2048, 2048)];
+            let gemm: &[(usize, usize, usize)] = &[(128, 576, 1536), (128, 2048, 2048), (128, 2048, 5632), (128, 5632, 2048)];
             for &(m, k, n) in gemm.iter().filter(|_| only.is_empty() || only == "gemm") {
                 let x = rng.vec(m * k);
                 let w = bf16s(&mut rng, n * k);

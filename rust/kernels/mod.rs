@@ -3,6 +3,8 @@ pub mod activations;
 pub mod attention;
 pub(crate) mod matmul;
 pub mod matmul_bf16;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod matmul_bf16_dot;
 pub mod matmul_f32;
 pub mod matmul_int4;
 #[cfg(target_arch = "x86_64")]

@@ -704,6 +704,17 @@ fn simd_level() -> String {
     crate::kernels::simd_name()
 }
 
+/// What the BF16 prefill GEMM does with x on this CPU: "bf16" (rounded to bf16 for
+/// `vdpbf16ps`, AVX512-BF16) or "f32" (kept; also where `FERROLM_BF16_PREFILL=f32`). An invalid
+/// `FERROLM_BF16_PREFILL` raises `InvalidArgumentError`.
+#[pyfunction]
+fn bf16_prefill() -> PyResult<String> {
+    use crate::kernels::matmul_bf16::{prefill_rounds_x, rounds_x, PREFILL_X_ENV};
+    prefill_rounds_x(std::env::var(PREFILL_X_ENV).ok().as_deref()).map_err(crate::error::Error::InvalidArgument)?;
+    let level = crate::kernels::simd::detected();
+    Ok(if rounds_x(level, usize::MAX, Some(crate::kernels::RowPath::Gemm)) { "bf16" } else { "f32" }.to_string())
+}
+
 /// Memory read bandwidth in bytes/s: `threads` threads summing a buffer of `bytes` bytes,
 /// best of `repeats` passes (for the decode ceiling).
 #[pyfunction]
@@ -779,6 +790,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logprobs, m)?)?;
     m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(bf16_prefill, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(tensor_table, m)?)?;

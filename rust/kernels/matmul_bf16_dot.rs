@@ -1,0 +1,233 @@
+//! The BF16 prefill GEMM on CPUs with AVX512-BF16: `vdpbf16ps` multiplies 32 bf16 pairs per
+//! 512-bit instruction into 16 f32 accumulators, twice the multiply-adds of an f32 FMA, with x
+//! rounded to bf16 (round to nearest even) as it is packed.
+//!
+//! The layout is the f32 GEMM's (`matmul_kernels.rs`): k blocks of x (MC rows) and of w (NC
+//! rows) are packed into tile-interleaved buffers — here of bf16, 32 values per step of k, w
+//! copied as it is — and an MR × NR register tile of accumulators runs over them, each
+//! accumulator a vector along k reduced across lanes at the end of the block. Only the GEMM
+//! uses it: the decode GEMV is memory-bound and keeps x in f32 (`matmul_bf16`).
+
+use std::arch::x86_64::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// Values of k per packed step (one 512-bit vector of bf16).
+const L: usize = 32;
+/// k block (an MR × KC x tile stays in L1).
+const KC: usize = 1024;
+/// Rows of x per packed block.
+const MC: usize = 192;
+/// Rows of w per packed block (NC × KC bf16 stay in L2 while the x tiles pass).
+const NC: usize = 96;
+/// Register tile: MR rows of x × NR rows of w (24 accumulators of the 32 vector registers).
+pub(crate) const MR: usize = 4;
+pub(crate) const NR: usize = 6;
+
+/// Whether this CPU runs the kernel (AVX-512 F/BW/VL and BF16).
+pub(crate) fn available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512bf16")
+    })
+}
+
+/// One thread's share: rows `rows` × columns `cols` of y: [m, n] = x: [m, k] · w: [n, k]ᵀ.
+#[derive(Clone, Copy)]
+pub(crate) struct Region {
+    pub x: *const f32,
+    pub w: *const u16,
+    pub y: *mut f32,
+    pub k: usize,
+    pub n: usize,
+    pub rows: (usize, usize),
+    pub cols: (usize, usize),
+}
+
+// SAFETY: a Region only carries pointers into slices that `matmul_bf16` borrows for the whole
+// call (the pool's `run` returns before it does); threads write disjoint parts of y.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+thread_local! {
+    /// This thread's packing buffer (pool workers are persistent).
+    static PACK: Cell<Vec<u16>> = const { Cell::new(Vec::new()) };
+}
+
+/// Mask of the first `n ≤ 16` lanes.
+#[inline(always)]
+fn mask16(n: usize) -> __mmask16 {
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// Packs rows `i0..i0 + rows` × columns `k0..k0 + kc` of the f32 x (row stride `k`) into
+/// `dst[tile][step][row in tile][32]` as bf16, MR rows per tile, zero past `rows` and `kc`.
+#[inline(always)]
+unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+    let steps = kc.div_ceil(L);
+    let mut d = dst;
+    for r0 in (0..rows).step_by(MR) {
+        for s in 0..steps {
+            let p = s * L;
+            let cnt = (kc - p).min(L);
+            for t in 0..MR {
+                let v = if r0 + t < rows {
+                    let src = x.add((i0 + r0 + t) * k + k0 + p);
+                    let (lo, hi) = if cnt == L {
+                        (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
+                    } else {
+                        (
+                            _mm512_maskz_loadu_ps(mask16(cnt.min(16)), src),
+                            _mm512_maskz_loadu_ps(mask16(cnt.saturating_sub(16)), src.add(16)),
+                        )
+                    };
+                    // the second operand fills the low half
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+                } else {
+                    _mm512_setzero_si512()
+                };
+                _mm512_storeu_si512(d as *mut __m512i, v);
+                d = d.add(L);
+            }
+        }
+    }
+}
+
+/// Packs rows `j0..j0 + rows` × columns `k0..k0 + kc` of the bf16 w (row stride `k`) into
+/// `dst[tile][step][row in tile][32]`, NR rows per tile, zero past `rows` and `kc`.
+#[inline(always)]
+unsafe fn pack_w(w: *const u16, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+    let steps = kc.div_ceil(L);
+    let mut d = dst;
+    for r0 in (0..rows).step_by(NR) {
+        for s in 0..steps {
+            let p = s * L;
+            let cnt = (kc - p).min(L);
+            for t in 0..NR {
+                let v = if r0 + t < rows {
+                    let src = w.add((j0 + r0 + t) * k + k0 + p) as *const i16;
+                    if cnt == L {
+                        _mm512_loadu_si512(src as *const __m512i)
+                    } else {
+                        _mm512_maskz_loadu_epi16(((1u64 << cnt) - 1) as __mmask32, src)
+                    }
+                } else {
+                    _mm512_setzero_si512()
+                };
+                _mm512_storeu_si512(d as *mut __m512i, v);
+                d = d.add(L);
+            }
+        }
+    }
+}
+
+/// The lane sums of a, b, c, d.
+#[inline(always)]
+unsafe fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
+    // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3], likewise c, d
+    let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    // per 128-bit lane: [a, b, c, d] (that lane's share)
+    let abcd = _mm512_add_ps(
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+    );
+    let h = _mm256_add_ps(_mm512_castps512_ps256(abcd), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(abcd))));
+    let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    std::mem::transmute::<__m128, [f32; 4]>(q)
+}
+
+/// y[MR, NR] (+)= x-tile · w-tileᵀ over `steps` packed steps; stores the `mr × nr` corner.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn tile(xp: *const u16, wp: *const u16, steps: usize, y: *mut f32, ldy: usize, mr: usize, nr: usize, accumulate: bool) {
+    let mut acc = [[_mm512_setzero_ps(); NR]; MR];
+    let (mut xp, mut wp) = (xp, wp);
+    for _ in 0..steps {
+        let xv: [__m512bh; MR] = std::array::from_fn(|i| std::mem::transmute(_mm512_loadu_si512(xp.add(i * L) as *const __m512i)));
+        for j in 0..NR {
+            let wv: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(j * L) as *const __m512i));
+            for i in 0..MR {
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv[i], wv);
+            }
+        }
+        xp = xp.add(MR * L);
+        wp = wp.add(NR * L);
+    }
+    // every accumulator reduced (a fixed amount of work, so that they stay in registers),
+    // then the mr × nr corner stored
+    let mut sums = [[0f32; NR]; MR];
+    for (acc, sums) in acc.iter().zip(sums.iter_mut()) {
+        sums[..4].copy_from_slice(&hsum4(acc[0], acc[1], acc[2], acc[3]));
+        sums[4] = _mm512_reduce_add_ps(acc[4]);
+        sums[5] = _mm512_reduce_add_ps(acc[5]);
+    }
+    for (i, sums) in sums.iter().enumerate().take(mr) {
+        for (j, &v) in sums.iter().enumerate().take(nr) {
+            let p = y.add(i * ldy + j);
+            if accumulate {
+                *p += v;
+            } else {
+                *p = v;
+            }
+        }
+    }
+}
+
+/// The GEMM over a region: k blocks → MC row blocks (packed x) → NC column blocks (packed w)
+/// → MR × NR register tiles.
+///
+/// # Safety
+/// The region lies inside y; x holds `m·k` values and w `[n, k]`; `k ≥ 1`; the CPU has the
+/// features of [`available`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
+pub(crate) unsafe fn region(g: &Region) {
+    let (r0, r1) = g.rows;
+    let (c0, c1) = g.cols;
+    if r0 >= r1 || c0 >= c1 {
+        return;
+    }
+    let (k, n) = (g.k, g.n);
+    // near-equal k blocks ≤ KC, whole steps
+    let kc_max = k.div_ceil(k.div_ceil(KC)).div_ceil(L) * L;
+    let mc_max = MC.div_ceil(MR) * MR;
+    let nc_max = NC.div_ceil(NR) * NR;
+    let (xlen, wlen) = (mc_max * kc_max, nc_max * kc_max);
+    let mut buf = PACK.with(|c| c.take());
+    if buf.len() < xlen + wlen {
+        buf = vec![0; xlen + wlen];
+    }
+    let (xbuf, wbuf) = buf.split_at_mut(xlen);
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = kc_max.min(k - k0);
+        let steps = kc.div_ceil(L);
+        let mut ib = r0;
+        while ib < r1 {
+            let mc = mc_max.min(r1 - ib);
+            pack_x(g.x, k, ib, mc, k0, kc, xbuf.as_mut_ptr());
+            let mut jb = c0;
+            while jb < c1 {
+                let nc = nc_max.min(c1 - jb);
+                pack_w(g.w, k, jb, nc, k0, kc, wbuf.as_mut_ptr());
+                for it in 0..mc.div_ceil(MR) {
+                    let xp = xbuf.as_ptr().add(it * steps * MR * L);
+                    let mr = MR.min(mc - it * MR);
+                    for jt in 0..nc.div_ceil(NR) {
+                        let wp = wbuf.as_ptr().add(jt * steps * NR * L);
+                        let nr = NR.min(nc - jt * NR);
+                        let y = g.y.add((ib + it * MR) * n + jb + jt * NR);
+                        tile(xp, wp, steps, y, n, mr, nr, k0 > 0);
+                    }
+                }
+                jb += nc;
+            }
+            ib += mc;
+        }
+        k0 += kc;
+    }
+    PACK.with(|c| c.set(buf));
+}
