@@ -24,7 +24,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 
-from ferrolm import _core
 from conftest import EXPECTED, FIXTURES, reference
 
 sys.path.insert(0, str(FIXTURES))
@@ -34,7 +33,7 @@ import make_rng_vectors as rng_ref  # noqa: E402
 pytest.importorskip("gguf")  # the GGUF fixture is one of the checkpoints
 
 DOC = json.loads((EXPECTED / "golden_streams.json").read_text())
-LEVEL = _core.simd_level()
+LEVEL = golden.current_level()
 WANT = golden.expected_streams(DOC, LEVEL)
 GROUPS = [(ckpt, None) for ckpt in golden.CHECKPOINTS] + [(c[1], c[0]) for c in golden.ADAPTER_CASES]
 GROUP_IDS = [ckpt if adapter is None else f"{ckpt}+{adapter}" for ckpt, adapter in GROUPS]
@@ -113,10 +112,10 @@ def test_golden_streams(precision, checkpoint, adapter):
 
 @pytest.mark.parametrize("level", [lv for lv in [DOC["reference_level"], *DOC["level_differences"]] if lv != LEVEL])
 def test_golden_streams_at_other_kernel_levels(level):
-    """The file's other kernel levels that this CPU has (FERROLM_SIMD caps the level; one process
-    each)."""
-    env = dict(os.environ, FERROLM_SIMD=level)
-    probe = subprocess.run([sys.executable, "-c", "from ferrolm import _core; print(_core.simd_level())"],
+    """The file's other kernel levels that this CPU has (FERROLM_SIMD caps the level and
+    FERROLM_BF16_PREFILL picks the BF16 GEMM; one process each)."""
+    env = golden.level_env(level)
+    probe = subprocess.run([sys.executable, str(FIXTURES / "make_golden_streams.py"), "--level"],
                            env=env, capture_output=True, text=True, check=True)
     if probe.stdout.strip() != level:
         pytest.skip(f"this CPU has no {level} kernels")
@@ -173,11 +172,31 @@ def reference_pick(logits: np.ndarray, knobs: dict, history: List[int], generate
     return pick, (p > 0) & (lo - eps <= u) & (u < hi + eps)
 
 
+def stepwise_logits(model, prompt: List[int], tokens: List[int], adapter=None, soft_prompt=None) -> np.ndarray:
+    """The logits that pick each of `tokens`: the prompt in one forward pass, then one pass per
+    token, on the rows paths generate() takes (BF16: the prompt's GEMM may round x to bf16 where
+    the CPU has AVX512-BF16, the decode steps' GEMV keeps it f32, so teacher-forcing the whole
+    stream through one GEMM would not reproduce them)."""
+    core = model._core if adapter is None else model._core_for(adapter)
+    prefix = model._prefix(soft_prompt, len(prompt))
+    rows = []
+    with model._session(core) as s:
+        s.reset()
+        if prefix is not None:
+            s.forward_embeddings(prefix)
+        s.forward(prompt)
+        rows.append(np.frombuffer(s.logits(), dtype=np.float32))
+        for t in tokens[:-1]:
+            s.forward([t])
+            rows.append(np.frombuffer(s.logits(), dtype=np.float32))
+    return np.stack(rows)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("checkpoint,adapter", GROUPS, ids=GROUP_IDS)
 def test_golden_streams_follow_from_the_logits_and_the_reference_rng(precision, checkpoint, adapter):
     """Teacher-forced on each golden stream: at every step, the model's logits for the stream so
-    far (Model.logits, a separate code path), the chain above in float64 and the next uniform of
+    far (Model.logits, a separate code path; BF16: `stepwise_logits`), the chain above in float64 and the next uniform of
     an independent xoshiro256** must allow the golden token; the stream ends where the rules say
     (EOS once allowed, else max_new_tokens)."""
     want = {r["id"]: r for r in need_level()[precision]}
@@ -189,7 +208,10 @@ def test_golden_streams_follow_from_the_logits_and_the_reference_rng(precision, 
         sampling = knobs.get("do_sample") is True or bool(knobs.get("temperature"))
         rng = rng_ref.Xoshiro256StarStar.seeded(case.seed)
         tokens = want[case.id]["tokens"]
-        logits = model.logits(prompt + tokens, **extra)[len(prompt) - 1:]
+        if precision == "bf16":
+            logits = stepwise_logits(model, prompt, tokens, **extra)
+        else:
+            logits = model.logits(prompt + tokens, **extra)[len(prompt) - 1:]
         for k, tok in enumerate(tokens):
             suppress = [golden.EOS] if k < knobs.get("min_new_tokens", 0) else []
             u = rng.uniform53() / 2**53 if sampling else None

@@ -53,8 +53,11 @@ def test_bf16_cache_logits_are_close_to_the_fp32_cache(model_name, precision):
     assert (margin <= 2 * np.abs(a - b).max(axis=-1)).all()
     # the whole-prompt path (the GEMM's K/V rows) and the step-by-step one (the GEMV's) round
     # f32 rows that differ in their last bits, so a value near a rounding boundary can land one
-    # bf16 step apart: they agree within BF16's rounding, not bit for bit
-    np.testing.assert_allclose(bf16.logits(ids)[n_prompt - 1:], b, atol=1e-3 * scale, rtol=0)
+    # bf16 step apart: they agree within BF16's rounding, not bit for bit. With BF16 weights on
+    # a CPU with AVX512-BF16 the GEMM also rounds x to bf16 (the GEMV does not): measured up to
+    # 1.6e-2 of the scale on these random models
+    rounds_x = precision == "bf16" and ferrolm._core.bf16_prefill() == "bf16"
+    np.testing.assert_allclose(bf16.logits(ids)[n_prompt - 1:], b, atol=(3e-2 if rounds_x else 1e-3) * scale, rtol=0)
 
 
 def test_fp32_is_the_default_and_unchanged(model_name):
