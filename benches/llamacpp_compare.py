@@ -112,7 +112,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--shape", default=None, help="comma-separated benchmark shapes instead of a GGUF file")
     p.add_argument("--engines", default=None, help="comma-separated (default: ferrolm int8,ferrolm int4,llama.cpp "
-                   "for a file; ferrolm fp32,ferrolm bf16,ferrolm int8,llama.cpp bf16,llama.cpp q8_0 for shapes)")
+                   "for a file; ferrolm fp32,llama.cpp f32,ferrolm bf16,llama.cpp bf16,ferrolm int8,llama.cpp q8_0 for shapes)")
     p.add_argument("--json")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -124,7 +124,8 @@ def main() -> int:
         print(json.dumps(one(args.one[0], args.gguf, int(args.one[1]), args.runs, args.new_tokens)))
         return 0
     sources = args.shape.split(",") if args.shape else [args.gguf]
-    engines = args.engines or ("ferrolm fp32,ferrolm bf16,ferrolm int8,llama.cpp bf16,llama.cpp q8_0" if args.shape
+    engines = args.engines or ("ferrolm fp32,llama.cpp f32,ferrolm bf16,llama.cpp bf16,ferrolm int8,llama.cpp q8_0"
+                               if args.shape
                                else "ferrolm int8,ferrolm int4,llama.cpp")
     rows = []
     for source in sources:
@@ -142,7 +143,10 @@ def main() -> int:
                       f"decode {r['decode']:6.1f} tok/s ({r['pct_of_ceiling']:.0f}% of {r['read_gb_s']:.1f} GB/s) "
                       f"{r['decode_runs']}  peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(sources=sources, loadavg=os.getloadavg(), rows=rows), indent=2))
+        from ferrolm import _core
+
+        Path(args.json).write_text(json.dumps(dict(sources=sources, loadavg=os.getloadavg(),
+                                                   bf16_prefill=_core.bf16_prefill(), rows=rows), indent=2))
     return 0
 
 

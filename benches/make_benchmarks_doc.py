@@ -161,7 +161,7 @@ def ctranslate2_section() -> list:
             "activations gave 4.1e-3); CTranslate2 multiplies 8-bit activations once.", ""]
 
 
-LLAMACPP_COLUMNS = ("ferrolm fp32", "ferrolm bf16", "llama.cpp bf16", "ferrolm int8", "llama.cpp q8_0")
+LLAMACPP_COLUMNS = ("ferrolm fp32", "llama.cpp f32", "ferrolm bf16", "llama.cpp bf16", "ferrolm int8", "llama.cpp q8_0")
 
 
 def llamacpp_shapes_section() -> list:
@@ -190,11 +190,23 @@ def llamacpp_shapes_section() -> list:
         lo, hi = spans.get(r["threads"], (r["read_gb_s"], r["read_gb_s"]))
         spans[r["threads"]] = (min(lo, r["read_gb_s"]), max(hi, r["read_gb_s"]))
     probes = ", ".join(f"{lo:.1f}–{hi:.1f} GB/s at {t} thread{'s' if t > 1 else ''}" for t, (lo, hi) in sorted(spans.items()))
-    ratios = []
-    for k in keys:
-        a, b = by.get((*k, "ferrolm int8")), by.get((*k, "llama.cpp q8_0"))
-        if a and b:
-            ratios.append(f"{k[0]} {k[1]}T {a['decode'] / b['decode']:.2f}×")
+    def ratio_line(ours: str, theirs: str, what: str) -> str:
+        got = []
+        for k in keys:
+            a, b = by.get((*k, ours)), by.get((*k, theirs))
+            if a and b:
+                got.append(f"{k[0]} {k[1]}T {a[what] / b[what]:.2f}×")
+        return ", ".join(got)
+
+    ratios = ratio_line("ferrolm int8", "llama.cpp q8_0", "decode")
+    bf16_decode = ratio_line("ferrolm bf16", "llama.cpp bf16", "decode")
+    fp32_prefill = ratio_line("ferrolm fp32", "llama.cpp f32", "prefill")
+    bf16_prefill = ratio_line("ferrolm bf16", "llama.cpp bf16", "prefill")
+    mode = c.get("bf16_prefill")
+    bf16_note = ({"bf16": "ferrolm's BF16 prefill ran its AVX512-BF16 GEMM (x rounded to bf16, as llama.cpp's BF16 "
+                           "does; its decode keeps x in f32). ",
+                  "f32": "ferrolm's BF16 prefill kept x in f32 (no AVX512-BF16, or FERROLM_BF16_PREFILL=f32). "}
+                 .get(mode, ""))
     return ["## Side by side with llama.cpp on the PERF shapes", "",
             "```", "pip install llama-cpp-python", "python benches/llamacpp_compare.py " + " ".join(LLAMACPP_SHAPES), "```", "",
             "ferrolm loads each random-weight shape (`ferrolm.bench.random_checkpoint`); llama.cpp loads GGUF files of the "
@@ -208,7 +220,9 @@ def llamacpp_shapes_section() -> list:
             "caught a slower moment than the decode did), so compare the tok/s of the engines within a row.", "",
             "Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
-            "ferrolm INT8 decode against llama.cpp Q8_0: " + ", ".join(ratios) + ".", ""]
+            "ferrolm against llama.cpp, same rows: INT8 decode against Q8_0: " + ratios + "; BF16 decode: "
+            + bf16_decode + "; FP32 prefill against llama.cpp's F32: " + fp32_prefill + "; BF16 prefill: "
+            + bf16_prefill + ". " + bf16_note, ""]
 
 
 def measure_int4() -> None:

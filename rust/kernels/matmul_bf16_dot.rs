@@ -63,32 +63,16 @@ fn mask16(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
-/// Packs rows `i0..i0 + rows` × columns `k0..k0 + kc` of the f32 x (row stride `k`) into
-/// `dst[tile][step][row in tile][32]` as bf16, MR rows per tile, zero past `rows` and `kc`.
+/// Packs `rows` rows × `kc` columns into `dst[tile][step][row in tile][32]`, T rows per tile:
+/// `load(r, p, cnt)` gives row r's 32 values from column p (`cnt` of them real, the rest zero);
+/// rows past `rows` are zero.
 #[inline(always)]
-unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
-    let steps = kc.div_ceil(L);
+unsafe fn pack<const T: usize>(rows: usize, kc: usize, dst: *mut u16, load: impl Fn(usize, usize, usize) -> __m512i) {
     let mut d = dst;
-    for r0 in (0..rows).step_by(MR) {
-        for s in 0..steps {
-            let p = s * L;
-            let cnt = (kc - p).min(L);
-            for t in 0..MR {
-                let v = if r0 + t < rows {
-                    let src = x.add((i0 + r0 + t) * k + k0 + p);
-                    let (lo, hi) = if cnt == L {
-                        (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
-                    } else {
-                        (
-                            _mm512_maskz_loadu_ps(mask16(cnt.min(16)), src),
-                            _mm512_maskz_loadu_ps(mask16(cnt.saturating_sub(16)), src.add(16)),
-                        )
-                    };
-                    // the second operand fills the low half
-                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
-                } else {
-                    _mm512_setzero_si512()
-                };
+    for r0 in (0..rows).step_by(T) {
+        for p in (0..kc).step_by(L) {
+            for r in r0..r0 + T {
+                let v = if r < rows { load(r, p, (kc - p).min(L)) } else { _mm512_setzero_si512() };
                 _mm512_storeu_si512(d as *mut __m512i, v);
                 d = d.add(L);
             }
@@ -96,32 +80,37 @@ unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc:
     }
 }
 
-/// Packs rows `j0..j0 + rows` × columns `k0..k0 + kc` of the bf16 w (row stride `k`) into
-/// `dst[tile][step][row in tile][32]`, NR rows per tile, zero past `rows` and `kc`.
+/// Rows `i0..i0 + rows` × columns `k0..k0 + kc` of the f32 x (row stride `k`), packed MR rows
+/// per tile as bf16 rounded to nearest even.
+#[inline(always)]
+unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+    pack::<MR>(rows, kc, dst, |r, p, cnt| {
+        let src = x.add((i0 + r) * k + k0 + p);
+        let (lo, hi) = if cnt == L {
+            (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
+        } else {
+            (
+                _mm512_maskz_loadu_ps(mask16(cnt.min(16)), src),
+                _mm512_maskz_loadu_ps(mask16(cnt.saturating_sub(16)), src.add(16)),
+            )
+        };
+        // the second operand fills the low half
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+    })
+}
+
+/// Rows `j0..j0 + rows` × columns `k0..k0 + kc` of the bf16 w (row stride `k`), packed NR rows
+/// per tile as they are.
 #[inline(always)]
 unsafe fn pack_w(w: *const u16, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
-    let steps = kc.div_ceil(L);
-    let mut d = dst;
-    for r0 in (0..rows).step_by(NR) {
-        for s in 0..steps {
-            let p = s * L;
-            let cnt = (kc - p).min(L);
-            for t in 0..NR {
-                let v = if r0 + t < rows {
-                    let src = w.add((j0 + r0 + t) * k + k0 + p) as *const i16;
-                    if cnt == L {
-                        _mm512_loadu_si512(src as *const __m512i)
-                    } else {
-                        _mm512_maskz_loadu_epi16(((1u64 << cnt) - 1) as __mmask32, src)
-                    }
-                } else {
-                    _mm512_setzero_si512()
-                };
-                _mm512_storeu_si512(d as *mut __m512i, v);
-                d = d.add(L);
-            }
+    pack::<NR>(rows, kc, dst, |r, p, cnt| {
+        let src = w.add((j0 + r) * k + k0 + p) as *const i16;
+        if cnt == L {
+            _mm512_loadu_si512(src as *const __m512i)
+        } else {
+            _mm512_maskz_loadu_epi16(((1u64 << cnt) - 1) as __mmask32, src)
         }
-    }
+    })
 }
 
 /// The lane sums of a, b, c, d.
