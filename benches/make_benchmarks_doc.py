@@ -220,9 +220,9 @@ def llamacpp_shapes_section() -> list:
             "caught a slower moment than the decode did), so compare the tok/s of the engines within a row.", "",
             "Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
-            "ferrolm against llama.cpp, same rows: INT8 decode against Q8_0: " + ratios + "; BF16 decode: "
+            ("ferrolm against llama.cpp, same rows: INT8 decode against Q8_0: " + ratios + "; BF16 decode: "
             + bf16_decode + "; FP32 prefill against llama.cpp's F32: " + fp32_prefill + "; BF16 prefill: "
-            + bf16_prefill + ". " + bf16_note, ""]
+            + bf16_prefill + ". " + bf16_note).rstrip(), ""]
 
 
 def measure_int4() -> None:
