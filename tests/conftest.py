@@ -70,14 +70,16 @@ def cuda_mode(request):
 
 
 def decode_logits(session, ids, n_prompt: int) -> np.ndarray:
-    """Prefills ids[:n_prompt] into a fresh session, then feeds the rest one token at a time:
-    the logits after the prompt and after each step, [len(ids) - n_prompt + 1, vocab]."""
+    """Prefills ids[:n_prompt] into a session (fresh, or holding a soft prompt's embeddings),
+    then feeds the rest one token at a time: the logits after the prompt and after each step,
+    [len(ids) - n_prompt + 1, vocab]. With n_prompt = 1 every row runs a decode step's path."""
+    start = session.position
     session.forward(list(ids[:n_prompt]))
     rows = [np.frombuffer(session.logits(), np.float32)]
     for tok in ids[n_prompt:]:
         session.forward([tok])
         rows.append(np.frombuffer(session.logits(), np.float32))
-    assert session.position == len(ids)
+    assert session.position == start + len(ids)
     return np.stack(rows)
 
 

@@ -85,17 +85,6 @@ def test_greedy_tokens_equal_the_reference_and_the_cpu(mode, name):
     assert out.text == cpu.generate(ids, max_new_tokens=32, ignore_eos=True).text
 
 
-def decode_step_logits(model, ids):
-    """The logits of every position of `ids`, fed one token per forward pass (the GEMV path)."""
-    rows = []
-    with model._session(model._core) as s:
-        s.reset()
-        for t in ids:
-            s.forward([t])
-            rows.append(np.frombuffer(s.logits(), dtype=np.float32))
-    return np.stack(rows)
-
-
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_bf16_and_int8_compute_what_the_cpu_computes(mode, name, precision):
@@ -111,7 +100,7 @@ def test_bf16_and_int8_compute_what_the_cpu_computes(mode, name, precision):
     ids = ref["prefix_ids"].tolist()
     got = load(mode, name, precision).logits(ids)
     cpu = ferrolm.load(MODELS / name, precision=precision)
-    want = cpu.logits(ids) if precision == "int8" else decode_step_logits(cpu, ids)
+    want = cpu.logits(ids) if precision == "int8" else decode_logits(cpu.new_session(), ids, 1)
     assert_close(got, want, rel=1e-4 if precision == "bf16" else 3e-4)
     p, q = log_softmax(ref["prefix_logits"].astype(np.float64)), log_softmax(got.astype(np.float64))
     kl = float((np.exp(p) * (p - q)).sum(-1).mean())
@@ -290,7 +279,7 @@ def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
     for precision, rel in (("bf16", 1e-4), ("int8", 2e-3)):
         # BF16: the CPU's decode steps, which keep x in f32 as the device does (its prefill
         # GEMM may round x to bf16: test_bf16_and_int8_compute_what_the_cpu_computes)
-        want = cpu[precision].logits(ids) if precision == "int8" else decode_step_logits(cpu[precision], ids)
+        want = cpu[precision].logits(ids) if precision == "int8" else decode_logits(cpu[precision].new_session(), ids, 1)
         got = ferrolm.load(path, precision, device="cuda", context_length=128).logits(ids)
         # the text's first two tokens (whitespace, whose hidden states carry the attention sink's
         # huge activations) move most with any rounding: INT8 is 2.2 from FP32 at the second, and

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 
-from conftest import EXPECTED, FIXTURES, reference
+from conftest import EXPECTED, FIXTURES, decode_logits, reference
 
 sys.path.insert(0, str(FIXTURES))
 import make_golden_streams as golden  # noqa: E402
@@ -177,19 +177,10 @@ def stepwise_logits(model, prompt: List[int], tokens: List[int], adapter=None, s
     token, on the rows paths generate() takes (BF16: the prompt's GEMM may round x to bf16 where
     the CPU has AVX512-BF16, the decode steps' GEMV keeps it f32, so teacher-forcing the whole
     stream through one GEMM would not reproduce them)."""
-    core = model._core if adapter is None else model._core_for(adapter)
-    prefix = model._prefix(soft_prompt, len(prompt))
-    rows = []
-    with model._session(core) as s:
-        s.reset()
-        if prefix is not None:
-            s.forward_embeddings(prefix)
-        s.forward(prompt)
-        rows.append(np.frombuffer(s.logits(), dtype=np.float32))
-        for t in tokens[:-1]:
-            s.forward([t])
-            rows.append(np.frombuffer(s.logits(), dtype=np.float32))
-    return np.stack(rows)
+    session = model.new_session() if adapter is None else model.new_session(adapter)
+    if soft_prompt is not None:
+        session.forward_embeddings(model._prefix(soft_prompt, len(prompt)))
+    return decode_logits(session, prompt + tokens[:-1], len(prompt))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -61,11 +61,7 @@ pub(crate) unsafe fn matmul_source<S: WSource>(
     n: usize,
     path: Option<RowPath>,
 ) {
-    // These asserts (and the caller's on the weights) are the only guard for the kernels.
-    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
-    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
-    simd::check_level(level);
-    if crate::kernels::empty_product(y, m, n, k) {
+    if !operands_to_compute(level, x, y, m, k, n) {
         return;
     }
     let sh = shape(level);
@@ -104,6 +100,17 @@ pub(crate) unsafe fn matmul_source<S: WSource>(
             },
         )
     });
+}
+
+/// The guard every f32-accumulating matmul passes before its kernels (with the caller's check
+/// of the weights, the only one they have): panics if x or y does not match its shape or
+/// `level` is not available on this CPU; false when there is nothing to compute (m or n zero,
+/// or k zero, y then zeroed).
+pub(crate) fn operands_to_compute(level: SimdLevel, x: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) -> bool {
+    assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
+    assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
+    simd::check_level(level);
+    !crate::kernels::empty_product(y, m, n, k)
 }
 
 /// # Safety

@@ -135,9 +135,7 @@ fn bf16_level_path(
     assert_eq!(Some(w.len()), n.checked_mul(k), "w must be [n, k]");
     #[cfg(target_arch = "x86_64")]
     if rounds_x(level, m, path) {
-        assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
-        assert_eq!(Some(y.len()), m.checked_mul(n), "y must be [m, n]");
-        if crate::kernels::empty_product(y, m, n, k) {
+        if !matmul::operands_to_compute(level, x, y, m, k, n) {
             return;
         }
         let whole = dot::Region { x: x.as_ptr(), w: w.as_ptr(), y: y.as_mut_ptr(), k, n, rows: (0, m), cols: (0, n) };
