@@ -94,13 +94,14 @@ def test_bf16_and_int8_compute_what_the_cpu_computes(mode, name, precision):
     where that order moved a value across a rounding boundary (one step is 1/32639 of its
     group's max). The CPU's own GEMV and GEMM paths differ by as much: up to 8.6e-5 of the
     logit scale on these models (decode vs prefill), and the emulated device by 8.9e-5.
-    BF16 is compared with the CPU's decode steps: the CPU's BF16 prefill GEMM rounds x to bf16
-    where the CPU has AVX512-BF16 (`_core.bf16_prefill()`), the device's kernels keep it f32."""
+    The device is compared with the CPU's decode steps: where the CPU has AVX512-BF16
+    (`_core.bf16_prefill()`), its BF16 and INT8 prefill GEMM rounds x (and INT8's dequantized
+    weights) to bf16; its decode GEMVs keep the forms the device's kernels compute."""
     ref, _ = reference(name)
     ids = ref["prefix_ids"].tolist()
     got = load(mode, name, precision).logits(ids)
     cpu = ferrolm.load(MODELS / name, precision=precision)
-    want = cpu.logits(ids) if precision == "int8" else decode_logits(cpu.new_session(), ids, 1)
+    want = decode_logits(cpu.new_session(), ids, 1)
     assert_close(got, want, rel=1e-4 if precision == "bf16" else 3e-4)
     p, q = log_softmax(ref["prefix_logits"].astype(np.float64)), log_softmax(got.astype(np.float64))
     kl = float((np.exp(p) * (p - q)).sum(-1).mean())
@@ -112,8 +113,9 @@ def test_int8_matrices_the_cpu_runs_weight_only_run_dequantized(mode, tmp_path, 
     weight-only (the FP32 matmul of its values q·s), and so does the device, from an FP32 copy
     of those values: groups of 64 (every matrix; tiny-llama's embedding table, only gathered,
     stays INT8), or k = 40 (every matrix but the down projections, k = 64, which stay W8A16;
-    the tied table is the lm_head) give the CPU's logits to 1e-5 of their scale
-    (measured 7e-7 and 2.4e-6; running the k = 40 matrices as W8A16 instead moves them by 2.3e-5)."""
+    the tied table is the lm_head) give the CPU's decode steps' logits to 1e-5 of their scale
+    (measured 7e-7 and 2.4e-6; running the k = 40 matrices as W8A16 instead moves them by 2.3e-5;
+    the CPU's prefill GEMM may round to bf16 instead, see above)."""
     import ferrolm.loading
     from conftest import random_llama
 
@@ -124,7 +126,8 @@ def test_int8_matrices_the_cpu_runs_weight_only_run_dequantized(mode, tmp_path, 
         assert {n for n, v in linears.items() if getattr(v, "precision", None) == "int8"} == w8a16
         assert all(v.precision in ("int8", "fp32") for v in linears.values() if isinstance(v, device_model.DeviceLinear))
         ids = [1, 5, 9, 3, 7, 2, 11, 4, 6]
-        assert_close(dev.logits(ids), ferrolm.load(folder, "int8").logits(ids).astype(np.float64), rel=rel)
+        cpu = decode_logits(ferrolm.load(folder, "int8").new_session(), ids, 1)
+        assert_close(dev.logits(ids), cpu.astype(np.float64), rel=rel)
         assert dev.generate(ids, max_new_tokens=6, ignore_eos=True).tokens == \
             ferrolm.load(folder, "int8").generate(ids, max_new_tokens=6, ignore_eos=True).tokens
 
@@ -277,9 +280,9 @@ def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
     assert reply.tokens == cpu["fp32"].chat(question, max_new_tokens=8).tokens and "Paris" in reply.text
     fp32 = cpu["fp32"].logits(ids)
     for precision, rel in (("bf16", 1e-4), ("int8", 2e-3)):
-        # BF16: the CPU's decode steps, which keep x in f32 as the device does (its prefill
-        # GEMM may round x to bf16: test_bf16_and_int8_compute_what_the_cpu_computes)
-        want = cpu[precision].logits(ids) if precision == "int8" else decode_logits(cpu[precision].new_session(), ids, 1)
+        # the CPU's decode steps, which compute what the device computes (its prefill GEMM may
+        # round to bf16: test_bf16_and_int8_compute_what_the_cpu_computes)
+        want = decode_logits(cpu[precision].new_session(), ids, 1)
         got = ferrolm.load(path, precision, device="cuda", context_length=128).logits(ids)
         # the text's first two tokens (whitespace, whose hidden states carry the attention sink's
         # huge activations) move most with any rounding: INT8 is 2.2 from FP32 at the second, and

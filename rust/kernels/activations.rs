@@ -10,15 +10,23 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const EXP_MIN: f32 = -87.336_55;
 const EXP_MAX: f32 = 88.376_26;
 
-/// exp(x) with relative error below 2e-7 (Cephes' expf polynomial on x − n·ln2).
+/// 1.5·2²³: adding it to an integral |n| < 2²² leaves n in the low mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// exp(x) with relative error below 2e-7 (Cephes' expf polynomial on x − n·ln2). Every step
+/// is a vector instruction once the loop is vectorized: n is rounded ties-to-even and turned
+/// into 2ⁿ through the bits of n + 1.5·2²³ (a float-to-int cast would be scalarized for its
+/// saturating semantics).
 #[inline(always)]
 fn exp_f32(x: f32) -> f32 {
     let xc = x.clamp(EXP_MIN, EXP_MAX);
-    let n = (xc * LOG2E).round();
+    let n = (xc * LOG2E).round_ties_even();
     let r = xc - n * LN2_HI - n * LN2_LO;
     let r2 = r * r;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
-    let y = (p * r2 + r + 1.0) * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // n in [-126, 128] (x clamped): 2ⁿ's exponent field is n + 127
+    let ni = (n + ROUND_MAGIC).to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    let y = (p * r2 + r + 1.0) * f32::from_bits(ni.wrapping_add(127) << 23);
     if x < EXP_MIN {
         0.0
     } else {

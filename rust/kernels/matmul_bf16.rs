@@ -27,8 +27,6 @@
 use crate::kernels::matmul::{self, matmul_source};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::matmul_bf16_dot as dot;
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::matmul_parts::{run_parts, Split};
 use crate::kernels::matmul_sources::Bf16W;
 use crate::kernels::simd::{self, SimdLevel};
 use crate::kernels::RowPath;
@@ -138,13 +136,9 @@ fn bf16_level_path(
         if !matmul::operands_to_compute(level, x, y, m, k, n) {
             return;
         }
-        let whole = dot::Region { x: x.as_ptr(), w: w.as_ptr(), y: y.as_mut_ptr(), k, n, rows: (0, m), cols: (0, n) };
-        let whole = &whole; // captured whole: its raw-pointer fields are not Sync on their own
-        // SAFETY: x, w and y have the asserted lengths; run_parts hands out disjoint
-        // rectangles of y; rounds_x checked the CPU's features.
-        run_parts(pool, m, n, k, Split::Tiles { mr: dot::MR, nr: dot::NR }, |rows, cols| unsafe {
-            dot::region(&dot::Region { rows, cols, ..*whole })
-        });
+        // SAFETY: x, w and y have the asserted lengths (k ≥ 1: not an empty product);
+        // rounds_x checked the CPU's features.
+        unsafe { dot::matmul(pool, x, dot::Weights::Bf16(w.as_ptr()), y, m, k, n) };
         return;
     }
     let src = Bf16W { w: w.as_ptr(), k };

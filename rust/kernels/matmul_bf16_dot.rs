@@ -1,16 +1,21 @@
-//! The BF16 prefill GEMM on CPUs with AVX512-BF16: `vdpbf16ps` multiplies 32 bf16 pairs per
-//! 512-bit instruction into 16 f32 accumulators, twice the multiply-adds of an f32 FMA, with x
-//! rounded to bf16 (round to nearest even) as it is packed.
+//! The prefill GEMM of BF16 and INT8 weights on CPUs with AVX512-BF16: `vdpbf16ps` multiplies
+//! 32 bf16 pairs per 512-bit instruction into 16 f32 accumulators, twice the multiply-adds of
+//! an f32 FMA, with x rounded to bf16 (round to nearest even) as it is packed.
 //!
 //! The layout is the f32 GEMM's (`matmul_kernels.rs`): k blocks of x (MC rows) and of w (NC
-//! rows) are packed into tile-interleaved buffers — here of bf16, 32 values per step of k, w
-//! copied as it is — and an MR × NR register tile of accumulators runs over them, each
-//! accumulator a vector along k reduced across lanes at the end of the block. Only the GEMM
-//! uses it: the decode GEMV is memory-bound and keeps x in f32 (`matmul_bf16`).
+//! rows) are packed into tile-interleaved buffers — here of bf16, 32 values per step of k — and
+//! an MR × NR register tile of accumulators runs over them, each accumulator a vector along k
+//! reduced across lanes at the end of the block. The weights are one more packing source
+//! ([`Weights`]): bf16 copied as they are, int8 groups dequantized (q · scale, rounded to bf16)
+//! as they are packed, once per block of up to MC rows of x. Only the GEMM uses it: the decode
+//! GEMVs are memory-bound and keep their exact forms (`matmul_bf16`, `matmul_int8`).
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
+
+use crate::kernels::matmul_parts::{run_parts, Split};
+use crate::threadpool::ThreadPool;
 
 /// Values of k per packed step (one 512-bit vector of bf16).
 const L: usize = 32;
@@ -21,10 +26,10 @@ const MC: usize = 192;
 /// Rows of w per packed block (NC × KC bf16 stay in L2 while the x tiles pass).
 const NC: usize = 96;
 /// Register tile: MR rows of x × NR rows of w (24 accumulators of the 32 vector registers).
-pub(crate) const MR: usize = 4;
-pub(crate) const NR: usize = 6;
+const MR: usize = 4;
+const NR: usize = 6;
 
-/// Whether this CPU runs the kernel (AVX-512 F/BW/VL and BF16).
+/// Whether this CPU runs the kernel (AVX-512 F/BW/VL and BF16; F16C for int4's scales).
 pub(crate) fn available() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -32,14 +37,29 @@ pub(crate) fn available() -> bool {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("f16c")
     })
+}
+
+/// The weights w: [n, k] as the GEMM reads them.
+#[derive(Clone, Copy)]
+pub(crate) enum Weights {
+    /// bf16 bits, packed as they are.
+    Bf16(*const u16),
+    /// int8 values with one f32 scale per `group` values of a row (`group` a multiple of 32;
+    /// scales `[n, ceil(k / group)]`), packed as bf16(q · scale).
+    Int8 { q: *const i8, scales: *const f32, group: usize },
+    /// int4 groups of 32 as [`crate::kernels::quant::QuantizedI4`] holds them (`row_bytes` of
+    /// nibbles per row; f16 scales d and minimums m `[n, ceil(k / 32)]`), packed as
+    /// bf16(q · d + m).
+    Int4 { q: *const u8, scales: *const u16, mins: *const u16, row_bytes: usize },
 }
 
 /// One thread's share: rows `rows` × columns `cols` of y: [m, n] = x: [m, k] · w: [n, k]ᵀ.
 #[derive(Clone, Copy)]
 pub(crate) struct Region {
     pub x: *const f32,
-    pub w: *const u16,
+    pub w: Weights,
     pub y: *mut f32,
     pub k: usize,
     pub n: usize,
@@ -99,18 +119,59 @@ unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc:
     })
 }
 
-/// Rows `j0..j0 + rows` × columns `k0..k0 + kc` of the bf16 w (row stride `k`), packed NR rows
-/// per tile as they are.
+/// Rows `j0..j0 + rows` × columns `k0..k0 + kc` of w (row stride `k`; `k0` a multiple of L),
+/// packed NR rows per tile as bf16.
 #[inline(always)]
-unsafe fn pack_w(w: *const u16, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
-    pack::<NR>(rows, kc, dst, |r, p, cnt| {
-        let src = w.add((j0 + r) * k + k0 + p) as *const i16;
-        if cnt == L {
-            _mm512_loadu_si512(src as *const __m512i)
-        } else {
-            _mm512_maskz_loadu_epi16(((1u64 << cnt) - 1) as __mmask32, src)
+unsafe fn pack_w(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+    match w {
+        Weights::Bf16(w) => pack::<NR>(rows, kc, dst, |r, p, cnt| {
+            let src = w.add((j0 + r) * k + k0 + p) as *const i16;
+            if cnt == L {
+                _mm512_loadu_si512(src as *const __m512i)
+            } else {
+                _mm512_maskz_loadu_epi16(((1u64 << cnt) - 1) as __mmask32, src)
+            }
+        }),
+        Weights::Int8 { q, scales, group } => {
+            let ng = k.div_ceil(group);
+            pack::<NR>(rows, kc, dst, |r, p, cnt| {
+                let (row, col) = (j0 + r, k0 + p);
+                let src = q.add(row * k + col);
+                let v = if cnt == L {
+                    _mm256_loadu_si256(src as *const __m256i)
+                } else {
+                    _mm256_maskz_loadu_epi8(((1u64 << cnt) - 1) as __mmask32, src)
+                };
+                // the 32 values lie in one group (group % L == 0, col % L == 0)
+                let s = _mm512_set1_ps(*scales.add(row * ng + col / group));
+                let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
+                let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
+                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+            })
         }
-    })
+        Weights::Int4 { q, scales, mins, row_bytes } => {
+            let ng = k.div_ceil(L);
+            let f16 = |h: u16| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
+            pack::<NR>(rows, kc, dst, |r, p, cnt| {
+                // one group per step (L = 32): byte t holds value t (low nibble) and t + 16
+                let (row, gi) = (j0 + r, (k0 + p) / L);
+                let v = _mm_loadu_si128(q.add(row * row_bytes + gi * 16) as *const __m128i);
+                let nib = _mm_set1_epi8(0x0f);
+                let (lo, hi) = (_mm_and_si128(v, nib), _mm_and_si128(_mm_srli_epi16::<4>(v), nib));
+                let d = _mm512_set1_ps(f16(*scales.add(row * ng + gi)));
+                let m = _mm512_set1_ps(f16(*mins.add(row * ng + gi)));
+                let lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), d, m);
+                let hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), d, m);
+                let b = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                // a short last group: its padding (q = 0, the value m) zeroed like x's
+                if cnt == L {
+                    b
+                } else {
+                    _mm512_maskz_mov_epi16(((1u64 << cnt) - 1) as __mmask32, b)
+                }
+            })
+        }
+    }
 }
 
 /// The lane sums of a, b, c, d.
@@ -170,10 +231,10 @@ unsafe fn tile(xp: *const u16, wp: *const u16, steps: usize, y: *mut f32, ldy: u
 /// → MR × NR register tiles.
 ///
 /// # Safety
-/// The region lies inside y; x holds `m·k` values and w `[n, k]`; `k ≥ 1`; the CPU has the
-/// features of [`available`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")]
-pub(crate) unsafe fn region(g: &Region) {
+/// The region lies inside y; x holds `m·k` values and w `[n, k]` (int8: with its scales, and
+/// `group % 32 == 0`); `k ≥ 1`; the CPU has the features of [`available`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+unsafe fn region(g: &Region) {
     let (r0, r1) = g.rows;
     let (c0, c1) = g.cols;
     if r0 >= r1 || c0 >= c1 {
@@ -219,4 +280,19 @@ pub(crate) unsafe fn region(g: &Region) {
         k0 += kc;
     }
     PACK.with(|c| c.set(buf));
+}
+
+/// y: [m, n] = x: [m, k] · wᵀ on the pool, each thread a part of whole register tiles.
+///
+/// # Safety
+/// x holds `m·k` values, y `m·n`, w is `[n, k]` weights (int8: with `[n, ceil(k / group)]`
+/// scales and `group % 32 == 0`; int4: rows of `ceil(k / 32)` whole groups with their scales
+/// and minimums) readable for the whole call; `k ≥ 1`; [`available`] holds.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul(pool: &ThreadPool, x: &[f32], w: Weights, y: &mut [f32], m: usize, k: usize, n: usize) {
+    debug_assert!(available() && x.len() == m * k && y.len() == m * n && k >= 1);
+    let whole = Region { x: x.as_ptr(), w, y: y.as_mut_ptr(), k, n, rows: (0, m), cols: (0, n) };
+    let whole = &whole; // captured whole: its raw-pointer fields are not Sync on their own
+    // SAFETY: the caller's contract; run_parts hands out disjoint rectangles of y.
+    run_parts(pool, m, n, k, Split::Tiles { mr: MR, nr: NR }, |rows, cols| unsafe { region(&Region { rows, cols, ..*whole }) });
 }

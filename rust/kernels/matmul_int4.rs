@@ -27,9 +27,11 @@
 //! x16; AVX2: the i16-pair GEMM on x16), then adds the offsets' term as one small f32 matmul
 //! (`[m, k/32] · [n, k/32]ᵀ`).
 
-use crate::kernels::matmul_int8::{int8_path_for, w8a8, QWeights};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::matmul_bf16_dot as dot;
+use crate::kernels::matmul_int8::{int8_path_for, int8_rounds_x, w8a8, QWeights};
 use crate::kernels::RowPath;
-use crate::kernels::quant::{QuantizedI4, I4_GROUP_BYTES};
+use crate::kernels::quant::{QuantizedI4, I4_GROUP, I4_GROUP_BYTES};
 use crate::kernels::simd::{self, SimdLevel};
 use crate::threadpool::ThreadPool;
 
@@ -61,6 +63,13 @@ fn int4_on(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: &QuantizedI4, y: &
     simd::check_level(level);
     if crate::kernels::empty_product(y, m, n, k) {
         return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if int8_rounds_x(level, m, Some(path), I4_GROUP) {
+        let src = dot::Weights::Int4 { q: w.q.as_ptr(), scales: w.scales.as_ptr(), mins: w.mins.as_ptr(), row_bytes: w.row_bytes() };
+        // SAFETY: w's lengths asserted above (whole groups per row), borrowed for the call;
+        // k ≥ 1 (not an empty product); int8_rounds_x checked the CPU's features.
+        return unsafe { dot::matmul(pool, x, src, y, m, k, n) };
     }
     w8a8(level, pool, x, QWeights::I4(w), y, m, path)
 }
@@ -107,6 +116,45 @@ mod tests {
         (y, mag)
     }
 
+    /// The bf16 GEMM's reference in f64 (AVX512-BF16 CPUs, m ≥ 8): Σ bf16(x)·bf16(q·d + m), the
+    /// weight an f32 fma rounded once more to bf16; and Σ|terms|.
+    fn reference_bf16(x: &[f32], w: &QuantizedI4, m: usize) -> (Vec<f64>, Vec<f64>) {
+        use crate::kernels::quant::{bf16_to_f32, f32_to_bf16};
+        let (k, n, ng) = (w.cols, w.rows, w.groups_per_row());
+        let round = |v: f32| bf16_to_f32(f32_to_bf16(v)) as f64;
+        let mut q = vec![0i8; k];
+        let mut wb = vec![0f64; n * k];
+        for j in 0..n {
+            w.unpack_row(j, &mut q);
+            for (p, &qv) in q.iter().enumerate() {
+                let (d, mn) = (f16_to_f32(w.scales[j * ng + p / I4_GROUP]), f16_to_f32(w.mins[j * ng + p / I4_GROUP]));
+                wb[j * k + p] = round((qv as f32).mul_add(d, mn));
+            }
+        }
+        let xb: Vec<f64> = x.iter().map(|&v| round(v)).collect();
+        let (mut y, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let t = xb[i * k + p] * wb[j * k + p];
+                    y[i * n + j] += t;
+                    mag[i * n + j] += t.abs();
+                }
+            }
+        }
+        (y, mag)
+    }
+
+    /// What `matmul_int4_with(level, …)` computes for m rows: the bf16 GEMM's product where it
+    /// runs, else the W4A16 one.
+    fn expected(level: SimdLevel, x: &[f32], w: &QuantizedI4, m: usize) -> (Vec<f64>, Vec<f64>) {
+        if int8_rounds_x(level, m, None, I4_GROUP) {
+            reference_bf16(x, w, m)
+        } else {
+            reference(x, w, m)
+        }
+    }
+
     fn check(level: SimdLevel, pool: &ThreadPool, rng: &mut Rng, m: usize, k: usize, n: usize) {
         let x = rng.vec(m * k);
         // weights with an offset, so the minimums matter
@@ -114,7 +162,7 @@ mod tests {
         let w = QuantizedI4::quantize(&wf, n, k);
         let mut y = vec![f32::NAN; m * n];
         matmul_int4_with(level, pool, &x, &w, &mut y, m);
-        let (want, mag) = reference(&x, &w, m);
+        let (want, mag) = expected(level, &x, &w, m);
         for (idx, ((&g, &r), &a)) in y.iter().zip(&want).zip(&mag).enumerate() {
             let tol = 4e-7 * a * (k as f64).sqrt().max(1.0) + 1e-30;
             assert!(
@@ -173,8 +221,10 @@ mod tests {
                 matmul_int4_with(level, &pool, &x[..rows * k], &w, &mut y, rows);
                 let num: f64 = y.iter().zip(&yf).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
                 let den: f64 = yf[..rows * n].iter().map(|b| (*b as f64).powi(2)).sum();
-                // only the 16-bit x quantization differs (8-bit x, as INT8 has it, gives ≈ 5e-3)
-                assert!((num / den).sqrt() < 1e-4, "{level:?} m={rows}: {}", (num / den).sqrt());
+                // only the 16-bit x quantization differs (8-bit x, as INT8 has it, gives ≈ 5e-3);
+                // the bf16 GEMM rounds x and the weights to bf16 (≈ 1e-3)
+                let bound = if int8_rounds_x(level, rows, None, I4_GROUP) { 4e-3 } else { 1e-4 };
+                assert!((num / den).sqrt() < bound, "{level:?} m={rows}: {}", (num / den).sqrt());
             }
         }
     }
@@ -206,7 +256,7 @@ mod tests {
                 for rows in [1, m] {
                     let mut y = vec![0f32; rows * n];
                     matmul_int4_with(level, &pool, &x[..rows * k], &w, &mut y, rows);
-                    let (want, mag) = reference(&x[..rows * k], &w, rows);
+                    let (want, mag) = expected(level, &x[..rows * k], &w, rows);
                     for ((&g, &r), &a) in y.iter().zip(&want).zip(&mag) {
                         assert!((g as f64 - r).abs() <= 4e-7 * a * 8.0 + 1e-30, "{kind:?} {level:?}: {g} vs {r}");
                     }

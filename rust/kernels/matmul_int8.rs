@@ -64,6 +64,9 @@
 use std::sync::OnceLock;
 
 use crate::kernels::matmul::matmul_source;
+use crate::kernels::matmul_bf16::rounds_x;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::matmul_bf16_dot as dot;
 use crate::kernels::matmul_f32::matmul_f32;
 use crate::kernels::matmul_parts::{run_parts, Split};
 use crate::kernels::matmul_sources::I8W;
@@ -105,12 +108,43 @@ pub enum Int8Scheme {
     /// matrices of an INT4 model (a GGUF file's Q8_0 embedding and lm_head) run it. Needs
     /// groups of 32 and whole groups per row (others run weight-only).
     W8A16,
+    /// The bf16 prefill GEMM (`matmul_bf16_dot`, CPUs with AVX512-BF16 at the AVX-512 level):
+    /// int8 groups dequantized to bf16 (q · scale, rounded to nearest even) as they are packed,
+    /// x rounded to bf16, `vdpbf16ps` with f32 accumulation. What W8A16's GEMM path runs on
+    /// those CPUs (see [`int8_rounds_x`]); elsewhere, or for groups that are not a multiple of
+    /// 32, it is W8A16.
+    Bf16,
 }
 
-/// The scheme [`matmul_int8`] uses for `m` rows of x: W8A16 for every m (see the module
-/// docs for the measurements).
-pub fn int8_scheme_for(_m: usize) -> Int8Scheme {
-    Int8Scheme::W8A16
+/// The scheme [`matmul_int8`] uses for `m` rows of x on `level`: W8A16, whose GEMM path runs
+/// the bf16 GEMM where [`int8_rounds_x`] (see the module docs for the measurements).
+pub fn int8_scheme_for(level: SimdLevel, m: usize, group: usize) -> Int8Scheme {
+    if int8_rounds_x(level, m, None, group) {
+        Int8Scheme::Bf16
+    } else {
+        Int8Scheme::W8A16
+    }
+}
+
+/// Whether a W8A16 call on `level` with `m` rows of x on `path` (None: by m) runs the bf16
+/// GEMM ([`Int8Scheme::Bf16`]), which rounds x and the dequantized weights to bf16: as for
+/// BF16 weights ([`crate::kernels::matmul_bf16::rounds_x`], `FERROLM_BF16_PREFILL`), for
+/// groups that are a multiple of 32.
+pub fn int8_rounds_x(level: SimdLevel, m: usize, path: Option<RowPath>, group: usize) -> bool {
+    group.is_multiple_of(32) && rounds_x(level, m, Some(path.unwrap_or(int8_path_for(m))))
+}
+
+/// Whether [`Int8Scheme::Bf16`] runs as itself on `level` for `group` (else it is W8A16).
+fn bf16_dot_runs(level: SimdLevel, group: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level == SimdLevel::Avx512 && group.is_multiple_of(32) && dot::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (level, group);
+        false
+    }
 }
 
 /// W8A8 on x86: problems with at least this many rows of x use the packed GEMM.
@@ -152,6 +186,10 @@ pub fn matmul_int8_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [
 /// other than 32 run weight-only.
 pub fn matmul_int8_a16_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &mut [f32], m: usize, path: RowPath) {
     let k = w.cols;
+    let level = simd::detected();
+    if int8_rounds_x(level, m, Some(path), w.group) {
+        return matmul_int8_scheme(level, Int8Scheme::Bf16, pool, x, w, y, m);
+    }
     if w.group != 32 || !k.is_multiple_of(32) || m == 0 || w.rows == 0 || k == 0 {
         return matmul_int8_scheme(simd::detected(), Int8Scheme::W8A16, pool, x, w, y, m);
     }
@@ -172,7 +210,7 @@ pub fn matmul_int8_with(
     y: &mut [f32],
     m: usize,
 ) {
-    matmul_int8_scheme(level, int8_scheme_for(m), pool, x, w, y, m)
+    matmul_int8_scheme(level, int8_scheme_for(level, m, w.group), pool, x, w, y, m)
 }
 
 /// [`matmul_int8`] with a forced SIMD path and scheme (for tests and benchmarks).
@@ -221,6 +259,14 @@ pub fn matmul_int8_scheme(
         // 16-bit x in groups of 32; other groups (their i32 sums could overflow) weight-only
         Int8Scheme::W8A16 if w.group == 32 && k.is_multiple_of(32) => w8a8(level, pool, x, QWeights::I8A16(w), y, m, int8_path_for(m)),
         Int8Scheme::W8A16 => matmul_int8_scheme(level, Int8Scheme::WeightOnly, pool, x, w, y, m),
+        #[cfg(target_arch = "x86_64")]
+        Int8Scheme::Bf16 if bf16_dot_runs(level, w.group) => {
+            let src = dot::Weights::Int8 { q: w.q.as_ptr(), scales: w.scales.as_ptr(), group: w.group };
+            // SAFETY: w's lengths asserted above, borrowed for the call; k ≥ 1 (not an empty
+            // product); bf16_dot_runs checked the group and the CPU's features.
+            unsafe { dot::matmul(pool, x, src, y, m, k, n) }
+        }
+        Int8Scheme::Bf16 => matmul_int8_scheme(level, Int8Scheme::W8A16, pool, x, w, y, m),
     }
 }
 
@@ -582,7 +628,24 @@ mod tests {
     use crate::kernels::quant::GROUP;
     use crate::kernels::test_rng::{best_time, Rng};
 
-    const SCHEMES: [Int8Scheme; 3] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8, Int8Scheme::W8A16];
+    const SCHEMES: [Int8Scheme; 4] = [Int8Scheme::WeightOnly, Int8Scheme::W8A8, Int8Scheme::W8A16, Int8Scheme::Bf16];
+
+    /// Σ bf16(x)·bf16(q·scale) in f64: what [`Int8Scheme::Bf16`] computes where it runs.
+    fn reference_bf16(x: &[f32], w: &QuantizedI8, m: usize) -> Vec<f64> {
+        use crate::kernels::quant::{bf16_to_f32, f32_to_bf16};
+        let (k, n) = (w.cols, w.rows);
+        let ng = k.div_ceil(w.group);
+        let round = |v: f32| bf16_to_f32(f32_to_bf16(v)) as f64;
+        let wb: Vec<f64> = (0..n * k).map(|i| round(w.q[i] as f32 * w.scales[i / k * ng + i % k / w.group])).collect();
+        let xb: Vec<f64> = x.iter().map(|&v| round(v)).collect();
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k).map(|p| xb[i * k + p] * wb[j * k + p]).sum();
+            }
+        }
+        y
+    }
 
     /// Σ x·deq(w) in f64 (the weight-only reference).
     fn reference_deq(x: &[f32], w: &QuantizedI8, m: usize) -> Vec<f64> {
@@ -672,10 +735,19 @@ mod tests {
                 pool.n_threads()
             )
         };
-        // W8A16 needs whole groups of 32 (else it runs weight-only)
-        let w8a16 = scheme == Int8Scheme::W8A16 && group == 32 && k.is_multiple_of(32);
+        if scheme == Int8Scheme::Bf16 && bf16_dot_runs(level, group) {
+            let want = reference_bf16(&x, &w, m);
+            // |x| < 1, |deq(w)| ≤ 1: f32 accumulation error ≲ sqrt(k)·2⁻²⁴ typical.
+            let tol = 2e-6 * (k as f64).sqrt().max(1.0) + 1e-7;
+            for (idx, (&g, &r)) in y.iter().zip(&want).enumerate() {
+                assert!((g as f64 - r).abs() <= tol, "{} at {idx}: {g} vs {r}", ctx());
+            }
+            return;
+        }
+        // W8A16 (and Bf16 where it does not run) needs whole groups of 32 (else weight-only)
+        let w8a16 = matches!(scheme, Int8Scheme::W8A16 | Int8Scheme::Bf16) && group == 32 && k.is_multiple_of(32);
         match scheme {
-            Int8Scheme::WeightOnly | Int8Scheme::W8A16 if !w8a16 => {
+            Int8Scheme::WeightOnly | Int8Scheme::W8A16 | Int8Scheme::Bf16 if !w8a16 => {
                 let want = reference_deq(&x, &w, m);
                 // |x|, |deq(w)| ≤ 1: f32 accumulation error ≲ sqrt(k)·2⁻²⁴ typical.
                 let tol = 2e-6 * (k as f64).sqrt().max(1.0) + 1e-7;
@@ -775,15 +847,15 @@ mod tests {
             let w = QuantizedI8::quantize(&rng.vec(n * k), n, k);
             let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
             matmul_int8(&pool, &x, &w, &mut a, m);
-            matmul_int8_scheme(
-                SimdLevel::Scalar,
-                int8_scheme_for(m),
-                &pool,
-                &x,
-                &w,
-                &mut b,
-                m,
-            );
+            if int8_scheme_for(simd::detected(), m, w.group) == Int8Scheme::Bf16 {
+                // the bf16 GEMM (AVX512-BF16 CPUs, m ≥ 8): x and the weights rounded to bf16
+                assert!(int8_rounds_x(simd::detected(), m, None, w.group), "m={m}");
+                for (p, q) in a.iter().zip(reference_bf16(&x, &w, m)) {
+                    assert!((*p as f64 - q).abs() <= 1e-5 * (1.0 + q.abs()), "m={m}: {p} vs {q}");
+                }
+                continue;
+            }
+            matmul_int8_scheme(SimdLevel::Scalar, Int8Scheme::W8A16, &pool, &x, &w, &mut b, m);
             for (p, q) in a.iter().zip(&b) {
                 assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "m={m}: {p} vs {q}");
             }
@@ -849,9 +921,11 @@ mod tests {
                     row(2)
                 );
                 assert!(y[3 * n..].iter().all(|v| v.is_finite()), "{level:?} m={m}");
-                matmul_int8_scheme(level, Int8Scheme::WeightOnly, &pool, &x, &w, &mut y, m);
-                assert!(y[..2 * n].iter().all(|v| !v.is_finite()), "{level:?} m={m}");
-                assert!(y[2 * n..].iter().all(|v| v.is_finite()), "{level:?} m={m}");
+                for scheme in [Int8Scheme::WeightOnly, Int8Scheme::Bf16] {
+                    matmul_int8_scheme(level, scheme, &pool, &x, &w, &mut y, m);
+                    assert!(y[..2 * n].iter().all(|v| !v.is_finite()), "{level:?} {scheme:?} m={m}");
+                    assert!(y[2 * n..].iter().all(|v| v.is_finite()), "{level:?} {scheme:?} m={m}");
+                }
             }
         }
     }
@@ -951,7 +1025,7 @@ mod tests {
     /// Benches the AVX2 path (forced) and the detected best path. GEMV "cold" rotates over
     /// enough weight copies to exceed the caches, like decode; GB/s counts the weight bytes
     /// (int8 + f32 scales). Knobs: `BENCH_ONLY=gemv|gemm|small`, `BENCH_GROUPS=32,64,128`
-    /// (default: GROUP), `BENCH_SCHEMES=w8a8,weight` (default: the dispatched scheme),
+    /// (default: GROUP), `BENCH_SCHEMES=w8a8,weight,w8a16,bf16` (default: the dispatched scheme),
     /// `BENCH_GEMV=2048x5632,...` (n×k).
     #[test]
     #[ignore]
@@ -967,6 +1041,7 @@ mod tests {
                 "w8a8" => Some(Int8Scheme::W8A8),
                 "weight" => Some(Int8Scheme::WeightOnly),
                 "w8a16" => Some(Int8Scheme::W8A16),
+                "bf16" => Some(Int8Scheme::Bf16),
                 _ => None,
             })
             .collect();
@@ -974,10 +1049,11 @@ mod tests {
         if SimdLevel::Avx2.is_available() && simd::detected() != SimdLevel::Avx2 {
             levels.insert(0, SimdLevel::Avx2);
         }
-        let name = |sc: Option<Int8Scheme>, m: usize| match sc.unwrap_or(int8_scheme_for(m)) {
+        let name = |level: SimdLevel, sc: Option<Int8Scheme>, m: usize| match sc.unwrap_or(int8_scheme_for(level, m, GROUP)) {
             Int8Scheme::W8A8 => "w8a8",
             Int8Scheme::WeightOnly => "weight",
             Int8Scheme::W8A16 => "w8a16",
+            Int8Scheme::Bf16 => "bf16",
         };
         let mut rng = Rng(1);
         for threads in [1, 2] {
@@ -1020,7 +1096,7 @@ mod tests {
                     let mut y = vec![0.0; n];
                     for &level in &levels {
                         for &sc in &schemes {
-                            let scheme = sc.unwrap_or(int8_scheme_for(1));
+                            let scheme = sc.unwrap_or(int8_scheme_for(level, 1, group));
                             let iters = ((1usize << 30) / bytes).clamp(4, 4000).max(copies);
                             let cold = best_time(5, iters, |it| {
                                 let w = &ws[it % copies];
@@ -1030,7 +1106,7 @@ mod tests {
                                 "GEMV {:<6} {:<6} g={group:<3} threads={threads} n={n:>5} k={k:<5} \
                                  cold {:6.1} GB/s ({:7.1} µs)",
                                 level.name(),
-                                name(sc, 1),
+                                name(level, sc, 1),
                                 bytes as f64 / cold / 1e9,
                                 cold * 1e6
                             );
@@ -1062,7 +1138,7 @@ mod tests {
                     let flops = 2.0 * (m * n * k) as f64;
                     for &level in &levels {
                         for &sc in &schemes {
-                            let scheme = sc.unwrap_or(int8_scheme_for(m));
+                            let scheme = sc.unwrap_or(int8_scheme_for(level, m, group));
                             let iters = ((4e9 / flops) as usize).clamp(3, 2000);
                             let s = best_time(5, iters, |_| {
                                 matmul_int8_scheme(level, scheme, &pool, &x, &w, &mut y, m)
@@ -1071,7 +1147,7 @@ mod tests {
                                 "GEMM {:<6} {:<6} g={group:<3} threads={threads} m={m} {k}->{n}: \
                                  {:6.1} GFLOP/s ({:.2} ms)",
                                 level.name(),
-                                name(sc, m),
+                                name(level, sc, m),
                                 flops / s / 1e9,
                                 s * 1e3
                             );
