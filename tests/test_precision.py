@@ -81,11 +81,13 @@ def _run_with_env(code, **env):
                           env={**os.environ, **env}, timeout=120)
 
 
-def test_bf16_prefill_setting():
-    """FERROLM_BF16_PREFILL=f32 keeps x in f32 in the BF16 GEMM; an invalid value is refused at
-    load with the variable's name; the default rounds x where the CPU has AVX512-BF16."""
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
+def test_bf16_prefill_setting(precision):
+    """FERROLM_BF16_PREFILL=f32 keeps x in f32 (BF16) or 16-bit (INT8, INT4) in the prefill GEMM;
+    an invalid value is refused at load with the variable's name; the default rounds x (and
+    INT8/INT4's dequantized weights) to bf16 where the CPU has AVX512-BF16."""
     code = ("import ferrolm; from ferrolm import _core\n"
-            f"m = ferrolm.load({str(MODELS / 'tiny-llama')!r}, precision='bf16')\n"
+            f"m = ferrolm.load({str(MODELS / 'tiny-llama')!r}, precision={precision!r})\n"
             "print(_core.bf16_prefill()); print(m.logits(list(range(1, 9)))[-1].tolist())")
     bad = _run_with_env(code, FERROLM_BF16_PREFILL="half")
     assert bad.returncode != 0 and "InvalidArgumentError" in bad.stderr and "FERROLM_BF16_PREFILL" in bad.stderr

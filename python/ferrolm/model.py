@@ -623,7 +623,7 @@ def load(
     if precision is None and device == "cuda" and ckpt.saved_precision is None and ckpt.default_precision()[0] == "int4":
         precision = "bf16"  # the CUDA kernels have no INT4; BF16 keeps the 4-bit values closest (8-bit mantissa)
     precision = ckpt.resolve_precision(precision)
-    if precision == "bf16" and device == "cpu":
+    if precision in ("bf16", "int8", "int4") and device == "cpu":
         _core.bf16_prefill()  # raises on an invalid FERROLM_BF16_PREFILL
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
     backend = backend_for(device, core)

@@ -50,8 +50,9 @@ pub fn bf16_path_for(m: usize) -> RowPath {
     matmul::path_for(m)
 }
 
-/// The environment variable that keeps x in f32 in the BF16 GEMM (`f32`) instead of rounding
-/// it to bf16 for `vdpbf16ps` (`bf16`, the default).
+/// The environment variable that keeps x exact in the prefill GEMM (`f32`: f32 for BF16 weights,
+/// 16-bit for INT8 and INT4) instead of multiplying bf16 with `vdpbf16ps` (`bf16`, the default:
+/// x rounded, INT8/INT4 weights dequantized to bf16; `matmul_bf16_dot`).
 pub const PREFILL_X_ENV: &str = "FERROLM_BF16_PREFILL";
 
 /// Whether the GEMM may round x to bf16, from the value of [`PREFILL_X_ENV`]: `None`, empty or
