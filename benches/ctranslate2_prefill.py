@@ -164,7 +164,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['engine']} | {r['threads']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} |")
     if a.json:
-        a.json.write_text(json.dumps({"shape": a.shape, "ctranslate2": ctranslate2.__version__, "rows": rows}, indent=1))
+        from ferrolm import _core
+        a.json.write_text(json.dumps({"shape": a.shape, "ctranslate2": ctranslate2.__version__,
+                                      "bf16_prefill": _core.bf16_prefill(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
