@@ -54,6 +54,8 @@ PRECISIONS = ("fp32", "bf16", "int8", "int4")
 NOT_AVAILABLE = {"fp16": "FP16"}
 #: Bytes per cached key/value by KV-cache dtype (the core's `KvDtype`; tests check they agree).
 KV_CACHE_BYTES = {"fp32": 4, "bf16": 2}
+#: Rows of attention scores per thread and position of context (kernels/attention.rs, SCORE_ROWS).
+SCORE_ROWS = 4
 #: INT4 groups: 32 values in 16 bytes, an f16 scale and an f16 minimum.
 INT4_GROUP = 32
 INT4_GROUP_BYTES = 16 + 2 + 2
@@ -178,7 +180,8 @@ class Architecture:
         d, f = self.hidden_size, self.intermediate_size
         up_out = f if self.arch == "gpt2" else 2 * f
         per_row = 2 * d + (self.q_dim + 2 * self.kv_dim) + 2 * self.q_dim + up_out + f
-        return batch * 4 * (rows * per_row + threads * context + 2 * self.vocab_size)
+        # attention scores: 4 rows of a prompt at a time per thread (kernels/attention.rs)
+        return batch * 4 * (rows * per_row + threads * SCORE_ROWS * context + 2 * self.vocab_size)
 
     def largest_conv1d_bytes(self) -> int:
         """GPT-2 transposes each Conv1D weight in FP32 while loading: the largest one's bytes."""

@@ -91,14 +91,30 @@ vectorized! {
     }
 }
 
+/// The largest value of x (NaN ignored; −inf for an empty or all-NaN x), with 16 running
+/// maxima that the compiler turns into vector compares (a fold over `f32::max` stays scalar).
+/// Exact: the same value whatever the order.
+fn max_value(x: &[f32]) -> f32 {
+    const W: usize = 16;
+    let mut m = [f32::NEG_INFINITY; W];
+    let chunks = x.chunks_exact(W);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in m.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    m.iter().chain(rest).fold(f32::NEG_INFINITY, |a, &v| if v > a { v } else { a })
+}
+
 /// Numerically stable softmax in place. −inf entries become exactly 0.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_value(x);
     for v in x.iter_mut() {
         *v -= max;
     }
     exp_inplace(x);
-    let sum: f32 = x.iter().sum();
+    let sum = crate::kernels::simd::sum(x);
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;

@@ -1,9 +1,9 @@
 //! Causal multi-head attention with grouped-query heads over a preallocated KV cache.
 
 use crate::kernels::activations::softmax;
-use crate::kernels::simd::{axpy_rows_with, detected, dot_rows_with, RowElem, SimdLevel};
+use crate::kernels::simd::{axpy_with, detected, score_rows_with, weigh_rows_with, RowElem, SimdLevel, MAX_QUERIES};
 use crate::kv_cache::KvLayer;
-use crate::threadpool::{chunk, SyncPtr, ThreadPool};
+use crate::threadpool::{SyncPtr, ThreadPool};
 
 pub struct AttnShape {
     pub n_heads: usize,
@@ -11,11 +11,15 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// Rows of attention scores each thread needs per position of context: [`MAX_QUERIES`] rows of
+/// a prompt are scored together.
+pub const SCORE_ROWS: usize = MAX_QUERIES;
+
 /// For each of `t_len` new tokens at positions `pos0..pos0+t_len` and each head, attends over
 /// cache positions `0..=pos`:
 ///   q: [t_len, n_heads·head_dim], kv: this layer's k/v: [max_seq, n_kv_heads·head_dim] (f32 or
 ///   bf16, widened as read), out: [t_len, n_heads·head_dim], scores: [n_threads, ≥ pos0+t_len]
-///   scratch.
+///   scratch ([`SCORE_ROWS`] times that lets that many rows of a prompt run together).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
@@ -36,6 +40,16 @@ pub fn attention(
 
 /// [`attention`] on SIMD level `level` over k_cache/v_cache: [max_seq, n_kv_heads·head_dim]
 /// of one element type.
+///
+/// A task is one head and up to [`MAX_QUERIES`] consecutive rows of the prompt, which attend
+/// over nearly the same keys: their scores read each key row once ([`score_rows_with`], keys in
+/// tiles reduced across lanes together; a row's scores past its own position are computed and
+/// not used), a softmax per row over its own positions, then their outputs read each value row
+/// once over the positions all of them see ([`weigh_rows_with`]) and each row adds its last few
+/// positions alone (`axpy`), continuing the same sum. A row's result therefore depends only on
+/// its query and the cache — not on the rows beside it, the thread count or the chunk — so a
+/// prompt and its decode steps attend alike (tested). Threads take tasks in turn (task i on
+/// thread i mod n), which spreads the causally longer late rows.
 #[allow(clippy::too_many_arguments)]
 fn attention_rows<E: RowElem>(
     level: SimdLevel,
@@ -53,33 +67,45 @@ fn attention_rows<E: RowElem>(
     let kv_dim = shape.n_kv_heads * hd;
     let group = nh / shape.n_kv_heads;
     let n_ctx_max = pos0 + t_len;
-    assert_eq!(q.len(), t_len * nh * hd);
-    assert_eq!(out.len(), t_len * nh * hd);
+    let row = nh * hd;
+    assert_eq!(q.len(), t_len * row);
+    assert_eq!(out.len(), t_len * row);
     assert!(k_cache.len() >= n_ctx_max * kv_dim && v_cache.len() >= n_ctx_max * kv_dim);
     assert!(scores.len() >= pool.n_threads() * n_ctx_max);
     let scale = 1.0 / (hd as f32).sqrt();
     let stride = scores.len() / pool.n_threads();
+    // rows per task: as many as the scratch holds
+    let rows = MAX_QUERIES.min(stride / n_ctx_max.max(1)).max(1);
+    let blocks = t_len.div_ceil(rows);
     let out_p = SyncPtr(out.as_mut_ptr());
     let sc_p = SyncPtr(scores.as_mut_ptr());
     pool.run(|tid, nt| {
         let (out_p, sc_p) = (out_p, sc_p);
         // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the (t, h) rows of out it is given.
         let sc = unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(tid * stride), stride) };
-        for task in chunk(t_len * nh, tid, nt) {
-            let (t, h) = (task / nh, task % nh);
+        for task in (tid..blocks * nh).step_by(nt) {
+            let (b, h) = (task / nh, task % nh);
             let g = h / group;
-            let n_ctx = pos0 + t + 1;
-            let qh = &q[(t * nh + h) * hd..][..hd];
-            let s = &mut sc[..n_ctx];
-            // scores[p] = q · k[p, g]; keys of kv head g sit every kv_dim values from g·hd
-            dot_rows_with(level, qh, &k_cache[g * hd..], kv_dim, s);
-            for v in s.iter_mut() {
-                *v *= scale;
+            let (t0, nq) = (b * rows, rows.min(t_len - b * rows));
+            // rows t0..t0 + nq see positions 0..n_lo (all of them) up to 0..n_hi (the last)
+            let (n_lo, n_hi) = (pos0 + t0 + 1, pos0 + t0 + nq);
+            let (keys, values) = (&k_cache[g * hd..], &v_cache[g * hd..]);
+            let qs = &q[t0 * row + h * hd..];
+            let s = &mut sc[..nq * n_hi];
+            // s[j·n_hi + p] = scale · q[t0 + j, h] · k[p, g]; keys of kv head g sit every kv_dim values from g·hd
+            score_rows_with(level, qs, nq, row, hd, keys, kv_dim, n_hi, scale, s, n_hi);
+            for (j, sr) in s.chunks_exact_mut(n_hi).enumerate() {
+                softmax(&mut sr[..n_lo + j]);
             }
-            softmax(s);
-            let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add((t * nh + h) * hd), hd) };
-            o.fill(0.0);
-            axpy_rows_with(level, o, s, &v_cache[g * hd..], kv_dim);
+            // SAFETY: this task alone writes rows t0..t0 + nq of head h.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(t0 * row + h * hd), (nq - 1) * row + hd) };
+            weigh_rows_with(level, s, nq, n_hi, n_lo, values, kv_dim, hd, o, row);
+            for j in 1..nq {
+                let oj = &mut o[j * row..j * row + hd];
+                for p in n_lo..n_lo + j {
+                    axpy_with(level, oj, s[j * n_hi + p], &values[p * kv_dim..p * kv_dim + hd]);
+                }
+            }
         }
     });
 }
@@ -192,7 +218,7 @@ mod tests {
                 for threads in [1, 2] {
                     let pool = ThreadPool::new(threads).unwrap();
                     let mut out = vec![0f32; nh * hd];
-                    let mut scores = vec![0f32; threads * n];
+                    let mut scores = vec![0f32; threads * SCORE_ROWS * n];
                     let s = best_time(5, 3, |_| {
                         for l in 0..layers {
                             match cache.layer(l) {
@@ -220,26 +246,85 @@ mod tests {
     #[ignore]
     fn bench_attention_parts() {
         use crate::kernels::test_rng::best_time;
-        use crate::kernels::simd::{axpy_rows_with, dot_rows_with};
         let (layers, nh, nkv, hd, n) = (30usize, 9usize, 3usize, 64usize, 2000usize);
         let kv_dim = nkv * hd;
         let mut rng = Rng(3);
-        let q = rng.vec(hd);
+        let q = rng.vec(SCORE_ROWS * hd);
         let caches: Vec<Vec<f32>> = (0..layers).map(|_| rng.vec(n * kv_dim)).collect();
         let caches16: Vec<Vec<u16>> = caches.iter().map(|c| c.iter().map(|&v| f32_to_bf16(v)).collect()).collect();
         let level = detected();
-        let mut s = vec![0f32; n];
-        let mut o = vec![0f32; hd];
-        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { dot_rows_with(level, &q, &c[h / 3 * hd..], kv_dim, &mut s); } });
-        println!("dot f32 {:.0} µs", t * 1e6);
-        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { dot_rows_with(level, &q, &c[h / 3 * hd..], kv_dim, &mut s); } });
-        println!("dot bf16 {:.0} µs", t * 1e6);
-        let t = best_time(5, 3, |_| for _ in 0..layers * nh { softmax(&mut s); });
+        let mut s = vec![0f32; SCORE_ROWS * n];
+        let mut o = vec![0f32; SCORE_ROWS * hd];
+        // a decode step: one query per head
+        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { score_rows_with(level, &q, 1, hd, hd, &c[h / 3 * hd..], kv_dim, n, 0.125, &mut s, n); } });
+        println!("scores f32 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { score_rows_with(level, &q, 1, hd, hd, &c[h / 3 * hd..], kv_dim, n, 0.125, &mut s, n); } });
+        println!("scores bf16 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { weigh_rows_with(level, &s, 1, n, n, &c[h / 3 * hd..], kv_dim, hd, &mut o, hd); } });
+        println!("weighted sum f32 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { weigh_rows_with(level, &s, 1, n, n, &c[h / 3 * hd..], kv_dim, hd, &mut o, hd); } });
+        println!("weighted sum bf16 {:.0} µs", t * 1e6);
+        let t = best_time(5, 3, |_| for _ in 0..layers * nh { softmax(&mut s[..n]); });
         println!("softmax {:.0} µs", t * 1e6);
-        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { axpy_rows_with(level, &mut o, &s, &c[h / 3 * hd..], kv_dim); } });
-        println!("axpy f32 {:.0} µs", t * 1e6);
-        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { axpy_rows_with(level, &mut o, &s, &c[h / 3 * hd..], kv_dim); } });
-        println!("axpy bf16 {:.0} µs", t * 1e6);
+    }
+
+    /// A prompt's attention (SmolLM2-135M's heads, FP32 cache, detected level), µs per layer for
+    /// prompts of 128 to 2048 tokens at 1 and 2 threads:
+    /// `cargo test --release --lib bench_attention_prefill -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bench_attention_prefill() {
+        use crate::kernels::test_rng::best_time;
+        let (nh, nkv, hd) = (9usize, 3usize, 64usize);
+        let kv_dim = nkv * hd;
+        let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+        let mut rng = Rng(4);
+        for t_len in [128usize, 512, 2048] {
+            let k = rng.vec(t_len * kv_dim);
+            let v = rng.vec(t_len * kv_dim);
+            let q = rng.vec(t_len * nh * hd);
+            for threads in [1, 2] {
+                let pool = ThreadPool::new(threads).unwrap();
+                let mut out = vec![0f32; t_len * nh * hd];
+                let mut scores = vec![0f32; threads * SCORE_ROWS * t_len];
+                let s = best_time(3, 1, |_| attention_rows(detected(), &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, 0));
+                println!("prompt of {t_len} tokens, {threads} thread(s): {:.0} µs per layer", s * 1e6);
+            }
+        }
+    }
+
+    /// A prompt's attention equals, bit for bit, the attention of its tokens one decode step at
+    /// a time, whatever the thread count (and so however many heads share a task), on every
+    /// level: a head's result depends only on its query and the cache.
+    #[test]
+    fn prompt_and_steps_attend_alike_whatever_the_tasks() {
+        let mut rng = Rng(0xa77);
+        for &(nh, nkv, hd, t_len, pos0) in &[(9, 3, 64, 11, 0), (8, 1, 16, 6, 5), (4, 4, 33, 7, 2), (6, 2, 80, 9, 0), (8, 2, 5, 13, 3)] {
+            let kv_dim = nkv * hd;
+            let n = pos0 + t_len;
+            let (k, v) = (rng.vec(n * kv_dim), rng.vec(n * kv_dim));
+            let q = rng.vec(t_len * nh * hd);
+            let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+            for level in SimdLevel::available() {
+                let mut first: Option<Vec<f32>> = None;
+                for threads in [1, 2, 3, 5] {
+                    let pool = ThreadPool::new(threads).unwrap();
+                    let mut scores = vec![0f32; threads * SCORE_ROWS * n];
+                    let mut whole = vec![0f32; t_len * nh * hd];
+                    attention_rows(level, &pool, &shape, &q, &k, &v, &mut whole, &mut scores, t_len, pos0);
+                    let mut steps = vec![0f32; t_len * nh * hd];
+                    for t in 0..t_len {
+                        let row = t * nh * hd..(t + 1) * nh * hd;
+                        attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut steps[row], &mut scores, 1, pos0 + t);
+                    }
+                    assert_eq!(whole, steps, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd}");
+                    match &first {
+                        None => first = Some(whole),
+                        Some(f) => assert_eq!(&whole, f, "{level:?} threads {threads}"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

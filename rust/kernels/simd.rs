@@ -159,6 +159,14 @@ pub(crate) trait F32Vec: Copy {
     unsafe fn hsum4(a: Self, b: Self, c: Self, d: Self) -> [f32; 4] {
         [a.hsum(), b.hsum(), c.hsum(), d.hsum()]
     }
+    /// Stores the first `n ≤ 4` of [`hsum4`](Self::hsum4)`(a, b, c, d)`, each times `mul` (one
+    /// f32 multiply), to `out`.
+    #[inline(always)]
+    unsafe fn hsum4_mul_store(a: Self, b: Self, c: Self, d: Self, mul: f32, out: *mut f32, n: usize) {
+        for (t, v) in Self::hsum4(a, b, c, d).into_iter().enumerate().take(n) {
+            *out.add(t) = v * mul;
+        }
+    }
     /// Loads `LANES` bf16 values (as bits) from `p`, widened to f32 (exact: a 16-bit shift).
     unsafe fn load_bf16(p: *const u16) -> Self;
     /// Loads `LANES` int8 values from `p`, widened to f32 (exact).
@@ -259,7 +267,7 @@ impl F32Vec for Portable {
     }
 }
 
-/// The element type of the rows the row kernels ([`dot_rows`], [`axpy_rows`]) read: `f32`, or
+/// The element type of the rows the row kernels ([`score_rows`], [`weigh_rows`]) read: `f32`, or
 /// `u16` holding bf16 bits, widened to f32 as it is loaded (exact). The arithmetic is the f32
 /// kernels' own, so bf16 rows give exactly what f32 rows of the widened values give.
 pub trait RowElem: Copy + Send + Sync + sealed::Sealed + 'static {
@@ -399,65 +407,149 @@ unsafe fn axpy_impl<V: F32Vec, E: RowElem>(y: &mut [f32], alpha: f32, x: &[E]) {
     }
 }
 
-/// out[p] = Σ_i q[i]·rows[p·stride + i] for p in 0..out.len() (one call for many dot products,
-/// e.g. a query against every cached key); rows of f32 or bf16.
+/// Queries per call of the row kernels ([`score_rows`], [`weigh_rows`]) at most: attention
+/// takes this many rows of a prompt at a time, which read the same keys and values.
+pub const MAX_QUERIES: usize = 4;
+
+/// Keys per tile of [`score_rows_q`]: their dot products are reduced across lanes together.
+const SCORE_KEYS: usize = 4;
+
+/// out[j·ldo + p] = scale · Σ_i q[j·ldq + i]·rows[p·stride + i] for j < Q, p < n: Q queries
+/// against the same rows (keys), each row loaded once for all of them. A tile of Q × 4 dot
+/// products accumulates along i (one vector accumulator each, i in order) and its 4 keys are
+/// reduced across lanes together (`hsum4`); the last tile's missing keys are zero. So a score
+/// depends only on its query, its key and d — not on Q or n.
 ///
 /// # Safety
-/// `V`'s ISA must be enabled; `rows` holds `(out.len() − 1)·stride + q.len()` values.
+/// `V`'s ISA must be enabled; `q` holds `(Q − 1)·ldq + d` values, `rows` `(n − 1)·stride + d`,
+/// `out` `(Q − 1)·ldo + n`.
 #[inline(always)]
-unsafe fn dot_rows_impl<V: F32Vec, E: RowElem>(q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
-    let d = q.len();
-    for (p, o) in out.iter_mut().enumerate() {
-        *o = dot_impl::<V, E>(q, rows.get_unchecked(p * stride..p * stride + d));
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn score_rows_q<V: F32Vec, E: RowElem, const Q: usize>(q: *const f32, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize) {
+    let l = V::LANES;
+    let full = d / l * l;
+    let rem = d - full;
+    let mut p = 0;
+    while p < n {
+        let keys = (n - p).min(SCORE_KEYS);
+        let mut acc = [[V::zero(); SCORE_KEYS]; Q];
+        let mut i = 0;
+        while i < full {
+            let k: [V; SCORE_KEYS] = std::array::from_fn(|t| if t < keys { load_row::<V, E>(rows.add((p + t) * stride + i)) } else { V::zero() });
+            for j in 0..Q {
+                let qv = V::load(q.add(j * ldq + i));
+                for t in 0..SCORE_KEYS {
+                    acc[j][t] = acc[j][t].mul_add(qv, k[t]);
+                }
+            }
+            i += l;
+        }
+        if rem > 0 {
+            let k: [V; SCORE_KEYS] = std::array::from_fn(|t| if t < keys { load_row_partial::<V, E>(rows.add((p + t) * stride + full), rem) } else { V::zero() });
+            for j in 0..Q {
+                let qv = V::load_partial(q.add(j * ldq + full), rem);
+                for t in 0..SCORE_KEYS {
+                    acc[j][t] = acc[j][t].mul_add(qv, k[t]);
+                }
+            }
+        }
+        for j in 0..Q {
+            V::hsum4_mul_store(acc[j][0], acc[j][1], acc[j][2], acc[j][3], scale, out.add(j * ldo + p), keys);
+        }
+        p += keys;
     }
 }
 
-/// y[i] += Σ_p w[p]·rows[p·stride + i] (a weighted sum of many rows, e.g. attention over
-/// values); rows of f32 or bf16.
-///
-/// Blocks of [`AXPY_ROWS_BLOCK`] vectors of y stay in registers while every row adds into them,
-/// then are stored once; what is left of y (less than a block) goes row by row through
-/// [`axpy_impl`]. Either way each element of y receives y + w[p]·row[p] for p = 0, 1, … in
-/// order with the same operation, so the result does not depend on the blocking. (Row by row
-/// for all of y, each row waited for the previous row's stores of y: attention over a long
-/// cache was bound by that latency, not by reading the rows.)
+/// [`score_rows_q`] for `nq` (1 to [`MAX_QUERIES`]) queries.
 ///
 /// # Safety
-/// `V`'s ISA must be enabled; `rows` holds `(w.len() − 1)·stride + y.len()` values.
+/// As [`score_rows_q`] with Q = nq.
 #[inline(always)]
-unsafe fn axpy_rows_impl<V: F32Vec, E: RowElem>(y: &mut [f32], w: &[f32], rows: &[E], stride: usize) {
-    const B: usize = AXPY_ROWS_BLOCK;
-    let d = y.len();
+#[allow(clippy::too_many_arguments)]
+unsafe fn score_rows_impl<V: F32Vec, E: RowElem>(q: *const f32, nq: usize, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize) {
+    match nq {
+        1 => score_rows_q::<V, E, 1>(q, ldq, d, rows, stride, n, scale, out, ldo),
+        2 => score_rows_q::<V, E, 2>(q, ldq, d, rows, stride, n, scale, out, ldo),
+        3 => score_rows_q::<V, E, 3>(q, ldq, d, rows, stride, n, scale, out, ldo),
+        _ => score_rows_q::<V, E, 4>(q, ldq, d, rows, stride, n, scale, out, ldo),
+    }
+}
+
+/// Vectors of an output row that [`weigh_rows_q`] keeps in registers across the rows (4 × 16
+/// lanes: a head of 64 values in one block on AVX-512, two on AVX2).
+const WEIGH_BLOCK: usize = 4;
+
+/// out[j·ldo + i] = Σ_p w[j·ldw + p]·rows[p·stride + i] for j < Q, i < d, p < n: Q weighted
+/// sums of the same rows (attention over values), each row loaded once for all of them. Blocks
+/// of [`WEIGH_BLOCK`] vectors of each output stay in registers while every row adds into them
+/// (row by row, each row waited for the previous row's stores). Every output element is
+/// computed alike, whatever Q and the blocking: from zero, one fused multiply-add per row, p in
+/// order.
+///
+/// # Safety
+/// `V`'s ISA must be enabled; `w` holds `(Q − 1)·ldw + n` values, `rows`
+/// `(n − 1)·stride + d`, `out` `(Q − 1)·ldo + d`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn weigh_rows_q<V: F32Vec, E: RowElem, const Q: usize>(w: *const f32, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize) {
+    const B: usize = WEIGH_BLOCK;
     let l = V::LANES;
-    let (py, pr) = (y.as_mut_ptr(), rows.as_ptr());
     let mut i = 0;
     while i + B * l <= d {
-        let mut acc = [V::zero(); B];
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = V::load(py.add(i + k * l));
-        }
-        for (p, &wp) in w.iter().enumerate() {
-            let va = V::splat(wp);
-            let r = pr.add(p * stride + i);
-            for (k, a) in acc.iter_mut().enumerate() {
-                *a = a.mul_add(va, load_row::<V, E>(r.add(k * l)));
+        let mut acc = [[V::zero(); B]; Q];
+        for p in 0..n {
+            let r = rows.add(p * stride + i);
+            let v: [V; B] = std::array::from_fn(|b| load_row::<V, E>(r.add(b * l)));
+            for j in 0..Q {
+                let s = V::splat(*w.add(j * ldw + p));
+                for b in 0..B {
+                    acc[j][b] = acc[j][b].mul_add(s, v[b]);
+                }
             }
         }
-        for (k, a) in acc.iter().enumerate() {
-            a.store(py.add(i + k * l));
+        for j in 0..Q {
+            for b in 0..B {
+                acc[j][b].store(out.add(j * ldo + i + b * l));
+            }
         }
         i += B * l;
     }
-    if i < d {
-        for (p, &wp) in w.iter().enumerate() {
-            axpy_impl::<V, E>(y.get_unchecked_mut(i..), wp, rows.get_unchecked(p * stride + i..p * stride + d));
+    // what is left (less than a block): one vector (or its partial end) at a time
+    while i < d {
+        let c = (d - i).min(l);
+        let mut acc = [V::zero(); Q];
+        for p in 0..n {
+            let r = rows.add(p * stride + i);
+            let v = if c == l { load_row::<V, E>(r) } else { load_row_partial::<V, E>(r, c) };
+            for j in 0..Q {
+                acc[j] = acc[j].mul_add(V::splat(*w.add(j * ldw + p)), v);
+            }
         }
+        for j in 0..Q {
+            if c == l {
+                acc[j].store(out.add(j * ldo + i));
+            } else {
+                acc[j].store_partial(out.add(j * ldo + i), c);
+            }
+        }
+        i += c;
     }
 }
 
-/// Vectors of y that [`axpy_rows_impl`] keeps in registers across the rows (4 × 16 lanes: a
-/// head of 64 values in one block on AVX-512, two on AVX2).
-const AXPY_ROWS_BLOCK: usize = 4;
+/// [`weigh_rows_q`] for `nq` (1 to [`MAX_QUERIES`]) outputs.
+///
+/// # Safety
+/// As [`weigh_rows_q`] with Q = nq.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weigh_rows_impl<V: F32Vec, E: RowElem>(w: *const f32, nq: usize, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize) {
+    match nq {
+        1 => weigh_rows_q::<V, E, 1>(w, ldw, n, rows, stride, d, out, ldo),
+        2 => weigh_rows_q::<V, E, 2>(w, ldw, n, rows, stride, d, out, ldo),
+        3 => weigh_rows_q::<V, E, 3>(w, ldw, n, rows, stride, d, out, ldo),
+        _ => weigh_rows_q::<V, E, 4>(w, ldw, n, rows, stride, d, out, ldo),
+    }
+}
 
 /// Defines the per-ISA `#[target_feature]` entry points of a generic kernel.
 macro_rules! isa_entries {
@@ -504,10 +596,10 @@ isa_entries!(sum_impl, sum_avx512, sum_avx2, sum_neon, sum_portable, (x: &[f32])
 isa_entries_rows!(axpy_impl, axpy_avx512, axpy_avx2, axpy_neon, axpy_portable,
     (y: &mut [f32], alpha: f32, x: &[E]) -> ());
 
-isa_entries_rows!(dot_rows_impl, dot_rows_avx512, dot_rows_avx2, dot_rows_neon, dot_rows_portable,
-    (q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) -> ());
-isa_entries_rows!(axpy_rows_impl, axpy_rows_avx512, axpy_rows_avx2, axpy_rows_neon, axpy_rows_portable,
-    (y: &mut [f32], w: &[f32], rows: &[E], stride: usize) -> ());
+isa_entries_rows!(score_rows_impl, score_rows_avx512, score_rows_avx2, score_rows_neon, score_rows_portable,
+    (q: *const f32, nq: usize, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize) -> ());
+isa_entries_rows!(weigh_rows_impl, weigh_rows_avx512, weigh_rows_avx2, weigh_rows_neon, weigh_rows_portable,
+    (w: *const f32, nq: usize, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize) -> ());
 
 fn check_rows(n_rows: usize, width: usize, stride: usize, len: usize) {
     assert!(width <= stride || n_rows <= 1, "rows overlap: width {width} > stride {stride}");
@@ -516,52 +608,78 @@ fn check_rows(n_rows: usize, width: usize, stride: usize, len: usize) {
     }
 }
 
-/// out[p] = dot(q, rows[p·stride..][..q.len()]) for every p; rows of f32 or bf16 bits.
-#[inline]
-pub fn dot_rows<E: RowElem>(q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
-    dot_rows_with(detected(), q, rows, stride, out)
+/// Checks the operands of [`score_rows_with`] / [`weigh_rows_with`]: `nq` in 1..=MAX_QUERIES,
+/// `nq` rows of `width` values `ld` apart fit `len`.
+fn check_queries(nq: usize, width: usize, ld: usize, len: usize, what: &str) {
+    assert!((1..=MAX_QUERIES).contains(&nq), "{what}: 1 to {MAX_QUERIES} queries, got {nq}");
+    assert!(width <= ld || nq == 1, "{what}: rows overlap: width {width} > stride {ld}");
+    assert!((nq - 1) * ld + width <= len, "{what}: slice too short");
 }
 
-/// [`dot_rows`] on a forced path. Panics if `level` is not available or the rows do not fit.
-pub fn dot_rows_with<E: RowElem>(level: SimdLevel, q: &[f32], rows: &[E], stride: usize, out: &mut [f32]) {
-    check_rows(out.len(), q.len(), stride, rows.len());
+/// Attention scores of `nq` (1 to [`MAX_QUERIES`]) queries of `d` values, `ldq` apart in `q`,
+/// against `n` rows (keys, f32 or bf16 bits, `stride` apart):
+/// `out[j·ldo + p] = scale · Σ_i q[j·ldq + i]·rows[p·stride + i]`. Each row is read once for all
+/// the queries, and a score is the same whatever the other queries of the call. Panics if
+/// `level` is not available or an operand does not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn score_rows_with<E: RowElem>(level: SimdLevel, q: &[f32], nq: usize, ldq: usize, d: usize, rows: &[E], stride: usize, n: usize, scale: f32, out: &mut [f32], ldo: usize) {
+    check_queries(nq, d, ldq, q.len(), "score_rows (q)");
+    check_queries(nq, n, ldo, out.len(), "score_rows (out)");
+    check_rows(n, d, stride, rows.len());
     check_level(level);
+    if n == 0 {
+        return;
+    }
+    let (q, rows, out) = (q.as_ptr(), rows.as_ptr(), out.as_mut_ptr());
     // SAFETY: bounds checked above; the level's ISA is available (check_level).
     unsafe {
         match level {
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => dot_rows_avx512(q, rows, stride, out),
+            SimdLevel::Avx512 => score_rows_avx512(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => dot_rows_avx2(q, rows, stride, out),
+            SimdLevel::Avx2 => score_rows_avx2(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
             #[cfg(target_arch = "aarch64")]
-            SimdLevel::Neon => dot_rows_neon(q, rows, stride, out),
-            _ => dot_rows_portable(q, rows, stride, out),
+            SimdLevel::Neon => score_rows_neon(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
+            _ => score_rows_portable(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
         }
     }
 }
 
-/// y += Σ_p w[p]·rows[p·stride..][..y.len()]; rows of f32 or bf16 bits.
-#[inline]
-pub fn axpy_rows<E: RowElem>(y: &mut [f32], w: &[f32], rows: &[E], stride: usize) {
-    axpy_rows_with(detected(), y, w, rows, stride)
+/// [`score_rows_with`] on the detected level.
+#[allow(clippy::too_many_arguments)]
+pub fn score_rows<E: RowElem>(q: &[f32], nq: usize, ldq: usize, d: usize, rows: &[E], stride: usize, n: usize, scale: f32, out: &mut [f32], ldo: usize) {
+    score_rows_with(detected(), q, nq, ldq, d, rows, stride, n, scale, out, ldo)
 }
 
-/// [`axpy_rows`] on a forced path. Panics if `level` is not available or the rows do not fit.
-pub fn axpy_rows_with<E: RowElem>(level: SimdLevel, y: &mut [f32], w: &[f32], rows: &[E], stride: usize) {
-    check_rows(w.len(), y.len(), stride, rows.len());
+/// `nq` (1 to [`MAX_QUERIES`]) weighted sums of the same `n` rows (values, f32 or bf16 bits,
+/// `stride` apart, `d` wide): `out[j·ldo + i] = Σ_p w[j·ldw + p]·rows[p·stride + i]`, each row
+/// read once for all of them; every element summed from zero with one fused multiply-add per
+/// row, p in order. Panics if `level` is not available or an operand does not fit.
+#[allow(clippy::too_many_arguments)]
+pub fn weigh_rows_with<E: RowElem>(level: SimdLevel, w: &[f32], nq: usize, ldw: usize, n: usize, rows: &[E], stride: usize, d: usize, out: &mut [f32], ldo: usize) {
+    check_queries(nq, n, ldw, w.len(), "weigh_rows (w)");
+    check_queries(nq, d, ldo, out.len(), "weigh_rows (out)");
+    check_rows(n, d, stride, rows.len());
     check_level(level);
+    let (w, rows, out) = (w.as_ptr(), rows.as_ptr(), out.as_mut_ptr());
     // SAFETY: bounds checked above; the level's ISA is available (check_level).
     unsafe {
         match level {
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => axpy_rows_avx512(y, w, rows, stride),
+            SimdLevel::Avx512 => weigh_rows_avx512(w, nq, ldw, n, rows, stride, d, out, ldo),
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => axpy_rows_avx2(y, w, rows, stride),
+            SimdLevel::Avx2 => weigh_rows_avx2(w, nq, ldw, n, rows, stride, d, out, ldo),
             #[cfg(target_arch = "aarch64")]
-            SimdLevel::Neon => axpy_rows_neon(y, w, rows, stride),
-            _ => axpy_rows_portable(y, w, rows, stride),
+            SimdLevel::Neon => weigh_rows_neon(w, nq, ldw, n, rows, stride, d, out, ldo),
+            _ => weigh_rows_portable(w, nq, ldw, n, rows, stride, d, out, ldo),
         }
     }
+}
+
+/// [`weigh_rows_with`] on the detected level.
+#[allow(clippy::too_many_arguments)]
+pub fn weigh_rows<E: RowElem>(w: &[f32], nq: usize, ldw: usize, n: usize, rows: &[E], stride: usize, d: usize, out: &mut [f32], ldo: usize) {
+    weigh_rows_with(detected(), w, nq, ldw, n, rows, stride, d, out, ldo)
 }
 
 /// Σ a[i]·b[i]
@@ -611,14 +729,14 @@ pub fn sum_with(level: SimdLevel, x: &[f32]) -> f32 {
     }
 }
 
-/// y[i] += alpha · x[i]
+/// y[i] += alpha · x[i] (fused), x of f32 or bf16 bits
 #[inline]
-pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+pub fn axpy<E: RowElem>(y: &mut [f32], alpha: f32, x: &[E]) {
     axpy_with(detected(), y, alpha, x)
 }
 
 /// [`axpy`] on a forced path. Panics if `level` is not available or the lengths differ.
-pub fn axpy_with(level: SimdLevel, y: &mut [f32], alpha: f32, x: &[f32]) {
+pub fn axpy_with<E: RowElem>(level: SimdLevel, y: &mut [f32], alpha: f32, x: &[E]) {
     assert_eq!(y.len(), x.len(), "axpy: length mismatch");
     check_level(level);
     // SAFETY: lengths checked; the level's ISA is available (check_level).
@@ -780,94 +898,118 @@ mod tests {
 #[cfg(test)]
 mod rows_tests {
     use super::*;
+    use crate::kernels::test_rng::Rng;
 
     #[test]
-    fn dot_rows_and_axpy_rows_match_loops() {
+    fn score_rows_and_weigh_rows_match_loops() {
         let rows: Vec<f32> = (0..7 * 12 + 5).map(|i| ((i * 37) % 19) as f32 * 0.25 - 2.0).collect();
-        let q: Vec<f32> = (0..5).map(|i| i as f32 - 1.5).collect();
-        let mut out = vec![0.0f32; 8];
-        dot_rows(&q, &rows, 12, &mut out);
-        for p in 0..8 {
-            let want: f32 = (0..5).map(|i| q[i] * rows[p * 12 + i]).sum();
-            assert!((out[p] - want).abs() < 1e-5);
+        let q: Vec<f32> = (0..10).map(|i| i as f32 * 0.5 - 1.5).collect();
+        let mut out = vec![0.0f32; 2 * 9];
+        score_rows(&q, 2, 5, 5, &rows, 12, 8, 0.5, &mut out, 9);
+        for j in 0..2 {
+            for p in 0..8 {
+                let want: f32 = 0.5 * (0..5).map(|i| q[j * 5 + i] * rows[p * 12 + i]).sum::<f32>();
+                assert!((out[j * 9 + p] - want).abs() < 1e-5, "{j} {p}");
+            }
         }
-        let w: Vec<f32> = (0..8).map(|p| 0.1 * p as f32).collect();
-        let mut y = vec![1.0f32; 5];
-        axpy_rows(&mut y, &w, &rows, 12);
-        for i in 0..5 {
-            let want: f32 = 1.0 + (0..8).map(|p| w[p] * rows[p * 12 + i]).sum::<f32>();
-            assert!((y[i] - want).abs() < 1e-5);
+        let w: Vec<f32> = (0..16).map(|p| 0.1 * p as f32).collect();
+        let mut y = vec![1.0f32; 11];
+        weigh_rows(&w, 2, 8, 8, &rows, 12, 5, &mut y, 6);
+        for j in 0..2 {
+            for i in 0..5 {
+                let want: f32 = (0..8).map(|p| w[j * 8 + p] * rows[p * 12 + i]).sum::<f32>();
+                assert!((y[j * 6 + i] - want).abs() < 1e-5);
+            }
         }
+        assert_eq!(y[5], 1.0, "between the outputs: untouched");
     }
 
     #[test]
     #[should_panic(expected = "too short")]
-    fn dot_rows_checks_bounds() {
-        dot_rows(&[1.0f32; 4], &[0.0f32; 10], 4, &mut [0.0; 3]);
+    fn score_rows_checks_bounds() {
+        score_rows(&[1.0f32; 4], 1, 4, 4, &[0.0f32; 10], 4, 3, 1.0, &mut [0.0; 3], 3);
     }
 
     #[test]
     #[should_panic(expected = "too short")]
     fn bf16_rows_are_checked_too() {
-        axpy_rows(&mut [0.0; 4], &[1.0; 3], &[0u16; 10], 4);
+        weigh_rows(&[1.0; 3], 1, 3, 3, &[0u16; 10], 4, 4, &mut [0.0; 4], 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "1 to 4 queries")]
+    fn at_most_four_queries() {
+        score_rows(&[1.0f32; 10], 5, 2, 2, &[0.0f32; 4], 2, 2, 1.0, &mut [0.0; 10], 2);
     }
 
     /// bf16 rows: the f32 kernels' arithmetic on the widened values, so exactly the f32 rows'
-    /// result (bit for bit, on every level), and within f64 rounding of the exact sums.
+    /// result (bit for bit, on every level), within f64 rounding of the exact sums, and the same
+    /// for each query whether it comes alone or with others.
     #[test]
     fn bf16_rows_give_the_f32_rows_of_their_values_on_every_level() {
         use crate::kernels::quant::{bf16_to_f32, f32_to_bf16};
-        use crate::kernels::test_rng::Rng;
         let mut rng = Rng(0xb16);
-        // widths around every lane count and unroll (4·16), odd strides, a few lengths
+        // widths around every lane count and unroll (4·16), odd strides, lengths around the
+        // key tile (4)
         for &(d, stride, n) in &[(1, 1, 1), (3, 5, 7), (7, 7, 3), (8, 9, 4), (15, 17, 33), (16, 16, 2), (17, 40, 9), (33, 35, 5), (63, 64, 3), (64, 192, 17), (65, 65, 2), (100, 131, 6), (129, 129, 1)] {
             let bits: Vec<u16> = (0..(n - 1) * stride + d + 3).map(|_| f32_to_bf16(rng.next() * 4.0)).collect();
             let wide: Vec<f32> = bits.iter().map(|&b| bf16_to_f32(b)).collect();
-            let q = rng.vec(d);
-            let w = rng.vec(n);
-            let y0 = rng.vec(d);
+            let q = rng.vec(MAX_QUERIES * d);
+            let w = rng.vec(MAX_QUERIES * n);
             for level in SimdLevel::available() {
-                let (mut s16, mut s32) = (vec![0f32; n], vec![0f32; n]);
-                dot_rows_with(level, &q, &bits, stride, &mut s16);
-                dot_rows_with(level, &q, &wide, stride, &mut s32);
-                assert_eq!(s16, s32, "{level:?} dot d={d} stride={stride} n={n}");
-                for (p, &got) in s16.iter().enumerate() {
-                    let want: f64 = (0..d).map(|i| q[i] as f64 * wide[p * stride + i] as f64).sum();
-                    let scale: f64 = (0..d).map(|i| (q[i] as f64 * wide[p * stride + i] as f64).abs()).sum();
-                    assert!((got as f64 - want).abs() <= 1e-6 * scale.max(1e-30), "{level:?} d={d} p={p}: {got} vs {want}");
-                }
-                let (mut y16, mut y32) = (y0.clone(), y0.clone());
-                axpy_rows_with(level, &mut y16, &w, &bits, stride);
-                axpy_rows_with(level, &mut y32, &w, &wide, stride);
-                assert_eq!(y16, y32, "{level:?} axpy d={d} stride={stride} n={n}");
-                for (i, &got) in y16.iter().enumerate() {
-                    let want: f64 = y0[i] as f64 + (0..n).map(|p| w[p] as f64 * wide[p * stride + i] as f64).sum::<f64>();
-                    let scale: f64 = y0[i].abs() as f64 + (0..n).map(|p| (w[p] as f64 * wide[p * stride + i] as f64).abs()).sum::<f64>();
-                    assert!((got as f64 - want).abs() <= 1e-6 * scale, "{level:?} d={d} i={i}: {got} vs {want}");
+                for nq in 1..=MAX_QUERIES {
+                    let (mut s16, mut s32) = (vec![0f32; nq * n], vec![0f32; nq * n]);
+                    score_rows_with(level, &q, nq, d, d, &bits, stride, n, 0.25, &mut s16, n);
+                    score_rows_with(level, &q, nq, d, d, &wide, stride, n, 0.25, &mut s32, n);
+                    assert_eq!(s16, s32, "{level:?} score d={d} stride={stride} n={n} nq={nq}");
+                    for j in 0..nq {
+                        let mut alone = vec![0f32; n];
+                        score_rows_with(level, &q[j * d..], 1, d, d, &wide, stride, n, 0.25, &mut alone, n);
+                        assert_eq!(alone, s32[j * n..(j + 1) * n], "{level:?} d={d} n={n}: query {j} of {nq}");
+                        for (p, &got) in alone.iter().enumerate() {
+                            let terms = (0..d).map(|i| q[j * d + i] as f64 * wide[p * stride + i] as f64);
+                            let want: f64 = 0.25 * terms.clone().sum::<f64>();
+                            let scale: f64 = 0.25 * terms.map(f64::abs).sum::<f64>();
+                            assert!((got as f64 - want).abs() <= 1e-6 * scale.max(1e-30), "{level:?} d={d} p={p}: {got} vs {want}");
+                        }
+                    }
+                    let (mut y16, mut y32) = (vec![0f32; nq * d], vec![0f32; nq * d]);
+                    weigh_rows_with(level, &w, nq, n, n, &bits, stride, d, &mut y16, d);
+                    weigh_rows_with(level, &w, nq, n, n, &wide, stride, d, &mut y32, d);
+                    assert_eq!(y16, y32, "{level:?} weigh d={d} stride={stride} n={n} nq={nq}");
+                    for j in 0..nq {
+                        for i in 0..d {
+                            let terms = (0..n).map(|p| w[j * n + p] as f64 * wide[p * stride + i] as f64);
+                            let (want, scale): (f64, f64) = (terms.clone().sum(), terms.map(f64::abs).sum());
+                            let got = y16[j * d + i];
+                            assert!((got as f64 - want).abs() <= 1e-6 * scale.max(1e-30), "{level:?} d={d} i={i}: {got} vs {want}");
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// The blocked weighted sum gives, bit for bit, what adding the rows one at a time with
-    /// `axpy` gives, on every level, for widths around the block (4 vectors) and its remainders.
+    /// Each weighted sum is, bit for bit, what adding the rows one at a time into zeros with
+    /// `axpy` gives, on every level, for widths around the block (4 vectors) and its
+    /// remainders, alone or with other queries.
     #[test]
-    fn axpy_rows_equals_axpy_row_by_row() {
-        use crate::kernels::test_rng::Rng;
+    fn weigh_rows_equals_axpy_row_by_row() {
         let mut rng = Rng(0xa1);
         for level in SimdLevel::available() {
             for d in (1..=72).chain([80, 100, 127, 128, 129, 200, 257]) {
                 let (n, stride) = (9, d + 3);
                 let rows = rng.vec((n - 1) * stride + d);
-                let w = rng.vec(n);
-                let y0 = rng.vec(d);
-                let mut want = y0.clone();
-                for p in 0..n {
-                    axpy_with(level, &mut want, w[p], &rows[p * stride..p * stride + d]);
+                let w = rng.vec(MAX_QUERIES * n);
+                let mut got = vec![0f32; MAX_QUERIES * d];
+                weigh_rows_with(level, &w, MAX_QUERIES, n, n, &rows, stride, d, &mut got, d);
+                for j in 0..MAX_QUERIES {
+                    let mut want = vec![0f32; d];
+                    for p in 0..n {
+                        axpy_with(level, &mut want, w[j * n + p], &rows[p * stride..p * stride + d]);
+                    }
+                    assert_eq!(got[j * d..(j + 1) * d], want, "{level:?} d={d} query {j}");
                 }
-                let mut got = y0.clone();
-                axpy_rows_with(level, &mut got, &w, &rows, stride);
-                assert_eq!(got, want, "{level:?} d={d}");
             }
         }
     }
@@ -886,10 +1028,10 @@ mod rows_tests {
                 }
                 let q = vec![1.0f32; d];
                 let mut out = [0f32; 1];
-                dot_rows_with(level, &q, &rows[40..], d, &mut out);
+                score_rows_with(level, &q, 1, d, d, &rows[40..], d, 1, 1.0, &mut out, 1);
                 assert_eq!(out[0], d as f32, "{level:?} d={d}");
                 let mut y = vec![0f32; d];
-                axpy_rows_with(level, &mut y, &[2.0], &rows[40..], d);
+                weigh_rows_with(level, &[2.0], 1, 1, 1, &rows[40..], d, d, &mut y, d);
                 assert!(y.iter().all(|&v| v == 2.0), "{level:?} d={d}");
             }
         }

@@ -94,6 +94,17 @@ impl F32Vec for V256 {
         out
     }
     #[inline(always)]
+    unsafe fn hsum4_mul_store(a: Self, b: Self, c: Self, d: Self, mul: f32, out: *mut f32, n: usize) {
+        let v = _mm_mul_ps(hsum4_256(a.0, b.0, c.0, d.0), _mm_set1_ps(mul));
+        if n >= 4 {
+            _mm_storeu_ps(out, v);
+        } else {
+            let mut t = [0.0f32; 4];
+            _mm_storeu_ps(t.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(t.as_ptr(), out, n);
+        }
+    }
+    #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> Self {
         let h = _mm_loadu_si128(p as *const __m128i); // 8 × bf16
         V256(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h))))
@@ -129,9 +140,10 @@ unsafe fn hsum512(v: __m512) -> f32 {
     _mm512_cvtss_f32(s)
 }
 
-/// [Σ a, Σ b, Σ c, Σ d] of four zmm vectors (512-bit ops only, see [`hsum512`]).
+/// [Σ a, Σ b, Σ c, Σ d] of four zmm vectors in the first four lanes (512-bit ops only, see
+/// [`hsum512`]).
 #[inline(always)]
-unsafe fn hsum4_512(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
+unsafe fn hsum4_512_lanes(a: __m512, b: __m512, c: __m512, d: __m512) -> __m512 {
     // 128-bit quarters: ab = [a0+a2, a1+a3, b0+b2, b1+b3], likewise cd.
     let ab = _mm512_add_ps(
         _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
@@ -150,8 +162,14 @@ unsafe fn hsum4_512(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
     let s = _mm512_add_ps(s, _mm512_permute_ps::<0b01_00_11_10>(s));
     let s = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, s)
+}
+
+/// [Σ a, Σ b, Σ c, Σ d] of four zmm vectors.
+#[inline(always)]
+unsafe fn hsum4_512(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
     let mut out = [0.0f32; 4];
-    _mm512_mask_storeu_ps(out.as_mut_ptr(), 0x000f, _mm512_permutexvar_ps(idx, s));
+    _mm512_mask_storeu_ps(out.as_mut_ptr(), 0x000f, hsum4_512_lanes(a, b, c, d));
     out
 }
 
@@ -201,6 +219,11 @@ impl F32Vec for V512 {
     #[inline(always)]
     unsafe fn hsum4(a: Self, b: Self, c: Self, d: Self) -> [f32; 4] {
         hsum4_512(a.0, b.0, c.0, d.0)
+    }
+    #[inline(always)]
+    unsafe fn hsum4_mul_store(a: Self, b: Self, c: Self, d: Self, mul: f32, out: *mut f32, n: usize) {
+        let v = _mm512_mul_ps(hsum4_512_lanes(a.0, b.0, c.0, d.0), _mm512_set1_ps(mul));
+        _mm512_mask_storeu_ps(out, ((1u32 << n.min(4)) - 1) as __mmask16, v);
     }
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> Self {

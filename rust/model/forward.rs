@@ -2,7 +2,7 @@
 
 use super::{Arch, Model, Norm};
 use crate::kernels::activations::{gelu_tanh, silu_mul};
-use crate::kernels::attention::{attention, AttnShape};
+use crate::kernels::attention::{attention, AttnShape, SCORE_ROWS};
 use crate::kernels::rope::RopeAngles;
 use crate::kernels::RowPath;
 use crate::kernels::norms::{layer_norm, rms_norm};
@@ -31,7 +31,7 @@ pub struct Scratch {
     pub up: Pages<f32>,
     /// act: [rows, ffn]
     pub act: Pages<f32>,
-    /// scores: [n_threads, context]
+    /// scores: [n_threads, SCORE_ROWS, context]
     pub scores: Pages<f32>,
     /// RoPE cos/sin of the chunk's positions
     pub rope: RopeAngles,
@@ -47,7 +47,7 @@ impl Scratch {
     fn ensure(&mut self, model: &Model, rows: usize, context: usize) -> Result<()> {
         let c = &model.config;
         let what = "the activation buffers";
-        let scores = memory::checked_bytes(model.pool.n_threads(), context, what)?;
+        let scores = memory::checked_bytes(model.pool.n_threads() * SCORE_ROWS, context, what)?;
         if self.rows >= rows && self.scores.len() >= scores {
             return Ok(());
         }
