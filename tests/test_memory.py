@@ -43,9 +43,10 @@ def test_tiny_llama_hand_computed():
         assert est.params == values + norms == 135488
         assert est.weights_bytes == matmul + 4 * norms
         assert est.kv_cache_bytes == 2 * 2 * 2 * 16 * 100 * 4
-        # 100 rows of x, xn, qkv, q, att, gate+up, act; scores of 2 threads; two logits rows
+        # 100 rows of x, xn, qkv, q, att, gate+up, act; 4 rows of scores for each of 2 threads;
+        # two logits rows
         rows = 100 * (2 * 64 + 128 + 2 * 64 + 320 + 160)
-        assert est.buffers_bytes == 4 * (rows + 2 * 100 + 2 * 384)
+        assert est.buffers_bytes == 4 * (rows + 2 * 4 * 100 + 2 * 384)
         assert est.runtime_bytes == RUNTIME_BYTES
         assert est.loading_bytes == 2 * 4 * 384 * 64  # a block of file pages and its copy, at most one tensor
         assert est.total_bytes == est.weights_bytes + RUNTIME_BYTES + max(est.loading_bytes, est.kv_cache_bytes + est.buffers_bytes)

@@ -54,11 +54,14 @@ def test_answers_the_capital_of_france(smol):
     assert "Paris" in out.text
 
 
-def test_perplexity_baseline_matches_transformers(smol):
+def test_perplexity_baseline_matches_transformers():
+    """The FP32 baseline (the file's values dequantized): transformers' figure to 1e-4. (The
+    default INT4 load is checked against it in tests/test_int4.py.)"""
     ref = json.loads((EXPECTED / "smollm2_perplexity.json").read_text())
     text = ferrolm.quality.EVAL_TEXT.read_text()
-    assert smol.tokenize(text, add_special_tokens=False)[:16] == ref["first_ids"]
-    ppl = ferrolm.quality.perplexity(smol, text, window=ref["window"], stride=ref["stride"])
+    fp32 = ferrolm.load(MODEL_PATH, "fp32", context_length=2048)
+    assert fp32.tokenize(text, add_special_tokens=False)[:16] == ref["first_ids"]
+    ppl = ferrolm.quality.perplexity(fp32, text, window=ref["window"], stride=ref["stride"])
     assert ppl.scored_tokens == ref["scored_tokens"]
     assert ppl.mean_nll == pytest.approx(ref["mean_nll"], rel=1e-4)
     assert ppl.perplexity == pytest.approx(ref["perplexity"], rel=1e-4)

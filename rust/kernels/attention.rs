@@ -293,6 +293,36 @@ mod tests {
         }
     }
 
+    /// Long prompts after a cached prefix (several tiles of rows and keys, both ragged ends)
+    /// against the f64 reference.
+    #[test]
+    fn long_prompts_match_the_reference() {
+        let mut rng = Rng(0x10f);
+        for &(nh, nkv, hd, t_len, pos0) in &[(9, 3, 64, 37, 300), (4, 2, 16, 70, 45)] {
+            let kv_dim = nkv * hd;
+            let n = pos0 + t_len;
+            let (k, v) = (rng.vec(n * kv_dim), rng.vec(n * kv_dim));
+            let q: Vec<f32> = rng.vec(t_len * nh * hd).iter().map(|x| 3.0 * x).collect();
+            let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd };
+            for level in SimdLevel::available() {
+                let pool = ThreadPool::new(2).unwrap();
+                let mut scores = vec![0f32; 2 * SCORE_ROWS * n];
+                let mut out = vec![0f32; t_len * nh * hd];
+                attention_rows(level, &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, pos0);
+                let mut worst = 0f64;
+                for t in 0..t_len {
+                    for h in 0..nh {
+                        let want = reference(&q[(t * nh + h) * hd..][..hd], &k, &v, kv_dim, h / (nh / nkv) * hd, pos0 + t + 1);
+                        for (i, w) in want.iter().enumerate() {
+                            worst = worst.max((out[(t * nh + h) * hd + i] as f64 - w).abs());
+                        }
+                    }
+                }
+                assert!(worst <= 4e-6, "{level:?} nh {nh} t_len {t_len}: {worst:e} from the f64 reference");
+            }
+        }
+    }
+
     /// A prompt's attention equals, bit for bit, the attention of its tokens one decode step at
     /// a time, whatever the thread count (and so however many heads share a task), on every
     /// level: a head's result depends only on its query and the cache.
