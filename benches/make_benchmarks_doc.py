@@ -523,6 +523,8 @@ def render() -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--render", action="store_true", help="only rewrite docs/benchmarks.md from docs/bench/*.json")
+    p.add_argument("--speed", action="store_true",
+                   help="measure the main `ferrolm bench` table only (speed, memory and quality per precision), then render")
     p.add_argument("--serving", action="store_true", help="measure the serving benchmark only, then render")
     p.add_argument("--int4", action="store_true", help="measure the INT4 section only, then render")
     p.add_argument("--kv-cache", action="store_true", help="measure the KV cache section only, then render")
@@ -530,7 +532,11 @@ def main() -> int:
     p.add_argument("--memory", action="store_true", help="measure the default model's peak RSS only, then render")
     p.add_argument("--ctranslate2", action="store_true", help="measure INT8 against CTranslate2 only, then render")
     args = p.parse_args()
-    if args.serving:
+    if args.speed:
+        OUT.mkdir(parents=True, exist_ok=True)
+        ferrolm(BENCH + ["--progress"], stdout=subprocess.DEVNULL)
+        _local_paths_out()
+    elif args.serving:
         measure_serving()
     elif args.int4:
         measure_int4()

@@ -38,16 +38,19 @@ fn exp_f32(x: f32) -> f32 {
 /// of the same code, and dispatches on the detected instruction set.
 macro_rules! vectorized {
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        vectorized! { $(#[$doc])* pub fn $name($($arg: $ty),*) -> () $body }
+    };
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) -> $ret { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) -> $ret { body($($arg),*) }
                 match detected() {
                     // SAFETY: the detected level guarantees the features are present.
                     SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
@@ -58,6 +61,16 @@ macro_rules! vectorized {
             body($($arg),*)
         }
     };
+}
+pub(crate) use vectorized;
+
+vectorized! {
+    /// x[i] += y[i]
+    pub fn add_assign(x: &mut [f32], y: &[f32]) {
+        for (a, b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    }
 }
 
 vectorized! {

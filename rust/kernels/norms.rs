@@ -1,23 +1,59 @@
-//! RMSNorm (LLaMA) and LayerNorm (GPT-2), row by row.
+//! RMSNorm (LLaMA) and LayerNorm (GPT-2), row by row. The sums over a row run on vector lanes
+//! (16 running sums, added pairwise at the end), and every element-wise step is compiled for the
+//! detected instruction set (`vectorized!`); the element-wise arithmetic is the same everywhere.
 
-/// out[i] = x[i] / sqrt(mean(x²) + eps) · w[i]          x, out, w: [d]
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let d = x.len();
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-    let inv = 1.0 / (ss + eps).sqrt();
-    for ((o, xi), wi) in out.iter_mut().zip(x).zip(w) {
-        *o = wi * (xi * inv);
+use crate::kernels::activations::vectorized;
+use crate::kernels::simd::{detected, SimdLevel};
+
+/// Running sums per row: enough independent lanes for one AVX-512 vector.
+const LANES: usize = 16;
+
+/// Σ f(x[i]) with [`LANES`] running sums (lane i % LANES), then the lanes added pairwise.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rest) {
+        *a += f(v);
+    }
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0]
+}
+
+vectorized! {
+    /// out[i] = x[i] / sqrt(mean(x²) + eps) · w[i]          x, out, w: [d]
+    pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+        let d = x.len();
+        let ss = lane_sum(x, |v| v * v) / d as f32;
+        let inv = 1.0 / (ss + eps).sqrt();
+        for ((o, xi), wi) in out.iter_mut().zip(x).zip(w) {
+            *o = wi * (xi * inv);
+        }
     }
 }
 
-/// out[i] = (x[i] − mean) / sqrt(var + eps) · w[i] + b[i]   x, out, w, b: [d]
-pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
-    let d = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / d;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
-    let inv = 1.0 / (var + eps).sqrt();
-    for (((o, xi), wi), bi) in out.iter_mut().zip(x).zip(w).zip(b) {
-        *o = (xi - mean) * inv * wi + bi;
+vectorized! {
+    /// out[i] = (x[i] − mean) / sqrt(var + eps) · w[i] + b[i]   x, out, w, b: [d]
+    pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+        let d = x.len() as f32;
+        let mean = lane_sum(x, |v| v) / d;
+        let var = lane_sum(x, |v| (v - mean) * (v - mean)) / d;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (((o, xi), wi), bi) in out.iter_mut().zip(x).zip(w).zip(b) {
+            *o = (xi - mean) * inv * wi + bi;
+        }
     }
 }
 

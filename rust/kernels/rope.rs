@@ -6,6 +6,9 @@
 //! values a table over every position would hold, without a [max_positions, head_dim/2] table
 //! (64 MiB for a 131072-position context at head_dim 128).
 
+use crate::kernels::activations::vectorized;
+use crate::kernels::simd::{detected, SimdLevel};
+
 /// RoPE of one model: inv_freq[i] = theta^(−2i/head_dim).
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -51,8 +54,14 @@ impl Rope {
     pub fn apply(&self, angles: &RopeAngles, x: &mut [f32], pos: usize) {
         let half = self.half;
         let at = (pos - angles.pos0) * half;
-        let cos = &angles.cos[at..at + half];
-        let sin = &angles.sin[at..at + half];
+        rotate_heads(x, &angles.cos[at..at + half], &angles.sin[at..at + half]);
+    }
+}
+
+vectorized! {
+    /// Each head of x (2·cos.len() values): (a, b) → (a·cos − b·sin, b·cos + a·sin) per pair.
+    pub fn rotate_heads(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = cos.len();
         for head in x.chunks_exact_mut(2 * half) {
             let (a, b) = head.split_at_mut(half);
             for i in 0..half {

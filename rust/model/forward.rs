@@ -1,7 +1,7 @@
 //! The forward pass shared by both architectures (pre-norm decoder blocks).
 
 use super::{Arch, Model, Norm};
-use crate::kernels::activations::{gelu_tanh, silu_mul};
+use crate::kernels::activations::{add_assign, gelu_tanh, silu_mul};
 use crate::kernels::attention::{attention, AttnShape, SCORE_ROWS};
 use crate::kernels::rope::RopeAngles;
 use crate::kernels::RowPath;
@@ -271,7 +271,7 @@ pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<
             attention(pool, &shape, &s.q[i * q_dim..(i + 1) * q_dim], cache.layer(li), &mut s.att[i * q_dim..(i + 1) * q_dim], &mut s.scores, 1, r.pos);
         }
         layer.o.forward_path(pool, &s.att[..b * q_dim], &mut s.xn[..b * d], b, path);
-        add_into(&mut s.x[..b * d], &s.xn[..b * d]);
+        add_assign(&mut s.x[..b * d], &s.xn[..b * d]);
 
         apply_norm(&layer.mlp_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
         let up_out = layer.up.out_features;
@@ -292,7 +292,7 @@ pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<
             }
         };
         layer.down.forward_path(pool, act, &mut s.xn[..b * d], b, path);
-        add_into(&mut s.x[..b * d], &s.xn[..b * d]);
+        add_assign(&mut s.x[..b * d], &s.xn[..b * d]);
     }
     apply_norm(&model.final_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
     model.lm_head().forward_path(pool, &s.xn[..b * d], &mut s.batch_logits[..b * vocab], b, path);
@@ -344,7 +344,7 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
         }
         attention(pool, &shape, &s.q[..t * q_dim], cache.layer(li), &mut s.att[..t * q_dim], &mut s.scores, t, pos0);
         layer.o.forward_path(pool, &s.att[..t * q_dim], &mut s.xn[..t * d], t, path);
-        add_into(&mut s.x[..t * d], &s.xn[..t * d]);
+        add_assign(&mut s.x[..t * d], &s.xn[..t * d]);
 
         // MLP block
         apply_norm(&layer.mlp_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
@@ -365,12 +365,6 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
             }
         };
         layer.down.forward_path(pool, act, &mut s.xn[..t * d], t, path);
-        add_into(&mut s.x[..t * d], &s.xn[..t * d]);
-    }
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
+        add_assign(&mut s.x[..t * d], &s.xn[..t * d]);
     }
 }
