@@ -223,9 +223,9 @@ def smollm2_fp32():
 
 
 # The first 768 tokens of the fixed text, windows of 512 with stride 256, and 16 greedy tokens of three
-# chat prompts keep this under half a minute on 2 cores. Measured there (AVX-512): bf16 +0.14% perplexity,
-# top-1 0.991, mean KL 6.3e-4; int8 (W8A16) +0.31%, top-1 0.978, mean KL 1.0e-3 (docs/quality.md has the
-# full text).
+# chat prompts keep this under half a minute on 2 cores. Measured there (AVX-512 with AVX512-BF16, whose
+# prefill GEMM multiplies bf16): bf16 -0.01% perplexity, top-1 0.984, mean KL 1.0e-3; int8 +0.04%, top-1
+# 0.973, mean KL 1.3e-3 (docs/quality.md has the full text).
 @pytest.mark.parametrize("precision, max_ppl_pct, min_top1, max_mean_kl", [
     ("bf16", 0.5, 0.97, 2e-3),
     ("int8", 0.75, 0.96, 2e-3),
@@ -279,8 +279,9 @@ def test_compare_on_texts_pools_every_position(model_name):
         ferrolm.quality.compare_on_texts(ref, cands, {})
 
 
-# 160 tokens of each kind of text (954 scored). Measured there (AVX-512): bf16 pooled mean KL 5.0e-4, top-1
-# 0.994, perplexity +0.16%; int8 pooled mean KL 9.0e-4, top-1 0.978, +0.47% (the whole set: docs/quality.md).
+# 160 tokens of each kind of text (954 scored). Measured there (AVX-512 with AVX512-BF16, whose prefill GEMM
+# multiplies bf16): bf16 pooled mean KL 8.3e-4, top-1 0.985, perplexity +0.17%; int8 pooled mean KL 1.2e-3,
+# top-1 0.974, +0.41% (the whole set: docs/quality.md).
 def test_default_model_quality_set_slices(smollm2_fp32):
     ref = smollm2_fp32
     texts = {kind: ref.tokenize(p.read_text(encoding="utf-8"), add_special_tokens=False)[:160]

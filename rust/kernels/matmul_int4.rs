@@ -29,7 +29,7 @@
 //! instead (`matmul_bf16_dot.rs`, unless `FERROLM_BF16_PREFILL=f32`): each group dequantized to
 //! bf16(q·d + m) as it is packed, x rounded to bf16. A 128-token prefill of the default model
 //! ran 1.8× faster at 1 thread (457-502 → 838-898 tok/s) and 2.2× at 2; against FP32 of the same
-//! file (the quality set) pooled mean KL 3.3e-4 instead of 5e-7, perplexity −0.001 %, top-1 0.991
+//! file (the quality set) pooled mean KL 3.3e-4 instead of 9e-7, perplexity +0.02 %, top-1 0.990
 //! (docs/quality.md). The decode GEMV keeps the exact W4A16 sums.
 
 #[cfg(target_arch = "x86_64")]

@@ -62,7 +62,7 @@
 //!   576→1536 207 → 318 GFLOP/s, 2048→2048 194 → 308; 2 threads 343-404 → 592-602; a 128-token
 //!   prefill of llama-135m 1.6× faster (601-655 → 961-1040 tok/s, interleaved). Its cost in
 //!   quality (default model, the quality set, against FP32): pooled mean KL 7.1e-4 → 9.0e-4,
-//!   top-1 0.986 → 0.984, perplexity +0.22 % → +0.18 % (docs/quality.md). The decode GEMV keeps
+//!   top-1 0.986 → 0.982, perplexity +0.22 % → +0.19 % (docs/quality.md). The decode GEMV keeps
 //!   the exact W8A16 sums.
 //! - AVX-512 without VNNI runs the AVX2 kernels; NEON has a GEMV kernel (`vmull_s8` +
 //!   `vpadalq_s16`) used for every m; the portable kernel handles every group size.
