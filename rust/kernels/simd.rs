@@ -577,13 +577,17 @@ macro_rules! isa_entries_rows {
      ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $avx512<E: RowElem>($($arg: $ty),*) -> $ret { $generic::<x86::V512, E>($($arg),*) }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $avx2<E: RowElem>($($arg: $ty),*) -> $ret { $generic::<x86::V256, E>($($arg),*) }
         #[cfg(target_arch = "aarch64")]
         #[target_feature(enable = "neon")]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $neon<E: RowElem>($($arg: $ty),*) -> $ret { $generic::<neon::V128, E>($($arg),*) }
+        #[allow(clippy::too_many_arguments)]
         fn $portable<E: RowElem>($($arg: $ty),*) -> $ret {
             // SAFETY: `Portable` needs no ISA extension.
             unsafe { $generic::<Portable, E>($($arg),*) }
