@@ -344,7 +344,8 @@ def _int4_targets(model: dict, cpp, shapes) -> list:
     if i4r and i8r:
         b4, b8 = i4r["matmul_bytes_per_token"] / 1e6, i8r["matmul_bytes_per_token"] / 1e6
         out += ["", f"INT4 keeps the file's 4-bit weights ({i4r['weight_mib']:.0f} MiB instead of INT8's "
-                f"{i8r['weight_mib']:.0f}) and FP32's quality (docs/quality.md). The 1.5× decode target is at the limit of "
+                f"{i8r['weight_mib']:.0f}) and FP32's quality, up to the bf16 rounding of its prefill GEMM on AVX512-BF16 "
+                "CPUs (docs/quality.md). The 1.5× decode target is at the limit of "
                 f"what the bytes allow on this file: a token reads {b4:.1f} MB of weights in INT4 against {b8:.1f} MB in INT8, "
                 f"{b8 / b4:.2f}× fewer, because the file stores its embedding — the tied lm_head, a fifth of the "
                 "parameters — as Q8_0, which INT4 keeps as INT8; and both precisions spend the same time outside the "
