@@ -1,7 +1,6 @@
 //! Element-wise activations and softmax, built on a branch-free exp that the compiler
 //! vectorizes (8 or 16 lanes inside the AVX2 / AVX-512 entry points, chosen at run time).
 
-use crate::kernels::simd::{detected, SimdLevel};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -51,10 +50,10 @@ macro_rules! vectorized {
                 unsafe fn avx512($($arg: $ty),*) -> $ret { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret { body($($arg),*) }
-                match detected() {
+                match $crate::kernels::simd::detected() {
                     // SAFETY: the detected level guarantees the features are present.
-                    SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
-                    SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::kernels::simd::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::kernels::simd::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
                     _ => {}
                 }
             }

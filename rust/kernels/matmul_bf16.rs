@@ -72,19 +72,25 @@ fn env_rounds_x() -> bool {
     *ROUNDS.get_or_init(|| prefill_rounds_x(std::env::var(PREFILL_X_ENV).ok().as_deref()).unwrap_or(true))
 }
 
-/// Whether a call on `level` with `m` rows of x on `path` (None: by m) runs the `vdpbf16ps`
-/// GEMM, which rounds x to bf16: the GEMM path on AVX-512 with AVX512-BF16, unless
-/// [`PREFILL_X_ENV`] says `f32`.
-pub fn rounds_x(level: SimdLevel, m: usize, path: Option<RowPath>) -> bool {
+/// Whether `level` can run the `vdpbf16ps` GEMM (`matmul_bf16_dot`): AVX-512 on a CPU with
+/// AVX512-BF16, whatever [`PREFILL_X_ENV`] says.
+pub(crate) fn dot_gemm_runs(level: SimdLevel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        level == SimdLevel::Avx512 && path.unwrap_or(bf16_path_for(m)) == RowPath::Gemm && dot::available() && env_rounds_x()
+        level == SimdLevel::Avx512 && dot::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (level, m, path);
+        let _ = level;
         false
     }
+}
+
+/// Whether a call on `level` with `m` rows of x on `path` (None: by m) runs the `vdpbf16ps`
+/// GEMM, which rounds x to bf16: the GEMM path where [`dot_gemm_runs`], unless
+/// [`PREFILL_X_ENV`] says `f32`.
+pub fn rounds_x(level: SimdLevel, m: usize, path: Option<RowPath>) -> bool {
+    dot_gemm_runs(level) && path.unwrap_or(bf16_path_for(m)) == RowPath::Gemm && env_rounds_x()
 }
 
 /// [`matmul_bf16`] on a given path, whatever m (see [`RowPath`]).

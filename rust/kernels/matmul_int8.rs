@@ -73,7 +73,7 @@
 use std::sync::OnceLock;
 
 use crate::kernels::matmul::matmul_source;
-use crate::kernels::matmul_bf16::rounds_x;
+use crate::kernels::matmul_bf16::{dot_gemm_runs, rounds_x};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::matmul_bf16_dot as dot;
 use crate::kernels::matmul_f32::matmul_f32;
@@ -145,15 +145,7 @@ pub fn int8_rounds_x(level: SimdLevel, m: usize, path: Option<RowPath>, group: u
 
 /// Whether [`Int8Scheme::Bf16`] runs as itself on `level` for `group` (else it is W8A16).
 fn bf16_dot_runs(level: SimdLevel, group: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        level == SimdLevel::Avx512 && group.is_multiple_of(32) && dot::available()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (level, group);
-        false
-    }
+    group.is_multiple_of(32) && dot_gemm_runs(level)
 }
 
 /// W8A8 on x86: problems with at least this many rows of x use the packed GEMM.
@@ -200,13 +192,13 @@ pub fn matmul_int8_a16_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8, y: &m
         return matmul_int8_scheme(level, Int8Scheme::Bf16, pool, x, w, y, m);
     }
     if w.group != 32 || !k.is_multiple_of(32) || m == 0 || w.rows == 0 || k == 0 {
-        return matmul_int8_scheme(simd::detected(), Int8Scheme::W8A16, pool, x, w, y, m);
+        return matmul_int8_scheme(level, Int8Scheme::W8A16, pool, x, w, y, m);
     }
     assert_eq!(Some(w.q.len()), w.rows.checked_mul(k), "w.q must be [rows, cols]");
     assert_eq!(Some(w.scales.len()), w.rows.checked_mul(k / 32), "w.scales must be [rows, cols/32]");
     assert_eq!(Some(x.len()), m.checked_mul(k), "x must be [m, k]");
     assert_eq!(Some(y.len()), m.checked_mul(w.rows), "y must be [m, n]");
-    w8a8(simd::detected(), pool, x, QWeights::I8A16(w), y, m, path)
+    w8a8(level, pool, x, QWeights::I8A16(w), y, m, path)
 }
 
 /// [`matmul_int8`] on a forced SIMD path. Panics if `level` is not available on this CPU,

@@ -3,7 +3,6 @@
 //! detected instruction set (`vectorized!`); the element-wise arithmetic is the same everywhere.
 
 use crate::kernels::activations::vectorized;
-use crate::kernels::simd::{detected, SimdLevel};
 
 /// Running sums per row: enough independent lanes for one AVX-512 vector.
 const LANES: usize = 16;

@@ -7,7 +7,6 @@
 //! (64 MiB for a 131072-position context at head_dim 128).
 
 use crate::kernels::activations::vectorized;
-use crate::kernels::simd::{detected, SimdLevel};
 
 /// RoPE of one model: inv_freq[i] = theta^(−2i/head_dim).
 #[derive(Debug, Clone)]
