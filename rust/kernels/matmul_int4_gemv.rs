@@ -28,6 +28,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::matmul_int8::I4_CENTER;
+use crate::kernels::simd;
 use crate::kernels::matmul_int8::q8::{hsum256, Q8};
 
 /// Groups per unit: the scales and offsets are loaded 8 at a time (one 128-bit f16 load).
@@ -118,9 +119,11 @@ unsafe fn load_unit_vnni(g: &Q8, j: usize, u: usize) -> UnitW {
     let p = (g.wq as *const u8).add(j * g.wrow + gi * 16);
     let (wd, wm) = (g.wh.add(j * g.ng + gi), g.wm.add(j * g.ng + gi));
     let left = g.ng - gi;
+    // every unit asks for the 128 bytes PREFETCH ahead of it, the last, partial one too: the
+    // requests then tile the weights without gaps (rows are contiguous; with k = 576 a row's
+    // last 32 bytes were otherwise never asked for)
+    simd::prefetch(p.wrapping_add(PREFETCH), 128);
     if left >= UNIT_GROUPS {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64) as *const i8);
         UnitW {
             w: [_mm512_loadu_si512(p as *const __m512i), _mm512_loadu_si512(p.add(64) as *const __m512i)],
             d: _mm_loadu_si128(wd as *const __m128i),
@@ -160,7 +163,13 @@ unsafe fn dot_vnni<const R: usize, const C: usize>(g: &Q8, x: &[*const u32; R], 
     for u in 0..units(g.ng) {
         let wu: [UnitW; C] = std::array::from_fn(|c| load_unit_vnni(g, j + c, u));
         let d8: [__m256; C] = std::array::from_fn(|c| _mm256_cvtph_ps(wu[c].d));
-        for h in 0..2 {
+        // the last unit's second half is skipped when it holds no group (ng % 8 in 1..=4:
+        // SmolLM2's k = 576 has 18 groups, so 5 halves of work instead of 6)
+        let halves = if g.ng - u * UNIT_GROUPS <= 4 { 1 } else { 2 };
+        // (a macro, not a closure: a closure does not inherit the target features)
+        macro_rules! half {
+            ($h:expr) => {{
+            let h: usize = $h;
             let dz: [__m512; C] = std::array::from_fn(|c| _mm512_permutexvar_ps(spread[h], _mm512_castps256_ps512(d8[c])));
             let v: [[__m512i; 4]; C] = std::array::from_fn(|c| {
                 let w = wu[c].w[h];
@@ -185,6 +194,11 @@ unsafe fn dot_vnni<const R: usize, const C: usize>(g: &Q8, x: &[*const u32; R], 
                     f[r][c][h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), _mm512_mul_ps(dz[c], sx), f[r][c][h]);
                 }
             }
+            }};
+        }
+        half!(0);
+        if halves == 2 {
+            half!(1);
         }
         for c in 0..C {
             let o8 = _mm256_fmadd_ps(eight, d8[c], _mm256_cvtph_ps(wu[c].m));

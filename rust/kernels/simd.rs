@@ -687,6 +687,20 @@ pub fn weigh_rows<E: RowElem>(w: &[f32], nq: usize, ldw: usize, n: usize, rows: 
 }
 
 /// Σ a[i]·b[i]
+/// Asks for the `bytes` (whole 64-byte lines) from `p` on into L1, ahead of a streaming
+/// kernel's loads. Only a hint: an address past the end of the data reads nothing.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..bytes).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch never faults, whatever the address
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_with(detected(), a, b)
