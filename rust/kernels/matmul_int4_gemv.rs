@@ -99,9 +99,6 @@ fn cols_per_pass(ng: usize) -> usize {
     }
 }
 
-/// How far ahead (bytes of nibbles) the GEMV asks for a row's weights, into L1 (measured:
-/// 1 KiB and 4 KiB no better than 2 KiB; none up to a fifth slower).
-const PREFETCH: usize = 2048;
 
 /// One unit of int4 weights as the kernels read it: the nibbles (two 512-bit halves), 8 f16
 /// scales and 8 f16 minimums.
@@ -119,10 +116,10 @@ unsafe fn load_unit_vnni(g: &Q8, j: usize, u: usize) -> UnitW {
     let p = (g.wq as *const u8).add(j * g.wrow + gi * 16);
     let (wd, wm) = (g.wh.add(j * g.ng + gi), g.wm.add(j * g.ng + gi));
     let left = g.ng - gi;
-    // every unit asks for the 128 bytes PREFETCH ahead of it, the last, partial one too: the
+    // every unit asks for the 128 bytes STREAM_AHEAD ahead of it, the last, partial one too: the
     // requests then tile the weights without gaps (rows are contiguous; with k = 576 a row's
     // last 32 bytes were otherwise never asked for)
-    simd::prefetch(p.wrapping_add(PREFETCH), 128);
+    simd::prefetch(p.wrapping_add(simd::STREAM_AHEAD), 128);
     if left >= UNIT_GROUPS {
         UnitW {
             w: [_mm512_loadu_si512(p as *const __m512i), _mm512_loadu_si512(p.add(64) as *const __m512i)],

@@ -993,7 +993,7 @@ mod x86 {
         let full = k / group;
         let mut gi = 0;
         while gi + 2 <= full {
-            simd::prefetch((w.add(gi * group) as *const u8).wrapping_add(GEMV_PREFETCH), 2 * group);
+            simd::prefetch((w.add(gi * group) as *const u8).wrapping_add(simd::STREAM_AHEAD), 2 * group);
             let a = group_full::<S, R, C>(&x, w, gi * group, c, gi);
             let b = group_full::<S, R, C>(&x, w, (gi + 1) * group, c, gi + 1);
             scale_add(&mut f0, a, &x, ws, gi);
@@ -1055,7 +1055,7 @@ mod x86 {
         let mut gi = 0;
         while gi + 8 <= ng {
             let mut acc = [[_mm256_setzero_si256(); 8]; R];
-            simd::prefetch(w.wrapping_add(gi * W::GROUP_BYTES + GEMV_PREFETCH), 8 * W::GROUP_BYTES);
+            simd::prefetch(w.wrapping_add(gi * W::GROUP_BYTES + simd::STREAM_AHEAD), 8 * W::GROUP_BYTES);
             for t in 0..8 {
                 let wv = W::widen(w.add((gi + t) * W::GROUP_BYTES));
                 for r in 0..R {
@@ -1103,12 +1103,6 @@ mod x86 {
         }
         out
     }
-
-    /// How far ahead (bytes) the GEMVs ask for their weights (as the dense GEMV,
-    /// `matmul_sources`). Measured on the W8A16 GEMV, 1 thread, median of 4 interleaved runs of
-    /// two builds: 2048×5632 727 → 531 µs, 2048×2048 224 → 178, 49152×576 1448 → 1325, and at
-    /// 2 threads 458 → 348, 160 → 123, 1126 → 991; 3072×576 unchanged.
-    const GEMV_PREFETCH: usize = 4096;
 
     /// The 16-bit-x GEMV over a region: up to 4 rows of x at a time against every column.
     #[inline(always)]

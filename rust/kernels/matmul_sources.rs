@@ -124,13 +124,6 @@ impl<E: Widen> WSource for Dense<E> {
     }
 }
 
-/// How far ahead (bytes) the dense GEMV asks for its weights. The hardware prefetcher alone
-/// left the bf16 GEMV at 14-24 GB/s on 2048×5632 (1 thread; 20-26 at 2), with the requests
-/// 4 KiB ahead 21-29 (36-47); 1-2 KiB ahead were no better than none, 8 KiB like 4
-/// (`BENCH_ONLY=gemv cargo test --release --lib bench_matmul_bf16 -- --ignored --nocapture`,
-/// builds interleaved, 3 rounds).
-const PREFETCH: usize = 4096;
-
 /// [Σ_p x_r[p] · w[p] for r < R] over `len` values, with U accumulators per row, each
 /// reduced as ((acc₀ + acc₁) + acc₂) + acc₃ then across lanes.
 ///
@@ -147,7 +140,7 @@ unsafe fn dot_dense<V: F32Vec, E: Widen, const R: usize, const U: usize>(
     let mut acc = [[V::zero(); U]; R];
     let mut p = 0;
     while p + U * l <= len {
-        simd::prefetch((w.add(p) as *const u8).wrapping_add(PREFETCH), U * l * std::mem::size_of::<E>());
+        simd::prefetch((w.add(p) as *const u8).wrapping_add(simd::STREAM_AHEAD), U * l * std::mem::size_of::<E>());
         for u in 0..U {
             let wv = E::widen::<V>(w.add(p + u * l));
             for (r, acc) in acc.iter_mut().enumerate() {
@@ -238,7 +231,7 @@ impl WSource for I8W {
         let mut g0 = 0;
         while g0 < k {
             let g1 = (g0 + group).min(k);
-            simd::prefetch((q.add(g0) as *const u8).wrapping_add(PREFETCH), g1 - g0);
+            simd::prefetch((q.add(g0) as *const u8).wrapping_add(simd::STREAM_AHEAD), g1 - g0);
             // Σ q·x over the group in two chains per row, then one FMA with the scale.
             let mut acc = [[V::zero(); 2]; R];
             let mut p = g0;
