@@ -185,7 +185,8 @@ mod tests {
             let pool = ThreadPool::new(threads).unwrap();
             for level in SimdLevel::available() {
                 for &m in &[1, 2, 3, 5, 8, 9, 17, 64] {
-                    for &k in &[1, 7, 31, 32, 33, 65, 100, 257, 1000] {
+                    // groups per row 1-4, 7 (a unit's both halves partial), 9, 32
+                    for &k in &[1, 7, 31, 32, 33, 65, 100, 200, 257, 1000] {
                         for &n in &[1, 3, 17, 64, 97] {
                             check(level, &pool, &mut rng, m, k, n);
                         }
@@ -203,7 +204,7 @@ mod tests {
         for threads in [1, 2] {
             let pool = ThreadPool::new(threads).unwrap();
             for level in SimdLevel::available() {
-                for &(m, k, n) in &[(1, 2049, 203), (3, 1537, 90), (13, 2080, 211), (33, 576, 193), (128, 96, 300), (9, 64, 2100)] {
+                for &(m, k, n) in &[(1, 2049, 203), (3, 1537, 90), (13, 2080, 211), (33, 576, 193), (128, 96, 300), (9, 64, 2100), (2, 2500, 37)] {
                     check(level, &pool, &mut rng, m, k, n);
                 }
             }
