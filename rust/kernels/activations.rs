@@ -1,7 +1,6 @@
 //! Element-wise activations and softmax, built on a branch-free exp that the compiler
 //! vectorizes (8 or 16 lanes inside the AVX2 / AVX-512 entry points, chosen at run time).
 
-
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;

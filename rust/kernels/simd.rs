@@ -686,12 +686,11 @@ pub fn weigh_rows<E: RowElem>(w: &[f32], nq: usize, ldw: usize, n: usize, rows: 
     weigh_rows_with(detected(), w, nq, ldw, n, rows, stride, d, out, ldo)
 }
 
-/// Σ a[i]·b[i]
 /// How far ahead (bytes) the decode GEMVs ask for the weights they stream ([`prefetch`]).
 /// The hardware prefetcher alone leaves a single-thread stream well short of the DRAM
-/// bandwidth on the 2-core AMD EPYC (Zen 5). Medians of 4 interleaved runs of two builds, cold
-/// weights, 1 thread, µs (no requests → 4 KiB ahead): the bf16 GEMV 2048×5632 from 14-24 to
-/// 21-29 GB/s (`bench_matmul_bf16`); W8A16 2048×5632 727 → 531, 2048×2048 224 → 178,
+/// bandwidth on the 2-core AMD EPYC (Zen 5). Two builds alternated, cold weights, 1 thread
+/// (no requests → 4 KiB ahead): the bf16 GEMV 2048×5632 from 14-24 to 21-29 GB/s over 3 rounds
+/// (`bench_matmul_bf16`); medians of 4 rounds, µs: W8A16 2048×5632 727 → 531, 2048×2048 224 → 178,
 /// 49152×576 1448 → 1325 (`bench_matmul_int8`); the int4 GEMV, from 2 KiB ahead, 2048×5632
 /// 437 → 334, 2048×2048 146 → 113, 49152×576 962 → 787 (`bench_matmul_int4`). 1-2 KiB were no
 /// better than none for bf16, 8 KiB like 4 KiB for all three.
@@ -711,6 +710,7 @@ pub(crate) fn prefetch(p: *const u8, bytes: usize) {
     let _ = (p, bytes);
 }
 
+/// Σ a[i]·b[i]
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_with(detected(), a, b)

@@ -96,13 +96,9 @@ impl F32Vec for V256 {
     #[inline(always)]
     unsafe fn hsum4_mul_store(a: Self, b: Self, c: Self, d: Self, mul: f32, out: *mut f32, n: usize) {
         let v = _mm_mul_ps(hsum4_256(a.0, b.0, c.0, d.0), _mm_set1_ps(mul));
-        if n >= 4 {
-            _mm_storeu_ps(out, v);
-        } else {
-            let mut t = [0.0f32; 4];
-            _mm_storeu_ps(t.as_mut_ptr(), v);
-            std::ptr::copy_nonoverlapping(t.as_ptr(), out, n);
-        }
+        // one masked store of the first n lanes, as V512 does (no round trip through the stack)
+        let mask = _mm_cmpgt_epi32(_mm_set1_epi32(n.min(4) as i32), _mm_setr_epi32(0, 1, 2, 3));
+        _mm_maskstore_ps(out, mask, v);
     }
     #[inline(always)]
     unsafe fn load_bf16(p: *const u16) -> Self {
