@@ -41,15 +41,19 @@ pub fn attention(
 /// [`attention`] on SIMD level `level` over k_cache/v_cache: [max_seq, n_kv_heads·head_dim]
 /// of one element type.
 ///
-/// A task is one head and up to [`MAX_QUERIES`] consecutive rows of the prompt, which attend
-/// over nearly the same keys: their scores read each key row once ([`score_rows_with`], keys in
-/// tiles reduced across lanes together; a row's scores past its own position are computed and
-/// not used), a softmax per row over its own positions, then their outputs read each value row
-/// once over the positions all of them see ([`weigh_rows_with`]) and each row adds its last few
-/// positions alone (`axpy`), continuing the same sum. A row's result therefore depends only on
-/// its query and the cache — not on the rows beside it, the thread count or the chunk — so a
-/// prompt and its decode steps attend alike (tested). Threads take tasks in turn (task i on
-/// thread i mod n), which spreads the causally longer late rows.
+/// A decode step (one row) has a task per group of query heads that share a KV head (up to
+/// [`MAX_QUERIES`] of them; a larger group is split evenly): their queries read each key and
+/// value row of the group once. A prompt's task is one head and up to [`MAX_QUERIES`]
+/// consecutive rows, which attend over nearly the same keys: their scores read each key row
+/// once ([`score_rows_with`], keys in tiles reduced across lanes together; a row's scores past
+/// its own position are computed and not used), a softmax per row over its own positions, then
+/// their outputs read each value row once over the positions all of them see
+/// ([`weigh_rows_with`]) and each row adds its last few positions alone (`axpy`), continuing the
+/// same sum. The row kernels compute each query's scores and each output alike whatever the
+/// other queries of the call, so a (row, head)'s result depends only on its query and the
+/// cache — not on the heads or rows beside it, the thread count or the chunk — and a prompt and
+/// its decode steps attend alike (tested). Threads take tasks in turn (task i on thread i mod
+/// n), which spreads the causally longer late rows.
 #[allow(clippy::too_many_arguments)]
 fn attention_rows<E: RowElem>(
     level: SimdLevel,
@@ -74,11 +78,40 @@ fn attention_rows<E: RowElem>(
     assert!(scores.len() >= pool.n_threads() * n_ctx_max);
     let scale = 1.0 / (hd as f32).sqrt();
     let stride = scores.len() / pool.n_threads();
-    // rows per task: as many as the scratch holds
-    let rows = MAX_QUERIES.min(stride / n_ctx_max.max(1)).max(1);
-    let blocks = t_len.div_ceil(rows);
+    // queries per task: as many as the scratch holds
+    let cap = MAX_QUERIES.min(stride / n_ctx_max.max(1)).max(1);
     let out_p = SyncPtr(out.as_mut_ptr());
     let sc_p = SyncPtr(scores.as_mut_ptr());
+    if t_len == 1 {
+        // a decode step: the heads of a KV group read the same keys and values, so a task is
+        // up to `cap` heads of one group (hd apart in q and out), the group split evenly
+        let chunks = group.div_ceil(cap);
+        let per = group.div_ceil(chunks);
+        let n = pos0 + 1;
+        pool.run(|tid, nt| {
+            let (out_p, sc_p) = (out_p, sc_p);
+            // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the heads of out it is given.
+            let sc = unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(tid * stride), stride) };
+            for task in (tid..shape.n_kv_heads * chunks).step_by(nt) {
+                let (g, c) = (task / chunks, task % chunks);
+                let h0 = g * group + c * per;
+                let nq = per.min(group - c * per);
+                let (keys, values) = (&k_cache[g * hd..], &v_cache[g * hd..]);
+                let s = &mut sc[..nq * n];
+                // s[j·n + p] = scale · q[h0 + j] · k[p, g]
+                score_rows_with(level, &q[h0 * hd..], nq, hd, hd, keys, kv_dim, n, scale, s, n);
+                for sr in s.chunks_exact_mut(n) {
+                    softmax(sr);
+                }
+                // SAFETY: this task alone writes heads h0..h0 + nq.
+                let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(h0 * hd), nq * hd) };
+                weigh_rows_with(level, s, nq, n, n, values, kv_dim, hd, o, hd);
+            }
+        });
+        return;
+    }
+    let rows = cap;
+    let blocks = t_len.div_ceil(rows);
     pool.run(|tid, nt| {
         let (out_p, sc_p) = (out_p, sc_p);
         // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the (t, h) rows of out it is given.
@@ -348,6 +381,14 @@ mod tests {
                         attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut steps[row], &mut scores, 1, pos0 + t);
                     }
                     assert_eq!(whole, steps, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd}");
+                    // decode steps whose scratch holds one row of scores per thread: one head per task
+                    let mut narrow = vec![0f32; threads * n];
+                    let mut one_by_one = vec![0f32; t_len * nh * hd];
+                    for t in 0..t_len {
+                        let row = t * nh * hd..(t + 1) * nh * hd;
+                        attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut one_by_one[row], &mut narrow, 1, pos0 + t);
+                    }
+                    assert_eq!(whole, one_by_one, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd} (narrow scratch)");
                     match &first {
                         None => first = Some(whole),
                         Some(f) => assert_eq!(&whole, f, "{level:?} threads {threads}"),

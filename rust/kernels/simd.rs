@@ -414,6 +414,10 @@ pub const MAX_QUERIES: usize = 4;
 /// Keys per tile of [`score_rows_q`]: their dot products are reduced across lanes together.
 const SCORE_KEYS: usize = 4;
 
+/// How many rows ahead the row kernels ([`score_rows_q`], [`weigh_rows_q`]) ask for the keys
+/// and values they read ([`prefetch`]).
+const ROWS_AHEAD: usize = 16;
+
 /// out[j·ldo + p] = scale · Σ_i q[j·ldq + i]·rows[p·stride + i] for j < Q, p < n: Q queries
 /// against the same rows (keys), each row loaded once for all of them. A tile of Q × 4 dot
 /// products accumulates along i (one vector accumulator each, i in order) and its 4 keys are
@@ -432,6 +436,9 @@ unsafe fn score_rows_q<V: F32Vec, E: RowElem, const Q: usize>(q: *const f32, ldq
     let mut p = 0;
     while p < n {
         let keys = (n - p).min(SCORE_KEYS);
+        for t in 0..SCORE_KEYS {
+            prefetch(rows.wrapping_add((p + t + ROWS_AHEAD) * stride) as *const u8, d * std::mem::size_of::<E>());
+        }
         let mut acc = [[V::zero(); SCORE_KEYS]; Q];
         let mut i = 0;
         while i < full {
@@ -498,6 +505,7 @@ unsafe fn weigh_rows_q<V: F32Vec, E: RowElem, const Q: usize>(w: *const f32, ldw
     while i + B * l <= d {
         let mut acc = [[V::zero(); B]; Q];
         for p in 0..n {
+            prefetch(rows.wrapping_add((p + ROWS_AHEAD) * stride + i) as *const u8, B * l * std::mem::size_of::<E>());
             let r = rows.add(p * stride + i);
             let v: [V; B] = std::array::from_fn(|b| load_row::<V, E>(r.add(b * l)));
             for j in 0..Q {
