@@ -1,7 +1,7 @@
 //! Causal multi-head attention with grouped-query heads over a preallocated KV cache.
 
 use crate::kernels::activations::softmax;
-use crate::kernels::simd::{axpy_with, detected, score_rows_with, weigh_rows_with, RowElem, SimdLevel, MAX_QUERIES};
+use crate::kernels::simd::{axpy_with, detected, score_rows_with, weigh_rows_with, RowElem, SimdLevel, MAX_QUERIES, ROWS_AHEAD};
 use crate::kv_cache::KvLayer;
 use crate::threadpool::{SyncPtr, ThreadPool};
 
@@ -99,13 +99,13 @@ fn attention_rows<E: RowElem>(
                 let (keys, values) = (&k_cache[g * hd..], &v_cache[g * hd..]);
                 let s = &mut sc[..nq * n];
                 // s[j·n + p] = scale · q[h0 + j] · k[p, g]
-                score_rows_with(level, &q[h0 * hd..], nq, hd, hd, keys, kv_dim, n, scale, s, n);
+                score_rows_with(level, &q[h0 * hd..], nq, hd, hd, keys, kv_dim, n, scale, s, n, ROWS_AHEAD);
                 for sr in s.chunks_exact_mut(n) {
                     softmax(sr);
                 }
                 // SAFETY: this task alone writes heads h0..h0 + nq.
                 let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(h0 * hd), nq * hd) };
-                weigh_rows_with(level, s, nq, n, n, values, kv_dim, hd, o, hd);
+                weigh_rows_with(level, s, nq, n, n, values, kv_dim, hd, o, hd, ROWS_AHEAD);
             }
         });
         return;
@@ -126,13 +126,13 @@ fn attention_rows<E: RowElem>(
             let qs = &q[t0 * row + h * hd..];
             let s = &mut sc[..nq * n_hi];
             // s[j·n_hi + p] = scale · q[t0 + j, h] · k[p, g]; keys of kv head g sit every kv_dim values from g·hd
-            score_rows_with(level, qs, nq, row, hd, keys, kv_dim, n_hi, scale, s, n_hi);
+            score_rows_with(level, qs, nq, row, hd, keys, kv_dim, n_hi, scale, s, n_hi, 0);
             for (j, sr) in s.chunks_exact_mut(n_hi).enumerate() {
                 softmax(&mut sr[..n_lo + j]);
             }
             // SAFETY: this task alone writes rows t0..t0 + nq of head h.
             let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(t0 * row + h * hd), (nq - 1) * row + hd) };
-            weigh_rows_with(level, s, nq, n_hi, n_lo, values, kv_dim, hd, o, row);
+            weigh_rows_with(level, s, nq, n_hi, n_lo, values, kv_dim, hd, o, row, 0);
             for j in 1..nq {
                 let oj = &mut o[j * row..j * row + hd];
                 for p in n_lo..n_lo + j {
@@ -288,14 +288,15 @@ mod tests {
         let level = detected();
         let mut s = vec![0f32; SCORE_ROWS * n];
         let mut o = vec![0f32; SCORE_ROWS * hd];
-        // a decode step: one query per head
-        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { score_rows_with(level, &q, 1, hd, hd, &c[h / 3 * hd..], kv_dim, n, 0.125, &mut s, n); } });
+        // a decode step: the 3 query heads of each KV head together
+        let g = nh / nkv;
+        let t = best_time(5, 3, |_| for c in &caches { for kv in 0..nkv { score_rows_with(level, &q, g, hd, hd, &c[kv * hd..], kv_dim, n, 0.125, &mut s, n, ROWS_AHEAD); } });
         println!("scores f32 {:.0} µs", t * 1e6);
-        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { score_rows_with(level, &q, 1, hd, hd, &c[h / 3 * hd..], kv_dim, n, 0.125, &mut s, n); } });
+        let t = best_time(5, 3, |_| for c in &caches16 { for kv in 0..nkv { score_rows_with(level, &q, g, hd, hd, &c[kv * hd..], kv_dim, n, 0.125, &mut s, n, ROWS_AHEAD); } });
         println!("scores bf16 {:.0} µs", t * 1e6);
-        let t = best_time(5, 3, |_| for c in &caches { for h in 0..nh { weigh_rows_with(level, &s, 1, n, n, &c[h / 3 * hd..], kv_dim, hd, &mut o, hd); } });
+        let t = best_time(5, 3, |_| for c in &caches { for kv in 0..nkv { weigh_rows_with(level, &s, g, n, n, &c[kv * hd..], kv_dim, hd, &mut o, hd, ROWS_AHEAD); } });
         println!("weighted sum f32 {:.0} µs", t * 1e6);
-        let t = best_time(5, 3, |_| for c in &caches16 { for h in 0..nh { weigh_rows_with(level, &s, 1, n, n, &c[h / 3 * hd..], kv_dim, hd, &mut o, hd); } });
+        let t = best_time(5, 3, |_| for c in &caches16 { for kv in 0..nkv { weigh_rows_with(level, &s, g, n, n, &c[kv * hd..], kv_dim, hd, &mut o, hd, ROWS_AHEAD); } });
         println!("weighted sum bf16 {:.0} µs", t * 1e6);
         let t = best_time(5, 3, |_| for _ in 0..layers * nh { softmax(&mut s[..n]); });
         println!("softmax {:.0} µs", t * 1e6);

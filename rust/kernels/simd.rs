@@ -414,9 +414,9 @@ pub const MAX_QUERIES: usize = 4;
 /// Keys per tile of [`score_rows_q`]: their dot products are reduced across lanes together.
 const SCORE_KEYS: usize = 4;
 
-/// How many rows ahead the row kernels ([`score_rows_q`], [`weigh_rows_q`]) ask for the keys
-/// and values they read ([`prefetch`]).
-const ROWS_AHEAD: usize = 16;
+/// How many rows ahead the row kernels ([`score_rows_with`], [`weigh_rows_with`]) ask for keys
+/// and values that come from memory once (a decode step's: [`prefetch`]).
+pub const ROWS_AHEAD: usize = 16;
 
 /// out[j·ldo + p] = scale · Σ_i q[j·ldq + i]·rows[p·stride + i] for j < Q, p < n: Q queries
 /// against the same rows (keys), each row loaded once for all of them. A tile of Q × 4 dot
@@ -429,15 +429,17 @@ const ROWS_AHEAD: usize = 16;
 /// `out` `(Q − 1)·ldo + n`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn score_rows_q<V: F32Vec, E: RowElem, const Q: usize>(q: *const f32, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize) {
+unsafe fn score_rows_q<V: F32Vec, E: RowElem, const Q: usize>(q: *const f32, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize, ahead: usize) {
     let l = V::LANES;
     let full = d / l * l;
     let rem = d - full;
     let mut p = 0;
     while p < n {
         let keys = (n - p).min(SCORE_KEYS);
-        for t in 0..SCORE_KEYS {
-            prefetch(rows.wrapping_add((p + t + ROWS_AHEAD) * stride) as *const u8, d * std::mem::size_of::<E>());
+        if ahead > 0 {
+            for t in 0..SCORE_KEYS {
+                prefetch(rows.wrapping_add((p + t + ahead) * stride) as *const u8, d * std::mem::size_of::<E>());
+            }
         }
         let mut acc = [[V::zero(); SCORE_KEYS]; Q];
         let mut i = 0;
@@ -473,12 +475,12 @@ unsafe fn score_rows_q<V: F32Vec, E: RowElem, const Q: usize>(q: *const f32, ldq
 /// As [`score_rows_q`] with Q = nq.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn score_rows_impl<V: F32Vec, E: RowElem>(q: *const f32, nq: usize, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize) {
+unsafe fn score_rows_impl<V: F32Vec, E: RowElem>(q: *const f32, nq: usize, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize, ahead: usize) {
     match nq {
-        1 => score_rows_q::<V, E, 1>(q, ldq, d, rows, stride, n, scale, out, ldo),
-        2 => score_rows_q::<V, E, 2>(q, ldq, d, rows, stride, n, scale, out, ldo),
-        3 => score_rows_q::<V, E, 3>(q, ldq, d, rows, stride, n, scale, out, ldo),
-        _ => score_rows_q::<V, E, 4>(q, ldq, d, rows, stride, n, scale, out, ldo),
+        1 => score_rows_q::<V, E, 1>(q, ldq, d, rows, stride, n, scale, out, ldo, ahead),
+        2 => score_rows_q::<V, E, 2>(q, ldq, d, rows, stride, n, scale, out, ldo, ahead),
+        3 => score_rows_q::<V, E, 3>(q, ldq, d, rows, stride, n, scale, out, ldo, ahead),
+        _ => score_rows_q::<V, E, 4>(q, ldq, d, rows, stride, n, scale, out, ldo, ahead),
     }
 }
 
@@ -498,14 +500,16 @@ const WEIGH_BLOCK: usize = 4;
 /// `(n − 1)·stride + d`, `out` `(Q − 1)·ldo + d`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn weigh_rows_q<V: F32Vec, E: RowElem, const Q: usize>(w: *const f32, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize) {
+unsafe fn weigh_rows_q<V: F32Vec, E: RowElem, const Q: usize>(w: *const f32, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize, ahead: usize) {
     const B: usize = WEIGH_BLOCK;
     let l = V::LANES;
     let mut i = 0;
     while i + B * l <= d {
         let mut acc = [[V::zero(); B]; Q];
         for p in 0..n {
-            prefetch(rows.wrapping_add((p + ROWS_AHEAD) * stride + i) as *const u8, B * l * std::mem::size_of::<E>());
+            if ahead > 0 {
+                prefetch(rows.wrapping_add((p + ahead) * stride + i) as *const u8, B * l * std::mem::size_of::<E>());
+            }
             let r = rows.add(p * stride + i);
             let v: [V; B] = std::array::from_fn(|b| load_row::<V, E>(r.add(b * l)));
             for j in 0..Q {
@@ -550,12 +554,12 @@ unsafe fn weigh_rows_q<V: F32Vec, E: RowElem, const Q: usize>(w: *const f32, ldw
 /// As [`weigh_rows_q`] with Q = nq.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weigh_rows_impl<V: F32Vec, E: RowElem>(w: *const f32, nq: usize, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize) {
+unsafe fn weigh_rows_impl<V: F32Vec, E: RowElem>(w: *const f32, nq: usize, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize, ahead: usize) {
     match nq {
-        1 => weigh_rows_q::<V, E, 1>(w, ldw, n, rows, stride, d, out, ldo),
-        2 => weigh_rows_q::<V, E, 2>(w, ldw, n, rows, stride, d, out, ldo),
-        3 => weigh_rows_q::<V, E, 3>(w, ldw, n, rows, stride, d, out, ldo),
-        _ => weigh_rows_q::<V, E, 4>(w, ldw, n, rows, stride, d, out, ldo),
+        1 => weigh_rows_q::<V, E, 1>(w, ldw, n, rows, stride, d, out, ldo, ahead),
+        2 => weigh_rows_q::<V, E, 2>(w, ldw, n, rows, stride, d, out, ldo, ahead),
+        3 => weigh_rows_q::<V, E, 3>(w, ldw, n, rows, stride, d, out, ldo, ahead),
+        _ => weigh_rows_q::<V, E, 4>(w, ldw, n, rows, stride, d, out, ldo, ahead),
     }
 }
 
@@ -609,9 +613,9 @@ isa_entries_rows!(axpy_impl, axpy_avx512, axpy_avx2, axpy_neon, axpy_portable,
     (y: &mut [f32], alpha: f32, x: &[E]) -> ());
 
 isa_entries_rows!(score_rows_impl, score_rows_avx512, score_rows_avx2, score_rows_neon, score_rows_portable,
-    (q: *const f32, nq: usize, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize) -> ());
+    (q: *const f32, nq: usize, ldq: usize, d: usize, rows: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize, ahead: usize) -> ());
 isa_entries_rows!(weigh_rows_impl, weigh_rows_avx512, weigh_rows_avx2, weigh_rows_neon, weigh_rows_portable,
-    (w: *const f32, nq: usize, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize) -> ());
+    (w: *const f32, nq: usize, ldw: usize, n: usize, rows: *const E, stride: usize, d: usize, out: *mut f32, ldo: usize, ahead: usize) -> ());
 
 fn check_rows(n_rows: usize, width: usize, stride: usize, len: usize) {
     assert!(width <= stride || n_rows <= 1, "rows overlap: width {width} > stride {stride}");
@@ -631,10 +635,12 @@ fn check_queries(nq: usize, width: usize, ld: usize, len: usize, what: &str) {
 /// Attention scores of `nq` (1 to [`MAX_QUERIES`]) queries of `d` values, `ldq` apart in `q`,
 /// against `n` rows (keys, f32 or bf16 bits, `stride` apart):
 /// `out[j·ldo + p] = scale · Σ_i q[j·ldq + i]·rows[p·stride + i]`. Each row is read once for all
-/// the queries, and a score is the same whatever the other queries of the call. Panics if
-/// `level` is not available or an operand does not fit.
+/// the queries, and a score is the same whatever the other queries of the call. With `ahead`
+/// > 0 the rows are requested that many rows before they are read (rows that come from memory
+/// once: [`ROWS_AHEAD`]); 0 for rows that other calls have just read. Panics if `level` is not
+/// available or an operand does not fit.
 #[allow(clippy::too_many_arguments)]
-pub fn score_rows_with<E: RowElem>(level: SimdLevel, q: &[f32], nq: usize, ldq: usize, d: usize, rows: &[E], stride: usize, n: usize, scale: f32, out: &mut [f32], ldo: usize) {
+pub fn score_rows_with<E: RowElem>(level: SimdLevel, q: &[f32], nq: usize, ldq: usize, d: usize, rows: &[E], stride: usize, n: usize, scale: f32, out: &mut [f32], ldo: usize, ahead: usize) {
     check_queries(nq, d, ldq, q.len(), "score_rows (q)");
     check_queries(nq, n, ldo, out.len(), "score_rows (out)");
     check_rows(n, d, stride, rows.len());
@@ -647,28 +653,29 @@ pub fn score_rows_with<E: RowElem>(level: SimdLevel, q: &[f32], nq: usize, ldq: 
     unsafe {
         match level {
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => score_rows_avx512(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
+            SimdLevel::Avx512 => score_rows_avx512(q, nq, ldq, d, rows, stride, n, scale, out, ldo, ahead),
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => score_rows_avx2(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
+            SimdLevel::Avx2 => score_rows_avx2(q, nq, ldq, d, rows, stride, n, scale, out, ldo, ahead),
             #[cfg(target_arch = "aarch64")]
-            SimdLevel::Neon => score_rows_neon(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
-            _ => score_rows_portable(q, nq, ldq, d, rows, stride, n, scale, out, ldo),
+            SimdLevel::Neon => score_rows_neon(q, nq, ldq, d, rows, stride, n, scale, out, ldo, ahead),
+            _ => score_rows_portable(q, nq, ldq, d, rows, stride, n, scale, out, ldo, ahead),
         }
     }
 }
 
 /// [`score_rows_with`] on the detected level.
 #[allow(clippy::too_many_arguments)]
-pub fn score_rows<E: RowElem>(q: &[f32], nq: usize, ldq: usize, d: usize, rows: &[E], stride: usize, n: usize, scale: f32, out: &mut [f32], ldo: usize) {
-    score_rows_with(detected(), q, nq, ldq, d, rows, stride, n, scale, out, ldo)
+pub fn score_rows<E: RowElem>(q: &[f32], nq: usize, ldq: usize, d: usize, rows: &[E], stride: usize, n: usize, scale: f32, out: &mut [f32], ldo: usize, ahead: usize) {
+    score_rows_with(detected(), q, nq, ldq, d, rows, stride, n, scale, out, ldo, ahead)
 }
 
 /// `nq` (1 to [`MAX_QUERIES`]) weighted sums of the same `n` rows (values, f32 or bf16 bits,
 /// `stride` apart, `d` wide): `out[j·ldo + i] = Σ_p w[j·ldw + p]·rows[p·stride + i]`, each row
 /// read once for all of them; every element summed from zero with one fused multiply-add per
-/// row, p in order. Panics if `level` is not available or an operand does not fit.
+/// row, p in order. `ahead` as in [`score_rows_with`]. Panics if `level` is not available or
+/// an operand does not fit.
 #[allow(clippy::too_many_arguments)]
-pub fn weigh_rows_with<E: RowElem>(level: SimdLevel, w: &[f32], nq: usize, ldw: usize, n: usize, rows: &[E], stride: usize, d: usize, out: &mut [f32], ldo: usize) {
+pub fn weigh_rows_with<E: RowElem>(level: SimdLevel, w: &[f32], nq: usize, ldw: usize, n: usize, rows: &[E], stride: usize, d: usize, out: &mut [f32], ldo: usize, ahead: usize) {
     check_queries(nq, n, ldw, w.len(), "weigh_rows (w)");
     check_queries(nq, d, ldo, out.len(), "weigh_rows (out)");
     check_rows(n, d, stride, rows.len());
@@ -678,20 +685,20 @@ pub fn weigh_rows_with<E: RowElem>(level: SimdLevel, w: &[f32], nq: usize, ldw: 
     unsafe {
         match level {
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx512 => weigh_rows_avx512(w, nq, ldw, n, rows, stride, d, out, ldo),
+            SimdLevel::Avx512 => weigh_rows_avx512(w, nq, ldw, n, rows, stride, d, out, ldo, ahead),
             #[cfg(target_arch = "x86_64")]
-            SimdLevel::Avx2 => weigh_rows_avx2(w, nq, ldw, n, rows, stride, d, out, ldo),
+            SimdLevel::Avx2 => weigh_rows_avx2(w, nq, ldw, n, rows, stride, d, out, ldo, ahead),
             #[cfg(target_arch = "aarch64")]
-            SimdLevel::Neon => weigh_rows_neon(w, nq, ldw, n, rows, stride, d, out, ldo),
-            _ => weigh_rows_portable(w, nq, ldw, n, rows, stride, d, out, ldo),
+            SimdLevel::Neon => weigh_rows_neon(w, nq, ldw, n, rows, stride, d, out, ldo, ahead),
+            _ => weigh_rows_portable(w, nq, ldw, n, rows, stride, d, out, ldo, ahead),
         }
     }
 }
 
 /// [`weigh_rows_with`] on the detected level.
 #[allow(clippy::too_many_arguments)]
-pub fn weigh_rows<E: RowElem>(w: &[f32], nq: usize, ldw: usize, n: usize, rows: &[E], stride: usize, d: usize, out: &mut [f32], ldo: usize) {
-    weigh_rows_with(detected(), w, nq, ldw, n, rows, stride, d, out, ldo)
+pub fn weigh_rows<E: RowElem>(w: &[f32], nq: usize, ldw: usize, n: usize, rows: &[E], stride: usize, d: usize, out: &mut [f32], ldo: usize, ahead: usize) {
+    weigh_rows_with(detected(), w, nq, ldw, n, rows, stride, d, out, ldo, ahead)
 }
 
 /// How far ahead (bytes) the decode GEMVs ask for the weights they stream ([`prefetch`]).
@@ -941,7 +948,7 @@ mod rows_tests {
         let rows: Vec<f32> = (0..7 * 12 + 5).map(|i| ((i * 37) % 19) as f32 * 0.25 - 2.0).collect();
         let q: Vec<f32> = (0..10).map(|i| i as f32 * 0.5 - 1.5).collect();
         let mut out = vec![0.0f32; 2 * 9];
-        score_rows(&q, 2, 5, 5, &rows, 12, 8, 0.5, &mut out, 9);
+        score_rows(&q, 2, 5, 5, &rows, 12, 8, 0.5, &mut out, 9, 0);
         for j in 0..2 {
             for p in 0..8 {
                 let want: f32 = 0.5 * (0..5).map(|i| q[j * 5 + i] * rows[p * 12 + i]).sum::<f32>();
@@ -950,7 +957,7 @@ mod rows_tests {
         }
         let w: Vec<f32> = (0..16).map(|p| 0.1 * p as f32).collect();
         let mut y = vec![1.0f32; 11];
-        weigh_rows(&w, 2, 8, 8, &rows, 12, 5, &mut y, 6);
+        weigh_rows(&w, 2, 8, 8, &rows, 12, 5, &mut y, 6, 0);
         for j in 0..2 {
             for i in 0..5 {
                 let want: f32 = (0..8).map(|p| w[j * 8 + p] * rows[p * 12 + i]).sum::<f32>();
@@ -963,19 +970,19 @@ mod rows_tests {
     #[test]
     #[should_panic(expected = "too short")]
     fn score_rows_checks_bounds() {
-        score_rows(&[1.0f32; 4], 1, 4, 4, &[0.0f32; 10], 4, 3, 1.0, &mut [0.0; 3], 3);
+        score_rows(&[1.0f32; 4], 1, 4, 4, &[0.0f32; 10], 4, 3, 1.0, &mut [0.0; 3], 3, 0);
     }
 
     #[test]
     #[should_panic(expected = "too short")]
     fn bf16_rows_are_checked_too() {
-        weigh_rows(&[1.0; 3], 1, 3, 3, &[0u16; 10], 4, 4, &mut [0.0; 4], 4);
+        weigh_rows(&[1.0; 3], 1, 3, 3, &[0u16; 10], 4, 4, &mut [0.0; 4], 4, 0);
     }
 
     #[test]
     #[should_panic(expected = "1 to 4 queries")]
     fn at_most_four_queries() {
-        score_rows(&[1.0f32; 10], 5, 2, 2, &[0.0f32; 4], 2, 2, 1.0, &mut [0.0; 10], 2);
+        score_rows(&[1.0f32; 10], 5, 2, 2, &[0.0f32; 4], 2, 2, 1.0, &mut [0.0; 10], 2, 0);
     }
 
     /// bf16 rows: the f32 kernels' arithmetic on the widened values, so exactly the f32 rows'
@@ -995,12 +1002,12 @@ mod rows_tests {
             for level in SimdLevel::available() {
                 for nq in 1..=MAX_QUERIES {
                     let (mut s16, mut s32) = (vec![0f32; nq * n], vec![0f32; nq * n]);
-                    score_rows_with(level, &q, nq, d, d, &bits, stride, n, 0.25, &mut s16, n);
-                    score_rows_with(level, &q, nq, d, d, &wide, stride, n, 0.25, &mut s32, n);
+                    score_rows_with(level, &q, nq, d, d, &bits, stride, n, 0.25, &mut s16, n, ROWS_AHEAD);
+                    score_rows_with(level, &q, nq, d, d, &wide, stride, n, 0.25, &mut s32, n, 0);
                     assert_eq!(s16, s32, "{level:?} score d={d} stride={stride} n={n} nq={nq}");
                     for j in 0..nq {
                         let mut alone = vec![0f32; n];
-                        score_rows_with(level, &q[j * d..], 1, d, d, &wide, stride, n, 0.25, &mut alone, n);
+                        score_rows_with(level, &q[j * d..], 1, d, d, &wide, stride, n, 0.25, &mut alone, n, 3);
                         assert_eq!(alone, s32[j * n..(j + 1) * n], "{level:?} d={d} n={n}: query {j} of {nq}");
                         for (p, &got) in alone.iter().enumerate() {
                             let terms = (0..d).map(|i| q[j * d + i] as f64 * wide[p * stride + i] as f64);
@@ -1010,8 +1017,8 @@ mod rows_tests {
                         }
                     }
                     let (mut y16, mut y32) = (vec![0f32; nq * d], vec![0f32; nq * d]);
-                    weigh_rows_with(level, &w, nq, n, n, &bits, stride, d, &mut y16, d);
-                    weigh_rows_with(level, &w, nq, n, n, &wide, stride, d, &mut y32, d);
+                    weigh_rows_with(level, &w, nq, n, n, &bits, stride, d, &mut y16, d, ROWS_AHEAD);
+                    weigh_rows_with(level, &w, nq, n, n, &wide, stride, d, &mut y32, d, 0);
                     assert_eq!(y16, y32, "{level:?} weigh d={d} stride={stride} n={n} nq={nq}");
                     for j in 0..nq {
                         for i in 0..d {
@@ -1038,7 +1045,7 @@ mod rows_tests {
                 let rows = rng.vec((n - 1) * stride + d);
                 let w = rng.vec(MAX_QUERIES * n);
                 let mut got = vec![0f32; MAX_QUERIES * d];
-                weigh_rows_with(level, &w, MAX_QUERIES, n, n, &rows, stride, d, &mut got, d);
+                weigh_rows_with(level, &w, MAX_QUERIES, n, n, &rows, stride, d, &mut got, d, 1);
                 for j in 0..MAX_QUERIES {
                     let mut want = vec![0f32; d];
                     for p in 0..n {
@@ -1064,10 +1071,10 @@ mod rows_tests {
                 }
                 let q = vec![1.0f32; d];
                 let mut out = [0f32; 1];
-                score_rows_with(level, &q, 1, d, d, &rows[40..], d, 1, 1.0, &mut out, 1);
+                score_rows_with(level, &q, 1, d, d, &rows[40..], d, 1, 1.0, &mut out, 1, ROWS_AHEAD);
                 assert_eq!(out[0], d as f32, "{level:?} d={d}");
                 let mut y = vec![0f32; d];
-                weigh_rows_with(level, &[2.0], 1, 1, 1, &rows[40..], d, d, &mut y, d);
+                weigh_rows_with(level, &[2.0], 1, 1, 1, &rows[40..], d, d, &mut y, d, ROWS_AHEAD);
                 assert!(y.iter().all(|&v| v == 2.0), "{level:?} d={d}");
             }
         }
