@@ -110,10 +110,10 @@ def kv_cache_section() -> list:
             "Decode with a BF16 cache against an FP32 one, same weights, same run: " + "; ".join(gains) + ". "
             "A decode step reads the matmul weights once and the whole cache once (the last column), and the BF16 "
             "cache halves the second part; the prefill of the prompt gains too (its attention reads the cache "
-            "written so far). The gain stays below the bytes' ratio because neither part runs at the machine's "
-            "read bandwidth — attention over rows of 64 values spends about half its time on per-row work "
-            "(docs/architecture.md, KV cache precision, has the kernel figures) — and the machine is shared: "
-            "compare the ratios within a row pair, not the absolute tok/s across rows. What the BF16 cache costs "
+            "written so far). Where the gain stays below the bytes' ratio, the step did not read at the machine's "
+            "bandwidth throughout: attention still does work per row of 64 values (a dot product reduced across "
+            "lanes, a softmax term), and the machine is shared (docs/architecture.md, KV cache precision, has the "
+            "kernel figures); compare the ratios within a row pair, not the absolute tok/s across rows. What the BF16 cache costs "
             "in quality: docs/quality.md, KV cache precision.", ""]
 
 
