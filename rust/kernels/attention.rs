@@ -80,62 +80,51 @@ fn attention_rows<E: RowElem>(
     let stride = scores.len() / pool.n_threads();
     // queries per task: as many as the scratch holds
     let cap = MAX_QUERIES.min(stride / n_ctx_max.max(1)).max(1);
+    // A task is `nq` queries, `ld` apart in q and out, against KV head g; query j sees positions
+    // 0..n_lo + j·step. A decode step's task is up to `cap` heads of one group (step 0, hd apart:
+    // the heads of a group read the same keys and values; the group split evenly), a prompt's one
+    // head and up to `cap` consecutive rows (step 1, a row apart).
+    let decode = t_len == 1;
+    let chunks = group.div_ceil(cap);
+    let per = group.div_ceil(chunks);
+    let blocks = t_len.div_ceil(cap);
+    let tasks = if decode { shape.n_kv_heads * chunks } else { blocks * nh };
+    // a decode step's keys and values come from memory once; a prompt's were just read by its
+    // other rows and heads
+    let ahead = if decode { ROWS_AHEAD } else { 0 };
     let out_p = SyncPtr(out.as_mut_ptr());
     let sc_p = SyncPtr(scores.as_mut_ptr());
-    if t_len == 1 {
-        // a decode step: the heads of a KV group read the same keys and values, so a task is
-        // up to `cap` heads of one group (hd apart in q and out), the group split evenly
-        let chunks = group.div_ceil(cap);
-        let per = group.div_ceil(chunks);
-        let n = pos0 + 1;
-        pool.run(|tid, nt| {
-            let (out_p, sc_p) = (out_p, sc_p);
-            // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the heads of out it is given.
-            let sc = unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(tid * stride), stride) };
-            for task in (tid..shape.n_kv_heads * chunks).step_by(nt) {
-                let (g, c) = (task / chunks, task % chunks);
-                let h0 = g * group + c * per;
-                let nq = per.min(group - c * per);
-                let (keys, values) = (&k_cache[g * hd..], &v_cache[g * hd..]);
-                let s = &mut sc[..nq * n];
-                // s[j·n + p] = scale · q[h0 + j] · k[p, g]
-                score_rows_with(level, &q[h0 * hd..], nq, hd, hd, keys, kv_dim, n, scale, s, n, ROWS_AHEAD);
-                for sr in s.chunks_exact_mut(n) {
-                    softmax(sr);
-                }
-                // SAFETY: this task alone writes heads h0..h0 + nq.
-                let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(h0 * hd), nq * hd) };
-                weigh_rows_with(level, s, nq, n, n, values, kv_dim, hd, o, hd, ROWS_AHEAD);
-            }
-        });
-        return;
-    }
-    let rows = cap;
-    let blocks = t_len.div_ceil(rows);
     pool.run(|tid, nt| {
         let (out_p, sc_p) = (out_p, sc_p);
-        // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the (t, h) rows of out it is given.
+        // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the rows of out it is given.
         let sc = unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(tid * stride), stride) };
-        for task in (tid..blocks * nh).step_by(nt) {
-            let (b, h) = (task / nh, task % nh);
-            let g = h / group;
-            let (t0, nq) = (b * rows, rows.min(t_len - b * rows));
-            // rows t0..t0 + nq see positions 0..n_lo (all of them) up to 0..n_hi (the last)
-            let (n_lo, n_hi) = (pos0 + t0 + 1, pos0 + t0 + nq);
+        for task in (tid..tasks).step_by(nt) {
+            // (kv head, offset of the first query in q and out, queries, their distance, n_lo, step)
+            let (g, at, nq, ld, n_lo, step) = if decode {
+                let (g, c) = (task / chunks, task % chunks);
+                let h0 = g * group + c * per;
+                (g, h0 * hd, per.min(group - c * per), hd, pos0 + 1, 0)
+            } else {
+                let (b, h) = (task / nh, task % nh);
+                let t0 = b * cap;
+                (h / group, t0 * row + h * hd, cap.min(t_len - t0), row, pos0 + t0 + 1, 1)
+            };
+            // the last query sees positions 0..n_hi
+            let n_hi = n_lo + (nq - 1) * step;
             let (keys, values) = (&k_cache[g * hd..], &v_cache[g * hd..]);
-            let qs = &q[t0 * row + h * hd..];
             let s = &mut sc[..nq * n_hi];
-            // s[j·n_hi + p] = scale · q[t0 + j, h] · k[p, g]; keys of kv head g sit every kv_dim values from g·hd
-            score_rows_with(level, qs, nq, row, hd, keys, kv_dim, n_hi, scale, s, n_hi, 0);
+            // s[j·n_hi + p] = scale · q_j · k[p, g]; keys of kv head g sit every kv_dim values from g·hd
+            score_rows_with(level, &q[at..], nq, ld, hd, keys, kv_dim, n_hi, scale, s, n_hi, ahead);
             for (j, sr) in s.chunks_exact_mut(n_hi).enumerate() {
-                softmax(&mut sr[..n_lo + j]);
+                softmax(&mut sr[..n_lo + j * step]);
             }
-            // SAFETY: this task alone writes rows t0..t0 + nq of head h.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(t0 * row + h * hd), (nq - 1) * row + hd) };
-            weigh_rows_with(level, s, nq, n_hi, n_lo, values, kv_dim, hd, o, row, 0);
+            // SAFETY: this task alone writes these nq rows of hd values of out.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(at), (nq - 1) * ld + hd) };
+            weigh_rows_with(level, s, nq, n_hi, n_lo, values, kv_dim, hd, o, ld, ahead);
+            // a prompt's later rows add their last few positions alone, continuing the same sum
             for j in 1..nq {
-                let oj = &mut o[j * row..j * row + hd];
-                for p in n_lo..n_lo + j {
+                let oj = &mut o[j * ld..j * ld + hd];
+                for p in n_lo..n_lo + j * step {
                     axpy_with(level, oj, s[j * n_hi + p], &values[p * kv_dim..p * kv_dim + hd]);
                 }
             }
