@@ -437,7 +437,8 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         }
         for (i, out) in xb.p[..m * stride].chunks_exact_mut(stride).enumerate() {
             let at = i * ng..(i + 1) * ng;
-            i4g::prepare_x(&xb.x16[i * kp..(i + 1) * kp], &xb.s[at.clone()], &xb.c[at.clone()], &xb.f[at], out);
+            // SAFETY: the VNNI path runs on CPUs with AVX-512 F and BW (path_for).
+            unsafe { i4g::prepare_x(&xb.x16[i * kp..(i + 1) * kp], &xb.s[at.clone()], &xb.c[at.clone()], &xb.f[at], out) };
         }
         Q8 { i4x: xb.p.as_ptr(), ..whole }
     } else {
