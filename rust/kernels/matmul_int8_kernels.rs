@@ -188,29 +188,36 @@ const MIN_AMAX: f32 = 1e-30;
 /// (and q = 0), so that the output row turns NaN instead of silently dropping the value.
 #[inline(always)]
 fn quantize_group(xg: &[f32], qg: &mut [i8]) -> (f32, i32) {
+    quantize_group_to(xg, qg, 127.0, |t| t as i8)
+}
+
+/// [`quantize_group`] to ±`qmax` in any integer type: (scale, Σq).
+#[inline(always)]
+fn quantize_group_to<T: Copy + Default>(xg: &[f32], qg: &mut [T], qmax: f32, narrow: impl Fn(i32) -> T) -> (f32, i32) {
     // max |x| on the bit patterns (an integer max vectorizes, a float one does not): for
     // non-negative floats the order of the bits is the order of the values, and NaN / ±inf
     // are exactly the patterns ≥ 0x7f80_0000.
-    let abits = xg
-        .iter()
-        .fold(0u32, |a, v| a.max(v.to_bits() & 0x7fff_ffff));
+    let abits = xg.iter().fold(0u32, |a, v| a.max(v.to_bits() & 0x7fff_ffff));
     if abits >= 0x7f80_0000 {
-        qg.fill(0);
+        qg.fill(T::default());
         return (f32::NAN, 0);
     }
     let amax = f32::from_bits(abits);
     if amax < MIN_AMAX {
-        qg.fill(0);
+        qg.fill(T::default());
         return (0.0, 0);
     }
-    let inv = 127.0 / amax;
+    let inv = qmax / amax;
     let mut sum = 0i32;
     for (d, &v) in qg.iter_mut().zip(xg) {
-        let t = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
-        *d = t as i8;
+        let r = (v * inv).round_ties_even().clamp(-qmax, qmax);
+        // SAFETY: x is finite (abits < inf) and so is inv, so r is a whole number in ±qmax
+        // (`as i32`'s saturation and NaN checks would keep this loop scalar)
+        let t: i32 = unsafe { r.to_int_unchecked() };
+        *d = narrow(t);
         sum += t;
     }
-    (amax / 127.0, sum)
+    (amax / qmax, sum)
 }
 
 /// Zero-pads row `i` of xq past k and writes the derived forms `out.need` asks for.
@@ -281,29 +288,34 @@ unsafe fn quantize_rows_a16_impl(x: *const f32, k: usize, kp: usize, ng: usize, 
         let h = std::slice::from_raw_parts_mut(out.x16.add(i * kp), kp);
         h[k..].fill(0);
         for (gi, (xg, hg)) in xr.chunks(32).zip(h.chunks_mut(32)).enumerate() {
-            let abits = xg.iter().fold(0u32, |a, v| a.max(v.to_bits() & 0x7fff_ffff));
-            let (scale, sum) = if abits >= 0x7f80_0000 {
-                hg.fill(0);
-                (f32::NAN, 0)
-            } else if f32::from_bits(abits) < MIN_AMAX {
-                hg.fill(0);
-                (0.0, 0)
-            } else {
-                let amax = f32::from_bits(abits);
-                let inv = A16_MAX / amax;
-                let mut sum = 0i32;
-                for (d, &v) in hg.iter_mut().zip(xg) {
-                    let t = (v * inv).round_ties_even().clamp(-A16_MAX, A16_MAX) as i32;
-                    *d = t as i16;
-                    sum += t;
-                }
-                (amax / A16_MAX, sum)
+            // a whole group as arrays of 32, so that every loop has a constant trip count and
+            // vectorizes; the last group of a row may be shorter
+            let (scale, sum) = match (<&[f32; 32]>::try_from(xg), <&mut [i16; 32]>::try_from(&mut *hg)) {
+                (Ok(xg), Ok(hg)) => quantize_group_to(xg, hg, A16_MAX, |t| t as i16),
+                _ => quantize_group_to(xg, hg, A16_MAX, |t| t as i16),
             };
             *out.s.add(i * ng + gi) = scale;
             *out.c.add(i * ng + gi) = sum;
-            *out.f.add(i * ng + gi) = xg.iter().sum();
+            *out.f.add(i * ng + gi) = group_sum(xg);
         }
     }
+}
+
+/// Σ of a group (≤ 32 values) over 8 running lanes added pairwise: a fixed order that
+/// vectorizes (a sequential sum is 32 dependent adds, the quantizer's critical path).
+#[inline(always)]
+fn group_sum(xg: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut rows = xg.chunks_exact(8);
+    for r in &mut rows {
+        for j in 0..8 {
+            acc[j] += r[j];
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rows.remainder()) {
+        *a += v;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
 /// [`quantize_rows_a16_impl`] with AVX2 enabled (the rounding becomes `vroundps`; same results).
