@@ -13,7 +13,8 @@ Two figures side by side:
   - KV cache: 2 · layers · kv_heads · head_dim · context · bytes per value · batch, 4 bytes for
     an FP32 cache (the default), 2 for BF16 (`ferrolm.load(..., kv_cache="bf16")`);
   - working buffers: the activations of one prefill chunk (at most 256 tokens), the attention
-    scores of each thread and two logits rows, per sequence;
+    scores (4 rows per thread, or a row per head if that is more) and two logits rows, per
+    sequence;
   - runtime: the Python process itself with ferrolm and its imports (tokenizers; jinja2 for a
     chat template; numpy only once arrays are asked for);
   - loading: what loading holds beyond the weights for a while (conversion blocks of 4 MiB, a
@@ -180,8 +181,10 @@ class Architecture:
         d, f = self.hidden_size, self.intermediate_size
         up_out = f if self.arch == "gpt2" else 2 * f
         per_row = 2 * d + (self.q_dim + 2 * self.kv_dim) + 2 * self.q_dim + up_out + f
-        # attention scores: 4 rows of a prompt at a time per thread (kernels/attention.rs)
-        return batch * 4 * (rows * per_row + threads * SCORE_ROWS * context + 2 * self.vocab_size)
+        # attention scores: 4 rows of a prompt at a time per thread, or a row per head for a
+        # split decode step (kernels/attention.rs, score_rows_needed)
+        score_rows = max(threads * SCORE_ROWS, self.num_heads)
+        return batch * 4 * (rows * per_row + score_rows * context + 2 * self.vocab_size)
 
     def largest_conv1d_bytes(self) -> int:
         """GPT-2 transposes each Conv1D weight in FP32 while loading: the largest one's bytes."""

@@ -15,6 +15,23 @@ pub struct AttnShape {
 /// a prompt are scored together.
 pub const SCORE_ROWS: usize = MAX_QUERIES;
 
+/// Rows of attention scores per position of context that `scores` must hold for `threads`
+/// threads and `n_heads` query heads: each thread's [`SCORE_ROWS`], and a row per head for a
+/// split decode step ([`attention`]).
+pub fn score_rows_needed(threads: usize, n_heads: usize) -> usize {
+    (threads * SCORE_ROWS).max(n_heads)
+}
+
+/// Positions of context from which a decode step whose KV-head tasks do not divide evenly
+/// among the threads runs in three evenly split passes instead (see `attention_step_split`).
+/// SmolLM2-135M's shape, 2 threads, AVX-512, µs per step over 30 layers, one pass → split
+/// (`BENCH_KV=30,9,3,64,N cargo test --release --lib bench_attention_kv_cache -- --ignored
+/// --nocapture`, two runs): at 2,000 positions FP32 3075 → 2583 and 3567 → 2904, BF16 2022 →
+/// 1886 and 2347 → 2279; at 1,000 FP32 1825 → 1513 and 1135 → 1075, BF16 665 → 689 and
+/// 659 → 663; at 512 FP32 438 → 466 and 595 → 552, BF16 214 → 272 and 234 → 471. Below about
+/// a thousand positions the two extra pool calls per layer cost what the balance gains.
+pub const SPLIT_FROM: usize = 1024;
+
 /// For each of `t_len` new tokens at positions `pos0..pos0+t_len` and each head, attends over
 /// cache positions `0..=pos`:
 ///   q: [t_len, n_heads·head_dim], kv: this layer's k/v: [max_seq, n_kv_heads·head_dim] (f32 or
@@ -33,8 +50,8 @@ pub fn attention(
 ) {
     let level = detected();
     match kv {
-        KvLayer::F32 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0),
-        KvLayer::Bf16 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0),
+        KvLayer::F32 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0, SPLIT_FROM),
+        KvLayer::Bf16 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0, SPLIT_FROM),
     }
 }
 
@@ -53,7 +70,9 @@ pub fn attention(
 /// other queries of the call, so a (row, head)'s result depends only on its query and the
 /// cache — not on the heads or rows beside it, the thread count or the chunk — and a prompt and
 /// its decode steps attend alike (tested). Threads take tasks in turn (task i on thread i mod
-/// n), which spreads the causally longer late rows.
+/// n), which spreads the causally longer late rows. A decode step over at least `split_from`
+/// positions whose tasks would not divide evenly among the threads runs
+/// [`attention_step_split`] when `scores` holds a row per head.
 #[allow(clippy::too_many_arguments)]
 fn attention_rows<E: RowElem>(
     level: SimdLevel,
@@ -66,6 +85,7 @@ fn attention_rows<E: RowElem>(
     scores: &mut [f32],
     t_len: usize,
     pos0: usize,
+    split_from: usize,
 ) {
     let (nh, hd) = (shape.n_heads, shape.head_dim);
     let kv_dim = shape.n_kv_heads * hd;
@@ -92,6 +112,11 @@ fn attention_rows<E: RowElem>(
     // a decode step's keys and values come from memory once; a prompt's were just read by its
     // other rows and heads
     let ahead = if decode { ROWS_AHEAD } else { 0 };
+    let nt = pool.n_threads();
+    if decode && nt > 1 && tasks % nt != 0 && n_ctx_max >= split_from && scores.len() >= nh * n_ctx_max {
+        let groups = Groups { size: group, chunks, per };
+        return attention_step_split(level, pool, shape, q, k_cache, v_cache, out, scores, n_ctx_max, groups, scale);
+    }
     let out_p = SyncPtr(out.as_mut_ptr());
     let sc_p = SyncPtr(scores.as_mut_ptr());
     pool.run(|tid, nt| {
@@ -127,6 +152,95 @@ fn attention_rows<E: RowElem>(
                 for p in n_lo..n_lo + j * step {
                     axpy_with(level, oj, s[j * n_hi + p], &values[p * kv_dim..p * kv_dim + hd]);
                 }
+            }
+        }
+    });
+}
+
+/// How a decode step's query heads meet their KV head: `size` heads per group, in `chunks`
+/// calls of the row kernels of up to `per` heads each.
+#[derive(Clone, Copy)]
+struct Groups {
+    size: usize,
+    chunks: usize,
+    per: usize,
+}
+
+impl Groups {
+    /// (first head, heads) of chunk c of group g.
+    fn heads(&self, g: usize, c: usize) -> (usize, usize) {
+        (g * self.size + c * self.per, self.per.min(self.size - c * self.per))
+    }
+}
+
+/// A decode step over `n` positions in three passes, each split evenly among the threads, for
+/// when a task per KV head would not be (SmolLM2's 3 KV heads on 2 threads: one thread took two
+/// of the three): the scores of every group over chunks of positions (a multiple of the
+/// 4-key tile of [`score_rows_with`]), the softmax of each head's row, then the weighted sums of
+/// every group over chunks of the head dimension (whole 16-lane blocks). Each score, softmax
+/// and output element goes through the same operations in the same order as in the one-pass
+/// step — a key's score depends only on its tile, an output element is its own chain of
+/// multiply-adds over the positions — so the results are bit for bit the same (tested).
+/// `scores` holds a row of `n` per head.
+#[allow(clippy::too_many_arguments)]
+fn attention_step_split<E: RowElem>(
+    level: SimdLevel,
+    pool: &ThreadPool,
+    shape: &AttnShape,
+    q: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
+    out: &mut [f32],
+    scores: &mut [f32],
+    n: usize,
+    groups: Groups,
+    scale: f32,
+) {
+    let (nh, hd, nkv) = (shape.n_heads, shape.head_dim, shape.n_kv_heads);
+    let kv_dim = nkv * hd;
+    let nt = pool.n_threads();
+    assert!(scores.len() >= nh * n && q.len() == nh * hd && out.len() == nh * hd);
+    let sc_p = SyncPtr(scores.as_mut_ptr());
+    // scores: group g against positions p0..p0 + len
+    let pos_chunk = n.div_ceil(nt).next_multiple_of(4);
+    let pos_parts = n.div_ceil(pos_chunk);
+    pool.run(|tid, nt| {
+        let sc_p = sc_p;
+        for task in (tid..nkv * pos_parts).step_by(nt) {
+            let (g, p0) = (task / pos_parts, task % pos_parts * pos_chunk);
+            let len = pos_chunk.min(n - p0);
+            for c in 0..groups.chunks {
+                let (h0, nq) = groups.heads(g, c);
+                // SAFETY: this task alone writes positions p0..p0 + len of the rows of heads
+                // h0..h0 + nq (scores holds nh rows of n).
+                let s = unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(h0 * n + p0), (nq - 1) * n + len) };
+                score_rows_with(level, &q[h0 * hd..], nq, hd, hd, &k_cache[p0 * kv_dim + g * hd..], kv_dim, len, scale, s, n, ROWS_AHEAD);
+            }
+        }
+    });
+    pool.run(|tid, nt| {
+        let sc_p = sc_p;
+        for h in (tid..nh).step_by(nt) {
+            // SAFETY: this task alone owns head h's row.
+            softmax(unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(h * n), n) });
+        }
+    });
+    // weighted sums: group g, output values d0..d0 + len of each of its heads
+    let dim_chunk = hd.div_ceil(nt).next_multiple_of(16);
+    let dim_parts = hd.div_ceil(dim_chunk);
+    let out_p = SyncPtr(out.as_mut_ptr());
+    let scores = &*scores;
+    pool.run(|tid, nt| {
+        let out_p = out_p;
+        for task in (tid..nkv * dim_parts).step_by(nt) {
+            let (g, d0) = (task / dim_parts, task % dim_parts * dim_chunk);
+            let len = dim_chunk.min(hd - d0);
+            for c in 0..groups.chunks {
+                let (h0, nq) = groups.heads(g, c);
+                // SAFETY: this task alone writes values d0..d0 + len of heads h0..h0 + nq.
+                let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(h0 * hd + d0), (nq - 1) * hd + len) };
+                let w = &scores[h0 * n..(h0 + nq) * n];
+                weigh_rows_with(level, w, nq, n, n, &v_cache[g * hd + d0..], kv_dim, len, o, hd, ROWS_AHEAD);
             }
         }
     });
@@ -185,8 +299,8 @@ mod tests {
                         let mut out = vec![0f32; t_len * nh * hd];
                         let mut scores = vec![0f32; threads * n];
                         match c.layer(0) {
-                            KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0),
-                            KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0),
+                            KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM),
+                            KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM),
                         }
                         out
                     };
@@ -237,21 +351,23 @@ mod tests {
             }
             let gb = (cache.bytes() as f64) / 1e9;
             for level in SimdLevel::available() {
-                for threads in [1, 2] {
+                // 2 threads: the one-pass step and the split one (when its tasks are uneven)
+                for (threads, split_from) in [(1, usize::MAX), (2, usize::MAX), (2, 0)] {
                     let pool = ThreadPool::new(threads).unwrap();
                     let mut out = vec![0f32; nh * hd];
-                    let mut scores = vec![0f32; threads * SCORE_ROWS * n];
+                    let mut scores = vec![0f32; score_rows_needed(threads, nh) * n];
                     let s = best_time(5, 3, |_| {
                         for l in 0..layers {
                             match cache.layer(l) {
-                                KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1),
-                                KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1),
+                                KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1, split_from),
+                                KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1, split_from),
                             }
                         }
                     });
                     println!(
-                        "{} cache, {level:?}, {threads} thread(s): {:.0} µs per step over {layers} layers × {n} positions ({:.1} GB/s of cache)",
+                        "{} cache, {level:?}, {threads} thread(s){}: {:.0} µs per step over {layers} layers × {n} positions ({:.1} GB/s of cache)",
                         dtype.name(),
+                        if split_from == 0 { ", split" } else { "" },
                         s * 1e6,
                         gb / s
                     );
@@ -310,7 +426,7 @@ mod tests {
                 let pool = ThreadPool::new(threads).unwrap();
                 let mut out = vec![0f32; t_len * nh * hd];
                 let mut scores = vec![0f32; threads * SCORE_ROWS * t_len];
-                let s = best_time(3, 1, |_| attention_rows(detected(), &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, 0));
+                let s = best_time(3, 1, |_| attention_rows(detected(), &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, 0, SPLIT_FROM));
                 println!("prompt of {t_len} tokens, {threads} thread(s): {:.0} µs per layer", s * 1e6);
             }
         }
@@ -331,7 +447,7 @@ mod tests {
                 let pool = ThreadPool::new(2).unwrap();
                 let mut scores = vec![0f32; 2 * SCORE_ROWS * n];
                 let mut out = vec![0f32; t_len * nh * hd];
-                attention_rows(level, &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, pos0);
+                attention_rows(level, &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM);
                 let mut worst = 0f64;
                 for t in 0..t_len {
                     for h in 0..nh {
@@ -362,23 +478,22 @@ mod tests {
                 let mut first: Option<Vec<f32>> = None;
                 for threads in [1, 2, 3, 5] {
                     let pool = ThreadPool::new(threads).unwrap();
-                    let mut scores = vec![0f32; threads * SCORE_ROWS * n];
+                    let mut scores = vec![0f32; score_rows_needed(threads, nh) * n];
                     let mut whole = vec![0f32; t_len * nh * hd];
-                    attention_rows(level, &pool, &shape, &q, &k, &v, &mut whole, &mut scores, t_len, pos0);
-                    let mut steps = vec![0f32; t_len * nh * hd];
-                    for t in 0..t_len {
-                        let row = t * nh * hd..(t + 1) * nh * hd;
-                        attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut steps[row], &mut scores, 1, pos0 + t);
-                    }
-                    assert_eq!(whole, steps, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd}");
-                    // decode steps whose scratch holds one row of scores per thread: one head per task
+                    attention_rows(level, &pool, &shape, &q, &k, &v, &mut whole, &mut scores, t_len, pos0, usize::MAX);
+                    // decode steps in one pass (split_from usize::MAX), split in three passes
+                    // wherever their tasks are uneven (0), and with scratch for one row of scores
+                    // per thread (one head per task, never split)
                     let mut narrow = vec![0f32; threads * n];
-                    let mut one_by_one = vec![0f32; t_len * nh * hd];
-                    for t in 0..t_len {
-                        let row = t * nh * hd..(t + 1) * nh * hd;
-                        attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut one_by_one[row], &mut narrow, 1, pos0 + t);
+                    for (split_from, wide, what) in [(usize::MAX, true, "one pass"), (0, true, "split"), (0, false, "narrow scratch")] {
+                        let sc = if wide { &mut scores } else { &mut narrow };
+                        let mut steps = vec![0f32; t_len * nh * hd];
+                        for t in 0..t_len {
+                            let row = t * nh * hd..(t + 1) * nh * hd;
+                            attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut steps[row], sc, 1, pos0 + t, split_from);
+                        }
+                        assert_eq!(whole, steps, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd} ({what})");
                     }
-                    assert_eq!(whole, one_by_one, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd} (narrow scratch)");
                     match &first {
                         None => first = Some(whole),
                         Some(f) => assert_eq!(&whole, f, "{level:?} threads {threads}"),

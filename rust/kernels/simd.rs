@@ -505,46 +505,61 @@ unsafe fn weigh_rows_q<V: F32Vec, E: RowElem, const Q: usize>(w: *const f32, ldw
     let l = V::LANES;
     let mut i = 0;
     while i + B * l <= d {
-        let mut acc = [[V::zero(); B]; Q];
-        for p in 0..n {
-            if ahead > 0 {
-                prefetch(rows.wrapping_add((p + ahead) * stride + i) as *const u8, B * l * std::mem::size_of::<E>());
-            }
-            let r = rows.add(p * stride + i);
-            let v: [V; B] = std::array::from_fn(|b| load_row::<V, E>(r.add(b * l)));
-            for j in 0..Q {
-                let s = V::splat(*w.add(j * ldw + p));
-                for b in 0..B {
-                    acc[j][b] = acc[j][b].mul_add(s, v[b]);
-                }
-            }
-        }
-        for j in 0..Q {
-            for b in 0..B {
-                acc[j][b].store(out.add(j * ldo + i + b * l));
-            }
-        }
+        weigh_block::<V, E, Q, B>(w, ldw, n, rows.add(i), stride, out.add(i), ldo, ahead);
         i += B * l;
     }
-    // what is left (less than a block): one vector (or its partial end) at a time
-    while i < d {
-        let c = (d - i).min(l);
+    // fewer than B whole vectors left (half a head on AVX-512 when a step splits the head
+    // dimension among threads): together, each row read once and requested ahead
+    match (d - i) / l {
+        0 => {}
+        1 => weigh_block::<V, E, Q, 1>(w, ldw, n, rows.add(i), stride, out.add(i), ldo, ahead),
+        2 => weigh_block::<V, E, Q, 2>(w, ldw, n, rows.add(i), stride, out.add(i), ldo, ahead),
+        _ => weigh_block::<V, E, Q, 3>(w, ldw, n, rows.add(i), stride, out.add(i), ldo, ahead),
+    }
+    i += (d - i) / l * l;
+    // the partial end of a row (d not a multiple of the lanes)
+    if i < d {
+        let c = d - i;
         let mut acc = [V::zero(); Q];
         for p in 0..n {
-            let r = rows.add(p * stride + i);
-            let v = if c == l { load_row::<V, E>(r) } else { load_row_partial::<V, E>(r, c) };
+            let v = load_row_partial::<V, E>(rows.add(p * stride + i), c);
             for j in 0..Q {
                 acc[j] = acc[j].mul_add(V::splat(*w.add(j * ldw + p)), v);
             }
         }
         for j in 0..Q {
-            if c == l {
-                acc[j].store(out.add(j * ldo + i));
-            } else {
-                acc[j].store_partial(out.add(j * ldo + i), c);
+            acc[j].store_partial(out.add(j * ldo + i), c);
+        }
+    }
+}
+
+/// NB whole vectors of each of the Q outputs of [`weigh_rows_q`], from `rows` and `out` (both
+/// already offset to the block's first value), kept in registers while every row adds into them.
+///
+/// # Safety
+/// As [`weigh_rows_q`] with d ≥ NB · lanes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn weigh_block<V: F32Vec, E: RowElem, const Q: usize, const NB: usize>(w: *const f32, ldw: usize, n: usize, rows: *const E, stride: usize, out: *mut f32, ldo: usize, ahead: usize) {
+    let l = V::LANES;
+    let mut acc = [[V::zero(); NB]; Q];
+    for p in 0..n {
+        if ahead > 0 {
+            prefetch(rows.wrapping_add((p + ahead) * stride) as *const u8, NB * l * std::mem::size_of::<E>());
+        }
+        let r = rows.add(p * stride);
+        let v: [V; NB] = std::array::from_fn(|b| load_row::<V, E>(r.add(b * l)));
+        for j in 0..Q {
+            let s = V::splat(*w.add(j * ldw + p));
+            for b in 0..NB {
+                acc[j][b] = acc[j][b].mul_add(s, v[b]);
             }
         }
-        i += c;
+    }
+    for j in 0..Q {
+        for b in 0..NB {
+            acc[j][b].store(out.add(j * ldo + b * l));
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{Arch, Model, Norm};
 use crate::kernels::activations::{add_assign, gelu_tanh, silu_mul};
-use crate::kernels::attention::{attention, AttnShape, SCORE_ROWS};
+use crate::kernels::attention::{attention, score_rows_needed, AttnShape};
 use crate::kernels::rope::RopeAngles;
 use crate::kernels::RowPath;
 use crate::kernels::norms::{layer_norm, rms_norm};
@@ -31,7 +31,7 @@ pub struct Scratch {
     pub up: Pages<f32>,
     /// act: [rows, ffn]
     pub act: Pages<f32>,
-    /// scores: [n_threads, SCORE_ROWS, context]
+    /// scores: [max(n_threads · SCORE_ROWS, n_heads), context] (attention::score_rows_needed)
     pub scores: Pages<f32>,
     /// RoPE cos/sin of the chunk's positions
     pub rope: RopeAngles,
@@ -47,7 +47,7 @@ impl Scratch {
     fn ensure(&mut self, model: &Model, rows: usize, context: usize) -> Result<()> {
         let c = &model.config;
         let what = "the activation buffers";
-        let scores = memory::checked_bytes(model.pool.n_threads() * SCORE_ROWS, context, what)?;
+        let scores = memory::checked_bytes(score_rows_needed(model.pool.n_threads(), c.num_heads), context, what)?;
         if self.rows >= rows && self.scores.len() >= scores {
             return Ok(());
         }
