@@ -335,7 +335,7 @@ impl Sampler {
         p.validate(logits.len())?;
         if p.is_plain_greedy() && suppress.is_empty() {
             // no processor can change these logits but keep_infinite_only, which `greedy`
-            // accounts for: no copy, one pass
+            // accounts for: read in place, no copy
             return greedy(logits);
         }
         self.work.copy_from_slice(logits);

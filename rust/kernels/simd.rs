@@ -487,6 +487,8 @@ unsafe fn score_rows_impl<V: F32Vec, E: RowElem>(q: *const f32, nq: usize, ldq: 
 /// Vectors of an output row that [`weigh_rows_q`] keeps in registers across the rows (4 × 16
 /// lanes: a head of 64 values in one block on AVX-512, two on AVX2).
 const WEIGH_BLOCK: usize = 4;
+// weigh_rows_q handles the whole vectors left after its blocks with blocks of 1 to 3
+const _: () = assert!(WEIGH_BLOCK <= 4);
 
 /// out[j·ldo + i] = Σ_p w[j·ldw + p]·rows[p·stride + i] for j < Q, i < d, p < n: Q weighted
 /// sums of the same rows (attention over values), each row loaded once for all of them. Blocks
