@@ -3,7 +3,7 @@
 use crate::kernels::activations::softmax;
 use crate::kernels::simd::{axpy_with, detected, score_rows_with, weigh_rows_with, RowElem, SimdLevel, MAX_QUERIES, ROWS_AHEAD};
 use crate::kv_cache::KvLayer;
-use crate::threadpool::{SyncPtr, ThreadPool};
+use crate::threadpool::{chunk, SyncPtr, ThreadPool};
 
 pub struct AttnShape {
     pub n_heads: usize,
@@ -29,7 +29,11 @@ pub fn score_rows_needed(threads: usize, n_heads: usize) -> usize {
 /// --nocapture`, two runs): at 2,000 positions FP32 3075 → 2583 and 3567 → 2904, BF16 2022 →
 /// 1886 and 2347 → 2279; at 1,000 FP32 1825 → 1513 and 1135 → 1075, BF16 665 → 689 and
 /// 659 → 663; at 512 FP32 438 → 466 and 595 → 552, BF16 214 → 272 and 234 → 471. Below about
-/// a thousand positions the two extra pool calls per layer cost what the balance gains.
+/// a thousand positions the two extra pool calls per layer cost what the balance gains. With
+/// the one-pass step's heads shared evenly among the threads (5 and 4; before, a task per
+/// group: 6 and 3), medians of 6 runs, one pass against split: 1,000 positions FP32 1520 vs
+/// 1568, BF16 1006 vs 1072; 2,000 positions FP32 3529 vs 3029, BF16 2463 vs 2320 — the
+/// split reads each group's keys and values once, the even shares read the cut group twice.
 pub const SPLIT_FROM: usize = 1024;
 
 /// For each of `t_len` new tokens at positions `pos0..pos0+t_len` and each head, attends over
@@ -69,10 +73,14 @@ pub fn attention(
 /// same sum. The row kernels compute each query's scores and each output alike whatever the
 /// other queries of the call, so a (row, head)'s result depends only on its query and the
 /// cache — not on the heads or rows beside it, the thread count or the chunk — and a prompt and
-/// its decode steps attend alike (tested). Threads take tasks in turn (task i on thread i mod
-/// n), which spreads the causally longer late rows. A decode step over at least `split_from`
-/// positions whose tasks would not divide evenly among the threads runs
-/// [`attention_step_split`] when `scores` holds a row per head.
+/// its decode steps attend alike (tested). A prompt's threads take tasks in turn (task i on
+/// thread i mod n), which spreads the causally longer late rows. A decode step gives each
+/// thread an even share of the query heads (SmolLM2's 9 heads on 2 threads: 5 and 4; a task
+/// per group of 3 had given one thread 6), each share in tasks of one group's heads — a group
+/// that two shares cut is read by both. A decode step over at least `split_from` positions
+/// whose groups would not divide evenly among the threads runs [`attention_step_split`]
+/// instead when `scores` holds a row per head: there a group's keys and values are read
+/// once in all.
 #[allow(clippy::too_many_arguments)]
 fn attention_rows<E: RowElem>(
     level: SimdLevel,
@@ -102,18 +110,19 @@ fn attention_rows<E: RowElem>(
     let cap = MAX_QUERIES.min(stride / n_ctx_max.max(1)).max(1);
     // A task is `nq` queries, `ld` apart in q and out, against KV head g; query j sees positions
     // 0..n_lo + j·step. A decode step's task is up to `cap` heads of one group (step 0, hd apart:
-    // the heads of a group read the same keys and values; the group split evenly), a prompt's one
-    // head and up to `cap` consecutive rows (step 1, a row apart).
+    // the heads of a group read the same keys and values), a prompt's one head and up to `cap`
+    // consecutive rows (step 1, a row apart).
     let decode = t_len == 1;
     let chunks = group.div_ceil(cap);
     let per = group.div_ceil(chunks);
     let blocks = t_len.div_ceil(cap);
-    let tasks = if decode { shape.n_kv_heads * chunks } else { blocks * nh };
     // a decode step's keys and values come from memory once; a prompt's were just read by its
     // other rows and heads
     let ahead = if decode { ROWS_AHEAD } else { 0 };
     let nt = pool.n_threads();
-    if decode && nt > 1 && tasks % nt != 0 && n_ctx_max >= split_from && scores.len() >= nh * n_ctx_max {
+    // the tasks of a decode step when each takes a whole group (or an even share of one)
+    let group_tasks = shape.n_kv_heads * chunks;
+    if decode && nt > 1 && group_tasks % nt != 0 && n_ctx_max >= split_from && scores.len() >= nh * n_ctx_max {
         let groups = Groups { size: group, chunks, per };
         return attention_step_split(level, pool, shape, q, k_cache, v_cache, out, scores, n_ctx_max, groups, scale);
     }
@@ -123,17 +132,9 @@ fn attention_rows<E: RowElem>(
         let (out_p, sc_p) = (out_p, sc_p);
         // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the rows of out it is given.
         let sc = unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(tid * stride), stride) };
-        for task in (tid..tasks).step_by(nt) {
-            // (kv head, offset of the first query in q and out, queries, their distance, n_lo, step)
-            let (g, at, nq, ld, n_lo, step) = if decode {
-                let (g, c) = (task / chunks, task % chunks);
-                let h0 = g * group + c * per;
-                (g, h0 * hd, per.min(group - c * per), hd, pos0 + 1, 0)
-            } else {
-                let (b, h) = (task / nh, task % nh);
-                let t0 = b * cap;
-                (h / group, t0 * row + h * hd, cap.min(t_len - t0), row, pos0 + t0 + 1, 1)
-            };
+        // `nq` queries, `ld` apart in q and out from offset `at`, against KV head g; query j
+        // sees positions 0..n_lo + j·step
+        let mut task = |g: usize, at: usize, nq: usize, ld: usize, n_lo: usize, step: usize| {
             // the last query sees positions 0..n_hi
             let n_hi = n_lo + (nq - 1) * step;
             let (keys, values) = (&k_cache[g * hd..], &v_cache[g * hd..]);
@@ -152,6 +153,23 @@ fn attention_rows<E: RowElem>(
                 for p in n_lo..n_lo + j * step {
                     axpy_with(level, oj, s[j * n_hi + p], &values[p * kv_dim..p * kv_dim + hd]);
                 }
+            }
+        };
+        if decode {
+            // this thread's share of the query heads, in pieces of up to `cap` heads of a group
+            let heads = chunk(nh, tid, nt);
+            let mut h = heads.start;
+            while h < heads.end {
+                let g = h / group;
+                let nq = (heads.end.min((g + 1) * group) - h).min(cap);
+                task(g, h * hd, nq, hd, pos0 + 1, 0);
+                h += nq;
+            }
+        } else {
+            for b in (tid..blocks * nh).step_by(nt) {
+                let (b, h) = (b / nh, b % nh);
+                let t0 = b * cap;
+                task(h / group, t0 * row + h * hd, cap.min(t_len - t0), row, pos0 + t0 + 1, 1);
             }
         }
     });
