@@ -343,14 +343,29 @@ def _int4_targets(model: dict, cpp, shapes) -> list:
     i8r = next((r for (p, _), r in sorted(rows.items()) if p == "int8"), None)
     if i4r and i8r:
         b4, b8 = i4r["matmul_bytes_per_token"] / 1e6, i8r["matmul_bytes_per_token"] / 1e6
+        # the KV cache a timed decode step reads: bytes per position × the steps' mean attended
+        # positions (step j of new − 1 attends prompt + j positions)
+        per_pos = i4r["kv_cache_mib"] * 2**20 / i4r["context"]
+        mean_pos = i4r["prompt_tokens"] + i4r["new_tokens"] / 2
+        kv = per_pos * mean_pos / 1e6
         out += ["", f"INT4 keeps the file's 4-bit weights ({i4r['weight_mib']:.0f} MiB instead of INT8's "
                 f"{i8r['weight_mib']:.0f}) and FP32's quality, up to the bf16 rounding of its prefill GEMM on AVX512-BF16 "
-                "CPUs (docs/quality.md). The 1.5× decode target is at the limit of "
-                f"what the bytes allow on this file: a token reads {b4:.1f} MB of weights in INT4 against {b8:.1f} MB in INT8, "
-                f"{b8 / b4:.2f}× fewer, because the file stores its embedding — the tied lm_head, a fifth of the "
-                "parameters — as Q8_0, which INT4 keeps as INT8; and both precisions spend the same time outside the "
-                "matmuls (attention, norms, sampling). The INT4 decode GEMV and its measurements: docs/architecture.md, "
-                "INT4."]
+                "CPUs (docs/quality.md). The 1.5× decode target is beyond what the bytes allow on this file once "
+                f"decode is memory-bound (2 threads): a token reads {b4:.1f} MB of weights in INT4 against {b8:.1f} MB in "
+                f"INT8, {b8 / b4:.2f}× fewer, because the file stores its embedding — the tied lm_head, a fifth of the "
+                "parameters — as Q8_0, which INT4 keeps as INT8; and both read the same KV cache, "
+                f"{kv:.1f} MB per token at the timed steps' mean of {mean_pos:.0f} positions ({i4r['kv_cache']} cache), "
+                f"so even at the full bandwidth with nothing else to do INT4 could be at most ({b8:.1f} + {kv:.1f}) / "
+                f"({b4:.1f} + {kv:.1f}) = {(b8 + kv) / (b4 + kv):.3f}× faster — before the time both precisions spend "
+                "outside the matmuls (norms, RoPE, the quantizer of x, sampling)."]
+        one4, one8 = rows.get(("int4", 1)), rows.get(("int8", 1))
+        if one4 and one8:
+            gbs = lambda r: r["decode_tok_s"] * r["matmul_bytes_per_token"] / 1e9  # noqa: E731
+            out[-1] += (f" On 1 thread neither reads at the memory's pace (INT8 {gbs(one8):.1f} GB/s of weights, INT4 "
+                        f"{gbs(one4):.1f}, the probes {one8['read_bandwidth_gb_s']:.1f} and "
+                        f"{one4['read_bandwidth_gb_s']:.1f}): there the arithmetic per byte decides, and the ratio may "
+                        "pass that of the bytes.")
+        out[-1] += " The INT4 decode GEMV and its measurements: docs/architecture.md, INT4."
     return out
 
 

@@ -75,8 +75,8 @@ fn unpack(s: u64) -> (usize, usize) {
     ((s & 0xffff_ffff) as usize, (s >> 32) as usize)
 }
 
-/// Claims up to `want(front, back)` units of `r` from its front (`own`) or its back; the
-/// claimed units, or None when the range is empty.
+/// Claims `want(left)` units of `r` (at least 1, at most the `left` unclaimed ones) from its
+/// front (`own`) or its back; the claimed units, or None when the range is empty.
 fn claim(r: &Range, own: bool, want: impl Fn(usize) -> usize) -> Option<(usize, usize)> {
     let mut s = r.0.load(Ordering::Relaxed);
     loop {
