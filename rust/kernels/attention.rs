@@ -62,9 +62,9 @@ pub fn attention(
 /// [`attention`] on SIMD level `level` over k_cache/v_cache: [max_seq, n_kv_heads·head_dim]
 /// of one element type.
 ///
-/// A decode step (one row) has a task per group of query heads that share a KV head (up to
-/// [`MAX_QUERIES`] of them; a larger group is split evenly): their queries read each key and
-/// value row of the group once. A prompt's task is one head and up to [`MAX_QUERIES`]
+/// A decode step's (one row's) task is query heads that share a KV head (up to
+/// [`MAX_QUERIES`] of them, within one thread's share of the heads, below): their queries read
+/// each key and value row of the group once. A prompt's task is one head and up to [`MAX_QUERIES`]
 /// consecutive rows, which attend over nearly the same keys: their scores read each key row
 /// once ([`score_rows_with`], keys in tiles reduced across lanes together; a row's scores past
 /// its own position are computed and not used), a softmax per row over its own positions, then
@@ -192,8 +192,9 @@ impl Groups {
 }
 
 /// A decode step over `n` positions in three passes, each split evenly among the threads, for
-/// when a task per KV head would not be (SmolLM2's 3 KV heads on 2 threads: one thread took two
-/// of the three): the scores of every group over chunks of positions (a multiple of the
+/// when a task per KV head would not be (SmolLM2's 3 KV heads on 2 threads), and where reading
+/// a group cut between two threads' shares of heads twice costs more than two extra pool
+/// calls ([`SPLIT_FROM`]): the scores of every group over chunks of positions (a multiple of the
 /// 4-key tile of [`score_rows_with`]), the softmax of each head's row, then the weighted sums of
 /// every group over chunks of the head dimension (whole 16-lane blocks). Each score, softmax
 /// and output element goes through the same operations in the same order as in the one-pass
