@@ -142,6 +142,11 @@ def long_model(tmp_path_factory):
                         threads=2)
 
 
+# When the tests below cancel a 4,000-token generation of `long_model`: it takes about 0.3 s on
+# a 2-vCPU machine, so 0.05 s in it has generated some tokens and not all of them.
+CANCEL_AFTER_S = 0.05
+
+
 class CountingCancel:
     """is_set() turns True after `n` checks (the checks are made before each prefill chunk and
     each decode step)."""
@@ -156,7 +161,7 @@ class CountingCancel:
 
 def test_a_cancel_event_stops_the_work(long_model):
     ev = threading.Event()
-    threading.Timer(0.3, ev.set).start()
+    threading.Timer(CANCEL_AFTER_S, ev.set).start()
     t0 = time.perf_counter()
     r = long_model.generate([1, 2, 3], max_new_tokens=4000, ignore_eos=True, cancel=ev)
     assert r.finish_reason == "cancelled" and 0 < len(r.tokens) < 4000
@@ -205,7 +210,7 @@ def test_cancelling_the_task_stops_the_work(long_model):
 
     async def main():
         task = asyncio.create_task(long_model.agenerate([1, 2, 3], max_new_tokens=4000, ignore_eos=True))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(CANCEL_AFTER_S)
         t0 = time.perf_counter()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -229,7 +234,7 @@ def test_a_user_cancel_event_reaches_async_calls(long_model):
     ev = threading.Event()
 
     async def main():
-        asyncio.get_running_loop().call_later(0.3, ev.set)
+        asyncio.get_running_loop().call_later(CANCEL_AFTER_S, ev.set)
         return await long_model.agenerate([1, 2, 3], max_new_tokens=4000, ignore_eos=True, cancel=ev)
 
     assert asyncio.run(main()).finish_reason == "cancelled"
