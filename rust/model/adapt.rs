@@ -147,7 +147,10 @@ impl Model {
         for ((slot, _), cell) in by_slot.iter().zip(built) {
             let result = cell.into_inner().ok().flatten().ok_or_else(|| Error::InvalidArgument("a rebuild did not run".into()))?;
             let lin = out.slot_linear_mut(*slot).ok_or_else(|| Error::InvalidArgument("no such layer".into()))?;
-            lin.weight = Arc::new(result?);
+            let weight = result?;
+            // a rebuilt matrix is a new buffer: in huge pages like the loaded ones
+            weight.collapse_to_huge_pages();
+            lin.weight = Arc::new(weight);
         }
         for (d, t) in deltas.into_iter().zip(deltas_at) {
             let lin = out.slot_linear_mut(t.slot).ok_or_else(|| Error::MissingTensor(d.name.clone()))?;

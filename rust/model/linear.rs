@@ -55,6 +55,26 @@ pub enum WeightData {
 }
 
 impl WeightData {
+    /// Puts the whole 2 MiB pages of the weights in huge pages
+    /// ([`crate::memory::collapse_to_huge_pages`]): a decode step streams every weight once, and
+    /// with 4 KiB pages it needs a new page translation every 4 KiB of them. Values unchanged.
+    pub fn collapse_to_huge_pages(&self) {
+        use crate::memory::collapse_to_huge_pages as collapse;
+        match self {
+            WeightData::F32(w) => collapse(w),
+            WeightData::Bf16(w) => collapse(w),
+            WeightData::Int8(q) => {
+                collapse(&q.q);
+                collapse(&q.scales);
+            }
+            WeightData::Int4(q) => {
+                collapse(&q.q);
+                collapse(&q.scales);
+                collapse(&q.mins);
+            }
+        }
+    }
+
     pub fn precision(&self) -> Precision {
         match self {
             WeightData::F32(_) => Precision::F32,

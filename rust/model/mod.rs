@@ -14,7 +14,6 @@ pub mod tensors;
 
 use crate::error::{Error, Result};
 use crate::kernels::rope::Rope;
-use crate::memory;
 use std::sync::Arc;
 
 use crate::threadpool::ThreadPool;
@@ -79,34 +78,11 @@ impl Model {
             Arch::Llama => llama::build(config, store, pool),
             Arch::Gpt2 => gpt2::build(config, store, pool),
         }?;
-        model.collapse_weights_to_huge_pages();
+        // decode streams the weights once per token: their whole 2 MiB pages as huge pages
+        for l in model.linears() {
+            l.weight.collapse_to_huge_pages();
+        }
         Ok(model)
-    }
-
-    /// Puts the whole 2 MiB pages of every matmul weight in huge pages
-    /// ([`memory::collapse_to_huge_pages`]): decode streams the weights once per token, and with
-    /// 4 KiB pages it needs a new page translation every 4 KiB of them.
-    fn collapse_weights_to_huge_pages(&self) {
-        let mut linears: Vec<&Linear> = vec![&self.embed];
-        linears.extend(self.lm_head.as_ref());
-        for l in &self.layers {
-            linears.extend([&l.qkv, &l.o, &l.up, &l.down]);
-        }
-        for l in linears {
-            match &*l.weight {
-                WeightData::F32(w) => memory::collapse_to_huge_pages(w),
-                WeightData::Bf16(w) => memory::collapse_to_huge_pages(w),
-                WeightData::Int8(q) => {
-                    memory::collapse_to_huge_pages(&q.q);
-                    memory::collapse_to_huge_pages(&q.scales);
-                }
-                WeightData::Int4(q) => {
-                    memory::collapse_to_huge_pages(&q.q);
-                    memory::collapse_to_huge_pages(&q.scales);
-                    memory::collapse_to_huge_pages(&q.mins);
-                }
-            }
-        }
     }
 
     /// Storage precision of the matmul weights (the lm_head's, which every layer shares).
