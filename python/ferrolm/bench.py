@@ -277,6 +277,7 @@ def machine_info() -> Dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "simd": _core.simd_level(), "bf16_prefill": _core.bf16_prefill(),
+            "prefill_gemm": _core.prefill_gemm(),
             "machine": platform.machine(),
             "python": platform.python_version(), "ferrolm": _core.__version__,
             "memory_gib": _core.memory_limit() / 2**30 if _core.memory_limit() < 2**62 else None,

@@ -69,7 +69,8 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
         lines += ["```", report["command"], "```", ""]
     lines += [
         f"Machine: {mach['cpu']}, {mach['cpus']} CPUs, kernels `{mach['simd']}`"
-        + (f" (BF16/INT8/INT4 prefill multiplies {mach['bf16_prefill']} activations)" if mach.get("bf16_prefill") else "")
+        + (f" (BF16/INT8/INT4 prefill multiplies {mach['bf16_prefill']} activations"
+           + (f", GEMM `{mach['prefill_gemm']}`" if mach.get("prefill_gemm") else "") + ")" if mach.get("bf16_prefill") else "")
         + f", Python {mach['python']}, ferrolm "
         f"{mach['ferrolm']}" + (f"; load average {load[0]:.2f} at the start, {mach['load_average_end'][0]:.2f} at the end"
                                 if load and mach.get("load_average_end") else "") + ".",

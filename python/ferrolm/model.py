@@ -624,7 +624,7 @@ def load(
         precision = "bf16"  # the CUDA kernels have no INT4; BF16 keeps the 4-bit values closest (8-bit mantissa)
     precision = ckpt.resolve_precision(precision)
     if precision in ("bf16", "int8", "int4") and device == "cpu":
-        _core.bf16_prefill()  # raises on an invalid FERROLM_BF16_PREFILL
+        _core.prefill_gemm()  # raises on an invalid FERROLM_BF16_PREFILL or FERROLM_AMX
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
     backend = backend_for(device, core)
     context_length = _context_length(core, context_length, backend, kv_cache)

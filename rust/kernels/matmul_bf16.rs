@@ -93,6 +93,20 @@ pub fn rounds_x(level: SimdLevel, m: usize, path: Option<RowPath>) -> bool {
     dot_gemm_runs(level) && path.unwrap_or(bf16_path_for(m)) == RowPath::Gemm && env_rounds_x()
 }
 
+/// The kernel of the BF16, INT8 and INT4 prefill GEMM on `level`: "amx-bf16" (AMX tiles,
+/// `matmul_amx`) or "avx512-bf16" (`vdpbf16ps`, `matmul_bf16_dot`), which both round x to
+/// bf16, or "f32" (x exact: f32 for BF16 weights, 16-bit for INT8 and INT4).
+pub fn prefill_gemm(level: SimdLevel) -> &'static str {
+    if !rounds_x(level, usize::MAX, Some(RowPath::Gemm)) {
+        return "f32";
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::matmul_amx::enabled() {
+        return "amx-bf16";
+    }
+    "avx512-bf16"
+}
+
 /// [`matmul_bf16`] on a given path, whatever m (see [`RowPath`]).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bf16_path(

@@ -14,6 +14,7 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
+use crate::kernels::matmul_amx as amx;
 use crate::kernels::matmul_parts::{run_parts, Split};
 use crate::threadpool::ThreadPool;
 
@@ -120,11 +121,12 @@ unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc:
 }
 
 /// Rows `j0..j0 + rows` × columns `k0..k0 + kc` of w (row stride `k`; `k0` a multiple of L),
-/// packed NR rows per tile as bf16.
+/// packed T rows per tile as bf16: `dst[tile][step][row in tile][32]`, rows past `rows` and
+/// columns past `kc` zero.
 #[inline(always)]
-unsafe fn pack_w(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+pub(crate) unsafe fn pack_w<const T: usize>(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
     match w {
-        Weights::Bf16(w) => pack::<NR>(rows, kc, dst, |r, p, cnt| {
+        Weights::Bf16(w) => pack::<T>(rows, kc, dst, |r, p, cnt| {
             let src = w.add((j0 + r) * k + k0 + p) as *const i16;
             if cnt == L {
                 _mm512_loadu_si512(src as *const __m512i)
@@ -134,7 +136,10 @@ unsafe fn pack_w(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: us
         }),
         Weights::Int8 { q, scales, group } => {
             let ng = k.div_ceil(group);
-            pack::<NR>(rows, kc, dst, |r, p, cnt| {
+            // col / group without a division where group is a power of two (32 in practice)
+            let shift = if group.is_power_of_two() { group.trailing_zeros() } else { u32::MAX };
+            let group_of = |col: usize| if shift != u32::MAX { col >> shift } else { col / group };
+            pack::<T>(rows, kc, dst, |r, p, cnt| {
                 let (row, col) = (j0 + r, k0 + p);
                 let src = q.add(row * k + col);
                 let v = if cnt == L {
@@ -143,7 +148,7 @@ unsafe fn pack_w(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: us
                     _mm256_maskz_loadu_epi8(((1u64 << cnt) - 1) as __mmask32, src)
                 };
                 // the 32 values lie in one group (group % L == 0, col % L == 0)
-                let s = _mm512_set1_ps(*scales.add(row * ng + col / group));
+                let s = _mm512_set1_ps(*scales.add(row * ng + group_of(col)));
                 let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
                 let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
                 std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
@@ -152,7 +157,7 @@ unsafe fn pack_w(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: us
         Weights::Int4 { q, scales, mins, row_bytes } => {
             let ng = k.div_ceil(L);
             let f16 = |h: u16| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
-            pack::<NR>(rows, kc, dst, |r, p, cnt| {
+            pack::<T>(rows, kc, dst, |r, p, cnt| {
                 // one group per step (L = 32): byte t holds value t (low nibble) and t + 16
                 let (row, gi) = (j0 + r, (k0 + p) / L);
                 let v = _mm_loadu_si128(q.add(row * row_bytes + gi * 16) as *const __m128i);
@@ -170,6 +175,25 @@ unsafe fn pack_w(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: us
                     _mm512_maskz_mov_epi16(((1u64 << cnt) - 1) as __mmask32, b)
                 }
             })
+        }
+    }
+}
+
+impl Weights {
+    /// Row `j`'s bytes of w (values, and for int8/int4 the scales and minimums): (start, length)
+    /// pairs, for prefetching.
+    pub(crate) fn row_spans(&self, k: usize, j: usize) -> [(*const u8, usize); 3] {
+        // SAFETY of the pointer arithmetic (wrapping: nothing is dereferenced here)
+        match *self {
+            Weights::Bf16(w) => [(w.wrapping_add(j * k) as *const u8, 2 * k), (w as *const u8, 0), (w as *const u8, 0)],
+            Weights::Int8 { q, scales, group } => {
+                let ng = k.div_ceil(group);
+                [(q.wrapping_add(j * k) as *const u8, k), (scales.wrapping_add(j * ng) as *const u8, 4 * ng), (q as *const u8, 0)]
+            }
+            Weights::Int4 { q, scales, mins, row_bytes } => {
+                let ng = k.div_ceil(L);
+                [(q.wrapping_add(j * row_bytes), row_bytes), (scales.wrapping_add(j * ng) as *const u8, 2 * ng), (mins.wrapping_add(j * ng) as *const u8, 2 * ng)]
+            }
         }
     }
 }
@@ -262,7 +286,7 @@ unsafe fn region(g: &Region) {
             let mut jb = c0;
             while jb < c1 {
                 let nc = nc_max.min(c1 - jb);
-                pack_w(g.w, k, jb, nc, k0, kc, wbuf.as_mut_ptr());
+                pack_w::<NR>(g.w, k, jb, nc, k0, kc, wbuf.as_mut_ptr());
                 for it in 0..mc.div_ceil(MR) {
                     let xp = xbuf.as_ptr().add(it * steps * MR * L);
                     let mr = MR.min(mc - it * MR);
@@ -282,14 +306,26 @@ unsafe fn region(g: &Region) {
     PACK.with(|c| c.set(buf));
 }
 
-/// y: [m, n] = x: [m, k] · wᵀ on the pool, each thread a part of whole register tiles.
+/// y: [m, n] = x: [m, k] · wᵀ with x rounded to bf16: on AMX tiles where
+/// [`crate::kernels::matmul_amx::enabled`], else with `vdpbf16ps` ([`matmul_vdp`]).
 ///
 /// # Safety
 /// x holds `m·k` values, y `m·n`, w is `[n, k]` weights (int8: with `[n, ceil(k / group)]`
 /// scales and `group % 32 == 0`; int4: rows of `ceil(k / 32)` whole groups with their scales
 /// and minimums) readable for the whole call; `k ≥ 1`; [`available`] holds.
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul(pool: &ThreadPool, x: &[f32], w: Weights, y: &mut [f32], m: usize, k: usize, n: usize) {
+    if amx::enabled() {
+        amx::matmul(pool, x, w, y, m, k, n)
+    } else {
+        matmul_vdp(pool, x, w, y, m, k, n)
+    }
+}
+
+/// [`matmul`] with `vdpbf16ps`, each thread a part of whole register tiles.
+///
+/// # Safety
+/// As [`matmul`]'s.
+pub(crate) unsafe fn matmul_vdp(pool: &ThreadPool, x: &[f32], w: Weights, y: &mut [f32], m: usize, k: usize, n: usize) {
     debug_assert!(available() && x.len() == m * k && y.len() == m * n && k >= 1);
     let whole = Region { x: x.as_ptr(), w, y: y.as_mut_ptr(), k, n, rows: (0, m), cols: (0, n) };
     let whole = &whole; // captured whole: its raw-pointer fields are not Sync on their own

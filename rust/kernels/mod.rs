@@ -2,6 +2,8 @@
 pub mod activations;
 pub mod attention;
 pub(crate) mod matmul;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod matmul_amx;
 pub mod matmul_bf16;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod matmul_bf16_dot;

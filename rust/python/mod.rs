@@ -716,6 +716,20 @@ fn bf16_prefill() -> PyResult<String> {
     Ok(if rounds_x(level, usize::MAX, Some(crate::kernels::RowPath::Gemm)) { "bf16" } else { "f32" }.to_string())
 }
 
+/// The kernel of the BF16, INT8 and INT4 prefill GEMM on this CPU: "amx-bf16" (AMX tiles) or
+/// "avx512-bf16" (`vdpbf16ps`), both multiplying bf16 as [`bf16_prefill`] says, or "f32". An
+/// invalid `FERROLM_BF16_PREFILL` or `FERROLM_AMX` raises `InvalidArgumentError`.
+#[pyfunction]
+fn prefill_gemm() -> PyResult<String> {
+    bf16_prefill()?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::kernels::matmul_amx::{amx_allowed, AMX_ENV};
+        amx_allowed(std::env::var(AMX_ENV).ok().as_deref()).map_err(crate::error::Error::InvalidArgument)?;
+    }
+    Ok(crate::kernels::matmul_bf16::prefill_gemm(crate::kernels::simd::detected()).to_string())
+}
+
 /// Memory read bandwidth in bytes/s: `threads` threads summing a buffer of `bytes` bytes,
 /// best of `repeats` passes (for the decode ceiling).
 #[pyfunction]
@@ -792,6 +806,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_prefill, m)?)?;
+    m.add_function(wrap_pyfunction!(prefill_gemm, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(tensor_table, m)?)?;
