@@ -36,6 +36,13 @@ def test_loads_as_the_cli_default(smol):
     assert smol.chat_template is not None
 
 
+#: Where the prompt's GEMM rounds x to bf16 (`_core.bf16_prefill()`), the default load's logits
+#: move by up to ~0.04 from FP32's (measured on these prompts); greedy may then take the other
+#: side of a near-tie, and only there: at a step whose top-2 margin in transformers' float64
+#: logits is below this.
+NEAR_TIE = 0.02 if ferrolm._core.bf16_prefill() == "bf16" else 0.0
+
+
 @pytest.mark.parametrize("case", range(3))
 def test_chat_replies_match_transformers(smol, case):
     c = REF["prompts"][case]
@@ -44,7 +51,14 @@ def test_chat_replies_match_transformers(smol, case):
     assert smol.apply_chat_template(msgs) == c["prompt_text"]
     out = smol.chat(msgs, max_new_tokens=40)
     assert out.prompt_tokens == c["prompt_ids"]
-    assert out.tokens == c["greedy_tokens"]
+    want = c["greedy_tokens"]
+    first = next((i for i, (a, b) in enumerate(zip(out.tokens, want)) if a != b), None)
+    if first is not None:
+        margin = c["greedy_margins_f64"][first]
+        assert margin < NEAR_TIE, f"token {first}: {out.tokens[first]} instead of {want[first]}, margin {margin:.4f}"
+        assert out.tokens[:first] == want[:first]
+        return
+    assert out.tokens == want
     assert out.text == c["greedy_text"]
     assert out.finish_reason == ("eos" if c["eos_hit"] else "length")
 
