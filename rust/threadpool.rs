@@ -165,6 +165,17 @@ impl ThreadPool {
         self.shared.n_threads
     }
 
+    /// Calls `f` on ranges that cover `0..rows` once between them: one per thread from
+    /// [`ROWS_ON_POOL`] rows on, else one range on the calling thread. For row-wise work
+    /// whose result does not depend on how the rows are cut.
+    pub fn rows<F: Fn(std::ops::Range<usize>) + Sync>(&self, rows: usize, f: F) {
+        if self.n_threads() == 1 || rows < ROWS_ON_POOL {
+            f(0..rows);
+        } else {
+            self.run(|t, nt| f(chunk(rows, t, nt)));
+        }
+    }
+
     /// Calls `f(thread_id, n_threads)` once for every id in `0..n_threads` and returns
     /// when all are done. The caller runs id 0 (and any id no worker picked up in time).
     /// A panic in `f` is re-raised here after all ids finished. Concurrent calls are
@@ -323,6 +334,10 @@ pub fn chunk(len: usize, i: usize, n: usize) -> std::ops::Range<usize> {
     let end = start + base + usize::from(i < rem);
     start..end
 }
+
+/// [`ThreadPool::rows`] splits the rows among the threads from this many on (a prompt's
+/// element-wise work; a decode step's one row stays on the calling thread).
+pub const ROWS_ON_POOL: usize = 16;
 
 /// A raw pointer that threads may share to write disjoint parts of one output slice.
 #[derive(Clone, Copy)]

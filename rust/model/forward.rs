@@ -8,6 +8,7 @@ use crate::kernels::RowPath;
 use crate::kernels::norms::{layer_norm, rms_norm};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
+use crate::threadpool::{SyncPtr, ThreadPool};
 use crate::memory::{self, Pages};
 
 /// Tokens processed per prefill step; bounds scratch memory for long prompts.
@@ -83,13 +84,19 @@ impl Scratch {
     }
 }
 
-fn apply_norm(norm: &Norm, x: &[f32], out: &mut [f32], d: usize) {
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        match &norm.bias {
-            None => rms_norm(xr, &norm.weight, norm.eps, or),
-            Some(b) => layer_norm(xr, &norm.weight, b, norm.eps, or),
+fn apply_norm(pool: &ThreadPool, norm: &Norm, x: &[f32], out: &mut [f32], d: usize) {
+    let op = SyncPtr(out.as_mut_ptr());
+    pool.rows(x.len() / d, |r| {
+        let op = op; // the whole SyncPtr, not its raw field
+        // SAFETY: rows r of out belong to this range alone.
+        let out = unsafe { std::slice::from_raw_parts_mut(op.0.add(r.start * d), r.len() * d) };
+        for (xr, or) in x[r.start * d..r.end * d].chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            match &norm.bias {
+                None => rms_norm(xr, &norm.weight, norm.eps, or),
+                Some(b) => layer_norm(xr, &norm.weight, b, norm.eps, or),
+            }
         }
-    }
+    });
 }
 
 /// What a forward pass reads: token ids (looked up in the embedding table) or input embeddings
@@ -182,12 +189,12 @@ pub fn forward_input(
         let head = model.lm_head();
         match all_logits.as_deref_mut() {
             Some(out) => {
-                apply_norm(&model.final_norm, &scratch.x[..t * d], &mut scratch.xn[..t * d], d);
+                apply_norm(&model.pool, &model.final_norm, &scratch.x[..t * d], &mut scratch.xn[..t * d], d);
                 head.forward_path(&model.pool, &scratch.xn[..t * d], &mut out[done * vocab..(done + t) * vocab], t, path);
             }
             None if done + t == n => {
                 let last = &scratch.x[(t - 1) * d..t * d];
-                apply_norm(&model.final_norm, last, &mut scratch.xn[..d], d);
+                apply_norm(&model.pool, &model.final_norm, last, &mut scratch.xn[..d], d);
                 head.forward_path(&model.pool, &scratch.xn[..d], logits, 1, model.path_for(1));
             }
             None => {}
@@ -255,7 +262,7 @@ pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<
     }
     let shape = AttnShape { n_heads: c.num_heads, n_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
     for (li, layer) in model.layers.iter().enumerate() {
-        apply_norm(&layer.attn_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
+        apply_norm(pool, &layer.attn_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
         layer.qkv.forward_path(pool, &s.xn[..b * d], &mut s.qkv[..b * qkv_dim], b, path);
         for (i, r) in rows.iter_mut().enumerate() {
             let row = &mut s.qkv[i * qkv_dim..(i + 1) * qkv_dim];
@@ -273,7 +280,7 @@ pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<
         layer.o.forward_path(pool, &s.att[..b * q_dim], &mut s.xn[..b * d], b, path);
         add_assign(&mut s.x[..b * d], &s.xn[..b * d]);
 
-        apply_norm(&layer.mlp_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
+        apply_norm(pool, &layer.mlp_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
         let up_out = layer.up.out_features;
         layer.up.forward_path(pool, &s.xn[..b * d], &mut s.up[..b * up_out], b, path);
         let act: &[f32] = match c.arch {
@@ -294,7 +301,7 @@ pub fn forward_batch(model: &Model, scratch: &mut Scratch, rows: &mut [BatchRow<
         layer.down.forward_path(pool, act, &mut s.xn[..b * d], b, path);
         add_assign(&mut s.x[..b * d], &s.xn[..b * d]);
     }
-    apply_norm(&model.final_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
+    apply_norm(pool, &model.final_norm, &s.x[..b * d], &mut s.xn[..b * d], d);
     model.lm_head().forward_path(pool, &s.xn[..b * d], &mut s.batch_logits[..b * vocab], b, path);
     for (i, r) in rows.iter_mut().enumerate() {
         r.logits.copy_from_slice(&s.batch_logits[i * vocab..(i + 1) * vocab]);
@@ -329,7 +336,7 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
     }
     for (li, layer) in model.layers.iter().enumerate() {
         // attention block
-        apply_norm(&layer.attn_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
+        apply_norm(pool, &layer.attn_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
         layer.qkv.forward_path(pool, &s.xn[..t * d], &mut s.qkv[..t * qkv_dim], t, path);
         for i in 0..t {
             let row = &mut s.qkv[i * qkv_dim..(i + 1) * qkv_dim];
@@ -344,27 +351,50 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
         }
         attention(pool, &shape, &s.q[..t * q_dim], cache.layer(li), &mut s.att[..t * q_dim], &mut s.scores, t, pos0);
         layer.o.forward_path(pool, &s.att[..t * q_dim], &mut s.xn[..t * d], t, path);
-        add_assign(&mut s.x[..t * d], &s.xn[..t * d]);
+        add_rows(pool, &mut s.x[..t * d], &s.xn[..t * d], d);
 
         // MLP block
-        apply_norm(&layer.mlp_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
+        apply_norm(pool, &layer.mlp_norm, &s.x[..t * d], &mut s.xn[..t * d], d);
         let up_out = layer.up.out_features;
         layer.up.forward_path(pool, &s.xn[..t * d], &mut s.up[..t * up_out], t, path);
         // act: [t, ffn] — SwiGLU into `act` for LLaMA; GELU in place in `up` for GPT-2
         let act: &[f32] = match c.arch {
             Arch::Llama => {
-                for i in 0..t {
-                    let row = &s.up[i * up_out..(i + 1) * up_out];
-                    silu_mul(&row[..ffn], &row[ffn..], &mut s.act[i * ffn..(i + 1) * ffn]);
-                }
+                let (up, act) = (&s.up[..t * up_out], SyncPtr(s.act.as_mut_ptr()));
+                pool.rows(t, |rows| {
+                    let act = act; // the whole SyncPtr, not its raw field
+                    for i in rows {
+                        let row = &up[i * up_out..(i + 1) * up_out];
+                        // SAFETY: row i of act (inside its [t, ffn]) is written by the one range holding i.
+                        let out = unsafe { std::slice::from_raw_parts_mut(act.0.add(i * ffn), ffn) };
+                        silu_mul(&row[..ffn], &row[ffn..], out);
+                    }
+                });
                 &s.act[..t * ffn]
             }
             Arch::Gpt2 => {
-                gelu_tanh(&mut s.up[..t * ffn]);
+                let up = SyncPtr(s.up.as_mut_ptr());
+                pool.rows(t, |rows| {
+                    let up = up; // the whole SyncPtr, not its raw field
+                    // SAFETY: these rows of up's [t, ffn] belong to this range alone.
+                    gelu_tanh(unsafe { std::slice::from_raw_parts_mut(up.0.add(rows.start * ffn), rows.len() * ffn) });
+                });
                 &s.up[..t * ffn]
             }
         };
         layer.down.forward_path(pool, act, &mut s.xn[..t * d], t, path);
-        add_assign(&mut s.x[..t * d], &s.xn[..t * d]);
+        add_rows(pool, &mut s.x[..t * d], &s.xn[..t * d], d);
     }
+}
+
+/// x += y over rows of `d` values, the rows split among the pool's threads for a prompt.
+fn add_rows(pool: &ThreadPool, x: &mut [f32], y: &[f32], d: usize) {
+    let rows = x.len() / d;
+    let xp = SyncPtr(x.as_mut_ptr());
+    pool.rows(rows, |r| {
+        let xp = xp; // the whole SyncPtr, not its raw field
+        // SAFETY: rows r of x belong to this range alone.
+        let x = unsafe { std::slice::from_raw_parts_mut(xp.0.add(r.start * d), r.len() * d) };
+        add_assign(x, &y[r.start * d..r.end * d]);
+    });
 }
