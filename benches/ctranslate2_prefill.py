@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 PROMPT = 128
 NEW = 128
@@ -121,8 +123,9 @@ def _child_ct2(model_dir: str, threads: int, runs: int, vocab: int) -> dict:
     return {"prefill_s": prefill, "decode_tok_s": decode}
 
 
-def _run(args: list) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def _run(args: list, env: Optional[dict] = None) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         env=None if env is None else {**os.environ, **env})
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -146,16 +149,21 @@ def main() -> None:
 
     folder = random_checkpoint(a.shape)
     vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    from ferrolm import _core
+
     rows = []
+    # where the prompt GEMM runs on AMX tiles, the vdpbf16ps GEMM of the same build beside it
+    engines = [("ferrolm int8", a.shape, None)]
+    if _core.prefill_gemm() == "amx-bf16":
+        engines.append(("ferrolm int8, FERROLM_AMX=off", a.shape, {"FERROLM_AMX": "off"}))
     with tempfile.TemporaryDirectory() as tmp:
         ct2_dir = convert(folder, Path(tmp) / "ct2")
         for t in [int(x) for x in a.threads.split(",")]:
-            for engine, target in (("ferrolm int8", a.shape), ("ctranslate2 int8", str(ct2_dir))):
-                r = _run(["--child", engine.split()[0], target, str(t), "--runs", str(a.runs), "--vocab", str(vocab)])
+            for engine, target, env in (*engines, ("ctranslate2 int8", str(ct2_dir), None)):
+                r = _run(["--child", engine.split()[0], target, str(t), "--runs", str(a.runs), "--vocab", str(vocab)], env)
                 rows.append({"engine": engine, "threads": t, "prefill_tok_s": PROMPT / statistics.median(r["prefill_s"]),
                              "decode_tok_s": statistics.median(r["decode_tok_s"]), "runs": r})
     import ctranslate2
-    import os
 
     print(f"{a.shape}, prompt {PROMPT}, {NEW} new tokens; CTranslate2 {ctranslate2.__version__}; "
           f"load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
@@ -164,9 +172,11 @@ def main() -> None:
     for r in rows:
         print(f"| {r['engine']} | {r['threads']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} |")
     if a.json:
-        from ferrolm import _core
+        from ferrolm.bench import machine_info
+
         a.json.write_text(json.dumps({"shape": a.shape, "ctranslate2": ctranslate2.__version__,
-                                      "bf16_prefill": _core.bf16_prefill(), "rows": rows}, indent=1))
+                                      "bf16_prefill": _core.bf16_prefill(), "prefill_gemm": _core.prefill_gemm(),
+                                      "machine": machine_info(), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

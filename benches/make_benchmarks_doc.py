@@ -147,12 +147,20 @@ def ctranslate2_section() -> list:
             ratios.append(f"{t} thread{'s' if t > 1 else ''}: prefill {a['prefill_tok_s'] / b['prefill_tok_s']:.2f}×, "
                           f"decode {a['decode_tok_s'] / b['decode_tok_s']:.2f}×")
             (met if a["prefill_tok_s"] >= b["prefill_tok_s"] else unmet).append(str(t))
-    bf16 = c.get("bf16_prefill") == "bf16"
-    how = ("ferrolm's INT8 prefill ran the bf16 GEMM (`vdpbf16ps`, x and the dequantized weights rounded to "
-           "bf16: 2 multiply-adds per 32-bit lane and instruction; docs/quality.md: pooled KL 9.0e-4 against FP32)"
-           if bf16 else
+    off = by_engine_ratio(by, "ferrolm int8, FERROLM_AMX=off", "ctranslate2 int8")
+    if off:
+        ratios.append("with the tiles off (`vdpbf16ps`): " + off)
+    gemm = c.get("prefill_gemm") or ("avx512-bf16" if c.get("bf16_prefill") == "bf16" else "f32")
+    how = {"amx-bf16": "ferrolm's INT8 prefill ran the bf16 GEMM on AMX tiles (`tdpbf16ps`: a 16 × 32 by 32 × 16 "
+                       "bf16 product per instruction, x and the dequantized weights rounded to bf16; docs/quality.md)",
+           "avx512-bf16": "ferrolm's INT8 prefill ran the bf16 GEMM (`vdpbf16ps`, x and the dequantized weights "
+                          "rounded to bf16: 2 multiply-adds per 32-bit lane and instruction; docs/quality.md: pooled KL "
+                          "9.0e-4 against FP32)"}.get(gemm,
            "ferrolm's INT8 prefill ran the W8A16 GEMM (the u8·i8 GEMM twice, over the high and the low bytes of "
            "the 16-bit x; docs/quality.md: pooled KL 7.1e-4 against FP32)")
+    mach = c.get("machine")
+    machine = (f"Machine: {mach['cpu']}, {mach['cpus']} CPUs, kernels `{mach['simd']}`, prefill GEMM `{gemm}`, "
+               f"ferrolm {mach['ferrolm']}. " if mach else "")
     verdict = []
     if met:
         verdict.append(f"The prefill target (INT8 ≥ CTranslate2's int8) is met at {', '.join(met)} thread(s)")
@@ -164,13 +172,22 @@ def ctranslate2_section() -> list:
             f"{c['shape']} (random weights, `ferrolm.bench.random_checkpoint`), converted to CTranslate2 "
             f"{c['ctranslate2']}'s format from the same FP32 arrays (with FP32 weights the two engines' logits agree to "
             "3e-6), its weights quantized by CTranslate2 to int8 and run with `compute_type=\"int8\"` (8-bit "
-            "activations); ferrolm INT8 is W8A16 (its prefill GEMM on AVX512-BF16 CPUs multiplies bf16). Batch 1, a 128-token prompt of fixed ids, then 128 new tokens; each "
+            "activations); ferrolm INT8 is W8A16 (its prefill GEMM on AVX512-BF16 and AMX-BF16 CPUs multiplies bf16). Batch 1, a 128-token prompt of fixed ids, then 128 new tokens; each "
             "row a fresh process, one warm-up, median of 5 runs. Prefill: ferrolm's time to the first token against "
             "CTranslate2's `generate_batch(max_length=1)` (its prefill and one step); decode: a 128-token "
-            "`generate_batch` less that prefill.", "", *table, "",
+            "`generate_batch` less that prefill. " + machine, "", *table, "",
             "ferrolm against CTranslate2: " + "; ".join(ratios) + ". " + "; ".join(verdict) + ". In this run "
-            + how + "; CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane), twice the multiply-adds "
-            "per instruction, at the quality of 8-bit activations (ferrolm's INT8 with them: KL 4.1e-3).", ""]
+            + how + "; CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane), at the quality of 8-bit "
+            "activations (ferrolm's INT8 with them: KL 4.1e-3).", ""]
+
+
+def by_engine_ratio(by: dict, engine: str, peer: str) -> str:
+    """`engine`'s prefill against `peer`'s at each thread count both have ("" if none)."""
+    out = []
+    for (e, t), r in sorted(by.items(), key=lambda kv: kv[0][1]):
+        if e == engine and (peer, t) in by:
+            out.append(f"{t} thread{'s' if t > 1 else ''} {r['prefill_tok_s'] / by[(peer, t)]['prefill_tok_s']:.2f}×")
+    return ", ".join(out)
 
 
 LLAMACPP_COLUMNS = ("ferrolm fp32", "llama.cpp f32", "ferrolm bf16", "llama.cpp bf16", "ferrolm int8", "llama.cpp q8_0")
