@@ -187,20 +187,29 @@ unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, tiles: usize, 
     }
 }
 
-/// C tiles 0–3 (tmm0–3) = the 2 × 2 products of A tiles `wa`, `wb` (32 rows of w) and B tiles
-/// `xa`, `xb` (32 rows of x) over `steps` packed steps, stored to `c` as 4 tiles of 16 × 16
-/// f32: c[2i + j] = w tile i · x tile j.
+/// Steps of k per call of [`steps`]; between calls a share of the next rows of w is
+/// prefetched, so that the requests spread over the block's multiplies.
+const CHUNK: usize = 4;
+
+/// Zeroes C tiles 0–3 (tmm0–3).
 ///
 /// # Safety
-/// The tile configuration is loaded; each pointer holds `steps` packed tiles, c 4 · 256 f32.
+/// The tile configuration is loaded.
 #[inline(always)]
-unsafe fn kernel(wa: *const u16, wb: *const u16, xa: *const u16, xb: *const u16, steps: usize, c: *mut f32) {
-    debug_assert!(steps >= 1);
+unsafe fn zero() {
+    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+}
+
+/// C tiles 0–3 (tmm0–3) += the 2 × 2 products of A tiles `wa`, `wb` (32 rows of w) and B tiles
+/// `xa`, `xb` (32 rows of x) over `n ≥ 1` packed steps: tmm(2i + j) += w tile i · x tile j. The
+/// C tiles stay in their registers between calls (no compiled code touches tile registers).
+///
+/// # Safety
+/// The tile configuration is loaded; each pointer holds `n` packed tiles.
+#[inline(always)]
+unsafe fn steps(wa: *const u16, wb: *const u16, xa: *const u16, xb: *const u16, n: usize) {
+    debug_assert!(n >= 1);
     asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
         "2:",
         "tileloadd tmm4, [{wa} + {s}*1]",
         "tileloadd tmm6, [{xa} + {s}*1]",
@@ -216,15 +225,27 @@ unsafe fn kernel(wa: *const u16, wb: *const u16, xa: *const u16, xb: *const u16,
         "add {xb}, 1024",
         "dec {n}",
         "jnz 2b",
-        "tilestored [{c0} + {s}*1], tmm0",
-        "tilestored [{c1} + {s}*1], tmm1",
-        "tilestored [{c2} + {s}*1], tmm2",
-        "tilestored [{c3} + {s}*1], tmm3",
         wa = inout(reg) wa => _,
         wb = inout(reg) wb => _,
         xa = inout(reg) xa => _,
         xb = inout(reg) xb => _,
-        n = inout(reg) steps => _,
+        n = inout(reg) n => _,
+        s = in(reg) 64usize,
+        options(nostack, readonly),
+    );
+}
+
+/// Stores C tiles 0–3 to `c` (4 tiles of 16 × 16 f32, tile q at `c + 256·q`).
+///
+/// # Safety
+/// The tile configuration is loaded; c holds 1,024 f32.
+#[inline(always)]
+unsafe fn save(c: *mut f32) {
+    asm!(
+        "tilestored [{c0} + {s}*1], tmm0",
+        "tilestored [{c1} + {s}*1], tmm1",
+        "tilestored [{c2} + {s}*1], tmm2",
+        "tilestored [{c3} + {s}*1], tmm3",
         s = in(reg) 64usize,
         c0 = in(reg) c,
         c1 = in(reg) c.add(256),
@@ -246,18 +267,33 @@ unsafe fn store(c: *const f32, y: *mut f32, n: usize, i0: usize, mr: usize, j0: 
     }
 }
 
-/// Prefetches (into L2) share `part` of `parts` of the cache lines of w's rows `rows`.
-#[inline(always)]
-unsafe fn prefetch_rows(w: Weights, k: usize, rows: std::ops::Range<usize>, part: usize, parts: usize) {
-    let n = rows.len();
-    let (r0, r1) = (rows.start + n * part / parts, rows.start + n * (part + 1) / parts);
-    for j in r0..r1 {
-        for (start, len) in w.row_spans(k, j) {
-            let mut a = start as usize & !63;
-            while a < start as usize + len {
-                _mm_prefetch::<_MM_HINT_T1>(a as *const i8);
-                a += 64;
+/// Prefetches (into L2) the cache lines of up to three byte ranges, a few lines per call.
+struct Prefetch {
+    spans: [(usize, usize); 3],
+    at: usize,
+}
+
+impl Prefetch {
+    fn new(spans: [(*const u8, usize); 3]) -> Prefetch {
+        Prefetch { spans: spans.map(|(p, len)| (p as usize & !63, p as usize + len)), at: 0 }
+    }
+
+    /// The lines left to prefetch.
+    fn lines(&self) -> usize {
+        self.spans.iter().map(|&(a, e)| e.saturating_sub(a).div_ceil(64)).sum()
+    }
+
+    #[inline(always)]
+    unsafe fn run(&mut self, mut lines: usize) {
+        while lines > 0 && self.at < 3 {
+            let (a, e) = &mut self.spans[self.at];
+            if *a >= *e {
+                self.at += 1;
+                continue;
             }
+            _mm_prefetch::<_MM_HINT_T1>(*a as *const i8);
+            *a += 64;
+            lines -= 1;
         }
     }
 }
@@ -275,11 +311,11 @@ unsafe fn region(g: &Region) {
         return;
     }
     let (k, n) = (g.k, g.n);
-    let steps = k.div_ceil(L);
+    let nsteps = k.div_ceil(L);
     // rows of x per block: whole register blocks within X_BYTES, at least one
-    let mc = (X_BYTES / (steps * L * 2) / B).max(1) * B;
+    let mc = (X_BYTES / (nsteps * L * 2) / B).max(1) * B;
     let mc = mc.min((r1 - r0).div_ceil(B) * B);
-    let (xlen, wlen) = (mc * steps * L, B * steps * L);
+    let (xlen, wlen) = (mc * nsteps * L, B * nsteps * L);
     let mut buf = PACK.with(|c| c.take());
     if buf.len() < xlen + wlen {
         buf = vec![0; xlen + wlen];
@@ -298,17 +334,24 @@ unsafe fn region(g: &Region) {
             dot::pack_w::<T>(g.w, k, jb, nc, 0, k, wbuf.as_mut_ptr());
             if nc <= T {
                 // the second A tile: zero rows
-                wbuf[steps * TILE..2 * steps * TILE].fill(0);
+                wbuf[nsteps * TILE..2 * nsteps * TILE].fill(0);
             }
-            let (wa, wb) = (wbuf.as_ptr(), wbuf.as_ptr().add(steps * TILE));
-            // the next rows of w are fetched from memory while these multiply, a share before
-            // each pair of x tiles
-            let next = (jb + nc)..(jb + nc + B).min(c1);
+            let (wa, wb) = (wbuf.as_ptr(), wbuf.as_ptr().add(nsteps * TILE));
+            // the next rows of w are fetched from memory while these multiply, a share after
+            // every CHUNK steps
             let pairs = xtiles / 2;
+            let mut ahead = Prefetch::new(g.w.block_spans(k, (jb + nc).min(c1)..(jb + nc + B).min(c1)));
+            let per_chunk = ahead.lines().div_ceil(pairs * nsteps.div_ceil(CHUNK));
             for pair in 0..pairs {
-                prefetch_rows(g.w, k, next.clone(), pair, pairs);
-                let xa = xbuf.as_ptr().add(2 * pair * steps * TILE);
-                kernel(wa, wb, xa, xa.add(steps * TILE), steps, cbuf.as_mut_ptr());
+                let xa = xbuf.as_ptr().add(2 * pair * nsteps * TILE);
+                let xb = xa.add(nsteps * TILE);
+                zero();
+                for s in (0..nsteps).step_by(CHUNK) {
+                    let at = s * TILE;
+                    steps(wa.add(at), wb.add(at), xa.add(at), xb.add(at), CHUNK.min(nsteps - s));
+                    ahead.run(per_chunk);
+                }
+                save(cbuf.as_mut_ptr());
                 for (q, c) in cbuf.chunks_exact(T * T).enumerate() {
                     let (wt, xt) = (q / 2, q % 2);
                     let (row, col) = (pair * B + xt * T, wt * T);

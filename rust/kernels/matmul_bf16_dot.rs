@@ -180,19 +180,24 @@ pub(crate) unsafe fn pack_w<const T: usize>(w: Weights, k: usize, j0: usize, row
 }
 
 impl Weights {
-    /// Row `j`'s bytes of w (values, and for int8/int4 the scales and minimums): (start, length)
-    /// pairs, for prefetching.
-    pub(crate) fn row_spans(&self, k: usize, j: usize) -> [(*const u8, usize); 3] {
-        // SAFETY of the pointer arithmetic (wrapping: nothing is dereferenced here)
+    /// The bytes of w's rows `rows` (values, and for int8/int4 the scales and minimums): up to
+    /// three contiguous (start, length) ranges, for prefetching.
+    pub(crate) fn block_spans(&self, k: usize, rows: std::ops::Range<usize>) -> [(*const u8, usize); 3] {
+        let (j, r) = (rows.start, rows.len());
+        // wrapping: nothing is dereferenced here
         match *self {
-            Weights::Bf16(w) => [(w.wrapping_add(j * k) as *const u8, 2 * k), (w as *const u8, 0), (w as *const u8, 0)],
+            Weights::Bf16(w) => [(w.wrapping_add(j * k) as *const u8, 2 * k * r), (w as *const u8, 0), (w as *const u8, 0)],
             Weights::Int8 { q, scales, group } => {
                 let ng = k.div_ceil(group);
-                [(q.wrapping_add(j * k) as *const u8, k), (scales.wrapping_add(j * ng) as *const u8, 4 * ng), (q as *const u8, 0)]
+                [(q.wrapping_add(j * k) as *const u8, k * r), (scales.wrapping_add(j * ng) as *const u8, 4 * ng * r), (q as *const u8, 0)]
             }
             Weights::Int4 { q, scales, mins, row_bytes } => {
                 let ng = k.div_ceil(L);
-                [(q.wrapping_add(j * row_bytes), row_bytes), (scales.wrapping_add(j * ng) as *const u8, 2 * ng), (mins.wrapping_add(j * ng) as *const u8, 2 * ng)]
+                [
+                    (q.wrapping_add(j * row_bytes), row_bytes * r),
+                    (scales.wrapping_add(j * ng) as *const u8, 2 * ng * r),
+                    (mins.wrapping_add(j * ng) as *const u8, 2 * ng * r),
+                ]
             }
         }
     }
