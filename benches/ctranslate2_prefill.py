@@ -1,7 +1,7 @@
 """INT8 prefill and decode side by side with CTranslate2 on the same random-weight LLaMA shape.
 
     pip install ctranslate2
-    python benches/ctranslate2_prefill.py --shape llama-135m --threads 1,2 --runs 5 [--json OUT]
+    python benches/ctranslate2_prefill.py --shape llama-135m --threads 1,2 --runs 5 [--pairs N] [--json OUT]
 
 The shape's checkpoint (`ferrolm.bench.random_checkpoint`) is converted to CTranslate2's format
 with INT8 weights from the very same FP32 arrays (no transformers or torch needed: the spec is
@@ -137,6 +137,9 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="then N alternated pairs of fresh processes (ferrolm, CTranslate2) per thread count, and "
+                         "the median of their prefill ratios (steadier than one run on a shared machine)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # engine, target, threads
     ap.add_argument("--vocab", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -163,6 +166,16 @@ def main() -> None:
                 r = _run(["--child", engine.split()[0], target, str(t), "--runs", str(a.runs), "--vocab", str(vocab)], env)
                 rows.append({"engine": engine, "threads": t, "prefill_tok_s": PROMPT / statistics.median(r["prefill_s"]),
                              "decode_tok_s": statistics.median(r["decode_tok_s"]), "runs": r})
+        pairs = {}
+        for t in [int(x) for x in a.threads.split(",")] if a.pairs else []:
+            ratios = []
+            for _ in range(a.pairs):
+                f, c = (_run(["--child", e, target, str(t), "--runs", str(a.runs), "--vocab", str(vocab)])
+                        for e, target in (("ferrolm", a.shape), ("ctranslate2", str(ct2_dir))))
+                ratios.append(statistics.median(c["prefill_s"]) / statistics.median(f["prefill_s"]))
+            pairs[str(t)] = {"ratios": ratios, "median": statistics.median(ratios)}
+            print(f"{t} thread(s): ferrolm / CTranslate2 prefill, median of {a.pairs} alternated pairs: "
+                  f"{pairs[str(t)]['median']:.3f} ({', '.join(f'{r:.2f}' for r in ratios)})")
     import ctranslate2
 
     print(f"{a.shape}, prompt {PROMPT}, {NEW} new tokens; CTranslate2 {ctranslate2.__version__}; "
@@ -176,7 +189,7 @@ def main() -> None:
 
         a.json.write_text(json.dumps({"shape": a.shape, "ctranslate2": ctranslate2.__version__,
                                       "bf16_prefill": _core.bf16_prefill(), "prefill_gemm": _core.prefill_gemm(),
-                                      "machine": machine_info(), "rows": rows}, indent=1))
+                                      "machine": machine_info(), "rows": rows, "pairs": pairs}, indent=1))
 
 
 if __name__ == "__main__":
