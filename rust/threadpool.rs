@@ -165,15 +165,23 @@ impl ThreadPool {
         self.shared.n_threads
     }
 
-    /// Calls `f` on ranges that cover `0..rows` once between them: one per thread from
-    /// [`ROWS_ON_POOL`] rows on, else one range on the calling thread. For row-wise work
+    /// Calls `f(range, rows)` on ranges of the rows of `out` (rows of `width` values) that
+    /// cover them once between them, `rows` being that range's rows of `out`: one range per
+    /// thread from [`ROWS_ON_POOL`] rows on, else one on the calling thread. For row-wise work
     /// whose result does not depend on how the rows are cut.
-    pub fn rows<F: Fn(std::ops::Range<usize>) + Sync>(&self, rows: usize, f: F) {
+    pub fn rows_mut<T: Send, F: Fn(std::ops::Range<usize>, &mut [T]) + Sync>(&self, out: &mut [T], width: usize, f: F) {
+        let rows = out.len() / width.max(1);
         if self.n_threads() == 1 || rows < ROWS_ON_POOL {
-            f(0..rows);
-        } else {
-            self.run(|t, nt| f(chunk(rows, t, nt)));
+            f(0..rows, out);
+            return;
         }
+        let p = &SyncPtr(out.as_mut_ptr()); // shared whole: its raw field is not Sync on its own
+        self.run(|t, nt| {
+            let r = chunk(rows, t, nt);
+            // SAFETY: the ranges of the threads are disjoint rows of `out`, borrowed for the call.
+            let mine = unsafe { std::slice::from_raw_parts_mut(p.0.add(r.start * width), r.len() * width) };
+            f(r, mine);
+        });
     }
 
     /// Calls `f(thread_id, n_threads)` once for every id in `0..n_threads` and returns
@@ -335,7 +343,7 @@ pub fn chunk(len: usize, i: usize, n: usize) -> std::ops::Range<usize> {
     start..end
 }
 
-/// [`ThreadPool::rows`] splits the rows among the threads from this many on (a prompt's
+/// [`ThreadPool::rows_mut`] splits the rows among the threads from this many on (a prompt's
 /// element-wise work; a decode step's one row stays on the calling thread).
 pub const ROWS_ON_POOL: usize = 16;
 

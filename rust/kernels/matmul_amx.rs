@@ -168,15 +168,8 @@ unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, tiles: usize, 
                 if row >= rows {
                     break;
                 }
-                let src = x.add((i0 + row) * k + p);
-                let (lo, hi) = if cnt == L {
-                    (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
-                } else {
-                    let mask = |n: usize| ((1u32 << n) - 1) as __mmask16;
-                    (_mm512_maskz_loadu_ps(mask(cnt.min(16)), src), _mm512_maskz_loadu_ps(mask(cnt.saturating_sub(16)), src.add(16)))
-                };
-                // the second operand fills the low half: lane p holds the pair (2p, 2p + 1)
-                *v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                // 32-bit lane p: the pair (2p, 2p + 1)
+                *v = dot::x_bf16(x.add((i0 + row) * k + p), cnt);
             }
             transpose16(&mut v);
             for v in v {

@@ -101,23 +101,27 @@ unsafe fn pack<const T: usize>(rows: usize, kc: usize, dst: *mut u16, load: impl
     }
 }
 
+/// The `cnt ≤ 32` f32 values at `src` as 32 bf16 (round to nearest even; past `cnt` zero), in
+/// order: 16-bit lane p holds value p, so 32-bit lane p holds the pair (2p, 2p + 1).
+#[inline(always)]
+pub(crate) unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
+    let (lo, hi) = if cnt == L {
+        (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
+    } else {
+        (
+            _mm512_maskz_loadu_ps(mask16(cnt.min(16)), src),
+            _mm512_maskz_loadu_ps(mask16(cnt.saturating_sub(16)), src.add(16)),
+        )
+    };
+    // the second operand fills the low half
+    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+}
+
 /// Rows `i0..i0 + rows` × columns `k0..k0 + kc` of the f32 x (row stride `k`), packed MR rows
 /// per tile as bf16 rounded to nearest even.
 #[inline(always)]
 unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
-    pack::<MR>(rows, kc, dst, |r, p, cnt| {
-        let src = x.add((i0 + r) * k + k0 + p);
-        let (lo, hi) = if cnt == L {
-            (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
-        } else {
-            (
-                _mm512_maskz_loadu_ps(mask16(cnt.min(16)), src),
-                _mm512_maskz_loadu_ps(mask16(cnt.saturating_sub(16)), src.add(16)),
-            )
-        };
-        // the second operand fills the low half
-        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
-    })
+    pack::<MR>(rows, kc, dst, |r, p, cnt| x_bf16(x.add((i0 + r) * k + k0 + p), cnt))
 }
 
 /// Rows `j0..j0 + rows` × columns `k0..k0 + kc` of w (row stride `k`; `k0` a multiple of L),

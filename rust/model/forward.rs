@@ -8,7 +8,7 @@ use crate::kernels::RowPath;
 use crate::kernels::norms::{layer_norm, rms_norm};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::threadpool::{SyncPtr, ThreadPool};
+use crate::threadpool::ThreadPool;
 use crate::memory::{self, Pages};
 
 /// Tokens processed per prefill step; bounds scratch memory for long prompts.
@@ -85,11 +85,7 @@ impl Scratch {
 }
 
 fn apply_norm(pool: &ThreadPool, norm: &Norm, x: &[f32], out: &mut [f32], d: usize) {
-    let op = SyncPtr(out.as_mut_ptr());
-    pool.rows(x.len() / d, |r| {
-        let op = op; // the whole SyncPtr, not its raw field
-        // SAFETY: rows r of out belong to this range alone.
-        let out = unsafe { std::slice::from_raw_parts_mut(op.0.add(r.start * d), r.len() * d) };
+    pool.rows_mut(out, d, |r, out| {
         for (xr, or) in x[r.start * d..r.end * d].chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             match &norm.bias {
                 None => rms_norm(xr, &norm.weight, norm.eps, or),
@@ -360,25 +356,17 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
         // act: [t, ffn] — SwiGLU into `act` for LLaMA; GELU in place in `up` for GPT-2
         let act: &[f32] = match c.arch {
             Arch::Llama => {
-                let (up, act) = (&s.up[..t * up_out], SyncPtr(s.act.as_mut_ptr()));
-                pool.rows(t, |rows| {
-                    let act = act; // the whole SyncPtr, not its raw field
-                    for i in rows {
+                let up = &s.up[..t * up_out];
+                pool.rows_mut(&mut s.act[..t * ffn], ffn, |r, act| {
+                    for (i, out) in r.zip(act.chunks_exact_mut(ffn)) {
                         let row = &up[i * up_out..(i + 1) * up_out];
-                        // SAFETY: row i of act (inside its [t, ffn]) is written by the one range holding i.
-                        let out = unsafe { std::slice::from_raw_parts_mut(act.0.add(i * ffn), ffn) };
                         silu_mul(&row[..ffn], &row[ffn..], out);
                     }
                 });
                 &s.act[..t * ffn]
             }
             Arch::Gpt2 => {
-                let up = SyncPtr(s.up.as_mut_ptr());
-                pool.rows(t, |rows| {
-                    let up = up; // the whole SyncPtr, not its raw field
-                    // SAFETY: these rows of up's [t, ffn] belong to this range alone.
-                    gelu_tanh(unsafe { std::slice::from_raw_parts_mut(up.0.add(rows.start * ffn), rows.len() * ffn) });
-                });
+                pool.rows_mut(&mut s.up[..t * ffn], ffn, |_, up| gelu_tanh(up));
                 &s.up[..t * ffn]
             }
         };
@@ -389,12 +377,5 @@ fn forward_chunk(model: &Model, cache: &mut KvCache, s: &mut Scratch, input: Inp
 
 /// x += y over rows of `d` values, the rows split among the pool's threads for a prompt.
 fn add_rows(pool: &ThreadPool, x: &mut [f32], y: &[f32], d: usize) {
-    let rows = x.len() / d;
-    let xp = SyncPtr(x.as_mut_ptr());
-    pool.rows(rows, |r| {
-        let xp = xp; // the whole SyncPtr, not its raw field
-        // SAFETY: rows r of x belong to this range alone.
-        let x = unsafe { std::slice::from_raw_parts_mut(xp.0.add(r.start * d), r.len() * d) };
-        add_assign(x, &y[r.start * d..r.end * d]);
-    });
+    pool.rows_mut(x, d, |r, x| add_assign(x, &y[r.start * d..r.end * d]));
 }
