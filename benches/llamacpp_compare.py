@@ -69,6 +69,7 @@ def one(engine: str, source: str, threads: int, runs: int, new: int) -> dict:
 
         llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
         matmul_bytes = gguf_matmul_bytes(path)
+        kv_cache = "f16"  # llama.cpp's default cache type (type_k, type_v)
 
         def generate():
             llm.reset()
@@ -85,6 +86,7 @@ def one(engine: str, source: str, threads: int, runs: int, new: int) -> dict:
         model = ferrolm.load(path, precision, threads=threads, context_length=512, progress=False)
         model.configure_prefix_cache(reuse=False)  # every run computes the whole prompt
         matmul_bytes = model.matmul_bytes_per_token
+        kv_cache = model.kv_cache
 
         def generate():
             t = model.generate(PROMPT, max_new_tokens=new, ignore_eos=True).timings
@@ -98,7 +100,7 @@ def one(engine: str, source: str, threads: int, runs: int, new: int) -> dict:
 
     bandwidth = max(_core.read_bandwidth(1 << 30, threads, 5) for _ in range(2))
     decode = statistics.median(s[1] for s in stamps)
-    return dict(engine=engine, threads=threads, prefill=statistics.median(s[0] for s in stamps),
+    return dict(engine=engine, threads=threads, kv_cache=kv_cache, prefill=statistics.median(s[0] for s in stamps),
                 decode=decode, decode_runs=[round(s[1], 1) for s in stamps],
                 tokens=stamps[0][2], peak_rss_mib=rss, matmul_bytes_per_token=matmul_bytes,
                 read_gb_s=bandwidth / 1e9, pct_of_ceiling=100 * decode * matmul_bytes / bandwidth)
@@ -144,8 +146,9 @@ def main() -> int:
                       f"{r['decode_runs']}  peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     if args.json:
         from ferrolm import _core
+        from ferrolm.bench import machine_info
 
-        Path(args.json).write_text(json.dumps(dict(sources=sources, loadavg=os.getloadavg(),
+        Path(args.json).write_text(json.dumps(dict(sources=sources, loadavg=os.getloadavg(), machine=machine_info(),
                                                    bf16_prefill=_core.bf16_prefill(), rows=rows), indent=2))
     return 0
 

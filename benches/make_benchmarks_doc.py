@@ -202,6 +202,21 @@ def by_engine_ratio(by: dict, engine: str, peer: str) -> str:
 LLAMACPP_COLUMNS = ("ferrolm fp32", "llama.cpp f32", "ferrolm bf16", "llama.cpp bf16", "ferrolm int8", "llama.cpp q8_0")
 
 
+def _llamacpp_setup(c: dict) -> str:
+    """The machine and each engine's KV cache of a llamacpp_compare.py run, where it recorded them."""
+    caches = {}
+    for r in c["rows"]:
+        caches.setdefault(r["engine"], r.get("kv_cache"))
+    if all(v is None for v in caches.values()):
+        text = "KV caches: llama.cpp F16 (its default), ferrolm FP32 (its default when this was measured)."
+    else:
+        text = "KV caches: " + ", ".join(f"{e} {v.upper()}" for e, v in caches.items() if v) + " (each engine's default)."
+    m = c.get("machine")
+    if m:
+        text = f"Machine: {m['cpu']}, {m['cpus']} CPUs, kernels `{m['simd']}`, prefill GEMM `{m.get('prefill_gemm', '?')}`. " + text
+    return text
+
+
 def llamacpp_shapes_section() -> list:
     """The PERF shapes, ferrolm and llama.cpp side by side on the same weights (decode and prefill)."""
     path = OUT / "llamacpp_shapes.json"
@@ -255,7 +270,8 @@ def llamacpp_shapes_section() -> list:
             "probes) / the matmul bytes each engine reads per token (ferrolm's INT8 keeps f32 scales: 6 % more bytes than "
             f"Q8_0's f16 scales). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes "
             f"ranged {probes} between processes; a row's percentage moves with its probe (above 100 % the probe "
-            "caught a slower moment than the decode did), so compare the tok/s of the engines within a row.", "",
+            "caught a slower moment than the decode did), so compare the tok/s of the engines within a row. "
+            + _llamacpp_setup(c), "",
             "Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
             ("ferrolm against llama.cpp, same rows: INT8 decode against Q8_0: " + ratios + "; BF16 decode: "

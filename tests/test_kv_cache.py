@@ -37,7 +37,7 @@ def test_bf16_cache_logits_are_close_to_the_fp32_cache(model_name, precision):
     FP32 weights."""
     ref, _ = reference(model_name)
     ids, n_prompt = ref["prefix_ids"].tolist(), len(ref["prompt_ids"])
-    fp32 = ferrolm.load(MODELS / model_name, precision, threads=2)
+    fp32 = ferrolm.load(MODELS / model_name, precision, threads=2, kv_cache="fp32")
     bf16 = ferrolm.load(MODELS / model_name, precision, threads=2, kv_cache="bf16")
     assert (fp32.kv_cache, bf16.kv_cache) == ("fp32", "bf16")
     a = decode_logits(fp32.new_session(), ids, n_prompt)
@@ -109,7 +109,7 @@ def test_prefix_reuse_with_a_bf16_cache_is_exact(precision):
     assert warm[1].timings.cached_prompt_tokens > 0
     assert [(w.tokens, _lp(w)) for w in warm] == [(c.tokens, _lp(c)) for c in cold]
     # and it is not the FP32 cache's result
-    fp32 = ferrolm.load(MODELS / "tiny-qwen2", precision, threads=2)
+    fp32 = ferrolm.load(MODELS / "tiny-qwen2", precision, threads=2, kv_cache="fp32")
     assert _lp(fp32.generate(prompts[0], **OPTS)) != _lp(cold[0])
 
 
@@ -137,10 +137,33 @@ def test_a_session_continues_its_conversation_with_a_bf16_cache():
 
 @pytest.mark.parametrize("bad", ["fp16", "BF16", "", "int8", None, 16, True, b"bf16"])
 def test_bad_kv_cache_values_are_refused(bad):
-    with pytest.raises(ferrolm.InvalidArgumentError, match="kv_cache must be one of fp32, bf16"):
+    with pytest.raises(ferrolm.InvalidArgumentError, match="kv_cache must be one of auto, fp32, bf16"):
         ferrolm.load(MODELS / "tiny-llama", kv_cache=bad)
     with pytest.raises(ferrolm.InvalidArgumentError, match="kv_cache"):
         estimate_memory(MODELS / "tiny-llama", kv_cache=bad)
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", "fp32"), ("bf16", "bf16"), ("int8", "bf16"), ("int4", "bf16")])
+def test_auto_is_fp32_beside_fp32_weights_and_bf16_beside_the_others(precision, expected):
+    """The default ("auto") resolves at load, and the memory estimate and the CLI resolve it alike."""
+    default = ferrolm.load(MODELS / "tiny-llama", precision, threads=2)
+    auto = ferrolm.load(MODELS / "tiny-llama", precision, threads=2, kv_cache="auto")
+    assert default.kv_cache == auto.kv_cache == expected and f"kv_cache={expected!r}" in repr(default)
+    explicit = ferrolm.load(MODELS / "tiny-llama", precision, threads=2, kv_cache=expected)
+    assert _lp(default.generate("The river", **OPTS)) == _lp(explicit.generate("The river", **OPTS))
+    est = estimate_memory(MODELS / "tiny-llama", precision, context=64, threads=2)
+    assert est.kv_cache == expected and est.kv_cache_bytes == default._core.kv_cache_bytes(64, expected)
+    cli = subprocess.run([sys.executable, "-m", "ferrolm.cli", "memory", str(MODELS / "tiny-llama"), "--json",
+                          "--context", "64", "--precision", precision], capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["kv_cache"] == expected
+
+
+def test_auto_is_fp32_on_cuda():
+    from ferrolm.loading import resolve_kv_cache
+
+    assert [resolve_kv_cache("auto", p, "cuda") for p in ("fp32", "bf16", "int8")] == ["fp32"] * 3
+    assert resolve_kv_cache("fp32", "int8") == "fp32" and resolve_kv_cache("bf16", "fp32") == "bf16"
 
 
 def test_the_core_refuses_bad_values_with_its_own_error():
@@ -201,7 +224,7 @@ def test_generate_cli_with_a_bf16_cache():
 
 
 def test_quality_compare_labels_the_cache():
-    ref = ferrolm.load(MODELS / "tiny-llama", "int8")
+    ref = ferrolm.load(MODELS / "tiny-llama", "int8", kv_cache="fp32")
     cand = ferrolm.load(MODELS / "tiny-llama", "int8", kv_cache="bf16")
     ids = list(range(3, 60))
     r = compare(ref, cand, ids, prompts=[], window=32)

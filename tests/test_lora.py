@@ -204,7 +204,7 @@ def test_lower_precisions_merge_before_converting(tmp_path, precision):
     fp32.load_lora(ad)
     fp32.set_adapter("ad")
     want = fp32.logits(IDS)
-    model = ferrolm.load(MODELS / "tiny-llama", precision=precision)
+    model = ferrolm.load(MODELS / "tiny-llama", precision=precision, kv_cache="fp32")  # as the fixture
     model.load_lora(ad)
     model.set_adapter("ad")
     lora = read_lora(ad)

@@ -42,7 +42,8 @@ def test_tiny_llama_hand_computed():
         est = estimate_memory(MODELS / "tiny-llama", precision, context=100, threads=2)
         assert est.params == values + norms == 135488
         assert est.weights_bytes == matmul + 4 * norms
-        assert est.kv_cache_bytes == 2 * 2 * 2 * 16 * 100 * 4
+        # the default ("auto") KV cache: FP32 beside FP32 weights, BF16 beside the others
+        assert est.kv_cache_bytes == 2 * 2 * 2 * 16 * 100 * (4 if precision == "fp32" else 2)
         # 100 rows of x, xn, qkv, q, att, gate+up, act; 4 rows of scores for each of 2 threads;
         # two logits rows
         rows = 100 * (2 * 64 + 128 + 2 * 64 + 320 + 160)

@@ -280,20 +280,27 @@ def test_compare_on_texts_pools_every_position(model_name):
 
 
 # 160 tokens of each kind of text (954 scored). Measured there (AVX-512 with AVX512-BF16, whose prefill GEMM
-# multiplies bf16): bf16 pooled mean KL 8.3e-4, top-1 0.985, perplexity +0.17%; int8 pooled mean KL 1.2e-3,
-# top-1 0.974, +0.41% (the whole set: docs/quality.md).
+# multiplies bf16), with an FP32 KV cache: bf16 pooled mean KL 8.3e-4, top-1 0.985, perplexity +0.17%; int8
+# pooled mean KL 1.2e-3, top-1 0.974, +0.41% (the whole set: docs/quality.md).
 def test_default_model_quality_set_slices(smollm2_fp32):
     ref = smollm2_fp32
     texts = {kind: ref.tokenize(p.read_text(encoding="utf-8"), add_special_tokens=False)[:160]
              for kind, p in ferrolm.quality.quality_text_paths().items()}
-    cands = {p: ferrolm.load(ref.path, p, context_length=256) for p in ("bf16", "int8")}
-    bf16, int8 = ferrolm.quality.compare_on_texts(ref, cands, texts, window=160)
+    # the weights' loss alone (an FP32 KV cache), then INT8 as loaded by default (a BF16 cache)
+    cands = {p: ferrolm.load(ref.path, p, context_length=256, kv_cache="fp32") for p in ("bf16", "int8")}
+    cands["int8 default"] = ferrolm.load(ref.path, "int8", context_length=256)
+    assert cands["int8 default"].kv_cache == "bf16"
+    bf16, int8, default = ferrolm.quality.compare_on_texts(ref, cands, texts, window=160)
     assert int8.pooled.tokens == 6 * 159
     for r in (bf16, int8):
         assert 0 < r.pooled.mean_kl < 2e-3 and r.pooled.top1_agreement >= 0.96
         assert abs(r.pooled.perplexity_change_pct) < 1.0
         assert all(t.mean_kl < 5e-3 for t in r.texts), [t.mean_kl for t in r.texts]
     assert bf16.pooled.mean_kl < int8.pooled.mean_kl
+    # measured: pooled 1.5e-3 (1.1e-3 with the FP32 cache), the last text 5.0e-3 (2.7e-3)
+    assert int8.pooled.mean_kl < default.pooled.mean_kl < 2e-3 and default.pooled.top1_agreement >= 0.96
+    assert abs(default.pooled.perplexity_change_pct) < 1.0
+    assert all(t.mean_kl < 8e-3 for t in default.texts), [t.mean_kl for t in default.texts]
 
 
 def test_quality_cli_set_mode(tmp_path, capsys):

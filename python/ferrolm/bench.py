@@ -1,7 +1,7 @@
 """`ferrolm bench`: speed, memory and quality of each precision of a model, side by side.
 
     ferrolm bench [MODEL ...] [--shape NAME,...] --precisions fp32,bf16,int8,int4 [--threads 1,2]
-                  [--kv-cache fp32|bf16] [--out DIR] [--format md|csv|json]
+                  [--kv-cache auto|fp32|bf16] [--out DIR] [--format md|csv|json]
 
 (`python -m ferrolm.bench` is the same command.) Speed follows the PERF method: batch 1, greedy,
 a prompt of fixed token ids (128 by default: pp128) and 128 new tokens (tg128) with EOS ignored;
@@ -38,7 +38,7 @@ from . import _core
 from . import safetensors_io
 from .config import GenerationConfig
 from .errors import FerrolmError, InvalidArgumentError, ModelNotFoundError
-from .loading import KV_CACHE_DTYPES, check_kv_cache
+from .loading import KV_CACHE_CHOICES, check_kv_cache, resolve_kv_cache
 from .model import Model, load
 
 SHAPES: Dict[str, dict] = {
@@ -161,7 +161,7 @@ BUDGET_SLACK = 64 << 20
 
 
 def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_tokens: int = 128,
-            precision: Optional[str] = None, bandwidth_bytes: int = 1 << 30, kv_cache: str = "fp32") -> dict:
+            precision: Optional[str] = None, bandwidth_bytes: int = 1 << 30, kv_cache: str = "auto") -> dict:
     """One configuration, measured in this process (call it in a fresh one: peak RSS is the
     process's). The context holds exactly the prompt and the new tokens."""
     folder = model_source(shape)
@@ -193,7 +193,7 @@ def run_one(shape: str, threads: int, runs: int = 3, prompt_len: int = 128, new_
     weights = model._core.weight_bytes
     from .memory import Architecture
 
-    kv = Architecture.from_config(model.config).kv_cache_bytes(context, kv_cache=kv_cache)
+    kv = Architecture.from_config(model.config).kv_cache_bytes(context, kv_cache=model.kv_cache)
     result.update(
         bandwidth_probes_gb_s=[b / 1e9 for b in bw_probes],
         shape=shape, threads=threads, precision=model.precision, kv_cache=model.kv_cache, params=model.num_params,
@@ -236,8 +236,8 @@ def _child(args: List[str], what: str) -> dict:
 
 
 def quality_one(source: str, precisions: Sequence[str], threads: Optional[int], text_tokens: Optional[int],
-                window: Optional[int], stride: Optional[int], new_tokens: int, kv_cache: str = "fp32") -> dict:
-    """Quality of `precisions` (with a `kv_cache` KV cache) against FP32 weights and an FP32
+                window: Optional[int], stride: Optional[int], new_tokens: int, kv_cache: str = "auto") -> dict:
+    """Quality of `precisions` (with a `kv_cache` KV cache, "auto" as ferrolm.load) against FP32 weights and an FP32
     cache (in this process): perplexity, KL, top-1 agreement and greedy replies
     (ferrolm.quality.compare), with ROUGE/BLEU of the replies when ferrolm.metrics can run."""
     from . import metrics
@@ -245,7 +245,7 @@ def quality_one(source: str, precisions: Sequence[str], threads: Optional[int], 
 
     path = model_source(source)
     text = default_text_path().read_text(encoding="utf-8")
-    candidates = [p for p in precisions if p != "fp32" or kv_cache != "fp32"]
+    candidates = [p for p in precisions if p != "fp32" or resolve_kv_cache(kv_cache, p) != "fp32"]
     out: Dict[str, Any] = {"text": default_text_path().name, "metrics_available": metrics.available(),
                            "kv_cache": kv_cache}
     if candidates:
@@ -354,7 +354,7 @@ def run_bench(sources: Sequence[str], precisions: Sequence[str], threads: Sequen
               prompt_tokens: int = 128, new_tokens: int = 128, quality: bool = True, quality_tokens: Optional[int] = None,
               window: Optional[int] = None, stride: Optional[int] = None, quality_new_tokens: int = 32,
               bandwidth_mib: int = 1024, progress: Optional[bool] = None, command: Optional[str] = None,
-              kv_cache: str = "fp32") -> Dict[str, Any]:
+              kv_cache: str = "auto") -> Dict[str, Any]:
     """Every configuration of every model in a fresh process, then quality against FP32; the
     report as a dict (see `bench_report` for its markdown, CSV and charts)."""
     from tqdm.auto import tqdm
@@ -440,9 +440,9 @@ def build_parser(prog: str = "ferrolm bench") -> argparse.ArgumentParser:
     p.add_argument("--threads", default=None, help="comma-separated thread counts (default: every CPU)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: the CUDA backend (a GPU through cupy, or the "
                    "emulator with FERROLM_CUDA_EMULATE=1), measured on the PERF shapes by default")
-    p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_DTYPES),
-                   help="how the KV cache stores keys and values: fp32 (default) or bf16; quality is then measured "
-                   "against FP32 weights with an FP32 cache")
+    p.add_argument("--kv-cache", default="auto", choices=list(KV_CACHE_CHOICES),
+                   help="how the KV cache stores keys and values: auto (default, as ferrolm.load: fp32 for fp32 "
+                   "weights, bf16 otherwise), fp32 or bf16; quality is measured against FP32 weights with an FP32 cache")
     p.add_argument("--runs", type=int, default=3, help="timed runs, done twice (default: 3, so 6 in all)")
     p.add_argument("--prompt-tokens", type=int, default=None, help="prompt length, fixed ids (default: 128; 512 with --device cuda)")
     p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per run (default: 128)")

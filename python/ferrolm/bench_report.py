@@ -58,6 +58,13 @@ def speed_rows(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
+def _kv_cache_sentence(kv: str) -> str:
+    """The KV cache of a run's rows, in words."""
+    if kv == "auto":
+        return "KV cache: FP32 with FP32 weights, BF16 with the others (ferrolm.load's default)."
+    return f"KV cache: {kv.upper()}."
+
+
 def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_note: Optional[str] = None,
              heading: str = "#") -> str:
     s = report["settings"]
@@ -80,7 +87,7 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
         f"probe and {s['runs']} more: median ± standard deviation of the {2 * s['runs']}. Each configuration runs in "
         "a fresh process: peak RSS is its VmHWM, the estimate is `ferrolm.estimate_memory` for the same context. "
         "Decode ceiling = read bandwidth (best of two probes) / matmul bytes per token."
-        + ("" if s.get("kv_cache", "fp32") == "fp32" else f" KV cache: {s['kv_cache'].upper()}."),
+        + " " + _kv_cache_sentence(s.get("kv_cache", "fp32")),
         "",
     ]
     for m in report["models"]:
@@ -102,7 +109,9 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
             lines += [f"Quality: {m.get('quality_note', 'not measured')}.", ""]
             continue
         kv = q.get("kv_cache", "fp32")
-        against = "FP32" if kv == "fp32" else f"FP32 weights with an FP32 KV cache (each precision with a {kv.upper()} cache)"
+        against = ("FP32" if kv == "fp32" else
+                   "FP32 weights with an FP32 KV cache (BF16, INT8 and INT4 with a BF16 cache, as loaded by default)"
+                   if kv == "auto" else f"FP32 weights with an FP32 KV cache (each precision with a {kv.upper()} cache)")
         lines += [
             f"Quality against {against}: perplexity on `{q['text']}` ({q['scored_tokens']} tokens scored, window "
             f"{q['window']}, stride {q['stride']}); KL(FP32 ‖ precision) of the next-token distributions; "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import FerrolmError
-from .loading import KV_CACHE_DTYPES, PRECISIONS
+from .loading import KV_CACHE_CHOICES, PRECISIONS
 
 
 def _parse_bias(items: List[str]) -> dict:
@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                        help="cpu (default) or cuda (an NVIDIA GPU through cupy; FERROLM_CUDA_EMULATE=1: the CPU emulator)")
-        p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_DTYPES),
-                       help="how the KV cache stores keys and values: fp32 (default) or bf16 (half the memory; CPU only)")
+        p.add_argument("--kv-cache", default="auto", choices=list(KV_CACHE_CHOICES),
+                       help="how the KV cache stores keys and values: fp32, bf16 (half the memory; CPU only) or auto "
+                            "(default: fp32 for fp32 weights, bf16 otherwise)")
         p.add_argument("--lora", action="append", default=[], metavar="DIR", help="a PEFT LoRA adapter folder, merged")
         p.add_argument("--lora-scale", type=float, default=1.0, metavar="S", help="multiplies the adapter's alpha/r")
         p.add_argument("-v", "--verbose", action="store_true", help="print timings to stderr")

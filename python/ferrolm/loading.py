@@ -26,6 +26,8 @@ PRECISIONS = ("fp32", "bf16", "int8", "int4")
 #: How a session's KV cache may store keys and values (the core's list): "fp32" (exact) or
 #: "bf16" (half the bytes; rounded to nearest even as written, widened to f32 as read).
 KV_CACHE_DTYPES = tuple(_core.KV_CACHE_DTYPES)
+#: What `kv_cache=` takes: "auto" (the default: see `resolve_kv_cache`) or a dtype.
+KV_CACHE_CHOICES = ("auto",) + KV_CACHE_DTYPES
 #: quantization_config.quant_method of the INT8 / INT4 checkpoints `ferrolm quantize` writes.
 QUANTIZED = ("int8", "int4")
 QUANT_METHOD = "ferrolm"
@@ -274,17 +276,29 @@ def _read_gguf(path: Path) -> Checkpoint:
 
 
 def check_kv_cache(kv_cache: Any, device: str = "cpu") -> str:
-    """`kv_cache` if it names a KV-cache dtype that `device` stores: InvalidArgumentError for
-    anything else, DeviceError for "bf16" on "cuda" (its device cache is FP32)."""
-    if not isinstance(kv_cache, str) or kv_cache not in KV_CACHE_DTYPES:
-        raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_DTYPES)}, got {kv_cache!r}")
-    if device == "cuda" and kv_cache != "fp32":
+    """`kv_cache` if it is "auto" or names a KV-cache dtype that `device` stores:
+    InvalidArgumentError for anything else, DeviceError for "bf16" on "cuda" (its device cache is
+    FP32)."""
+    if not isinstance(kv_cache, str) or kv_cache not in KV_CACHE_CHOICES:
+        raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_CHOICES)}, got {kv_cache!r}")
+    if device == "cuda" and kv_cache == "bf16":
         raise DeviceError(f"device='cuda' keeps its KV cache in FP32 on the GPU; kv_cache={kv_cache!r} is a CPU "
-                          "option (load with kv_cache='fp32', or device='cpu')")
+                          "option (load with kv_cache='fp32' or 'auto', or device='cpu')")
     return kv_cache
 
 
-def check_load_args(precision: Optional[str], device: str, threads: Optional[int], kv_cache: str = "fp32") -> int:
+def resolve_kv_cache(kv_cache: Any, precision: str, device: str = "cpu") -> str:
+    """The KV-cache dtype of a model loaded with `kv_cache` and `precision` on `device`: the
+    dtype itself, or for "auto" FP32 with FP32 weights (the reference's arithmetic, token for
+    token) and on "cuda" (its device cache is FP32), BF16 with BF16, INT8 or INT4 weights (half
+    the bytes a decode step reads from the cache; docs/quality.md gives its cost)."""
+    kv_cache = check_kv_cache(kv_cache, device)
+    if kv_cache != "auto":
+        return kv_cache
+    return "fp32" if precision == "fp32" or device == "cuda" else "bf16"
+
+
+def check_load_args(precision: Optional[str], device: str, threads: Optional[int], kv_cache: str = "auto") -> int:
     if precision is not None and precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if device not in DEVICES:

@@ -11,7 +11,8 @@ Two figures side by side:
     precision — INT8 adds one f32 scale per group of 32 values — and norms, biases and GPT-2's
     learned positions in FP32 (exactly `Model._core.weight_bytes` once loaded);
   - KV cache: 2 · layers · kv_heads · head_dim · context · bytes per value · batch, 4 bytes for
-    an FP32 cache (the default), 2 for BF16 (`ferrolm.load(..., kv_cache="bf16")`);
+    an FP32 cache, 2 for BF16 (`ferrolm.load`'s `kv_cache`; its default, "auto", is FP32 for FP32
+    weights and BF16 for the others);
   - working buffers: the activations of one prefill chunk (at most 256 tokens), the attention
     scores (4 rows per thread, or a row per head if that is more) and two logits rows, per
     sequence;
@@ -26,7 +27,7 @@ loading ends before a session allocates its cache. The runtime and loading figur
 measurements (Linux x86-64, CPython 3.11, the default model and the benchmark shapes; see
 docs/benchmarks.md), the others are computed from the config.
 
-    ferrolm memory MODEL|CONFIG [--precision P] [--context N] [--batch B] [--kv-cache fp32|bf16] [--training]
+    ferrolm memory MODEL|CONFIG [--precision P] [--context N] [--batch B] [--kv-cache auto|fp32|bf16] [--training]
 """
 
 from __future__ import annotations
@@ -367,10 +368,17 @@ def model_facts(source: Any) -> ModelFacts:
                       ckpt.saved_precision, ckpt.int8_group(), ckpt.tokenizer is not None, default, matrices)
 
 
+def auto_kv_cache(kv_cache: str, precision: str) -> str:
+    """`kv_cache`, with "auto" resolved for `precision` on the CPU as ferrolm.load resolves it."""
+    from .loading import resolve_kv_cache
+
+    return resolve_kv_cache(kv_cache, precision)
+
+
 def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, context: Optional[int] = None,
                     batch: int = 1, training: bool = False, *, threads: Optional[int] = None,
                     prefill_tokens: Optional[int] = None, runtime_bytes: Optional[int] = None,
-                    kv_cache: str = "fp32") -> MemoryEstimate:
+                    kv_cache: str = "auto") -> MemoryEstimate:
     """The memory a model needs in ferrolm, by part (see the module's documentation).
 
     model_path_or_config: a Hugging Face folder, a GGUF file, a config.json file or dict, the
@@ -382,7 +390,8 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
     threads: kernel threads (attention scores per thread; default: every CPU).
     prefill_tokens: the longest prompt expected (default: the context; buffers cover at most 256).
     runtime_bytes: override the measured Python runtime figure (RUNTIME_BYTES).
-    kv_cache: "fp32" (4 bytes per cached value, the default) or "bf16" (2), as ferrolm.load takes it.
+    kv_cache: "fp32" (4 bytes per cached value), "bf16" (2) or "auto" (the default, as ferrolm.load's:
+    FP32 for FP32 weights, BF16 otherwise).
     """
     from . import _core
 
@@ -396,12 +405,13 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
         raise InvalidArgumentError(f"runtime_bytes must be a non-negative integer, got {runtime_bytes!r}")
     if precision is not None:
         check_precision(precision)
-    if not isinstance(kv_cache, str) or kv_cache not in KV_CACHE_BYTES:
-        raise InvalidArgumentError(f"kv_cache must be one of {', '.join(KV_CACHE_BYTES)}, got {kv_cache!r}")
+    if not isinstance(kv_cache, str) or kv_cache not in ("auto", *KV_CACHE_BYTES):
+        raise InvalidArgumentError(f"kv_cache must be one of auto, {', '.join(KV_CACHE_BYTES)}, got {kv_cache!r}")
 
     if isinstance(model_path_or_config, int) and not isinstance(model_path_or_config, bool):
         params = _positive("the parameter count", model_path_or_config)
         precision = precision or "fp32"
+        kv_cache = auto_kv_cache(kv_cache, precision)
         return MemoryEstimate(
             model=f"a model of {params / 1e9:.3g}B parameters", params=params, precision=precision, context=context or 0, batch=batch,
             training=training, weights_bytes=int(rule_of_thumb_bytes(params, precision)), kv_cache_bytes=0,
@@ -420,6 +430,7 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
             precision = "bf16" if dtype == "bfloat16" else "fp32"
         else:
             precision = facts.default_precision[0]
+    kv_cache = auto_kv_cache(kv_cache, precision)
     if context is None:
         context = arch.max_position_embeddings
     elif context > arch.max_position_embeddings:
@@ -481,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, help="fp32, bf16, int8 or int4 (default: the checkpoint's own)")
     p.add_argument("--context", type=int, default=None, help="KV-cache positions (default: the model's maximum)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_BYTES),
-                   help="how the KV cache stores keys and values: fp32 (4 bytes per value, default) or bf16 (2)")
+    p.add_argument("--kv-cache", default="auto", choices=["auto", *KV_CACHE_BYTES],
+                   help="how the KV cache stores keys and values: fp32 (4 bytes per value), bf16 (2) or auto "
+                        "(default, as ferrolm.load: fp32 for fp32 weights, bf16 otherwise)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--training", action="store_true", help="add full fine-tuning (20 bytes per parameter)")
     p.add_argument("--json", action="store_true")

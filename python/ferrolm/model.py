@@ -20,7 +20,7 @@ from .prefix_cache import PrefixCacheInfo, SessionCache
 from .adapters import Adapters
 from .lora import check_name
 from .soft_prompt import SoftPrompt, read_soft_prompt
-from .loading import Checkpoint, build_core_model, check_kv_cache, check_load_args, eos_token_ids, read_checkpoint
+from .loading import Checkpoint, build_core_model, check_load_args, eos_token_ids, read_checkpoint, resolve_kv_cache
 from .progress import resolve as resolve_progress
 from .tokenizer import Tokenizer
 from .backends import Backend, backend_for
@@ -80,7 +80,7 @@ class Model:
         chat_template: Optional[ChatTemplate] = None,
         checkpoint: Optional[Checkpoint] = None,
         backend: Optional[Backend] = None,
-        kv_cache: str = "fp32",
+        kv_cache: str = "auto",
     ) -> None:
         self._backend: Backend = backend or CpuBackend()
         self.device = self._backend.name
@@ -96,7 +96,7 @@ class Model:
         self.generation_config = generation_config
         self.precision = precision
         self.context_length = context_length
-        self._kv_cache = check_kv_cache(kv_cache, self.device)
+        self._kv_cache = resolve_kv_cache(kv_cache, precision, self.device)
         self.chat_template = chat_template
         self._lock = threading.Lock()
         self._sessions = SessionCache(
@@ -581,7 +581,7 @@ def load(
     device: str = "cpu",
     threads: Optional[int] = None,
     context_length: Optional[int] = None,
-    kv_cache: str = "fp32",
+    kv_cache: str = "auto",
     progress: Union[None, bool, Callable[[int, int, str], None]] = None,
 ) -> Model:
     """Loads a Hugging Face model folder (config.json, model.safetensors or a sharded index,
@@ -606,10 +606,12 @@ def load(
     max_position_embeddings; a default whose KV cache would not fit in this machine's memory is
     cut to the longest that fits, with a warning, and an explicit one raises MemoryLimitError).
     kv_cache: how every session of the model (generate, batches, new_session, the prefix cache)
-    stores keys and values: "fp32" (default, exact) or "bf16" (half the memory and half the
-    bytes read per decoded token at long context: each K/V row is rounded to nearest even as it
-    is written and widened back to f32 inside attention; docs/benchmarks.md measures speed and
-    quality). device="cuda" keeps an FP32 cache: "bf16" there raises DeviceError.
+    stores keys and values: "fp32" (exact), "bf16" (half the memory and half the bytes read per
+    decoded token from the cache: each K/V row is rounded to nearest even as it is written and
+    widened back to f32 inside attention; docs/benchmarks.md measures speed, docs/quality.md
+    quality) or "auto" (the default): FP32 for FP32 weights, BF16 for BF16, INT8 and INT4
+    weights. `Model.kv_cache` says which. device="cuda" keeps an FP32 cache ("auto" is FP32
+    there; "bf16" raises DeviceError).
     progress: None draws a bar on a terminal for loads over a second, False never, True always;
     or a callable(done, total, name). Nothing on disk is ever written.
     """
@@ -623,6 +625,7 @@ def load(
     if precision is None and device == "cuda" and ckpt.saved_precision is None and ckpt.default_precision()[0] == "int4":
         precision = "bf16"  # the CUDA kernels have no INT4; BF16 keeps the 4-bit values closest (8-bit mantissa)
     precision = ckpt.resolve_precision(precision)
+    kv_cache = resolve_kv_cache(kv_cache, precision, device)
     if precision in ("bf16", "int8", "int4") and device == "cpu":
         _core.prefill_gemm()  # raises on an invalid FERROLM_BF16_PREFILL or FERROLM_AMX
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))

@@ -418,7 +418,9 @@ def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4
     The reference is loaded once; the candidates one at a time, each released before the next loads.
     context_length: KV-cache positions of each load (default: the model's maximum).
     text_tokens: score only the first this many tokens of the text.
-    kv_cache: the candidates' KV cache ("fp32" or "bf16"); the reference's is always FP32.
+    kv_cache: the candidates' KV cache ("fp32", the default: the weights' loss alone; "bf16"; or
+    "auto": as ferrolm.load's default, BF16 for BF16, INT8 and INT4 weights); the reference's is
+    always FP32.
     reference: the reference's precision (default "fp32"; e.g. "int8" with kv_cache="bf16"
     measures what the BF16 cache alone costs INT8 weights)."""
     from .loading import check_kv_cache, default_model_path
@@ -432,7 +434,7 @@ def quality_report(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4
         text = default_text_path().read_text(encoding="utf-8")
     if text_tokens is not None and (not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 2):
         raise InvalidArgumentError(f"text_tokens must be an integer >= 2, got {text_tokens!r}")
-    ref_model = load(path, reference, threads=threads, context_length=context_length, progress=progress)
+    ref_model = load(path, reference, threads=threads, context_length=context_length, kv_cache="fp32", progress=progress)
     if text_tokens is not None:
         text = (ref_model.tokenize(text, add_special_tokens=False) if isinstance(text, str) else list(text))[:text_tokens]
     reports = []
@@ -557,7 +559,8 @@ def quality_set(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4"),
     """Each of `precisions` against `reference` (FP32) for the checkpoint at `path` (default: the
     default model) on the quality set (`quality_text_paths()`: prose, dialogue, facts,
     instructions, code and the Apache License text) or on `texts` (name -> text), per text and
-    pooled. kv_cache: the candidates' KV cache (the reference's is FP32)."""
+    pooled. kv_cache: the candidates' KV cache ("fp32", the default; "bf16"; or "auto" as
+    ferrolm.load's default); the reference's is FP32."""
     from .loading import check_kv_cache, default_model_path
     from .model import load
 
@@ -567,9 +570,10 @@ def quality_set(path=None, precisions: Sequence[str] = ("bf16", "int8", "int4"),
     path = default_model_path() if path is None else path
     if texts is None:
         texts = {kind: p.read_text(encoding="utf-8") for kind, p in quality_text_paths().items()}
-    ref_model = load(path, reference, threads=threads, context_length=context_length, progress=progress)
-    candidates = {QualityReport.label(p, kv_cache): load(path, p, threads=threads, context_length=context_length,
-                                                          kv_cache=kv_cache, progress=progress) for p in precisions}
+    ref_model = load(path, reference, threads=threads, context_length=context_length, kv_cache="fp32", progress=progress)
+    loaded = [load(path, p, threads=threads, context_length=context_length, kv_cache=kv_cache, progress=progress)
+              for p in precisions]
+    candidates = {QualityReport.label(m.precision, m.kv_cache): m for m in loaded}
     return compare_on_texts(ref_model, candidates, texts, window, stride)
 
 
@@ -586,7 +590,7 @@ def greedy_text_scores(report: QualityReport) -> Dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .loading import KV_CACHE_DTYPES
+    from .loading import KV_CACHE_CHOICES
 
     p = argparse.ArgumentParser(
         prog="ferrolm quality",
@@ -595,8 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
         "of greedy replies to chat prompts.")
     p.add_argument("model", nargs="?", help="model path (default: the default model)")
     p.add_argument("--precisions", default="bf16,int8,int4", help="comma-separated candidates (default: bf16,int8,int4)")
-    p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_DTYPES),
-                   help="the candidates' KV cache (default: fp32; the reference's is always fp32)")
+    p.add_argument("--kv-cache", default="fp32", choices=list(KV_CACHE_CHOICES),
+                   help="the candidates' KV cache (default: fp32, the weights' loss alone; auto: as ferrolm.load's "
+                        "default, bf16 for bf16/int8/int4 weights; the reference's is always fp32)")
     p.add_argument("--reference", default="fp32", help="the reference's precision (default: fp32)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--text", default=None, metavar="FILE", help="evaluation text (default: the Apache License 2.0 text shipped with ferrolm); with --set, comma-separated files")
