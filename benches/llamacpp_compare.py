@@ -61,13 +61,16 @@ def resolve(engine: str, source: str) -> tuple:
     return kind, precision, str(random_checkpoint(source))
 
 
-def one(engine: str, source: str, threads: int, runs: int, new: int) -> dict:
+def one(engine: str, source: str, threads: int, runs: int, new: int, token_by_token: bool = False) -> dict:
+    """One engine's runs in this process. token_by_token: llama.cpp evaluates the prompt one token
+    per batch (its batched Q8_0 prompt crashes on some CPUs); its prefill is then not comparable."""
     stamps = []
     kind, precision, path = resolve(engine, source)
     if kind == "llama.cpp":
         from llama_cpp import Llama
 
-        llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512, n_batch=512, verbose=False)
+        llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+                    n_batch=1 if token_by_token else 512, verbose=False)
         matmul_bytes = gguf_matmul_bytes(path)
         kv_cache = "f16"  # llama.cpp's default cache type (type_k, type_v)
 
@@ -100,7 +103,8 @@ def one(engine: str, source: str, threads: int, runs: int, new: int) -> dict:
 
     bandwidth = max(_core.read_bandwidth(1 << 30, threads, 5) for _ in range(2))
     decode = statistics.median(s[1] for s in stamps)
-    return dict(engine=engine, threads=threads, kv_cache=kv_cache, prefill=statistics.median(s[0] for s in stamps),
+    return dict(engine=engine, threads=threads, kv_cache=kv_cache, prompt_token_by_token=token_by_token,
+                prefill=statistics.median(s[0] for s in stamps),
                 decode=decode, decode_runs=[round(s[1], 1) for s in stamps],
                 tokens=stamps[0][2], peak_rss_mib=rss, matmul_bytes_per_token=matmul_bytes,
                 read_gb_s=bandwidth / 1e9, pct_of_ceiling=100 * decode * matmul_bytes / bandwidth)
@@ -117,13 +121,14 @@ def main() -> int:
                    "for a file; ferrolm fp32,llama.cpp f32,ferrolm bf16,llama.cpp bf16,ferrolm int8,llama.cpp q8_0 for shapes)")
     p.add_argument("--json")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--token-by-token", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.gguf is None and args.shape is None:
         from ferrolm.loading import default_model_path
 
         args.gguf = str(default_model_path())
     if args.one:
-        print(json.dumps(one(args.one[0], args.gguf, int(args.one[1]), args.runs, args.new_tokens)))
+        print(json.dumps(one(args.one[0], args.gguf, int(args.one[1]), args.runs, args.new_tokens, args.token_by_token)))
         return 0
     sources = args.shape.split(",") if args.shape else [args.gguf]
     engines = args.engines or ("ferrolm fp32,llama.cpp f32,ferrolm bf16,llama.cpp bf16,ferrolm int8,llama.cpp q8_0"
@@ -133,9 +138,16 @@ def main() -> int:
     for source in sources:
         for threads in [int(t) for t in args.threads.split(",")]:
             for engine in engines.split(","):
-                out = subprocess.run([sys.executable, __file__, source, "--runs", str(args.runs), "--new-tokens",
-                                      str(args.new_tokens), "--one", engine, str(threads)],
-                                     capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                cmd = [sys.executable, __file__, source, "--runs", str(args.runs), "--new-tokens",
+                       str(args.new_tokens), "--one", engine, str(threads)]
+                env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if out.returncode < 0 and engine.startswith("llama.cpp"):
+                    # killed by a signal: llama.cpp's batched prompt (Q8_0 on some CPUs); decode
+                    # does not batch, so its figure still stands with the prompt fed token by token
+                    print(f"{engine} died of signal {-out.returncode} on the batched prompt: again token by token",
+                          file=sys.stderr, flush=True)
+                    out = subprocess.run(cmd + ["--token-by-token"], capture_output=True, text=True, env=env)
                 if out.returncode:
                     print(out.stderr, file=sys.stderr)
                     return 1

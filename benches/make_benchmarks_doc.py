@@ -130,6 +130,14 @@ def measure_ctranslate2() -> None:
     subprocess.run([sys.executable, str(ROOT / "benches" / "ctranslate2_prefill.py"), *CT2], cwd=ROOT, check=True)
 
 
+def _ct2_kv_cache(c: dict) -> str:
+    """ferrolm's KV cache in a ctranslate2_prefill.py run, where the run recorded it."""
+    kv = {r["runs"].get("kv_cache") for r in c["rows"] if r["engine"].startswith("ferrolm")}
+    if kv == {None}:
+        return "ferrolm's KV cache: FP32 (its default when this was measured)."
+    return "ferrolm's KV cache: " + ", ".join(sorted(k.upper() for k in kv if k)) + " (its default beside INT8 weights)."
+
+
 def ctranslate2_section() -> list:
     """INT8 against CTranslate2's int8 on the same random-weight LLaMA shape."""
     path = OUT / "ctranslate2.json"
@@ -184,7 +192,7 @@ def ctranslate2_section() -> list:
             "activations); ferrolm INT8 is W8A16 (its prefill GEMM on AVX512-BF16 and AMX-BF16 CPUs multiplies bf16). Batch 1, a 128-token prompt of fixed ids, then 128 new tokens; each "
             "row a fresh process, one warm-up, median of 5 runs. Prefill: ferrolm's time to the first token against "
             "CTranslate2's `generate_batch(max_length=1)` (its prefill and one step); decode: a 128-token "
-            "`generate_batch` less that prefill. " + machine, "", *table, "",
+            "`generate_batch` less that prefill. " + machine + _ct2_kv_cache(c), "", *table, "",
             "ferrolm against CTranslate2: " + "; ".join(ratios) + ". " + "; ".join(verdict) + ". In this run "
             + how + "; CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane), at the quality of 8-bit "
             "activations (ferrolm's INT8 with them: KL 4.1e-3).", ""]
@@ -210,7 +218,7 @@ def _llamacpp_setup(c: dict) -> str:
     if all(v is None for v in caches.values()):
         text = "KV caches: llama.cpp F16 (its default), ferrolm FP32 (its default when this was measured)."
     else:
-        text = "KV caches: " + ", ".join(f"{e} {v.upper()}" for e, v in caches.items() if v) + " (each engine's default)."
+        text = "KV caches, each engine's default: " + "; ".join(f"{e}: {v.upper()}" for e, v in caches.items() if v) + "."
     m = c.get("machine")
     if m:
         text = f"Machine: {m['cpu']}, {m['cpus']} CPUs, kernels `{m['simd']}`, prefill GEMM `{m.get('prefill_gemm', '?')}`. " + text
@@ -230,7 +238,9 @@ def llamacpp_shapes_section() -> list:
         r = by.get((*k, engine))
         if r is None:
             return "—"
-        return f"{r['decode']:.1f} ({r['pct_of_ceiling']:.0f}%)" if what == "decode" else f"{r['prefill']:.0f}"
+        if what == "decode":
+            return f"{r['decode']:.1f} ({r['pct_of_ceiling']:.0f}%)"
+        return f"{r['prefill']:.0f}" + ("†" if r.get("prompt_token_by_token") else "")
 
     head = "| shape | threads | " + " | ".join(LLAMACPP_COLUMNS) + " |"
     sep = "|---|---|" + "---|" * len(LLAMACPP_COLUMNS)
@@ -274,6 +284,10 @@ def llamacpp_shapes_section() -> list:
             + _llamacpp_setup(c), "",
             "Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
+            *(["† llama.cpp died of a signal (a crash) on its batched Q8_0 prompt on this CPU, so "
+               "`llamacpp_compare.py` ran it again with the prompt fed token by token (`n_batch=1`): that prefill "
+               "figure is not its batched speed, and its decode, which never batches, stands.", ""]
+              if any(r.get("prompt_token_by_token") for r in c["rows"]) else []),
             ("ferrolm against llama.cpp, same rows: INT8 decode against Q8_0: " + ratios + "; BF16 decode: "
             + bf16_decode + "; FP32 prefill against llama.cpp's F32: " + fp32_prefill + "; BF16 prefill: "
             + bf16_prefill + ". " + bf16_note).rstrip(), ""]
