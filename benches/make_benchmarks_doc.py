@@ -265,6 +265,12 @@ def llamacpp_shapes_section() -> list:
     bf16_decode = ratio_line("ferrolm bf16", "llama.cpp bf16", "decode")
     fp32_prefill = ratio_line("ferrolm fp32", "llama.cpp f32", "prefill")
     bf16_prefill = ratio_line("ferrolm bf16", "llama.cpp bf16", "prefill")
+    extra = [by[(*k, "ferrolm int8")]["matmul_bytes_per_token"] / by[(*k, "llama.cpp q8_0")]["matmul_bytes_per_token"] - 1
+             for k in keys if (*k, "ferrolm int8") in by and (*k, "llama.cpp q8_0") in by]
+    scales_note = ("ferrolm's INT8 and Q8_0 read the same bytes: int8 values and one f16 scale per 32"
+                   if extra and max(abs(e) for e in extra) < 0.005 else
+                   f"ferrolm's INT8 reads {100 * max(extra, default=0):.0f} % more bytes than Q8_0 (f32 scales where Q8_0 "
+                   "keeps f16)")
     mode = c.get("bf16_prefill")
     bf16_note = ({"bf16": "ferrolm's BF16 prefill ran its AVX512-BF16 GEMM (x rounded to bf16, as llama.cpp's BF16 "
                            "does; its decode keeps x in f32). ",
@@ -277,8 +283,7 @@ def llamacpp_shapes_section() -> list:
             "the FP32 logits of both engines agree to 1e-3 on these files). Batch 1, greedy, a 128-token prompt of fixed "
             "ids, 128 new tokens, EOS ignored; each row a fresh process, median of 3 timed runs after a warm-up; ferrolm's "
             "prefix reuse off. In brackets: % of the decode ceiling, that process's measured read bandwidth (best of two "
-            "probes) / the matmul bytes each engine reads per token (ferrolm's INT8 keeps f32 scales: 6 % more bytes than "
-            f"Q8_0's f16 scales). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes "
+            f"probes) / the matmul bytes each engine reads per token ({scales_note}). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes "
             f"ranged {probes} between processes; a row's percentage moves with its probe (above 100 % the probe "
             "caught a slower moment than the decode did), so compare the tok/s of the engines within a row. "
             + _llamacpp_setup(c), "",

@@ -111,7 +111,7 @@ mod tests {
     #[test]
     fn matmul_probe_rotates_over_copies_in_every_precision() {
         let pool = ThreadPool::new(2).unwrap();
-        for (precision, bytes) in [(Precision::F32, 64 * 96 * 4), (Precision::Bf16, 64 * 96 * 2), (Precision::Int8, 64 * 96 + 64 * 3 * 4)] {
+        for (precision, bytes) in [(Precision::F32, 64 * 96 * 4), (Precision::Bf16, 64 * 96 * 2), (Precision::Int8, 64 * 96 + 64 * 3 * 2)] {
             let mut p = MatmulProbe::new(precision, 64, 96, 3, 4 * bytes).unwrap();
             assert_eq!(p.weight_bytes(), bytes);
             assert_eq!(p.copies(), 5);

@@ -50,9 +50,16 @@ def quantize_x16(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x16, xs
 
 
+def f16_scales(rng, shape, lo: float = 0.001, hi: float = 0.02):
+    """INT8 weight scales as the core stores them: IEEE halves. Returns (bits: uint16, the
+    same values as f32)."""
+    h = rng.uniform(lo, hi, shape).astype(np.float16)
+    return h.view(np.uint16), h.astype(np.float32)
+
+
 def w8a16(x16: np.ndarray, xs: np.ndarray, wq: np.ndarray, ws: np.ndarray) -> np.ndarray:
     """Σ_g (xs·ws in f32) · (exact integer group sum), summed in float64: y: [m, n]. x16: [m, kp]
-    (zero past k), wq: [n, k], ws: [n, ng], groups of 32."""
+    (zero past k), wq: [n, k], ws: [n, ng] (f32 values), groups of 32."""
     n, k = wq.shape
     ng = ws.shape[1]
     y = np.zeros((x16.shape[0], n), np.float64)

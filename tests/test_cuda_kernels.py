@@ -128,13 +128,28 @@ def test_embed(mod, fmt, d, with_wpe):
     else:
         ng = cdiv(d, group)
         q = rng.integers(-127, 128, (vocab, d)).astype(np.int8)
-        s = rng.uniform(0.001, 0.02, (vocab, ng)).astype(F32)
+        sbits, s = ref.f16_scales(rng, (vocab, ng))
         deq = q.astype(F32) * np.repeat(s, group, axis=1)[:, :d]
         want = deq[ids].astype(np.float64)
-        launch(mod, "embed_q8", (t,), (256,), ids, q, s, I32(group), wpe, pos, x, I32(d))
+        launch(mod, "embed_q8", (t,), (256,), ids, q, sbits, I32(group), wpe, pos, x, I32(d))
     if with_wpe:
         want = want + wpe[p0 : p0 + t]
     ref.assert_close(x, want, FP_REL, f"embed_{fmt}")
+
+
+def test_embed_q8_widens_every_half(mod):
+    # q = 1 everywhere and one scale per value (group 1): row r holds halves 1024·r .. 1024·r + 1023,
+    # so the 64 rows gather every f16 bit pattern (subnormals, ±0, ±inf, NaNs) widened to f32
+    vocab, d = 64, 1024
+    bits = np.arange(1 << 16, dtype=np.uint16).reshape(vocab, d)
+    q = np.ones((vocab, d), np.int8)
+    ids = np.arange(vocab, dtype=I32)
+    x = np.zeros((vocab, d), F32)
+    launch(mod, "embed_q8", (vocab,), (256,), ids, q, bits, I32(1), None, np.array([0], I32), x, I32(d))
+    want = bits.view(np.float16).astype(F32)
+    nan = np.isnan(want)
+    assert (np.isnan(x) == nan).all()
+    np.testing.assert_array_equal(x[~nan].view(np.uint32), want[~nan].view(np.uint32))
 
 
 def test_add_pos_embed(mod):
@@ -221,13 +236,13 @@ def matmul_case(rng, fmt: str, m: int, k: int, n: int, offset: int = 1, ldx: int
         x = rng.standard_normal((m, k)).astype(F32)
         x16, xs = ref.quantize_x16(x)
         wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
-        ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+        wsbits, ws = ref.f16_scales(rng, (n, cdiv(k, 32)))
         want = ref.w8a16(x16, xs, wq, ws)
         # x16 is quantize_a16's output (16-byte aligned rows of 32·ng); wq rows are k apart and
         # `offset` moves them off 16-byte boundaries
         wbuf = aligned(np.zeros(offset + n * k, np.int8))
         wbuf[offset:] = wq.reshape(-1)
-        return (aligned(x16), xs), (wbuf[offset:], ws), want
+        return (aligned(x16), xs), (wbuf[offset:], wsbits), want
     xv, x = rows_with_stride(rng, m, k, ldx, offset=offset)
     w = aligned(rng.standard_normal((n, k)).astype(F32))
     if fmt == "bf16":
@@ -308,7 +323,7 @@ def test_w8a16_is_the_cpus_arithmetic_bit_for_bit_up_to_two_groups(mod, kind, m,
     x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 50.0, (m, 1))).astype(F32)
     x16, xs = ref.quantize_x16(x)
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+    wsbits, ws = ref.f16_scales(rng, (n, cdiv(k, 32)))
     want = np.zeros((m, n), F32)
     for g in range(cdiv(k, 32)):
         sl = slice(32 * g, min(k, 32 * g + 32))
@@ -316,7 +331,7 @@ def test_w8a16_is_the_cpus_arithmetic_bit_for_bit_up_to_two_groups(mod, kind, m,
         want = want + isum.astype(F32) * (ws[:, g][None, :] * xs[:, g : g + 1])
     y = np.full((m, n), np.nan, F32)
     grid, block = matmul_geometry(kind, m, n)
-    launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, ws, None, y, I32(n), I32(m), I32(k), I32(n),
+    launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, wsbits, None, y, I32(n), I32(m), I32(k), I32(n),
            F32(1.0), I32(0))
     np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
 
@@ -333,10 +348,10 @@ def test_w8a16_integer_sums_at_the_extremes(mod, kind, m):
     assert (np.abs(x16[:, :k]) == 32639).all()
     wsign = rng.choice([-1, 1], (n, 1))
     wq = np.repeat(wsign * 127, k, axis=1).astype(np.int8)
-    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+    wsbits, ws = ref.f16_scales(rng, (n, cdiv(k, 32)))
     y = np.full((m, n), np.nan, F32)
     grid, block = matmul_geometry(kind, m, n)
-    launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, ws, None, y, I32(n), I32(m), I32(k), I32(n),
+    launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, wsbits, None, y, I32(n), I32(m), I32(k), I32(n),
            F32(1.0), I32(0))
     isum = x16[:, :k].astype(np.int64) @ wq.T.astype(np.int64)
     assert abs(isum).max() == 100 * 32639 * 127
@@ -353,11 +368,11 @@ def test_w8a16_matmuls_propagate_nan_groups(mod):
     with np.errstate(invalid="ignore"):
         x16, xs = ref.quantize_x16(x)
     wq = rng.integers(-127, 128, (n, k)).astype(np.int8)
-    ws = rng.uniform(0.001, 0.02, (n, cdiv(k, 32))).astype(F32)
+    wsbits, _ = ref.f16_scales(rng, (n, cdiv(k, 32)))
     for kind in ("gemv", "gemm"):
         y = np.full((m, n), 7.0, F32)
         grid, block = matmul_geometry(kind, m, n)
-        launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, ws, None, y, I32(n), I32(m), I32(k),
+        launch(mod, f"{kind}_w8a16", grid, block, aligned(x16), xs, wq, wsbits, None, y, I32(n), I32(m), I32(k),
                I32(n), F32(1.0), I32(0))
         assert np.isnan(y[0]).all(), kind
         assert np.isfinite(y[1]).all() and (y[2] == 0).all(), kind

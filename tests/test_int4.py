@@ -147,7 +147,7 @@ def dequantized_folder(model, out):
             tensors[name] = (vals * f16(d)[..., None] + f16(m)[..., None]).reshape(rows, -1)
         elif dtype == "I8":
             q = np.frombuffer(raw, np.int8).reshape(shape).astype(np.float32)
-            sc = np.frombuffer(core.export_tensor(name + "_scale"), np.float32).reshape(shape[0], -1)
+            sc = np.frombuffer(core.export_tensor(name + "_scale"), np.float16).astype(np.float32).reshape(shape[0], -1)
             tensors[name] = (q.reshape(shape[0], -1, 32) * sc[..., None]).reshape(shape)
         else:
             tensors[name] = np.frombuffer(raw, np.float32).reshape(shape).copy()

@@ -66,7 +66,7 @@ def stored_weight(model, name):
         return np.frombuffer(raw, np.float32).reshape(rows, k)
     if model.precision == "bf16":
         return np.frombuffer(raw, "<u2").reshape(rows, k)
-    return np.frombuffer(raw, np.int8).reshape(rows, k), np.frombuffer(core.export_tensor(name + "_scale"), np.float32).reshape(rows, -1)
+    return np.frombuffer(raw, np.int8).reshape(rows, k), np.frombuffer(core.export_tensor(name + "_scale"), np.float16).astype(np.float32).reshape(rows, -1)
 
 
 def convert(w, precision, slack=0.0):

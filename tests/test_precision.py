@@ -35,8 +35,8 @@ def test_lower_precisions_stay_close_to_the_reference(model_name, precision):
 def test_weights_shrink_with_the_precision(model_name):
     sizes = {p: load_fixture(model_name, precision=p).matmul_bytes_per_token for p in ("fp32", "bf16", "int8")}
     assert sizes["bf16"] * 2 == sizes["fp32"]
-    # int8: one byte per weight plus one f32 scale per group of 32 (12.5 %)
-    assert sizes["int8"] == sizes["fp32"] // 4 * 9 // 8
+    # int8: one byte per weight plus one f16 scale per group of 32 (6.25 %)
+    assert sizes["int8"] == sizes["fp32"] // 4 * 17 // 16
 
 
 def test_bf16_rounds_to_nearest_even(tmp_path):

@@ -279,9 +279,12 @@ def test_compare_on_texts_pools_every_position(model_name):
         ferrolm.quality.compare_on_texts(ref, cands, {})
 
 
-# 160 tokens of each kind of text (954 scored). Measured there (AVX-512 with AVX512-BF16, whose prefill GEMM
-# multiplies bf16), with an FP32 KV cache: bf16 pooled mean KL 8.3e-4, top-1 0.985, perplexity +0.17%; int8
-# pooled mean KL 1.2e-3, top-1 0.974, +0.41% (the whole set: docs/quality.md).
+# 160 tokens of each kind of text (954 scored). Measured there (AVX-512 with AVX512-BF16 and AMX, whose prefill
+# GEMM multiplies bf16), with an FP32 KV cache: bf16 pooled mean KL 8.2e-4, top-1 0.983, perplexity +0.18%; int8
+# pooled mean KL 1.8e-3, top-1 0.978, +0.49% (the whole set: docs/quality.md). The legal slice holds one
+# position where every lower precision lands far from FP32 (KL 0.59 bf16, 0.66 int8, 0.42 int8 with the BF16
+# cache: a near-tie there), which alone is 4e-3 of that slice's mean and 7e-4 of the pooled one; the other
+# five slices are at 1.2-1.7e-4 (bf16) and 6.0e-4-1.1e-3 (int8).
 def test_default_model_quality_set_slices(smollm2_fp32):
     ref = smollm2_fp32
     texts = {kind: ref.tokenize(p.read_text(encoding="utf-8"), add_special_tokens=False)[:160]
@@ -292,15 +295,21 @@ def test_default_model_quality_set_slices(smollm2_fp32):
     assert cands["int8 default"].kv_cache == "bf16"
     bf16, int8, default = ferrolm.quality.compare_on_texts(ref, cands, texts, window=160)
     assert int8.pooled.tokens == 6 * 159
-    for r in (bf16, int8):
+
+    def others(r):  # the mean KL of every slice but the legal one
+        return [t.mean_kl for t in r.texts if t.text != "legal"]
+
+    for r in (bf16, int8, default):
         assert 0 < r.pooled.mean_kl < 2e-3 and r.pooled.top1_agreement >= 0.96
         assert abs(r.pooled.perplexity_change_pct) < 1.0
-        assert all(t.mean_kl < 5e-3 for t in r.texts), [t.mean_kl for t in r.texts]
+        assert len(others(r)) == 5 and max(others(r)) < 2e-3, [t.mean_kl for t in r.texts]
+        assert all(t.mean_kl < 8e-3 for t in r.texts), [t.mean_kl for t in r.texts]
     assert bf16.pooled.mean_kl < int8.pooled.mean_kl
-    # measured: pooled 1.5e-3 (1.1e-3 with the FP32 cache), the last text 5.0e-3 (2.7e-3)
-    assert int8.pooled.mean_kl < default.pooled.mean_kl < 2e-3 and default.pooled.top1_agreement >= 0.96
-    assert abs(default.pooled.perplexity_change_pct) < 1.0
-    assert all(t.mean_kl < 8e-3 for t in default.texts), [t.mean_kl for t in default.texts]
+    assert max(others(bf16)) < min(others(int8))
+    # the BF16 cache adds its loss to INT8's over the slices but the legal one (whose near-tie decides
+    # its mean; one slice alone can go either way): summed mean KL with the BF16 / the FP32 cache 4.2e-3 /
+    # 3.9e-3 on AMX, 4.1e-3 / 4.0e-3 on the AVX512-BF16 GEMM, 3.3e-3 / 3.2e-3 on AVX2
+    assert sum(others(int8)) < sum(others(default)), (others(int8), others(default))
 
 
 def test_quality_cli_set_mode(tmp_path, capsys):

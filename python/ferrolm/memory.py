@@ -8,7 +8,7 @@ Two figures side by side:
   FP32;
 * the **estimate for this model** in ferrolm, part by part:
   - weights: every matmul weight (linear layers, embeddings, an untied lm_head) in the chosen
-    precision — INT8 adds one f32 scale per group of 32 values — and norms, biases and GPT-2's
+    precision — INT8 adds one f16 scale per group of 32 values — and norms, biases and GPT-2's
     learned positions in FP32 (exactly `Model._core.weight_bytes` once loaded);
   - KV cache: 2 · layers · kv_heads · head_dim · context · bytes per value · batch, 4 bytes for
     an FP32 cache, 2 for BF16 (`ferrolm.load`'s `kv_cache`; its default, "auto", is FP32 for FP32
@@ -289,7 +289,7 @@ def matrix_bytes(rows: int, cols: int, precision: str, group: int = INT8_GROUP) 
     if precision == "int4":
         return rows * math.ceil(cols / INT4_GROUP) * INT4_GROUP_BYTES
     if precision == "int8":
-        return rows * cols + rows * math.ceil(cols / group) * 4
+        return rows * cols + rows * math.ceil(cols / group) * 2
     return rows * cols * {"fp32": 4, "bf16": 2}[precision]
 
 
@@ -448,7 +448,7 @@ def estimate_memory(model_path_or_config: Any, precision: Optional[str] = None, 
         largest = 4 * max(r * c for r, c in arch.matrices())
         loading = min(CONVERSION_BYTES, 2 * largest) + arch.largest_conv1d_bytes()
         loading_note = "4 MiB conversion blocks" + (" and the largest Conv1D weight transposed in FP32" if arch.arch == "gpt2" else "")
-    scales = {"int8": f" + one f32 scale per {group} values", "int4": " + an f16 scale and minimum per 32 values"}.get(precision, "")
+    scales = {"int8": f" + one f16 scale per {group} values", "int4": " + an f16 scale and minimum per 32 values"}.get(precision, "")
     kept = sorted({p for _, _, p in per_matrix or ()} - {precision})
     if kept:
         scales += f" ({', '.join(k.upper() for k in kept)} where the file's type needs it)"

@@ -5,7 +5,8 @@ Layout of the weights (what `ferrolm.load` reads back without converting anythin
 - FP32 / BF16: a plain Hugging Face checkpoint (F32 / BF16 tensors under the usual names;
   config.json's torch_dtype says which), readable by any safetensors loader.
 - INT8: every matmul weight `X.weight` is stored `[out, in]` as I8 (symmetric, in [-127, 127])
-  with `X.weight_scale` `[out, ceil(in / group)]` F32 beside it; norms, biases and learned
+  with `X.weight_scale` `[out, ceil(in / group)]` F16 beside it (folders saved with F32 scales
+  still load, their scales rounded to the nearest f16); norms, biases and learned
   positions stay F32. config.json gains
   `"quantization_config": {"quant_method": "ferrolm", "precision": "int8", "group_size": G,
   "scheme": "w8a16"}` ("w8a32" when G is not 32: those groups multiply an f32 x).

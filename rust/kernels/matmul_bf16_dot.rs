@@ -30,7 +30,7 @@ const NC: usize = 96;
 const MR: usize = 4;
 const NR: usize = 6;
 
-/// Whether this CPU runs the kernel (AVX-512 F/BW/VL and BF16; F16C for int4's scales).
+/// Whether this CPU runs the kernel (AVX-512 F/BW/VL and BF16; F16C for the int8 and int4 scales).
 pub(crate) fn available() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -47,9 +47,9 @@ pub(crate) fn available() -> bool {
 pub(crate) enum Weights {
     /// bf16 bits, packed as they are.
     Bf16(*const u16),
-    /// int8 values with one f32 scale per `group` values of a row (`group` a multiple of 32;
+    /// int8 values with one f16 scale per `group` values of a row (`group` a multiple of 32;
     /// scales `[n, ceil(k / group)]`), packed as bf16(q · scale).
-    Int8 { q: *const i8, scales: *const f32, group: usize },
+    Int8 { q: *const i8, scales: *const u16, group: usize },
     /// int4 groups of 32 as [`crate::kernels::quant::QuantizedI4`] holds them (`row_bytes` of
     /// nibbles per row; f16 scales d and minimums m `[n, ceil(k / 32)]`), packed as
     /// bf16(q · d + m).
@@ -152,7 +152,8 @@ pub(crate) unsafe fn pack_w<const T: usize>(w: Weights, k: usize, j0: usize, row
                     _mm256_maskz_loadu_epi8(((1u64 << cnt) - 1) as __mmask32, src)
                 };
                 // the 32 values lie in one group (group % L == 0, col % L == 0)
-                let s = _mm512_set1_ps(*scales.add(row * ng + group_of(col)));
+                let h = *scales.add(row * ng + group_of(col));
+                let s = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h)))));
                 let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
                 let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
                 std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
@@ -193,7 +194,7 @@ impl Weights {
             Weights::Bf16(w) => [(w.wrapping_add(j * k) as *const u8, 2 * k * r), (w as *const u8, 0), (w as *const u8, 0)],
             Weights::Int8 { q, scales, group } => {
                 let ng = k.div_ceil(group);
-                [(q.wrapping_add(j * k) as *const u8, k * r), (scales.wrapping_add(j * ng) as *const u8, 4 * ng * r), (q as *const u8, 0)]
+                [(q.wrapping_add(j * k) as *const u8, k * r), (scales.wrapping_add(j * ng) as *const u8, 2 * ng * r), (q as *const u8, 0)]
             }
             Weights::Int4 { q, scales, mins, row_bytes } => {
                 let ng = k.div_ceil(L);

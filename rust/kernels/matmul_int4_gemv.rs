@@ -135,7 +135,7 @@ struct UnitW {
 unsafe fn load_unit_vnni(g: &Q8, j: usize, u: usize) -> UnitW {
     let gi = u * UNIT_GROUPS;
     let p = (g.wq as *const u8).add(j * g.wrow + gi * 16);
-    let (wd, wm) = (g.wh.add(j * g.ng + gi), g.wm.add(j * g.ng + gi));
+    let (wd, wm) = (g.ws.add(j * g.ng + gi), g.wm.add(j * g.ng + gi));
     let left = g.ng - gi;
     // every unit asks for the 128 bytes STREAM_AHEAD ahead of it, the last, partial one too: the
     // requests then tile the weights without gaps (rows are contiguous; with k = 576 a row's
@@ -239,7 +239,7 @@ unsafe fn dot_vnni<const R: usize, const C: usize>(g: &Q8, x: &[*const u32; R], 
 /// 4 rows of x against each row of weights.
 ///
 /// # Safety
-/// The region lies inside the operands of `g` (int4 weights `wq`/`wh`/`wm`), `g.i4x` holds its
+/// The region lies inside the operands of `g` (int4 weights `wq`/`ws`/`wm`), `g.i4x` holds its
 /// m rows prepared by [`prepare_x`] (`units(ng) · UNIT_WORDS` words each); AVX-512
 /// F/VL/BW/VNNI, AVX2, FMA and F16C available.
 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]

@@ -398,9 +398,9 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     } else {
         quant(0..m);
     }
-    let (wq, wrow, ws, wh, wm) = match w {
-        QWeights::I8(w) | QWeights::I8A16(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null(), std::ptr::null()),
-        QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), std::ptr::null(), w.scales.as_ptr(), w.mins.as_ptr()),
+    let (wq, wrow, ws, wm) = match w {
+        QWeights::I8(w) | QWeights::I8A16(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null()),
+        QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), w.scales.as_ptr(), w.mins.as_ptr()),
     };
     let whole = Q8 {
         xq: xb.q.as_ptr(),
@@ -413,7 +413,6 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         wq,
         wrow,
         ws,
-        wh,
         wm,
         k,
         n,
@@ -560,26 +559,24 @@ const I4_PANEL: usize = 96;
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// An unpacked panel: int8 rows and their f32 scales.
-    static I4_PANEL_BUF: std::cell::Cell<(Vec<i8>, Vec<f32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    /// An unpacked panel: int8 rows.
+    static I4_PANEL_BUF: std::cell::Cell<Vec<i8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The GEMM of packed int4 weights without their offsets' term: panels of `I4_PANEL` rows
 /// are unpacked to int8 rows of q − 8 (in [-8, 7]) and multiplied by the AVX2 GEMM (i16
 /// pairs) with the 16-bit x, or on VNNI CPUs by the VNNI GEMM run over the high and the low
-/// bytes of x: the same exact integer group sums as the int4 GEMV.
+/// bytes of x: the same exact integer group sums as the int4 GEMV. The f16 scales are read
+/// as they are (the GEMMs widen them as they pack a panel).
 ///
 /// # Safety
 /// As [`run_q8`] with `g` describing int4 weights (rows of `g.wrow` packed bytes).
 #[cfg(target_arch = "x86_64")]
 unsafe fn gemm_i4(g: &Q8) {
     let (k, ng) = (g.k, g.ng);
-    let (mut rows, mut scales) = I4_PANEL_BUF.with(|c| c.take());
+    let mut rows = I4_PANEL_BUF.with(|c| c.take());
     if rows.len() < I4_PANEL * k {
         rows = vec![0; I4_PANEL * k];
-    }
-    if scales.len() < I4_PANEL * ng {
-        scales = vec![0.0; I4_PANEL * ng];
     }
     let mut j0 = g.cols.0;
     while j0 < g.cols.1 {
@@ -588,14 +585,10 @@ unsafe fn gemm_i4(g: &Q8) {
         for (out, row) in rows.chunks_exact_mut(k).zip(packed.chunks_exact(g.wrow)) {
             crate::kernels::quant::unpack_nibbles(row, out, I4_CENTER as i8);
         }
-        let halves = std::slice::from_raw_parts(g.wh.add(j0 * ng), nr * ng);
-        for (s, &h) in scales.iter_mut().zip(halves) {
-            *s = f16_to_f32(h);
-        }
         let panel = Q8 {
             wq: rows.as_ptr(),
             wrow: k,
-            ws: scales.as_ptr(),
+            ws: g.ws.add(j0 * ng),
             y: g.y.add(j0),
             cols: (0, nr),
             ..*g
@@ -603,7 +596,7 @@ unsafe fn gemm_i4(g: &Q8) {
         gemm_a16(&panel);
         j0 += nr;
     }
-    I4_PANEL_BUF.with(|c| c.set((rows, scales)));
+    I4_PANEL_BUF.with(|c| c.set(rows));
 }
 
 /// The GEMM of int8 weights with the 16-bit x: the AVX2 GEMM on i16 pairs (x16), or on VNNI
@@ -638,7 +631,7 @@ mod tests {
         let (k, n) = (w.cols, w.rows);
         let ng = k.div_ceil(w.group);
         let round = |v: f32| bf16_to_f32(f32_to_bf16(v)) as f64;
-        let wb: Vec<f64> = (0..n * k).map(|i| round(w.q[i] as f32 * w.scales[i / k * ng + i % k / w.group])).collect();
+        let wb: Vec<f64> = (0..n * k).map(|i| round(w.q[i] as f32 * f16_to_f32(w.scales[i / k * ng + i % k / w.group]))).collect();
         let xb: Vec<f64> = x.iter().map(|&v| round(v)).collect();
         let mut y = vec![0f64; m * n];
         for i in 0..m {
@@ -707,7 +700,7 @@ mod tests {
                         isum += t;
                         iabs += t.abs();
                     }
-                    let d = (w.scales[j * ng + g] * sx) as f64;
+                    let d = (f16_to_f32(w.scales[j * ng + g]) * sx) as f64;
                     y[i * n + j] += isum as f64 * d;
                     mag[i * n + j] += iabs as f64 * d.abs();
                 }
@@ -1026,7 +1019,7 @@ mod tests {
     ///
     /// Benches the AVX2 path (forced) and the detected best path. GEMV "cold" rotates over
     /// enough weight copies to exceed the caches, like decode; GB/s counts the weight bytes
-    /// (int8 + f32 scales). Knobs: `BENCH_ONLY=gemv|gemm|small`, `BENCH_GROUPS=32,64,128`
+    /// (int8 + f16 scales). Knobs: `BENCH_ONLY=gemv|gemm|small`, `BENCH_GROUPS=32,64,128`
     /// (default: GROUP), `BENCH_SCHEMES=w8a8,weight,w8a16,bf16` (default: the dispatched scheme),
     /// `BENCH_GEMV=2048x5632,...` (n×k).
     #[test]

@@ -26,7 +26,7 @@
 //! group's integer lanes apart for 8 groups, reduces them at once and scales them with 8 scales
 //! loaded at once (int4: f16 widened by F16C, centered q − 8 with the offset m + 8·d on the f32
 //! Σx) — on AVX-512 VNNI int4 decode has its own GEMV instead (`matmul_int4_gemv`); the GEMMs
-//! run on int4 panels unpacked to int8 rows (q − 8, f32 scales):
+//! run on int4 panels unpacked to int8 rows (q − 8, the same f16 scales):
 //! the VNNI GEMM over the high and low signed bytes of x16 ([`split_a16`]), or the AVX2 GEMM on
 //! x16; NEON and the portable kernel handle every kind ([`Kind`]).
 
@@ -61,10 +61,8 @@ pub(crate) struct Q8 {
     pub wq: *const i8,
     /// Bytes from one row of wq to the next: k (int8) or ng·16 (int4).
     pub wrow: usize,
-    /// w scales: [n, ng] (int8, and int4 panels unpacked for the GEMM)
-    pub ws: *const f32,
-    /// int4 only: w scales [n, ng] as f16 bits
-    pub wh: *const u16,
+    /// w scales: [n, ng] as f16 bits (int8 and int4)
+    pub ws: *const u16,
     /// int4 only: w minimums [n, ng] as f16 bits (y += m · Σx per group)
     pub wm: *const u16,
     /// int4 only: Σx per row and group of the f32 x: [m, ng]; unused for int8
@@ -486,11 +484,11 @@ unsafe fn dot_portable(kind: Kind, g: &Q8, i: usize, j: usize) -> f32 {
             };
             let sum: i32 = xg.iter().zip(wg).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
             if kind == Kind::I4 {
-                let d = f16_to_f32(*g.wh.add(j * ng + gi));
+                let d = f16_to_f32(*g.ws.add(j * ng + gi));
                 acc += sum as f32 * (d * xs[gi]);
-                acc += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+                acc += i4_offset(*g.ws.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
             } else {
-                acc += sum as f32 * (*g.ws.add(j * ng + gi) * xs[gi]);
+                acc += sum as f32 * (f16_to_f32(*g.ws.add(j * ng + gi)) * xs[gi]);
             }
         }
         return acc;
@@ -508,7 +506,7 @@ unsafe fn dot_portable(kind: Kind, g: &Q8, i: usize, j: usize) -> f32 {
                 .sum();
             sum += i64::from(s);
         }
-        acc += sum as f32 * (*g.ws.add(j * ng + gi) * xs[gi]);
+        acc += sum as f32 * (f16_to_f32(*g.ws.add(j * ng + gi)) * xs[gi]);
     }
     acc
 }
@@ -560,7 +558,7 @@ mod neon {
                 acc = vpadalq_s16(acc, vmull_high_s8(wv, xv));
                 p += 16;
             }
-            let d = vdupq_n_f32(*g.ws.add(j * ng + gi) * *xs.add(gi));
+            let d = vdupq_n_f32(f16_to_f32(*g.ws.add(j * ng + gi)) * *xs.add(gi));
             f = vfmaq_f32(f, vcvtq_f32_s32(acc), d);
             p0 = p1;
             gi += 1;
@@ -603,10 +601,10 @@ mod neon {
                 acc = vmlal_s16(acc, vget_low_s16(w1), vget_low_s16(x1));
                 acc = vmlal_high_s16(acc, w1, x1);
             }
-            let d = if kind == Kind::I4 { f16_to_f32(*g.wh.add(j * ng + gi)) } else { *g.ws.add(j * ng + gi) };
+            let d = f16_to_f32(*g.ws.add(j * ng + gi));
             f = vfmaq_f32(f, vcvtq_f32_s32(acc), vdupq_n_f32(d * *g.xs.add(i * ng + gi)));
             if kind == Kind::I4 {
-                extra += i4_offset(*g.wh.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
+                extra += i4_offset(*g.ws.add(j * ng + gi), *g.wm.add(j * ng + gi)) * *g.xf.add(i * ng + gi);
             }
         }
         vaddvq_f32(f) + extra
@@ -821,10 +819,16 @@ mod x86 {
         const CENTERED: bool;
         /// The group at `p` as two vectors of 16 i16 (values 0-15 and 16-31).
         unsafe fn widen(p: *const u8) -> (__m256i, __m256i);
-        /// Scales of groups gi..gi+8 of row j.
-        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256;
+        /// Scales of groups gi..gi+8 of row j (f16, widened with F16C).
+        #[inline(always)]
+        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(g.ws.add(j * g.ng + gi) as *const __m128i))
+        }
         /// Scale of group gi of row j.
-        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32;
+        #[inline(always)]
+        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
+            f16_to_f32(*g.ws.add(j * g.ng + gi))
+        }
     }
 
     /// Packed int4: 16 bytes of nibbles (q in [0, 15], low nibbles first: GGUF's order), f16
@@ -842,17 +846,9 @@ mod x86 {
                 _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(b), m)),
             )
         }
-        #[inline(always)]
-        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
-            _mm256_cvtph_ps(_mm_loadu_si128(g.wh.add(j * g.ng + gi) as *const __m128i))
-        }
-        #[inline(always)]
-        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
-            f16_to_f32(*g.wh.add(j * g.ng + gi))
-        }
     }
 
-    /// int8 in groups of 32 (f32 scales).
+    /// int8 in groups of 32.
     pub(crate) struct I8W16;
     impl A16Weights for I8W16 {
         const GROUP_BYTES: usize = 32;
@@ -863,14 +859,6 @@ mod x86 {
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)),
                 _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i)),
             )
-        }
-        #[inline(always)]
-        unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
-            _mm256_loadu_ps(g.ws.add(j * g.ng + gi))
-        }
-        #[inline(always)]
-        unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
-            *g.ws.add(j * g.ng + gi)
         }
     }
 
@@ -973,10 +961,10 @@ mod x86 {
         f: &mut [__m256; R],
         acc: [__m256i; R],
         x: &XRows<R>,
-        sw: *const f32,
+        sw: *const u16,
         gi: usize,
     ) {
-        let swv = _mm256_broadcast_ss(&*sw.add(gi));
+        let swv = _mm256_set1_ps(f16_to_f32(*sw.add(gi)));
         for (r, (f, a)) in f.iter_mut().zip(acc).enumerate() {
             let d = _mm256_mul_ps(swv, _mm256_broadcast_ss(&*x.s[r].add(gi)));
             *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), d, *f);
@@ -1043,7 +1031,7 @@ mod x86 {
     }
 
     /// [y[i + r, j] for r < R] for weights `W` (`g.wq` rows of `g.wrow` bytes; int4 with f16
-    /// scales `g.wh` and minimums `g.wm`, or int8 with f32 scales `g.ws`) against the 16-bit
+    /// scales `g.ws` and minimums `g.wm`, or int8 with f16 scales `g.ws`) against the 16-bit
     /// x (`g.x16`), 8 groups at a time: each group's integer dot product (one [`StepA16`] per
     /// row of x) stays a vector of partial lanes, [`reduce8`] turns 8 of them into one vector
     /// of group sums, and f += sums · (d · sx) with 8 scales loaded at once (int4: widened from
@@ -1104,7 +1092,7 @@ mod x86 {
                 let a = S::step(_mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0), wv, xh[r].add(gi * 32));
                 f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(d * *xs[r].add(gi)), f[r]);
                 if W::CENTERED {
-                    e[r] += i4_offset(*g.wh.add(j * ng + gi), *wm.add(gi)) * *xf[r].add(gi);
+                    e[r] += i4_offset(*g.ws.add(j * ng + gi), *wm.add(gi)) * *xf[r].add(gi);
                 }
             }
             gi += 1;
@@ -1311,7 +1299,7 @@ mod x86 {
         for (t, gi) in (kb / g.group..(kb + kc).div_ceil(g.group)).enumerate() {
             for jj in 0..NR {
                 *ps.add(t * NR + jj) = if jj < nr {
-                    *g.ws.add((j0 + jj) * g.ng + gi)
+                    f16_to_f32(*g.ws.add((j0 + jj) * g.ng + gi))
                 } else {
                     0.0
                 };
@@ -1536,7 +1524,7 @@ mod x86 {
         for (t, gi) in (kb / g.group..(kb + kc).div_ceil(g.group)).enumerate() {
             for jj in 0..NR {
                 *ps.add(t * NR + jj) = if jj < nr {
-                    *g.ws.add((j0 + jj) * g.ng + gi)
+                    f16_to_f32(*g.ws.add((j0 + jj) * g.ng + gi))
                 } else {
                     0.0
                 };

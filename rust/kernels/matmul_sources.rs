@@ -3,12 +3,13 @@
 //! GEMM are written once over [`WSource`]:
 //! - [`F32W`]: f32 weights, loaded as they are (`matmul_f32`);
 //! - [`Bf16W`]: bf16 bits, widened by a 16-bit shift (`matmul_bf16`);
-//! - [`I8W`]: int8 with per-(row, group) f32 scales, widened and scaled (the weight-only
+//! - [`I8W`]: int8 with per-(row, group) f16 scales, widened and scaled (the weight-only
 //!   scheme of `matmul_int8`, the fallback for groups its integer kernels don't take).
 //!
 //! Every widening is exact, so each format computes the f32 matmul of its widened weights;
 //! only the summation order depends on the path (GEMV or GEMM) and the vector width.
 
+use crate::kernels::quant::f16_to_f32;
 use crate::kernels::simd::{self, F32Vec, MAX_LANES};
 
 /// Weights `[n, k]` in some format, readable as f32.
@@ -178,11 +179,11 @@ unsafe fn dot_dense<V: F32Vec, E: Widen, const R: usize, const U: usize>(
     out
 }
 
-/// int8 weights with per-(row, group) f32 scales (see `quant::QuantizedI8`).
+/// int8 weights with per-(row, group) f16 scales (see `quant::QuantizedI8`).
 #[derive(Clone, Copy)]
 pub(crate) struct I8W {
     pub q: *const i8,  // q: [n, k]
-    pub s: *const f32, // s: [n, ng]
+    pub s: *const u16, // s: [n, ng], f16 bits
     pub k: usize,
     pub group: usize,
     pub ng: usize,
@@ -206,11 +207,11 @@ impl WSource for I8W {
             } else {
                 V::load_i8_partial(q.add(p), cnt)
             };
-            v.mul(V::splat(*s.add(p / self.group)))
+            v.mul(V::splat(f16_to_f32(*s.add(p / self.group))))
         } else {
             let mut buf = [0f32; MAX_LANES];
             for (t, b) in buf.iter_mut().enumerate().take(cnt) {
-                *b = f32::from(*q.add(p + t)) * *s.add((p + t) / self.group);
+                *b = f32::from(*q.add(p + t)) * f16_to_f32(*s.add((p + t) / self.group));
             }
             V::load(buf.as_ptr())
         }
@@ -262,7 +263,7 @@ impl WSource for I8W {
                 }
                 p += c;
             }
-            let sv = V::splat(*s.add(g0 / group));
+            let sv = V::splat(f16_to_f32(*s.add(g0 / group)));
             for (t, acc) in tot.iter_mut().zip(&acc) {
                 *t = t.mul_add(acc[0].add(acc[1]), sv);
             }

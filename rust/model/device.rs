@@ -176,7 +176,7 @@ fn linear_parts(l: &Linear) -> Vec<(String, View<'_>)> {
         WeightData::Bf16(w) => vec![("weight".to_string(), View { dtype: DType::BF16, shape: vec![n, k], id, bytes: as_bytes(w) })],
         WeightData::Int8(q) => vec![
             ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: as_bytes(&q.q) }),
-            ("scales".to_string(), View { dtype: DType::F32, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales) }),
+            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales) }),
         ],
         // listed so every buffer has a name; the CUDA backend has no INT4 kernels and refuses them
         WeightData::Int4(q) => vec![

@@ -80,7 +80,7 @@ impl Model {
             let (scale, min) = (format!("{name}_scale"), format!("{name}_min"));
             out.push(entry(name, dtype, shape, Part::Weight, transposed));
             match &*lin.weight {
-                WeightData::Int8(q) => out.push(entry(scale, DType::F32, vec![n, q.groups_per_row()], Part::Scale, false)),
+                WeightData::Int8(q) => out.push(entry(scale, DType::F16, vec![n, q.groups_per_row()], Part::Scale, false)),
                 WeightData::Int4(q) => {
                     out.push(entry(scale, DType::F16, vec![n, q.groups_per_row()], Part::Scale, false));
                     out.push(entry(min, DType::F16, vec![n, q.groups_per_row()], Part::Min, false));
@@ -151,10 +151,7 @@ impl Model {
                 Ok(out.iter().flat_map(|b| b.to_le_bytes()).collect())
             }
             (Part::Weight, WeightData::Int8(q)) => Ok(q.q[r0 * k..r1 * k].iter().map(|&v| v as u8).collect()),
-            (Part::Scale, WeightData::Int8(q)) => {
-                let g = q.groups_per_row();
-                Ok(f32_le(&q.scales[r0 * g..r1 * g]))
-            }
+            (Part::Scale, WeightData::Int8(q)) => Ok(u16_le(&q.scales[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
             (Part::Weight, WeightData::Int4(q)) => Ok(q.q[r0 * q.row_bytes()..r1 * q.row_bytes()].to_vec()),
             (Part::Scale, WeightData::Int4(q)) => Ok(u16_le(&q.scales[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
             (Part::Min, WeightData::Int4(q)) => Ok(u16_le(&q.mins[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),

@@ -48,9 +48,9 @@ pub enum WeightData {
     F32(Vec<f32>),
     /// w: [out, in] row-major bfloat16 bits.
     Bf16(Vec<u16>),
-    /// w: [out, in] int8 with per-row, per-group f32 scales.
+    /// w: [out, in] int8 with per-row, per-group f16 scales.
     Int8(QuantizedI8),
-    /// w: [out, in] packed int4 with per-row, per-group f32 scales and minimums.
+    /// w: [out, in] packed int4 with per-row, per-group f16 scales and minimums.
     Int4(QuantizedI4),
 }
 
@@ -510,6 +510,6 @@ mod tests {
             // W8A8: the activations are quantized too
             assert!((a - b).abs() < 0.02 * b.abs().max(1.0), "{a} vs {b}");
         }
-        assert_eq!(lin.weight_bytes(), n * k + n * k.div_ceil(crate::kernels::quant::GROUP) * 4);
+        assert_eq!(lin.weight_bytes(), n * k + n * k.div_ceil(crate::kernels::quant::GROUP) * 2);
     }
 }

@@ -534,6 +534,9 @@ impl TensorStore {
                     Error::Tensor(msg) => Error::Tensor(format!("{msg} (int8 groups of {group})")),
                     e => e,
                 })?;
+                // saved as F16 (and widened exactly on arrival): back to the same f16 bits. A file
+                // saved with F32 scales (before they were f16) has them rounded to nearest f16.
+                let scales = scales.into_iter().map(f32_to_f16).collect();
                 Ok(WeightData::Int8(QuantizedI8::from_parts(out, inp, group, q, scales)?))
             }
             TensorData::SavedI4(q) => {
@@ -667,7 +670,8 @@ mod tests {
         let fs: Vec<f32> = scales.iter().map(|&h| f16_to_f32(h)).collect();
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
         s.insert_blocks(name, GgufBlock::Q8_0, &[rows, cols], &raw).unwrap();
-        let exact = QuantizedI8::from_parts(rows, cols, 32, q.clone(), fs.clone()).unwrap();
+        // the blocks as they are: int8 values and f16 scales, bit for bit
+        let exact = QuantizedI8::from_parts(rows, cols, 32, q.clone(), scales.clone()).unwrap();
         assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(exact.clone()));
         // FP32 plan: the dequantized values
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::F32));
@@ -693,7 +697,13 @@ mod tests {
         let name = "lm_head.weight";
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::Int8));
         s.insert_bytes(name, DType::I8, &[rows, cols], &qb).unwrap();
-        s.insert_bytes("lm_head.weight_scale", DType::F32, &[rows, 3], &f32_bytes(&w.scales)).unwrap();
+        let half_bytes: Vec<u8> = w.scales.iter().flat_map(|h| h.to_le_bytes()).collect();
+        s.insert_bytes("lm_head.weight_scale", DType::F16, &[rows, 3], &half_bytes).unwrap();
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(w.clone()));
+        // F32 scales (files saved before the scales were f16): rounded to the nearest f16
+        let wide: Vec<f32> = w.scales.iter().map(|&h| f16_to_f32(h) * (1.0 + 1e-5)).collect();
+        s.insert_bytes(name, DType::I8, &[rows, cols], &qb).unwrap();
+        s.insert_bytes("lm_head.weight_scale", DType::F32, &[rows, 3], &f32_bytes(&wide)).unwrap();
         assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Int8(w.clone()));
         // missing scales
         s.insert_bytes(name, DType::I8, &[rows, cols], &qb).unwrap();

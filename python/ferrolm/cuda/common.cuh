@@ -80,6 +80,16 @@ FL_DEV float fl_bf16_load(const __nv_bfloat16* p, long long i) {
     return fl_bf16_bits(reinterpret_cast<const unsigned short*>(p)[i]);
 }
 
+// IEEE half bits → f32, exact (subnormals, ±inf and NaN included): the INT8 scales.
+FL_DEV float fl_f16_bits(unsigned short h) {
+    const unsigned sign = (unsigned)(h & 0x8000u) << 16;
+    const unsigned em = h & 0x7fffu;
+    if (em >= 0x7c00u) return __uint_as_float(sign | 0x7f800000u | ((em & 0x3ffu) << 13));
+    if (em >= 0x0400u) return __uint_as_float(sign | ((em << 13) + 0x38000000u));  // exponent + 112
+    const float v = (float)em * 5.9604644775390625e-08f;  // subnormal: frac · 2^-24
+    return sign ? -v : v;
+}
+
 // V consecutive floats (V a multiple of 4) from a 16-byte aligned p.
 template <int V>
 FL_DEV void fl_load_f32_vec(const float* p, float* v) {

@@ -39,19 +39,19 @@ extern "C" __global__ void embed_bf16(const int* __restrict__ ids, const __nv_bf
 }
 FL_EXPORT(embed_bf16);
 
-// q: [vocab, d] int8, s: [vocab, ceil(d / group)]; value (r, c) = q[r, c] · s[r, c / group]
+// q: [vocab, d] int8, s: [vocab, ceil(d / group)] f16 bits; value (r, c) = q[r, c] · s[r, c / group]
 extern "C" __global__ void embed_q8(const int* __restrict__ ids, const signed char* __restrict__ q,
-                                    const float* __restrict__ s, int group, const float* __restrict__ wpe,
+                                    const unsigned short* __restrict__ s, int group, const float* __restrict__ wpe,
                                     const int* __restrict__ pos, float* __restrict__ x, int d) {
     const int i = blockIdx.x;
     const int ng = (d + group - 1) / group;
     const long long id = ids[i];
     const signed char* row = q + id * d;
-    const float* srow = s + id * ng;
+    const unsigned short* srow = s + id * ng;
     const float* pe = embed_wpe_row(wpe, pos, i, d);
     float* xr = x + (long long)i * d;
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
-        float v = (float)row[c] * srow[c / group];
+        float v = (float)row[c] * fl_f16_bits(srow[c / group]);
         if (pe) v += pe[c];
         xr[c] = v;
     }

@@ -180,7 +180,7 @@ FL_DEV int gemm_a16_swizzle(int kw) { return kw & 8; }
 // tile, 2 words of the w tile, and its scale (threads 0..63: xs of row m0 + tid, 64..127: ws of
 // column n0 + tid − 64).
 FL_DEV void gemm_w8a16_fetch(const short* __restrict__ x16, const float* __restrict__ xs,
-                             const signed char* __restrict__ wq, const float* __restrict__ ws, int m, int k,
+                             const signed char* __restrict__ wq, const unsigned short* __restrict__ ws, int m, int k,
                              int n, int m0, int n0, int k0, bool aligned4, int4& rx, int (&rw)[2], float& rs) {
     const int tid = threadIdx.x;
     const int ng = (k + 31) >> 5, g = k0 >> 5;
@@ -199,14 +199,14 @@ FL_DEV void gemm_w8a16_fetch(const short* __restrict__ x16, const float* __restr
     if (tid < GEMM_TILE) {
         if (m0 + tid < m) rs = xs[(long long)(m0 + tid) * ng + g];
     } else if (tid < 2 * GEMM_TILE) {
-        if (n0 + tid - GEMM_TILE < n) rs = ws[(long long)(n0 + tid - GEMM_TILE) * ng + g];
+        if (n0 + tid - GEMM_TILE < n) rs = fl_f16_bits(ws[(long long)(n0 + tid - GEMM_TILE) * ng + g]);
     }
 }
 
 // x16: [m, kp] (quantize_a16's output: rows kp = 32·ng apart, 16-byte aligned), xs: [m, ng],
-// wq: [n, k] int8, ws: [n, ng], ng = ceil(k / 32)
+// wq: [n, k] int8, ws: [n, ng] f16 bits, ng = ceil(k / 32)
 extern "C" __global__ void gemm_w8a16(const short* __restrict__ x16, const float* __restrict__ xs,
-                                      const signed char* __restrict__ wq, const float* __restrict__ ws,
+                                      const signed char* __restrict__ wq, const unsigned short* __restrict__ ws,
                                       const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
                                       int n, float alpha, int accumulate) {
     __shared__ __align__(16) int xt[GEMM_BK / 2][GEMM_LDS];  // x16 tile: [pair][row ^ swizzle]

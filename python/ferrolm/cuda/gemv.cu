@@ -169,12 +169,12 @@ FL_DEV void gemv_w8a16_block(const int (&wv)[8], float wsc, const short* __restr
 
 template <int M>
 FL_DEV void gemv_w8a16_warp(const short* __restrict__ x16, const float* __restrict__ xs,
-                            const signed char* __restrict__ wq, const float* __restrict__ ws, const float* bias,
+                            const signed char* __restrict__ wq, const unsigned short* __restrict__ ws, const float* bias,
                             float* y, int ldy, int k, int j, float alpha, int accumulate) {
     const int lane = threadIdx.x & 31;
     const int ng = (k + 31) >> 5;
     const signed char* wr = wq + (long long)j * k;
-    const float* wsr = ws + (long long)j * ng;
+    const unsigned short* wsr = ws + (long long)j * ng;
     const unsigned mis = fl_misalign16(wr);
     float acc[M];
     FL_UNROLL
@@ -184,22 +184,22 @@ FL_DEV void gemv_w8a16_warp(const short* __restrict__ x16, const float* __restri
         int w0[8], w1[8];
         gemv_w8a16_wblock(wr, b, k, mis, w0);
         gemv_w8a16_wblock(wr, b + 32, k, mis, w1);
-        const float s0 = wsr[b], s1 = wsr[b + 32];
+        const float s0 = fl_f16_bits(wsr[b]), s1 = fl_f16_bits(wsr[b + 32]);
         gemv_w8a16_block<M>(w0, s0, x16, xs, ng, b, acc);
         gemv_w8a16_block<M>(w1, s1, x16, xs, ng, b + 32, acc);
     }
     if (b < ng) {
         int w0[8];
         gemv_w8a16_wblock(wr, b, k, mis, w0);
-        gemv_w8a16_block<M>(w0, wsr[b], x16, xs, ng, b, acc);
+        gemv_w8a16_block<M>(w0, fl_f16_bits(wsr[b]), x16, xs, ng, b, acc);
     }
     gemv_store<M>(acc, y, ldy, j, alpha, bias, accumulate);
 }
 
 // x16: [m, kp] (quantize_a16's output: rows kp = 32·ng apart, 16-byte aligned), xs: [m, ng],
-// wq: [n, k] int8, ws: [n, ng], ng = ceil(k / 32)
+// wq: [n, k] int8, ws: [n, ng] f16 bits, ng = ceil(k / 32)
 extern "C" __global__ void gemv_w8a16(const short* __restrict__ x16, const float* __restrict__ xs,
-                                      const signed char* __restrict__ wq, const float* __restrict__ ws,
+                                      const signed char* __restrict__ wq, const unsigned short* __restrict__ ws,
                                       const float* __restrict__ bias, float* __restrict__ y, int ldy, int m, int k,
                                       int n, float alpha, int accumulate) {
     const int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

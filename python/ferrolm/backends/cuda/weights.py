@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 #: The matmul precisions the CUDA kernels compute.
 DEVICE_PRECISIONS = ("fp32", "bf16", "int8")
-_NUMPY = {"F32": np.float32, "BF16": np.uint16, "I8": np.int8}
+_NUMPY = {"F32": np.float32, "BF16": np.uint16, "F16": np.uint16, "I8": np.int8}
 #: Rows dequantized at a time (bounds the host memory of a weight-only upload).
 _DEQUANT_ROWS = 1024
 
@@ -76,7 +76,7 @@ class BufferStore:
             dev = self._by_id.get(key)
             if dev is None:
                 q = np.frombuffer(core.device_buffer(f"{name}.weight"), dtype=np.int8).reshape(n, k)
-                s = np.frombuffer(core.device_buffer(f"{name}.scales"), dtype=np.float32).reshape(n, -1)
+                s = np.frombuffer(core.device_buffer(f"{name}.scales"), dtype=np.float16).astype(np.float32).reshape(n, -1)
                 w = dequantize_i8(q, s, group)
                 del q, s
                 dev = self._by_id[key] = self.runtime.upload(w.reshape(-1))
