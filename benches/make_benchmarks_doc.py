@@ -269,8 +269,8 @@ def llamacpp_shapes_section() -> list:
              for k in keys if (*k, "ferrolm int8") in by and (*k, "llama.cpp q8_0") in by]
     scales_note = ("ferrolm's INT8 and Q8_0 read the same bytes: int8 values and one f16 scale per 32"
                    if extra and max(abs(e) for e in extra) < 0.005 else
-                   f"ferrolm's INT8 reads {100 * max(extra, default=0):.0f} % more bytes than Q8_0 (f32 scales where Q8_0 "
-                   "keeps f16)")
+                   f"ferrolm's INT8 reads {100 * max(extra, default=0):.0f} % more bytes than Q8_0: this run predates "
+                   "2026-12-03, when ferrolm's INT8 scales went from f32 to Q8_0's f16")
     mode = c.get("bf16_prefill")
     bf16_note = ({"bf16": "ferrolm's BF16 prefill ran its AVX512-BF16 GEMM (x rounded to bf16, as llama.cpp's BF16 "
                            "does; its decode keeps x in f32). ",
