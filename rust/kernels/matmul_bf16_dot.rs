@@ -129,6 +129,8 @@ unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc:
 /// columns past `kc` zero.
 #[inline(always)]
 pub(crate) unsafe fn pack_w<const T: usize>(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+    // an f16 scale or minimum widened by F16C (exact)
+    let f16 = |h: u16| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
     match w {
         Weights::Bf16(w) => pack::<T>(rows, kc, dst, |r, p, cnt| {
             let src = w.add((j0 + r) * k + k0 + p) as *const i16;
@@ -152,8 +154,7 @@ pub(crate) unsafe fn pack_w<const T: usize>(w: Weights, k: usize, j0: usize, row
                     _mm256_maskz_loadu_epi8(((1u64 << cnt) - 1) as __mmask32, src)
                 };
                 // the 32 values lie in one group (group % L == 0, col % L == 0)
-                let h = *scales.add(row * ng + group_of(col));
-                let s = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h)))));
+                let s = _mm512_set1_ps(f16(*scales.add(row * ng + group_of(col))));
                 let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
                 let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
                 std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
@@ -161,7 +162,6 @@ pub(crate) unsafe fn pack_w<const T: usize>(w: Weights, k: usize, j0: usize, row
         }
         Weights::Int4 { q, scales, mins, row_bytes } => {
             let ng = k.div_ceil(L);
-            let f16 = |h: u16| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))));
             pack::<T>(rows, kc, dst, |r, p, cnt| {
                 // one group per step (L = 32): byte t holds value t (low nibble) and t + 16
                 let (row, gi) = (j0 + r, (k0 + p) / L);

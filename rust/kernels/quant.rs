@@ -174,7 +174,7 @@ fn best_scale(wg: &[f32], amax: f32) -> (f32, u16) {
 }
 
 /// The largest finite IEEE half.
-pub const F16_MAX: f32 = 65504.0;
+const F16_MAX: f32 = 65504.0;
 
 /// `Σ (clamp(round(w / s)) · s − w)²` (round half to even: it vectorizes; ties are measure zero
 /// for the search). Eight partial sums, so the loop runs on SIMD registers.
@@ -342,12 +342,6 @@ impl QuantizedI8 {
     /// Bytes read by one full matmul (int8 values + f16 scales).
     pub fn bytes(&self) -> usize {
         self.q.len() + self.scales.len() * 2
-    }
-
-    /// The scale of row `i`, group `g`, as f32.
-    #[inline]
-    pub fn scale(&self, i: usize, g: usize) -> f32 {
-        f16_to_f32(self.scales[i * self.groups_per_row() + g])
     }
 }
 
