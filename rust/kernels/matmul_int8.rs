@@ -361,6 +361,9 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         // 16-bit x, and the f32 Σx per group (int4's offset term: fused in the GEMV, a small
         // f32 matmul after the GEMM)
         a16,
+        // 16-bit x as two signed bytes on VNNI: the int8 GEMM (prefill of int4 and W8A16 run
+        // twice), the W8A16 GEMV (both bytes at once)
+        split: path == Path::Vnni && (a16 && gemm || kind == q8::Kind::I8A16),
     };
     let mut xb = q8::take_xbuf(m, kp, ng, need);
     let out = XOut {
@@ -370,6 +373,11 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         s: xb.s.as_mut_ptr(),
         c: xb.c.as_mut_ptr(),
         f: xb.f.as_mut_ptr(),
+        hi: xb.hi.as_mut_ptr(),
+        lo: xb.lo.as_mut_ptr(),
+        ch: xb.ch.as_mut_ptr(),
+        cl: xb.cl.as_mut_ptr(),
+        sh: xb.sh.as_mut_ptr(),
         need,
     };
     // SAFETY: x holds m·k values (asserted by the caller); the buffers hold m rows of kp / ng
@@ -443,12 +451,21 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     } else {
         whole
     };
-    // 16-bit x prefill (int4, W8A16) on VNNI: x as two signed bytes for INT8's u8·i8 GEMM (run twice)
-    let split = if a16 && gemm && path == Path::Vnni { Some(A16Split::new(&whole, m, kp, ng)) } else { None };
-    let whole = Q8 { xs_lo: split.as_ref().map_or(std::ptr::null(), |s| s.sl.as_ptr()), ..whole };
-    let whole = match &split {
-        Some(s) => Q8 { xq: s.hi.as_ptr(), xc: s.ch.as_ptr(), xs: s.sh.as_ptr(), xq_lo: s.lo.as_ptr(), xc_lo: s.cl.as_ptr(), ..whole },
-        None => whole,
+    // 16-bit x split into signed bytes on VNNI: the prefill's u8·i8 GEMM runs over the high
+    // bytes (scales 256·sx), then the low ones (sx); the W8A16 GEMV reads both at once, with
+    // the 16-bit x's own scales and Σx16
+    let whole = match (need.split, gemm) {
+        (false, _) => whole,
+        (true, true) => Q8 {
+            xq: xb.hi.as_ptr(),
+            xc: xb.ch.as_ptr(),
+            xs: xb.sh.as_ptr(),
+            xq_lo: xb.lo.as_ptr(),
+            xc_lo: xb.cl.as_ptr(),
+            xs_lo: xb.s.as_ptr(),
+            ..whole
+        },
+        (true, false) => Q8 { xq: xb.hi.as_ptr(), xq_lo: xb.lo.as_ptr(), ..whole },
     };
     let split = match (gemm, path) {
         (false, _) => Split::Columns,
@@ -503,7 +520,7 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
         #[cfg(target_arch = "x86_64")]
         (Path::Vnni, false, I4) => i4g::gemv_i4_vnni(g),
         #[cfg(target_arch = "x86_64")]
-        (Path::Vnni, false, I8A16) => q8::gemv_a16_vnni::<q8::I8W16>(g),
+        (Path::Vnni, false, I8A16) => q8::gemv_w8a16_vnni(g),
         #[cfg(target_arch = "x86_64")]
         (Path::Avx2, true, A8) => q8::gemm_avx2(g),
         #[cfg(target_arch = "x86_64")]
@@ -515,41 +532,6 @@ unsafe fn run_q8(path: Path, gemm: bool, kind: q8::Kind, g: &Q8) {
         #[cfg(target_arch = "aarch64")]
         (Path::Neon, _, kind) => q8::region_neon(kind, g),
         (_, _, kind) => q8::region_portable(kind, g),
-    }
-}
-
-/// The 16-bit x of a prefill (int4, W8A16) split into signed high and low bytes
-/// (`q8::split_a16`), with their group sums and scales (high: sx·256, low: sx), for INT8's VNNI
-/// GEMM.
-struct A16Split {
-    hi: Vec<i8>,
-    lo: Vec<i8>,
-    ch: Vec<i32>,
-    cl: Vec<i32>,
-    sh: Vec<f32>,
-    sl: Vec<f32>,
-}
-
-impl A16Split {
-    fn new(g: &Q8, m: usize, kp: usize, ng: usize) -> Self {
-        let mut s = A16Split {
-            hi: vec![0; m * kp],
-            lo: vec![0; m * kp],
-            ch: vec![0; m * ng],
-            cl: vec![0; m * ng],
-            sh: vec![0.0; m * ng],
-            sl: vec![0.0; m * ng],
-        };
-        // SAFETY: x16 holds m rows of kp values (take_xbuf, a16); the outputs are sized above.
-        unsafe {
-            q8::split_a16(g.x16, kp, ng, 0..m, s.hi.as_mut_ptr(), s.lo.as_mut_ptr(), s.ch.as_mut_ptr(), s.cl.as_mut_ptr());
-            let xs = std::slice::from_raw_parts(g.xs, m * ng);
-            for ((h, l), &x) in s.sh.iter_mut().zip(&mut s.sl).zip(xs) {
-                *h = x * 256.0; // exact: a power of two
-                *l = x;
-            }
-        }
-        s
     }
 }
 
@@ -882,6 +864,93 @@ mod tests {
         }
     }
 
+    /// The VNNI GEMV takes the 16-bit x as bytes (`q8::split_a16`), the AVX2 one as x16: the
+    /// same exact integer group sums, scaled and added in the same order, so the two give the
+    /// same bits. x holds groups at full scale (±32639, whose bytes are the extremes) and
+    /// weights at ±127; k with and without groups past the last 8 (the scalar tail).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn w8a16_gemv_same_bits_on_avx2_and_vnni() {
+        if !(SimdLevel::Avx512.is_available() && has_vnni() && has_f16c()) {
+            return;
+        }
+        let mut rng = Rng(31);
+        let pool = ThreadPool::new(2).unwrap();
+        for &(k, n) in &[(32, 5), (256, 9), (288, 33), (1088, 17), (5632, 3)] {
+            let mut wf = rng.vec(n * k);
+            for (p, v) in wf.iter_mut().enumerate() {
+                if p % 37 == 0 {
+                    *v = if p % 2 == 0 { 4.0 } else { -4.0 }; // ±127 in its group
+                }
+            }
+            let w = QuantizedI8::quantize(&wf, n, k);
+            for m in 1..GEMM_ROWS {
+                let mut x = rng.vec(m * k);
+                for (p, v) in x.iter_mut().enumerate() {
+                    match p % 29 {
+                        0 => *v = 3.0,   // +32639 (and -32639 below) in its group
+                        1 => *v = -3.0,
+                        _ => {}
+                    }
+                }
+                let (mut a, mut b) = (vec![0.0; m * n], vec![0.0; m * n]);
+                matmul_int8_scheme(SimdLevel::Avx2, Int8Scheme::W8A16, &pool, &x, &w, &mut a, m);
+                matmul_int8_scheme(SimdLevel::Avx512, Int8Scheme::W8A16, &pool, &x, &w, &mut b, m);
+                for (idx, (p, q)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(p.to_bits(), q.to_bits(), "k={k} n={n} m={m} at {idx}: {p} vs {q}");
+                }
+            }
+        }
+    }
+
+    /// `q8::split_a16` against its definition: hi = (x16 + 128) >> 8, lo = x16 − 256·hi, and
+    /// their sums per group, over every 16-bit value the quantizer makes (±32639).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn split_a16_matches_its_definition() {
+        if !SimdLevel::Avx2.is_available() {
+            return;
+        }
+        let vals: Vec<i16> = (-32639..=32639).step_by(7).chain([-32639, -32640 + 1, -129, -128, -127, 127, 128, 255, 256, 32639]).collect();
+        let kp = vals.len().div_ceil(32) * 32;
+        let mut x16 = vals.clone();
+        x16.resize(2 * kp, 0);
+        x16[kp..].copy_from_slice(&vals.iter().rev().copied().chain(std::iter::repeat(32639)).take(kp).collect::<Vec<_>>());
+        let (m, ng) = (2, kp / 32);
+        let (mut hi, mut lo) = (vec![0i8; m * kp], vec![0i8; m * kp]);
+        let (mut ch, mut cl) = (vec![0i32; m * ng], vec![0i32; m * ng]);
+        let out = XOut {
+            q: std::ptr::null_mut(),
+            a: std::ptr::null_mut(),
+            x16: std::ptr::null_mut(),
+            s: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
+            f: std::ptr::null_mut(),
+            hi: hi.as_mut_ptr(),
+            lo: lo.as_mut_ptr(),
+            ch: ch.as_mut_ptr(),
+            cl: cl.as_mut_ptr(),
+            sh: std::ptr::null_mut(),
+            need: Need { abs: false, wide: false, a16: true, split: true },
+        };
+        // SAFETY: x16 and the outputs hold m rows of kp / ng values; AVX2 checked above.
+        unsafe { q8::split_a16(x16.as_ptr(), kp, ng, 0..m, out) };
+        for i in 0..m {
+            for gi in 0..ng {
+                let (mut sh, mut sl) = (0, 0);
+                for p in i * kp + 32 * gi..i * kp + 32 * gi + 32 {
+                    let v = i32::from(x16[p]);
+                    let top = (v + 128) >> 8;
+                    assert!((-127..=127).contains(&top) && (-128..=127).contains(&(v - 256 * top)), "{v}");
+                    assert_eq!((i32::from(hi[p]), i32::from(lo[p])), (top, v - 256 * top), "x16 = {v}");
+                    sh += top;
+                    sl += v - 256 * top;
+                }
+                assert_eq!((ch[i * ng + gi], cl[i * ng + gi]), (sh, sl), "row {i} group {gi}");
+            }
+        }
+    }
+
     #[test]
     fn special_x_values() {
         // Row 0: NaN in a whole group (the SIMD quantizer); row 1: inf in the short last
@@ -1097,13 +1166,17 @@ mod tests {
                                 let w = &ws[it % copies];
                                 matmul_int8_scheme(level, scheme, &pool, &x, w, &mut y, 1)
                             });
+                            let hot = best_time(5, iters, |_| {
+                                matmul_int8_scheme(level, scheme, &pool, &x, &ws[0], &mut y, 1)
+                            });
                             println!(
                                 "GEMV {:<6} {:<6} g={group:<3} threads={threads} n={n:>5} k={k:<5} \
-                                 cold {:6.1} GB/s ({:7.1} µs)",
+                                 cold {:6.1} GB/s ({:7.1} µs)  hot {:6.1} GB/s",
                                 level.name(),
                                 name(level, sc, 1),
                                 bytes as f64 / cold / 1e9,
-                                cold * 1e6
+                                cold * 1e6,
+                                bytes as f64 / hot / 1e9
                             );
                         }
                     }

@@ -21,14 +21,16 @@
 //!
 //! 16-bit x (the W8A16 scheme, and INT4 weights of `matmul_int4`: `q · d + m`, q in [0, 15], f16
 //! d and m per group of 32) share the x buffers, the reduction and the GEMMs: x is quantized to
-//! 16 bits per group of 32 ([`quantize_rows_a16`]); the x86 GEMV ([`gemv_a16_avx2`] /
-//! [`gemv_a16_vnni`], generic over the weights' widening to i16: [`I4W`], [`I8W16`]) keeps each
-//! group's integer lanes apart for 8 groups, reduces them at once and scales them with 8 scales
-//! loaded at once (int4: f16 widened by F16C, centered q − 8 with the offset m + 8·d on the f32
-//! Σx) — on AVX-512 VNNI int4 decode has its own GEMV instead (`matmul_int4_gemv`); the GEMMs
-//! run on int4 panels unpacked to int8 rows (q − 8, the same f16 scales):
-//! the VNNI GEMM over the high and low signed bytes of x16 ([`split_a16`]), or the AVX2 GEMM on
-//! x16; NEON and the portable kernel handle every kind ([`Kind`]).
+//! 16 bits per group of 32 ([`quantize_rows_a16`]); the AVX2 GEMV ([`gemv_a16_avx2`], generic
+//! over the weights' widening to i16: [`I4W`], [`I8W16`]) keeps each group's integer lanes apart
+//! for 8 groups, reduces them at once and scales them with 8 scales loaded at once (int4: f16
+//! widened by F16C, centered q − 8 with the offset m + 8·d on the f32 Σx). On AVX-512 VNNI the
+//! x16 is also split into its high and low signed bytes ([`split_a16`]): the W8A16 GEMV
+//! ([`gemv_w8a16_vnni`]) multiplies the int8 weights with both bytes by `dpbusd`, with no
+//! widening of the weights, and reduces as the AVX2 one does (the same bits); int4 decode has its
+//! own GEMV there (`matmul_int4_gemv`). The GEMMs run on int4 panels unpacked to int8 rows
+//! (q − 8, the same f16 scales): the VNNI GEMM over the high and the low bytes of x16, or the
+//! AVX2 GEMM on x16; NEON and the portable kernel handle every kind ([`Kind`]).
 
 use std::cell::Cell;
 
@@ -77,8 +79,10 @@ pub(crate) struct Q8 {
     pub cols: (usize, usize),
     /// Add to y instead of writing it (the GEMMs' second pass over the low bytes of a 16-bit x).
     pub accumulate: bool,
-    /// int4 prefill on VNNI only: the low bytes of the 16-bit x ([m, kp]; `xq` then holds the
-    /// high bytes), their Σ per group and their scales [m, ng] (see [`split_a16`])
+    /// 16-bit x on VNNI only: its low bytes ([m, kp]; `xq` then holds the high bytes, see
+    /// [`split_a16`]). The GEMMs (int4 and W8A16 prefill) also read their Σ per group and
+    /// scales [m, ng] here (and the high bytes' in `xc` / `xs`); the W8A16 GEMV reads the
+    /// 16-bit x's own `xs` and `xc` (Σx16)
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xq_lo: *const i8,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -108,6 +112,9 @@ pub(crate) struct Need {
     /// int4 weights: x quantized to 16 bits (into `x16`, with its scales and Σ per group)
     /// instead of 8, plus Σx per group in f32 (the offset's term); see [`quantize_rows_a16`]
     pub a16: bool,
+    /// The 16-bit x also split into signed bytes (`hi`, `lo`, `ch`, `cl`, `sh`; see
+    /// [`split_a16`]): for the VNNI kernels, which multiply bytes.
+    pub split: bool,
 }
 
 /// Per-thread buffers of quantized x (reused across calls; pool workers are persistent).
@@ -121,6 +128,13 @@ pub(crate) struct XBuf {
     pub s: Vec<f32>,
     pub c: Vec<i32>,
     pub f: Vec<f32>,
+    /// x16 split into bytes (`Need::split`): x16 = 256·hi + lo, [m, kp] each
+    pub hi: Vec<i8>,
+    pub lo: Vec<i8>,
+    /// Σ hi and Σ lo per group, and the high bytes' scales 256·sx: [m, ng] each
+    pub ch: Vec<i32>,
+    pub cl: Vec<i32>,
+    pub sh: Vec<f32>,
 }
 
 thread_local! {
@@ -146,6 +160,15 @@ pub(crate) fn take_xbuf(m: usize, kp: usize, ng: usize, need: Need) -> XBuf {
     if need.a16 && b.f.len() < m * ng {
         b.f = vec![0.0; m * ng];
     }
+    if need.split && b.hi.len() < m * kp {
+        b.hi = vec![0; m * kp];
+        b.lo = vec![0; m * kp];
+    }
+    if need.split && b.ch.len() < m * ng {
+        b.ch = vec![0; m * ng];
+        b.cl = vec![0; m * ng];
+        b.sh = vec![0.0; m * ng];
+    }
     b
 }
 
@@ -154,7 +177,8 @@ const KEEP_XBUF_BYTES: usize = 8 << 20;
 
 /// Returns the buffers for the next call on this thread.
 pub(crate) fn put_xbuf(b: XBuf) {
-    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 4 * b.p.len() + 8 * b.s.len() + 4 * b.f.len();
+    let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 4 * b.p.len() + 8 * b.s.len() + 4 * b.f.len()
+        + b.hi.len() + b.lo.len() + 12 * b.ch.len();
     if bytes <= KEEP_XBUF_BYTES {
         XBUF.with(|c| c.set(b));
     }
@@ -169,6 +193,11 @@ pub(crate) struct XOut {
     pub s: *mut f32,
     pub c: *mut i32,
     pub f: *mut f32,
+    pub hi: *mut i8,
+    pub lo: *mut i8,
+    pub ch: *mut i32,
+    pub cl: *mut i32,
+    pub sh: *mut f32,
     pub need: Need,
 }
 
@@ -323,34 +352,53 @@ fn group_sum(xg: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn quantize_rows_a16_avx2(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
-    quantize_rows_a16_impl(x, k, kp, ng, rows, out)
+    quantize_rows_a16_impl(x, k, kp, ng, rows.clone(), out);
+    if out.need.split {
+        split_a16(out.x16, kp, ng, rows.clone(), out);
+        for i in rows {
+            for gi in 0..ng {
+                *out.sh.add(i * ng + gi) = *out.s.add(i * ng + gi) * 256.0; // exact: a power of two
+            }
+        }
+    }
 }
 
-/// The 16-bit x of rows `rows` split into two signed bytes, x16 = 256·hi + lo (hi, lo in
-/// [-128, 127]: |x16| ≤ 32639), each with its Σ per group: what the VNNI GEMM (8-bit x) runs
-/// twice to multiply a 16-bit x exactly. `hi` / `lo`: [m, kp]; `ch` / `cl`: [m, ng].
+/// The 16-bit x of rows `rows` split into two signed bytes, x16 = 256·hi + lo with
+/// hi = (x16 + 128) >> 8 in [-127, 127] and lo in [-128, 127] (|x16| ≤ 32639), each with its Σ
+/// per group: what the VNNI kernels (u8·i8 products) multiply to take a 16-bit x exactly.
+/// `out.hi` / `out.lo`: [m, kp]; `out.ch` / `out.cl`: [m, ng]. AVX2, a group at a time, on i16
+/// lanes packed to bytes; the group sums through `madd` with ones.
 ///
 /// # Safety
 /// `x16` holds the rows (kp values each, quantized by [`quantize_rows_a16`]); the outputs hold
-/// them too; `kp` a multiple of 32 and `ng = kp / 32` or `kp / 32` rounded as the caller's.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, hi: *mut i8, lo: *mut i8, ch: *mut i32, cl: *mut i32) {
+/// them too; `kp = 32·ng`; the CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(kp, 32 * ng);
+    let (round, ones) = (_mm256_set1_epi16(128), _mm256_set1_epi16(1));
+    let hsum = |v: __m256i| {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+    };
     for i in rows {
-        let x = std::slice::from_raw_parts(x16.add(i * kp), kp);
-        let h = std::slice::from_raw_parts_mut(hi.add(i * kp), kp);
-        let l = std::slice::from_raw_parts_mut(lo.add(i * kp), kp);
-        for (((xg, hg), lg), gi) in x.chunks(32).zip(h.chunks_mut(32)).zip(l.chunks_mut(32)).zip(0..ng) {
-            let (mut sh, mut sl) = (0i32, 0i32);
-            for ((&v, hv), lv) in xg.iter().zip(hg).zip(lg) {
-                let top = (i32::from(v) + 128) >> 8;
-                let bottom = i32::from(v) - 256 * top;
-                *hv = top as i8;
-                *lv = bottom as i8;
-                sh += top;
-                sl += bottom;
-            }
-            *ch.add(i * ng + gi) = sh;
-            *cl.add(i * ng + gi) = sl;
+        for gi in 0..ng {
+            let p = i * kp + 32 * gi;
+            let v0 = _mm256_loadu_si256(x16.add(p) as *const __m256i);
+            let v1 = _mm256_loadu_si256(x16.add(p + 16) as *const __m256i);
+            let t0 = _mm256_srai_epi16::<8>(_mm256_add_epi16(v0, round));
+            let t1 = _mm256_srai_epi16::<8>(_mm256_add_epi16(v1, round));
+            let b0 = _mm256_sub_epi16(v0, _mm256_slli_epi16::<8>(t0));
+            let b1 = _mm256_sub_epi16(v1, _mm256_slli_epi16::<8>(t1));
+            // packs works per 128-bit half: [t0 lo, t1 lo, t0 hi, t1 hi] → 64-bit order 0, 2, 1, 3
+            let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(t0, t1));
+            let l = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(b0, b1));
+            _mm256_storeu_si256(out.hi.add(p) as *mut __m256i, h);
+            _mm256_storeu_si256(out.lo.add(p) as *mut __m256i, l);
+            *out.ch.add(i * ng + gi) = hsum(_mm256_madd_epi16(_mm256_add_epi16(t0, t1), ones));
+            *out.cl.add(i * ng + gi) = hsum(_mm256_madd_epi16(_mm256_add_epi16(b0, b1), ones));
         }
     }
 }
@@ -644,7 +692,7 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_a16_vnni, gemv_avx2, gemv_vnni, hsum256, I4W, I8W16};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_w8a16_vnni, gemv_avx2, gemv_vnni, hsum256, I4W, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -1136,13 +1184,82 @@ mod x86 {
         gemv_a16::<Avx2A16, W>(g)
     }
 
-    /// The 16-bit-x GEMV over a region (AVX-512 VNNI on 256-bit vectors + F16C).
+    /// One group of int8 weights made unsigned (`wu` = w ⊕ 0x80 = w + 128) against the high
+    /// and low bytes of 32 16-bit x: lanes of 256·Σ wu·hi + Σ wu·lo = Σ (w + 128)·x16, the
+    /// high bytes' dot product shifted by 8 and the low bytes' added onto it by the second
+    /// `dpbusd` (every lane |·| < 2²⁵).
+    #[inline(always)]
+    unsafe fn step_bytes(wu: __m256i, hi: *const i8, lo: *const i8) -> __m256i {
+        let h = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu, _mm256_loadu_si256(hi as *const __m256i));
+        _mm256_dpbusd_epi32(_mm256_slli_epi32::<8>(h), wu, _mm256_loadu_si256(lo as *const __m256i))
+    }
+
+    /// y[i, j] for int8 weights in groups of 32 against row i of the 16-bit x split into bytes
+    /// (`g.xq`: high, `g.xq_lo`: low; `g.xc`: Σx16 per group), on AVX-512 VNNI: each group's
+    /// lanes of Σ (w + 128)·x16 ([`step_bytes`], no widening of the weights), 8 groups reduced
+    /// at once ([`reduce8`]), less 128·Σx16: the exact Σ w·x16 of the groups, scaled by
+    /// (d · sx) with 8 f16 scales loaded at once, as [`dot_rows_a16`] does. The last `ng % 8`
+    /// groups take [`dot_rows_a16`]'s own tail step on x16, so that the result is that
+    /// kernel's, bit for bit.
+    #[inline(always)]
+    unsafe fn dot_row_bytes(g: &Q8, i: usize, j: usize) -> f32 {
+        let ng = g.ng;
+        let w = (g.wq as *const u8).add(j * g.wrow);
+        let (xh, xl, x16) = (g.xq.add(i * g.kp), g.xq_lo.add(i * g.kp), g.x16.add(i * g.kp));
+        let (xs, xc) = (g.xs.add(i * ng), g.xc.add(i * ng));
+        let flip = _mm256_set1_epi8(i8::MIN);
+        let mut f = _mm256_setzero_ps();
+        let mut gi = 0;
+        while gi + 8 <= ng {
+            simd::prefetch(w.wrapping_add(gi * 32 + simd::STREAM_AHEAD), 8 * 32);
+            let acc: [__m256i; 8] = std::array::from_fn(|t| {
+                let p = (gi + t) * 32;
+                let wu = _mm256_xor_si256(_mm256_loadu_si256(w.add(p) as *const __m256i), flip);
+                step_bytes(wu, xh.add(p), xl.add(p))
+            });
+            // Σ (w + 128)·x16 − 128·Σx16 = Σ w·x16, exact in i32
+            let c = _mm256_slli_epi32::<7>(_mm256_loadu_si256(xc.add(gi) as *const __m256i));
+            let sums = _mm256_sub_epi32(reduce8(acc), c);
+            let d = I8W16::scales8(g, j, gi);
+            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(xs.add(gi))), f);
+            gi += 8;
+        }
+        while gi < ng {
+            let a = VnniA16::step(_mm256_setzero_si256(), I8W16::widen(w.add(gi * 32)), x16.add(gi * 32));
+            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(I8W16::scale(g, j, gi) * *xs.add(gi)), f);
+            gi += 1;
+        }
+        hsum256(f)
+    }
+
+    /// The W8A16 GEMV over a region on AVX-512 VNNI (256-bit vectors) + F16C: 2 to 4 rows of
+    /// x at a time against every column as on AVX2 (the weights widened once for all the rows,
+    /// `dpwssd`), a last lone row with x split into bytes ([`dot_row_bytes`]: no widening,
+    /// which is what a lone row pays for). Both give the same bits.
     ///
     /// # Safety
-    /// As [`gemv_a16_avx2`]; AVX-512 F/VL/BW/VNNI available.
+    /// The region must lie inside the operands of `g` (int8 weights in groups of 32, k a
+    /// multiple of 32; the 16-bit x with `xc` = Σx16 and its bytes `xq` / `xq_lo`); AVX-512
+    /// F/VL/BW/VNNI, AVX2, FMA and F16C available.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(crate) unsafe fn gemv_a16_vnni<W: A16Weights>(g: &Q8) {
-        gemv_a16::<VnniA16, W>(g)
+    pub(crate) unsafe fn gemv_w8a16_vnni(g: &Q8) {
+        let mut i = g.rows.0;
+        while i < g.rows.1 {
+            let r = (g.rows.1 - i).min(4);
+            for j in g.cols.0..g.cols.1 {
+                let mut out = [0f32; 4];
+                match r {
+                    4 => out = dot_rows_a16::<VnniA16, I8W16, 4>(g, i, j),
+                    3 => out[..3].copy_from_slice(&dot_rows_a16::<VnniA16, I8W16, 3>(g, i, j)),
+                    2 => out[..2].copy_from_slice(&dot_rows_a16::<VnniA16, I8W16, 2>(g, i, j)),
+                    _ => out[0] = dot_row_bytes(g, i, j),
+                }
+                for (t, v) in out.iter().enumerate().take(r) {
+                    *g.y.add((i + t) * g.n + j) = *v;
+                }
+            }
+            i += r;
+        }
     }
 
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
