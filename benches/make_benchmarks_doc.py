@@ -15,7 +15,7 @@ It runs, each as a user would:
   python -m ferrolm.bench_serving --shape llama-135m --precision int8 --threads 2 --json docs/bench/serving.json
   python -m ferrolm.bench_kv_cache --precisions int8,bf16 --threads 1,2 --prompt-tokens 2000 ... --json docs/bench/kv_cache.json
   ferrolm memory ... (the estimates quoted in the memory section, computed again at every render)
-  python benches/llamacpp_compare.py --shape gpt2-124m,llama-135m,llama-1.1b --threads 1,2 --json docs/bench/llamacpp_shapes.json
+  python benches/llamacpp_compare.py --shape gpt2-124m,llama-135m,llama-1.1b --threads 1,2 --rounds 3 --runs 1 --json docs/bench/llamacpp_shapes.json
   python benches/ctranslate2_prefill.py --shape llama-135m --threads 1,2 --json docs/bench/ctranslate2.json   (pip install ctranslate2)
 and for the INT4 section (`--int4` measures only these, `--render` keeps what is saved):
   ferrolm bench DEFAULT_MODEL --precisions int8,int4 --threads 1,2 --out docs/bench/int4
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -52,8 +53,8 @@ INT4_SHAPES = ["bench", "--shape", "gpt2-124m,llama-135m,llama-1.1b", "--precisi
 MEMORY_BENCH = ["bench", "smollm2-135m-q4_1", "--precisions", "int4,int8", "--threads", "1", "--runs", "1",
                 "--no-quality", "--out", "docs/bench/memory", "--format", "json"]
 LLAMACPP = ["--threads", "1,2", "--runs", "3", "--json", "docs/bench/int4/llamacpp.json"]
-LLAMACPP_SHAPES = ["--shape", "gpt2-124m,llama-135m,llama-1.1b", "--threads", "1,2", "--runs", "3", "--json",
-                   "docs/bench/llamacpp_shapes.json"]
+LLAMACPP_SHAPES = ["--shape", "gpt2-124m,llama-135m,llama-1.1b", "--threads", "1,2", "--rounds", "3", "--runs", "1",
+                   "--json", "docs/bench/llamacpp_shapes.json"]
 KV_CACHE = ["--precisions", "int8,bf16", "--threads", "1,2", "--prompt-tokens", "2000", "--new-tokens", "64",
             "--context", "2304", "--runs", "11", "--json", "docs/bench/kv_cache.json"]
 MEMORY = [["smollm2-135m-q4_1", "--precision", "int4", "--context", "8192", "--threads", "2"],
@@ -225,6 +226,24 @@ def _llamacpp_setup(c: dict) -> str:
     return text
 
 
+def _rounds_method(c: dict) -> str:
+    """How a llamacpp_compare.py run repeated its engines, and how much CPU time the machine's
+    hypervisor took away from it (steal), where it recorded them."""
+    rounds, runs = c.get("rounds", 1), c.get("runs", 3)
+    if rounds > 1:
+        text = (f"The engines of a shape and thread count took turns over {rounds} rounds (the order moving by one "
+                f"each round), {runs} timed run{'s' if runs > 1 else ''} each: a figure is the median of its rounds, "
+                "and a ratio below is the median of the rounds' ratios (their range in brackets), each round pairing "
+                "engines that ran minutes apart.")
+    else:
+        text = f"The median of {runs} timed runs."
+    steal = [r["steal_pct"] for r in c["rows"] if r.get("steal_pct") is not None]
+    if steal:
+        text += (f" The hypervisor's steal time during the timed runs (other guests on these CPUs): median "
+                 f"{statistics.median(steal):.1f} %, at most {max(steal):.1f} % of a row.")
+    return text
+
+
 def llamacpp_shapes_section() -> list:
     """The PERF shapes, ferrolm and llama.cpp side by side on the same weights (decode and prefill)."""
     path = OUT / "llamacpp_shapes.json"
@@ -254,10 +273,17 @@ def llamacpp_shapes_section() -> list:
         spans[r["threads"]] = (min(lo, r["read_gb_s"]), max(hi, r["read_gb_s"]))
     probes = ", ".join(f"{lo:.1f}–{hi:.1f} GB/s at {t} thread{'s' if t > 1 else ''}" for t, (lo, hi) in sorted(spans.items()))
     def ratio_line(ours: str, theirs: str, what: str) -> str:
+        """Per row: ours / theirs; with rounds, the median of the rounds' ratios and their range."""
         got = []
         for k in keys:
             a, b = by.get((*k, ours)), by.get((*k, theirs))
-            if a and b:
+            if not (a and b):
+                continue
+            pa, pb = a.get(f"{what}_rounds"), b.get(f"{what}_rounds")
+            if pa and pb and len(pa) == len(pb) > 1:
+                r = sorted(x / y for x, y in zip(pa, pb))
+                got.append(f"{k[0]} {k[1]}T {statistics.median(r):.2f}× ({r[0]:.2f}–{r[-1]:.2f})")
+            else:
                 got.append(f"{k[0]} {k[1]}T {a[what] / b[what]:.2f}×")
         return ", ".join(got)
 
@@ -281,8 +307,8 @@ def llamacpp_shapes_section() -> list:
             "ferrolm loads each random-weight shape (`ferrolm.bench.random_checkpoint`); llama.cpp loads GGUF files of the "
             "same weights (`benches/shape_gguf.py`: an F32 GGUF file, then llama.cpp's own quantizer for Q8_0 and BF16; "
             "the FP32 logits of both engines agree to 1e-3 on these files). Batch 1, greedy, a 128-token prompt of fixed "
-            "ids, 128 new tokens, EOS ignored; each row a fresh process, median of 3 timed runs after a warm-up; ferrolm's "
-            "prefix reuse off. In brackets: % of the decode ceiling, that process's measured read bandwidth (best of two "
+            "ids, 128 new tokens, EOS ignored; each engine in a fresh process, its timed runs after a warm-up; ferrolm's "
+            "prefix reuse off. " + _rounds_method(c) + " In brackets: % of the decode ceiling, that process's measured read bandwidth (best of two "
             f"probes) / the matmul bytes each engine reads per token ({scales_note}). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes "
             f"ranged {probes} between processes; a row's percentage moves with its probe (above 100 % the probe "
             "caught a slower moment than the decode did), so compare the tok/s of the engines within a row. "
