@@ -164,6 +164,7 @@ def merge_rounds(runs: list) -> dict:
     row["decode_runs"] = [v for r in runs for v in r["decode_runs"]]
     steal = [r["steal_pct"] for r in runs if r.get("steal_pct") is not None]
     row["steal_pct"] = statistics.median(steal) if steal else None
+    row["steal_rounds"] = [r.get("steal_pct") for r in runs]
     row["decode_rounds"] = [round(r["decode"], 2) for r in runs]
     row["prefill_rounds"] = [round(r["prefill"], 1) for r in runs]
     return row

@@ -237,10 +237,18 @@ def _rounds_method(c: dict) -> str:
                 "engines that ran minutes apart.")
     else:
         text = f"The median of {runs} timed runs."
-    steal = [r["steal_pct"] for r in c["rows"] if r.get("steal_pct") is not None]
-    if steal:
-        text += (f" The hypervisor's steal time during the timed runs (other guests on these CPUs): median "
-                 f"{statistics.median(steal):.1f} %, at most {max(steal):.1f} % of a row.")
+    parts = []
+    for family in ("ferrolm", "llama.cpp"):
+        for t in sorted({r["threads"] for r in c["rows"]}):
+            rows = [r for r in c["rows"] if r["engine"].startswith(family) and r["threads"] == t]
+            # each round's figure where the run kept them, else each row's median
+            steal = [v for r in rows for v in (r.get("steal_rounds") or [r.get("steal_pct")]) if v is not None]
+            if steal:
+                parts.append(f"{family} at {t} thread{'s' if t > 1 else ''} median {statistics.median(steal):.1f} % "
+                             f"(at most {max(steal):.1f} %)")
+    if parts:
+        text += (" The hypervisor's steal time during the timed runs (CPU time given to other guests, % of the "
+                 "machine's): " + "; ".join(parts) + ".")
     return text
 
 
