@@ -1,0 +1,95 @@
+"""The side-by-side benchmark scripts' bookkeeping: rounds merged into rows, the steal time, and
+how the benchmarks doc turns rounds into ratios (no engine is run here)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHES = Path(__file__).resolve().parent.parent / "benches"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def compare():
+    return load("llamacpp_compare")
+
+
+@pytest.fixture(scope="module")
+def doc():
+    return load("make_benchmarks_doc")
+
+
+def test_steal_pct_is_the_steal_share_of_the_cpu_time_between_two_readings(compare):
+    a = [100, 0, 50, 1000, 10, 0, 5, 20, 0, 0]
+    # 300 more jiffies in all, 30 of them stolen
+    b = [300, 0, 70, 1050, 10, 0, 5, 50, 0, 0]
+    assert compare.steal_pct(a, b) == 10.0
+    assert compare.steal_pct(a, a) is None  # no time passed
+    assert compare.steal_pct(None, b) is None
+    assert compare.steal_pct(a[:7], b[:7]) is None  # no steal counter (old kernels)
+    times = compare.cpu_times()
+    if times is not None:  # Linux
+        assert len(times) >= 8 and all(v >= 0 for v in times)
+
+
+def round_row(decode, prefill, steal, rss=100.0, token_by_token=False):
+    return dict(engine="ferrolm int8", threads=2, source="llama-135m", kv_cache="bf16", decode=decode,
+                prefill=prefill, read_gb_s=decode / 5, pct_of_ceiling=decode / 2, peak_rss_mib=rss,
+                prompt_token_by_token=token_by_token, decode_runs=[decode - 1, decode + 1], tokens=128,
+                matmul_bytes_per_token=1000, steal_pct=steal)
+
+
+def test_merge_rounds_takes_medians_and_keeps_every_round(compare):
+    rounds = [round_row(100.0, 900.0, 0.5, rss=160.0), round_row(60.0, 1200.0, 30.0, rss=170.0, token_by_token=True),
+              round_row(110.0, 1000.0, None)]
+    row = compare.merge_rounds(rounds)
+    assert row["decode"] == 100.0 and row["prefill"] == 1000.0
+    assert row["read_gb_s"] == 20.0 and row["pct_of_ceiling"] == 50.0
+    assert row["peak_rss_mib"] == 170.0
+    assert row["prompt_token_by_token"] is True
+    assert row["decode_rounds"] == [100.0, 60.0, 110.0]
+    assert row["prefill_rounds"] == [900.0, 1200.0, 1000.0]
+    assert row["decode_runs"] == [99.0, 101.0, 59.0, 61.0, 109.0, 111.0]
+    assert row["steal_rounds"] == [0.5, 30.0, None]
+    assert row["steal_pct"] == pytest.approx(15.25)  # median of the rounds that measured it
+    assert row["engine"] == "ferrolm int8" and row["tokens"] == 128
+    # the rounds themselves are left as they were
+    assert rounds[0]["decode"] == 100.0 and "decode_rounds" not in rounds[0]
+
+
+def test_doc_pairs_rounds_into_ratios(doc, tmp_path, monkeypatch):
+    def row(engine, decode_rounds, steal):
+        return dict(engine=engine, threads=2, source="llama-135m", kv_cache="bf16", decode=sorted(decode_rounds)[1],
+                    prefill=100.0, decode_rounds=decode_rounds, prefill_rounds=[100.0, 100.0, 100.0],
+                    read_gb_s=20.0, pct_of_ceiling=70.0, peak_rss_mib=100.0, prompt_token_by_token=False,
+                    matmul_bytes_per_token=1000, steal_pct=sorted(steal)[1], steal_rounds=steal)
+    run = dict(sources=["llama-135m"], rounds=3, runs=1, loadavg=[1.0, 1.0, 1.0],
+               rows=[row("ferrolm int8", [100.0, 50.0, 90.0], [0.0, 20.0, 1.0]),
+                     row("llama.cpp q8_0", [80.0, 100.0, 90.0], [0.5, 0.5, 2.0])])
+    (tmp_path / "llamacpp_shapes.json").write_text(json.dumps(run))
+    monkeypatch.setattr(doc, "OUT", tmp_path)
+    text = "\n".join(doc.llamacpp_shapes_section())
+    # per round 1.25, 0.5, 1.0: the median of the ratios, not the ratio of the medians (90 / 90)
+    assert "llama-135m 2T 1.00× (0.50–1.25)" in text
+    assert "took turns over 3 rounds" in text
+    assert "ferrolm at 2 threads median 1.0 % (at most 20.0 %)" in text
+    assert "llama.cpp at 2 threads median 0.5 % (at most 2.0 %)" in text
+    # a run of one round: plain ratios of the rows
+    run.update(rounds=1, runs=3)
+    for r in run["rows"]:
+        for key in ("decode_rounds", "prefill_rounds", "steal_rounds"):
+            del r[key]
+    (tmp_path / "llamacpp_shapes.json").write_text(json.dumps(run))
+    text = "\n".join(doc.llamacpp_shapes_section())
+    assert "llama-135m 2T 1.00×," in text or "llama-135m 2T 1.00×;" in text
+    assert "The median of 3 timed runs." in text
