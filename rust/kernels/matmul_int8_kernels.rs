@@ -1152,9 +1152,10 @@ mod x86 {
         out
     }
 
-    /// The 16-bit-x GEMV over a region: up to 4 rows of x at a time against every column.
+    /// The 16-bit-x GEMV over a region: up to 4 rows of x at a time against every column, a
+    /// last lone row i against column j by `lone(i, j)`.
     #[inline(always)]
-    unsafe fn gemv_a16<S: StepA16, W: A16Weights>(g: &Q8) {
+    unsafe fn gemv_a16<S: StepA16, W: A16Weights>(g: &Q8, lone: impl Fn(usize, usize) -> f32) {
         let mut i = g.rows.0;
         while i < g.rows.1 {
             let r = (g.rows.1 - i).min(4);
@@ -1164,7 +1165,7 @@ mod x86 {
                     4 => out = dot_rows_a16::<S, W, 4>(g, i, j),
                     3 => out[..3].copy_from_slice(&dot_rows_a16::<S, W, 3>(g, i, j)),
                     2 => out[..2].copy_from_slice(&dot_rows_a16::<S, W, 2>(g, i, j)),
-                    _ => out[0] = dot_rows_a16::<S, W, 1>(g, i, j)[0],
+                    _ => out[0] = lone(i, j),
                 }
                 for (t, v) in out.iter().enumerate().take(r) {
                     *g.y.add((i + t) * g.n + j) = *v;
@@ -1181,7 +1182,7 @@ mod x86 {
     /// `xf`); AVX2, FMA and F16C available.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(crate) unsafe fn gemv_a16_avx2<W: A16Weights>(g: &Q8) {
-        gemv_a16::<Avx2A16, W>(g)
+        gemv_a16::<Avx2A16, W>(g, |i, j| dot_rows_a16::<Avx2A16, W, 1>(g, i, j)[0])
     }
 
     /// One group of int8 weights made unsigned (`wu` = w ⊕ 0x80 = w + 128) against the high
@@ -1243,23 +1244,7 @@ mod x86 {
     /// F/VL/BW/VNNI, AVX2, FMA and F16C available.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(crate) unsafe fn gemv_w8a16_vnni(g: &Q8) {
-        let mut i = g.rows.0;
-        while i < g.rows.1 {
-            let r = (g.rows.1 - i).min(4);
-            for j in g.cols.0..g.cols.1 {
-                let mut out = [0f32; 4];
-                match r {
-                    4 => out = dot_rows_a16::<VnniA16, I8W16, 4>(g, i, j),
-                    3 => out[..3].copy_from_slice(&dot_rows_a16::<VnniA16, I8W16, 3>(g, i, j)),
-                    2 => out[..2].copy_from_slice(&dot_rows_a16::<VnniA16, I8W16, 2>(g, i, j)),
-                    _ => out[0] = dot_row_bytes(g, i, j),
-                }
-                for (t, v) in out.iter().enumerate().take(r) {
-                    *g.y.add((i + t) * g.n + j) = *v;
-                }
-            }
-            i += r;
-        }
+        gemv_a16::<VnniA16, I8W16>(g, |i, j| dot_row_bytes(g, i, j))
     }
 
     /// [`dot_rows_c`] with the chunk count fixed at compile time for the usual groups.
