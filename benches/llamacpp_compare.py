@@ -1,8 +1,8 @@
 """Decode and prefill of ferrolm and llama.cpp (through llama-cpp-python) side by side, with the
 PERF method: batch 1, greedy, a 128-token prompt of fixed ids, 128 new tokens (EOS ignored), a
-warm-up (the prompt and 16 new tokens) then the median of the timed runs; each configuration in a fresh process (peak RSS = its
-VmHWM), with the read bandwidth measured in that process and the decode ceiling = bandwidth /
-matmul bytes per token (PERF.md).
+warm-up (the prompt and 16 new tokens) then the median of the timed runs; each configuration in a
+fresh process (peak RSS = its VmHWM), with the read bandwidth measured in that process and the
+decode ceiling = bandwidth / matmul bytes per token (PERF.md).
 
     pip install llama-cpp-python          # optional; builds llama.cpp from source
     python benches/llamacpp_compare.py [GGUF] [--threads 1,2] [--runs 3] [--rounds 1] [--json OUT]

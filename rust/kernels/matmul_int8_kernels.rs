@@ -378,11 +378,6 @@ pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std:
     use std::arch::x86_64::*;
     debug_assert_eq!(kp, 32 * ng);
     let (round, ones) = (_mm256_set1_epi16(128), _mm256_set1_epi16(1));
-    let hsum = |v: __m256i| {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
-    };
     for i in rows {
         for gi in 0..ng {
             let p = i * kp + 32 * gi;
@@ -397,8 +392,8 @@ pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std:
             let l = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(b0, b1));
             _mm256_storeu_si256(out.hi.add(p) as *mut __m256i, h);
             _mm256_storeu_si256(out.lo.add(p) as *mut __m256i, l);
-            *out.ch.add(i * ng + gi) = hsum(_mm256_madd_epi16(_mm256_add_epi16(t0, t1), ones));
-            *out.cl.add(i * ng + gi) = hsum(_mm256_madd_epi16(_mm256_add_epi16(b0, b1), ones));
+            *out.ch.add(i * ng + gi) = x86::hsum_epi32(_mm256_madd_epi16(_mm256_add_epi16(t0, t1), ones));
+            *out.cl.add(i * ng + gi) = x86::hsum_epi32(_mm256_madd_epi16(_mm256_add_epi16(b0, b1), ones));
         }
     }
 }
@@ -751,6 +746,14 @@ mod x86 {
         }
     }
 
+    /// The sum of the 8 i32 lanes of `v` (wrapping).
+    #[inline(always)]
+    pub(super) unsafe fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+    }
+
     /// The sum of the 8 lanes of `v`.
     #[inline(always)]
     pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
@@ -809,13 +812,7 @@ mod x86 {
                 _mm256_permutevar8x32_epi32(v, order),
             );
         }
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(sum),
-            _mm256_extracti128_si256::<1>(sum),
-        );
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        (amax / 127.0, _mm_cvtsi128_si32(s))
+        (amax / 127.0, hsum_epi32(sum))
     }
 
     /// The integer dot-product step of a GEMV kernel: acc += Σ x·w over 32 bytes.
