@@ -69,12 +69,51 @@ def ferrolm(args, **kw):
     return subprocess.run([sys.executable, "-m", "ferrolm.cli", *args], cwd=ROOT, check=True, **kw)
 
 
+# When and where the sections whose results carry no machine of their own were measured
+# (the main table, the llama.cpp, CTranslate2 and INT4 runs name theirs): section -> {date, machine}.
+RUNS = OUT / "runs.json"
+RUN_SECTIONS = {"eval": "the eval", "adapters": "the adapters", "serving": "the serving", "kv_cache": "the KV cache"}
+
+
+def record_run(*sections: str) -> None:
+    """Notes in RUNS that `sections` were just measured, on this machine."""
+    from datetime import datetime, timezone
+
+    from ferrolm.bench import machine_info
+
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    m = machine_info()
+    where = f"{m['cpu']}, {m['cpus']} vCPUs, kernels `{m['simd']}`"
+    for s in sections:
+        runs[s] = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": where}
+    RUNS.write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def runs_sentence() -> str:
+    """Which run each section without a machine of its own comes from, grouped by run."""
+    runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
+    groups: dict = {}
+    for key, name in RUN_SECTIONS.items():
+        r = runs.get(key)
+        groups.setdefault((r["date"], r["machine"]) if r else None, []).append(name)
+
+    def names(ns: list) -> str:
+        return (", ".join(ns[:-1]) + " and " + ns[-1] if len(ns) > 1 else ns[0]) + (" sections" if len(ns) > 1 else " section")
+
+    parts = [f"{names(ns)} on {when[0]} ({when[1]})" for when, ns in groups.items() if when]
+    if None in groups:
+        parts.append(f"{names(groups[None])} in an earlier run (this file's history)")
+    return "The other sections were measured apart: the llama.cpp, CTranslate2 and INT4 runs name their machine below; " + \
+        "; ".join(parts) + "."
+
+
 def measure() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     ferrolm(BENCH + ["--progress"], stdout=subprocess.DEVNULL)
     ferrolm(EVAL + ["--progress"], stdout=subprocess.DEVNULL)
     print("+ python -m ferrolm.bench_adapters " + " ".join(ADAPTERS), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "ferrolm.bench_adapters", *ADAPTERS], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    record_run("eval", "adapters")
     measure_serving()
     _local_paths_out()
 
@@ -82,11 +121,13 @@ def measure() -> None:
 def measure_serving() -> None:
     print("+ python -m ferrolm.bench_serving " + " ".join(SERVING), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "ferrolm.bench_serving", *SERVING], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    record_run("serving")
 
 
 def measure_kv_cache() -> None:
     print("+ python -m ferrolm.bench_kv_cache " + " ".join(KV_CACHE), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, "-m", "ferrolm.bench_kv_cache", *KV_CACHE], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    record_run("kv_cache")
 
 
 def kv_cache_section() -> list:
@@ -527,8 +568,9 @@ def render() -> str:
         "(`--render` rewrites it from the saved results in `docs/bench/`). Earlier measurements and their analysis are "
         "in this file's history.",
         "",
-        f"**Where these figures come from.** One run of that command on {report['date']}: {mach['cpu']}, "
-        f"{mach['cpus']} vCPUs, kernels `{mach['simd']}`. The machine is **shared and noisy**: other jobs ran on its "
+        f"**Where these figures come from.** The main `ferrolm bench` table: one run of its command on "
+        f"{report['date']}: {mach['cpu']}, {mach['cpus']} vCPUs, kernels `{mach['simd']}`. {runs_sentence()} "
+        "The machine is **shared and noisy**: other jobs ran on its "
         "2 cores during the run (the load averages at the start and end of the `ferrolm bench` run are in its report "
         "below), so absolute tok/s move from run to run; compare the ratios within one run and the percentage of each "
         "row's own bandwidth ceiling, and quote medians (the ± figures are the standard deviation over the timed "

@@ -71,6 +71,19 @@ def test_every_field_present_and_sane(bench_run):
                 assert g["rouge1"] == pytest.approx(1.0)
 
 
+def test_quality_table_with_the_default_caches(bench_run):
+    """The default caches (FP32 with FP32 weights, BF16 with the others): the table keeps the
+    FP32 reference row and says which cache each other row ran with."""
+    report, _ = bench_run
+    assert report["models"][0]["quality"]["kv_cache"] == "auto"
+    md = bench_report.render(report, "md")
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| precision | weights MiB | perplexity"))
+    rows = [line.split(" | ")[0] for line in lines[head + 2:head + 5]]
+    assert rows == ["| fp32", "| bf16, BF16 KV cache", "| int8, BF16 KV cache"], rows
+    assert "FP32 weights with an FP32 KV cache (BF16, INT8 and INT4 with a BF16 cache" in md
+
+
 def test_estimate_within_10_percent_of_peak_rss(bench_run):
     report, _ = bench_run
     for m in report["models"]:
@@ -197,7 +210,7 @@ def test_a_bf16_kv_cache_bench(capsys):
     assert q["kv_cache"] == "bf16" and set(q["precisions"]) == {"fp32", "int8"}
     assert q["precisions"]["fp32"]["candidate_kv_cache"] == "bf16" and q["precisions"]["fp32"]["mean_kl"] > 0
     md = bench_report.render(report, "md")
-    assert "KV cache: BF16." in md and "| fp32, BF16 KV |" in md and "an FP32 KV cache" in md
+    assert "KV cache: BF16." in md and "| fp32, BF16 KV cache |" in md and "an FP32 KV cache" in md
 
 
 def test_a_bf16_kv_cache_bench_on_cuda_is_refused(capsys):

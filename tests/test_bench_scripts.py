@@ -93,3 +93,19 @@ def test_doc_pairs_rounds_into_ratios(doc, tmp_path, monkeypatch):
     text = "\n".join(doc.llamacpp_shapes_section())
     assert "llama-135m 2T 1.00×," in text or "llama-135m 2T 1.00×;" in text
     assert "The median of 3 timed runs." in text
+
+
+def test_the_doc_says_which_run_each_section_without_a_machine_comes_from(doc, tmp_path, monkeypatch):
+    """record_run notes the date and this machine for the sections it names; runs_sentence
+    groups the sections by run and sends the unrecorded ones to the file's history."""
+    monkeypatch.setattr(doc, "RUNS", tmp_path / "runs.json")
+    assert "the eval, the adapters, the serving and the KV cache sections in an earlier run" in doc.runs_sentence()
+    doc.record_run("eval", "adapters")
+    runs = json.loads((tmp_path / "runs.json").read_text())
+    assert set(runs) == {"eval", "adapters"} and runs["eval"] == runs["adapters"]
+    assert runs["eval"]["date"].endswith(" UTC") and "vCPUs, kernels `" in runs["eval"]["machine"]
+    said = doc.runs_sentence()
+    assert f"the eval and the adapters sections on {runs['eval']['date']} ({runs['eval']['machine']})" in said
+    assert "the serving and the KV cache sections in an earlier run" in said
+    doc.record_run("kv_cache")
+    assert "the serving section in an earlier run" in doc.runs_sentence()

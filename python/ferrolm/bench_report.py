@@ -122,13 +122,14 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         weights = {r["precision"]: r["weight_mib"] for r in m["rows"]}
-        if "fp32" in weights and kv == "fp32":
+        # the reference row: FP32 weights with an FP32 cache, which is also FP32's default ("auto")
+        if "fp32" in weights and kv in ("fp32", "auto"):
             lines.append(f"| fp32 | {weights['fp32']:.1f} | {q['reference_perplexity']:.4f} | — | 0 | 0 | 0 | 100% | — "
                          "| — | — | — | — |")
         for p, d in q["precisions"].items():
             g = d.get("greedy_scores") or {}
             ident = sum(1 for x in d["greedy"] if x["identical"])
-            label = p if kv == "fp32" else f"{p}, {kv.upper()} KV"
+            label = p if kv == "fp32" else f"{p}, BF16 KV cache" if kv == "auto" else f"{p}, {kv.upper()} KV cache"
             lines.append(
                 f"| {label} | {_f(weights.get(p))} | {d['candidate_perplexity']:.4f} | {d['perplexity_change_pct']:+.3f}% "
                 f"| {d['mean_kl']:.2e} | {d['p99_kl']:.2e} | {d['max_kl']:.2e} | {100 * d['top1_agreement']:.1f}% "
