@@ -6,6 +6,8 @@
     python benches/make_benchmarks_doc.py --kv-cache # measures the KV cache section only, then rewrites
     python benches/make_benchmarks_doc.py --llamacpp # the PERF shapes against llama.cpp only, then rewrites
     python benches/make_benchmarks_doc.py --memory   # the default model's peak RSS only, then rewrites
+    python benches/make_benchmarks_doc.py --llamacpp-rerun "llama-1.1b:2:ferrolm fp32,llama.cpp f32"
+                                                     # one row of the llama.cpp side by side again, then rewrites
     python benches/make_benchmarks_doc.py --ctranslate2  # INT8 against CTranslate2 only, then rewrites
 
 It runs, each as a user would:
@@ -162,6 +164,68 @@ def kv_cache_section() -> list:
 def measure_llamacpp_shapes() -> None:
     print("+ python benches/llamacpp_compare.py " + " ".join(LLAMACPP_SHAPES), file=sys.stderr, flush=True)
     subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *LLAMACPP_SHAPES], cwd=ROOT, check=True)
+
+
+# Single rows of the side by side measured again (`--llamacpp-rerun`), one JSON each.
+RERUNS = OUT / "llamacpp_reruns"
+RERUN_ROUNDS = 5
+
+
+def rerun_args(shape: str, threads: int, engines: str, out: Path) -> list:
+    return ["--shape", shape, "--engines", engines, "--threads", str(threads), "--runs", "1", "--rounds",
+            str(RERUN_ROUNDS), "--json", str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)]
+
+
+def measure_llamacpp_rerun(spec: str) -> None:
+    """One row again: `spec` is SHAPE:THREADS:ENGINES (e.g. "llama-1.1b:2:ferrolm fp32,llama.cpp f32")."""
+    from datetime import datetime, timezone
+
+    shape, threads, engines = spec.split(":", 2)
+    RERUNS.mkdir(parents=True, exist_ok=True)
+    out = RERUNS / f"{shape}-{int(threads)}T-{engines.replace(' ', '_').replace(',', '-')}.json"
+    args = rerun_args(shape, int(threads), engines, out)
+    start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print("+ python benches/llamacpp_compare.py " + " ".join(args), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *args], cwd=ROOT, check=True)
+    c = json.loads(out.read_text())
+    out.write_text(json.dumps({**c, "date": start, "engines": engines}, indent=1))
+
+
+def round_ratios(a: list, b: list) -> str:
+    """The median of the rounds' ratios a/b and their range."""
+    r = sorted(x / y for x, y in zip(a, b))
+    return f"{statistics.median(r):.2f}× ({r[0]:.2f}–{r[-1]:.2f})"
+
+
+def llamacpp_reruns_section() -> list:
+    """The rows measured again with `--llamacpp-rerun`, each against its peer, round by round."""
+    files = sorted(RERUNS.glob("*.json")) if RERUNS.exists() else []
+    if not files:
+        return []
+    lines = ["### Single rows measured again", "",
+             f"Rows of the table above measured again on their own, {RERUN_ROUNDS} rounds with the two engines "
+             "taking turns, where the full run's rounds of that row had spread widely. "
+             "`python benches/make_benchmarks_doc.py --llamacpp-rerun SHAPE:THREADS:ENGINES` runs one and rewrites "
+             "this file. Ratios are medians of the rounds' ratios, with their range; the last column is the steal "
+             "time of the two engines' processes over their rounds.", "",
+             "| measured | shape | threads | ferrolm | peer | prefill tok/s | ratio | decode tok/s (% of ceiling) | ratio "
+             "| steal % |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    commands = []
+    for f in files:
+        c = json.loads(f.read_text())
+        ours, peer = c["engines"].split(",")
+        a = next(r for r in c["rows"] if r["engine"] == ours)
+        b = next(r for r in c["rows"] if r["engine"] == peer)
+        steal = a["steal_rounds"] + b["steal_rounds"]
+        lines.append(
+            f"| {c['date']}, {c['machine']['cpu']} | {a['source']} | {a['threads']} | {ours} | {peer} "
+            f"| {a['prefill']:.1f} / {b['prefill']:.1f} | {round_ratios(a['prefill_rounds'], b['prefill_rounds'])} "
+            f"| {a['decode']:.1f} ({a['pct_of_ceiling']:.0f}%) / {b['decode']:.1f} ({b['pct_of_ceiling']:.0f}%) "
+            f"| {round_ratios(a['decode_rounds'], b['decode_rounds'])} | {min(steal):.1f}–{max(steal):.1f} |")
+        commands.append("python benches/llamacpp_compare.py " + " ".join(
+            f'"{x}"' if " " in x else x for x in rerun_args(a["source"], a["threads"], c["engines"], f)))
+    return lines + ["", "```", *commands, "```", ""]
 
 
 CT2 = ["--shape", "llama-135m", "--threads", "1,2", "--runs", "5", "--pairs", "8", "--json", "docs/bench/ctranslate2.json"]
@@ -653,6 +717,7 @@ def render() -> str:
     for m in memory:
         parts += ["```", "$ " + m["command"], m["output"].rstrip(), "```", ""]
     parts += llamacpp_shapes_section()
+    parts += llamacpp_reruns_section()
     parts += ctranslate2_section()
     parts += int4_section()
     parts += kv_cache_section()
@@ -682,6 +747,9 @@ def main() -> int:
     p.add_argument("--int4", action="store_true", help="measure the INT4 section only, then render")
     p.add_argument("--kv-cache", action="store_true", help="measure the KV cache section only, then render")
     p.add_argument("--llamacpp", action="store_true", help="measure the PERF shapes against llama.cpp only, then render")
+    p.add_argument("--llamacpp-rerun", metavar="SHAPE:THREADS:ENGINES",
+                   help='one row of the llama.cpp side by side again (e.g. "llama-1.1b:2:ferrolm fp32,llama.cpp f32"), '
+                        f"{RERUN_ROUNDS} rounds, then render")
     p.add_argument("--memory", action="store_true", help="measure the default model's peak RSS only, then render")
     p.add_argument("--ctranslate2", action="store_true", help="measure INT8 against CTranslate2 only, then render")
     args = p.parse_args()
@@ -697,6 +765,8 @@ def main() -> int:
         measure_kv_cache()
     elif args.llamacpp:
         measure_llamacpp_shapes()
+    elif args.llamacpp_rerun:
+        measure_llamacpp_rerun(args.llamacpp_rerun)
     elif args.memory:
         measure_memory()
     elif args.ctranslate2:

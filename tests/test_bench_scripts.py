@@ -3,6 +3,7 @@ how the benchmarks doc turns rounds into ratios (no engine is run here)."""
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -109,3 +110,23 @@ def test_the_doc_says_which_run_each_section_without_a_machine_comes_from(doc, t
     assert "the serving and the KV cache sections in an earlier run" in said
     doc.record_run("kv_cache")
     assert "the serving section in an earlier run" in doc.runs_sentence()
+
+
+def test_a_rerun_row_gives_the_medians_of_its_rounds_ratios(doc, tmp_path, monkeypatch):
+    monkeypatch.setattr(doc, "RERUNS", tmp_path)
+    assert doc.llamacpp_reruns_section() == []
+
+    def row(engine, prefill, decode, steal):
+        return {"engine": engine, "source": "llama-1.1b", "threads": 2, "prefill": statistics.median(prefill),
+                "decode": statistics.median(decode), "pct_of_ceiling": 90.0, "prefill_rounds": prefill,
+                "decode_rounds": decode, "steal_rounds": steal}
+
+    rerun = {"date": "2026-12-03 11:50 UTC", "machine": {"cpu": "Some CPU"}, "engines": "ferrolm fp32,llama.cpp f32",
+             "rows": [row("ferrolm fp32", [50.0, 60.0, 40.0], [4.0, 5.0, 6.0], [0.1, 0.2, 0.3]),
+                      row("llama.cpp f32", [50.0, 40.0, 50.0], [4.0, 4.0, 4.0], [0.5, 2.5, 0.4])]}
+    (tmp_path / "llama-1.1b-2T-x.json").write_text(json.dumps(rerun))
+    md = "\n".join(doc.llamacpp_reruns_section())
+    # prefill ratios 1.0, 1.5, 0.8: median 1.00, not 50/50 of the medians; decode 1.0, 1.25, 1.5
+    assert "| 2026-12-03 11:50 UTC, Some CPU | llama-1.1b | 2 | ferrolm fp32 | llama.cpp f32 | 50.0 / 50.0 " \
+           "| 1.00× (0.80–1.50) | 5.0 (90%) / 4.0 (90%) | 1.25× (1.00–1.50) | 0.1–2.5 |" in md
+    assert '--engines "ferrolm fp32,llama.cpp f32" --threads 2 --runs 1 --rounds 5' in md
