@@ -211,20 +211,27 @@ def llamacpp_reruns_section() -> list:
              "| measured | shape | threads | ferrolm | peer | prefill tok/s | ratio | decode tok/s (% of ceiling) | ratio "
              "| steal % |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    commands = []
+    commands, daggers = [], False
     for f in files:
         c = json.loads(f.read_text())
         ours, peer = c["engines"].split(",")
         a = next(r for r in c["rows"] if r["engine"] == ours)
         b = next(r for r in c["rows"] if r["engine"] == peer)
         steal = a["steal_rounds"] + b["steal_rounds"]
+        # a prompt fed token by token (†) is not the peer's prefill speed: no ratio
+        dagger = b.get("prompt_token_by_token")
+        daggers |= bool(dagger)
+        prefill_ratio = "—" if dagger else round_ratios(a["prefill_rounds"], b["prefill_rounds"])
         lines.append(
             f"| {c['date']}, {c['machine']['cpu']} | {a['source']} | {a['threads']} | {ours} | {peer} "
-            f"| {a['prefill']:.1f} / {b['prefill']:.1f} | {round_ratios(a['prefill_rounds'], b['prefill_rounds'])} "
+            f"| {a['prefill']:.1f} / {b['prefill']:.1f}{'†' if dagger else ''} | {prefill_ratio} "
             f"| {a['decode']:.1f} ({a['pct_of_ceiling']:.0f}%) / {b['decode']:.1f} ({b['pct_of_ceiling']:.0f}%) "
             f"| {round_ratios(a['decode_rounds'], b['decode_rounds'])} | {min(steal):.1f}–{max(steal):.1f} |")
         commands.append("python benches/llamacpp_compare.py " + " ".join(
             f'"{x}"' if " " in x else x for x in rerun_args(a["source"], a["threads"], c["engines"], f)))
+    if daggers:
+        lines += ["", "† as in the table above: llama.cpp's batched Q8_0 prompt crashes on this CPU, so it ran token by "
+                      "token, and its prefill is not compared."]
     return lines + ["", "```", *commands, "```", ""]
 
 

@@ -130,3 +130,8 @@ def test_a_rerun_row_gives_the_medians_of_its_rounds_ratios(doc, tmp_path, monke
     assert "| 2026-12-03 11:50 UTC, Some CPU | llama-1.1b | 2 | ferrolm fp32 | llama.cpp f32 | 50.0 / 50.0 " \
            "| 1.00× (0.80–1.50) | 5.0 (90%) / 4.0 (90%) | 1.25× (1.00–1.50) | 0.1–2.5 |" in md
     assert '--engines "ferrolm fp32,llama.cpp f32" --threads 2 --runs 1 --rounds 5' in md
+    assert "token by token" not in md
+    rerun["rows"][1]["prompt_token_by_token"] = True
+    (tmp_path / "llama-1.1b-2T-x.json").write_text(json.dumps(rerun))
+    md = "\n".join(doc.llamacpp_reruns_section())
+    assert "| 50.0 / 50.0† | — |" in md and "token by token, and its prefill is not compared" in md
