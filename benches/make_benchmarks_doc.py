@@ -66,6 +66,19 @@ MEMORY = [["smollm2-135m-q4_1", "--precision", "int4", "--context", "8192", "--t
           ["llama-1.1b", "--precision", "fp32", "--context", "2048", "--training", "--threads", "2"]]
 
 
+def bench_script(name: str, args: list) -> None:
+    """Runs benches/NAME with `args` from the project root, echoing the command first."""
+    print(f"+ python benches/{name} " + " ".join(args), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, str(ROOT / "benches" / name), *args], cwd=ROOT, check=True)
+
+
+def utc_stamp() -> str:
+    """Now, as the benchmark reports date their runs."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def ferrolm(args, **kw):
     print("+ ferrolm " + " ".join(args), file=sys.stderr, flush=True)
     return subprocess.run([sys.executable, "-m", "ferrolm.cli", *args], cwd=ROOT, check=True, **kw)
@@ -79,15 +92,13 @@ RUN_SECTIONS = {"eval": "the eval", "adapters": "the adapters", "serving": "the 
 
 def record_run(*sections: str) -> None:
     """Notes in RUNS that `sections` were just measured, on this machine."""
-    from datetime import datetime, timezone
-
     from ferrolm.bench import machine_info
 
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
     m = machine_info()
     where = f"{m['cpu']}, {m['cpus']} vCPUs, kernels `{m['simd']}`"
     for s in sections:
-        runs[s] = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": where}
+        runs[s] = {"date": utc_stamp(), "machine": where}
     RUNS.write_text(json.dumps(runs, indent=1) + "\n")
 
 
@@ -162,8 +173,7 @@ def kv_cache_section() -> list:
 
 
 def measure_llamacpp_shapes() -> None:
-    print("+ python benches/llamacpp_compare.py " + " ".join(LLAMACPP_SHAPES), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *LLAMACPP_SHAPES], cwd=ROOT, check=True)
+    bench_script("llamacpp_compare.py", LLAMACPP_SHAPES)
 
 
 # Single rows of the side by side measured again (`--llamacpp-rerun`), one JSON each.
@@ -178,15 +188,12 @@ def rerun_args(shape: str, threads: int, engines: str, out: Path) -> list:
 
 def measure_llamacpp_rerun(spec: str) -> None:
     """One row again: `spec` is SHAPE:THREADS:ENGINES (e.g. "llama-1.1b:2:ferrolm fp32,llama.cpp f32")."""
-    from datetime import datetime, timezone
-
     shape, threads, engines = spec.split(":", 2)
     RERUNS.mkdir(parents=True, exist_ok=True)
     out = RERUNS / f"{shape}-{int(threads)}T-{engines.replace(' ', '_').replace(',', '-')}.json"
     args = rerun_args(shape, int(threads), engines, out)
-    start = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print("+ python benches/llamacpp_compare.py " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *args], cwd=ROOT, check=True)
+    start = utc_stamp()
+    bench_script("llamacpp_compare.py", args)
     c = json.loads(out.read_text())
     out.write_text(json.dumps({**c, "date": start, "engines": engines}, indent=1))
 
@@ -239,8 +246,7 @@ CT2 = ["--shape", "llama-135m", "--threads", "1,2", "--runs", "5", "--pairs", "8
 
 
 def measure_ctranslate2() -> None:
-    print("+ python benches/ctranslate2_prefill.py " + " ".join(CT2), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, str(ROOT / "benches" / "ctranslate2_prefill.py"), *CT2], cwd=ROOT, check=True)
+    bench_script("ctranslate2_prefill.py", CT2)
 
 
 def _ct2_kv_cache(c: dict) -> str:
@@ -401,8 +407,7 @@ def llamacpp_shapes_section() -> list:
                 continue
             pa, pb = a.get(f"{what}_rounds"), b.get(f"{what}_rounds")
             if pa and pb and len(pa) == len(pb) > 1:
-                r = sorted(x / y for x, y in zip(pa, pb))
-                got.append(f"{k[0]} {k[1]}T {statistics.median(r):.2f}× ({r[0]:.2f}–{r[-1]:.2f})")
+                got.append(f"{k[0]} {k[1]}T {round_ratios(pa, pb)}")
             else:
                 got.append(f"{k[0]} {k[1]}T {a[what] / b[what]:.2f}×")
         return ", ".join(got)
@@ -448,8 +453,7 @@ def measure_int4() -> None:
     (OUT / "int4").mkdir(parents=True, exist_ok=True)
     ferrolm(INT4_BENCH + ["--progress"], stdout=subprocess.DEVNULL)
     ferrolm(INT4_SHAPES + ["--progress"], stdout=subprocess.DEVNULL)
-    print("+ python benches/llamacpp_compare.py " + " ".join(LLAMACPP), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, str(ROOT / "benches" / "llamacpp_compare.py"), *LLAMACPP], cwd=ROOT, check=True)
+    bench_script("llamacpp_compare.py", LLAMACPP)
     for path in (OUT / "int4" / "bench.json", OUT / "int4-shapes" / "bench.json", OUT / "int4" / "llamacpp.json"):
         path.write_text(json.dumps(_names(json.loads(path.read_text())), indent=1))
 
