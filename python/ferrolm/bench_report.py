@@ -129,7 +129,8 @@ def markdown(report: Dict[str, Any], charts: Optional[List[str]] = None, chart_n
         for p, d in q["precisions"].items():
             g = d.get("greedy_scores") or {}
             ident = sum(1 for x in d["greedy"] if x["identical"])
-            label = p if kv == "fp32" else f"{p}, BF16 KV cache" if kv == "auto" else f"{p}, {kv.upper()} KV cache"
+            # the cache this precision ran with, as recorded ("auto" resolves per precision)
+            label = p if kv == "fp32" else f"{p}, {d.get('candidate_kv_cache', kv).upper()} KV cache"
             lines.append(
                 f"| {label} | {_f(weights.get(p))} | {d['candidate_perplexity']:.4f} | {d['perplexity_change_pct']:+.3f}% "
                 f"| {d['mean_kl']:.2e} | {d['p99_kl']:.2e} | {d['max_kl']:.2e} | {100 * d['top1_agreement']:.1f}% "
