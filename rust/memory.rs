@@ -163,6 +163,83 @@ impl ZeroValid for u16 {}
 impl ZeroValid for i8 {}
 impl ZeroValid for u32 {}
 
+/// Size of a transparent huge page on x86-64 and most aarch64 kernels.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// The address range of a buffer: (first byte's address, length in bytes).
+pub fn span_of<T>(data: &[T]) -> (usize, usize) {
+    (data.as_ptr() as usize, std::mem::size_of_val(data))
+}
+
+/// The 2 MiB-aligned huge pages that `spans` (address, length) overlap: their first
+/// addresses, in order, each once.
+fn huge_pages_touched(spans: &[(usize, usize)]) -> Vec<usize> {
+    let mut pages: Vec<usize> = spans
+        .iter()
+        .filter(|&&(_, len)| len > 0)
+        .flat_map(|&(start, len)| {
+            let last = start.saturating_add(len - 1) / HUGE_PAGE;
+            (start / HUGE_PAGE..=last).map(|p| p * HUGE_PAGE)
+        })
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
+/// A huge page is collapsed when at least this share (in 1/16) of its small pages are
+/// resident already: the collapse fills the others, so this bounds the memory it adds to
+/// 1/16 of what it collapses.
+const RESIDENT_SIXTEENTHS: usize = 15;
+
+/// Asks the kernel to back with huge pages, now (`MADV_COLLAPSE`, Linux 6.1+), the 2 MiB
+/// pages that the buffers `spans` (address, length) overlap and that are resident already
+/// (at least 15/16 of their small pages, `mincore`): the values stay the same, and a stream
+/// through the buffers then needs 512 times fewer page translations. Not only the whole huge
+/// pages inside each buffer: a model's matrices are mostly smaller than a huge page, but they
+/// lie side by side in the heap, so only together do they fill whole ones (what else shares
+/// such a page is resident memory of the same heap, which the collapse moves as it is).
+/// Returns the bytes the kernel reports collapsed; does nothing (0) where it cannot (older
+/// kernels, other systems, huge pages turned off, pages not mapped or not resident).
+pub fn collapse_spans_to_huge_pages(spans: Vec<(usize, usize)>) -> usize {
+    let pages = huge_pages_touched(&spans);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pages;
+        0
+    }
+    #[cfg(target_os = "linux")]
+    {
+        /// `MADV_COLLAPSE` (include/uapi/asm-generic/mman-common.h).
+        const MADV_COLLAPSE: libc::c_int = 25;
+        // SAFETY: sysconf has no preconditions.
+        let small = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+        if small == 0 || !HUGE_PAGE.is_multiple_of(small) {
+            return 0;
+        }
+        let mut vec = vec![0u8; HUGE_PAGE / small];
+        let mut collapsed = 0;
+        for page in pages {
+            // SAFETY: `page` is page-aligned and `vec` holds one byte per small page of the
+            // range; mincore only reports residency (ENOMEM where part of it is unmapped).
+            if unsafe { libc::mincore(page as *mut libc::c_void, HUGE_PAGE, vec.as_mut_ptr()) } != 0 {
+                continue;
+            }
+            let resident = vec.iter().filter(|&&v| v & 1 == 1).count();
+            if resident * 16 < vec.len() * RESIDENT_SIXTEENTHS {
+                continue;
+            }
+            // SAFETY: the range is mapped (mincore succeeded on it); MADV_COLLAPSE moves the
+            // pages' contents into a huge page without changing them, or fails and leaves
+            // them as they were. Nothing is read or written here.
+            if unsafe { libc::madvise(page as *mut libc::c_void, HUGE_PAGE, MADV_COLLAPSE) } == 0 {
+                collapsed += HUGE_PAGE;
+            }
+        }
+        collapsed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,8 +265,14 @@ mod tests {
     /// which unprivileged processes can read), so that other threads' memory does not count.
     #[cfg(target_os = "linux")]
     fn resident_pages(buf: &[f32]) -> Option<usize> {
+        // SAFETY: any initialized f32 buffer is readable as bytes
+        resident_pages_u8(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), buf.len() * 4) })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn resident_pages_u8(buf: &[u8]) -> Option<usize> {
         use std::io::{Read, Seek, SeekFrom};
-        let (first, last) = (buf.as_ptr() as usize / 4096, (buf.as_ptr() as usize + buf.len() * 4 - 1) / 4096);
+        let (first, last) = (buf.as_ptr() as usize / 4096, (buf.as_ptr() as usize + buf.len() - 1) / 4096);
         let mut f = std::fs::File::open("/proc/self/pagemap").ok()?;
         f.seek(SeekFrom::Start(first as u64 * 8)).ok()?;
         let mut raw = vec![0u8; (last - first + 1) * 8];
@@ -198,21 +281,54 @@ mod tests {
     }
 
     #[test]
-    fn whole_huge_pages_lie_inside_the_buffer() {
+    fn the_huge_pages_spans_touch() {
         const H: usize = HUGE_PAGE;
-        assert_eq!(whole_huge_pages(H, 3 * H), Some((H, 4 * H)));
-        assert_eq!(whole_huge_pages(H + 1, 3 * H), Some((2 * H, 4 * H)));
-        assert_eq!(whole_huge_pages(H - 1, 2 * H + 1), Some((H, 3 * H)));
-        assert_eq!(whole_huge_pages(H + 1, 2 * H - 2), None); // ends before the next boundary but one
-        assert_eq!(whole_huge_pages(H + 1, H), None);
-        assert_eq!(whole_huge_pages(0, 0), None);
-        assert_eq!(whole_huge_pages(usize::MAX - 5, 10), None);
-        // the values of a buffer asked into huge pages stay as they were (where the kernel
-        // collapses it, the pages are copied)
-        let v: Vec<u32> = (0..3 * H as u32 / 4).map(|i| i.wrapping_mul(2654435761)).collect();
-        collapse_to_huge_pages(&v);
-        assert!(v.iter().enumerate().all(|(i, &x)| x == (i as u32).wrapping_mul(2654435761)));
-        collapse_to_huge_pages::<u8>(&[]);
+        // out of order, one empty, two in one page, one across three pages
+        let spans = [(5 * H + 10, 3), (H + 1, 10), (H + 20, 10), (7 * H, 0), (2 * H - 1, H + 2)];
+        assert_eq!(huge_pages_touched(&spans), vec![H, 2 * H, 3 * H, 5 * H]);
+        assert_eq!(huge_pages_touched(&[(H, H)]), vec![H]);
+        assert!(huge_pages_touched(&[(H, 0)]).is_empty());
+        assert_eq!(huge_pages_touched(&[(usize::MAX - 5, 10)]), vec![usize::MAX / H * H]);
+    }
+
+    /// Matrices smaller than a huge page that lie side by side (here: 300 KiB parts of one
+    /// resident buffer, 4 KiB apart) have no whole huge page each, but together they fill
+    /// some: where the kernel collapses them, the mapping holds at least that many bytes of
+    /// huge pages, and the values are unchanged. A buffer not yet written (not resident) is
+    /// left as it is.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_run_of_small_buffers_fills_whole_huge_pages() {
+        let buf: Vec<u8> = (0..12 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        let part = 300 << 10;
+        let spans: Vec<(usize, usize)> = (0..buf.len() / (part + 4096))
+            .map(|p| span_of(&buf[p * (part + 4096)..p * (part + 4096) + part]))
+            .collect();
+        let collapsed = collapse_spans_to_huge_pages(spans);
+        assert!(collapsed <= buf.len() && collapsed.is_multiple_of(HUGE_PAGE));
+        if collapsed > 0 {
+            assert!(huge_bytes_of_mapping(buf.as_ptr() as usize).unwrap() >= collapsed);
+        }
+        assert!(buf.iter().enumerate().all(|(i, &v)| v == ((i as u32).wrapping_mul(2654435761) >> 24) as u8));
+        let unwritten = Pages::<u8>::zeroed(12 << 20, "a test buffer").unwrap();
+        assert_eq!(collapse_spans_to_huge_pages(vec![span_of(&unwritten)]), 0);
+        assert!(matches!(resident_pages_u8(&unwritten), Some(0) | None));
+    }
+
+    /// AnonHugePages of the mapping holding address `a` (/proc/self/smaps), in bytes.
+    #[cfg(target_os = "linux")]
+    fn huge_bytes_of_mapping(a: usize) -> Option<usize> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            if let Some((lo, hi)) = range.and_then(|(lo, hi)| Some((usize::from_str_radix(lo, 16).ok()?, usize::from_str_radix(hi, 16).ok()?))) {
+                inside = (lo..hi).contains(&a);
+            } else if let (true, Some(kb)) = (inside, line.strip_prefix("AnonHugePages:")) {
+                return kb.trim().trim_end_matches("kB").trim().parse::<usize>().ok().map(|kb| kb << 10);
+            }
+        }
+        None
     }
 
     #[test]
@@ -254,35 +370,5 @@ mod tests {
         p.release_from(0);
         assert_eq!(resident_pages(&p), Some(0));
         assert!(p.iter().all(|&v| v == 0.0));
-    }
-}
-
-/// Size of a transparent huge page on x86-64 and most aarch64 kernels.
-const HUGE_PAGE: usize = 2 << 20;
-
-/// The whole huge pages inside the `len` bytes at address `start`: (first, end) addresses.
-fn whole_huge_pages(start: usize, len: usize) -> Option<(usize, usize)> {
-    let (from, to) = (start.checked_next_multiple_of(HUGE_PAGE)?, start.checked_add(len)? / HUGE_PAGE * HUGE_PAGE);
-    (from < to).then_some((from, to))
-}
-
-/// Asks the kernel to back the whole 2 MiB pages inside `data` with huge pages, now
-/// (`MADV_COLLAPSE`, Linux 6.1+): the values and the memory in use stay the same; a stream
-/// through them then needs 512 times fewer page translations. Does nothing where it cannot
-/// (older kernels, other systems, huge pages turned off, less than one whole huge page inside).
-pub fn collapse_to_huge_pages<T>(data: &[T]) {
-    let Some((from, to)) = whole_huge_pages(data.as_ptr() as usize, std::mem::size_of_val(data)) else {
-        return;
-    };
-    #[cfg(not(target_os = "linux"))]
-    let _ = (from, to);
-    #[cfg(target_os = "linux")]
-    {
-        /// `MADV_COLLAPSE` (include/uapi/asm-generic/mman-common.h).
-        const MADV_COLLAPSE: libc::c_int = 25;
-        // SAFETY: [from, to) lies inside `data`, which is mapped and readable for this call;
-        // MADV_COLLAPSE moves the pages' contents into huge pages without changing them, or
-        // fails and leaves them as they were (either way nothing is read or written here).
-        let _ = unsafe { libc::madvise(from as *mut libc::c_void, to - from, MADV_COLLAPSE) };
     }
 }

@@ -144,14 +144,16 @@ impl Model {
             }
         });
         let mut out = self.clone();
+        let mut spans = Vec::new();
         for ((slot, _), cell) in by_slot.iter().zip(built) {
             let result = cell.into_inner().ok().flatten().ok_or_else(|| Error::InvalidArgument("a rebuild did not run".into()))?;
             let lin = out.slot_linear_mut(*slot).ok_or_else(|| Error::InvalidArgument("no such layer".into()))?;
             let weight = result?;
-            // a rebuilt matrix is a new buffer: in huge pages like the loaded ones
-            weight.collapse_to_huge_pages();
+            spans.extend(weight.spans());
             lin.weight = Arc::new(weight);
         }
+        // the rebuilt matrices are new buffers: in huge pages like the loaded ones
+        crate::memory::collapse_spans_to_huge_pages(spans);
         for (d, t) in deltas.into_iter().zip(deltas_at) {
             let lin = out.slot_linear_mut(t.slot).ok_or_else(|| Error::MissingTensor(d.name.clone()))?;
             lin.lora.push(LoraDelta { row0: t.row0, rows: t.rows, rank: d.rank, a: d.a, b: d.b, scale: d.scale });

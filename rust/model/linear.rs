@@ -55,23 +55,16 @@ pub enum WeightData {
 }
 
 impl WeightData {
-    /// Puts the whole 2 MiB pages of the weights in huge pages
-    /// ([`crate::memory::collapse_to_huge_pages`]): a decode step streams every weight once, and
-    /// with 4 KiB pages it needs a new page translation every 4 KiB of them. Values unchanged.
-    pub fn collapse_to_huge_pages(&self) {
-        use crate::memory::collapse_to_huge_pages as collapse;
+    /// The address ranges of the weight's buffers (values, scales, minimums), for
+    /// [`crate::memory::collapse_spans_to_huge_pages`]: a decode step streams every weight
+    /// once, and with 4 KiB pages it needs a new page translation every 4 KiB of them.
+    pub fn spans(&self) -> Vec<(usize, usize)> {
+        use crate::memory::span_of;
         match self {
-            WeightData::F32(w) => collapse(w),
-            WeightData::Bf16(w) => collapse(w),
-            WeightData::Int8(q) => {
-                collapse(&q.q);
-                collapse(&q.scales);
-            }
-            WeightData::Int4(q) => {
-                collapse(&q.q);
-                collapse(&q.scales);
-                collapse(&q.mins);
-            }
+            WeightData::F32(w) => vec![span_of(w)],
+            WeightData::Bf16(w) => vec![span_of(w)],
+            WeightData::Int8(q) => vec![span_of(&q.q), span_of(&q.scales)],
+            WeightData::Int4(q) => vec![span_of(&q.q), span_of(&q.scales), span_of(&q.mins)],
         }
     }
 

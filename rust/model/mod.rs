@@ -78,10 +78,9 @@ impl Model {
             Arch::Llama => llama::build(config, store, pool),
             Arch::Gpt2 => gpt2::build(config, store, pool),
         }?;
-        // decode streams the weights once per token: their whole 2 MiB pages as huge pages
-        for l in model.linears() {
-            l.weight.collapse_to_huge_pages();
-        }
+        // decode streams the weights once per token: the whole 2 MiB pages of the runs they
+        // make in memory as huge pages
+        crate::memory::collapse_spans_to_huge_pages(model.linears().flat_map(|l| l.weight.spans()).collect());
         Ok(model)
     }
 
