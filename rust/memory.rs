@@ -9,15 +9,17 @@ use crate::error::{Error, Result};
 pub fn memory_limit() -> usize {
     #[cfg(target_os = "linux")]
     if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
-        let kib = text
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<usize>().ok());
-        if let Some(kib) = kib {
+        if let Some(kib) = text.lines().find_map(|l| l.strip_prefix("MemTotal:")).and_then(kib_value) {
             return kib.saturating_mul(1024);
         }
     }
     usize::MAX
+}
+
+/// The number of a `/proc` field's value in kB ("   12345 kB" → 12345).
+#[cfg(target_os = "linux")]
+fn kib_value(rest: &str) -> Option<usize> {
+    rest.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// `bytes` in a readable unit.
@@ -201,8 +203,8 @@ const RESIDENT_SIXTEENTHS: usize = 15;
 /// such a page is resident memory of the same heap, which the collapse moves as it is).
 /// Returns the bytes the kernel reports collapsed; does nothing (0) where it cannot (older
 /// kernels, other systems, huge pages turned off, pages not mapped or not resident).
-pub fn collapse_spans_to_huge_pages(spans: Vec<(usize, usize)>) -> usize {
-    let pages = huge_pages_touched(&spans);
+pub fn collapse_spans_to_huge_pages(spans: &[(usize, usize)]) -> usize {
+    let pages = huge_pages_touched(spans);
     #[cfg(not(target_os = "linux"))]
     {
         let _ = pages;
@@ -217,16 +219,16 @@ pub fn collapse_spans_to_huge_pages(spans: Vec<(usize, usize)>) -> usize {
         if small == 0 || !HUGE_PAGE.is_multiple_of(small) {
             return 0;
         }
-        let mut vec = vec![0u8; HUGE_PAGE / small];
+        let mut residency = vec![0u8; HUGE_PAGE / small];
         let mut collapsed = 0;
         for page in pages {
-            // SAFETY: `page` is page-aligned and `vec` holds one byte per small page of the
+            // SAFETY: `page` is page-aligned and `residency` holds one byte per small page of the
             // range; mincore only reports residency (ENOMEM where part of it is unmapped).
-            if unsafe { libc::mincore(page as *mut libc::c_void, HUGE_PAGE, vec.as_mut_ptr()) } != 0 {
+            if unsafe { libc::mincore(page as *mut libc::c_void, HUGE_PAGE, residency.as_mut_ptr()) } != 0 {
                 continue;
             }
-            let resident = vec.iter().filter(|&&v| v & 1 == 1).count();
-            if resident * 16 < vec.len() * RESIDENT_SIXTEENTHS {
+            let resident = residency.iter().filter(|&&v| v & 1 == 1).count();
+            if resident * 16 < residency.len() * RESIDENT_SIXTEENTHS {
                 continue;
             }
             // SAFETY: the range is mapped (mincore succeeded on it); MADV_COLLAPSE moves the
@@ -304,14 +306,14 @@ mod tests {
         let spans: Vec<(usize, usize)> = (0..buf.len() / (part + 4096))
             .map(|p| span_of(&buf[p * (part + 4096)..p * (part + 4096) + part]))
             .collect();
-        let collapsed = collapse_spans_to_huge_pages(spans);
+        let collapsed = collapse_spans_to_huge_pages(&spans);
         assert!(collapsed <= buf.len() && collapsed.is_multiple_of(HUGE_PAGE));
         if collapsed > 0 {
             assert!(huge_bytes_of_mapping(buf.as_ptr() as usize).unwrap() >= collapsed);
         }
         assert!(buf.iter().enumerate().all(|(i, &v)| v == ((i as u32).wrapping_mul(2654435761) >> 24) as u8));
         let unwritten = Pages::<u8>::zeroed(12 << 20, "a test buffer").unwrap();
-        assert_eq!(collapse_spans_to_huge_pages(vec![span_of(&unwritten)]), 0);
+        assert_eq!(collapse_spans_to_huge_pages(&[span_of(&unwritten)]), 0);
         assert!(matches!(resident_pages_u8(&unwritten), Some(0) | None));
     }
 
@@ -325,7 +327,7 @@ mod tests {
             if let Some((lo, hi)) = range.and_then(|(lo, hi)| Some((usize::from_str_radix(lo, 16).ok()?, usize::from_str_radix(hi, 16).ok()?))) {
                 inside = (lo..hi).contains(&a);
             } else if let (true, Some(kb)) = (inside, line.strip_prefix("AnonHugePages:")) {
-                return kb.trim().trim_end_matches("kB").trim().parse::<usize>().ok().map(|kb| kb << 10);
+                return kib_value(kb).map(|kb| kb << 10);
             }
         }
         None

@@ -153,7 +153,7 @@ impl Model {
             lin.weight = Arc::new(weight);
         }
         // the rebuilt matrices are new buffers: in huge pages like the loaded ones
-        crate::memory::collapse_spans_to_huge_pages(spans);
+        crate::memory::collapse_spans_to_huge_pages(&spans);
         for (d, t) in deltas.into_iter().zip(deltas_at) {
             let lin = out.slot_linear_mut(t.slot).ok_or_else(|| Error::MissingTensor(d.name.clone()))?;
             lin.lora.push(LoraDelta { row0: t.row0, rows: t.rows, rank: d.rank, a: d.a, b: d.b, scale: d.scale });

@@ -78,9 +78,10 @@ impl Model {
             Arch::Llama => llama::build(config, store, pool),
             Arch::Gpt2 => gpt2::build(config, store, pool),
         }?;
-        // decode streams the weights once per token: the whole 2 MiB pages of the runs they
-        // make in memory as huge pages
-        crate::memory::collapse_spans_to_huge_pages(model.linears().flat_map(|l| l.weight.spans()).collect());
+        // decode streams the weights once per token: the resident 2 MiB pages they lie in as
+        // huge pages
+        let spans: Vec<(usize, usize)> = model.linears().flat_map(|l| l.weight.spans()).collect();
+        crate::memory::collapse_spans_to_huge_pages(&spans);
         Ok(model)
     }
 
