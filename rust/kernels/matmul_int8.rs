@@ -876,7 +876,8 @@ mod tests {
         }
         let mut rng = Rng(31);
         let pool = ThreadPool::new(2).unwrap();
-        for &(k, n) in &[(32, 5), (256, 9), (288, 33), (1088, 17), (5632, 3)] {
+        // groups: 1, 8, 9, 16 + 2, 16 + 8, 2·16 + 2, 2·16 + 8 + 3, 11·16
+        for &(k, n) in &[(32, 5), (256, 9), (288, 33), (576, 19), (768, 7), (1088, 17), (1376, 6), (5632, 3)] {
             let mut wf = rng.vec(n * k);
             for (p, v) in wf.iter_mut().enumerate() {
                 if p % 37 == 0 {

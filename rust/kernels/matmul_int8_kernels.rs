@@ -1192,10 +1192,41 @@ mod x86 {
         _mm256_dpbusd_epi32(_mm256_slli_epi32::<8>(h), wu, _mm256_loadu_si256(lo as *const __m256i))
     }
 
+    /// [`step_bytes`] on 512-bit vectors: two adjacent groups at once (lanes 0-7 the first,
+    /// 8-15 the second).
+    #[inline(always)]
+    unsafe fn step_bytes512(wu: __m512i, hi: *const i8, lo: *const i8) -> __m512i {
+        let h = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, _mm512_loadu_si512(hi as *const _));
+        _mm512_dpbusd_epi32(_mm512_slli_epi32::<8>(h), wu, _mm512_loadu_si512(lo as *const _))
+    }
+
+    /// The 8 vectors of [`step_bytes512`] over 16 groups (vector t: groups 2t and 2t + 1)
+    /// reduced to the 16 group sums, as two vectors of 8 (group t in lane t of the first,
+    /// group 8 + t in lane t of the second): in-lane unpacks and adds leave each 128-bit
+    /// quarter's sum of every vector, two 128-bit shuffles add the quarters of a group, and
+    /// one permute puts the groups in order. Exact in i32, like [`reduce8`].
+    #[inline(always)]
+    unsafe fn reduce16(a: [__m512i; 8]) -> (__m256i, __m256i) {
+        // per 128-bit quarter: [a0, a1, a0, a1] partial pairs, then [a0, a1, a2, a3] sums
+        let pair = |x: __m512i, y: __m512i| _mm512_add_epi32(_mm512_unpacklo_epi32(x, y), _mm512_unpackhi_epi32(x, y));
+        let quad = |x: __m512i, y: __m512i| _mm512_add_epi32(_mm512_unpacklo_epi64(x, y), _mm512_unpackhi_epi64(x, y));
+        let s0 = quad(pair(a[0], a[1]), pair(a[2], a[3]));
+        let s1 = quad(pair(a[4], a[5]), pair(a[6], a[7]));
+        // quarters 0+1 of s hold groups 0, 2, 4, 6 (of s0) / 8, 10, 12, 14 (of s1); 2+3 the odd ones
+        let even = _mm512_shuffle_i32x4::<0x88>(s0, s1);
+        let odd = _mm512_shuffle_i32x4::<0xdd>(s0, s1);
+        // [g0 g2 g4 g6 | g1 g3 g5 g7 | g8 g10 g12 g14 | g9 g11 g13 g15]
+        let z = _mm512_add_epi32(even, odd);
+        let order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+        let sums = _mm512_permutexvar_epi32(order, z);
+        (_mm512_castsi512_si256(sums), _mm512_extracti64x4_epi64::<1>(sums))
+    }
+
     /// y[i, j] for int8 weights in groups of 32 against row i of the 16-bit x split into bytes
     /// (`g.xq`: high, `g.xq_lo`: low; `g.xc`: Σx16 per group), on AVX-512 VNNI: each group's
-    /// lanes of Σ (w + 128)·x16 ([`step_bytes`], no widening of the weights), 8 groups reduced
-    /// at once ([`reduce8`]), less 128·Σx16: the exact Σ w·x16 of the groups, scaled by
+    /// lanes of Σ (w + 128)·x16 ([`step_bytes512`] on 16 groups at a time, [`step_bytes`] on
+    /// 8; no widening of the weights), reduced to one vector of 8 group sums at a time
+    /// ([`reduce16`], [`reduce8`]), less 128·Σx16: the exact Σ w·x16 of the groups, scaled by
     /// (d · sx) with 8 f16 scales loaded at once, as [`dot_rows_a16`] does. The last `ng % 8`
     /// groups take [`dot_rows_a16`]'s own tail step on x16, so that the result is that
     /// kernel's, bit for bit.
@@ -1207,7 +1238,27 @@ mod x86 {
         let (xs, xc) = (g.xs.add(i * ng), g.xc.add(i * ng));
         let flip = _mm256_set1_epi8(i8::MIN);
         let mut f = _mm256_setzero_ps();
+        // 8 group sums of (w + 128)·x16 less 128·Σx16 (= Σ w·x16, exact in i32), scaled into
+        // f: the same operations in the same order after the 16- and the 8-group steps
+        let scale_add = |f: __m256, sums: __m256i, gi: usize| {
+            let c = _mm256_slli_epi32::<7>(_mm256_loadu_si256(xc.add(gi) as *const __m256i));
+            let d = I8W16::scales8(g, j, gi);
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sums, c)), _mm256_mul_ps(d, _mm256_loadu_ps(xs.add(gi))), f)
+        };
         let mut gi = 0;
+        let flip512 = _mm512_set1_epi8(i8::MIN);
+        while gi + 16 <= ng {
+            simd::prefetch(w.wrapping_add(gi * 32 + simd::STREAM_AHEAD), 16 * 32);
+            let acc: [__m512i; 8] = std::array::from_fn(|t| {
+                let p = (gi + 2 * t) * 32;
+                let wu = _mm512_xor_si512(_mm512_loadu_si512(w.add(p) as *const _), flip512);
+                step_bytes512(wu, xh.add(p), xl.add(p))
+            });
+            let (lo, hi) = reduce16(acc);
+            f = scale_add(f, lo, gi);
+            f = scale_add(f, hi, gi + 8);
+            gi += 16;
+        }
         while gi + 8 <= ng {
             simd::prefetch(w.wrapping_add(gi * 32 + simd::STREAM_AHEAD), 8 * 32);
             let acc: [__m256i; 8] = std::array::from_fn(|t| {
@@ -1215,11 +1266,7 @@ mod x86 {
                 let wu = _mm256_xor_si256(_mm256_loadu_si256(w.add(p) as *const __m256i), flip);
                 step_bytes(wu, xh.add(p), xl.add(p))
             });
-            // Σ (w + 128)·x16 − 128·Σx16 = Σ w·x16, exact in i32
-            let c = _mm256_slli_epi32::<7>(_mm256_loadu_si256(xc.add(gi) as *const __m256i));
-            let sums = _mm256_sub_epi32(reduce8(acc), c);
-            let d = I8W16::scales8(g, j, gi);
-            f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(d, _mm256_loadu_ps(xs.add(gi))), f);
+            f = scale_add(f, reduce8(acc), gi);
             gi += 8;
         }
         while gi < ng {
