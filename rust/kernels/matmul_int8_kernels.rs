@@ -27,7 +27,8 @@
 //! widened by F16C, centered q − 8 with the offset m + 8·d on the f32 Σx). On AVX-512 VNNI the
 //! x16 is also split into its high and low signed bytes ([`split_a16`]): the W8A16 GEMV
 //! ([`gemv_w8a16_vnni`]) multiplies the int8 weights with both bytes by `dpbusd`, with no
-//! widening of the weights, and reduces as the AVX2 one does (the same bits); int4 decode has its
+//! widening of the weights, 16 groups at a time on 512-bit vectors, and scales each 8 group
+//! sums as the AVX2 one does (the same bits); int4 decode has its
 //! own GEMV there (`matmul_int4_gemv`). The GEMMs run on int4 panels unpacked to int8 rows
 //! (q − 8, the same f16 scales): the VNNI GEMM over the high and the low bytes of x16, or the
 //! AVX2 GEMM on x16; NEON and the portable kernel handle every kind ([`Kind`]).
