@@ -44,10 +44,10 @@ def test_tiny_llama_hand_computed():
         assert est.weights_bytes == matmul + 4 * norms
         # the default ("auto") KV cache: FP32 beside FP32 weights, BF16 beside the others
         assert est.kv_cache_bytes == 2 * 2 * 2 * 16 * 100 * (4 if precision == "fp32" else 2)
-        # 100 rows of x, xn, qkv, q, att, gate+up, act; 4 rows of scores for each of 2 threads;
+        # 100 rows of x, xn, qkv, q, att, gate+up, act; 48 rows of scores for each of 2 threads;
         # two logits rows
         rows = 100 * (2 * 64 + 128 + 2 * 64 + 320 + 160)
-        assert est.buffers_bytes == 4 * (rows + 2 * 4 * 100 + 2 * 384)
+        assert est.buffers_bytes == 4 * (rows + 2 * 48 * 100 + 2 * 384)
         assert est.runtime_bytes == RUNTIME_BYTES
         assert est.loading_bytes == 2 * 4 * 384 * 64  # a block of file pages and its copy, at most one tensor
         assert est.total_bytes == est.weights_bytes + RUNTIME_BYTES + max(est.loading_bytes, est.kv_cache_bytes + est.buffers_bytes)

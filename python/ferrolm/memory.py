@@ -57,7 +57,7 @@ NOT_AVAILABLE = {"fp16": "FP16"}
 #: Bytes per cached key/value by KV-cache dtype (the core's `KvDtype`; tests check they agree).
 KV_CACHE_BYTES = {"fp32": 4, "bf16": 2}
 #: Rows of attention scores per thread and position of context (kernels/attention.rs, SCORE_ROWS).
-SCORE_ROWS = 4
+SCORE_ROWS = 48
 #: INT4 groups: 32 values in 16 bytes, an f16 scale and an f16 minimum.
 INT4_GROUP = 32
 INT4_GROUP_BYTES = 16 + 2 + 2
@@ -182,8 +182,8 @@ class Architecture:
         d, f = self.hidden_size, self.intermediate_size
         up_out = f if self.arch == "gpt2" else 2 * f
         per_row = 2 * d + (self.q_dim + 2 * self.kv_dim) + 2 * self.q_dim + up_out + f
-        # attention scores: 4 rows of a prompt at a time per thread, or a row per head for a
-        # split decode step (kernels/attention.rs, score_rows_needed)
+        # attention scores: up to 48 rows (heads × rows of a prompt) per thread, or a row per
+        # head for a split decode step (kernels/attention.rs, score_rows_needed)
         score_rows = max(threads * SCORE_ROWS, self.num_heads)
         return batch * 4 * (rows * per_row + score_rows * context + 2 * self.vocab_size)
 

@@ -11,9 +11,13 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
-/// Rows of attention scores each thread needs per position of context: [`MAX_QUERIES`] rows of
-/// a prompt are scored together.
-pub const SCORE_ROWS: usize = MAX_QUERIES;
+/// Rows of attention scores each thread needs per position of context: a prompt's task on
+/// AVX-512 scores up to this many rows (query heads of a group × rows of the prompt) together
+/// ([`attention_prompt_tiles`]); elsewhere [`MAX_QUERIES`] rows are.
+pub const SCORE_ROWS: usize = 48;
+
+/// Rows of a prompt per task of [`attention_prompt_tiles`], per head.
+const TILE_ROWS: usize = 16;
 
 /// Rows of attention scores per position of context that `scores` must hold for `threads`
 /// threads and `n_heads` query heads: each thread's [`SCORE_ROWS`], and a row per head for a
@@ -54,8 +58,8 @@ pub fn attention(
 ) {
     let level = detected();
     match kv {
-        KvLayer::F32 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0, SPLIT_FROM),
-        KvLayer::Bf16 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0, SPLIT_FROM),
+        KvLayer::F32 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0, SPLIT_FROM, true),
+        KvLayer::Bf16 { k, v } => attention_rows(level, pool, shape, q, k, v, out, scores, t_len, pos0, SPLIT_FROM, true),
     }
 }
 
@@ -94,6 +98,7 @@ fn attention_rows<E: RowElem>(
     t_len: usize,
     pos0: usize,
     split_from: usize,
+    tiles: bool,
 ) {
     let (nh, hd) = (shape.n_heads, shape.head_dim);
     let kv_dim = shape.n_kv_heads * hd;
@@ -125,6 +130,10 @@ fn attention_rows<E: RowElem>(
     if decode && nt > 1 && group_tasks % nt != 0 && n_ctx_max >= split_from && scores.len() >= nh * n_ctx_max {
         let groups = Groups { size: group, chunks, per };
         return attention_step_split(level, pool, shape, q, k_cache, v_cache, out, scores, n_ctx_max, groups, scale);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if tiles && !decode && level == SimdLevel::Avx512 && hd <= crate::kernels::attention_tiles::MAX_HEAD_DIM && stride >= n_ctx_max {
+        return attention_prompt_tiles(pool, shape, q, k_cache, v_cache, out, scores, t_len, pos0, scale);
     }
     let out_p = SyncPtr(out.as_mut_ptr());
     let sc_p = SyncPtr(scores.as_mut_ptr());
@@ -167,9 +176,95 @@ fn attention_rows<E: RowElem>(
             }
         } else {
             for b in (tid..blocks * nh).step_by(nt) {
-                let (b, h) = (b / nh, b % nh);
+                let (h, b) = (b / blocks, b % blocks);
                 let t0 = b * cap;
                 task(h / group, t0 * row + h * hd, cap.min(t_len - t0), row, pos0 + t0 + 1, 1);
+            }
+        }
+    });
+}
+
+/// A prompt's attention on AVX-512 (see [`attention_rows`]) with the kernels of
+/// [`attention_tiles`](crate::kernels::attention_tiles), which give each score and output the
+/// bits of the row kernels: a task is up to [`TILE_ROWS`] rows of the prompt for the query
+/// heads of one group that the thread's scores hold (all of SmolLM2's 3 with [`SCORE_ROWS`]).
+/// Its rows are scored together against keys transposed once per chunk, a softmax runs per
+/// row, and the weighted sums go [`WEIGH_ROWS`](crate::kernels::attention_tiles::WEIGH_ROWS)
+/// rows at a time (4 rows of the prompt × 3 heads), each value row loaded once for them all.
+/// Tasks go group by group, so a group's keys and values stay in cache across its tasks.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn attention_prompt_tiles<E: RowElem>(
+    pool: &ThreadPool,
+    shape: &AttnShape,
+    q: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
+    out: &mut [f32],
+    scores: &mut [f32],
+    t_len: usize,
+    pos0: usize,
+    scale: f32,
+) {
+    use crate::kernels::attention_tiles::{score_many, weigh_many, WEIGH_ROWS};
+    let (nh, hd) = (shape.n_heads, shape.head_dim);
+    let kv_dim = shape.n_kv_heads * hd;
+    let group = nh / shape.n_kv_heads;
+    let row = nh * hd;
+    let n_ctx_max = pos0 + t_len;
+    let stride = scores.len() / pool.n_threads();
+    let rows_cap = stride / n_ctx_max;
+    // heads per task: as many of a group as the scores hold at TILE_ROWS rows each, in even chunks
+    let chunks = group.div_ceil((rows_cap / TILE_ROWS).clamp(1, group.min(WEIGH_ROWS)));
+    let per = group.div_ceil(chunks);
+    let rb = (rows_cap / per).min(TILE_ROWS);
+    debug_assert!(rb >= 1);
+    let blocks = t_len.div_ceil(rb);
+    let tasks = shape.n_kv_heads * chunks * blocks;
+    let out_p = SyncPtr(out.as_mut_ptr());
+    let sc_p = SyncPtr(scores.as_mut_ptr());
+    pool.run(|tid, nt| {
+        let (out_p, sc_p) = (out_p, sc_p);
+        // SAFETY: thread `tid` owns scores[tid·stride..][..stride] and the rows of out it is given.
+        let sc = unsafe { std::slice::from_raw_parts_mut(sc_p.0.add(tid * stride), stride) };
+        let mut q_at = Vec::with_capacity(per * rb);
+        let (mut w_at, mut n_at, mut out_at) = (Vec::new(), Vec::new(), Vec::new());
+        for task in (tid..tasks).step_by(nt) {
+            let (g, b, c) = (task / (blocks * chunks), task / chunks % blocks, task % chunks);
+            let (h0, heads) = (g * group + c * per, per.min(group - c * per));
+            let t0 = b * rb;
+            let rows = rb.min(t_len - t0);
+            // row j sees positions 0..n_lo + j; every row is scored against 0..n_hi
+            let n_lo = pos0 + t0 + 1;
+            let n_hi = n_lo + rows - 1;
+            // score row j·heads + hh: prompt row t0 + j, head h0 + hh
+            let at = |j: usize, hh: usize| (t0 + j) * row + (h0 + hh) * hd;
+            q_at.clear();
+            q_at.extend((0..rows).flat_map(|j| (0..heads).map(move |hh| at(j, hh))));
+            let s = &mut sc[..rows * heads * n_hi];
+            score_many(q, &q_at, hd, &k_cache[g * hd..], kv_dim, n_hi, scale, s, n_hi);
+            for (r, sr) in s.chunks_exact_mut(n_hi).enumerate() {
+                softmax(&mut sr[..n_lo + r / heads]);
+            }
+            // the weighted sums of `sub` rows of the prompt × the heads at a time
+            let sub = (WEIGH_ROWS / heads).max(1);
+            for j0 in (0..rows).step_by(sub) {
+                let js = j0..rows.min(j0 + sub);
+                w_at.clear();
+                n_at.clear();
+                out_at.clear();
+                let base = at(j0, 0);
+                for j in js.clone() {
+                    for hh in 0..heads {
+                        w_at.push((j * heads + hh) * n_hi);
+                        n_at.push(n_lo + j);
+                        out_at.push(at(j, hh) - base);
+                    }
+                }
+                // SAFETY: this task alone writes these rows of hd values of out (the heads
+                // h0..h0 + heads of prompt rows js), all within this span.
+                let o = unsafe { std::slice::from_raw_parts_mut(out_p.0.add(base), at(js.end - 1, heads - 1) + hd - base) };
+                weigh_many(s, &w_at, &n_at, &v_cache[g * hd..], kv_dim, hd, o, &out_at);
             }
         }
     });
@@ -318,8 +413,8 @@ mod tests {
                         let mut out = vec![0f32; t_len * nh * hd];
                         let mut scores = vec![0f32; threads * n];
                         match c.layer(0) {
-                            KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM),
-                            KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM),
+                            KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM, true),
+                            KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM, true),
                         }
                         out
                     };
@@ -378,8 +473,8 @@ mod tests {
                     let s = best_time(5, 3, |_| {
                         for l in 0..layers {
                             match cache.layer(l) {
-                                KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1, split_from),
-                                KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1, split_from),
+                                KvLayer::F32 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1, split_from, true),
+                                KvLayer::Bf16 { k, v } => attention_rows(level, &pool, &shape, &q, k, v, &mut out, &mut scores, 1, n - 1, split_from, true),
                             }
                         }
                     });
@@ -427,7 +522,8 @@ mod tests {
     }
 
     /// A prompt's attention (SmolLM2-135M's heads, FP32 cache, detected level), µs per layer for
-    /// prompts of 128 to 2048 tokens at 1 and 2 threads:
+    /// prompts of 128 to 2048 tokens at 1 and 2 threads, with the row kernels and with the
+    /// AVX-512 tiles (the same on other levels), alternated, best of 5 each:
     /// `cargo test --release --lib bench_attention_prefill -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -445,8 +541,13 @@ mod tests {
                 let pool = ThreadPool::new(threads).unwrap();
                 let mut out = vec![0f32; t_len * nh * hd];
                 let mut scores = vec![0f32; threads * SCORE_ROWS * t_len];
-                let s = best_time(3, 1, |_| attention_rows(detected(), &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, 0, SPLIT_FROM));
-                println!("prompt of {t_len} tokens, {threads} thread(s): {:.0} µs per layer", s * 1e6);
+                // the row kernels and the AVX-512 tiles (where present), alternated
+                let (mut rows, mut tiles) = (f64::INFINITY, f64::INFINITY);
+                for _ in 0..5 {
+                    rows = rows.min(best_time(1, 1, |_| attention_rows(detected(), &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, 0, SPLIT_FROM, false)));
+                    tiles = tiles.min(best_time(1, 1, |_| attention_rows(detected(), &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, 0, SPLIT_FROM, true)));
+                }
+                println!("prompt of {t_len} tokens, {threads} thread(s): {:.0} µs per layer with the row kernels, {:.0} with the tiles ({:.2}x)", rows * 1e6, tiles * 1e6, rows / tiles);
             }
         }
     }
@@ -466,7 +567,7 @@ mod tests {
                 let pool = ThreadPool::new(2).unwrap();
                 let mut scores = vec![0f32; 2 * SCORE_ROWS * n];
                 let mut out = vec![0f32; t_len * nh * hd];
-                attention_rows(level, &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM);
+                attention_rows(level, &pool, &shape, &q, &k, &v, &mut out, &mut scores, t_len, pos0, SPLIT_FROM, true);
                 let mut worst = 0f64;
                 for t in 0..t_len {
                     for h in 0..nh {
@@ -482,8 +583,9 @@ mod tests {
     }
 
     /// A prompt's attention equals, bit for bit, the attention of its tokens one decode step at
-    /// a time, whatever the thread count (and so however many heads share a task), on every
-    /// level: a head's result depends only on its query and the cache.
+    /// a time, whatever the thread count (and so however many heads share a task), with and
+    /// without the AVX-512 tiles and whatever rows of scores a task holds, on every level: a
+    /// head's result depends only on its query and the cache.
     #[test]
     fn prompt_and_steps_attend_alike_whatever_the_tasks() {
         let mut rng = Rng(0xa77);
@@ -499,7 +601,15 @@ mod tests {
                     let pool = ThreadPool::new(threads).unwrap();
                     let mut scores = vec![0f32; score_rows_needed(threads, nh) * n];
                     let mut whole = vec![0f32; t_len * nh * hd];
-                    attention_rows(level, &pool, &shape, &q, &k, &v, &mut whole, &mut scores, t_len, pos0, usize::MAX);
+                    attention_rows(level, &pool, &shape, &q, &k, &v, &mut whole, &mut scores, t_len, pos0, usize::MAX, true);
+                    // the prompt without the AVX-512 tiles, and with scratch for 1 and 7 rows of
+                    // scores per thread (a row, or a head and a few rows, per task)
+                    for (tiles, rows) in [(false, SCORE_ROWS), (true, 1), (true, 7)] {
+                        let mut sc = vec![0f32; threads * rows * n];
+                        let mut again = vec![0f32; t_len * nh * hd];
+                        attention_rows(level, &pool, &shape, &q, &k, &v, &mut again, &mut sc, t_len, pos0, usize::MAX, tiles);
+                        assert_eq!(whole, again, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd} (tiles {tiles}, {rows} rows)");
+                    }
                     // decode steps in one pass (split_from usize::MAX), split in three passes
                     // wherever their tasks are uneven (0), and with scratch for one row of scores
                     // per thread (one head per task, never split)
@@ -509,7 +619,7 @@ mod tests {
                         let mut steps = vec![0f32; t_len * nh * hd];
                         for t in 0..t_len {
                             let row = t * nh * hd..(t + 1) * nh * hd;
-                            attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut steps[row], sc, 1, pos0 + t, split_from);
+                            attention_rows(level, &pool, &shape, &q[row.clone()], &k, &v, &mut steps[row], sc, 1, pos0 + t, split_from, true);
                         }
                         assert_eq!(whole, steps, "{level:?} threads {threads} nh {nh} nkv {nkv} hd {hd} ({what})");
                     }

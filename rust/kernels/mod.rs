@@ -17,6 +17,8 @@ pub(crate) mod matmul_sources;
 pub mod norms;
 pub mod quant;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+pub mod attention_tiles;
 pub mod simd;
 #[cfg(test)]
 pub(crate) mod test_rng;
