@@ -84,7 +84,8 @@ pub fn attention(
 /// that two shares cut is read by both. A decode step over at least `split_from` positions
 /// whose groups would not divide evenly among the threads runs [`attention_step_split`]
 /// instead when `scores` holds a row per head: there a group's keys and values are read
-/// once in all.
+/// once in all. With `tiles` on AVX-512, a prompt runs [`attention_prompt_tiles`] instead:
+/// more rows per pass, the same bits.
 #[allow(clippy::too_many_arguments)]
 fn attention_rows<E: RowElem>(
     level: SimdLevel,
