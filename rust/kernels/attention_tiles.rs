@@ -146,10 +146,12 @@ struct Kt([f32; KT_FLOATS]);
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn score_many_avx512<E: RowElem>(q: *const f32, q_at: &[usize], d: usize, keys: *const E, stride: usize, n: usize, scale: f32, out: *mut f32, ldo: usize) {
-    let mut kt = Kt([0.0; KT_FLOATS]);
+    // every value a tile reads is written first (`transpose_keys` fills d rows of the chunk's
+    // keys rounded up to a tile), so the buffer needs no zeroing (32 KiB per call)
+    let mut kt = std::mem::MaybeUninit::<Kt>::uninit();
     // keys per chunk: kt holds d rows of `ck` keys
     let ck = KT_FLOATS / d / TILE_KEYS * TILE_KEYS;
-    let kt = kt.0.as_mut_ptr();
+    let kt = kt.as_mut_ptr() as *mut f32;
     let rows = q_at.len();
     let mut p0 = 0;
     while p0 < n {
