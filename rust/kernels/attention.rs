@@ -17,7 +17,7 @@ pub struct AttnShape {
 pub const SCORE_ROWS: usize = 48;
 
 /// Rows of a prompt per task of [`attention_prompt_tiles`], per head.
-const TILE_ROWS: usize = 16;
+const TASK_ROWS: usize = 16;
 
 /// Rows of attention scores per position of context that `scores` must hold for `threads`
 /// threads and `n_heads` query heads: each thread's [`SCORE_ROWS`], and a row per head for a
@@ -187,7 +187,7 @@ fn attention_rows<E: RowElem>(
 
 /// A prompt's attention on AVX-512 (see [`attention_rows`]) with the kernels of
 /// [`attention_tiles`](crate::kernels::attention_tiles), which give each score and output the
-/// bits of the row kernels: a task is up to [`TILE_ROWS`] rows of the prompt for the query
+/// bits of the row kernels: a task is up to [`TASK_ROWS`] rows of the prompt for the query
 /// heads of one group that the thread's scores hold (all of SmolLM2's 3 with [`SCORE_ROWS`]).
 /// Its rows are scored together against keys transposed once per chunk, a softmax runs per
 /// row, and the weighted sums go [`WEIGH_ROWS`](crate::kernels::attention_tiles::WEIGH_ROWS)
@@ -215,10 +215,10 @@ fn attention_prompt_tiles<E: RowElem>(
     let n_ctx_max = pos0 + t_len;
     let stride = scores.len() / pool.n_threads();
     let rows_cap = stride / n_ctx_max;
-    // heads per task: as many of a group as the scores hold at TILE_ROWS rows each, in even chunks
-    let chunks = group.div_ceil((rows_cap / TILE_ROWS).clamp(1, group.min(WEIGH_ROWS)));
+    // heads per task: as many of a group as the scores hold at TASK_ROWS rows each, in even chunks
+    let chunks = group.div_ceil((rows_cap / TASK_ROWS).clamp(1, group.min(WEIGH_ROWS)));
     let per = group.div_ceil(chunks);
-    let rb = (rows_cap / per).min(TILE_ROWS);
+    let rb = (rows_cap / per).min(TASK_ROWS);
     debug_assert!(rb >= 1);
     let blocks = t_len.div_ceil(rb);
     let tasks = shape.n_kv_heads * chunks * blocks;

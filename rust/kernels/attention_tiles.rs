@@ -16,7 +16,9 @@
 
 use std::arch::x86_64::*;
 
-use super::simd::RowElem;
+use super::matmul_amx::transpose16;
+use super::simd::x86::V512;
+use super::simd::{load_row, load_row_partial, RowElem};
 
 /// Floats of the per-call buffer of transposed keys (32 KiB: in L1 beside the queries).
 const KT_FLOATS: usize = 8192;
@@ -284,7 +286,9 @@ unsafe fn transpose_keys<E: RowElem>(rows: *const E, stride: usize, kc: usize, d
             let w = (d - i).min(16);
             // 16 keys' values i..i + w, a key past kc as zeros
             let r: [__m512; 16] = std::array::from_fn(|j| if p + j < kc { load_widened(rows.add((p + j) * stride + i), w) } else { _mm512_setzero_ps() });
-            let c = transpose16(r);
+            let mut c = r.map(|v| _mm512_castps_si512(v));
+            transpose16(&mut c);
+            let c = c.map(|v| _mm512_castsi512_ps(v));
             for (j, c) in c.iter().enumerate().take(w) {
                 _mm512_storeu_ps(kt.add((i + j) * ldk + p), *c);
             }
@@ -309,53 +313,11 @@ unsafe fn load_pair<E: RowElem>(p: *const E, w0: usize, w1: usize) -> [__m512; 2
 /// AVX-512F; p valid for w elements.
 #[inline(always)]
 unsafe fn load_widened<E: RowElem>(p: *const E, w: usize) -> __m512 {
-    if E::IS_BF16 {
-        let p = p as *const u16;
-        let h = if w == 16 {
-            _mm256_loadu_si256(p as *const __m256i)
-        } else {
-            let mut b = [0u16; 16];
-            std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), w);
-            _mm256_loadu_si256(b.as_ptr() as *const __m256i)
-        };
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
-    } else if w == 16 {
-        _mm512_loadu_ps(p as *const f32)
+    if w == 16 {
+        load_row::<V512, E>(p).0
     } else {
-        _mm512_maskz_loadu_ps(mask(w), p as *const f32)
+        load_row_partial::<V512, E>(p, w).0
     }
-}
-
-/// The transpose of a 16 × 16 block: out[c][r] = rows[r][c].
-///
-/// # Safety
-/// AVX-512F.
-#[inline(always)]
-unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-    // t[2k], t[2k+1]: rows 2k and 2k+1 interleaved (values 0,1 and 2,3 of each 128-bit lane)
-    let t: [__m512; 16] = std::array::from_fn(|j| {
-        let (a, b) = (r[j & !1], r[j | 1]);
-        if j % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
-    });
-    // u[4k + e]: value e of each 128-bit lane of rows 4k..4k+3
-    let u: [__m512; 16] = std::array::from_fn(|j| {
-        let (k, e) = (j / 4, j % 4);
-        let (a, b) = (t[4 * k + e / 2], t[4 * k + 2 + e / 2]);
-        if e % 2 == 0 { _mm512_shuffle_ps::<0x44>(a, b) } else { _mm512_shuffle_ps::<0xEE>(a, b) }
-    });
-    let mut out = [_mm512_setzero_ps(); 16];
-    for e in 0..4 {
-        // lanes 0 and 2 / 1 and 3 of rows 0..7, then of rows 8..15
-        let v0 = _mm512_shuffle_f32x4::<0x88>(u[e], u[4 + e]);
-        let v1 = _mm512_shuffle_f32x4::<0xDD>(u[e], u[4 + e]);
-        let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + e], u[12 + e]);
-        let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + e], u[12 + e]);
-        out[e] = _mm512_shuffle_f32x4::<0x88>(v0, w0);
-        out[8 + e] = _mm512_shuffle_f32x4::<0xDD>(v0, w0);
-        out[4 + e] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
-        out[12 + e] = _mm512_shuffle_f32x4::<0xDD>(v1, w1);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -363,31 +325,6 @@ mod tests {
     use super::*;
     use crate::kernels::simd::{score_rows_with, SimdLevel};
     use crate::kernels::test_rng::Rng;
-
-    #[test]
-    fn transpose16_transposes() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
-            return;
-        }
-        let m: Vec<f32> = (0..256).map(|v| v as f32).collect();
-        let mut got = [0f32; 256];
-        // SAFETY: AVX-512F checked; 16 rows of 16 floats in and out.
-        unsafe {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn run(m: &[f32], got: &mut [f32; 256]) {
-                let r: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(m.as_ptr().add(16 * j)));
-                for (c, v) in transpose16(r).iter().enumerate() {
-                    _mm512_storeu_ps(got.as_mut_ptr().add(16 * c), *v);
-                }
-            }
-            run(&m, &mut got);
-        }
-        for c in 0..16 {
-            for r in 0..16 {
-                assert_eq!(got[16 * c + r], m[16 * r + c], "[{c}][{r}]");
-            }
-        }
-    }
 
     /// The same bits as score_rows on AVX-512, for f32 and bf16 keys, head dims with and
     /// without a partial vector, key counts across chunks and tiles, and 1 to 7 rows.

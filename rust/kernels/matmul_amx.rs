@@ -124,7 +124,7 @@ thread_local! {
 
 /// Transposes a 16 × 16 matrix of 32-bit lanes, rows in `r`.
 #[inline(always)]
-unsafe fn transpose16(r: &mut [__m512i; 16]) {
+pub(crate) unsafe fn transpose16(r: &mut [__m512i; 16]) {
     // within each 128-bit lane: rows 4g..4g+3 of column 4·lane + c into u[4g + c]
     let mut t = [_mm512_setzero_si512(); 16];
     for i in 0..8 {

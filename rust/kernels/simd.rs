@@ -295,7 +295,7 @@ mod sealed {
 /// # Safety
 /// `V`'s ISA must be enabled; `p` valid for `V::LANES` elements.
 #[inline(always)]
-unsafe fn load_row<V: F32Vec, E: RowElem>(p: *const E) -> V {
+pub(crate) unsafe fn load_row<V: F32Vec, E: RowElem>(p: *const E) -> V {
     if E::IS_BF16 {
         V::load_bf16(p as *const u16)
     } else {
@@ -308,7 +308,7 @@ unsafe fn load_row<V: F32Vec, E: RowElem>(p: *const E) -> V {
 /// # Safety
 /// `V`'s ISA must be enabled; `p` valid for `n` elements.
 #[inline(always)]
-unsafe fn load_row_partial<V: F32Vec, E: RowElem>(p: *const E, n: usize) -> V {
+pub(crate) unsafe fn load_row_partial<V: F32Vec, E: RowElem>(p: *const E, n: usize) -> V {
     if E::IS_BF16 {
         V::load_bf16_partial(p as *const u16, n)
     } else {

@@ -114,7 +114,7 @@ impl F32Vec for V256 {
 
 /// 16 × f32 in a zmm register (needs avx512f).
 #[derive(Clone, Copy)]
-pub(crate) struct V512(__m512);
+pub(crate) struct V512(pub(crate) __m512);
 
 #[inline(always)]
 fn mask16(n: usize) -> __mmask16 {
