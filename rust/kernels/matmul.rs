@@ -335,13 +335,14 @@ mod tests {
     #[test]
     fn every_format_matches_reference_on_blocked_shapes() {
         // k over KC (several k blocks accumulated into y), n over NC, m over MC, a partial
-        // last vector, and tall-narrow y (threads split the row tiles).
+        // last vector, and tall-narrow y (threads split the row tiles); k = 101 and 48: the
+        // bf16 GEMV's blocks of 4 vectors, then one of 2, then a partial / a whole vector.
         let mut rng = Rng(0xb10c);
         let pools: Vec<ThreadPool> = [1, 2]
             .iter()
             .map(|&t| ThreadPool::new(t).unwrap())
             .collect();
-        for &(m, k, n) in &[(2, 2049, 70), (5, 1100, 203), (200, 65, 7), (130, 1025, 3)] {
+        for &(m, k, n) in &[(2, 2049, 70), (5, 1100, 203), (200, 65, 7), (130, 1025, 3), (3, 101, 17), (2, 48, 9)] {
             check_shape(&mut rng, &pools, m, k, n);
         }
     }

@@ -4,9 +4,11 @@
 //! The bf16 face of the one matmul (`matmul.rs`): bf16 weights are the [`Bf16W`] source,
 //! widened to f32 exactly (a 16-bit shift) as they are loaded, so the result is the f32 matmul
 //! of the widened weights up to summation order.
-//! - few rows (decode GEMV; memory-bound): each row of w streams once, widened 16 weights per
-//!   load on AVX-512 (8 on AVX2; see `WSource::GEMV_512`); x stays in f32. Half the bytes of f32 weights, so about twice the
-//!   tokens/s at the same bandwidth;
+//! - few rows (decode GEMV; memory-bound): each row of w streams once, 32 weights per load on
+//!   AVX-512 (16 on AVX2; see `WSource::GEMV_512`), widened in-lane into their even and odd
+//!   values (`F32Vec::load_bf16_pairs`) against x laid out to match (`pair_x`, once per call);
+//!   x stays in f32. Half the bytes of f32 weights, so about twice the tokens/s at the same
+//!   bandwidth;
 //! - many rows (prefill GEMM; compute-bound): on CPUs with AVX512-BF16, x is rounded to bf16
 //!   (to nearest even) as it is packed and `vdpbf16ps` multiplies 32 bf16 pairs per
 //!   instruction (`matmul_bf16_dot.rs`), twice the multiply-adds of an f32 FMA; elsewhere, or

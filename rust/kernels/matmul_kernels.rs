@@ -14,7 +14,7 @@
 
 use std::cell::Cell;
 
-use crate::kernels::matmul_sources::{WSource, F32W};
+use crate::kernels::matmul_sources::{pair_x, WSource, F32W};
 use crate::kernels::simd::{F32Vec, Portable};
 
 /// k block of the packed GEMM (an MR × KC x tile stays in L1).
@@ -94,18 +94,34 @@ pub(crate) const PORTABLE: Shape = Shape {
 #[inline(always)]
 unsafe fn few_rows<V: F32Vec, S: WSource>(g: &Region<S>) {
     let (k, n) = (g.k, g.n);
+    let (r0, r1) = g.rows;
+    // x's rows as `dot` reads them: as they are, or laid out in pairs (this thread's copy,
+    // k values a row, made once for all the columns of the region)
+    let paired = if S::PAIRED_X {
+        let mut buf = take_scratch((r1 - r0) * k);
+        for r in r0..r1 {
+            pair_x::<V>(g.x.add(r * k), k, buf.as_mut_ptr().add((r - r0) * k));
+        }
+        Some(buf)
+    } else {
+        None
+    };
+    let x = paired.as_ref().map_or(g.x.add(r0 * k), |b| b.as_ptr());
     for j in g.cols.0..g.cols.1 {
-        let mut i = g.rows.0;
-        while i + 1 < g.rows.1 {
-            let [a, b] = g.w.dot::<V, 2>(j, g.x.add(i * k), k);
+        let mut i = r0;
+        while i + 1 < r1 {
+            let [a, b] = g.w.dot::<V, 2>(j, x.add((i - r0) * k), k);
             *g.y.add(i * n + j) = a;
             *g.y.add((i + 1) * n + j) = b;
             i += 2;
         }
-        if i < g.rows.1 {
-            let [a] = g.w.dot::<V, 1>(j, g.x.add(i * k), k);
+        if i < r1 {
+            let [a] = g.w.dot::<V, 1>(j, x.add((i - r0) * k), k);
             *g.y.add(i * n + j) = a;
         }
+    }
+    if let Some(buf) = paired {
+        put_scratch(buf);
     }
 }
 

@@ -29,8 +29,13 @@ pub(crate) trait WSource: Copy + Send + Sync {
     /// V's ISA must be enabled; `j < n`, `p + cnt ≤ k`.
     unsafe fn load<V: F32Vec>(&self, j: usize, p: usize, cnt: usize) -> V;
 
-    /// [Σ_p x_r[p] · w[j, p] for r < R] over the whole row, x_r = `x + r·ldx`. A row's sum
-    /// must not depend on R or on the other rows (`RowPath::Gemv`).
+    /// Whether [`dot`](Self::dot) reads each row of x in the pair layout of [`pair_x`] (bf16)
+    /// rather than as it is (f32, int8).
+    const PAIRED_X: bool = false;
+
+    /// [Σ_p x_r[p] · w[j, p] for r < R] over the whole row, x_r = `x + r·ldx` (each row laid
+    /// out by [`pair_x`] where [`PAIRED_X`](Self::PAIRED_X)). A row's sum must not depend on R
+    /// or on the other rows (`RowPath::Gemv`).
     ///
     /// # Safety
     /// V's ISA must be enabled; `j < n`; the x rows must hold k readable values.
@@ -57,6 +62,14 @@ pub(crate) trait Widen: Copy + 'static {
     /// # Safety
     /// V's ISA must be enabled; `p` valid for `n` elements.
     unsafe fn widen_partial<V: F32Vec>(p: *const Self, n: usize) -> V;
+    /// See [`WSource::PAIRED_X`].
+    const PAIRED_X: bool;
+    /// [`WSource::dot`] over one row of `len` weights at `w`.
+    ///
+    /// # Safety
+    /// V's ISA must be enabled; `w` and the R rows of x (stride `ldx`, laid out as
+    /// [`PAIRED_X`](Self::PAIRED_X) says) hold `len` values.
+    unsafe fn dot<V: F32Vec, const R: usize>(w: *const Self, len: usize, x: *const f32, ldx: usize) -> [f32; R];
 }
 
 impl Widen for f32 {
@@ -69,6 +82,13 @@ impl Widen for f32 {
     unsafe fn widen_partial<V: F32Vec>(p: *const f32, n: usize) -> V {
         V::load_partial(p, n)
     }
+    const PAIRED_X: bool = false;
+    #[inline(always)]
+    unsafe fn dot<V: F32Vec, const R: usize>(w: *const f32, len: usize, x: *const f32, ldx: usize) -> [f32; R] {
+        // 4 independent accumulators per row of x, however many rows: a row's sum does not
+        // depend on the rows beside it.
+        dot_dense::<V, R, 4>(w, len, x, ldx)
+    }
 }
 
 impl Widen for u16 {
@@ -80,6 +100,11 @@ impl Widen for u16 {
     #[inline(always)]
     unsafe fn widen_partial<V: F32Vec>(p: *const u16, n: usize) -> V {
         V::load_bf16_partial(p, n)
+    }
+    const PAIRED_X: bool = true;
+    #[inline(always)]
+    unsafe fn dot<V: F32Vec, const R: usize>(w: *const u16, len: usize, x: *const f32, ldx: usize) -> [f32; R] {
+        dot_bf16_pairs::<V, R>(w, len, x, ldx)
     }
 }
 
@@ -101,6 +126,7 @@ unsafe impl<E> Sync for Dense<E> {}
 
 impl<E: Widen> WSource for Dense<E> {
     const GEMV_512: bool = E::GEMV_512;
+    const PAIRED_X: bool = E::PAIRED_X;
 
     #[inline(always)]
     unsafe fn load<V: F32Vec>(&self, j: usize, p: usize, cnt: usize) -> V {
@@ -119,20 +145,107 @@ impl<E: Widen> WSource for Dense<E> {
         x: *const f32,
         ldx: usize,
     ) -> [f32; R] {
-        // 4 independent accumulators per row of x, however many rows: a row's sum does not
-        // depend on the rows beside it.
-        dot_dense::<V, E, R, 4>(self.w.add(j * self.k), self.k, x, ldx)
+        E::dot::<V, R>(self.w.add(j * self.k), self.k, x, ldx)
     }
 }
 
-/// [Σ_p x_r[p] · w[p] for r < R] over `len` values, with U accumulators per row, each
+/// Writes `x[..len]` to `out` in the pair layout of the bf16 GEMV: every whole block of
+/// 2·L values is split into its even-indexed values then its odd-indexed ones (out[b + i] =
+/// x[b + 2i], out[b + L + i] = x[b + 2i + 1]), the order in which [`F32Vec::load_bf16_pairs`]
+/// gives a block of bf16 weights; a last part shorter than 2·L is copied as it is.
+///
+/// # Safety
+/// `x` and `out` hold `len` values and do not overlap.
+#[inline(always)]
+pub(crate) unsafe fn pair_x<V: F32Vec>(x: *const f32, len: usize, out: *mut f32) {
+    let l = V::LANES;
+    let whole = len - len % (2 * l);
+    let mut b = 0;
+    while b < whole {
+        for i in 0..l {
+            *out.add(b + i) = *x.add(b + 2 * i);
+            *out.add(b + l + i) = *x.add(b + 2 * i + 1);
+        }
+        b += 2 * l;
+    }
+    std::ptr::copy_nonoverlapping(x.add(whole), out.add(whole), len - whole);
+}
+
+/// [Σ_p x_r[p] · w[p] for r < R] over `len` bf16 weights, x_r in the layout of [`pair_x`]: a
+/// block of 2·L weights is one load, widened in-lane into its even and its odd values
+/// ([`F32Vec::load_bf16_pairs`]), each multiplied by its half of the block of x. Four
+/// accumulators per row (two blocks a step: even, odd, even, odd), reduced as
+/// ((acc₀ + acc₁) + acc₂) + acc₃ then across lanes; the last part shorter than 2·L (x in
+/// its own order there) goes into acc₀ a vector at a time. Exact widening, so this is the f32
+/// dot product of the widened weights in another summation order than [`dot_dense`]'s.
+///
+/// # Safety
+/// V's ISA must be enabled; `w` and the R rows of x (stride `ldx`) hold `len` values.
+#[inline(always)]
+unsafe fn dot_bf16_pairs<V: F32Vec, const R: usize>(
+    w: *const u16,
+    len: usize,
+    x: *const f32,
+    ldx: usize,
+) -> [f32; R] {
+    let l = V::LANES;
+    let mut acc = [[V::zero(); 4]; R];
+    let mut p = 0;
+    while p + 4 * l <= len {
+        simd::prefetch((w.add(p) as *const u8).wrapping_add(simd::STREAM_AHEAD), 4 * l * 2);
+        let (e0, o0) = V::load_bf16_pairs(w.add(p));
+        let (e1, o1) = V::load_bf16_pairs(w.add(p + 2 * l));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xr = x.add(r * ldx + p);
+            acc[0] = acc[0].mul_add(V::load(xr), e0);
+            acc[1] = acc[1].mul_add(V::load(xr.add(l)), o0);
+            acc[2] = acc[2].mul_add(V::load(xr.add(2 * l)), e1);
+            acc[3] = acc[3].mul_add(V::load(xr.add(3 * l)), o1);
+        }
+        p += 4 * l;
+    }
+    if p + 2 * l <= len {
+        let (e, o) = V::load_bf16_pairs(w.add(p));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xr = x.add(r * ldx + p);
+            acc[0] = acc[0].mul_add(V::load(xr), e);
+            acc[1] = acc[1].mul_add(V::load(xr.add(l)), o);
+        }
+        p += 2 * l;
+    }
+    while p < len {
+        let c = (len - p).min(l);
+        let wv = if c == l {
+            V::load_bf16(w.add(p))
+        } else {
+            V::load_bf16_partial(w.add(p), c)
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xp = x.add(r * ldx + p);
+            let xv = if c == l {
+                V::load(xp)
+            } else {
+                V::load_partial(xp, c)
+            };
+            acc[0] = acc[0].mul_add(xv, wv);
+        }
+        p += c;
+    }
+    let mut out = [0f32; R];
+    for (o, acc) in out.iter_mut().zip(&acc) {
+        *o = ((acc[0].add(acc[1])).add(acc[2]).add(acc[3])).hsum();
+    }
+    out
+}
+
+/// [Σ_p x_r[p] · w[p] for r < R] over `len` f32 weights, with U accumulators per row, each
 /// reduced as ((acc₀ + acc₁) + acc₂) + acc₃ then across lanes.
 ///
 /// # Safety
 /// V's ISA must be enabled; `w` and the R rows of x (stride `ldx`) hold `len` values.
 #[inline(always)]
-unsafe fn dot_dense<V: F32Vec, E: Widen, const R: usize, const U: usize>(
-    w: *const E,
+unsafe fn dot_dense<V: F32Vec, const R: usize, const U: usize>(
+    w: *const f32,
     len: usize,
     x: *const f32,
     ldx: usize,
@@ -141,9 +254,9 @@ unsafe fn dot_dense<V: F32Vec, E: Widen, const R: usize, const U: usize>(
     let mut acc = [[V::zero(); U]; R];
     let mut p = 0;
     while p + U * l <= len {
-        simd::prefetch((w.add(p) as *const u8).wrapping_add(simd::STREAM_AHEAD), U * l * std::mem::size_of::<E>());
+        simd::prefetch((w.add(p) as *const u8).wrapping_add(simd::STREAM_AHEAD), U * l * 4);
         for u in 0..U {
-            let wv = E::widen::<V>(w.add(p + u * l));
+            let wv = V::load(w.add(p + u * l));
             for (r, acc) in acc.iter_mut().enumerate() {
                 acc[u] = acc[u].mul_add(V::load(x.add(r * ldx + p + u * l)), wv);
             }
@@ -153,9 +266,9 @@ unsafe fn dot_dense<V: F32Vec, E: Widen, const R: usize, const U: usize>(
     while p < len {
         let c = (len - p).min(l);
         let wv = if c == l {
-            E::widen::<V>(w.add(p))
+            V::load(w.add(p))
         } else {
-            E::widen_partial::<V>(w.add(p), c)
+            V::load_partial(w.add(p), c)
         };
         for (r, acc) in acc.iter_mut().enumerate() {
             let xp = x.add(r * ldx + p);

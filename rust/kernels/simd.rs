@@ -180,6 +180,20 @@ pub(crate) trait F32Vec: Copy {
         std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
         Self::load_bf16(buf.as_ptr())
     }
+    /// `2·LANES` bf16 values from `p` as two vectors widened to f32 (exact): the even-indexed
+    /// values (lane i: `p[2i]`) and the odd-indexed ones (lane i: `p[2i + 1]`). Where a 32-bit
+    /// lane holds two bf16 this is in-lane work: the first by a 16-bit shift, the second by a
+    /// mask, with no widening shuffle (the bf16 GEMV's load).
+    #[inline(always)]
+    unsafe fn load_bf16_pairs(p: *const u16) -> (Self, Self) {
+        let (mut even, mut odd) = ([0u16; MAX_LANES], [0u16; MAX_LANES]);
+        debug_assert!(Self::LANES <= MAX_LANES);
+        for i in 0..Self::LANES {
+            even[i] = *p.add(2 * i);
+            odd[i] = *p.add(2 * i + 1);
+        }
+        (Self::load_bf16(even.as_ptr()), Self::load_bf16(odd.as_ptr()))
+    }
     /// [`load_i8`](Self::load_i8) of `n ≤ LANES` values, zero-filling the rest; reads nothing
     /// past `p + n`.
     #[inline(always)]

@@ -68,6 +68,13 @@ impl F32Vec for V128 {
         V128(vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p))))
     }
     #[inline(always)]
+    unsafe fn load_bf16_pairs(p: *const u16) -> (Self, Self) {
+        let v = vreinterpretq_u32_u16(vld1q_u16(p)); // 8 × bf16, two per 32-bit lane
+        let even = vshlq_n_u32::<16>(v);
+        let odd = vandq_u32(v, vdupq_n_u32(0xffff_0000));
+        (V128(vreinterpretq_f32_u32(even)), V128(vreinterpretq_f32_u32(odd)))
+    }
+    #[inline(always)]
     unsafe fn load_i8(p: *const i8) -> Self {
         // 4 bytes only: never read past p + 4.
         let w = std::ptr::read_unaligned(p as *const i32);

@@ -106,6 +106,13 @@ impl F32Vec for V256 {
         V256(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h))))
     }
     #[inline(always)]
+    unsafe fn load_bf16_pairs(p: *const u16) -> (Self, Self) {
+        let v = _mm256_loadu_si256(p as *const __m256i); // 16 × bf16, two per 32-bit lane
+        let even = _mm256_slli_epi32::<16>(v);
+        let odd = _mm256_and_si256(v, _mm256_set1_epi32(0xffff_0000u32 as i32));
+        (V256(_mm256_castsi256_ps(even)), V256(_mm256_castsi256_ps(odd)))
+    }
+    #[inline(always)]
     unsafe fn load_i8(p: *const i8) -> Self {
         let b = _mm_loadl_epi64(p as *const __m128i); // 8 × i8
         V256(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)))
@@ -225,6 +232,13 @@ impl F32Vec for V512 {
     unsafe fn load_bf16(p: *const u16) -> Self {
         let h = _mm256_loadu_si256(p as *const __m256i); // 16 × bf16
         V512(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))))
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pairs(p: *const u16) -> (Self, Self) {
+        let v = _mm512_loadu_si512(p as *const _); // 32 × bf16, two per 32-bit lane
+        let even = _mm512_slli_epi32::<16>(v);
+        let odd = _mm512_and_si512(v, _mm512_set1_epi32(0xffff_0000u32 as i32));
+        (V512(_mm512_castsi512_ps(even)), V512(_mm512_castsi512_ps(odd)))
     }
     #[inline(always)]
     unsafe fn load_i8(p: *const i8) -> Self {
