@@ -213,29 +213,8 @@ unsafe fn dot_bf16_pairs<V: F32Vec, const R: usize>(
         }
         p += 2 * l;
     }
-    while p < len {
-        let c = (len - p).min(l);
-        let wv = if c == l {
-            V::load_bf16(w.add(p))
-        } else {
-            V::load_bf16_partial(w.add(p), c)
-        };
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let xp = x.add(r * ldx + p);
-            let xv = if c == l {
-                V::load(xp)
-            } else {
-                V::load_partial(xp, c)
-            };
-            acc[0] = acc[0].mul_add(xv, wv);
-        }
-        p += c;
-    }
-    let mut out = [0f32; R];
-    for (o, acc) in out.iter_mut().zip(&acc) {
-        *o = ((acc[0].add(acc[1])).add(acc[2]).add(acc[3])).hsum();
-    }
-    out
+    dot_tail::<V, u16, R, 4>(w, p, len, x, ldx, &mut acc);
+    reduce(&acc)
 }
 
 /// [Σ_p x_r[p] · w[p] for r < R] over `len` f32 weights, with U accumulators per row, each
@@ -263,12 +242,31 @@ unsafe fn dot_dense<V: F32Vec, const R: usize, const U: usize>(
         }
         p += U * l;
     }
+    dot_tail::<V, f32, R, U>(w, p, len, x, ldx, &mut acc);
+    reduce(&acc)
+}
+
+/// The last `len - p` weights of a row (fewer than a step of its dot kernel) into each row's
+/// first accumulator, a vector at a time, x in its own order there.
+///
+/// # Safety
+/// As the dot kernel that calls it.
+#[inline(always)]
+unsafe fn dot_tail<V: F32Vec, E: Widen, const R: usize, const U: usize>(
+    w: *const E,
+    mut p: usize,
+    len: usize,
+    x: *const f32,
+    ldx: usize,
+    acc: &mut [[V; U]; R],
+) {
+    let l = V::LANES;
     while p < len {
         let c = (len - p).min(l);
         let wv = if c == l {
-            V::load(w.add(p))
+            E::widen::<V>(w.add(p))
         } else {
-            V::load_partial(w.add(p), c)
+            E::widen_partial::<V>(w.add(p), c)
         };
         for (r, acc) in acc.iter_mut().enumerate() {
             let xp = x.add(r * ldx + p);
@@ -281,8 +279,13 @@ unsafe fn dot_dense<V: F32Vec, const R: usize, const U: usize>(
         }
         p += c;
     }
+}
+
+/// Each row's accumulators summed as ((acc₀ + acc₁) + acc₂) + … then across lanes.
+#[inline(always)]
+unsafe fn reduce<V: F32Vec, const R: usize, const U: usize>(acc: &[[V; U]; R]) -> [f32; R] {
     let mut out = [0f32; R];
-    for (o, acc) in out.iter_mut().zip(&acc) {
+    for (o, acc) in out.iter_mut().zip(acc) {
         let mut s = acc[0];
         for a in &acc[1..] {
             s = s.add(*a);
