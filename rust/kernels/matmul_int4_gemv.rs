@@ -141,6 +141,7 @@ unsafe fn load_unit_vnni(g: &Q8, j: usize, u: usize) -> UnitW {
     // requests then tile the weights without gaps (rows are contiguous; with k = 576 a row's
     // last 32 bytes were otherwise never asked for)
     simd::prefetch(p.wrapping_add(simd::STREAM_AHEAD), 128);
+    simd::prefetch_l2(p.wrapping_add(simd::STREAM_AHEAD_L2), 128);
     if left >= UNIT_GROUPS {
         UnitW {
             w: [_mm512_loadu_si512(p as *const __m512i), _mm512_loadu_si512(p.add(64) as *const __m512i)],

@@ -192,7 +192,9 @@ unsafe fn dot_bf16_pairs<V: F32Vec, const R: usize>(
     let mut acc = [[V::zero(); 4]; R];
     let mut p = 0;
     while p + 4 * l <= len {
-        simd::prefetch((w.add(p) as *const u8).wrapping_add(simd::STREAM_AHEAD), 4 * l * 2);
+        let wp = w.add(p) as *const u8;
+        simd::prefetch(wp.wrapping_add(simd::STREAM_AHEAD), 4 * l * 2);
+        simd::prefetch_l2(wp.wrapping_add(simd::STREAM_AHEAD_L2), 4 * l * 2);
         let (e0, o0) = V::load_bf16_pairs(w.add(p));
         let (e1, o1) = V::load_bf16_pairs(w.add(p + 2 * l));
         for (r, acc) in acc.iter_mut().enumerate() {
