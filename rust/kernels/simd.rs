@@ -760,24 +760,29 @@ pub(crate) const STREAM_AHEAD_L2: usize = 16 * 1024;
 /// kernel's loads. Only a hint: an address past the end of the data reads nothing.
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..bytes).step_by(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch never faults, whatever the address
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, bytes);
+    request_lines::<false>(p, bytes)
 }
 
 /// [`prefetch`] into L2 only (for a request further ahead than the L1 one).
 #[inline(always)]
 pub(crate) fn prefetch_l2(p: *const u8, bytes: usize) {
+    request_lines::<true>(p, bytes)
+}
+
+#[inline(always)]
+fn request_lines<const L2: bool>(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..bytes).step_by(64) {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        let a = p.wrapping_add(line) as *const i8;
         // SAFETY: a prefetch never faults, whatever the address
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(line) as *const i8) };
+        unsafe {
+            if L2 {
+                _mm_prefetch::<_MM_HINT_T1>(a)
+            } else {
+                _mm_prefetch::<_MM_HINT_T0>(a)
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, bytes);
