@@ -750,10 +750,11 @@ pub(crate) const STREAM_AHEAD: usize = 4096;
 /// (Zen 4), a C copy of the bf16 GEMV over llama-135m's matrices, 1 thread, 3 rounds alternated
 /// in one process, GB/s: L1 at 4 KiB 16.5–17.1 (in another run 18.1–18.7), none 14.8–15.6
 /// (19.9–20.5), L2 at 16 KiB 18.0–18.6 (22.3–23.1), both 18.2–18.7: so both, which keeps the
-/// L1 requests the Zen 5 EPYC needed. Whole decodes there, builds alternated (llama-135m, 4–5
-/// pairs, pair ratios): BF16 1.44 at 1 thread and 1.16 at 2, INT4 1.29 and 1.23; gpt2-124m
-/// BF16 1.43 and 1.24. Not for f32 (0.86 at 1 thread: four times the lines per multiply-add)
-/// nor INT8's W8A16 GEMV (1.02 and 1.01).
+/// L1 requests the Zen 5 EPYC needed. Whole decodes there, builds before and after alternated
+/// (llama-135m, 4–5 pairs, median pair ratios): BF16 1.45 at 1 thread and 1.20 at 2, INT4 1.13
+/// and 1.03; gpt2-124m BF16 1.43 and 1.24. With the L2 requests in every GEMV, f32 decoded at
+/// 0.86 at 1 thread (four times the lines per multiply-add) and INT8's W8A16 at 1.02 and 1.01,
+/// so those two keep the L1 requests only.
 pub(crate) const STREAM_AHEAD_L2: usize = 16 * 1024;
 
 /// Asks for the `bytes` (whole 64-byte lines) from `p` on into L1, ahead of a streaming
