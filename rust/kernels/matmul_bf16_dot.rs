@@ -32,8 +32,9 @@ const MC: usize = 192;
 const NC: usize = 96;
 /// Register tile: MR rows of x × NR rows of w, NR / 16 vectors per row of x (24 accumulators
 /// of the 32 vector registers). A C copy of the kernel on the Zen 4 EPYC, operands in cache:
-/// 8 × 48 at 226–230 GFLOP/s, 6 × 64 234, 12 × 32 244 (but 132 rows for 128), against a peak
-/// of 228–233 for `vdpbf16ps` alone; the earlier 4 × 6 tile along k, 175–190.
+/// 8 × 48 at 226–230 GFLOP/s, 6 × 64 234, 12 × 32 244 (but 132 rows for 128; in the library
+/// no faster than 8 × 48), against a peak of 228–233 for `vdpbf16ps` alone. The GEMM with the
+/// earlier 4 × 6 tile along k ran at 160–190 there.
 const MR: usize = 8;
 const NR: usize = 48;
 /// Vectors of 16 outputs per row of a tile.
