@@ -137,8 +137,10 @@ unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc:
         let tile = dst.add(t0 * pairs * 2);
         for p in (0..kc).step_by(L) {
             let cnt = (kc - p).min(L);
-            let mut b: [__m512i; 16] =
-                std::array::from_fn(|r| if r < MR && t0 + r < rows { x_bf16(x.add((i0 + t0 + r) * k + k0 + p), cnt) } else { _mm512_setzero_si512() });
+            let mut b = [_mm512_setzero_si512(); 16];
+            for (r, b) in b.iter_mut().enumerate().take(MR.min(rows - t0)) {
+                *b = x_bf16(x.add((i0 + t0 + r) * k + k0 + p), cnt);
+            }
             amx::transpose16(&mut b);
             // pair p / 2 + q: the MR rows' lanes (the first MR of the 16)
             for (q, v) in b.iter().enumerate() {
