@@ -152,34 +152,6 @@ pub(crate) unsafe fn transpose16(r: &mut [__m512i; 16]) {
     *r = t;
 }
 
-/// Rows `i0..i0 + rows` of the f32 x (row stride `k`) as B tiles, `tiles` of them (rows past
-/// `rows` zero): `dst[tile][step][pair p][row r]` holds bf16(x[r][2p]), bf16(x[r][2p + 1])
-/// (round to nearest even; k past its end zero).
-#[inline(always)]
-unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, tiles: usize, dst: *mut u16) {
-    let steps = k.div_ceil(L);
-    let mut d = dst as *mut __m512i;
-    for tile in 0..tiles {
-        for s in 0..steps {
-            let (p, cnt) = (s * L, (k - s * L).min(L));
-            let mut v = [_mm512_setzero_si512(); 16];
-            for (r, v) in v.iter_mut().enumerate() {
-                let row = tile * T + r;
-                if row >= rows {
-                    break;
-                }
-                // 32-bit lane p: the pair (2p, 2p + 1)
-                *v = dot::x_bf16(x.add((i0 + row) * k + p), cnt);
-            }
-            transpose16(&mut v);
-            for v in v {
-                _mm512_storeu_si512(d, v);
-                d = d.add(1);
-            }
-        }
-    }
-}
-
 /// Steps of k per call of [`steps`]; between calls a share of the next rows of w is
 /// prefetched, so that the requests spread over the block's multiplies.
 const CHUNK: usize = 4;
@@ -320,7 +292,8 @@ unsafe fn region(g: &Region) {
     while ib < r1 {
         let rows = mc.min(r1 - ib);
         let xtiles = rows.div_ceil(B) * 2;
-        pack_x(g.x, k, ib, rows, xtiles, xbuf.as_mut_ptr());
+        // B tiles: `dst[tile][step][pair p][row r]` holds bf16(x[r][2p]), bf16(x[r][2p + 1])
+        dot::pack_x_pairs::<T>(g.x, k, ib, rows, xtiles, 0, k, xbuf.as_mut_ptr());
         let mut jb = c0;
         while jb < c1 {
             let nc = B.min(c1 - jb);

@@ -113,7 +113,7 @@ unsafe fn pack<const T: usize>(rows: usize, kc: usize, dst: *mut u16, w: &impl R
 /// The `cnt ≤ 32` f32 values at `src` as 32 bf16 (round to nearest even; past `cnt` zero), in
 /// order: 16-bit lane p holds value p, so 32-bit lane p holds the pair (2p, 2p + 1).
 #[inline(always)]
-pub(crate) unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
+unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
     let (lo, hi) = if cnt == L {
         (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
     } else {
@@ -127,33 +127,34 @@ pub(crate) unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
 }
 
 /// Rows `i0..i0 + rows` × columns `k0..k0 + kc` of the f32 x (row stride `k`) as bf16 rounded
-/// to nearest even, packed as pairs for the broadcast tile: `dst[tile][pair][MR]`, 32-bit lane
-/// r of a pair holding row r's values (2p, 2p + 1); each tile `kc.div_ceil(L) · 16` pairs long,
-/// rows past `rows` and columns past `kc` zero.
+/// to nearest even, packed as pairs, R ≤ 16 rows per tile, `tiles` tiles:
+/// `dst[tile][pair][R]`, 32-bit lane r of a pair holding row r's values (2p, 2p + 1); each tile
+/// `kc.div_ceil(L) · 16` pairs long, rows past `rows` and columns past `kc` zero. The broadcast
+/// tile's x (R = MR) and the AMX kernel's B tiles (R = 16, all of k).
 #[inline(always)]
-unsafe fn pack_x(x: *const f32, k: usize, i0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn pack_x_pairs<const R: usize>(x: *const f32, k: usize, i0: usize, rows: usize, tiles: usize, k0: usize, kc: usize, dst: *mut u16) {
     let pairs = kc.div_ceil(L) * 16;
-    for t0 in (0..rows).step_by(MR) {
+    for t0 in (0..tiles * R).step_by(R) {
         let tile = dst.add(t0 * pairs * 2);
         for p in (0..kc).step_by(L) {
             let cnt = (kc - p).min(L);
             let mut b = [_mm512_setzero_si512(); 16];
-            for (r, b) in b.iter_mut().enumerate().take(MR.min(rows - t0)) {
+            for (r, b) in b.iter_mut().enumerate().take(R.min(rows.saturating_sub(t0))) {
                 *b = x_bf16(x.add((i0 + t0 + r) * k + k0 + p), cnt);
             }
             amx::transpose16(&mut b);
-            // pair p / 2 + q: the MR rows' lanes (the first MR of the 16)
+            // pair p / 2 + q: the R rows' lanes (the first R of the 16)
             for (q, v) in b.iter().enumerate() {
-                _mm256_storeu_si256(tile.add((p / 2 + q) * MR * 2) as *mut __m256i, _mm512_castsi512_si256(*v));
+                let d = tile.add((p / 2 + q) * R * 2);
+                if R == 16 {
+                    _mm512_storeu_si512(d as *mut __m512i, *v);
+                } else {
+                    _mm512_mask_storeu_epi32(d as *mut i32, mask16(R), *v);
+                }
             }
         }
     }
-}
-
-/// An f16 scale or minimum widened by F16C (exact).
-#[inline(always)]
-unsafe fn f16(h: u16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
 }
 
 /// Rows of w as the packing reads them: `load(r, p, cnt)` is row `j0 + r` from column `k0 + p`
@@ -209,7 +210,7 @@ impl Rows for Int8Rows {
         };
         // the 32 values lie in one group (group % L == 0, col % L == 0)
         let gi = if self.shift != u32::MAX { col >> self.shift } else { col / self.group };
-        let s = _mm512_set1_ps(f16(*self.scales.add(row * self.ng + gi)));
+        let s = _mm512_set1_ps(simd::f16_to_f32_f16c(*self.scales.add(row * self.ng + gi)));
         let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
         let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
         std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
@@ -235,8 +236,8 @@ impl Rows for Int4Rows {
         let v = _mm_loadu_si128(self.q.add(row * self.row_bytes + gi * 16) as *const __m128i);
         let nib = _mm_set1_epi8(0x0f);
         let (lo, hi) = (_mm_and_si128(v, nib), _mm_and_si128(_mm_srli_epi16::<4>(v), nib));
-        let d = _mm512_set1_ps(f16(*self.scales.add(row * self.ng + gi)));
-        let m = _mm512_set1_ps(f16(*self.mins.add(row * self.ng + gi)));
+        let d = _mm512_set1_ps(simd::f16_to_f32_f16c(*self.scales.add(row * self.ng + gi)));
+        let m = _mm512_set1_ps(simd::f16_to_f32_f16c(*self.mins.add(row * self.ng + gi)));
         let lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), d, m);
         let hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)), d, m);
         let b = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
@@ -417,7 +418,7 @@ unsafe fn region(g: &Region) {
         let mut ib = r0;
         while ib < r1 {
             let mc = mc_max.min(r1 - ib);
-            pack_x(g.x, k, ib, mc, k0, kc, xbuf.as_mut_ptr());
+            pack_x_pairs::<MR>(g.x, k, ib, mc, mc.div_ceil(MR), k0, kc, xbuf.as_mut_ptr());
             let mut jb = c0;
             while jb < c1 {
                 let nc = nc_max.min(c1 - jb);
@@ -474,4 +475,46 @@ pub(crate) unsafe fn matmul_vdp(pool: &ThreadPool, x: &[f32], w: Weights, y: &mu
     let whole = &whole; // captured whole: its raw-pointer fields are not Sync on their own
     // SAFETY: the caller's contract; run_parts hands out disjoint rectangles of y.
     run_parts(pool, m, n, k, Split::Tiles { mr: MR, nr: NR }, |rows, cols| unsafe { region(&Region { rows, cols, ..*whole }) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quant::f32_to_bf16;
+    use crate::kernels::test_rng::Rng;
+
+    /// [`pack_x_pairs`] against its documented layout, element by element: 8 and 16 rows per
+    /// tile, k and its blocks cut anywhere, a last tile part rows, part zero, and a tile past
+    /// the rows (all zero).
+    #[test]
+    fn x_pairs_follow_their_layout() {
+        if !available() {
+            eprintln!("no AVX512-BF16 here: skipped");
+            return;
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn check<const R: usize>(rng: &mut Rng, m: usize, k: usize, i0: usize, rows: usize, tiles: usize, k0: usize, kc: usize) {
+            let x = rng.vec(m * k);
+            let pairs = kc.div_ceil(L) * 16;
+            let mut got = vec![0xffffu16; tiles * R * pairs * 2];
+            // SAFETY: rows i0..i0 + rows of x exist, got holds `tiles` tiles.
+            unsafe { pack_x_pairs::<R>(x.as_ptr(), k, i0, rows, tiles, k0, kc, got.as_mut_ptr()) };
+            for t in 0..tiles {
+                for p in 0..pairs {
+                    for r in 0..R {
+                        for h in 0..2 {
+                            let (row, col) = (t * R + r, 2 * p + h);
+                            let want = if row < rows && col < kc { f32_to_bf16(x[(i0 + row) * k + k0 + col]) } else { 0 };
+                            assert_eq!(got[((t * pairs + p) * R + r) * 2 + h], want, "R={R} k={k} kc={kc} tile {t} pair {p} row {r}");
+                        }
+                    }
+                }
+            }
+        }
+        let mut rng = Rng(17);
+        check::<8>(&mut rng, 21, 100, 2, 19, 3, 32, 68);
+        check::<8>(&mut rng, 8, 64, 0, 8, 1, 0, 64);
+        check::<16>(&mut rng, 40, 77, 3, 21, 4, 0, 77);
+        check::<16>(&mut rng, 16, 33, 0, 16, 1, 0, 33);
+    }
 }

@@ -870,10 +870,10 @@ mod x86 {
         unsafe fn scales8(g: &Q8, j: usize, gi: usize) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(g.ws.add(j * g.ng + gi) as *const __m128i))
         }
-        /// Scale of group gi of row j (F16C: `f16_to_f32`'s value in one instruction).
+        /// Scale of group gi of row j (F16C).
         #[inline(always)]
         unsafe fn scale(g: &Q8, j: usize, gi: usize) -> f32 {
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(*g.ws.add(j * g.ng + gi)))))
+            simd::f16_to_f32_f16c(*g.ws.add(j * g.ng + gi))
         }
     }
 

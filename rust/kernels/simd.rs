@@ -757,6 +757,17 @@ pub(crate) const STREAM_AHEAD: usize = 4096;
 /// so those two keep the L1 requests only.
 pub(crate) const STREAM_AHEAD_L2: usize = 16 * 1024;
 
+/// An IEEE half as f32 by F16C, one instruction: [`crate::kernels::quant::f16_to_f32`]'s value.
+///
+/// # Safety
+/// The CPU has F16C (the caller's target features should include it, so that it inlines).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn f16_to_f32_f16c(h: u16) -> f32 {
+    use std::arch::x86_64::{_mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32};
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+}
+
 /// Asks for the `bytes` (whole 64-byte lines) from `p` on into L1, ahead of a streaming
 /// kernel's loads. Only a hint: an address past the end of the data reads nothing.
 #[inline(always)]
