@@ -67,8 +67,8 @@ impl MatmulProbe {
         let mut values: Vec<f32> = memory::with_capacity(n, what)?;
         values.extend((0..n).map(|_| (rng.uniform() * 2.0 - 1.0) as f32));
         let weight = match precision {
-            Precision::F32 => WeightData::F32(values),
-            Precision::Bf16 => WeightData::Bf16(f32_to_bf16_vec(&values)),
+            Precision::F32 => WeightData::F32(values.into()),
+            Precision::Bf16 => WeightData::Bf16(f32_to_bf16_vec(&values).into()),
             Precision::Int8 => WeightData::Int8(QuantizedI8::quantize_with_group(&values, rows, cols, GROUP)),
             Precision::Int4 => WeightData::Int4(QuantizedI4::quantize(&values, rows, cols)),
         };

@@ -2,6 +2,7 @@
 //! SIMD/threaded kernels, a preallocated KV cache and seeded sampling. Pure Rust: the Python
 //! bindings live in `python/` behind the `python` feature.
 
+pub mod arena;
 pub mod bandwidth;
 pub mod error;
 pub mod kernels;

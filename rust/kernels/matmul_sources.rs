@@ -191,10 +191,15 @@ unsafe fn dot_bf16_pairs<V: F32Vec, const R: usize>(
     let l = V::LANES;
     let mut acc = [[V::zero(); 4]; R];
     let mut p = 0;
+    let ahead = simd::bf16_gemv_ahead();
     while p + 4 * l <= len {
         let wp = w.add(p) as *const u8;
-        simd::prefetch(wp.wrapping_add(simd::STREAM_AHEAD), 4 * l * 2);
-        simd::prefetch_l2(wp.wrapping_add(simd::STREAM_AHEAD_L2), 4 * l * 2);
+        if ahead.l1 != 0 {
+            simd::prefetch(wp.wrapping_add(ahead.l1), 4 * l * 2);
+        }
+        if ahead.l2 != 0 {
+            simd::prefetch_l2(wp.wrapping_add(ahead.l2), 4 * l * 2);
+        }
         let (e0, o0) = V::load_bf16_pairs(w.add(p));
         let (e1, o1) = V::load_bf16_pairs(w.add(p + 2 * l));
         for (r, acc) in acc.iter_mut().enumerate() {

@@ -11,6 +11,7 @@
 //!   The dequantized weight is `q as f32 * scale`; `|w - q·scale| ≤ scale / 2`.
 
 use crate::error::{Error, Result};
+use crate::arena::Buf;
 
 /// f32 → bf16 bits, rounding to nearest with ties to even. NaN maps to a quiet NaN with
 /// the same sign; values beyond the largest finite bf16 round to ±inf (as RNE does).
@@ -210,9 +211,9 @@ pub struct QuantizedI8 {
     pub cols: usize,
     pub group: usize,
     /// q: [rows, cols]
-    pub q: Vec<i8>,
+    pub q: Buf<i8>,
     /// scales: [rows, ceil(cols / group)], IEEE half bits
-    pub scales: Vec<u16>,
+    pub scales: Buf<u16>,
 }
 
 impl QuantizedI8 {
@@ -250,8 +251,8 @@ impl QuantizedI8 {
             rows,
             cols,
             group,
-            q,
-            scales,
+            q: q.into(),
+            scales: scales.into(),
         }
     }
 
@@ -262,9 +263,10 @@ impl QuantizedI8 {
         rows: usize,
         cols: usize,
         group: usize,
-        q: Vec<i8>,
-        scales: Vec<u16>,
+        q: impl Into<Buf<i8>>,
+        scales: impl Into<Buf<u16>>,
     ) -> Result<QuantizedI8> {
+        let (q, scales) = (q.into(), scales.into());
         if group == 0 {
             return Err(Error::Tensor("int8 group size must be >= 1".into()));
         }
@@ -419,11 +421,11 @@ pub struct QuantizedI4 {
     pub rows: usize,
     pub cols: usize,
     /// q: [rows, ceil(cols / 32) · 16] packed nibbles
-    pub q: Vec<u8>,
+    pub q: Buf<u8>,
     /// d: [rows, ceil(cols / 32)] f16 bits
-    pub scales: Vec<u16>,
+    pub scales: Buf<u16>,
     /// m: [rows, ceil(cols / 32)] f16 bits
-    pub mins: Vec<u16>,
+    pub mins: Buf<u16>,
 }
 
 /// GGUF block kinds that hold 32 values each and map exactly onto a ferrolm weight format.
@@ -487,7 +489,7 @@ impl GgufWeight {
                 scales.push(half(block, 0));
                 q.extend(block[2..].iter().map(|&b| b as i8));
             }
-            return Ok(GgufWeight::I8(QuantizedI8 { rows, cols, group: 32, q, scales }));
+            return Ok(GgufWeight::I8(QuantizedI8 { rows, cols, group: 32, q: q.into(), scales: scales.into() }));
         }
         let mut scales = crate::memory::with_capacity(rows * ng, what)?;
         let mut q = crate::memory::with_capacity(rows * ng * I4_GROUP_BYTES, what)?;
@@ -508,7 +510,7 @@ impl GgufWeight {
             mins.push(m);
             q.extend_from_slice(nibbles);
         }
-        Ok(GgufWeight::I4(QuantizedI4 { rows, cols, q, scales, mins }))
+        Ok(GgufWeight::I4(QuantizedI4 { rows, cols, q: q.into(), scales: scales.into(), mins: mins.into() }))
     }
 
     /// The values as f32 `[rows, cols]` (what the gguf package's dequantize gives).
@@ -560,12 +562,13 @@ impl QuantizedI4 {
                 }
             }
         }
-        QuantizedI4 { rows, cols, q, scales, mins }
+        QuantizedI4 { rows, cols, q: q.into(), scales: scales.into(), mins: mins.into() }
     }
 
     /// Builds from raw parts (e.g. a checkpoint), checking every length and that scales and
     /// minimums are finite. Errors are [`Error::Tensor`].
-    pub fn from_parts(rows: usize, cols: usize, q: Vec<u8>, scales: Vec<u16>, mins: Vec<u16>) -> Result<QuantizedI4> {
+    pub fn from_parts(rows: usize, cols: usize, q: impl Into<Buf<u8>>, scales: impl Into<Buf<u16>>, mins: impl Into<Buf<u16>>) -> Result<QuantizedI4> {
+        let (q, scales, mins) = (q.into(), scales.into(), mins.into());
         let ng = cols.div_ceil(I4_GROUP);
         let groups = rows.checked_mul(ng).ok_or_else(|| Error::Tensor(format!("int4 shape {rows}x{cols} overflows")))?;
         if Some(q.len()) != groups.checked_mul(I4_GROUP_BYTES) {
@@ -857,8 +860,8 @@ mod tests {
         // clips; a group whose scale underflows f16 (max|w| ≈ 1e-9) quantizes to zeros
         let w = [1.0e7f32, -4.0e6, 2.0, 1.0e-9, -2.0e-9, 0.0];
         let qw = QuantizedI8::quantize_with_group(&w, 2, 3, 3);
-        assert_eq!(qw.scales, vec![0x7bff, 0]);
-        assert_eq!(qw.q, vec![127, -61, 0, 0, 0, 0]);
+        assert_eq!(qw.scales.to_vec(), vec![0x7bff, 0]);
+        assert_eq!(qw.q.to_vec(), vec![127, -61, 0, 0, 0, 0]);
         assert!(qw.dequantize().iter().all(|v| v.is_finite()));
         // a subnormal f16 scale is still used (max|w| = 1e-4: scale ≈ 7.9e-7)
         let small = QuantizedI8::quantize_with_group(&[1.0e-4f32, -5.0e-5], 1, 2, 2);

@@ -165,7 +165,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::super::export::tests::{build, checkpoint_names, GPT2, LLAMA};
-    use super::super::linear::{Precision, WeightData};
+    use super::super::linear::{Linear, Precision, WeightData};
     use super::*;
     use crate::kv_cache::{KvCache, KvDtype};
     use crate::model::forward::{forward, Scratch};
@@ -183,6 +183,41 @@ mod tests {
         let e = m.export_entries().into_iter().find(|e| e.name == name).unwrap();
         let bytes = m.export_bytes(&e).unwrap();
         bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    #[test]
+    fn quantized_weights_lie_in_one_arena_in_decode_order_with_the_same_logits() {
+        for config in [LLAMA, GPT2] {
+            for precision in [Precision::F32, Precision::Bf16, Precision::Int8, Precision::Int4] {
+                let mut m = build(config, precision, &checkpoint_names(config));
+                // where loading left them in the heap (their 2 MiB pages in huge pages already)
+                m.move_quantized_weights().unwrap();
+                // the layers' matrices, then the lm_head and the embedding, one after the other
+                let mut order: Vec<&Linear> = m.layers.iter().flat_map(|l| [&l.qkv, &l.o, &l.up, &l.down]).collect();
+                order.extend(m.lm_head.as_ref());
+                order.push(&m.embed);
+                let at: Vec<usize> = order.iter().map(|l| l.weight.spans()[0].0).collect();
+                let quantized = matches!(precision, Precision::Int8 | Precision::Int4);
+                assert!(order.iter().all(|l| l.weight.is_placed() == quantized), "{precision:?}");
+                if quantized {
+                    assert!(at.windows(2).all(|w| w[0] < w[1]), "{precision:?}: {at:x?}");
+                    assert_eq!(at[0] % (2 << 20), 0, "the arena starts on a 2 MiB boundary");
+                }
+                // heap copies of the same values give the same logits, bit for bit
+                let mut heap = m.clone();
+                let own = |l: &mut Linear| l.weight = Arc::new((*l.weight).clone());
+                own(&mut heap.embed);
+                if let Some(l) = heap.lm_head.as_mut() {
+                    own(l);
+                }
+                for l in heap.layers.iter_mut() {
+                    [&mut l.qkv, &mut l.o, &mut l.up, &mut l.down].into_iter().for_each(own);
+                }
+                assert!(!heap.lm_head().weight.is_placed() && !heap.layers[1].down.weight.is_placed());
+                let tokens = [3, 1, 4, 1, 5];
+                assert_eq!(logits(&m, &tokens), logits(&heap, &tokens), "{precision:?}");
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::arena::Buf;
 use crate::error::{Error, Result};
 use crate::kernels::matmul_bf16::{bf16_path_for, matmul_bf16_path};
 use crate::kernels::matmul_f32::{f32_path_for, matmul_f32_path};
@@ -45,9 +46,9 @@ impl Precision {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WeightData {
     /// w: [out, in] row-major FP32.
-    F32(Vec<f32>),
+    F32(Buf<f32>),
     /// w: [out, in] row-major bfloat16 bits.
-    Bf16(Vec<u16>),
+    Bf16(Buf<u16>),
     /// w: [out, in] int8 with per-row, per-group f16 scales.
     Int8(QuantizedI8),
     /// w: [out, in] packed int4 with per-row, per-group f16 scales and minimums.
@@ -65,6 +66,26 @@ impl WeightData {
             WeightData::Bf16(w) => vec![span_of(w)],
             WeightData::Int8(q) => vec![span_of(&q.q), span_of(&q.scales)],
             WeightData::Int4(q) => vec![span_of(&q.q), span_of(&q.scales), span_of(&q.mins)],
+        }
+    }
+
+    /// Whether the values lie in an arena ([`crate::arena::place`]).
+    pub fn is_placed(&self) -> bool {
+        match self {
+            WeightData::F32(w) => w.is_placed(),
+            WeightData::Bf16(w) => w.is_placed(),
+            WeightData::Int8(q) => q.q.is_placed(),
+            WeightData::Int4(q) => q.q.is_placed(),
+        }
+    }
+
+    /// The weight's buffers, for [`crate::arena::place`].
+    pub fn movables(&mut self) -> Vec<&mut dyn crate::arena::Movable> {
+        match self {
+            WeightData::F32(w) => vec![w],
+            WeightData::Bf16(w) => vec![w],
+            WeightData::Int8(q) => vec![&mut q.q, &mut q.scales],
+            WeightData::Int4(q) => vec![&mut q.q, &mut q.scales, &mut q.mins],
         }
     }
 
@@ -172,7 +193,7 @@ impl Linear {
     }
 
     pub fn f32(w: Vec<f32>, out_features: usize, in_features: usize, bias: Option<Vec<f32>>) -> Result<Self> {
-        Self::new(WeightData::F32(w), out_features, in_features, bias)
+        Self::new(WeightData::F32(w.into()), out_features, in_features, bias)
     }
 
     /// Stacks the rows of several layers reading the same input (q/k/v, gate/up) into one.
@@ -383,13 +404,13 @@ impl Linear {
     }
 }
 
-fn concat_vecs<T>(parts: impl Iterator<Item = Vec<T>>) -> Vec<T> {
-    let parts: Vec<Vec<T>> = parts.collect();
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for p in parts {
-        out.extend(p);
+fn concat_vecs<T: Copy>(parts: impl Iterator<Item = Buf<T>>) -> Buf<T> {
+    let parts: Vec<Buf<T>> = parts.collect();
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in &parts {
+        out.extend_from_slice(p);
     }
-    out
+    out.into()
 }
 
 #[cfg(test)]
@@ -410,11 +431,11 @@ mod tests {
             Linear::concat(vec![la, lb]).unwrap()
         };
         let cat: Vec<f32> = a.iter().chain(&b).copied().collect();
-        let f = fused(WeightData::F32(a.clone()), WeightData::F32(b.clone()));
-        assert_eq!(*f.weight, WeightData::F32(cat.clone()));
+        let f = fused(WeightData::F32(a.clone().into()), WeightData::F32(b.clone().into()));
+        assert_eq!(*f.weight, WeightData::F32(cat.clone().into()));
         assert_eq!(f.bias, Some(vec![1.0, 2.0, 3.0, 4.0, 5.0]));
-        let f = fused(WeightData::Bf16(f32_to_bf16_vec(&a)), WeightData::Bf16(f32_to_bf16_vec(&b)));
-        assert_eq!(*f.weight, WeightData::Bf16(f32_to_bf16_vec(&cat)));
+        let f = fused(WeightData::Bf16(f32_to_bf16_vec(&a).into()), WeightData::Bf16(f32_to_bf16_vec(&b).into()));
+        assert_eq!(*f.weight, WeightData::Bf16(f32_to_bf16_vec(&cat).into()));
         let f = fused(
             WeightData::Int8(QuantizedI8::quantize(&a, 3, 70)),
             WeightData::Int8(QuantizedI8::quantize(&b, 2, 70)),
@@ -435,7 +456,7 @@ mod tests {
         let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
         let layers = [
             Linear::f32(w.clone(), n, k, Some(bias.clone())).unwrap(),
-            Linear::new(WeightData::Bf16(f32_to_bf16_vec(&w)), n, k, Some(bias.clone())).unwrap(),
+            Linear::new(WeightData::Bf16(f32_to_bf16_vec(&w).into()), n, k, Some(bias.clone())).unwrap(),
             Linear::new(WeightData::Int8(QuantizedI8::quantize(&w, n, k)), n, k, Some(bias)).unwrap(),
         ];
         for threads in [1, 2, 3] {
@@ -468,7 +489,7 @@ mod tests {
     #[test]
     fn concat_refuses_mixed_parts() {
         let la = Linear::f32(ramp(70, 0.01), 1, 70, None).unwrap();
-        let lb = Linear::new(WeightData::Bf16(vec![0; 70]), 1, 70, None).unwrap();
+        let lb = Linear::new(WeightData::Bf16(vec![0; 70].into()), 1, 70, None).unwrap();
         assert!(matches!(Linear::concat(vec![la.clone(), lb]), Err(Error::Tensor(_))));
         let lc = Linear::f32(ramp(71, 0.01), 1, 71, None).unwrap();
         assert!(matches!(Linear::concat(vec![la, lc]), Err(Error::Tensor(_))));
@@ -488,7 +509,7 @@ mod tests {
             (0..n).map(|j| (0..k).map(|p| x[p] * wd[j * k + p]).sum::<f32>() + bias[j]).collect()
         };
         let bf = f32_to_bf16_vec(&w);
-        let lin = Linear::new(WeightData::Bf16(bf.clone()), n, k, Some(bias.clone())).unwrap();
+        let lin = Linear::new(WeightData::Bf16(bf.clone().into()), n, k, Some(bias.clone())).unwrap();
         let mut y = vec![0.0; n];
         lin.forward(&pool, &x, &mut y, 1);
         let want = reference(&bf.iter().map(|&b| bf16_to_f32(b)).collect::<Vec<_>>());

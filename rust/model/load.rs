@@ -141,7 +141,7 @@ pub(crate) fn take_weights(c: &ModelConfig, store: &mut TensorStore) -> Result<W
             up: l.linear(Slot::Up(i), arch)?,
             down: l.linear(Slot::Down(i), arch)?,
         });
-        super::release_freed_memory();
+        crate::memory::release_freed_memory();
     }
     globals.take(t.output, 0, c, store, &names)?;
     Ok(Weights {

@@ -229,7 +229,7 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
             for (r0, r1) in blocks.by_ref() {
                 done(src.extend(r0 * cols, r1 * cols, &mut out));
             }
-            Ok(WeightData::F32(out))
+            Ok(WeightData::F32(out.into()))
         }
         Precision::Bf16 => {
             let mut out = memory::with_capacity(n, WHAT)?;
@@ -246,7 +246,7 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
                     done(block);
                 }
             }
-            Ok(WeightData::Bf16(out))
+            Ok(WeightData::Bf16(out.into()))
         }
         Precision::Int8 => {
             let ng = cols.div_ceil(plan.group);
@@ -259,7 +259,7 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
                 scales.extend_from_slice(&part.scales);
                 done(block);
             }
-            Ok(WeightData::Int8(QuantizedI8 { rows, cols, group: plan.group, q, scales }))
+            Ok(WeightData::Int8(QuantizedI8 { rows, cols, group: plan.group, q: q.into(), scales: scales.into() }))
         }
         Precision::Int4 => {
             let ng = cols.div_ceil(crate::kernels::quant::I4_GROUP);
@@ -275,7 +275,7 @@ fn convert_rows(src: Src<'_>, rows: usize, cols: usize, plan: &LoadPlan, done: &
                 mins.extend_from_slice(&part.mins);
                 done(block);
             }
-            Ok(WeightData::Int4(QuantizedI4 { rows, cols, q, scales, mins }))
+            Ok(WeightData::Int4(QuantizedI4 { rows, cols, q: q.into(), scales: scales.into(), mins: mins.into() }))
         }
     }
 }
@@ -477,7 +477,7 @@ impl TensorStore {
             let mmap = file.mmap();
             self.insert_src(&entry.name, &entry.shape, Src::Bytes(dtype, file.bytes(entry)), &mut |block| release_pages(mmap, block))?;
         }
-        super::release_freed_memory();
+        crate::memory::release_freed_memory();
         Ok(())
     }
 
@@ -536,7 +536,7 @@ impl TensorStore {
                 })?;
                 // saved as F16 (and widened exactly on arrival): back to the same f16 bits. A file
                 // saved with F32 scales (before they were f16) has them rounded to nearest f16.
-                let scales = scales.into_iter().map(f32_to_f16).collect();
+                let scales: Vec<u16> = scales.into_iter().map(f32_to_f16).collect();
                 Ok(WeightData::Int8(QuantizedI8::from_parts(out, inp, group, q, scales)?))
             }
             TensorData::SavedI4(q) => {
@@ -635,11 +635,11 @@ mod tests {
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::Bf16));
         s.insert_bytes(name, DType::F32, &[rows, cols], &f32_bytes(&w)).unwrap();
         let bf: Vec<u16> = w.iter().map(|&v| f32_to_bf16(v)).collect();
-        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Bf16(bf.clone()));
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Bf16(bf.clone().into()));
         // BF16 source bytes are copied bit for bit
         let raw: Vec<u8> = bf.iter().flat_map(|b| b.to_le_bytes()).collect();
         s.insert_bytes(name, DType::BF16, &[rows, cols], &raw).unwrap();
-        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Bf16(bf));
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::Bf16(bf.into()));
     }
 
     #[test]
@@ -676,7 +676,7 @@ mod tests {
         // FP32 plan: the dequantized values
         let mut s = TensorStore::new(plan(Arch::Llama, Precision::F32));
         s.insert_blocks(name, GgufBlock::Q8_0, &[rows, cols], &raw).unwrap();
-        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::F32(exact.dequantize()));
+        assert_eq!(s.take_matrix(name, rows, cols).unwrap(), WeightData::F32(exact.dequantize().into()));
         // -128 is outside the symmetric range: requantized from the dequantized values
         let mut q2 = q.clone();
         q2[5] = -128;
