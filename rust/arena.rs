@@ -1,14 +1,13 @@
-//! One mapping for all the matmul weights of a model, in the order decode reads them.
+//! One mapping for a model's matmul weights, in the order decode reads them.
 //!
 //! Decode streams every weight once per token. Loaded one by one into the heap, a model's
-//! matrices lie between the loader's freed temporaries: the 2 MiB pages they share are partly
-//! not resident, so most cannot become huge pages without committing those holes
+//! matrices can lie between the loader's freed temporaries: the 2 MiB pages they share are
+//! then partly not resident, so they cannot become huge pages without committing those holes
 //! ([`crate::memory::collapse_spans_to_huge_pages`] skips them), and every 4 KiB of the rest
-//! takes a new page translation and restarts the hardware prefetcher. [`place`] moves the
-//! weights, once loaded, into one 2 MiB-aligned anonymous mapping asked for as huge pages
-//! (`MADV_HUGEPAGE`), back to back in decode order, so that one matrix's stream runs on into
-//! the next one's. A [`Buf`] holds a weight's values either way: in a `Vec` of its own or in
-//! its range of the mapping.
+//! takes a new page translation. [`place`] moves weights, once loaded, into one 2 MiB-aligned
+//! anonymous mapping asked for as huge pages (`MADV_HUGEPAGE`), back to back in decode order;
+//! `Model::place_weights` says which. A [`Buf`] holds a weight's values either way: in a `Vec`
+//! of its own or in its range of the mapping.
 
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -209,9 +208,13 @@ const COPY_CHUNK: usize = 2 << 20;
 unsafe fn release_copied(src: *const u8, copied: usize) {
     #[cfg(unix)]
     {
-        const PAGE: usize = 4096;
-        let start = (src as usize / PAGE + 1) * PAGE;
-        let end = (src as usize + copied) / PAGE * PAGE;
+        // SAFETY: sysconf has no preconditions
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+        if page == 0 {
+            return;
+        }
+        let start = (src as usize / page + 1) * page;
+        let end = (src as usize + copied) / page * page;
         if end > start {
             // SAFETY: the range holds whole pages inside the allocation (the caller's promise);
             // MADV_DONTNEED leaves them mapped, reading as zeros. Failure changes nothing.
