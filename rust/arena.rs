@@ -82,22 +82,11 @@ impl<T> Buf<T> {
     pub fn is_placed(&self) -> bool {
         matches!(self, Buf::Placed(_))
     }
-
-    /// The values as a `Vec` (a copy when they lie in an arena).
-    pub fn into_vec(self) -> Vec<T>
-    where
-        T: Clone,
-    {
-        match self {
-            Buf::Owned(v) => v,
-            Buf::Placed(p) => p.as_slice().to_vec(),
-        }
-    }
 }
 
 impl<T> Placed<T> {
     fn as_slice(&self) -> &[T] {
-        // SAFETY: `len` initialized values of T at `ptr` (copied in by `Placer::place`),
+        // SAFETY: `len` initialized values of T at `ptr` (copied in by `Movable::move_into`),
         // aligned (ALIGN is a multiple of T's alignment), alive as long as `arena`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
@@ -274,7 +263,6 @@ pub fn place(mut bufs: Vec<&mut dyn Movable>) -> Result<usize> {
     Ok(bytes)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +288,7 @@ mod tests {
         assert!(!copy.is_placed() && copy[3] == -1.0 && copy.len() == 1000);
         drop((b, c));
         assert_eq!(a[999], 499.5);
-        assert_eq!(a.into_vec()[..4], [0.0, 0.5, 1.0, -1.0]);
+        assert_eq!(a[..4], [0.0, 0.5, 1.0, -1.0]);
     }
 
     #[test]

@@ -760,7 +760,7 @@ pub(crate) const STREAM_AHEAD_L2: usize = 16 * 1024;
 /// How far ahead (bytes) the bf16 GEMV asks for its weights: into L1 and into L2 (0: not at
 /// all). [`STREAM_AHEAD`] and [`STREAM_AHEAD_L2`] on most CPUs; on AMD's family 19h (Zen 3,
 /// Zen 4) only into L2, 8 KiB ahead. There, on the 2-vCPU AMD EPYC (Zen 4), llama-135m BF16
-/// decode with the distances switched between tokens of one process (8 alternated rounds per
+/// decode with the distances switched between generations of one process (6-8 alternated rounds per
 /// setting, weights in huge pages), median speed against both requests: L2 only at 8 KiB
 /// 1.07 (1.06-1.08), 6 KiB 1.11, 12 KiB 1.07, 4 KiB 0.94; L1 only at 4 KiB 0.75-0.78; none
 /// 0.91-0.96; at 2 threads L2 at 8 KiB 1.04; gpt2-124m 1.07 at 1 thread. The W8A16 GEMV there

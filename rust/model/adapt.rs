@@ -201,7 +201,7 @@ mod tests {
                 assert!(order.iter().all(|l| l.weight.is_placed() == quantized), "{precision:?}");
                 if quantized {
                     assert!(at.windows(2).all(|w| w[0] < w[1]), "{precision:?}: {at:x?}");
-                    assert_eq!(at[0] % (2 << 20), 0, "the arena starts on a 2 MiB boundary");
+                    assert_eq!(at[0] % crate::memory::HUGE_PAGE, 0, "the arena starts on a 2 MiB boundary");
                 }
                 // heap copies of the same values give the same logits, bit for bit
                 let mut heap = m.clone();

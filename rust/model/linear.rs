@@ -237,11 +237,11 @@ impl Linear {
         };
         let owned = |w: Arc<WeightData>| Arc::try_unwrap(w).unwrap_or_else(|shared| (*shared).clone());
         let weight = match precision {
-            Precision::F32 => WeightData::F32(concat_vecs(parts.into_iter().map(|p| match owned(p.weight) {
+            Precision::F32 => WeightData::F32(concat_bufs(parts.into_iter().map(|p| match owned(p.weight) {
                 WeightData::F32(w) => w,
                 _ => unreachable!("precision checked above"),
             }))),
-            Precision::Bf16 => WeightData::Bf16(concat_vecs(parts.into_iter().map(|p| match owned(p.weight) {
+            Precision::Bf16 => WeightData::Bf16(concat_bufs(parts.into_iter().map(|p| match owned(p.weight) {
                 WeightData::Bf16(w) => w,
                 _ => unreachable!("precision checked above"),
             }))),
@@ -257,8 +257,8 @@ impl Linear {
                 if let Some(q) = qs.iter().find(|q| q.group != group) {
                     return Err(Error::Tensor(format!("cannot fuse int8 weights with groups {group} and {}", q.group)));
                 }
-                let scales = concat_vecs(qs.iter_mut().map(|q| std::mem::take(&mut q.scales)));
-                let q = concat_vecs(qs.into_iter().map(|q| q.q));
+                let scales = concat_bufs(qs.iter_mut().map(|q| std::mem::take(&mut q.scales)));
+                let q = concat_bufs(qs.into_iter().map(|q| q.q));
                 WeightData::Int8(QuantizedI8::from_parts(out_features, in_features, group, q, scales)?)
             }
             Precision::Int4 => {
@@ -269,9 +269,9 @@ impl Linear {
                         _ => unreachable!("precision checked above"),
                     }
                 }
-                let scales = concat_vecs(qs.iter_mut().map(|q| std::mem::take(&mut q.scales)));
-                let mins = concat_vecs(qs.iter_mut().map(|q| std::mem::take(&mut q.mins)));
-                let q = concat_vecs(qs.into_iter().map(|q| q.q));
+                let scales = concat_bufs(qs.iter_mut().map(|q| std::mem::take(&mut q.scales)));
+                let mins = concat_bufs(qs.iter_mut().map(|q| std::mem::take(&mut q.mins)));
+                let q = concat_bufs(qs.into_iter().map(|q| q.q));
                 WeightData::Int4(QuantizedI4::from_parts(out_features, in_features, q, scales, mins)?)
             }
         };
@@ -404,7 +404,7 @@ impl Linear {
     }
 }
 
-fn concat_vecs<T: Copy>(parts: impl Iterator<Item = Buf<T>>) -> Buf<T> {
+fn concat_bufs<T: Copy>(parts: impl Iterator<Item = Buf<T>>) -> Buf<T> {
     let parts: Vec<Buf<T>> = parts.collect();
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
     for p in &parts {
