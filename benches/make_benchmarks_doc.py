@@ -237,8 +237,8 @@ def llamacpp_reruns_section() -> list:
         commands.append("python benches/llamacpp_compare.py " + " ".join(
             f'"{x}"' if " " in x else x for x in rerun_args(a["source"], a["threads"], c["engines"], f)))
     if daggers:
-        lines += ["", "† as in the table above: llama.cpp's batched Q8_0 prompt crashes on this CPU, so it ran token by "
-                      "token, and its prefill is not compared."]
+        lines += ["", "† llama.cpp's batched Q8_0 prompt crashed on that row's CPU, so it ran token by token "
+                      "(`n_batch=1`), and its prefill is not compared."]
     return lines + ["", "```", *commands, "```", ""]
 
 
