@@ -134,4 +134,4 @@ def test_a_rerun_row_gives_the_medians_of_its_rounds_ratios(doc, tmp_path, monke
     rerun["rows"][1]["prompt_token_by_token"] = True
     (tmp_path / "llama-1.1b-2T-x.json").write_text(json.dumps(rerun))
     md = "\n".join(doc.llamacpp_reruns_section())
-    assert "| 50.0 / 50.0† | — |" in md and "token by token, and its prefill is not compared" in md
+    assert "| 50.0 / 50.0† | — |" in md and "ran token by token (`n_batch=1`), and its prefill is not compared" in md
