@@ -527,10 +527,6 @@ mod tests {
         }
     }
 
-    /// Where one decode step's attention spends its time (SmolLM2-135M's shape, 2000 positions,
-    /// detected level, 1 thread): the q·k dot products, the softmax and the weighted sum of the
-    /// value rows, each over FP32 and BF16 rows:
-    /// `cargo test --release --lib bench_attention_parts -- --ignored --nocapture`.
     /// `request_kv` takes a row's slice off the budget for each row it asks for and stops at
     /// the first row the budget no longer covers.
     #[test]
@@ -546,6 +542,10 @@ mod tests {
         assert_eq!(budget, KV_REQUEST_BYTES - 90 * 384);
     }
 
+    /// Where one decode step's attention spends its time (SmolLM2-135M's shape, 2000 positions,
+    /// detected level, 1 thread): the q·k dot products, the softmax and the weighted sum of the
+    /// value rows, each over FP32 and BF16 rows:
+    /// `cargo test --release --lib bench_attention_parts -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn bench_attention_parts() {
