@@ -72,7 +72,8 @@ impl MatmulProbe {
             Precision::Int8 => WeightData::Int8(QuantizedI8::quantize_with_group(&values, rows, cols, GROUP)),
             Precision::Int4 => WeightData::Int4(QuantizedI4::quantize(&values, rows, cols)),
         };
-        let first = Linear::new(weight, rows, cols, None)?;
+        // in the layout a loaded model holds it in (INT8 tiles on some CPUs)
+        let first = Linear::new(weight.arranged(), rows, cols, None)?;
         let bytes = first.weight_bytes();
         let copies = (min_bytes / bytes.max(1) + 1).clamp(1, Self::MAX_COPIES);
         memory::check_fits(memory::checked_bytes(copies, bytes, what)?, what)?;

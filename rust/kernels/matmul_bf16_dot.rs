@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use crate::kernels::matmul_amx as amx;
 use crate::kernels::matmul_parts::{run_parts, Split};
+use crate::kernels::matmul_int8_tiles as tiles;
 use crate::kernels::simd;
 use crate::threadpool::ThreadPool;
 
@@ -64,6 +65,9 @@ pub(crate) enum Weights {
     /// nibbles per row; f16 scales d and minimums m `[n, ceil(k / 32)]`), packed as
     /// bf16(q · d + m).
     Int4 { q: *const u8, scales: *const u16, mins: *const u16, row_bytes: usize },
+    /// int8 groups of 32 in tiles of 16 rows ([`crate::kernels::matmul_int8_tiles`]), packed
+    /// as bf16(q · scale) like `Int8`.
+    Int8Tiles { q: *const i8, scales: *const u16 },
 }
 
 /// One thread's share: rows `rows` × columns `cols` of y: [m, n] = x: [m, k] · w: [n, k]ᵀ.
@@ -163,6 +167,13 @@ pub(crate) unsafe fn pack_x_pairs<const R: usize>(x: *const f32, k: usize, i0: u
 /// features.
 trait Rows {
     unsafe fn load(&self, r: usize, p: usize, cnt: usize) -> __m512i;
+    /// Rows `r0..r0 + 16` from column `k0 + p` (32 of them) already as the 16 pairs of
+    /// [`pack_w_pairs`] (`out[q]`, 32-bit lane c: row r0 + c's values 2q, 2q + 1; rows from
+    /// `valid` on zero), where the source can give them without a transpose; false otherwise.
+    #[inline(always)]
+    unsafe fn pairs16(&self, _r0: usize, _p: usize, _valid: usize, _out: &mut [__m512i; 16]) -> bool {
+        false
+    }
 }
 
 /// bf16 weights, copied as they are.
@@ -217,6 +228,61 @@ impl Rows for Int8Rows {
     }
 }
 
+/// int8 groups of 32 in tiles of 16 rows: bf16(q · scale), the values gathered from the
+/// tile's quads and put back in row order.
+struct Int8TileRows {
+    q: *const i8,
+    scales: *const u16,
+    ng: usize,
+    j0: usize,
+    k0: usize,
+}
+
+impl Rows for Int8TileRows {
+    #[inline(always)]
+    unsafe fn load(&self, r: usize, p: usize, _cnt: usize) -> __m512i {
+        // one whole group per step (L = 32, k a multiple of 32)
+        let (row, gi) = (self.j0 + r, (self.k0 + p) / L);
+        let (t, rr) = (row / tiles::TILE_ROWS, row % tiles::TILE_ROWS);
+        let at = (t * self.ng + gi) * tiles::TILE_ROWS;
+        // quad l (values 2l, 2l + 1, 16 + 2l, 17 + 2l) of this row sits at 64·l
+        let quads = _mm256_i32gather_epi32::<1>(self.q.add(at * 32 + 4 * rr) as *const i32, _mm256_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448));
+        // as 16-bit pairs: pair 2l holds values (2l, 2l + 1), pair 2l + 1 values (16 + 2l, 17 + 2l)
+        let v = _mm256_permutexvar_epi16(_mm256_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), quads);
+        let s = _mm512_set1_ps(simd::f16_to_f32_f16c(*self.scales.add(at + rr)));
+        let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
+        let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+    }
+
+    /// A tile's group holds its 16 rows' quads (values 2l, 2l + 1, 16 + 2l, 17 + 2l of each row
+    /// in one 32-bit lane): each byte is widened, scaled by its row's scale and rounded to bf16
+    /// as [`Int8Rows`] does, and bytes 0-1 of quad l make pair l, bytes 2-3 pair 8 + l.
+    #[inline(always)]
+    unsafe fn pairs16(&self, r0: usize, p: usize, valid: usize, out: &mut [__m512i; 16]) -> bool {
+        let row = self.j0 + r0;
+        if row % tiles::TILE_ROWS != 0 {
+            return false;
+        }
+        let at = (row / tiles::TILE_ROWS * self.ng + (self.k0 + p) / L) * tiles::TILE_ROWS;
+        let s = _mm512_cvtph_ps(_mm256_loadu_si256(self.scales.add(at) as *const __m256i));
+        let keep = mask16(valid.min(16));
+        // byte B of every lane as the bf16 of its value times the lane's scale, in the low half
+        let bf = |v: __m512i| {
+            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)), s);
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(f)))
+        };
+        for l in 0..8 {
+            let v = _mm512_loadu_si512(self.q.add(at * L + 64 * l) as *const _);
+            let (b0, b1) = (bf(_mm512_slli_epi32::<24>(v)), bf(_mm512_slli_epi32::<16>(v)));
+            let (b2, b3) = (bf(_mm512_slli_epi32::<8>(v)), bf(v));
+            out[l] = _mm512_maskz_mov_epi32(keep, _mm512_or_si512(b0, _mm512_slli_epi32::<16>(b1)));
+            out[8 + l] = _mm512_maskz_mov_epi32(keep, _mm512_or_si512(b2, _mm512_slli_epi32::<16>(b3)));
+        }
+        true
+    }
+}
+
 /// int4 groups of 32: bf16(q · d + m).
 struct Int4Rows {
     q: *const u8,
@@ -261,6 +327,7 @@ impl Weights {
                 f.run(Int8Rows { q, scales, group, shift, ng: k.div_ceil(group), k, j0, k0 })
             }
             Weights::Int4 { q, scales, mins, row_bytes } => f.run(Int4Rows { q, scales, mins, row_bytes, ng: k.div_ceil(L), j0, k0 }),
+            Weights::Int8Tiles { q, scales } => f.run(Int8TileRows { q, scales, ng: k / L, j0, k0 }),
         }
     }
 }
@@ -304,10 +371,13 @@ unsafe fn pack_w_pairs(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, 
                     for p in (0..kc).step_by(L) {
                         let cnt = (kc - p).min(L);
                         let mut b = [_mm512_setzero_si512(); 16];
-                        for (r, b) in b.iter_mut().enumerate().take(rows.saturating_sub(r0)) {
-                            *b = w.load(r0 + r, p, cnt);
+                        let valid = rows.saturating_sub(r0);
+                        if valid == 0 || cnt != L || !w.pairs16(r0, p, valid, &mut b) {
+                            for (r, b) in b.iter_mut().enumerate().take(valid) {
+                                *b = w.load(r0 + r, p, cnt);
+                            }
+                            amx::transpose16(&mut b);
                         }
-                        amx::transpose16(&mut b);
                         // pair p / 2 + q of the 16 rows: their 32-bit lanes side by side
                         for (q, v16) in b.iter().enumerate() {
                             _mm512_storeu_si512(tile.add(((p / 2 + q) * NR + 16 * v) * 2) as *mut __m512i, *v16);
@@ -330,6 +400,12 @@ impl Weights {
             Weights::Bf16(w) => (w.wrapping_add(row * k + k0) as *const u8, 2 * kc),
             Weights::Int8 { q, .. } => (q.wrapping_add(row * k + k0) as *const u8, kc),
             Weights::Int4 { q, row_bytes, .. } => (q.wrapping_add(row * row_bytes + k0 / 2), kc.div_ceil(2)),
+            // the tile's groups hold 16 rows: asked for once, by its first row
+            Weights::Int8Tiles { q, .. } if row % tiles::TILE_ROWS == 0 => {
+                let at = (row / tiles::TILE_ROWS * (k / L) + k0 / L) * tiles::TILE_ROWS * L;
+                (q.wrapping_add(at) as *const u8, kc.div_ceil(L) * tiles::TILE_ROWS * L)
+            }
+            Weights::Int8Tiles { q, .. } => (q as *const u8, 0),
         }
     }
 
@@ -351,6 +427,13 @@ impl Weights {
                     (scales.wrapping_add(j * ng) as *const u8, 2 * ng * r),
                     (mins.wrapping_add(j * ng) as *const u8, 2 * ng * r),
                 ]
+            }
+            Weights::Int8Tiles { q, scales } => {
+                // the tiles that hold the rows
+                let ng = k / L;
+                let (t0, t1) = (j / tiles::TILE_ROWS, (j + r).div_ceil(tiles::TILE_ROWS));
+                let (at, len) = (t0 * ng * tiles::TILE_ROWS, (t1.max(t0) - t0) * ng * tiles::TILE_ROWS);
+                [(q.wrapping_add(at * L) as *const u8, len * L), (scales.wrapping_add(at) as *const u8, 2 * len), (q as *const u8, 0)]
             }
         }
     }

@@ -64,6 +64,9 @@
 //!   quality (default model, the quality set, against FP32): pooled mean KL 7.1e-4 → 9.0e-4,
 //!   top-1 0.986 → 0.982, perplexity +0.22 % → +0.19 % (docs/quality.md). The decode GEMV keeps
 //!   the exact W8A16 sums.
+//! - On CPUs with AVX-512 VNNI and the bf16 prefill GEMM (no AMX), a loaded model holds its
+//!   INT8 weights in tiles of 16 rows instead (`matmul_int8_tiles.rs`): a decode GEMV without
+//!   per-group lane sums, the same bits as these row kernels.
 //! - AVX-512 without VNNI runs the AVX2 kernels; NEON has a GEMV kernel (`vmull_s8` +
 //!   `vpadalq_s16`) used for every m; the portable kernel handles every group size.
 //!

@@ -12,6 +12,7 @@ pub mod matmul_int4;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod matmul_int4_gemv;
 pub mod matmul_int8;
+pub mod matmul_int8_tiles;
 pub(crate) mod matmul_parts;
 pub(crate) mod matmul_sources;
 pub mod norms;

@@ -5,6 +5,8 @@
 //! Buffers carry an identity (`id`): buffers shared between model variants (an adapter variant
 //! shares every matrix it does not change) have the same id, so a backend uploads them once.
 
+use std::borrow::Cow;
+
 use super::{Linear, Model, Norm, WeightData};
 use crate::error::{Error, Result};
 use crate::model::DType;
@@ -56,6 +58,7 @@ pub fn modules(model: &Model) -> Vec<(String, Module)> {
 fn linear_module(l: &Linear) -> Module {
     let group = match &*l.weight {
         WeightData::Int8(q) => Some(q.group),
+        WeightData::Int8Tiles(_) => Some(crate::kernels::matmul_int8_tiles::TILE_GROUP),
         _ => None,
     };
     Module::Linear {
@@ -84,7 +87,7 @@ pub fn buffers(model: &Model) -> Vec<Buffer> {
 }
 
 /// The bytes of buffer `name` (one of [`buffers`]), little-endian, borrowed from the model.
-pub fn buffer_bytes<'m>(model: &'m Model, name: &str) -> Result<&'m [u8]> {
+pub fn buffer_bytes<'m>(model: &'m Model, name: &str) -> Result<Cow<'m, [u8]>> {
     let missing = || Error::MissingTensor(name.to_string());
     let (module, part) = split_name(model, name).ok_or_else(missing)?;
     parts(model, module)
@@ -121,7 +124,7 @@ struct View<'m> {
     dtype: DType,
     shape: Vec<usize>,
     id: usize,
-    bytes: &'m [u8],
+    bytes: Cow<'m, [u8]>,
 }
 
 enum Part<'m> {
@@ -173,16 +176,24 @@ fn linear_parts(l: &Linear) -> Vec<(String, View<'_>)> {
     let id = std::sync::Arc::as_ptr(&l.weight) as usize;
     let mut v = match &*l.weight {
         WeightData::F32(w) => vec![("weight".to_string(), View { id, ..f32_view(w, vec![n, k]) })],
-        WeightData::Bf16(w) => vec![("weight".to_string(), View { dtype: DType::BF16, shape: vec![n, k], id, bytes: as_bytes(w) })],
+        WeightData::Bf16(w) => vec![("weight".to_string(), View { dtype: DType::BF16, shape: vec![n, k], id, bytes: as_bytes(w).into() })],
         WeightData::Int8(q) => vec![
-            ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: as_bytes(&q.q) }),
-            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales) }),
+            ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: as_bytes(&q.q).into() }),
+            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales).into() }),
         ],
+        // the device kernels read rows: tiles are copied back into rows
+        WeightData::Int8Tiles(t) => {
+            let q = t.to_rows();
+            vec![
+                ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: as_bytes(&q.q).to_vec().into() }),
+                ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales).to_vec().into() }),
+            ]
+        }
         // listed so every buffer has a name; the CUDA backend has no INT4 kernels and refuses them
         WeightData::Int4(q) => vec![
-            ("weight".to_string(), View { dtype: DType::U8, shape: vec![n, q.q.len() / n.max(1)], id, bytes: as_bytes(&q.q) }),
-            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.scales.len() / n.max(1)], id: id + 1, bytes: as_bytes(&q.scales) }),
-            ("mins".to_string(), View { dtype: DType::F16, shape: vec![n, q.mins.len() / n.max(1)], id: id + 2, bytes: as_bytes(&q.mins) }),
+            ("weight".to_string(), View { dtype: DType::U8, shape: vec![n, q.q.len() / n.max(1)], id, bytes: as_bytes(&q.q).into() }),
+            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.scales.len() / n.max(1)], id: id + 1, bytes: as_bytes(&q.scales).into() }),
+            ("mins".to_string(), View { dtype: DType::F16, shape: vec![n, q.mins.len() / n.max(1)], id: id + 2, bytes: as_bytes(&q.mins).into() }),
         ],
     };
     if let Some(b) = &l.bias {
@@ -196,7 +207,7 @@ fn linear_parts(l: &Linear) -> Vec<(String, View<'_>)> {
 }
 
 fn f32_view(v: &[f32], shape: Vec<usize>) -> View<'_> {
-    View { dtype: DType::F32, shape, id: v.as_ptr() as usize, bytes: as_bytes(v) }
+    View { dtype: DType::F32, shape, id: v.as_ptr() as usize, bytes: as_bytes(v).into() }
 }
 
 /// The bytes of a slice of plain numbers (f32, u16, i8: no padding, any bit pattern valid).

@@ -9,6 +9,7 @@ use crate::kernels::matmul_bf16::{bf16_path_for, matmul_bf16_path};
 use crate::kernels::matmul_f32::{f32_path_for, matmul_f32_path};
 use crate::kernels::matmul_int4::matmul_int4_path;
 use crate::kernels::matmul_int8::{int8_path_for, matmul_int8_a16_path};
+use crate::kernels::matmul_int8_tiles::{matmul_int8_tiles_path, tiles_wanted, QuantizedI8Tiles};
 use crate::kernels::quant::{bf16_to_f32, f32_to_bf16, QuantizedI4, QuantizedI8};
 use crate::kernels::RowPath;
 use crate::threadpool::ThreadPool;
@@ -51,6 +52,9 @@ pub enum WeightData {
     Bf16(Buf<u16>),
     /// w: [out, in] int8 with per-row, per-group f16 scales.
     Int8(QuantizedI8),
+    /// The same in tiles of 16 rows (groups of 32): the layout of the decode GEMV on CPUs
+    /// that [`tiles_wanted`] names; [`WeightData::arranged`] picks it.
+    Int8Tiles(QuantizedI8Tiles),
     /// w: [out, in] packed int4 with per-row, per-group f16 scales and minimums.
     Int4(QuantizedI4),
 }
@@ -65,6 +69,7 @@ impl WeightData {
             WeightData::F32(w) => vec![span_of(w)],
             WeightData::Bf16(w) => vec![span_of(w)],
             WeightData::Int8(q) => vec![span_of(&q.q), span_of(&q.scales)],
+            WeightData::Int8Tiles(q) => vec![span_of(&q.q), span_of(&q.scales)],
             WeightData::Int4(q) => vec![span_of(&q.q), span_of(&q.scales), span_of(&q.mins)],
         }
     }
@@ -75,6 +80,7 @@ impl WeightData {
             WeightData::F32(w) => w.is_placed(),
             WeightData::Bf16(w) => w.is_placed(),
             WeightData::Int8(q) => q.q.is_placed(),
+            WeightData::Int8Tiles(q) => q.q.is_placed(),
             WeightData::Int4(q) => q.q.is_placed(),
         }
     }
@@ -85,7 +91,29 @@ impl WeightData {
             WeightData::F32(w) => vec![w],
             WeightData::Bf16(w) => vec![w],
             WeightData::Int8(q) => vec![&mut q.q, &mut q.scales],
+            WeightData::Int8Tiles(q) => vec![&mut q.q, &mut q.scales],
             WeightData::Int4(q) => vec![&mut q.q, &mut q.scales, &mut q.mins],
+        }
+    }
+
+    /// This weight in the layout the running CPU's kernels read fastest: INT8 groups of 32 in
+    /// tiles where [`tiles_wanted`] (the same numbers, a faster decode GEMV), the rest as it is.
+    pub fn arranged(self) -> WeightData {
+        match self {
+            // in place: a model's weights are not held twice while they are tiled
+            WeightData::Int8(q) if tiles_wanted(crate::kernels::simd::detected()) => {
+                QuantizedI8Tiles::from_rows_owned(q).map_or_else(WeightData::Int8, WeightData::Int8Tiles)
+            }
+            w => w,
+        }
+    }
+
+    /// The INT8 weights row by row (tiles copied back into rows), if this is INT8.
+    pub fn int8_rows(&self) -> Option<std::borrow::Cow<'_, QuantizedI8>> {
+        match self {
+            WeightData::Int8(q) => Some(std::borrow::Cow::Borrowed(q)),
+            WeightData::Int8Tiles(t) => Some(std::borrow::Cow::Owned(t.to_rows())),
+            _ => None,
         }
     }
 
@@ -93,7 +121,7 @@ impl WeightData {
         match self {
             WeightData::F32(_) => Precision::F32,
             WeightData::Bf16(_) => Precision::Bf16,
-            WeightData::Int8(_) => Precision::Int8,
+            WeightData::Int8(_) | WeightData::Int8Tiles(_) => Precision::Int8,
             WeightData::Int4(_) => Precision::Int4,
         }
     }
@@ -103,6 +131,7 @@ impl WeightData {
             WeightData::F32(w) => w.len(),
             WeightData::Bf16(w) => w.len(),
             WeightData::Int8(q) => q.q.len(),
+            WeightData::Int8Tiles(q) => q.rows * q.cols,
             WeightData::Int4(q) => q.rows * q.cols,
         }
     }
@@ -111,6 +140,7 @@ impl WeightData {
     fn quantized_shape(&self) -> Option<(usize, usize)> {
         match self {
             WeightData::Int8(q) => Some((q.rows, q.cols)),
+            WeightData::Int8Tiles(q) => Some((q.rows, q.cols)),
             WeightData::Int4(q) => Some((q.rows, q.cols)),
             _ => None,
         }
@@ -126,6 +156,7 @@ impl WeightData {
                 }
             }
             WeightData::Int8(q) => q.dequantize_row(i, out),
+            WeightData::Int8Tiles(q) => q.dequantize_row(i, out),
             WeightData::Int4(q) => q.dequantize_row(i, out),
         }
     }
@@ -202,6 +233,11 @@ impl Linear {
     /// INT4 rows requantized from their exact values; the bias is kept only when every part
     /// has one.
     pub fn concat(mut parts: Vec<Linear>) -> Result<Self> {
+        for p in parts.iter_mut() {
+            if let WeightData::Int8Tiles(t) = &*p.weight {
+                p.weight = Arc::new(WeightData::Int8(t.to_rows()));
+            }
+        }
         let is = |p: &Linear, want: Precision| p.weight.precision() == want;
         if parts.iter().any(|p| is(p, Precision::Int8)) && parts.iter().any(|p| is(p, Precision::Int4)) {
             let group = parts.iter().find_map(|p| match &*p.weight {
@@ -288,7 +324,7 @@ impl Linear {
         match &*self.weight {
             WeightData::F32(_) => f32_path_for(m),
             WeightData::Bf16(_) => bf16_path_for(m),
-            WeightData::Int8(_) | WeightData::Int4(_) => int8_path_for(m),
+            WeightData::Int8(_) | WeightData::Int8Tiles(_) | WeightData::Int4(_) => int8_path_for(m),
         }
     }
 
@@ -300,6 +336,7 @@ impl Linear {
             WeightData::F32(w) => matmul_f32_path(pool, x, w, y, m, k, n, path),
             WeightData::Bf16(w) => matmul_bf16_path(pool, x, w, y, m, k, n, path),
             WeightData::Int8(q) => matmul_int8_a16_path(pool, x, q, y, m, path),
+            WeightData::Int8Tiles(q) => matmul_int8_tiles_path(pool, x, q, y, m, path),
             WeightData::Int4(q) => matmul_int4_path(pool, x, q, y, m, path),
         }
         if let Some(b) = &self.bias {
@@ -339,6 +376,16 @@ impl Linear {
             }
         }
         let span = |row0: usize, values: &[f32]| row0 * k..row0 * k + values.len();
+        let int8_rows = |mut q: QuantizedI8| {
+            let ng = q.groups_per_row();
+            for &(row0, values) in parts {
+                let rows = values.len() / k.max(1);
+                let part = QuantizedI8::quantize_with_group(values, rows, k, q.group);
+                q.q[span(row0, values)].copy_from_slice(&part.q);
+                q.scales[row0 * ng..(row0 + rows) * ng].copy_from_slice(&part.scales);
+            }
+            q
+        };
         Ok(match &*self.weight {
             WeightData::F32(w) => {
                 let mut w = w.clone();
@@ -356,16 +403,10 @@ impl Linear {
                 }
                 WeightData::Bf16(w)
             }
-            WeightData::Int8(q) => {
-                let ng = q.groups_per_row();
-                let mut q = q.clone();
-                for &(row0, values) in parts {
-                    let rows = values.len() / k.max(1);
-                    let part = QuantizedI8::quantize_with_group(values, rows, k, q.group);
-                    q.q[span(row0, values)].copy_from_slice(&part.q);
-                    q.scales[row0 * ng..(row0 + rows) * ng].copy_from_slice(&part.scales);
-                }
-                WeightData::Int8(q)
+            WeightData::Int8(q) => WeightData::Int8(int8_rows(q.clone())),
+            WeightData::Int8Tiles(t) => {
+                let q = int8_rows(t.to_rows());
+                QuantizedI8Tiles::from_rows(&q).map_or(WeightData::Int8(q), WeightData::Int8Tiles)
             }
             WeightData::Int4(q) => {
                 let (ng, rb) = (q.groups_per_row(), q.row_bytes());
@@ -399,6 +440,7 @@ impl Linear {
             WeightData::F32(w) => w.len() * 4,
             WeightData::Bf16(w) => w.len() * 2,
             WeightData::Int8(q) => q.bytes(),
+            WeightData::Int8Tiles(q) => q.bytes(),
             WeightData::Int4(q) => q.bytes(),
         }
     }

@@ -78,8 +78,25 @@ impl Model {
             Arch::Llama => llama::build(config, store, pool),
             Arch::Gpt2 => gpt2::build(config, store, pool),
         }?;
+        model.arrange_weights();
         model.place_weights();
         Ok(model)
+    }
+
+    /// Puts every matmul weight that this model alone holds in the layout the running CPU's
+    /// kernels read fastest ([`WeightData::arranged`]: INT8 in tiles on AVX-512 VNNI + BF16
+    /// CPUs); the numbers stay the same.
+    pub fn arrange_weights(&mut self) {
+        let mut weights: Vec<&mut Arc<WeightData>> = Vec::new();
+        for l in self.layers.iter_mut() {
+            weights.extend([&mut l.qkv.weight, &mut l.o.weight, &mut l.up.weight, &mut l.down.weight]);
+        }
+        weights.extend(self.lm_head.as_mut().map(|l| &mut l.weight));
+        weights.push(&mut self.embed.weight);
+        for w in weights.into_iter().filter_map(Arc::get_mut) {
+            let rows = std::mem::replace(w, WeightData::F32(Vec::new().into()));
+            *w = rows.arranged();
+        }
     }
 
     /// Gives the matmul weights huge pages: in the heap, where they lie, the resident 2 MiB
@@ -141,6 +158,7 @@ impl Model {
     pub fn int8_group(&self) -> Option<usize> {
         self.linears().find_map(|l| match &*l.weight {
             WeightData::Int8(q) => Some(q.group),
+            WeightData::Int8Tiles(_) => Some(crate::kernels::matmul_int8_tiles::TILE_GROUP),
             _ => None,
         })
     }

@@ -333,7 +333,7 @@ impl PyModel {
 
     /// The little-endian bytes of one device buffer (one copy of that tensor only).
     fn device_buffer<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
-        Ok(PyBytes::new(py, crate::model::device::buffer_bytes(&self.inner, name)?))
+        Ok(PyBytes::new(py, &crate::model::device::buffer_bytes(&self.inner, name)?))
     }
 
     /// RoPE inverse frequencies [head_dim/2] (float64), or None (GPT-2).
