@@ -92,7 +92,7 @@ use crate::kernels::matmul_int4_gemv as i4g;
 #[path = "matmul_int8_kernels.rs"]
 pub(crate) mod q8;
 
-use q8::{Need, XOut, Q8};
+use q8::{Need, Q8};
 
 /// The integer weights a W8A8-family kernel multiplies with the quantized x: INT8 with 8-bit
 /// x (`matmul_int8`, W8A8), INT8 with 16-bit x (W8A16), or packed INT4 with minimums and
@@ -369,20 +369,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         split: path == Path::Vnni && (a16 && gemm || kind == q8::Kind::I8A16),
     };
     let mut xb = q8::take_xbuf(m, kp, ng, need);
-    let out = XOut {
-        q: xb.q.as_mut_ptr(),
-        a: xb.a.as_mut_ptr(),
-        x16: xb.x16.as_mut_ptr(),
-        s: xb.s.as_mut_ptr(),
-        c: xb.c.as_mut_ptr(),
-        f: xb.f.as_mut_ptr(),
-        hi: xb.hi.as_mut_ptr(),
-        lo: xb.lo.as_mut_ptr(),
-        ch: xb.ch.as_mut_ptr(),
-        cl: xb.cl.as_mut_ptr(),
-        sh: xb.sh.as_mut_ptr(),
-        need,
-    };
+    let out = xb.out(need);
     // SAFETY: x holds m·k values (asserted by the caller); the buffers hold m rows of kp / ng
     // values (take_xbuf); threads quantize disjoint rows.
     let quant = |rows: std::ops::Range<usize>| unsafe {
@@ -924,7 +911,7 @@ mod tests {
         let (m, ng) = (2, kp / 32);
         let (mut hi, mut lo) = (vec![0i8; m * kp], vec![0i8; m * kp]);
         let (mut ch, mut cl) = (vec![0i32; m * ng], vec![0i32; m * ng]);
-        let out = XOut {
+        let out = q8::XOut {
             q: std::ptr::null_mut(),
             a: std::ptr::null_mut(),
             x16: std::ptr::null_mut(),

@@ -138,6 +138,26 @@ pub(crate) struct XBuf {
     pub sh: Vec<f32>,
 }
 
+impl XBuf {
+    /// Pointers for the quantizers to write this buffer's forms (those `need` asks for).
+    pub(crate) fn out(&mut self, need: Need) -> XOut {
+        XOut {
+            q: self.q.as_mut_ptr(),
+            a: self.a.as_mut_ptr(),
+            x16: self.x16.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            c: self.c.as_mut_ptr(),
+            f: self.f.as_mut_ptr(),
+            hi: self.hi.as_mut_ptr(),
+            lo: self.lo.as_mut_ptr(),
+            ch: self.ch.as_mut_ptr(),
+            cl: self.cl.as_mut_ptr(),
+            sh: self.sh.as_mut_ptr(),
+            need,
+        }
+    }
+}
+
 thread_local! {
     static XBUF: Cell<XBuf> = Cell::new(XBuf::default());
 }

@@ -235,7 +235,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{QuantizedI8Tiles, GROUP_BYTES, TILE_GROUP, TILE_ROWS};
-    use crate::kernels::matmul_int8::q8::{self, Need, XOut};
+    use crate::kernels::matmul_int8::q8::{self, Need};
     use crate::threadpool::{chunk, ThreadPool};
 
     /// Whether this CPU runs the tiled GEMV (AVX-512 F/BW/VL/VNNI, F16C, FMA, AVX2).
@@ -304,22 +304,26 @@ mod x86 {
         let flip = _mm512_set1_epi8(i8::MIN);
         let mut f = [_mm512_setzero_ps(); 8];
         let bcast = |p: *const u32| _mm512_set1_epi32(*p as i32);
-        for g in 0..ng - tail {
-            let gq = q.add(g * GROUP_BYTES);
-            let (mut ha, mut hb, mut la, mut lb) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
-            for l in (0..8).step_by(2) {
-                let w0 = _mm512_xor_si512(_mm512_loadu_si512(gq.add(64 * l) as *const _), flip);
-                let w1 = _mm512_xor_si512(_mm512_loadu_si512(gq.add(64 * l + 64) as *const _), flip);
-                ha = _mm512_dpbusd_epi32(ha, w0, bcast(xh.add(8 * g + l)));
-                la = _mm512_dpbusd_epi32(la, w0, bcast(xl.add(8 * g + l)));
-                hb = _mm512_dpbusd_epi32(hb, w1, bcast(xh.add(8 * g + l + 1)));
-                lb = _mm512_dpbusd_epi32(lb, w1, bcast(xl.add(8 * g + l + 1)));
+        // 8 groups a step, group g0 + t into f[t] (constant indices: f stays in registers)
+        for g0 in (0..ng - tail).step_by(8) {
+            for (t, f) in f.iter_mut().enumerate() {
+                let g = g0 + t;
+                let gq = q.add(g * GROUP_BYTES);
+                let (mut ha, mut hb, mut la, mut lb) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+                for l in (0..8).step_by(2) {
+                    let w0 = _mm512_xor_si512(_mm512_loadu_si512(gq.add(64 * l) as *const _), flip);
+                    let w1 = _mm512_xor_si512(_mm512_loadu_si512(gq.add(64 * l + 64) as *const _), flip);
+                    ha = _mm512_dpbusd_epi32(ha, w0, bcast(xh.add(8 * g + l)));
+                    la = _mm512_dpbusd_epi32(la, w0, bcast(xl.add(8 * g + l)));
+                    hb = _mm512_dpbusd_epi32(hb, w1, bcast(xh.add(8 * g + l + 1)));
+                    lb = _mm512_dpbusd_epi32(lb, w1, bcast(xl.add(8 * g + l + 1)));
+                }
+                // Σ (w + 128)·x16 less 128·Σx16: the exact Σ w·x16 of each row's group
+                let sums = _mm512_add_epi32(_mm512_slli_epi32::<8>(_mm512_add_epi32(ha, hb)), _mm512_add_epi32(la, lb));
+                let sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(*xc.add(g) << 7));
+                let d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(s.add(g * TILE_ROWS) as *const __m256i)), _mm512_set1_ps(*xs.add(g)));
+                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), d, *f);
             }
-            // Σ (w + 128)·x16 less 128·Σx16: the exact Σ w·x16 of each row's group
-            let sums = _mm512_add_epi32(_mm512_slli_epi32::<8>(_mm512_add_epi32(ha, hb)), _mm512_add_epi32(la, lb));
-            let sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(*xc.add(g) << 7));
-            let d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(s.add(g * TILE_ROWS) as *const __m256i)), _mm512_set1_ps(*xs.add(g)));
-            f[g % 8] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), d, f[g % 8]);
         }
         for (ti, g) in (ng - tail..ng).enumerate() {
             let gq = q.add(g * GROUP_BYTES);
@@ -393,20 +397,7 @@ mod x86 {
         let tail = ng % 8;
         let need = Need { abs: false, wide: false, a16: true, split: false };
         let mut xb = q8::take_xbuf(m, kp, ng, need);
-        let out = XOut {
-            q: xb.q.as_mut_ptr(),
-            a: xb.a.as_mut_ptr(),
-            x16: xb.x16.as_mut_ptr(),
-            s: xb.s.as_mut_ptr(),
-            c: xb.c.as_mut_ptr(),
-            f: xb.f.as_mut_ptr(),
-            hi: xb.hi.as_mut_ptr(),
-            lo: xb.lo.as_mut_ptr(),
-            ch: xb.ch.as_mut_ptr(),
-            cl: xb.cl.as_mut_ptr(),
-            sh: xb.sh.as_mut_ptr(),
-            need,
-        };
+        let out = xb.out(need);
         q8::quantize_rows_a16_avx2(x.as_ptr(), k, kp, ng, 0..m, out);
         let stride = row_words(kp, tail);
         let mut prepared = PREPARED.with(|c| c.take());

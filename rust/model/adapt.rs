@@ -165,7 +165,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::super::export::tests::{build, checkpoint_names, GPT2, LLAMA};
-    use super::super::linear::{Linear, Precision, WeightData};
+    use super::super::linear::{Linear, Precision};
     use super::*;
     use crate::kv_cache::{KvCache, KvDtype};
     use crate::model::forward::{forward, Scratch};
