@@ -264,27 +264,35 @@ mod x86 {
     /// hi = (x16 + 128) >> 8 in [-127, 127] and lo in [-128, 127] (as `split_a16`), the bytes
     /// of each group permuted as the quads of the weights, and the Σx16 of each lane of the
     /// last `tail` groups.
-    fn prepare_row(x16: &[i16], ng: usize, tail: usize, out: &mut [u32]) {
+    ///
+    /// # Safety
+    /// `x16` holds `32·ng` values, `out` [`row_words`] words; AVX2 available.
+    #[target_feature(enable = "avx2")]
+    unsafe fn prepare_row(x16: *const i16, ng: usize, tail: usize, out: &mut [u32]) {
         let kp = 32 * ng;
-        let (hi, rest) = out.split_at_mut(kp / 4);
-        let (lo, c) = rest.split_at_mut(kp / 4);
+        debug_assert!(out.len() >= row_words(kp, tail));
+        let (hi, lo) = (out.as_mut_ptr() as *mut u8, out.as_mut_ptr().add(kp / 4) as *mut u8);
+        let round = _mm256_set1_epi16(128);
         for g in 0..ng {
-            let xg = &x16[32 * g..32 * g + 32];
-            for l in 0..8 {
-                let (mut h, mut w) = ([0u8; 4], [0u8; 4]);
-                for b in 0..4 {
-                    let v = xg[super::natural(l, b)] as i32;
-                    let hv = (v + 128) >> 8;
-                    h[b] = hv as i8 as u8;
-                    w[b] = (v - 256 * hv) as i8 as u8;
-                }
-                hi[8 * g + l] = u32::from_le_bytes(h);
-                lo[8 * g + l] = u32::from_le_bytes(w);
-            }
+            let v0 = _mm256_loadu_si256(x16.add(32 * g) as *const __m256i);
+            let v1 = _mm256_loadu_si256(x16.add(32 * g + 16) as *const __m256i);
+            // quad order: the 32-bit pairs (2l, 2l + 1) of v0 and (16 + 2l, 17 + 2l) of v1 side by side
+            let (a, b) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
+            let (p0, p1) = (_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b));
+            let t0 = _mm256_srai_epi16::<8>(_mm256_add_epi16(p0, round));
+            let t1 = _mm256_srai_epi16::<8>(_mm256_add_epi16(p1, round));
+            let b0 = _mm256_sub_epi16(p0, _mm256_slli_epi16::<8>(t0));
+            let b1 = _mm256_sub_epi16(p1, _mm256_slli_epi16::<8>(t1));
+            // packs works per 128-bit half: 64-bit order 0, 2, 1, 3
+            let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(t0, t1));
+            let l = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(b0, b1));
+            _mm256_storeu_si256(hi.add(32 * g) as *mut __m256i, h);
+            _mm256_storeu_si256(lo.add(32 * g) as *mut __m256i, l);
         }
+        let c = &mut out[kp / 2..];
         for (ti, g) in (ng - tail..ng).enumerate() {
             for l in 0..8 {
-                let s: i32 = (0..4).map(|b| x16[32 * g + super::natural(l, b)] as i32).sum();
+                let s: i32 = (0..4).map(|b| *x16.add(32 * g + super::natural(l, b)) as i32).sum();
                 c[8 * ti + l] = s as u32;
             }
         }
@@ -405,7 +413,7 @@ mod x86 {
             prepared = vec![0; m * stride];
         }
         for (i, row) in prepared[..m * stride].chunks_exact_mut(stride).enumerate() {
-            prepare_row(&xb.x16[i * kp..(i + 1) * kp], ng, tail, row);
+            prepare_row(xb.x16[i * kp..(i + 1) * kp].as_ptr(), ng, tail, row);
         }
         let shared = Shared {
             q: w.q.as_ptr() as *const u8,
