@@ -11,8 +11,9 @@
 //! reduction, and one vector of 16 scales serves them. On the 2-vCPU AMD EPYC (Zen 4), a
 //! standalone C copy of both kernels, 1 thread: in cache (1536 × 576) 33 → 69 GB/s; streamed
 //! over llama-135m's matrices in huge pages, 20 → 26 GB/s (1.27-1.35× over 6 rounds). Whole
-//! INT8 decodes at 1 thread, the two layouts alternated in one process: llama-135m 1.09×,
-//! gpt2-124m 1.06×, llama-1.1b 1.11× (docs/architecture.md has the runs). The GEMV asks for
+//! INT8 decodes, the two layouts alternated in one process: llama-135m 1.21× at 1 thread and
+//! 1.17× at 2, gpt2-124m 1.12× and 1.08×, llama-1.1b 1.09× and 1.03× (docs/architecture.md
+//! has the runs). The GEMV asks for
 //! no lines ahead: with its one sequential stream the hardware prefetcher does better alone
 //! (1.13× against requests 4 KiB ahead into L1, llama-135m).
 //!
