@@ -105,6 +105,26 @@ def test_bf16_prefill_setting(precision):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_int8_layout_setting(model):
+    """INT8 weights in tiles (the default where the CPU has AVX-512 VNNI and the BF16 prefill
+    GEMM) give the same logits and the same greedy tokens, bit for bit, as in rows
+    (FERROLM_INT8_LAYOUT=rows): prompt (GEMM) and decode (GEMV) alike. An invalid value is
+    refused at load with the variable's name."""
+    code = ("import ferrolm; from ferrolm import _core\n"
+            f"m = ferrolm.load({str(MODELS / model)!r}, precision='int8')\n"
+            "print(_core.int8_layout()); print(m.logits(list(range(1, 12)))[-1].tolist())\n"
+            "print(m.generate([5, 6, 7], max_new_tokens=12, ignore_eos=True).tokens)")
+    bad = _run_with_env(code, FERROLM_INT8_LAYOUT="tile")
+    assert bad.returncode != 0 and "InvalidArgumentError" in bad.stderr and "FERROLM_INT8_LAYOUT" in bad.stderr
+    rows = _run_with_env(code, FERROLM_INT8_LAYOUT="rows")
+    default = _run_with_env(code)
+    assert rows.returncode == 0 and default.returncode == 0, rows.stderr + default.stderr
+    (layout_rows, *out_rows), (layout, *out) = rows.stdout.splitlines(), default.stdout.splitlines()
+    assert layout_rows == "rows" and layout == ferrolm._core.int8_layout() in ("rows", "tiles")
+    assert out == out_rows
+
+
 def test_foreign_quantized_checkpoints_are_refused(tmp_path):
     folder = copy_model("tiny-llama", tmp_path)
     cfg = json.loads((folder / "config.json").read_text())

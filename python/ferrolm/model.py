@@ -628,6 +628,7 @@ def load(
     kv_cache = resolve_kv_cache(kv_cache, precision, device)
     if precision in ("bf16", "int8", "int4") and device == "cpu":
         _core.prefill_gemm()  # raises on an invalid FERROLM_BF16_PREFILL or FERROLM_AMX
+        _core.int8_layout()  # and on an invalid FERROLM_INT8_LAYOUT
     core = build_core_model(ckpt, n_threads, precision, resolve_progress(progress, "loading"))
     backend = backend_for(device, core)
     context_length = _context_length(core, context_length, backend, kv_cache)

@@ -179,12 +179,13 @@ impl QuantizedI8Tiles {
 
 /// Whether INT8 weights should be held in tiles on `level` on this CPU: AVX-512 with VNNI and
 /// the `vdpbf16ps` prefill GEMM (BF16), unless AMX runs the prefill (its packing reads rows)
-/// or x stays exact in prefill (`FERROLM_BF16_PREFILL=f32`: the VNNI GEMM reads rows). The
-/// environment variable `FERROLM_INT8_LAYOUT=rows` keeps rows (read at each load).
+/// or x stays exact in prefill (`FERROLM_BF16_PREFILL=f32`: the VNNI GEMM reads rows), and
+/// unless [`LAYOUT_ENV`] says "rows" (read at each call; an invalid value keeps rows, and
+/// `ferrolm.load` refuses it before loading).
 pub fn tiles_wanted(level: SimdLevel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::env::var(LAYOUT_ENV).map_or(true, |v| v != "rows")
+        layout_allows_tiles(std::env::var(LAYOUT_ENV).ok().as_deref()).unwrap_or(false)
             && crate::kernels::matmul_int8::int8_rounds_x(level, 128, Some(RowPath::Gemm), TILE_GROUP)
             && !crate::kernels::matmul_amx::enabled()
             && x86::available()
@@ -196,9 +197,26 @@ pub fn tiles_wanted(level: SimdLevel) -> bool {
     }
 }
 
-/// The environment variable that keeps INT8 weights in rows ("rows") on CPUs that would tile
-/// them ([`tiles_wanted`]).
+/// The environment variable that keeps INT8 weights in rows on CPUs that would tile them
+/// ([`tiles_wanted`]): "rows"; "auto" (or unset, or empty) tiles where the CPU wants it.
 pub const LAYOUT_ENV: &str = "FERROLM_INT8_LAYOUT";
+
+/// Whether [`LAYOUT_ENV`]'s value lets INT8 weights be tiled; anything but "auto", "rows" or
+/// nothing is an error naming the variable.
+pub fn layout_allows_tiles(value: Option<&str>) -> std::result::Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("") | Some("auto") => Ok(true),
+        Some("rows") => Ok(false),
+        Some(v) => Err(format!("{LAYOUT_ENV}={v:?}: expected \"auto\" or \"rows\"")),
+    }
+}
+
+/// The layout a model loaded now holds its INT8 weights in ("tiles" or "rows"); an invalid
+/// [`LAYOUT_ENV`] is an error.
+pub fn int8_layout() -> Result<&'static str> {
+    layout_allows_tiles(std::env::var(LAYOUT_ENV).ok().as_deref()).map_err(Error::InvalidArgument)?;
+    Ok(if tiles_wanted(crate::kernels::simd::detected()) { "tiles" } else { "rows" })
+}
 
 /// y: [m, n] = x: [m, k] · wᵀ for tiled weights on `path`, with the numbers of
 /// `matmul_int8_a16_path` on the same weights in rows: the tiled GEMV for the GEMV path, the
@@ -532,6 +550,15 @@ mod tests {
                 println!("{line}");
             }
         }
+    }
+
+    #[test]
+    fn the_layout_setting_is_checked() {
+        for (v, want) in [(None, Ok(true)), (Some(""), Ok(true)), (Some(" auto "), Ok(true)), (Some("rows"), Ok(false))] {
+            assert_eq!(layout_allows_tiles(v), want);
+        }
+        let err = layout_allows_tiles(Some("tile")).unwrap_err();
+        assert!(err.contains(LAYOUT_ENV) && err.contains("\"tile\""), "{err}");
     }
 
     #[test]

@@ -730,6 +730,14 @@ fn prefill_gemm() -> PyResult<String> {
     Ok(crate::kernels::matmul_bf16::prefill_gemm(crate::kernels::simd::detected()).to_string())
 }
 
+/// The layout a model loaded now holds its INT8 weights in: "tiles" (CPUs with AVX-512 VNNI and
+/// the BF16 prefill GEMM, no AMX) or "rows" (elsewhere, or `FERROLM_INT8_LAYOUT=rows`). An
+/// invalid `FERROLM_INT8_LAYOUT` raises `InvalidArgumentError`.
+#[pyfunction]
+fn int8_layout() -> PyResult<&'static str> {
+    Ok(crate::kernels::matmul_int8_tiles::int8_layout()?)
+}
+
 /// Memory read bandwidth in bytes/s: `threads` threads summing a buffer of `bytes` bytes,
 /// best of `repeats` passes (for the decode ceiling).
 #[pyfunction]
@@ -807,6 +815,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_prefill, m)?)?;
     m.add_function(wrap_pyfunction!(prefill_gemm, m)?)?;
+    m.add_function(wrap_pyfunction!(int8_layout, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add_function(wrap_pyfunction!(tensor_table, m)?)?;
