@@ -87,13 +87,7 @@ impl Model {
     /// kernels read fastest ([`WeightData::arranged`]: INT8 in tiles on AVX-512 VNNI + BF16
     /// CPUs); the numbers stay the same.
     pub fn arrange_weights(&mut self) {
-        let mut weights: Vec<&mut Arc<WeightData>> = Vec::new();
-        for l in self.layers.iter_mut() {
-            weights.extend([&mut l.qkv.weight, &mut l.o.weight, &mut l.up.weight, &mut l.down.weight]);
-        }
-        weights.extend(self.lm_head.as_mut().map(|l| &mut l.weight));
-        weights.push(&mut self.embed.weight);
-        for w in weights.into_iter().filter_map(Arc::get_mut) {
+        for w in self.own_weights_mut() {
             let rows = std::mem::replace(w, WeightData::F32(Vec::new().into()));
             *w = rows.arranged();
         }
@@ -121,16 +115,21 @@ impl Model {
     /// Moves the INT8 and INT4 matmul weights that lie in the heap (and are not shared) into
     /// one new arena, in decode order; returns its bytes.
     pub(crate) fn move_quantized_weights(&mut self) -> Result<usize> {
+        let quantized = |w: &&mut WeightData| matches!(w.precision(), Precision::Int8 | Precision::Int4);
+        let bufs: Vec<&mut dyn crate::arena::Movable> = self.own_weights_mut().filter(quantized).flat_map(|w| w.movables()).collect();
+        crate::arena::place(bufs)
+    }
+
+    /// The matmul weights that this model alone holds (not shared with a variant), in decode
+    /// order: the layers' matrices, then an untied lm_head, then the embedding.
+    fn own_weights_mut(&mut self) -> impl Iterator<Item = &mut WeightData> {
         let mut weights: Vec<&mut Arc<WeightData>> = Vec::new();
         for l in self.layers.iter_mut() {
             weights.extend([&mut l.qkv.weight, &mut l.o.weight, &mut l.up.weight, &mut l.down.weight]);
         }
         weights.extend(self.lm_head.as_mut().map(|l| &mut l.weight));
         weights.push(&mut self.embed.weight);
-        let quantized = |w: &&mut WeightData| matches!(w.precision(), Precision::Int8 | Precision::Int4);
-        let bufs: Vec<&mut dyn crate::arena::Movable> =
-            weights.into_iter().filter_map(Arc::get_mut).filter(quantized).flat_map(|w| w.movables()).collect();
-        crate::arena::place(bufs)
+        weights.into_iter().filter_map(Arc::get_mut)
     }
 
     /// Storage precision of the matmul weights (the lm_head's, which every layer shares).
