@@ -127,26 +127,21 @@ impl QuantizedI8Tiles {
         (q, self.scales[(t * ng + g) * TILE_ROWS + r])
     }
 
-    /// Row `j`'s int8 values and f16 scales, in the row-major order of [`QuantizedI8`].
-    pub fn row(&self, j: usize, q: &mut [i8], scales: &mut [u16]) {
+    /// The int8 values of rows `rows`, row by row as [`QuantizedI8`] holds them: [rows, cols].
+    pub fn values_of_rows(&self, rows: std::ops::Range<usize>) -> Vec<i8> {
+        rows.flat_map(|j| (0..self.cols).map(move |k| self.at(j, k).0)).collect()
+    }
+
+    /// The f16 scales of rows `rows`, row by row as [`QuantizedI8`] holds them: [rows, ng].
+    pub fn scales_of_rows(&self, rows: std::ops::Range<usize>) -> Vec<u16> {
         let ng = self.groups_per_row();
-        for (k, v) in q.iter_mut().enumerate().take(self.cols) {
-            *v = self.at(j, k).0;
-        }
-        for (g, s) in scales.iter_mut().enumerate().take(ng) {
-            *s = self.at(j, g * TILE_GROUP).1;
-        }
+        rows.flat_map(|j| (0..ng).map(move |g| self.at(j, g * TILE_GROUP).1)).collect()
     }
 
     /// The same weights row by row.
     pub fn to_rows(&self) -> QuantizedI8 {
-        let ng = self.groups_per_row();
-        let mut q = vec![0i8; self.rows * self.cols];
-        let mut scales = vec![0u16; self.rows * ng];
-        for j in 0..self.rows {
-            self.row(j, &mut q[j * self.cols..(j + 1) * self.cols], &mut scales[j * ng..(j + 1) * ng]);
-        }
-        QuantizedI8 { rows: self.rows, cols: self.cols, group: TILE_GROUP, q: q.into(), scales: scales.into() }
+        let all = 0..self.rows;
+        QuantizedI8 { rows: self.rows, cols: self.cols, group: TILE_GROUP, q: self.values_of_rows(all.clone()).into(), scales: self.scales_of_rows(all).into() }
     }
 
     /// Dequantizes row `i` into `out: [cols]`. Panics if `i >= rows` or `out.len() != cols`.

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use super::{Linear, Model, Norm, WeightData};
+use crate::kernels::matmul_int8_tiles::QuantizedI8Tiles;
 use crate::error::{Error, Result};
 use crate::model::DType;
 
@@ -94,7 +95,7 @@ pub fn buffer_bytes<'m>(model: &'m Model, name: &str) -> Result<Cow<'m, [u8]>> {
         .ok_or_else(missing)?
         .into_iter()
         .find(|(p, _)| p == part)
-        .map(|(_, v)| v.bytes)
+        .map(|(_, v)| v.bytes.get())
         .ok_or_else(missing)
 }
 
@@ -124,7 +125,25 @@ struct View<'m> {
     dtype: DType,
     shape: Vec<usize>,
     id: usize,
-    bytes: Cow<'m, [u8]>,
+    bytes: Bytes<'m>,
+}
+
+/// A buffer's bytes: borrowed from the model, or rows read back from INT8 tiles when asked for
+/// (the device kernels read rows; listing the buffers reads none).
+enum Bytes<'m> {
+    Slice(&'m [u8]),
+    TileValues(&'m QuantizedI8Tiles),
+    TileScales(&'m QuantizedI8Tiles),
+}
+
+impl<'m> Bytes<'m> {
+    fn get(self) -> Cow<'m, [u8]> {
+        match self {
+            Bytes::Slice(b) => Cow::Borrowed(b),
+            Bytes::TileValues(t) => Cow::Owned(t.values_of_rows(0..t.rows).into_iter().map(|v| v as u8).collect()),
+            Bytes::TileScales(t) => Cow::Owned(t.scales_of_rows(0..t.rows).into_iter().flat_map(u16::to_le_bytes).collect()),
+        }
+    }
 }
 
 enum Part<'m> {
@@ -176,24 +195,20 @@ fn linear_parts(l: &Linear) -> Vec<(String, View<'_>)> {
     let id = std::sync::Arc::as_ptr(&l.weight) as usize;
     let mut v = match &*l.weight {
         WeightData::F32(w) => vec![("weight".to_string(), View { id, ..f32_view(w, vec![n, k]) })],
-        WeightData::Bf16(w) => vec![("weight".to_string(), View { dtype: DType::BF16, shape: vec![n, k], id, bytes: as_bytes(w).into() })],
+        WeightData::Bf16(w) => vec![("weight".to_string(), View { dtype: DType::BF16, shape: vec![n, k], id, bytes: Bytes::Slice(as_bytes(w)) })],
         WeightData::Int8(q) => vec![
-            ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: as_bytes(&q.q).into() }),
-            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales).into() }),
+            ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: Bytes::Slice(as_bytes(&q.q)) }),
+            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: Bytes::Slice(as_bytes(&q.scales)) }),
         ],
-        // the device kernels read rows: tiles are copied back into rows
-        WeightData::Int8Tiles(t) => {
-            let q = t.to_rows();
-            vec![
-                ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: as_bytes(&q.q).to_vec().into() }),
-                ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.groups_per_row()], id: id + 1, bytes: as_bytes(&q.scales).to_vec().into() }),
-            ]
-        }
+        WeightData::Int8Tiles(t) => vec![
+            ("weight".to_string(), View { dtype: DType::I8, shape: vec![n, k], id, bytes: Bytes::TileValues(t) }),
+            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, t.groups_per_row()], id: id + 1, bytes: Bytes::TileScales(t) }),
+        ],
         // listed so every buffer has a name; the CUDA backend has no INT4 kernels and refuses them
         WeightData::Int4(q) => vec![
-            ("weight".to_string(), View { dtype: DType::U8, shape: vec![n, q.q.len() / n.max(1)], id, bytes: as_bytes(&q.q).into() }),
-            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.scales.len() / n.max(1)], id: id + 1, bytes: as_bytes(&q.scales).into() }),
-            ("mins".to_string(), View { dtype: DType::F16, shape: vec![n, q.mins.len() / n.max(1)], id: id + 2, bytes: as_bytes(&q.mins).into() }),
+            ("weight".to_string(), View { dtype: DType::U8, shape: vec![n, q.q.len() / n.max(1)], id, bytes: Bytes::Slice(as_bytes(&q.q)) }),
+            ("scales".to_string(), View { dtype: DType::F16, shape: vec![n, q.scales.len() / n.max(1)], id: id + 1, bytes: Bytes::Slice(as_bytes(&q.scales)) }),
+            ("mins".to_string(), View { dtype: DType::F16, shape: vec![n, q.mins.len() / n.max(1)], id: id + 2, bytes: Bytes::Slice(as_bytes(&q.mins)) }),
         ],
     };
     if let Some(b) = &l.bias {
@@ -207,7 +222,7 @@ fn linear_parts(l: &Linear) -> Vec<(String, View<'_>)> {
 }
 
 fn f32_view(v: &[f32], shape: Vec<usize>) -> View<'_> {
-    View { dtype: DType::F32, shape, id: v.as_ptr() as usize, bytes: as_bytes(v).into() }
+    View { dtype: DType::F32, shape, id: v.as_ptr() as usize, bytes: Bytes::Slice(as_bytes(v)) }
 }
 
 /// The bytes of a slice of plain numbers (f32, u16, i8: no padding, any bit pattern valid).
@@ -237,6 +252,13 @@ mod tests {
                         _ => 4,
                     };
                     assert_eq!(bytes.len(), b.shape.iter().product::<usize>() * size, "{}", b.name);
+                }
+                if let Some(rows) = model.layers[0].qkv.weight.int8_rows() {
+                    // INT8 tiles are read back as the rows the device kernels take
+                    let q: Vec<u8> = rows.q.iter().map(|&v| v as u8).collect();
+                    let s: Vec<u8> = rows.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    assert_eq!(&*buffer_bytes(&model, "layers.0.qkv.weight").unwrap(), &q[..]);
+                    assert_eq!(&*buffer_bytes(&model, "layers.0.qkv.scales").unwrap(), &s[..]);
                 }
                 let clone = model.clone();
                 assert_eq!(buffers(&clone).iter().find(|b| b.name == "layers.0.qkv.weight").unwrap().id, bufs.iter().find(|b| b.name == "layers.0.qkv.weight").unwrap().id);

@@ -153,14 +153,8 @@ impl Model {
             }
             (Part::Weight, WeightData::Int8(q)) => Ok(q.q[r0 * k..r1 * k].iter().map(|&v| v as u8).collect()),
             (Part::Scale, WeightData::Int8(q)) => Ok(u16_le(&q.scales[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
-            (Part::Weight | Part::Scale, WeightData::Int8Tiles(t)) => {
-                let ng = t.groups_per_row();
-                let (mut q, mut scales) = (vec![0i8; (r1 - r0) * k], vec![0u16; (r1 - r0) * ng]);
-                for (j, (qr, sr)) in (r0..r1).zip(q.chunks_exact_mut(k.max(1)).zip(scales.chunks_exact_mut(ng.max(1)))) {
-                    t.row(j, qr, sr);
-                }
-                Ok(if e.part == Part::Weight { q.iter().map(|&v| v as u8).collect() } else { u16_le(&scales) })
-            }
+            (Part::Weight, WeightData::Int8Tiles(t)) => Ok(t.values_of_rows(r0..r1).into_iter().map(|v| v as u8).collect()),
+            (Part::Scale, WeightData::Int8Tiles(t)) => Ok(u16_le(&t.scales_of_rows(r0..r1))),
             (Part::Weight, WeightData::Int4(q)) => Ok(q.q[r0 * q.row_bytes()..r1 * q.row_bytes()].to_vec()),
             (Part::Scale, WeightData::Int4(q)) => Ok(u16_le(&q.scales[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
             (Part::Min, WeightData::Int4(q)) => Ok(u16_le(&q.mins[r0 * q.groups_per_row()..r1 * q.groups_per_row()])),
