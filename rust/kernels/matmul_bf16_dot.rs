@@ -221,11 +221,17 @@ impl Rows for Int8Rows {
         };
         // the 32 values lie in one group (group % L == 0, col % L == 0)
         let gi = if self.shift != u32::MAX { col >> self.shift } else { col / self.group };
-        let s = _mm512_set1_ps(simd::f16_to_f32_f16c(*self.scales.add(row * self.ng + gi)));
-        let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
-        let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
-        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+        bf16_of_int8(v, simd::f16_to_f32_f16c(*self.scales.add(row * self.ng + gi)))
     }
+}
+
+/// 32 int8 values (one group's, in order) as bf16(q · scale), rounded to nearest even.
+#[inline(always)]
+unsafe fn bf16_of_int8(v: __m256i, scale: f32) -> __m512i {
+    let s = _mm512_set1_ps(scale);
+    let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
+    let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
+    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
 }
 
 /// int8 groups of 32 in tiles of 16 rows: bf16(q · scale), the values gathered from the
@@ -249,10 +255,7 @@ impl Rows for Int8TileRows {
         let quads = _mm256_i32gather_epi32::<1>(self.q.add(at * 32 + 4 * rr) as *const i32, _mm256_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448));
         // as 16-bit pairs: pair 2l holds values (2l, 2l + 1), pair 2l + 1 values (16 + 2l, 17 + 2l)
         let v = _mm256_permutexvar_epi16(_mm256_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15), quads);
-        let s = _mm512_set1_ps(simd::f16_to_f32_f16c(*self.scales.add(at + rr)));
-        let lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(v))), s);
-        let hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(v))), s);
-        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+        bf16_of_int8(v, simd::f16_to_f32_f16c(*self.scales.add(at + rr)))
     }
 
     /// A tile's group holds its 16 rows' quads (values 2l, 2l + 1, 16 + 2l, 17 + 2l of each row

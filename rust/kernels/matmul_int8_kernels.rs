@@ -398,25 +398,40 @@ pub(crate) unsafe fn quantize_rows_a16_avx2(x: *const f32, k: usize, kp: usize, 
 pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
     use std::arch::x86_64::*;
     debug_assert_eq!(kp, 32 * ng);
-    let (round, ones) = (_mm256_set1_epi16(128), _mm256_set1_epi16(1));
+    let ones = _mm256_set1_epi16(1);
     for i in rows {
         for gi in 0..ng {
             let p = i * kp + 32 * gi;
             let v0 = _mm256_loadu_si256(x16.add(p) as *const __m256i);
             let v1 = _mm256_loadu_si256(x16.add(p + 16) as *const __m256i);
-            let t0 = _mm256_srai_epi16::<8>(_mm256_add_epi16(v0, round));
-            let t1 = _mm256_srai_epi16::<8>(_mm256_add_epi16(v1, round));
-            let b0 = _mm256_sub_epi16(v0, _mm256_slli_epi16::<8>(t0));
-            let b1 = _mm256_sub_epi16(v1, _mm256_slli_epi16::<8>(t1));
-            // packs works per 128-bit half: [t0 lo, t1 lo, t0 hi, t1 hi] → 64-bit order 0, 2, 1, 3
-            let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(t0, t1));
-            let l = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(b0, b1));
+            let ([t0, t1, b0, b1], h, l) = split_bytes(v0, v1);
             _mm256_storeu_si256(out.hi.add(p) as *mut __m256i, h);
             _mm256_storeu_si256(out.lo.add(p) as *mut __m256i, l);
             *out.ch.add(i * ng + gi) = x86::hsum_epi32(_mm256_madd_epi16(_mm256_add_epi16(t0, t1), ones));
             *out.cl.add(i * ng + gi) = x86::hsum_epi32(_mm256_madd_epi16(_mm256_add_epi16(b0, b1), ones));
         }
     }
+}
+
+/// 32 values of 16-bit x (`v0`: the first 16, `v1`: the next) split as [`split_a16`] does:
+/// x16 = 256·hi + lo with hi = (x16 + 128) >> 8. Returns hi and lo as i16 vectors
+/// `[hi0, hi1, lo0, lo1]`, then the 32 high bytes and the 32 low bytes in order.
+///
+/// # Safety
+/// AVX2 available (the caller's target features).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn split_bytes(v0: std::arch::x86_64::__m256i, v1: std::arch::x86_64::__m256i) -> ([std::arch::x86_64::__m256i; 4], std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    let round = _mm256_set1_epi16(128);
+    let t0 = _mm256_srai_epi16::<8>(_mm256_add_epi16(v0, round));
+    let t1 = _mm256_srai_epi16::<8>(_mm256_add_epi16(v1, round));
+    let b0 = _mm256_sub_epi16(v0, _mm256_slli_epi16::<8>(t0));
+    let b1 = _mm256_sub_epi16(v1, _mm256_slli_epi16::<8>(t1));
+    // packs works per 128-bit half: [t0 lo, t1 lo, t0 hi, t1 hi] → 64-bit order 0, 2, 1, 3
+    let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(t0, t1));
+    let l = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(b0, b1));
+    ([t0, t1, b0, b1], h, l)
 }
 
 /// # Safety

@@ -286,20 +286,13 @@ mod x86 {
         let kp = 32 * ng;
         debug_assert!(out.len() >= row_words(kp, tail));
         let (hi, lo) = (out.as_mut_ptr() as *mut u8, out.as_mut_ptr().add(kp / 4) as *mut u8);
-        let round = _mm256_set1_epi16(128);
         for g in 0..ng {
             let v0 = _mm256_loadu_si256(x16.add(32 * g) as *const __m256i);
             let v1 = _mm256_loadu_si256(x16.add(32 * g + 16) as *const __m256i);
             // quad order: the 32-bit pairs (2l, 2l + 1) of v0 and (16 + 2l, 17 + 2l) of v1 side by side
             let (a, b) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
             let (p0, p1) = (_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b));
-            let t0 = _mm256_srai_epi16::<8>(_mm256_add_epi16(p0, round));
-            let t1 = _mm256_srai_epi16::<8>(_mm256_add_epi16(p1, round));
-            let b0 = _mm256_sub_epi16(p0, _mm256_slli_epi16::<8>(t0));
-            let b1 = _mm256_sub_epi16(p1, _mm256_slli_epi16::<8>(t1));
-            // packs works per 128-bit half: 64-bit order 0, 2, 1, 3
-            let h = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(t0, t1));
-            let l = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(b0, b1));
+            let (_, h, l) = q8::split_bytes(p0, p1);
             _mm256_storeu_si256(hi.add(32 * g) as *mut __m256i, h);
             _mm256_storeu_si256(lo.add(32 * g) as *mut __m256i, l);
         }
