@@ -89,6 +89,30 @@ impl Session {
         self.touched = 0;
     }
 
+    /// Forgets the conversation as [`Session::reset`] does, but keeps the cache's memory for
+    /// the next one: the positions the next prompt writes reuse their committed pages instead
+    /// of faulting fresh zeroed ones in (1,152 page faults of a 128-token prompt of gpt2-124m,
+    /// 4 % of its prefill at 1 thread), and the pages past that prompt's end go back to the system when its first
+    /// chunk runs, before the activation buffers are sized. So no more memory is ever
+    /// committed than after a reset; the calls that start a new conversation at once
+    /// (`generate`, `logits`) take this one.
+    pub fn restart(&mut self) {
+        self.prefix = 0;
+        self.tokens.clear();
+        self.paths.clear();
+        self.has_logits = false;
+    }
+
+    /// Gives back the memory of cache positions `end..` where it is committed past them (a
+    /// [`Session::restart`] kept it), so that a call writing positions up to `end` commits no
+    /// more than it uses.
+    fn release_past(&mut self, end: usize) {
+        if self.touched > end {
+            self.cache.release_from(end);
+            self.touched = end;
+        }
+    }
+
     /// Keeps the first `n` tokens (and any soft-prompt prefix) and forgets the rest; the
     /// last logits are forgotten unless nothing is dropped. `n` past the end is an error.
     pub fn truncate(&mut self, n: usize) -> Result<()> {
@@ -120,8 +144,8 @@ impl Session {
         (0..limit).find(|&i| self.tokens[i] != prompt[i] || self.paths[i] != cold.path_at(&self.model, i)).unwrap_or(limit)
     }
 
-    /// Cache positions written since the last `reset` / `truncate` (the memory they occupy
-    /// stays committed until then).
+    /// Cache positions whose memory is committed: those written since the last `reset` /
+    /// `truncate`, or kept by a `restart` until the next call writes the cache.
     pub fn touched(&self) -> usize {
         self.touched
     }
@@ -180,6 +204,10 @@ impl Session {
                 return Err(Error::ContextOverflow { needed, context_length: s.cache.max_seq });
             }
         }
+        for s in sessions.iter_mut() {
+            let end = s.position() + 1;
+            s.release_past(end);
+        }
         let mut scratch = std::mem::take(&mut sessions[0].scratch);
         let result = {
             let mut rows: Vec<BatchRow<'_>> = sessions
@@ -227,6 +255,8 @@ impl Session {
         if needed > self.cache.max_seq {
             return Err(Error::ContextOverflow { needed, context_length: self.cache.max_seq });
         }
+        // the pages of the whole prompt stay (its later chunks write them), those past it go
+        self.release_past((self.position() + layout.total).saturating_sub(layout.start).max(needed));
         let vocab = self.model.config.vocab_size;
         let mut all = if all_logits { Some(memory::zeroed(memory::checked_bytes(n, vocab, "the logits")?, "the logits of every token")?) } else { None };
         let pos0 = self.position();
@@ -399,6 +429,53 @@ mod tests {
             t.logits().unwrap().to_vec()
         };
         assert_eq!(s.logits().unwrap(), cold.as_slice());
+    }
+
+    #[test]
+    fn a_restart_keeps_the_memory_the_next_prompt_writes() {
+        // as released_cache_positions_read_as_new, with the cache's pages kept: the next
+        // prompt computes as in a fresh session, and only the pages past its end go back
+        let model = Arc::new(build(&long(LLAMA), Precision::F32, &checkpoint_names(LLAMA)));
+        let (a, b) = (tokens(600, 1), tokens(300, 2));
+        let fresh = |t: &[u32]| {
+            let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+            s.forward(t, true).unwrap().unwrap()
+        };
+        let last = |t: &[u32]| {
+            let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+            s.forward(t, false).unwrap();
+            s.logits().unwrap().to_vec()
+        };
+        let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+        s.forward(&a, false).unwrap();
+        s.restart();
+        assert_eq!((s.position(), s.touched()), (0, 600));
+        assert!(s.logits().is_err());
+        // in two chunks: the first keeps the pages of the whole prompt
+        let first = s.forward_prompt(&b[..100], 0, 300, true).unwrap().unwrap();
+        assert_eq!(s.touched(), 300);
+        let rest = s.forward_prompt(&b[100..], 100, 300, true).unwrap().unwrap();
+        assert_eq!([first, rest].concat(), fresh(&b));
+        // a longer prompt after a restart commits what it writes, as after a reset
+        s.restart();
+        s.forward(&a, false).unwrap();
+        assert_eq!(s.touched(), 600);
+        assert_eq!(s.logits().unwrap(), last(&a).as_slice());
+        // a batched step after a restart and a one-token prompt
+        s.restart();
+        s.forward(&b[..1], false).unwrap();
+        assert_eq!(s.touched(), 1);
+        Session::step_batch(&mut [&mut s], &[b[1]]).unwrap();
+        assert_eq!(s.touched(), 2);
+        let mut t = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+        t.forward(&b[..1], false).unwrap();
+        Session::step_batch(&mut [&mut t], &[b[1]]).unwrap();
+        assert_eq!(s.logits().unwrap(), t.logits().unwrap());
+        // a soft prompt after a restart
+        let d = model.config.hidden_size;
+        s.restart();
+        s.forward_embeddings(&vec![0.5; 3 * d], false).unwrap();
+        assert_eq!((s.prefix_len(), s.touched()), (3, 3));
     }
 
     #[test]

@@ -158,3 +158,28 @@ def test_one_call_at_a_time_per_session():
         s.generate("again", max_new_tokens=2)
     stream.close()
     assert s.generate("again", max_new_tokens=2).tokens
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_reused_session_commits_only_its_new_conversation(precision):
+    # generate() restarts the reused session: the pages its new prompt writes are kept, the rest
+    # go back, and the output is a fresh session's
+    model = ferrolm.load(MODELS / "tiny-llama", precision=precision, threads=2)
+    model.configure_prefix_cache(reuse=False)
+    long_ids = [(7 * i + 3) % model.vocab_size for i in range(60)]
+    short_ids = [(11 * i + 5) % model.vocab_size for i in range(9)]
+    opts = dict(max_new_tokens=4, ignore_eos=True, logprobs=True, top_logprobs=3)
+    model.generate(long_ids, **opts)
+    info = model.prefix_cache_info()
+    assert (info.sessions, info.tokens) == (1, 60 + 4 - 1)
+    per_position = info.bytes // info.tokens  # the cache's bytes per position (its dtype's)
+    assert per_position > 0 and info.bytes == 63 * per_position
+    warm = model.generate(short_ids, **opts)
+    info = model.prefix_cache_info()
+    assert (info.sessions, info.tokens, info.bytes) == (1, 9 + 4 - 1, (9 + 4 - 1) * per_position)
+    model.clear_prefix_cache()
+    cold = model.generate(short_ids, **opts)
+    assert (warm.tokens, _lp(warm)) == (cold.tokens, _lp(cold))
+    # logits() restarts it as well
+    np.testing.assert_array_equal(model.logits(short_ids), model.logits(short_ids))
+    assert model.prefix_cache_info().bytes == 9 * per_position

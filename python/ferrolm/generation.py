@@ -221,7 +221,7 @@ class _Sequence:
         s = self.session
         self.t0 = time.perf_counter()
         if self.fresh:
-            s.reset()
+            s.restart()  # a new conversation at once: the cache's pages are reused
         s.seed(self.seed)
         if self.prefix_embeds is not None:
             if _cancelled(cancel):

@@ -315,7 +315,7 @@ class Model:
             raise InvalidArgumentError("token_ids is empty")
         prefix = self._prefix(soft_prompt, len(ids))
         with self._session(self._core_for(adapter)) as s:
-            s.reset()
+            s.restart()
             if prefix is not None:
                 s.forward_embeddings(prefix)
             raw = s.forward(ids, all_logits=True)

@@ -381,6 +381,11 @@ impl PySession {
     fn reset(&mut self) {
         self.inner.reset()
     }
+    /// Forgets the conversation and keeps the cache's memory for the next prompt (see the
+    /// core's `Session::restart`).
+    fn restart(&mut self) {
+        self.inner.restart()
+    }
     fn seed(&mut self, seed: u64) {
         self.inner.seed(seed)
     }

@@ -66,6 +66,10 @@ class CudaSession:
         self._has_logits = False
         self._logits = None
 
+    def restart(self) -> None:
+        """As reset: the device cache is allocated whole, so there is no memory to keep."""
+        self.reset()
+
     def seed(self, seed: int) -> None:
         self._sampler.seed(seed)
 
