@@ -189,7 +189,8 @@ def main() -> None:
 
         a.json.write_text(json.dumps({"shape": a.shape, "ctranslate2": ctranslate2.__version__,
                                       "bf16_prefill": _core.bf16_prefill(), "prefill_gemm": _core.prefill_gemm(),
-                                      "machine": machine_info(), "rows": rows, "pairs": pairs}, indent=1))
+                                      "machine": machine_info(), "rows": rows, "pairs": pairs,
+                                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
 
 
 if __name__ == "__main__":

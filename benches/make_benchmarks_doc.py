@@ -9,6 +9,7 @@
     python benches/make_benchmarks_doc.py --llamacpp-rerun "llama-1.1b:2:ferrolm fp32,llama.cpp f32"
                                                      # one row of the llama.cpp side by side again, then rewrites
     python benches/make_benchmarks_doc.py --ctranslate2  # INT8 against CTranslate2 only, then rewrites
+    python benches/make_benchmarks_doc.py --ctranslate2-on NAME  # the same on another machine, kept beside it
 
 It runs, each as a user would:
   ferrolm bench DEFAULT_MODEL --shape gpt2-124m,llama-135m,llama-1.1b --precisions fp32,bf16,int8 --threads 1,2 --out docs/bench
@@ -245,8 +246,11 @@ def llamacpp_reruns_section() -> list:
 CT2 = ["--shape", "llama-135m", "--threads", "1,2", "--runs", "5", "--pairs", "8", "--json", "docs/bench/ctranslate2.json"]
 
 
-def measure_ctranslate2() -> None:
-    bench_script("ctranslate2_prefill.py", CT2)
+def measure_ctranslate2(on: str = "") -> None:
+    """The CTranslate2 run; `on` names another machine's run, kept beside the main one (ctranslate2_ON.json)."""
+    if on and not on.replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(f"--ctranslate2-on takes a name of letters, digits, '-' and '_', got {on!r}")
+    bench_script("ctranslate2_prefill.py", CT2[:-1] + [f"docs/bench/ctranslate2_{on}.json"] if on else CT2)
 
 
 def _ct2_kv_cache(c: dict) -> str:
@@ -257,12 +261,8 @@ def _ct2_kv_cache(c: dict) -> str:
     return "ferrolm's KV cache: " + ", ".join(sorted(k.upper() for k in kv if k)) + " (its default beside INT8 weights)."
 
 
-def ctranslate2_section() -> list:
-    """INT8 against CTranslate2's int8 on the same random-weight LLaMA shape."""
-    path = OUT / "ctranslate2.json"
-    if not path.exists():
-        return []
-    c = json.loads(path.read_text())
+def _ct2_run(c: dict) -> tuple:
+    """One ctranslate2_prefill.py run: (its table lines, its ratios and verdict, its machine and setup)."""
     table = ["| engine | threads | prefill tok/s (pp128) | decode tok/s (tg128) | prefill runs (s) |", "|---|---|---|---|---|"]
     table += [f"| {r['engine']} | {r['threads']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.1f} | "
               f"{', '.join(f'{x:.3f}' for x in r['runs']['prefill_s'])} |" for r in c["rows"]]
@@ -303,18 +303,38 @@ def ctranslate2_section() -> list:
     if unmet:
         verdict.append(f"not met at {', '.join(unmet)} thread(s)" if met else
                        f"The prefill target (INT8 ≥ CTranslate2's int8) is not met at {', '.join(unmet)} thread(s)")
-    return ["## INT8 side by side with CTranslate2", "",
-            "```", "pip install ctranslate2", "python benches/ctranslate2_prefill.py " + " ".join(CT2), "```", "",
-            f"{c['shape']} (random weights, `ferrolm.bench.random_checkpoint`), converted to CTranslate2 "
-            f"{c['ctranslate2']}'s format from the same FP32 arrays (with FP32 weights the two engines' logits agree to "
-            "3e-6), its weights quantized by CTranslate2 to int8 and run with `compute_type=\"int8\"` (8-bit "
-            "activations); ferrolm INT8 is W8A16 (its prefill GEMM on AVX512-BF16 and AMX-BF16 CPUs multiplies bf16). Batch 1, a 128-token prompt of fixed ids, then 128 new tokens; each "
-            "row a fresh process, one warm-up, median of 5 runs. Prefill: ferrolm's time to the first token against "
-            "CTranslate2's `generate_batch(max_length=1)` (its prefill and one step); decode: a 128-token "
-            "`generate_batch` less that prefill. " + machine + _ct2_kv_cache(c), "", *table, "",
-            "ferrolm against CTranslate2: " + "; ".join(ratios) + ". " + "; ".join(verdict) + ". In this run "
-            + how + "; CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane), at the quality of 8-bit "
-            "activations (ferrolm's INT8 with them: KL 4.1e-3).", ""]
+    summary = ("ferrolm against CTranslate2: " + "; ".join(ratios) + ". " + "; ".join(verdict) + ". In this run "
+               + how + "; CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane), at the quality of 8-bit "
+               "activations (ferrolm's INT8 with them: KL 4.1e-3).")
+    return table, summary, machine + _ct2_kv_cache(c)
+
+
+def ctranslate2_section() -> list:
+    """INT8 against CTranslate2's int8 on the same random-weight LLaMA shape: the main run, then the runs kept
+    from other machines (`--ctranslate2-on NAME`)."""
+    path = OUT / "ctranslate2.json"
+    if not path.exists():
+        return []
+    c = json.loads(path.read_text())
+    table, summary, setup = _ct2_run(c)
+    lines = ["## INT8 side by side with CTranslate2", "",
+             "```", "pip install ctranslate2", "python benches/ctranslate2_prefill.py " + " ".join(CT2), "```", "",
+             f"{c['shape']} (random weights, `ferrolm.bench.random_checkpoint`), converted to CTranslate2 "
+             f"{c['ctranslate2']}'s format from the same FP32 arrays (with FP32 weights the two engines' logits agree to "
+             "3e-6), its weights quantized by CTranslate2 to int8 and run with `compute_type=\"int8\"` (8-bit "
+             "activations); ferrolm INT8 is W8A16 (its prefill GEMM on AVX512-BF16 and AMX-BF16 CPUs multiplies bf16). Batch 1, a 128-token prompt of fixed ids, then 128 new tokens; each "
+             "row a fresh process, one warm-up, median of 5 runs. Prefill: ferrolm's time to the first token against "
+             "CTranslate2's `generate_batch(max_length=1)` (its prefill and one step); decode: a 128-token "
+             "`generate_batch` less that prefill. " + setup, "", *table, "", summary, ""]
+    for other in sorted(OUT.glob("ctranslate2_*.json")):
+        o = json.loads(other.read_text())
+        table, summary, setup = _ct2_run(o)
+        name = other.stem.removeprefix("ctranslate2_")
+        lines += [f"### The same on another machine ({name})", "",
+                  "```", "python benches/make_benchmarks_doc.py --ctranslate2-on " + name, "```", "",
+                  f"The same method and command (`--json docs/bench/{other.name}`){', measured ' + o['date'] if o.get('date') else ''}, "
+                  f"{o['shape']}, CTranslate2 {o['ctranslate2']}. " + setup, "", *table, "", summary, ""]
+    return lines
 
 
 def by_engine_ratio(by: dict, engine: str, peer: str) -> str:
@@ -763,6 +783,9 @@ def main() -> int:
                         f"{RERUN_ROUNDS} rounds, then render")
     p.add_argument("--memory", action="store_true", help="measure the default model's peak RSS only, then render")
     p.add_argument("--ctranslate2", action="store_true", help="measure INT8 against CTranslate2 only, then render")
+    p.add_argument("--ctranslate2-on", metavar="NAME",
+                   help="measure INT8 against CTranslate2 on another machine (kept as docs/bench/ctranslate2_NAME.json "
+                        "beside the main run), then render")
     args = p.parse_args()
     if args.speed:
         OUT.mkdir(parents=True, exist_ok=True)
@@ -782,6 +805,8 @@ def main() -> int:
         measure_memory()
     elif args.ctranslate2:
         measure_ctranslate2()
+    elif args.ctranslate2_on:
+        measure_ctranslate2(args.ctranslate2_on)
     elif not args.render:
         measure()
         measure_llamacpp_shapes()

@@ -135,3 +135,27 @@ def test_a_rerun_row_gives_the_medians_of_its_rounds_ratios(doc, tmp_path, monke
     (tmp_path / "llama-1.1b-2T-x.json").write_text(json.dumps(rerun))
     md = "\n".join(doc.llamacpp_reruns_section())
     assert "| 50.0 / 50.0† | — |" in md and "ran token by token (`n_batch=1`), and its prefill is not compared" in md
+
+
+def test_the_ctranslate2_section_keeps_other_machines_runs(doc, tmp_path, monkeypatch):
+    monkeypatch.setattr(doc, "OUT", tmp_path)
+    assert doc.ctranslate2_section() == []
+
+    def run(cpu, gemm, ours, theirs, pairs):
+        def row(engine, prefill):
+            return {"engine": engine, "threads": 1, "prefill_tok_s": prefill, "decode_tok_s": 100.0,
+                    "runs": {"prefill_s": [128 / prefill], "decode_tok_s": [100.0]}}
+        return {"shape": "llama-135m", "ctranslate2": "4.8.5", "prefill_gemm": gemm,
+                "machine": {"cpu": cpu, "cpus": 2, "simd": "avx512", "ferrolm": "0.1.0"},
+                "rows": [row("ferrolm int8", ours), row("ctranslate2 int8", theirs)],
+                "pairs": {"1": {"ratios": pairs, "median": statistics.median(pairs)}}}
+
+    (tmp_path / "ctranslate2.json").write_text(json.dumps(run("CPU A", "avx512-bf16", 800.0, 1000.0, [0.8, 0.9, 0.85])))
+    (tmp_path / "ctranslate2_b.json").write_text(json.dumps(run("CPU B", "amx-bf16", 1600.0, 1500.0, [1.1, 1.0, 1.05])))
+    md = "\n".join(doc.ctranslate2_section())
+    main, other = md.split("### The same on another machine (b)")
+    assert "Machine: CPU A" in main and "prefill 0.80×" in main and "1 thread 0.85× (range 0.80–0.90)" in main
+    assert "is not met at 1 thread(s)" in main and "`vdpbf16ps`" in main
+    assert "Machine: CPU B" in other and "prefill 1.07×" in other and "1 thread 1.05× (range 1.00–1.10)" in other
+    assert "is met at 1 thread(s)" in other and "AMX tiles" in other
+    assert "--ctranslate2-on b" in other and "docs/bench/ctranslate2_b.json" in other
