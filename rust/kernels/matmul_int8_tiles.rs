@@ -1,5 +1,6 @@
 //! INT8 weights in tiles of 16 rows: the layout of the W8A16 decode GEMV on CPUs whose
-//! prefill runs the `vdpbf16ps` GEMM (AVX-512 with VNNI and BF16, no AMX).
+//! prefill runs the `vdpbf16ps` GEMM (AVX-512 with VNNI and BF16, no AMX), and on AMX CPUs
+//! when `FERROLM_INT8_LAYOUT=tiles` asks for it.
 //!
 //! # Why
 //! Row by row ([`QuantizedI8`]), the decode GEMV multiplies a group's 32 weights with 32
@@ -13,9 +14,11 @@
 //! over llama-135m's matrices in huge pages, 20 → 26 GB/s (1.27-1.35× over 6 rounds). Whole
 //! INT8 decodes, the two layouts alternated in one process: llama-135m 1.21× at 1 thread and
 //! 1.17× at 2, gpt2-124m 1.12× and 1.08×, llama-1.1b 1.09× and 1.03× (docs/architecture.md
-//! has the runs). The GEMV asks for
-//! no lines ahead: with its one sequential stream the hardware prefetcher does better alone
-//! (1.13× against requests 4 KiB ahead into L1, llama-135m).
+//! has the runs). How far ahead the GEMV asks for its weights depends on the CPU
+//! (`simd::tiles_gemv_ahead`): on the Zen 4 EPYC not at all (its hardware prefetcher does
+//! better alone with the one sequential stream: 1.13× against requests 4 KiB ahead into L1,
+//! llama-135m), on an Intel Xeon 2 KiB ahead into L1 (1.03× at 1 thread, 1.09× at 2, against
+//! none).
 //!
 //! # Layout
 //! `q`: [tiles][ng][8 quads][16 rows][4 bytes]; quad l of group g holds the row's values
@@ -172,18 +175,21 @@ impl QuantizedI8Tiles {
     }
 }
 
-/// Whether INT8 weights should be held in tiles on `level` on this CPU: AVX-512 with VNNI and
-/// the `vdpbf16ps` prefill GEMM (BF16), unless AMX runs the prefill (its packing reads rows)
-/// or x stays exact in prefill (`FERROLM_BF16_PREFILL=f32`: the VNNI GEMM reads rows), and
-/// unless [`LAYOUT_ENV`] says "rows" (read at each call; an invalid value keeps rows, and
-/// `ferrolm.load` refuses it before loading).
+/// Whether INT8 weights should be held in tiles on `level` on this CPU, as [`LAYOUT_ENV`] says
+/// (read at each call; an invalid value keeps rows, and `ferrolm.load` refuses it before
+/// loading). Tiles need AVX-512 with VNNI and a prefill GEMM that reads them: the bf16 GEMM
+/// (`vdpbf16ps` or AMX), not the VNNI GEMM of `FERROLM_BF16_PREFILL=f32`. "auto" takes them
+/// where they measured faster: on CPUs without AMX. On AMX CPUs the tile GEMM packs tiles by a
+/// gather per row where it copies rows, so "auto" keeps rows there and "tiles" takes them
+/// (docs/architecture.md: decode faster, prefill slower).
 pub fn tiles_wanted(level: SimdLevel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        layout_allows_tiles(std::env::var(LAYOUT_ENV).ok().as_deref()).unwrap_or(false)
+        let setting = layout_setting(std::env::var(LAYOUT_ENV).ok().as_deref()).unwrap_or(LayoutSetting::Rows);
+        setting != LayoutSetting::Rows
             && crate::kernels::matmul_int8::int8_rounds_x(level, 128, Some(RowPath::Gemm), TILE_GROUP)
-            && !crate::kernels::matmul_amx::enabled()
             && x86::available()
+            && (setting == LayoutSetting::Tiles || !crate::kernels::matmul_amx::enabled())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -192,24 +198,34 @@ pub fn tiles_wanted(level: SimdLevel) -> bool {
     }
 }
 
-/// The environment variable that keeps INT8 weights in rows on CPUs that would tile them
-/// ([`tiles_wanted`]): "rows"; "auto" (or unset, or empty) tiles where the CPU wants it.
+/// The environment variable that chooses how INT8 weights are held: "auto" (or unset, or
+/// empty) tiles them where the CPU wants it ([`tiles_wanted`]), "rows" never, "tiles" wherever
+/// the CPU can run them.
 pub const LAYOUT_ENV: &str = "FERROLM_INT8_LAYOUT";
 
-/// Whether [`LAYOUT_ENV`]'s value lets INT8 weights be tiled; anything but "auto", "rows" or
-/// nothing is an error naming the variable.
-pub fn layout_allows_tiles(value: Option<&str>) -> std::result::Result<bool, String> {
+/// What [`LAYOUT_ENV`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutSetting {
+    Auto,
+    Rows,
+    Tiles,
+}
+
+/// [`LAYOUT_ENV`]'s value read; anything but "auto", "rows", "tiles" or nothing is an error
+/// naming the variable.
+pub fn layout_setting(value: Option<&str>) -> std::result::Result<LayoutSetting, String> {
     match value.map(str::trim) {
-        None | Some("") | Some("auto") => Ok(true),
-        Some("rows") => Ok(false),
-        Some(v) => Err(format!("{LAYOUT_ENV}={v:?}: expected \"auto\" or \"rows\"")),
+        None | Some("") | Some("auto") => Ok(LayoutSetting::Auto),
+        Some("rows") => Ok(LayoutSetting::Rows),
+        Some("tiles") => Ok(LayoutSetting::Tiles),
+        Some(v) => Err(format!("{LAYOUT_ENV}={v:?}: expected \"auto\", \"rows\" or \"tiles\"")),
     }
 }
 
 /// The layout a model loaded now holds its INT8 weights in ("tiles" or "rows"); an invalid
 /// [`LAYOUT_ENV`] is an error.
 pub fn int8_layout() -> Result<&'static str> {
-    layout_allows_tiles(std::env::var(LAYOUT_ENV).ok().as_deref()).map_err(Error::InvalidArgument)?;
+    layout_setting(std::env::var(LAYOUT_ENV).ok().as_deref()).map_err(Error::InvalidArgument)?;
     Ok(if tiles_wanted(crate::kernels::simd::detected()) { "tiles" } else { "rows" })
 }
 
@@ -250,6 +266,7 @@ mod x86 {
 
     use super::{QuantizedI8Tiles, GROUP_BYTES, TILE_GROUP, TILE_ROWS};
     use crate::kernels::matmul_int8::q8::{self, Need};
+    use crate::kernels::simd;
     use crate::threadpool::{chunk, ThreadPool};
 
     /// Whether this CPU runs the tiled GEMV (AVX-512 F/BW/VL/VNNI, F16C, FMA, AVX2).
@@ -310,9 +327,10 @@ mod x86 {
     ///
     /// # Safety
     /// `q` / `s` point at the tile's groups and scales (ng groups); `xp` at a prepared row;
-    /// `xs` / `xc` at the row's ng scales and Σx16; the features of [`available`].
+    /// `xs` / `xc` at the row's ng scales and Σx16; the features of [`available`]. `ahead`:
+    /// bytes ahead of each whole group to ask for into L1 (0: none; `simd::tiles_gemv_ahead`).
     #[inline(always)]
-    unsafe fn tile_row(q: *const u8, s: *const u16, ng: usize, xp: *const u32, xs: *const f32, xc: *const i32) -> __m512 {
+    unsafe fn tile_row(q: *const u8, s: *const u16, ng: usize, xp: *const u32, xs: *const f32, xc: *const i32, ahead: usize) -> __m512 {
         let tail = ng % 8;
         let kp = 32 * ng;
         let (xh, xl, tc) = (xp, xp.add(kp / 4), xp.add(kp / 2));
@@ -324,6 +342,9 @@ mod x86 {
             for (t, f) in f.iter_mut().enumerate() {
                 let g = g0 + t;
                 let gq = q.add(g * GROUP_BYTES);
+                if ahead != 0 {
+                    simd::prefetch(gq.wrapping_add(ahead), GROUP_BYTES);
+                }
                 let (mut ha, mut hb, mut la, mut lb) = (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
                 for l in (0..8).step_by(2) {
                     let w0 = _mm512_xor_si512(_mm512_loadu_si512(gq.add(64 * l) as *const _), flip);
@@ -365,11 +386,12 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma,avx2")]
     unsafe fn tiles_region(w: &Shared, tiles: std::ops::Range<usize>) {
         let ng = w.ng;
+        let ahead = simd::tiles_gemv_ahead();
         for t in tiles {
             let (q, s) = (w.q.add(t * ng * GROUP_BYTES), w.s.add(t * ng * TILE_ROWS));
             let rows = (w.n - t * TILE_ROWS).min(TILE_ROWS);
             for i in 0..w.m {
-                let v = tile_row(q, s, ng, w.xp.add(i * w.stride), w.xs.add(i * ng), w.xc.add(i * ng));
+                let v = tile_row(q, s, ng, w.xp.add(i * w.stride), w.xs.add(i * ng), w.xc.add(i * ng), ahead);
                 let y = w.y.add(i * w.n + t * TILE_ROWS);
                 if rows == TILE_ROWS {
                     _mm512_storeu_ps(y, v);
@@ -509,7 +531,8 @@ mod tests {
     }
 
     /// Hand-run: the decode GEMV (m = 1) on rows and on tiles, 1 thread, GB/s, streamed (copies
-    /// of the matrix past 128 MiB) and in cache, rounds alternated. `BENCH_GEMV=NxK,...`.
+    /// of the matrix past 128 MiB) and in cache, rounds alternated; then the prefill GEMM
+    /// (m = 128) on each. `BENCH_GEMV=NxK,...`.
     /// `cargo test --release --lib bench_tiles_gemv -- --ignored --nocapture`
     #[test]
     #[ignore]
@@ -537,15 +560,26 @@ mod tests {
                 }
                 println!("{line}");
             }
+            // the prefill GEMM (m = 128) on each layout, the weights in cache
+            let m = 128;
+            let xm = rng.vec(m * k);
+            let mut ym = vec![0f32; m * n];
+            for round in 0..2 {
+                let t_rows = crate::kernels::test_rng::best_time(5, 3, |_| matmul_int8_a16_path(&pool, &xm, &rows[0], &mut ym, m, RowPath::Gemm));
+                let t_tiles = crate::kernels::test_rng::best_time(5, 3, |_| matmul_int8_tiles_path(&pool, &xm, &tiles[0], &mut ym, m, RowPath::Gemm));
+                let gf = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+                println!("{n}x{k} round {round}: GEMM m = {m} ({}) rows {:.0} tiles {:.0} GFLOP/s ({:.2})", crate::kernels::matmul_bf16::prefill_gemm(crate::kernels::simd::detected()), gf(t_rows), gf(t_tiles), t_rows / t_tiles);
+            }
         }
     }
 
     #[test]
     fn the_layout_setting_is_checked() {
-        for (v, want) in [(None, Ok(true)), (Some(""), Ok(true)), (Some(" auto "), Ok(true)), (Some("rows"), Ok(false))] {
-            assert_eq!(layout_allows_tiles(v), want);
+        use LayoutSetting::*;
+        for (v, want) in [(None, Auto), (Some(""), Auto), (Some(" auto "), Auto), (Some("rows"), Rows), (Some("tiles"), Tiles)] {
+            assert_eq!(layout_setting(v), Ok(want));
         }
-        let err = layout_allows_tiles(Some("tile")).unwrap_err();
+        let err = layout_setting(Some("tile")).unwrap_err();
         assert!(err.contains(LAYOUT_ENV) && err.contains("\"tile\""), "{err}");
     }
 
