@@ -408,27 +408,24 @@ mod tests {
         // what follows computes as in a fresh session
         let model = Arc::new(build(&long(LLAMA), Precision::F32, &checkpoint_names(LLAMA)));
         let (a, b) = (tokens(600, 1), tokens(300, 2));
-        let fresh = |t: &[u32]| {
-            let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
-            s.forward(t, false).unwrap();
-            s.logits().unwrap().to_vec()
-        };
         let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
         s.forward(&a, false).unwrap();
         s.reset();
         s.forward(&b, false).unwrap();
-        assert_eq!(s.logits().unwrap(), fresh(&b).as_slice());
+        assert_eq!(s.logits().unwrap(), last_logits_of_fresh(&model, &b).as_slice());
         // truncate to a shared prefix of 100, then the rest of a prompt that starts with it
         let c: Vec<u32> = b[..100].iter().chain(&a[..250]).copied().collect();
         s.truncate(100).unwrap();
         assert_eq!(s.touched(), 100);
         s.forward_prompt(&c[100..], 100, c.len(), false).unwrap();
-        let cold = {
-            let mut t = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
-            t.forward(&c, false).unwrap();
-            t.logits().unwrap().to_vec()
-        };
-        assert_eq!(s.logits().unwrap(), cold.as_slice());
+        assert_eq!(s.logits().unwrap(), last_logits_of_fresh(&model, &c).as_slice());
+    }
+
+    /// The last logits of a fresh 700-position session fed `t` at once.
+    fn last_logits_of_fresh(model: &Arc<Model>, t: &[u32]) -> Vec<f32> {
+        let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
+        s.forward(t, false).unwrap();
+        s.logits().unwrap().to_vec()
     }
 
     #[test]
@@ -440,11 +437,6 @@ mod tests {
         let fresh = |t: &[u32]| {
             let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
             s.forward(t, true).unwrap().unwrap()
-        };
-        let last = |t: &[u32]| {
-            let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
-            s.forward(t, false).unwrap();
-            s.logits().unwrap().to_vec()
         };
         let mut s = Session::new(model.clone(), Some(700), KvDtype::F32).unwrap();
         s.forward(&a, false).unwrap();
@@ -460,7 +452,7 @@ mod tests {
         s.restart();
         s.forward(&a, false).unwrap();
         assert_eq!(s.touched(), 600);
-        assert_eq!(s.logits().unwrap(), last(&a).as_slice());
+        assert_eq!(s.logits().unwrap(), last_logits_of_fresh(&model, &a).as_slice());
         // a batched step after a restart and a one-token prompt
         s.restart();
         s.forward(&b[..1], false).unwrap();
