@@ -81,21 +81,17 @@ impl Session {
     /// Forgets the conversation; the cache's memory goes back to the system (committed again
     /// as the next conversation fills it).
     pub fn reset(&mut self) {
-        self.prefix = 0;
-        self.tokens.clear();
-        self.paths.clear();
-        self.has_logits = false;
-        self.cache.release_from(0);
-        self.touched = 0;
+        self.restart();
+        self.release_past(0);
     }
 
     /// Forgets the conversation as [`Session::reset`] does, but keeps the cache's memory for
     /// the next one: the positions the next prompt writes reuse their committed pages instead
-    /// of faulting fresh zeroed ones in (1,152 page faults of a 128-token prompt of gpt2-124m,
-    /// 4 % of its prefill at 1 thread), and the pages past that prompt's end go back to the system when its first
-    /// chunk runs, before the activation buffers are sized. So no more memory is ever
-    /// committed than after a reset; the calls that start a new conversation at once
-    /// (`generate`, `logits`) take this one.
+    /// of faulting fresh zeroed ones in (1,152 page faults of a 128-token prompt of
+    /// gpt2-124m, 4 % of its prefill at 1 thread), and the pages past that prompt's end go
+    /// back to the system when its first chunk runs, before the activation buffers are sized.
+    /// So no more memory is ever committed than after a reset; the calls that start a new
+    /// conversation at once (`generate`, `logits`) take this one.
     pub fn restart(&mut self) {
         self.prefix = 0;
         self.tokens.clear();
@@ -103,9 +99,10 @@ impl Session {
         self.has_logits = false;
     }
 
-    /// Gives back the memory of cache positions `end..` where it is committed past them (a
-    /// [`Session::restart`] kept it), so that a call writing positions up to `end` commits no
-    /// more than it uses.
+    /// Gives back the memory of cache positions `end..` where it is committed past them
+    /// (`touched` counts every position written since the last release, so nothing is
+    /// committed past it): for a reset or a truncate, and for a call writing positions up to
+    /// `end` after a [`Session::restart`] kept more.
     fn release_past(&mut self, end: usize) {
         if self.touched > end {
             self.cache.release_from(end);
@@ -123,8 +120,7 @@ impl Session {
             self.tokens.truncate(n);
             self.paths.truncate(n);
             self.has_logits = false;
-            self.cache.release_from(self.position());
-            self.touched = self.position();
+            self.release_past(self.position());
         }
         Ok(())
     }

@@ -179,9 +179,9 @@ impl QuantizedI8Tiles {
 /// (read at each call; an invalid value keeps rows, and `ferrolm.load` refuses it before
 /// loading). Tiles need AVX-512 with VNNI and a prefill GEMM that reads them: the bf16 GEMM
 /// (`vdpbf16ps` or AMX), not the VNNI GEMM of `FERROLM_BF16_PREFILL=f32`. "auto" takes them
-/// where they measured faster: on CPUs without AMX. On AMX CPUs the tile GEMM packs tiles by a
-/// gather per row where it copies rows, so "auto" keeps rows there and "tiles" takes them
-/// (docs/architecture.md: decode faster, prefill slower).
+/// where they measured faster: on CPUs without AMX. On AMX CPUs the AMX prefill GEMM packs
+/// tiles by a gather per row where it copies rows, so "auto" keeps rows there and "tiles"
+/// takes them (docs/architecture.md: decode faster, prefill slower).
 pub fn tiles_wanted(level: SimdLevel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {

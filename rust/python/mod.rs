@@ -736,8 +736,9 @@ fn prefill_gemm() -> PyResult<String> {
 }
 
 /// The layout a model loaded now holds its INT8 weights in: "tiles" (CPUs with AVX-512 VNNI and
-/// the BF16 prefill GEMM, no AMX) or "rows" (elsewhere, or `FERROLM_INT8_LAYOUT=rows`). An
-/// invalid `FERROLM_INT8_LAYOUT` raises `InvalidArgumentError`.
+/// the BF16 prefill GEMM: without AMX, or with it under `FERROLM_INT8_LAYOUT=tiles`) or "rows"
+/// (elsewhere, or `FERROLM_INT8_LAYOUT=rows`). An invalid `FERROLM_INT8_LAYOUT` raises
+/// `InvalidArgumentError`.
 #[pyfunction]
 fn int8_layout() -> PyResult<&'static str> {
     Ok(crate::kernels::matmul_int8_tiles::int8_layout()?)
