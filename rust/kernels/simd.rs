@@ -758,7 +758,8 @@ pub(crate) const STREAM_AHEAD: usize = 4096;
 pub(crate) const STREAM_AHEAD_L2: usize = 16 * 1024;
 
 /// How far ahead (bytes) the bf16 GEMV asks for its weights: into L1 and into L2 (0: not at
-/// all). [`STREAM_AHEAD`] and [`STREAM_AHEAD_L2`] on most CPUs; on AMD's family 19h (Zen 3,
+/// all). [`STREAM_AHEAD`] and [`STREAM_AHEAD_L2`] on most CPUs, only the L2 requests on Intel
+/// CPUs (see [`ahead_for`]); on AMD's family 19h (Zen 3,
 /// Zen 4) only into L2, 8 KiB ahead. There, on the 2-vCPU AMD EPYC (Zen 4), llama-135m BF16
 /// decode with the distances switched between generations of one process (6-8 alternated rounds per
 /// setting, weights in huge pages), median speed against both requests: L2 only at 8 KiB
@@ -799,10 +800,19 @@ fn tiles_ahead_for(cpu: Option<([u8; 12], u32)>) -> usize {
     }
 }
 
-/// The plan for a CPU of (vendor, family) (see [`cpu_family`]).
+/// The plan for a CPU of (vendor, family) (see [`cpu_family`]): on AMD's family 19h only into
+/// L2, 8 KiB ahead (see [`Ahead`]); on Intel CPUs only into L2, [`STREAM_AHEAD_L2`] ahead; both
+/// elsewhere. On a 2-vCPU Intel Xeon (family 6, AVX-512 BF16, AMX), the GEMV alone over weights
+/// streamed from memory (`MatmulProbe`, 1 thread), against the read probe: both requests 85-90%
+/// at 4096 × 4096 and 89-93% at 49152 × 576, L2 only at 16 KiB 85-89% and 93-94%, none 62% and
+/// 67%. Whole BF16 decodes (fresh processes of the two plans alternated, 128-token prompt, 128
+/// new tokens, median pair ratios of L2 only against both): llama-135m 1.03 (1.01-1.07, 6 pairs)
+/// at 1 thread and 1.00 (0.97-1.04, 6) at 2; gpt2-124m 1.05 (1.04-1.09, 5) and 1.01 (0.99-1.03,
+/// 5); L2 only at 8 KiB against 16 KiB 0.97 (0.96-1.04, 4).
 fn ahead_for(cpu: Option<([u8; 12], u32)>) -> Ahead {
     match cpu {
         Some((vendor, 0x19)) if &vendor == b"AuthenticAMD" => Ahead { l1: 0, l2: 8 * 1024 },
+        Some((vendor, _)) if &vendor == b"GenuineIntel" => Ahead { l1: 0, l2: STREAM_AHEAD_L2 },
         _ => Ahead { l1: STREAM_AHEAD, l2: STREAM_AHEAD_L2 },
     }
 }
@@ -967,12 +977,16 @@ mod tests {
         assert_eq!((display_family(0x00A1_0F11), display_family(0x00B0_0F21), display_family(0x0008_06F8)), (0x19, 0x1A, 6));
         let zen4 = ahead_for(Some((*b"AuthenticAMD", 0x19)));
         assert_eq!(zen4, Ahead { l1: 0, l2: 8192 });
+        let intel = Ahead { l1: 0, l2: STREAM_AHEAD_L2 };
+        for family in [6, 0x13, 0x19] {
+            assert_eq!(ahead_for(Some((*b"GenuineIntel", family))), intel);
+        }
         let default = Ahead { l1: STREAM_AHEAD, l2: STREAM_AHEAD_L2 };
-        for other in [Some((*b"AuthenticAMD", 0x1A)), Some((*b"GenuineIntel", 0x19)), Some((*b"GenuineIntel", 6)), None] {
+        for other in [Some((*b"AuthenticAMD", 0x1A)), Some((*b"AuthenticAMD", 0x17)), Some((*b"CentaurHauls", 6)), None] {
             assert_eq!(ahead_for(other), default);
         }
-        // the running CPU's plan is one of the two
-        assert!([zen4, default].contains(&bf16_gemv_ahead()));
+        // the running CPU's plan is one of the three
+        assert!([zen4, intel, default].contains(&bf16_gemv_ahead()));
     }
 
     #[test]
