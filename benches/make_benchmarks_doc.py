@@ -5,6 +5,7 @@
     python benches/make_benchmarks_doc.py --serving  # measures the serving benchmark only, then rewrites
     python benches/make_benchmarks_doc.py --kv-cache # measures the KV cache section only, then rewrites
     python benches/make_benchmarks_doc.py --llamacpp # the PERF shapes against llama.cpp only, then rewrites
+    python benches/make_benchmarks_doc.py --llamacpp-on NAME  # the same on another machine, kept beside it
     python benches/make_benchmarks_doc.py --memory   # the default model's peak RSS only, then rewrites
     python benches/make_benchmarks_doc.py --llamacpp-rerun "llama-1.1b:2:ferrolm fp32,llama.cpp f32"
                                                      # one row of the llama.cpp side by side again, then rewrites
@@ -173,8 +174,23 @@ def kv_cache_section() -> list:
             "in quality: docs/quality.md, KV cache precision.", ""]
 
 
-def measure_llamacpp_shapes() -> None:
-    bench_script("llamacpp_compare.py", LLAMACPP_SHAPES)
+def machine_name(flag: str, on: str) -> str:
+    """`on` as the name of another machine's run (a file name part), or SystemExit."""
+    if not on.replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(f"{flag} takes a name of letters, digits, '-' and '_', got {on!r}")
+    return on
+
+
+def measure_llamacpp_shapes(on: str = "") -> None:
+    """The PERF shapes against llama.cpp; `on` names another machine's run, kept beside the main one
+    (llamacpp_shapes_ON.json)."""
+    if on:
+        start = utc_stamp()
+        out = OUT / f"llamacpp_shapes_{machine_name('--llamacpp-on', on)}.json"
+        bench_script("llamacpp_compare.py", LLAMACPP_SHAPES[:-1] + [str(out.relative_to(ROOT))])
+        out.write_text(json.dumps({**json.loads(out.read_text()), "date": start}, indent=1))
+    else:
+        bench_script("llamacpp_compare.py", LLAMACPP_SHAPES)
 
 
 # Single rows of the side by side measured again (`--llamacpp-rerun`), one JSON each.
@@ -248,8 +264,8 @@ CT2 = ["--shape", "llama-135m", "--threads", "1,2", "--runs", "5", "--pairs", "8
 
 def measure_ctranslate2(on: str = "") -> None:
     """The CTranslate2 run; `on` names another machine's run, kept beside the main one (ctranslate2_ON.json)."""
-    if on and not on.replace("-", "").replace("_", "").isalnum():
-        raise SystemExit(f"--ctranslate2-on takes a name of letters, digits, '-' and '_', got {on!r}")
+    if on:
+        machine_name("--ctranslate2-on", on)
     bench_script("ctranslate2_prefill.py", CT2[:-1] + [f"docs/bench/ctranslate2_{on}.json"] if on else CT2)
 
 
@@ -390,12 +406,8 @@ def _rounds_method(c: dict) -> str:
     return text
 
 
-def llamacpp_shapes_section() -> list:
-    """The PERF shapes, ferrolm and llama.cpp side by side on the same weights (decode and prefill)."""
-    path = OUT / "llamacpp_shapes.json"
-    if not path.exists():
-        return []
-    c = json.loads(path.read_text())
+def _llamacpp_run(c: dict) -> tuple:
+    """One llamacpp_compare.py run over the PERF shapes: (its method and setup, its tables and ratios)."""
     by = {(r["source"], r["threads"], r["engine"]): r for r in c["rows"]}
     keys = sorted({(r["source"], r["threads"]) for r in c["rows"]}, key=lambda k: (c["sources"].index(k[0]), k[1]))
 
@@ -447,9 +459,7 @@ def llamacpp_shapes_section() -> list:
                            "does; its decode keeps x in f32). ",
                   "f32": "ferrolm's BF16 prefill kept x in f32 (no AVX512-BF16, or FERROLM_BF16_PREFILL=f32). "}
                  .get(mode, ""))
-    return ["## Side by side with llama.cpp on the PERF shapes", "",
-            "```", "pip install llama-cpp-python", "python benches/llamacpp_compare.py " + " ".join(LLAMACPP_SHAPES), "```", "",
-            "ferrolm loads each random-weight shape (`ferrolm.bench.random_checkpoint`); llama.cpp loads GGUF files of the "
+    method = ("ferrolm loads each random-weight shape (`ferrolm.bench.random_checkpoint`); llama.cpp loads GGUF files of the "
             "same weights (`benches/shape_gguf.py`: an F32 GGUF file, then llama.cpp's own quantizer for Q8_0 and BF16; "
             "the FP32 logits of both engines agree to 1e-3 on these files). Batch 1, greedy, a 128-token prompt of fixed "
             "ids, 128 new tokens, EOS ignored; each engine in a fresh process, its timed runs after a warm-up; ferrolm's "
@@ -457,8 +467,8 @@ def llamacpp_shapes_section() -> list:
             f"probes) / the matmul bytes each engine reads per token ({scales_note}). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes "
             f"ranged {probes} between processes; a row's percentage moves with its probe (above 100 % the probe "
             "caught a slower moment than the decode did), so compare the tok/s of the engines within a row. "
-            + _llamacpp_setup(c), "",
-            "Decode tok/s (% of the ceiling):", "", *decode, "",
+            + _llamacpp_setup(c))
+    return method, ["Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
             *(["† llama.cpp died of a signal (a crash) on its batched Q8_0 prompt on this CPU, so "
                "`llamacpp_compare.py` ran it again with the prompt fed token by token (`n_batch=1`): that prefill "
@@ -467,6 +477,27 @@ def llamacpp_shapes_section() -> list:
             ("ferrolm against llama.cpp, same rows: INT8 decode against Q8_0: " + ratios + "; BF16 decode: "
             + bf16_decode + "; FP32 prefill against llama.cpp's F32: " + fp32_prefill + "; BF16 prefill: "
             + bf16_prefill + ". " + bf16_note).rstrip(), ""]
+
+
+def llamacpp_shapes_section() -> list:
+    """The PERF shapes, ferrolm and llama.cpp side by side on the same weights (decode and prefill): the main
+    run, then the runs kept from other machines (`--llamacpp-on NAME`)."""
+    path = OUT / "llamacpp_shapes.json"
+    if not path.exists():
+        return []
+    method, body = _llamacpp_run(json.loads(path.read_text()))
+    lines = ["## Side by side with llama.cpp on the PERF shapes", "",
+             "```", "pip install llama-cpp-python", "python benches/llamacpp_compare.py " + " ".join(LLAMACPP_SHAPES),
+             "```", "", method, "", *body]
+    for other in sorted(OUT.glob("llamacpp_shapes_*.json")):
+        o = json.loads(other.read_text())
+        method, body = _llamacpp_run(o)
+        name = other.stem.removeprefix("llamacpp_shapes_")
+        lines += [f"### The same on another machine ({name})", "",
+                  "```", "python benches/make_benchmarks_doc.py --llamacpp-on " + name, "```", "",
+                  f"The same method and command (`--json docs/bench/{other.name}`)"
+                  f"{', measured ' + o['date'] if o.get('date') else ''}. " + method, "", *body]
+    return lines
 
 
 def measure_int4() -> None:
@@ -778,6 +809,9 @@ def main() -> int:
     p.add_argument("--int4", action="store_true", help="measure the INT4 section only, then render")
     p.add_argument("--kv-cache", action="store_true", help="measure the KV cache section only, then render")
     p.add_argument("--llamacpp", action="store_true", help="measure the PERF shapes against llama.cpp only, then render")
+    p.add_argument("--llamacpp-on", metavar="NAME",
+                   help="measure the PERF shapes against llama.cpp on another machine (kept as "
+                        "docs/bench/llamacpp_shapes_NAME.json beside the main run), then render")
     p.add_argument("--llamacpp-rerun", metavar="SHAPE:THREADS:ENGINES",
                    help='one row of the llama.cpp side by side again (e.g. "llama-1.1b:2:ferrolm fp32,llama.cpp f32"), '
                         f"{RERUN_ROUNDS} rounds, then render")
@@ -799,6 +833,8 @@ def main() -> int:
         measure_kv_cache()
     elif args.llamacpp:
         measure_llamacpp_shapes()
+    elif args.llamacpp_on:
+        measure_llamacpp_shapes(args.llamacpp_on)
     elif args.llamacpp_rerun:
         measure_llamacpp_rerun(args.llamacpp_rerun)
     elif args.memory:

@@ -96,6 +96,34 @@ def test_doc_pairs_rounds_into_ratios(doc, tmp_path, monkeypatch):
     assert "The median of 3 timed runs." in text
 
 
+def test_the_llamacpp_section_keeps_other_machines_runs(doc, tmp_path, monkeypatch):
+    monkeypatch.setattr(doc, "OUT", tmp_path)
+    assert doc.llamacpp_shapes_section() == []
+
+    def run(cpu, ours, theirs):
+        def row(engine, decode):
+            return dict(engine=engine, threads=1, source="gpt2-124m", kv_cache="bf16", decode=decode, prefill=500.0,
+                        decode_rounds=[decode, decode + 2], prefill_rounds=[500.0, 500.0], read_gb_s=14.0,
+                        pct_of_ceiling=decode / 2, peak_rss_mib=100.0, prompt_token_by_token=False,
+                        matmul_bytes_per_token=1000, steal_pct=0.0, steal_rounds=[0.0, 0.0])
+        return dict(sources=["gpt2-124m"], rounds=2, runs=1, loadavg=[1.0, 1.0, 1.0],
+                    machine={"cpu": cpu, "cpus": 2, "simd": "avx512", "prefill_gemm": "amx-bf16"},
+                    rows=[row("ferrolm int8", ours), row("llama.cpp q8_0", theirs)])
+
+    (tmp_path / "llamacpp_shapes.json").write_text(json.dumps(run("CPU A", 100.0, 80.0)))
+    (tmp_path / "llamacpp_shapes_b.json").write_text(json.dumps({**run("CPU B", 160.0, 100.0), "date": "2026-12-04 20:00 UTC"}))
+    md = "\n".join(doc.llamacpp_shapes_section())
+    main, other = md.split("### The same on another machine (b)")
+    assert "Machine: CPU A" in main and "| gpt2-124m | 1 | — | — | — | — | 100.0 (50%) | 80.0 (40%) |" in main
+    assert "gpt2-124m 1T 1.25× (1.24–1.25)" in main
+    assert "Machine: CPU B" in other and "| gpt2-124m | 1 | — | — | — | — | 160.0 (80%) | 100.0 (50%) |" in other
+    assert "gpt2-124m 1T 1.59× (1.59–1.60)" in other
+    assert "--llamacpp-on b" in other and "docs/bench/llamacpp_shapes_b.json" in other
+    assert "measured 2026-12-04 20:00 UTC" in other
+    with pytest.raises(SystemExit, match="--llamacpp-on takes a name"):
+        doc.measure_llamacpp_shapes("no/slashes")
+
+
 def test_the_doc_says_which_run_each_section_without_a_machine_comes_from(doc, tmp_path, monkeypatch):
     """record_run notes the date and this machine for the sections it names; runs_sentence
     groups the sections by run and sends the unrecorded ones to the file's history."""
