@@ -406,6 +406,19 @@ def _rounds_method(c: dict) -> str:
     return text
 
 
+def _cache_note(c: dict) -> str:
+    """Where rows of a llamacpp_compare.py run passed 100 % of the ceiling on a CPU whose last-level cache the
+    run recorded: which weights could partly stay in that cache between tokens."""
+    llc = (c.get("machine") or {}).get("last_level_cache_mib")
+    over = sorted({(r["matmul_bytes_per_token"] / 2**20, r["source"], r["engine"]) for r in c["rows"]
+                   if r["pct_of_ceiling"] > 100})
+    if not (llc and over):
+        return ""
+    return (f", or read weights that stayed partly in the CPU's {llc:.0f} MiB last-level cache, shared with the "
+            "host's other guests, while the probe reads 1 GiB: " + ", ".join(f"{e} on {s} reads {mib:.0f} MiB a token"
+                                                                         for mib, s, e in over))
+
+
 def _llamacpp_run(c: dict) -> tuple:
     """One llamacpp_compare.py run over the PERF shapes: (its method and setup, its tables and ratios)."""
     by = {(r["source"], r["threads"], r["engine"]): r for r in c["rows"]}
@@ -466,8 +479,8 @@ def _llamacpp_run(c: dict) -> tuple:
             "prefix reuse off. " + _rounds_method(c) + " In brackets: % of the decode ceiling, that process's measured read bandwidth (best of two "
             f"probes) / the matmul bytes each engine reads per token ({scales_note}). Load average at the end {', '.join(f'{x:.2f}' for x in c['loadavg'])}. The probes "
             f"ranged {probes} between processes; a row's percentage moves with its probe (above 100 % the probe "
-            "caught a slower moment than the decode did), so compare the tok/s of the engines within a row. "
-            + _llamacpp_setup(c))
+            "caught a slower moment than the decode did" + _cache_note(c) + "), so compare the tok/s of the engines "
+            "within a row. " + _llamacpp_setup(c))
     return method, ["Decode tok/s (% of the ceiling):", "", *decode, "",
             "Prefill tok/s (128-token prompt):", "", *prefill, "",
             *(["† llama.cpp died of a signal (a crash) on its batched Q8_0 prompt on this CPU, so "

@@ -216,3 +216,26 @@ def test_a_bf16_kv_cache_bench(capsys):
 def test_a_bf16_kv_cache_bench_on_cuda_is_refused(capsys):
     assert main(["bench", SOURCES[0], "--device", "cuda", "--kv-cache", "bf16", "--no-progress"]) == 2
     assert "keeps its KV cache in FP32" in capsys.readouterr().err
+
+
+def test_last_level_cache_comes_from_the_highest_data_cache_level(tmp_path):
+    from ferrolm.bench import last_level_cache_mib
+
+    def index(i, level, kind, size):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+
+    assert last_level_cache_mib(tmp_path) is None  # sysfs says nothing
+    index(0, 1, "Data", "48K")
+    index(1, 1, "Instruction", "64K")
+    assert last_level_cache_mib(tmp_path) == 48 / 1024
+    index(2, 2, "Unified", "2048K")
+    index(3, 3, "Unified", "491520K")
+    assert last_level_cache_mib(tmp_path) == 480.0
+    index(4, 4, "Instruction", "1G")  # not a data cache
+    assert last_level_cache_mib(tmp_path) == 480.0
+    (tmp_path / "index3" / "size").write_text("garbage\n")
+    assert last_level_cache_mib(tmp_path) is None

@@ -267,6 +267,23 @@ def quality_one(source: str, precisions: Sequence[str], threads: Optional[int], 
     return out
 
 
+def last_level_cache_mib(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> Optional[float]:
+    """The size of CPU 0's last-level data cache in MiB, from Linux's sysfs (None where it says nothing)."""
+    best = None
+    try:
+        for index in root.glob("index*"):
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            level, size = int((index / "level").read_text()), (index / "size").read_text().strip()
+            units = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}
+            mib = float(size[:-1]) * units[size[-1]] if size[-1:] in units else float(size) / 2**20
+            if best is None or level > best[0]:
+                best = (level, mib)
+    except (OSError, ValueError):
+        return None
+    return best[1] if best else None
+
+
 def machine_info() -> Dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -277,7 +294,7 @@ def machine_info() -> Dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "simd": _core.simd_level(), "bf16_prefill": _core.bf16_prefill(),
-            "prefill_gemm": _core.prefill_gemm(),
+            "prefill_gemm": _core.prefill_gemm(), "last_level_cache_mib": last_level_cache_mib(),
             "machine": platform.machine(),
             "python": platform.python_version(), "ferrolm": _core.__version__,
             "memory_gib": _core.memory_limit() / 2**30 if _core.memory_limit() < 2**62 else None,
