@@ -107,11 +107,10 @@ def test_bf16_prefill_setting(precision):
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
 def test_int8_layout_setting(model):
-    """INT8 weights in tiles (the default where the CPU has AVX-512 VNNI and the BF16 prefill
-    GEMM) give the same logits and the same greedy tokens, bit for bit, as in rows
-    (FERROLM_INT8_LAYOUT=rows), and so do tiles wherever the CPU runs them (=tiles, AMX CPUs
-    included): prompt (GEMM) and decode (GEMV) alike. An invalid value is refused at load with
-    the variable's name."""
+    """INT8 weights in tiles (the default where the CPU has AVX-512 VNNI and a BF16 prefill
+    GEMM, `vdpbf16ps` or AMX) give the same logits and the same greedy tokens, bit for bit, as
+    in rows (FERROLM_INT8_LAYOUT=rows), and so does =tiles: prompt (GEMM) and decode (GEMV)
+    alike. An invalid value is refused at load with the variable's name."""
     code = ("import ferrolm; from ferrolm import _core\n"
             f"m = ferrolm.load({str(MODELS / model)!r}, precision='int8')\n"
             "print(_core.int8_layout()); print(m.logits(list(range(1, 12)))[-1].tolist())\n"
@@ -127,8 +126,10 @@ def test_int8_layout_setting(model):
     tiles = _run_with_env(code, FERROLM_INT8_LAYOUT="tiles")
     assert tiles.returncode == 0, tiles.stderr
     layout_tiles, *out_tiles = tiles.stdout.splitlines()
-    # tiles where the CPU can run them (AVX-512 VNNI and the BF16 prefill GEMM), rows elsewhere
-    assert layout_tiles == ("tiles" if layout == "tiles" or ferrolm._core.prefill_gemm() == "amx-bf16" else "rows")
+    # tiles where the CPU can run them (AVX-512 VNNI and the BF16 prefill GEMM), as the default; rows elsewhere
+    assert layout_tiles == layout
+    if ferrolm._core.prefill_gemm() in ("amx-bf16", "avx512-bf16") and ferrolm._core.simd_level() == "avx512":
+        assert ferrolm._core.int8_layout() == "tiles"
     assert out_tiles == out_rows
 
 

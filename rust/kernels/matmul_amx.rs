@@ -10,7 +10,16 @@
 //! - The tiles: A = 16 rows of w × 32 values of k (the packed rows as they are, 64 bytes
 //!   each); B = 16 pairs of k × 16 rows of x (each x row's bf16 pairs, transposed as x is
 //!   packed); C = 16 rows of w × 16 rows of x, so y's 16 × 16 block is C transposed, which
-//!   happens once per block, when it is stored.
+//!   happens once per block, when it is stored. INT8 weights in tiles of 16 rows
+//!   (`matmul_int8_tiles`) hold each group as quads of 16 rows side by side, which give B's
+//!   pairs with no transpose (`Rows::pairs16`): there the operands swap, x's rows are A (bf16
+//!   rows, no transpose either), w's pairs B, and C = 16 rows of x × 16 of w is stored as it
+//!   is. The products and their order over k are the same, so are the sums (tested against
+//!   rows bit for bit). The `m = 128` GEMM over one copy of a weight (`bench_tiles_gemv`, 1
+//!   thread, 2 rounds), tiles against rows, on a 2-vCPU Intel Xeon: 0.85-0.97 with w's pairs
+//!   gathered into A's rows, 0.94-1.06 with the operands swapped, 0.98-1.15 once `pairs16`
+//!   built its bf16 pairs with one `vcvtne2ps2bf16` and a 16-bit permute (instead of two
+//!   narrowing conversions and widenings).
 //! - The register block: 2 × 2 C tiles (32 rows of x × 32 rows of w) in tmm0–3, the two A
 //!   tiles in tmm4–5 and the two B tiles in tmm6–7; every tile is loaded once per step of k
 //!   and feeds two multiplies. C sums the whole of k, so a row's result never depends on how
@@ -232,6 +241,33 @@ unsafe fn store(c: *const f32, y: *mut f32, n: usize, i0: usize, mr: usize, j0: 
     }
 }
 
+/// Stores C tile `c` (16 rows of x × 16 rows of w) into y's rows `i0..i0 + mr`, columns
+/// `j0..j0 + nr` (`mr, nr ≤ 16`), as it is.
+#[inline(always)]
+unsafe fn store_rows(c: *const f32, y: *mut f32, n: usize, i0: usize, mr: usize, j0: usize, nr: usize) {
+    let mask = ((1u32 << nr) - 1) as __mmask16;
+    for r in 0..mr {
+        _mm512_mask_storeu_ps(y.add((i0 + r) * n + j0), mask, _mm512_loadu_ps(c.add(r * T)));
+    }
+}
+
+/// Rows `i0..i0 + rows` of x over the whole of k, rounded to bf16 as [`dot::pack_x_pairs`]
+/// rounds them, as A tiles: `dst[tile][step][row in tile][32]`, `tiles` tiles of T rows, rows
+/// past `rows` and columns past k zero.
+#[inline(always)]
+unsafe fn pack_x_rows(x: *const f32, k: usize, i0: usize, rows: usize, tiles: usize, dst: *mut u16) {
+    let mut d = dst;
+    for t0 in (0..tiles * T).step_by(T) {
+        for p in (0..k).step_by(L) {
+            for r in t0..t0 + T {
+                let v = if r < rows { dot::x_bf16(x.add((i0 + r) * k + p), (k - p).min(L)) } else { _mm512_setzero_si512() };
+                _mm512_storeu_si512(d as *mut __m512i, v);
+                d = d.add(L);
+            }
+        }
+    }
+}
+
 /// Prefetches (into L2) the cache lines of up to three byte ranges, a few lines per call.
 struct Prefetch {
     spans: [(usize, usize); 3],
@@ -287,17 +323,28 @@ unsafe fn region(g: &Region) {
     }
     let (xbuf, wbuf) = buf.split_at_mut(xlen);
     let mut cbuf = [0f32; 4 * T * T];
+    // tiled INT8 weights hold 16 rows' pairs side by side, the B operand's layout: so there w
+    // is B and x is A (C = rows of x × rows of w, stored as it is); elsewhere w's rows are A
+    let w_is_b = matches!(g.w, Weights::Int8Tiles { .. });
     asm!("ldtilecfg [{0}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
     let mut ib = r0;
     while ib < r1 {
         let rows = mc.min(r1 - ib);
         let xtiles = rows.div_ceil(B) * 2;
-        // B tiles: `dst[tile][step][pair p][row r]` holds bf16(x[r][2p]), bf16(x[r][2p + 1])
-        dot::pack_x_pairs::<T>(g.x, k, ib, rows, xtiles, 0, k, xbuf.as_mut_ptr());
+        if w_is_b {
+            pack_x_rows(g.x, k, ib, rows, xtiles, xbuf.as_mut_ptr());
+        } else {
+            // B tiles: `dst[tile][step][pair p][row r]` holds bf16(x[r][2p]), bf16(x[r][2p + 1])
+            dot::pack_x_pairs::<T>(g.x, k, ib, rows, xtiles, 0, k, xbuf.as_mut_ptr());
+        }
         let mut jb = c0;
         while jb < c1 {
             let nc = B.min(c1 - jb);
-            dot::pack_w::<T>(g.w, k, jb, nc, 0, k, wbuf.as_mut_ptr());
+            if w_is_b {
+                dot::pack_w_pairs16(g.w, k, jb, nc, 0, k, wbuf.as_mut_ptr());
+            } else {
+                dot::pack_w::<T>(g.w, k, jb, nc, 0, k, wbuf.as_mut_ptr());
+            }
             if nc <= T {
                 // the second A tile: zero rows
                 wbuf[nsteps * TILE..2 * nsteps * TILE].fill(0);
@@ -314,15 +361,24 @@ unsafe fn region(g: &Region) {
                 zero();
                 for s in (0..nsteps).step_by(CHUNK) {
                     let at = s * TILE;
-                    steps(wa.add(at), wb.add(at), xa.add(at), xb.add(at), CHUNK.min(nsteps - s));
+                    if w_is_b {
+                        steps(xa.add(at), xb.add(at), wa.add(at), wb.add(at), CHUNK.min(nsteps - s));
+                    } else {
+                        steps(wa.add(at), wb.add(at), xa.add(at), xb.add(at), CHUNK.min(nsteps - s));
+                    }
                     ahead.run(per_chunk);
                 }
                 save(cbuf.as_mut_ptr());
                 for (q, c) in cbuf.chunks_exact(T * T).enumerate() {
-                    let (wt, xt) = (q / 2, q % 2);
+                    let (wt, xt) = if w_is_b { (q % 2, q / 2) } else { (q / 2, q % 2) };
                     let (row, col) = (pair * B + xt * T, wt * T);
                     if row < rows && col < nc {
-                        store(c.as_ptr(), g.y, n, ib + row, T.min(rows - row), jb + col, T.min(nc - col));
+                        let (mr, nr) = (T.min(rows - row), T.min(nc - col));
+                        if w_is_b {
+                            store_rows(c.as_ptr(), g.y, n, ib + row, mr, jb + col, nr);
+                        } else {
+                            store(c.as_ptr(), g.y, n, ib + row, mr, jb + col, nr);
+                        }
                     }
                 }
             }

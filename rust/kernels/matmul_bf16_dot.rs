@@ -117,7 +117,7 @@ unsafe fn pack<const T: usize>(rows: usize, kc: usize, dst: *mut u16, w: &impl R
 /// The `cnt ≤ 32` f32 values at `src` as 32 bf16 (round to nearest even; past `cnt` zero), in
 /// order: 16-bit lane p holds value p, so 32-bit lane p holds the pair (2p, 2p + 1).
 #[inline(always)]
-unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
+pub(crate) unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
     let (lo, hi) = if cnt == L {
         (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
     } else {
@@ -269,18 +269,24 @@ impl Rows for Int8TileRows {
         }
         let at = (row / tiles::TILE_ROWS * self.ng + (self.k0 + p) / L) * tiles::TILE_ROWS;
         let s = _mm512_cvtph_ps(_mm256_loadu_si256(self.scales.add(at) as *const __m256i));
-        let keep = mask16(valid.min(16));
-        // byte B of every lane as the bf16 of its value times the lane's scale, in the low half
-        let bf = |v: __m512i| {
-            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)), s);
-            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(f)))
+        // both 16-bit halves of the first `valid` 32-bit lanes
+        let keep = ((1u64 << (2 * valid.min(16))) - 1) as __mmask32;
+        // the top byte of every lane times the lane's scale
+        let f = |v: __m512i| _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(v)), s);
+        // 16-bit lane 2c takes lane c of the low half, lane 2c + 1 lane c of the high half
+        let interleave = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+            23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        // 32-bit lane c: bf16 of a's value in the low half, of b's in the high half
+        let pair = |a: __m512i, b: __m512i| {
+            let both = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(f(b), f(a)));
+            _mm512_maskz_permutexvar_epi16(keep, interleave, both)
         };
         for l in 0..8 {
             let v = _mm512_loadu_si512(self.q.add(at * L + 64 * l) as *const _);
-            let (b0, b1) = (bf(_mm512_slli_epi32::<24>(v)), bf(_mm512_slli_epi32::<16>(v)));
-            let (b2, b3) = (bf(_mm512_slli_epi32::<8>(v)), bf(v));
-            out[l] = _mm512_maskz_mov_epi32(keep, _mm512_or_si512(b0, _mm512_slli_epi32::<16>(b1)));
-            out[8 + l] = _mm512_maskz_mov_epi32(keep, _mm512_or_si512(b2, _mm512_slli_epi32::<16>(b3)));
+            out[l] = pair(_mm512_slli_epi32::<24>(v), _mm512_slli_epi32::<16>(v));
+            out[8 + l] = pair(_mm512_slli_epi32::<8>(v), v);
         }
         true
     }
@@ -353,6 +359,41 @@ pub(crate) unsafe fn pack_w<const T: usize>(w: Weights, k: usize, j0: usize, row
         }
     }
     w.with_rows(k, j0, k0, Pack::<T>(rows, kc, dst))
+}
+
+/// Rows `j0..j0 + rows` × columns `k0..k0 + kc` of w (as [`pack_w`]) packed as pairs, 16 rows
+/// per tile: `dst[tile][step][pair q][16]`, 32-bit lane c of pair q holding row c's values
+/// (2q, 2q + 1) of the step, rows past `rows` and columns past `kc` zero: the B operand of the
+/// AMX tiles, the layout [`pack_x_pairs`] gives x. Tiled INT8 weights give their pairs as they
+/// are ([`Rows::pairs16`]); other sources are transposed.
+#[inline(always)]
+pub(crate) unsafe fn pack_w_pairs16(w: Weights, k: usize, j0: usize, rows: usize, k0: usize, kc: usize, dst: *mut u16) {
+    struct Pairs16(usize, usize, *mut u16);
+    impl WithRows for Pairs16 {
+        #[inline(always)]
+        unsafe fn run<R: Rows>(self, w: R) {
+            let (rows, kc, dst) = (self.0, self.1, self.2);
+            let steps = kc.div_ceil(L);
+            for r0 in (0..rows).step_by(16) {
+                let valid = (rows - r0).min(16);
+                let tile = dst.add(r0 / 16 * steps * 16 * L);
+                for p in (0..kc).step_by(L) {
+                    let cnt = (kc - p).min(L);
+                    let mut b = [_mm512_setzero_si512(); 16];
+                    if cnt != L || !w.pairs16(r0, p, valid, &mut b) {
+                        for (r, b) in b.iter_mut().enumerate().take(valid) {
+                            *b = w.load(r0 + r, p, cnt);
+                        }
+                        amx::transpose16(&mut b);
+                    }
+                    for (q, v) in b.iter().enumerate() {
+                        _mm512_storeu_si512(tile.add((p / L * 16 + q) * L) as *mut __m512i, *v);
+                    }
+                }
+            }
+        }
+    }
+    w.with_rows(k, j0, k0, Pairs16(rows, kc, dst))
 }
 
 /// Rows `j0..j0 + rows` × columns `k0..k0 + kc` of w (as [`pack_w`]) packed as pairs for the

@@ -1,6 +1,5 @@
 //! INT8 weights in tiles of 16 rows: the layout of the W8A16 decode GEMV on CPUs whose
-//! prefill runs the `vdpbf16ps` GEMM (AVX-512 with VNNI and BF16, no AMX), and on AMX CPUs
-//! when `FERROLM_INT8_LAYOUT=tiles` asks for it.
+//! prefill runs the bf16 GEMM (AVX-512 with VNNI and BF16: `vdpbf16ps`, or AMX tiles).
 //!
 //! # Why
 //! Row by row ([`QuantizedI8`]), the decode GEMV multiplies a group's 32 weights with 32
@@ -32,7 +31,9 @@
 //! 8 lanes in the same order (group g into lane g % 8; the last `ng % 8` groups lane by lane,
 //! each lane's partial sum scaled as it is, which is why the quads follow the lanes), and the
 //! lanes summed in `hsum256`'s order. The prefill GEMM reads tiles as it reads rows
-//! (bf16(q · scale), `matmul_bf16_dot`). So a model's outputs do not depend on the layout,
+//! (bf16(q · scale), `matmul_bf16_dot`): the `vdpbf16ps` GEMM takes a tile's pairs of 16 rows
+//! as they are; the AMX GEMM takes them as its B operand, with x as A (`matmul_amx`), which
+//! sums the same products in the same order. So a model's outputs do not depend on the layout,
 //! and tests and golden streams hold for both.
 
 use crate::arena::Buf;
@@ -178,10 +179,10 @@ impl QuantizedI8Tiles {
 /// Whether INT8 weights should be held in tiles on `level` on this CPU, as [`LAYOUT_ENV`] says
 /// (read at each call; an invalid value keeps rows, and `ferrolm.load` refuses it before
 /// loading). Tiles need AVX-512 with VNNI and a prefill GEMM that reads them: the bf16 GEMM
-/// (`vdpbf16ps` or AMX), not the VNNI GEMM of `FERROLM_BF16_PREFILL=f32`. "auto" takes them
-/// where they measured faster: on CPUs without AMX. On AMX CPUs the AMX prefill GEMM packs
-/// tiles by a gather per row where it copies rows, so "auto" keeps rows there and "tiles"
-/// takes them (docs/architecture.md: decode faster, prefill slower).
+/// (`vdpbf16ps` or AMX), not the VNNI GEMM of `FERROLM_BF16_PREFILL=f32`; "auto" and "tiles"
+/// take them wherever they run. On AMX CPUs the prefill GEMM takes the tiles' pairs of 16 rows
+/// as its B operand as they are (`matmul_amx`), so the prefill costs what it does from rows
+/// while the decode GEMV is faster (docs/architecture.md).
 pub fn tiles_wanted(level: SimdLevel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -189,7 +190,6 @@ pub fn tiles_wanted(level: SimdLevel) -> bool {
         setting != LayoutSetting::Rows
             && crate::kernels::matmul_int8::int8_rounds_x(level, 128, Some(RowPath::Gemm), TILE_GROUP)
             && x86::available()
-            && (setting == LayoutSetting::Tiles || !crate::kernels::matmul_amx::enabled())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -512,7 +512,7 @@ mod tests {
             for (n, k) in [(1, 32), (5, 64), (16, 256), (17, 288), (33, 576), (50, 1024), (24, 544)] {
                 let w = weights(&mut rng, n, k);
                 let t = QuantizedI8Tiles::from_rows(&w).unwrap();
-                for m in [1, 2, 3, 4, 5, 7, 8, 9] {
+                for m in [1, 2, 3, 4, 5, 7, 8, 9, 40] {
                     let mut x = rng.vec(m * k);
                     // a few large channels, as in real activations
                     for v in x.iter_mut().step_by(37) {
