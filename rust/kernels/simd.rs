@@ -803,8 +803,8 @@ fn tiles_ahead_for(cpu: Option<([u8; 12], u32)>) -> usize {
 /// The plan for a CPU of (vendor, family) (see [`cpu_family`]): on AMD's family 19h only into
 /// L2, 8 KiB ahead (see [`Ahead`]); on Intel CPUs only into L2, [`STREAM_AHEAD_L2`] ahead; both
 /// elsewhere. On a 2-vCPU Intel Xeon (family 6, AVX-512 BF16, AMX), the GEMV alone over weights
-/// streamed from memory (`MatmulProbe`, 1 thread), against the read probe: both requests 85-90%
-/// at 4096 × 4096 and 89-93% at 49152 × 576, L2 only at 16 KiB 85-89% and 93-94%, none 62% and
+/// streamed from memory (`MatmulProbe`, 1 thread), against the read probe: both requests 82-88%
+/// at 4096 × 4096 and 85-93% at 49152 × 576, L2 only at 16 KiB 85-89% and 93-94%, none 62% and
 /// 67%. Whole BF16 decodes (fresh processes of the two plans alternated, 128-token prompt, 128
 /// new tokens, median pair ratios of L2 only against both): llama-135m 1.03 (1.01-1.07, 6 pairs)
 /// at 1 thread and 1.00 (0.97-1.04, 6) at 2; gpt2-124m 1.05 (1.04-1.09, 5) and 1.01 (0.99-1.03,
