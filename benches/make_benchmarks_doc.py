@@ -376,7 +376,8 @@ def _llamacpp_setup(c: dict) -> str:
         text = "KV caches, each engine's default: " + "; ".join(f"{e}: {v.upper()}" for e, v in caches.items() if v) + "."
     m = c.get("machine")
     if m:
-        text = f"Machine: {m['cpu']}, {m['cpus']} CPUs, kernels `{m['simd']}`, prefill GEMM `{m.get('prefill_gemm', '?')}`. " + text
+        layout = f", INT8 weights in {m['int8_layout']}" if m.get("int8_layout") else ""
+        text = f"Machine: {m['cpu']}, {m['cpus']} CPUs, kernels `{m['simd']}`, prefill GEMM `{m.get('prefill_gemm', '?')}`{layout}. " + text
     return text
 
 

@@ -37,6 +37,7 @@ def bench_run(tmp_path_factory):
 def test_every_field_present_and_sane(bench_run):
     report, _ = bench_run
     assert report["settings"]["prompt_tokens"] == 16 and report["machine"]["simd"]
+    assert report["machine"]["int8_layout"] in ("rows", "tiles")
     assert [m["path"] for m in report["models"]] == SOURCES
     for m in report["models"]:
         assert [(r["precision"], r["threads"]) for r in m["rows"]] == [("fp32", 1), ("bf16", 1), ("int8", 1)]

@@ -112,7 +112,7 @@ def test_the_llamacpp_section_keeps_other_machines_runs(doc, tmp_path, monkeypat
 
     (tmp_path / "llamacpp_shapes.json").write_text(json.dumps(run("CPU A", 100.0, 80.0)))
     b = {**run("CPU B", 220.0, 100.0), "date": "2026-12-04 20:00 UTC"}
-    b["machine"]["last_level_cache_mib"] = 480.0
+    b["machine"].update(last_level_cache_mib=480.0, int8_layout="tiles")
     (tmp_path / "llamacpp_shapes_b.json").write_text(json.dumps(b))
     md = "\n".join(doc.llamacpp_shapes_section())
     main, other = md.split("### The same on another machine (b)")
@@ -122,7 +122,8 @@ def test_the_llamacpp_section_keeps_other_machines_runs(doc, tmp_path, monkeypat
     assert "gpt2-124m 1T 2.19× (2.18–2.20)" in other
     # a row past 100 % on a CPU with a known last-level cache says which weights may have stayed in it
     assert "the CPU's 480 MiB last-level cache" in other and "ferrolm int8 on gpt2-124m reads 0 MiB a token" in other
-    assert "last-level cache" not in main
+    assert "last-level cache" not in main and "INT8 weights in" not in main
+    assert "prefill GEMM `amx-bf16`, INT8 weights in tiles." in other
     assert "--llamacpp-on b" in other and "docs/bench/llamacpp_shapes_b.json" in other
     assert "measured 2026-12-04 20:00 UTC" in other
     with pytest.raises(SystemExit, match="--llamacpp-on takes a name"):

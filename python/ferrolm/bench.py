@@ -294,7 +294,8 @@ def machine_info() -> Dict[str, Any]:
     except OSError:
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "simd": _core.simd_level(), "bf16_prefill": _core.bf16_prefill(),
-            "prefill_gemm": _core.prefill_gemm(), "last_level_cache_mib": last_level_cache_mib(),
+            "prefill_gemm": _core.prefill_gemm(), "int8_layout": _core.int8_layout(),
+            "last_level_cache_mib": last_level_cache_mib(),
             "machine": platform.machine(),
             "python": platform.python_version(), "ferrolm": _core.__version__,
             "memory_gib": _core.memory_limit() / 2**30 if _core.memory_limit() < 2**62 else None,
