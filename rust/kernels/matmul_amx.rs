@@ -251,23 +251,6 @@ unsafe fn store_rows(c: *const f32, y: *mut f32, n: usize, i0: usize, mr: usize,
     }
 }
 
-/// Rows `i0..i0 + rows` of x over the whole of k, rounded to bf16 as [`dot::pack_x_pairs`]
-/// rounds them, as A tiles: `dst[tile][step][row in tile][32]`, `tiles` tiles of T rows, rows
-/// past `rows` and columns past k zero.
-#[inline(always)]
-unsafe fn pack_x_rows(x: *const f32, k: usize, i0: usize, rows: usize, tiles: usize, dst: *mut u16) {
-    let mut d = dst;
-    for t0 in (0..tiles * T).step_by(T) {
-        for p in (0..k).step_by(L) {
-            for r in t0..t0 + T {
-                let v = if r < rows { dot::x_bf16(x.add((i0 + r) * k + p), (k - p).min(L)) } else { _mm512_setzero_si512() };
-                _mm512_storeu_si512(d as *mut __m512i, v);
-                d = d.add(L);
-            }
-        }
-    }
-}
-
 /// Prefetches (into L2) the cache lines of up to three byte ranges, a few lines per call.
 struct Prefetch {
     spans: [(usize, usize); 3],
@@ -332,7 +315,7 @@ unsafe fn region(g: &Region) {
         let rows = mc.min(r1 - ib);
         let xtiles = rows.div_ceil(B) * 2;
         if w_is_b {
-            pack_x_rows(g.x, k, ib, rows, xtiles, xbuf.as_mut_ptr());
+            dot::pack_x_rows::<T>(g.x, k, ib, rows, xtiles, xbuf.as_mut_ptr());
         } else {
             // B tiles: `dst[tile][step][pair p][row r]` holds bf16(x[r][2p]), bf16(x[r][2p + 1])
             dot::pack_x_pairs::<T>(g.x, k, ib, rows, xtiles, 0, k, xbuf.as_mut_ptr());
@@ -346,7 +329,7 @@ unsafe fn region(g: &Region) {
                 dot::pack_w::<T>(g.w, k, jb, nc, 0, k, wbuf.as_mut_ptr());
             }
             if nc <= T {
-                // the second A tile: zero rows
+                // w's second tile (A, or B for tiled weights): zero rows
                 wbuf[nsteps * TILE..2 * nsteps * TILE].fill(0);
             }
             let (wa, wb) = (wbuf.as_ptr(), wbuf.as_ptr().add(nsteps * TILE));
@@ -358,14 +341,12 @@ unsafe fn region(g: &Region) {
             for pair in 0..pairs {
                 let xa = xbuf.as_ptr().add(2 * pair * nsteps * TILE);
                 let xb = xa.add(nsteps * TILE);
+                // the two A tiles and the two B tiles of the block
+                let ((a0, a1), (b0, b1)) = if w_is_b { ((xa, xb), (wa, wb)) } else { ((wa, wb), (xa, xb)) };
                 zero();
                 for s in (0..nsteps).step_by(CHUNK) {
                     let at = s * TILE;
-                    if w_is_b {
-                        steps(xa.add(at), xb.add(at), wa.add(at), wb.add(at), CHUNK.min(nsteps - s));
-                    } else {
-                        steps(wa.add(at), wb.add(at), xa.add(at), xb.add(at), CHUNK.min(nsteps - s));
-                    }
+                    steps(a0.add(at), a1.add(at), b0.add(at), b1.add(at), CHUNK.min(nsteps - s));
                     ahead.run(per_chunk);
                 }
                 save(cbuf.as_mut_ptr());

@@ -114,10 +114,35 @@ unsafe fn pack<const T: usize>(rows: usize, kc: usize, dst: *mut u16, w: &impl R
     }
 }
 
+/// Rows `i0..i0 + rows` × columns `0..k` of the f32 x (row stride `k`) as bf16 rounded to
+/// nearest even, `tiles` tiles of T rows in [`pack`]'s layout (`dst[tile][step][row][32]`, the
+/// A operand of the AMX tiles), rows past `rows` and columns past k zero.
+#[inline(always)]
+pub(crate) unsafe fn pack_x_rows<const T: usize>(x: *const f32, k: usize, i0: usize, rows: usize, tiles: usize, dst: *mut u16) {
+    /// x's rows `i0..i0 + rows`, then zero rows.
+    struct XRows {
+        x: *const f32,
+        k: usize,
+        i0: usize,
+        rows: usize,
+    }
+    impl Rows for XRows {
+        #[inline(always)]
+        unsafe fn load(&self, r: usize, p: usize, cnt: usize) -> __m512i {
+            if r < self.rows {
+                x_bf16(self.x.add((self.i0 + r) * self.k + p), cnt)
+            } else {
+                _mm512_setzero_si512()
+            }
+        }
+    }
+    pack::<T>(tiles * T, k, dst, &XRows { x, k, i0, rows })
+}
+
 /// The `cnt ≤ 32` f32 values at `src` as 32 bf16 (round to nearest even; past `cnt` zero), in
 /// order: 16-bit lane p holds value p, so 32-bit lane p holds the pair (2p, 2p + 1).
 #[inline(always)]
-pub(crate) unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
+unsafe fn x_bf16(src: *const f32, cnt: usize) -> __m512i {
     let (lo, hi) = if cnt == L {
         (_mm512_loadu_ps(src), _mm512_loadu_ps(src.add(16)))
     } else {

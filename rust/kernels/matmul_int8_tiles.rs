@@ -186,8 +186,7 @@ impl QuantizedI8Tiles {
 pub fn tiles_wanted(level: SimdLevel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let setting = layout_setting(std::env::var(LAYOUT_ENV).ok().as_deref()).unwrap_or(LayoutSetting::Rows);
-        setting != LayoutSetting::Rows
+        layout_allows_tiles(std::env::var(LAYOUT_ENV).ok().as_deref()).unwrap_or(false)
             && crate::kernels::matmul_int8::int8_rounds_x(level, 128, Some(RowPath::Gemm), TILE_GROUP)
             && x86::available()
     }
@@ -199,25 +198,15 @@ pub fn tiles_wanted(level: SimdLevel) -> bool {
 }
 
 /// The environment variable that chooses how INT8 weights are held: "auto" (or unset, or
-/// empty) tiles them where the CPU wants it ([`tiles_wanted`]), "rows" never, "tiles" wherever
-/// the CPU can run them.
+/// empty) and "tiles" tile them wherever the CPU runs tiles ([`tiles_wanted`]), "rows" never.
 pub const LAYOUT_ENV: &str = "FERROLM_INT8_LAYOUT";
 
-/// What [`LAYOUT_ENV`] asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayoutSetting {
-    Auto,
-    Rows,
-    Tiles,
-}
-
-/// [`LAYOUT_ENV`]'s value read; anything but "auto", "rows", "tiles" or nothing is an error
-/// naming the variable.
-pub fn layout_setting(value: Option<&str>) -> std::result::Result<LayoutSetting, String> {
+/// Whether [`LAYOUT_ENV`]'s value lets INT8 weights be tiled; anything but "auto", "rows",
+/// "tiles" or nothing is an error naming the variable.
+pub fn layout_allows_tiles(value: Option<&str>) -> std::result::Result<bool, String> {
     match value.map(str::trim) {
-        None | Some("") | Some("auto") => Ok(LayoutSetting::Auto),
-        Some("rows") => Ok(LayoutSetting::Rows),
-        Some("tiles") => Ok(LayoutSetting::Tiles),
+        None | Some("") | Some("auto") | Some("tiles") => Ok(true),
+        Some("rows") => Ok(false),
         Some(v) => Err(format!("{LAYOUT_ENV}={v:?}: expected \"auto\", \"rows\" or \"tiles\"")),
     }
 }
@@ -225,7 +214,7 @@ pub fn layout_setting(value: Option<&str>) -> std::result::Result<LayoutSetting,
 /// The layout a model loaded now holds its INT8 weights in ("tiles" or "rows"); an invalid
 /// [`LAYOUT_ENV`] is an error.
 pub fn int8_layout() -> Result<&'static str> {
-    layout_setting(std::env::var(LAYOUT_ENV).ok().as_deref()).map_err(Error::InvalidArgument)?;
+    layout_allows_tiles(std::env::var(LAYOUT_ENV).ok().as_deref()).map_err(Error::InvalidArgument)?;
     Ok(if tiles_wanted(crate::kernels::simd::detected()) { "tiles" } else { "rows" })
 }
 
@@ -575,11 +564,10 @@ mod tests {
 
     #[test]
     fn the_layout_setting_is_checked() {
-        use LayoutSetting::*;
-        for (v, want) in [(None, Auto), (Some(""), Auto), (Some(" auto "), Auto), (Some("rows"), Rows), (Some("tiles"), Tiles)] {
-            assert_eq!(layout_setting(v), Ok(want));
+        for (v, want) in [(None, true), (Some(""), true), (Some(" auto "), true), (Some("rows"), false), (Some("tiles"), true)] {
+            assert_eq!(layout_allows_tiles(v), Ok(want));
         }
-        let err = layout_setting(Some("tile")).unwrap_err();
+        let err = layout_allows_tiles(Some("tile")).unwrap_err();
         assert!(err.contains(LAYOUT_ENV) && err.contains("\"tile\""), "{err}");
     }
 
