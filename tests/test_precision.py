@@ -105,32 +105,44 @@ def test_bf16_prefill_setting(precision):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("prefill", ["default", "f32"])
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
-def test_int8_layout_setting(model):
-    """INT8 weights in tiles (the default where the CPU has AVX-512 VNNI and a BF16 prefill
-    GEMM, `vdpbf16ps` or AMX) give the same logits and the same greedy tokens, bit for bit, as
-    in rows (FERROLM_INT8_LAYOUT=rows), and so does =tiles: prompt (GEMM) and decode (GEMV)
-    alike. An invalid value is refused at load with the variable's name."""
+def test_int8_layout_setting(model, prefill):
+    """INT8 weights in tiles (the default where the CPU has AVX-512 VNNI) give the same logits
+    and the same greedy tokens, bit for bit, as in rows (FERROLM_INT8_LAYOUT=rows), and so does
+    =tiles: prompt (GEMM) and decode (GEMV) alike, with the CPU's own prefill GEMM and with the
+    VNNI GEMM (FERROLM_BF16_PREFILL=f32, what CPUs without AVX512-BF16 run). An invalid value is
+    refused at load with the variable's name."""
     code = ("import ferrolm; from ferrolm import _core\n"
             f"m = ferrolm.load({str(MODELS / model)!r}, precision='int8')\n"
             "print(_core.int8_layout()); print(m.logits(list(range(1, 12)))[-1].tolist())\n"
             "print(m.generate([5, 6, 7], max_new_tokens=12, ignore_eos=True).tokens)")
-    bad = _run_with_env(code, FERROLM_INT8_LAYOUT="tile")
+    env = {} if prefill == "default" else {"FERROLM_BF16_PREFILL": prefill}
+    bad = _run_with_env(code, FERROLM_INT8_LAYOUT="tile", **env)
     assert bad.returncode != 0 and "InvalidArgumentError" in bad.stderr and "FERROLM_INT8_LAYOUT" in bad.stderr
-    rows = _run_with_env(code, FERROLM_INT8_LAYOUT="rows")
-    default = _run_with_env(code)
+    rows = _run_with_env(code, FERROLM_INT8_LAYOUT="rows", **env)
+    default = _run_with_env(code, **env)
     assert rows.returncode == 0 and default.returncode == 0, rows.stderr + default.stderr
     (layout_rows, *out_rows), (layout, *out) = rows.stdout.splitlines(), default.stdout.splitlines()
     assert layout_rows == "rows" and layout == ferrolm._core.int8_layout() in ("rows", "tiles")
     assert out == out_rows
-    tiles = _run_with_env(code, FERROLM_INT8_LAYOUT="tiles")
+    tiles = _run_with_env(code, FERROLM_INT8_LAYOUT="tiles", **env)
     assert tiles.returncode == 0, tiles.stderr
     layout_tiles, *out_tiles = tiles.stdout.splitlines()
-    # tiles where the CPU can run them (AVX-512 VNNI and the BF16 prefill GEMM), as the default; rows elsewhere
+    # tiles where the CPU can run them (AVX-512 VNNI), as the default; rows elsewhere
     assert layout_tiles == layout
-    if ferrolm._core.prefill_gemm() in ("amx-bf16", "avx512-bf16") and ferrolm._core.simd_level() == "avx512":
-        assert ferrolm._core.int8_layout() == "tiles"
+    if ferrolm._core.simd_level() == "avx512" and "avx512_vnni" in _cpu_flags():
+        assert layout == "tiles"
     assert out_tiles == out_rows
+
+
+def _cpu_flags():
+    """The CPU's feature flags as Linux names them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
 
 
 def test_foreign_quantized_checkpoints_are_refused(tmp_path):

@@ -64,9 +64,10 @@
 //!   quality (default model, the quality set, against FP32): pooled mean KL 7.1e-4 → 9.0e-4,
 //!   top-1 0.986 → 0.982, perplexity +0.22 % → +0.19 % (docs/quality.md). The decode GEMV keeps
 //!   the exact W8A16 sums.
-//! - On CPUs with AVX-512 VNNI and the bf16 prefill GEMM (no AMX), a loaded model holds its
-//!   INT8 weights in tiles of 16 rows instead (`matmul_int8_tiles.rs`): a decode GEMV without
-//!   per-group lane sums, the same bits as these row kernels.
+//! - On CPUs with AVX-512 VNNI, a loaded model holds its INT8 weights in tiles of 16 rows
+//!   instead (`matmul_int8_tiles.rs`): a decode GEMV without per-group lane sums, the same bits
+//!   as these row kernels; the GEMMs read the tiles as they are (the VNNI GEMM through
+//!   [`QWeights::I8Tiles`], its panels copied from the tiles' groups).
 //! - AVX-512 without VNNI runs the AVX2 kernels; NEON has a GEMV kernel (`vmull_s8` +
 //!   `vpadalq_s16`) used for every m; the portable kernel handles every group size.
 //!
@@ -81,6 +82,7 @@ use crate::kernels::matmul_bf16::{dot_gemm_runs, rounds_x};
 use crate::kernels::matmul_bf16_dot as dot;
 use crate::kernels::matmul_f32::matmul_f32;
 use crate::kernels::matmul_parts::{run_parts, Split};
+use crate::kernels::matmul_int8_tiles::{QuantizedI8Tiles, TILE_GROUP};
 use crate::kernels::matmul_sources::I8W;
 use crate::kernels::quant::{f16_to_f32, QuantizedI4, QuantizedI8, I4_GROUP};
 use crate::kernels::simd::{self, SimdLevel};
@@ -102,6 +104,9 @@ pub(crate) enum QWeights<'a> {
     I8(&'a QuantizedI8),
     I8A16(&'a QuantizedI8),
     I4(&'a QuantizedI4),
+    /// INT8 in tiles of 16 rows with 16-bit x: the VNNI GEMM only (the tiles' decode GEMV is
+    /// `matmul_int8_tiles`' own).
+    I8Tiles(&'a QuantizedI8Tiles),
 }
 
 /// How the int8 weights meet the f32 activations.
@@ -349,7 +354,9 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         QWeights::I8(w) => (w.cols, w.rows, w.group, q8::Kind::A8),
         QWeights::I8A16(w) => (w.cols, w.rows, w.group, q8::Kind::I8A16),
         QWeights::I4(w) => (w.cols, w.rows, I4_GROUP, q8::Kind::I4),
+        QWeights::I8Tiles(w) => (w.cols, w.rows, TILE_GROUP, q8::Kind::I8A16),
     };
+    let tiled = matches!(w, QWeights::I8Tiles(_));
     let a16 = kind != q8::Kind::A8;
     let ng = k.div_ceil(group);
     let kp = k.div_ceil(32) * 32;
@@ -358,6 +365,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         path = Path::Portable; // the x86 16-bit-x GEMV is compiled with F16C (int4 scales)
     }
     let gemm = rows == RowPath::Gemm && matches!(path, Path::Avx2 | Path::Vnni);
+    assert!(!tiled || (gemm && path == Path::Vnni), "int8 tiles run this GEMM on AVX-512 VNNI only");
     let need = Need {
         abs: path == Path::Avx2 && !gemm && !a16,
         wide: path == Path::Avx2 && gemm && !a16,
@@ -367,6 +375,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         // 16-bit x as two signed bytes on VNNI: the int8 GEMM (prefill of int4 and W8A16 run
         // twice), the W8A16 GEMV (both bytes at once)
         split: path == Path::Vnni && (a16 && gemm || kind == q8::Kind::I8A16),
+        quads: tiled,
     };
     let mut xb = q8::take_xbuf(m, kp, ng, need);
     let out = xb.out(need);
@@ -399,6 +408,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     let (wq, wrow, ws, wm) = match w {
         QWeights::I8(w) | QWeights::I8A16(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null()),
         QWeights::I4(w) => (w.q.as_ptr() as *const i8, w.row_bytes(), w.scales.as_ptr(), w.mins.as_ptr()),
+        QWeights::I8Tiles(w) => (w.q.as_ptr(), k, w.scales.as_ptr(), std::ptr::null()),
     };
     let whole = Q8 {
         xq: xb.q.as_ptr(),
@@ -424,6 +434,7 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         xc_lo: std::ptr::null(),
         xs_lo: std::ptr::null(),
         i4x: std::ptr::null(),
+        tiled,
     };
     // int4 decode on AVX-512 VNNI: x in the layout of its GEMV (matmul_int4_gemv)
     #[cfg(target_arch = "x86_64")]
@@ -923,7 +934,7 @@ mod tests {
             ch: ch.as_mut_ptr(),
             cl: cl.as_mut_ptr(),
             sh: std::ptr::null_mut(),
-            need: Need { abs: false, wide: false, a16: true, split: true },
+            need: Need { abs: false, wide: false, a16: true, split: true, quads: false },
         };
         // SAFETY: x16 and the outputs hold m rows of kp / ng values; AVX2 checked above.
         unsafe { q8::split_a16(x16.as_ptr(), kp, ng, 0..m, out) };

@@ -94,6 +94,11 @@ pub(crate) struct Q8 {
     /// (`matmul_int4_gemv::prepare_x`)
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub i4x: *const u32,
+    /// The VNNI GEMM only: `wq` / `ws` hold INT8 weights in tiles of 16 rows
+    /// (`matmul_int8_tiles`: q [tiles][ng][8 quads][16 rows][4], ws [tiles][ng][16]), and the
+    /// bytes of x follow the tiles' quad order within each group (`Need::quads`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub tiled: bool,
 }
 
 // SAFETY: a Q8 only carries pointers into buffers that `matmul_int8` borrows or owns for the
@@ -116,6 +121,9 @@ pub(crate) struct Need {
     /// The 16-bit x also split into signed bytes (`hi`, `lo`, `ch`, `cl`, `sh`; see
     /// [`split_a16`]): for the VNNI kernels, which multiply bytes.
     pub split: bool,
+    /// The split bytes of each group of 32 in the quad order of INT8 weights in tiles
+    /// ([`quad_order`]; the VNNI GEMM reading tiles) instead of in order.
+    pub quads: bool,
 }
 
 /// Per-thread buffers of quantized x (reused across calls; pool workers are persistent).
@@ -404,6 +412,7 @@ pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std:
             let p = i * kp + 32 * gi;
             let v0 = _mm256_loadu_si256(x16.add(p) as *const __m256i);
             let v1 = _mm256_loadu_si256(x16.add(p + 16) as *const __m256i);
+            let (v0, v1) = if out.need.quads { quad_order(v0, v1) } else { (v0, v1) };
             let ([t0, t1, b0, b1], h, l) = split_bytes(v0, v1);
             _mm256_storeu_si256(out.hi.add(p) as *mut __m256i, h);
             _mm256_storeu_si256(out.lo.add(p) as *mut __m256i, l);
@@ -411,6 +420,21 @@ pub(crate) unsafe fn split_a16(x16: *const i16, kp: usize, ng: usize, rows: std:
             *out.cl.add(i * ng + gi) = x86::hsum_epi32(_mm256_madd_epi16(_mm256_add_epi16(b0, b1), ones));
         }
     }
+}
+
+/// 32 values of 16-bit x (`v0`: the first 16, `v1`: the next) in the quad order of INT8 weights
+/// in tiles (`matmul_int8_tiles`): quad l (values 4l..4l+4 of the result) holds the values
+/// `2l, 2l + 1, 16 + 2l, 17 + 2l` of the group.
+///
+/// # Safety
+/// AVX2 available (the caller's target features).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn quad_order(v0: std::arch::x86_64::__m256i, v1: std::arch::x86_64::__m256i) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    // per 128-bit half: 32-bit pairs (2l, 2l + 1) of v0 and (16 + 2l, 17 + 2l) of v1 side by side
+    let (a, b) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
+    (_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b))
 }
 
 /// 32 values of 16-bit x (`v0`: the first 16, `v1`: the next) split as [`split_a16`] does:
@@ -1714,6 +1738,50 @@ mod x86 {
         }
     }
 
+    /// [`pack_vnni`] for INT8 weights in tiles (`g.tiled`): a tile's group already holds its 8
+    /// steps × 16 rows × 4 bytes (quads in the tiles' order, which x's bytes follow), so the
+    /// panel takes each group's 512 bytes of its NR / 16 tiles as they are, ⊕ 0x80, and widens
+    /// their 16 scales; tiles past the matrix are 0x80 (w = 0) with zero scales. The same
+    /// integers per group as the rows packed by [`pack_vnni`], so the same results bit for bit.
+    ///
+    /// # Safety
+    /// As [`pack_vnni`], with `j0 % 16 == 0`, group 32 and `kb`, `kc` multiples of 32; `g.wq` /
+    /// `g.ws` hold the tiles of a matrix of `g.n` rows.
+    #[inline(always)]
+    unsafe fn pack_vnni_tiles<const NR: usize>(
+        g: &Q8,
+        j0: usize,
+        nr: usize,
+        kb: usize,
+        kc: usize,
+        pw: *mut i32,
+        ps: *mut f32,
+    ) {
+        use crate::kernels::matmul_int8_tiles::{GROUP_BYTES, TILE_ROWS};
+        debug_assert!(g.group == 32 && j0.is_multiple_of(TILE_ROWS) && kb.is_multiple_of(32) && kc.is_multiple_of(32));
+        let (ng, q) = (g.ng, g.wq as *const u8);
+        let x80 = _mm512_set1_epi8(-128);
+        for (t, gi) in (kb / 32..(kb + kc) / 32).enumerate() {
+            for h in 0..NR / TILE_ROWS {
+                let (d, sd) = (pw.add(8 * t * NR + TILE_ROWS * h), ps.add(t * NR + TILE_ROWS * h));
+                if TILE_ROWS * h >= nr {
+                    for l in 0..8 {
+                        _mm512_storeu_si512(d.add(l * NR) as *mut __m512i, x80);
+                    }
+                    _mm512_storeu_ps(sd, _mm512_setzero_ps());
+                    continue;
+                }
+                let at = (j0 / TILE_ROWS + h) * ng + gi;
+                let src = q.add(at * GROUP_BYTES);
+                for l in 0..8 {
+                    let v = _mm512_loadu_si512(src.add(64 * l) as *const __m512i);
+                    _mm512_storeu_si512(d.add(l * NR) as *mut __m512i, _mm512_xor_si512(v, x80));
+                }
+                _mm512_storeu_ps(sd, _mm512_cvtph_ps(_mm256_loadu_si256(g.ws.add(at * TILE_ROWS) as *const __m256i)));
+            }
+        }
+    }
+
     /// y[i0.., j0..] (+)= one MR × 16·NV tile over the k block `kb..kb+kc`.
     ///
     /// # Safety
@@ -1813,7 +1881,11 @@ mod x86 {
             let mut kb = 0;
             while kb < k {
                 let kc = kcb.min(k - kb);
-                pack_vnni::<NR>(g, j0, nr, kb, kc, pw, ps);
+                if g.tiled {
+                    pack_vnni_tiles::<NR>(g, j0, nr, kb, kc, pw, ps);
+                } else {
+                    pack_vnni::<NR>(g, j0, nr, kb, kc, pw, ps);
+                }
                 let mut i0 = g.rows.0;
                 while i0 < g.rows.1 {
                     let mr = MR.min(g.rows.1 - i0);

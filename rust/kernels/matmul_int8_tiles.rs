@@ -1,5 +1,5 @@
-//! INT8 weights in tiles of 16 rows: the layout of the W8A16 decode GEMV on CPUs whose
-//! prefill runs the bf16 GEMM (AVX-512 with VNNI and BF16: `vdpbf16ps`, or AMX tiles).
+//! INT8 weights in tiles of 16 rows: the layout of the W8A16 decode GEMV on CPUs with
+//! AVX-512 VNNI, whose prefill GEMMs (AMX, `vdpbf16ps`, VNNI) all read tiles as they are.
 //!
 //! # Why
 //! Row by row ([`QuantizedI8`]), the decode GEMV multiplies a group's 32 weights with 32
@@ -33,8 +33,10 @@
 //! lanes summed in `hsum256`'s order. The prefill GEMM reads tiles as it reads rows
 //! (bf16(q · scale), `matmul_bf16_dot`): the `vdpbf16ps` GEMM takes a tile's pairs of 16 rows
 //! as they are; the AMX GEMM takes them as its B operand, with x as A (`matmul_amx`), which
-//! sums the same products in the same order. So a model's outputs do not depend on the layout,
-//! and tests and golden streams hold for both.
+//! sums the same products in the same order; the VNNI GEMM (no AVX512-BF16, or
+//! `FERROLM_BF16_PREFILL=f32`) packs its panels from the tiles' groups as they are, x's bytes
+//! in their quad order, for the same integer group sums. So a model's outputs do not depend on
+//! the layout, and tests and golden streams hold for both.
 
 use crate::arena::Buf;
 use crate::error::{Error, Result};
@@ -48,7 +50,7 @@ pub const TILE_ROWS: usize = 16;
 /// The group size tiles hold (the W8A16 scheme's).
 pub const TILE_GROUP: usize = 32;
 /// Bytes of one group of a tile: 8 quads × 16 rows × 4 bytes.
-const GROUP_BYTES: usize = 8 * TILE_ROWS * 4;
+pub(crate) const GROUP_BYTES: usize = 8 * TILE_ROWS * 4;
 
 /// Position within a group of byte `b` (0-3) of quad `l` (0-7).
 #[inline(always)]
@@ -178,16 +180,16 @@ impl QuantizedI8Tiles {
 
 /// Whether INT8 weights should be held in tiles on `level` on this CPU, as [`LAYOUT_ENV`] says
 /// (read at each call; an invalid value keeps rows, and `ferrolm.load` refuses it before
-/// loading). Tiles need AVX-512 with VNNI and a prefill GEMM that reads them: the bf16 GEMM
-/// (`vdpbf16ps` or AMX), not the VNNI GEMM of `FERROLM_BF16_PREFILL=f32`; "auto" and "tiles"
-/// take them wherever they run. On AMX CPUs the prefill GEMM takes the tiles' pairs of 16 rows
-/// as its B operand as they are (`matmul_amx`), so the prefill costs what it does from rows
-/// while the decode GEMV is faster (docs/architecture.md).
+/// loading). Tiles need AVX-512 with VNNI (their decode GEMV); every prefill GEMM there reads
+/// them as they are: the AMX GEMM as its B operand (`matmul_amx`), the `vdpbf16ps` GEMM as
+/// pairs of 16 rows, the VNNI GEMM (no AVX512-BF16, or `FERROLM_BF16_PREFILL=f32`) as its
+/// packed panels. "auto" and "tiles" take them wherever they run: the prefill costs what it
+/// does from rows while the decode GEMV is faster (docs/architecture.md).
 pub fn tiles_wanted(level: SimdLevel) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         layout_allows_tiles(std::env::var(LAYOUT_ENV).ok().as_deref()).unwrap_or(false)
-            && crate::kernels::matmul_int8::int8_rounds_x(level, 128, Some(RowPath::Gemm), TILE_GROUP)
+            && level == SimdLevel::Avx512
             && x86::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -219,9 +221,10 @@ pub fn int8_layout() -> Result<&'static str> {
 }
 
 /// y: [m, n] = x: [m, k] · wᵀ for tiled weights on `path`, with the numbers of
-/// `matmul_int8_a16_path` on the same weights in rows: the tiled GEMV for the GEMV path, the
-/// bf16 GEMM reading tiles for the GEMM path. Where this CPU cannot run those kernels (the
-/// weights were tiled under another level), the rows are rebuilt for the call.
+/// `matmul_int8_a16_path` on the same weights in rows: the tiled GEMV for the GEMV path; for
+/// the GEMM path the bf16 GEMM reading tiles where x is rounded to bf16, else the VNNI GEMM
+/// packing its panels from the tiles. Where this CPU cannot run those kernels (the weights
+/// were tiled under another level), the rows are rebuilt for the call.
 pub fn matmul_int8_tiles_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8Tiles, y: &mut [f32], m: usize, path: RowPath) {
     let (k, n) = (w.cols, w.rows);
     if let Err(e) = w.check() {
@@ -241,9 +244,14 @@ pub fn matmul_int8_tiles_path(pool: &ThreadPool, x: &[f32], w: &QuantizedI8Tiles
             // k ≥ 1; int8_rounds_x checked the CPU's BF16 GEMM.
             return unsafe { crate::kernels::matmul_bf16_dot::matmul(pool, x, src, y, m, k, n) };
         }
-        if path == RowPath::Gemv && level == SimdLevel::Avx512 && x86::available() {
-            // SAFETY: as above; x86::available checked the kernel's features.
-            return unsafe { x86::gemv(pool, x, w, y, m) };
+        if level == SimdLevel::Avx512 && x86::available() {
+            if path == RowPath::Gemv {
+                // SAFETY: as above; x86::available checked the kernel's features.
+                return unsafe { x86::gemv(pool, x, w, y, m) };
+            }
+            // the VNNI GEMM over the 16-bit x's two bytes, packing its panels from the tiles
+            use crate::kernels::matmul_int8::{w8a8, QWeights};
+            return w8a8(level, pool, x, QWeights::I8Tiles(w), y, m, RowPath::Gemm);
         }
     }
     crate::kernels::matmul_int8::matmul_int8_a16_path(pool, x, &w.to_rows(), y, m, path)
@@ -295,9 +303,7 @@ mod x86 {
         for g in 0..ng {
             let v0 = _mm256_loadu_si256(x16.add(32 * g) as *const __m256i);
             let v1 = _mm256_loadu_si256(x16.add(32 * g + 16) as *const __m256i);
-            // quad order: the 32-bit pairs (2l, 2l + 1) of v0 and (16 + 2l, 17 + 2l) of v1 side by side
-            let (a, b) = (_mm256_unpacklo_epi32(v0, v1), _mm256_unpackhi_epi32(v0, v1));
-            let (p0, p1) = (_mm256_permute2x128_si256::<0x20>(a, b), _mm256_permute2x128_si256::<0x31>(a, b));
+            let (p0, p1) = q8::quad_order(v0, v1);
             let (_, h, l) = q8::split_bytes(p0, p1);
             _mm256_storeu_si256(hi.add(32 * g) as *mut __m256i, h);
             _mm256_storeu_si256(lo.add(32 * g) as *mut __m256i, l);
@@ -421,7 +427,7 @@ mod x86 {
         let ng = k / TILE_GROUP;
         let kp = k;
         let tail = ng % 8;
-        let need = Need { abs: false, wide: false, a16: true, split: false };
+        let need = Need { abs: false, wide: false, a16: true, split: false, quads: false };
         let mut xb = q8::take_xbuf(m, kp, ng, need);
         let out = xb.out(need);
         q8::quantize_rows_a16_avx2(x.as_ptr(), k, kp, ng, 0..m, out);
@@ -516,6 +522,53 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The VNNI GEMM (what the GEMM path runs without AVX512-BF16, or with
+    /// `FERROLM_BF16_PREFILL=f32`) reading tiles: bit for bit what it computes from rows, for
+    /// partial panels and tiles, k blocks past 1024 and partial register tiles of x.
+    #[test]
+    fn the_vnni_gemm_reads_tiles_as_rows() {
+        use crate::kernels::matmul_int8::{w8a8, QWeights};
+        if !x86_available() {
+            return;
+        }
+        let mut rng = Rng(13);
+        for threads in [1, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for (n, k) in [(1, 32), (17, 288), (48, 64), (50, 1024), (97, 1088), (160, 2080)] {
+                let w = weights(&mut rng, n, k);
+                let t = QuantizedI8Tiles::from_rows(&w).unwrap();
+                for m in [1, 3, 8, 13, 40] {
+                    let mut x = rng.vec(m * k);
+                    for v in x.iter_mut().step_by(29) {
+                        *v *= 50.0;
+                    }
+                    let (mut a, mut b) = (vec![0f32; m * n], vec![1f32; m * n]);
+                    w8a8(SimdLevel::Avx512, &pool, &x, QWeights::I8A16(&w), &mut a, m, RowPath::Gemm);
+                    w8a8(SimdLevel::Avx512, &pool, &x, QWeights::I8Tiles(&t), &mut b, m, RowPath::Gemm);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a), bits(&b), "{n}x{k}, m = {m}, {threads} threads");
+                    // and the GEMM's numbers are W8A16's: within f32 rounding of the exact GEMV
+                    let mut c = vec![0f32; m * n];
+                    w8a8(SimdLevel::Avx512, &pool, &x, QWeights::I8A16(&w), &mut c, m, RowPath::Gemv);
+                    for (u, v) in a.iter().zip(&c) {
+                        assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{n}x{k}, m = {m}: {u} vs {v}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn x86_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            x86::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
         }
     }
 
