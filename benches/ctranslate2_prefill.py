@@ -101,7 +101,8 @@ def _child_ferrolm(shape: str, threads: int, runs: int) -> dict:
     for _ in range(runs):
         prefill.append(model.generate(ids, max_new_tokens=1, ignore_eos=True).timings.time_to_first_token)
         decode.append(model.generate(ids, max_new_tokens=NEW, ignore_eos=True).timings.decode_tokens_per_s)
-    return {"prefill_s": prefill, "decode_tok_s": decode, "kv_cache": model.kv_cache}
+    return {"prefill_s": prefill, "decode_tok_s": decode, "kv_cache": model.kv_cache,
+            "prefill_gemm": ferrolm._core.prefill_gemm()}
 
 
 def _child_ct2(model_dir: str, threads: int, runs: int, vocab: int) -> dict:

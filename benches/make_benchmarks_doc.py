@@ -292,7 +292,12 @@ def _ct2_run(c: dict) -> tuple:
             (met if a["prefill_tok_s"] >= b["prefill_tok_s"] else unmet).append(str(t))
     off = by_engine_ratio(by, "ferrolm int8, FERROLM_AMX=off", "ctranslate2 int8")
     if off:
-        ratios.append("with AMX off (`FERROLM_AMX=off`: the `vdpbf16ps` GEMM, INT8 weights in tiles of 16 rows): " + off)
+        # runs before the child reported its GEMM had the vdpbf16ps one there
+        off_gemm = next((r["runs"].get("prefill_gemm", "avx512-bf16") for r in c["rows"]
+                         if r["engine"] == "ferrolm int8, FERROLM_AMX=off"), "avx512-bf16")
+        off_how = ("the `vdpbf16ps` GEMM" if off_gemm == "avx512-bf16"
+                   else "the VNNI GEMM on the exact 16-bit x, the default on Intel CPUs without AMX")
+        ratios.append(f"with AMX off (`FERROLM_AMX=off`: {off_how}, INT8 weights in tiles of 16 rows): " + off)
     gemm = c.get("prefill_gemm") or ("avx512-bf16" if c.get("bf16_prefill") == "bf16" else "f32")
     how = {"amx-bf16": "ferrolm's INT8 prefill ran the bf16 GEMM on AMX tiles (`tdpbf16ps`: a 16 × 32 by 32 × 16 "
                        "bf16 product per instruction, x and the dequantized weights rounded to bf16; docs/quality.md)",

@@ -193,3 +193,13 @@ def test_the_ctranslate2_section_keeps_other_machines_runs(doc, tmp_path, monkey
     assert "Machine: CPU B" in other and "prefill 1.07×" in other and "1 thread 1.05× (range 1.00–1.10)" in other
     assert "is met at 1 thread(s)" in other and "AMX tiles" in other
     assert "--ctranslate2-on b" in other and "docs/bench/ctranslate2_b.json" in other
+    # the AMX-off row says which GEMM it ran: the vdpbf16ps one before its child reported it
+    b = run("CPU B", "amx-bf16", 1600.0, 1500.0, [1.1, 1.0, 1.05])
+    off = dict(b["rows"][0], engine="ferrolm int8, FERROLM_AMX=off", prefill_tok_s=600.0)
+    (tmp_path / "ctranslate2_b.json").write_text(json.dumps(dict(b, rows=[*b["rows"], off])))
+    other = "\n".join(doc.ctranslate2_section()).split("### The same on another machine (b)")[1]
+    assert "with AMX off (`FERROLM_AMX=off`: the `vdpbf16ps` GEMM, INT8 weights in tiles of 16 rows): 1 thread 0.40×" in other
+    off["runs"] = dict(off["runs"], prefill_gemm="f32")
+    (tmp_path / "ctranslate2_b.json").write_text(json.dumps(dict(b, rows=[*b["rows"], off])))
+    other = "\n".join(doc.ctranslate2_section()).split("### The same on another machine (b)")[1]
+    assert "`FERROLM_AMX=off`: the VNNI GEMM on the exact 16-bit x" in other and "1 thread 0.40×" in other

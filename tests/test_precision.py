@@ -84,8 +84,9 @@ def _run_with_env(code, **env):
 @pytest.mark.parametrize("precision", ["bf16", "int8", "int4"])
 def test_bf16_prefill_setting(precision):
     """FERROLM_BF16_PREFILL=f32 keeps x in f32 (BF16) or 16-bit (INT8, INT4) in the prefill GEMM;
-    an invalid value is refused at load with the variable's name; the default rounds x (and
-    INT8/INT4's dequantized weights) to bf16 where the CPU has AVX512-BF16."""
+    an invalid value is refused at load with the variable's name; the default ("auto") rounds x
+    (and INT8/INT4's dequantized weights) to bf16 where the CPU has AVX512-BF16 and that GEMM is
+    the faster one (AMX, or not an Intel CPU); =bf16 rounds wherever the CPU has AVX512-BF16."""
     code = ("import ferrolm; from ferrolm import _core\n"
             f"m = ferrolm.load({str(MODELS / 'tiny-llama')!r}, precision={precision!r})\n"
             "print(_core.bf16_prefill()); print(m.logits(list(range(1, 9)))[-1].tolist())")
@@ -103,6 +104,17 @@ def test_bf16_prefill_setting(precision):
         assert 0 < np.abs(a - b).max() < 0.05 * np.abs(a).max()
     else:
         assert np.array_equal(a, b)
+    auto = _run_with_env(code, FERROLM_BF16_PREFILL="auto")
+    assert auto.returncode == 0 and auto.stdout == default.stdout, auto.stderr
+    forced = _run_with_env(code, FERROLM_BF16_PREFILL="bf16")
+    assert forced.returncode == 0, forced.stderr
+    mode_bf16, logits_bf16 = forced.stdout.splitlines()
+    has_bf16 = ferrolm._core.simd_level() == "avx512" and "avx512_bf16" in _cpu_flags()
+    assert mode_bf16 == ("bf16" if has_bf16 else "f32")
+    if mode == "bf16":
+        assert mode_bf16 == "bf16"
+    if mode_bf16 == "f32":
+        assert logits_bf16 == logits_f32
 
 
 @pytest.mark.parametrize("prefill", ["default", "f32"])

@@ -11,8 +11,9 @@
 //!   bandwidth;
 //! - many rows (prefill GEMM; compute-bound): on CPUs with AVX512-BF16, x is rounded to bf16
 //!   (to nearest even) as it is packed and `vdpbf16ps` multiplies 32 bf16 pairs per
-//!   instruction (`matmul_bf16_dot.rs`), twice the multiply-adds of an f32 FMA; elsewhere, or
-//!   with `FERROLM_BF16_PREFILL=f32`, blocks of w are widened into the packed f32 buffer (once
+//!   instruction (`matmul_bf16_dot.rs`), twice the multiply-adds of an f32 FMA (or AMX tiles
+//!   do, `matmul_amx.rs`); elsewhere, on Intel CPUs without AMX (no faster there; see
+//!   `simd::bf16_dot_pays_on`), or with `FERROLM_BF16_PREFILL=f32`, blocks of w are widened into the packed f32 buffer (once
 //!   per block of up to 192 rows of x) and the f32 GEMM's register tiles run over them, x
 //!   unrounded. [`rounds_x`] says which a call takes.
 //!
@@ -52,26 +53,40 @@ pub fn bf16_path_for(m: usize) -> RowPath {
     matmul::path_for(m)
 }
 
-/// The environment variable that keeps x exact in the prefill GEMM (`f32`: f32 for BF16 weights,
-/// 16-bit for INT8 and INT4) instead of multiplying bf16 with `vdpbf16ps` (`bf16`, the default:
-/// x rounded, INT8/INT4 weights dequantized to bf16; `matmul_bf16_dot`).
+/// The environment variable that chooses what the prefill GEMM multiplies: `bf16` (x rounded,
+/// INT8/INT4 weights dequantized to bf16; `vdpbf16ps` or AMX, `matmul_bf16_dot`), `f32` (x
+/// exact: f32 for BF16 weights, 16-bit for INT8 and INT4), or `auto` (the default): bf16 where
+/// it is the faster GEMM ([`rounding_pays`]), else exact.
 pub const PREFILL_X_ENV: &str = "FERROLM_BF16_PREFILL";
 
-/// Whether the GEMM may round x to bf16, from the value of [`PREFILL_X_ENV`]: `None`, empty or
-/// `bf16` yes, `f32` no; anything else is an error that names the variable.
-pub fn prefill_rounds_x(value: Option<&str>) -> Result<bool, String> {
+/// What [`PREFILL_X_ENV`]'s value asks: `bf16` rounding (Some(true)), `f32` exact x
+/// (Some(false)), `None`, empty or `auto` the CPU's choice (None); anything else is an error
+/// that names the variable.
+pub fn prefill_rounds_x(value: Option<&str>) -> Result<Option<bool>, String> {
     match value.map(str::trim) {
-        None | Some("") | Some("bf16") => Ok(true),
-        Some("f32") => Ok(false),
-        Some(v) => Err(format!("{PREFILL_X_ENV}={v:?}: expected \"bf16\" or \"f32\"")),
+        None | Some("") | Some("auto") => Ok(None),
+        Some("bf16") => Ok(Some(true)),
+        Some("f32") => Ok(Some(false)),
+        Some(v) => Err(format!("{PREFILL_X_ENV}={v:?}: expected \"auto\", \"bf16\" or \"f32\"")),
     }
 }
 
-/// [`prefill_rounds_x`] of this process's environment, read once (an invalid value counts as
-/// the default; the Python layer reports it).
+/// [`prefill_rounds_x`] of this process's environment, `auto` decided by [`rounding_pays`], read
+/// once (an invalid value counts as the default; the Python layer reports it).
 fn env_rounds_x() -> bool {
     static ROUNDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ROUNDS.get_or_init(|| prefill_rounds_x(std::env::var(PREFILL_X_ENV).ok().as_deref()).unwrap_or(true))
+    *ROUNDS.get_or_init(|| prefill_rounds_x(std::env::var(PREFILL_X_ENV).ok().as_deref()).ok().flatten().unwrap_or_else(rounding_pays))
+}
+
+/// Whether rounding x to bf16 makes the prefill GEMM faster on this CPU: where AMX runs it
+/// (`matmul_amx`), and on CPUs whose `vdpbf16ps` outruns the exact GEMMs
+/// ([`simd::bf16_dot_pays`]: not Intel's).
+fn rounding_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::matmul_amx::enabled() {
+        return true;
+    }
+    simd::bf16_dot_pays()
 }
 
 /// Whether `level` can run the `vdpbf16ps` GEMM (`matmul_bf16_dot`): AVX-512 on a CPU with
@@ -352,10 +367,11 @@ mod tests {
 
     #[test]
     fn prefill_setting_parses() {
-        assert_eq!(prefill_rounds_x(None), Ok(true));
-        assert_eq!(prefill_rounds_x(Some("")), Ok(true));
-        assert_eq!(prefill_rounds_x(Some("bf16")), Ok(true));
-        assert_eq!(prefill_rounds_x(Some(" f32 ")), Ok(false));
+        assert_eq!(prefill_rounds_x(None), Ok(None));
+        assert_eq!(prefill_rounds_x(Some("")), Ok(None));
+        assert_eq!(prefill_rounds_x(Some(" auto")), Ok(None));
+        assert_eq!(prefill_rounds_x(Some("bf16")), Ok(Some(true)));
+        assert_eq!(prefill_rounds_x(Some(" f32 ")), Ok(Some(false)));
         let e = prefill_rounds_x(Some("fp16")).unwrap_err();
         assert!(e.contains(PREFILL_X_ENV) && e.contains("fp16"), "{e}");
     }

@@ -55,7 +55,8 @@
 //!   high bytes (scale 256·sx) and then its low bytes (sx). Threads split the panels (or the
 //!   row tiles when n is narrow). Below m = 8 the GEMV, which reads w once per 4 rows,
 //!   measured as fast (AVX2) or faster (VNNI, m ≤ 6).
-//! - GEMM on CPUs with AVX512-BF16 ([`Int8Scheme::Bf16`], unless `FERROLM_BF16_PREFILL=f32`):
+//! - GEMM on CPUs with AVX512-BF16 ([`Int8Scheme::Bf16`], unless `FERROLM_BF16_PREFILL=f32`, or
+//!   the CPU is Intel's without AMX, where the VNNI GEMM measured 1.6× faster; `matmul_bf16`):
 //!   BF16's `vdpbf16ps` GEMM (`matmul_bf16_dot.rs`) with the int8 groups dequantized to bf16
 //!   (q · scale, rounded to nearest even) as they are packed and x rounded to bf16, instead of
 //!   the VNNI GEMM's two passes over the 16-bit x. Measured (best of 5, 1 thread, m = 128):

@@ -710,9 +710,10 @@ fn simd_level() -> String {
 }
 
 /// What the BF16, INT8 and INT4 prefill GEMM multiplies on this CPU: "bf16" (x rounded to bf16,
-/// and INT8/INT4 weights dequantized to bf16, for `vdpbf16ps`, AVX512-BF16) or "f32" (x kept in
-/// f32 for BF16, quantized to 16 bits for INT8/INT4; also where `FERROLM_BF16_PREFILL=f32`). An
-/// invalid `FERROLM_BF16_PREFILL` raises `InvalidArgumentError`.
+/// and INT8/INT4 weights dequantized to bf16, for `vdpbf16ps` or AMX: AVX512-BF16 CPUs where
+/// that is the faster GEMM, or `FERROLM_BF16_PREFILL=bf16`) or "f32" (x kept in f32 for BF16,
+/// quantized to 16 bits for INT8/INT4: other CPUs, Intel's without AMX, or
+/// `FERROLM_BF16_PREFILL=f32`). An invalid `FERROLM_BF16_PREFILL` raises `InvalidArgumentError`.
 #[pyfunction]
 fn bf16_prefill() -> PyResult<String> {
     use crate::kernels::matmul_bf16::{prefill_rounds_x, rounds_x, PREFILL_X_ENV};
