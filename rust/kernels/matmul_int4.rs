@@ -23,8 +23,8 @@
 //! vectors of 16 i16, multiplies them with x16 (`madd_epi16`), computing Σ q·x16 and subtracting
 //! 8·Σx16 per group in integers, and reduces 8 groups' lanes at once, scaled with 8 f16 scales
 //! (F16C). NEON and the portable kernel unpack q − 8. Prefill (m ≥ 8) unpacks panels of 96 rows
-//! to int8 q − 8 and runs INT8's packed GEMMs (VNNI: twice, over the high and the low bytes of
-//! x16; AVX2: the i16-pair GEMM on x16), then adds the offsets' term as one small f32 matmul
+//! to int8 q − 8 and runs INT8's packed GEMMs (VNNI: over the high, then the low bytes of
+//! x16 per group; AVX2: the i16-pair GEMM on x16), then adds the offsets' term as one small f32 matmul
 //! (`[m, k/32] · [n, k/32]ᵀ`). On CPUs with AVX512-BF16 prefill runs BF16's `vdpbf16ps` GEMM
 //! instead (`matmul_bf16_dot.rs`, unless `FERROLM_BF16_PREFILL=f32`): each group dequantized to
 //! bf16(q·d + m) as it is packed, x rounded to bf16. A 128-token prefill of the default model
@@ -161,13 +161,28 @@ mod tests {
     }
 
     fn check(level: SimdLevel, pool: &ThreadPool, rng: &mut Rng, m: usize, k: usize, n: usize) {
+        check_on(level, None, pool, rng, m, k, n)
+    }
+
+    /// `check` through `matmul_int4_with`, or with `path` given through the 16-bit-x kernels of
+    /// `w8a8` on that path whatever the CPU's prefill GEMM (the exact GEMM that AVX512-BF16
+    /// CPUs run only with `FERROLM_BF16_PREFILL=f32` or, Intel's, without AMX).
+    fn check_on(level: SimdLevel, path: Option<RowPath>, pool: &ThreadPool, rng: &mut Rng, m: usize, k: usize, n: usize) {
         let x = rng.vec(m * k);
         // weights with an offset, so the minimums matter
         let wf: Vec<f32> = rng.vec(n * k).iter().map(|v| v * 0.5 + 0.2).collect();
         let w = QuantizedI4::quantize(&wf, n, k);
         let mut y = vec![f32::NAN; m * n];
-        matmul_int4_with(level, pool, &x, &w, &mut y, m);
-        let (want, mag) = expected(level, &x, &w, m);
+        let (want, mag) = match path {
+            None => {
+                matmul_int4_with(level, pool, &x, &w, &mut y, m);
+                expected(level, &x, &w, m)
+            }
+            Some(path) => {
+                w8a8(level, pool, &x, QWeights::I4(&w), &mut y, m, path);
+                reference(&x, &w, m)
+            }
+        };
         for (idx, ((&g, &r), &a)) in y.iter().zip(&want).zip(&mag).enumerate() {
             let tol = 4e-7 * a * (k as f64).sqrt().max(1.0) + 1e-30;
             assert!(
@@ -206,6 +221,19 @@ mod tests {
             for level in SimdLevel::available() {
                 for &(m, k, n) in &[(1, 2049, 203), (3, 1537, 90), (13, 2080, 211), (33, 576, 193), (128, 96, 300), (9, 64, 2100), (2, 2500, 37)] {
                     check(level, &pool, &mut rng, m, k, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_exact_gemm_matches_reference() {
+        let mut rng = Rng(4322);
+        for threads in [1, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for level in SimdLevel::available() {
+                for &(m, k, n) in &[(8, 64, 48), (13, 2080, 211), (33, 576, 193), (128, 96, 300), (9, 1000, 97)] {
+                    check_on(level, Some(RowPath::Gemm), &pool, &mut rng, m, k, n);
                 }
             }
         }

@@ -27,8 +27,9 @@
 //! large channels into many groups. Speed, 2-core AMD EPYC (Zen 4), default model, batch 1:
 //! decode 135.7 vs 138.4 tok/s (W8A16 vs W8A8) at 1 thread and 215.6 vs 210.9 at 2 — the GEMV
 //! streams the same weight bytes and the 16-bit x stays in L1. Prefill pays: the VNNI GEMM
-//! multiplies u8·i8 quads, so the 16-bit x runs it twice (high and low bytes); 128-token
-//! prefill ≈ 0.7× W8A8's (about 630 vs 910 tok/s at 1 thread on the shared machine).
+//! multiplies u8·i8 quads, so the 16-bit x takes two (high and low bytes); 128-token prefill
+//! ≈ 0.7× W8A8's (about 630 vs 910 tok/s at 1 thread on the shared machine, when the two bytes
+//! ran as two passes of the GEMM).
 //!
 //! The earlier measurements of W8A8 against weight-only (GROUP = 64, 2 threads):
 //!
@@ -51,8 +52,10 @@
 //!   k-interleaved i16 pairs / u8 quads (once per panel and k block), and a 3×16 (AVX2,
 //!   `madd_epi16`) / 4×48 (VNNI, `dpbusd` on zmm) register tile multiplies them with
 //!   broadcast x pairs / quads; integer sums are scaled into f32 accumulators at group ends.
-//!   The 16-bit x runs the AVX2 GEMM on its i16 pairs, or the VNNI GEMM twice, on its signed
-//!   high bytes (scale 256·sx) and then its low bytes (sx). Threads split the panels (or the
+//!   The 16-bit x runs the AVX2 GEMM on its i16 pairs, or the VNNI GEMM on its signed bytes:
+//!   per group the high bytes, the sums shifted left by 8, then the low bytes, so each group's
+//!   exact Σ w·x16 is scaled once, as in the GEMV (one pass of the GEMM per byte, each scaled,
+//!   ran 1.16-1.25× slower on an Intel Xeon: `tile_vnni`). Threads split the panels (or the
 //!   row tiles when n is narrow). Below m = 8 the GEMV, which reads w once per 4 rows,
 //!   measured as fast (AVX2) or faster (VNNI, m ≤ 6).
 //! - GEMM on CPUs with AVX512-BF16 ([`Int8Scheme::Bf16`], unless `FERROLM_BF16_PREFILL=f32`, or
@@ -430,10 +433,8 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         y: y.as_mut_ptr(),
         rows: (0, m),
         cols: (0, n),
-        accumulate: false,
         xq_lo: std::ptr::null(),
         xc_lo: std::ptr::null(),
-        xs_lo: std::ptr::null(),
         i4x: std::ptr::null(),
         tiled,
     };
@@ -453,18 +454,16 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
     } else {
         whole
     };
-    // 16-bit x split into signed bytes on VNNI: the prefill's u8·i8 GEMM runs over the high
-    // bytes (scales 256·sx), then the low ones (sx); the W8A16 GEMV reads both at once, with
-    // the 16-bit x's own scales and Σx16
+    // 16-bit x split into signed bytes on VNNI: the prefill's u8·i8 GEMM multiplies each group
+    // with the high bytes, then (sums shifted by 8) the low ones, with the Σ of each; the W8A16
+    // GEMV reads both at once, with the 16-bit x's Σx16; both scale by the 16-bit x's sx
     let whole = match (need.split, gemm) {
         (false, _) => whole,
         (true, true) => Q8 {
             xq: xb.hi.as_ptr(),
             xc: xb.ch.as_ptr(),
-            xs: xb.sh.as_ptr(),
             xq_lo: xb.lo.as_ptr(),
             xc_lo: xb.cl.as_ptr(),
-            xs_lo: xb.s.as_ptr(),
             ..whole
         },
         (true, false) => Q8 { xq: xb.hi.as_ptr(), xq_lo: xb.lo.as_ptr(), ..whole },
@@ -584,19 +583,18 @@ unsafe fn gemm_i4(g: &Q8) {
 }
 
 /// The GEMM of int8 weights with the 16-bit x: the AVX2 GEMM on i16 pairs (x16), or on VNNI
-/// CPUs (where `w8a8` split x into bytes) the VNNI GEMM run over the high bytes of x (scaled by
-/// 256·sx), then the low bytes (sx) added: exact integer group sums either way.
+/// CPUs (where `w8a8` split x into bytes) the VNNI GEMM over each group's high bytes, its sums
+/// shifted by 8, then its low bytes: exact integer group sums either way, each scaled once.
 ///
 /// # Safety
-/// As [`run_q8`] with `g` describing int8 weights; `xq_lo`, `xc_lo` and `xs_lo` are set (VNNI)
-/// or null (AVX2).
+/// As [`run_q8`] with `g` describing int8 weights; `xq_lo` and `xc_lo` are set (VNNI) or null
+/// (AVX2).
 #[cfg(target_arch = "x86_64")]
 unsafe fn gemm_a16(g: &Q8) {
     if g.xq_lo.is_null() {
         q8::gemm_avx2(g);
     } else {
-        q8::gemm_vnni(g);
-        q8::gemm_vnni(&Q8 { xq: g.xq_lo, xc: g.xc_lo, xs: g.xs_lo, accumulate: true, ..*g });
+        q8::gemm_vnni_a16(g);
     }
 }
 
@@ -934,7 +932,6 @@ mod tests {
             lo: lo.as_mut_ptr(),
             ch: ch.as_mut_ptr(),
             cl: cl.as_mut_ptr(),
-            sh: std::ptr::null_mut(),
             need: Need { abs: false, wide: false, a16: true, split: true, quads: false },
         };
         // SAFETY: x16 and the outputs hold m rows of kp / ng values; AVX2 checked above.

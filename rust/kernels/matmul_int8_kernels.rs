@@ -78,18 +78,14 @@ pub(crate) struct Q8 {
     pub y: *mut f32,
     pub rows: (usize, usize),
     pub cols: (usize, usize),
-    /// Add to y instead of writing it (the GEMMs' second pass over the low bytes of a 16-bit x).
-    pub accumulate: bool,
     /// 16-bit x on VNNI only: its low bytes ([m, kp]; `xq` then holds the high bytes, see
-    /// [`split_a16`]). The GEMMs (int4 and W8A16 prefill) also read their Σ per group and
-    /// scales [m, ng] here (and the high bytes' in `xc` / `xs`); the W8A16 GEMV reads the
-    /// 16-bit x's own `xs` and `xc` (Σx16)
+    /// [`split_a16`], and `xs` the 16-bit x's scales). The GEMMs (int4 and W8A16 prefill) also
+    /// read the low bytes' Σ per group here (and the high bytes' in `xc`); the W8A16 GEMV reads
+    /// the 16-bit x's own `xc` (Σx16)
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xq_lo: *const i8,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub xc_lo: *const i32,
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub xs_lo: *const f32,
     /// int4 decode on AVX-512 VNNI only: the rows of x prepared for its GEMV
     /// (`matmul_int4_gemv::prepare_x`)
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -140,10 +136,9 @@ pub(crate) struct XBuf {
     /// x16 split into bytes (`Need::split`): x16 = 256·hi + lo, [m, kp] each
     pub hi: Vec<i8>,
     pub lo: Vec<i8>,
-    /// Σ hi and Σ lo per group, and the high bytes' scales 256·sx: [m, ng] each
+    /// Σ hi and Σ lo per group: [m, ng] each
     pub ch: Vec<i32>,
     pub cl: Vec<i32>,
-    pub sh: Vec<f32>,
 }
 
 impl XBuf {
@@ -160,7 +155,6 @@ impl XBuf {
             lo: self.lo.as_mut_ptr(),
             ch: self.ch.as_mut_ptr(),
             cl: self.cl.as_mut_ptr(),
-            sh: self.sh.as_mut_ptr(),
             need,
         }
     }
@@ -196,7 +190,6 @@ pub(crate) fn take_xbuf(m: usize, kp: usize, ng: usize, need: Need) -> XBuf {
     if need.split && b.ch.len() < m * ng {
         b.ch = vec![0; m * ng];
         b.cl = vec![0; m * ng];
-        b.sh = vec![0.0; m * ng];
     }
     b
 }
@@ -207,7 +200,7 @@ const KEEP_XBUF_BYTES: usize = 8 << 20;
 /// Returns the buffers for the next call on this thread.
 pub(crate) fn put_xbuf(b: XBuf) {
     let bytes = b.q.len() + b.a.len() + 2 * b.x16.len() + 4 * b.p.len() + 8 * b.s.len() + 4 * b.f.len()
-        + b.hi.len() + b.lo.len() + 12 * b.ch.len();
+        + b.hi.len() + b.lo.len() + 8 * b.ch.len();
     if bytes <= KEEP_XBUF_BYTES {
         XBUF.with(|c| c.set(b));
     }
@@ -226,7 +219,6 @@ pub(crate) struct XOut {
     pub lo: *mut i8,
     pub ch: *mut i32,
     pub cl: *mut i32,
-    pub sh: *mut f32,
     pub need: Need,
 }
 
@@ -383,12 +375,7 @@ fn group_sum(xg: &[f32]) -> f32 {
 pub(crate) unsafe fn quantize_rows_a16_avx2(x: *const f32, k: usize, kp: usize, ng: usize, rows: std::ops::Range<usize>, out: XOut) {
     quantize_rows_a16_impl(x, k, kp, ng, rows.clone(), out);
     if out.need.split {
-        split_a16(out.x16, kp, ng, rows.clone(), out);
-        for i in rows {
-            for gi in 0..ng {
-                *out.sh.add(i * ng + gi) = *out.s.add(i * ng + gi) * 256.0; // exact: a power of two
-            }
-        }
+        split_a16(out.x16, kp, ng, rows, out);
     }
 }
 
@@ -747,7 +734,7 @@ pub(crate) const AVX2_TILE: Tile = Tile { mr: 3, nr: 16 };
 pub(crate) const VNNI_TILE: Tile = Tile { mr: 4, nr: 48 };
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{gemm_avx2, gemm_vnni, gemv_a16_avx2, gemv_w8a16_vnni, gemv_avx2, gemv_vnni, hsum256, I4W, I8W16};
+pub(crate) use x86::{gemm_avx2, gemm_vnni, gemm_vnni_a16, gemv_a16_avx2, gemv_w8a16_vnni, gemv_avx2, gemv_vnni, hsum256, I4W, I8W16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -1614,7 +1601,7 @@ mod x86 {
                 let mut i0 = g.rows.0;
                 while i0 < g.rows.1 {
                     let mr = MR.min(g.rows.1 - i0);
-                    tile_avx2::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0 || g.accumulate);
+                    tile_avx2::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
                     i0 += MR;
                 }
                 kb += kc;
@@ -1782,13 +1769,38 @@ mod x86 {
         }
     }
 
-    /// y[i0.., j0..] (+)= one MR × 16·NV tile over the k block `kb..kb+kc`.
+    /// `n` steps of a group: the bytes of x at `p` (4 per step and row) against the panel's
+    /// steps from `w`, into the accumulators.
+    ///
+    /// # Safety
+    /// `w` holds `n` steps of the panel, `x[i]` the rows' bytes `p..p + 4n`; AVX-512 VNNI (the
+    /// caller's target features).
+    #[inline(always)]
+    unsafe fn vnni_steps<const MR: usize, const NV: usize>(a: &mut [[__m512i; NV]; MR], w: *const i32, x: &[*const i8; MR], p: usize, n: usize) {
+        let mut w = w;
+        for s in 0..n {
+            let wv: [__m512i; NV] = std::array::from_fn(|v| _mm512_loadu_si512(w.add(16 * v) as *const __m512i));
+            w = w.add(16 * NV);
+            for i in 0..MR {
+                let xb = _mm512_set1_epi32(std::ptr::read_unaligned(x[i].add(p + 4 * s) as *const i32));
+                for v in 0..NV {
+                    a[i][v] = _mm512_dpbusd_epi32(a[i][v], wv[v], xb);
+                }
+            }
+        }
+    }
+
+    /// y[i0.., j0..] (+)= one MR × 16·NV tile over the k block `kb..kb+kc`. `A16`: x is the
+    /// 16-bit x split into bytes (`xq` its high bytes, `xq_lo` its low ones, groups of 32): each
+    /// group multiplies the high bytes, shifts the sums left by 8 and goes on with the low
+    /// bytes, so that the accumulators end with the exact Σ w·x16, scaled once by `xs` (the
+    /// 16-bit x's sx); else `xq` is 8-bit x scaled by `xs`.
     ///
     /// # Safety
     /// As [`tile_avx2`], with a panel packed by [`pack_vnni`] (NR = 16·NV).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_vnni<const MR: usize, const NV: usize>(
+    unsafe fn tile_vnni<const MR: usize, const NV: usize, const A16: bool>(
         g: &Q8,
         i0: usize,
         mr: usize,
@@ -1801,12 +1813,13 @@ mod x86 {
         accumulate: bool,
     ) {
         let (kp, ng, group) = (g.kp, g.ng, g.group);
-        let xr: [*const i8; MR] = std::array::from_fn(|i| g.xq.add((i0 + i.min(mr - 1)) * kp + kb));
+        let row = |i: usize| i0 + i.min(mr - 1);
+        let xr: [*const i8; MR] = std::array::from_fn(|i| g.xq.add(row(i) * kp + kb));
+        let xl: [*const i8; MR] = std::array::from_fn(|i| if A16 { g.xq_lo.add(row(i) * kp + kb) } else { xr[i] });
         let g0 = kb / group;
-        let xsr: [*const f32; MR] =
-            std::array::from_fn(|i| g.xs.add((i0 + i.min(mr - 1)) * ng + g0));
-        let xcr: [*const i32; MR] =
-            std::array::from_fn(|i| g.xc.add((i0 + i.min(mr - 1)) * ng + g0));
+        let xsr: [*const f32; MR] = std::array::from_fn(|i| g.xs.add(row(i) * ng + g0));
+        let xcr: [*const i32; MR] = std::array::from_fn(|i| g.xc.add(row(i) * ng + g0));
+        let xcl: [*const i32; MR] = std::array::from_fn(|i| if A16 { g.xc_lo.add(row(i) * ng + g0) } else { xcr[i] });
         let mut f = [[_mm512_setzero_ps(); NV]; MR];
         let mut wp = pw;
         let mut sp = ps;
@@ -1814,22 +1827,22 @@ mod x86 {
         let mut gi = 0;
         while p < kc {
             let glen = group.min(kc - p);
+            let n = glen.div_ceil(4);
             // Start at −128·Σx: the packed weights are w + 128.
             let mut a: [[__m512i; NV]; MR] =
                 std::array::from_fn(|i| [_mm512_set1_epi32(-128 * *xcr[i].add(gi)); NV]);
-            for s in 0..glen.div_ceil(4) {
-                let wv: [__m512i; NV] =
-                    std::array::from_fn(|v| _mm512_loadu_si512(wp.add(16 * v) as *const __m512i));
-                wp = wp.add(16 * NV);
-                for i in 0..MR {
-                    let xb = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        xr[i].add(p + 4 * s) as *const i32
-                    ));
-                    for v in 0..NV {
-                        a[i][v] = _mm512_dpbusd_epi32(a[i][v], wv[v], xb);
+            vnni_steps(&mut a, wp, &xr, p, n);
+            if A16 {
+                // Σ w·x16 = 256·Σ w·hi + Σ w·lo: exact in i32 for groups of 32
+                for (ai, xc) in a.iter_mut().zip(&xcl) {
+                    let c = _mm512_set1_epi32(-128 * *xc.add(gi));
+                    for acc in ai.iter_mut() {
+                        *acc = _mm512_add_epi32(_mm512_slli_epi32::<8>(*acc), c);
                     }
                 }
+                vnni_steps(&mut a, wp, &xl, p, n);
             }
+            wp = wp.add(n * 16 * NV);
             let sv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(sp.add(16 * v)));
             sp = sp.add(16 * NV);
             for i in 0..MR {
@@ -1868,6 +1881,22 @@ mod x86 {
     /// available; `group % 32 == 0`, `group ≤ MAX_SIMD_GROUP`.
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
     pub(crate) unsafe fn gemm_vnni(g: &Q8) {
+        gemm_vnni_x::<false>(g)
+    }
+
+    /// [`gemm_vnni`] over the 16-bit x split into bytes (`xq` / `xq_lo`, with `xc` / `xc_lo`,
+    /// and `xs` its scales): each group's exact Σ w·x16 in one pass (see [`tile_vnni`]).
+    ///
+    /// # Safety
+    /// As [`gemm_vnni`], with `g.group == 32` and the split x set.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512vnni,avx2,fma")]
+    pub(crate) unsafe fn gemm_vnni_a16(g: &Q8) {
+        debug_assert!(g.group == 32 && !g.xq_lo.is_null());
+        gemm_vnni_x::<true>(g)
+    }
+
+    #[inline(always)]
+    unsafe fn gemm_vnni_x<const A16: bool>(g: &Q8) {
         const MR: usize = VNNI_TILE.mr;
         const NR: usize = VNNI_TILE.nr;
         const NV: usize = NR / 16;
@@ -1889,7 +1918,7 @@ mod x86 {
                 let mut i0 = g.rows.0;
                 while i0 < g.rows.1 {
                     let mr = MR.min(g.rows.1 - i0);
-                    tile_vnni::<MR, NV>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0 || g.accumulate);
+                    tile_vnni::<MR, NV, A16>(g, i0, mr, j0, nr, kb, kc, pw, ps, kb > 0);
                     i0 += MR;
                 }
                 kb += kc;
