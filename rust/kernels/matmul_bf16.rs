@@ -13,9 +13,9 @@
 //!   (to nearest even) as it is packed and `vdpbf16ps` multiplies 32 bf16 pairs per
 //!   instruction (`matmul_bf16_dot.rs`), twice the multiply-adds of an f32 FMA (or AMX tiles
 //!   do, `matmul_amx.rs`); elsewhere, on Intel CPUs without AMX (no faster there; see
-//!   `simd::bf16_dot_pays_on`), or with `FERROLM_BF16_PREFILL=f32`, blocks of w are widened into the packed f32 buffer (once
-//!   per block of up to 192 rows of x) and the f32 GEMM's register tiles run over them, x
-//!   unrounded. [`rounds_x`] says which a call takes.
+//!   `simd::bf16_dot_pays_on`), or with `FERROLM_BF16_PREFILL=f32`, blocks of w are widened
+//!   into the packed f32 buffer (once per block of up to 192 rows of x) and the f32 GEMM's
+//!   register tiles run over them, x unrounded. [`rounds_x`] says which a call takes.
 //!
 //! Measured (2-core AMD EPYC VM, family 1Ah, `BENCH_ONLY=gemm cargo test --release --lib
 //! bench_matmul_bf16 -- --ignored --nocapture`, best of 5, two interleaved runs each; the

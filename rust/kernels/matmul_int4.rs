@@ -26,7 +26,8 @@
 //! to int8 q − 8 and runs INT8's packed GEMMs (VNNI: over the high, then the low bytes of
 //! x16 per group; AVX2: the i16-pair GEMM on x16), then adds the offsets' term as one small f32 matmul
 //! (`[m, k/32] · [n, k/32]ᵀ`). On CPUs with AVX512-BF16 prefill runs BF16's `vdpbf16ps` GEMM
-//! instead (`matmul_bf16_dot.rs`, unless `FERROLM_BF16_PREFILL=f32`): each group dequantized to
+//! instead (`matmul_bf16_dot.rs`, or AMX tiles; unless `FERROLM_BF16_PREFILL=f32`, or the CPU
+//! is Intel's without AMX, see `matmul_bf16::rounds_x`): each group dequantized to
 //! bf16(q·d + m) as it is packed, x rounded to bf16. A 128-token prefill of the default model
 //! ran 1.8× faster at 1 thread (457-502 → 838-898 tok/s) and 2.2× at 2; against FP32 of the same
 //! file (the quality set) pooled mean KL 3.3e-4 instead of 9e-7, perplexity +0.02 %, top-1 0.990
