@@ -12,6 +12,9 @@ ids, median reported.
   CTranslate2's `generate_batch([ids], max_length=1)` (its prefill plus one sampling step);
 - decode: 128 new tokens after that prompt (EOS ignored), tokens per second of the decode part.
 ferrolm runs INT8 (W8A16), CTranslate2 `compute_type="int8"` (its int8 GEMM, 8-bit activations).
+Where ferrolm's prefill GEMM runs on AMX tiles, both engines run again without them (ferrolm with
+`FERROLM_AMX=off`, CTranslate2 with its MKL restricted to AVX-512 VNNI), and `--pairs` alternates
+those two as well: the comparison for CPUs without AMX.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from typing import Optional
 
 PROMPT = 128
 NEW = 128
+# ferrolm without AMX tiles; CTranslate2's MKL restricted to AVX-512 with VNNI (no AMX, no BF16):
+# MKL dispatches its int8 GEMM to AMX-INT8 where the CPU has it
+AMX_OFF = {"FERROLM_AMX": "off"}
+MKL_NO_AMX = {"MKL_ENABLE_INSTRUCTIONS": "AVX512_E1"}
 
 
 def _prompt(vocab: int) -> list:
@@ -156,27 +163,36 @@ def main() -> None:
     from ferrolm import _core
 
     rows = []
-    # where the prompt GEMM runs on AMX tiles, the vdpbf16ps GEMM of the same build beside it
-    engines = [("ferrolm int8", a.shape, None)]
-    if _core.prefill_gemm() == "amx-bf16":
-        engines.append(("ferrolm int8, FERROLM_AMX=off", a.shape, {"FERROLM_AMX": "off"}))
+    amx = _core.prefill_gemm() == "amx-bf16"
+    ct2 = ("ctranslate2 int8", None)
+    # where the prompt GEMM runs on AMX tiles (and CTranslate2's MKL int8 GEMM on them too), both
+    # engines again without AMX: what the many Xeons without it (AVX-512 VNNI, no AMX) run
+    ferrolm_off, ct2_off = ("ferrolm int8, FERROLM_AMX=off", AMX_OFF), ("ctranslate2 int8, MKL without AMX", MKL_NO_AMX)
+    engines = [("ferrolm int8", None), *([ferrolm_off] if amx else []), ct2, *([ct2_off] if amx else [])]
     with tempfile.TemporaryDirectory() as tmp:
         ct2_dir = convert(folder, Path(tmp) / "ct2")
+
+        def child(engine: str, t: int, env: Optional[dict]) -> dict:
+            name = engine.split()[0]
+            return _run(["--child", name, a.shape if name == "ferrolm" else str(ct2_dir), str(t), "--runs", str(a.runs),
+                         "--vocab", str(vocab)], env)
+
         for t in [int(x) for x in a.threads.split(",")]:
-            for engine, target, env in (*engines, ("ctranslate2 int8", str(ct2_dir), None)):
-                r = _run(["--child", engine.split()[0], target, str(t), "--runs", str(a.runs), "--vocab", str(vocab)], env)
+            for engine, env in engines:
+                r = child(engine, t, env)
                 rows.append({"engine": engine, "threads": t, "prefill_tok_s": PROMPT / statistics.median(r["prefill_s"]),
                              "decode_tok_s": statistics.median(r["decode_tok_s"]), "runs": r})
-        pairs = {}
+        pairs, pairs_off = {}, {}
         for t in [int(x) for x in a.threads.split(",")] if a.pairs else []:
-            ratios = []
-            for _ in range(a.pairs):
-                f, c = (_run(["--child", e, target, str(t), "--runs", str(a.runs), "--vocab", str(vocab)])
-                        for e, target in (("ferrolm", a.shape), ("ctranslate2", str(ct2_dir))))
-                ratios.append(statistics.median(c["prefill_s"]) / statistics.median(f["prefill_s"]))
-            pairs[str(t)] = {"ratios": ratios, "median": statistics.median(ratios)}
-            print(f"{t} thread(s): ferrolm / CTranslate2 prefill, median of {a.pairs} alternated pairs: "
-                  f"{pairs[str(t)]['median']:.3f} ({', '.join(f'{r:.2f}' for r in ratios)})")
+            for into, (fe, fenv), (ce, cenv) in ((pairs, ("ferrolm int8", None), ct2),
+                                                 *([(pairs_off, ferrolm_off, ct2_off)] if amx else [])):
+                ratios = []
+                for _ in range(a.pairs):
+                    f, c = child(fe, t, fenv), child(ce, t, cenv)
+                    ratios.append(statistics.median(c["prefill_s"]) / statistics.median(f["prefill_s"]))
+                into[str(t)] = {"ratios": ratios, "median": statistics.median(ratios)}
+                print(f"{t} thread(s): {fe} / {ce} prefill, median of {a.pairs} alternated pairs: "
+                      f"{into[str(t)]['median']:.3f} ({', '.join(f'{r:.2f}' for r in ratios)})")
     import ctranslate2
 
     print(f"{a.shape}, prompt {PROMPT}, {NEW} new tokens; CTranslate2 {ctranslate2.__version__}; "
@@ -190,7 +206,7 @@ def main() -> None:
 
         a.json.write_text(json.dumps({"shape": a.shape, "ctranslate2": ctranslate2.__version__,
                                       "bf16_prefill": _core.bf16_prefill(), "prefill_gemm": _core.prefill_gemm(),
-                                      "machine": machine_info(), "rows": rows, "pairs": pairs,
+                                      "machine": machine_info(), "rows": rows, "pairs": pairs, "pairs_amx_off": pairs_off,
                                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
 
 

@@ -290,14 +290,19 @@ def _ct2_run(c: dict) -> tuple:
             ratios.append(f"{t} thread{'s' if t > 1 else ''}: prefill {a['prefill_tok_s'] / b['prefill_tok_s']:.2f}×, "
                           f"decode {a['decode_tok_s'] / b['decode_tok_s']:.2f}×")
             (met if a["prefill_tok_s"] >= b["prefill_tok_s"] else unmet).append(str(t))
-    off = by_engine_ratio(by, "ferrolm int8, FERROLM_AMX=off", "ctranslate2 int8")
+    # runs from 2026-12-05 on also ran CTranslate2 without AMX: the AMX-off row is set against that
+    ct2_off = "ctranslate2 int8, MKL without AMX"
+    both_off = any(e == ct2_off for e, _ in by)
+    off = by_engine_ratio(by, "ferrolm int8, FERROLM_AMX=off", ct2_off if both_off else "ctranslate2 int8")
     if off:
         # runs before the child reported its GEMM had the vdpbf16ps one there
         off_gemm = next((r["runs"].get("prefill_gemm", "avx512-bf16") for r in c["rows"]
                          if r["engine"] == "ferrolm int8, FERROLM_AMX=off"), "avx512-bf16")
         off_how = ("the `vdpbf16ps` GEMM" if off_gemm == "avx512-bf16"
                    else "the VNNI GEMM on the exact 16-bit x, the default on Intel CPUs without AMX")
-        ratios.append(f"with AMX off (`FERROLM_AMX=off`: {off_how}, INT8 weights in tiles of 16 rows): " + off)
+        ratios.append(f"with AMX off (`FERROLM_AMX=off`: {off_how}, INT8 weights in tiles of 16 rows)"
+                      + (" against CTranslate2 without AMX (its MKL restricted to AVX-512 VNNI, "
+                         "`MKL_ENABLE_INSTRUCTIONS=AVX512_E1`)" if both_off else "") + ": " + off)
     gemm = c.get("prefill_gemm") or ("avx512-bf16" if c.get("bf16_prefill") == "bf16" else "f32")
     how = {"amx-bf16": "ferrolm's INT8 prefill ran the bf16 GEMM on AMX tiles (`tdpbf16ps`: a 16 × 32 by 32 × 16 "
                        "bf16 product per instruction, x and the dequantized weights rounded to bf16; docs/quality.md)",
@@ -315,19 +320,37 @@ def _ct2_run(c: dict) -> tuple:
         met = [t for t, p in pairs.items() if p["median"] >= 1]
         unmet = [t for t, p in pairs.items() if p["median"] < 1]
         ratios.append("median of " + str(len(next(iter(pairs.values()))["ratios"])) + " alternated pairs of fresh "
-                      "processes (ferrolm's prefill speed over CTranslate2's, after the table's runs): "
-                      + ", ".join(f"{t} thread{'s' if t != '1' else ''} {p['median']:.2f}× (range "
-                                  f"{min(p['ratios']):.2f}–{max(p['ratios']):.2f})" for t, p in pairs.items()))
-    verdict = []
-    if met:
-        verdict.append(f"The prefill target (INT8 ≥ CTranslate2's int8) is met at {', '.join(met)} thread(s)")
-    if unmet:
-        verdict.append(f"not met at {', '.join(unmet)} thread(s)" if met else
-                       f"The prefill target (INT8 ≥ CTranslate2's int8) is not met at {', '.join(unmet)} thread(s)")
-    summary = ("ferrolm against CTranslate2: " + "; ".join(ratios) + ". " + "; ".join(verdict) + ". In this run "
-               + how + "; CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane), at the quality of 8-bit "
-               "activations (ferrolm's INT8 with them: KL 4.1e-3).")
+                      "processes (ferrolm's prefill speed over CTranslate2's, after the table's runs): " + _pair_medians(pairs))
+    pairs_off = c.get("pairs_amx_off") or {}
+    if pairs_off:
+        ratios.append("the same pairs with both engines without AMX: " + _pair_medians(pairs_off))
+    verdict = [_verdict(met, unmet, "")]
+    if pairs_off:
+        verdict.append(_verdict([t for t, p in pairs_off.items() if p["median"] >= 1],
+                                [t for t, p in pairs_off.items() if p["median"] < 1], " without AMX"))
+    ct2_how = ("CTranslate2's int8 GEMM (MKL) multiplies 8-bit activations, on AMX-INT8 tiles where the CPU has them "
+               "(MKL dispatches to them; the row without AMX is its `vpdpbusd` GEMM, 4 per lane)" if both_off else
+               "CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane)")
+    summary = ("ferrolm against CTranslate2: " + "; ".join(ratios) + ". " + ". ".join(v for v in verdict if v)
+               + ". In this run " + how + "; " + ct2_how + ", at the quality of 8-bit activations (ferrolm's INT8 "
+               "with them: KL 4.1e-3).")
     return table, summary, machine + _ct2_kv_cache(c)
+
+
+def _pair_medians(pairs: dict) -> str:
+    """Each thread count's median pair ratio, with the range of the ratios."""
+    return ", ".join(f"{t} thread{'s' if t != '1' else ''} {p['median']:.2f}× (range "
+                     f"{min(p['ratios']):.2f}–{max(p['ratios']):.2f})" for t, p in pairs.items())
+
+
+def _verdict(met: list, unmet: list, where: str) -> str:
+    """Where the prefill target (INT8 ≥ CTranslate2's int8) is met, `where` naming the setting ("" if none)."""
+    target = f"The prefill target (INT8 ≥ CTranslate2's int8){where} is"
+    if met and unmet:
+        return f"{target} met at {', '.join(met)} thread(s); not met at {', '.join(unmet)} thread(s)"
+    if met:
+        return f"{target} met at {', '.join(met)} thread(s)"
+    return f"{target} not met at {', '.join(unmet)} thread(s)" if unmet else ""
 
 
 def ctranslate2_section() -> list:

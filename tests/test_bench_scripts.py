@@ -203,3 +203,27 @@ def test_the_ctranslate2_section_keeps_other_machines_runs(doc, tmp_path, monkey
     (tmp_path / "ctranslate2_b.json").write_text(json.dumps(dict(b, rows=[*b["rows"], off])))
     other = "\n".join(doc.ctranslate2_section()).split("### The same on another machine (b)")[1]
     assert "`FERROLM_AMX=off`: the VNNI GEMM on the exact 16-bit x" in other and "1 thread 0.40×" in other
+
+
+def test_the_ctranslate2_section_sets_amx_off_against_ctranslate2_without_amx(doc, tmp_path, monkeypatch):
+    monkeypatch.setattr(doc, "OUT", tmp_path)
+
+    def row(engine, prefill):
+        return {"engine": engine, "threads": 1, "prefill_tok_s": prefill, "decode_tok_s": 100.0,
+                "runs": {"prefill_s": [128 / prefill], "decode_tok_s": [100.0], "prefill_gemm": "f32"}}
+
+    run = {"shape": "llama-135m", "ctranslate2": "4.8.5", "prefill_gemm": "amx-bf16",
+           "machine": {"cpu": "CPU X", "cpus": 2, "simd": "avx512", "ferrolm": "0.1.0"},
+           "rows": [row("ferrolm int8", 1600.0), row("ferrolm int8, FERROLM_AMX=off", 800.0),
+                    row("ctranslate2 int8", 1400.0), row("ctranslate2 int8, MKL without AMX", 1000.0)],
+           "pairs": {"1": {"ratios": [1.1, 1.2, 1.3], "median": 1.2}},
+           "pairs_amx_off": {"1": {"ratios": [0.7, 0.8, 0.9], "median": 0.8}}}
+    (tmp_path / "ctranslate2.json").write_text(json.dumps(run))
+    md = "\n".join(doc.ctranslate2_section())
+    assert "| ctranslate2 int8, MKL without AMX | 1 | 1000.0 |" in md
+    # 800 against the 1000 of CTranslate2 without AMX, not the 1400 with it
+    assert "`MKL_ENABLE_INSTRUCTIONS=AVX512_E1`): 1 thread 0.80×" in md
+    assert "the same pairs with both engines without AMX: 1 thread 0.80× (range 0.70–0.90)" in md
+    assert "The prefill target (INT8 ≥ CTranslate2's int8) is met at 1 thread(s)" in md
+    assert "The prefill target (INT8 ≥ CTranslate2's int8) without AMX is not met at 1 thread(s)" in md
+    assert "on AMX-INT8 tiles where the CPU has them" in md
