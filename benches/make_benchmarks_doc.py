@@ -329,7 +329,8 @@ def _ct2_run(c: dict) -> tuple:
         verdict.append(_verdict([t for t, p in pairs_off.items() if p["median"] >= 1],
                                 [t for t, p in pairs_off.items() if p["median"] < 1], " without AMX"))
     ct2_how = ("CTranslate2's int8 GEMM (MKL) multiplies 8-bit activations, on AMX-INT8 tiles where the CPU has them "
-               "(MKL dispatches to them; the row without AMX is its `vpdpbusd` GEMM, 4 per lane)" if both_off else
+               "(MKL dispatches to them; the row without AMX is its `vpdpbusd` GEMM, 4 per lane, where ferrolm's exact "
+               "16-bit x takes two `vpdpbusd`, its high and its low bytes)" if both_off else
                "CTranslate2 multiplies 8-bit activations (`vpdpbusd`: 4 per lane)")
     summary = ("ferrolm against CTranslate2: " + "; ".join(ratios) + ". " + ". ".join(v for v in verdict if v)
                + ". In this run " + how + "; " + ct2_how + ", at the quality of 8-bit activations (ferrolm's INT8 "
