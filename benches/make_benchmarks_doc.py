@@ -291,13 +291,13 @@ def _ct2_run(c: dict) -> tuple:
                           f"decode {a['decode_tok_s'] / b['decode_tok_s']:.2f}×")
             (met if a["prefill_tok_s"] >= b["prefill_tok_s"] else unmet).append(str(t))
     # runs from 2026-12-05 on also ran CTranslate2 without AMX: the AMX-off row is set against that
-    ct2_off = "ctranslate2 int8, MKL without AMX"
+    ferrolm_off, ct2_off = "ferrolm int8, FERROLM_AMX=off", "ctranslate2 int8, MKL without AMX"
     both_off = any(e == ct2_off for e, _ in by)
-    off = by_engine_ratio(by, "ferrolm int8, FERROLM_AMX=off", ct2_off if both_off else "ctranslate2 int8")
+    off = by_engine_ratio(by, ferrolm_off, ct2_off if both_off else "ctranslate2 int8")
     if off:
         # runs before the child reported its GEMM had the vdpbf16ps one there
         off_gemm = next((r["runs"].get("prefill_gemm", "avx512-bf16") for r in c["rows"]
-                         if r["engine"] == "ferrolm int8, FERROLM_AMX=off"), "avx512-bf16")
+                         if r["engine"] == ferrolm_off), "avx512-bf16")
         off_how = ("the `vdpbf16ps` GEMM" if off_gemm == "avx512-bf16"
                    else "the VNNI GEMM on the exact 16-bit x, the default on Intel CPUs without AMX")
         ratios.append(f"with AMX off (`FERROLM_AMX=off`: {off_how}, INT8 weights in tiles of 16 rows)"

@@ -62,7 +62,8 @@
 //!   the CPU is Intel's without AMX, where the VNNI GEMM measured 1.6× faster; `matmul_bf16`):
 //!   BF16's `vdpbf16ps` GEMM (`matmul_bf16_dot.rs`) with the int8 groups dequantized to bf16
 //!   (q · scale, rounded to nearest even) as they are packed and x rounded to bf16, instead of
-//!   the VNNI GEMM's two passes over the 16-bit x. Measured (best of 5, 1 thread, m = 128):
+//!   the VNNI GEMM over both bytes of the 16-bit x (then two passes of it, one per byte).
+//!   Measured (best of 5, 1 thread, m = 128):
 //!   576→1536 207 → 318 GFLOP/s, 2048→2048 194 → 308; 2 threads 343-404 → 592-602; a 128-token
 //!   prefill of llama-135m 1.6× faster (601-655 → 961-1040 tok/s, interleaved). Its cost in
 //!   quality (default model, the quality set, against FP32): pooled mean KL 7.1e-4 → 9.0e-4,
@@ -376,8 +377,8 @@ pub(crate) fn w8a8(level: SimdLevel, pool: &ThreadPool, x: &[f32], w: QWeights<'
         // 16-bit x, and the f32 Σx per group (int4's offset term: fused in the GEMV, a small
         // f32 matmul after the GEMM)
         a16,
-        // 16-bit x as two signed bytes on VNNI: the int8 GEMM (prefill of int4 and W8A16 run
-        // twice), the W8A16 GEMV (both bytes at once)
+        // 16-bit x as two signed bytes on VNNI: the int8 GEMM (prefill of int4 and W8A16: the
+        // high, then the low bytes of each group), the W8A16 GEMV (both bytes at once)
         split: path == Path::Vnni && (a16 && gemm || kind == q8::Kind::I8A16),
         quads: tiled,
     };

@@ -114,7 +114,7 @@ pub(crate) struct Need {
     /// int4 weights: x quantized to 16 bits (into `x16`, with its scales and Σ per group)
     /// instead of 8, plus Σx per group in f32 (the offset's term); see [`quantize_rows_a16`]
     pub a16: bool,
-    /// The 16-bit x also split into signed bytes (`hi`, `lo`, `ch`, `cl`, `sh`; see
+    /// The 16-bit x also split into signed bytes (`hi`, `lo`, `ch`, `cl`; see
     /// [`split_a16`]): for the VNNI kernels, which multiply bytes.
     pub split: bool,
     /// The split bytes of each group of 32 in the quad order of INT8 weights in tiles

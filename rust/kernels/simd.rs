@@ -827,11 +827,11 @@ pub(crate) fn bf16_dot_pays() -> bool {
 /// Whether `vdpbf16ps` pays on a CPU of (vendor, family): everywhere but on Intel's. On 2-vCPU
 /// AMD EPYC VMs the `vdpbf16ps` GEMM ran the INT8 prefill of llama-135m 1.6× faster than the
 /// VNNI GEMM on the 16-bit x (Zen 4; `matmul_int8`), and BF16's GEMM m = 128 at 1.6-2.3× the
-/// GFLOP/s of the f32 GEMM (family 1Ah; `matmul_bf16`). On a 2-vCPU Intel Xeon with AMX turned off (what an AVX512-BF16
-/// CPU without usable AMX runs), 128-token prefills of llama-135m in fresh processes
-/// alternated, exact against `vdpbf16ps`: INT8 1.61-1.65× at 1 thread and 1.54-1.63× at 2 (5
-/// pairs each), BF16 1.01-1.03× and 0.99-1.01× (3), INT4 1.17-1.26× and 0.98-1.01× (3) — and x
-/// stays exact.
+/// GFLOP/s of the f32 GEMM (family 1Ah; `matmul_bf16`). On a 2-vCPU Intel Xeon with AMX turned
+/// off (what an AVX512-BF16 CPU without usable AMX runs), 128-token prefills of llama-135m in
+/// fresh processes alternated, exact against `vdpbf16ps`: INT8 1.61-1.65× at 1 thread and
+/// 1.54-1.63× at 2 (5 pairs each), BF16 1.01-1.03× and 0.99-1.01× (3), INT4 1.17-1.26× and
+/// 0.98-1.01× (3) — and x stays exact.
 fn bf16_dot_pays_on(cpu: Option<([u8; 12], u32)>) -> bool {
     !matches!(cpu, Some((vendor, _)) if &vendor == b"GenuineIntel")
 }
